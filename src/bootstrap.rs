@@ -1,0 +1,117 @@
+//! How a process learns who it is: from spmdrun's environment, from an MPI
+//! launcher's (refused without the `mpi` feature), or alone as one rank.
+
+use crate::auth::Secret;
+use crate::error::{Error, Result};
+use crate::wire::env;
+
+/// The place of this process in a job started by spmdrun.
+#[derive(Debug, Clone)]
+pub(crate) struct Placement {
+    pub rank: usize,
+    pub size: usize,
+    pub local_rank: usize,
+    pub local_size: usize,
+    pub node: usize,
+    pub job: u64,
+    pub control: String,
+    pub secret: Secret,
+}
+
+/// How this process was started.
+#[derive(Debug)]
+pub(crate) enum Launch {
+    /// No launcher: a job of one rank.
+    Alone,
+    /// By spmdrun.
+    Spmdrun(Placement),
+}
+
+/// Reads the environment of this process.
+pub(crate) fn detect() -> Result<Launch> {
+    if std::env::var_os(env::RANK).is_some() {
+        return from_spmdrun().map(Launch::Spmdrun);
+    }
+    if let Some(launcher) = mpi_launcher() {
+        return Err(Error::WrongLauncher { launcher });
+    }
+    Ok(Launch::Alone)
+}
+
+/// Names the MPI-style launcher that started this process as one of several
+/// ranks, if any. A job of size one is fine to run alone.
+fn mpi_launcher() -> Option<&'static str> {
+    let size_above_one = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 1)
+    };
+    if size_above_one("OMPI_COMM_WORLD_SIZE") {
+        Some("Open MPI's mpirun")
+    } else if size_above_one("PMI_SIZE") {
+        Some("an MPICH/Hydra mpiexec")
+    } else if size_above_one("PMIX_SIZE") || size_above_one("PMIX_UNIV_SIZE") {
+        Some("a PMIx launcher")
+    } else if size_above_one("SLURM_STEP_NUM_TASKS") {
+        Some("Slurm's srun")
+    } else {
+        None
+    }
+}
+
+fn var(name: &str) -> Result<String> {
+    std::env::var(name).map_err(|_| {
+        Error::Bootstrap(format!(
+            "{name} is missing or not UTF-8, but {} is set: start the program with spmdrun",
+            env::RANK
+        ))
+    })
+}
+
+fn number(name: &str) -> Result<usize> {
+    let v = var(name)?;
+    v.trim()
+        .parse()
+        .map_err(|_| Error::Bootstrap(format!("{name}={v:?} is not a non-negative whole number")))
+}
+
+fn from_spmdrun() -> Result<Placement> {
+    let rank = number(env::RANK)?;
+    let size = number(env::SIZE)?;
+    let local_rank = number(env::LOCAL_RANK)?;
+    let local_size = number(env::LOCAL_SIZE)?;
+    let node = number(env::NODE)?;
+    if size == 0 || rank >= size {
+        return Err(Error::Bootstrap(format!(
+            "{}={rank} is not below {}={size}",
+            env::RANK,
+            env::SIZE
+        )));
+    }
+    if local_rank >= local_size || local_size > size {
+        return Err(Error::Bootstrap(format!(
+            "{}={local_rank} and {}={local_size} do not fit a job of {size}",
+            env::LOCAL_RANK,
+            env::LOCAL_SIZE
+        )));
+    }
+    if u32::try_from(size).is_err() {
+        return Err(Error::Bootstrap(format!("{}={size} is too large", env::SIZE)));
+    }
+    let job_text = var(env::JOB)?;
+    let job = u64::from_str_radix(job_text.trim(), 16)
+        .map_err(|_| Error::Bootstrap(format!("{}={job_text:?} is not a hex job id", env::JOB)))?;
+    let control = var(env::CONTROL)?;
+    let secret = Secret::from_hex(var(env::SECRET)?.trim())?;
+    Ok(Placement {
+        rank,
+        size,
+        local_rank,
+        local_size,
+        node,
+        job,
+        control,
+        secret,
+    })
+}

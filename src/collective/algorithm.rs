@@ -1,0 +1,341 @@
+//! The collective algorithms over point-to-point messages, written once for
+//! any value type through a [`Codec`]: dissemination barrier, binomial-tree
+//! broadcast and reduce, recursive-doubling allreduce and scan, linear
+//! scatter/gather, and pairwise all-to-all.
+//!
+//! Every message travels in the collective context with a tag made of the
+//! operation and the round, so collectives never match user receives and
+//! rounds never match each other.
+
+use bytemuck::Pod;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::matching::{Envelope, Selector};
+use crate::message;
+use crate::progress::Sent;
+use crate::wire::{Context, Kind};
+use crate::world::World;
+
+/// Which collective a message belongs to (the high byte of its tag).
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+pub(crate) enum Step {
+    Barrier = 1,
+    Broadcast = 2,
+    Reduce = 3,
+    Allreduce = 4,
+    Scan = 5,
+    Gather = 6,
+    Scatter = 7,
+    Alltoall = 8,
+}
+
+fn tag(step: Step, round: u32) -> u32 {
+    ((step as u32) << 24) | (round & 0x00ff_ffff)
+}
+
+/// A message body: its format and bytes.
+pub(crate) type Body = (Kind, Vec<u8>);
+
+/// Turns values into message bodies and back.
+pub(crate) trait Codec<T> {
+    fn encode(&self, value: &T) -> Result<Body>;
+    fn decode(&self, env: &Envelope) -> Result<T>;
+}
+
+/// Serde values through bincode.
+pub(crate) struct SerdeCodec;
+
+impl<T: Serialize + DeserializeOwned> Codec<T> for SerdeCodec {
+    fn encode(&self, value: &T) -> Result<Body> {
+        Ok((Kind::Serde, message::encode(value)?))
+    }
+    fn decode(&self, env: &Envelope) -> Result<T> {
+        message::decode(env)
+    }
+}
+
+/// Vectors of plain numbers as raw bytes.
+pub(crate) struct PodCodec;
+
+impl<E: Pod> Codec<Vec<E>> for PodCodec {
+    fn encode(&self, value: &Vec<E>) -> Result<Body> {
+        Ok((Kind::Raw, message::pod_bytes(value).to_vec()))
+    }
+    fn decode(&self, env: &Envelope) -> Result<Vec<E>> {
+        message::to_vec(env)
+    }
+}
+
+/// How two values combine, in rank order; may fail (e.g. lengths differ).
+pub(crate) type Combine<'a, T> = dyn Fn(&T, &T) -> Result<T> + 'a;
+
+impl World {
+    fn coll_send(&self, dest: usize, tag: u32, body: Body) -> Result<Sent> {
+        self.post_send(dest, Context::Collective, tag, body.0, body.1)
+    }
+
+    fn coll_receive(&self, source: usize, tag: u32) -> Result<Envelope> {
+        self.receive_envelope(Selector::collective(source, tag), None)
+    }
+
+    fn wait_sends(&self, sends: Vec<(Sent, usize)>) -> Result<()> {
+        let mut engine = self.engine();
+        for (sent, dest) in sends {
+            engine.wait_sent(sent, dest)?;
+        }
+        Ok(())
+    }
+
+    /// Dissemination barrier: ⌈log2 n⌉ rounds of empty messages.
+    pub(crate) fn barrier_impl(&self) -> Result<()> {
+        let (n, r) = (self.size(), self.rank());
+        let mut distance = 1;
+        let mut round = 0;
+        while distance < n {
+            let sent = self.coll_send((r + distance) % n, tag(Step::Barrier, round), (Kind::Raw, Vec::new()))?;
+            self.coll_receive((r + n - distance) % n, tag(Step::Barrier, round))?;
+            self.wait_sends(vec![(sent, (r + distance) % n)])?;
+            distance *= 2;
+            round += 1;
+        }
+        Ok(())
+    }
+
+    /// Binomial-tree broadcast of a body from `root`; every rank returns it.
+    pub(crate) fn broadcast_body(&self, body: Option<Body>, root: usize) -> Result<Body> {
+        self.check_rank(root)?;
+        let (n, r) = (self.size(), self.rank());
+        let vr = (r + n - root) % n;
+        let mut body = body;
+        let mut mask = 1;
+        while mask < n {
+            if vr & mask != 0 {
+                let env = self.coll_receive((vr - mask + root) % n, tag(Step::Broadcast, 0))?;
+                body = Some((env.kind, env.payload));
+                break;
+            }
+            mask <<= 1;
+        }
+        let Some(body) = body else {
+            return Err(Error::InvalidArgument(format!("broadcast: root {root} gave no value")));
+        };
+        let mut sends = Vec::new();
+        mask >>= 1;
+        while mask > 0 {
+            if vr + mask < n {
+                let child = (vr + mask + root) % n;
+                sends.push((self.coll_send(child, tag(Step::Broadcast, 0), body.clone())?, child));
+            }
+            mask >>= 1;
+        }
+        self.wait_sends(sends)?;
+        Ok(body)
+    }
+
+    /// Binomial-tree reduction to `root`; `Some` on the root only.
+    pub(crate) fn reduce_value<T>(
+        &self,
+        codec: &dyn Codec<T>,
+        value: T,
+        combine: &Combine<'_, T>,
+        root: usize,
+    ) -> Result<Option<T>> {
+        self.check_rank(root)?;
+        let (n, r) = (self.size(), self.rank());
+        let vr = (r + n - root) % n;
+        let mut acc = value;
+        let mut mask = 1;
+        while mask < n {
+            if vr & mask == 0 {
+                let child = vr | mask;
+                if child < n {
+                    let env = self.coll_receive((child + root) % n, tag(Step::Reduce, 0))?;
+                    acc = combine(&acc, &codec.decode(&env)?)?;
+                }
+            } else {
+                let parent = (vr & !mask) + root;
+                let sent = self.coll_send(parent % n, tag(Step::Reduce, 0), codec.encode(&acc)?)?;
+                self.wait_sends(vec![(sent, parent % n)])?;
+                return Ok(None);
+            }
+            mask <<= 1;
+        }
+        Ok(Some(acc))
+    }
+
+    /// Recursive-doubling allreduce. Ranks beyond the largest power of two
+    /// first fold into a partner. Both partners of a round combine the same
+    /// two values in the same order, so every rank ends with identical bits.
+    pub(crate) fn allreduce_value<T>(&self, codec: &dyn Codec<T>, value: T, combine: &Combine<'_, T>) -> Result<T> {
+        let (n, r) = (self.size(), self.rank());
+        let pof2 = if n.is_power_of_two() {
+            n
+        } else {
+            n.next_power_of_two() / 2
+        };
+        let extra = n - pof2;
+        let t = |round| tag(Step::Allreduce, round);
+        let mut acc = value;
+        // Fold: among the first 2*extra ranks, even ones hand their value to
+        // the next odd one and wait for the result.
+        let virtual_rank = if r < 2 * extra {
+            if r % 2 == 0 {
+                let sent = self.coll_send(r + 1, t(0), codec.encode(&acc)?)?;
+                self.wait_sends(vec![(sent, r + 1)])?;
+                let env = self.coll_receive(r + 1, t(0xff_ffff))?;
+                return codec.decode(&env);
+            }
+            let env = self.coll_receive(r - 1, t(0))?;
+            acc = combine(&codec.decode(&env)?, &acc)?;
+            r / 2
+        } else {
+            r - extra
+        };
+        let real = |v: usize| if v < extra { 2 * v + 1 } else { v + extra };
+        let mut mask = 1;
+        let mut round = 1;
+        while mask < pof2 {
+            let partner = real(virtual_rank ^ mask);
+            let sent = self.coll_send(partner, t(round), codec.encode(&acc)?)?;
+            let other = codec.decode(&self.coll_receive(partner, t(round))?)?;
+            acc = if partner < r {
+                combine(&other, &acc)?
+            } else {
+                combine(&acc, &other)?
+            };
+            self.wait_sends(vec![(sent, partner)])?;
+            mask <<= 1;
+            round += 1;
+        }
+        if r < 2 * extra {
+            let sent = self.coll_send(r - 1, t(0xff_ffff), codec.encode(&acc)?)?;
+            self.wait_sends(vec![(sent, r - 1)])?;
+        }
+        Ok(acc)
+    }
+
+    /// Inclusive prefix reduction by recursive doubling (Hillis–Steele).
+    pub(crate) fn scan_value<T>(&self, codec: &dyn Codec<T>, value: T, combine: &Combine<'_, T>) -> Result<T> {
+        let (n, r) = (self.size(), self.rank());
+        let mut acc = value;
+        let mut distance = 1;
+        let mut round = 0;
+        while distance < n {
+            let mut sends = Vec::new();
+            if r + distance < n {
+                sends.push((
+                    self.coll_send(r + distance, tag(Step::Scan, round), codec.encode(&acc)?)?,
+                    r + distance,
+                ));
+            }
+            if r >= distance {
+                let env = self.coll_receive(r - distance, tag(Step::Scan, round))?;
+                acc = combine(&codec.decode(&env)?, &acc)?;
+            }
+            self.wait_sends(sends)?;
+            distance *= 2;
+            round += 1;
+        }
+        Ok(acc)
+    }
+
+    /// Every rank's body, in rank order, on `root`.
+    pub(crate) fn gather_bodies(&self, body: Body, root: usize) -> Result<Option<Vec<Envelope>>> {
+        self.check_rank(root)?;
+        let r = self.rank();
+        if r != root {
+            let sent = self.coll_send(root, tag(Step::Gather, 0), body)?;
+            self.wait_sends(vec![(sent, root)])?;
+            return Ok(None);
+        }
+        let mut own = Some(body);
+        let mut out = Vec::with_capacity(self.size());
+        for source in 0..self.size() {
+            if source == r {
+                let (kind, payload) = own.take().unwrap_or((Kind::Raw, Vec::new()));
+                out.push(Envelope {
+                    source,
+                    tag: 0,
+                    context: Context::Collective,
+                    kind,
+                    payload,
+                });
+            } else {
+                out.push(self.coll_receive(source, tag(Step::Gather, 0))?);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Root sends `bodies[i]` to rank `i`; every rank returns its own.
+    pub(crate) fn scatter_bodies(&self, bodies: Option<Vec<Body>>, root: usize) -> Result<Envelope> {
+        self.check_rank(root)?;
+        let r = self.rank();
+        if r != root {
+            return self.coll_receive(root, tag(Step::Scatter, 0));
+        }
+        let Some(bodies) = bodies.filter(|b| b.len() == self.size()) else {
+            return Err(Error::InvalidArgument(format!(
+                "scatter: the root must give exactly one value per rank ({})",
+                self.size()
+            )));
+        };
+        let mut sends = Vec::new();
+        let mut own = None;
+        for (dest, body) in bodies.into_iter().enumerate() {
+            if dest == r {
+                own = Some(body);
+            } else {
+                sends.push((self.coll_send(dest, tag(Step::Scatter, 0), body)?, dest));
+            }
+        }
+        self.wait_sends(sends)?;
+        let (kind, payload) = own.unwrap_or((Kind::Raw, Vec::new()));
+        Ok(Envelope {
+            source: r,
+            tag: 0,
+            context: Context::Collective,
+            kind,
+            payload,
+        })
+    }
+
+    /// Rank `i` gets `bodies[i]` from every rank, in rank order.
+    pub(crate) fn alltoall_bodies(&self, bodies: Vec<Body>) -> Result<Vec<Envelope>> {
+        let (n, r) = (self.size(), self.rank());
+        if bodies.len() != n {
+            return Err(Error::InvalidArgument(format!(
+                "alltoall: gave {} values, but there must be one per rank ({n})",
+                bodies.len()
+            )));
+        }
+        let mut bodies: Vec<Option<Body>> = bodies.into_iter().map(Some).collect();
+        let mut sends = Vec::new();
+        for i in 1..n {
+            let dest = (r + i) % n;
+            if let Some(body) = bodies[dest].take() {
+                sends.push((self.coll_send(dest, tag(Step::Alltoall, 0), body)?, dest));
+            }
+        }
+        let mut out = Vec::with_capacity(n);
+        for source in 0..n {
+            if source == r {
+                let (kind, payload) = bodies[r].take().unwrap_or((Kind::Raw, Vec::new()));
+                out.push(Envelope {
+                    source,
+                    tag: 0,
+                    context: Context::Collective,
+                    kind,
+                    payload,
+                });
+            } else {
+                out.push(self.coll_receive(source, tag(Step::Alltoall, 0))?);
+            }
+        }
+        self.wait_sends(sends)?;
+        Ok(out)
+    }
+}

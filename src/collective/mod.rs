@@ -1,0 +1,342 @@
+//! Collective operations, for serde values and for slices of plain numbers:
+//! barrier, broadcast, scatter, gather, allgather, reduce, allreduce, scan,
+//! alltoall. Every rank of the job must make the same collective calls in
+//! the same order, with the same root.
+
+use bytemuck::Pod;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::matching::Envelope;
+use crate::op::Op;
+use crate::wire::Kind;
+use crate::world::World;
+
+mod algorithm;
+
+use algorithm::{Body, Codec, PodCodec, SerdeCodec};
+
+/// Packs several message bodies of one kind into one (for allgather).
+fn pack(envs: &[Envelope]) -> Vec<u8> {
+    let total: usize = envs.iter().map(|e| 8 + e.payload.len()).sum();
+    let mut out = Vec::with_capacity(total);
+    for e in envs {
+        out.extend_from_slice(&(e.payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(&e.payload);
+    }
+    out
+}
+
+/// Splits a packed body back into `count` envelopes, checking every length.
+fn unpack(kind: Kind, packed: &[u8], count: usize) -> Result<Vec<Envelope>> {
+    let bad = |detail: String| Error::protocol("the allgather root", "packed length", detail);
+    let mut out = Vec::with_capacity(count);
+    let mut at = 0usize;
+    for source in 0..count {
+        let Some(len_bytes) = packed.get(at..at + 8) else {
+            return Err(bad(format!("the body ends before rank {source}'s part")));
+        };
+        let mut b = [0u8; 8];
+        b.copy_from_slice(len_bytes);
+        let len = usize::try_from(u64::from_le_bytes(b)).map_err(|_| bad("too large".into()))?;
+        at += 8;
+        let Some(payload) = packed.get(at..at.saturating_add(len)) else {
+            return Err(bad(format!("rank {source}'s part of {len} bytes overruns the body")));
+        };
+        at += len;
+        out.push(Envelope {
+            source,
+            tag: 0,
+            context: crate::wire::Context::Collective,
+            kind,
+            payload: payload.to_vec(),
+        });
+    }
+    if at != packed.len() {
+        return Err(bad(format!("{} trailing bytes", packed.len() - at)));
+    }
+    Ok(out)
+}
+
+fn elementwise<'a, E: Pod>(op: &'a dyn Op<E>, what: &'static str) -> impl Fn(&Vec<E>, &Vec<E>) -> Result<Vec<E>> + 'a {
+    move |a, b| {
+        if a.len() != b.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: ranks gave slices of different lengths ({} and {} elements)",
+                a.len(),
+                b.len()
+            )));
+        }
+        Ok(a.iter().zip(b).map(|(x, y)| op.combine(x, y)).collect())
+    }
+}
+
+fn check_len(what: &str, name: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{what}: {name} has {got} elements, but must have {want}"
+        )))
+    }
+}
+
+fn decode_all<T>(codec: &dyn Codec<T>, envs: &[Envelope]) -> Result<Vec<T>> {
+    envs.iter().map(|e| codec.decode(e)).collect()
+}
+
+fn copy_chunks<E: Pod>(chunks: Vec<Vec<E>>, out: &mut [E], what: &str) -> Result<()> {
+    let mut at = 0;
+    for (rank, chunk) in chunks.into_iter().enumerate() {
+        let end = at + chunk.len();
+        if end > out.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: rank {rank}'s part does not fit the receive buffer of {} elements",
+                out.len()
+            )));
+        }
+        out[at..end].copy_from_slice(&chunk);
+        at = end;
+    }
+    check_len(what, "the receive buffer", out.len(), at)
+}
+
+impl World {
+    /// Waits until every rank has called `barrier`.
+    pub fn barrier(&self) -> Result<()> {
+        self.barrier_impl()
+    }
+
+    /// Gives every rank the root's `value`: on the root it is read, on the
+    /// other ranks it is overwritten.
+    ///
+    /// ```no_run
+    /// # let world = spmd::init().unwrap();
+    /// let mut config = String::new();
+    /// if world.rank() == 0 {
+    ///     config = "steps=100".to_string();
+    /// }
+    /// world.broadcast(&mut config, 0)?;
+    /// # Ok::<(), spmd::Error>(())
+    /// ```
+    pub fn broadcast<T: Serialize + DeserializeOwned>(&self, value: &mut T, root: usize) -> Result<()> {
+        let mine = if self.rank() == root {
+            Some(Codec::<T>::encode(&SerdeCodec, value)?)
+        } else {
+            None
+        };
+        let (kind, payload) = self.broadcast_body(mine, root)?;
+        if self.rank() != root {
+            *value = SerdeCodec.decode(&self.local_envelope(root, kind, payload))?;
+        }
+        Ok(())
+    }
+
+    /// Plain-number broadcast: the root's `buf` is copied into every rank's
+    /// `buf`, which must have the same length.
+    pub fn broadcast_into<E: Pod>(&self, buf: &mut [E], root: usize) -> Result<()> {
+        let mine = if self.rank() == root {
+            Some((Kind::Raw, crate::message::pod_bytes(buf).to_vec()))
+        } else {
+            None
+        };
+        let (kind, payload) = self.broadcast_body(mine, root)?;
+        if self.rank() != root {
+            let data: Vec<E> = PodCodec.decode(&self.local_envelope(root, kind, payload))?;
+            check_len("broadcast_into", "the buffer", buf.len(), data.len())?;
+            buf.copy_from_slice(&data);
+        }
+        Ok(())
+    }
+
+    fn local_envelope(&self, source: usize, kind: Kind, payload: Vec<u8>) -> Envelope {
+        Envelope {
+            source,
+            tag: 0,
+            context: crate::wire::Context::Collective,
+            kind,
+            payload,
+        }
+    }
+
+    /// The root gives `values[i]` to rank `i`; every rank returns its value.
+    /// `values` is read on the root only (pass `&[]` elsewhere).
+    pub fn scatter<T: Serialize + DeserializeOwned>(&self, values: &[T], root: usize) -> Result<T> {
+        let bodies = if self.rank() == root {
+            Some(
+                values
+                    .iter()
+                    .map(|v| SerdeCodec.encode(v))
+                    .collect::<Result<Vec<Body>>>()?,
+            )
+        } else {
+            None
+        };
+        SerdeCodec.decode(&self.scatter_bodies(bodies, root)?)
+    }
+
+    /// Plain-number scatter: the root's `send` (of `recv.len() * size`
+    /// elements) is cut into equal parts, part `i` to rank `i`'s `recv`.
+    pub fn scatter_into<E: Pod>(&self, send: &[E], recv: &mut [E], root: usize) -> Result<()> {
+        let k = recv.len();
+        let bodies = if self.rank() == root {
+            check_len("scatter_into", "the root's send buffer", send.len(), k * self.size())?;
+            Some(
+                (0..self.size())
+                    .map(|i| (Kind::Raw, crate::message::pod_bytes(&send[i * k..(i + 1) * k]).to_vec()))
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        let env = self.scatter_bodies(bodies, root)?;
+        let n = crate::message::copy_into(&env, recv)?;
+        check_len("scatter_into", "the receive buffer", k, n)
+    }
+
+    /// Collects every rank's `value` on the root, in rank order: `Some` on
+    /// the root, `None` elsewhere.
+    pub fn gather<T: Serialize + DeserializeOwned>(&self, value: &T, root: usize) -> Result<Option<Vec<T>>> {
+        match self.gather_bodies(SerdeCodec.encode(value)?, root)? {
+            Some(envs) => decode_all(&SerdeCodec, &envs).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Plain-number gather: every rank's `send` lands in the root's `recv`
+    /// (of `send.len() * size` elements) in rank order. `recv` is written on
+    /// the root only (pass `&mut []` elsewhere).
+    pub fn gather_into<E: Pod>(&self, send: &[E], recv: &mut [E], root: usize) -> Result<()> {
+        let body = (Kind::Raw, crate::message::pod_bytes(send).to_vec());
+        if let Some(envs) = self.gather_bodies(body, root)? {
+            let chunks: Vec<Vec<E>> = decode_all(&PodCodec, &envs)?;
+            copy_chunks(chunks, recv, "gather_into")?;
+        }
+        Ok(())
+    }
+
+    fn allgather_envelopes(&self, body: Body) -> Result<Vec<Envelope>> {
+        let kind = body.0;
+        let packed = self.gather_bodies(body, 0)?.map(|envs| (kind, pack(&envs)));
+        let (kind, payload) = self.broadcast_body(packed, 0)?;
+        unpack(kind, &payload, self.size())
+    }
+
+    /// Every rank gets every rank's `value`, in rank order.
+    pub fn allgather<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Vec<T>> {
+        let envs = self.allgather_envelopes(SerdeCodec.encode(value)?)?;
+        decode_all(&SerdeCodec, &envs)
+    }
+
+    /// Plain-number allgather: every rank's `send` lands in every rank's
+    /// `recv` (of `send.len() * size` elements) in rank order.
+    pub fn allgather_into<E: Pod>(&self, send: &[E], recv: &mut [E]) -> Result<()> {
+        let envs = self.allgather_envelopes((Kind::Raw, crate::message::pod_bytes(send).to_vec()))?;
+        copy_chunks(decode_all(&PodCodec, &envs)?, recv, "allgather_into")
+    }
+
+    /// Combines every rank's `value` with `op` on the root: `Some(result)`
+    /// on the root, `None` elsewhere.
+    ///
+    /// ```no_run
+    /// use spmd::op;
+    /// # let world = spmd::init().unwrap();
+    /// let partial = (world.rank() as u128 + 1).pow(2);
+    /// if let Some(total) = world.reduce(&partial, &op::Sum, 0)? {
+    ///     println!("sum of squares: {total}");
+    /// }
+    /// # Ok::<(), spmd::Error>(())
+    /// ```
+    pub fn reduce<T: Serialize + DeserializeOwned + Clone>(
+        &self,
+        value: &T,
+        op: &impl Op<T>,
+        root: usize,
+    ) -> Result<Option<T>> {
+        self.reduce_value(&SerdeCodec, value.clone(), &|a, b| Ok(op.combine(a, b)), root)
+    }
+
+    /// Plain-number reduce, element by element: the root's `recv` (of
+    /// `send.len()` elements) gets the combination of every rank's `send`.
+    pub fn reduce_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>, root: usize) -> Result<()> {
+        let combine = elementwise(op, "reduce_into");
+        if let Some(result) = self.reduce_value(&PodCodec, send.to_vec(), &combine, root)? {
+            check_len("reduce_into", "the root's receive buffer", recv.len(), result.len())?;
+            recv.copy_from_slice(&result);
+        }
+        Ok(())
+    }
+
+    /// Combines every rank's `value` with `op`; every rank gets the same
+    /// result, bit for bit.
+    pub fn allreduce<T: Serialize + DeserializeOwned + Clone>(&self, value: &T, op: &impl Op<T>) -> Result<T> {
+        self.allreduce_value(&SerdeCodec, value.clone(), &|a, b| Ok(op.combine(a, b)))
+    }
+
+    /// Plain-number allreduce, element by element, into `recv` (of
+    /// `send.len()` elements) on every rank.
+    ///
+    /// ```no_run
+    /// use spmd::op;
+    /// # let world = spmd::init().unwrap();
+    /// let local = [world.rank() as f64, 1.0];
+    /// let mut total = [0.0; 2];
+    /// world.allreduce_into(&local, &mut total, &op::Sum)?;
+    /// # Ok::<(), spmd::Error>(())
+    /// ```
+    pub fn allreduce_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>) -> Result<()> {
+        check_len("allreduce_into", "the receive buffer", recv.len(), send.len())?;
+        let combine = elementwise(op, "allreduce_into");
+        let result = self.allreduce_value(&PodCodec, send.to_vec(), &combine)?;
+        recv.copy_from_slice(&result);
+        Ok(())
+    }
+
+    /// Inclusive prefix reduction: rank `r` gets `value₀ op … op value_r`.
+    pub fn scan<T: Serialize + DeserializeOwned + Clone>(&self, value: &T, op: &impl Op<T>) -> Result<T> {
+        self.scan_value(&SerdeCodec, value.clone(), &|a, b| Ok(op.combine(a, b)))
+    }
+
+    /// Plain-number inclusive scan, element by element, into `recv`.
+    pub fn scan_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>) -> Result<()> {
+        check_len("scan_into", "the receive buffer", recv.len(), send.len())?;
+        let combine = elementwise(op, "scan_into");
+        let result = self.scan_value(&PodCodec, send.to_vec(), &combine)?;
+        recv.copy_from_slice(&result);
+        Ok(())
+    }
+
+    /// Rank `r` sends `values[i]` to rank `i` and gets back one value from
+    /// every rank, in rank order. `values` has one entry per rank.
+    pub fn alltoall<T: Serialize + DeserializeOwned>(&self, values: &[T]) -> Result<Vec<T>> {
+        let bodies = values
+            .iter()
+            .map(|v| SerdeCodec.encode(v))
+            .collect::<Result<Vec<Body>>>()?;
+        decode_all(&SerdeCodec, &self.alltoall_bodies(bodies)?)
+    }
+
+    /// Plain-number alltoall: `send` and `recv` both hold `k * size`
+    /// elements; part `i` of `send` goes to rank `i`, and part `j` of `recv`
+    /// comes from rank `j`.
+    pub fn alltoall_into<E: Pod>(&self, send: &[E], recv: &mut [E]) -> Result<()> {
+        let n = self.size();
+        check_len("alltoall_into", "the receive buffer", recv.len(), send.len())?;
+        if send.len() % n != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "alltoall_into: {} elements do not split evenly among {n} ranks",
+                send.len()
+            )));
+        }
+        let k = send.len() / n;
+        let bodies = (0..n)
+            .map(|i| (Kind::Raw, crate::message::pod_bytes(&send[i * k..(i + 1) * k]).to_vec()))
+            .collect();
+        copy_chunks(
+            decode_all(&PodCodec, &self.alltoall_bodies(bodies)?)?,
+            recv,
+            "alltoall_into",
+        )
+    }
+}

@@ -1,0 +1,109 @@
+//! spmd: an MPI-style SPMD message-passing runtime.
+//!
+//! One program runs as N processes, the *ranks*. Each knows its rank and the
+//! world size, and the ranks exchange typed messages: any serde value, or
+//! slices of plain numbers as raw bytes. Start a job with the `spmdrun`
+//! launcher; a program started on its own is a job of one rank.
+//!
+//! The classic ring: rank 0 starts a message, every rank appends its name
+//! and passes it on, and it comes back to rank 0.
+//!
+//! ```no_run
+//! fn main() -> Result<(), spmd::Error> {
+//!     let world = spmd::init()?;
+//!     let (rank, size) = (world.rank(), world.size());
+//!     println!("I am rank {rank} of {size} on node {}", world.processor_name());
+//!     if rank == 0 {
+//!         world.send(&"P0".to_string(), 1 % size)?;
+//!         let msg: String = world.receive(size - 1)?;
+//!         println!("Processor 0 received message {msg:?} from rank {}", size - 1);
+//!     } else {
+//!         let mut msg: String = world.receive(rank - 1)?;
+//!         msg.push_str(&format!("P{rank}"));
+//!         world.send(&msg, (rank + 1) % size)?;
+//!     }
+//!     world.finalize()
+//! }
+//! ```
+//!
+//! Run it with `spmdrun -n 4 target/release/examples/ring`.
+//!
+//! # Naming
+//!
+//! Blocking calls have plain names (`send`, `receive`, `allreduce`);
+//! `_with_tag` adds a tag, `_matching` takes a [`Match`] for any source or
+//! any tag and returns a [`Status`], `_timeout` gives up after a duration,
+//! `try_` never waits, `_slice`/`_into`/`_vec` move plain numbers without
+//! serialization (`_into` fills the caller's buffer), and `immediate_`
+//! calls return a [`Request`] to `wait` on or `test`. See [`World`].
+//!
+//! # Errors
+//!
+//! Every fallible call returns [`Result<_, Error>`](Error). A rank that
+//! panics, exits or is killed ends the whole job: spmdrun stops the other
+//! ranks and names the one that failed.
+
+#![deny(missing_docs)]
+
+pub mod auth;
+mod bootstrap;
+mod collective;
+mod control;
+mod error;
+mod matching;
+mod message;
+pub mod op;
+mod point_to_point;
+mod progress;
+mod request;
+mod transport;
+pub mod wire;
+mod world;
+
+pub use error::{Error, Result};
+pub use matching::{Match, Status};
+pub use request::{ReceiveRequest, Request, SendRequest, wait_all};
+pub use world::{World, init, wtime};
+
+/// PyPar's `balance`: the range of items `0..n` that rank `rank` of `size`
+/// handles, splitting `n` items into contiguous blocks whose lengths differ
+/// by at most one (the first `n % size` ranks get one more).
+///
+/// ```
+/// assert_eq!(spmd::balance(10, 4, 0), 0..3);
+/// assert_eq!(spmd::balance(10, 4, 1), 3..6);
+/// assert_eq!(spmd::balance(10, 4, 2), 6..8);
+/// assert_eq!(spmd::balance(10, 4, 3), 8..10);
+/// ```
+///
+/// # Panics
+///
+/// If `size` is 0 or `rank >= size`.
+pub fn balance(n: usize, size: usize, rank: usize) -> std::ops::Range<usize> {
+    assert!(size > 0 && rank < size, "balance: rank {rank} is not below size {size}");
+    let (base, extra) = (n / size, n % size);
+    let start = rank * base + rank.min(extra);
+    let len = base + usize::from(rank < extra);
+    start..start + len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::balance;
+
+    #[test]
+    fn balance_covers_everything_once_and_evenly() {
+        for n in 0..50 {
+            for size in 1..9 {
+                let parts: Vec<_> = (0..size).map(|r| balance(n, size, r)).collect();
+                assert_eq!(parts[0].start, 0);
+                assert_eq!(parts[size - 1].end, n);
+                for w in parts.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                }
+                let lens: Vec<_> = parts.iter().map(|p| p.len()).collect();
+                assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Message matching, independent of any transport: which receive gets which
+//! message, the queue of messages that arrived before their receive, and
+//! the posted receives waiting for a message.
+//!
+//! Rules (MPI's): a message goes to the earliest posted receive that matches
+//! it; a new receive takes the earliest arrived message that matches it.
+//! Since a transport delivers the messages of one sender in the order they
+//! were sent, messages from one source with one tag are received in order.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::wire::{Context, Kind};
+
+/// Which messages a receive or probe accepts: a source rank or any, and a
+/// tag or any.
+///
+/// ```
+/// use spmd::Match;
+/// let from_three = Match::source(3);              // any tag from rank 3
+/// let tagged = Match::tag(7);                     // tag 7 from any rank
+/// let exact = Match::source(3).with_tag(7);       // tag 7 from rank 3
+/// let anything = Match::any();
+/// # let _ = (from_three, tagged, exact, anything);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Match {
+    source: Option<usize>,
+    tag: Option<u32>,
+}
+
+impl Match {
+    /// Any message from any rank.
+    pub fn any() -> Match {
+        Match::default()
+    }
+
+    /// Any tag from rank `source`.
+    pub fn source(source: usize) -> Match {
+        Match {
+            source: Some(source),
+            tag: None,
+        }
+    }
+
+    /// Tag `tag` from any rank.
+    pub fn tag(tag: u32) -> Match {
+        Match {
+            source: None,
+            tag: Some(tag),
+        }
+    }
+
+    /// The same match, restricted to tag `tag`.
+    pub fn with_tag(self, tag: u32) -> Match {
+        Match { tag: Some(tag), ..self }
+    }
+
+    /// The same match, restricted to rank `source`.
+    pub fn with_source(self, source: usize) -> Match {
+        Match {
+            source: Some(source),
+            ..self
+        }
+    }
+
+    /// The source rank this matches, or `None` for any.
+    pub fn source_rank(&self) -> Option<usize> {
+        self.source
+    }
+
+    /// The tag this matches, or `None` for any.
+    pub fn tag_value(&self) -> Option<u32> {
+        self.tag
+    }
+}
+
+/// What a receive or probe learned about a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    source: usize,
+    tag: u32,
+    len: u64,
+}
+
+impl Status {
+    /// The rank that sent the message.
+    pub fn source(&self) -> usize {
+        self.source
+    }
+
+    /// The message's tag.
+    pub fn tag(&self) -> u32 {
+        self.tag
+    }
+
+    /// The message's length in bytes (serialized bytes for serde values).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when the message has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A message that has arrived, with its envelope.
+#[derive(Debug)]
+pub(crate) struct Envelope {
+    pub source: usize,
+    pub tag: u32,
+    pub context: Context,
+    pub kind: Kind,
+    pub payload: Vec<u8>,
+}
+
+impl Envelope {
+    pub fn status(&self) -> Status {
+        Status {
+            source: self.source,
+            tag: self.tag,
+            len: self.payload.len() as u64,
+        }
+    }
+}
+
+/// A [`Match`] within one context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Selector {
+    pub context: Context,
+    pub pattern: Match,
+}
+
+impl Selector {
+    pub fn user(pattern: Match) -> Selector {
+        Selector {
+            context: Context::User,
+            pattern,
+        }
+    }
+
+    pub fn collective(source: usize, tag: u32) -> Selector {
+        Selector {
+            context: Context::Collective,
+            pattern: Match::source(source).with_tag(tag),
+        }
+    }
+
+    fn accepts(&self, env: &Envelope) -> bool {
+        self.context == env.context
+            && self.pattern.source.is_none_or(|s| s == env.source)
+            && self.pattern.tag.is_none_or(|t| t == env.tag)
+    }
+}
+
+/// Identifies one posted receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ReceiveId(u64);
+
+/// The matching engine of one rank.
+#[derive(Debug, Default)]
+pub(crate) struct Matcher {
+    unexpected: VecDeque<Envelope>,
+    posted: Vec<(ReceiveId, Selector)>,
+    completed: HashMap<ReceiveId, Envelope>,
+    next_id: u64,
+}
+
+impl Matcher {
+    /// Hands an arrived message to the earliest posted receive that matches,
+    /// or queues it as unexpected.
+    pub fn deliver(&mut self, env: Envelope) {
+        if let Some(i) = self.posted.iter().position(|(_, sel)| sel.accepts(&env)) {
+            let (id, _) = self.posted.remove(i);
+            self.completed.insert(id, env);
+        } else {
+            self.unexpected.push_back(env);
+        }
+    }
+
+    /// Posts a receive; it completes at once if a matching message is queued.
+    pub fn post(&mut self, sel: Selector) -> ReceiveId {
+        let id = ReceiveId(self.next_id);
+        self.next_id += 1;
+        if let Some(i) = self.unexpected.iter().position(|env| sel.accepts(env)) {
+            if let Some(env) = self.unexpected.remove(i) {
+                self.completed.insert(id, env);
+            }
+        } else {
+            self.posted.push((id, sel));
+        }
+        id
+    }
+
+    /// The message of a completed receive, if it has completed.
+    pub fn take(&mut self, id: ReceiveId) -> Option<Envelope> {
+        self.completed.remove(&id)
+    }
+
+    /// True if the receive has completed.
+    pub fn is_complete(&self, id: ReceiveId) -> bool {
+        self.completed.contains_key(&id)
+    }
+
+    /// The selector of a receive still waiting, if it is still waiting.
+    pub fn pending(&self, id: ReceiveId) -> Option<Selector> {
+        self.posted.iter().find(|(i, _)| *i == id).map(|(_, s)| *s)
+    }
+
+    /// Withdraws a receive whose request was dropped. A message it had
+    /// already taken goes back to the front of the queue, so it is not lost.
+    pub fn cancel(&mut self, id: ReceiveId) {
+        self.posted.retain(|(i, _)| *i != id);
+        if let Some(env) = self.completed.remove(&id) {
+            self.unexpected.push_front(env);
+        }
+    }
+
+    /// The status of the earliest queued message that `sel` accepts.
+    pub fn probe(&self, sel: Selector) -> Option<Status> {
+        self.unexpected
+            .iter()
+            .find(|env| sel.accepts(env))
+            .map(Envelope::status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(source: usize, tag: u32, byte: u8) -> Envelope {
+        Envelope {
+            source,
+            tag,
+            context: Context::User,
+            kind: Kind::Raw,
+            payload: vec![byte],
+        }
+    }
+
+    #[test]
+    fn posted_before_and_after_arrival_behave_the_same() {
+        let mut m = Matcher::default();
+        let early = m.post(Selector::user(Match::source(1)));
+        m.deliver(env(1, 0, 10));
+        m.deliver(env(1, 0, 11));
+        let late = m.post(Selector::user(Match::source(1)));
+        assert_eq!(m.take(early).unwrap().payload, vec![10]);
+        assert_eq!(m.take(late).unwrap().payload, vec![11]);
+    }
+
+    #[test]
+    fn tags_and_contexts_separate_messages() {
+        let mut m = Matcher::default();
+        m.deliver(env(2, 5, 1));
+        m.deliver(Envelope {
+            context: Context::Collective,
+            ..env(2, 6, 2)
+        });
+        let coll = m.post(Selector::user(Match::tag(6)));
+        assert!(!m.is_complete(coll));
+        let five = m.post(Selector::user(Match::any()));
+        assert_eq!(m.take(five).unwrap().payload, vec![1]);
+        let c = m.post(Selector::collective(2, 6));
+        assert_eq!(m.take(c).unwrap().payload, vec![2]);
+    }
+
+    #[test]
+    fn cancelled_receive_returns_its_message() {
+        let mut m = Matcher::default();
+        let a = m.post(Selector::user(Match::any()));
+        m.deliver(env(0, 0, 7));
+        m.cancel(a);
+        assert_eq!(m.probe(Selector::user(Match::any())).unwrap().source(), 0);
+    }
+}

@@ -1,0 +1,217 @@
+//! The progress engine of one rank: the single path through which sends go
+//! out, messages come in and waits complete. It joins the matching engine
+//! to the transport, and knows when a wait can never end.
+
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::matching::{Envelope, Matcher, ReceiveId, Selector, Status};
+use crate::transport::{SendTicket, Transport, Wait};
+use crate::wire::{Context, Header, Kind};
+
+/// A queued send: `None` when it went to this rank itself and is done.
+pub(crate) type Sent = Option<SendTicket>;
+
+#[derive(Debug)]
+pub(crate) struct Engine {
+    pub me: usize,
+    pub size: usize,
+    matcher: Matcher,
+    transport: Transport,
+}
+
+impl Engine {
+    pub fn new(me: usize, size: usize, transport: Transport) -> Engine {
+        Engine {
+            me,
+            size,
+            matcher: Matcher::default(),
+            transport,
+        }
+    }
+
+    pub fn check_rank(&self, rank: usize) -> Result<()> {
+        if rank < self.size {
+            Ok(())
+        } else {
+            Err(Error::InvalidRank { rank, size: self.size })
+        }
+    }
+
+    /// Queues a message. A message to this rank is delivered at once.
+    pub fn send(&mut self, dest: usize, context: Context, tag: u32, kind: Kind, payload: Vec<u8>) -> Result<Sent> {
+        self.check_rank(dest)?;
+        if dest == self.me {
+            self.matcher.deliver(Envelope {
+                source: dest,
+                tag,
+                context,
+                kind,
+                payload,
+            });
+            return Ok(None);
+        }
+        let header = Header {
+            kind,
+            source: self.me as u32,
+            tag,
+            context,
+            len: payload.len() as u64,
+        };
+        self.transport.queue(dest, header, payload).map(Some)
+    }
+
+    pub fn is_sent(&mut self, sent: Sent) -> Result<bool> {
+        match sent {
+            None => Ok(true),
+            Some(t) if self.transport.is_sent(t) => Ok(true),
+            Some(_) => {
+                self.step(Wait::No)?;
+                Ok(sent.is_none_or(|t| self.transport.is_sent(t)))
+            }
+        }
+    }
+
+    /// Waits until a send has left this process.
+    pub fn wait_sent(&mut self, sent: Sent, dest: usize) -> Result<()> {
+        let Some(ticket) = sent else { return Ok(()) };
+        while !self.transport.is_sent(ticket) {
+            if self.transport.is_closed(dest) {
+                return Err(Error::PeerGone { rank: dest });
+            }
+            self.step(Wait::Until(None))?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, wait: Wait) -> Result<()> {
+        let matcher = &mut self.matcher;
+        self.transport.progress(&mut |env| matcher.deliver(env), wait)
+    }
+
+    pub fn post(&mut self, sel: Selector) -> Result<ReceiveId> {
+        if let Some(source) = sel.pattern.source_rank() {
+            self.check_rank(source)?;
+        }
+        Ok(self.matcher.post(sel))
+    }
+
+    /// Waits for a posted receive; `None` waits for ever.
+    pub fn wait_receive(&mut self, id: ReceiveId, timeout: Option<Duration>) -> Result<Envelope> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(env) = self.matcher.take(id) {
+                return Ok(env);
+            }
+            self.step(Wait::No)?;
+            if let Some(env) = self.matcher.take(id) {
+                return Ok(env);
+            }
+            if let Some(sel) = self.matcher.pending(id) {
+                if let Err(e) = self.check_can_arrive(sel) {
+                    self.matcher.cancel(id);
+                    return Err(e);
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                let what = sel_text(self.matcher.pending(id));
+                self.matcher.cancel(id);
+                return Err(timed_out(what, timeout));
+            }
+            self.step(Wait::Until(deadline))?;
+        }
+    }
+
+    /// Completes a receive if its message is here, without waiting.
+    pub fn test_receive(&mut self, id: ReceiveId) -> Result<bool> {
+        if !self.matcher.is_complete(id) {
+            self.step(Wait::No)?;
+        }
+        if let Some(sel) = self.matcher.pending(id) {
+            self.check_can_arrive(sel)?;
+        }
+        Ok(self.matcher.is_complete(id))
+    }
+
+    pub fn cancel(&mut self, id: ReceiveId) {
+        self.matcher.cancel(id);
+    }
+
+    /// Looks for a queued message; waits per `wait` if there is none.
+    pub fn probe(&mut self, sel: Selector, wait: Option<Option<Duration>>) -> Result<Option<Status>> {
+        if let Some(source) = sel.pattern.source_rank() {
+            self.check_rank(source)?;
+        }
+        self.step(Wait::No)?;
+        let Some(timeout) = wait else {
+            return Ok(self.matcher.probe(sel));
+        };
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(status) = self.matcher.probe(sel) {
+                return Ok(Some(status));
+            }
+            self.check_can_arrive(sel)?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(timed_out(sel_text(Some(sel)), timeout));
+            }
+            self.step(Wait::Until(deadline))?;
+        }
+    }
+
+    /// Fails a wait that can never end: its only possible senders are gone,
+    /// or it waits for a message this rank would have to send itself.
+    fn check_can_arrive(&self, sel: Selector) -> Result<()> {
+        match sel.pattern.source_rank() {
+            Some(s) if s == self.me => Err(Error::InvalidArgument(format!(
+                "rank {} waits for a message from itself that was never sent; this would wait for ever",
+                self.me
+            ))),
+            Some(s) if self.transport.is_gone(s) => Err(Error::PeerGone { rank: s }),
+            Some(_) => Ok(()),
+            None => {
+                let others: Vec<usize> = (0..self.size).filter(|r| *r != self.me).collect();
+                if others.is_empty() {
+                    return Err(Error::InvalidArgument(format!(
+                        "rank {} is alone in this job and waits for a message nobody sent; this would wait for ever",
+                        self.me
+                    )));
+                }
+                match others.iter().find(|r| !self.transport.is_gone(**r)) {
+                    Some(_) => Ok(()),
+                    None => Err(Error::PeerGone { rank: others[0] }),
+                }
+            }
+        }
+    }
+
+    /// Flushes every send and tells the peers this rank is done.
+    pub fn finish(&mut self) -> Result<()> {
+        let matcher = &mut self.matcher;
+        self.transport.finish(&mut |env| matcher.deliver(env))
+    }
+}
+
+fn sel_text(sel: Option<Selector>) -> String {
+    match sel {
+        None => "a message".to_string(),
+        Some(s) => {
+            let from = s
+                .pattern
+                .source_rank()
+                .map_or("any rank".to_string(), |r| format!("rank {r}"));
+            let tag = s
+                .pattern
+                .tag_value()
+                .map_or("any tag".to_string(), |t| format!("tag {t}"));
+            format!("a message from {from} with {tag}")
+        }
+    }
+}
+
+fn timed_out(what: String, timeout: Option<Duration>) -> Error {
+    Error::Timeout {
+        what,
+        seconds: timeout.map_or(0.0, |t| t.as_secs_f64()),
+    }
+}

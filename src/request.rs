@@ -1,0 +1,180 @@
+//! Non-blocking operations: `immediate_` sends and receives return requests
+//! that complete later, to `wait` on or `test`.
+
+use bytemuck::Pod;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Result;
+use crate::matching::{Envelope, Match, ReceiveId, Selector, Status};
+use crate::message;
+use crate::progress::Sent;
+use crate::wire::{Context, Kind};
+use crate::world::World;
+
+/// An operation that completes in the background.
+pub trait Request {
+    /// What the operation yields when complete.
+    type Output;
+
+    /// Waits until the operation completes and returns its result.
+    fn wait(self) -> Result<Self::Output>;
+
+    /// Makes progress without waiting; true once [`Request::wait`] would
+    /// return at once.
+    fn test(&mut self) -> Result<bool>;
+}
+
+/// Waits for every request, in order, and returns their results in order.
+///
+/// ```no_run
+/// use spmd::{Match, Request};
+/// # let world = spmd::init().unwrap();
+/// let receives: Vec<_> = (0..world.size())
+///     .map(|r| world.immediate_receive::<u64>(Match::source(r)))
+///     .collect::<Result<_, _>>()?;
+/// let sends: Vec<_> = (0..world.size())
+///     .map(|r| world.immediate_send(&(world.rank() as u64), r))
+///     .collect::<Result<_, _>>()?;
+/// let values = spmd::wait_all(receives)?;
+/// spmd::wait_all(sends)?;
+/// # Ok::<(), spmd::Error>(())
+/// ```
+pub fn wait_all<R: Request>(requests: impl IntoIterator<Item = R>) -> Result<Vec<R::Output>> {
+    requests.into_iter().map(Request::wait).collect()
+}
+
+/// A send in progress. The message was copied when the request was made, so
+/// the value may change or go away; dropping the request does not cancel
+/// the send.
+#[derive(Debug)]
+#[must_use = "wait on the request to learn whether the send succeeded"]
+pub struct SendRequest<'w> {
+    world: &'w World,
+    sent: Sent,
+    dest: usize,
+}
+
+impl Request for SendRequest<'_> {
+    type Output = ();
+
+    fn wait(self) -> Result<()> {
+        self.world.engine().wait_sent(self.sent, self.dest)
+    }
+
+    fn test(&mut self) -> Result<bool> {
+        self.world.engine().is_sent(self.sent)
+    }
+}
+
+/// A receive in progress; its output is the value and its [`Status`].
+/// Dropping it withdraws the receive, and a message it had already matched
+/// goes back to be received by another call.
+#[must_use = "wait on the request to get the message"]
+pub struct ReceiveRequest<'w, T> {
+    world: &'w World,
+    id: Option<ReceiveId>,
+    decode: fn(&Envelope) -> Result<T>,
+}
+
+impl<T> std::fmt::Debug for ReceiveRequest<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiveRequest").field("id", &self.id).finish()
+    }
+}
+
+impl<T> Request for ReceiveRequest<'_, T> {
+    type Output = (T, Status);
+
+    fn wait(mut self) -> Result<(T, Status)> {
+        let Some(id) = self.id.take() else {
+            unreachable!("a receive request is waited on once, by value")
+        };
+        let env = self.world.engine().wait_receive(id, None)?;
+        Ok(((self.decode)(&env)?, env.status()))
+    }
+
+    fn test(&mut self) -> Result<bool> {
+        match self.id {
+            Some(id) => self.world.engine().test_receive(id),
+            None => Ok(true),
+        }
+    }
+}
+
+impl<T> Drop for ReceiveRequest<'_, T> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            if let Ok(mut engine) = self.world.engine_try() {
+                engine.cancel(id);
+            }
+        }
+    }
+}
+
+impl World {
+    fn immediate_bytes(&self, dest: usize, tag: u32, kind: Kind, payload: Vec<u8>) -> Result<SendRequest<'_>> {
+        self.check_rank(dest)?;
+        let sent = self.post_send(dest, Context::User, tag, kind, payload)?;
+        Ok(SendRequest {
+            world: self,
+            sent,
+            dest,
+        })
+    }
+
+    /// Starts sending `value` to `dest` with tag 0 and returns at once.
+    pub fn immediate_send<T: Serialize + ?Sized>(&self, value: &T, dest: usize) -> Result<SendRequest<'_>> {
+        self.immediate_send_with_tag(value, dest, 0)
+    }
+
+    /// [`World::immediate_send`] with tag `tag`.
+    pub fn immediate_send_with_tag<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        dest: usize,
+        tag: u32,
+    ) -> Result<SendRequest<'_>> {
+        self.immediate_bytes(dest, tag, Kind::Serde, message::encode(value)?)
+    }
+
+    /// Starts sending a slice of plain numbers to `dest` with tag `tag`.
+    pub fn immediate_send_slice<T: Pod>(&self, data: &[T], dest: usize, tag: u32) -> Result<SendRequest<'_>> {
+        self.immediate_bytes(dest, tag, Kind::Raw, message::pod_bytes(data).to_vec())
+    }
+
+    /// Posts a receive of a `T` from whichever rank and tag `pattern`
+    /// accepts, and returns at once.
+    ///
+    /// ```no_run
+    /// use spmd::{Match, Request};
+    /// # let world = spmd::init().unwrap();
+    /// let mut req = world.immediate_receive::<String>(Match::any())?;
+    /// while !req.test()? {
+    ///     // do useful work meanwhile
+    /// }
+    /// let (text, status) = req.wait()?;
+    /// # Ok::<(), spmd::Error>(())
+    /// ```
+    pub fn immediate_receive<T: DeserializeOwned>(&self, pattern: Match) -> Result<ReceiveRequest<'_, T>> {
+        self.immediate_receive_with(pattern, message::decode::<T>)
+    }
+
+    /// Posts a receive of plain numbers into a new vector.
+    pub fn immediate_receive_vec<T: Pod>(&self, pattern: Match) -> Result<ReceiveRequest<'_, Vec<T>>> {
+        self.immediate_receive_with(pattern, message::to_vec::<T>)
+    }
+
+    fn immediate_receive_with<T>(
+        &self,
+        pattern: Match,
+        decode: fn(&Envelope) -> Result<T>,
+    ) -> Result<ReceiveRequest<'_, T>> {
+        let id = self.engine().post(Selector::user(pattern))?;
+        Ok(ReceiveRequest {
+            world: self,
+            id: Some(id),
+            decode,
+        })
+    }
+}
