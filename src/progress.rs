@@ -12,22 +12,39 @@ use crate::wire::{Context, Header, Kind};
 /// A queued send: `None` when it went to this rank itself and is done.
 pub(crate) type Sent = Option<SendTicket>;
 
+/// How long a rank that lost a peer to a crash waits for the launcher to end
+/// the job before it reports the loss itself. Without the wait, the rank's
+/// own error exit could race the crashed rank's and be blamed for it.
+const LAUNCHER_REACTION: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 pub(crate) struct Engine {
     pub me: usize,
     pub size: usize,
     matcher: Matcher,
     transport: Transport,
+    /// Started by a launcher that ends the job when a rank dies.
+    managed: bool,
 }
 
 impl Engine {
-    pub fn new(me: usize, size: usize, transport: Transport) -> Engine {
+    pub fn new(me: usize, size: usize, transport: Transport, managed: bool) -> Engine {
         Engine {
             me,
             size,
             matcher: Matcher::default(),
             transport,
+            managed,
         }
+    }
+
+    /// The error for a peer that has gone. If it died and a launcher is
+    /// watching, the launcher is about to end this rank: give it the time.
+    fn gone(&self, rank: usize) -> Error {
+        if self.managed && self.transport.died(rank) {
+            std::thread::sleep(LAUNCHER_REACTION);
+        }
+        Error::PeerGone { rank }
     }
 
     pub fn check_rank(&self, rank: usize) -> Result<()> {
@@ -77,7 +94,7 @@ impl Engine {
         let Some(ticket) = sent else { return Ok(()) };
         while !self.transport.is_sent(ticket) {
             if self.transport.is_closed(dest) {
-                return Err(Error::PeerGone { rank: dest });
+                return Err(self.gone(dest));
             }
             self.step(Wait::Until(None))?;
         }
@@ -86,7 +103,16 @@ impl Engine {
 
     fn step(&mut self, wait: Wait) -> Result<()> {
         let matcher = &mut self.matcher;
-        self.transport.progress(&mut |env| matcher.deliver(env), wait)
+        match self.transport.progress(&mut |env| matcher.deliver(env), wait) {
+            Err(Error::PeerGone { rank }) => Err(self.gone(rank)),
+            Err(e @ Error::Protocol { field: "stream", .. }) => {
+                if self.managed {
+                    std::thread::sleep(LAUNCHER_REACTION);
+                }
+                Err(e)
+            }
+            other => other,
+        }
     }
 
     pub fn post(&mut self, sel: Selector) -> Result<ReceiveId> {
@@ -167,7 +193,7 @@ impl Engine {
                 "rank {} waits for a message from itself that was never sent; this would wait for ever",
                 self.me
             ))),
-            Some(s) if self.transport.is_gone(s) => Err(Error::PeerGone { rank: s }),
+            Some(s) if self.transport.is_gone(s) => Err(self.gone(s)),
             Some(_) => Ok(()),
             None => {
                 let others: Vec<usize> = (0..self.size).filter(|r| *r != self.me).collect();
@@ -179,7 +205,7 @@ impl Engine {
                 }
                 match others.iter().find(|r| !self.transport.is_gone(**r)) {
                     Some(_) => Ok(()),
-                    None => Err(Error::PeerGone { rank: others[0] }),
+                    None => Err(self.gone(others[0])),
                 }
             }
         }

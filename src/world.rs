@@ -73,7 +73,7 @@ pub fn init() -> Result<World> {
             local_rank: 0,
             local_size: 1,
             node: 0,
-            engine: RefCell::new(Engine::new(0, 1, Transport::Alone)),
+            engine: RefCell::new(Engine::new(0, 1, Transport::Alone, false)),
             managed: false,
             finalized: Cell::new(false),
         }),
@@ -93,7 +93,7 @@ pub fn init() -> Result<World> {
                 local_rank: p.local_rank,
                 local_size: p.local_size,
                 node: p.node,
-                engine: RefCell::new(Engine::new(p.rank, p.size, transport)),
+                engine: RefCell::new(Engine::new(p.rank, p.size, transport, true)),
                 managed: true,
                 finalized: Cell::new(false),
             })

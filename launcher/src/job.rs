@@ -58,9 +58,9 @@ struct Rank {
     abort: Option<(i32, String)>,
 }
 
-/// The first failure of a job: what to print and the exit status.
+/// The first failure of a job: its exit status (its message is printed
+/// when it happens).
 struct Failure {
-    message: String,
     code: i32,
 }
 
@@ -216,7 +216,10 @@ impl Job {
     /// Judges every rank that has exited and whose last words are in (or
     /// will not come).
     fn judge_ready(&mut self, now: Instant) {
-        for rank in 0..self.ranks.len() {
+        // The earliest exit first: it is the likeliest cause of the others.
+        let mut order: Vec<usize> = (0..self.ranks.len()).collect();
+        order.sort_by_key(|&r| self.ranks[r].exited_at);
+        for rank in order {
             let r = &self.ranks[rank];
             if r.judged || r.exited.is_none() {
                 continue;
@@ -261,7 +264,11 @@ impl Job {
                 Some((format!("{who} was killed by signal {sig} ({name})"), 128 + sig))
             }
             (None, Some(Termination::Code(code))) if code != 0 => match &r.panic {
-                Some(p) => Some((format!("{who} panicked: {p}"), code)),
+                Some(p) => {
+                    // One line, even for a multi-line panic message.
+                    let p: Vec<&str> = p.split_whitespace().collect();
+                    Some((format!("{who} panicked: {}", p.join(" ")), code))
+                }
                 None => Some((format!("{who} exited with code {code}"), code)),
             },
             (None, _) if r.registration.is_some() && !r.finalized && others_running => Some((
@@ -350,7 +357,7 @@ impl Job {
             return;
         }
         eprintln!("spmdrun: {message}");
-        self.failure = Some(Failure { message, code });
+        self.failure = Some(Failure { code });
         for r in self.ranks.iter().filter(|r| r.exited.is_none() && r.pid > 0) {
             spawn::signal_group(r.pid, Signal::SIGTERM);
         }

@@ -46,9 +46,13 @@ pub fn start_rank(opts: &Options, job: &JobEnv, rank: usize) -> std::io::Result<
     }
     let launcher = nix::unistd::getpid();
     // SAFETY: the closure runs in the child between fork and exec and only
-    // makes async-signal-safe system calls (prctl, getppid).
+    // makes async-signal-safe system calls (sigprocmask, prctl, getppid).
     unsafe {
         cmd.pre_exec(move || {
+            // spmdrun blocks SIGINT/SIGTERM/SIGHUP for its signal thread;
+            // the rank must start with none blocked, or it could not be
+            // asked to stop.
+            nix::sys::signal::SigSet::empty().thread_set_mask()?;
             // If spmdrun dies, even by SIGKILL, the rank dies with it.
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             if nix::unistd::getppid() != launcher {

@@ -75,6 +75,14 @@ impl Transport {
         }
     }
 
+    /// True if `rank` vanished without saying goodbye (it died).
+    pub fn died(&self, rank: usize) -> bool {
+        match self {
+            Transport::Alone => false,
+            Transport::Socket(m) => m.died(rank),
+        }
+    }
+
     /// True if nothing more can be sent to `rank`.
     pub fn is_closed(&self, rank: usize) -> bool {
         match self {

@@ -95,6 +95,8 @@ struct Peer {
     name: String,
     fd: OwnedFd,
     state: PeerState,
+    /// The connection closed without a Bye: the peer died.
+    died: bool,
     out: VecDeque<Outgoing>,
     /// Sequence number of the first frame in `out`; frames below it are sent.
     sent: u64,
@@ -199,6 +201,11 @@ impl SocketMesh {
             .is_none_or(|p| p.state != PeerState::Open && p.incoming.is_none() && p.staged.is_empty())
     }
 
+    /// True if `rank`'s connection closed without a goodbye.
+    pub fn died(&self, rank: usize) -> bool {
+        self.peers[rank].as_ref().is_some_and(|p| p.died)
+    }
+
     /// True if `rank`'s connection is closed, so nothing more can be sent to it.
     pub fn is_closed(&self, rank: usize) -> bool {
         self.peers[rank].as_ref().is_none_or(|p| p.state == PeerState::Gone)
@@ -208,9 +215,12 @@ impl SocketMesh {
     /// to `deliver`. With [`Wait::Until`], sleeps in `poll` when there is
     /// nothing to do, until a socket is ready or the deadline passes.
     pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait) -> Result<()> {
+        let mut wrote = false;
         for p in self.peers.iter_mut().flatten() {
-            p.flush()?;
+            wrote |= p.flush()?;
         }
+        // Having written something is progress: the caller re-checks first.
+        let wait = if wrote { Wait::No } else { wait };
         let timeout = match wait {
             Wait::No => PollTimeout::ZERO,
             Wait::Until(None) => PollTimeout::NONE,
@@ -237,7 +247,8 @@ impl SocketMesh {
             // Staged bytes are already here: do not sleep on them.
             let staged = self.peers.iter().flatten().any(|p| !p.staged.is_empty());
             let timeout = if staged { PollTimeout::ZERO } else { timeout };
-            if !fds.is_empty() || timeout != PollTimeout::ZERO {
+            // With no open connection there is nothing to wait for.
+            if !fds.is_empty() {
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(e) => return Err(Error::io("waiting for peers (poll)", e.into())),
@@ -299,6 +310,7 @@ impl Peer {
             name,
             fd: OwnedFd::from(stream),
             state: PeerState::Open,
+            died: false,
             out: VecDeque::new(),
             sent: 0,
             queued: 0,
@@ -308,8 +320,10 @@ impl Peer {
         })
     }
 
-    /// Writes queued frames until the kernel's buffer is full.
-    fn flush(&mut self) -> Result<()> {
+    /// Writes queued frames until the kernel's buffer is full; true if it
+    /// wrote anything.
+    fn flush(&mut self) -> Result<bool> {
+        let mut wrote = false;
         while !self.out.is_empty() && self.state != PeerState::Gone {
             let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(2 * MAX_IOVECS.min(self.out.len()));
             for o in self.out.iter().take(MAX_IOVECS) {
@@ -323,14 +337,25 @@ impl Peer {
             let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
             let mut n = match sendmsg::<()>(self.fd.as_raw_fd(), &iov, &[], flags, None) {
                 Ok(n) => n,
-                Err(Errno::EAGAIN) => return Ok(()),
+                Err(Errno::EAGAIN) => return Ok(wrote),
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EPIPE | Errno::ECONNRESET) => {
+                    // The peer has closed. Losing our Bye is fine (it has
+                    // finished too); losing a message is not.
+                    self.died |= self.state == PeerState::Open;
                     self.state = PeerState::Gone;
-                    return Err(Error::PeerGone { rank: self.rank });
+                    let lost_message = self.out.iter().any(|o| o.header[5] != Kind::Bye as u8);
+                    self.out.clear();
+                    self.sent = self.queued;
+                    return if lost_message {
+                        Err(Error::PeerGone { rank: self.rank })
+                    } else {
+                        Ok(wrote)
+                    };
                 }
                 Err(e) => return Err(Error::io(format!("sending to {}", self.name), e.into())),
             };
+            wrote = true;
             while n > 0 {
                 let Some(front) = self.out.front_mut() else { break };
                 let take = n.min(front.total() - front.written);
@@ -342,7 +367,7 @@ impl Peer {
                 }
             }
         }
-        Ok(())
+        Ok(wrote)
     }
 
     /// Reads until the socket is empty, delivering every whole message.
@@ -397,6 +422,7 @@ impl Peer {
     fn closed(&mut self) -> Result<()> {
         let was = self.state;
         self.state = PeerState::Gone;
+        self.died = was == PeerState::Open;
         if self.incoming.is_some() || !self.staged.is_empty() {
             self.incoming = None;
             self.staged = 0..0;

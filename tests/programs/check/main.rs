@@ -1,1 +1,32 @@
-fn main() {}
+//! The rank program of the integration tests: `spmd-check MODE [ARGS]`
+//! runs one group of checks, panicking (which fails the job) on any
+//! mismatch. Rank 0 prints `MODE: all checks passed` at the end.
+
+mod collectives;
+mod failures;
+mod p2p;
+mod rng;
+
+fn main() -> Result<(), spmd::Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().map(String::as_str).unwrap_or("");
+    let rest = &args[args.len().min(1)..];
+    // Failure modes start their own world; so does `alone`.
+    if let Some(result) = failures::run(mode, rest) {
+        return result;
+    }
+    let world = spmd::init()?;
+    match mode {
+        "p2p" => p2p::run(&world)?,
+        "collectives" => {
+            let seed = rest.first().and_then(|s| s.parse().ok()).unwrap_or(1);
+            let cases = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(40);
+            collectives::run(&world, seed, cases)?
+        }
+        other => panic!("unknown mode {other:?}"),
+    }
+    if world.rank() == 0 {
+        println!("{mode}: all checks passed on {} ranks", world.size());
+    }
+    world.finalize()
+}

@@ -1,0 +1,274 @@
+//! Property checks of every collective: random cases (operation, root,
+//! length, operator, data) drawn from a seed that all ranks share, each
+//! result compared with a sequential reference every rank computes from
+//! every rank's data. A failure names the seed and the case.
+
+use spmd::op::{self, Op};
+use spmd::{Error, World};
+
+use crate::rng::Rng;
+
+const LENGTHS: [usize; 7] = [0, 1, 2, 7, 64, 1000, 70_000];
+
+/// The data rank `rank` contributes in a case: small integers, so that
+/// sums and products of up to 16 ranks stay exact.
+fn data(case_seed: u64, rank: usize, len: usize) -> Vec<i64> {
+    let mut rng = Rng::new(case_seed ^ (rank as u64).wrapping_mul(0x1000_0001));
+    (0..len).map(|_| rng.below(7) as i64 - 3).collect()
+}
+
+fn text(case_seed: u64, rank: usize) -> String {
+    let mut rng = Rng::new(case_seed ^ 0xabcd ^ rank as u64);
+    let len = rng.below(40);
+    (0..len).map(|_| (b'a' + rng.below(26) as u8) as char).collect()
+}
+
+/// A 2×2 integer matrix: multiplication is associative but not
+/// commutative, so it shows whether results combine in rank order.
+type Matrix = [i64; 4];
+
+fn matrix(case_seed: u64, rank: usize) -> Matrix {
+    let d = data(case_seed ^ 0x55, rank, 4);
+    [d[0], d[1], d[2], d[3]]
+}
+
+fn matmul(a: &Matrix, b: &Matrix) -> Matrix {
+    let m = |x: i64, y: i64| x.wrapping_mul(y);
+    [
+        m(a[0], b[0]).wrapping_add(m(a[1], b[2])),
+        m(a[0], b[1]).wrapping_add(m(a[1], b[3])),
+        m(a[2], b[0]).wrapping_add(m(a[3], b[2])),
+        m(a[2], b[1]).wrapping_add(m(a[3], b[3])),
+    ]
+}
+
+/// Runs an elementwise operator chosen by `which` over two slices.
+fn apply(which: usize, a: &[i64], b: &[i64]) -> Vec<i64> {
+    a.iter().zip(b).map(|(x, y)| apply_one(which, x, y)).collect()
+}
+
+const OPERATORS: [&str; 11] = [
+    "sum", "product", "min", "max", "land", "lor", "lxor", "band", "bor", "bxor", "closure",
+];
+
+fn apply_one(which: usize, x: &i64, y: &i64) -> i64 {
+    match which {
+        0 => op::Sum.combine(x, y),
+        1 => op::Product.combine(x, y),
+        2 => op::Min.combine(x, y),
+        3 => op::Max.combine(x, y),
+        4 => op::LogicalAnd.combine(x, y),
+        5 => op::LogicalOr.combine(x, y),
+        6 => op::LogicalXor.combine(x, y),
+        7 => op::BitAnd.combine(x, y),
+        8 => op::BitOr.combine(x, y),
+        9 => op::BitXor.combine(x, y),
+        _ => x.wrapping_mul(3).wrapping_add(*y).wrapping_sub(x.wrapping_mul(2)),
+    }
+}
+
+/// Calls `f` with the operator chosen by `which` as a value of its own type.
+macro_rules! with_op {
+    ($which:expr, |$o:ident| $body:expr) => {
+        match $which {
+            0 => {
+                let $o = &op::Sum;
+                $body
+            }
+            1 => {
+                let $o = &op::Product;
+                $body
+            }
+            2 => {
+                let $o = &op::Min;
+                $body
+            }
+            3 => {
+                let $o = &op::Max;
+                $body
+            }
+            4 => {
+                let $o = &op::LogicalAnd;
+                $body
+            }
+            5 => {
+                let $o = &op::LogicalOr;
+                $body
+            }
+            6 => {
+                let $o = &op::LogicalXor;
+                $body
+            }
+            7 => {
+                let $o = &op::BitAnd;
+                $body
+            }
+            8 => {
+                let $o = &op::BitOr;
+                $body
+            }
+            9 => {
+                let $o = &op::BitXor;
+                $body
+            }
+            _ => {
+                let $o = &|x: &i64, y: &i64| apply_one(10, x, y);
+                $body
+            }
+        }
+    };
+}
+
+fn fold(which: usize, parts: &[Vec<i64>], order: impl Iterator<Item = usize>) -> Vec<i64> {
+    let mut order = order;
+    let first = order.next().expect("at least one rank");
+    order.fold(parts[first].clone(), |acc, r| apply(which, &acc, &parts[r]))
+}
+
+pub fn run(world: &World, seed: u64, cases: usize) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    let mut rng = Rng::new(seed);
+    for case in 0..cases {
+        let case_seed = rng.next_u64();
+        let root = rng.below(n);
+        let len = LENGTHS[rng.below(LENGTHS.len())];
+        let which = rng.below(OPERATORS.len());
+        let kind = rng.below(18);
+        let parts: Vec<Vec<i64>> = (0..n).map(|r| data(case_seed, r, len)).collect();
+        let mine = &parts[me];
+        let ctx = format!(
+            "seed {seed} case {case}: kind {kind}, root {root}, len {len}, op {} on rank {me} of {n}",
+            OPERATORS[which]
+        );
+        match kind {
+            0 => world.barrier()?,
+            1 => {
+                let mut v = if me == root { parts[root].clone() } else { Vec::new() };
+                world.broadcast(&mut v, root)?;
+                assert_eq!(v, parts[root], "{ctx}");
+            }
+            2 => {
+                let mut v = if me == root { parts[root].clone() } else { vec![0; len] };
+                world.broadcast_into(&mut v, root)?;
+                assert_eq!(v, parts[root], "{ctx}");
+            }
+            3 => {
+                let all: Vec<String> = (0..n).map(|r| text(case_seed, r)).collect();
+                let given = if me == root { all.clone() } else { Vec::new() };
+                assert_eq!(world.scatter(&given, root)?, all[me], "{ctx}");
+            }
+            4 => {
+                let flat: Vec<i64> = parts.concat();
+                let mut recv = vec![0; len];
+                let send = if me == root { flat.clone() } else { Vec::new() };
+                world.scatter_into(&send, &mut recv, root)?;
+                assert_eq!(recv, parts[me], "{ctx}");
+            }
+            5 => {
+                let got = world.gather(&text(case_seed, me), root)?;
+                let want: Vec<String> = (0..n).map(|r| text(case_seed, r)).collect();
+                assert_eq!(got, (me == root).then_some(want), "{ctx}");
+            }
+            6 => {
+                let mut recv = if me == root { vec![0; len * n] } else { Vec::new() };
+                world.gather_into(mine, &mut recv, root)?;
+                if me == root {
+                    assert_eq!(recv, parts.concat(), "{ctx}");
+                }
+            }
+            7 => {
+                let got = world.allgather(&(me, text(case_seed, me)))?;
+                let want: Vec<(usize, String)> = (0..n).map(|r| (r, text(case_seed, r))).collect();
+                assert_eq!(got, want, "{ctx}");
+            }
+            8 => {
+                let mut recv = vec![0; len * n];
+                world.allgather_into(mine, &mut recv)?;
+                assert_eq!(recv, parts.concat(), "{ctx}");
+            }
+            9 => {
+                let scalar = mine.first().copied().unwrap_or(me as i64);
+                let scalars: Vec<Vec<i64>> = (0..n)
+                    .map(|r| vec![parts[r].first().copied().unwrap_or(r as i64)])
+                    .collect();
+                let got = with_op!(which, |o| world.reduce(&scalar, o, root)?);
+                // Reduce combines in rank order starting from the root.
+                let want = fold(which, &scalars, (0..n).map(|i| (root + i) % n))[0];
+                assert_eq!(got, (me == root).then_some(want), "{ctx}");
+            }
+            10 => {
+                let mut recv = vec![0; if me == root { len } else { 0 }];
+                with_op!(which, |o| world.reduce_into(mine, &mut recv, o, root)?);
+                if me == root {
+                    assert_eq!(recv, fold(which, &parts, (0..n).map(|i| (root + i) % n)), "{ctx}");
+                }
+            }
+            11 => {
+                let scalar = mine.first().copied().unwrap_or(1);
+                let scalars: Vec<Vec<i64>> = (0..n).map(|r| vec![parts[r].first().copied().unwrap_or(1)]).collect();
+                let got = with_op!(which, |o| world.allreduce(&scalar, o)?);
+                assert_eq!(got, fold(which, &scalars, 0..n)[0], "{ctx}");
+            }
+            12 => {
+                let mut recv = vec![0; len];
+                with_op!(which, |o| world.allreduce_into(mine, &mut recv, o)?);
+                assert_eq!(recv, fold(which, &parts, 0..n), "{ctx}");
+            }
+            13 => {
+                // Non-commutative: matrices must multiply in rank order.
+                let got = world.scan(&matrix(case_seed, me), &matmul)?;
+                let want = (1..=me).fold(matrix(case_seed, 0), |acc, r| matmul(&acc, &matrix(case_seed, r)));
+                assert_eq!(got, want, "{ctx} (scan of matrices)");
+                let all = world.allreduce(&matrix(case_seed, me), &matmul)?;
+                let want_all = (1..n).fold(matrix(case_seed, 0), |acc, r| matmul(&acc, &matrix(case_seed, r)));
+                assert_eq!(all, want_all, "{ctx} (allreduce of matrices)");
+            }
+            14 => {
+                let mut recv = vec![0; len];
+                with_op!(which, |o| world.scan_into(mine, &mut recv, o)?);
+                assert_eq!(recv, fold(which, &parts, 0..=me), "{ctx}");
+            }
+            15 => {
+                let values: Vec<String> = (0..n)
+                    .map(|d| format!("{me}->{d}:{}", text(case_seed, me + d)))
+                    .collect();
+                let got = world.alltoall(&values)?;
+                let want: Vec<String> = (0..n)
+                    .map(|s| format!("{s}->{me}:{}", text(case_seed, s + me)))
+                    .collect();
+                assert_eq!(got, want, "{ctx}");
+            }
+            16 => {
+                let k = len.min(1000);
+                let send: Vec<i64> = (0..n * k).map(|i| (me * 1_000_000 + i) as i64).collect();
+                let mut recv = vec![0; n * k];
+                world.alltoall_into(&send, &mut recv)?;
+                let want: Vec<i64> = (0..n)
+                    .flat_map(|s| (0..k).map(move |j| (s * 1_000_000 + me * k + j) as i64))
+                    .collect();
+                assert_eq!(recv, want, "{ctx}");
+            }
+            _ => {
+                // Floating point: every rank gets the same bits, close to the
+                // sequential sum.
+                let xs: Vec<f64> = mine.iter().map(|v| *v as f64 * 0.1 + me as f64 * 1e-3).collect();
+                let mut sum = vec![0.0; len];
+                world.allreduce_into(&xs, &mut sum, &op::Sum)?;
+                let bits: Vec<u64> = sum.iter().map(|v| v.to_bits()).collect();
+                let everyone = world.allgather(&bits)?;
+                assert!(
+                    everyone.iter().all(|b| *b == bits),
+                    "{ctx}: ranks disagree on the float sum"
+                );
+                for (i, s) in sum.iter().enumerate() {
+                    let want: f64 = (0..n).map(|r| parts[r][i] as f64 * 0.1 + r as f64 * 1e-3).sum();
+                    assert!((s - want).abs() < 1e-9, "{ctx}: element {i} is {s}, want {want}");
+                }
+            }
+        }
+    }
+    if me == 0 {
+        println!("ok {cases} random collective cases from seed {seed}");
+    }
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! Ranks that fail on purpose, for the launcher's failure tests, and the
+//! checks of a program started without a launcher.
+//!
+//! `fail HOW`: every rank prints `pid RANK PID`, joins a barrier, then the
+//! last rank fails in the way HOW names while the others wait in a receive
+//! that nothing will match. `fail idle` has nobody fail.
+
+use std::io::Write;
+
+use spmd::{Error, Match, op};
+
+pub fn run(mode: &str, args: &[String]) -> Option<Result<(), Error>> {
+    match mode {
+        "fail" => Some(fail(args.first().map(String::as_str).unwrap_or("idle"))),
+        "alone" => Some(alone()),
+        _ => None,
+    }
+}
+
+fn fail(how: &str) -> Result<(), Error> {
+    let world = spmd::init()?;
+    let (me, n) = (world.rank(), world.size());
+    println!("pid {me} {}", std::process::id());
+    let _ = std::io::stdout().flush();
+    world.barrier()?;
+    if me == n - 1 {
+        match how {
+            "panic" => panic!("deliberate panic on rank {me}"),
+            "exit" => std::process::exit(3),
+            "abort" => world.abort(5),
+            "no-finalize" if n > 1 => std::process::exit(0),
+            _ => {}
+        }
+    }
+    // Wait for a message nobody sends; the launcher ends this rank.
+    let _: u8 = world.receive_matching(Match::tag(999)).map(|(v, _)| v)?;
+    world.finalize()
+}
+
+/// Without spmdrun: a job of one rank where everything still works.
+fn alone() -> Result<(), Error> {
+    let world = spmd::init()?;
+    assert_eq!((world.rank(), world.size()), (0, 1));
+    assert!(matches!(spmd::init(), Err(Error::AlreadyInitialized)));
+    world.barrier()?;
+    assert_eq!(world.allreduce(&21u32, &op::Sum)?, 21);
+    assert_eq!(world.gather(&"x".to_string(), 0)?, Some(vec!["x".to_string()]));
+    world.send(&"to myself", 0)?;
+    assert_eq!(world.receive::<String>(0)?, "to myself");
+    assert!(matches!(world.receive::<u8>(0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        world.send(&1, 1),
+        Err(Error::InvalidRank { rank: 1, size: 1 })
+    ));
+    println!("alone: all checks passed");
+    world.finalize()
+}

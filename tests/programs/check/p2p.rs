@@ -1,0 +1,266 @@
+//! Point-to-point checks: ordering, wildcards with status, probe, large and
+//! empty messages, sends to self, non-blocking requests, and the errors a
+//! user meets.
+
+use spmd::{Error, Match, Request, World};
+
+const MANY: u64 = 2000;
+const TAGS: u32 = 4;
+const BIG: usize = 64 << 20;
+
+pub fn run(world: &World) -> Result<(), Error> {
+    ordering(world)?;
+    wildcards_and_status(world)?;
+    probe(world)?;
+    self_send(world)?;
+    empty_and_large(world)?;
+    immediate(world)?;
+    sendrecv_ring(world)?;
+    errors(world)?;
+    world.barrier()
+}
+
+/// Ends a phase: a barrier, so that no wildcard receive of one phase can
+/// take a message of the next, and a line from rank 0.
+fn say(world: &World, what: &str) -> Result<(), Error> {
+    world.barrier()?;
+    if world.rank() == 0 {
+        println!("ok {what}");
+    }
+    Ok(())
+}
+
+/// Every rank sends MANY numbered messages on TAGS tags to every other rank
+/// without waiting; every receiver takes them through any-source/any-tag
+/// receives and checks each (source, tag) stream arrives in order.
+fn ordering(world: &World) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    let mut sends = Vec::new();
+    for seq in 0..MANY {
+        for dest in (0..n).filter(|d| *d != me) {
+            let tag = (seq % TAGS as u64) as u32;
+            sends.push(world.immediate_send_with_tag(&(me as u64, tag, seq), dest, tag)?);
+        }
+    }
+    // Tag t carries sequence numbers t, t + TAGS, t + 2 TAGS, ...
+    let mut next = vec![(0..TAGS as u64).collect::<Vec<u64>>(); n];
+    // Take tag 3 from the lowest other rank first, out of arrival order.
+    if let Some(first) = (0..n).find(|r| *r != me) {
+        let (src, tag, seq): (u64, u32, u64) = world.receive_with_tag(first, 3)?;
+        assert_eq!(
+            (src as usize, tag, seq),
+            (first, 3, 3),
+            "first tag-3 message from rank {first}"
+        );
+        next[first][3] = 3 + TAGS as u64;
+        for _ in 0..(MANY - 1) {
+            let ((src, tag, seq), status): ((u64, u32, u64), _) = world.receive_matching(Match::source(first))?;
+            check_next(&mut next, src, tag, seq, status.source(), status.tag());
+        }
+    }
+    let expected = (n.saturating_sub(2)) as u64 * MANY;
+    for _ in 0..expected {
+        let ((src, tag, seq), status): ((u64, u32, u64), _) = world.receive_matching(Match::any())?;
+        check_next(&mut next, src, tag, seq, status.source(), status.tag());
+    }
+    spmd::wait_all(sends)?;
+    for (src, tags) in next.iter().enumerate().filter(|(s, _)| *s != me) {
+        for (tag, seq) in tags.iter().enumerate() {
+            assert!(*seq >= MANY, "rank {me}: stream ({src}, {tag}) stopped at {seq}");
+        }
+    }
+    say(world, "per-(source, tag) order of many messages")?;
+    Ok(())
+}
+
+fn check_next(next: &mut [Vec<u64>], src: u64, tag: u32, seq: u64, status_src: usize, status_tag: u32) {
+    assert_eq!(src as usize, status_src, "status source");
+    assert_eq!(tag, status_tag, "status tag");
+    let expected = &mut next[src as usize][tag as usize];
+    assert_eq!(seq, *expected, "message from ({src}, {tag}) out of order");
+    *expected += TAGS as u64;
+}
+
+fn wildcards_and_status(world: &World) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    if n < 2 {
+        return Ok(());
+    }
+    if me == 0 {
+        let mut seen = vec![false; n];
+        for _ in 1..n {
+            let (text, status): (String, _) = world.receive_matching(Match::any())?;
+            assert_eq!(text, format!("hello from {}", status.source()));
+            assert_eq!(status.tag(), 100 + status.source() as u32);
+            assert_eq!(
+                status.len(),
+                8 + text.len() as u64,
+                "serialized length: u64 prefix + bytes"
+            );
+            assert!(!seen[status.source()], "two messages from rank {}", status.source());
+            seen[status.source()] = true;
+        }
+    } else {
+        world.send_with_tag(&format!("hello from {me}"), 0, 100 + me as u32)?;
+    }
+    world.barrier()?;
+    if me == n - 1 {
+        world.send_with_tag(&7u32, 0, 7)?;
+    }
+    if me == 0 {
+        let (v, status): (u32, _) = world.receive_matching(Match::tag(7))?;
+        assert_eq!((v, status.tag(), status.source()), (7, 7, n - 1));
+    }
+    say(world, "any-source and any-tag receives with status")?;
+    Ok(())
+}
+
+fn probe(world: &World) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    if n < 2 {
+        return Ok(());
+    }
+    if me == 1 {
+        world.send_slice_with_tag(&[1.0f64, 2.0, 3.0], 0, 42)?;
+    }
+    if me == 0 {
+        assert!(
+            world.try_probe(Match::tag(43))?.is_none(),
+            "nothing was sent with tag 43"
+        );
+        let status = world.probe(Match::any())?;
+        assert_eq!((status.source(), status.tag(), status.len()), (1, 42, 24));
+        // Probing does not consume: the message is still there.
+        let again = world
+            .try_probe(Match::source(1))?
+            .expect("the probed message is still queued");
+        assert_eq!(again, status);
+        let mut buf = vec![0.0f64; (status.len() / 8) as usize];
+        world.receive_into_with_tag(&mut buf, 1, 42)?;
+        assert_eq!(buf, [1.0, 2.0, 3.0]);
+    }
+    say(world, "probe and try_probe")?;
+    Ok(())
+}
+
+fn self_send(world: &World) -> Result<(), Error> {
+    let me = world.rank();
+    world.send_with_tag(&vec![me; 3], me, 5)?;
+    world.send_slice_with_tag(&[me as u32; 2], me, 6)?;
+    let v: Vec<usize> = world.receive_with_tag(me, 5)?;
+    assert_eq!(v, vec![me; 3]);
+    let (w, _) = world.receive_vec_matching::<u32>(Match::source(me).with_tag(6))?;
+    assert_eq!(w, [me as u32; 2]);
+    say(world, "send to self")?;
+    Ok(())
+}
+
+fn empty_and_large(world: &World) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    let (to, from) = ((me + 1) % n, (me + n - 1) % n);
+    let empty: [f64; 0] = [];
+    let sent = world.immediate_send_slice(&empty, to, 9)?;
+    let (got, status) = world.receive_vec_matching::<f64>(Match::source(from).with_tag(9))?;
+    assert!(got.is_empty() && status.is_empty());
+    sent.wait()?;
+    world.send(&(), to)?;
+    world.receive::<()>(from)?;
+
+    let pattern = |rank: usize| -> Vec<u8> { (0..BIG).map(|i| (i as u64 * 31 + rank as u64) as u8).collect() };
+    if n >= 2 {
+        if me == 0 {
+            world.send_slice(&pattern(0), 1)?;
+        } else if me == 1 {
+            let got: Vec<u8> = world.receive_vec(0)?;
+            assert_eq!(got.len(), BIG);
+            assert!(got == pattern(0), "the 64 MiB message arrived corrupted");
+        }
+    }
+    say(world, "empty messages and a 64 MiB message")?;
+    Ok(())
+}
+
+fn immediate(world: &World) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    let receives: Vec<_> = (0..n)
+        .map(|r| world.immediate_receive::<(usize, usize)>(Match::source(r).with_tag(11)))
+        .collect::<Result<_, _>>()?;
+    let sends: Vec<_> = (0..n)
+        .map(|r| world.immediate_send_with_tag(&(me, r), r, 11))
+        .collect::<Result<_, _>>()?;
+    let got = spmd::wait_all(receives)?;
+    for (r, ((from, to), status)) in got.into_iter().enumerate() {
+        assert_eq!((from, to, status.source()), (r, me, r));
+    }
+    spmd::wait_all(sends)?;
+
+    // test() eventually reports completion.
+    let mut req = world.immediate_receive::<u64>(Match::source((me + n - 1) % n).with_tag(12))?;
+    world.send_with_tag(&(me as u64), (me + 1) % n, 12)?;
+    let mut spins = 0u64;
+    while !req.test()? {
+        spins += 1;
+        std::thread::yield_now();
+    }
+    let (v, _) = req.wait()?;
+    assert_eq!(v as usize, (me + n - 1) % n, "after {spins} tests");
+    say(world, "immediate sends and receives, wait_all, test")?;
+    Ok(())
+}
+
+fn sendrecv_ring(world: &World) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    let big = vec![me as u64; 1 << 20];
+    let from_left: Vec<u64> = world.sendrecv(&big, (me + 1) % n, (me + n - 1) % n)?;
+    assert_eq!(from_left.len(), 1 << 20);
+    assert!(from_left.iter().all(|v| *v as usize == (me + n - 1) % n));
+    say(world, "sendrecv around the ring with 8 MiB each way")?;
+    Ok(())
+}
+
+fn errors(world: &World) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    match world.send(&1u8, n) {
+        Err(Error::InvalidRank { rank, size }) => assert_eq!((rank, size), (n, n)),
+        other => panic!("send to rank {n} gave {other:?}"),
+    }
+    let text = Error::InvalidRank { rank: n, size: n }.to_string();
+    assert!(text.contains(&n.to_string()), "{text}");
+
+    // A String received as a u64 is a decode error naming the type.
+    world.send_with_tag(&"not a number".to_string(), me, 20)?;
+    match world.receive_with_tag::<u64>(me, 20) {
+        Err(e @ Error::Decode { .. }) => assert!(e.to_string().contains("u64"), "{e}"),
+        other => panic!("decoding a String as u64 gave {other:?}"),
+    }
+    // Raw numbers received as a serde value, and the other way round.
+    world.send_slice_with_tag(&[1.0f64], me, 21)?;
+    assert!(matches!(
+        world.receive_with_tag::<f64>(me, 21),
+        Err(Error::FormatMismatch { .. })
+    ));
+    world.send_with_tag(&1.0f64, me, 22)?;
+    let mut one = [0.0f64];
+    assert!(matches!(
+        world.receive_into_with_tag(&mut one, me, 22),
+        Err(Error::FormatMismatch { .. })
+    ));
+    // Too much for the buffer.
+    world.send_slice_with_tag(&[1u32, 2, 3], me, 23)?;
+    let mut two = [0u32; 2];
+    match world.receive_into_with_tag(&mut two, me, 23) {
+        Err(Error::Truncated {
+            message_bytes,
+            buffer_bytes,
+            ..
+        }) => assert_eq!((message_bytes, buffer_bytes), (12, 8)),
+        other => panic!("receiving 3 u32 into 2 gave {other:?}"),
+    }
+    // Waiting for a message from oneself that was never sent cannot end.
+    assert!(matches!(
+        world.receive_with_tag::<u8>(me, 24),
+        Err(Error::InvalidArgument(_))
+    ));
+    say(world, "errors: invalid rank, decode, format, truncation, self-wait")?;
+    Ok(())
+}
