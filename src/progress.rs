@@ -75,7 +75,8 @@ impl Engine {
             context,
             len: payload.len() as u64,
         };
-        self.transport.queue(dest, header, payload).map(Some)
+        let queued = self.transport.queue(dest, header, payload);
+        queued.map(Some).map_err(|e| self.lost(e))
     }
 
     pub fn is_sent(&mut self, sent: Sent) -> Result<bool> {
@@ -103,15 +104,22 @@ impl Engine {
 
     fn step(&mut self, wait: Wait) -> Result<()> {
         let matcher = &mut self.matcher;
-        match self.transport.progress(&mut |env| matcher.deliver(env), wait) {
-            Err(Error::PeerGone { rank }) => Err(self.gone(rank)),
-            Err(e @ Error::Protocol { field: "stream", .. }) => {
+        let result = self.transport.progress(&mut |env| matcher.deliver(env), wait);
+        result.map_err(|e| self.lost(e))
+    }
+
+    /// Passes on a transport error, first giving the launcher time to end
+    /// the job if the error means a peer died (see [`LAUNCHER_REACTION`]).
+    fn lost(&self, e: Error) -> Error {
+        match e {
+            Error::PeerGone { rank } => self.gone(rank),
+            e @ Error::Protocol { field: "stream", .. } => {
                 if self.managed {
                     std::thread::sleep(LAUNCHER_REACTION);
                 }
-                Err(e)
+                e
             }
-            other => other,
+            e => e,
         }
     }
 

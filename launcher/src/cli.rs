@@ -95,10 +95,17 @@ pub fn parse(argv: Vec<OsString>) -> Parsed {
                     code: 0,
                 };
             }
+            // clap's message, without the usage block, on one line.
             let rendered = e.to_string();
-            let first = rendered.lines().next().unwrap_or("bad command line");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            return fail(format!("{first} (see spmdrun --help)"));
+            let text: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("tip:") && !l.starts_with("For more information"))
+                .collect();
+            let text = text.join(" ");
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            return fail(format!("{text} (see spmdrun --help)"));
         }
     };
     match check(args) {

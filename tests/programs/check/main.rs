@@ -4,6 +4,7 @@
 
 mod collectives;
 mod failures;
+mod output;
 mod p2p;
 mod rng;
 
@@ -14,6 +15,9 @@ fn main() -> Result<(), spmd::Error> {
     // Failure modes start their own world; so does `alone`.
     if let Some(result) = failures::run(mode, rest) {
         return result;
+    }
+    if mode == "chatter" {
+        return output::chatter();
     }
     let world = spmd::init()?;
     match mode {

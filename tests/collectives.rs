@@ -1,0 +1,59 @@
+//! Every collective against a sequential reference: random operations,
+//! roots, lengths (zero included) and operators drawn from seeds, run by the
+//! `spmd-check collectives SEED CASES` rank program in real jobs.
+
+mod common;
+
+use common::{example, run, spmdrun};
+
+fn collectives(n: usize, seed: u64, cases: usize) {
+    let out = run(spmdrun(&[
+        "-n",
+        &n.to_string(),
+        "--timeout",
+        "150",
+        &example("spmd-check"),
+        "collectives",
+        &seed.to_string(),
+        &cases.to_string(),
+    ]));
+    assert_eq!(out.code(), Some(0), "n={n} seed={seed}: {out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("ok {cases} random collective cases from seed {seed}")),
+        "n={n}: {out:?}"
+    );
+}
+
+#[test]
+fn collectives_1_rank() {
+    collectives(1, 11, 120);
+}
+
+#[test]
+fn collectives_2_ranks() {
+    collectives(2, 12, 120);
+    collectives(2, 13, 120);
+}
+
+#[test]
+fn collectives_3_ranks() {
+    collectives(3, 14, 120);
+    collectives(3, 15, 120);
+}
+
+#[test]
+fn collectives_4_ranks() {
+    collectives(4, 16, 120);
+}
+
+#[test]
+fn collectives_5_and_6_ranks() {
+    collectives(5, 17, 80);
+    collectives(6, 18, 80);
+}
+
+#[test]
+fn collectives_8_ranks_on_fewer_cores() {
+    collectives(8, 19, 80);
+}

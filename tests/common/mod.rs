@@ -1,0 +1,216 @@
+//! Shared helpers of the integration tests: build spmdrun and the rank
+//! programs once, run real jobs with a time limit, and check processes.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// No test job may run longer than this; spmdrun's own `--timeout` is a
+/// second guard inside it.
+pub const LIMIT: Duration = Duration::from_secs(180);
+
+/// The directory holding `spmdrun` and `examples/`, built for the profile
+/// the tests were built with.
+pub fn target_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // current_exe is <target>/<profile>/deps/<test>-<hash>
+        let exe = std::env::current_exe().expect("the test knows its own path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test runs from <target>/<profile>/deps")
+            .to_path_buf();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        // `cargo test` builds the examples but not the spmdrun binary, which
+        // lives in another package: build both, so they are never stale.
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .args([
+                "build",
+                "--quiet",
+                "--workspace",
+                "--bins",
+                "--examples",
+                "--manifest-path",
+            ])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+        if release {
+            cargo.arg("--release");
+        }
+        let out = cargo.output().expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "building spmdrun and the examples failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+pub fn spmdrun_path() -> PathBuf {
+    target_dir().join("spmdrun")
+}
+
+pub fn example(name: &str) -> String {
+    target_dir().join("examples").join(name).display().to_string()
+}
+
+/// `spmdrun` with the given arguments.
+pub fn spmdrun(args: &[&str]) -> Command {
+    let mut cmd = Command::new(spmdrun_path());
+    cmd.args(args);
+    cmd
+}
+
+/// What a finished job printed and how it ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    pub fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+}
+
+/// Runs a command to its end (killing it after LIMIT) and captures output.
+pub fn run(mut cmd: Command) -> Finished {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    finish(child)
+}
+
+/// Waits for a started child (with piped stdout and stderr) within LIMIT.
+pub fn finish(mut child: Child) -> Finished {
+    let mut out = child.stdout.take().expect("stdout is piped");
+    let mut err = child.stderr.take().expect("stderr is piped");
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = wait_limited(&mut child);
+    Finished {
+        status,
+        stdout: out_thread.join().unwrap_or_default(),
+        stderr: err_thread.join().unwrap_or_default(),
+    }
+}
+
+fn wait_limited(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting works") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the job did not end within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Starts `spmdrun ARGS` and reads `pid RANK PID` lines until every rank of
+/// `n` has reported; returns the child (stdout partly read) and the pids.
+pub fn start_reporting_pids(args: &[&str], n: usize) -> (Child, Vec<i32>, BufReader<std::process::ChildStdout>) {
+    let mut child = spmdrun(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spmdrun starts");
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut pids = vec![0; n];
+    let mut seen = 0;
+    let mut line = String::new();
+    while seen < n {
+        line.clear();
+        let read = reader.read_line(&mut line).expect("reading spmdrun's output");
+        assert!(read > 0, "spmdrun's output ended before every rank reported its pid");
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if let ["pid", rank, pid] = parts[..] {
+            let rank: usize = rank.parse().expect("a rank number");
+            pids[rank] = pid.parse().expect("a pid");
+            seen += 1;
+        }
+    }
+    (child, pids, reader)
+}
+
+/// Waits for a child started by [`start_reporting_pids`].
+pub fn finish_reporting(mut child: Child, mut reader: BufReader<std::process::ChildStdout>) -> Finished {
+    let mut err = child.stderr.take().expect("stderr is piped");
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = reader.read_to_string(&mut s);
+        s
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = wait_limited(&mut child);
+    Finished {
+        status,
+        stdout: out_thread.join().unwrap_or_default(),
+        stderr: err_thread.join().unwrap_or_default(),
+    }
+}
+
+/// True if a process with this pid exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+    }
+}
+
+/// Asserts that none of the pids is alive, allowing the kernel a moment to
+/// finish tearing processes down.
+pub fn assert_all_gone(pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let living: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if living.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes of the job outlived it: {living:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends a signal to a process.
+pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("kill works");
+}

@@ -1,0 +1,143 @@
+//! A failing rank ends the whole job: the right message, the right exit
+//! status, and no process of the job left alive (checked by pid).
+
+mod common;
+
+use common::{assert_all_gone, example, finish_reporting, signal, start_reporting_pids};
+use nix::sys::signal::Signal;
+
+/// Runs `spmd-check fail HOW` on `n` ranks, in which the last rank fails.
+fn failing(n: usize, how: &str) -> (common::Finished, Vec<i32>) {
+    let ns = n.to_string();
+    let check = example("spmd-check");
+    let (child, pids, reader) = start_reporting_pids(&["-n", &ns, "--timeout", "60", &check, "fail", how], n);
+    let out = finish_reporting(child, reader);
+    assert_all_gone(&pids);
+    (out, pids)
+}
+
+/// The one line spmdrun prints about the failure.
+fn report(out: &common::Finished) -> &str {
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("spmdrun: ")).collect();
+    assert_eq!(lines.len(), 1, "expected one report line: {out:?}");
+    lines[0]
+}
+
+#[test]
+fn a_panicking_rank_ends_the_job_with_its_message() {
+    for n in [2, 4, 8] {
+        let (out, pids) = failing(n, "panic");
+        assert_eq!(out.code(), Some(101), "{out:?}");
+        let line = report(&out);
+        let who = format!("rank {} (pid {} ", n - 1, pids[n - 1]);
+        assert!(line.contains(&who), "{line}");
+        assert!(
+            line.contains(&format!("panicked: deliberate panic on rank {}", n - 1)),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn a_rank_exiting_3_ends_the_job_with_status_3() {
+    for n in [2, 3] {
+        let (out, pids) = failing(n, "exit");
+        assert_eq!(out.code(), Some(3), "{out:?}");
+        let line = report(&out);
+        assert!(
+            line.contains(&format!("rank {} (pid {} ", n - 1, pids[n - 1])),
+            "{line}"
+        );
+        assert!(line.contains("exited with code 3"), "{line}");
+    }
+}
+
+#[test]
+fn abort_ends_the_job_with_its_code() {
+    let (out, _) = failing(3, "abort");
+    assert_eq!(out.code(), Some(5), "{out:?}");
+    assert!(
+        report(&out).contains("rank 2 (pid ") && report(&out).contains("called abort(5)"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn exiting_without_finalize_while_others_run_is_a_failure() {
+    let (out, _) = failing(2, "no-finalize");
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        report(&out).contains("rank 1 (pid ") && report(&out).contains("without calling finalize"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_rank_killed_by_sigkill_ends_the_job_with_128_plus_9() {
+    for n in [3, 8] {
+        let ns = n.to_string();
+        let check = example("spmd-check");
+        let (child, pids, reader) = start_reporting_pids(&["-n", &ns, &check, "fail", "idle"], n);
+        signal(pids[1], Signal::SIGKILL);
+        let out = finish_reporting(child, reader);
+        assert_all_gone(&pids);
+        assert_eq!(out.code(), Some(137), "{out:?}");
+        let line = report(&out);
+        assert!(line.contains(&format!("rank 1 (pid {} ", pids[1])), "{line}");
+        assert!(line.contains("killed by signal 9 (SIGKILL)"), "{line}");
+    }
+}
+
+#[test]
+fn sigterm_and_sigint_to_spmdrun_end_the_whole_job() {
+    for (sig, code, name) in [(Signal::SIGTERM, 143, "SIGTERM"), (Signal::SIGINT, 130, "SIGINT")] {
+        let check = example("spmd-check");
+        let (child, pids, reader) = start_reporting_pids(&["-n", "4", &check, "fail", "idle"], 4);
+        signal(child.id() as i32, sig);
+        let out = finish_reporting(child, reader);
+        assert_all_gone(&pids);
+        assert_eq!(out.code(), Some(code), "{out:?}");
+        assert!(report(&out).contains(&format!("received {name}")), "{out:?}");
+    }
+}
+
+#[test]
+fn timeout_ends_a_job_that_runs_too_long() {
+    let check = example("spmd-check");
+    let (child, pids, reader) = start_reporting_pids(&["-n", "2", "--timeout", "0.5", &check, "fail", "idle"], 2);
+    let out = finish_reporting(child, reader);
+    assert_all_gone(&pids);
+    assert_eq!(out.code(), Some(124), "{out:?}");
+    assert!(report(&out).contains("--timeout"), "{out:?}");
+}
+
+#[test]
+fn the_secret_is_never_on_a_command_line() {
+    let check = example("spmd-check");
+    let (child, pids, reader) = start_reporting_pids(&["-n", "2", &check, "fail", "idle"], 2);
+    let environ = std::fs::read(format!("/proc/{}/environ", pids[0])).expect("the rank's environment is readable");
+    let secret = environ
+        .split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(b"SPMD_SECRET="))
+        .expect("the rank has SPMD_SECRET")
+        .to_vec();
+    assert_eq!(secret.len(), 64);
+    for pid in pids.iter().copied().chain([child.id() as i32]) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            !cmdline.windows(secret.len()).any(|w| w == secret.as_slice()),
+            "the secret is on the command line of pid {pid}"
+        );
+    }
+    signal(child.id() as i32, Signal::SIGTERM);
+    let out = finish_reporting(child, reader);
+    assert!(
+        !out.stdout.contains(std::str::from_utf8(&secret).unwrap_or("?")),
+        "{out:?}"
+    );
+    assert!(
+        !out.stderr.contains(std::str::from_utf8(&secret).unwrap_or("?")),
+        "{out:?}"
+    );
+    assert_all_gone(&pids);
+}

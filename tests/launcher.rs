@@ -1,0 +1,192 @@
+//! spmdrun's command line, environment, output forwarding and standard
+//! input, and programs started without spmdrun.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::{example, run, spmdrun};
+
+/// Runs spmdrun with a bad command line: it must fail with status 2 and a
+/// single line that mentions `what`.
+fn rejected(args: &[&str], what: &str) {
+    let out = run(spmdrun(args));
+    assert_eq!(out.code(), Some(2), "{args:?}: {out:?}");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: not one line: {out:?}");
+    assert!(lines[0].starts_with("spmdrun: "), "{args:?}: {}", lines[0]);
+    assert!(
+        lines[0].contains(what),
+        "{args:?}: {:?} does not mention {what:?}",
+        lines[0]
+    );
+    assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+}
+
+#[test]
+fn bad_command_lines_get_one_line_errors() {
+    rejected(&["-n", "0", "true"], "-n");
+    rejected(&["-n", "two", "true"], "two");
+    rejected(&["true"], "-n");
+    rejected(&["-n", "2"], "PROGRAM");
+    rejected(&["-n", "2", "/no/such/program"], "no such file");
+    rejected(&["-n", "2", "no-such-program-anywhere"], "not found in PATH");
+    let plain = std::env::temp_dir().join(format!("spmd-not-executable-{}", std::process::id()));
+    std::fs::write(&plain, "echo hi\n").expect("writing a temp file");
+    rejected(&["-n", "2", &plain.display().to_string()], "not an executable");
+    let _ = std::fs::remove_file(&plain);
+    rejected(&["-n", "2", "-x", "1BAD=x", "true"], "-x");
+    rejected(&["-n", "2", "-x", "=x", "true"], "-x");
+    rejected(&["-n", "2", "-x", "NOT_SET_ANYWHERE_42", "true"], "not set");
+    rejected(&["-n", "2", "-x", "SPMD_RANK=3", "true"], "SPMD_");
+    rejected(&["-n", "2", "--wdir", "/no/such/dir", "true"], "--wdir");
+    rejected(&["-n", "2", "--timeout", "-1", "true"], "--timeout");
+}
+
+#[test]
+fn any_program_runs_once_per_rank() {
+    let out = run(spmdrun(&["-n", "4", "hostname"]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(out.lines().len(), 4, "{out:?}");
+    let out = run(spmdrun(&["-np", "3", "--oversubscribe", "true"]));
+    assert_eq!(out.code(), Some(0), "-np and --oversubscribe: {out:?}");
+}
+
+#[test]
+fn every_rank_gets_its_place_and_exported_variables() {
+    let script = "echo $SPMD_RANK $SPMD_SIZE $SPMD_LOCAL_RANK $SPMD_LOCAL_SIZE $GREETING $PATH_COPY";
+    let mut cmd = spmdrun(&[
+        "-n",
+        "3",
+        "-x",
+        "GREETING=hello world",
+        "-x",
+        "PATH_COPY",
+        "sh",
+        "-c",
+        script,
+    ]);
+    cmd.env("PATH_COPY", "copied");
+    let out = run(cmd);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let mut lines = out.lines();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "0 3 0 3 hello world copied",
+            "1 3 1 3 hello world copied",
+            "2 3 2 3 hello world copied"
+        ]
+    );
+}
+
+#[test]
+fn wdir_sets_the_working_directory() {
+    let dir = std::env::temp_dir().canonicalize().expect("a temp dir");
+    let out = run(spmdrun(&["-n", "2", "--wdir", &dir.display().to_string(), "pwd"]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(out.lines(), [dir.display().to_string(), dir.display().to_string()]);
+}
+
+#[test]
+fn exit_status_is_the_first_failure() {
+    let out = run(spmdrun(&["-n", "2", "sh", "-c", "exit $((SPMD_RANK * 7))"]));
+    assert_eq!(out.code(), Some(7), "{out:?}");
+    assert!(
+        out.stderr.contains("rank 1 (pid ") && out.stderr.contains("exited with code 7"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn tag_output_prefixes_every_line_with_its_rank() {
+    let out = run(spmdrun(&[
+        "-n",
+        "2",
+        "--tag-output",
+        "sh",
+        "-c",
+        "echo a; echo b >&2; printf c",
+    ]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let mut lines = out.lines();
+    lines.sort();
+    assert_eq!(lines, ["[0] a", "[0] c", "[1] a", "[1] c"]);
+    let mut errs: Vec<&str> = out.stderr.lines().collect();
+    errs.sort();
+    assert_eq!(errs, ["[0] b", "[1] b"]);
+    let short = run(spmdrun(&["-n", "1", "-l", "echo", "x"]));
+    assert_eq!(short.lines(), ["[0] x"]);
+}
+
+#[test]
+fn output_lines_are_never_torn_apart() {
+    let n = 4;
+    let out = run(spmdrun(&["-n", &n.to_string(), &example("spmd-check"), "chatter"]));
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let mut counts = vec![0; n];
+    for line in out.lines() {
+        if let Some(rank) = line.strip_suffix(" done").and_then(|l| l.strip_prefix("rank ")) {
+            counts[rank.parse::<usize>().expect("a rank")] += 1000;
+            continue;
+        }
+        let rank: usize = line
+            .strip_prefix("rank ")
+            .and_then(|l| l.split(' ').next())
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("a torn line: {line:?}"));
+        let body = line.split(' ').nth(4).unwrap_or_default();
+        assert_eq!(body, rank.to_string().repeat(300), "a torn line: {line:?}");
+        assert!(line.ends_with(" end"), "a torn line: {line:?}");
+        counts[rank] += 1;
+    }
+    assert_eq!(counts, vec![1500; n], "every rank's 500 lines and its last line");
+}
+
+#[test]
+fn standard_input_goes_to_rank_0_only() {
+    let mut child = spmdrun(&[
+        "-n",
+        "3",
+        "sh",
+        "-c",
+        "while read l; do echo \"$SPMD_RANK got $l\"; done; echo $SPMD_RANK end",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spmdrun starts");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    stdin.write_all(b"one\ntwo\n").expect("writing stdin");
+    drop(stdin);
+    let out = common::finish(child);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let mut lines = out.lines();
+    lines.sort();
+    assert_eq!(lines, ["0 end", "0 got one", "0 got two", "1 end", "2 end"]);
+}
+
+#[test]
+fn a_program_started_alone_is_a_job_of_one() {
+    let out = run({
+        let mut c = Command::new(example("spmd-check"));
+        c.arg("alone");
+        c
+    });
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("alone: all checks passed"), "{out:?}");
+}
+
+#[test]
+fn a_program_started_by_mpirun_without_the_mpi_feature_says_so() {
+    for (var, launcher) in [("OMPI_COMM_WORLD_SIZE", "Open MPI"), ("PMI_SIZE", "MPICH")] {
+        let mut cmd = Command::new(example("spmd-check"));
+        cmd.args(["p2p"]).env(var, "4");
+        let out = run(cmd);
+        assert_ne!(out.code(), Some(0), "{out:?}");
+        assert!(out.stderr.contains(launcher) && out.stderr.contains("mpi"), "{out:?}");
+    }
+}
