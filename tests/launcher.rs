@@ -190,3 +190,34 @@ fn a_program_started_by_mpirun_without_the_mpi_feature_says_so() {
         assert!(out.stderr.contains(launcher) && out.stderr.contains("mpi"), "{out:?}");
     }
 }
+
+#[test]
+fn hostfiles_place_ranks_and_bad_ones_name_file_and_line() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in ["hostfiles/localhost", "hostfiles/mpich-style"] {
+        let path = format!("{root}/{file}");
+        let out = run(spmdrun(&["-n", "4", "--hostfile", &path, &example("ring")]));
+        assert_eq!(out.code(), Some(0), "{file}: {out:?}");
+        assert!(out.stdout.contains("received message \"P0P1P2P3\""), "{out:?}");
+        rejected(&["-n", "5", "--hostfile", &path, "true"], "--oversubscribe");
+        let out = run(spmdrun(&["-n", "5", "--oversubscribe", "--hostfile", &path, "true"]));
+        assert_eq!(out.code(), Some(0), "{out:?}");
+    }
+    let bad = std::env::temp_dir().join(format!("spmd-bad-hostfile-{}", std::process::id()));
+    std::fs::write(&bad, "# two hosts\nlocalhost slots=2\nlocalhost slots=lots\n").expect("writing a hostfile");
+    let shown = bad.display().to_string();
+    rejected(
+        &["-n", "2", "--hostfile", &shown, "true"],
+        &format!("{shown}:3: slots \"lots\""),
+    );
+    std::fs::write(&bad, "localhost\nelsewhere.example slots=2\n").expect("writing a hostfile");
+    rejected(
+        &["-n", "2", "--hostfile", &shown, "true"],
+        &format!("{shown}:2: host elsewhere.example"),
+    );
+    let _ = std::fs::remove_file(&bad);
+    rejected(
+        &["-n", "2", "--hostfile", "/no/such/hostfile", "true"],
+        "/no/such/hostfile",
+    );
+}

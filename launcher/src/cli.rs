@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::hostfile;
+
 /// Runs PROGRAM as N ranks of one SPMD job.
 #[derive(Debug, Parser)]
 #[command(
@@ -21,10 +23,16 @@ struct Args {
     #[arg(short = 'n', value_name = "N")]
     ranks: usize,
 
-    /// Accepted for compatibility with mpirun: spmdrun always allows more
-    /// ranks than cores.
+    /// Allow more ranks than the hostfile has slots. Without a hostfile
+    /// spmdrun always allows more ranks than cores.
     #[arg(long)]
     oversubscribe: bool,
+
+    /// Place ranks on the slots of this hostfile, in Open MPI's
+    /// (`host slots=N`) or MPICH's (`host:N`) format. Every host must be
+    /// this machine for now.
+    #[arg(long, visible_alias = "machinefile", short = 'f', value_name = "FILE")]
+    hostfile: Option<PathBuf>,
 
     /// Prefix every output line with the rank that printed it, as `[R] `.
     #[arg(long = "tag-output", short = 'l')]
@@ -127,6 +135,16 @@ fn check(args: Args) -> Result<Options, String> {
     }
     if args.ranks > u32::MAX as usize / 2 {
         return Err(format!("-n {} is more ranks than spmd supports", args.ranks));
+    }
+    if let Some(path) = &args.hostfile {
+        let hosts = hostfile::read(path)?;
+        if let Some(remote) = hosts.iter().find(|h| !hostfile::is_local(&h.name)) {
+            return Err(format!(
+                "{}: host {} is not this machine; jobs across hosts are not supported yet",
+                remote.origin, remote.name
+            ));
+        }
+        hostfile::place(&hosts, args.ranks, args.oversubscribe)?;
     }
     let mut env = Vec::new();
     for x in &args.export {

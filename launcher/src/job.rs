@@ -20,7 +20,7 @@ use crate::spawn::{self, JobEnv};
 const GRACE: Duration = Duration::from_millis(200);
 /// How long to wait for a dead rank's control connection to close, so its
 /// last words (panic message, finalize) are known before judging it.
-const LAST_WORDS: Duration = Duration::from_millis(250);
+const LAST_WORDS: Duration = Duration::from_secs(1);
 /// How long to wait for the last output after every rank has gone.
 const DRAIN: Duration = Duration::from_secs(2);
 

@@ -2,6 +2,7 @@
 
 mod cli;
 mod control_server;
+mod hostfile;
 mod job;
 mod output;
 mod signals;

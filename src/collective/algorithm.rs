@@ -69,6 +69,17 @@ impl<E: Pod> Codec<Vec<E>> for PodCodec {
     }
 }
 
+/// A body this rank keeps for itself, as if it had arrived from `source`.
+pub(crate) fn own_envelope(source: usize, body: Body) -> Envelope {
+    Envelope {
+        source,
+        tag: 0,
+        context: Context::Collective,
+        kind: body.0,
+        payload: body.1,
+    }
+}
+
 /// How two values combine, in rank order; may fail (e.g. lengths differ).
 pub(crate) type Combine<'a, T> = dyn Fn(&T, &T) -> Result<T> + 'a;
 
@@ -255,14 +266,7 @@ impl World {
         let mut out = Vec::with_capacity(self.size());
         for source in 0..self.size() {
             if source == r {
-                let (kind, payload) = own.take().unwrap_or((Kind::Raw, Vec::new()));
-                out.push(Envelope {
-                    source,
-                    tag: 0,
-                    context: Context::Collective,
-                    kind,
-                    payload,
-                });
+                out.push(own_envelope(r, own.take().unwrap_or((Kind::Raw, Vec::new()))));
             } else {
                 out.push(self.coll_receive(source, tag(Step::Gather, 0))?);
             }
@@ -293,14 +297,7 @@ impl World {
             }
         }
         self.wait_sends(sends)?;
-        let (kind, payload) = own.unwrap_or((Kind::Raw, Vec::new()));
-        Ok(Envelope {
-            source: r,
-            tag: 0,
-            context: Context::Collective,
-            kind,
-            payload,
-        })
+        Ok(own_envelope(r, own.unwrap_or((Kind::Raw, Vec::new()))))
     }
 
     /// Rank `i` gets `bodies[i]` from every rank, in rank order.
@@ -323,14 +320,7 @@ impl World {
         let mut out = Vec::with_capacity(n);
         for source in 0..n {
             if source == r {
-                let (kind, payload) = bodies[r].take().unwrap_or((Kind::Raw, Vec::new()));
-                out.push(Envelope {
-                    source,
-                    tag: 0,
-                    context: Context::Collective,
-                    kind,
-                    payload,
-                });
+                out.push(own_envelope(r, bodies[r].take().unwrap_or((Kind::Raw, Vec::new()))));
             } else {
                 out.push(self.coll_receive(source, tag(Step::Alltoall, 0))?);
             }

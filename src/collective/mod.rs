@@ -15,7 +15,7 @@ use crate::world::World;
 
 mod algorithm;
 
-use algorithm::{Body, Codec, PodCodec, SerdeCodec};
+use algorithm::{Body, Codec, PodCodec, SerdeCodec, own_envelope};
 
 /// Packs several message bodies of one kind into one (for allgather).
 fn pack(envs: &[Envelope]) -> Vec<u8> {
@@ -128,7 +128,7 @@ impl World {
         };
         let (kind, payload) = self.broadcast_body(mine, root)?;
         if self.rank() != root {
-            *value = SerdeCodec.decode(&self.local_envelope(root, kind, payload))?;
+            *value = SerdeCodec.decode(&own_envelope(root, (kind, payload)))?;
         }
         Ok(())
     }
@@ -143,21 +143,11 @@ impl World {
         };
         let (kind, payload) = self.broadcast_body(mine, root)?;
         if self.rank() != root {
-            let data: Vec<E> = PodCodec.decode(&self.local_envelope(root, kind, payload))?;
+            let data: Vec<E> = PodCodec.decode(&own_envelope(root, (kind, payload)))?;
             check_len("broadcast_into", "the buffer", buf.len(), data.len())?;
             buf.copy_from_slice(&data);
         }
         Ok(())
-    }
-
-    fn local_envelope(&self, source: usize, kind: Kind, payload: Vec<u8>) -> Envelope {
-        Envelope {
-            source,
-            tag: 0,
-            context: crate::wire::Context::Collective,
-            kind,
-            payload,
-        }
     }
 
     /// The root gives `values[i]` to rank `i`; every rank returns its value.

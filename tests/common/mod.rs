@@ -98,18 +98,22 @@ pub fn run(mut cmd: Command) -> Finished {
 
 /// Waits for a started child (with piped stdout and stderr) within LIMIT.
 pub fn finish(mut child: Child) -> Finished {
-    let mut out = child.stdout.take().expect("stdout is piped");
-    let mut err = child.stderr.take().expect("stderr is piped");
-    let out_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
+    let out = child.stdout.take().expect("stdout is piped");
+    collect(child, out)
+}
+
+/// Reads the rest of `out` and all of the child's stderr while waiting for
+/// it within LIMIT.
+fn collect(mut child: Child, out: impl Read + Send + 'static) -> Finished {
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out_thread = read_all(Box::new(out));
+    let err_thread = read_all(Box::new(child.stderr.take().expect("stderr is piped")));
     let status = wait_limited(&mut child);
     Finished {
         status,
@@ -161,24 +165,8 @@ pub fn start_reporting_pids(args: &[&str], n: usize) -> (Child, Vec<i32>, BufRea
 }
 
 /// Waits for a child started by [`start_reporting_pids`].
-pub fn finish_reporting(mut child: Child, mut reader: BufReader<std::process::ChildStdout>) -> Finished {
-    let mut err = child.stderr.take().expect("stderr is piped");
-    let out_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = reader.read_to_string(&mut s);
-        s
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let status = wait_limited(&mut child);
-    Finished {
-        status,
-        stdout: out_thread.join().unwrap_or_default(),
-        stderr: err_thread.join().unwrap_or_default(),
-    }
+pub fn finish_reporting(child: Child, reader: BufReader<std::process::ChildStdout>) -> Finished {
+    collect(child, reader)
 }
 
 /// True if a process with this pid exists and is not a zombie.

@@ -26,7 +26,13 @@ fn fail(how: &str) -> Result<(), Error> {
     if me == n - 1 {
         match how {
             "panic" => panic!("deliberate panic on rank {me}"),
-            "exit" => std::process::exit(3),
+            "exit" => {
+                // The moment of death, for scripts/failure-latency.
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                println!("dying {}", now.map_or(0, |d| d.as_nanos()));
+                let _ = std::io::stdout().flush();
+                std::process::exit(3)
+            }
             "abort" => world.abort(5),
             "no-finalize" if n > 1 => std::process::exit(0),
             _ => {}
