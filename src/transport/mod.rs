@@ -8,6 +8,7 @@ use crate::matching::Envelope;
 use crate::wire::Header;
 
 mod socket;
+mod stream;
 
 pub(crate) use socket::Listener;
 use socket::SocketMesh;
@@ -55,7 +56,7 @@ impl Transport {
     pub fn queue(&mut self, dest: usize, header: Header, payload: Vec<u8>) -> Result<SendTicket> {
         match self {
             Transport::Alone => Err(Error::InvalidRank { rank: dest, size: 1 }),
-            Transport::Socket(m) => m.queue(dest, header, payload),
+            Transport::Socket(m) => m.peers.queue(dest, header, payload),
         }
     }
 
@@ -63,7 +64,7 @@ impl Transport {
     pub fn is_sent(&self, ticket: SendTicket) -> bool {
         match self {
             Transport::Alone => true,
-            Transport::Socket(m) => m.is_sent(ticket),
+            Transport::Socket(m) => m.peers.is_sent(ticket),
         }
     }
 
@@ -71,7 +72,7 @@ impl Transport {
     pub fn is_gone(&self, rank: usize) -> bool {
         match self {
             Transport::Alone => true,
-            Transport::Socket(m) => m.is_gone(rank),
+            Transport::Socket(m) => m.peers.is_gone(rank),
         }
     }
 
@@ -79,7 +80,7 @@ impl Transport {
     pub fn died(&self, rank: usize) -> bool {
         match self {
             Transport::Alone => false,
-            Transport::Socket(m) => m.died(rank),
+            Transport::Socket(m) => m.peers.died(rank),
         }
     }
 
@@ -87,7 +88,7 @@ impl Transport {
     pub fn is_closed(&self, rank: usize) -> bool {
         match self {
             Transport::Alone => true,
-            Transport::Socket(m) => m.is_closed(rank),
+            Transport::Socket(m) => m.peers.is_closed(rank),
         }
     }
 

@@ -1,0 +1,397 @@
+//! Frames over a byte stream: the per-peer queue of outgoing frames, the
+//! parser of incoming ones, and the table of peers. Shared by every
+//! transport whose link to a peer is a stream of bytes (a socket, or a ring
+//! in shared memory); each transport brings its own [`Link`] and its own way
+//! of waiting.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use crate::error::{Error, Result};
+use crate::matching::Envelope;
+use crate::wire::{HEADER_LEN, Header, Kind};
+
+use super::{Delivery, SendTicket};
+
+/// Bytes read from a link per call while parsing small frames; payloads
+/// larger than this are read straight into their buffer.
+const STAGING: usize = 64 << 10;
+/// Frames gathered into one write.
+const MAX_IOVECS: usize = 64;
+
+/// What one read or write on a link did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Io {
+    /// Moved this many bytes (more than zero).
+    Done(usize),
+    /// Nothing can move now.
+    WouldBlock,
+    /// The other end has gone.
+    Closed,
+}
+
+/// One direction-agnostic byte stream to a peer.
+pub(crate) trait Link {
+    /// Writes a prefix of the concatenated slices.
+    fn write(&mut self, iov: &[IoSlice<'_>]) -> Result<Io>;
+    /// Reads into a prefix of `buf`.
+    fn read(&mut self, buf: &mut [u8]) -> Result<Io>;
+}
+
+/// One outgoing frame and how much of it has been written.
+#[derive(Debug)]
+struct Outgoing {
+    header: [u8; HEADER_LEN],
+    payload: Vec<u8>,
+    written: usize,
+}
+
+impl Outgoing {
+    fn total(&self) -> usize {
+        HEADER_LEN + self.payload.len()
+    }
+}
+
+/// A frame being read: its header, and the payload so far.
+#[derive(Debug)]
+struct Incoming {
+    header: Header,
+    payload: Vec<u8>,
+    filled: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerState {
+    Open,
+    /// The peer said Bye: nothing more will come from it.
+    Finished,
+    /// The link is closed.
+    Gone,
+}
+
+/// The framed stream to one peer.
+#[derive(Debug)]
+pub(crate) struct Peer<L> {
+    rank: usize,
+    name: String,
+    pub link: L,
+    state: PeerState,
+    /// The link closed without a Bye: the peer died.
+    died: bool,
+    out: VecDeque<Outgoing>,
+    /// Sequence number of the first frame in `out`; frames below are sent.
+    sent: u64,
+    queued: u64,
+    staging: Vec<u8>,
+    staged: std::ops::Range<usize>,
+    incoming: Option<Incoming>,
+}
+
+impl<L: Link> Peer<L> {
+    pub fn new(rank: usize, link: L) -> Peer<L> {
+        Peer {
+            rank,
+            name: format!("rank {rank}"),
+            link,
+            state: PeerState::Open,
+            died: false,
+            out: VecDeque::new(),
+            sent: 0,
+            queued: 0,
+            staging: vec![0; STAGING],
+            staged: 0..0,
+            incoming: None,
+        }
+    }
+
+    /// True if something is queued and not yet written.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty() && self.state != PeerState::Gone
+    }
+
+    /// True if the link is still open.
+    pub fn is_open(&self) -> bool {
+        self.state != PeerState::Gone
+    }
+
+    fn push(&mut self, header: [u8; HEADER_LEN], payload: Vec<u8>) -> u64 {
+        let seq = self.queued;
+        self.queued += 1;
+        self.out.push_back(Outgoing {
+            header,
+            payload,
+            written: 0,
+        });
+        seq
+    }
+
+    /// Writes queued frames until the link is full; true if it wrote anything.
+    pub fn flush(&mut self) -> Result<bool> {
+        let mut wrote = false;
+        while !self.out.is_empty() && self.state != PeerState::Gone {
+            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(2 * MAX_IOVECS.min(self.out.len()));
+            for o in self.out.iter().take(MAX_IOVECS) {
+                if o.written < HEADER_LEN {
+                    iov.push(IoSlice::new(&o.header[o.written..]));
+                    iov.push(IoSlice::new(&o.payload));
+                } else {
+                    iov.push(IoSlice::new(&o.payload[o.written - HEADER_LEN..]));
+                }
+            }
+            let mut n = match self.link.write(&iov)? {
+                Io::Done(n) => n,
+                Io::WouldBlock => return Ok(wrote),
+                Io::Closed => {
+                    // The peer has closed. Losing our Bye is fine (it has
+                    // finished too); losing a message is not.
+                    self.died |= self.state == PeerState::Open;
+                    self.state = PeerState::Gone;
+                    let lost_message = self.out.iter().any(|o| o.header[5] != Kind::Bye as u8);
+                    self.out.clear();
+                    self.sent = self.queued;
+                    return if lost_message {
+                        Err(Error::PeerGone { rank: self.rank })
+                    } else {
+                        Ok(wrote)
+                    };
+                }
+            };
+            wrote = true;
+            while n > 0 {
+                let Some(front) = self.out.front_mut() else { break };
+                let take = n.min(front.total() - front.written);
+                front.written += take;
+                n -= take;
+                if front.written == front.total() {
+                    self.out.pop_front();
+                    self.sent += 1;
+                }
+            }
+        }
+        Ok(wrote)
+    }
+
+    /// Reads until the link is empty, delivering every whole message; true
+    /// if it read anything.
+    pub fn read_available(&mut self, max_message: u64, deliver: &mut Delivery<'_>) -> Result<bool> {
+        let mut read = false;
+        loop {
+            self.parse(max_message, deliver)?;
+            if self.state == PeerState::Gone {
+                return Ok(read);
+            }
+            // Large payloads are read straight into their buffer.
+            let io = if let Some(inc) = self.incoming.as_mut().filter(|i| i.payload.len() - i.filled >= STAGING) {
+                let io = self.link.read(&mut inc.payload[inc.filled..])?;
+                if let Io::Done(n) = io {
+                    inc.filled += n;
+                }
+                io
+            } else {
+                if self.staged.start > 0 {
+                    self.staging.copy_within(self.staged.clone(), 0);
+                    self.staged = 0..self.staged.len();
+                }
+                let end = self.staged.end;
+                let io = self.link.read(&mut self.staging[end..])?;
+                if let Io::Done(n) = io {
+                    self.staged.end += n;
+                }
+                io
+            };
+            match io {
+                Io::Done(_) => read = true,
+                Io::WouldBlock => return Ok(read),
+                Io::Closed => {
+                    self.closed()?;
+                    return Ok(read);
+                }
+            }
+        }
+    }
+
+    /// The peer closed its end.
+    fn closed(&mut self) -> Result<()> {
+        let was = self.state;
+        self.state = PeerState::Gone;
+        self.died = was == PeerState::Open;
+        if self.incoming.is_some() || !self.staged.is_empty() {
+            self.incoming = None;
+            self.staged = 0..0;
+            return Err(Error::protocol(
+                &self.name,
+                "stream",
+                "the connection closed in the middle of a message (the rank died?)",
+            ));
+        }
+        if was == PeerState::Open && !self.out.is_empty() {
+            return Err(Error::PeerGone { rank: self.rank });
+        }
+        Ok(())
+    }
+
+    /// Turns staged bytes into messages.
+    fn parse(&mut self, max_message: u64, deliver: &mut Delivery<'_>) -> Result<()> {
+        loop {
+            if self.incoming.is_none() {
+                if self.staged.len() < HEADER_LEN {
+                    return Ok(());
+                }
+                let mut hb = [0u8; HEADER_LEN];
+                hb.copy_from_slice(&self.staging[self.staged.start..self.staged.start + HEADER_LEN]);
+                self.staged.start += HEADER_LEN;
+                let header = match self.check_header(&hb, max_message) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        self.state = PeerState::Gone;
+                        return Err(e);
+                    }
+                };
+                if header.kind == Kind::Bye {
+                    self.state = PeerState::Finished;
+                    continue;
+                }
+                let len = usize::try_from(header.len)
+                    .map_err(|_| Error::protocol(&self.name, "length", "larger than this machine's address space"))?;
+                let mut payload = Vec::new();
+                payload.try_reserve_exact(len).map_err(|_| {
+                    Error::io(
+                        format!("allocating {len} bytes for a message from {}", self.name),
+                        std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+                    )
+                })?;
+                payload.resize(len, 0);
+                self.incoming = Some(Incoming {
+                    header,
+                    payload,
+                    filled: 0,
+                });
+            }
+            if let Some(inc) = self.incoming.as_mut() {
+                let take = (inc.payload.len() - inc.filled).min(self.staged.len());
+                inc.payload[inc.filled..inc.filled + take]
+                    .copy_from_slice(&self.staging[self.staged.start..self.staged.start + take]);
+                inc.filled += take;
+                self.staged.start += take;
+                if inc.filled < inc.payload.len() {
+                    return Ok(());
+                }
+            }
+            if let Some(inc) = self.incoming.take() {
+                deliver(Envelope {
+                    source: self.rank,
+                    tag: inc.header.tag,
+                    context: inc.header.context,
+                    kind: inc.header.kind,
+                    payload: inc.payload,
+                });
+            }
+            if self.staged.is_empty() {
+                self.staged = 0..0;
+            }
+        }
+    }
+
+    fn check_header(&self, hb: &[u8; HEADER_LEN], max_message: u64) -> Result<Header> {
+        let header = Header::decode(hb, &self.name, max_message)?;
+        if header.source as usize != self.rank {
+            return Err(Error::protocol(
+                &self.name,
+                "source",
+                format!("the frame claims to come from rank {}", header.source),
+            ));
+        }
+        if !header.kind.is_message() && header.kind != Kind::Bye {
+            return Err(Error::protocol(
+                &self.name,
+                "kind",
+                format!(
+                    "{:?} frames are not expected between ranks after the handshake",
+                    header.kind
+                ),
+            ));
+        }
+        if self.state != PeerState::Open {
+            return Err(Error::protocol(
+                &self.name,
+                "kind",
+                "a frame arrived after the peer said Bye",
+            ));
+        }
+        Ok(header)
+    }
+}
+
+/// The framed streams of one rank to all its peers, indexed by rank.
+#[derive(Debug)]
+pub(crate) struct Peers<L> {
+    pub me: usize,
+    pub list: Vec<Option<Peer<L>>>,
+    pub max_message: u64,
+}
+
+impl<L: Link> Peers<L> {
+    fn peer(&mut self, rank: usize) -> &mut Peer<L> {
+        match self.list[rank].as_mut() {
+            Some(p) => p,
+            None => unreachable!("rank {} has no link to itself", self.me),
+        }
+    }
+
+    /// Queues a frame for `dest` and tries to write it at once.
+    pub fn queue(&mut self, dest: usize, header: Header, payload: Vec<u8>) -> Result<SendTicket> {
+        let peer = self.peer(dest);
+        if peer.state == PeerState::Gone {
+            return Err(Error::PeerGone { rank: dest });
+        }
+        let seq = peer.push(header.encode(), payload);
+        peer.flush()?;
+        Ok(SendTicket { dest, seq })
+    }
+
+    /// True once the frame has been written in full.
+    pub fn is_sent(&self, ticket: SendTicket) -> bool {
+        self.list[ticket.dest].as_ref().is_none_or(|p| ticket.seq < p.sent)
+    }
+
+    /// True if `rank` can send nothing more.
+    pub fn is_gone(&self, rank: usize) -> bool {
+        self.list[rank]
+            .as_ref()
+            .is_none_or(|p| p.state != PeerState::Open && p.incoming.is_none() && p.staged.is_empty())
+    }
+
+    /// True if `rank` vanished without saying goodbye.
+    pub fn died(&self, rank: usize) -> bool {
+        self.list[rank].as_ref().is_some_and(|p| p.died)
+    }
+
+    /// True if nothing more can be sent to `rank`.
+    pub fn is_closed(&self, rank: usize) -> bool {
+        self.list[rank].as_ref().is_none_or(|p| p.state == PeerState::Gone)
+    }
+
+    /// Writes what can be written to every peer; true if anything was.
+    pub fn flush_all(&mut self) -> Result<bool> {
+        let mut wrote = false;
+        for p in self.list.iter_mut().flatten() {
+            wrote |= p.flush()?;
+        }
+        Ok(wrote)
+    }
+
+    /// True if some open peer still has queued output.
+    pub fn pending_output(&self) -> bool {
+        self.list.iter().flatten().any(Peer::has_output)
+    }
+
+    /// Queues a Bye to every peer whose link is open.
+    pub fn queue_byes(&mut self) {
+        let me = self.me as u32;
+        for p in self.list.iter_mut().flatten() {
+            if p.state != PeerState::Gone {
+                p.push(Header::plain(Kind::Bye, me, 0).encode(), Vec::new());
+            }
+        }
+    }
+}
