@@ -57,6 +57,20 @@ pub mod env {
     /// The job secret, hex. Passed only through the environment, never on a
     /// command line.
     pub const SECRET: &str = "SPMD_SECRET";
+    /// How ranks on one node talk: `shm` (the default) or `socket`.
+    pub const TRANSPORT: &str = "SPMD_TRANSPORT";
+}
+
+/// The name (in /dev/shm) of rank `rank`'s shared-memory segment in job
+/// `job`. Every segment of a job starts with [`segment_prefix`].
+pub fn segment_name(job: u64, rank: usize) -> String {
+    format!("{}{rank}", segment_prefix(job))
+}
+
+/// The common start of the names of a job's shared-memory segments, so that
+/// the launcher can remove whatever a crashed job left behind.
+pub fn segment_prefix(job: u64) -> String {
+    format!("spmd-{job:016x}-")
 }
 
 /// What a frame carries.
@@ -269,6 +283,11 @@ pub enum Card {
     Unix {
         /// The abstract socket name, without the leading NUL.
         name: String,
+    },
+    /// A shared-memory segment (same node only).
+    Shm {
+        /// The segment's path under /dev/shm.
+        path: String,
     },
 }
 

@@ -10,7 +10,7 @@ use crate::bootstrap::{self, Launch};
 use crate::control;
 use crate::error::{Error, Result};
 use crate::progress::Engine;
-use crate::transport::{Listener, Transport};
+use crate::transport::{Endpoint, Transport};
 use crate::wire::ControlMessage;
 
 /// The largest single message accepted from a peer, in bytes (1 TiB). The
@@ -78,15 +78,16 @@ pub fn init() -> Result<World> {
             finalized: Cell::new(false),
         }),
         Launch::Spmdrun(p) => {
-            let listener = Listener::open(p.job, p.rank)?;
-            let (cards, _nodes) = control::register(&p, listener.card().clone())?;
+            let kind = std::env::var(crate::wire::env::TRANSPORT).ok();
+            let endpoint = Endpoint::open(kind.as_deref(), &p)?;
+            let (cards, _nodes) = control::register(&p, endpoint.card().clone())?;
             control::install_panic_hook();
             let id = Identity {
                 secret: &p.secret,
                 job: p.job,
                 me: p.rank as u32,
             };
-            let transport = Transport::connect(listener, id, &cards, MAX_MESSAGE)?;
+            let transport = Transport::connect(endpoint, id, &cards, MAX_MESSAGE)?;
             Ok(World {
                 rank: p.rank,
                 size: p.size,

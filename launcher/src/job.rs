@@ -133,12 +133,26 @@ pub fn run(opts: Options) -> Result<i32, String> {
             spawn::signal_group(r.pid, Signal::SIGKILL);
         }
     }
+    remove_segments(job_id);
     let drain_until = Instant::now() + DRAIN;
     while done_rx
         .recv_timeout(drain_until.saturating_duration_since(Instant::now()))
         .is_ok()
     {}
     Ok(job.failure.map_or(0, |f| f.code))
+}
+
+/// Removes whatever shared-memory segments the job left in /dev/shm (ranks
+/// unlink their own once every peer has mapped it, so this only finds
+/// something after a crash during start-up).
+fn remove_segments(job: u64) {
+    let prefix = spmd::wire::segment_prefix(job);
+    let Ok(dir) = std::fs::read_dir("/dev/shm") else { return };
+    for entry in dir.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 impl Job {

@@ -7,11 +7,43 @@ use crate::error::{Error, Result};
 use crate::matching::Envelope;
 use crate::wire::Header;
 
+mod shm;
 mod socket;
 mod stream;
 
-pub(crate) use socket::Listener;
-use socket::SocketMesh;
+use shm::{ShmListener, ShmMesh};
+use socket::{Listener, SocketMesh};
+
+/// Where a rank can be reached, opened before it registers: the first half
+/// of a transport.
+#[derive(Debug)]
+pub(crate) enum Endpoint {
+    Socket(Listener),
+    Shm(ShmListener),
+}
+
+impl Endpoint {
+    /// Opens this rank's endpoint for the transport `kind` names (`shm`, the
+    /// default, or `socket`).
+    pub fn open(kind: Option<&str>, p: &crate::bootstrap::Placement) -> Result<Endpoint> {
+        match kind.unwrap_or("shm") {
+            "shm" => ShmListener::open(p.job, p.rank, p.size, p.local_size).map(Endpoint::Shm),
+            "socket" => Listener::open(p.job, p.rank).map(Endpoint::Socket),
+            other => Err(Error::Bootstrap(format!(
+                "{}={other:?}: expected \"shm\" or \"socket\"",
+                crate::wire::env::TRANSPORT
+            ))),
+        }
+    }
+
+    /// The card that tells peers how to reach this endpoint.
+    pub fn card(&self) -> &crate::wire::Card {
+        match self {
+            Endpoint::Socket(l) => l.card(),
+            Endpoint::Shm(l) => l.card(),
+        }
+    }
+}
 
 /// Receives each whole message a transport reads.
 pub(crate) type Delivery<'a> = dyn FnMut(Envelope) + 'a;
@@ -39,17 +71,22 @@ pub(crate) enum Transport {
     Alone,
     /// Stream sockets between all ranks.
     Socket(SocketMesh),
+    /// Rings in shared memory between all ranks (one node).
+    Shm(ShmMesh),
 }
 
 impl Transport {
     /// Connects to all peers given their cards (indexed by rank).
     pub fn connect(
-        listener: Listener,
+        endpoint: Endpoint,
         id: crate::auth::Identity<'_>,
         cards: &[crate::wire::Card],
         max_message: u64,
     ) -> Result<Transport> {
-        SocketMesh::connect(listener, id, cards, max_message).map(Transport::Socket)
+        match endpoint {
+            Endpoint::Socket(l) => SocketMesh::connect(l, id, cards, max_message).map(Transport::Socket),
+            Endpoint::Shm(l) => ShmMesh::connect(l, id.me as usize, cards, max_message).map(Transport::Shm),
+        }
     }
 
     /// Queues one frame to another rank.
@@ -57,6 +94,7 @@ impl Transport {
         match self {
             Transport::Alone => Err(Error::InvalidRank { rank: dest, size: 1 }),
             Transport::Socket(m) => m.peers.queue(dest, header, payload),
+            Transport::Shm(m) => m.peers.queue(dest, header, payload),
         }
     }
 
@@ -65,6 +103,7 @@ impl Transport {
         match self {
             Transport::Alone => true,
             Transport::Socket(m) => m.peers.is_sent(ticket),
+            Transport::Shm(m) => m.peers.is_sent(ticket),
         }
     }
 
@@ -73,6 +112,7 @@ impl Transport {
         match self {
             Transport::Alone => true,
             Transport::Socket(m) => m.peers.is_gone(rank),
+            Transport::Shm(m) => m.peers.is_gone(rank),
         }
     }
 
@@ -81,6 +121,7 @@ impl Transport {
         match self {
             Transport::Alone => false,
             Transport::Socket(m) => m.peers.died(rank),
+            Transport::Shm(m) => m.peers.died(rank),
         }
     }
 
@@ -89,6 +130,7 @@ impl Transport {
         match self {
             Transport::Alone => true,
             Transport::Socket(m) => m.peers.is_closed(rank),
+            Transport::Shm(m) => m.peers.is_closed(rank),
         }
     }
 
@@ -97,6 +139,7 @@ impl Transport {
         match self {
             Transport::Alone => Ok(()),
             Transport::Socket(m) => m.progress(deliver, wait),
+            Transport::Shm(m) => m.progress(deliver, wait),
         }
     }
 
@@ -105,6 +148,7 @@ impl Transport {
         match self {
             Transport::Alone => Ok(()),
             Transport::Socket(m) => m.finish(deliver),
+            Transport::Shm(m) => m.finish(deliver),
         }
     }
 }

@@ -1,0 +1,59 @@
+//! Ping-pong latency between ranks 0 and 1, printed like the OSU
+//! micro-benchmark `osu_latency`: one-way time per message size.
+//!
+//! Run: `spmdrun -n 2 target/release/examples/osu_latency [max-bytes]`
+
+use spmd::World;
+
+fn iterations(size: usize) -> (usize, usize) {
+    // (warm-up, timed), fewer for large messages as OSU does.
+    if size > 8192 { (10, 100) } else { (1000, 10000) }
+}
+
+fn main() -> Result<(), spmd::Error> {
+    let world = spmd::init()?;
+    let max: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(4 << 20);
+    if world.size() < 2 {
+        eprintln!("osu_latency needs at least 2 ranks");
+        world.abort(1);
+    }
+    if world.rank() == 0 {
+        println!("# spmd latency test ({} ranks)", world.size());
+        println!("{:<10}{:>20}", "# Size", "Latency (us)");
+    }
+    let mut buf = vec![0u8; max.max(1)];
+    let mut size = 0;
+    loop {
+        let lat = ping_pong(&world, &mut buf[..size], iterations(size))?;
+        if world.rank() == 0 {
+            println!("{size:<10}{lat:>20.2}");
+        }
+        if size >= max {
+            break;
+        }
+        size = if size == 0 { 1 } else { size * 2 };
+    }
+    world.finalize()
+}
+
+fn ping_pong(world: &World, buf: &mut [u8], (warmup, iters): (usize, usize)) -> Result<f64, spmd::Error> {
+    world.barrier()?;
+    let mut start = 0.0;
+    for i in 0..warmup + iters {
+        if i == warmup {
+            start = spmd::wtime();
+        }
+        match world.rank() {
+            0 => {
+                world.send_slice(buf, 1)?;
+                world.receive_into(buf, 1)?;
+            }
+            1 => {
+                world.receive_into(buf, 0)?;
+                world.send_slice(buf, 0)?;
+            }
+            _ => {}
+        }
+    }
+    Ok((spmd::wtime() - start) * 1e6 / (2.0 * iters as f64))
+}

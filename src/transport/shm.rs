@@ -1,0 +1,529 @@
+//! Shared memory between the ranks of one node: each rank owns a segment in
+//! `/dev/shm` holding one single-producer ring per sender, and a doorbell
+//! word it sleeps on with a futex when it has nothing to do.
+//!
+//! A ring is a byte stream (the frames of [`super::stream`] flow through it
+//! unchanged), so large messages are pipelined through it: the sender copies
+//! in while the receiver copies out.
+//!
+//! Waiting adapts: a rank polls its rings for a short while, then sets its
+//! doorbell to SLEEPING, checks once more, and sleeps on the futex. Whoever
+//! writes into its rings, or frees room in a ring it writes to, rings the
+//! doorbell. Both sides put a SeqCst fence between their store and their
+//! check, so a wake-up is never lost.
+
+use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
+use std::os::unix::fs::OpenOptionsExt;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+
+use crate::error::{Error, Result};
+use crate::wire::Card;
+
+use super::stream::{Io, Link, Peer, Peers};
+use super::{Delivery, Wait};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"spmd-shm");
+/// Bytes before the first ring: magic, ring size, doorbell, attach count.
+const HEADER: usize = 4096;
+const OFF_MAGIC: usize = 0;
+const OFF_RING_BYTES: usize = 8;
+const OFF_DOORBELL: usize = 64;
+const OFF_ATTACHED: usize = 128;
+/// A ring's control block: `head` (bytes written) and `tail` (bytes read),
+/// each on its own cache line.
+const RING_CONTROL: usize = 128;
+
+const AWAKE: u32 = 0;
+const SLEEPING: u32 = 1;
+
+/// The largest ring between two ranks.
+const MAX_RING: usize = 256 << 10;
+/// The smallest ring, whatever the number of ranks.
+const MIN_RING: usize = 16 << 10;
+/// The most a rank's segment holds in rings (64 MiB), however many ranks.
+const SEGMENT_BUDGET: usize = 64 << 20;
+
+/// How long a rank polls before it sleeps, when it has a core to itself.
+const SPIN: Duration = Duration::from_micros(50);
+/// How long start-up waits for every peer to map this rank's segment.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The size of each ring in a job with `local` ranks on the node: 256 KiB,
+/// less when there are so many ranks that a segment would pass 64 MiB.
+pub(crate) fn ring_bytes(local: usize) -> usize {
+    let fit = SEGMENT_BUDGET / local.max(1);
+    let mut ring = MAX_RING;
+    while ring > fit && ring > MIN_RING {
+        ring /= 2;
+    }
+    ring
+}
+
+fn segment_len(size: usize, ring: usize) -> usize {
+    HEADER + size * (RING_CONTROL + ring)
+}
+
+/// The path of rank `rank`'s segment in job `job`.
+fn segment_path(job: u64, rank: usize) -> String {
+    format!("/dev/shm/{}", crate::wire::segment_name(job, rank))
+}
+
+/// A mapped segment. The mapping lives as long as this value.
+#[derive(Debug)]
+struct Segment {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+impl Segment {
+    fn map(file: &File, len: usize, path: &str) -> Result<Segment> {
+        let size = std::num::NonZeroUsize::new(len).ok_or_else(|| Error::InvalidArgument("empty segment".into()))?;
+        // SAFETY: mapping a file we opened, shared, at a kernel-chosen address.
+        let base = unsafe {
+            mmap(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                file,
+                0,
+            )
+        }
+        .map_err(|e| Error::io(format!("mapping {path}"), e.into()))?;
+        Ok(Segment { base: base.cast(), len })
+    }
+
+    fn at<T>(&self, offset: usize) -> &T {
+        debug_assert!(offset + std::mem::size_of::<T>() <= self.len);
+        // SAFETY: the offset is inside the mapping and aligned (every offset
+        // used is a multiple of 8); atomics may alias shared memory.
+        unsafe { &*self.base.as_ptr().add(offset).cast::<T>() }
+    }
+
+    fn doorbell(&self) -> &AtomicU32 {
+        self.at(OFF_DOORBELL)
+    }
+
+    fn ring(&self, slot: usize, ring: usize) -> Ring {
+        let offset = HEADER + slot * (RING_CONTROL + ring);
+        assert!(
+            offset + RING_CONTROL + ring <= self.len,
+            "ring {slot} is outside the segment"
+        );
+        // SAFETY: inside the mapping, as just checked.
+        let control = unsafe { self.base.as_ptr().add(offset) };
+        Ring {
+            head: control.cast::<AtomicU64>(),
+            // SAFETY: inside the control block.
+            tail: unsafe { control.add(64) }.cast::<AtomicU64>(),
+            // SAFETY: the data follows the control block, inside the mapping.
+            data: unsafe { control.add(RING_CONTROL) },
+            capacity: ring,
+        }
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped; no reference into it
+        // outlives the mesh that owns the segments.
+        let _ = unsafe { munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// One ring in a segment: a single producer advances `head`, a single
+/// consumer advances `tail`; both count bytes since the start.
+#[derive(Debug, Clone, Copy)]
+struct Ring {
+    head: *const AtomicU64,
+    tail: *const AtomicU64,
+    data: *mut u8,
+    capacity: usize,
+}
+
+impl Ring {
+    fn head(&self) -> &AtomicU64 {
+        // SAFETY: points into a live mapping (the mesh owns the segments).
+        unsafe { &*self.head }
+    }
+
+    fn tail(&self) -> &AtomicU64 {
+        // SAFETY: as above.
+        unsafe { &*self.tail }
+    }
+
+    /// Copies `bytes` into the ring at stream position `at` (wrapping).
+    fn put(&self, at: u64, bytes: &[u8]) {
+        let start = (at % self.capacity as u64) as usize;
+        let first = bytes.len().min(self.capacity - start);
+        // SAFETY: both pieces lie inside the ring's data area; the region is
+        // free (between head and tail + capacity), so the reader is not
+        // touching it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data.add(start), first);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr().add(first), self.data, bytes.len() - first);
+        }
+    }
+
+    /// Copies bytes out of the ring from stream position `at` (wrapping).
+    fn take(&self, at: u64, out: &mut [u8]) {
+        let start = (at % self.capacity as u64) as usize;
+        let first = out.len().min(self.capacity - start);
+        // SAFETY: both pieces lie inside the data area and hold bytes the
+        // writer published before its Release store of `head`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data.add(start), out.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(self.data, out.as_mut_ptr().add(first), out.len() - first);
+        }
+    }
+}
+
+/// Wakes the owner of `doorbell` if it sleeps. The fence orders our
+/// preceding store (head or tail) before the check.
+fn ring_doorbell(doorbell: &AtomicU32) {
+    fence(Ordering::SeqCst);
+    if doorbell.load(Ordering::Relaxed) == SLEEPING {
+        doorbell.store(AWAKE, Ordering::Relaxed);
+        futex_wake(doorbell);
+    }
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a valid, aligned u32 in shared memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            0usize,
+            0usize,
+            0u32,
+        );
+    }
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT on a valid, aligned u32; the timeout outlives the
+    // call. EINTR, EAGAIN and ETIMEDOUT all just return to the caller.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            ts_ptr,
+            0usize,
+            0u32,
+        );
+    }
+}
+
+/// The link to one peer: the ring this rank writes in the peer's segment,
+/// and the ring the peer writes in this rank's segment.
+#[derive(Debug)]
+pub(crate) struct RingLink {
+    tx: Ring,
+    rx: Ring,
+    /// The peer's doorbell, rung after writing or after freeing room.
+    peer_doorbell: *const AtomicU32,
+    tx_head: u64,
+    tx_tail_seen: u64,
+    rx_tail: u64,
+}
+
+impl RingLink {
+    fn peer_doorbell(&self) -> &AtomicU32 {
+        // SAFETY: points into the peer's live mapping.
+        unsafe { &*self.peer_doorbell }
+    }
+
+    /// True if the peer has written bytes this rank has not read.
+    fn readable(&self) -> bool {
+        self.rx.head().load(Ordering::Acquire) != self.rx_tail
+    }
+
+    /// True if the ring to the peer has room.
+    fn writable(&self) -> bool {
+        self.tx.tail().load(Ordering::Acquire) + (self.tx.capacity as u64) > self.tx_head
+    }
+}
+
+impl Link for RingLink {
+    fn write(&mut self, iov: &[IoSlice<'_>]) -> Result<Io> {
+        let cap = self.tx.capacity as u64;
+        if self.tx_tail_seen + cap == self.tx_head {
+            self.tx_tail_seen = self.tx.tail().load(Ordering::Acquire);
+        }
+        let mut room = (self.tx_tail_seen + cap - self.tx_head) as usize;
+        if room == 0 {
+            return Ok(Io::WouldBlock);
+        }
+        let mut wrote = 0;
+        for slice in iov {
+            if room == 0 {
+                break;
+            }
+            let n = slice.len().min(room);
+            self.tx.put(self.tx_head + wrote as u64, &slice[..n]);
+            wrote += n;
+            room -= n;
+        }
+        if wrote == 0 {
+            return Ok(Io::WouldBlock);
+        }
+        self.tx_head += wrote as u64;
+        self.tx.head().store(self.tx_head, Ordering::Release);
+        ring_doorbell(self.peer_doorbell());
+        Ok(Io::Done(wrote))
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<Io> {
+        let head = self.rx.head().load(Ordering::Acquire);
+        let avail = (head - self.rx_tail) as usize;
+        let n = avail.min(buf.len());
+        if n == 0 {
+            return Ok(Io::WouldBlock);
+        }
+        self.rx.take(self.rx_tail, &mut buf[..n]);
+        self.rx_tail += n as u64;
+        self.rx.tail().store(self.rx_tail, Ordering::Release);
+        ring_doorbell(self.peer_doorbell());
+        Ok(Io::Done(n))
+    }
+}
+
+/// This rank's own segment, created before it registers with the launcher.
+#[derive(Debug)]
+pub(crate) struct ShmListener {
+    path: String,
+    segment: Segment,
+    ring: usize,
+    card: Card,
+}
+
+impl ShmListener {
+    /// Creates the segment of rank `rank` of `size` (mode 0600; it must not
+    /// exist yet).
+    pub fn open(job: u64, rank: usize, size: usize, local_size: usize) -> Result<ShmListener> {
+        let path = segment_path(job, rank);
+        let ring = ring_bytes(local_size);
+        let len = segment_len(size, ring);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(format!("creating the shared-memory segment {path}"), e))?;
+        file.set_len(len as u64)
+            .map_err(|e| Error::io(format!("sizing {path} to {len} bytes (is /dev/shm full?)"), e))?;
+        let segment = Segment::map(&file, len, &path)?;
+        segment
+            .at::<AtomicU64>(OFF_RING_BYTES)
+            .store(ring as u64, Ordering::Relaxed);
+        segment.at::<AtomicU64>(OFF_MAGIC).store(MAGIC, Ordering::Release);
+        let card = Card::Shm { path: path.clone() };
+        Ok(ShmListener {
+            path,
+            segment,
+            ring,
+            card,
+        })
+    }
+
+    /// The card peers use to find this segment.
+    pub fn card(&self) -> &Card {
+        &self.card
+    }
+}
+
+impl Drop for ShmListener {
+    fn drop(&mut self) {
+        // Once mapped by everyone (or on failure) the name is not needed.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The shared-memory links of one rank to all the others on its node.
+#[derive(Debug)]
+pub(crate) struct ShmMesh {
+    pub peers: Peers<RingLink>,
+    own: ShmListener,
+    /// Keeps the peers' mappings alive for the links' pointers.
+    _mapped: Vec<Segment>,
+    spin: Duration,
+}
+
+// SAFETY: the raw pointers point into mappings owned by the mesh itself.
+unsafe impl Send for ShmMesh {}
+
+impl ShmMesh {
+    /// Maps every peer's segment, tells each peer so, and waits until every
+    /// peer has mapped this rank's segment, which can then be unlinked.
+    pub fn connect(own: ShmListener, me: usize, cards: &[Card], max_message: u64) -> Result<ShmMesh> {
+        let size = cards.len();
+        let mut mapped = Vec::with_capacity(size.saturating_sub(1));
+        let mut list: Vec<Option<Peer<RingLink>>> = (0..size).map(|_| None).collect();
+        for (rank, card) in cards.iter().enumerate() {
+            if rank == me {
+                continue;
+            }
+            let Card::Shm { path } = card else {
+                return Err(Error::protocol(
+                    "the launcher",
+                    "table",
+                    format!("rank {rank} has no shared-memory card (mixed SPMD_TRANSPORT settings?)"),
+                ));
+            };
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| Error::io(format!("opening rank {rank}'s segment {path}"), e))?;
+            let len = segment_len(size, own.ring);
+            let actual = file.metadata().map(|m| m.len()).unwrap_or(0);
+            if actual != len as u64 {
+                return Err(Error::protocol(
+                    format!("rank {rank}"),
+                    "segment",
+                    format!("{path} has {actual} bytes, expected {len}"),
+                ));
+            }
+            let seg = Segment::map(&file, len, path)?;
+            let magic = seg.at::<AtomicU64>(OFF_MAGIC).load(Ordering::Acquire);
+            let ring = seg.at::<AtomicU64>(OFF_RING_BYTES).load(Ordering::Relaxed);
+            if magic != MAGIC || ring != own.ring as u64 {
+                return Err(Error::protocol(
+                    format!("rank {rank}"),
+                    "segment",
+                    format!("{path} is not an spmd segment of this layout"),
+                ));
+            }
+            let link = RingLink {
+                tx: seg.ring(me, own.ring),
+                rx: own.segment.ring(rank, own.ring),
+                peer_doorbell: seg.doorbell() as *const AtomicU32,
+                tx_head: 0,
+                tx_tail_seen: 0,
+                rx_tail: 0,
+            };
+            seg.at::<AtomicU32>(OFF_ATTACHED).fetch_add(1, Ordering::AcqRel);
+            ring_doorbell(seg.doorbell());
+            list[rank] = Some(Peer::new(rank, link));
+            mapped.push(seg);
+        }
+        // Wait until every peer has mapped this segment, then unlink it so
+        // that nothing is left in /dev/shm even if the job crashes later.
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let attached = own.segment.at::<AtomicU32>(OFF_ATTACHED);
+        let want = (size - 1) as u32;
+        while attached.load(Ordering::Acquire) < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout {
+                    what: format!(
+                        "{} ranks to map this rank's shared memory",
+                        want - attached.load(Ordering::Acquire)
+                    ),
+                    seconds: ATTACH_TIMEOUT.as_secs_f64(),
+                });
+            }
+            let bell = own.segment.doorbell();
+            bell.store(SLEEPING, Ordering::SeqCst);
+            if attached.load(Ordering::SeqCst) < want {
+                futex_wait(bell, SLEEPING, Some(left.min(Duration::from_millis(10))));
+            }
+            bell.store(AWAKE, Ordering::Relaxed);
+        }
+        let _ = std::fs::remove_file(&own.path);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(ShmMesh {
+            peers: Peers { me, list, max_message },
+            own,
+            _mapped: mapped,
+            // With more ranks than cores, polling steals the core a peer
+            // needs: sleep at once instead.
+            spin: if size > cores { Duration::ZERO } else { SPIN },
+        })
+    }
+
+    /// True if some peer has written, or a ring with queued output has room.
+    fn anything_ready(&self) -> bool {
+        self.peers
+            .list
+            .iter()
+            .flatten()
+            .any(|p| p.is_open() && (p.link.readable() || (p.has_output() && p.link.writable())))
+    }
+
+    fn move_bytes(&mut self, deliver: &mut Delivery<'_>) -> Result<bool> {
+        let mut moved = self.peers.flush_all()?;
+        let max = self.peers.max_message;
+        for p in self.peers.list.iter_mut().flatten() {
+            if p.is_open() && p.link.readable() {
+                moved |= p.read_available(max, deliver)?;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Writes what it can and reads what has arrived. With [`Wait::Until`]
+    /// and nothing to do, polls for a while and then sleeps on the doorbell
+    /// until a peer rings it or the deadline passes.
+    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait) -> Result<()> {
+        let deadline = match wait {
+            Wait::No => return self.move_bytes(deliver).map(|_| ()),
+            Wait::Until(d) => d,
+        };
+        loop {
+            if self.move_bytes(deliver)? {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(());
+            }
+            // Poll a while.
+            let spin_until = now + self.spin;
+            let mut ready = false;
+            while !ready && Instant::now() < spin_until {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+                ready = self.anything_ready();
+            }
+            if ready {
+                continue;
+            }
+            // Sleep until a peer rings.
+            let bell = self.own.segment.doorbell();
+            bell.store(SLEEPING, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if !self.anything_ready() {
+                let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                futex_wait(bell, SLEEPING, timeout);
+            }
+            bell.store(AWAKE, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends everything queued and says Bye to every peer.
+    pub fn finish(&mut self, deliver: &mut Delivery<'_>) -> Result<()> {
+        self.peers.queue_byes();
+        while self.peers.pending_output() {
+            self.progress(deliver, Wait::Until(None))?;
+        }
+        Ok(())
+    }
+}
