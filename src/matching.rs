@@ -7,7 +7,7 @@
 //! Since a transport delivers the messages of one sender in the order they
 //! were sent, messages from one source with one tag are received in order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::wire::{Context, Kind};
 
@@ -162,7 +162,8 @@ pub(crate) struct ReceiveId(u64);
 pub(crate) struct Matcher {
     unexpected: VecDeque<Envelope>,
     posted: Vec<(ReceiveId, Selector)>,
-    completed: HashMap<ReceiveId, Envelope>,
+    /// Receives that have their message but were not taken yet (few).
+    completed: Vec<(ReceiveId, Envelope)>,
     next_id: u64,
 }
 
@@ -172,7 +173,7 @@ impl Matcher {
     pub fn deliver(&mut self, env: Envelope) {
         if let Some(i) = self.posted.iter().position(|(_, sel)| sel.accepts(&env)) {
             let (id, _) = self.posted.remove(i);
-            self.completed.insert(id, env);
+            self.completed.push((id, env));
         } else {
             self.unexpected.push_back(env);
         }
@@ -184,7 +185,7 @@ impl Matcher {
         self.next_id += 1;
         if let Some(i) = self.unexpected.iter().position(|env| sel.accepts(env)) {
             if let Some(env) = self.unexpected.remove(i) {
-                self.completed.insert(id, env);
+                self.completed.push((id, env));
             }
         } else {
             self.posted.push((id, sel));
@@ -194,12 +195,13 @@ impl Matcher {
 
     /// The message of a completed receive, if it has completed.
     pub fn take(&mut self, id: ReceiveId) -> Option<Envelope> {
-        self.completed.remove(&id)
+        let i = self.completed.iter().position(|(c, _)| *c == id)?;
+        Some(self.completed.swap_remove(i).1)
     }
 
     /// True if the receive has completed.
     pub fn is_complete(&self, id: ReceiveId) -> bool {
-        self.completed.contains_key(&id)
+        self.completed.iter().any(|(c, _)| *c == id)
     }
 
     /// The selector of a receive still waiting, if it is still waiting.
@@ -211,7 +213,7 @@ impl Matcher {
     /// already taken goes back to the front of the queue, so it is not lost.
     pub fn cancel(&mut self, id: ReceiveId) {
         self.posted.retain(|(i, _)| *i != id);
-        if let Some(env) = self.completed.remove(&id) {
+        if let Some(env) = self.take(id) {
             self.unexpected.push_front(env);
         }
     }

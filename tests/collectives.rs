@@ -4,20 +4,29 @@
 
 mod common;
 
-use common::{example, run, spmdrun};
+use common::{TRANSPORTS, example, run, spmdrun_over};
 
 fn collectives(n: usize, seed: u64, cases: usize) {
-    let out = run(spmdrun(&[
-        "-n",
-        &n.to_string(),
-        "--timeout",
-        "150",
-        &example("spmd-check"),
-        "collectives",
-        &seed.to_string(),
-        &cases.to_string(),
-    ]));
-    assert_eq!(out.code(), Some(0), "n={n} seed={seed}: {out:?}");
+    for transport in TRANSPORTS {
+        collectives_over(transport, n, seed, cases);
+    }
+}
+
+fn collectives_over(transport: &str, n: usize, seed: u64, cases: usize) {
+    let out = run(spmdrun_over(
+        transport,
+        &[
+            "-n",
+            &n.to_string(),
+            "--timeout",
+            "150",
+            &example("spmd-check"),
+            "collectives",
+            &seed.to_string(),
+            &cases.to_string(),
+        ],
+    ));
+    assert_eq!(out.code(), Some(0), "n={n} seed={seed} {transport}: {out:?}");
     assert!(
         out.stdout
             .contains(&format!("ok {cases} random collective cases from seed {seed}")),
@@ -56,4 +65,9 @@ fn collectives_5_and_6_ranks() {
 #[test]
 fn collectives_8_ranks_on_fewer_cores() {
     collectives(8, 19, 80);
+}
+
+#[test]
+fn collectives_16_ranks_on_fewer_cores() {
+    collectives(16, 20, 40);
 }

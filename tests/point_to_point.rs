@@ -1,48 +1,57 @@
 //! Point-to-point semantics, checked inside real jobs by the `spmd-check
 //! p2p` rank program (ordering, wildcards, probe, 64 MiB, self-sends,
-//! requests, errors).
+//! requests, errors) and `spmd-check sizes` (awkward sizes around the
+//! shared-memory ring), over shared memory and over sockets.
 
 mod common;
 
-use common::{example, run, spmdrun};
+use common::{TRANSPORTS, example, run, spmdrun_over};
 
-fn p2p(n: usize) {
-    let out = run(spmdrun(&[
-        "-n",
-        &n.to_string(),
-        "--timeout",
-        "150",
-        &example("spmd-check"),
-        "p2p",
-    ]));
-    assert_eq!(out.code(), Some(0), "n={n}: {out:?}");
-    assert!(
-        out.stdout.contains(&format!("p2p: all checks passed on {n} ranks")),
-        "n={n}: {out:?}"
-    );
+fn check(mode: &str, n: usize) {
+    for transport in TRANSPORTS {
+        let args = ["-n", &n.to_string(), "--timeout", "150", &example("spmd-check"), mode];
+        let out = run(spmdrun_over(transport, &args));
+        assert_eq!(out.code(), Some(0), "{mode}, n={n}, {transport}: {out:?}");
+        assert!(
+            out.stdout.contains(&format!("{mode}: all checks passed on {n} ranks")),
+            "{mode}, n={n}, {transport}: {out:?}"
+        );
+    }
 }
 
 #[test]
 fn p2p_1_rank() {
-    p2p(1);
+    check("p2p", 1);
 }
 
 #[test]
 fn p2p_2_ranks() {
-    p2p(2);
+    check("p2p", 2);
 }
 
 #[test]
 fn p2p_3_ranks() {
-    p2p(3);
+    check("p2p", 3);
 }
 
 #[test]
 fn p2p_4_ranks() {
-    p2p(4);
+    check("p2p", 4);
 }
 
 #[test]
 fn p2p_8_ranks_on_fewer_cores() {
-    p2p(8);
+    check("p2p", 8);
+}
+
+#[test]
+fn p2p_16_ranks_on_fewer_cores() {
+    check("p2p", 16);
+}
+
+#[test]
+fn awkward_sizes_in_both_directions() {
+    for n in [2, 3, 4] {
+        check("sizes", n);
+    }
 }

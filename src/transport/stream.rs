@@ -17,7 +17,7 @@ use super::{Delivery, SendTicket};
 /// larger than this are read straight into their buffer.
 const STAGING: usize = 64 << 10;
 /// Frames gathered into one write.
-const MAX_IOVECS: usize = 64;
+const MAX_IOVECS: usize = 16;
 
 /// What one read or write on a link did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,16 +129,19 @@ impl<L: Link> Peer<L> {
     pub fn flush(&mut self) -> Result<bool> {
         let mut wrote = false;
         while !self.out.is_empty() && self.state != PeerState::Gone {
-            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(2 * MAX_IOVECS.min(self.out.len()));
+            let mut iov = [IoSlice::new(&[]); 2 * MAX_IOVECS];
+            let mut used = 0;
             for o in self.out.iter().take(MAX_IOVECS) {
                 if o.written < HEADER_LEN {
-                    iov.push(IoSlice::new(&o.header[o.written..]));
-                    iov.push(IoSlice::new(&o.payload));
+                    iov[used] = IoSlice::new(&o.header[o.written..]);
+                    iov[used + 1] = IoSlice::new(&o.payload);
+                    used += 2;
                 } else {
-                    iov.push(IoSlice::new(&o.payload[o.written - HEADER_LEN..]));
+                    iov[used] = IoSlice::new(&o.payload[o.written - HEADER_LEN..]);
+                    used += 1;
                 }
             }
-            let mut n = match self.link.write(&iov)? {
+            let mut n = match self.link.write(&iov[..used])? {
                 Io::Done(n) => n,
                 Io::WouldBlock => return Ok(wrote),
                 Io::Closed => {

@@ -67,6 +67,16 @@ pub fn spmdrun(args: &[&str]) -> Command {
     cmd
 }
 
+/// The transports every semantic test runs over.
+pub const TRANSPORTS: [&str; 2] = ["shm", "socket"];
+
+/// `spmdrun` with the given arguments, its ranks using `transport`.
+pub fn spmdrun_over(transport: &str, args: &[&str]) -> Command {
+    let mut cmd = spmdrun(args);
+    cmd.env("SPMD_TRANSPORT", transport);
+    cmd
+}
+
 /// What a finished job printed and how it ended.
 #[derive(Debug)]
 pub struct Finished {

@@ -23,6 +23,20 @@ fn fail(how: &str) -> Result<(), Error> {
     println!("pid {me} {}", std::process::id());
     let _ = std::io::stdout().flush();
     world.barrier()?;
+    if how == "stream" && n >= 2 {
+        // Ranks 0 and 1 move 64 MiB messages until somebody is killed.
+        let big = vec![7u8; 64 << 20];
+        let mut buf = vec![0u8; 64 << 20];
+        loop {
+            match me {
+                0 => world.send_slice(&big, 1)?,
+                1 => {
+                    world.receive_into(&mut buf, 0)?;
+                }
+                _ => break,
+            }
+        }
+    }
     if me == n - 1 {
         match how {
             "panic" => panic!("deliberate panic on rank {me}"),

@@ -7,6 +7,7 @@ mod failures;
 mod output;
 mod p2p;
 mod rng;
+mod sizes;
 
 fn main() -> Result<(), spmd::Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +23,7 @@ fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
     match mode {
         "p2p" => p2p::run(&world)?,
+        "sizes" => sizes::run(&world)?,
         "collectives" => {
             let seed = rest.first().and_then(|s| s.parse().ok()).unwrap_or(1);
             let cases = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(40);

@@ -1,0 +1,61 @@
+//! Messages of awkward sizes in both directions at once: empty, one byte,
+//! around the shared-memory ring's size (a frame is a 32-byte header plus
+//! the payload, so payloads of ring − 32 ± 1 make frames of ring ± 1), and
+//! 64 MiB, which wraps a ring hundreds of times.
+
+use spmd::{Error, Match, Request, World};
+
+/// The ring between two ranks of a job of up to 256 ranks (see the README).
+const RING: usize = 256 << 10;
+const HEADER: usize = 32;
+
+fn sizes() -> Vec<usize> {
+    let mut v = vec![0, 1, 2, 31, 32, 33, 4095, 4096, 4097];
+    for base in [RING - HEADER, RING, 2 * RING - HEADER] {
+        v.extend([base - 1, base, base + 1]);
+    }
+    v.push(64 << 20);
+    v
+}
+
+fn pattern(len: usize, from: usize, salt: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(131) ^ from ^ salt.wrapping_mul(7)) as u8)
+        .collect()
+}
+
+pub fn run(world: &World) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    if n < 2 {
+        return Ok(());
+    }
+    // Ranks pair up: 0 with 1, 2 with 3, ...; an odd last rank sits out.
+    let partner = me ^ 1;
+    if partner >= n {
+        return world.barrier();
+    }
+    for (round, &len) in sizes().iter().enumerate() {
+        let send = world.immediate_send_slice(&pattern(len, me, round), partner, round as u32)?;
+        let (got, status) = world.receive_vec_matching::<u8>(Match::source(partner).with_tag(round as u32))?;
+        assert_eq!(status.len(), len as u64, "round {round}: length");
+        assert!(
+            got == pattern(len, partner, round),
+            "round {round}: {len} bytes arrived corrupted"
+        );
+        send.wait()?;
+    }
+    // Many middling messages queued at once, more than a ring holds.
+    let burst: Vec<_> = (0..64)
+        .map(|i| world.immediate_send_slice(&pattern(40_000 + i, me, i), partner, 1000))
+        .collect::<Result<_, _>>()?;
+    for i in 0..64 {
+        let got: Vec<u8> = world.receive_vec_matching(Match::source(partner).with_tag(1000))?.0;
+        assert!(got == pattern(40_000 + i, partner, i), "burst message {i} corrupted");
+    }
+    spmd::wait_all(burst)?;
+    world.barrier()?;
+    if me == 0 {
+        println!("ok {} sizes and a burst in both directions", sizes().len());
+    }
+    Ok(())
+}
