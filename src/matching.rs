@@ -112,16 +112,57 @@ pub(crate) struct Envelope {
     pub context: Context,
     pub kind: Kind,
     pub payload: Vec<u8>,
+    /// Set when the payload (of this many bytes) was written straight into
+    /// the receiver's buffer; `payload` is then empty.
+    pub landed: Option<u64>,
 }
 
 impl Envelope {
+    /// A message whose payload is in `payload`.
+    pub fn new(source: usize, tag: u32, context: Context, kind: Kind, payload: Vec<u8>) -> Envelope {
+        Envelope {
+            source,
+            tag,
+            context,
+            kind,
+            payload,
+            landed: None,
+        }
+    }
+
     pub fn status(&self) -> Status {
         Status {
             source: self.source,
             tag: self.tag,
-            len: self.payload.len() as u64,
+            len: self.landed.unwrap_or(self.payload.len() as u64),
         }
     }
+}
+
+/// A caller's buffer that a message may be written into directly.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Buffer {
+    pub ptr: *mut u8,
+    pub len: usize,
+}
+
+/// Where a transport writes a claimed message's payload.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Landing {
+    pub id: ReceiveId,
+    pub ptr: *mut u8,
+}
+
+/// What a transport hands arrived messages to.
+pub(crate) trait Sink {
+    /// A whole message, to be matched.
+    fn deliver(&mut self, env: Envelope);
+    /// Asked when a message's header arrives: if the receive that will get
+    /// it has a buffer of at least `len` bytes for raw numbers, claims that
+    /// receive and returns where to write the payload.
+    fn claim(&mut self, source: usize, tag: u32, context: Context, kind: Kind, len: u64) -> Option<Landing>;
+    /// A claimed message is complete.
+    fn landed(&mut self, id: ReceiveId, env: Envelope);
 }
 
 /// A [`Match`] within one context.
@@ -161,7 +202,9 @@ pub(crate) struct ReceiveId(u64);
 #[derive(Debug, Default)]
 pub(crate) struct Matcher {
     unexpected: VecDeque<Envelope>,
-    posted: Vec<(ReceiveId, Selector)>,
+    posted: Vec<(ReceiveId, Selector, Option<Buffer>)>,
+    /// Receives whose message is being written into their buffer.
+    landing: Vec<ReceiveId>,
     /// Receives that have their message but were not taken yet (few).
     completed: Vec<(ReceiveId, Envelope)>,
     next_id: u64,
@@ -171,8 +214,8 @@ impl Matcher {
     /// Hands an arrived message to the earliest posted receive that matches,
     /// or queues it as unexpected.
     pub fn deliver(&mut self, env: Envelope) {
-        if let Some(i) = self.posted.iter().position(|(_, sel)| sel.accepts(&env)) {
-            let (id, _) = self.posted.remove(i);
+        if let Some(i) = self.posted.iter().position(|(_, sel, _)| sel.accepts(&env)) {
+            let (id, _, _) = self.posted.remove(i);
             self.completed.push((id, env));
         } else {
             self.unexpected.push_back(env);
@@ -181,6 +224,11 @@ impl Matcher {
 
     /// Posts a receive; it completes at once if a matching message is queued.
     pub fn post(&mut self, sel: Selector) -> ReceiveId {
+        self.post_into(sel, None)
+    }
+
+    /// Posts a receive that may take its message straight into `buffer`.
+    pub fn post_into(&mut self, sel: Selector, buffer: Option<Buffer>) -> ReceiveId {
         let id = ReceiveId(self.next_id);
         self.next_id += 1;
         if let Some(i) = self.unexpected.iter().position(|env| sel.accepts(env)) {
@@ -188,7 +236,7 @@ impl Matcher {
                 self.completed.push((id, env));
             }
         } else {
-            self.posted.push((id, sel));
+            self.posted.push((id, sel, buffer));
         }
         id
     }
@@ -206,13 +254,14 @@ impl Matcher {
 
     /// The selector of a receive still waiting, if it is still waiting.
     pub fn pending(&self, id: ReceiveId) -> Option<Selector> {
-        self.posted.iter().find(|(i, _)| *i == id).map(|(_, s)| *s)
+        self.posted.iter().find(|(i, _, _)| *i == id).map(|(_, s, _)| *s)
     }
 
     /// Withdraws a receive whose request was dropped. A message it had
     /// already taken goes back to the front of the queue, so it is not lost.
     pub fn cancel(&mut self, id: ReceiveId) {
-        self.posted.retain(|(i, _)| *i != id);
+        self.posted.retain(|(i, _, _)| *i != id);
+        self.landing.retain(|i| *i != id);
         if let Some(env) = self.take(id) {
             self.unexpected.push_front(env);
         }
@@ -227,18 +276,39 @@ impl Matcher {
     }
 }
 
+impl Sink for Matcher {
+    fn deliver(&mut self, env: Envelope) {
+        Matcher::deliver(self, env);
+    }
+
+    fn claim(&mut self, source: usize, tag: u32, context: Context, kind: Kind, len: u64) -> Option<Landing> {
+        if kind != Kind::Raw {
+            return None;
+        }
+        let probe = Envelope::new(source, tag, context, kind, Vec::new());
+        // The receive that would get this message is the earliest posted one
+        // that accepts it; only that one may take it.
+        let i = self.posted.iter().position(|(_, sel, _)| sel.accepts(&probe))?;
+        let buffer = self.posted[i].2.filter(|b| b.len as u64 >= len)?;
+        let (id, _, _) = self.posted.remove(i);
+        self.landing.push(id);
+        Some(Landing { id, ptr: buffer.ptr })
+    }
+
+    fn landed(&mut self, id: ReceiveId, env: Envelope) {
+        if let Some(i) = self.landing.iter().position(|l| *l == id) {
+            self.landing.swap_remove(i);
+            self.completed.push((id, env));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn env(source: usize, tag: u32, byte: u8) -> Envelope {
-        Envelope {
-            source,
-            tag,
-            context: Context::User,
-            kind: Kind::Raw,
-            payload: vec![byte],
-        }
+        Envelope::new(source, tag, Context::User, Kind::Raw, vec![byte])
     }
 
     #[test]

@@ -56,6 +56,25 @@ pub(crate) fn pod_bytes<T: Pod>(data: &[T]) -> &[u8] {
     bytemuck::cast_slice(data)
 }
 
+/// Checks a message that landed in the caller's buffer: a whole number of
+/// elements (the buffer was big enough, or it would not have landed).
+pub(crate) fn check_landed<T: Pod>(env: &Envelope) -> Result<()> {
+    let len = env.status().len();
+    let size = std::mem::size_of::<T>() as u64;
+    let whole = if size == 0 { len == 0 } else { len % size == 0 };
+    if whole {
+        Ok(())
+    } else {
+        Err(Error::Truncated {
+            sender: env.source,
+            tag: env.tag,
+            message_bytes: len,
+            buffer_bytes: len,
+            element: type_name::<T>(),
+        })
+    }
+}
+
 fn check_raw<T: Pod>(env: &Envelope, buffer_bytes: Option<usize>) -> Result<()> {
     if env.kind != Kind::Raw {
         return Err(Error::FormatMismatch {

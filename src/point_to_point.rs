@@ -179,7 +179,8 @@ impl World {
     /// [`World::send_slice`] with tag `tag`.
     pub fn send_slice_with_tag<T: Pod>(&self, data: &[T], dest: usize, tag: u32) -> Result<()> {
         self.check_rank(dest)?;
-        self.send_bytes(dest, Context::User, tag, Kind::Raw, message::pod_bytes(data).to_vec())
+        self.engine()
+            .send_now(dest, Context::User, tag, Kind::Raw, message::pod_bytes(data))
     }
 
     /// Receives plain numbers from `source` (tag 0) into `buf`. The message
@@ -196,8 +197,16 @@ impl World {
     /// Receives plain numbers from whichever rank and tag `pattern` accepts
     /// into `buf`.
     pub fn receive_into_matching<T: Pod>(&self, buf: &mut [T], pattern: Match) -> Result<Status> {
-        let env = self.receive_envelope(Selector::user(pattern), None)?;
-        message::copy_into(&env, buf)?;
+        // A message that arrives after this call starts lands straight in
+        // `buf`; one that was already queued is copied.
+        let env = self
+            .engine()
+            .receive_landing(Selector::user(pattern), bytemuck::cast_slice_mut(buf))?;
+        if env.landed.is_some() {
+            message::check_landed::<T>(&env)?;
+        } else {
+            message::copy_into(&env, buf)?;
+        }
         Ok(env.status())
     }
 

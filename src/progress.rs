@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::matching::{Envelope, Matcher, ReceiveId, Selector, Status};
+use crate::matching::{Buffer, Envelope, Matcher, ReceiveId, Selector, Status};
 use crate::transport::{SendTicket, Transport, Wait};
 use crate::wire::{Context, Header, Kind};
 
@@ -59,13 +59,7 @@ impl Engine {
     pub fn send(&mut self, dest: usize, context: Context, tag: u32, kind: Kind, payload: Vec<u8>) -> Result<Sent> {
         self.check_rank(dest)?;
         if dest == self.me {
-            self.matcher.deliver(Envelope {
-                source: dest,
-                tag,
-                context,
-                kind,
-                payload,
-            });
+            self.matcher.deliver(Envelope::new(dest, tag, context, kind, payload));
             return Ok(None);
         }
         let header = Header {
@@ -77,6 +71,28 @@ impl Engine {
         };
         let queued = self.transport.queue(dest, header, payload);
         queued.map(Some).map_err(|e| self.lost(e))
+    }
+
+    /// Sends `payload` straight from the caller's memory and waits until it
+    /// has left this process: no copy for a large message.
+    pub fn send_now(&mut self, dest: usize, context: Context, tag: u32, kind: Kind, payload: &[u8]) -> Result<()> {
+        self.check_rank(dest)?;
+        if dest == self.me {
+            return self.send(dest, context, tag, kind, payload.to_vec()).map(|_| ());
+        }
+        let header = Header {
+            kind,
+            source: self.me as u32,
+            tag,
+            context,
+            len: payload.len() as u64,
+        };
+        // SAFETY: `payload` outlives this call, and before returning the
+        // frame is either sent or made owned.
+        let ticket = unsafe { self.transport.queue_borrowed(dest, header, payload) }.map_err(|e| self.lost(e))?;
+        let result = self.wait_sent(Some(ticket), dest);
+        self.transport.own(ticket);
+        result
     }
 
     pub fn is_sent(&mut self, sent: Sent) -> Result<bool> {
@@ -103,8 +119,7 @@ impl Engine {
     }
 
     fn step(&mut self, wait: Wait) -> Result<()> {
-        let matcher = &mut self.matcher;
-        let result = self.transport.progress(&mut |env| matcher.deliver(env), wait);
+        let result = self.transport.progress(&mut self.matcher, wait);
         result.map_err(|e| self.lost(e))
     }
 
@@ -128,6 +143,28 @@ impl Engine {
             self.check_rank(source)?;
         }
         Ok(self.matcher.post(sel))
+    }
+
+    /// Receives the next message `sel` accepts, letting a message of raw
+    /// numbers that arrives after the receive is posted land straight in
+    /// `buf`. The envelope says whether it landed (`landed`) or carries its
+    /// payload.
+    pub fn receive_landing(&mut self, sel: Selector, buf: &mut [u8]) -> Result<Envelope> {
+        if let Some(source) = sel.pattern.source_rank() {
+            self.check_rank(source)?;
+        }
+        let buffer = Buffer {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        };
+        let id = self.matcher.post_into(sel, Some(buffer));
+        let result = self.wait_receive(id, None);
+        if result.is_err() {
+            // `buf` is about to be released: nothing may write into it.
+            self.transport.detach(id);
+            self.matcher.cancel(id);
+        }
+        result
     }
 
     /// Waits for a posted receive; `None` waits for ever.
@@ -221,8 +258,7 @@ impl Engine {
 
     /// Flushes every send and tells the peers this rank is done.
     pub fn finish(&mut self) -> Result<()> {
-        let matcher = &mut self.matcher;
-        self.transport.finish(&mut |env| matcher.deliver(env))
+        self.transport.finish(&mut self.matcher)
     }
 }
 

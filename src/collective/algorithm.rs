@@ -71,13 +71,7 @@ impl<E: Pod> Codec<Vec<E>> for PodCodec {
 
 /// A body this rank keeps for itself, as if it had arrived from `source`.
 pub(crate) fn own_envelope(source: usize, body: Body) -> Envelope {
-    Envelope {
-        source,
-        tag: 0,
-        context: Context::Collective,
-        kind: body.0,
-        payload: body.1,
-    }
+    Envelope::new(source, 0, Context::Collective, body.0, body.1)
 }
 
 /// How two values combine, in rank order; may fail (e.g. lengths differ).

@@ -45,13 +45,13 @@ fn unpack(kind: Kind, packed: &[u8], count: usize) -> Result<Vec<Envelope>> {
             return Err(bad(format!("rank {source}'s part of {len} bytes overruns the body")));
         };
         at += len;
-        out.push(Envelope {
+        out.push(Envelope::new(
             source,
-            tag: 0,
-            context: crate::wire::Context::Collective,
+            0,
+            crate::wire::Context::Collective,
             kind,
-            payload: payload.to_vec(),
-        });
+            payload.to_vec(),
+        ));
     }
     if at != packed.len() {
         return Err(bad(format!("{} trailing bytes", packed.len() - at)));

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::matching::Envelope;
+use crate::matching::{ReceiveId, Sink};
 use crate::wire::Header;
 
 mod shm;
@@ -46,7 +46,7 @@ impl Endpoint {
 }
 
 /// Receives each whole message a transport reads.
-pub(crate) type Delivery<'a> = dyn FnMut(Envelope) + 'a;
+pub(crate) type Delivery<'a> = dyn Sink + 'a;
 
 /// Whether [`Transport::progress`] may sleep when nothing is ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +95,41 @@ impl Transport {
             Transport::Alone => Err(Error::InvalidRank { rank: dest, size: 1 }),
             Transport::Socket(m) => m.peers.queue(dest, header, payload),
             Transport::Shm(m) => m.peers.queue(dest, header, payload),
+        }
+    }
+
+    /// Queues a frame whose payload stays in the caller's memory.
+    ///
+    /// # Safety
+    ///
+    /// As for `Peers::queue_borrowed`: `payload` must stay valid until the
+    /// frame is sent or [`Transport::own`] has been called for the ticket.
+    pub unsafe fn queue_borrowed(&mut self, dest: usize, header: Header, payload: &[u8]) -> Result<SendTicket> {
+        match self {
+            Transport::Alone => Err(Error::InvalidRank { rank: dest, size: 1 }),
+            // SAFETY: passed on from the caller.
+            Transport::Socket(m) => unsafe { m.peers.queue_borrowed(dest, header, payload) },
+            // SAFETY: passed on from the caller.
+            Transport::Shm(m) => unsafe { m.peers.queue_borrowed(dest, header, payload) },
+        }
+    }
+
+    /// Stops writing a claimed message into the receive's buffer: what has
+    /// arrived so far is copied out, and the rest arrives as usual.
+    pub fn detach(&mut self, id: ReceiveId) {
+        match self {
+            Transport::Alone => {}
+            Transport::Socket(m) => m.peers.detach(id),
+            Transport::Shm(m) => m.peers.detach(id),
+        }
+    }
+
+    /// Makes a queued frame's borrowed payload owned.
+    pub fn own(&mut self, ticket: SendTicket) {
+        match self {
+            Transport::Alone => {}
+            Transport::Socket(m) => m.peers.own(ticket),
+            Transport::Shm(m) => m.peers.own(ticket),
         }
     }
 

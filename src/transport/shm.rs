@@ -50,6 +50,10 @@ const SEGMENT_BUDGET: usize = 64 << 20;
 
 /// How long a rank polls before it sleeps, when it has a core to itself.
 const SPIN: Duration = Duration::from_micros(50);
+/// How long a rank keeps yielding its core before it sleeps, when there are
+/// more ranks than cores: handing the core to the peer it waits for costs a
+/// few microseconds, a futex wake-up tens.
+const YIELD: Duration = Duration::from_micros(500);
 /// How long start-up waits for every peer to map this rank's segment.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -362,7 +366,10 @@ pub(crate) struct ShmMesh {
     own: ShmListener,
     /// Keeps the peers' mappings alive for the links' pointers.
     _mapped: Vec<Segment>,
-    spin: Duration,
+    /// How long to poll before sleeping, and whether to yield the core
+    /// between polls (more ranks than cores) or spin on it.
+    poll_for: Duration,
+    yield_between_polls: bool,
 }
 
 // SAFETY: the raw pointers point into mappings owned by the mesh itself.
@@ -452,9 +459,10 @@ impl ShmMesh {
             peers: Peers { me, list, max_message },
             own,
             _mapped: mapped,
-            // With more ranks than cores, polling steals the core a peer
-            // needs: sleep at once instead.
-            spin: if size > cores { Duration::ZERO } else { SPIN },
+            // With more ranks than cores, spinning would steal the core a
+            // peer needs: yield it instead.
+            poll_for: if size > cores { YIELD } else { SPIN },
+            yield_between_polls: size > cores,
         })
     }
 
@@ -495,15 +503,19 @@ impl ShmMesh {
                 return Ok(());
             }
             // Poll a while.
-            let spin_until = now + self.spin;
+            let poll_until = now + self.poll_for;
             let mut ready = false;
             let mut polls = 0u32;
             while !ready {
-                std::hint::spin_loop();
+                if self.yield_between_polls {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
                 ready = self.anything_ready();
                 polls = polls.wrapping_add(1);
                 // Reading the clock costs more than a poll: not every time.
-                if polls % 128 == 0 && Instant::now() >= spin_until {
+                if (self.yield_between_polls || polls % 128 == 0) && Instant::now() >= poll_until {
                     break;
                 }
             }

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 
 use crate::error::{Error, Result};
-use crate::matching::Envelope;
+use crate::matching::{Envelope, Landing, ReceiveId};
 use crate::wire::{HEADER_LEN, Header, Kind};
 
 use super::{Delivery, SendTicket};
@@ -38,26 +38,71 @@ pub(crate) trait Link {
     fn read(&mut self, buf: &mut [u8]) -> Result<Io>;
 }
 
+/// The bytes of an outgoing frame: owned, or borrowed from a caller that
+/// waits until they are written (see [`Peers::queue_borrowed`]).
+#[derive(Debug)]
+enum Payload {
+    Owned(Vec<u8>),
+    Borrowed(*const u8, usize),
+}
+
+impl Payload {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Owned(v) => v,
+            // SAFETY: a borrowed payload stays valid while it is queued: the
+            // caller of `queue_borrowed` either waits until it is written or
+            // calls `own` before its borrow ends.
+            Payload::Borrowed(ptr, len) => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
+    }
+}
+
 /// One outgoing frame and how much of it has been written.
 #[derive(Debug)]
 struct Outgoing {
     header: [u8; HEADER_LEN],
-    payload: Vec<u8>,
+    payload: Payload,
     written: usize,
 }
 
 impl Outgoing {
     fn total(&self) -> usize {
-        HEADER_LEN + self.payload.len()
+        HEADER_LEN + self.payload.bytes().len()
     }
+}
+
+/// Where an incoming payload goes.
+#[derive(Debug)]
+enum Target {
+    /// A buffer of its own, to deliver with the message.
+    Owned(Vec<u8>),
+    /// Straight into a claimed receive's buffer of at least `len` bytes.
+    Landing(Landing),
 }
 
 /// A frame being read: its header, and the payload so far.
 #[derive(Debug)]
 struct Incoming {
     header: Header,
-    payload: Vec<u8>,
+    target: Target,
+    len: usize,
     filled: usize,
+}
+
+impl Incoming {
+    /// The part of the payload still to be read.
+    fn rest(&mut self) -> &mut [u8] {
+        match &mut self.target {
+            Target::Owned(v) => &mut v[self.filled..],
+            // SAFETY: the receive that owns the buffer waits while it is
+            // claimed, and detaches it (see `Peers::detach`) before it stops
+            // waiting; the buffer has at least `len` bytes.
+            Target::Landing(l) => unsafe {
+                std::slice::from_raw_parts_mut(l.ptr.add(self.filled), self.len - self.filled)
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +159,7 @@ impl<L: Link> Peer<L> {
         self.state != PeerState::Gone
     }
 
-    fn push(&mut self, header: [u8; HEADER_LEN], payload: Vec<u8>) -> u64 {
+    fn push(&mut self, header: [u8; HEADER_LEN], payload: Payload) -> u64 {
         let seq = self.queued;
         self.queued += 1;
         self.out.push_back(Outgoing {
@@ -134,10 +179,10 @@ impl<L: Link> Peer<L> {
             for o in self.out.iter().take(MAX_IOVECS) {
                 if o.written < HEADER_LEN {
                     iov[used] = IoSlice::new(&o.header[o.written..]);
-                    iov[used + 1] = IoSlice::new(&o.payload);
+                    iov[used + 1] = IoSlice::new(o.payload.bytes());
                     used += 2;
                 } else {
-                    iov[used] = IoSlice::new(&o.payload[o.written - HEADER_LEN..]);
+                    iov[used] = IoSlice::new(&o.payload.bytes()[o.written - HEADER_LEN..]);
                     used += 1;
                 }
             }
@@ -184,8 +229,8 @@ impl<L: Link> Peer<L> {
                 return Ok(read);
             }
             // Large payloads are read straight into their buffer.
-            let io = if let Some(inc) = self.incoming.as_mut().filter(|i| i.payload.len() - i.filled >= STAGING) {
-                let io = self.link.read(&mut inc.payload[inc.filled..])?;
+            let io = if let Some(inc) = self.incoming.as_mut().filter(|i| i.len - i.filled >= STAGING) {
+                let io = self.link.read(inc.rest())?;
                 if let Io::Done(n) = io {
                     inc.filled += n;
                 }
@@ -256,38 +301,38 @@ impl<L: Link> Peer<L> {
                 }
                 let len = usize::try_from(header.len)
                     .map_err(|_| Error::protocol(&self.name, "length", "larger than this machine's address space"))?;
-                let mut payload = Vec::new();
-                payload.try_reserve_exact(len).map_err(|_| {
-                    Error::io(
-                        format!("allocating {len} bytes for a message from {}", self.name),
-                        std::io::Error::from(std::io::ErrorKind::OutOfMemory),
-                    )
-                })?;
-                payload.resize(len, 0);
+                let target = match deliver.claim(self.rank, header.tag, header.context, header.kind, header.len) {
+                    Some(landing) => Target::Landing(landing),
+                    None => Target::Owned(allocate(len, &self.name)?),
+                };
                 self.incoming = Some(Incoming {
                     header,
-                    payload,
+                    target,
+                    len,
                     filled: 0,
                 });
             }
             if let Some(inc) = self.incoming.as_mut() {
-                let take = (inc.payload.len() - inc.filled).min(self.staged.len());
-                inc.payload[inc.filled..inc.filled + take]
-                    .copy_from_slice(&self.staging[self.staged.start..self.staged.start + take]);
+                let take = (inc.len - inc.filled).min(self.staged.len());
+                inc.rest()[..take].copy_from_slice(&self.staging[self.staged.start..self.staged.start + take]);
                 inc.filled += take;
                 self.staged.start += take;
-                if inc.filled < inc.payload.len() {
+                if inc.filled < inc.len {
                     return Ok(());
                 }
             }
             if let Some(inc) = self.incoming.take() {
-                deliver(Envelope {
-                    source: self.rank,
-                    tag: inc.header.tag,
-                    context: inc.header.context,
-                    kind: inc.header.kind,
-                    payload: inc.payload,
-                });
+                let h = inc.header;
+                match inc.target {
+                    Target::Owned(payload) => {
+                        deliver.deliver(Envelope::new(self.rank, h.tag, h.context, h.kind, payload));
+                    }
+                    Target::Landing(l) => {
+                        let mut env = Envelope::new(self.rank, h.tag, h.context, h.kind, Vec::new());
+                        env.landed = Some(h.len);
+                        deliver.landed(l.id, env);
+                    }
+                }
             }
             if self.staged.is_empty() {
                 self.staged = 0..0;
@@ -325,6 +370,23 @@ impl<L: Link> Peer<L> {
     }
 }
 
+/// A zeroed buffer of `len` bytes, or an error if memory runs out.
+fn allocate(len: usize, from: &str) -> Result<Vec<u8>> {
+    let mut payload = Vec::new();
+    payload.try_reserve_exact(len).map_err(|_| {
+        Error::io(
+            format!("allocating {len} bytes for a message from {from}"),
+            std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+        )
+    })?;
+    payload.resize(len, 0);
+    Ok(payload)
+}
+
+// SAFETY: borrowed payloads are only queued for the duration of a call on
+// the thread that owns the engine; nothing else reaches them.
+unsafe impl<L: Send> Send for Peer<L> {}
+
 /// The framed streams of one rank to all its peers, indexed by rank.
 #[derive(Debug)]
 pub(crate) struct Peers<L> {
@@ -347,9 +409,64 @@ impl<L: Link> Peers<L> {
         if peer.state == PeerState::Gone {
             return Err(Error::PeerGone { rank: dest });
         }
-        let seq = peer.push(header.encode(), payload);
+        let seq = peer.push(header.encode(), Payload::Owned(payload));
         peer.flush()?;
         Ok(SendTicket { dest, seq })
+    }
+
+    /// Queues a frame whose payload stays in the caller's memory, and tries
+    /// to write it at once.
+    ///
+    /// # Safety
+    ///
+    /// `payload` must stay valid until the frame is sent ([`Peers::is_sent`])
+    /// or the caller has called [`Peers::own`] for the ticket.
+    pub unsafe fn queue_borrowed(&mut self, dest: usize, header: Header, payload: &[u8]) -> Result<SendTicket> {
+        let peer = self.peer(dest);
+        if peer.state == PeerState::Gone {
+            return Err(Error::PeerGone { rank: dest });
+        }
+        let seq = peer.push(header.encode(), Payload::Borrowed(payload.as_ptr(), payload.len()));
+        let ticket = SendTicket { dest, seq };
+        if let Err(e) = peer.flush() {
+            self.own(ticket);
+            return Err(e);
+        }
+        Ok(ticket)
+    }
+
+    /// Redirects a claimed message still being read into a buffer of its
+    /// own (copying what has landed), so the receive's buffer is free again.
+    pub fn detach(&mut self, id: ReceiveId) {
+        for p in self.list.iter_mut().flatten() {
+            let Some(inc) = p.incoming.as_mut() else { continue };
+            if let Target::Landing(l) = inc.target {
+                if l.id == id {
+                    let mut owned = vec![0u8; inc.len];
+                    // SAFETY: the buffer is still valid (the receive is
+                    // detaching before it ends) and `filled` bytes landed.
+                    let landed = unsafe { std::slice::from_raw_parts(l.ptr, inc.filled) };
+                    owned[..inc.filled].copy_from_slice(landed);
+                    inc.target = Target::Owned(owned);
+                }
+            }
+        }
+    }
+
+    /// Copies a borrowed payload that is still queued, so the caller's
+    /// borrow can end.
+    pub fn own(&mut self, ticket: SendTicket) {
+        let Some(peer) = self.list[ticket.dest].as_mut() else {
+            return;
+        };
+        let Some(index) = ticket.seq.checked_sub(peer.sent) else {
+            return;
+        };
+        if let Some(o) = peer.out.get_mut(index as usize) {
+            if let Payload::Borrowed(..) = o.payload {
+                o.payload = Payload::Owned(o.payload.bytes().to_vec());
+            }
+        }
     }
 
     /// True once the frame has been written in full.
@@ -393,7 +510,7 @@ impl<L: Link> Peers<L> {
         let me = self.me as u32;
         for p in self.list.iter_mut().flatten() {
             if p.state != PeerState::Gone {
-                p.push(Header::plain(Kind::Bye, me, 0).encode(), Vec::new());
+                p.push(Header::plain(Kind::Bye, me, 0).encode(), Payload::Owned(Vec::new()));
             }
         }
     }

@@ -44,6 +44,39 @@ pub fn run(world: &World) -> Result<(), Error> {
         );
         send.wait()?;
     }
+    // The same sizes received into a buffer that is waiting before the
+    // message comes (it lands there directly), and into one too small.
+    let mut buf = vec![0u8; 64 << 20];
+    for (round, &len) in sizes().iter().enumerate() {
+        let tag = 500 + round as u32;
+        if me < partner {
+            world.send_with_tag(&(), partner, tag)?;
+            let status = world.receive_into_matching(&mut buf, Match::source(partner).with_tag(tag))?;
+            assert_eq!(status.len(), len as u64, "landing round {round}: length");
+            assert!(
+                buf[..len] == pattern(len, partner, round)[..],
+                "landing round {round}: {len} bytes corrupted"
+            );
+        } else {
+            world.receive_with_tag::<()>(partner, tag)?;
+            world.send_slice_with_tag(&pattern(len, me, round), partner, tag)?;
+        }
+    }
+    if me < partner {
+        world.send_with_tag(&(), partner, 600)?;
+        let mut small = [0u64; 3];
+        match world.receive_into_matching(&mut small, Match::source(partner).with_tag(601)) {
+            Err(Error::Truncated {
+                message_bytes: 32,
+                buffer_bytes: 24,
+                ..
+            }) => {}
+            other => panic!("4 u64 into a buffer of 3 gave {other:?}"),
+        }
+    } else {
+        world.receive_with_tag::<()>(partner, 600)?;
+        world.send_slice_with_tag(&[1u64, 2, 3, 4], partner, 601)?;
+    }
     // Many middling messages queued at once, more than a ring holds.
     let burst: Vec<_> = (0..64)
         .map(|i| world.immediate_send_slice(&pattern(40_000 + i, me, i), partner, 1000))

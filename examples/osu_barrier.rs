@@ -1,0 +1,26 @@
+//! Barrier latency over all ranks, printed like the OSU micro-benchmark
+//! `osu_barrier`: the average over ranks of each rank's time per barrier.
+//!
+//! Run: `spmdrun -n 8 target/release/examples/osu_barrier`
+
+use spmd::op;
+
+fn main() -> Result<(), spmd::Error> {
+    let world = spmd::init()?;
+    let (warmup, iters) = (200, 2000);
+    world.barrier()?;
+    let mut start = 0.0;
+    for i in 0..warmup + iters {
+        if i == warmup {
+            start = spmd::wtime();
+        }
+        world.barrier()?;
+    }
+    let mine = (spmd::wtime() - start) * 1e6 / iters as f64;
+    if let Some(total) = world.reduce(&mine, &op::Sum, 0)? {
+        println!("# spmd barrier latency test ({} ranks)", world.size());
+        println!("{:<10}{:>20}", "# Size", "Avg Latency(us)");
+        println!("{:<10}{:>20.2}", 0, total / world.size() as f64);
+    }
+    world.finalize()
+}

@@ -1,0 +1,65 @@
+//! Streaming bandwidth from rank 0 to rank 1, printed like the OSU
+//! micro-benchmark `osu_bw`: a window of 64 non-blocking sends, then an
+//! acknowledgement, repeated.
+//!
+//! Run: `spmdrun -n 2 target/release/examples/osu_bw [max-bytes]`
+
+use spmd::{Match, World};
+
+const WINDOW: usize = 64;
+
+fn iterations(size: usize) -> (usize, usize) {
+    if size > 8192 { (2, 20) } else { (10, 100) }
+}
+
+fn main() -> Result<(), spmd::Error> {
+    let world = spmd::init()?;
+    let max: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(4 << 20);
+    if world.size() < 2 {
+        eprintln!("osu_bw needs at least 2 ranks");
+        world.abort(1);
+    }
+    if world.rank() == 0 {
+        println!("# spmd bandwidth test ({} ranks)", world.size());
+        println!("{:<10}{:>20}", "# Size", "Bandwidth (MB/s)");
+    }
+    let mut size = 1;
+    while size <= max {
+        let mb_s = window(&world, size, iterations(size))?;
+        if world.rank() == 0 {
+            println!("{size:<10}{mb_s:>20.2}");
+        }
+        size *= 2;
+    }
+    world.finalize()
+}
+
+fn window(world: &World, size: usize, (warmup, iters): (usize, usize)) -> Result<f64, spmd::Error> {
+    let data = vec![1u8; size];
+    let mut bufs = vec![vec![0u8; size]; WINDOW];
+    world.barrier()?;
+    let mut start = 0.0;
+    for i in 0..warmup + iters {
+        if i == warmup {
+            start = spmd::wtime();
+        }
+        match world.rank() {
+            0 => {
+                let sends: Vec<_> = (0..WINDOW)
+                    .map(|_| world.immediate_send_slice(&data, 1, 100))
+                    .collect::<Result<_, _>>()?;
+                spmd::wait_all(sends)?;
+                world.receive_with_tag::<()>(1, 101)?;
+            }
+            1 => {
+                for buf in bufs.iter_mut() {
+                    world.receive_into_matching(buf, Match::source(0).with_tag(100))?;
+                }
+                world.send_with_tag(&(), 0, 101)?;
+            }
+            _ => {}
+        }
+    }
+    let seconds = spmd::wtime() - start;
+    Ok((size * WINDOW * iters) as f64 / seconds / 1e6)
+}
