@@ -2,23 +2,31 @@
 //! `osu_allreduce`: sums of `f32` vectors, the average over ranks of each
 //! rank's time per call.
 //!
-//! Run: `spmdrun -n 8 target/release/examples/osu_allreduce [max-bytes]`
+//! Run: `spmdrun -n 8 target/release/examples/osu_allreduce [max-bytes]
+//! [min-bytes] [iterations]`
 
 use spmd::op;
 
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
-    let max: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1 << 20);
+    let arg = |i: usize| std::env::args().nth(i).and_then(|s| s.parse::<usize>().ok());
+    let max = arg(1).unwrap_or(1 << 20);
+    let min = arg(2).unwrap_or(4).max(4);
+    let fixed_iterations = arg(3);
     if world.rank() == 0 {
         println!("# spmd allreduce latency test ({} ranks)", world.size());
         println!("{:<10}{:>20}", "# Size", "Avg Latency(us)");
     }
-    let mut size = 4;
+    let mut size = min;
     while size <= max {
         let n = size / 4;
         let send = vec![1.0f32; n];
         let mut recv = vec![0.0f32; n];
-        let (warmup, iters) = if size > 8192 { (10, 100) } else { (200, 2000) };
+        let (warmup, iters) = match fixed_iterations {
+            Some(n) => (n / 10, n.max(1)),
+            None if size > 8192 => (10, 100),
+            None => (200, 2000),
+        };
         world.barrier()?;
         let mut start = 0.0;
         for i in 0..warmup + iters {

@@ -1,13 +1,14 @@
 //! Barrier latency over all ranks, printed like the OSU micro-benchmark
 //! `osu_barrier`: the average over ranks of each rank's time per barrier.
 //!
-//! Run: `spmdrun -n 8 target/release/examples/osu_barrier`
+//! Run: `spmdrun -n 8 target/release/examples/osu_barrier [iterations]`
 
 use spmd::op;
 
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
-    let (warmup, iters) = (200, 2000);
+    let iters: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(2000).max(1);
+    let warmup = iters / 10;
     world.barrier()?;
     let mut start = 0.0;
     for i in 0..warmup + iters {

@@ -1,7 +1,11 @@
 //! Ping-pong latency between ranks 0 and 1, printed like the OSU
 //! micro-benchmark `osu_latency`: one-way time per message size.
 //!
-//! Run: `spmdrun -n 2 target/release/examples/osu_latency [max-bytes]`
+//! Run: `spmdrun -n 2 target/release/examples/osu_latency [max-bytes] [serde]`
+//!
+//! With `serde`, the message is a `Vec<f64>` sent with `send` and received
+//! with `receive` (serialized), instead of a byte slice sent raw; sizes are
+//! then multiples of 8 bytes.
 
 use spmd::World;
 
@@ -13,18 +17,24 @@ fn iterations(size: usize) -> (usize, usize) {
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
     let max: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(4 << 20);
+    let serde = std::env::args().nth(2).is_some_and(|a| a == "serde");
     if world.size() < 2 {
         eprintln!("osu_latency needs at least 2 ranks");
         world.abort(1);
     }
     if world.rank() == 0 {
-        println!("# spmd latency test ({} ranks)", world.size());
+        let how = if serde { "serde Vec<f64>" } else { "raw bytes" };
+        println!("# spmd latency test ({} ranks, {how})", world.size());
         println!("{:<10}{:>20}", "# Size", "Latency (us)");
     }
     let mut buf = vec![0u8; max.max(1)];
-    let mut size = 0;
+    let mut size = if serde { 8 } else { 0 };
     loop {
-        let lat = ping_pong(&world, &mut buf[..size], iterations(size))?;
+        let lat = if serde {
+            ping_pong_serde(&world, size / 8, iterations(size))?
+        } else {
+            ping_pong(&world, &mut buf[..size], iterations(size))?
+        };
         if world.rank() == 0 {
             println!("{size:<10}{lat:>20.2}");
         }
@@ -51,6 +61,29 @@ fn ping_pong(world: &World, buf: &mut [u8], (warmup, iters): (usize, usize)) -> 
             1 => {
                 world.receive_into(buf, 0)?;
                 world.send_slice(buf, 0)?;
+            }
+            _ => {}
+        }
+    }
+    Ok((spmd::wtime() - start) * 1e6 / (2.0 * iters as f64))
+}
+
+fn ping_pong_serde(world: &World, len: usize, (warmup, iters): (usize, usize)) -> Result<f64, spmd::Error> {
+    let mut v = vec![1.5f64; len];
+    world.barrier()?;
+    let mut start = 0.0;
+    for i in 0..warmup + iters {
+        if i == warmup {
+            start = spmd::wtime();
+        }
+        match world.rank() {
+            0 => {
+                world.send(&v, 1)?;
+                v = world.receive(1)?;
+            }
+            1 => {
+                v = world.receive(0)?;
+                world.send(&v, 0)?;
             }
             _ => {}
         }

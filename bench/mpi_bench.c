@@ -1,0 +1,149 @@
+/* The same measurements as spmd's examples/osu_*.rs and idle_cpu.rs, written
+ * against plain MPI, so scripts/bench-vs-mpi can run them under Open MPI and
+ * MPICH on the same machine and compare. Output columns match the Rust
+ * programs (and the OSU micro-benchmarks).
+ *
+ * usage: mpi_bench latency|bw [max-bytes]
+ *        mpi_bench allreduce [max-bytes] [min-bytes] [iterations]
+ *        mpi_bench barrier [iterations]
+ *        mpi_bench idle [seconds]
+ *        mpi_bench hello
+ */
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#define WINDOW 64
+
+static int rank, size;
+
+static void latency(size_t max) {
+    char *buf = calloc(max > 0 ? max : 1, 1);
+    if (rank == 0) printf("# mpi latency test\n%-10s%20s\n", "# Size", "Latency (us)");
+    for (size_t s = 0; s <= max; s = s ? s * 2 : 1) {
+        int warmup = s > 8192 ? 10 : 1000, iters = s > 8192 ? 100 : 10000;
+        double start = 0;
+        MPI_Barrier(MPI_COMM_WORLD);
+        for (int i = 0; i < warmup + iters; i++) {
+            if (i == warmup) start = MPI_Wtime();
+            if (rank == 0) {
+                MPI_Send(buf, (int)s, MPI_CHAR, 1, 0, MPI_COMM_WORLD);
+                MPI_Recv(buf, (int)s, MPI_CHAR, 1, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            } else if (rank == 1) {
+                MPI_Recv(buf, (int)s, MPI_CHAR, 0, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+                MPI_Send(buf, (int)s, MPI_CHAR, 0, 0, MPI_COMM_WORLD);
+            }
+        }
+        if (rank == 0) printf("%-10zu%20.2f\n", s, (MPI_Wtime() - start) * 1e6 / (2.0 * iters));
+        if (s >= max) break;
+    }
+    free(buf);
+}
+
+static void bw(size_t max) {
+    char *data = calloc(max, 1);
+    char *bufs = calloc(max * WINDOW, 1);
+    MPI_Request req[WINDOW];
+    if (rank == 0) printf("# mpi bandwidth test\n%-10s%20s\n", "# Size", "Bandwidth (MB/s)");
+    for (size_t s = 1; s <= max; s *= 2) {
+        int warmup = s > 8192 ? 2 : 10, iters = s > 8192 ? 20 : 100;
+        double start = 0;
+        MPI_Barrier(MPI_COMM_WORLD);
+        for (int i = 0; i < warmup + iters; i++) {
+            if (i == warmup) start = MPI_Wtime();
+            if (rank == 0) {
+                for (int w = 0; w < WINDOW; w++)
+                    MPI_Isend(data, (int)s, MPI_CHAR, 1, 100, MPI_COMM_WORLD, &req[w]);
+                MPI_Waitall(WINDOW, req, MPI_STATUSES_IGNORE);
+                MPI_Recv(NULL, 0, MPI_CHAR, 1, 101, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            } else if (rank == 1) {
+                for (int w = 0; w < WINDOW; w++)
+                    MPI_Irecv(bufs + w * s, (int)s, MPI_CHAR, 0, 100, MPI_COMM_WORLD, &req[w]);
+                MPI_Waitall(WINDOW, req, MPI_STATUSES_IGNORE);
+                MPI_Send(NULL, 0, MPI_CHAR, 0, 101, MPI_COMM_WORLD);
+            }
+        }
+        double t = MPI_Wtime() - start;
+        if (rank == 0) printf("%-10zu%20.2f\n", s, (double)s * WINDOW * iters / t / 1e6);
+    }
+    free(data);
+    free(bufs);
+}
+
+static void allreduce(size_t max, size_t min, int fixed_iters) {
+    size_t n = max / 4;
+    float *send = malloc(n * sizeof(float)), *recv = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) send[i] = 1.0f;
+    if (rank == 0) printf("# mpi allreduce latency test\n%-10s%20s\n", "# Size", "Avg Latency(us)");
+    for (size_t s = min < 4 ? 4 : min; s <= max; s *= 2) {
+        int warmup = s > 8192 ? 10 : 200, iters = s > 8192 ? 100 : 2000;
+        if (fixed_iters > 0) { warmup = fixed_iters / 10; iters = fixed_iters; }
+        double start = 0, mine, total;
+        MPI_Barrier(MPI_COMM_WORLD);
+        for (int i = 0; i < warmup + iters; i++) {
+            if (i == warmup) start = MPI_Wtime();
+            MPI_Allreduce(send, recv, (int)(s / 4), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        }
+        mine = (MPI_Wtime() - start) * 1e6 / iters;
+        MPI_Reduce(&mine, &total, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+        if (rank == 0) printf("%-10zu%20.2f\n", s, total / size);
+    }
+    free(send);
+    free(recv);
+}
+
+static void barrier(int iters) {
+    if (iters <= 0) iters = 2000;
+    int warmup = iters / 10;
+    double start = 0, mine, total;
+    MPI_Barrier(MPI_COMM_WORLD);
+    for (int i = 0; i < warmup + iters; i++) {
+        if (i == warmup) start = MPI_Wtime();
+        MPI_Barrier(MPI_COMM_WORLD);
+    }
+    mine = (MPI_Wtime() - start) * 1e6 / iters;
+    MPI_Reduce(&mine, &total, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+    if (rank == 0) printf("# mpi barrier latency test\n%-10s%20s\n%-10d%20.2f\n", "# Size", "Avg Latency(us)", 0, total / size);
+}
+
+static double cpu_seconds(void) {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_utime.tv_sec + u.ru_utime.tv_usec * 1e-6 + u.ru_stime.tv_sec + u.ru_stime.tv_usec * 1e-6;
+}
+
+static void idle(double seconds) {
+    double before, used, total;
+    MPI_Barrier(MPI_COMM_WORLD);
+    before = cpu_seconds();
+    if (rank == 0) {
+        usleep((useconds_t)(seconds * 1e6));
+        for (int r = 1; r < size; r++) MPI_Send(NULL, 0, MPI_CHAR, r, 0, MPI_COMM_WORLD);
+    } else {
+        MPI_Recv(NULL, 0, MPI_CHAR, 0, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    }
+    used = rank == 0 ? 0 : cpu_seconds() - before;
+    MPI_Reduce(&used, &total, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+    if (rank == 0)
+        printf("%d ranks blocked in a receive for %g s used %.4f CPU-seconds in all\n", size - 1, seconds, total);
+}
+
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    const char *mode = argc > 1 ? argv[1] : "hello";
+    double arg = argc > 2 ? atof(argv[2]) : 0;
+    double arg2 = argc > 3 ? atof(argv[3]) : 0, arg3 = argc > 4 ? atof(argv[4]) : 0;
+    if (!strcmp(mode, "latency")) latency(arg > 0 ? (size_t)arg : 4 << 20);
+    else if (!strcmp(mode, "bw")) bw(arg > 0 ? (size_t)arg : 4 << 20);
+    else if (!strcmp(mode, "allreduce")) allreduce(arg > 0 ? (size_t)arg : 1 << 20, (size_t)arg2, (int)arg3);
+    else if (!strcmp(mode, "barrier")) barrier((int)arg);
+    else if (!strcmp(mode, "idle")) idle(arg > 0 ? arg : 5);
+    else MPI_Barrier(MPI_COMM_WORLD); /* hello: launch + init + barrier + finalize */
+    MPI_Finalize();
+    return 0;
+}
