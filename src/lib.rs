@@ -54,6 +54,7 @@ mod matching;
 mod message;
 pub mod op;
 mod point_to_point;
+mod pool;
 mod progress;
 mod request;
 mod transport;

@@ -139,6 +139,12 @@ impl Envelope {
     }
 }
 
+impl Drop for Envelope {
+    fn drop(&mut self) {
+        crate::pool::give(std::mem::take(&mut self.payload));
+    }
+}
+
 /// A caller's buffer that a message may be written into directly.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Buffer {
@@ -326,10 +332,7 @@ mod tests {
     fn tags_and_contexts_separate_messages() {
         let mut m = Matcher::default();
         m.deliver(env(2, 5, 1));
-        m.deliver(Envelope {
-            context: Context::Collective,
-            ..env(2, 6, 2)
-        });
+        m.deliver(Envelope::new(2, 6, Context::Collective, Kind::Raw, vec![2]));
         let coll = m.post(Selector::user(Match::tag(6)));
         assert!(!m.is_complete(coll));
         let five = m.post(Selector::user(Match::any()));

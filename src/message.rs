@@ -23,6 +23,12 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     })
 }
 
+/// A copy of a plain-number slice's bytes, for a send that must not borrow
+/// it.
+pub(crate) fn pod_copy<T: Pod>(data: &[T]) -> Vec<u8> {
+    crate::pool::copy_of(pod_bytes(data))
+}
+
 /// Deserializes a received message as a `T`, checking that it was sent as a
 /// serde value and that every byte was used.
 pub(crate) fn decode<T: DeserializeOwned>(env: &Envelope) -> Result<T> {

@@ -140,7 +140,7 @@ impl World {
 
     /// Starts sending a slice of plain numbers to `dest` with tag `tag`.
     pub fn immediate_send_slice<T: Pod>(&self, data: &[T], dest: usize, tag: u32) -> Result<SendRequest<'_>> {
-        self.immediate_bytes(dest, tag, Kind::Raw, message::pod_bytes(data).to_vec())
+        self.immediate_bytes(dest, tag, Kind::Raw, message::pod_copy(data))
     }
 
     /// Posts a receive of a `T` from whichever rank and tag `pattern`

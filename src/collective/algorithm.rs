@@ -62,7 +62,7 @@ pub(crate) struct PodCodec;
 
 impl<E: Pod> Codec<Vec<E>> for PodCodec {
     fn encode(&self, value: &Vec<E>) -> Result<Body> {
-        Ok((Kind::Raw, message::pod_bytes(value).to_vec()))
+        Ok((Kind::Raw, message::pod_copy(value)))
     }
     fn decode(&self, env: &Envelope) -> Result<Vec<E>> {
         message::to_vec(env)
@@ -119,7 +119,8 @@ impl World {
         while mask < n {
             if vr & mask != 0 {
                 let env = self.coll_receive((vr - mask + root) % n, tag(Step::Broadcast, 0))?;
-                body = Some((env.kind, env.payload));
+                let mut env = env;
+                body = Some((env.kind, std::mem::take(&mut env.payload)));
                 break;
             }
             mask <<= 1;

@@ -137,7 +137,7 @@ impl World {
     /// `buf`, which must have the same length.
     pub fn broadcast_into<E: Pod>(&self, buf: &mut [E], root: usize) -> Result<()> {
         let mine = if self.rank() == root {
-            Some((Kind::Raw, crate::message::pod_bytes(buf).to_vec()))
+            Some((Kind::Raw, crate::message::pod_copy(buf)))
         } else {
             None
         };
@@ -174,7 +174,7 @@ impl World {
             check_len("scatter_into", "the root's send buffer", send.len(), k * self.size())?;
             Some(
                 (0..self.size())
-                    .map(|i| (Kind::Raw, crate::message::pod_bytes(&send[i * k..(i + 1) * k]).to_vec()))
+                    .map(|i| (Kind::Raw, crate::message::pod_copy(&send[i * k..(i + 1) * k])))
                     .collect(),
             )
         } else {
@@ -198,7 +198,7 @@ impl World {
     /// (of `send.len() * size` elements) in rank order. `recv` is written on
     /// the root only (pass `&mut []` elsewhere).
     pub fn gather_into<E: Pod>(&self, send: &[E], recv: &mut [E], root: usize) -> Result<()> {
-        let body = (Kind::Raw, crate::message::pod_bytes(send).to_vec());
+        let body = (Kind::Raw, crate::message::pod_copy(send));
         if let Some(envs) = self.gather_bodies(body, root)? {
             let chunks: Vec<Vec<E>> = decode_all(&PodCodec, &envs)?;
             copy_chunks(chunks, recv, "gather_into")?;
@@ -222,7 +222,7 @@ impl World {
     /// Plain-number allgather: every rank's `send` lands in every rank's
     /// `recv` (of `send.len() * size` elements) in rank order.
     pub fn allgather_into<E: Pod>(&self, send: &[E], recv: &mut [E]) -> Result<()> {
-        let envs = self.allgather_envelopes((Kind::Raw, crate::message::pod_bytes(send).to_vec()))?;
+        let envs = self.allgather_envelopes((Kind::Raw, crate::message::pod_copy(send)))?;
         copy_chunks(decode_all(&PodCodec, &envs)?, recv, "allgather_into")
     }
 
@@ -321,7 +321,7 @@ impl World {
         }
         let k = send.len() / n;
         let bodies = (0..n)
-            .map(|i| (Kind::Raw, crate::message::pod_bytes(&send[i * k..(i + 1) * k]).to_vec()))
+            .map(|i| (Kind::Raw, crate::message::pod_copy(&send[i * k..(i + 1) * k])))
             .collect();
         copy_chunks(
             decode_all(&PodCodec, &self.alltoall_bodies(bodies)?)?,

@@ -49,7 +49,7 @@ const MIN_RING: usize = 16 << 10;
 const SEGMENT_BUDGET: usize = 64 << 20;
 
 /// How long a rank polls before it sleeps, when it has a core to itself.
-const SPIN: Duration = Duration::from_micros(50);
+const SPIN: Duration = Duration::from_millis(1);
 /// How long a rank keeps yielding its core before it sleeps, when there are
 /// more ranks than cores: handing the core to the peer it waits for costs a
 /// few microseconds, a futex wake-up tens.

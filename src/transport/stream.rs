@@ -72,6 +72,14 @@ impl Outgoing {
     }
 }
 
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        if let Payload::Owned(v) = &mut self.payload {
+            crate::pool::give(std::mem::take(v));
+        }
+    }
+}
+
 /// Where an incoming payload goes.
 #[derive(Debug)]
 enum Target {
@@ -370,17 +378,14 @@ impl<L: Link> Peer<L> {
     }
 }
 
-/// A zeroed buffer of `len` bytes, or an error if memory runs out.
+/// A buffer of `len` bytes, or an error if memory runs out.
 fn allocate(len: usize, from: &str) -> Result<Vec<u8>> {
-    let mut payload = Vec::new();
-    payload.try_reserve_exact(len).map_err(|_| {
+    crate::pool::take(len).ok_or_else(|| {
         Error::io(
             format!("allocating {len} bytes for a message from {from}"),
             std::io::Error::from(std::io::ErrorKind::OutOfMemory),
         )
-    })?;
-    payload.resize(len, 0);
-    Ok(payload)
+    })
 }
 
 // SAFETY: borrowed payloads are only queued for the duration of a call on
@@ -464,7 +469,7 @@ impl<L: Link> Peers<L> {
         };
         if let Some(o) = peer.out.get_mut(index as usize) {
             if let Payload::Borrowed(..) = o.payload {
-                o.payload = Payload::Owned(o.payload.bytes().to_vec());
+                o.payload = Payload::Owned(crate::pool::copy_of(o.payload.bytes()));
             }
         }
     }
