@@ -43,6 +43,10 @@ pub(crate) type Body = (Kind, Vec<u8>);
 pub(crate) trait Codec<T> {
     fn encode(&self, value: &T) -> Result<Body>;
     fn decode(&self, env: &Envelope) -> Result<T>;
+    /// Like `decode`, but may take the payload instead of copying it.
+    fn decode_owned(&self, env: Envelope) -> Result<T> {
+        self.decode(&env)
+    }
 }
 
 /// Serde values through bincode.
@@ -69,13 +73,33 @@ impl<E: Pod> Codec<Vec<E>> for PodCodec {
     }
 }
 
+/// Raw bytes (of plain numbers) as they are: the payload buffer is taken,
+/// not copied.
+pub(crate) struct RawCodec;
+
+impl Codec<Vec<u8>> for RawCodec {
+    fn encode(&self, value: &Vec<u8>) -> Result<Body> {
+        Ok((Kind::Raw, crate::pool::copy_of(value)))
+    }
+    fn decode(&self, env: &Envelope) -> Result<Vec<u8>> {
+        message::to_vec::<u8>(env)
+    }
+    fn decode_owned(&self, mut env: Envelope) -> Result<Vec<u8>> {
+        if env.kind != Kind::Raw {
+            return self.decode(&env);
+        }
+        Ok(std::mem::take(&mut env.payload))
+    }
+}
+
 /// A body this rank keeps for itself, as if it had arrived from `source`.
 pub(crate) fn own_envelope(source: usize, body: Body) -> Envelope {
     Envelope::new(source, 0, Context::Collective, body.0, body.1)
 }
 
-/// How two values combine, in rank order; may fail (e.g. lengths differ).
-pub(crate) type Combine<'a, T> = dyn Fn(&T, &T) -> Result<T> + 'a;
+/// How two values combine: `(lower, upper)` in rank order, by value so an
+/// implementation can reuse a buffer; may fail (e.g. lengths differ).
+pub(crate) type Combine<'a, T> = dyn Fn(T, T) -> Result<T> + 'a;
 
 impl World {
     fn coll_send(&self, dest: usize, tag: u32, body: Body) -> Result<Sent> {
@@ -159,7 +183,7 @@ impl World {
                 let child = vr | mask;
                 if child < n {
                     let env = self.coll_receive((child + root) % n, tag(Step::Reduce, 0))?;
-                    acc = combine(&acc, &codec.decode(&env)?)?;
+                    acc = combine(acc, codec.decode_owned(env)?)?;
                 }
             } else {
                 let parent = (vr & !mask) + root;
@@ -192,10 +216,10 @@ impl World {
                 let sent = self.coll_send(r + 1, t(0), codec.encode(&acc)?)?;
                 self.wait_sends(vec![(sent, r + 1)])?;
                 let env = self.coll_receive(r + 1, t(0xff_ffff))?;
-                return codec.decode(&env);
+                return codec.decode_owned(env);
             }
             let env = self.coll_receive(r - 1, t(0))?;
-            acc = combine(&codec.decode(&env)?, &acc)?;
+            acc = combine(codec.decode_owned(env)?, acc)?;
             r / 2
         } else {
             r - extra
@@ -206,11 +230,11 @@ impl World {
         while mask < pof2 {
             let partner = real(virtual_rank ^ mask);
             let sent = self.coll_send(partner, t(round), codec.encode(&acc)?)?;
-            let other = codec.decode(&self.coll_receive(partner, t(round))?)?;
+            let other = codec.decode_owned(self.coll_receive(partner, t(round))?)?;
             acc = if partner < r {
-                combine(&other, &acc)?
+                combine(other, acc)?
             } else {
-                combine(&acc, &other)?
+                combine(acc, other)?
             };
             self.wait_sends(vec![(sent, partner)])?;
             mask <<= 1;
@@ -239,7 +263,7 @@ impl World {
             }
             if r >= distance {
                 let env = self.coll_receive(r - distance, tag(Step::Scan, round))?;
-                acc = combine(&codec.decode(&env)?, &acc)?;
+                acc = combine(codec.decode_owned(env)?, acc)?;
             }
             self.wait_sends(sends)?;
             distance *= 2;

@@ -15,7 +15,7 @@ use crate::world::World;
 
 mod algorithm;
 
-use algorithm::{Body, Codec, PodCodec, SerdeCodec, own_envelope};
+use algorithm::{Body, Codec, PodCodec, RawCodec, SerdeCodec, own_envelope};
 
 /// Packs several message bodies of one kind into one (for allgather).
 fn pack(envs: &[Envelope]) -> Vec<u8> {
@@ -59,17 +59,56 @@ fn unpack(kind: Kind, packed: &[u8], count: usize) -> Result<Vec<Envelope>> {
     Ok(out)
 }
 
-fn elementwise<'a, E: Pod>(op: &'a dyn Op<E>, what: &'static str) -> impl Fn(&Vec<E>, &Vec<E>) -> Result<Vec<E>> + 'a {
-    move |a, b| {
-        if a.len() != b.len() {
+/// Combines two byte buffers of plain numbers element by element, in place
+/// in the lower one; the upper one goes back to the pool.
+fn elementwise<'a, E: Pod, O: Op<E>>(
+    op: &'a O,
+    what: &'static str,
+) -> impl Fn(Vec<u8>, Vec<u8>) -> Result<Vec<u8>> + 'a {
+    move |mut lower, upper| {
+        if lower.len() != upper.len() {
             return Err(Error::InvalidArgument(format!(
-                "{what}: ranks gave slices of different lengths ({} and {} elements)",
-                a.len(),
-                b.len()
+                "{what}: ranks gave slices of different lengths ({} and {} bytes)",
+                lower.len(),
+                upper.len()
             )));
         }
-        Ok(a.iter().zip(b).map(|(x, y)| op.combine(x, y)).collect())
+        match (
+            bytemuck::try_cast_slice_mut::<u8, E>(&mut lower),
+            bytemuck::try_cast_slice::<u8, E>(&upper),
+        ) {
+            (Ok(a), Ok(b)) => {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x = op.combine(x, y);
+                }
+            }
+            // Buffers not aligned for E: go through typed copies.
+            _ => {
+                let a: Vec<E> = typed(&lower);
+                let b: Vec<E> = typed(&upper);
+                let c: Vec<E> = a.iter().zip(&b).map(|(x, y)| op.combine(x, y)).collect();
+                lower.copy_from_slice(bytemuck::cast_slice(&c));
+            }
+        }
+        crate::pool::give(upper);
+        Ok(lower)
     }
+}
+
+/// Plain numbers copied out of bytes that may not be aligned for them.
+fn typed<E: Pod>(bytes: &[u8]) -> Vec<E> {
+    let mut out = vec![E::zeroed(); bytes.len() / std::mem::size_of::<E>().max(1)];
+    bytemuck::cast_slice_mut::<E, u8>(&mut out).copy_from_slice(bytes);
+    out
+}
+
+/// Copies a reduction's result bytes into the caller's buffer.
+fn copy_result<E: Pod>(result: Vec<u8>, recv: &mut [E], what: &str) -> Result<()> {
+    let out: &mut [u8] = bytemuck::cast_slice_mut(recv);
+    check_len(what, "the receive buffer (bytes)", out.len(), result.len())?;
+    out.copy_from_slice(&result);
+    crate::pool::give(result);
+    Ok(())
 }
 
 fn check_len(what: &str, name: &str, got: usize, want: usize) -> Result<()> {
@@ -244,16 +283,16 @@ impl World {
         op: &impl Op<T>,
         root: usize,
     ) -> Result<Option<T>> {
-        self.reduce_value(&SerdeCodec, value.clone(), &|a, b| Ok(op.combine(a, b)), root)
+        self.reduce_value(&SerdeCodec, value.clone(), &|a, b| Ok(op.combine(&a, &b)), root)
     }
 
     /// Plain-number reduce, element by element: the root's `recv` (of
     /// `send.len()` elements) gets the combination of every rank's `send`.
     pub fn reduce_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>, root: usize) -> Result<()> {
         let combine = elementwise(op, "reduce_into");
-        if let Some(result) = self.reduce_value(&PodCodec, send.to_vec(), &combine, root)? {
-            check_len("reduce_into", "the root's receive buffer", recv.len(), result.len())?;
-            recv.copy_from_slice(&result);
+        let mine = crate::message::pod_copy(send);
+        if let Some(result) = self.reduce_value(&RawCodec, mine, &combine, root)? {
+            copy_result(result, recv, "reduce_into")?;
         }
         Ok(())
     }
@@ -261,7 +300,7 @@ impl World {
     /// Combines every rank's `value` with `op`; every rank gets the same
     /// result, bit for bit.
     pub fn allreduce<T: Serialize + DeserializeOwned + Clone>(&self, value: &T, op: &impl Op<T>) -> Result<T> {
-        self.allreduce_value(&SerdeCodec, value.clone(), &|a, b| Ok(op.combine(a, b)))
+        self.allreduce_value(&SerdeCodec, value.clone(), &|a, b| Ok(op.combine(&a, &b)))
     }
 
     /// Plain-number allreduce, element by element, into `recv` (of
@@ -278,23 +317,21 @@ impl World {
     pub fn allreduce_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>) -> Result<()> {
         check_len("allreduce_into", "the receive buffer", recv.len(), send.len())?;
         let combine = elementwise(op, "allreduce_into");
-        let result = self.allreduce_value(&PodCodec, send.to_vec(), &combine)?;
-        recv.copy_from_slice(&result);
-        Ok(())
+        let result = self.allreduce_value(&RawCodec, crate::message::pod_copy(send), &combine)?;
+        copy_result(result, recv, "allreduce_into")
     }
 
     /// Inclusive prefix reduction: rank `r` gets `value₀ op … op value_r`.
     pub fn scan<T: Serialize + DeserializeOwned + Clone>(&self, value: &T, op: &impl Op<T>) -> Result<T> {
-        self.scan_value(&SerdeCodec, value.clone(), &|a, b| Ok(op.combine(a, b)))
+        self.scan_value(&SerdeCodec, value.clone(), &|a, b| Ok(op.combine(&a, &b)))
     }
 
     /// Plain-number inclusive scan, element by element, into `recv`.
     pub fn scan_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>) -> Result<()> {
         check_len("scan_into", "the receive buffer", recv.len(), send.len())?;
         let combine = elementwise(op, "scan_into");
-        let result = self.scan_value(&PodCodec, send.to_vec(), &combine)?;
-        recv.copy_from_slice(&result);
-        Ok(())
+        let result = self.scan_value(&RawCodec, crate::message::pod_copy(send), &combine)?;
+        copy_result(result, recv, "scan_into")
     }
 
     /// Rank `r` sends `values[i]` to rank `i` and gets back one value from
