@@ -23,6 +23,13 @@ use std::ops::{Add, Mul};
 pub trait Op<T> {
     /// Combines `a` (from lower ranks) with `b` (from higher ranks).
     fn combine(&self, a: &T, b: &T) -> T;
+
+    /// True if `combine(a, b) == combine(b, a)` for all values, which lets
+    /// large allreduces combine in any order (the built-in operators are;
+    /// closures are assumed not to be).
+    fn is_commutative(&self) -> bool {
+        false
+    }
 }
 
 impl<T, F: Fn(&T, &T) -> T> Op<T> for F {
@@ -66,11 +73,19 @@ impl<T: Clone + Add<Output = T>> Op<T> for Sum {
     fn combine(&self, a: &T, b: &T) -> T {
         a.clone() + b.clone()
     }
+
+    fn is_commutative(&self) -> bool {
+        true
+    }
 }
 
 impl<T: Clone + Mul<Output = T>> Op<T> for Product {
     fn combine(&self, a: &T, b: &T) -> T {
         a.clone() * b.clone()
+    }
+
+    fn is_commutative(&self) -> bool {
+        true
     }
 }
 
@@ -78,11 +93,19 @@ impl<T: Clone + PartialOrd> Op<T> for Min {
     fn combine(&self, a: &T, b: &T) -> T {
         if b < a { b.clone() } else { a.clone() }
     }
+
+    fn is_commutative(&self) -> bool {
+        true
+    }
 }
 
 impl<T: Clone + PartialOrd> Op<T> for Max {
     fn combine(&self, a: &T, b: &T) -> T {
         if b > a { b.clone() } else { a.clone() }
+    }
+
+    fn is_commutative(&self) -> bool {
+        true
     }
 }
 
@@ -90,17 +113,29 @@ impl<T: Clone + std::ops::BitAnd<Output = T>> Op<T> for BitAnd {
     fn combine(&self, a: &T, b: &T) -> T {
         a.clone() & b.clone()
     }
+
+    fn is_commutative(&self) -> bool {
+        true
+    }
 }
 
 impl<T: Clone + std::ops::BitOr<Output = T>> Op<T> for BitOr {
     fn combine(&self, a: &T, b: &T) -> T {
         a.clone() | b.clone()
     }
+
+    fn is_commutative(&self) -> bool {
+        true
+    }
 }
 
 impl<T: Clone + std::ops::BitXor<Output = T>> Op<T> for BitXor {
     fn combine(&self, a: &T, b: &T) -> T {
         a.clone() ^ b.clone()
+    }
+
+    fn is_commutative(&self) -> bool {
+        true
     }
 }
 
@@ -140,17 +175,29 @@ impl<T: Truth> Op<T> for LogicalAnd {
     fn combine(&self, a: &T, b: &T) -> T {
         T::from_truth(a.truth() && b.truth())
     }
+
+    fn is_commutative(&self) -> bool {
+        true
+    }
 }
 
 impl<T: Truth> Op<T> for LogicalOr {
     fn combine(&self, a: &T, b: &T) -> T {
         T::from_truth(a.truth() || b.truth())
     }
+
+    fn is_commutative(&self) -> bool {
+        true
+    }
 }
 
 impl<T: Truth> Op<T> for LogicalXor {
     fn combine(&self, a: &T, b: &T) -> T {
         T::from_truth(a.truth() != b.truth())
+    }
+
+    fn is_commutative(&self) -> bool {
+        true
     }
 }
 

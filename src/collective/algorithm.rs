@@ -30,9 +30,10 @@ pub(crate) enum Step {
     Gather = 6,
     Scatter = 7,
     Alltoall = 8,
+    Ring = 9,
 }
 
-fn tag(step: Step, round: u32) -> u32 {
+pub(crate) fn tag(step: Step, round: u32) -> u32 {
     ((step as u32) << 24) | (round & 0x00ff_ffff)
 }
 

@@ -14,6 +14,7 @@ use crate::wire::Kind;
 use crate::world::World;
 
 mod algorithm;
+mod ring;
 
 use algorithm::{Body, Codec, PodCodec, RawCodec, SerdeCodec, own_envelope};
 
@@ -92,6 +93,27 @@ fn elementwise<'a, E: Pod, O: Op<E>>(
         }
         crate::pool::give(upper);
         Ok(lower)
+    }
+}
+
+/// Combines a received chunk into this rank's chunk of plain numbers, in
+/// place, for a commutative operator.
+fn chunkwise<E: Pod, O: Op<E>>(op: &O) -> impl Fn(&mut [u8], &[u8]) + '_ {
+    move |mine, theirs| match (
+        bytemuck::try_cast_slice_mut::<u8, E>(mine),
+        bytemuck::try_cast_slice::<u8, E>(theirs),
+    ) {
+        (Ok(a), Ok(b)) => {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x = op.combine(y, x);
+            }
+        }
+        (Err(_), _) | (_, Err(_)) => {
+            let a: Vec<E> = typed(mine);
+            let b: Vec<E> = typed(theirs);
+            let c: Vec<E> = a.iter().zip(&b).map(|(x, y)| op.combine(y, x)).collect();
+            mine.copy_from_slice(bytemuck::cast_slice(&c));
+        }
     }
 }
 
@@ -316,8 +338,12 @@ impl World {
     /// ```
     pub fn allreduce_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>) -> Result<()> {
         check_len("allreduce_into", "the receive buffer", recv.len(), send.len())?;
-        let combine = elementwise(op, "allreduce_into");
-        let result = self.allreduce_value(&RawCodec, crate::message::pod_copy(send), &combine)?;
+        let mine = crate::message::pod_copy(send);
+        let result = if op.is_commutative() && self.size() > 2 && mine.len() >= ring::RING_THRESHOLD {
+            self.ring_allreduce(mine, std::mem::size_of::<E>(), &chunkwise(op))?
+        } else {
+            self.allreduce_value(&RawCodec, mine, &elementwise(op, "allreduce_into"))?
+        };
         copy_result(result, recv, "allreduce_into")
     }
 

@@ -42,7 +42,7 @@ const AWAKE: u32 = 0;
 const SLEEPING: u32 = 1;
 
 /// The largest ring between two ranks.
-const MAX_RING: usize = 256 << 10;
+const MAX_RING: usize = 1 << 20;
 /// The smallest ring, whatever the number of ranks.
 const MIN_RING: usize = 16 << 10;
 /// The most a rank's segment holds in rings (64 MiB), however many ranks.
@@ -57,8 +57,9 @@ const YIELD: Duration = Duration::from_micros(500);
 /// How long start-up waits for every peer to map this rank's segment.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The size of each ring in a job with `local` ranks on the node: 256 KiB,
-/// less when there are so many ranks that a segment would pass 64 MiB.
+/// The size of each ring in a job with `local` ranks on the node: 1 MiB,
+/// less when there are so many ranks that a segment would pass 64 MiB
+/// (512 KiB from 65 ranks, ..., 16 KiB at the least).
 pub(crate) fn ring_bytes(local: usize) -> usize {
     let fit = SEGMENT_BUDGET / local.max(1);
     let mut ring = MAX_RING;

@@ -5,8 +5,8 @@
 
 use spmd::{Error, Match, Request, World};
 
-/// The ring between two ranks of a job of up to 256 ranks (see the README).
-const RING: usize = 256 << 10;
+/// The ring between two ranks of a job of up to 64 ranks (see the README).
+const RING: usize = 1 << 20;
 const HEADER: usize = 32;
 
 fn sizes() -> Vec<usize> {
