@@ -7,6 +7,8 @@ use crate::error::{Error, Result};
 use crate::matching::{ReceiveId, Sink};
 use crate::wire::Header;
 
+mod peers;
+mod segment;
 mod shm;
 mod socket;
 mod stream;

@@ -12,41 +12,23 @@
 //! doorbell. Both sides put a SeqCst fence between their store and their
 //! check, so a wake-up is never lost.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::IoSlice;
 use std::os::unix::fs::OpenOptionsExt;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
-
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
 use crate::error::{Error, Result};
 use crate::wire::Card;
 
-use super::stream::{Io, Link, Peer, Peers};
+use super::segment::{
+    AWAKE, MAGIC, OFF_ATTACHED, OFF_MAGIC, OFF_RING_BYTES, Ring, SLEEPING, Segment, futex_wait, ring_bytes,
+    ring_doorbell, segment_len, segment_path,
+};
+
+use super::peers::Peers;
+use super::stream::{Io, Link, Peer};
 use super::{Delivery, Wait};
-
-const MAGIC: u64 = u64::from_le_bytes(*b"spmd-shm");
-/// Bytes before the first ring: magic, ring size, doorbell, attach count.
-const HEADER: usize = 4096;
-const OFF_MAGIC: usize = 0;
-const OFF_RING_BYTES: usize = 8;
-const OFF_DOORBELL: usize = 64;
-const OFF_ATTACHED: usize = 128;
-/// A ring's control block: `head` (bytes written) and `tail` (bytes read),
-/// each on its own cache line.
-const RING_CONTROL: usize = 128;
-
-const AWAKE: u32 = 0;
-const SLEEPING: u32 = 1;
-
-/// The largest ring between two ranks.
-const MAX_RING: usize = 1 << 20;
-/// The smallest ring, whatever the number of ranks.
-const MIN_RING: usize = 16 << 10;
-/// The most a rank's segment holds in rings (64 MiB), however many ranks.
-const SEGMENT_BUDGET: usize = 64 << 20;
 
 /// How long a rank polls before it sleeps, when it has a core to itself.
 const SPIN: Duration = Duration::from_millis(1);
@@ -56,183 +38,6 @@ const SPIN: Duration = Duration::from_millis(1);
 const YIELD: Duration = Duration::from_micros(500);
 /// How long start-up waits for every peer to map this rank's segment.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The size of each ring in a job with `local` ranks on the node: 1 MiB,
-/// less when there are so many ranks that a segment would pass 64 MiB
-/// (512 KiB from 65 ranks, ..., 16 KiB at the least).
-pub(crate) fn ring_bytes(local: usize) -> usize {
-    let fit = SEGMENT_BUDGET / local.max(1);
-    let mut ring = MAX_RING;
-    while ring > fit && ring > MIN_RING {
-        ring /= 2;
-    }
-    ring
-}
-
-fn segment_len(size: usize, ring: usize) -> usize {
-    HEADER + size * (RING_CONTROL + ring)
-}
-
-/// The path of rank `rank`'s segment in job `job`.
-fn segment_path(job: u64, rank: usize) -> String {
-    format!("/dev/shm/{}", crate::wire::segment_name(job, rank))
-}
-
-/// A mapped segment. The mapping lives as long as this value.
-#[derive(Debug)]
-struct Segment {
-    base: NonNull<u8>,
-    len: usize,
-}
-
-impl Segment {
-    fn map(file: &File, len: usize, path: &str) -> Result<Segment> {
-        let size = std::num::NonZeroUsize::new(len).ok_or_else(|| Error::InvalidArgument("empty segment".into()))?;
-        // SAFETY: mapping a file we opened, shared, at a kernel-chosen address.
-        let base = unsafe {
-            mmap(
-                None,
-                size,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                file,
-                0,
-            )
-        }
-        .map_err(|e| Error::io(format!("mapping {path}"), e.into()))?;
-        Ok(Segment { base: base.cast(), len })
-    }
-
-    fn at<T>(&self, offset: usize) -> &T {
-        debug_assert!(offset + std::mem::size_of::<T>() <= self.len);
-        // SAFETY: the offset is inside the mapping and aligned (every offset
-        // used is a multiple of 8); atomics may alias shared memory.
-        unsafe { &*self.base.as_ptr().add(offset).cast::<T>() }
-    }
-
-    fn doorbell(&self) -> &AtomicU32 {
-        self.at(OFF_DOORBELL)
-    }
-
-    fn ring(&self, slot: usize, ring: usize) -> Ring {
-        let offset = HEADER + slot * (RING_CONTROL + ring);
-        assert!(
-            offset + RING_CONTROL + ring <= self.len,
-            "ring {slot} is outside the segment"
-        );
-        // SAFETY: inside the mapping, as just checked.
-        let control = unsafe { self.base.as_ptr().add(offset) };
-        Ring {
-            head: control.cast::<AtomicU64>(),
-            // SAFETY: inside the control block.
-            tail: unsafe { control.add(64) }.cast::<AtomicU64>(),
-            // SAFETY: the data follows the control block, inside the mapping.
-            data: unsafe { control.add(RING_CONTROL) },
-            capacity: ring,
-        }
-    }
-}
-
-impl Drop for Segment {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped; no reference into it
-        // outlives the mesh that owns the segments.
-        let _ = unsafe { munmap(self.base.cast(), self.len) };
-    }
-}
-
-/// One ring in a segment: a single producer advances `head`, a single
-/// consumer advances `tail`; both count bytes since the start.
-#[derive(Debug, Clone, Copy)]
-struct Ring {
-    head: *const AtomicU64,
-    tail: *const AtomicU64,
-    data: *mut u8,
-    capacity: usize,
-}
-
-impl Ring {
-    fn head(&self) -> &AtomicU64 {
-        // SAFETY: points into a live mapping (the mesh owns the segments).
-        unsafe { &*self.head }
-    }
-
-    fn tail(&self) -> &AtomicU64 {
-        // SAFETY: as above.
-        unsafe { &*self.tail }
-    }
-
-    /// Copies `bytes` into the ring at stream position `at` (wrapping).
-    fn put(&self, at: u64, bytes: &[u8]) {
-        let start = (at % self.capacity as u64) as usize;
-        let first = bytes.len().min(self.capacity - start);
-        // SAFETY: both pieces lie inside the ring's data area; the region is
-        // free (between head and tail + capacity), so the reader is not
-        // touching it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data.add(start), first);
-            std::ptr::copy_nonoverlapping(bytes.as_ptr().add(first), self.data, bytes.len() - first);
-        }
-    }
-
-    /// Copies bytes out of the ring from stream position `at` (wrapping).
-    fn take(&self, at: u64, out: &mut [u8]) {
-        let start = (at % self.capacity as u64) as usize;
-        let first = out.len().min(self.capacity - start);
-        // SAFETY: both pieces lie inside the data area and hold bytes the
-        // writer published before its Release store of `head`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.data.add(start), out.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(self.data, out.as_mut_ptr().add(first), out.len() - first);
-        }
-    }
-}
-
-/// Wakes the owner of `doorbell` if it sleeps. The fence orders our
-/// preceding store (head or tail) before the check.
-fn ring_doorbell(doorbell: &AtomicU32) {
-    fence(Ordering::SeqCst);
-    if doorbell.load(Ordering::Relaxed) == SLEEPING {
-        doorbell.store(AWAKE, Ordering::Relaxed);
-        futex_wake(doorbell);
-    }
-}
-
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE on a valid, aligned u32 in shared memory.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            i32::MAX,
-            0usize,
-            0usize,
-            0u32,
-        );
-    }
-}
-
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: t.subsec_nanos() as libc::c_long,
-    });
-    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: FUTEX_WAIT on a valid, aligned u32; the timeout outlives the
-    // call. EINTR, EAGAIN and ETIMEDOUT all just return to the caller.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            ts_ptr,
-            0usize,
-            0u32,
-        );
-    }
-}
 
 /// The link to one peer: the ring this rank writes in the peer's segment,
 /// and the ring the peer writes in this rank's segment.

@@ -20,7 +20,8 @@ use crate::auth::{self, Identity};
 use crate::error::{Error, Result};
 use crate::wire::Card;
 
-use super::stream::{Io, Link, Peer, Peers};
+use super::peers::Peers;
+use super::stream::{Io, Link, Peer};
 use super::{Delivery, Wait};
 
 /// How long start-up waits for a peer to connect or answer.

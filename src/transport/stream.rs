@@ -8,10 +8,10 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 
 use crate::error::{Error, Result};
-use crate::matching::{Envelope, Landing, ReceiveId};
+use crate::matching::{Envelope, Landing};
 use crate::wire::{HEADER_LEN, Header, Kind};
 
-use super::{Delivery, SendTicket};
+use super::Delivery;
 
 /// Bytes read from a link per call while parsing small frames; payloads
 /// larger than this are read straight into their buffer.
@@ -41,13 +41,13 @@ pub(crate) trait Link {
 /// The bytes of an outgoing frame: owned, or borrowed from a caller that
 /// waits until they are written (see [`Peers::queue_borrowed`]).
 #[derive(Debug)]
-enum Payload {
+pub(super) enum Payload {
     Owned(Vec<u8>),
     Borrowed(*const u8, usize),
 }
 
 impl Payload {
-    fn bytes(&self) -> &[u8] {
+    pub(super) fn bytes(&self) -> &[u8] {
         match self {
             Payload::Owned(v) => v,
             // SAFETY: a borrowed payload stays valid while it is queued: the
@@ -60,9 +60,9 @@ impl Payload {
 
 /// One outgoing frame and how much of it has been written.
 #[derive(Debug)]
-struct Outgoing {
+pub(super) struct Outgoing {
     header: [u8; HEADER_LEN],
-    payload: Payload,
+    pub(super) payload: Payload,
     written: usize,
 }
 
@@ -82,7 +82,7 @@ impl Drop for Outgoing {
 
 /// Where an incoming payload goes.
 #[derive(Debug)]
-enum Target {
+pub(super) enum Target {
     /// A buffer of its own, to deliver with the message.
     Owned(Vec<u8>),
     /// Straight into a claimed receive's buffer of at least `len` bytes.
@@ -91,11 +91,11 @@ enum Target {
 
 /// A frame being read: its header, and the payload so far.
 #[derive(Debug)]
-struct Incoming {
+pub(super) struct Incoming {
     header: Header,
-    target: Target,
-    len: usize,
-    filled: usize,
+    pub(super) target: Target,
+    pub(super) len: usize,
+    pub(super) filled: usize,
 }
 
 impl Incoming {
@@ -114,7 +114,7 @@ impl Incoming {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PeerState {
+pub(super) enum PeerState {
     Open,
     /// The peer said Bye: nothing more will come from it.
     Finished,
@@ -128,16 +128,16 @@ pub(crate) struct Peer<L> {
     rank: usize,
     name: String,
     pub link: L,
-    state: PeerState,
+    pub(super) state: PeerState,
     /// The link closed without a Bye: the peer died.
-    died: bool,
-    out: VecDeque<Outgoing>,
+    pub(super) died: bool,
+    pub(super) out: VecDeque<Outgoing>,
     /// Sequence number of the first frame in `out`; frames below are sent.
-    sent: u64,
-    queued: u64,
+    pub(super) sent: u64,
+    pub(super) queued: u64,
     staging: Vec<u8>,
-    staged: std::ops::Range<usize>,
-    incoming: Option<Incoming>,
+    pub(super) staged: std::ops::Range<usize>,
+    pub(super) incoming: Option<Incoming>,
 }
 
 impl<L: Link> Peer<L> {
@@ -167,7 +167,7 @@ impl<L: Link> Peer<L> {
         self.state != PeerState::Gone
     }
 
-    fn push(&mut self, header: [u8; HEADER_LEN], payload: Payload) -> u64 {
+    pub(super) fn push(&mut self, header: [u8; HEADER_LEN], payload: Payload) -> u64 {
         let seq = self.queued;
         self.queued += 1;
         self.out.push_back(Outgoing {
@@ -391,132 +391,3 @@ fn allocate(len: usize, from: &str) -> Result<Vec<u8>> {
 // SAFETY: borrowed payloads are only queued for the duration of a call on
 // the thread that owns the engine; nothing else reaches them.
 unsafe impl<L: Send> Send for Peer<L> {}
-
-/// The framed streams of one rank to all its peers, indexed by rank.
-#[derive(Debug)]
-pub(crate) struct Peers<L> {
-    pub me: usize,
-    pub list: Vec<Option<Peer<L>>>,
-    pub max_message: u64,
-}
-
-impl<L: Link> Peers<L> {
-    fn peer(&mut self, rank: usize) -> &mut Peer<L> {
-        match self.list[rank].as_mut() {
-            Some(p) => p,
-            None => unreachable!("rank {} has no link to itself", self.me),
-        }
-    }
-
-    /// Queues a frame for `dest` and tries to write it at once.
-    pub fn queue(&mut self, dest: usize, header: Header, payload: Vec<u8>) -> Result<SendTicket> {
-        let peer = self.peer(dest);
-        if peer.state == PeerState::Gone {
-            return Err(Error::PeerGone { rank: dest });
-        }
-        let seq = peer.push(header.encode(), Payload::Owned(payload));
-        peer.flush()?;
-        Ok(SendTicket { dest, seq })
-    }
-
-    /// Queues a frame whose payload stays in the caller's memory, and tries
-    /// to write it at once.
-    ///
-    /// # Safety
-    ///
-    /// `payload` must stay valid until the frame is sent ([`Peers::is_sent`])
-    /// or the caller has called [`Peers::own`] for the ticket.
-    pub unsafe fn queue_borrowed(&mut self, dest: usize, header: Header, payload: &[u8]) -> Result<SendTicket> {
-        let peer = self.peer(dest);
-        if peer.state == PeerState::Gone {
-            return Err(Error::PeerGone { rank: dest });
-        }
-        let seq = peer.push(header.encode(), Payload::Borrowed(payload.as_ptr(), payload.len()));
-        let ticket = SendTicket { dest, seq };
-        if let Err(e) = peer.flush() {
-            self.own(ticket);
-            return Err(e);
-        }
-        Ok(ticket)
-    }
-
-    /// Redirects a claimed message still being read into a buffer of its
-    /// own (copying what has landed), so the receive's buffer is free again.
-    pub fn detach(&mut self, id: ReceiveId) {
-        for p in self.list.iter_mut().flatten() {
-            let Some(inc) = p.incoming.as_mut() else { continue };
-            if let Target::Landing(l) = inc.target {
-                if l.id == id {
-                    let mut owned = vec![0u8; inc.len];
-                    // SAFETY: the buffer is still valid (the receive is
-                    // detaching before it ends) and `filled` bytes landed.
-                    let landed = unsafe { std::slice::from_raw_parts(l.ptr, inc.filled) };
-                    owned[..inc.filled].copy_from_slice(landed);
-                    inc.target = Target::Owned(owned);
-                }
-            }
-        }
-    }
-
-    /// Copies a borrowed payload that is still queued, so the caller's
-    /// borrow can end.
-    pub fn own(&mut self, ticket: SendTicket) {
-        let Some(peer) = self.list[ticket.dest].as_mut() else {
-            return;
-        };
-        let Some(index) = ticket.seq.checked_sub(peer.sent) else {
-            return;
-        };
-        if let Some(o) = peer.out.get_mut(index as usize) {
-            if let Payload::Borrowed(..) = o.payload {
-                o.payload = Payload::Owned(crate::pool::copy_of(o.payload.bytes()));
-            }
-        }
-    }
-
-    /// True once the frame has been written in full.
-    pub fn is_sent(&self, ticket: SendTicket) -> bool {
-        self.list[ticket.dest].as_ref().is_none_or(|p| ticket.seq < p.sent)
-    }
-
-    /// True if `rank` can send nothing more.
-    pub fn is_gone(&self, rank: usize) -> bool {
-        self.list[rank]
-            .as_ref()
-            .is_none_or(|p| p.state != PeerState::Open && p.incoming.is_none() && p.staged.is_empty())
-    }
-
-    /// True if `rank` vanished without saying goodbye.
-    pub fn died(&self, rank: usize) -> bool {
-        self.list[rank].as_ref().is_some_and(|p| p.died)
-    }
-
-    /// True if nothing more can be sent to `rank`.
-    pub fn is_closed(&self, rank: usize) -> bool {
-        self.list[rank].as_ref().is_none_or(|p| p.state == PeerState::Gone)
-    }
-
-    /// Writes what can be written to every peer; true if anything was.
-    pub fn flush_all(&mut self) -> Result<bool> {
-        let mut wrote = false;
-        for p in self.list.iter_mut().flatten() {
-            wrote |= p.flush()?;
-        }
-        Ok(wrote)
-    }
-
-    /// True if some open peer still has queued output.
-    pub fn pending_output(&self) -> bool {
-        self.list.iter().flatten().any(Peer::has_output)
-    }
-
-    /// Queues a Bye to every peer whose link is open.
-    pub fn queue_byes(&mut self) {
-        let me = self.me as u32;
-        for p in self.list.iter_mut().flatten() {
-            if p.state != PeerState::Gone {
-                p.push(Header::plain(Kind::Bye, me, 0).encode(), Payload::Owned(Vec::new()));
-            }
-        }
-    }
-}

@@ -1,0 +1,138 @@
+//! The table of a rank's framed streams to all its peers: queueing frames
+//! (owned or borrowed), and the state of each peer as the engine asks it.
+
+use crate::error::{Error, Result};
+use crate::matching::ReceiveId;
+use crate::wire::{Header, Kind};
+
+use super::SendTicket;
+use super::stream::{Link, Payload, Peer, PeerState, Target};
+
+/// The framed streams of one rank to all its peers, indexed by rank.
+#[derive(Debug)]
+pub(crate) struct Peers<L> {
+    pub me: usize,
+    pub list: Vec<Option<Peer<L>>>,
+    pub max_message: u64,
+}
+
+impl<L: Link> Peers<L> {
+    fn peer(&mut self, rank: usize) -> &mut Peer<L> {
+        match self.list[rank].as_mut() {
+            Some(p) => p,
+            None => unreachable!("rank {} has no link to itself", self.me),
+        }
+    }
+
+    /// Queues a frame for `dest` and tries to write it at once.
+    pub fn queue(&mut self, dest: usize, header: Header, payload: Vec<u8>) -> Result<SendTicket> {
+        let peer = self.peer(dest);
+        if peer.state == PeerState::Gone {
+            return Err(Error::PeerGone { rank: dest });
+        }
+        let seq = peer.push(header.encode(), Payload::Owned(payload));
+        peer.flush()?;
+        Ok(SendTicket { dest, seq })
+    }
+
+    /// Queues a frame whose payload stays in the caller's memory, and tries
+    /// to write it at once.
+    ///
+    /// # Safety
+    ///
+    /// `payload` must stay valid until the frame is sent ([`Peers::is_sent`])
+    /// or the caller has called [`Peers::own`] for the ticket.
+    pub unsafe fn queue_borrowed(&mut self, dest: usize, header: Header, payload: &[u8]) -> Result<SendTicket> {
+        let peer = self.peer(dest);
+        if peer.state == PeerState::Gone {
+            return Err(Error::PeerGone { rank: dest });
+        }
+        let seq = peer.push(header.encode(), Payload::Borrowed(payload.as_ptr(), payload.len()));
+        let ticket = SendTicket { dest, seq };
+        if let Err(e) = peer.flush() {
+            self.own(ticket);
+            return Err(e);
+        }
+        Ok(ticket)
+    }
+
+    /// Redirects a claimed message still being read into a buffer of its
+    /// own (copying what has landed), so the receive's buffer is free again.
+    pub fn detach(&mut self, id: ReceiveId) {
+        for p in self.list.iter_mut().flatten() {
+            let Some(inc) = p.incoming.as_mut() else { continue };
+            if let Target::Landing(l) = inc.target {
+                if l.id == id {
+                    let mut owned = vec![0u8; inc.len];
+                    // SAFETY: the buffer is still valid (the receive is
+                    // detaching before it ends) and `filled` bytes landed.
+                    let landed = unsafe { std::slice::from_raw_parts(l.ptr, inc.filled) };
+                    owned[..inc.filled].copy_from_slice(landed);
+                    inc.target = Target::Owned(owned);
+                }
+            }
+        }
+    }
+
+    /// Copies a borrowed payload that is still queued, so the caller's
+    /// borrow can end.
+    pub fn own(&mut self, ticket: SendTicket) {
+        let Some(peer) = self.list[ticket.dest].as_mut() else {
+            return;
+        };
+        let Some(index) = ticket.seq.checked_sub(peer.sent) else {
+            return;
+        };
+        if let Some(o) = peer.out.get_mut(index as usize) {
+            if let Payload::Borrowed(..) = o.payload {
+                o.payload = Payload::Owned(crate::pool::copy_of(o.payload.bytes()));
+            }
+        }
+    }
+
+    /// True once the frame has been written in full.
+    pub fn is_sent(&self, ticket: SendTicket) -> bool {
+        self.list[ticket.dest].as_ref().is_none_or(|p| ticket.seq < p.sent)
+    }
+
+    /// True if `rank` can send nothing more.
+    pub fn is_gone(&self, rank: usize) -> bool {
+        self.list[rank]
+            .as_ref()
+            .is_none_or(|p| p.state != PeerState::Open && p.incoming.is_none() && p.staged.is_empty())
+    }
+
+    /// True if `rank` vanished without saying goodbye.
+    pub fn died(&self, rank: usize) -> bool {
+        self.list[rank].as_ref().is_some_and(|p| p.died)
+    }
+
+    /// True if nothing more can be sent to `rank`.
+    pub fn is_closed(&self, rank: usize) -> bool {
+        self.list[rank].as_ref().is_none_or(|p| p.state == PeerState::Gone)
+    }
+
+    /// Writes what can be written to every peer; true if anything was.
+    pub fn flush_all(&mut self) -> Result<bool> {
+        let mut wrote = false;
+        for p in self.list.iter_mut().flatten() {
+            wrote |= p.flush()?;
+        }
+        Ok(wrote)
+    }
+
+    /// True if some open peer still has queued output.
+    pub fn pending_output(&self) -> bool {
+        self.list.iter().flatten().any(Peer::has_output)
+    }
+
+    /// Queues a Bye to every peer whose link is open.
+    pub fn queue_byes(&mut self) {
+        let me = self.me as u32;
+        for p in self.list.iter_mut().flatten() {
+            if p.state != PeerState::Gone {
+                p.push(Header::plain(Kind::Bye, me, 0).encode(), Payload::Owned(Vec::new()));
+            }
+        }
+    }
+}
