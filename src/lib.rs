@@ -93,6 +93,12 @@ mod tests {
     use super::balance;
 
     #[test]
+    fn the_handle_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<super::World>();
+    }
+
+    #[test]
     fn balance_covers_everything_once_and_evenly() {
         for n in 0..50 {
             for size in 1..9 {

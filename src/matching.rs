@@ -152,12 +152,19 @@ pub(crate) struct Buffer {
     pub len: usize,
 }
 
+// SAFETY: a buffer is only reachable while the receive that lent it waits,
+// on the thread that owns the engine.
+unsafe impl Send for Buffer {}
+
 /// Where a transport writes a claimed message's payload.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Landing {
     pub id: ReceiveId,
     pub ptr: *mut u8,
 }
+
+// SAFETY: as for `Buffer`.
+unsafe impl Send for Landing {}
 
 /// What a transport hands arrived messages to.
 pub(crate) trait Sink {

@@ -2,6 +2,7 @@
 //! out, messages come in and waits complete. It joins the matching engine
 //! to the transport, and knows when a wait can never end.
 
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -90,9 +91,11 @@ impl Engine {
         // SAFETY: `payload` outlives this call, and before returning the
         // frame is either sent or made owned.
         let ticket = unsafe { self.transport.queue_borrowed(dest, header, payload) }.map_err(|e| self.lost(e))?;
-        let result = self.wait_sent(Some(ticket), dest);
+        // Whatever happens, even a panic, the queue must not keep pointing
+        // into `payload` once this call ends.
+        let result = catch_unwind(AssertUnwindSafe(|| self.wait_sent(Some(ticket), dest)));
         self.transport.own(ticket);
-        result
+        result.unwrap_or_else(|panic| resume_unwind(panic))
     }
 
     pub fn is_sent(&mut self, sent: Sent) -> Result<bool> {
@@ -158,13 +161,13 @@ impl Engine {
             len: buf.len(),
         };
         let id = self.matcher.post_into(sel, Some(buffer));
-        let result = self.wait_receive(id, None);
-        if result.is_err() {
+        let result = catch_unwind(AssertUnwindSafe(|| self.wait_receive(id, None)));
+        if !matches!(result, Ok(Ok(_))) {
             // `buf` is about to be released: nothing may write into it.
             self.transport.detach(id);
             self.matcher.cancel(id);
         }
-        result
+        result.unwrap_or_else(|panic| resume_unwind(panic))
     }
 
     /// Waits for a posted receive; `None` waits for ever.
