@@ -36,6 +36,9 @@ const SPIN: Duration = Duration::from_millis(1);
 /// more ranks than cores: handing the core to the peer it waits for costs a
 /// few microseconds, a futex wake-up tens.
 const YIELD: Duration = Duration::from_micros(500);
+/// A large write makes its bytes visible to the reader every this many
+/// bytes, so that copying in and copying out overlap.
+const PUBLISH_EVERY: usize = 4 << 10;
 /// How long start-up waits for every peer to map this rank's segment.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -72,29 +75,41 @@ impl RingLink {
 impl Link for RingLink {
     fn write(&mut self, iov: &[IoSlice<'_>]) -> Result<Io> {
         let cap = self.tx.capacity as u64;
-        if self.tx_tail_seen + cap == self.tx_head {
+        let wanted: usize = iov.iter().map(|s| s.len()).sum();
+        if ((self.tx_tail_seen + cap - self.tx_head) as usize) < wanted {
             self.tx_tail_seen = self.tx.tail().load(Ordering::Acquire);
         }
         let mut room = (self.tx_tail_seen + cap - self.tx_head) as usize;
-        if room == 0 {
+        if room == 0 || wanted == 0 {
             return Ok(Io::WouldBlock);
         }
         let mut wrote = 0;
+        let mut published = 0;
         for slice in iov {
+            let mut slice: &[u8] = slice;
+            while room > 0 && !slice.is_empty() {
+                // Publish large writes piece by piece, so the reader copies
+                // out the start while the rest is still being copied in.
+                let n = slice.len().min(room).min(PUBLISH_EVERY);
+                self.tx.put(self.tx_head + wrote as u64, &slice[..n]);
+                wrote += n;
+                room -= n;
+                slice = &slice[n..];
+                if wrote - published >= PUBLISH_EVERY {
+                    self.tx.head().store(self.tx_head + wrote as u64, Ordering::Release);
+                    ring_doorbell(self.peer_doorbell());
+                    published = wrote;
+                }
+            }
             if room == 0 {
                 break;
             }
-            let n = slice.len().min(room);
-            self.tx.put(self.tx_head + wrote as u64, &slice[..n]);
-            wrote += n;
-            room -= n;
-        }
-        if wrote == 0 {
-            return Ok(Io::WouldBlock);
         }
         self.tx_head += wrote as u64;
-        self.tx.head().store(self.tx_head, Ordering::Release);
-        ring_doorbell(self.peer_doorbell());
+        if published != wrote {
+            self.tx.head().store(self.tx_head, Ordering::Release);
+            ring_doorbell(self.peer_doorbell());
+        }
         Ok(Io::Done(wrote))
     }
 
