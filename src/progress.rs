@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::matching::{Buffer, Envelope, Matcher, ReceiveId, Selector, Status};
-use crate::transport::{SendTicket, Transport, Wait};
+use crate::transport::{Fold, SendTicket, Transport, Wait};
 use crate::wire::{Context, Header, Kind};
 
 /// A queued send: `None` when it went to this rank itself and is done.
@@ -257,6 +257,14 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Runs a node-wide collective in shared memory, if the transport can.
+    pub fn node_collective(&mut self, mine: &[u8], fold: &mut Fold<'_>) -> Option<Result<Vec<u8>>> {
+        if self.size < 2 {
+            return None;
+        }
+        self.transport.node_collective(&mut self.matcher, mine, fold)
     }
 
     /// Flushes every send and tells the peers this rank is done.

@@ -117,6 +117,31 @@ fn chunkwise<E: Pod, O: Op<E>>(op: &O) -> impl Fn(&mut [u8], &[u8]) + '_ {
     }
 }
 
+/// Folds every rank's plain numbers, in rank order, for a node-wide
+/// collective.
+fn node_fold<'a, E: Pod, O: Op<E>>(op: &'a O, what: &'static str) -> impl FnMut(&[&[u8]]) -> Result<Vec<u8>> + 'a {
+    move |parts| {
+        let Some((first, rest)) = parts.split_first() else {
+            return Ok(Vec::new());
+        };
+        let mut acc: Vec<E> = typed(first);
+        for part in rest {
+            if part.len() != first.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "{what}: ranks gave slices of different lengths ({} and {} bytes)",
+                    first.len(),
+                    part.len()
+                )));
+            }
+            let other: Vec<E> = typed(part);
+            for (a, b) in acc.iter_mut().zip(&other) {
+                *a = op.combine(a, b);
+            }
+        }
+        Ok(bytemuck::cast_slice(&acc).to_vec())
+    }
+}
+
 /// Plain numbers copied out of bytes that may not be aligned for them.
 fn typed<E: Pod>(bytes: &[u8]) -> Vec<E> {
     let mut out = vec![E::zeroed(); bytes.len() / std::mem::size_of::<E>().max(1)];
@@ -166,7 +191,11 @@ fn copy_chunks<E: Pod>(chunks: Vec<Vec<E>>, out: &mut [E], what: &str) -> Result
 impl World {
     /// Waits until every rank has called `barrier`.
     pub fn barrier(&self) -> Result<()> {
-        self.barrier_impl()
+        let node = self.engine().node_collective(&[], &mut |_| Ok(Vec::new()));
+        match node {
+            Some(done) => done.map(|_| ()),
+            None => self.barrier_impl(),
+        }
     }
 
     /// Gives every rank the root's `value`: on the root it is read, on the
@@ -338,6 +367,12 @@ impl World {
     /// ```
     pub fn allreduce_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>) -> Result<()> {
         check_len("allreduce_into", "the receive buffer", recv.len(), send.len())?;
+        let node = self
+            .engine()
+            .node_collective(crate::message::pod_bytes(send), &mut node_fold(op, "allreduce_into"));
+        if let Some(result) = node {
+            return copy_result(result?, recv, "allreduce_into");
+        }
         let mine = crate::message::pod_copy(send);
         let result = if op.is_commutative() && self.size() > 2 && mine.len() >= ring::RING_THRESHOLD {
             self.ring_allreduce(mine, std::mem::size_of::<E>(), &chunkwise(op))?

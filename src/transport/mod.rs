@@ -7,12 +7,14 @@ use crate::error::{Error, Result};
 use crate::matching::{ReceiveId, Sink};
 use crate::wire::Header;
 
+mod node;
 mod peers;
 mod segment;
 mod shm;
 mod socket;
 mod stream;
 
+pub(crate) use node::{Fold, NODE_PART_MAX};
 use shm::{ShmListener, ShmMesh};
 use socket::{Listener, SocketMesh};
 
@@ -177,6 +179,20 @@ impl Transport {
             Transport::Alone => Ok(()),
             Transport::Socket(m) => m.progress(deliver, wait),
             Transport::Shm(m) => m.progress(deliver, wait),
+        }
+    }
+
+    /// Runs a node-wide collective in shared memory if this transport can
+    /// (every rank on one node, over shared memory); `None` if it cannot.
+    pub fn node_collective(
+        &mut self,
+        deliver: &mut Delivery<'_>,
+        mine: &[u8],
+        fold: &mut Fold<'_>,
+    ) -> Option<Result<Vec<u8>>> {
+        match self {
+            Transport::Shm(m) if mine.len() <= NODE_PART_MAX => Some(m.node_collective(deliver, mine, fold)),
+            _ => None,
         }
     }
 

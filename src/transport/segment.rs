@@ -45,7 +45,89 @@ pub(super) fn ring_bytes(local: usize) -> usize {
 }
 
 pub(super) fn segment_len(size: usize, ring: usize) -> usize {
+    rings_end(size, ring) + area_len(size)
+}
+
+fn rings_end(size: usize, ring: usize) -> usize {
     HEADER + size * (RING_CONTROL + ring)
+}
+
+/// The node-wide collective area (used in rank 0's segment only): an
+/// arrival counter and a generation, each on its own cache line, then two
+/// sets (alternating between calls) of one slot per rank and one result
+/// slot. A slot is a 4-byte length and up to [`SLOT_DATA`] bytes.
+const AREA_CONTROL: usize = 128;
+const SLOT: usize = 256;
+/// The most bytes a rank contributes to a node-wide collective.
+pub(super) const SLOT_DATA: usize = SLOT - 8;
+
+fn area_len(size: usize) -> usize {
+    AREA_CONTROL + 2 * (size + 1) * SLOT
+}
+
+/// The node-wide collective area of a mapped segment.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Area {
+    base: *mut u8,
+    size: usize,
+}
+
+impl Area {
+    pub(super) fn arrived(&self) -> &AtomicU32 {
+        // SAFETY: inside the mapping, aligned.
+        unsafe { &*self.base.cast::<AtomicU32>() }
+    }
+
+    pub(super) fn generation(&self) -> &AtomicU32 {
+        // SAFETY: inside the mapping, aligned, on its own cache line.
+        unsafe { &*self.base.add(64).cast::<AtomicU32>() }
+    }
+
+    fn slot_ptr(&self, set: usize, index: usize) -> *mut u8 {
+        debug_assert!(index <= self.size);
+        // SAFETY: within the area: set < 2, index <= size.
+        unsafe {
+            self.base
+                .add(AREA_CONTROL + ((set % 2) * (self.size + 1) + index) * SLOT)
+        }
+    }
+
+    /// Writes `bytes` (at most SLOT_DATA) into slot `index` of `set`; index
+    /// `size` is the result slot.
+    pub(super) fn put(&self, set: usize, index: usize, bytes: &[u8]) {
+        let len = bytes.len().min(SLOT_DATA);
+        let p = self.slot_ptr(set, index);
+        // SAFETY: the slot is inside the area and only its owner writes it
+        // while the collective is in this phase.
+        unsafe {
+            p.cast::<u32>().write(len as u32);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.add(8), len);
+        }
+    }
+
+    /// Marks the result slot of `set` as failed.
+    pub(super) fn put_failed(&self, set: usize) {
+        // SAFETY: as for `put`; the result slot is the last of the set.
+        unsafe { self.slot_ptr(set, self.size).cast::<u32>().write(u32::MAX) }
+    }
+
+    /// The result of `set`, unless it was marked as failed.
+    pub(super) fn result(&self, set: usize) -> Option<&[u8]> {
+        // SAFETY: as for `get`.
+        let len = unsafe { self.slot_ptr(set, self.size).cast::<u32>().read() };
+        (len != u32::MAX).then(|| self.get(set, self.size))
+    }
+
+    /// The bytes in slot `index` of `set`.
+    pub(super) fn get(&self, set: usize, index: usize) -> &[u8] {
+        let p = self.slot_ptr(set, index);
+        // SAFETY: read after the Acquire that ordered the writer's Release;
+        // the length is clamped to the slot.
+        unsafe {
+            let len = (p.cast::<u32>().read() as usize).min(SLOT_DATA);
+            std::slice::from_raw_parts(p.add(8), len)
+        }
+    }
 }
 
 /// The path of rank `rank`'s segment in job `job`.
@@ -87,6 +169,21 @@ impl Segment {
 
     pub(super) fn doorbell(&self) -> &AtomicU32 {
         self.at(OFF_DOORBELL)
+    }
+
+    /// The node-wide collective area of a segment laid out for `size` ranks
+    /// with rings of `ring` bytes.
+    pub(super) fn area(&self, size: usize, ring: usize) -> Area {
+        let offset = rings_end(size, ring);
+        assert!(
+            offset + area_len(size) <= self.len,
+            "the collective area is outside the segment"
+        );
+        Area {
+            // SAFETY: inside the mapping, as just checked.
+            base: unsafe { self.base.as_ptr().add(offset) },
+            size,
+        }
     }
 
     pub(super) fn ring(&self, slot: usize, ring: usize) -> Ring {
@@ -159,6 +256,17 @@ impl Ring {
         unsafe {
             std::ptr::copy_nonoverlapping(self.data.add(start), out.as_mut_ptr(), first);
             std::ptr::copy_nonoverlapping(self.data, out.as_mut_ptr().add(first), out.len() - first);
+        }
+    }
+}
+
+/// Wakes the owners of all the doorbells that sleep, after one fence.
+pub(super) fn ring_doorbells<'a>(doorbells: impl Iterator<Item = &'a AtomicU32>) {
+    fence(Ordering::SeqCst);
+    for bell in doorbells {
+        if bell.load(Ordering::Relaxed) == SLEEPING {
+            bell.store(AWAKE, Ordering::Relaxed);
+            futex_wake(bell);
         }
     }
 }

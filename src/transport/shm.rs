@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::wire::Card;
 
 use super::segment::{
-    AWAKE, MAGIC, OFF_ATTACHED, OFF_MAGIC, OFF_RING_BYTES, Ring, SLEEPING, Segment, futex_wait, ring_bytes,
+    AWAKE, Area, MAGIC, OFF_ATTACHED, OFF_MAGIC, OFF_RING_BYTES, Ring, SLEEPING, Segment, futex_wait, ring_bytes,
     ring_doorbell, segment_len, segment_path,
 };
 
@@ -187,6 +187,12 @@ pub(crate) struct ShmMesh {
     own: ShmListener,
     /// Keeps the peers' mappings alive for the links' pointers.
     _mapped: Vec<Segment>,
+    /// The node-wide collective area, in rank 0's segment.
+    pub(super) area: Area,
+    /// Every peer's doorbell, rung when a node-wide collective completes.
+    pub(super) bells: Vec<*const AtomicU32>,
+    /// Node-wide collectives completed so far (the same on every rank).
+    pub(super) calls: u32,
     /// How long to poll before sleeping, and whether to yield the core
     /// between polls (more ranks than cores) or spin on it.
     poll_for: Duration,
@@ -203,6 +209,8 @@ impl ShmMesh {
         let size = cards.len();
         let mut mapped = Vec::with_capacity(size.saturating_sub(1));
         let mut list: Vec<Option<Peer<RingLink>>> = (0..size).map(|_| None).collect();
+        let mut bells = Vec::with_capacity(size);
+        let mut area = (me == 0).then(|| own.segment.area(size, own.ring));
         for (rank, card) in cards.iter().enumerate() {
             if rank == me {
                 continue;
@@ -249,6 +257,10 @@ impl ShmMesh {
             seg.at::<AtomicU32>(OFF_ATTACHED).fetch_add(1, Ordering::AcqRel);
             ring_doorbell(seg.doorbell());
             list[rank] = Some(Peer::new(rank, link));
+            bells.push(seg.doorbell() as *const AtomicU32);
+            if rank == 0 {
+                area = Some(seg.area(size, own.ring));
+            }
             mapped.push(seg);
         }
         // Wait until every peer has mapped this segment, then unlink it so
@@ -276,10 +288,20 @@ impl ShmMesh {
         }
         let _ = std::fs::remove_file(&own.path);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let Some(area) = area else {
+            return Err(Error::protocol(
+                "the launcher",
+                "table",
+                "rank 0 has no shared-memory segment",
+            ));
+        };
         Ok(ShmMesh {
             peers: Peers { me, list, max_message },
             own,
             _mapped: mapped,
+            area,
+            bells,
+            calls: 0,
             // With more ranks than cores, spinning would steal the core a
             // peer needs: yield it instead.
             poll_for: if size > cores { YIELD } else { SPIN },
@@ -296,7 +318,7 @@ impl ShmMesh {
             .any(|p| p.is_open() && (p.link.readable() || (p.has_output() && p.link.writable())))
     }
 
-    fn move_bytes(&mut self, deliver: &mut Delivery<'_>) -> Result<bool> {
+    pub(super) fn move_bytes(&mut self, deliver: &mut Delivery<'_>) -> Result<bool> {
         let mut moved = self.peers.flush_all()?;
         let max = self.peers.max_message;
         for p in self.peers.list.iter_mut().flatten() {
@@ -319,40 +341,43 @@ impl ShmMesh {
             if self.move_bytes(deliver)? {
                 return Ok(());
             }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(());
             }
-            // Poll a while.
-            let poll_until = now + self.poll_for;
-            let mut ready = false;
-            let mut polls = 0u32;
-            while !ready {
-                if self.yield_between_polls {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
-                ready = self.anything_ready();
-                polls = polls.wrapping_add(1);
-                // Reading the clock costs more than a poll: not every time.
-                if (self.yield_between_polls || polls % 128 == 0) && Instant::now() >= poll_until {
-                    break;
-                }
-            }
-            if ready {
-                continue;
-            }
-            // Sleep until a peer rings.
-            let bell = self.own.segment.doorbell();
-            bell.store(SLEEPING, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            if !self.anything_ready() {
-                let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                futex_wait(bell, SLEEPING, timeout);
-            }
-            bell.store(AWAKE, Ordering::Relaxed);
+            self.idle(deadline, &|_| false);
         }
+    }
+
+    /// Waits, without moving bytes, until a link is ready, `woken` says so,
+    /// or the deadline passes: polls a while, then sleeps on the doorbell.
+    pub(super) fn idle(&self, deadline: Option<Instant>, woken: &dyn Fn(&ShmMesh) -> bool) {
+        let ready = || self.anything_ready() || woken(self);
+        let poll_until = Instant::now() + self.poll_for;
+        let mut polls = 0u32;
+        loop {
+            if self.yield_between_polls {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+            if ready() {
+                return;
+            }
+            polls = polls.wrapping_add(1);
+            // Reading the clock costs more than a poll: not every time.
+            if (self.yield_between_polls || polls % 128 == 0) && Instant::now() >= poll_until {
+                break;
+            }
+        }
+        // Sleep until somebody rings.
+        let bell = self.own.segment.doorbell();
+        bell.store(SLEEPING, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !ready() {
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            futex_wait(bell, SLEEPING, timeout);
+        }
+        bell.store(AWAKE, Ordering::Relaxed);
     }
 
     /// Sends everything queued and says Bye to every peer.

@@ -1,0 +1,71 @@
+//! Collectives done in place in shared memory by all the ranks of a node at
+//! once: each rank writes its part into its slot in rank 0's segment and
+//! arrives; the last to arrive combines the parts in rank order, publishes
+//! the result and wakes the others. Every rank waits once, instead of once
+//! per round of a tree, which is what counts when ranks outnumber cores.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::error::{Error, Result};
+
+use super::Delivery;
+use super::segment::{SLOT_DATA, ring_doorbells};
+use super::shm::ShmMesh;
+
+/// The most bytes a rank may contribute to a node-wide collective.
+pub(crate) const NODE_PART_MAX: usize = SLOT_DATA;
+
+/// Combines the parts of all ranks, in rank order, into the result.
+pub(crate) type Fold<'a> = dyn FnMut(&[&[u8]]) -> Result<Vec<u8>> + 'a;
+
+impl ShmMesh {
+    /// Runs one node-wide collective with this rank's part `mine` (at most
+    /// [`NODE_PART_MAX`] bytes); returns the folded result. Keeps moving
+    /// point-to-point bytes while it waits, so a peer blocked in a send to
+    /// this rank can finish and arrive.
+    pub fn node_collective(&mut self, deliver: &mut Delivery<'_>, mine: &[u8], fold: &mut Fold<'_>) -> Result<Vec<u8>> {
+        if mine.len() > NODE_PART_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "a node-wide part of {} bytes is more than {NODE_PART_MAX}",
+                mine.len()
+            )));
+        }
+        let n = self.peers.list.len() as u32;
+        let set = self.calls as usize % 2;
+        let target = self.calls.wrapping_add(1);
+        self.calls = target;
+        let area = self.area;
+        area.put(set, self.peers.me, mine);
+        if area.arrived().fetch_add(1, Ordering::AcqRel) + 1 == n {
+            // Last to arrive: every part is written (the arrivals' Release
+            // ordered them before our Acquire).
+            let parts: Vec<&[u8]> = (0..n as usize).map(|r| area.get(set, r)).collect();
+            let result = fold(&parts);
+            match &result {
+                Ok(bytes) if bytes.len() <= SLOT_DATA => area.put(set, n as usize, bytes),
+                _ => area.put_failed(set),
+            }
+            area.arrived().store(0, Ordering::Relaxed);
+            area.generation().store(target, Ordering::Release);
+            // SAFETY: the doorbells point into mappings the mesh keeps alive.
+            ring_doorbells(self.bells.iter().map(|b| unsafe { &**b }));
+            return result;
+        }
+        let done = |mesh: &ShmMesh| mesh.area.generation().load(Ordering::Acquire) == target;
+        while !done(self) {
+            if !self.move_bytes(deliver)? {
+                self.idle(None, &done);
+            }
+        }
+        match area.result(set) {
+            Some(bytes) => Ok(bytes.to_vec()),
+            None => Err(Error::InvalidArgument(
+                "a node-wide collective failed on the rank that combined it (do all ranks pass the same lengths?)"
+                    .into(),
+            )),
+        }
+    }
+}
+
+// The area's counters are plain atomics in shared memory.
+const _: () = assert!(std::mem::size_of::<AtomicU32>() == 4);
