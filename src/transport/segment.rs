@@ -57,7 +57,7 @@ fn rings_end(size: usize, ring: usize) -> usize {
 /// sets (alternating between calls) of one slot per rank and one result
 /// slot. A slot is a 4-byte length and up to [`SLOT_DATA`] bytes.
 const AREA_CONTROL: usize = 128;
-const SLOT: usize = 256;
+const SLOT: usize = 4096;
 /// The most bytes a rank contributes to a node-wide collective.
 pub(super) const SLOT_DATA: usize = SLOT - 8;
 
