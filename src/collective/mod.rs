@@ -373,12 +373,14 @@ impl World {
         if let Some(result) = node {
             return copy_result(result?, recv, "allreduce_into");
         }
+        let bytes = std::mem::size_of_val(send);
+        if op.is_commutative() && self.size() > 2 && bytes >= ring::RING_THRESHOLD {
+            // In place in the caller's buffer: no copy but the first.
+            recv.copy_from_slice(send);
+            return self.ring_allreduce(bytemuck::cast_slice_mut(recv), std::mem::size_of::<E>(), &chunkwise(op));
+        }
         let mine = crate::message::pod_copy(send);
-        let result = if op.is_commutative() && self.size() > 2 && mine.len() >= ring::RING_THRESHOLD {
-            self.ring_allreduce(mine, std::mem::size_of::<E>(), &chunkwise(op))?
-        } else {
-            self.allreduce_value(&RawCodec, mine, &elementwise(op, "allreduce_into"))?
-        };
+        let result = self.allreduce_value(&RawCodec, mine, &elementwise(op, "allreduce_into"))?;
         copy_result(result, recv, "allreduce_into")
     }
 

@@ -40,13 +40,9 @@ impl World {
         self.engine().send_now(dest, Context::Collective, tag, Kind::Raw, chunk)
     }
 
-    /// Ring allreduce of `acc`, a vector of `element`-byte numbers.
-    pub(crate) fn ring_allreduce(
-        &self,
-        mut acc: Vec<u8>,
-        element: usize,
-        combine: &CombineChunk<'_>,
-    ) -> Result<Vec<u8>> {
+    /// Ring allreduce, in place, of `acc`: a vector of `element`-byte
+    /// numbers that holds this rank's part on entry and the result on exit.
+    pub(crate) fn ring_allreduce(&self, acc: &mut [u8], element: usize, combine: &CombineChunk<'_>) -> Result<()> {
         let (n, r) = (self.size(), self.rank());
         let count = acc.len() / element.max(1);
         let chunk = |c: usize| {
@@ -73,6 +69,6 @@ impl World {
             self.send_chunk(right, t, &acc[out])?;
             self.receive_chunk(left, t, &mut acc[into])?;
         }
-        Ok(acc)
+        Ok(())
     }
 }
