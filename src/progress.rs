@@ -98,6 +98,26 @@ impl Engine {
         result.unwrap_or_else(|panic| resume_unwind(panic))
     }
 
+    /// Starts a send without waiting: writes what fits now straight from
+    /// `payload`, and copies only the rest to be written later.
+    pub fn send_eager(&mut self, dest: usize, context: Context, tag: u32, kind: Kind, payload: &[u8]) -> Result<Sent> {
+        self.check_rank(dest)?;
+        if dest == self.me {
+            return self.send(dest, context, tag, kind, payload.to_vec());
+        }
+        let header = Header {
+            kind,
+            source: self.me as u32,
+            tag,
+            context,
+            len: payload.len() as u64,
+        };
+        // SAFETY: the frame is made owned before this call returns.
+        let ticket = unsafe { self.transport.queue_borrowed(dest, header, payload) }.map_err(|e| self.lost(e))?;
+        self.transport.own(ticket);
+        Ok(Some(ticket))
+    }
+
     pub fn is_sent(&mut self, sent: Sent) -> Result<bool> {
         match sent {
             None => Ok(true),

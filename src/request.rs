@@ -140,7 +140,16 @@ impl World {
 
     /// Starts sending a slice of plain numbers to `dest` with tag `tag`.
     pub fn immediate_send_slice<T: Pod>(&self, data: &[T], dest: usize, tag: u32) -> Result<SendRequest<'_>> {
-        self.immediate_bytes(dest, tag, Kind::Raw, message::pod_copy(data))
+        self.check_rank(dest)?;
+        // What fits now goes straight out; only the rest is copied.
+        let sent = self
+            .engine()
+            .send_eager(dest, Context::User, tag, Kind::Raw, message::pod_bytes(data))?;
+        Ok(SendRequest {
+            world: self,
+            sent,
+            dest,
+        })
     }
 
     /// Posts a receive of a `T` from whichever rank and tag `pattern`

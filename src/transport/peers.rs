@@ -84,9 +84,7 @@ impl<L: Link> Peers<L> {
             return;
         };
         if let Some(o) = peer.out.get_mut(index as usize) {
-            if let Payload::Borrowed(..) = o.payload {
-                o.payload = Payload::Owned(crate::pool::copy_of(o.payload.bytes()));
-            }
+            o.own_rest();
         }
     }
 

@@ -72,6 +72,17 @@ impl Outgoing {
     }
 }
 
+impl Outgoing {
+    /// Replaces a borrowed payload by a copy of the part not yet written.
+    pub(super) fn own_rest(&mut self) {
+        if let Payload::Borrowed(..) = self.payload {
+            let done = self.written.saturating_sub(HEADER_LEN);
+            self.payload = Payload::Owned(crate::pool::copy_of(&self.payload.bytes()[done..]));
+            self.written -= done;
+        }
+    }
+}
+
 impl Drop for Outgoing {
     fn drop(&mut self) {
         if let Payload::Owned(v) = &mut self.payload {
