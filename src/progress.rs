@@ -77,20 +77,9 @@ impl Engine {
     /// Sends `payload` straight from the caller's memory and waits until it
     /// has left this process: no copy for a large message.
     pub fn send_now(&mut self, dest: usize, context: Context, tag: u32, kind: Kind, payload: &[u8]) -> Result<()> {
-        self.check_rank(dest)?;
-        if dest == self.me {
-            return self.send(dest, context, tag, kind, payload.to_vec()).map(|_| ());
-        }
-        let header = Header {
-            kind,
-            source: self.me as u32,
-            tag,
-            context,
-            len: payload.len() as u64,
+        let Some(ticket) = self.send_borrowed(dest, context, tag, kind, payload)? else {
+            return Ok(());
         };
-        // SAFETY: `payload` outlives this call, and before returning the
-        // frame is either sent or made owned.
-        let ticket = unsafe { self.transport.queue_borrowed(dest, header, payload) }.map_err(|e| self.lost(e))?;
         // Whatever happens, even a panic, the queue must not keep pointing
         // into `payload` once this call ends.
         let result = catch_unwind(AssertUnwindSafe(|| self.wait_sent(Some(ticket), dest)));
@@ -101,6 +90,17 @@ impl Engine {
     /// Starts a send without waiting: writes what fits now straight from
     /// `payload`, and copies only the rest to be written later.
     pub fn send_eager(&mut self, dest: usize, context: Context, tag: u32, kind: Kind, payload: &[u8]) -> Result<Sent> {
+        let sent = self.send_borrowed(dest, context, tag, kind, payload)?;
+        if let Some(ticket) = sent {
+            self.transport.own(ticket);
+        }
+        Ok(sent)
+    }
+
+    /// Queues a frame that borrows `payload` (a send to this rank copies it
+    /// and is done: `None`). The caller must make the frame owned, or see it
+    /// sent, before `payload`'s borrow ends.
+    fn send_borrowed(&mut self, dest: usize, context: Context, tag: u32, kind: Kind, payload: &[u8]) -> Result<Sent> {
         self.check_rank(dest)?;
         if dest == self.me {
             return self.send(dest, context, tag, kind, payload.to_vec());
@@ -112,9 +112,9 @@ impl Engine {
             context,
             len: payload.len() as u64,
         };
-        // SAFETY: the frame is made owned before this call returns.
+        // SAFETY: both callers make the frame owned, or wait until it is
+        // sent, before they return.
         let ticket = unsafe { self.transport.queue_borrowed(dest, header, payload) }.map_err(|e| self.lost(e))?;
-        self.transport.own(ticket);
         Ok(Some(ticket))
     }
 
