@@ -117,19 +117,27 @@ fn chunkwise<E: Pod, O: Op<E>>(op: &O) -> impl Fn(&mut [u8], &[u8]) + '_ {
     }
 }
 
-/// Folds every rank's plain numbers, in rank order, for a node-wide
-/// collective.
-fn node_fold<'a, E: Pod, O: Op<E>>(op: &'a O, what: &'static str) -> impl FnMut(&[&[u8]]) -> Result<Vec<u8>> + 'a {
+/// Folds every rank's plain numbers for a node-wide collective, in rank
+/// order starting at `first` (the root of a reduce, 0 otherwise), as the
+/// tree algorithms do.
+fn node_fold<'a, E: Pod, O: Op<E>>(
+    op: &'a O,
+    what: &'static str,
+    first: usize,
+) -> impl FnMut(&[&[u8]]) -> Result<Vec<u8>> + 'a {
     move |parts| {
-        let Some((first, rest)) = parts.split_first() else {
+        let n = parts.len();
+        if n == 0 {
             return Ok(Vec::new());
-        };
-        let mut acc: Vec<E> = typed(first);
-        for part in rest {
-            if part.len() != first.len() {
+        }
+        let start = first % n;
+        let head = parts[start];
+        let mut acc: Vec<E> = typed(head);
+        for part in (1..n).map(|i| parts[(start + i) % n]) {
+            if part.len() != head.len() {
                 return Err(Error::InvalidArgument(format!(
                     "{what}: ranks gave slices of different lengths ({} and {} bytes)",
-                    first.len(),
+                    head.len(),
                     part.len()
                 )));
             }
@@ -226,6 +234,20 @@ impl World {
     /// Plain-number broadcast: the root's `buf` is copied into every rank's
     /// `buf`, which must have the same length.
     pub fn broadcast_into<E: Pod>(&self, buf: &mut [E], root: usize) -> Result<()> {
+        self.check_rank(root)?;
+        let part: &[u8] = if self.rank() == root {
+            bytemuck::cast_slice(buf)
+        } else {
+            &[]
+        };
+        if std::mem::size_of_val(buf) <= crate::transport::NODE_PART_MAX {
+            let node = self
+                .engine()
+                .node_collective(part, &mut |parts| Ok(parts[root].to_vec()));
+            if let Some(result) = node {
+                return copy_result(result?, buf, "broadcast_into");
+            }
+        }
         let mine = if self.rank() == root {
             Some((Kind::Raw, crate::message::pod_copy(buf)))
         } else {
@@ -340,6 +362,19 @@ impl World {
     /// Plain-number reduce, element by element: the root's `recv` (of
     /// `send.len()` elements) gets the combination of every rank's `send`.
     pub fn reduce_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>, root: usize) -> Result<()> {
+        self.check_rank(root)?;
+        let mut fold = node_fold(op, "reduce_into", root);
+        let node = self
+            .engine()
+            .node_collective(crate::message::pod_bytes(send), &mut fold);
+        if let Some(result) = node {
+            let result = result?;
+            return if self.rank() == root {
+                copy_result(result, recv, "reduce_into")
+            } else {
+                Ok(())
+            };
+        }
         let combine = elementwise(op, "reduce_into");
         let mine = crate::message::pod_copy(send);
         if let Some(result) = self.reduce_value(&RawCodec, mine, &combine, root)? {
@@ -369,7 +404,7 @@ impl World {
         check_len("allreduce_into", "the receive buffer", recv.len(), send.len())?;
         let node = self
             .engine()
-            .node_collective(crate::message::pod_bytes(send), &mut node_fold(op, "allreduce_into"));
+            .node_collective(crate::message::pod_bytes(send), &mut node_fold(op, "allreduce_into", 0));
         if let Some(result) = node {
             return copy_result(result?, recv, "allreduce_into");
         }
