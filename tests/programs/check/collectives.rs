@@ -47,8 +47,10 @@ fn apply(which: usize, a: &[i64], b: &[i64]) -> Vec<i64> {
     a.iter().zip(b).map(|(x, y)| apply_one(which, x, y)).collect()
 }
 
-const OPERATORS: [&str; 11] = [
-    "sum", "product", "min", "max", "land", "lor", "lxor", "band", "bor", "bxor", "closure",
+/// The last, "first", keeps the left operand: associative but not
+/// commutative, so it shows the order in which parts are combined.
+const OPERATORS: [&str; 12] = [
+    "sum", "product", "min", "max", "land", "lor", "lxor", "band", "bor", "bxor", "closure", "first",
 ];
 
 fn apply_one(which: usize, x: &i64, y: &i64) -> i64 {
@@ -63,7 +65,8 @@ fn apply_one(which: usize, x: &i64, y: &i64) -> i64 {
         7 => op::BitAnd.combine(x, y),
         8 => op::BitOr.combine(x, y),
         9 => op::BitXor.combine(x, y),
-        _ => x.wrapping_mul(3).wrapping_add(*y).wrapping_sub(x.wrapping_mul(2)),
+        10 => x.wrapping_mul(3).wrapping_add(*y).wrapping_sub(x.wrapping_mul(2)),
+        _ => *x,
     }
 }
 
@@ -111,8 +114,12 @@ macro_rules! with_op {
                 let $o = &op::BitXor;
                 $body
             }
-            _ => {
+            10 => {
                 let $o = &|x: &i64, y: &i64| apply_one(10, x, y);
+                $body
+            }
+            _ => {
+                let $o = &|x: &i64, _: &i64| *x;
                 $body
             }
         }
