@@ -57,6 +57,7 @@ mod point_to_point;
 mod pool;
 mod progress;
 mod request;
+mod scope;
 mod transport;
 pub mod wire;
 mod world;
@@ -64,6 +65,7 @@ mod world;
 pub use error::{Error, Result};
 pub use matching::{Match, Status};
 pub use request::{ReceiveRequest, Request, SendRequest, wait_all};
+pub use scope::{LentReceive, LentSend, Scope};
 pub use world::{World, init, wtime};
 
 /// PyPar's `balance`: the range of items `0..n` that rank `rank` of `size`

@@ -97,6 +97,51 @@ impl Engine {
         Ok(sent)
     }
 
+    /// Starts a send that keeps borrowing `payload` until it is written (for
+    /// scoped requests).
+    ///
+    /// # Safety
+    ///
+    /// `payload` must stay valid until the send is complete
+    /// ([`Engine::is_sent`]) or [`Engine::own_sent`] was called for it.
+    pub unsafe fn send_lent(
+        &mut self,
+        dest: usize,
+        context: Context,
+        tag: u32,
+        kind: Kind,
+        payload: &[u8],
+    ) -> Result<Sent> {
+        self.send_borrowed(dest, context, tag, kind, payload)
+    }
+
+    /// Copies what a lent send has not written yet, ending its borrow.
+    pub fn own_sent(&mut self, sent: Sent) {
+        if let Some(ticket) = sent {
+            self.transport.own(ticket);
+        }
+    }
+
+    /// Posts a receive that may land straight in `len` bytes at `buf` (for
+    /// scoped requests).
+    ///
+    /// # Safety
+    ///
+    /// The buffer must stay valid until the receive completes or
+    /// [`Engine::abandon_receive`] was called for it.
+    pub unsafe fn post_lent(&mut self, sel: Selector, buf: *mut u8, len: usize) -> Result<ReceiveId> {
+        if let Some(source) = sel.pattern.source_rank() {
+            self.check_rank(source)?;
+        }
+        Ok(self.matcher.post_into(sel, Some(Buffer { ptr: buf, len })))
+    }
+
+    /// Withdraws a receive and stops anything from landing in its buffer.
+    pub fn abandon_receive(&mut self, id: ReceiveId) {
+        self.transport.detach(id);
+        self.matcher.cancel(id);
+    }
+
     /// Queues a frame that borrows `payload` (a send to this rank copies it
     /// and is done: `None`). The caller must make the frame owned, or see it
     /// sent, before `payload`'s borrow ends.

@@ -55,3 +55,10 @@ fn awkward_sizes_in_both_directions() {
         check("sizes", n);
     }
 }
+
+#[test]
+fn scoped_requests_lend_buffers() {
+    for n in [1, 2, 3, 8] {
+        check("scoped", n);
+    }
+}

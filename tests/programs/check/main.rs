@@ -7,6 +7,7 @@ mod failures;
 mod output;
 mod p2p;
 mod rng;
+mod scoped;
 mod sizes;
 
 fn main() -> Result<(), spmd::Error> {
@@ -24,6 +25,7 @@ fn main() -> Result<(), spmd::Error> {
     match mode {
         "p2p" => p2p::run(&world)?,
         "sizes" => sizes::run(&world)?,
+        "scoped" => scoped::run(&world)?,
         "collectives" => {
             let seed = rest.first().and_then(|s| s.parse().ok()).unwrap_or(1);
             let cases = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(40);

@@ -1,0 +1,257 @@
+//! Scoped non-blocking operations that lend the caller's buffers instead of
+//! copying them: a send reads straight from the caller's slice and a
+//! receive lands straight in the caller's buffer. The scope does not end
+//! until every operation started in it has completed, so the buffers
+//! outlive every use, even if a request is dropped or forgotten.
+
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+
+use bytemuck::Pod;
+
+use crate::error::{Error, Result};
+use crate::matching::{Envelope, Match, ReceiveId, Selector, Status};
+use crate::message;
+use crate::progress::Sent;
+use crate::request::Request;
+use crate::wire::{Context, Kind};
+use crate::world::World;
+
+/// A receive whose buffer is lent to the engine.
+#[derive(Debug)]
+struct LentBuffer {
+    id: ReceiveId,
+    ptr: *mut u8,
+    len: usize,
+    /// Copies a message that did not land into the buffer, checking it.
+    finish: fn(&Envelope, *mut u8, usize) -> Result<()>,
+    done: bool,
+}
+
+#[derive(Debug, Default)]
+struct Lent {
+    sends: Vec<(Sent, usize, bool)>,
+    receives: Vec<LentBuffer>,
+}
+
+/// Non-blocking operations on buffers borrowed for the scope; see
+/// [`World::scope`].
+#[derive(Debug)]
+pub struct Scope<'scope, 'env: 'scope> {
+    world: &'env World,
+    lent: RefCell<Lent>,
+    scope: PhantomData<&'scope mut &'scope ()>,
+    env: PhantomData<&'env mut &'env ()>,
+}
+
+impl World {
+    /// Runs `body` with a [`Scope`] whose `immediate_` calls borrow the
+    /// caller's buffers instead of copying them. Returns once every
+    /// operation started in the scope has completed (those not waited for
+    /// are waited for at the end; the first error is returned).
+    ///
+    /// ```no_run
+    /// use spmd::{Match, Request};
+    /// # let world = spmd::init().unwrap();
+    /// let data = vec![1.0f64; 1 << 20];
+    /// let mut incoming = vec![0.0f64; 1 << 20];
+    /// let (me, n) = (world.rank(), world.size());
+    /// world.scope(|s| {
+    ///     let recv = s.immediate_receive_into(&mut incoming, Match::source((me + n - 1) % n))?;
+    ///     let send = s.immediate_send_slice(&data, (me + 1) % n, 0)?;
+    ///     send.wait()?;
+    ///     recv.wait()?;
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), spmd::Error>(())
+    /// ```
+    pub fn scope<'env, T, F>(&'env self, body: F) -> Result<T>
+    where
+        F: for<'scope> FnOnce(&'scope Scope<'scope, 'env>) -> Result<T>,
+    {
+        let scope = Scope {
+            world: self,
+            lent: RefCell::new(Lent::default()),
+            scope: PhantomData,
+            env: PhantomData,
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| body(&scope)));
+        // Whatever the body did, nothing may still use a lent buffer.
+        let finished = scope.finish();
+        match result {
+            Ok(value) => {
+                let value = value?;
+                finished.map(|_| value)
+            }
+            Err(panic) => resume_unwind(panic),
+        }
+    }
+}
+
+impl<'scope, 'env> Scope<'scope, 'env> {
+    /// Starts sending `data` to `dest` with tag `tag`; the data is read in
+    /// place until the send completes.
+    pub fn immediate_send_slice<T: Pod>(
+        &'scope self,
+        data: &'scope [T],
+        dest: usize,
+        tag: u32,
+    ) -> Result<LentSend<'scope, 'env>> {
+        self.world.check_rank(dest)?;
+        // SAFETY: `data` is borrowed for the scope, and the scope waits for
+        // the send (or makes it owned) before it ends.
+        let sent = unsafe {
+            self.world
+                .engine()
+                .send_lent(dest, Context::User, tag, Kind::Raw, message::pod_bytes(data))?
+        };
+        let mut lent = self.lent.borrow_mut();
+        lent.sends.push((sent, dest, false));
+        Ok(LentSend {
+            scope: self,
+            index: lent.sends.len() - 1,
+        })
+    }
+
+    /// Posts a receive of plain numbers into `buf`, from whichever rank and
+    /// tag `pattern` accepts; a message that arrives after this call is
+    /// written straight into `buf`.
+    pub fn immediate_receive_into<T: Pod>(
+        &'scope self,
+        buf: &'scope mut [T],
+        pattern: Match,
+    ) -> Result<LentReceive<'scope, 'env>> {
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
+        let (ptr, len) = (bytes.as_mut_ptr(), bytes.len());
+        // SAFETY: `buf` is borrowed mutably for the scope, and the scope
+        // waits for the receive (or abandons it) before it ends.
+        let id = unsafe { self.world.engine().post_lent(Selector::user(pattern), ptr, len)? };
+        let mut lent = self.lent.borrow_mut();
+        lent.receives.push(LentBuffer {
+            id,
+            ptr,
+            len,
+            finish: finish_into::<T>,
+            done: false,
+        });
+        Ok(LentReceive {
+            scope: self,
+            index: lent.receives.len() - 1,
+        })
+    }
+
+    fn wait_send(&self, index: usize) -> Result<()> {
+        let (sent, dest, done) = self.lent.borrow().sends[index];
+        if done {
+            return Ok(());
+        }
+        let mut engine = self.world.engine();
+        let result = engine.wait_sent(sent, dest);
+        engine.own_sent(sent);
+        self.lent.borrow_mut().sends[index].2 = true;
+        result
+    }
+
+    fn wait_receive(&self, index: usize) -> Result<Status> {
+        let (id, ptr, len, finish, done) = {
+            let lent = self.lent.borrow();
+            let r = &lent.receives[index];
+            (r.id, r.ptr, r.len, r.finish, r.done)
+        };
+        if done {
+            return Err(Error::InvalidArgument("this receive was already waited for".into()));
+        }
+        let mut engine = self.world.engine();
+        let result = engine.wait_receive(id, None);
+        if result.is_err() {
+            engine.abandon_receive(id);
+        }
+        drop(engine);
+        self.lent.borrow_mut().receives[index].done = true;
+        let env = result?;
+        finish(&env, ptr, len)?;
+        Ok(env.status())
+    }
+
+    /// Completes every operation still running; the first error wins.
+    fn finish(&self) -> Result<()> {
+        let (sends, receives) = {
+            let lent = self.lent.borrow();
+            (lent.sends.len(), lent.receives.len())
+        };
+        let mut first = Ok(());
+        for i in 0..receives {
+            if !self.lent.borrow().receives[i].done {
+                if let Err(e) = self.wait_receive(i) {
+                    first = first.and(Err(e));
+                }
+            }
+        }
+        for i in 0..sends {
+            if let Err(e) = self.wait_send(i) {
+                first = first.and(Err(e));
+            }
+        }
+        first
+    }
+}
+
+/// Finishes a receive into a lent buffer of `T`s: checks a message that
+/// landed, copies one that was already queued.
+fn finish_into<T: Pod>(env: &Envelope, ptr: *mut u8, len: usize) -> Result<()> {
+    if env.landed.is_some() {
+        return message::check_landed::<T>(env);
+    }
+    let count = len / std::mem::size_of::<T>().max(1);
+    // SAFETY: the buffer was lent for the scope as a `&mut [T]` of `count`
+    // elements at `ptr`, and nothing else uses it now.
+    let buf = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<T>(), count) };
+    message::copy_into(env, buf).map(|_| ())
+}
+
+/// A send started in a [`Scope`].
+#[derive(Debug)]
+#[must_use = "wait on the request, or let the scope wait for it"]
+pub struct LentSend<'scope, 'env> {
+    scope: &'scope Scope<'scope, 'env>,
+    index: usize,
+}
+
+impl Request for LentSend<'_, '_> {
+    type Output = ();
+
+    fn wait(self) -> Result<()> {
+        self.scope.wait_send(self.index)
+    }
+
+    fn test(&mut self) -> Result<bool> {
+        let (sent, _, done) = self.scope.lent.borrow().sends[self.index];
+        Ok(done || self.scope.world.engine().is_sent(sent)?)
+    }
+}
+
+/// A receive started in a [`Scope`]; its output is the message's status.
+#[derive(Debug)]
+#[must_use = "wait on the request, or let the scope wait for it"]
+pub struct LentReceive<'scope, 'env> {
+    scope: &'scope Scope<'scope, 'env>,
+    index: usize,
+}
+
+impl Request for LentReceive<'_, '_> {
+    type Output = Status;
+
+    fn wait(self) -> Result<Status> {
+        self.scope.wait_receive(self.index)
+    }
+
+    fn test(&mut self) -> Result<bool> {
+        let (id, done) = {
+            let lent = self.scope.lent.borrow();
+            let r = &lent.receives[self.index];
+            (r.id, r.done)
+        };
+        Ok(done || self.scope.world.engine().test_receive(id)?)
+    }
+}

@@ -1,0 +1,69 @@
+//! Scoped requests that lend buffers: data moves straight between the
+//! caller's buffers, requests that are never waited for still complete
+//! before the scope ends, and errors surface.
+
+use spmd::{Error, Match, Request, World};
+
+fn pattern(len: usize, from: usize, round: usize) -> Vec<u64> {
+    (0..len)
+        .map(|i| (i as u64) * 1_000_003 + (from as u64) * 7 + round as u64)
+        .collect()
+}
+
+pub fn run(world: &World) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    let (right, left) = ((me + 1) % n, (me + n - 1) % n);
+    for (round, len) in [0usize, 1, 100, 40_000, 300_000].into_iter().enumerate() {
+        let data = pattern(len, me, round);
+        let mut got = vec![0u64; len];
+        let mut early = vec![0u64; len];
+        let tag = round as u32;
+        world.scope(|s| {
+            // Posted before the matching send starts: lands in place.
+            let recv = s.immediate_receive_into(&mut got, Match::source(left).with_tag(tag))?;
+            let send = s.immediate_send_slice(&data, right, tag)?;
+            // A second message, received by a request that is dropped: the
+            // scope completes it.
+            let _dropped = s.immediate_receive_into(&mut early, Match::source(left).with_tag(tag + 100))?;
+            // ... and sent by a request that is never waited for either.
+            let _unwaited = s.immediate_send_slice(&data, right, tag + 100)?;
+            let status = recv.wait()?;
+            assert_eq!(status.len(), 8 * len as u64, "round {round}: length");
+            send.wait()?;
+            Ok(())
+        })?;
+        assert!(
+            got == pattern(len, left, round),
+            "round {round}: {len} numbers arrived corrupted"
+        );
+        assert!(
+            early == pattern(len, left, round),
+            "round {round}: the dropped receive did not complete"
+        );
+        world.barrier()?;
+    }
+    // Receives posted after the data arrived take the copy path.
+    let data = pattern(5000, me, 9);
+    world.send_slice_with_tag(&data, right, 900)?;
+    world.barrier()?;
+    let mut late = vec![0u64; 5000];
+    world.scope(|s| {
+        s.immediate_receive_into(&mut late, Match::source(left).with_tag(900))?
+            .wait()
+            .map(|_| ())
+    })?;
+    assert!(late == pattern(5000, left, 9), "the late receive was corrupted");
+    // A buffer too small is an error, from wait or from the scope's end.
+    world.send_slice_with_tag(&[1u64, 2, 3], right, 901)?;
+    let mut small = [0u64; 2];
+    let outcome = world.scope(|s| {
+        let _r = s.immediate_receive_into(&mut small, Match::source(left).with_tag(901))?;
+        Ok(())
+    });
+    assert!(matches!(outcome, Err(Error::Truncated { .. })), "{outcome:?}");
+    world.barrier()?;
+    if me == 0 {
+        println!("ok scoped requests: in-place sends and receives, dropped and forgotten requests, errors");
+    }
+    Ok(())
+}
