@@ -247,6 +247,19 @@ impl Ring {
         }
     }
 
+    /// Hints the processor to fetch the line holding stream position `at`.
+    pub(super) fn prefetch(&self, at: u64) {
+        let offset = (at % self.capacity as u64) as usize;
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch of an address inside the ring has no effect on
+        // memory; it only warms the cache.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(self.data.add(offset).cast::<i8>(), std::arch::x86_64::_MM_HINT_T0);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = offset;
+    }
+
     /// Copies bytes out of the ring from stream position `at` (wrapping).
     pub(super) fn take(&self, at: u64, out: &mut [u8]) {
         let start = (at % self.capacity as u64) as usize;

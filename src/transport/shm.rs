@@ -63,7 +63,13 @@ impl RingLink {
 
     /// True if the peer has written bytes this rank has not read.
     fn readable(&self) -> bool {
-        self.rx.head().load(Ordering::Acquire) != self.rx_tail
+        let ready = self.rx.head().load(Ordering::Acquire) != self.rx_tail;
+        if !ready {
+            // Fetch the line the next frame will start in while waiting, so
+            // that it travels alongside the head instead of after it.
+            self.rx.prefetch(self.rx_tail);
+        }
+        ready
     }
 
     /// True if the ring to the peer has room.
