@@ -233,6 +233,10 @@ impl World {
 
     /// Plain-number broadcast: the root's `buf` is copied into every rank's
     /// `buf`, which must have the same length.
+    ///
+    /// Every rank must pass the same length: the algorithm is chosen from
+    /// it (small vectors go through shared memory at once), so ranks that
+    /// disagree may not meet, and the call may hang instead of failing.
     pub fn broadcast_into<E: Pod>(&self, buf: &mut [E], root: usize) -> Result<()> {
         self.check_rank(root)?;
         let part: &[u8] = if self.rank() == root {
@@ -361,6 +365,10 @@ impl World {
 
     /// Plain-number reduce, element by element: the root's `recv` (of
     /// `send.len()` elements) gets the combination of every rank's `send`.
+    ///
+    /// Every rank must pass the same length: the algorithm is chosen from
+    /// it (small vectors go through shared memory at once), so ranks that
+    /// disagree may not meet, and the call may hang instead of failing.
     pub fn reduce_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>, root: usize) -> Result<()> {
         self.check_rank(root)?;
         let mut fold = node_fold(op, "reduce_into", root);
@@ -391,6 +399,10 @@ impl World {
 
     /// Plain-number allreduce, element by element, into `recv` (of
     /// `send.len()` elements) on every rank.
+    ///
+    /// Every rank must pass the same length: the algorithm is chosen from
+    /// it (small vectors go through shared memory at once), so ranks that
+    /// disagree may not meet, and the call may hang instead of failing.
     ///
     /// ```no_run
     /// use spmd::op;
