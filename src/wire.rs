@@ -429,6 +429,65 @@ mod tests {
         }
     }
 
+    /// A small deterministic generator for the decoder tests.
+    fn noise(seed: &mut u64) -> u8 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (*seed >> 33) as u8
+    }
+
+    #[test]
+    fn random_headers_never_panic_and_valid_ones_round_trip() {
+        let mut seed = 7;
+        let mut accepted = 0;
+        for i in 0..200_000 {
+            let mut b = [0u8; HEADER_LEN];
+            b.iter_mut().for_each(|x| *x = noise(&mut seed));
+            // Half the time start from a plausible header, so that the
+            // checks after the magic are exercised too.
+            if i % 2 == 0 {
+                b[0..4].copy_from_slice(&MAGIC);
+                b[4] = VERSION;
+                b[5] %= 8;
+                if i % 4 == 0 {
+                    b[6..8].fill(0);
+                    let context = u32::from(b[16] % 2);
+                    b[16..20].copy_from_slice(&context.to_le_bytes());
+                    b[20..24].fill(0);
+                }
+            }
+            if let Ok(h) = Header::decode(&b, "fuzz", u64::MAX) {
+                accepted += 1;
+                assert_eq!(h.encode(), b, "a header that decodes re-encodes to the same bytes");
+            }
+        }
+        assert!(accepted > 0, "some plausible headers were accepted");
+    }
+
+    #[test]
+    fn corrupted_control_messages_are_errors_not_panics() {
+        let good = ControlMessage::Register {
+            rank: 3,
+            pid: 77,
+            host: "node".into(),
+            card: Card::Shm {
+                path: "/dev/shm/x".into(),
+            },
+        }
+        .encode();
+        let mut seed = 11;
+        for _ in 0..20_000 {
+            let mut bytes = good.clone();
+            let flips = 1 + noise(&mut seed) as usize % 4;
+            for _ in 0..flips {
+                let at = noise(&mut seed) as usize % bytes.len();
+                bytes[at] = noise(&mut seed);
+            }
+            let cut = noise(&mut seed) as usize % (bytes.len() + 1);
+            let _ = ControlMessage::decode(&bytes[..cut], "fuzz");
+            let _ = ControlMessage::decode(&bytes, "fuzz");
+        }
+    }
+
     #[test]
     fn control_messages_round_trip_and_reject_garbage() {
         let m = ControlMessage::Abort {
