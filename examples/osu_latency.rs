@@ -46,47 +46,50 @@ fn main() -> Result<(), spmd::Error> {
     world.finalize()
 }
 
-fn ping_pong(world: &World, buf: &mut [u8], (warmup, iters): (usize, usize)) -> Result<f64, spmd::Error> {
+/// Runs `round` (one message there and back) `warmup` times untimed and
+/// `iters` times timed; returns the one-way time in microseconds.
+fn timed(
+    world: &World,
+    (warmup, iters): (usize, usize),
+    mut round: impl FnMut() -> Result<(), spmd::Error>,
+) -> Result<f64, spmd::Error> {
     world.barrier()?;
     let mut start = 0.0;
     for i in 0..warmup + iters {
         if i == warmup {
             start = spmd::wtime();
         }
-        match world.rank() {
-            0 => {
-                world.send_slice(buf, 1)?;
-                world.receive_into(buf, 1)?;
-            }
-            1 => {
-                world.receive_into(buf, 0)?;
-                world.send_slice(buf, 0)?;
-            }
-            _ => {}
-        }
+        round()?;
     }
     Ok((spmd::wtime() - start) * 1e6 / (2.0 * iters as f64))
 }
 
-fn ping_pong_serde(world: &World, len: usize, (warmup, iters): (usize, usize)) -> Result<f64, spmd::Error> {
+fn ping_pong(world: &World, buf: &mut [u8], counts: (usize, usize)) -> Result<f64, spmd::Error> {
+    timed(world, counts, || match world.rank() {
+        0 => {
+            world.send_slice(buf, 1)?;
+            world.receive_into(buf, 1).map(|_| ())
+        }
+        1 => {
+            world.receive_into(buf, 0)?;
+            world.send_slice(buf, 0)
+        }
+        _ => Ok(()),
+    })
+}
+
+fn ping_pong_serde(world: &World, len: usize, counts: (usize, usize)) -> Result<f64, spmd::Error> {
     let mut v = vec![1.5f64; len];
-    world.barrier()?;
-    let mut start = 0.0;
-    for i in 0..warmup + iters {
-        if i == warmup {
-            start = spmd::wtime();
+    timed(world, counts, || match world.rank() {
+        0 => {
+            world.send(&v, 1)?;
+            v = world.receive(1)?;
+            Ok(())
         }
-        match world.rank() {
-            0 => {
-                world.send(&v, 1)?;
-                v = world.receive(1)?;
-            }
-            1 => {
-                v = world.receive(0)?;
-                world.send(&v, 0)?;
-            }
-            _ => {}
+        1 => {
+            v = world.receive(0)?;
+            world.send(&v, 0)
         }
-    }
-    Ok((spmd::wtime() - start) * 1e6 / (2.0 * iters as f64))
+        _ => Ok(()),
+    })
 }

@@ -65,20 +65,7 @@ pub(crate) fn pod_bytes<T: Pod>(data: &[T]) -> &[u8] {
 /// Checks a message that landed in the caller's buffer: a whole number of
 /// elements (the buffer was big enough, or it would not have landed).
 pub(crate) fn check_landed<T: Pod>(env: &Envelope) -> Result<()> {
-    let len = env.status().len();
-    let size = std::mem::size_of::<T>() as u64;
-    let whole = if size == 0 { len == 0 } else { len % size == 0 };
-    if whole {
-        Ok(())
-    } else {
-        Err(Error::Truncated {
-            sender: env.source,
-            tag: env.tag,
-            message_bytes: len,
-            buffer_bytes: len,
-            element: type_name::<T>(),
-        })
-    }
+    check_elements::<T>(env, env.status().len(), None)
 }
 
 fn check_raw<T: Pod>(env: &Envelope, buffer_bytes: Option<usize>) -> Result<()> {
@@ -90,19 +77,23 @@ fn check_raw<T: Pod>(env: &Envelope, buffer_bytes: Option<usize>) -> Result<()> 
             received_as: "as a plain-number slice (receive_into/receive_vec); use receive",
         });
     }
-    let size = std::mem::size_of::<T>();
-    let len = env.payload.len();
+    check_elements::<T>(env, env.payload.len() as u64, buffer_bytes.map(|b| b as u64))
+}
+
+/// Checks that `len` bytes are a whole number of `T`s and fit the buffer.
+fn check_elements<T: Pod>(env: &Envelope, len: u64, buffer_bytes: Option<u64>) -> Result<()> {
+    let size = std::mem::size_of::<T>() as u64;
     let whole = if size == 0 { len == 0 } else { len % size == 0 };
-    if !whole || buffer_bytes.is_some_and(|b| len > b) {
-        return Err(Error::Truncated {
-            sender: env.source,
-            tag: env.tag,
-            message_bytes: len as u64,
-            buffer_bytes: buffer_bytes.unwrap_or(len) as u64,
-            element: type_name::<T>(),
-        });
+    if whole && buffer_bytes.is_none_or(|b| len <= b) {
+        return Ok(());
     }
-    Ok(())
+    Err(Error::Truncated {
+        sender: env.source,
+        tag: env.tag,
+        message_bytes: len,
+        buffer_bytes: buffer_bytes.unwrap_or(len),
+        element: type_name::<T>(),
+    })
 }
 
 /// Copies a raw message into the caller's buffer; returns the number of

@@ -48,6 +48,17 @@ impl Engine {
         Error::PeerGone { rank }
     }
 
+    /// The header of a message from this rank.
+    fn header(&self, kind: Kind, tag: u32, context: Context, len: usize) -> Header {
+        Header {
+            kind,
+            source: self.me as u32,
+            tag,
+            context,
+            len: len as u64,
+        }
+    }
+
     pub fn check_rank(&self, rank: usize) -> Result<()> {
         if rank < self.size {
             Ok(())
@@ -63,13 +74,7 @@ impl Engine {
             self.matcher.deliver(Envelope::new(dest, tag, context, kind, payload));
             return Ok(None);
         }
-        let header = Header {
-            kind,
-            source: self.me as u32,
-            tag,
-            context,
-            len: payload.len() as u64,
-        };
+        let header = self.header(kind, tag, context, payload.len());
         let queued = self.transport.queue(dest, header, payload);
         queued.map(Some).map_err(|e| self.lost(e))
     }
@@ -150,13 +155,7 @@ impl Engine {
         if dest == self.me {
             return self.send(dest, context, tag, kind, payload.to_vec());
         }
-        let header = Header {
-            kind,
-            source: self.me as u32,
-            tag,
-            context,
-            len: payload.len() as u64,
-        };
+        let header = self.header(kind, tag, context, payload.len());
         // SAFETY: both callers make the frame owned, or wait until it is
         // sent, before they return.
         let ticket = unsafe { self.transport.queue_borrowed(dest, header, payload) }.map_err(|e| self.lost(e))?;
@@ -309,16 +308,17 @@ impl Engine {
             Some(s) if self.transport.is_gone(s) => Err(self.gone(s)),
             Some(_) => Ok(()),
             None => {
-                let others: Vec<usize> = (0..self.size).filter(|r| *r != self.me).collect();
-                if others.is_empty() {
+                let mut others = (0..self.size).filter(|r| *r != self.me);
+                let Some(first) = others.clone().next() else {
                     return Err(Error::InvalidArgument(format!(
                         "rank {} is alone in this job and waits for a message nobody sent; this would wait for ever",
                         self.me
                     )));
-                }
-                match others.iter().find(|r| !self.transport.is_gone(**r)) {
-                    Some(_) => Ok(()),
-                    None => Err(self.gone(others[0])),
+                };
+                if others.any(|r| !self.transport.is_gone(r)) {
+                    Ok(())
+                } else {
+                    Err(self.gone(first))
                 }
             }
         }

@@ -60,37 +60,59 @@ fn unpack(kind: Kind, packed: &[u8], count: usize) -> Result<Vec<Envelope>> {
     Ok(out)
 }
 
-/// Combines two byte buffers of plain numbers element by element, in place
-/// in the lower one; the upper one goes back to the pool.
+/// Which operand of the operator an accumulator is: the lower ranks' side
+/// (`acc op other`) or the higher ranks' (`other op acc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Lower,
+    Upper,
+}
+
+/// Combines the plain numbers in `other` into those in `acc`, element by
+/// element and in place. Both hold the same number of bytes.
+fn combine_into<E: Pod, O: Op<E>>(op: &O, acc: &mut [u8], other: &[u8], acc_is: Side) {
+    let combine = |x: &E, y: &E| match acc_is {
+        Side::Lower => op.combine(x, y),
+        Side::Upper => op.combine(y, x),
+    };
+    match (
+        bytemuck::try_cast_slice_mut::<u8, E>(acc),
+        bytemuck::try_cast_slice::<u8, E>(other),
+    ) {
+        (Ok(a), Ok(b)) => {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x = combine(x, y);
+            }
+        }
+        // Buffers not aligned for E: go through typed copies.
+        _ => {
+            let a: Vec<E> = typed(acc);
+            let b: Vec<E> = typed(other);
+            let c: Vec<E> = a.iter().zip(&b).map(|(x, y)| combine(x, y)).collect();
+            acc.copy_from_slice(bytemuck::cast_slice(&c));
+        }
+    }
+}
+
+fn same_length(what: &str, a: usize, b: usize) -> Result<()> {
+    if a == b {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{what}: ranks gave slices of different lengths ({a} and {b} bytes)"
+        )))
+    }
+}
+
+/// Combines two byte buffers of plain numbers, in place in the lower one;
+/// the upper one goes back to the pool.
 fn elementwise<'a, E: Pod, O: Op<E>>(
     op: &'a O,
     what: &'static str,
 ) -> impl Fn(Vec<u8>, Vec<u8>) -> Result<Vec<u8>> + 'a {
     move |mut lower, upper| {
-        if lower.len() != upper.len() {
-            return Err(Error::InvalidArgument(format!(
-                "{what}: ranks gave slices of different lengths ({} and {} bytes)",
-                lower.len(),
-                upper.len()
-            )));
-        }
-        match (
-            bytemuck::try_cast_slice_mut::<u8, E>(&mut lower),
-            bytemuck::try_cast_slice::<u8, E>(&upper),
-        ) {
-            (Ok(a), Ok(b)) => {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x = op.combine(x, y);
-                }
-            }
-            // Buffers not aligned for E: go through typed copies.
-            _ => {
-                let a: Vec<E> = typed(&lower);
-                let b: Vec<E> = typed(&upper);
-                let c: Vec<E> = a.iter().zip(&b).map(|(x, y)| op.combine(x, y)).collect();
-                lower.copy_from_slice(bytemuck::cast_slice(&c));
-            }
-        }
+        same_length(what, lower.len(), upper.len())?;
+        combine_into(op, &mut lower, &upper, Side::Lower);
         crate::pool::give(upper);
         Ok(lower)
     }
@@ -99,22 +121,7 @@ fn elementwise<'a, E: Pod, O: Op<E>>(
 /// Combines a received chunk into this rank's chunk of plain numbers, in
 /// place, for a commutative operator.
 fn chunkwise<E: Pod, O: Op<E>>(op: &O) -> impl Fn(&mut [u8], &[u8]) + '_ {
-    move |mine, theirs| match (
-        bytemuck::try_cast_slice_mut::<u8, E>(mine),
-        bytemuck::try_cast_slice::<u8, E>(theirs),
-    ) {
-        (Ok(a), Ok(b)) => {
-            for (x, y) in a.iter_mut().zip(b) {
-                *x = op.combine(y, x);
-            }
-        }
-        (Err(_), _) | (_, Err(_)) => {
-            let a: Vec<E> = typed(mine);
-            let b: Vec<E> = typed(theirs);
-            let c: Vec<E> = a.iter().zip(&b).map(|(x, y)| op.combine(y, x)).collect();
-            mine.copy_from_slice(bytemuck::cast_slice(&c));
-        }
-    }
+    move |mine, theirs| combine_into(op, mine, theirs, Side::Upper)
 }
 
 /// Folds every rank's plain numbers for a node-wide collective, in rank
@@ -131,22 +138,12 @@ fn node_fold<'a, E: Pod, O: Op<E>>(
             return Ok(Vec::new());
         }
         let start = first % n;
-        let head = parts[start];
-        let mut acc: Vec<E> = typed(head);
+        let mut acc = parts[start].to_vec();
         for part in (1..n).map(|i| parts[(start + i) % n]) {
-            if part.len() != head.len() {
-                return Err(Error::InvalidArgument(format!(
-                    "{what}: ranks gave slices of different lengths ({} and {} bytes)",
-                    head.len(),
-                    part.len()
-                )));
-            }
-            let other: Vec<E> = typed(part);
-            for (a, b) in acc.iter_mut().zip(&other) {
-                *a = op.combine(a, b);
-            }
+            same_length(what, acc.len(), part.len())?;
+            combine_into(op, &mut acc, part, Side::Lower);
         }
-        Ok(bytemuck::cast_slice(&acc).to_vec())
+        Ok(acc)
     }
 }
 

@@ -4,7 +4,7 @@
 //! the result and wakes the others. Every rank waits once, instead of once
 //! per round of a tree, which is what counts when ranks outnumber cores.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Result};
 
@@ -20,16 +20,15 @@ pub(crate) type Fold<'a> = dyn FnMut(&[&[u8]]) -> Result<Vec<u8>> + 'a;
 
 impl ShmMesh {
     /// Runs one node-wide collective with this rank's part `mine` (at most
-    /// [`NODE_PART_MAX`] bytes); returns the folded result. Keeps moving
+    /// [`NODE_PART_MAX`] bytes, which the caller checked); returns the
+    /// folded result. Keeps moving
     /// point-to-point bytes while it waits, so a peer blocked in a send to
     /// this rank can finish and arrive.
     pub fn node_collective(&mut self, deliver: &mut Delivery<'_>, mine: &[u8], fold: &mut Fold<'_>) -> Result<Vec<u8>> {
-        if mine.len() > NODE_PART_MAX {
-            return Err(Error::InvalidArgument(format!(
-                "a node-wide part of {} bytes is more than {NODE_PART_MAX}",
-                mine.len()
-            )));
-        }
+        debug_assert!(
+            mine.len() <= NODE_PART_MAX,
+            "Transport::node_collective checks the size"
+        );
         let n = self.peers.list.len() as u32;
         let set = self.calls as usize % 2;
         let target = self.calls.wrapping_add(1);
@@ -66,6 +65,3 @@ impl ShmMesh {
         }
     }
 }
-
-// The area's counters are plain atomics in shared memory.
-const _: () = assert!(std::mem::size_of::<AtomicU32>() == 4);

@@ -26,13 +26,25 @@ impl<L: Link> Peers<L> {
 
     /// Queues a frame for `dest` and tries to write it at once.
     pub fn queue(&mut self, dest: usize, header: Header, payload: Vec<u8>) -> Result<SendTicket> {
+        self.push_and_flush(dest, header, Payload::Owned(payload))
+    }
+
+    /// Queues a frame and tries to write it at once. On an error the frame
+    /// is made owned, so nothing keeps borrowing the caller's memory.
+    fn push_and_flush(&mut self, dest: usize, header: Header, payload: Payload) -> Result<SendTicket> {
         let peer = self.peer(dest);
         if peer.state == PeerState::Gone {
             return Err(Error::PeerGone { rank: dest });
         }
-        let seq = peer.push(header.encode(), Payload::Owned(payload));
-        peer.flush()?;
-        Ok(SendTicket { dest, seq })
+        let ticket = SendTicket {
+            dest,
+            seq: peer.push(header.encode(), payload),
+        };
+        if let Err(e) = peer.flush() {
+            self.own(ticket);
+            return Err(e);
+        }
+        Ok(ticket)
     }
 
     /// Queues a frame whose payload stays in the caller's memory, and tries
@@ -43,17 +55,7 @@ impl<L: Link> Peers<L> {
     /// `payload` must stay valid until the frame is sent ([`Peers::is_sent`])
     /// or the caller has called [`Peers::own`] for the ticket.
     pub unsafe fn queue_borrowed(&mut self, dest: usize, header: Header, payload: &[u8]) -> Result<SendTicket> {
-        let peer = self.peer(dest);
-        if peer.state == PeerState::Gone {
-            return Err(Error::PeerGone { rank: dest });
-        }
-        let seq = peer.push(header.encode(), Payload::Borrowed(payload.as_ptr(), payload.len()));
-        let ticket = SendTicket { dest, seq };
-        if let Err(e) = peer.flush() {
-            self.own(ticket);
-            return Err(e);
-        }
-        Ok(ticket)
+        self.push_and_flush(dest, header, Payload::Borrowed(payload.as_ptr(), payload.len()))
     }
 
     /// Redirects a claimed message still being read into a buffer of its

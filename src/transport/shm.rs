@@ -199,9 +199,8 @@ pub(crate) struct ShmMesh {
     pub(super) bells: Vec<*const AtomicU32>,
     /// Node-wide collectives completed so far (the same on every rank).
     pub(super) calls: u32,
-    /// How long to poll before sleeping, and whether to yield the core
-    /// between polls (more ranks than cores) or spin on it.
-    poll_for: Duration,
+    /// More ranks than cores: yield the core between polls (for [`YIELD`])
+    /// instead of spinning on it (for [`SPIN`]).
     yield_between_polls: bool,
 }
 
@@ -310,7 +309,6 @@ impl ShmMesh {
             calls: 0,
             // With more ranks than cores, spinning would steal the core a
             // peer needs: yield it instead.
-            poll_for: if size > cores { YIELD } else { SPIN },
             yield_between_polls: size > cores,
         })
     }
@@ -358,7 +356,8 @@ impl ShmMesh {
     /// or the deadline passes: polls a while, then sleeps on the doorbell.
     pub(super) fn idle(&self, deadline: Option<Instant>, woken: &dyn Fn(&ShmMesh) -> bool) {
         let ready = || self.anything_ready() || woken(self);
-        let poll_until = Instant::now() + self.poll_for;
+        let poll_for = if self.yield_between_polls { YIELD } else { SPIN };
+        let poll_until = Instant::now() + poll_for;
         let mut polls = 0u32;
         loop {
             if self.yield_between_polls {
