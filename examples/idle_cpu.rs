@@ -4,6 +4,8 @@
 //!
 //! Run: `spmdrun -n 4 target/release/examples/idle_cpu [seconds]`
 
+mod common;
+
 use spmd::op;
 
 fn cpu_seconds() -> f64 {
@@ -19,7 +21,7 @@ fn cpu_seconds() -> f64 {
 
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
-    let seconds: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let seconds: f64 = common::arg(&world, 1, "seconds", 5.0);
     world.barrier()?;
     let before = cpu_seconds();
     if world.rank() == 0 {

@@ -5,14 +5,15 @@
 //! Run: `spmdrun -n 8 target/release/examples/osu_allreduce [max-bytes]
 //! [min-bytes] [iterations]`
 
+mod common;
+
 use spmd::op;
 
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
-    let arg = |i: usize| std::env::args().nth(i).and_then(|s| s.parse::<usize>().ok());
-    let max = arg(1).unwrap_or(1 << 20);
-    let min = arg(2).unwrap_or(4).max(4);
-    let fixed_iterations = arg(3);
+    let max: usize = common::arg(&world, 1, "max-bytes", 1 << 20);
+    let min = common::arg(&world, 2, "min-bytes", 4usize).max(4);
+    let fixed_iterations = Some(common::arg(&world, 3, "iterations", 0usize)).filter(|n| *n > 0);
     if world.rank() == 0 {
         println!("# spmd allreduce latency test ({} ranks)", world.size());
         println!("{:<10}{:>20}", "# Size", "Avg Latency(us)");

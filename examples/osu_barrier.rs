@@ -3,15 +3,13 @@
 //!
 //! Run: `spmdrun -n 8 target/release/examples/osu_barrier [iterations]`
 
+mod common;
+
 use spmd::op;
 
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
-    let iters: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000)
-        .max(1);
+    let iters: usize = common::arg(&world, 1, "iterations", 2000usize).max(1);
     let warmup = iters / 10;
     world.barrier()?;
     let mut start = 0.0;

@@ -5,6 +5,8 @@
 //!
 //! Run: `spmdrun -n 2 target/release/examples/osu_bw [max-bytes]`
 
+mod common;
+
 use spmd::{Match, World};
 
 const WINDOW: usize = 64;
@@ -15,7 +17,7 @@ fn iterations(size: usize) -> (usize, usize) {
 
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
-    let max: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(4 << 20);
+    let max: usize = common::arg(&world, 1, "max-bytes", 4 << 20);
     if world.size() < 2 {
         eprintln!("osu_bw needs at least 2 ranks");
         world.abort(1);

@@ -7,6 +7,8 @@
 //! with `receive` (serialized), instead of a byte slice sent raw; sizes are
 //! then multiples of 8 bytes.
 
+mod common;
+
 use spmd::World;
 
 fn iterations(size: usize) -> (usize, usize) {
@@ -16,8 +18,15 @@ fn iterations(size: usize) -> (usize, usize) {
 
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
-    let max: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(4 << 20);
-    let serde = std::env::args().nth(2).is_some_and(|a| a == "serde");
+    let max: usize = common::arg(&world, 1, "max-bytes", 4 << 20);
+    let serde = match std::env::args().nth(2).as_deref() {
+        None => false,
+        Some("serde") => true,
+        Some(other) => world.abort_with_message(
+            2,
+            &format!("osu_latency: the second argument may only be \"serde\", got {other:?}"),
+        ),
+    };
     if world.size() < 2 {
         eprintln!("osu_latency needs at least 2 ranks");
         world.abort(1);

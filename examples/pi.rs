@@ -4,14 +4,13 @@
 //!
 //! Run: `spmdrun -n 4 target/release/examples/pi [intervals]`
 
+mod common;
+
 use spmd::op;
 
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
-    let intervals: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50_000_000);
+    let intervals: usize = common::arg(&world, 1, "intervals", 50_000_000);
     let t0 = spmd::wtime();
 
     let width = 1.0 / intervals as f64;

@@ -4,20 +4,13 @@
 //! Run: `spmdrun -n 4 target/release/examples/reduction [n]` (n = 10,000,000
 //! by default).
 
+mod common;
+
 use spmd::op;
 
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
-    let n: usize = match std::env::args().nth(1) {
-        None => 10_000_000,
-        Some(text) => match text.parse() {
-            Ok(n) => n,
-            Err(_) => {
-                eprintln!("usage: reduction [n]: {text:?} is not a whole number");
-                world.abort(2);
-            }
-        },
-    };
+    let n: usize = common::arg(&world, 1, "n", 10_000_000);
 
     // This rank's share of 1..=n.
     let mine = spmd::balance(n, world.size(), world.rank());

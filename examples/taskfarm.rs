@@ -6,6 +6,8 @@
 //! Run: `spmdrun -n 4 target/release/examples/taskfarm [largest] [smallest]`
 //! (fib(38) down to fib(30) by default).
 
+mod common;
+
 use serde::{Deserialize, Serialize};
 use spmd::{Match, World};
 
@@ -100,8 +102,8 @@ fn worker(world: &World) -> Result<(), spmd::Error> {
 
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
-    let arg = |i: usize, default: u32| std::env::args().nth(i).and_then(|s| s.parse().ok()).unwrap_or(default);
-    let (largest, smallest) = (arg(1, 38), arg(2, 30));
+    let largest: u32 = common::arg(&world, 1, "largest", 38);
+    let smallest: u32 = common::arg(&world, 2, "smallest", 30);
     let tasks: Vec<u32> = (smallest.min(largest)..=largest).rev().collect();
 
     if world.rank() == 0 {

@@ -183,10 +183,25 @@ impl World {
     /// }
     /// ```
     pub fn abort(&self, code: i32) -> ! {
+        self.abort_with_message(code, "")
+    }
+
+    /// [`World::abort`] with a reason that spmdrun prints in its one line
+    /// about the failure (and that is printed on standard error when there
+    /// is no launcher).
+    ///
+    /// ```no_run
+    /// # let world = spmd::init().unwrap();
+    /// world.abort_with_message(2, "input.dat is missing");
+    /// ```
+    pub fn abort_with_message(&self, code: i32, message: &str) -> ! {
+        if !self.managed && !message.is_empty() {
+            eprintln!("abort({code}): {message}");
+        }
         control::tell(
             &ControlMessage::Abort {
                 code,
-                message: String::new(),
+                message: message.to_string(),
             },
             true,
         );

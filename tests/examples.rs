@@ -94,3 +94,96 @@ fn taskfarm_returns_results_in_task_order() {
         }
     }
 }
+
+/// The value in the row for `size` of an OSU-style table.
+fn row(out: &common::Finished, size: u64) -> f64 {
+    out.lines()
+        .iter()
+        .find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [s, v] if s == size.to_string() => v.parse().ok(),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no row for {size} in {out:?}"))
+}
+
+#[test]
+fn benchmarks_print_osu_tables() {
+    let cases: [(&str, usize, &[&str], &str, u64); 6] = [
+        ("osu_latency", 2, &["4096"], "# Size            Latency (us)", 4096),
+        (
+            "osu_latency",
+            2,
+            &["4096", "serde"],
+            "# Size            Latency (us)",
+            4096,
+        ),
+        ("osu_bw", 2, &["65536"], "# Size        Bandwidth (MB/s)", 65536),
+        (
+            "osu_allreduce",
+            3,
+            &["4096", "4", "20"],
+            "# Size         Avg Latency(us)",
+            4096,
+        ),
+        (
+            "osu_allreduce",
+            4,
+            &["262144", "262144", "5"],
+            "# Size         Avg Latency(us)",
+            262144,
+        ),
+        ("osu_barrier", 8, &["50"], "# Size         Avg Latency(us)", 0),
+    ];
+    for (name, n, args, header, size) in cases {
+        let program = example(name);
+        let mut argv = vec![
+            "-n".to_string(),
+            n.to_string(),
+            "--timeout".into(),
+            "120".into(),
+            program,
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = run(spmdrun(&argv));
+        assert_eq!(out.code(), Some(0), "{name} {args:?}: {out:?}");
+        assert!(out.lines().contains(&header), "{name}: no header {header:?} in {out:?}");
+        assert!(row(&out, size) > 0.0, "{name} {args:?}: {out:?}");
+    }
+    let out = run(spmdrun(&["-n", "4", &example("launch")]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let out = run(spmdrun(&["-n", "3", &example("idle_cpu"), "0.2"]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("2 ranks blocked in a receive for 0.2 s used"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn bad_example_arguments_end_the_job_with_a_message_naming_them() {
+    for (name, args, says) in [
+        ("osu_latency", vec!["abc"], "max-bytes must be a number, got \"abc\""),
+        ("osu_latency", vec!["8", "fast"], "may only be \"serde\", got \"fast\""),
+        (
+            "osu_allreduce",
+            vec!["8", "4", "many"],
+            "iterations must be a number, got \"many\"",
+        ),
+        ("pi", vec!["-5"], "intervals must be a number, got \"-5\""),
+        ("taskfarm", vec!["30", "x"], "smallest must be a number, got \"x\""),
+    ] {
+        let program = example(name);
+        let mut argv = vec!["-n", "2", program.as_str()];
+        argv.extend(args.iter().copied());
+        let out = run(spmdrun(&argv));
+        assert_eq!(out.code(), Some(2), "{name} {args:?}: {out:?}");
+        let report: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("spmdrun: ")).collect();
+        assert_eq!(report.len(), 1, "{out:?}");
+        assert!(
+            report[0].contains("called abort(2)") && report[0].contains(says),
+            "{name}: {}",
+            report[0]
+        );
+    }
+}

@@ -221,3 +221,17 @@ fn hostfiles_place_ranks_and_bad_ones_name_file_and_line() {
         "/no/such/hostfile",
     );
 }
+
+#[test]
+fn an_unknown_transport_is_a_clear_error() {
+    let mut cmd = spmdrun(&["-n", "2", &example("ring")]);
+    cmd.env("SPMD_TRANSPORT", "carrier-pigeon");
+    let out = run(cmd);
+    assert_ne!(out.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr.contains("SPMD_TRANSPORT") && out.stderr.contains("carrier-pigeon"),
+        "the error names the variable and the value: {out:?}"
+    );
+    let report: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("spmdrun: ")).collect();
+    assert_eq!(report.len(), 1, "{out:?}");
+}

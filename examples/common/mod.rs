@@ -1,0 +1,21 @@
+//! The examples' command-line arguments: a value, its default when it is
+//! absent, or the whole job ended with a message naming what was wrong.
+
+use std::str::FromStr;
+
+/// Argument `index` (1-based) parsed as a `T`, `default` when it is absent.
+/// Anything else ends the job with status 2 and a message that names the
+/// argument.
+pub fn arg<T: FromStr>(world: &spmd::World, index: usize, name: &str, default: T) -> T {
+    let Some(text) = std::env::args().nth(index) else {
+        return default;
+    };
+    match text.parse() {
+        Ok(value) => value,
+        Err(_) => {
+            let program = std::env::args().next().unwrap_or_default();
+            let program = program.rsplit('/').next().unwrap_or("example");
+            world.abort_with_message(2, &format!("{program}: {name} must be a number, got {text:?}"))
+        }
+    }
+}
