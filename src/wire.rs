@@ -94,7 +94,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn from_byte(b: u8) -> Option<Kind> {
+    pub(crate) fn from_byte(b: u8) -> Option<Kind> {
         Some(match b {
             1 => Kind::Serde,
             2 => Kind::Raw,
@@ -125,7 +125,7 @@ pub enum Context {
 }
 
 impl Context {
-    fn from_u32(v: u32) -> Option<Context> {
+    pub(crate) fn from_u32(v: u32) -> Option<Context> {
         match v {
             0 => Some(Context::User),
             1 => Some(Context::Collective),

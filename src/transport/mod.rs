@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::matching::{ReceiveId, Sink};
 use crate::wire::Header;
 
+mod fastbox;
 mod node;
 mod peers;
 mod segment;

@@ -36,6 +36,9 @@ impl<L: Link> Peers<L> {
         if peer.state == PeerState::Gone {
             return Err(Error::PeerGone { rank: dest });
         }
+        if let Some(seq) = peer.try_send_beside(&header, payload.bytes()) {
+            return Ok(SendTicket { dest, seq });
+        }
         let ticket = SendTicket {
             dest,
             seq: peer.push(header.encode(), payload),

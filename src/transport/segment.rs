@@ -19,8 +19,8 @@ pub(super) const OFF_RING_BYTES: usize = 8;
 pub(super) const OFF_DOORBELL: usize = 64;
 pub(super) const OFF_ATTACHED: usize = 128;
 /// A ring's control block: `head` (bytes written) and `tail` (bytes read),
-/// each on its own cache line.
-pub(super) const RING_CONTROL: usize = 128;
+/// each on its own cache line, then the pair's fastboxes.
+pub(super) const RING_CONTROL: usize = 128 + super::fastbox::AREA;
 
 pub(super) const AWAKE: u32 = 0;
 pub(super) const SLEEPING: u32 = 1;
@@ -198,6 +198,8 @@ impl Segment {
             head: control.cast::<AtomicU64>(),
             // SAFETY: inside the control block.
             tail: unsafe { control.add(64) }.cast::<AtomicU64>(),
+            // SAFETY: the fastboxes follow head and tail, inside the block.
+            fastboxes: unsafe { control.add(128) },
             // SAFETY: the data follows the control block, inside the mapping.
             data: unsafe { control.add(RING_CONTROL) },
             capacity: ring,
@@ -219,6 +221,8 @@ impl Drop for Segment {
 pub(super) struct Ring {
     head: *const AtomicU64,
     tail: *const AtomicU64,
+    /// The fastbox area of the same pair (see [`super::fastbox`]).
+    pub(super) fastboxes: *mut u8,
     data: *mut u8,
     pub(super) capacity: usize,
 }

@@ -19,13 +19,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::wire::Card;
+use crate::wire::{Card, Header};
 
 use super::segment::{
     AWAKE, Area, MAGIC, OFF_ATTACHED, OFF_MAGIC, OFF_RING_BYTES, Ring, SLEEPING, Segment, futex_wait, ring_bytes,
     ring_doorbell, segment_len, segment_path,
 };
 
+use super::fastbox::{FASTBOX_DATA, FastboxRx, FastboxTx};
 use super::peers::Peers;
 use super::stream::{Io, Link, Peer};
 use super::{Delivery, Wait};
@@ -53,6 +54,13 @@ pub(crate) struct RingLink {
     tx_head: u64,
     tx_tail_seen: u64,
     rx_tail: u64,
+    /// The head of `rx` noted at the start of this pass: reads stop there
+    /// (see [`super::fastbox`] for why).
+    rx_head: u64,
+    /// The fastboxes this rank writes in the peer's segment.
+    fastbox_tx: FastboxTx,
+    /// The fastboxes the peer writes in this rank's segment.
+    pub(super) fastbox_rx: FastboxRx,
 }
 
 impl RingLink {
@@ -70,6 +78,19 @@ impl RingLink {
             self.rx.prefetch(self.rx_tail);
         }
         ready
+    }
+
+    /// True if the peer has written something this rank has not read, in
+    /// the ring or in a fastbox.
+    fn ready(&self) -> bool {
+        self.fastbox_rx.ready() || self.readable()
+    }
+
+    /// Notes the ring's head for this pass of reading; true if the ring
+    /// has bytes this rank has not read.
+    fn note_head(&mut self) -> bool {
+        self.rx_head = self.rx.head().load(Ordering::Acquire);
+        self.rx_head != self.rx_tail
     }
 
     /// True if the ring to the peer has room.
@@ -120,8 +141,7 @@ impl Link for RingLink {
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<Io> {
-        let head = self.rx.head().load(Ordering::Acquire);
-        let avail = (head - self.rx_tail) as usize;
+        let avail = (self.rx_head - self.rx_tail) as usize;
         let n = avail.min(buf.len());
         if n == 0 {
             return Ok(Io::WouldBlock);
@@ -131,6 +151,24 @@ impl Link for RingLink {
         self.rx.tail().store(self.rx_tail, Ordering::Release);
         ring_doorbell(self.peer_doorbell());
         Ok(Io::Done(n))
+    }
+
+    fn try_send_beside(&mut self, header: &Header, payload: &[u8]) -> bool {
+        if payload.len() > FASTBOX_DATA {
+            return false;
+        }
+        // A fastbox may not overtake what is still in the ring.
+        if self.tx_tail_seen != self.tx_head {
+            self.tx_tail_seen = self.tx.tail().load(Ordering::Acquire);
+            if self.tx_tail_seen != self.tx_head {
+                return false;
+            }
+        }
+        if !self.fastbox_tx.try_send(header, payload) {
+            return false;
+        }
+        ring_doorbell(self.peer_doorbell());
+        true
     }
 }
 
@@ -251,13 +289,18 @@ impl ShmMesh {
                     format!("{path} is not an spmd segment of this layout"),
                 ));
             }
+            let tx = seg.ring(me, own.ring);
+            let rx = own.segment.ring(rank, own.ring);
             let link = RingLink {
-                tx: seg.ring(me, own.ring),
-                rx: own.segment.ring(rank, own.ring),
+                tx,
+                rx,
                 peer_doorbell: seg.doorbell() as *const AtomicU32,
                 tx_head: 0,
                 tx_tail_seen: 0,
                 rx_tail: 0,
+                rx_head: 0,
+                fastbox_tx: FastboxTx::new(tx.fastboxes),
+                fastbox_rx: FastboxRx::new(rx.fastboxes),
             };
             seg.at::<AtomicU32>(OFF_ATTACHED).fetch_add(1, Ordering::AcqRel);
             ring_doorbell(seg.doorbell());
@@ -319,14 +362,22 @@ impl ShmMesh {
             .list
             .iter()
             .flatten()
-            .any(|p| p.is_open() && (p.link.readable() || (p.has_output() && p.link.writable())))
+            .any(|p| p.is_open() && (p.link.ready() || (p.has_output() && p.link.writable())))
     }
 
     pub(super) fn move_bytes(&mut self, deliver: &mut Delivery<'_>) -> Result<bool> {
         let mut moved = self.peers.flush_all()?;
         let max = self.peers.max_message;
         for p in self.peers.list.iter_mut().flatten() {
-            if p.is_open() && p.link.readable() {
+            // Each pass: note the ring's head, empty the fastboxes, then
+            // read the ring up to the head noted (see super::fastbox).
+            while p.is_open() {
+                let ring = p.link.note_head();
+                let boxed = p.link.fastbox_rx.drain(p.rank(), deliver)?;
+                if !ring {
+                    moved |= boxed;
+                    break;
+                }
                 moved |= p.read_available(max, deliver)?;
             }
         }
@@ -357,7 +408,9 @@ impl ShmMesh {
     pub(super) fn idle(&self, deadline: Option<Instant>, woken: &dyn Fn(&ShmMesh) -> bool) {
         let ready = || self.anything_ready() || woken(self);
         let poll_for = if self.yield_between_polls { YIELD } else { SPIN };
-        let poll_until = Instant::now() + poll_for;
+        // Reading the clock costs more than a poll: not on every poll, and
+        // not at all when the wait is short.
+        let mut poll_until = None;
         let mut polls = 0u32;
         loop {
             if self.yield_between_polls {
@@ -369,9 +422,11 @@ impl ShmMesh {
                 return;
             }
             polls = polls.wrapping_add(1);
-            // Reading the clock costs more than a poll: not every time.
-            if (self.yield_between_polls || polls % 128 == 0) && Instant::now() >= poll_until {
-                break;
+            if self.yield_between_polls || polls % 128 == 0 {
+                let now = Instant::now();
+                if now >= *poll_until.get_or_insert(now + poll_for) {
+                    break;
+                }
             }
         }
         // Sleep until somebody rings.

@@ -36,6 +36,12 @@ pub(crate) trait Link {
     fn write(&mut self, iov: &[IoSlice<'_>]) -> Result<Io>;
     /// Reads into a prefix of `buf`.
     fn read(&mut self, buf: &mut [u8]) -> Result<Io>;
+    /// Sends a whole small message beside the stream, if the link has such
+    /// a path and the message may take it now; false if it must be framed.
+    /// Only called when nothing is queued for the stream.
+    fn try_send_beside(&mut self, _header: &Header, _payload: &[u8]) -> bool {
+        false
+    }
 }
 
 /// The bytes of an outgoing frame: owned, or borrowed from a caller that
@@ -168,6 +174,11 @@ impl<L: Link> Peer<L> {
         }
     }
 
+    /// The rank at the other end.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
     /// True if something is queued and not yet written.
     pub fn has_output(&self) -> bool {
         !self.out.is_empty() && self.state != PeerState::Gone
@@ -187,6 +198,18 @@ impl<L: Link> Peer<L> {
             written: 0,
         });
         seq
+    }
+
+    /// Sends a message beside the stream if the link can (see
+    /// [`Link::try_send_beside`]); its sequence number if it did.
+    pub(super) fn try_send_beside(&mut self, header: &Header, payload: &[u8]) -> Option<u64> {
+        if !self.out.is_empty() || !self.link.try_send_beside(header, payload) {
+            return None;
+        }
+        let seq = self.queued;
+        self.queued += 1;
+        self.sent += 1;
+        Some(seq)
     }
 
     /// Writes queued frames until the link is full; true if it wrote anything.

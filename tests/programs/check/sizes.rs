@@ -86,9 +86,68 @@ pub fn run(world: &World) -> Result<(), Error> {
         assert!(got == pattern(40_000 + i, partner, i), "burst message {i} corrupted");
     }
     spmd::wait_all(burst)?;
+    mixed_stream(world, partner)?;
     world.barrier()?;
     if me == 0 {
-        println!("ok {} sizes and a burst in both directions", sizes().len());
+        println!(
+            "ok {} sizes, a burst and a mixed stream in both directions",
+            sizes().len()
+        );
     }
+    Ok(())
+}
+
+/// Sizes on both sides of the small-message limit (a fastbox holds 52
+/// bytes) and larger, so that one stream switches between the ways a
+/// message can travel.
+const MIXED_SIZES: [usize; 10] = [0, 1, 8, 51, 52, 53, 100, 4096, 70_000, 300_000];
+const MIXED_COUNT: usize = 3000;
+
+/// A stream of messages of random sizes on one tag, sent blocking or not,
+/// while the receiver now and then stops taking them for a while: every
+/// message must arrive whole and in the order sent.
+fn mixed_stream(world: &World, partner: usize) -> Result<(), Error> {
+    let me = world.rank();
+    let len_of = |from: usize, i: usize| {
+        let mut rng = crate::rng::Rng::new((from * MIXED_COUNT + i) as u64);
+        MIXED_SIZES[rng.below(MIXED_SIZES.len())]
+    };
+    let mut pending = Vec::new();
+    let mut next = 0;
+    for i in 0..MIXED_COUNT {
+        let data = pattern(len_of(me, i), me, i);
+        if i % 3 == 0 {
+            world.send_slice_with_tag(&data, partner, 2000)?;
+        } else {
+            pending.push(world.immediate_send_slice(&data, partner, 2000)?);
+        }
+        // Take the partner's messages in bursts, after pauses that let
+        // both of its ways to this rank fill up.
+        if i % 200 == 199 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            while next <= i {
+                check_mixed(world, partner, next, len_of(partner, next))?;
+                next += 1;
+            }
+        }
+    }
+    while next < MIXED_COUNT {
+        check_mixed(world, partner, next, len_of(partner, next))?;
+        next += 1;
+    }
+    spmd::wait_all(pending).map(|_| ())
+}
+
+fn check_mixed(world: &World, partner: usize, i: usize, len: usize) -> Result<(), Error> {
+    let (got, status) = world.receive_vec_matching::<u8>(Match::source(partner).with_tag(2000))?;
+    assert_eq!(
+        status.len(),
+        len as u64,
+        "mixed stream message {i}: length (out of order?)"
+    );
+    assert!(
+        got == pattern(len, partner, i),
+        "mixed stream message {i}: corrupted or out of order"
+    );
     Ok(())
 }
