@@ -1,8 +1,14 @@
 //! Collectives done in place in shared memory by all the ranks of a node at
-//! once: each rank writes its part into its slot in rank 0's segment and
-//! arrives; the last to arrive combines the parts in rank order, publishes
-//! the result and wakes the others. Every rank waits once, instead of once
-//! per round of a tree, which is what counts when ranks outnumber cores.
+//! once: each rank writes its part into its slot in rank 0's segment, then
+//! either
+//! - every rank waits until all parts are there and folds them itself, in
+//!   rank order (when each rank has a core: one wait, nothing shared is
+//!   written twice), or
+//! - it arrives on a shared counter; the last to arrive folds the parts,
+//!   publishes the result and wakes the others (when ranks outnumber
+//!   cores: the others sleep instead of polling for parts one by one).
+//!
+//! Every rank waits once, instead of once per round of a tree.
 
 use std::sync::atomic::Ordering;
 
@@ -35,6 +41,9 @@ impl ShmMesh {
         self.calls = target;
         let area = self.area;
         area.put(set, self.peers.me, mine);
+        if self.every_rank_folds {
+            return self.fold_here(deliver, set, target, fold);
+        }
         if area.arrived().fetch_add(1, Ordering::AcqRel) + 1 == n {
             // Last to arrive: every part is written (the arrivals' Release
             // ordered them before our Acquire).
@@ -63,5 +72,33 @@ impl ShmMesh {
                     .into(),
             )),
         }
+    }
+
+    /// The way with a core per rank: stamps this rank's part (written in
+    /// `set`) as belonging to call `target`, waits until every part is
+    /// stamped so, and folds them all here. A set is written again two
+    /// calls later, by which time every rank has read it: nobody finishes
+    /// the call in between before every rank has written its part of it,
+    /// which each does only after reading this one.
+    fn fold_here(
+        &mut self,
+        deliver: &mut Delivery<'_>,
+        set: usize,
+        target: u32,
+        fold: &mut Fold<'_>,
+    ) -> Result<Vec<u8>> {
+        let area = self.area;
+        let n = self.peers.list.len();
+        area.stamp(set, self.peers.me).store(target, Ordering::Release);
+        // SAFETY: the doorbells point into mappings the mesh keeps alive.
+        ring_doorbells(self.bells.iter().map(|b| unsafe { &**b }));
+        let all_here = |mesh: &ShmMesh| (0..n).all(|r| mesh.area.stamp(set, r).load(Ordering::Acquire) == target);
+        while !all_here(self) {
+            if !self.move_bytes(deliver)? {
+                self.idle(None, &all_here);
+            }
+        }
+        let parts: Vec<&[u8]> = (0..n).map(|r| area.get(set, r)).collect();
+        fold(&parts)
     }
 }

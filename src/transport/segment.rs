@@ -53,9 +53,11 @@ fn rings_end(size: usize, ring: usize) -> usize {
 }
 
 /// The node-wide collective area (used in rank 0's segment only): an
-/// arrival counter and a generation, each on its own cache line, then two
-/// sets (alternating between calls) of one slot per rank and one result
-/// slot. A slot is a 4-byte length and up to [`SLOT_DATA`] bytes.
+/// arrival counter (beside the flag saying which way the node folds, set
+/// once at start-up) and a generation, each on its own cache line, then
+/// two sets (alternating between calls) of one slot per rank and one result
+/// slot. A slot is a 4-byte length, a 4-byte stamp (the call it belongs to,
+/// when every rank folds) and up to [`SLOT_DATA`] bytes.
 const AREA_CONTROL: usize = 128;
 const SLOT: usize = 4096;
 /// The most bytes a rank contributes to a node-wide collective.
@@ -76,6 +78,28 @@ impl Area {
     pub(super) fn arrived(&self) -> &AtomicU32 {
         // SAFETY: inside the mapping, aligned.
         unsafe { &*self.base.cast::<AtomicU32>() }
+    }
+
+    fn every_rank_folds_flag(&self) -> &AtomicU32 {
+        // SAFETY: inside the mapping, aligned, beside `arrived`.
+        unsafe { &*self.base.add(4).cast::<AtomicU32>() }
+    }
+
+    /// Records, once at start-up, whether every rank folds the parts
+    /// itself (see [`super::node`]); every rank then reads it from here, so
+    /// all agree.
+    pub(super) fn set_every_rank_folds(&self, yes: bool) {
+        self.every_rank_folds_flag().store(u32::from(yes), Ordering::Release);
+    }
+
+    pub(super) fn every_rank_folds(&self) -> bool {
+        self.every_rank_folds_flag().load(Ordering::Acquire) == 1
+    }
+
+    /// The stamp of slot `index` of `set`: the call whose part it holds.
+    pub(super) fn stamp(&self, set: usize, index: usize) -> &AtomicU32 {
+        // SAFETY: the second word of a slot, aligned, inside the area.
+        unsafe { &*self.slot_ptr(set, index).add(4).cast::<AtomicU32>() }
     }
 
     pub(super) fn generation(&self) -> &AtomicU32 {

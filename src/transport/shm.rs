@@ -201,6 +201,14 @@ impl ShmListener {
         segment
             .at::<AtomicU64>(OFF_RING_BYTES)
             .store(ring as u64, Ordering::Relaxed);
+        if rank == 0 {
+            // Rank 0's segment holds the node-wide collective area. With a
+            // core per rank, every rank folds the parts itself (one wait,
+            // no shared counter); with more ranks than cores, the last to
+            // arrive folds for all, so the others sleep instead of polling.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            segment.area(size, ring).set_every_rank_folds(local_size <= cores);
+        }
         segment.at::<AtomicU64>(OFF_MAGIC).store(MAGIC, Ordering::Release);
         let card = Card::Shm { path: path.clone() };
         Ok(ShmListener {
@@ -237,6 +245,8 @@ pub(crate) struct ShmMesh {
     pub(super) bells: Vec<*const AtomicU32>,
     /// Node-wide collectives completed so far (the same on every rank).
     pub(super) calls: u32,
+    /// Every rank folds the parts itself (see [`super::node`]).
+    pub(super) every_rank_folds: bool,
     /// More ranks than cores: yield the core between polls (for [`YIELD`])
     /// instead of spinning on it (for [`SPIN`]).
     yield_between_polls: bool,
@@ -350,6 +360,7 @@ impl ShmMesh {
             area,
             bells,
             calls: 0,
+            every_rank_folds: area.every_rank_folds(),
             // With more ranks than cores, spinning would steal the core a
             // peer needs: yield it instead.
             yield_between_polls: size > cores,
