@@ -115,6 +115,9 @@ pub(crate) struct Envelope {
     /// Set when the payload (of this many bytes) was written straight into
     /// the receiver's buffer; `payload` is then empty.
     pub landed: Option<u64>,
+    /// The new buffer a landed payload was written into, for a receive
+    /// that asked for one ([`Room::Fresh`]).
+    pub fresh: Option<FreshBuffer>,
 }
 
 impl Envelope {
@@ -127,6 +130,7 @@ impl Envelope {
             kind,
             payload,
             landed: None,
+            fresh: None,
         }
     }
 
@@ -155,6 +159,64 @@ pub(crate) struct Buffer {
 // SAFETY: a buffer is only reachable while the receive that lent it waits,
 // on the thread that owns the engine.
 unsafe impl Send for Buffer {}
+
+/// Where a posted receive lets its message land.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Room {
+    /// In the caller's buffer.
+    Given(Buffer),
+    /// In a buffer allocated when the message's length is known, for
+    /// elements of `size` bytes aligned to `align` (see [`FreshBuffer`]).
+    Fresh { size: usize, align: usize },
+}
+
+/// A buffer allocated for one message's payload with the global allocator,
+/// freed on drop unless its owner takes it (as a `Vec` of the elements it
+/// was allocated for).
+#[derive(Debug)]
+pub(crate) struct FreshBuffer {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl FreshBuffer {
+    /// `len` bytes (more than 0) aligned to `align`; `None` if the layout
+    /// is invalid or memory runs out.
+    fn allocate(len: usize, align: usize) -> Option<FreshBuffer> {
+        let layout = std::alloc::Layout::from_size_align(len, align).ok()?;
+        if layout.size() == 0 {
+            return None;
+        }
+        // SAFETY: the layout has a non-zero size.
+        let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc(layout) })?;
+        Some(FreshBuffer { ptr, layout })
+    }
+
+    /// The buffer as a vector of `T`, if it was allocated for `T`s and
+    /// holds a whole number of them (written in full: it has landed).
+    pub fn into_vec<T: bytemuck::Pod>(self) -> Result<Vec<T>, FreshBuffer> {
+        let size = std::mem::size_of::<T>();
+        if size == 0 || self.layout.align() != std::mem::align_of::<T>() || self.layout.size() % size != 0 {
+            return Err(self);
+        }
+        let count = self.layout.size() / size;
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: allocated by the global allocator with exactly the layout
+        // of `count` Ts; every byte was written (the message landed), and
+        // any bytes are a valid T.
+        Ok(unsafe { Vec::from_raw_parts(this.ptr.as_ptr().cast::<T>(), count, count) })
+    }
+}
+
+impl Drop for FreshBuffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `allocate` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+// SAFETY: the buffer is owned memory like a Vec's.
+unsafe impl Send for FreshBuffer {}
 
 /// Where a transport writes a claimed message's payload.
 #[derive(Debug, Clone, Copy)]
@@ -215,9 +277,10 @@ pub(crate) struct ReceiveId(u64);
 #[derive(Debug, Default)]
 pub(crate) struct Matcher {
     unexpected: VecDeque<Envelope>,
-    posted: Vec<(ReceiveId, Selector, Option<Buffer>)>,
-    /// Receives whose message is being written into their buffer.
-    landing: Vec<ReceiveId>,
+    posted: Vec<(ReceiveId, Selector, Option<Room>)>,
+    /// Receives whose message is being written into their buffer (and the
+    /// buffer, if it was allocated for the message).
+    landing: Vec<(ReceiveId, Option<FreshBuffer>)>,
     /// Receives that have their message but were not taken yet (few).
     completed: Vec<(ReceiveId, Envelope)>,
     next_id: u64,
@@ -240,8 +303,8 @@ impl Matcher {
         self.post_into(sel, None)
     }
 
-    /// Posts a receive that may take its message straight into `buffer`.
-    pub fn post_into(&mut self, sel: Selector, buffer: Option<Buffer>) -> ReceiveId {
+    /// Posts a receive that may take its message straight into `room`.
+    pub fn post_into(&mut self, sel: Selector, room: Option<Room>) -> ReceiveId {
         let id = ReceiveId(self.next_id);
         self.next_id += 1;
         if let Some(i) = self.unexpected.iter().position(|env| sel.accepts(env)) {
@@ -249,7 +312,7 @@ impl Matcher {
                 self.completed.push((id, env));
             }
         } else {
-            self.posted.push((id, sel, buffer));
+            self.posted.push((id, sel, room));
         }
         id
     }
@@ -272,9 +335,10 @@ impl Matcher {
 
     /// Withdraws a receive whose request was dropped. A message it had
     /// already taken goes back to the front of the queue, so it is not lost.
+    /// The transport must have stopped writing into its buffer first.
     pub fn cancel(&mut self, id: ReceiveId) {
         self.posted.retain(|(i, _, _)| *i != id);
-        self.landing.retain(|i| *i != id);
+        self.landing.retain(|(i, _)| *i != id);
         if let Some(env) = self.take(id) {
             self.unexpected.push_front(env);
         }
@@ -302,15 +366,26 @@ impl Sink for Matcher {
         // The receive that would get this message is the earliest posted one
         // that accepts it; only that one may take it.
         let i = self.posted.iter().position(|(_, sel, _)| sel.accepts(&probe))?;
-        let buffer = self.posted[i].2.filter(|b| b.len as u64 >= len)?;
+        let (ptr, fresh) = match self.posted[i].2? {
+            Room::Given(b) if b.len as u64 >= len => (b.ptr, None),
+            Room::Given(_) => return None,
+            Room::Fresh { size, align } => {
+                let len = usize::try_from(len).ok()?;
+                if size == 0 || len % size != 0 {
+                    return None;
+                }
+                let fresh = FreshBuffer::allocate(len, align)?;
+                (fresh.ptr.as_ptr(), Some(fresh))
+            }
+        };
         let (id, _, _) = self.posted.remove(i);
-        self.landing.push(id);
-        Some(Landing { id, ptr: buffer.ptr })
+        self.landing.push((id, fresh));
+        Some(Landing { id, ptr })
     }
 
-    fn landed(&mut self, id: ReceiveId, env: Envelope) {
-        if let Some(i) = self.landing.iter().position(|l| *l == id) {
-            self.landing.swap_remove(i);
+    fn landed(&mut self, id: ReceiveId, mut env: Envelope) {
+        if let Some(i) = self.landing.iter().position(|(l, _)| *l == id) {
+            env.fresh = self.landing.swap_remove(i).1;
             self.completed.push((id, env));
         }
     }

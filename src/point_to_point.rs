@@ -41,10 +41,19 @@ impl World {
         engine.wait_sent(sent, dest)
     }
 
-    /// Receives the next message `sel` accepts.
-    pub(crate) fn receive_envelope(&self, sel: Selector, timeout: Option<Duration>) -> Result<Envelope> {
+    /// Receives the next message `sel` accepts; a raw message of elements
+    /// of the given (size, alignment) lands in a buffer allocated for it.
+    pub(crate) fn receive_envelope(
+        &self,
+        sel: Selector,
+        layout: Option<(usize, usize)>,
+        timeout: Option<Duration>,
+    ) -> Result<Envelope> {
         let mut engine = self.engine();
-        let id = engine.post(sel)?;
+        let id = match layout {
+            Some((size, align)) => engine.post_fresh(sel, size, align)?,
+            None => engine.post(sel)?,
+        };
         engine.wait_receive(id, timeout)
     }
 
@@ -67,7 +76,12 @@ impl World {
     /// Sends `value` to rank `dest` with tag `tag`.
     pub fn send_with_tag<T: Serialize + ?Sized>(&self, value: &T, dest: usize, tag: u32) -> Result<()> {
         self.check_rank(dest)?;
-        self.send_bytes(dest, Context::User, tag, Kind::Serde, message::encode(value)?)
+        if let Some(bytes) = message::as_raw(value) {
+            // Numbers go out straight from the caller's memory.
+            return self.engine().send_now(dest, Context::User, tag, Kind::Raw, bytes);
+        }
+        let (kind, payload) = message::encode(value)?;
+        self.send_bytes(dest, Context::User, tag, kind, payload)
     }
 
     /// Receives a `T` from rank `source` with tag 0.
@@ -92,8 +106,13 @@ impl World {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn receive_matching<T: DeserializeOwned>(&self, pattern: Match) -> Result<(T, Status)> {
-        let env = self.receive_envelope(Selector::user(pattern), None)?;
-        Ok((message::decode(&env)?, env.status()))
+        self.receive_value(pattern, None)
+    }
+
+    fn receive_value<T: DeserializeOwned>(&self, pattern: Match, timeout: Option<Duration>) -> Result<(T, Status)> {
+        let env = self.receive_envelope(Selector::user(pattern), message::raw_vec_layout::<T>(), timeout)?;
+        let status = env.status();
+        Ok((message::decode_owned(env)?, status))
     }
 
     /// Like [`World::receive_matching`], but gives up with
@@ -103,8 +122,7 @@ impl World {
         pattern: Match,
         timeout: Duration,
     ) -> Result<(T, Status)> {
-        let env = self.receive_envelope(Selector::user(pattern), Some(timeout))?;
-        Ok((message::decode(&env)?, env.status()))
+        self.receive_value(pattern, Some(timeout))
     }
 
     /// Waits until a message `pattern` accepts has arrived and returns its
@@ -149,13 +167,17 @@ impl World {
     ) -> Result<R> {
         self.check_rank(dest)?;
         self.check_rank(source)?;
-        let payload = message::encode(value)?;
+        let (kind, payload) = message::encode(value)?;
         let mut engine = self.engine();
-        let id = engine.post(Selector::user(Match::source(source).with_tag(receive_tag)))?;
-        let sent = engine.send(dest, Context::User, send_tag, Kind::Serde, payload)?;
+        let sel = Selector::user(Match::source(source).with_tag(receive_tag));
+        let id = match message::raw_vec_layout::<R>() {
+            Some((size, align)) => engine.post_fresh(sel, size, align)?,
+            None => engine.post(sel)?,
+        };
+        let sent = engine.send(dest, Context::User, send_tag, kind, payload)?;
         let env = engine.wait_receive(id, None)?;
         engine.wait_sent(sent, dest)?;
-        message::decode(&env)
+        message::decode_owned(env)
     }
 
     /// Sends a slice of plain numbers as raw bytes, without serialization.
@@ -220,7 +242,9 @@ impl World {
     /// Receives plain numbers from whichever rank and tag `pattern` accepts
     /// into a new vector, with the status.
     pub fn receive_vec_matching<T: Pod>(&self, pattern: Match) -> Result<(Vec<T>, Status)> {
-        let env = self.receive_envelope(Selector::user(pattern), None)?;
-        Ok((message::to_vec(&env)?, env.status()))
+        let layout = (std::mem::size_of::<T>(), std::mem::align_of::<T>());
+        let env = self.receive_envelope(Selector::user(pattern), Some(layout), None)?;
+        let status = env.status();
+        Ok((message::into_vec(env)?, status))
     }
 }

@@ -6,7 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::matching::{Buffer, Envelope, Matcher, ReceiveId, Selector, Status};
+use crate::matching::{Buffer, Envelope, Matcher, ReceiveId, Room, Selector, Status};
 use crate::transport::{Fold, SendTicket, Transport, Wait};
 use crate::wire::{Context, Header, Kind};
 
@@ -138,13 +138,24 @@ impl Engine {
         if let Some(source) = sel.pattern.source_rank() {
             self.check_rank(source)?;
         }
-        Ok(self.matcher.post_into(sel, Some(Buffer { ptr: buf, len })))
+        Ok(self.matcher.post_into(sel, Some(Room::Given(Buffer { ptr: buf, len }))))
     }
 
     /// Withdraws a receive and stops anything from landing in its buffer.
     pub fn abandon_receive(&mut self, id: ReceiveId) {
         self.transport.detach(id);
         self.matcher.cancel(id);
+    }
+
+    /// Posts a receive whose message, if it is raw numbers of `size` bytes
+    /// each, lands in a buffer allocated for it when its length is known
+    /// (taken with [`crate::message::into_vec`]): one copy, like a receive
+    /// into a buffer the caller gives.
+    pub fn post_fresh(&mut self, sel: Selector, size: usize, align: usize) -> Result<ReceiveId> {
+        if let Some(source) = sel.pattern.source_rank() {
+            self.check_rank(source)?;
+        }
+        Ok(self.matcher.post_into(sel, Some(Room::Fresh { size, align })))
     }
 
     /// Queues a frame that borrows `payload` (a send to this rank copies it
@@ -224,12 +235,11 @@ impl Engine {
             ptr: buf.as_mut_ptr(),
             len: buf.len(),
         };
-        let id = self.matcher.post_into(sel, Some(buffer));
+        let id = self.matcher.post_into(sel, Some(Room::Given(buffer)));
         let result = catch_unwind(AssertUnwindSafe(|| self.wait_receive(id, None)));
         if !matches!(result, Ok(Ok(_))) {
             // `buf` is about to be released: nothing may write into it.
-            self.transport.detach(id);
-            self.matcher.cancel(id);
+            self.abandon_receive(id);
         }
         result.unwrap_or_else(|panic| resume_unwind(panic))
     }
@@ -247,13 +257,13 @@ impl Engine {
             }
             if let Some(sel) = self.matcher.pending(id) {
                 if let Err(e) = self.check_can_arrive(sel) {
-                    self.matcher.cancel(id);
+                    self.abandon_receive(id);
                     return Err(e);
                 }
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 let what = sel_text(self.matcher.pending(id));
-                self.matcher.cancel(id);
+                self.abandon_receive(id);
                 return Err(timed_out(what, timeout));
             }
             self.step(Wait::Until(deadline))?;
@@ -269,10 +279,6 @@ impl Engine {
             self.check_can_arrive(sel)?;
         }
         Ok(self.matcher.is_complete(id))
-    }
-
-    pub fn cancel(&mut self, id: ReceiveId) {
-        self.matcher.cancel(id);
     }
 
     /// Looks for a queued message; waits per `wait` if there is none.

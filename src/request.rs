@@ -74,7 +74,7 @@ impl Request for SendRequest<'_> {
 pub struct ReceiveRequest<'w, T> {
     world: &'w World,
     id: Option<ReceiveId>,
-    decode: fn(&Envelope) -> Result<T>,
+    decode: fn(Envelope) -> Result<T>,
 }
 
 impl<T> std::fmt::Debug for ReceiveRequest<'_, T> {
@@ -91,7 +91,8 @@ impl<T> Request for ReceiveRequest<'_, T> {
             unreachable!("a receive request is waited on once, by value")
         };
         let env = self.world.engine().wait_receive(id, None)?;
-        Ok(((self.decode)(&env)?, env.status()))
+        let status = env.status();
+        Ok(((self.decode)(env)?, status))
     }
 
     fn test(&mut self) -> Result<bool> {
@@ -106,7 +107,7 @@ impl<T> Drop for ReceiveRequest<'_, T> {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
             if let Ok(mut engine) = self.world.engine_try() {
-                engine.cancel(id);
+                engine.abandon_receive(id);
             }
         }
     }
@@ -135,16 +136,23 @@ impl World {
         dest: usize,
         tag: u32,
     ) -> Result<SendRequest<'_>> {
-        self.immediate_bytes(dest, tag, Kind::Serde, message::encode(value)?)
+        if let Some(bytes) = message::as_raw(value) {
+            return self.immediate_raw(dest, tag, bytes);
+        }
+        let (kind, payload) = message::encode(value)?;
+        self.immediate_bytes(dest, tag, kind, payload)
     }
 
     /// Starts sending a slice of plain numbers to `dest` with tag `tag`.
     pub fn immediate_send_slice<T: Pod>(&self, data: &[T], dest: usize, tag: u32) -> Result<SendRequest<'_>> {
+        self.immediate_raw(dest, tag, message::pod_bytes(data))
+    }
+
+    /// Starts sending raw bytes of plain numbers: what fits now goes
+    /// straight out; only the rest is copied.
+    fn immediate_raw(&self, dest: usize, tag: u32, bytes: &[u8]) -> Result<SendRequest<'_>> {
         self.check_rank(dest)?;
-        // What fits now goes straight out; only the rest is copied.
-        let sent = self
-            .engine()
-            .send_eager(dest, Context::User, tag, Kind::Raw, message::pod_bytes(data))?;
+        let sent = self.engine().send_eager(dest, Context::User, tag, Kind::Raw, bytes)?;
         Ok(SendRequest {
             world: self,
             sent,
@@ -166,20 +174,28 @@ impl World {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn immediate_receive<T: DeserializeOwned>(&self, pattern: Match) -> Result<ReceiveRequest<'_, T>> {
-        self.immediate_receive_with(pattern, message::decode::<T>)
+        self.immediate_receive_with(pattern, message::raw_vec_layout::<T>(), message::decode_owned::<T>)
     }
 
     /// Posts a receive of plain numbers into a new vector.
     pub fn immediate_receive_vec<T: Pod>(&self, pattern: Match) -> Result<ReceiveRequest<'_, Vec<T>>> {
-        self.immediate_receive_with(pattern, message::to_vec::<T>)
+        let layout = (std::mem::size_of::<T>(), std::mem::align_of::<T>());
+        self.immediate_receive_with(pattern, Some(layout), message::into_vec::<T>)
     }
 
+    /// Posts a receive; a raw message of elements of the given (size,
+    /// alignment) lands in a vector allocated for it.
     fn immediate_receive_with<T>(
         &self,
         pattern: Match,
-        decode: fn(&Envelope) -> Result<T>,
+        layout: Option<(usize, usize)>,
+        decode: fn(Envelope) -> Result<T>,
     ) -> Result<ReceiveRequest<'_, T>> {
-        let id = self.engine().post(Selector::user(pattern))?;
+        let sel = Selector::user(pattern);
+        let id = match layout {
+            Some((size, align)) => self.engine().post_fresh(sel, size, align)?,
+            None => self.engine().post(sel)?,
+        };
         Ok(ReceiveRequest {
             world: self,
             id: Some(id),

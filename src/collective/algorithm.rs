@@ -55,7 +55,7 @@ pub(crate) struct SerdeCodec;
 
 impl<T: Serialize + DeserializeOwned> Codec<T> for SerdeCodec {
     fn encode(&self, value: &T) -> Result<Body> {
-        Ok((Kind::Serde, message::encode(value)?))
+        message::encode(value)
     }
     fn decode(&self, env: &Envelope) -> Result<T> {
         message::decode(env)
@@ -108,7 +108,7 @@ impl World {
     }
 
     fn coll_receive(&self, source: usize, tag: u32) -> Result<Envelope> {
-        self.receive_envelope(Selector::collective(source, tag), None)
+        self.receive_envelope(Selector::collective(source, tag), None, None)
     }
 
     fn wait_sends(&self, sends: Vec<(Sent, usize)>) -> Result<()> {

@@ -3,11 +3,13 @@
 //! message in a fastbox crosses between cores as one cache line, where the
 //! ring needs its head, the frame header and the payload.
 //!
-//! Order with the ring: the sender uses a fastbox only when it has nothing
-//! queued and the receiver has read everything from the ring; the receiver
-//! notes the ring's head, then empties the fastboxes, then reads the ring no
-//! further than the head it noted. A fastbox message it sees was therefore
-//! written before every ring message it reads in that pass.
+//! Order with the ring: the sender puts a message in a fastbox only when it
+//! has nothing queued and the receiver has read every ring byte, so ring
+//! bytes the receiver has not read were all written after every fastbox
+//! message still waiting. The receiver empties the fastboxes before it
+//! reads the ring, and trusts a newly loaded ring head only if no fastbox
+//! is full after loading it: bytes written after a fastbox message make
+//! that message visible to whoever sees them (Release, then Acquire).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 

@@ -54,8 +54,8 @@ pub(crate) struct RingLink {
     tx_head: u64,
     tx_tail_seen: u64,
     rx_tail: u64,
-    /// The head of `rx` noted at the start of this pass: reads stop there
-    /// (see [`super::fastbox`] for why).
+    /// How far this rank may read `rx`: its head when last seen with no
+    /// fastbox message waiting (see [`super::fastbox`] for why).
     rx_head: u64,
     /// The fastboxes this rank writes in the peer's segment.
     fastbox_tx: FastboxTx,
@@ -84,13 +84,6 @@ impl RingLink {
     /// the ring or in a fastbox.
     fn ready(&self) -> bool {
         self.fastbox_rx.ready() || self.readable()
-    }
-
-    /// Notes the ring's head for this pass of reading; true if the ring
-    /// has bytes this rank has not read.
-    fn note_head(&mut self) -> bool {
-        self.rx_head = self.rx.head().load(Ordering::Acquire);
-        self.rx_head != self.rx_tail
     }
 
     /// True if the ring to the peer has room.
@@ -141,6 +134,13 @@ impl Link for RingLink {
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<Io> {
+        // Bytes written after a fastbox message that is still waiting must
+        // wait for it: see the head move only when no fastbox is full. (If
+        // one fills after this check, it was written after these bytes.)
+        let head = self.rx.head().load(Ordering::Acquire);
+        if head != self.rx_head && !self.fastbox_rx.ready() {
+            self.rx_head = head;
+        }
         let avail = (self.rx_head - self.rx_tail) as usize;
         let n = avail.min(buf.len());
         if n == 0 {
@@ -380,16 +380,17 @@ impl ShmMesh {
         let mut moved = self.peers.flush_all()?;
         let max = self.peers.max_message;
         for p in self.peers.list.iter_mut().flatten() {
-            // Each pass: note the ring's head, empty the fastboxes, then
-            // read the ring up to the head noted (see super::fastbox).
+            // Fastbox messages first; the ring stops before any bytes
+            // written after a fastbox message that is waiting, so go round
+            // again while one is.
             while p.is_open() {
-                let ring = p.link.note_head();
-                let boxed = p.link.fastbox_rx.drain(p.rank(), deliver)?;
-                if !ring {
-                    moved |= boxed;
+                moved |= p.link.fastbox_rx.drain(p.rank(), deliver)?;
+                if p.link.readable() {
+                    moved |= p.read_available(max, deliver)?;
+                }
+                if !p.link.fastbox_rx.ready() {
                     break;
                 }
-                moved |= p.read_available(max, deliver)?;
             }
         }
         Ok(moved)

@@ -4,6 +4,7 @@
 
 mod collectives;
 mod failures;
+mod numbers;
 mod output;
 mod p2p;
 mod rng;

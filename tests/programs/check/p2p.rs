@@ -16,6 +16,7 @@ pub fn run(world: &World) -> Result<(), Error> {
     empty_and_large(world)?;
     immediate(world)?;
     sendrecv_ring(world)?;
+    crate::numbers::run(world)?;
     errors(world)?;
     world.barrier()
 }
