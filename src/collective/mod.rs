@@ -397,9 +397,15 @@ impl World {
     /// Plain-number allreduce, element by element, into `recv` (of
     /// `send.len()` elements) on every rank.
     ///
-    /// Every rank must pass the same length: the algorithm is chosen from
-    /// it (small vectors go through shared memory at once), so ranks that
-    /// disagree may not meet, and the call may hang instead of failing.
+    /// Every rank must pass the same length. Ranks that do not all get
+    /// [`Error::InvalidArgument`] when every vector is larger than 4 KiB,
+    /// or (over shared memory) when every one is at most 4 KiB; the
+    /// algorithm is chosen from the length, so ranks on both sides of that
+    /// limit may not meet, and the call may hang instead.
+    ///
+    /// Over shared memory, large vectors go through windows shared by all
+    /// the ranks, folded in rank order: every rank gets the same bits, for
+    /// any associative operator.
     ///
     /// ```no_run
     /// use spmd::op;
@@ -417,7 +423,23 @@ impl World {
         if let Some(result) = node {
             return copy_result(result?, recv, "allreduce_into");
         }
+        let element = std::mem::size_of::<E>();
+        let mut combine = |acc: &mut [u8], next: &[u8]| combine_into(op, acc, next, Side::Lower);
+        let windows = self.engine().window_allreduce(
+            crate::message::pod_bytes(send),
+            bytemuck::cast_slice_mut(recv),
+            element,
+            &mut combine,
+        );
+        if let Some(done) = windows {
+            return done;
+        }
         let bytes = std::mem::size_of_val(send);
+        if bytes > crate::transport::NODE_PART_MAX {
+            // Ranks that disagree would wait for parts that never come:
+            // agree on the length first (cheap next to the data).
+            self.agree_on_length("allreduce_into", bytes)?;
+        }
         if op.is_commutative() && self.size() > 2 && bytes >= ring::RING_THRESHOLD {
             // In place in the caller's buffer: no copy but the first.
             recv.copy_from_slice(send);
@@ -426,6 +448,26 @@ impl World {
         let mine = crate::message::pod_copy(send);
         let result = self.allreduce_value(&RawCodec, mine, &elementwise(op, "allreduce_into"))?;
         copy_result(result, recv, "allreduce_into")
+    }
+
+    /// Fails on every rank, before any data moves, unless every rank passed
+    /// `bytes`.
+    fn agree_on_length(&self, what: &'static str, bytes: usize) -> Result<()> {
+        let len = bytes as u64;
+        // The largest length, and the complement of the smallest.
+        let mine = crate::message::pod_copy(&[len, !len]);
+        let both = self.allreduce_value(&RawCodec, mine, &elementwise::<u64, _>(&crate::op::Max, what))?;
+        let [most, least]: [u64; 2] = match bytemuck::try_pod_read_unaligned(&both) {
+            Ok(pair) => pair,
+            Err(_) => return Err(Error::InvalidArgument(format!("{what}: ranks disagree on lengths"))),
+        };
+        let least = !least;
+        if most != len || least != len {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: ranks gave slices of different lengths (from {least} to {most} bytes)"
+            )));
+        }
+        Ok(())
     }
 
     /// Inclusive prefix reduction: rank `r` gets `value₀ op … op value_r`.

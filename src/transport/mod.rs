@@ -14,10 +14,12 @@ mod segment;
 mod shm;
 mod socket;
 mod stream;
+mod window;
 
 pub(crate) use node::{Fold, NODE_PART_MAX};
 use shm::{ShmListener, ShmMesh};
 use socket::{Listener, SocketMesh};
+pub(crate) use window::Combine;
 
 /// Where a rank can be reached, opened before it registers: the first half
 /// of a transport.
@@ -193,6 +195,23 @@ impl Transport {
     ) -> Option<Result<Vec<u8>>> {
         match self {
             Transport::Shm(m) if mine.len() <= NODE_PART_MAX => Some(m.node_collective(deliver, mine, fold)),
+            _ => None,
+        }
+    }
+
+    /// Allreduce of `send` into `out` through shared windows, if this
+    /// transport can (every rank on one node, over shared memory); `None`
+    /// if it cannot.
+    pub fn window_allreduce(
+        &mut self,
+        deliver: &mut Delivery<'_>,
+        send: &[u8],
+        out: &mut [u8],
+        element: usize,
+        combine: &mut Combine<'_>,
+    ) -> Option<Result<()>> {
+        match self {
+            Transport::Shm(m) => Some(m.window_allreduce(deliver, send, out, element, combine)),
             _ => None,
         }
     }

@@ -64,6 +64,11 @@ const SLOT: usize = 4096;
 pub(super) const SLOT_DATA: usize = SLOT - 8;
 
 fn area_len(size: usize) -> usize {
+    slots_end(size) + super::window::windows_len(size)
+}
+
+/// Where the windows for large collectives start in the area.
+fn slots_end(size: usize) -> usize {
     AREA_CONTROL + 2 * (size + 1) * SLOT
 }
 
@@ -78,6 +83,12 @@ impl Area {
     pub(super) fn arrived(&self) -> &AtomicU32 {
         // SAFETY: inside the mapping, aligned.
         unsafe { &*self.base.cast::<AtomicU32>() }
+    }
+
+    /// The windows for large collectives, after the slots.
+    pub(super) fn windows(&self) -> super::window::Windows {
+        // SAFETY: the windows follow the slots inside the area.
+        super::window::Windows::at(unsafe { self.base.add(slots_end(self.size)) }, self.size)
     }
 
     fn every_rank_folds_flag(&self) -> &AtomicU32 {

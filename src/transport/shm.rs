@@ -29,6 +29,7 @@ use super::segment::{
 use super::fastbox::{FASTBOX_DATA, FastboxRx, FastboxTx};
 use super::peers::Peers;
 use super::stream::{Io, Link, Peer};
+use super::window::Windows;
 use super::{Delivery, Wait};
 
 /// How long a rank polls before it sleeps, when it has a core to itself.
@@ -247,6 +248,10 @@ pub(crate) struct ShmMesh {
     pub(super) calls: u32,
     /// Every rank folds the parts itself (see [`super::node`]).
     pub(super) every_rank_folds: bool,
+    /// The windows for large collectives, in rank 0's segment.
+    pub(super) windows: Windows,
+    /// Pieces moved through the windows so far (the same on every rank).
+    pub(super) window_pieces: usize,
     /// More ranks than cores: yield the core between polls (for [`YIELD`])
     /// instead of spinning on it (for [`SPIN`]).
     yield_between_polls: bool,
@@ -361,6 +366,8 @@ impl ShmMesh {
             bells,
             calls: 0,
             every_rank_folds: area.every_rank_folds(),
+            windows: area.windows(),
+            window_pieces: 0,
             // With more ranks than cores, spinning would steal the core a
             // peer needs: yield it instead.
             yield_between_polls: size > cores,

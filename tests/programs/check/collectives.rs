@@ -274,8 +274,29 @@ pub fn run(world: &World, seed: u64, cases: usize) -> Result<(), Error> {
             }
         }
     }
+    different_lengths(world)?;
     if me == 0 {
         println!("ok {cases} random collective cases from seed {seed}");
     }
+    Ok(())
+}
+
+/// Ranks that pass large vectors of different lengths to allreduce_into
+/// all get an error (with shared memory, the lengths are compared before
+/// any data moves), and the next collective works.
+fn different_lengths(world: &World) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    if n < 2 {
+        return Ok(());
+    }
+    let len = if me == n - 1 { 20_000 } else { 10_000 };
+    let send = vec![1i64; len];
+    let mut recv = vec![0i64; len];
+    match world.allreduce_into(&send, &mut recv, &op::Sum) {
+        Err(Error::InvalidArgument(text)) => assert!(text.contains("length"), "{text}"),
+        other => panic!("rank {me}: allreduce_into of different lengths gave {other:?}"),
+    }
+    let total: u64 = world.allreduce(&1u64, &op::Sum)?;
+    assert_eq!(total, n as u64, "the collective after the failed one");
     Ok(())
 }
