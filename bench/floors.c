@@ -1,0 +1,176 @@
+/*
+ * What this machine allows, whatever the runtime: the floors that spmd's
+ * shared-memory figures are judged against in scripts/bench-vs-mpi.
+ *
+ * Two threads pinned to cores 0 and 1 (processes sharing memory behave the
+ * same for the caches) measure:
+ *   line          one-way time of a 64-byte cache line carrying a flag and
+ *                 8 bytes of data, ping-pong (the least an 8-byte message
+ *                 can cost between cores)
+ *   copy SIZE     one-way time of SIZE bytes copied in by one core and out
+ *                 by the other through a 256 KiB ring in 32 KiB pieces, the
+ *                 two copies overlapping (the least a copy-in/copy-out
+ *                 message of SIZE can cost), ping-pong
+ *   stream SIZE   bandwidth of back-to-back messages of SIZE bytes through
+ *                 the same ring into 64 buffers in turn (as osu_bw's
+ *                 window of 64 receives does), in MB/s
+ *
+ * usage: floors line | copy SIZE | stream SIZE
+ * build: cc -O2 -pthread -o floors bench/floors.c
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define RING (256u << 10)
+#define PIECE (32u << 10)
+
+struct line {
+    _Alignas(64) _Atomic uint32_t seq;
+    char data[60];
+};
+
+static struct line lines[2];
+#define WINDOW 64
+
+static char *ring, *src, *dst[WINDOW];
+static int buffers = 1;
+static size_t size;
+static long rounds;
+static _Alignas(64) _Atomic uint64_t head;
+static _Alignas(64) _Atomic uint64_t tail;
+static _Alignas(64) _Atomic uint64_t acks;
+static int ack_each;
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static void pin(int core) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(core, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+static void line_side(int me) {
+    char buf[8] = {0};
+    for (uint32_t s = 1; s <= (uint32_t)rounds; s++) {
+        struct line *out = &lines[1 - me], *in = &lines[me];
+        if (me == 0) {
+            memcpy(out->data, buf, 8);
+            atomic_store_explicit(&out->seq, s, memory_order_release);
+        }
+        while (atomic_load_explicit(&in->seq, memory_order_acquire) != s)
+            __builtin_ia32_pause();
+        memcpy(buf, in->data, 8);
+        if (me == 1) {
+            memcpy(out->data, buf, 8);
+            atomic_store_explicit(&out->seq, s, memory_order_release);
+        }
+    }
+}
+
+static void *receiver(void *arg) {
+    (void)arg;
+    pin(1);
+    if (!src) {
+        line_side(1);
+        return NULL;
+    }
+    uint64_t t = 0;
+    for (long r = 0; r < rounds; r++) {
+        for (size_t got = 0; got < size;) {
+            uint64_t h;
+            while ((h = atomic_load_explicit(&head, memory_order_acquire)) == t)
+                __builtin_ia32_pause();
+            size_t n = h - t < PIECE ? h - t : PIECE;
+            memcpy(dst[r % buffers] + got, ring + t % RING, n);
+            got += n;
+            t += n;
+            atomic_store_explicit(&tail, t, memory_order_release);
+        }
+        if (ack_each)
+            atomic_store_explicit(&acks, r + 1, memory_order_release);
+    }
+    return NULL;
+}
+
+/* Sends `rounds` messages of `size` bytes; returns seconds per message. */
+static double sender(void) {
+    uint64_t h = 0;
+    double start = now();
+    for (long r = 0; r < rounds; r++) {
+        for (size_t sent = 0; sent < size;) {
+            size_t n = size - sent < PIECE ? size - sent : PIECE;
+            while (h + n - atomic_load_explicit(&tail, memory_order_acquire) > RING)
+                __builtin_ia32_pause();
+            memcpy(ring + h % RING, src + sent, n);
+            sent += n;
+            h += n;
+            atomic_store_explicit(&head, h, memory_order_release);
+        }
+        if (ack_each)
+            while (atomic_load_explicit(&acks, memory_order_acquire) != (uint64_t)r + 1)
+                __builtin_ia32_pause();
+    }
+    while (atomic_load_explicit(&tail, memory_order_acquire) != h)
+        __builtin_ia32_pause();
+    return (now() - start) / rounds;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || (strcmp(argv[1], "line") && argc < 3)) {
+        fprintf(stderr, "usage: floors line | copy SIZE | stream SIZE\n");
+        return 2;
+    }
+    pthread_t th;
+    if (!strcmp(argv[1], "line")) {
+        rounds = 2000000;
+        pthread_create(&th, NULL, receiver, NULL);
+        pin(0);
+        double start = now();
+        line_side(0);
+        double one_way = (now() - start) / rounds / 2;
+        pthread_join(th, NULL);
+        printf("line %.3f us\n", one_way * 1e6);
+        return 0;
+    }
+    size = strtoull(argv[2], NULL, 10);
+    if (size == 0 || size % PIECE) {
+        fprintf(stderr, "floors: SIZE must be a positive multiple of %u\n", PIECE);
+        return 2;
+    }
+    ack_each = !strcmp(argv[1], "copy");
+    rounds = size >= (1u << 20) ? 1280 : 20000;
+    buffers = ack_each ? 1 : WINDOW;
+    ring = aligned_alloc(4096, RING);
+    src = aligned_alloc(4096, size);
+    memset(ring, 0, RING);
+    memset(src, 1, size);
+    for (int b = 0; b < buffers; b++) {
+        dst[b] = aligned_alloc(4096, size);
+        if (!dst[b]) {
+            fprintf(stderr, "floors: out of memory\n");
+            return 1;
+        }
+        memset(dst[b], 0, size);
+    }
+    pthread_create(&th, NULL, receiver, NULL);
+    pin(0);
+    double per = sender();
+    pthread_join(th, NULL);
+    if (ack_each)
+        printf("copy %zu %.2f us\n", size, per * 1e6);
+    else
+        printf("stream %zu %.0f MB/s\n", size, size / per / 1e6);
+    return 0;
+}
