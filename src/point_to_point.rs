@@ -60,6 +60,11 @@ impl World {
     /// Sends `value` to rank `dest` with tag 0. Returns once the message has
     /// left this process (the receiver may not have it yet).
     ///
+    /// A `Vec` or slice of plain numbers (integers of 8 to 64 bits, `f32`,
+    /// `f64`) travels as its raw bytes, as with [`World::send_slice`], not
+    /// element by element: receive it as the same `Vec` type (it lands in a
+    /// vector allocated for it), or with `receive_into` or `receive_vec`.
+    ///
     /// ```no_run
     /// # let world = spmd::init().unwrap();
     /// if world.rank() == 0 {
