@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::matching::{Buffer, Envelope, Matcher, ReceiveId, Room, Selector, Status};
-use crate::transport::{Combine, Fold, SendTicket, Transport, Wait};
+use crate::transport::{Fold, SendTicket, Transport, Wait, WindowJob};
 use crate::wire::{Context, Header, Kind};
 
 /// A queued send: `None` when it went to this rank itself and is done.
@@ -338,20 +338,13 @@ impl Engine {
         self.transport.node_collective(&mut self.matcher, mine, fold)
     }
 
-    /// Runs an allreduce of large vectors through shared windows, if the
+    /// Runs a collective of large vectors through shared windows, if the
     /// transport can.
-    pub fn window_allreduce(
-        &mut self,
-        send: &[u8],
-        out: &mut [u8],
-        element: usize,
-        combine: &mut Combine<'_>,
-    ) -> Option<Result<()>> {
+    pub fn window_collective(&mut self, claim: u64, job: WindowJob<'_>) -> Option<Result<()>> {
         if self.size < 2 {
             return None;
         }
-        self.transport
-            .window_allreduce(&mut self.matcher, send, out, element, combine)
+        self.transport.window_collective(&mut self.matcher, claim, job)
     }
 
     /// Flushes every send and tells the peers this rank is done.

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::matching::Envelope;
 use crate::op::Op;
+use crate::transport::WindowJob;
 use crate::wire::Kind;
 use crate::world::World;
 
@@ -154,6 +155,14 @@ fn typed<E: Pod>(bytes: &[u8]) -> Vec<E> {
     out
 }
 
+/// Names the call in an error about the arguments that came from below it.
+fn in_call(what: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidArgument(text) => Error::InvalidArgument(format!("{what}: {text}")),
+        e => e,
+    }
+}
+
 /// Copies a reduction's result bytes into the caller's buffer.
 fn copy_result<E: Pod>(result: Vec<u8>, recv: &mut [E], what: &str) -> Result<()> {
     let out: &mut [u8] = bytemuck::cast_slice_mut(recv);
@@ -231,11 +240,24 @@ impl World {
     /// Plain-number broadcast: the root's `buf` is copied into every rank's
     /// `buf`, which must have the same length.
     ///
-    /// Every rank must pass the same length: the algorithm is chosen from
-    /// it (small vectors go through shared memory at once), so ranks that
-    /// disagree may not meet, and the call may hang instead of failing.
+    /// Every rank must pass the same length. Ranks that do not all get
+    /// [`Error::InvalidArgument`] when every vector is larger than 4 KiB,
+    /// or (over shared memory) when every one is at most 4 KiB; the
+    /// algorithm is chosen from the length, so ranks on both sides of that
+    /// limit may not meet, and the call may hang instead.
     pub fn broadcast_into<E: Pod>(&self, buf: &mut [E], root: usize) -> Result<()> {
         self.check_rank(root)?;
+        let bytes = std::mem::size_of_val(buf);
+        if bytes > crate::transport::NODE_PART_MAX {
+            let job = WindowJob::Broadcast {
+                buf: bytemuck::cast_slice_mut(buf),
+                root,
+            };
+            if let Some(done) = self.engine().window_collective(bytes as u64, job) {
+                return done.map_err(|e| in_call("broadcast_into", e));
+            }
+            self.agree_on_length("broadcast_into", bytes as u64)?;
+        }
         let part: &[u8] = if self.rank() == root {
             bytemuck::cast_slice(buf)
         } else {
@@ -363,11 +385,36 @@ impl World {
     /// Plain-number reduce, element by element: the root's `recv` (of
     /// `send.len()` elements) gets the combination of every rank's `send`.
     ///
-    /// Every rank must pass the same length: the algorithm is chosen from
-    /// it (small vectors go through shared memory at once), so ranks that
-    /// disagree may not meet, and the call may hang instead of failing.
+    /// Every rank must pass the same length. Ranks that do not all get
+    /// [`Error::InvalidArgument`] when every vector is larger than 4 KiB,
+    /// or (over shared memory) when every one is at most 4 KiB; the
+    /// algorithm is chosen from the length, so ranks on both sides of that
+    /// limit may not meet, and the call may hang instead.
     pub fn reduce_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>, root: usize) -> Result<()> {
         self.check_rank(root)?;
+        let bytes = std::mem::size_of_val(send);
+        if bytes > crate::transport::NODE_PART_MAX {
+            let is_root = self.rank() == root;
+            let recv_ok = if is_root {
+                check_len("reduce_into", "the receive buffer", recv.len(), send.len())
+            } else {
+                Ok(())
+            };
+            let claim = if recv_ok.is_ok() { bytes as u64 } else { u64::MAX };
+            let mut combine = |acc: &mut [u8], next: &[u8]| combine_into(op, acc, next, Side::Lower);
+            let job = WindowJob::Reduce {
+                send: crate::message::pod_bytes(send),
+                out: (is_root && recv_ok.is_ok()).then(|| bytemuck::cast_slice_mut(recv)),
+                first: root,
+                element: std::mem::size_of::<E>(),
+                combine: &mut combine,
+            };
+            if let Some(done) = self.engine().window_collective(claim, job) {
+                return recv_ok.and(done.map_err(|e| in_call("reduce_into", e)));
+            }
+            self.agree_on_length("reduce_into", claim)?;
+            recv_ok?;
+        }
         let mut fold = node_fold(op, "reduce_into", root);
         let node = self
             .engine()
@@ -416,29 +463,32 @@ impl World {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn allreduce_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>) -> Result<()> {
-        check_len("allreduce_into", "the receive buffer", recv.len(), send.len())?;
+        let bytes = std::mem::size_of_val(send);
+        let recv_ok = check_len("allreduce_into", "the receive buffer", recv.len(), send.len());
+        if bytes > crate::transport::NODE_PART_MAX {
+            // Large: every rank takes part even with a wrong receive buffer,
+            // so that all of them fail together instead of some waiting.
+            let claim = if recv_ok.is_ok() { bytes as u64 } else { u64::MAX };
+            let mut combine = |acc: &mut [u8], next: &[u8]| combine_into(op, acc, next, Side::Lower);
+            let job = WindowJob::Reduce {
+                send: crate::message::pod_bytes(send),
+                out: recv_ok.is_ok().then(|| bytemuck::cast_slice_mut(recv)),
+                first: 0,
+                element: std::mem::size_of::<E>(),
+                combine: &mut combine,
+            };
+            if let Some(done) = self.engine().window_collective(claim, job) {
+                return recv_ok.and(done.map_err(|e| in_call("allreduce_into", e)));
+            }
+            // Over sockets: agree on the length first, for the same reason.
+            self.agree_on_length("allreduce_into", claim)?;
+        }
+        recv_ok?;
         let node = self
             .engine()
             .node_collective(crate::message::pod_bytes(send), &mut node_fold(op, "allreduce_into", 0));
         if let Some(result) = node {
             return copy_result(result?, recv, "allreduce_into");
-        }
-        let element = std::mem::size_of::<E>();
-        let mut combine = |acc: &mut [u8], next: &[u8]| combine_into(op, acc, next, Side::Lower);
-        let windows = self.engine().window_allreduce(
-            crate::message::pod_bytes(send),
-            bytemuck::cast_slice_mut(recv),
-            element,
-            &mut combine,
-        );
-        if let Some(done) = windows {
-            return done;
-        }
-        let bytes = std::mem::size_of_val(send);
-        if bytes > crate::transport::NODE_PART_MAX {
-            // Ranks that disagree would wait for parts that never come:
-            // agree on the length first (cheap next to the data).
-            self.agree_on_length("allreduce_into", bytes)?;
         }
         if op.is_commutative() && self.size() > 2 && bytes >= ring::RING_THRESHOLD {
             // In place in the caller's buffer: no copy but the first.
@@ -450,10 +500,10 @@ impl World {
         copy_result(result, recv, "allreduce_into")
     }
 
-    /// Fails on every rank, before any data moves, unless every rank passed
-    /// `bytes`.
-    fn agree_on_length(&self, what: &'static str, bytes: usize) -> Result<()> {
-        let len = bytes as u64;
+    /// Fails on every rank, before any data moves, unless every rank claims
+    /// the same length (`u64::MAX` for a rank whose own buffers are wrong).
+    fn agree_on_length(&self, what: &'static str, claim: u64) -> Result<()> {
+        let len = claim;
         // The largest length, and the complement of the smallest.
         let mine = crate::message::pod_copy(&[len, !len]);
         let both = self.allreduce_value(&RawCodec, mine, &elementwise::<u64, _>(&crate::op::Max, what))?;
@@ -464,7 +514,7 @@ impl World {
         let least = !least;
         if most != len || least != len {
             return Err(Error::InvalidArgument(format!(
-                "{what}: ranks gave slices of different lengths (from {least} to {most} bytes)"
+                "{what}: ranks gave slices of different lengths, or a receive buffer of the wrong length"
             )));
         }
         Ok(())

@@ -19,7 +19,7 @@ mod window;
 pub(crate) use node::{Fold, NODE_PART_MAX};
 use shm::{ShmListener, ShmMesh};
 use socket::{Listener, SocketMesh};
-pub(crate) use window::Combine;
+pub(crate) use window::WindowJob;
 
 /// Where a rank can be reached, opened before it registers: the first half
 /// of a transport.
@@ -199,19 +199,17 @@ impl Transport {
         }
     }
 
-    /// Allreduce of `send` into `out` through shared windows, if this
+    /// Runs a collective of large vectors through shared windows, if this
     /// transport can (every rank on one node, over shared memory); `None`
-    /// if it cannot.
-    pub fn window_allreduce(
+    /// if it cannot. See [`window::WindowJob`] for `claim`.
+    pub fn window_collective(
         &mut self,
         deliver: &mut Delivery<'_>,
-        send: &[u8],
-        out: &mut [u8],
-        element: usize,
-        combine: &mut Combine<'_>,
+        claim: u64,
+        job: WindowJob<'_>,
     ) -> Option<Result<()>> {
         match self {
-            Transport::Shm(m) => Some(m.window_allreduce(deliver, send, out, element, combine)),
+            Transport::Shm(m) => Some(m.window_collective(deliver, claim, job)),
             _ => None,
         }
     }

@@ -66,7 +66,8 @@ impl Windows {
         unsafe { self.base.add((set * (self.size + 1) + index) * self.bytes) }
     }
 
-    /// Copies `bytes` (at most a window) into window `index` of `set`.
+    /// Copies `bytes` (at most a window) into window `index` of `set`
+    /// (index `size` is the result window).
     fn put(&self, set: usize, index: usize, bytes: &[u8]) {
         assert!(bytes.len() <= self.bytes, "a piece larger than its window");
         // SAFETY: within the window; only this rank writes it in this
@@ -101,57 +102,112 @@ fn share(k: usize, n: usize, len: usize, element: usize) -> std::ops::Range<usiz
     part.start * element..part.end * element
 }
 
+/// A collective the windows can run.
+pub(crate) enum WindowJob<'a> {
+    /// Folds every rank's `send` (numbers of `element` bytes), in rank
+    /// order starting at rank `first`; `out`, on the ranks that give one,
+    /// gets the result.
+    Reduce {
+        send: &'a [u8],
+        out: Option<&'a mut [u8]>,
+        first: usize,
+        element: usize,
+        combine: &'a mut Combine<'a>,
+    },
+    /// Copies the root's `buf` into every rank's `buf`.
+    Broadcast { buf: &'a mut [u8], root: usize },
+}
+
 impl ShmMesh {
-    /// Allreduce of `send` into `out` (as long), numbers of `element` bytes
-    /// each, through the windows. Every rank must call it with the same
-    /// length; a rank that does not gets an error, as do the others.
-    pub fn window_allreduce(
+    /// Runs `job` through the windows. `claim` is the length this rank
+    /// brings, or `u64::MAX` if its own buffers are wrong: every rank must
+    /// claim the same, or every rank gets an error before any data moves.
+    pub fn window_collective(&mut self, deliver: &mut Delivery<'_>, claim: u64, job: WindowJob<'_>) -> Result<()> {
+        let claimed = claim.to_le_bytes();
+        let mut same_length = |parts: &[&[u8]]| {
+            if parts.iter().all(|p| *p == claimed) {
+                Ok(Vec::new())
+            } else {
+                Err(Error::InvalidArgument(
+                    "ranks gave slices of different lengths, or a receive buffer of the wrong length".into(),
+                ))
+            }
+        };
+        self.node_collective(deliver, &claimed, &mut same_length)?;
+        match job {
+            WindowJob::Reduce {
+                send,
+                out,
+                first,
+                element,
+                combine,
+            } => self.window_reduce(deliver, send, out, first, element, combine),
+            WindowJob::Broadcast { buf, root } => self.window_broadcast(deliver, buf, root),
+        }
+    }
+
+    fn window_barrier(&mut self, deliver: &mut Delivery<'_>) -> Result<()> {
+        self.node_collective(deliver, &[], &mut |_| Ok(Vec::new())).map(|_| ())
+    }
+
+    /// The set of windows the next piece uses.
+    fn next_set(&mut self) -> usize {
+        let set = self.window_pieces % 2;
+        self.window_pieces = self.window_pieces.wrapping_add(1);
+        set
+    }
+
+    fn window_reduce(
         &mut self,
         deliver: &mut Delivery<'_>,
         send: &[u8],
-        out: &mut [u8],
+        mut out: Option<&mut [u8]>,
+        first: usize,
         element: usize,
         combine: &mut Combine<'_>,
     ) -> Result<()> {
         let (n, me) = (self.peers.list.len(), self.peers.me);
-        if out.len() != send.len() || element == 0 || send.len() % element != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "allreduce_into: {} bytes to send, {} to receive, numbers of {element} bytes",
-                send.len(),
-                out.len()
-            )));
-        }
-        // The first barrier also checks that every rank has the same length.
-        let len = (send.len() as u64).to_le_bytes();
-        let mut same_length = |parts: &[&[u8]]| {
-            if parts.iter().all(|p| *p == len) {
-                Ok(Vec::new())
-            } else {
-                Err(Error::InvalidArgument(
-                    "allreduce_into: ranks gave slices of different lengths".into(),
-                ))
-            }
-        };
-        self.node_collective(deliver, &len, &mut same_length)?;
         let windows = self.windows;
         // Pieces are whole numbers of elements.
-        let piece = windows.bytes / element * element;
+        let piece = windows.bytes / element.max(1) * element.max(1);
         let mut offset = 0;
         while offset < send.len() {
             let w = piece.min(send.len() - offset);
-            let set = self.window_pieces % 2;
-            self.window_pieces = self.window_pieces.wrapping_add(1);
+            let set = self.next_set();
             windows.put(set, me, &send[offset..offset + w]);
-            self.node_collective(deliver, &[], &mut |_| Ok(Vec::new()))?;
+            self.window_barrier(deliver)?;
             // Fold this rank's share straight into the result window.
             let mine = share(me, n, w, element);
             let acc = windows.result_share(set, mine.clone());
-            acc.copy_from_slice(windows.get(set, 0, mine.clone()));
-            for r in 1..n {
+            acc.copy_from_slice(windows.get(set, first % n, mine.clone()));
+            for r in (1..n).map(|i| (first + i) % n) {
                 combine(acc, windows.get(set, r, mine.clone()));
             }
-            self.node_collective(deliver, &[], &mut |_| Ok(Vec::new()))?;
-            out[offset..offset + w].copy_from_slice(windows.get(set, n, 0..w));
+            self.window_barrier(deliver)?;
+            if let Some(out) = out.as_deref_mut() {
+                out[offset..offset + w].copy_from_slice(windows.get(set, n, 0..w));
+            }
+            offset += w;
+        }
+        Ok(())
+    }
+
+    /// One wait per piece: a set is written again two pieces later, after
+    /// every rank has passed the barrier that follows its reading.
+    fn window_broadcast(&mut self, deliver: &mut Delivery<'_>, buf: &mut [u8], root: usize) -> Result<()> {
+        let (n, me) = (self.peers.list.len(), self.peers.me);
+        let windows = self.windows;
+        let mut offset = 0;
+        while offset < buf.len() {
+            let w = windows.bytes.min(buf.len() - offset);
+            let set = self.next_set();
+            if me == root {
+                windows.put(set, n, &buf[offset..offset + w]);
+            }
+            self.window_barrier(deliver)?;
+            if me != root {
+                buf[offset..offset + w].copy_from_slice(windows.get(set, n, 0..w));
+            }
             offset += w;
         }
         Ok(())

@@ -281,22 +281,57 @@ pub fn run(world: &World, seed: u64, cases: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// Ranks that pass large vectors of different lengths to allreduce_into
-/// all get an error (with shared memory, the lengths are compared before
-/// any data moves), and the next collective works.
+/// Ranks that pass large vectors of different lengths, or one rank with a
+/// receive buffer of the wrong length, all get an error (the lengths are
+/// compared before any data moves), and the next collective works.
 fn different_lengths(world: &World) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     if n < 2 {
         return Ok(());
     }
-    let len = if me == n - 1 { 20_000 } else { 10_000 };
+    let odd = me == n - 1;
+    let len = if odd { 20_000 } else { 10_000 };
     let send = vec![1i64; len];
     let mut recv = vec![0i64; len];
-    match world.allreduce_into(&send, &mut recv, &op::Sum) {
-        Err(Error::InvalidArgument(text)) => assert!(text.contains("length"), "{text}"),
-        other => panic!("rank {me}: allreduce_into of different lengths gave {other:?}"),
+    expect_length_error(
+        world,
+        "allreduce_into",
+        world.allreduce_into(&send, &mut recv, &op::Sum),
+    )?;
+    expect_length_error(
+        world,
+        "reduce_into",
+        world.reduce_into(&send, &mut recv, &op::Sum, n - 1),
+    )?;
+    expect_length_error(world, "broadcast_into", world.broadcast_into(&mut recv, 0))?;
+    // The same lengths to send, but the last rank's receive buffer is short.
+    let send = vec![1i64; 10_000];
+    let mut recv = vec![0i64; if odd { 9_999 } else { 10_000 }];
+    expect_length_error(
+        world,
+        "allreduce_into",
+        world.allreduce_into(&send, &mut recv, &op::Sum),
+    )?;
+    expect_length_error(
+        world,
+        "reduce_into",
+        world.reduce_into(&send, &mut recv, &op::Sum, n - 1),
+    )?;
+    Ok(())
+}
+
+fn expect_length_error(world: &World, what: &str, result: Result<(), Error>) -> Result<(), Error> {
+    let me = world.rank();
+    match result {
+        Err(Error::InvalidArgument(text)) => {
+            assert!(
+                text.contains(what) && text.contains("length") || text.contains("elements"),
+                "{text}"
+            )
+        }
+        other => panic!("rank {me}: {what} with mismatched lengths gave {other:?}"),
     }
     let total: u64 = world.allreduce(&1u64, &op::Sum)?;
-    assert_eq!(total, n as u64, "the collective after the failed one");
+    assert_eq!(total, world.size() as u64, "the collective after a failed {what}");
     Ok(())
 }
