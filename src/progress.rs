@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::matching::{Buffer, Envelope, Matcher, ReceiveId, Room, Selector, Status};
-use crate::transport::{Fold, SendTicket, Transport, Wait, WindowJob};
+use crate::transport::{Fold, NodeCall, SendTicket, Transport, Wait, WindowJob};
 use crate::wire::{Context, Header, Kind};
 
 /// A queued send: `None` when it went to this rank itself and is done.
@@ -331,11 +331,11 @@ impl Engine {
     }
 
     /// Runs a node-wide collective in shared memory, if the transport can.
-    pub fn node_collective(&mut self, mine: &[u8], fold: &mut Fold<'_>) -> Option<Result<Vec<u8>>> {
+    pub fn node_collective(&mut self, call: NodeCall, mine: &[u8], fold: &mut Fold<'_>) -> Option<Result<Vec<u8>>> {
         if self.size < 2 {
             return None;
         }
-        self.transport.node_collective(&mut self.matcher, mine, fold)
+        self.transport.node_collective(&mut self.matcher, call, mine, fold)
     }
 
     /// Runs a collective of large vectors through shared windows, if the

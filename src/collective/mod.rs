@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::matching::Envelope;
 use crate::op::Op;
-use crate::transport::WindowJob;
+use crate::transport::{NodeCall, WindowJob};
 use crate::wire::Kind;
 use crate::world::World;
 
@@ -205,7 +205,9 @@ fn copy_chunks<E: Pod>(chunks: Vec<Vec<E>>, out: &mut [E], what: &str) -> Result
 impl World {
     /// Waits until every rank has called `barrier`.
     pub fn barrier(&self) -> Result<()> {
-        let node = self.engine().node_collective(&[], &mut |_| Ok(Vec::new()));
+        let node = self
+            .engine()
+            .node_collective(NodeCall::Barrier, &[], &mut |_| Ok(Vec::new()));
         match node {
             Some(done) => done.map(|_| ()),
             None => self.barrier_impl(),
@@ -240,11 +242,11 @@ impl World {
     /// Plain-number broadcast: the root's `buf` is copied into every rank's
     /// `buf`, which must have the same length.
     ///
-    /// Every rank must pass the same length. Ranks that do not all get
-    /// [`Error::InvalidArgument`] when every vector is larger than 4 KiB,
-    /// or (over shared memory) when every one is at most 4 KiB; the
-    /// algorithm is chosen from the length, so ranks on both sides of that
-    /// limit may not meet, and the call may hang instead.
+    /// Every rank must pass the same length. Over shared memory, ranks that
+    /// do not all get [`Error::InvalidArgument`]. Over sockets they do when
+    /// every vector is larger than 4 KiB; the algorithm is chosen from the
+    /// length, so there ranks on both sides of that limit, or with small
+    /// vectors of different lengths, may not meet, and the call may hang.
     pub fn broadcast_into<E: Pod>(&self, buf: &mut [E], root: usize) -> Result<()> {
         self.check_rank(root)?;
         let bytes = std::mem::size_of_val(buf);
@@ -266,7 +268,7 @@ impl World {
         if std::mem::size_of_val(buf) <= crate::transport::NODE_PART_MAX {
             let node = self
                 .engine()
-                .node_collective(part, &mut |parts| Ok(parts[root].to_vec()));
+                .node_collective(NodeCall::Broadcast, part, &mut |parts| Ok(parts[root].to_vec()));
             if let Some(result) = node {
                 return copy_result(result?, buf, "broadcast_into");
             }
@@ -385,11 +387,11 @@ impl World {
     /// Plain-number reduce, element by element: the root's `recv` (of
     /// `send.len()` elements) gets the combination of every rank's `send`.
     ///
-    /// Every rank must pass the same length. Ranks that do not all get
-    /// [`Error::InvalidArgument`] when every vector is larger than 4 KiB,
-    /// or (over shared memory) when every one is at most 4 KiB; the
-    /// algorithm is chosen from the length, so ranks on both sides of that
-    /// limit may not meet, and the call may hang instead.
+    /// Every rank must pass the same length. Over shared memory, ranks that
+    /// do not all get [`Error::InvalidArgument`]. Over sockets they do when
+    /// every vector is larger than 4 KiB; the algorithm is chosen from the
+    /// length, so there ranks on both sides of that limit, or with small
+    /// vectors of different lengths, may not meet, and the call may hang.
     pub fn reduce_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>, root: usize) -> Result<()> {
         self.check_rank(root)?;
         let bytes = std::mem::size_of_val(send);
@@ -418,7 +420,7 @@ impl World {
         let mut fold = node_fold(op, "reduce_into", root);
         let node = self
             .engine()
-            .node_collective(crate::message::pod_bytes(send), &mut fold);
+            .node_collective(NodeCall::Reduce, crate::message::pod_bytes(send), &mut fold);
         if let Some(result) = node {
             let result = result?;
             return if self.rank() == root {
@@ -444,11 +446,11 @@ impl World {
     /// Plain-number allreduce, element by element, into `recv` (of
     /// `send.len()` elements) on every rank.
     ///
-    /// Every rank must pass the same length. Ranks that do not all get
-    /// [`Error::InvalidArgument`] when every vector is larger than 4 KiB,
-    /// or (over shared memory) when every one is at most 4 KiB; the
-    /// algorithm is chosen from the length, so ranks on both sides of that
-    /// limit may not meet, and the call may hang instead.
+    /// Every rank must pass the same length. Over shared memory, ranks that
+    /// do not all get [`Error::InvalidArgument`]. Over sockets they do when
+    /// every vector is larger than 4 KiB; the algorithm is chosen from the
+    /// length, so there ranks on both sides of that limit, or with small
+    /// vectors of different lengths, may not meet, and the call may hang.
     ///
     /// Over shared memory, large vectors go through windows shared by all
     /// the ranks, folded in rank order: every rank gets the same bits, for
@@ -484,9 +486,11 @@ impl World {
             self.agree_on_length("allreduce_into", claim)?;
         }
         recv_ok?;
-        let node = self
-            .engine()
-            .node_collective(crate::message::pod_bytes(send), &mut node_fold(op, "allreduce_into", 0));
+        let node = self.engine().node_collective(
+            NodeCall::Allreduce,
+            crate::message::pod_bytes(send),
+            &mut node_fold(op, "allreduce_into", 0),
+        );
         if let Some(result) = node {
             return copy_result(result?, recv, "allreduce_into");
         }

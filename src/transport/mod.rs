@@ -16,7 +16,7 @@ mod socket;
 mod stream;
 mod window;
 
-pub(crate) use node::{Fold, NODE_PART_MAX};
+pub(crate) use node::{Fold, NODE_PART_MAX, NodeCall};
 use shm::{ShmListener, ShmMesh};
 use socket::{Listener, SocketMesh};
 pub(crate) use window::WindowJob;
@@ -190,11 +190,12 @@ impl Transport {
     pub fn node_collective(
         &mut self,
         deliver: &mut Delivery<'_>,
+        call: NodeCall,
         mine: &[u8],
         fold: &mut Fold<'_>,
     ) -> Option<Result<Vec<u8>>> {
         match self {
-            Transport::Shm(m) if mine.len() <= NODE_PART_MAX => Some(m.node_collective(deliver, mine, fold)),
+            Transport::Shm(m) if mine.len() <= NODE_PART_MAX => Some(m.node_collective(deliver, call, mine, fold)),
             _ => None,
         }
     }

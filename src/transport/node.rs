@@ -24,13 +24,71 @@ pub(crate) const NODE_PART_MAX: usize = SLOT_DATA;
 /// Combines the parts of all ranks, in rank order, into the result.
 pub(crate) type Fold<'a> = dyn FnMut(&[&[u8]]) -> Result<Vec<u8>> + 'a;
 
+/// Which collective a rank's part is for: ranks that meet in a node-wide
+/// collective with different calls (a user error) all get an error saying
+/// so, instead of folding parts that do not belong together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum NodeCall {
+    Barrier = 1,
+    Broadcast = 2,
+    Reduce = 3,
+    Allreduce = 4,
+    /// The check of lengths that starts a collective through the windows.
+    WindowStart = 5,
+    /// A barrier between the steps of a collective through the windows.
+    WindowStep = 6,
+}
+
+impl NodeCall {
+    fn name(mark: u8) -> &'static str {
+        match mark {
+            1 => "barrier",
+            2 => "broadcast_into of at most 4 KiB",
+            3 => "reduce_into of at most 4 KiB",
+            4 => "allreduce_into of at most 4 KiB",
+            5 => "a collective of more than 4 KiB",
+            6 => "the middle of a collective of more than 4 KiB",
+            _ => "something unknown",
+        }
+    }
+}
+
+/// The error when the parts are not all for `call`, naming the first rank
+/// whose part is for something else.
+fn check_calls(parts: &[(u8, &[u8])]) -> Result<()> {
+    let first = parts.first().map_or(0, |p| p.0);
+    match parts.iter().position(|p| p.0 != first) {
+        None => Ok(()),
+        Some(r) => Err(Error::InvalidArgument(format!(
+            "ranks called different collectives at the same point: rank 0 called {}, rank {r} called {} \
+             (every rank must call the same collectives in the same order, with the same lengths)",
+            NodeCall::name(first),
+            NodeCall::name(parts[r].0)
+        ))),
+    }
+}
+
+/// Checks that every part is for the same call, then folds them.
+fn fold_parts(parts: &[(u8, &[u8])], fold: &mut Fold<'_>) -> Result<Vec<u8>> {
+    check_calls(parts)?;
+    let bytes: Vec<&[u8]> = parts.iter().map(|p| p.1).collect();
+    fold(&bytes)
+}
+
 impl ShmMesh {
     /// Runs one node-wide collective with this rank's part `mine` (at most
     /// [`NODE_PART_MAX`] bytes, which the caller checked); returns the
     /// folded result. Keeps moving
     /// point-to-point bytes while it waits, so a peer blocked in a send to
     /// this rank can finish and arrive.
-    pub fn node_collective(&mut self, deliver: &mut Delivery<'_>, mine: &[u8], fold: &mut Fold<'_>) -> Result<Vec<u8>> {
+    pub fn node_collective(
+        &mut self,
+        deliver: &mut Delivery<'_>,
+        call: NodeCall,
+        mine: &[u8],
+        fold: &mut Fold<'_>,
+    ) -> Result<Vec<u8>> {
         debug_assert!(
             mine.len() <= NODE_PART_MAX,
             "Transport::node_collective checks the size"
@@ -40,18 +98,20 @@ impl ShmMesh {
         let target = self.calls.wrapping_add(1);
         self.calls = target;
         let area = self.area;
-        area.put(set, self.peers.me, mine);
+        area.put(set, self.peers.me, call as u8, mine);
         if self.every_rank_folds {
             return self.fold_here(deliver, set, target, fold);
         }
         if area.arrived().fetch_add(1, Ordering::AcqRel) + 1 == n {
             // Last to arrive: every part is written (the arrivals' Release
             // ordered them before our Acquire).
-            let parts: Vec<&[u8]> = (0..n as usize).map(|r| area.get(set, r)).collect();
-            let result = fold(&parts);
+            let parts: Vec<(u8, &[u8])> = (0..n as usize).map(|r| area.get(set, r)).collect();
+            let result = fold_parts(&parts, fold);
             match &result {
-                Ok(bytes) if bytes.len() <= SLOT_DATA => area.put(set, n as usize, bytes),
-                _ => area.put_failed(set),
+                Ok(bytes) if bytes.len() <= SLOT_DATA => area.put(set, n as usize, 0, bytes),
+                Ok(_) => area.put_failed(set, "a node-wide collective's result is larger than its slot"),
+                Err(Error::InvalidArgument(reason)) => area.put_failed(set, reason),
+                Err(e) => area.put_failed(set, &e.to_string()),
             }
             area.arrived().store(0, Ordering::Relaxed);
             area.generation().store(target, Ordering::Release);
@@ -65,13 +125,8 @@ impl ShmMesh {
                 self.idle(None, &done);
             }
         }
-        match area.result(set) {
-            Some(bytes) => Ok(bytes.to_vec()),
-            None => Err(Error::InvalidArgument(
-                "a node-wide collective failed on the rank that combined it (do all ranks pass the same lengths?)"
-                    .into(),
-            )),
-        }
+        // The rank that folded failed with the reason it published.
+        area.result(set).map(<[u8]>::to_vec).map_err(Error::InvalidArgument)
     }
 
     /// The way with a core per rank: stamps this rank's part (written in
@@ -98,7 +153,7 @@ impl ShmMesh {
                 self.idle(None, &all_here);
             }
         }
-        let parts: Vec<&[u8]> = (0..n).map(|r| area.get(set, r)).collect();
-        fold(&parts)
+        let parts: Vec<(u8, &[u8])> = (0..n).map(|r| area.get(set, r)).collect();
+        fold_parts(&parts, fold)
     }
 }

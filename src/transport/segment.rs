@@ -56,12 +56,15 @@ fn rings_end(size: usize, ring: usize) -> usize {
 /// arrival counter (beside the flag saying which way the node folds, set
 /// once at start-up) and a generation, each on its own cache line, then
 /// two sets (alternating between calls) of one slot per rank and one result
-/// slot. A slot is a 4-byte length, a 4-byte stamp (the call it belongs to,
+/// slot. A slot is a 4-byte word (the length, and in the top byte which
+/// collective the part is for), a 4-byte stamp (the call it belongs to,
 /// when every rank folds) and up to [`SLOT_DATA`] bytes.
 const AREA_CONTROL: usize = 128;
 const SLOT: usize = 4096;
 /// The most bytes a rank contributes to a node-wide collective.
 pub(super) const SLOT_DATA: usize = SLOT - 8;
+/// The call mark of a result slot whose collective failed.
+pub(super) const FAILED: u8 = 0xff;
 
 fn area_len(size: usize) -> usize {
     slots_end(size) + super::window::windows_len(size)
@@ -127,40 +130,46 @@ impl Area {
         }
     }
 
-    /// Writes `bytes` (at most SLOT_DATA) into slot `index` of `set`; index
-    /// `size` is the result slot.
-    pub(super) fn put(&self, set: usize, index: usize, bytes: &[u8]) {
+    /// Writes `bytes` (at most SLOT_DATA) into slot `index` of `set`, marked
+    /// with the call `call` (a number below [`FAILED`]); index `size` is the
+    /// result slot.
+    pub(super) fn put(&self, set: usize, index: usize, call: u8, bytes: &[u8]) {
         let len = bytes.len().min(SLOT_DATA);
         let p = self.slot_ptr(set, index);
         // SAFETY: the slot is inside the area and only its owner writes it
         // while the collective is in this phase.
         unsafe {
-            p.cast::<u32>().write(len as u32);
+            p.cast::<u32>().write(len as u32 | u32::from(call) << 24);
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.add(8), len);
         }
     }
 
-    /// Marks the result slot of `set` as failed.
-    pub(super) fn put_failed(&self, set: usize) {
-        // SAFETY: as for `put`; the result slot is the last of the set.
-        unsafe { self.slot_ptr(set, self.size).cast::<u32>().write(u32::MAX) }
+    /// Marks the result slot of `set` as failed, with the reason.
+    pub(super) fn put_failed(&self, set: usize, reason: &str) {
+        let mut end = reason.len().min(SLOT_DATA);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.put(set, self.size, FAILED, &reason.as_bytes()[..end]);
     }
 
-    /// The result of `set`, unless it was marked as failed.
-    pub(super) fn result(&self, set: usize) -> Option<&[u8]> {
-        // SAFETY: as for `get`.
-        let len = unsafe { self.slot_ptr(set, self.size).cast::<u32>().read() };
-        (len != u32::MAX).then(|| self.get(set, self.size))
+    /// The result of `set`, or the reason it failed.
+    pub(super) fn result(&self, set: usize) -> std::result::Result<&[u8], String> {
+        match self.get(set, self.size) {
+            (FAILED, reason) => Err(String::from_utf8_lossy(reason).into_owned()),
+            (_, bytes) => Ok(bytes),
+        }
     }
 
-    /// The bytes in slot `index` of `set`.
-    pub(super) fn get(&self, set: usize, index: usize) -> &[u8] {
+    /// The call mark and the bytes in slot `index` of `set`.
+    pub(super) fn get(&self, set: usize, index: usize) -> (u8, &[u8]) {
         let p = self.slot_ptr(set, index);
         // SAFETY: read after the Acquire that ordered the writer's Release;
         // the length is clamped to the slot.
         unsafe {
-            let len = (p.cast::<u32>().read() as usize).min(SLOT_DATA);
-            std::slice::from_raw_parts(p.add(8), len)
+            let word = p.cast::<u32>().read();
+            let len = ((word & 0xff_ffff) as usize).min(SLOT_DATA);
+            ((word >> 24) as u8, std::slice::from_raw_parts(p.add(8), len))
         }
     }
 }

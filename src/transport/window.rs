@@ -15,6 +15,7 @@
 use crate::error::{Error, Result};
 
 use super::Delivery;
+use super::node::NodeCall;
 use super::shm::ShmMesh;
 
 /// The most bytes the windows take, whatever the number of ranks.
@@ -133,7 +134,7 @@ impl ShmMesh {
                 ))
             }
         };
-        self.node_collective(deliver, &claimed, &mut same_length)?;
+        self.node_collective(deliver, NodeCall::WindowStart, &claimed, &mut same_length)?;
         match job {
             WindowJob::Reduce {
                 send,
@@ -147,7 +148,8 @@ impl ShmMesh {
     }
 
     fn window_barrier(&mut self, deliver: &mut Delivery<'_>) -> Result<()> {
-        self.node_collective(deliver, &[], &mut |_| Ok(Vec::new())).map(|_| ())
+        self.node_collective(deliver, NodeCall::WindowStep, &[], &mut |_| Ok(Vec::new()))
+            .map(|_| ())
     }
 
     /// The set of windows the next piece uses.

@@ -275,6 +275,11 @@ pub fn run(world: &World, seed: u64, cases: usize) -> Result<(), Error> {
         }
     }
     different_lengths(world)?;
+    if std::env::var("SPMD_TRANSPORT").as_deref() != Ok("socket") {
+        // Only shared memory can tell (the node-wide collectives mark each
+        // part with its call); over sockets such a mismatch may hang.
+        different_calls(world)?;
+    }
     if me == 0 {
         println!("ok {cases} random collective cases from seed {seed}");
     }
@@ -333,5 +338,32 @@ fn expect_length_error(world: &World, what: &str, result: Result<(), Error>) -> 
     }
     let total: u64 = world.allreduce(&1u64, &op::Sum)?;
     assert_eq!(total, world.size() as u64, "the collective after a failed {what}");
+    Ok(())
+}
+
+/// Ranks that call different collectives at the same point, or pass
+/// lengths on both sides of 4 KiB, all get an error naming what each
+/// called, and the next collective works.
+fn different_calls(world: &World) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    if n < 2 {
+        return Ok(());
+    }
+    let result = if me == 0 {
+        world.barrier()
+    } else {
+        let mut recv = [0i64; 4];
+        world.allreduce_into(&[1i64; 4], &mut recv, &op::Sum)
+    };
+    match result {
+        Err(Error::InvalidArgument(text)) => assert!(
+            text.contains("different collectives") && text.contains("barrier"),
+            "rank {me}: {text}"
+        ),
+        other => panic!("rank {me}: barrier against allreduce_into gave {other:?}"),
+    }
+    let len = if me == 0 { 100 } else { 10_000 };
+    let mut recv = vec![0i64; len];
+    expect_length_error(world, "", world.allreduce_into(&vec![1i64; len], &mut recv, &op::Sum))?;
     Ok(())
 }
