@@ -263,9 +263,13 @@ impl Selector {
     }
 
     fn accepts(&self, env: &Envelope) -> bool {
-        self.context == env.context
-            && self.pattern.source.is_none_or(|s| s == env.source)
-            && self.pattern.tag.is_none_or(|t| t == env.tag)
+        self.accepts_from(env.source, env.tag, env.context)
+    }
+
+    fn accepts_from(&self, source: usize, tag: u32, context: Context) -> bool {
+        self.context == context
+            && self.pattern.source.is_none_or(|s| s == source)
+            && self.pattern.tag.is_none_or(|t| t == tag)
     }
 }
 
@@ -362,10 +366,12 @@ impl Sink for Matcher {
         if kind != Kind::Raw {
             return None;
         }
-        let probe = Envelope::new(source, tag, context, kind, Vec::new());
         // The receive that would get this message is the earliest posted one
         // that accepts it; only that one may take it.
-        let i = self.posted.iter().position(|(_, sel, _)| sel.accepts(&probe))?;
+        let i = self
+            .posted
+            .iter()
+            .position(|(_, sel, _)| sel.accepts_from(source, tag, context))?;
         let (ptr, fresh) = match self.posted[i].2? {
             Room::Given(b) if b.len as u64 >= len => (b.ptr, None),
             Room::Given(_) => return None,
