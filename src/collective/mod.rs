@@ -485,15 +485,19 @@ impl World {
             // Over sockets: agree on the length first, for the same reason.
             self.agree_on_length("allreduce_into", claim)?;
         }
-        recv_ok?;
+        // Over shared memory a rank with a wrong receive buffer still takes
+        // part, so that the others do not wait for it, and fails after.
         let node = self.engine().node_collective(
             NodeCall::Allreduce,
             crate::message::pod_bytes(send),
             &mut node_fold(op, "allreduce_into", 0),
         );
         if let Some(result) = node {
-            return copy_result(result?, recv, "allreduce_into");
+            let result = result?;
+            recv_ok?;
+            return copy_result(result, recv, "allreduce_into");
         }
+        recv_ok?;
         if op.is_commutative() && self.size() > 2 && bytes >= ring::RING_THRESHOLD {
             // In place in the caller's buffer: no copy but the first.
             recv.copy_from_slice(send);

@@ -365,5 +365,13 @@ fn different_calls(world: &World) -> Result<(), Error> {
     let len = if me == 0 { 100 } else { 10_000 };
     let mut recv = vec![0i64; len];
     expect_length_error(world, "", world.allreduce_into(&vec![1i64; len], &mut recv, &op::Sum))?;
+    // A small allreduce where one rank's receive buffer is short: that rank
+    // gets an error, the others their result.
+    let mut recv = vec![0i64; if me == 1 { 3 } else { 4 }];
+    match world.allreduce_into(&[1i64; 4], &mut recv, &op::Sum) {
+        Err(Error::InvalidArgument(text)) if me == 1 => assert!(text.contains("elements"), "{text}"),
+        Ok(()) if me != 1 => assert_eq!(recv, vec![n as i64; 4]),
+        other => panic!("rank {me}: a small allreduce with a short buffer on rank 1 gave {other:?}"),
+    }
     Ok(())
 }
