@@ -41,21 +41,37 @@ pub(crate) enum NodeCall {
 }
 
 impl NodeCall {
-    fn name(mark: u8) -> &'static str {
-        match mark {
-            1 => "barrier",
-            2 => "broadcast_into of at most 4 KiB",
-            3 => "reduce_into of at most 4 KiB",
-            4 => "allreduce_into of at most 4 KiB",
-            5 => "a collective of more than 4 KiB",
-            6 => "the middle of a collective of more than 4 KiB",
-            _ => "something unknown",
+    const ALL: [NodeCall; 6] = [
+        NodeCall::Barrier,
+        NodeCall::Broadcast,
+        NodeCall::Reduce,
+        NodeCall::Allreduce,
+        NodeCall::WindowStart,
+        NodeCall::WindowStep,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            NodeCall::Barrier => "barrier",
+            NodeCall::Broadcast => "broadcast_into of at most 4 KiB",
+            NodeCall::Reduce => "reduce_into of at most 4 KiB",
+            NodeCall::Allreduce => "allreduce_into of at most 4 KiB",
+            NodeCall::WindowStart => "a collective of more than 4 KiB",
+            NodeCall::WindowStep => "the middle of a collective of more than 4 KiB",
         }
+    }
+
+    /// The name of the call a slot is marked with.
+    fn name_of(mark: u8) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|c| **c as u8 == mark)
+            .map_or("something unknown", |c| c.name())
     }
 }
 
-/// The error when the parts are not all for `call`, naming the first rank
-/// whose part is for something else.
+/// An error unless every part is marked with the same call, naming rank 0's
+/// call and the first rank's that differs.
 fn check_calls(parts: &[(u8, &[u8])]) -> Result<()> {
     let first = parts.first().map_or(0, |p| p.0);
     match parts.iter().position(|p| p.0 != first) {
@@ -63,8 +79,8 @@ fn check_calls(parts: &[(u8, &[u8])]) -> Result<()> {
         Some(r) => Err(Error::InvalidArgument(format!(
             "ranks called different collectives at the same point: rank 0 called {}, rank {r} called {} \
              (every rank must call the same collectives in the same order, with the same lengths)",
-            NodeCall::name(first),
-            NodeCall::name(parts[r].0)
+            NodeCall::name_of(first),
+            NodeCall::name_of(parts[r].0)
         ))),
     }
 }

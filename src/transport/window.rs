@@ -169,9 +169,13 @@ impl ShmMesh {
         combine: &mut Combine<'_>,
     ) -> Result<()> {
         let (n, me) = (self.peers.list.len(), self.peers.me);
+        // The callers pass the bytes of slices of numbers, and `out` (when
+        // given) as long as `send`: the lengths were agreed before.
+        let element = element.max(1);
+        debug_assert!(send.len() % element == 0 && out.as_ref().is_none_or(|o| o.len() == send.len()));
         let windows = self.windows;
         // Pieces are whole numbers of elements.
-        let piece = windows.bytes / element.max(1) * element.max(1);
+        let piece = windows.bytes / element * element;
         let mut offset = 0;
         while offset < send.len() {
             let w = piece.min(send.len() - offset);
