@@ -1,7 +1,12 @@
-//! The examples' command-line arguments: a value, its default when it is
-//! absent, or the whole job ended with a message naming what was wrong.
+//! Helpers the examples share: their command-line arguments (a value, its
+//! default when it is absent, or the whole job ended with a message naming
+//! what was wrong), and the loop of the OSU collective benchmarks.
 
 use std::str::FromStr;
+
+// Not every example uses every helper.
+#[allow(dead_code)]
+pub mod collective;
 
 /// Argument `index` (1-based) parsed as a `T`, `default` when it is absent.
 /// Anything else ends the job with status 2 and a message that names the
