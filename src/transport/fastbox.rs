@@ -192,6 +192,78 @@ impl FastboxRx {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matching::{Landing, ReceiveId, Sink};
+
+    /// Keeps every message delivered to it; lands nothing.
+    #[derive(Default)]
+    struct Collect(Vec<Envelope>);
+
+    impl Sink for Collect {
+        fn deliver(&mut self, env: Envelope) {
+            self.0.push(env);
+        }
+        fn claim(&mut self, _: usize, _: u32, _: Context, _: Kind, _: u64) -> Option<Landing> {
+            None
+        }
+        fn landed(&mut self, _: ReceiveId, _: Envelope) {}
+    }
+
+    /// A fastbox area in ordinary memory, aligned like the real one.
+    fn area() -> Vec<u64> {
+        vec![0u64; AREA / 8]
+    }
+
+    fn header(tag: u32) -> Header {
+        Header {
+            kind: Kind::Raw,
+            source: 3,
+            tag,
+            context: Context::User,
+            len: 0,
+        }
+    }
+
+    #[test]
+    fn messages_arrive_in_order_and_a_full_set_of_boxes_refuses_more() {
+        let mut memory = area();
+        let base = memory.as_mut_ptr().cast::<u8>();
+        let (mut tx, mut rx) = (FastboxTx::new(base), FastboxRx::new(base));
+        let mut got = Collect::default();
+        let mut next = 0u32;
+        for round in 0..10u32 {
+            // Fill every box, then one more must be refused.
+            let mut sent = 0;
+            while tx.try_send(&header(next + sent), &(next + sent).to_le_bytes()) {
+                sent += 1;
+            }
+            assert!(sent >= 1 && sent <= SLOTS as u32, "round {round}: {sent} sent");
+            assert!(!tx.try_send(&header(0), &[1; FASTBOX_DATA + 1]), "too long");
+            assert!(rx.drain(3, &mut got).unwrap());
+            next += sent;
+        }
+        assert_eq!(got.0.len(), next as usize);
+        for (i, env) in got.0.iter().enumerate() {
+            assert_eq!((env.source, env.tag), (3, i as u32));
+            assert_eq!(env.payload, (i as u32).to_le_bytes());
+        }
+        assert!(!rx.drain(3, &mut got).unwrap(), "nothing more");
+    }
+
+    #[test]
+    fn a_malformed_box_is_an_error_naming_the_peer_and_the_field() {
+        for (offset, value, field) in [(4, 9u8, "kind"), (5, 7, "context"), (6, 60, "length")] {
+            let mut memory = area();
+            let base = memory.as_mut_ptr().cast::<u8>();
+            let mut tx = FastboxTx::new(base);
+            assert!(tx.try_send(&header(1), b"hello"));
+            // SAFETY: a byte inside the first slot of the area.
+            unsafe { slot(base, 0).add(offset).write(value) };
+            match FastboxRx::new(base).drain(5, &mut Collect::default()) {
+                Err(Error::Protocol { peer, field: f, .. }) => assert_eq!((peer.as_str(), f), ("rank 5", field)),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn stamps_are_never_zero_and_differ_between_neighbours() {
