@@ -204,7 +204,31 @@ impl World {
     /// Plain-number scatter: the root's `send` (of `recv.len() * size`
     /// elements) is cut into equal parts, part `i` to rank `i`'s `recv`.
     pub fn scatter_into<E: Pod>(&self, send: &[E], recv: &mut [E], root: usize) -> Result<()> {
+        self.check_rank(root)?;
         let k = recv.len();
+        let bytes = std::mem::size_of_val(recv);
+        if bytes > crate::transport::NODE_PART_MAX {
+            let send_ok = if self.rank() == root {
+                check_len("scatter_into", "the root's send buffer", send.len(), k * self.size())
+            } else {
+                Ok(())
+            };
+            let claim = if send_ok.is_ok() { bytes as u64 } else { u64::MAX };
+            let job = WindowJob::Scatter {
+                send: if send_ok.is_ok() {
+                    crate::message::pod_bytes(send)
+                } else {
+                    &[]
+                },
+                recv: bytemuck::cast_slice_mut(recv),
+                root,
+            };
+            if let Some(done) = self.engine().window_collective(claim, job) {
+                return send_ok.and(done.map_err(|e| in_call("scatter_into", e)));
+            }
+            self.agree_on_length("scatter_into", claim)?;
+            send_ok?;
+        }
         let bodies = if self.rank() == root {
             check_len("scatter_into", "the root's send buffer", send.len(), k * self.size())?;
             Some(
@@ -224,6 +248,10 @@ impl World {
     /// (of `send.len() * size` elements) in rank order. `recv` is written on
     /// the root only (pass `&mut []` elsewhere).
     pub fn gather_into<E: Pod>(&self, send: &[E], recv: &mut [E], root: usize) -> Result<()> {
+        self.check_rank(root)?;
+        if let Some(done) = self.window_gather("gather_into", send, recv, self.rank() == root) {
+            return done;
+        }
         let body = (Kind::Raw, crate::message::pod_copy(send));
         if let Some(envs) = self.gather_bodies(body, root)? {
             let chunks: Vec<Vec<E>> = decode_all(&PodCodec, &envs)?;
@@ -235,8 +263,38 @@ impl World {
     /// Plain-number allgather: every rank's `send` lands in every rank's
     /// `recv` (of `send.len() * size` elements) in rank order.
     pub fn allgather_into<E: Pod>(&self, send: &[E], recv: &mut [E]) -> Result<()> {
+        if let Some(done) = self.window_gather("allgather_into", send, recv, true) {
+            return done;
+        }
         let envs = self.allgather_envelopes((Kind::Raw, crate::message::pod_copy(send)))?;
         copy_chunks(decode_all(&PodCodec, &envs)?, recv, "allgather_into")
+    }
+
+    /// A gather of parts of more than 4 KiB through the shared windows (into
+    /// `recv` where `wants` says so), if the transport can; `None` to go on
+    /// with messages. Over sockets the lengths are agreed first.
+    fn window_gather<E: Pod>(&self, what: &'static str, send: &[E], recv: &mut [E], wants: bool) -> Option<Result<()>> {
+        let bytes = std::mem::size_of_val(send);
+        if bytes <= crate::transport::NODE_PART_MAX {
+            return None;
+        }
+        let recv_ok = if wants {
+            check_len(what, "the receive buffer", recv.len(), send.len() * self.size())
+        } else {
+            Ok(())
+        };
+        let claim = if recv_ok.is_ok() { bytes as u64 } else { u64::MAX };
+        let job = WindowJob::Gather {
+            send: crate::message::pod_bytes(send),
+            out: (wants && recv_ok.is_ok()).then(|| bytemuck::cast_slice_mut(recv)),
+        };
+        if let Some(done) = self.engine().window_collective(claim, job) {
+            return Some(recv_ok.and(done.map_err(|e| in_call(what, e))));
+        }
+        if let Err(e) = self.agree_on_length(what, claim) {
+            return Some(Err(e));
+        }
+        recv_ok.err().map(Err)
     }
 
     /// Plain-number reduce, element by element: the root's `recv` (of

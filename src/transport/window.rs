@@ -117,6 +117,16 @@ pub(crate) enum WindowJob<'a> {
     },
     /// Copies the root's `buf` into every rank's `buf`.
     Broadcast { buf: &'a mut [u8], root: usize },
+    /// Copies every rank's `send` into `out` (as many times as long), in
+    /// rank order, on the ranks that give one.
+    Gather { send: &'a [u8], out: Option<&'a mut [u8]> },
+    /// Copies part `r` of the root's `send` (as many parts as ranks, each
+    /// as long as `recv`) into rank `r`'s `recv`.
+    Scatter {
+        send: &'a [u8],
+        recv: &'a mut [u8],
+        root: usize,
+    },
 }
 
 impl ShmMesh {
@@ -144,6 +154,8 @@ impl ShmMesh {
                 combine,
             } => self.window_reduce(deliver, send, out, first, element, combine),
             WindowJob::Broadcast { buf, root } => self.window_broadcast(deliver, buf, root),
+            WindowJob::Gather { send, out } => self.window_gather(deliver, send, out),
+            WindowJob::Scatter { send, recv, root } => self.window_scatter(deliver, send, recv, root),
         }
     }
 
@@ -193,6 +205,54 @@ impl ShmMesh {
             if let Some(out) = out.as_deref_mut() {
                 out[offset..offset + w].copy_from_slice(windows.get(set, n, 0..w));
             }
+            offset += w;
+        }
+        Ok(())
+    }
+
+    /// Each rank's piece into its window, a barrier, every piece out; one
+    /// wait per piece, as for a broadcast.
+    fn window_gather(&mut self, deliver: &mut Delivery<'_>, send: &[u8], mut out: Option<&mut [u8]>) -> Result<()> {
+        let (n, me) = (self.peers.list.len(), self.peers.me);
+        let windows = self.windows;
+        let part = send.len();
+        debug_assert!(out.as_ref().is_none_or(|o| o.len() == n * part));
+        let mut offset = 0;
+        while offset < part {
+            let w = windows.bytes.min(part - offset);
+            let set = self.next_set();
+            windows.put(set, me, &send[offset..offset + w]);
+            self.window_barrier(deliver)?;
+            if let Some(out) = out.as_deref_mut() {
+                for r in 0..n {
+                    let at = r * part + offset;
+                    out[at..at + w].copy_from_slice(windows.get(set, r, 0..w));
+                }
+            }
+            offset += w;
+        }
+        Ok(())
+    }
+
+    /// The root puts each rank's piece in that rank's window, a barrier,
+    /// each rank takes its own; one wait per piece.
+    fn window_scatter(&mut self, deliver: &mut Delivery<'_>, send: &[u8], recv: &mut [u8], root: usize) -> Result<()> {
+        let (n, me) = (self.peers.list.len(), self.peers.me);
+        let windows = self.windows;
+        let part = recv.len();
+        debug_assert!(me != root || send.len() == n * part);
+        let mut offset = 0;
+        while offset < part {
+            let w = windows.bytes.min(part - offset);
+            let set = self.next_set();
+            if me == root {
+                for r in 0..n {
+                    let at = r * part + offset;
+                    windows.put(set, r, &send[at..at + w]);
+                }
+            }
+            self.window_barrier(deliver)?;
+            recv[offset..offset + w].copy_from_slice(windows.get(set, me, 0..w));
             offset += w;
         }
         Ok(())

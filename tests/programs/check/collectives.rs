@@ -309,6 +309,9 @@ fn different_lengths(world: &World) -> Result<(), Error> {
         world.reduce_into(&send, &mut recv, &op::Sum, n - 1),
     )?;
     expect_length_error(world, "broadcast_into", world.broadcast_into(&mut recv, 0))?;
+    let mut all = vec![0i64; len * n];
+    expect_length_error(world, "allgather_into", world.allgather_into(&send, &mut all))?;
+    expect_length_error(world, "scatter_into", world.scatter_into(&all, &mut recv, n - 1))?;
     // The same lengths to send, but the last rank's receive buffer is short.
     let send = vec![1i64; 10_000];
     let mut recv = vec![0i64; if odd { 9_999 } else { 10_000 }];
@@ -322,6 +325,8 @@ fn different_lengths(world: &World) -> Result<(), Error> {
         "reduce_into",
         world.reduce_into(&send, &mut recv, &op::Sum, n - 1),
     )?;
+    let mut all = vec![0i64; if odd { 10_000 * n - 1 } else { 10_000 * n }];
+    expect_length_error(world, "gather_into", world.gather_into(&send, &mut all, n - 1))?;
     Ok(())
 }
 
