@@ -5,10 +5,13 @@
 
 use spmd::{Error, World, op};
 
-/// Runs the sweep for the collective `call(send, recv)`, titled `what`.
+/// Runs the sweep for the collective `call(send, recv)`, titled `what`;
+/// `recv` is `parts` times as long as `send` (1 for reductions, the number
+/// of ranks for a gather).
 pub fn sweep(
     world: &World,
     what: &str,
+    parts: usize,
     mut call: impl FnMut(&[f32], &mut [f32]) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let max: usize = super::arg(world, 1, "max-bytes", 1 << 20);
@@ -22,7 +25,7 @@ pub fn sweep(
     while size <= max {
         let n = size / 4;
         let send = vec![1.0f32; n];
-        let mut recv = vec![0.0f32; n];
+        let mut recv = vec![0.0f32; n * parts];
         let (warmup, iters) = match fixed_iterations {
             Some(n) => (n / 10, n.max(1)),
             None if size > 8192 => (10, 100),

@@ -1,0 +1,17 @@
+//! Allgather latency over all ranks, printed like the OSU micro-benchmark
+//! `osu_allgather`: every rank's `f32` vector (of the size in the first
+//! column) to every rank, the average over ranks of each rank's time per
+//! call.
+//!
+//! Run: `spmdrun -n 8 target/release/examples/osu_allgather [max-bytes]
+//! [min-bytes] [iterations]`
+
+mod common;
+
+fn main() -> Result<(), spmd::Error> {
+    let world = spmd::init()?;
+    common::collective::sweep(&world, "allgather", world.size(), |send, recv| {
+        world.allgather_into(send, recv)
+    })?;
+    world.finalize()
+}
