@@ -448,13 +448,32 @@ impl World {
     /// comes from rank `j`.
     pub fn alltoall_into<E: Pod>(&self, send: &[E], recv: &mut [E]) -> Result<()> {
         let n = self.size();
-        check_len("alltoall_into", "the receive buffer", recv.len(), send.len())?;
-        if send.len() % n != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "alltoall_into: {} elements do not split evenly among {n} ranks",
-                send.len()
-            )));
+        let args_ok = check_len("alltoall_into", "the receive buffer", recv.len(), send.len()).and_then(|()| {
+            if send.len() % n == 0 {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument(format!(
+                    "alltoall_into: {} elements do not split evenly among {n} ranks",
+                    send.len()
+                )))
+            }
+        });
+        let bytes = std::mem::size_of_val(send);
+        if bytes / n > crate::transport::NODE_PART_MAX {
+            // Every rank takes part even with wrong buffers, so that all of
+            // them fail together instead of some waiting.
+            let claim = if args_ok.is_ok() { bytes as u64 } else { u64::MAX };
+            let job = WindowJob::Alltoall {
+                send: crate::message::pod_bytes(send),
+                recv: bytemuck::cast_slice_mut(recv),
+                part: bytes / n,
+            };
+            if let Some(done) = self.engine().window_collective(claim, job) {
+                return args_ok.and(done.map_err(|e| in_call("alltoall_into", e)));
+            }
+            self.agree_on_length("alltoall_into", claim)?;
         }
+        args_ok?;
         let k = send.len() / n;
         let bodies = (0..n)
             .map(|i| (Kind::Raw, crate::message::pod_copy(&send[i * k..(i + 1) * k])))

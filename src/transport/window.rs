@@ -70,10 +70,15 @@ impl Windows {
     /// Copies `bytes` (at most a window) into window `index` of `set`
     /// (index `size` is the result window).
     fn put(&self, set: usize, index: usize, bytes: &[u8]) {
-        assert!(bytes.len() <= self.bytes, "a piece larger than its window");
+        self.put_at(set, index, 0, bytes);
+    }
+
+    /// Copies `bytes` into window `index` of `set` from `offset` on.
+    fn put_at(&self, set: usize, index: usize, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= self.bytes, "a piece larger than its window");
         // SAFETY: within the window; only this rank writes it in this
         // phase, and nobody reads it until the next barrier.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr(set, index), bytes.len()) }
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr(set, index).add(offset), bytes.len()) }
     }
 
     /// The bytes `range` of the result window of `set`, for the one rank
@@ -127,6 +132,13 @@ pub(crate) enum WindowJob<'a> {
         recv: &'a mut [u8],
         root: usize,
     },
+    /// Copies part `d` of every rank `r`'s `send` into part `r` of rank
+    /// `d`'s `recv` (both as many parts as ranks, `part` bytes each).
+    Alltoall {
+        send: &'a [u8],
+        recv: &'a mut [u8],
+        part: usize,
+    },
 }
 
 impl ShmMesh {
@@ -145,6 +157,10 @@ impl ShmMesh {
             }
         };
         self.node_collective(deliver, NodeCall::WindowStart, &claimed, &mut same_length)?;
+        if claim == u64::MAX {
+            // Every rank's buffers are wrong: each caller says how.
+            return Err(Error::InvalidArgument("the buffers are wrong on every rank".into()));
+        }
         match job {
             WindowJob::Reduce {
                 send,
@@ -156,6 +172,7 @@ impl ShmMesh {
             WindowJob::Broadcast { buf, root } => self.window_broadcast(deliver, buf, root),
             WindowJob::Gather { send, out } => self.window_gather(deliver, send, out),
             WindowJob::Scatter { send, recv, root } => self.window_scatter(deliver, send, recv, root),
+            WindowJob::Alltoall { send, recv, part } => self.window_alltoall(deliver, send, recv, part),
         }
     }
 
@@ -253,6 +270,33 @@ impl ShmMesh {
             }
             self.window_barrier(deliver)?;
             recv[offset..offset + w].copy_from_slice(windows.get(set, me, 0..w));
+            offset += w;
+        }
+        Ok(())
+    }
+
+    /// Each rank cuts its window into one sub-window per destination and
+    /// puts there its piece of the part for that rank; after a barrier each
+    /// rank takes its sub-window from every rank's window. One wait per
+    /// piece.
+    fn window_alltoall(&mut self, deliver: &mut Delivery<'_>, send: &[u8], recv: &mut [u8], part: usize) -> Result<()> {
+        let (n, me) = (self.peers.list.len(), self.peers.me);
+        let windows = self.windows;
+        debug_assert!(send.len() == n * part && recv.len() == n * part);
+        let sub = windows.bytes / n;
+        let mut offset = 0;
+        while offset < part {
+            let w = sub.min(part - offset);
+            let set = self.next_set();
+            for d in 0..n {
+                let at = d * part + offset;
+                windows.put_at(set, me, d * sub, &send[at..at + w]);
+            }
+            self.window_barrier(deliver)?;
+            for r in 0..n {
+                let at = r * part + offset;
+                recv[at..at + w].copy_from_slice(windows.get(set, r, me * sub..me * sub + w));
+            }
             offset += w;
         }
         Ok(())

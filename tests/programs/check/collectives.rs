@@ -327,6 +327,9 @@ fn different_lengths(world: &World) -> Result<(), Error> {
     )?;
     let mut all = vec![0i64; if odd { 10_000 * n - 1 } else { 10_000 * n }];
     expect_length_error(world, "gather_into", world.gather_into(&send, &mut all, n - 1))?;
+    let all = vec![1i64; 10_000 * n];
+    let mut back = vec![0i64; if odd { 10_000 * n - 1 } else { 10_000 * n }];
+    expect_length_error(world, "alltoall_into", world.alltoall_into(&all, &mut back))?;
     Ok(())
 }
 
