@@ -4,7 +4,7 @@
  * programs (and the OSU micro-benchmarks).
  *
  * usage: mpi_bench latency|bw [max-bytes]
- *        mpi_bench allreduce|reduce|bcast|allgather [max-bytes] [min-bytes] [iterations]
+ *        mpi_bench allreduce|reduce|bcast|allgather|alltoall [max-bytes] [min-bytes] [iterations]
  *        mpi_bench barrier [iterations]
  *        mpi_bench idle [seconds]
  *        mpi_bench hello
@@ -74,9 +74,10 @@ static void bw(size_t max) {
 }
 
 /* The collectives timed by `collective`, as spmd's examples/osu_allreduce.rs,
- * osu_reduce.rs, osu_bcast.rs and osu_allgather.rs do (root 0, sums of
- * floats; an allgather's receive buffer holds every rank's part). */
-enum which { ALLREDUCE, REDUCE, BCAST, ALLGATHER };
+ * osu_reduce.rs, osu_bcast.rs, osu_allgather.rs and osu_alltoall.rs do
+ * (root 0, sums of floats; an allgather's receive buffer holds every
+ * rank's part, an alltoall's buffers one part per rank). */
+enum which { ALLREDUCE, REDUCE, BCAST, ALLGATHER, ALLTOALL };
 
 static void call(enum which what, float *send, float *recv, int count) {
     switch (what) {
@@ -84,14 +85,16 @@ static void call(enum which what, float *send, float *recv, int count) {
     case REDUCE: MPI_Reduce(send, recv, count, MPI_FLOAT, MPI_SUM, 0, MPI_COMM_WORLD); break;
     case BCAST: MPI_Bcast(recv, count, MPI_FLOAT, 0, MPI_COMM_WORLD); break;
     case ALLGATHER: MPI_Allgather(send, count, MPI_FLOAT, recv, count, MPI_FLOAT, MPI_COMM_WORLD); break;
+    case ALLTOALL: MPI_Alltoall(send, count, MPI_FLOAT, recv, count, MPI_FLOAT, MPI_COMM_WORLD); break;
     }
 }
 
 static void collective(enum which what, const char *name, size_t max, size_t min, int fixed_iters) {
     size_t n = max / 4;
-    size_t parts = what == ALLGATHER ? (size_t)size : 1;
-    float *send = malloc(n * sizeof(float)), *recv = malloc(n * parts * sizeof(float));
-    for (size_t i = 0; i < n; i++) send[i] = 1.0f;
+    size_t send_parts = what == ALLTOALL ? (size_t)size : 1;
+    size_t parts = what == ALLGATHER || what == ALLTOALL ? (size_t)size : 1;
+    float *send = malloc(n * send_parts * sizeof(float)), *recv = malloc(n * parts * sizeof(float));
+    for (size_t i = 0; i < n * send_parts; i++) send[i] = 1.0f;
     for (size_t i = 0; i < n * parts; i++) recv[i] = 1.0f;
     if (rank == 0) printf("# mpi %s latency test\n%-10s%20s\n", name, "# Size", "Avg Latency(us)");
     for (size_t s = min < 4 ? 4 : min; s <= max; s *= 2) {
@@ -160,6 +163,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(mode, "reduce")) collective(REDUCE, mode, arg > 0 ? (size_t)arg : 1 << 20, (size_t)arg2, (int)arg3);
     else if (!strcmp(mode, "bcast")) collective(BCAST, mode, arg > 0 ? (size_t)arg : 1 << 20, (size_t)arg2, (int)arg3);
     else if (!strcmp(mode, "allgather")) collective(ALLGATHER, mode, arg > 0 ? (size_t)arg : 1 << 20, (size_t)arg2, (int)arg3);
+    else if (!strcmp(mode, "alltoall")) collective(ALLTOALL, mode, arg > 0 ? (size_t)arg : 1 << 20, (size_t)arg2, (int)arg3);
     else if (!strcmp(mode, "barrier")) barrier((int)arg);
     else if (!strcmp(mode, "idle")) idle(arg > 0 ? arg : 5);
     else MPI_Barrier(MPI_COMM_WORLD); /* hello: launch + init + barrier + finalize */

@@ -10,7 +10,7 @@ mod common;
 
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
-    common::collective::sweep(&world, "allgather", world.size(), |send, recv| {
+    common::collective::sweep(&world, "allgather", (1, world.size()), |send, recv| {
         world.allgather_into(send, recv)
     })?;
     world.finalize()

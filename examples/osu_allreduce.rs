@@ -11,7 +11,7 @@ use spmd::op;
 
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
-    common::collective::sweep(&world, "allreduce", 1, |send, recv| {
+    common::collective::sweep(&world, "allreduce", (1, 1), |send, recv| {
         world.allreduce_into(send, recv, &op::Sum)
     })?;
     world.finalize()

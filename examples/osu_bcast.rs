@@ -9,6 +9,6 @@ mod common;
 
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
-    common::collective::sweep(&world, "broadcast", 1, |_, buf| world.broadcast_into(buf, 0))?;
+    common::collective::sweep(&world, "broadcast", (1, 1), |_, buf| world.broadcast_into(buf, 0))?;
     world.finalize()
 }

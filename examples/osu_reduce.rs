@@ -11,7 +11,7 @@ use spmd::op;
 
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
-    common::collective::sweep(&world, "reduce", 1, |send, recv| {
+    common::collective::sweep(&world, "reduce", (1, 1), |send, recv| {
         world.reduce_into(send, recv, &op::Sum, 0)
     })?;
     world.finalize()

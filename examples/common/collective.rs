@@ -6,12 +6,13 @@
 use spmd::{Error, World, op};
 
 /// Runs the sweep for the collective `call(send, recv)`, titled `what`;
-/// `recv` is `parts` times as long as `send` (1 for reductions, the number
-/// of ranks for a gather).
+/// `send` and `recv` are `parts.0` and `parts.1` times the size in the
+/// first column ((1, 1) for reductions, (1, ranks) for an allgather,
+/// (ranks, ranks) for an alltoall).
 pub fn sweep(
     world: &World,
     what: &str,
-    parts: usize,
+    parts: (usize, usize),
     mut call: impl FnMut(&[f32], &mut [f32]) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let max: usize = super::arg(world, 1, "max-bytes", 1 << 20);
@@ -24,8 +25,8 @@ pub fn sweep(
     let mut size = min;
     while size <= max {
         let n = size / 4;
-        let send = vec![1.0f32; n];
-        let mut recv = vec![0.0f32; n * parts];
+        let send = vec![1.0f32; n * parts.0];
+        let mut recv = vec![0.0f32; n * parts.1];
         let (warmup, iters) = match fixed_iterations {
             Some(n) => (n / 10, n.max(1)),
             None if size > 8192 => (10, 100),

@@ -1,0 +1,16 @@
+//! Alltoall latency over all ranks, printed like the OSU micro-benchmark
+//! `osu_alltoall`: every rank sends an `f32` vector of the size in the
+//! first column to every rank; the average over ranks of each rank's time
+//! per call.
+//!
+//! Run: `spmdrun -n 8 target/release/examples/osu_alltoall [max-bytes]
+//! [min-bytes] [iterations]`
+
+mod common;
+
+fn main() -> Result<(), spmd::Error> {
+    let world = spmd::init()?;
+    let n = world.size();
+    common::collective::sweep(&world, "alltoall", (n, n), |send, recv| world.alltoall_into(send, recv))?;
+    world.finalize()
+}
