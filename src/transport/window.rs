@@ -227,103 +227,133 @@ impl ShmMesh {
         Ok(())
     }
 
-    /// Each rank's piece into its window, a barrier, every piece out; one
-    /// wait per piece, as for a broadcast.
+    /// Moves `len` bytes a piece of at most `piece` bytes at a time, with
+    /// one wait per piece: `write(set, offset, w)` fills windows of `set`,
+    /// then after a barrier `read(set, offset, w)` empties them. A set is
+    /// written again two pieces later, after every rank has passed the
+    /// barrier that follows its reading.
+    fn one_wait_pieces(
+        &mut self,
+        deliver: &mut Delivery<'_>,
+        len: usize,
+        piece: usize,
+        mut write: impl FnMut(usize, usize, usize),
+        mut read: impl FnMut(usize, usize, usize),
+    ) -> Result<()> {
+        let mut offset = 0;
+        while offset < len {
+            let w = piece.min(len - offset);
+            let set = self.next_set();
+            write(set, offset, w);
+            self.window_barrier(deliver)?;
+            read(set, offset, w);
+            offset += w;
+        }
+        Ok(())
+    }
+
+    /// Each rank's piece into its window, a barrier, every piece out.
     fn window_gather(&mut self, deliver: &mut Delivery<'_>, send: &[u8], mut out: Option<&mut [u8]>) -> Result<()> {
         let (n, me) = (self.peers.list.len(), self.peers.me);
         let windows = self.windows;
         let part = send.len();
         debug_assert!(out.as_ref().is_none_or(|o| o.len() == n * part));
-        let mut offset = 0;
-        while offset < part {
-            let w = windows.bytes.min(part - offset);
-            let set = self.next_set();
-            windows.put(set, me, &send[offset..offset + w]);
-            self.window_barrier(deliver)?;
-            if let Some(out) = out.as_deref_mut() {
-                for r in 0..n {
-                    let at = r * part + offset;
-                    out[at..at + w].copy_from_slice(windows.get(set, r, 0..w));
+        self.one_wait_pieces(
+            deliver,
+            part,
+            windows.bytes,
+            |set, offset, w| windows.put(set, me, &send[offset..offset + w]),
+            |set, offset, w| {
+                if let Some(out) = out.as_deref_mut() {
+                    for r in 0..n {
+                        let at = r * part + offset;
+                        out[at..at + w].copy_from_slice(windows.get(set, r, 0..w));
+                    }
                 }
-            }
-            offset += w;
-        }
-        Ok(())
+            },
+        )
     }
 
     /// The root puts each rank's piece in that rank's window, a barrier,
-    /// each rank takes its own; one wait per piece.
+    /// each rank takes its own.
     fn window_scatter(&mut self, deliver: &mut Delivery<'_>, send: &[u8], recv: &mut [u8], root: usize) -> Result<()> {
         let (n, me) = (self.peers.list.len(), self.peers.me);
         let windows = self.windows;
         let part = recv.len();
         debug_assert!(me != root || send.len() == n * part);
-        let mut offset = 0;
-        while offset < part {
-            let w = windows.bytes.min(part - offset);
-            let set = self.next_set();
-            if me == root {
-                for r in 0..n {
-                    let at = r * part + offset;
-                    windows.put(set, r, &send[at..at + w]);
+        self.one_wait_pieces(
+            deliver,
+            part,
+            windows.bytes,
+            |set, offset, w| {
+                if me == root {
+                    for r in 0..n {
+                        let at = r * part + offset;
+                        windows.put(set, r, &send[at..at + w]);
+                    }
                 }
-            }
-            self.window_barrier(deliver)?;
-            recv[offset..offset + w].copy_from_slice(windows.get(set, me, 0..w));
-            offset += w;
-        }
-        Ok(())
+            },
+            |set, offset, w| recv[offset..offset + w].copy_from_slice(windows.get(set, me, 0..w)),
+        )
     }
 
     /// Each rank cuts its window into one sub-window per destination and
-    /// puts there its piece of the part for that rank; after a barrier each
-    /// rank takes its sub-window from every rank's window. One wait per
-    /// piece.
+    /// puts there its piece of the part for that rank (its own part goes
+    /// straight across); after a barrier each rank takes its sub-window
+    /// from every other rank's window.
     fn window_alltoall(&mut self, deliver: &mut Delivery<'_>, send: &[u8], recv: &mut [u8], part: usize) -> Result<()> {
         let (n, me) = (self.peers.list.len(), self.peers.me);
         let windows = self.windows;
         debug_assert!(send.len() == n * part && recv.len() == n * part);
         let sub = windows.bytes / n;
-        let mut offset = 0;
-        while offset < part {
-            let w = sub.min(part - offset);
-            let set = self.next_set();
-            for d in (0..n).filter(|d| *d != me) {
-                let at = d * part + offset;
-                windows.put_at(set, me, d * sub, &send[at..at + w]);
-            }
-            // This rank's own part goes straight across.
-            let own = me * part + offset;
-            recv[own..own + w].copy_from_slice(&send[own..own + w]);
-            self.window_barrier(deliver)?;
-            for r in (0..n).filter(|r| *r != me) {
-                let at = r * part + offset;
-                recv[at..at + w].copy_from_slice(windows.get(set, r, me * sub..me * sub + w));
-            }
-            offset += w;
-        }
-        Ok(())
+        let own = me * part..(me + 1) * part;
+        recv[own.clone()].copy_from_slice(&send[own]);
+        self.one_wait_pieces(
+            deliver,
+            part,
+            sub,
+            |set, offset, w| {
+                for d in (0..n).filter(|d| *d != me) {
+                    let at = d * part + offset;
+                    windows.put_at(set, me, d * sub, &send[at..at + w]);
+                }
+            },
+            |set, offset, w| {
+                for r in (0..n).filter(|r| *r != me) {
+                    let at = r * part + offset;
+                    recv[at..at + w].copy_from_slice(windows.get(set, r, me * sub..me * sub + w));
+                }
+            },
+        )
     }
 
-    /// One wait per piece: a set is written again two pieces later, after
-    /// every rank has passed the barrier that follows its reading.
+    /// The root's piece into the result window, a barrier, the others copy
+    /// it out.
     fn window_broadcast(&mut self, deliver: &mut Delivery<'_>, buf: &mut [u8], root: usize) -> Result<()> {
         let (n, me) = (self.peers.list.len(), self.peers.me);
         let windows = self.windows;
-        let mut offset = 0;
-        while offset < buf.len() {
-            let w = windows.bytes.min(buf.len() - offset);
-            let set = self.next_set();
-            if me == root {
-                windows.put(set, n, &buf[offset..offset + w]);
-            }
-            self.window_barrier(deliver)?;
-            if me != root {
-                buf[offset..offset + w].copy_from_slice(windows.get(set, n, 0..w));
-            }
-            offset += w;
-        }
-        Ok(())
+        let len = buf.len();
+        // The root only reads `buf`, the others only write it.
+        let (source, mut target): (Option<&[u8]>, Option<&mut [u8]>) = if me == root {
+            (Some(buf), None)
+        } else {
+            (None, Some(buf))
+        };
+        self.one_wait_pieces(
+            deliver,
+            len,
+            windows.bytes,
+            |set, offset, w| {
+                if let Some(src) = source {
+                    windows.put(set, n, &src[offset..offset + w]);
+                }
+            },
+            |set, offset, w| {
+                if let Some(dst) = target.as_deref_mut() {
+                    dst[offset..offset + w].copy_from_slice(windows.get(set, n, 0..w));
+                }
+            },
+        )
     }
 }
 
