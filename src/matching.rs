@@ -192,6 +192,13 @@ impl FreshBuffer {
         Some(FreshBuffer { ptr, layout })
     }
 
+    /// The bytes of the buffer (all written: it has landed).
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: an allocation of `layout.size()` bytes, every one written
+        // before the message was marked as landed.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+    }
+
     /// The buffer as a vector of `T`, if it was allocated for `T`s and
     /// holds a whole number of them (written in full: it has landed).
     pub fn into_vec<T: bytemuck::Pod>(self) -> Result<Vec<T>, FreshBuffer> {
@@ -343,7 +350,14 @@ impl Matcher {
     pub fn cancel(&mut self, id: ReceiveId) {
         self.posted.retain(|(i, _, _)| *i != id);
         self.landing.retain(|(i, _)| *i != id);
-        if let Some(env) = self.take(id) {
+        if let Some(mut env) = self.take(id) {
+            // A message that landed in a buffer allocated for this receive
+            // becomes an ordinary one again, for whichever receive takes
+            // it next.
+            if let Some(fresh) = env.fresh.take() {
+                env.payload = crate::pool::copy_of(fresh.bytes());
+                env.landed = None;
+            }
             self.unexpected.push_front(env);
         }
     }
@@ -427,6 +441,24 @@ mod tests {
         assert_eq!(m.take(five).unwrap().payload, vec![1]);
         let c = m.post(Selector::collective(2, 6));
         assert_eq!(m.take(c).unwrap().payload, vec![2]);
+    }
+
+    #[test]
+    fn a_message_landed_in_a_fresh_buffer_survives_its_receive_being_dropped() {
+        let mut m = Matcher::default();
+        let id = m.post_into(Selector::user(Match::any()), Some(Room::Fresh { size: 8, align: 8 }));
+        let landing = m.claim(2, 9, Context::User, Kind::Raw, 16).expect("claimed");
+        // SAFETY: the landing has room for the 16 bytes claimed.
+        unsafe { std::ptr::copy_nonoverlapping([7u8; 16].as_ptr(), landing.ptr, 16) };
+        let mut env = Envelope::new(2, 9, Context::User, Kind::Raw, Vec::new());
+        env.landed = Some(16);
+        m.landed(landing.id, env);
+        assert!(m.is_complete(id));
+        m.cancel(id);
+        let next = m.post(Selector::user(Match::source(2)));
+        let env = m.take(next).expect("the message is queued again");
+        assert_eq!((env.landed, env.payload.as_slice()), (None, &[7u8; 16][..]));
+        assert!(env.fresh.is_none());
     }
 
     #[test]

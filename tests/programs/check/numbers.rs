@@ -24,6 +24,7 @@ pub fn run(world: &World) -> Result<(), Error> {
         receive_all(world, partner)?;
     }
     timeout_then_arrival(world)?;
+    dropped_request_keeps_its_message(world)?;
     world.barrier()?;
     if me == 0 {
         println!("ok vectors of numbers as serde values, every way in and out");
@@ -108,4 +109,28 @@ fn timeout_then_arrival(world: &World) -> Result<(), Error> {
     let got: Vec<f64> = world.receive_with_tag(from, 30)?;
     assert!(got == values(5000, from), "the message after a timed-out receive");
     Ok(())
+}
+
+/// A vector that landed for a non-blocking receive whose request is then
+/// dropped without waiting is not lost: the next receive gets it whole.
+fn dropped_request_keeps_its_message(world: &World) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    if n == 1 {
+        return Ok(());
+    }
+    let (to, from) = ((me + 1) % n, (me + n - 1) % n);
+    let mut request = world.immediate_receive::<Vec<f64>>(Match::source(from).with_tag(40))?;
+    world.send_with_tag(&values(300, me), to, 40)?;
+    while !request.test()? {
+        std::thread::yield_now();
+    }
+    drop(request);
+    let mut buf = vec![0.0f64; 300];
+    let status = world.receive_into_with_tag(&mut buf, from, 40)?;
+    assert_eq!(status.len(), 8 * 300, "the length of the message kept");
+    assert!(
+        buf == values(300, from),
+        "the message kept after its request was dropped"
+    );
+    world.barrier()
 }
