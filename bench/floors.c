@@ -128,12 +128,14 @@ static double sender(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2 || (strcmp(argv[1], "line") && argc < 3)) {
+    int line = argc == 2 && !strcmp(argv[1], "line");
+    int sized = argc == 3 && (!strcmp(argv[1], "copy") || !strcmp(argv[1], "stream"));
+    if (!line && !sized) {
         fprintf(stderr, "usage: floors line | copy SIZE | stream SIZE\n");
         return 2;
     }
     pthread_t th;
-    if (!strcmp(argv[1], "line")) {
+    if (line) {
         rounds = 2000000;
         pthread_create(&th, NULL, receiver, NULL);
         pin(0);

@@ -166,7 +166,12 @@ int main(int argc, char **argv) {
     else if (!strcmp(mode, "alltoall")) collective(ALLTOALL, mode, arg > 0 ? (size_t)arg : 1 << 20, (size_t)arg2, (int)arg3);
     else if (!strcmp(mode, "barrier")) barrier((int)arg);
     else if (!strcmp(mode, "idle")) idle(arg > 0 ? arg : 5);
-    else MPI_Barrier(MPI_COMM_WORLD); /* hello: launch + init + barrier + finalize */
+    else if (!strcmp(mode, "hello")) MPI_Barrier(MPI_COMM_WORLD); /* launch + init + barrier + finalize */
+    else {
+        if (rank == 0) fprintf(stderr, "mpi_bench: unknown mode \"%s\" (see the usage at the top of mpi_bench.c)\n", mode);
+        MPI_Finalize();
+        return 2;
+    }
     MPI_Finalize();
     return 0;
 }

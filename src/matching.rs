@@ -134,6 +134,13 @@ impl Envelope {
         }
     }
 
+    /// Makes a message that landed in `fresh` an ordinary one, with its
+    /// bytes as the payload.
+    pub fn unland(&mut self, fresh: FreshBuffer) {
+        self.payload = crate::pool::copy_of(fresh.bytes());
+        self.landed = None;
+    }
+
     pub fn status(&self) -> Status {
         Status {
             source: self.source,
@@ -309,12 +316,8 @@ impl Matcher {
         }
     }
 
-    /// Posts a receive; it completes at once if a matching message is queued.
-    pub fn post(&mut self, sel: Selector) -> ReceiveId {
-        self.post_into(sel, None)
-    }
-
-    /// Posts a receive that may take its message straight into `room`.
+    /// Posts a receive that may take its message straight into `room`; it
+    /// completes at once if a matching message is queued.
     pub fn post_into(&mut self, sel: Selector, room: Option<Room>) -> ReceiveId {
         let id = ReceiveId(self.next_id);
         self.next_id += 1;
@@ -355,8 +358,7 @@ impl Matcher {
             // becomes an ordinary one again, for whichever receive takes
             // it next.
             if let Some(fresh) = env.fresh.take() {
-                env.payload = crate::pool::copy_of(fresh.bytes());
-                env.landed = None;
+                env.unland(fresh);
             }
             self.unexpected.push_front(env);
         }
@@ -422,10 +424,10 @@ mod tests {
     #[test]
     fn posted_before_and_after_arrival_behave_the_same() {
         let mut m = Matcher::default();
-        let early = m.post(Selector::user(Match::source(1)));
+        let early = m.post_into(Selector::user(Match::source(1)), None);
         m.deliver(env(1, 0, 10));
         m.deliver(env(1, 0, 11));
-        let late = m.post(Selector::user(Match::source(1)));
+        let late = m.post_into(Selector::user(Match::source(1)), None);
         assert_eq!(m.take(early).unwrap().payload, vec![10]);
         assert_eq!(m.take(late).unwrap().payload, vec![11]);
     }
@@ -435,11 +437,11 @@ mod tests {
         let mut m = Matcher::default();
         m.deliver(env(2, 5, 1));
         m.deliver(Envelope::new(2, 6, Context::Collective, Kind::Raw, vec![2]));
-        let coll = m.post(Selector::user(Match::tag(6)));
+        let coll = m.post_into(Selector::user(Match::tag(6)), None);
         assert!(!m.is_complete(coll));
-        let five = m.post(Selector::user(Match::any()));
+        let five = m.post_into(Selector::user(Match::any()), None);
         assert_eq!(m.take(five).unwrap().payload, vec![1]);
-        let c = m.post(Selector::collective(2, 6));
+        let c = m.post_into(Selector::collective(2, 6), None);
         assert_eq!(m.take(c).unwrap().payload, vec![2]);
     }
 
@@ -455,7 +457,7 @@ mod tests {
         m.landed(landing.id, env);
         assert!(m.is_complete(id));
         m.cancel(id);
-        let next = m.post(Selector::user(Match::source(2)));
+        let next = m.post_into(Selector::user(Match::source(2)), None);
         let env = m.take(next).expect("the message is queued again");
         assert_eq!((env.landed, env.payload.as_slice()), (None, &[7u8; 16][..]));
         assert!(env.fresh.is_none());
@@ -464,7 +466,7 @@ mod tests {
     #[test]
     fn cancelled_receive_returns_its_message() {
         let mut m = Matcher::default();
-        let a = m.post(Selector::user(Match::any()));
+        let a = m.post_into(Selector::user(Match::any()), None);
         m.deliver(env(0, 0, 7));
         m.cancel(a);
         assert_eq!(m.probe(Selector::user(Match::any())).unwrap().source(), 0);

@@ -227,18 +227,10 @@ pub(crate) fn copy_into<T: Pod>(env: &Envelope, buf: &mut [T]) -> Result<usize> 
 /// the buffer it landed in if one was allocated for it.
 pub(crate) fn into_vec<T: Pod>(mut env: Envelope) -> Result<Vec<T>> {
     if let Some(fresh) = env.fresh.take() {
-        check_landed::<T>(&env)?;
         match fresh.into_vec::<T>() {
             Ok(v) => return Ok(v),
-            Err(_) => {
-                return Err(Error::Truncated {
-                    sender: env.source,
-                    tag: env.tag,
-                    message_bytes: env.status().len(),
-                    buffer_bytes: env.status().len(),
-                    element: type_name::<T>(),
-                });
-            }
+            // Allocated for another element type: copy it like any message.
+            Err(fresh) => env.unland(fresh),
         }
     }
     to_vec(&env)

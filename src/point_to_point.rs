@@ -50,10 +50,7 @@ impl World {
         timeout: Option<Duration>,
     ) -> Result<Envelope> {
         let mut engine = self.engine();
-        let id = match layout {
-            Some((size, align)) => engine.post_fresh(sel, size, align)?,
-            None => engine.post(sel)?,
-        };
+        let id = engine.post(sel, layout)?;
         engine.wait_receive(id, timeout)
     }
 
@@ -175,10 +172,7 @@ impl World {
         let (kind, payload) = message::encode(value)?;
         let mut engine = self.engine();
         let sel = Selector::user(Match::source(source).with_tag(receive_tag));
-        let id = match message::raw_vec_layout::<R>() {
-            Some((size, align)) => engine.post_fresh(sel, size, align)?,
-            None => engine.post(sel)?,
-        };
+        let id = engine.post(sel, message::raw_vec_layout::<R>())?;
         let sent = engine.send(dest, Context::User, send_tag, kind, payload)?;
         let env = engine.wait_receive(id, None)?;
         engine.wait_sent(sent, dest)?;

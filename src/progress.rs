@@ -135,27 +135,13 @@ impl Engine {
     /// The buffer must stay valid until the receive completes or
     /// [`Engine::abandon_receive`] was called for it.
     pub unsafe fn post_lent(&mut self, sel: Selector, buf: *mut u8, len: usize) -> Result<ReceiveId> {
-        if let Some(source) = sel.pattern.source_rank() {
-            self.check_rank(source)?;
-        }
-        Ok(self.matcher.post_into(sel, Some(Room::Given(Buffer { ptr: buf, len }))))
+        self.post_room(sel, Some(Room::Given(Buffer { ptr: buf, len })))
     }
 
     /// Withdraws a receive and stops anything from landing in its buffer.
     pub fn abandon_receive(&mut self, id: ReceiveId) {
         self.transport.detach(id);
         self.matcher.cancel(id);
-    }
-
-    /// Posts a receive whose message, if it is raw numbers of `size` bytes
-    /// each, lands in a buffer allocated for it when its length is known
-    /// (taken with [`crate::message::into_vec`]): one copy, like a receive
-    /// into a buffer the caller gives.
-    pub fn post_fresh(&mut self, sel: Selector, size: usize, align: usize) -> Result<ReceiveId> {
-        if let Some(source) = sel.pattern.source_rank() {
-            self.check_rank(source)?;
-        }
-        Ok(self.matcher.post_into(sel, Some(Room::Fresh { size, align })))
     }
 
     /// Queues a frame that borrows `payload` (a send to this rank copies it
@@ -216,11 +202,21 @@ impl Engine {
         }
     }
 
-    pub fn post(&mut self, sel: Selector) -> Result<ReceiveId> {
+    /// Posts a receive. With `fresh` = (element size, alignment), a message
+    /// of raw numbers of that size lands in a buffer allocated for it when
+    /// its length is known (taken with [`crate::message::into_vec`]): one
+    /// copy, like a receive into a buffer the caller gives.
+    pub fn post(&mut self, sel: Selector, fresh: Option<(usize, usize)>) -> Result<ReceiveId> {
+        self.post_room(sel, fresh.map(|(size, align)| Room::Fresh { size, align }))
+    }
+
+    /// Posts a receive whose message may land in `room`, once its source is
+    /// known to be a rank of the job.
+    fn post_room(&mut self, sel: Selector, room: Option<Room>) -> Result<ReceiveId> {
         if let Some(source) = sel.pattern.source_rank() {
             self.check_rank(source)?;
         }
-        Ok(self.matcher.post(sel))
+        Ok(self.matcher.post_into(sel, room))
     }
 
     /// Receives the next message `sel` accepts, letting a message of raw
@@ -228,14 +224,11 @@ impl Engine {
     /// `buf`. The envelope says whether it landed (`landed`) or carries its
     /// payload.
     pub fn receive_landing(&mut self, sel: Selector, buf: &mut [u8]) -> Result<Envelope> {
-        if let Some(source) = sel.pattern.source_rank() {
-            self.check_rank(source)?;
-        }
         let buffer = Buffer {
             ptr: buf.as_mut_ptr(),
             len: buf.len(),
         };
-        let id = self.matcher.post_into(sel, Some(Room::Given(buffer)));
+        let id = self.post_room(sel, Some(Room::Given(buffer)))?;
         let result = catch_unwind(AssertUnwindSafe(|| self.wait_receive(id, None)));
         if !matches!(result, Ok(Ok(_))) {
             // `buf` is about to be released: nothing may write into it.

@@ -192,10 +192,7 @@ impl World {
         decode: fn(Envelope) -> Result<T>,
     ) -> Result<ReceiveRequest<'_, T>> {
         let sel = Selector::user(pattern);
-        let id = match layout {
-            Some((size, align)) => self.engine().post_fresh(sel, size, align)?,
-            None => self.engine().post(sel)?,
-        };
+        let id = self.engine().post(sel, layout)?;
         Ok(ReceiveRequest {
             world: self,
             id: Some(id),

@@ -169,17 +169,16 @@ impl World {
                 buf: bytemuck::cast_slice_mut(buf),
                 root,
             };
-            if let Some(done) = self.engine().window_collective(bytes as u64, job) {
-                return done.map_err(|e| in_call("broadcast_into", e));
+            if let Some(done) = self.large_collective("broadcast_into", bytes, Ok(()), job) {
+                return done;
             }
-            self.agree_on_length("broadcast_into", bytes as u64)?;
         }
         let part: &[u8] = if self.rank() == root {
             bytemuck::cast_slice(buf)
         } else {
             &[]
         };
-        if std::mem::size_of_val(buf) <= crate::transport::NODE_PART_MAX {
+        if bytes <= crate::transport::NODE_PART_MAX {
             let node = self
                 .engine()
                 .node_collective(NodeCall::Broadcast, part, &mut |parts| Ok(parts[root].to_vec()));
@@ -213,7 +212,6 @@ impl World {
             } else {
                 Ok(())
             };
-            let claim = if send_ok.is_ok() { bytes as u64 } else { u64::MAX };
             let job = WindowJob::Scatter {
                 send: if send_ok.is_ok() {
                     crate::message::pod_bytes(send)
@@ -223,11 +221,9 @@ impl World {
                 recv: bytemuck::cast_slice_mut(recv),
                 root,
             };
-            if let Some(done) = self.engine().window_collective(claim, job) {
-                return send_ok.and(done.map_err(|e| in_call("scatter_into", e)));
+            if let Some(done) = self.large_collective("scatter_into", bytes, send_ok, job) {
+                return done;
             }
-            self.agree_on_length("scatter_into", claim)?;
-            send_ok?;
         }
         let bodies = if self.rank() == root {
             check_len("scatter_into", "the root's send buffer", send.len(), k * self.size())?;
@@ -283,18 +279,34 @@ impl World {
         } else {
             Ok(())
         };
-        let claim = if recv_ok.is_ok() { bytes as u64 } else { u64::MAX };
         let job = WindowJob::Gather {
             send: crate::message::pod_bytes(send),
             out: (wants && recv_ok.is_ok()).then(|| bytemuck::cast_slice_mut(recv)),
         };
+        self.large_collective(what, bytes, recv_ok, job)
+    }
+
+    /// Runs a collective of more than 4 KiB: through the shared windows if
+    /// the transport can; otherwise (over sockets) it has every rank agree
+    /// on the length first and returns `None` to go on with messages.
+    /// `args` is this rank's check of its own buffers: a rank whose buffers
+    /// are wrong still takes part, claiming a length no rank can have, so
+    /// that every rank fails together instead of some waiting.
+    fn large_collective(
+        &self,
+        what: &'static str,
+        bytes: usize,
+        args: Result<()>,
+        job: WindowJob<'_>,
+    ) -> Option<Result<()>> {
+        let claim = if args.is_ok() { bytes as u64 } else { u64::MAX };
         if let Some(done) = self.engine().window_collective(claim, job) {
-            return Some(recv_ok.and(done.map_err(|e| in_call(what, e))));
+            return Some(args.and(done.map_err(|e| in_call(what, e))));
         }
         if let Err(e) = self.agree_on_length(what, claim) {
             return Some(Err(e));
         }
-        recv_ok.err().map(Err)
+        args.err().map(Err)
     }
 
     /// Plain-number reduce, element by element: the root's `recv` (of
@@ -315,7 +327,6 @@ impl World {
             } else {
                 Ok(())
             };
-            let claim = if recv_ok.is_ok() { bytes as u64 } else { u64::MAX };
             let mut combine = |acc: &mut [u8], next: &[u8]| combine_into(op, acc, next, Side::Lower);
             let job = WindowJob::Reduce {
                 send: crate::message::pod_bytes(send),
@@ -324,11 +335,9 @@ impl World {
                 element: std::mem::size_of::<E>(),
                 combine: &mut combine,
             };
-            if let Some(done) = self.engine().window_collective(claim, job) {
-                return recv_ok.and(done.map_err(|e| in_call("reduce_into", e)));
+            if let Some(done) = self.large_collective("reduce_into", bytes, recv_ok, job) {
+                return done;
             }
-            self.agree_on_length("reduce_into", claim)?;
-            recv_ok?;
         }
         let mut fold = node_fold(op, "reduce_into", root);
         let node = self
@@ -373,24 +382,21 @@ impl World {
     /// ```
     pub fn allreduce_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>) -> Result<()> {
         let bytes = std::mem::size_of_val(send);
-        let recv_ok = check_len("allreduce_into", "the receive buffer", recv.len(), send.len());
+        let recv_len = recv.len();
+        let recv_ok = || check_len("allreduce_into", "the receive buffer", recv_len, send.len());
         if bytes > crate::transport::NODE_PART_MAX {
-            // Large: every rank takes part even with a wrong receive buffer,
-            // so that all of them fail together instead of some waiting.
-            let claim = if recv_ok.is_ok() { bytes as u64 } else { u64::MAX };
+            let args = recv_ok();
             let mut combine = |acc: &mut [u8], next: &[u8]| combine_into(op, acc, next, Side::Lower);
             let job = WindowJob::Reduce {
                 send: crate::message::pod_bytes(send),
-                out: recv_ok.is_ok().then(|| bytemuck::cast_slice_mut(recv)),
+                out: args.is_ok().then(|| bytemuck::cast_slice_mut(recv)),
                 first: 0,
                 element: std::mem::size_of::<E>(),
                 combine: &mut combine,
             };
-            if let Some(done) = self.engine().window_collective(claim, job) {
-                return recv_ok.and(done.map_err(|e| in_call("allreduce_into", e)));
+            if let Some(done) = self.large_collective("allreduce_into", bytes, args, job) {
+                return done;
             }
-            // Over sockets: agree on the length first, for the same reason.
-            self.agree_on_length("allreduce_into", claim)?;
         }
         // Over shared memory a rank with a wrong receive buffer still takes
         // part, so that the others do not wait for it, and fails after.
@@ -401,10 +407,10 @@ impl World {
         );
         if let Some(result) = node {
             let result = result?;
-            recv_ok?;
+            recv_ok()?;
             return copy_result(result, recv, "allreduce_into");
         }
-        recv_ok?;
+        recv_ok()?;
         if op.is_commutative() && self.size() > 2 && bytes >= ring::RING_THRESHOLD {
             // In place in the caller's buffer: no copy but the first.
             recv.copy_from_slice(send);
@@ -417,8 +423,7 @@ impl World {
 
     /// Fails on every rank, before any data moves, unless every rank claims
     /// the same length (`u64::MAX` for a rank whose own buffers are wrong).
-    fn agree_on_length(&self, what: &'static str, claim: u64) -> Result<()> {
-        let len = claim;
+    fn agree_on_length(&self, what: &'static str, len: u64) -> Result<()> {
         // The largest length, and the complement of the smallest.
         let mine = crate::message::pod_copy(&[len, !len]);
         let both = self.allreduce_value(&RawCodec, mine, &elementwise::<u64, _>(&crate::op::Max, what))?;
@@ -460,20 +465,17 @@ impl World {
         });
         let bytes = std::mem::size_of_val(send);
         if bytes / n > crate::transport::NODE_PART_MAX {
-            // Every rank takes part even with wrong buffers, so that all of
-            // them fail together instead of some waiting.
-            let claim = if args_ok.is_ok() { bytes as u64 } else { u64::MAX };
             let job = WindowJob::Alltoall {
                 send: crate::message::pod_bytes(send),
                 recv: bytemuck::cast_slice_mut(recv),
                 part: bytes / n,
             };
-            if let Some(done) = self.engine().window_collective(claim, job) {
-                return args_ok.and(done.map_err(|e| in_call("alltoall_into", e)));
+            if let Some(done) = self.large_collective("alltoall_into", bytes, args_ok, job) {
+                return done;
             }
-            self.agree_on_length("alltoall_into", claim)?;
+        } else {
+            args_ok?;
         }
-        args_ok?;
         let k = send.len() / n;
         let bodies = (0..n)
             .map(|i| (Kind::Raw, crate::message::pod_copy(&send[i * k..(i + 1) * k])))

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use crate::error::{Error, Result};
 
 use super::Delivery;
-use super::segment::{SLOT_DATA, ring_doorbells};
+use super::segment::{Area, SLOT_DATA, ring_doorbells};
 use super::shm::ShmMesh;
 
 /// The most bytes a rank may contribute to a node-wide collective.
@@ -70,26 +70,25 @@ impl NodeCall {
     }
 }
 
-/// An error unless every part is marked with the same call, naming rank 0's
-/// call and the first rank's that differs.
-fn check_calls(parts: &[(u8, &[u8])]) -> Result<()> {
-    let first = parts.first().map_or(0, |p| p.0);
-    match parts.iter().position(|p| p.0 != first) {
-        None => Ok(()),
-        Some(r) => Err(Error::InvalidArgument(format!(
-            "ranks called different collectives at the same point: rank 0 called {}, rank {r} called {} \
-             (every rank must call the same collectives in the same order, with the same lengths)",
-            NodeCall::name_of(first),
-            NodeCall::name_of(parts[r].0)
-        ))),
+/// Folds the parts of all `n` ranks in `set`, after checking that every
+/// part is marked with the same call; the error names rank 0's call and the
+/// first rank's that differs.
+fn fold_parts(area: &Area, set: usize, n: usize, fold: &mut Fold<'_>) -> Result<Vec<u8>> {
+    let first = area.get(set, 0).0;
+    let mut parts = Vec::with_capacity(n);
+    for r in 0..n {
+        let (call, bytes) = area.get(set, r);
+        if call != first {
+            return Err(Error::InvalidArgument(format!(
+                "ranks called different collectives at the same point: rank 0 called {}, rank {r} called {} \
+                 (every rank must call the same collectives in the same order, with the same lengths)",
+                NodeCall::name_of(first),
+                NodeCall::name_of(call)
+            )));
+        }
+        parts.push(bytes);
     }
-}
-
-/// Checks that every part is for the same call, then folds them.
-fn fold_parts(parts: &[(u8, &[u8])], fold: &mut Fold<'_>) -> Result<Vec<u8>> {
-    check_calls(parts)?;
-    let bytes: Vec<&[u8]> = parts.iter().map(|p| p.1).collect();
-    fold(&bytes)
+    fold(&parts)
 }
 
 impl ShmMesh {
@@ -121,8 +120,7 @@ impl ShmMesh {
         if area.arrived().fetch_add(1, Ordering::AcqRel) + 1 == n {
             // Last to arrive: every part is written (the arrivals' Release
             // ordered them before our Acquire).
-            let parts: Vec<(u8, &[u8])> = (0..n as usize).map(|r| area.get(set, r)).collect();
-            let result = fold_parts(&parts, fold);
+            let result = fold_parts(&area, set, n as usize, fold);
             match &result {
                 Ok(bytes) if bytes.len() <= SLOT_DATA => area.put(set, n as usize, 0, bytes),
                 Ok(_) => area.put_failed(set, "a node-wide collective's result is larger than its slot"),
@@ -169,7 +167,6 @@ impl ShmMesh {
                 self.idle(None, &all_here);
             }
         }
-        let parts: Vec<(u8, &[u8])> = (0..n).map(|r| area.get(set, r)).collect();
-        fold_parts(&parts, fold)
+        fold_parts(&area, set, n, fold)
     }
 }
