@@ -1,5 +1,5 @@
 //! The job secret and the handshake by which both ends of every connection
-//! prove they know it, without ever sending it.
+//! between ranks prove they know it, without ever sending it.
 //!
 //! The connector opens with [`Kind::Hello`] (job id, its rank, a fresh
 //! nonce); the acceptor answers [`Kind::Challenge`] (its id, its nonce, and
@@ -7,15 +7,20 @@
 //! answers [`Kind::Proof`] with its own HMAC. Each side is convinced of the
 //! other, and a recorded exchange cannot be replayed because the nonces are
 //! fresh on both sides.
+//!
+//! [`Handshake`] is the exchange as a state machine that does no I/O, so
+//! that one thread can drive many handshakes at once without blocking on
+//! any of them; [`connect`] and [`accept`] drive one over a blocking stream.
 
 use std::fmt;
 use std::io::{Read, Write};
 
 use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::error::{Error, Result};
-use crate::wire::{Header, Kind, read_frame, write_frame};
+use crate::wire::{HEADER_LEN, Header, Kind};
 
 /// Length of the job secret in bytes.
 pub const SECRET_LEN: usize = 32;
@@ -25,7 +30,7 @@ const HELLO_LEN: usize = 8 + 4 + NONCE_LEN;
 const CHALLENGE_LEN: usize = 4 + NONCE_LEN + MAC_LEN;
 
 /// The random secret of one job. Its `Debug` output never shows the bytes.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Secret([u8; SECRET_LEN]);
 
 impl fmt::Debug for Secret {
@@ -49,22 +54,10 @@ impl Secret {
         Ok(Secret(b))
     }
 
-    /// The secret as lowercase hex, for the rank's environment.
+    /// The secret as lowercase hex (for tests that look for it where it
+    /// must not be).
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// Parses the hex form; the error never echoes the input.
-    pub fn from_hex(s: &str) -> Result<Secret> {
-        let bad = || Error::Bootstrap(format!("SPMD_SECRET must be {} hex digits", SECRET_LEN * 2));
-        if s.len() != SECRET_LEN * 2 || !s.is_ascii() {
-            return Err(bad());
-        }
-        let mut b = [0u8; SECRET_LEN];
-        for (i, out) in b.iter_mut().enumerate() {
-            *out = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        Ok(Secret(b))
     }
 
     fn mac(&self, role: &[u8], job: u64, connector: u32, acceptor: u32, first: &[u8], second: &[u8]) -> Hmac<Sha256> {
@@ -91,109 +84,271 @@ pub struct Identity<'a> {
     pub me: u32,
 }
 
-/// Runs the connector's side. `expected` is the id the acceptor must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Connector: Hello sent (or queued), waiting for the Challenge.
+    AwaitChallenge { expected: u32 },
+    /// Acceptor: waiting for the Hello.
+    AwaitHello,
+    /// Acceptor: Challenge queued, waiting for the Proof.
+    AwaitProof { connector: u32 },
+    /// Both sides are convinced; the value is the peer's id.
+    Done { peer: u32 },
+}
+
+/// One side of one handshake, as a state machine without I/O: write what
+/// [`Handshake::output`] holds, read exactly [`Handshake::wanted`] bytes and
+/// give them to [`Handshake::input`], until [`Handshake::peer`] is known.
+/// It never reads past its last frame, so the stream can carry other
+/// frames straight after.
+#[derive(Debug)]
+pub struct Handshake {
+    secret: Secret,
+    job: u64,
+    me: u32,
+    peer_name: String,
+    nonce: [u8; NONCE_LEN],
+    peer_nonce: [u8; NONCE_LEN],
+    step: Step,
+    out: Vec<u8>,
+    inbox: Vec<u8>,
+}
+
+impl Handshake {
+    /// The connector's side, which expects to reach the acceptor with id
+    /// `expected`. Its Hello is ready in the output at once.
+    pub fn connector(id: Identity<'_>, expected: u32, peer: impl Into<String>) -> Result<Handshake> {
+        let mut h = Handshake::new(id, peer, Step::AwaitChallenge { expected })?;
+        let mut hello = Vec::with_capacity(HELLO_LEN);
+        hello.extend_from_slice(&id.job.to_le_bytes());
+        hello.extend_from_slice(&id.me.to_le_bytes());
+        hello.extend_from_slice(&h.nonce);
+        h.queue(Kind::Hello, &hello);
+        Ok(h)
+    }
+
+    /// The acceptor's side.
+    pub fn acceptor(id: Identity<'_>, peer: impl Into<String>) -> Result<Handshake> {
+        Handshake::new(id, peer, Step::AwaitHello)
+    }
+
+    fn new(id: Identity<'_>, peer: impl Into<String>, step: Step) -> Result<Handshake> {
+        let mut nonce = [0u8; NONCE_LEN];
+        random_bytes(&mut nonce)?;
+        Ok(Handshake {
+            secret: id.secret.clone(),
+            job: id.job,
+            me: id.me,
+            peer_name: peer.into(),
+            nonce,
+            peer_nonce: [0; NONCE_LEN],
+            step,
+            out: Vec::new(),
+            inbox: Vec::new(),
+        })
+    }
+
+    fn queue(&mut self, kind: Kind, payload: &[u8]) {
+        self.out
+            .extend_from_slice(&Header::plain(kind, self.me, payload.len() as u64).encode());
+        self.out.extend_from_slice(payload);
+    }
+
+    /// Bytes waiting to be written.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Marks `n` bytes of the output as written.
+    pub fn written(&mut self, n: usize) {
+        self.out.drain(..n.min(self.out.len()));
+    }
+
+    /// How many more bytes to read before the next step (0 when done).
+    pub fn wanted(&self) -> usize {
+        let payload = match self.step {
+            Step::AwaitChallenge { .. } => CHALLENGE_LEN,
+            Step::AwaitHello => HELLO_LEN,
+            Step::AwaitProof { .. } => MAC_LEN,
+            Step::Done { .. } => return 0,
+        };
+        HEADER_LEN + payload - self.inbox.len()
+    }
+
+    /// The peer's id once both sides are convinced (and the output is
+    /// written).
+    pub fn peer(&self) -> Option<u32> {
+        match self.step {
+            Step::Done { peer } if self.out.is_empty() => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// Takes bytes read from the peer (at most [`Handshake::wanted`]).
+    pub fn input(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() > self.wanted() {
+            return Err(Error::InvalidArgument(
+                "a handshake was given more bytes than it wanted".into(),
+            ));
+        }
+        self.inbox.extend_from_slice(bytes);
+        if self.wanted() > 0 {
+            return Ok(());
+        }
+        let frame = std::mem::take(&mut self.inbox);
+        match self.step {
+            Step::AwaitChallenge { expected } => {
+                let payload = self.payload(&frame, Kind::Challenge)?;
+                let acceptor = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                if acceptor != expected {
+                    return Err(self.refused(format!("reached id {acceptor}, expected {expected}")));
+                }
+                self.peer_nonce.copy_from_slice(&payload[4..4 + NONCE_LEN]);
+                let proof_a = &payload[4 + NONCE_LEN..];
+                self.secret
+                    .mac(
+                        b"spmd-accept",
+                        self.job,
+                        self.me,
+                        acceptor,
+                        &self.nonce,
+                        &self.peer_nonce,
+                    )
+                    .verify_slice(proof_a)
+                    .map_err(|_| self.refused("the peer does not know this job's secret".into()))?;
+                let proof_c = self
+                    .secret
+                    .mac(
+                        b"spmd-connect",
+                        self.job,
+                        self.me,
+                        acceptor,
+                        &self.peer_nonce,
+                        &self.nonce,
+                    )
+                    .finalize()
+                    .into_bytes();
+                self.queue(Kind::Proof, &proof_c);
+                self.step = Step::Done { peer: acceptor };
+            }
+            Step::AwaitHello => {
+                let payload = self.payload(&frame, Kind::Hello)?;
+                let mut job_bytes = [0u8; 8];
+                job_bytes.copy_from_slice(&payload[0..8]);
+                let job = u64::from_le_bytes(job_bytes);
+                if job != self.job {
+                    return Err(self.refused(format!("it belongs to job {job:016x}, not {:016x}", self.job)));
+                }
+                let connector = u32::from_le_bytes([payload[8], payload[9], payload[10], payload[11]]);
+                self.peer_nonce.copy_from_slice(&payload[12..]);
+                let proof_a = self
+                    .secret
+                    .mac(
+                        b"spmd-accept",
+                        self.job,
+                        connector,
+                        self.me,
+                        &self.peer_nonce,
+                        &self.nonce,
+                    )
+                    .finalize()
+                    .into_bytes();
+                let mut challenge = Vec::with_capacity(CHALLENGE_LEN);
+                challenge.extend_from_slice(&self.me.to_le_bytes());
+                challenge.extend_from_slice(&self.nonce);
+                challenge.extend_from_slice(&proof_a);
+                self.queue(Kind::Challenge, &challenge);
+                self.step = Step::AwaitProof { connector };
+            }
+            Step::AwaitProof { connector } => {
+                let payload = self.payload(&frame, Kind::Proof)?;
+                self.secret
+                    .mac(
+                        b"spmd-connect",
+                        self.job,
+                        connector,
+                        self.me,
+                        &self.nonce,
+                        &self.peer_nonce,
+                    )
+                    .verify_slice(payload)
+                    .map_err(|_| Error::Authentication {
+                        peer: format!("{} (claiming rank {connector})", self.peer_name),
+                        detail: "the peer does not know this job's secret".into(),
+                    })?;
+                self.step = Step::Done { peer: connector };
+            }
+            Step::Done { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn refused(&self, detail: String) -> Error {
+        Error::Authentication {
+            peer: self.peer_name.clone(),
+            detail,
+        }
+    }
+
+    /// Checks a whole frame's header and returns its payload.
+    fn payload<'f>(&self, frame: &'f [u8], kind: Kind) -> Result<&'f [u8]> {
+        let mut hb = [0u8; HEADER_LEN];
+        hb.copy_from_slice(&frame[..HEADER_LEN]);
+        let header = Header::decode(&hb, &self.peer_name, (frame.len() - HEADER_LEN) as u64)?;
+        let payload = &frame[HEADER_LEN..];
+        if header.kind != kind || header.len != payload.len() as u64 {
+            return Err(Error::protocol(
+                &self.peer_name,
+                "kind",
+                format!(
+                    "expected a {kind:?} frame of {} bytes during the handshake, got {:?} of {} bytes",
+                    payload.len(),
+                    header.kind,
+                    header.len
+                ),
+            ));
+        }
+        Ok(payload)
+    }
+}
+
+/// Drives a handshake over a blocking stream to its end; the peer's id.
+fn drive<S: Read + Write>(stream: &mut S, mut h: Handshake) -> Result<u32> {
+    loop {
+        if !h.output().is_empty() {
+            let peer = h.peer_name.clone();
+            stream
+                .write_all(h.output())
+                .and_then(|_| stream.flush())
+                .map_err(|e| Error::io(format!("writing to {peer}"), e))?;
+            let n = h.output().len();
+            h.written(n);
+        }
+        if let Some(peer) = h.peer() {
+            return Ok(peer);
+        }
+        let mut buf = vec![0u8; h.wanted()];
+        stream.read_exact(&mut buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::protocol(&h.peer_name, "stream", "the connection closed during the handshake")
+            } else {
+                Error::io(format!("reading from {}", h.peer_name), e)
+            }
+        })?;
+        h.input(&buf)?;
+    }
+}
+
+/// Runs the connector's side over a blocking stream. `expected` is the id
+/// the acceptor must have.
 pub fn connect<S: Read + Write>(stream: &mut S, id: Identity<'_>, expected: u32, peer: &str) -> Result<()> {
-    let mut nonce_c = [0u8; NONCE_LEN];
-    random_bytes(&mut nonce_c)?;
-    let mut hello = Vec::with_capacity(HELLO_LEN);
-    hello.extend_from_slice(&id.job.to_le_bytes());
-    hello.extend_from_slice(&id.me.to_le_bytes());
-    hello.extend_from_slice(&nonce_c);
-    write_frame(
-        stream,
-        &Header::plain(Kind::Hello, id.me, HELLO_LEN as u64),
-        &hello,
-        peer,
-    )?;
-
-    let payload = expect_frame(stream, Kind::Challenge, CHALLENGE_LEN, peer)?;
-    let acceptor = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
-    if acceptor != expected {
-        return Err(Error::Authentication {
-            peer: peer.to_string(),
-            detail: format!("reached id {acceptor}, expected {expected}"),
-        });
-    }
-    let nonce_a = &payload[4..4 + NONCE_LEN];
-    let proof_a = &payload[4 + NONCE_LEN..];
-    id.secret
-        .mac(b"spmd-accept", id.job, id.me, acceptor, &nonce_c, nonce_a)
-        .verify_slice(proof_a)
-        .map_err(|_| Error::Authentication {
-            peer: peer.to_string(),
-            detail: "the peer does not know this job's secret".into(),
-        })?;
-    let proof_c = id
-        .secret
-        .mac(b"spmd-connect", id.job, id.me, acceptor, nonce_a, &nonce_c)
-        .finalize()
-        .into_bytes();
-    write_frame(
-        stream,
-        &Header::plain(Kind::Proof, id.me, MAC_LEN as u64),
-        &proof_c,
-        peer,
-    )
+    drive(stream, Handshake::connector(id, expected, peer)?).map(|_| ())
 }
 
-/// Runs the acceptor's side and returns the connector's rank, which the
-/// caller must check is one it expects.
+/// Runs the acceptor's side over a blocking stream and returns the
+/// connector's rank, which the caller must check is one it expects.
 pub fn accept<S: Read + Write>(stream: &mut S, id: Identity<'_>, peer: &str) -> Result<u32> {
-    let hello = expect_frame(stream, Kind::Hello, HELLO_LEN, peer)?;
-    let mut job_bytes = [0u8; 8];
-    job_bytes.copy_from_slice(&hello[0..8]);
-    let job = u64::from_le_bytes(job_bytes);
-    if job != id.job {
-        return Err(Error::Authentication {
-            peer: peer.to_string(),
-            detail: format!("it belongs to job {job:016x}, not {:016x}", id.job),
-        });
-    }
-    let connector = u32::from_le_bytes([hello[8], hello[9], hello[10], hello[11]]);
-    let nonce_c = &hello[12..];
-    let mut nonce_a = [0u8; NONCE_LEN];
-    random_bytes(&mut nonce_a)?;
-    let proof_a = id
-        .secret
-        .mac(b"spmd-accept", id.job, connector, id.me, nonce_c, &nonce_a)
-        .finalize()
-        .into_bytes();
-    let mut challenge = Vec::with_capacity(CHALLENGE_LEN);
-    challenge.extend_from_slice(&id.me.to_le_bytes());
-    challenge.extend_from_slice(&nonce_a);
-    challenge.extend_from_slice(&proof_a);
-    write_frame(
-        stream,
-        &Header::plain(Kind::Challenge, id.me, CHALLENGE_LEN as u64),
-        &challenge,
-        peer,
-    )?;
-
-    let proof_c = expect_frame(stream, Kind::Proof, MAC_LEN, peer)?;
-    id.secret
-        .mac(b"spmd-connect", id.job, connector, id.me, &nonce_a, nonce_c)
-        .verify_slice(&proof_c)
-        .map_err(|_| Error::Authentication {
-            peer: format!("{peer} (claiming rank {connector})"),
-            detail: "the peer does not know this job's secret".into(),
-        })?;
-    Ok(connector)
-}
-
-fn expect_frame(stream: &mut impl Read, kind: Kind, len: usize, peer: &str) -> Result<Vec<u8>> {
-    let (header, payload) = read_frame(stream, peer, len as u64)?;
-    if header.kind != kind || payload.len() != len {
-        return Err(Error::protocol(
-            peer,
-            "kind",
-            format!(
-                "expected a {kind:?} frame of {len} bytes during the handshake, got {:?} of {} bytes",
-                header.kind,
-                payload.len()
-            ),
-        ));
-    }
-    Ok(payload)
+    drive(stream, Handshake::acceptor(id, peer)?)
 }
 
 #[cfg(test)]
@@ -237,10 +392,31 @@ mod tests {
     }
 
     #[test]
-    fn hex_round_trip_and_debug_hides_bytes() {
+    fn state_machines_meet_without_io_and_never_read_past_their_frames() {
         let s = Secret::random().unwrap();
-        assert_eq!(Secret::from_hex(&s.to_hex()).unwrap(), s);
+        let id = |me| Identity { secret: &s, job: 9, me };
+        let mut c = Handshake::connector(id(3), 1, "acceptor").unwrap();
+        let mut a = Handshake::acceptor(id(1), "connector").unwrap();
+        // Pass bytes one at a time, as a slow network would.
+        fn pass(from: &mut Handshake, to: &mut Handshake) {
+            while !from.output().is_empty() && to.wanted() > 0 {
+                let b = from.output()[0];
+                from.written(1);
+                to.input(&[b]).unwrap();
+            }
+        }
+        for _ in 0..10 {
+            pass(&mut c, &mut a);
+            pass(&mut a, &mut c);
+        }
+        assert_eq!((c.peer(), a.peer()), (Some(1), Some(3)));
+        assert_eq!((c.wanted(), a.wanted()), (0, 0));
+        assert!(a.input(&[0]).is_err(), "a finished handshake wants nothing more");
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let s = Secret::random().unwrap();
         assert_eq!(format!("{s:?}"), "Secret(..)");
-        assert!(Secret::from_hex("zz").is_err());
     }
 }

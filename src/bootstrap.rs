@@ -1,7 +1,6 @@
 //! How a process learns who it is: from spmdrun's environment, from an MPI
-//! launcher's (refused without the `mpi` feature), or alone as one rank.
+//! launcher's (refused: there is no MPI backend yet), or alone as one rank.
 
-use crate::auth::Secret;
 use crate::error::{Error, Result};
 use crate::wire::env;
 
@@ -14,8 +13,10 @@ pub(crate) struct Placement {
     pub local_size: usize,
     pub node: usize,
     pub job: u64,
-    pub control: String,
-    pub secret: Secret,
+    /// The inherited control channel's descriptor.
+    pub control_fd: i32,
+    /// The launcher process at the other end of it.
+    pub launcher_pid: i32,
 }
 
 /// How this process was started.
@@ -39,7 +40,8 @@ pub(crate) fn detect() -> Result<Launch> {
 }
 
 /// Names the MPI-style launcher that started this process as one of several
-/// ranks, if any. A job of size one is fine to run alone.
+/// ranks, if any. A job of size one is fine to run alone; `SLURM_PROCID`
+/// alone is set in a plain batch script too, so only a job step counts.
 fn mpi_launcher() -> Option<&'static str> {
     let size_above_one = |var: &str| {
         std::env::var(var)
@@ -53,7 +55,7 @@ fn mpi_launcher() -> Option<&'static str> {
         Some("an MPICH/Hydra mpiexec")
     } else if size_above_one("PMIX_SIZE") || size_above_one("PMIX_UNIV_SIZE") {
         Some("a PMIx launcher")
-    } else if size_above_one("SLURM_STEP_NUM_TASKS") {
+    } else if std::env::var_os("SLURM_STEP_ID").is_some() && size_above_one("SLURM_STEP_NUM_TASKS") {
         Some("Slurm's srun")
     } else {
         None
@@ -74,6 +76,15 @@ fn number(name: &str) -> Result<usize> {
     v.trim()
         .parse()
         .map_err(|_| Error::Bootstrap(format!("{name}={v:?} is not a non-negative whole number")))
+}
+
+/// Parses `fd:<descriptor>:<launcher pid>`.
+fn control(value: &str) -> Option<(i32, i32)> {
+    let rest = value.strip_prefix("fd:")?;
+    let (fd, pid) = rest.split_once(':')?;
+    let fd: i32 = fd.parse().ok()?;
+    let pid: i32 = pid.parse().ok()?;
+    (fd >= 0 && pid > 0).then_some((fd, pid))
 }
 
 fn from_spmdrun() -> Result<Placement> {
@@ -102,8 +113,13 @@ fn from_spmdrun() -> Result<Placement> {
     let job_text = var(env::JOB)?;
     let job = u64::from_str_radix(job_text.trim(), 16)
         .map_err(|_| Error::Bootstrap(format!("{}={job_text:?} is not a hex job id", env::JOB)))?;
-    let control = var(env::CONTROL)?;
-    let secret = Secret::from_hex(var(env::SECRET)?.trim())?;
+    let control_text = var(env::CONTROL)?;
+    let Some((control_fd, launcher_pid)) = control(&control_text) else {
+        return Err(Error::Bootstrap(format!(
+            "{}={control_text:?} is not fd:<descriptor>:<pid>",
+            env::CONTROL
+        )));
+    };
     Ok(Placement {
         rank,
         size,
@@ -111,7 +127,20 @@ fn from_spmdrun() -> Result<Placement> {
         local_size,
         node,
         job,
-        control,
-        secret,
+        control_fd,
+        launcher_pid,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::control;
+
+    #[test]
+    fn control_values_parse_or_are_refused() {
+        assert_eq!(control("fd:5:1234"), Some((5, 1234)));
+        for bad in ["", "fd:", "fd:5", "5:1234", "fd:-1:3", "fd:5:0", "fd:x:1", "fd:5:1:2"] {
+            assert_eq!(control(bad), None, "{bad:?}");
+        }
+    }
 }

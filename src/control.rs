@@ -1,53 +1,137 @@
-//! The rank's side of the control channel to spmdrun: register, receive the
-//! table of peers, and report finalize, abort and panics.
+//! The rank's side of its control channel to spmdrun: a Unix socket the
+//! launcher made for this rank alone and the rank inherited. Over it the
+//! rank learns the job's secret (never from its environment), registers
+//! how to reach it, receives the table of peers and the shared-memory
+//! segments of its node, and reports finalize, abort, panics and failures.
 
-use std::io::Write;
-use std::net::TcpStream;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::auth::{self, Identity};
+use crate::auth::Secret;
 use crate::bootstrap::Placement;
 use crate::error::{Error, Result};
-use crate::wire::{Card, ControlMessage, LAUNCHER_ID};
+use crate::wire::status::Page;
+use crate::wire::{Card, Channel, ControlMessage, LAUNCHER_ID, Settings};
 
 const LAUNCHER: &str = "the launcher (spmdrun)";
+/// How long the launcher may take to answer Hello.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The control connection, reachable from the panic hook and `abort`.
-static CHANNEL: Mutex<Option<(u32, TcpStream)>> = Mutex::new(None);
+/// The control channel, reachable from the panic hook and `abort`.
+static CHANNEL: Mutex<Option<Channel>> = Mutex::new(None);
 
-/// Connects to the launcher, proves the secret, registers this rank's card
-/// and waits for everybody's. Returns the cards and node of every rank.
-pub(crate) fn register(p: &Placement, card: Card) -> Result<(Vec<Card>, Vec<u32>)> {
-    let rank = p.rank as u32;
-    let mut stream = TcpStream::connect(&p.control)
-        .map_err(|e| Error::io(format!("connecting to {LAUNCHER} at {}", p.control), e))?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(30)))
-        .and_then(|_| stream.set_nodelay(true))
-        .map_err(|e| Error::io("configuring the control connection", e))?;
-    let id = Identity {
-        secret: &p.secret,
-        job: p.job,
-        me: rank,
+/// What the launcher tells a rank that says hello.
+#[derive(Debug)]
+pub(crate) struct Welcome {
+    pub secret: Secret,
+    pub dir: PathBuf,
+    pub settings: Settings,
+    pub status: Page,
+}
+
+/// What the launcher sends once every rank has registered.
+#[derive(Debug)]
+pub(crate) struct Table {
+    pub cards: Vec<Card>,
+    pub nodes: Vec<u32>,
+    /// The segments of the other ranks of this node, by rank.
+    pub segments: Vec<(usize, OwnedFd)>,
+}
+
+/// Takes the inherited control channel after checking that it is one:
+/// a Unix socket whose other end the launcher made. A program started by
+/// a rank (not by spmdrun) inherits the environment but not the channel,
+/// and gets an error here instead of talking to whatever has that number.
+fn take_channel(p: &Placement) -> Result<Channel> {
+    let fd = p.control_fd;
+    let not_ours = |why: String| {
+        Error::Bootstrap(format!(
+            "{}=fd:{fd}:{} does not lead to spmdrun ({why}); was this program started by a rank rather than by spmdrun?",
+            crate::wire::env::CONTROL,
+            p.launcher_pid
+        ))
     };
-    auth::connect(&mut stream, id, LAUNCHER_ID, LAUNCHER)?;
-    let host = crate::world::host_name();
-    ControlMessage::Register {
-        rank,
-        pid: std::process::id(),
-        host,
-        card,
+    // SAFETY: only inspects the descriptor number; nothing is taken yet.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let stat = nix::sys::stat::fstat(borrowed).map_err(|e| not_ours(format!("descriptor {fd}: {e}")))?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(not_ours("it is not a socket".into()));
     }
-    .send(&mut stream, rank, LAUNCHER)?;
-    // The table comes when every rank has registered, however long that is.
-    let table = ControlMessage::receive(&mut stream, LAUNCHER)?;
-    let ControlMessage::Table { cards, nodes } = table else {
-        return Err(Error::protocol(
-            LAUNCHER,
-            "control message",
-            format!("expected the table, got {table:?}"),
-        ));
+    let creds = nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| not_ours(format!("no peer credentials: {e}")))?;
+    if creds.pid() != p.launcher_pid || creds.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(not_ours(format!(
+            "its other end is process {} of user {}",
+            creds.pid(),
+            creds.uid()
+        )));
+    }
+    // SAFETY: the descriptor is the inherited socket just checked; this
+    // rank takes it over (init runs once per process).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Programs this rank starts must not inherit the channel.
+    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+        .map_err(|e| Error::io("closing the control channel to child processes", e.into()))?;
+    Ok(Channel::new(owned, p.rank as u32, LAUNCHER_ID, LAUNCHER))
+}
+
+/// Opens the control channel and says hello; returns the channel and what
+/// the launcher answered.
+pub(crate) fn join(p: &Placement) -> Result<(Channel, Welcome)> {
+    let mut channel = take_channel(p)?;
+    let hello = ControlMessage::Hello {
+        rank: p.rank as u32,
+        pid: std::process::id(),
+    };
+    channel.send(&hello, &[])?;
+    let (msg, fds) = channel.receive(Some(Instant::now() + WELCOME_TIMEOUT))?;
+    let ControlMessage::Welcome { secret, dir, settings } = msg else {
+        return Err(unexpected(&msg, "Welcome"));
+    };
+    let status = match fds.first() {
+        Some(fd) => Page::map(fd)?,
+        None => {
+            return Err(Error::protocol(
+                LAUNCHER,
+                "descriptors",
+                "Welcome without a status page",
+            ));
+        }
+    };
+    let welcome = Welcome {
+        secret,
+        dir: PathBuf::from(dir),
+        settings,
+        status,
+    };
+    Ok((channel, welcome))
+}
+
+fn unexpected(msg: &ControlMessage, wanted: &str) -> Error {
+    Error::protocol(
+        LAUNCHER,
+        "control message",
+        format!("expected {wanted}, got {}", msg.name()),
+    )
+}
+
+/// Registers this rank's card (with its segment, if it has one) and waits
+/// for the table of every rank's, however long the others take, then for
+/// the segments of the other ranks of its node.
+pub(crate) fn register(
+    channel: &mut Channel,
+    p: &Placement,
+    card: Card,
+    segment: Option<BorrowedFd<'_>>,
+) -> Result<Table> {
+    let host = crate::world::host_name();
+    let fds: Vec<BorrowedFd<'_>> = segment.into_iter().collect();
+    channel.send(&ControlMessage::Register { host, card }, &fds)?;
+    let (msg, _) = channel.receive(None)?;
+    let ControlMessage::Table { cards, nodes } = msg else {
+        return Err(unexpected(&msg, "Table"));
     };
     if cards.len() != p.size || nodes.len() != p.size {
         return Err(Error::protocol(
@@ -61,10 +145,37 @@ pub(crate) fn register(p: &Placement, card: Card) -> Result<(Vec<Card>, Vec<u32>
             ),
         ));
     }
-    if let Ok(mut guard) = CHANNEL.lock() {
-        *guard = Some((rank, stream));
+    let mine = nodes[p.rank];
+    let mut wanted: Vec<usize> = (0..p.size)
+        .filter(|r| *r != p.rank && nodes[*r] == mine && cards[*r].shm)
+        .collect();
+    let mut segments = Vec::with_capacity(wanted.len());
+    while !wanted.is_empty() {
+        let (msg, fds) = channel.receive(Some(Instant::now() + WELCOME_TIMEOUT))?;
+        let ControlMessage::Segments { ranks } = msg else {
+            return Err(unexpected(&msg, "Segments"));
+        };
+        for (rank, fd) in ranks.into_iter().zip(fds) {
+            let rank = rank as usize;
+            let Some(i) = wanted.iter().position(|w| *w == rank) else {
+                return Err(Error::protocol(
+                    LAUNCHER,
+                    "segments",
+                    format!("a segment for rank {rank}, which is not one this rank waits for"),
+                ));
+            };
+            wanted.swap_remove(i);
+            segments.push((rank, fd));
+        }
     }
-    Ok((cards, nodes))
+    Ok(Table { cards, nodes, segments })
+}
+
+/// Keeps the channel for [`tell`].
+pub(crate) fn keep(channel: Channel) {
+    if let Ok(mut guard) = CHANNEL.lock() {
+        *guard = Some(channel);
+    }
 }
 
 /// Sends one message to the launcher if the channel is open; `close` drops
@@ -76,13 +187,17 @@ pub(crate) fn tell(msg: &ControlMessage, close: bool) {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     };
-    if let Some((rank, stream)) = guard.as_mut() {
-        let _ = msg.send(stream, *rank, LAUNCHER);
-        let _ = stream.flush();
+    if let Some(channel) = guard.as_mut() {
+        let _ = channel.send(msg, &[]);
     }
     if close {
         *guard = None;
     }
+}
+
+/// Tells the launcher through `channel` why this rank cannot go on.
+pub(crate) fn tell_failure(channel: &mut Channel, e: &Error) {
+    let _ = channel.send(&ControlMessage::Failed { message: e.to_string() }, &[]);
 }
 
 /// Reports panics to the launcher, then runs the previous hook (which prints

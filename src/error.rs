@@ -43,7 +43,11 @@ pub enum Error {
     },
 
     /// The bytes of a received message do not decode as the requested type.
-    #[error("the message from rank {sender} (tag {tag}, {len} bytes) does not decode as {type_name}: {reason}")]
+    /// The message stays queued, for a receive of the type that was sent.
+    #[error(
+        "the message from rank {sender} (tag {tag}, {len} bytes) does not decode as {type_name}: {reason}; \
+         it stays queued for a receive of what was sent"
+    )]
     Decode {
         /// The Rust type the receive asked for.
         type_name: &'static str,
@@ -57,24 +61,31 @@ pub enum Error {
         reason: String,
     },
 
-    /// A message sent as a serde value was received as a plain-number slice,
-    /// or the other way round.
-    #[error("the message from rank {sender} (tag {tag}) was sent {sent_as}, but received {received_as}")]
+    /// A message holds another type than the receive asked for: a serde
+    /// value received as plain numbers or the other way round, or numbers
+    /// of one type received as another (`u32` as `u64`, say). The message
+    /// stays queued, for a receive of the type that was sent.
+    #[error(
+        "the message from rank {sender} (tag {tag}) holds {sent_as}, but the receive asked for {received_as}; \
+         it stays queued for a receive of what was sent"
+    )]
     FormatMismatch {
         /// The rank that sent the message.
         sender: usize,
         /// The message's tag.
         tag: u32,
-        /// How it was sent, e.g. "with send (serde)".
-        sent_as: &'static str,
-        /// How the receive expected it.
-        received_as: &'static str,
+        /// What was sent, e.g. "numbers of type u32 (sent with send_slice ...)".
+        sent_as: String,
+        /// What the receive asked for.
+        received_as: String,
     },
 
     /// A message is larger than the buffer given to receive it, or its length
-    /// is not a whole number of elements.
+    /// is not a whole number of elements. The message stays queued, for a
+    /// receive with a larger buffer.
     #[error(
-        "the message from rank {sender} (tag {tag}) has {message_bytes} bytes, which does not fit a buffer of {buffer_bytes} bytes of {element}"
+        "the message from rank {sender} (tag {tag}) has {message_bytes} bytes, which does not fit a buffer of \
+         {buffer_bytes} bytes of {element}; it stays queued for a receive with room for it"
     )]
     Truncated {
         /// The rank that sent the message.
@@ -95,6 +106,25 @@ pub enum Error {
     PeerGone {
         /// The rank that has gone.
         rank: usize,
+    },
+
+    /// Ranks called different collectives at the same point, or the same
+    /// one with different roots, lengths or element types. Every rank of
+    /// the collective gets an error.
+    #[error("ranks disagree on a collective: {detail}")]
+    CollectiveMismatch {
+        /// What each rank called, as far as this rank knows.
+        detail: String,
+    },
+
+    /// Another rank failed in a collective this rank was part of (its
+    /// buffers were wrong, say), so this rank's part cannot complete.
+    #[error("rank {rank} failed {detail}")]
+    CollectiveFailed {
+        /// The rank that failed.
+        rank: usize,
+        /// In which collective, and its error.
+        detail: String,
     },
 
     /// The launcher ended the job (another rank failed, or spmdrun was
@@ -129,10 +159,12 @@ pub enum Error {
     #[error("cannot start this rank: {0}")]
     Bootstrap(String),
 
-    /// The program was started by a launcher this build cannot work with
-    /// (for example by `mpirun` without the `mpi` feature).
+    /// The program was started as one of several ranks by a launcher spmd
+    /// cannot work with (`mpirun`, `mpiexec` or `srun`: spmd has no MPI
+    /// backend yet).
     #[error(
-        "this program was started by {launcher}, but spmd was built without the `mpi` feature: start it with spmdrun, or rebuild with `--features mpi`"
+        "this program was started by {launcher} as one of several ranks, but spmd cannot run under an MPI \
+         launcher yet (an MPI backend is planned, not built): start it with spmdrun instead"
     )]
     WrongLauncher {
         /// The launcher that was detected.
@@ -164,6 +196,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// True if the error says a peer went away or failed first, so that
+    /// this rank's own failure is a consequence, not the cause.
+    pub(crate) fn blames_a_peer(&self) -> bool {
+        matches!(
+            self,
+            Error::PeerGone { .. }
+                | Error::JobEnded { .. }
+                | Error::Timeout { .. }
+                | Error::Protocol { field: "stream", .. }
+        )
+    }
+
     /// Wraps an I/O error with a description of what was being done.
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Error {
         Error::Io {

@@ -45,10 +45,13 @@
 
 #![deny(missing_docs)]
 
+#[doc(hidden)]
 pub mod auth;
 mod bootstrap;
 mod collective;
 mod control;
+mod element;
+mod envelope;
 mod error;
 mod matching;
 mod message;
@@ -58,9 +61,25 @@ mod pool;
 mod progress;
 mod request;
 mod scope;
+mod status;
 mod transport;
+#[doc(hidden)]
 pub mod wire;
 mod world;
+
+/// Names a collective's signature as a status page carries it
+/// ("broadcast (root 3)"), for spmdrun's hang reports.
+#[doc(hidden)]
+pub fn describe_collective(sig: u16) -> String {
+    collective::call::describe(sig)
+}
+
+/// The shared memory the ranks of a node of `local` ranks need in all, in
+/// bytes: what spmdrun checks is free before it starts them.
+#[doc(hidden)]
+pub fn shared_memory_per_node(local: usize) -> u64 {
+    transport::node_shared_bytes(local, collective::node_region_len(local))
+}
 
 pub use error::{Error, Result};
 pub use matching::{Match, Status};

@@ -6,10 +6,13 @@
 //! it; a new receive takes the earliest arrived message that matches it.
 //! Since a transport delivers the messages of one sender in the order they
 //! were sent, messages from one source with one tag are received in order.
+//! A message that goes back to the queue (its receive was withdrawn, or
+//! asked for another type) takes its old place in arrival order.
 
 use std::collections::VecDeque;
 
-use crate::wire::{Context, Kind};
+use crate::envelope::{Envelope, Format, Landing, Room};
+use crate::wire::Context;
 
 /// Which messages a receive or probe accepts: a source rank or any, and a
 /// tag or any.
@@ -80,6 +83,7 @@ pub struct Status {
     source: usize,
     tag: u32,
     len: u64,
+    element: u16,
 }
 
 impl Status {
@@ -102,154 +106,46 @@ impl Status {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-}
 
-/// A message that has arrived, with its envelope.
-#[derive(Debug)]
-pub(crate) struct Envelope {
-    pub source: usize,
-    pub tag: u32,
-    pub context: Context,
-    pub kind: Kind,
-    pub payload: Vec<u8>,
-    /// Set when the payload (of this many bytes) was written straight into
-    /// the receiver's buffer; `payload` is then empty.
-    pub landed: Option<u64>,
-    /// The new buffer a landed payload was written into, for a receive
-    /// that asked for one ([`Room::Fresh`]).
-    pub fresh: Option<FreshBuffer>,
-}
-
-impl Envelope {
-    /// A message whose payload is in `payload`.
-    pub fn new(source: usize, tag: u32, context: Context, kind: Kind, payload: Vec<u8>) -> Envelope {
-        Envelope {
-            source,
-            tag,
-            context,
-            kind,
-            payload,
-            landed: None,
-            fresh: None,
+    /// The number of elements of a message of plain numbers (sent with
+    /// `send_slice`, or as a `Vec` or slice of numbers); `None` for a serde
+    /// value.
+    ///
+    /// ```no_run
+    /// # let world = spmd::init().unwrap();
+    /// let status = world.probe(spmd::Match::any())?;
+    /// if let Some(n) = status.count() {
+    ///     let mut buf = vec![0.0f64; n as usize];
+    ///     world.receive_into_matching(&mut buf, spmd::Match::source(status.source()))?;
+    /// }
+    /// # Ok::<(), spmd::Error>(())
+    /// ```
+    pub fn count(&self) -> Option<u64> {
+        match crate::element::size_of_code(self.element)? {
+            0 => Some(0),
+            size => Some(self.len / size as u64),
         }
     }
 
-    /// Makes a message that landed in `fresh` an ordinary one, with its
-    /// bytes as the payload.
-    pub fn unland(&mut self, fresh: FreshBuffer) {
-        self.payload = crate::pool::copy_of(fresh.bytes());
-        self.landed = None;
-    }
-
-    pub fn status(&self) -> Status {
+    pub(crate) fn of(env: &Envelope) -> Status {
         Status {
-            source: self.source,
-            tag: self.tag,
-            len: self.landed.unwrap_or(self.payload.len() as u64),
+            source: env.source,
+            tag: env.tag,
+            len: env.len(),
+            element: env.format.element(),
         }
     }
 }
-
-impl Drop for Envelope {
-    fn drop(&mut self) {
-        crate::pool::give(std::mem::take(&mut self.payload));
-    }
-}
-
-/// A caller's buffer that a message may be written into directly.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Buffer {
-    pub ptr: *mut u8,
-    pub len: usize,
-}
-
-// SAFETY: a buffer is only reachable while the receive that lent it waits,
-// on the thread that owns the engine.
-unsafe impl Send for Buffer {}
-
-/// Where a posted receive lets its message land.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Room {
-    /// In the caller's buffer.
-    Given(Buffer),
-    /// In a buffer allocated when the message's length is known, for
-    /// elements of `size` bytes aligned to `align` (see [`FreshBuffer`]).
-    Fresh { size: usize, align: usize },
-}
-
-/// A buffer allocated for one message's payload with the global allocator,
-/// freed on drop unless its owner takes it (as a `Vec` of the elements it
-/// was allocated for).
-#[derive(Debug)]
-pub(crate) struct FreshBuffer {
-    ptr: std::ptr::NonNull<u8>,
-    layout: std::alloc::Layout,
-}
-
-impl FreshBuffer {
-    /// `len` bytes (more than 0) aligned to `align`; `None` if the layout
-    /// is invalid or memory runs out.
-    fn allocate(len: usize, align: usize) -> Option<FreshBuffer> {
-        let layout = std::alloc::Layout::from_size_align(len, align).ok()?;
-        if layout.size() == 0 {
-            return None;
-        }
-        // SAFETY: the layout has a non-zero size.
-        let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc(layout) })?;
-        Some(FreshBuffer { ptr, layout })
-    }
-
-    /// The bytes of the buffer (all written: it has landed).
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: an allocation of `layout.size()` bytes, every one written
-        // before the message was marked as landed.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
-    }
-
-    /// The buffer as a vector of `T`, if it was allocated for `T`s and
-    /// holds a whole number of them (written in full: it has landed).
-    pub fn into_vec<T: bytemuck::Pod>(self) -> Result<Vec<T>, FreshBuffer> {
-        let size = std::mem::size_of::<T>();
-        if size == 0 || self.layout.align() != std::mem::align_of::<T>() || self.layout.size() % size != 0 {
-            return Err(self);
-        }
-        let count = self.layout.size() / size;
-        let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: allocated by the global allocator with exactly the layout
-        // of `count` Ts; every byte was written (the message landed), and
-        // any bytes are a valid T.
-        Ok(unsafe { Vec::from_raw_parts(this.ptr.as_ptr().cast::<T>(), count, count) })
-    }
-}
-
-impl Drop for FreshBuffer {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `allocate` with this layout, freed once.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
-    }
-}
-
-// SAFETY: the buffer is owned memory like a Vec's.
-unsafe impl Send for FreshBuffer {}
-
-/// Where a transport writes a claimed message's payload.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Landing {
-    pub id: ReceiveId,
-    pub ptr: *mut u8,
-}
-
-// SAFETY: as for `Buffer`.
-unsafe impl Send for Landing {}
 
 /// What a transport hands arrived messages to.
 pub(crate) trait Sink {
     /// A whole message, to be matched.
     fn deliver(&mut self, env: Envelope);
     /// Asked when a message's header arrives: if the receive that will get
-    /// it has a buffer of at least `len` bytes for raw numbers, claims that
-    /// receive and returns where to write the payload.
-    fn claim(&mut self, source: usize, tag: u32, context: Context, kind: Kind, len: u64) -> Option<Landing>;
+    /// it has room for it (a buffer of at least `len` bytes, for raw numbers
+    /// of the same type), claims that receive and returns where to write
+    /// the payload.
+    fn claim(&mut self, source: usize, tag: u32, context: Context, format: Format, len: u64) -> Option<Landing>;
     /// A claimed message is complete.
     fn landed(&mut self, id: ReceiveId, env: Envelope);
 }
@@ -262,18 +158,8 @@ pub(crate) struct Selector {
 }
 
 impl Selector {
-    pub fn user(pattern: Match) -> Selector {
-        Selector {
-            context: Context::User,
-            pattern,
-        }
-    }
-
-    pub fn collective(source: usize, tag: u32) -> Selector {
-        Selector {
-            context: Context::Collective,
-            pattern: Match::source(source).with_tag(tag),
-        }
+    pub fn new(context: Context, pattern: Match) -> Selector {
+        Selector { context, pattern }
     }
 
     fn accepts(&self, env: &Envelope) -> bool {
@@ -291,26 +177,50 @@ impl Selector {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct ReceiveId(u64);
 
+#[derive(Debug)]
+struct Posted {
+    id: ReceiveId,
+    sel: Selector,
+    room: Option<Room>,
+}
+
+/// A receive whose message is being written into its buffer.
+#[derive(Debug)]
+struct Claimed {
+    id: ReceiveId,
+    room: Option<Room>,
+    fresh: Option<crate::envelope::FreshBuffer>,
+    arrival: u64,
+}
+
 /// The matching engine of one rank.
 #[derive(Debug, Default)]
 pub(crate) struct Matcher {
+    /// Messages no receive has taken, in arrival order.
     unexpected: VecDeque<Envelope>,
-    posted: Vec<(ReceiveId, Selector, Option<Room>)>,
-    /// Receives whose message is being written into their buffer (and the
-    /// buffer, if it was allocated for the message).
-    landing: Vec<(ReceiveId, Option<FreshBuffer>)>,
-    /// Receives that have their message but were not taken yet (few).
-    completed: Vec<(ReceiveId, Envelope)>,
+    posted: Vec<Posted>,
+    landing: Vec<Claimed>,
+    /// Receives that have their message but were not taken yet (few), with
+    /// the room the message may have landed in.
+    completed: Vec<(ReceiveId, Envelope, Option<Room>)>,
     next_id: u64,
+    next_arrival: u64,
 }
 
 impl Matcher {
+    /// Messages seen so far (for the hang reports: what has arrived).
+    pub fn arrived(&self) -> u64 {
+        self.next_arrival
+    }
+
     /// Hands an arrived message to the earliest posted receive that matches,
     /// or queues it as unexpected.
-    pub fn deliver(&mut self, env: Envelope) {
-        if let Some(i) = self.posted.iter().position(|(_, sel, _)| sel.accepts(&env)) {
-            let (id, _, _) = self.posted.remove(i);
-            self.completed.push((id, env));
+    pub fn deliver(&mut self, mut env: Envelope) {
+        env.arrival = self.next_arrival;
+        self.next_arrival += 1;
+        if let Some(i) = self.posted.iter().position(|p| p.sel.accepts(&env)) {
+            let p = self.posted.remove(i);
+            self.completed.push((p.id, env, p.room));
         } else {
             self.unexpected.push_back(env);
         }
@@ -323,53 +233,82 @@ impl Matcher {
         self.next_id += 1;
         if let Some(i) = self.unexpected.iter().position(|env| sel.accepts(env)) {
             if let Some(env) = self.unexpected.remove(i) {
-                self.completed.push((id, env));
+                self.completed.push((id, env, None));
             }
         } else {
-            self.posted.push((id, sel, room));
+            self.posted.push(Posted { id, sel, room });
         }
         id
     }
 
     /// The message of a completed receive, if it has completed.
     pub fn take(&mut self, id: ReceiveId) -> Option<Envelope> {
-        let i = self.completed.iter().position(|(c, _)| *c == id)?;
+        let i = self.completed.iter().position(|(c, _, _)| *c == id)?;
         Some(self.completed.swap_remove(i).1)
     }
 
     /// True if the receive has completed.
     pub fn is_complete(&self, id: ReceiveId) -> bool {
-        self.completed.iter().any(|(c, _)| *c == id)
+        self.completed.iter().any(|(c, _, _)| *c == id)
     }
 
     /// The selector of a receive still waiting, if it is still waiting.
     pub fn pending(&self, id: ReceiveId) -> Option<Selector> {
-        self.posted.iter().find(|(i, _, _)| *i == id).map(|(_, s, _)| *s)
+        self.posted.iter().find(|p| p.id == id).map(|p| p.sel)
     }
 
-    /// Withdraws a receive whose request was dropped. A message it had
-    /// already taken goes back to the front of the queue, so it is not lost.
-    /// The transport must have stopped writing into its buffer first.
+    /// Withdraws a receive. A message it had already taken goes back to the
+    /// queue in its old place, so it is not lost; one that had landed in
+    /// the receive's buffer is copied out of it first. The transport must
+    /// have stopped writing into the buffer, and the buffer must still be
+    /// valid.
     pub fn cancel(&mut self, id: ReceiveId) {
-        self.posted.retain(|(i, _, _)| *i != id);
-        self.landing.retain(|(i, _)| *i != id);
-        if let Some(mut env) = self.take(id) {
-            // A message that landed in a buffer allocated for this receive
-            // becomes an ordinary one again, for whichever receive takes
-            // it next.
-            if let Some(fresh) = env.fresh.take() {
-                env.unland(fresh);
-            }
-            self.unexpected.push_front(env);
+        self.posted.retain(|p| p.id != id);
+        self.landing.retain(|c| c.id != id);
+        let Some(i) = self.completed.iter().position(|(c, _, _)| *c == id) else {
+            return;
+        };
+        let (_, mut env, room) = self.completed.swap_remove(i);
+        if let Some(fresh) = env.fresh.take() {
+            env.unland(fresh);
+        } else if let (Some(len), Some(Room::Given { buffer, .. })) = (env.landed, room) {
+            // SAFETY: the message landed in these `len` bytes of the
+            // caller's buffer, which the caller keeps valid until the
+            // cancel returns.
+            let landed = unsafe { std::slice::from_raw_parts(buffer.ptr, len as usize) };
+            env.payload = crate::pool::copy_of(landed);
+            env.landed = None;
         }
+        self.requeue(env);
+    }
+
+    /// Puts a message that a receive took back in the queue, in its place
+    /// in arrival order (a receive that failed because of the type it asked
+    /// for leaves the message for a corrected receive).
+    pub fn requeue(&mut self, env: Envelope) {
+        debug_assert!(env.landed.is_none() || env.fresh.is_some());
+        let at = self.unexpected.partition_point(|e| e.arrival < env.arrival);
+        self.unexpected.insert(at, env);
     }
 
     /// The status of the earliest queued message that `sel` accepts.
     pub fn probe(&self, sel: Selector) -> Option<Status> {
-        self.unexpected
-            .iter()
-            .find(|env| sel.accepts(env))
-            .map(Envelope::status)
+        self.unexpected.iter().find(|env| sel.accepts(env)).map(Status::of)
+    }
+
+    /// Drops the queued messages `drop` picks.
+    pub fn discard(&mut self, drop: &dyn Fn(&Envelope) -> bool) {
+        self.unexpected.retain(|e| !drop(e));
+    }
+
+    /// Every queued message, in arrival order.
+    pub fn queued(&self) -> impl Iterator<Item = &Envelope> {
+        self.unexpected.iter()
+    }
+
+    /// The queued messages of one context, in arrival order.
+    pub fn queued_in(&self, context: Context) -> impl Iterator<Item = &Envelope> {
+        self.unexpected.iter().filter(move |e| e.context == context)
     }
 }
 
@@ -378,8 +317,8 @@ impl Sink for Matcher {
         Matcher::deliver(self, env);
     }
 
-    fn claim(&mut self, source: usize, tag: u32, context: Context, kind: Kind, len: u64) -> Option<Landing> {
-        if kind != Kind::Raw {
+    fn claim(&mut self, source: usize, tag: u32, context: Context, format: Format, len: u64) -> Option<Landing> {
+        if format == Format::Serde {
             return None;
         }
         // The receive that would get this message is the earliest posted one
@@ -387,28 +326,26 @@ impl Sink for Matcher {
         let i = self
             .posted
             .iter()
-            .position(|(_, sel, _)| sel.accepts_from(source, tag, context))?;
-        let (ptr, fresh) = match self.posted[i].2? {
-            Room::Given(b) if b.len as u64 >= len => (b.ptr, None),
-            Room::Given(_) => return None,
-            Room::Fresh { size, align } => {
-                let len = usize::try_from(len).ok()?;
-                if size == 0 || len % size != 0 {
-                    return None;
-                }
-                let fresh = FreshBuffer::allocate(len, align)?;
-                (fresh.ptr.as_ptr(), Some(fresh))
-            }
-        };
-        let (id, _, _) = self.posted.remove(i);
-        self.landing.push((id, fresh));
-        Some(Landing { id, ptr })
+            .position(|p| p.sel.accepts_from(source, tag, context))?;
+        let (ptr, fresh) = self.posted[i].room?.landing(format, len)?;
+        let p = self.posted.remove(i);
+        let arrival = self.next_arrival;
+        self.next_arrival += 1;
+        self.landing.push(Claimed {
+            id: p.id,
+            room: p.room,
+            fresh,
+            arrival,
+        });
+        Some(Landing { id: p.id, ptr })
     }
 
     fn landed(&mut self, id: ReceiveId, mut env: Envelope) {
-        if let Some(i) = self.landing.iter().position(|(l, _)| *l == id) {
-            env.fresh = self.landing.swap_remove(i).1;
-            self.completed.push((id, env));
+        if let Some(i) = self.landing.iter().position(|c| c.id == id) {
+            let c = self.landing.swap_remove(i);
+            env.fresh = c.fresh;
+            env.arrival = c.arrival;
+            self.completed.push((id, env, c.room));
         }
     }
 }
@@ -416,18 +353,25 @@ impl Sink for Matcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::Buffer;
+
+    const U8: Format = Format::Raw(1);
 
     fn env(source: usize, tag: u32, byte: u8) -> Envelope {
-        Envelope::new(source, tag, Context::User, Kind::Raw, vec![byte])
+        Envelope::new(source, tag, Context::WORLD, U8, vec![byte])
+    }
+
+    fn user(pattern: Match) -> Selector {
+        Selector::new(Context::WORLD, pattern)
     }
 
     #[test]
     fn posted_before_and_after_arrival_behave_the_same() {
         let mut m = Matcher::default();
-        let early = m.post_into(Selector::user(Match::source(1)), None);
+        let early = m.post_into(user(Match::source(1)), None);
         m.deliver(env(1, 0, 10));
         m.deliver(env(1, 0, 11));
-        let late = m.post_into(Selector::user(Match::source(1)), None);
+        let late = m.post_into(user(Match::source(1)), None);
         assert_eq!(m.take(early).unwrap().payload, vec![10]);
         assert_eq!(m.take(late).unwrap().payload, vec![11]);
     }
@@ -436,39 +380,106 @@ mod tests {
     fn tags_and_contexts_separate_messages() {
         let mut m = Matcher::default();
         m.deliver(env(2, 5, 1));
-        m.deliver(Envelope::new(2, 6, Context::Collective, Kind::Raw, vec![2]));
-        let coll = m.post_into(Selector::user(Match::tag(6)), None);
+        m.deliver(Envelope::new(2, 6, Context::WORLD_COLLECTIVE, U8, vec![2]));
+        let coll = m.post_into(user(Match::tag(6)), None);
         assert!(!m.is_complete(coll));
-        let five = m.post_into(Selector::user(Match::any()), None);
+        let five = m.post_into(user(Match::any()), None);
         assert_eq!(m.take(five).unwrap().payload, vec![1]);
-        let c = m.post_into(Selector::collective(2, 6), None);
+        let c = m.post_into(
+            Selector::new(Context::WORLD_COLLECTIVE, Match::source(2).with_tag(6)),
+            None,
+        );
         assert_eq!(m.take(c).unwrap().payload, vec![2]);
     }
 
     #[test]
     fn a_message_landed_in_a_fresh_buffer_survives_its_receive_being_dropped() {
         let mut m = Matcher::default();
-        let id = m.post_into(Selector::user(Match::any()), Some(Room::Fresh { size: 8, align: 8 }));
-        let landing = m.claim(2, 9, Context::User, Kind::Raw, 16).expect("claimed");
+        let room = Room::Fresh {
+            size: 8,
+            align: 8,
+            element: 7,
+        };
+        let id = m.post_into(user(Match::any()), Some(room));
+        let landing = m.claim(2, 9, Context::WORLD, Format::Raw(7), 16).expect("claimed");
         // SAFETY: the landing has room for the 16 bytes claimed.
         unsafe { std::ptr::copy_nonoverlapping([7u8; 16].as_ptr(), landing.ptr, 16) };
-        let mut env = Envelope::new(2, 9, Context::User, Kind::Raw, Vec::new());
-        env.landed = Some(16);
-        m.landed(landing.id, env);
+        let mut e = Envelope::new(2, 9, Context::WORLD, Format::Raw(7), Vec::new());
+        e.landed = Some(16);
+        m.landed(landing.id, e);
         assert!(m.is_complete(id));
         m.cancel(id);
-        let next = m.post_into(Selector::user(Match::source(2)), None);
-        let env = m.take(next).expect("the message is queued again");
-        assert_eq!((env.landed, env.payload.as_slice()), (None, &[7u8; 16][..]));
-        assert!(env.fresh.is_none());
+        let next = m.post_into(user(Match::source(2)), None);
+        let e = m.take(next).expect("the message is queued again");
+        assert_eq!((e.landed, e.payload.as_slice()), (None, &[7u8; 16][..]));
+        assert!(e.fresh.is_none());
     }
 
     #[test]
-    fn cancelled_receive_returns_its_message() {
+    fn a_message_landed_in_a_given_buffer_is_copied_out_when_its_receive_is_cancelled_and_keeps_its_place() {
         let mut m = Matcher::default();
-        let a = m.post_into(Selector::user(Match::any()), None);
-        m.deliver(env(0, 0, 7));
-        m.cancel(a);
-        assert_eq!(m.probe(Selector::user(Match::any())).unwrap().source(), 0);
+        let mut buf = [0u8; 4];
+        let room = Room::Given {
+            buffer: Buffer {
+                ptr: buf.as_mut_ptr(),
+                len: 4,
+            },
+            element: 1,
+        };
+        m.deliver(env(5, 0, 50));
+        let id = m.post_into(user(Match::source(1)), Some(room));
+        let landing = m.claim(1, 0, Context::WORLD, U8, 3).expect("claimed");
+        // SAFETY: three bytes into the four-byte buffer.
+        unsafe { std::ptr::copy_nonoverlapping([1u8, 2, 3].as_ptr(), landing.ptr, 3) };
+        m.deliver(env(6, 0, 60));
+        let mut e = Envelope::new(1, 0, Context::WORLD, U8, Vec::new());
+        e.landed = Some(3);
+        m.landed(landing.id, e);
+        m.cancel(id);
+        buf.fill(0);
+        let order: Vec<(usize, Vec<u8>)> = (0..3)
+            .map(|_| {
+                let r = m.post_into(user(Match::any()), None);
+                let e = m.take(r).expect("queued");
+                (e.source, e.payload.clone())
+            })
+            .collect();
+        assert_eq!(order, [(5, vec![50]), (1, vec![1, 2, 3]), (6, vec![60])]);
+    }
+
+    #[test]
+    fn a_requeued_message_goes_back_to_its_place_and_rooms_take_only_their_type() {
+        let mut m = Matcher::default();
+        for b in 0..4 {
+            m.deliver(env(1, 0, b));
+        }
+        let r = m.post_into(user(Match::any()), None);
+        let first = m.take(r).unwrap();
+        let r = m.post_into(user(Match::any()), None);
+        let second = m.take(r).unwrap();
+        m.requeue(second);
+        m.requeue(first);
+        let got: Vec<u8> = (0..4)
+            .map(|_| {
+                let r = m.post_into(user(Match::any()), None);
+                m.take(r).unwrap().payload[0]
+            })
+            .collect();
+        assert_eq!(got, [0, 1, 2, 3]);
+        let mut buf = [0u8; 8];
+        let room = Room::Given {
+            buffer: Buffer {
+                ptr: buf.as_mut_ptr(),
+                len: 8,
+            },
+            element: 5,
+        };
+        m.post_into(user(Match::any()), Some(room));
+        assert!(
+            m.claim(1, 0, Context::WORLD, Format::Raw(7), 8).is_none(),
+            "another type"
+        );
+        assert!(m.claim(1, 0, Context::WORLD, Format::Raw(5), 9).is_none(), "too long");
+        assert!(m.claim(1, 0, Context::WORLD, Format::Raw(5), 8).is_some());
     }
 }

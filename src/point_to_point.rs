@@ -7,51 +7,51 @@ use bytemuck::Pod;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::envelope::{Envelope, Room};
 use crate::error::Result;
-use crate::matching::{Envelope, Match, Selector, Status};
-use crate::message;
-use crate::progress::Sent;
-use crate::wire::{Context, Kind};
+use crate::matching::{Match, Selector, Status};
+use crate::message::{self, Taken};
+use crate::progress::{Head, Sent};
 use crate::world::World;
 
 impl World {
     /// Queues a message; the caller decides when to wait for it.
-    pub(crate) fn post_send(
-        &self,
-        dest: usize,
-        context: Context,
-        tag: u32,
-        kind: Kind,
-        payload: Vec<u8>,
-    ) -> Result<Sent> {
-        self.engine().send(dest, context, tag, kind, payload)
+    pub(crate) fn post_send(&self, dest: usize, head: Head, payload: Vec<u8>) -> Result<Sent> {
+        self.engine().send(dest, head, payload)
     }
 
     /// Sends and waits until the message has left this process.
-    pub(crate) fn send_bytes(
-        &self,
-        dest: usize,
-        context: Context,
-        tag: u32,
-        kind: Kind,
-        payload: Vec<u8>,
-    ) -> Result<()> {
+    pub(crate) fn send_bytes(&self, dest: usize, head: Head, payload: Vec<u8>) -> Result<()> {
         let mut engine = self.engine();
-        let sent = engine.send(dest, context, tag, kind, payload)?;
+        let sent = engine.send(dest, head, payload)?;
         engine.wait_sent(sent, dest)
     }
 
-    /// Receives the next message `sel` accepts; a raw message of elements
-    /// of the given (size, alignment) lands in a buffer allocated for it.
+    /// Receives the next message `sel` accepts; a raw message of the room's
+    /// type lands in it.
     pub(crate) fn receive_envelope(
         &self,
         sel: Selector,
-        layout: Option<(usize, usize)>,
+        room: Option<Room>,
         timeout: Option<Duration>,
     ) -> Result<Envelope> {
         let mut engine = self.engine();
-        let id = engine.post(sel, layout)?;
+        let id = engine.post(sel, room)?;
         engine.wait_receive(id, timeout)
+    }
+
+    /// Takes a received message as a value; if the receive cannot take it
+    /// as the type it asked for, the message goes back to the queue.
+    pub(crate) fn take<T>(&self, env: Envelope, taking: impl FnOnce(Envelope) -> Taken<T>) -> Result<T> {
+        taking(env).map_err(|rejected| {
+            self.engine().requeue(rejected.env);
+            rejected.error
+        })
+    }
+
+    /// A selector for this handle's point-to-point messages.
+    pub(crate) fn user(&self, pattern: Match) -> Selector {
+        Selector::new(self.p2p_context(), pattern)
     }
 
     /// Sends `value` to rank `dest` with tag 0. Returns once the message has
@@ -78,12 +78,13 @@ impl World {
     /// Sends `value` to rank `dest` with tag `tag`.
     pub fn send_with_tag<T: Serialize + ?Sized>(&self, value: &T, dest: usize, tag: u32) -> Result<()> {
         self.check_rank(dest)?;
-        if let Some(bytes) = message::as_raw(value) {
+        if let Some((format, bytes)) = message::as_raw(value) {
             // Numbers go out straight from the caller's memory.
-            return self.engine().send_now(dest, Context::User, tag, Kind::Raw, bytes);
+            let head = Head::user(self.p2p_context(), tag, format);
+            return self.engine().send_now(dest, head, bytes);
         }
-        let (kind, payload) = message::encode(value)?;
-        self.send_bytes(dest, Context::User, tag, kind, payload)
+        let (format, payload) = message::encode(value)?;
+        self.send_bytes(dest, Head::user(self.p2p_context(), tag, format), payload)
     }
 
     /// Receives a `T` from rank `source` with tag 0.
@@ -112,9 +113,9 @@ impl World {
     }
 
     fn receive_value<T: DeserializeOwned>(&self, pattern: Match, timeout: Option<Duration>) -> Result<(T, Status)> {
-        let env = self.receive_envelope(Selector::user(pattern), message::raw_vec_layout::<T>(), timeout)?;
-        let status = env.status();
-        Ok((message::decode_owned(env)?, status))
+        let env = self.receive_envelope(self.user(pattern), message::room_for::<T>(), timeout)?;
+        let status = Status::of(&env);
+        Ok((self.take(env, message::decode_owned)?, status))
     }
 
     /// Like [`World::receive_matching`], but gives up with
@@ -130,14 +131,14 @@ impl World {
     /// Waits until a message `pattern` accepts has arrived and returns its
     /// status, leaving it to be received.
     pub fn probe(&self, pattern: Match) -> Result<Status> {
-        let found = self.engine().probe(Selector::user(pattern), Some(None))?;
+        let found = self.engine().probe(self.user(pattern), Some(None))?;
         Ok(found.expect("a probe without a deadline returns only when it finds a message"))
     }
 
     /// Returns the status of a message `pattern` accepts if one has arrived,
     /// without waiting.
     pub fn try_probe(&self, pattern: Match) -> Result<Option<Status>> {
-        self.engine().probe(Selector::user(pattern), None)
+        self.engine().probe(self.user(pattern), None)
     }
 
     /// Sends `value` to `dest` and receives a `R` from `source`, both with
@@ -169,14 +170,17 @@ impl World {
     ) -> Result<R> {
         self.check_rank(dest)?;
         self.check_rank(source)?;
-        let (kind, payload) = message::encode(value)?;
-        let mut engine = self.engine();
-        let sel = Selector::user(Match::source(source).with_tag(receive_tag));
-        let id = engine.post(sel, message::raw_vec_layout::<R>())?;
-        let sent = engine.send(dest, Context::User, send_tag, kind, payload)?;
-        let env = engine.wait_receive(id, None)?;
-        engine.wait_sent(sent, dest)?;
-        message::decode_owned(env)
+        let (format, payload) = message::encode(value)?;
+        let sel = self.user(Match::source(source).with_tag(receive_tag));
+        let env = {
+            let mut engine = self.engine();
+            let id = engine.post(sel, message::room_for::<R>())?;
+            let sent = engine.send(dest, Head::user(self.p2p_context(), send_tag, format), payload)?;
+            let env = engine.wait_receive(id, None)?;
+            engine.wait_sent(sent, dest)?;
+            env
+        };
+        self.take(env, message::decode_owned)
     }
 
     /// Sends a slice of plain numbers as raw bytes, without serialization.
@@ -200,8 +204,8 @@ impl World {
     /// [`World::send_slice`] with tag `tag`.
     pub fn send_slice_with_tag<T: Pod>(&self, data: &[T], dest: usize, tag: u32) -> Result<()> {
         self.check_rank(dest)?;
-        self.engine()
-            .send_now(dest, Context::User, tag, Kind::Raw, message::pod_bytes(data))
+        let head = Head::user(self.p2p_context(), tag, message::raw::<T>());
+        self.engine().send_now(dest, head, message::pod_bytes(data))
     }
 
     /// Receives plain numbers from `source` (tag 0) into `buf`. The message
@@ -220,15 +224,16 @@ impl World {
     pub fn receive_into_matching<T: Pod>(&self, buf: &mut [T], pattern: Match) -> Result<Status> {
         // A message that arrives after this call starts lands straight in
         // `buf`; one that was already queued is copied.
+        let element = crate::element::code_of::<T>();
         let env = self
             .engine()
-            .receive_landing(Selector::user(pattern), bytemuck::cast_slice_mut(buf))?;
-        if env.landed.is_some() {
-            message::check_landed::<T>(&env)?;
-        } else {
-            message::copy_into(&env, buf)?;
-        }
-        Ok(env.status())
+            .receive_landing(self.user(pattern), bytemuck::cast_slice_mut(buf), element)?;
+        let status = Status::of(&env);
+        self.take(env, |env| match message::copy_into(&env, buf) {
+            Ok(_) => Ok(()),
+            Err(error) => message::reject(error, env),
+        })?;
+        Ok(status)
     }
 
     /// Receives plain numbers from `source` (tag 0) into a new vector sized
@@ -241,9 +246,8 @@ impl World {
     /// Receives plain numbers from whichever rank and tag `pattern` accepts
     /// into a new vector, with the status.
     pub fn receive_vec_matching<T: Pod>(&self, pattern: Match) -> Result<(Vec<T>, Status)> {
-        let layout = (std::mem::size_of::<T>(), std::mem::align_of::<T>());
-        let env = self.receive_envelope(Selector::user(pattern), Some(layout), None)?;
-        let status = env.status();
-        Ok((message::into_vec(env)?, status))
+        let env = self.receive_envelope(self.user(pattern), Some(message::fresh_room::<T>()), None)?;
+        let status = Status::of(&env);
+        Ok((self.take(env, message::into_vec)?, status))
     }
 }

@@ -1,14 +1,18 @@
 //! The progress engine of one rank: the single path through which sends go
 //! out, messages come in and waits complete. It joins the matching engine
-//! to the transport, and knows when a wait can never end.
+//! to the transport, knows when a wait can never end, and keeps the rank's
+//! status page saying what it waits on while it sleeps.
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::{Duration, Instant};
 
+use crate::envelope::{Buffer, Envelope, Format, Room};
 use crate::error::{Error, Result};
-use crate::matching::{Buffer, Envelope, Matcher, ReceiveId, Room, Selector, Status};
-use crate::transport::{Fold, NodeCall, SendTicket, Transport, Wait, WindowJob};
-use crate::wire::{Context, Header, Kind};
+use crate::matching::{Matcher, ReceiveId, Selector, Status};
+use crate::status::{StatusWriter, WaitOn};
+use crate::transport::{SendTicket, ShmMesh, Transport, Wait};
+use crate::wire::status::{Phase, WaitOp};
+use crate::wire::{Context, Header};
 
 /// A queued send: `None` when it went to this rank itself and is done.
 pub(crate) type Sent = Option<SendTicket>;
@@ -16,7 +20,34 @@ pub(crate) type Sent = Option<SendTicket>;
 /// How long a rank that lost a peer to a crash waits for the launcher to end
 /// the job before it reports the loss itself. Without the wait, the rank's
 /// own error exit could race the crashed rank's and be blamed for it.
-const LAUNCHER_REACTION: Duration = Duration::from_secs(2);
+pub(crate) const LAUNCHER_REACTION: Duration = Duration::from_secs(2);
+
+/// Where an outgoing message goes within its destination, and how its
+/// payload is encoded: everything of its header but the source and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub context: Context,
+    pub tag: u32,
+    /// The collective call it belongs to (0 for point-to-point).
+    pub call: u32,
+    pub format: Format,
+}
+
+impl Head {
+    /// A point-to-point message in `context`.
+    pub fn user(context: Context, tag: u32, format: Format) -> Head {
+        Head {
+            context,
+            tag,
+            call: 0,
+            format,
+        }
+    }
+}
+
+/// A check a collective makes at every step of a wait (for another rank's
+/// report of failure, or a message of another collective in its place).
+pub(crate) type Check<'a> = dyn FnMut(&Matcher) -> Result<()> + 'a;
 
 #[derive(Debug)]
 pub(crate) struct Engine {
@@ -26,16 +57,24 @@ pub(crate) struct Engine {
     transport: Transport,
     /// Started by a launcher that ends the job when a rank dies.
     managed: bool,
+    status: Option<StatusWriter>,
+    /// Messages handed to the transport (or to this rank) so far.
+    sent: u64,
 }
 
 impl Engine {
-    pub fn new(me: usize, size: usize, transport: Transport, managed: bool) -> Engine {
+    pub fn new(me: usize, size: usize, transport: Transport, status: Option<StatusWriter>) -> Engine {
+        if let Some(s) = &status {
+            s.set_phase(Phase::Running);
+        }
         Engine {
             me,
             size,
             matcher: Matcher::default(),
             transport,
-            managed,
+            managed: status.is_some(),
+            status,
+            sent: 0,
         }
     }
 
@@ -49,12 +88,14 @@ impl Engine {
     }
 
     /// The header of a message from this rank.
-    fn header(&self, kind: Kind, tag: u32, context: Context, len: usize) -> Header {
+    fn header(&self, head: Head, len: usize) -> Header {
         Header {
-            kind,
+            kind: head.format.kind(),
+            element: head.format.element(),
             source: self.me as u32,
-            tag,
-            context,
+            tag: head.tag,
+            context: head.context,
+            call: head.call,
             len: len as u64,
         }
     }
@@ -68,21 +109,24 @@ impl Engine {
     }
 
     /// Queues a message. A message to this rank is delivered at once.
-    pub fn send(&mut self, dest: usize, context: Context, tag: u32, kind: Kind, payload: Vec<u8>) -> Result<Sent> {
+    pub fn send(&mut self, dest: usize, head: Head, payload: Vec<u8>) -> Result<Sent> {
         self.check_rank(dest)?;
+        self.sent += 1;
         if dest == self.me {
-            self.matcher.deliver(Envelope::new(dest, tag, context, kind, payload));
+            let mut env = Envelope::new(dest, head.tag, head.context, head.format, payload);
+            env.call = head.call;
+            self.matcher.deliver(env);
             return Ok(None);
         }
-        let header = self.header(kind, tag, context, payload.len());
+        let header = self.header(head, payload.len());
         let queued = self.transport.queue(dest, header, payload);
         queued.map(Some).map_err(|e| self.lost(e))
     }
 
     /// Sends `payload` straight from the caller's memory and waits until it
     /// has left this process: no copy for a large message.
-    pub fn send_now(&mut self, dest: usize, context: Context, tag: u32, kind: Kind, payload: &[u8]) -> Result<()> {
-        let Some(ticket) = self.send_borrowed(dest, context, tag, kind, payload)? else {
+    pub fn send_now(&mut self, dest: usize, head: Head, payload: &[u8]) -> Result<()> {
+        let Some(ticket) = self.send_borrowed(dest, head, payload)? else {
             return Ok(());
         };
         // Whatever happens, even a panic, the queue must not keep pointing
@@ -94,8 +138,8 @@ impl Engine {
 
     /// Starts a send without waiting: writes what fits now straight from
     /// `payload`, and copies only the rest to be written later.
-    pub fn send_eager(&mut self, dest: usize, context: Context, tag: u32, kind: Kind, payload: &[u8]) -> Result<Sent> {
-        let sent = self.send_borrowed(dest, context, tag, kind, payload)?;
+    pub fn send_eager(&mut self, dest: usize, head: Head, payload: &[u8]) -> Result<Sent> {
+        let sent = self.send_borrowed(dest, head, payload)?;
         if let Some(ticket) = sent {
             self.transport.own(ticket);
         }
@@ -109,15 +153,8 @@ impl Engine {
     ///
     /// `payload` must stay valid until the send is complete
     /// ([`Engine::is_sent`]) or [`Engine::own_sent`] was called for it.
-    pub unsafe fn send_lent(
-        &mut self,
-        dest: usize,
-        context: Context,
-        tag: u32,
-        kind: Kind,
-        payload: &[u8],
-    ) -> Result<Sent> {
-        self.send_borrowed(dest, context, tag, kind, payload)
+    pub unsafe fn send_lent(&mut self, dest: usize, head: Head, payload: &[u8]) -> Result<Sent> {
+        self.send_borrowed(dest, head, payload)
     }
 
     /// Copies what a lent send has not written yet, ending its borrow.
@@ -128,17 +165,36 @@ impl Engine {
     }
 
     /// Posts a receive that may land straight in `len` bytes at `buf` (for
-    /// scoped requests).
+    /// scoped requests), if the message holds elements of type `element`.
     ///
     /// # Safety
     ///
     /// The buffer must stay valid until the receive completes or
     /// [`Engine::abandon_receive`] was called for it.
-    pub unsafe fn post_lent(&mut self, sel: Selector, buf: *mut u8, len: usize) -> Result<ReceiveId> {
-        self.post_room(sel, Some(Room::Given(Buffer { ptr: buf, len })))
+    pub unsafe fn post_lent(&mut self, sel: Selector, buf: *mut u8, len: usize, element: u16) -> Result<ReceiveId> {
+        let buffer = Buffer { ptr: buf, len };
+        self.post(sel, Some(Room::Given { buffer, element }))
     }
 
-    /// Withdraws a receive and stops anything from landing in its buffer.
+    /// Puts a message a receive took back in the queue, in its old place
+    /// (the receive could not take it as the type it asked for).
+    pub fn requeue(&mut self, env: Envelope) {
+        self.matcher.requeue(env);
+    }
+
+    /// Runs a collective's check on the queue as it is.
+    pub fn queued_check(&self, check: &mut Check<'_>) -> Result<()> {
+        check(&self.matcher)
+    }
+
+    /// Drops the queued messages `drop` picks (what is left of a collective
+    /// that failed).
+    pub fn discard(&mut self, drop: &dyn Fn(&Envelope) -> bool) {
+        self.matcher.discard(drop);
+    }
+
+    /// Withdraws a receive and stops anything from landing in its buffer; a
+    /// message it had already taken goes back to the queue.
     pub fn abandon_receive(&mut self, id: ReceiveId) {
         self.transport.detach(id);
         self.matcher.cancel(id);
@@ -147,12 +203,13 @@ impl Engine {
     /// Queues a frame that borrows `payload` (a send to this rank copies it
     /// and is done: `None`). The caller must make the frame owned, or see it
     /// sent, before `payload`'s borrow ends.
-    fn send_borrowed(&mut self, dest: usize, context: Context, tag: u32, kind: Kind, payload: &[u8]) -> Result<Sent> {
+    fn send_borrowed(&mut self, dest: usize, head: Head, payload: &[u8]) -> Result<Sent> {
         self.check_rank(dest)?;
         if dest == self.me {
-            return self.send(dest, context, tag, kind, payload.to_vec());
+            return self.send(dest, head, payload.to_vec());
         }
-        let header = self.header(kind, tag, context, payload.len());
+        self.sent += 1;
+        let header = self.header(head, payload.len());
         // SAFETY: both callers make the frame owned, or wait until it is
         // sent, before they return.
         let ticket = unsafe { self.transport.queue_borrowed(dest, header, payload) }.map_err(|e| self.lost(e))?;
@@ -173,18 +230,44 @@ impl Engine {
     /// Waits until a send has left this process.
     pub fn wait_sent(&mut self, sent: Sent, dest: usize) -> Result<()> {
         let Some(ticket) = sent else { return Ok(()) };
-        while !self.transport.is_sent(ticket) {
-            if self.transport.is_closed(dest) {
-                return Err(self.gone(dest));
+        let on = WaitOn::p2p(WaitOp::Send, Some(dest), None, 0);
+        let result = (|| {
+            while !self.transport.is_sent(ticket) {
+                if self.transport.is_closed(dest) {
+                    return Err(self.gone(dest));
+                }
+                self.sleep_step(on, None)?;
             }
-            self.step(Wait::Until(None))?;
-        }
-        Ok(())
+            Ok(())
+        })();
+        self.settle();
+        result
     }
 
     fn step(&mut self, wait: Wait) -> Result<()> {
-        let result = self.transport.progress(&mut self.matcher, wait);
+        let status = &self.status;
+        let sleeping = || {
+            if let Some(s) = status {
+                s.sleeping();
+            }
+        };
+        let result = self.transport.progress(&mut self.matcher, wait, &sleeping);
         result.map_err(|e| self.lost(e))
+    }
+
+    /// One step that may sleep, with the status page ready to say on what.
+    fn sleep_step(&mut self, on: WaitOn, deadline: Option<Instant>) -> Result<()> {
+        if let Some(s) = &self.status {
+            s.note(on, self.sent, self.matcher.arrived());
+        }
+        self.step(Wait::Until(deadline))
+    }
+
+    /// A wait is over: the status page no longer says it waits.
+    fn settle(&mut self) {
+        if let Some(s) = &self.status {
+            s.done(self.sent, self.matcher.arrived());
+        }
     }
 
     /// Passes on a transport error, first giving the launcher time to end
@@ -202,17 +285,11 @@ impl Engine {
         }
     }
 
-    /// Posts a receive. With `fresh` = (element size, alignment), a message
-    /// of raw numbers of that size lands in a buffer allocated for it when
-    /// its length is known (taken with [`crate::message::into_vec`]): one
-    /// copy, like a receive into a buffer the caller gives.
-    pub fn post(&mut self, sel: Selector, fresh: Option<(usize, usize)>) -> Result<ReceiveId> {
-        self.post_room(sel, fresh.map(|(size, align)| Room::Fresh { size, align }))
-    }
-
-    /// Posts a receive whose message may land in `room`, once its source is
-    /// known to be a rank of the job.
-    fn post_room(&mut self, sel: Selector, room: Option<Room>) -> Result<ReceiveId> {
+    /// Posts a receive. With a `room`, a message of raw numbers of its type
+    /// lands there (in a buffer allocated for it when its length is known,
+    /// for [`Room::Fresh`]): one copy, like a receive into a buffer the
+    /// caller gives.
+    pub fn post(&mut self, sel: Selector, room: Option<Room>) -> Result<ReceiveId> {
         if let Some(source) = sel.pattern.source_rank() {
             self.check_rank(source)?;
         }
@@ -220,16 +297,28 @@ impl Engine {
     }
 
     /// Receives the next message `sel` accepts, letting a message of raw
-    /// numbers that arrives after the receive is posted land straight in
-    /// `buf`. The envelope says whether it landed (`landed`) or carries its
-    /// payload.
-    pub fn receive_landing(&mut self, sel: Selector, buf: &mut [u8]) -> Result<Envelope> {
+    /// numbers of type `element` that arrives after the receive is posted
+    /// land straight in `buf`. The envelope says whether it landed
+    /// (`landed`) or carries its payload.
+    pub fn receive_landing(&mut self, sel: Selector, buf: &mut [u8], element: u16) -> Result<Envelope> {
+        self.receive_landing_checked(sel, buf, element, None)
+    }
+
+    /// [`Engine::receive_landing`] for a collective, which checks `check` at
+    /// every step and says it waits in `on`.
+    pub fn receive_landing_checked(
+        &mut self,
+        sel: Selector,
+        buf: &mut [u8],
+        element: u16,
+        check: Option<(WaitOn, &mut Check<'_>)>,
+    ) -> Result<Envelope> {
         let buffer = Buffer {
             ptr: buf.as_mut_ptr(),
             len: buf.len(),
         };
-        let id = self.post_room(sel, Some(Room::Given(buffer)))?;
-        let result = catch_unwind(AssertUnwindSafe(|| self.wait_receive(id, None)));
+        let id = self.post(sel, Some(Room::Given { buffer, element }))?;
+        let result = catch_unwind(AssertUnwindSafe(|| self.wait_receive_checked(id, None, check)));
         if !matches!(result, Ok(Ok(_))) {
             // `buf` is about to be released: nothing may write into it.
             self.abandon_receive(id);
@@ -239,8 +328,19 @@ impl Engine {
 
     /// Waits for a posted receive; `None` waits for ever.
     pub fn wait_receive(&mut self, id: ReceiveId, timeout: Option<Duration>) -> Result<Envelope> {
+        self.wait_receive_checked(id, timeout, None)
+    }
+
+    /// Waits for a posted receive, running a collective's `check` at every
+    /// step; the receive is withdrawn if the wait fails.
+    pub fn wait_receive_checked(
+        &mut self,
+        id: ReceiveId,
+        timeout: Option<Duration>,
+        mut check: Option<(WaitOn, &mut Check<'_>)>,
+    ) -> Result<Envelope> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
+        let result = (|| loop {
             if let Some(env) = self.matcher.take(id) {
                 return Ok(env);
             }
@@ -248,19 +348,37 @@ impl Engine {
             if let Some(env) = self.matcher.take(id) {
                 return Ok(env);
             }
-            if let Some(sel) = self.matcher.pending(id) {
-                if let Err(e) = self.check_can_arrive(sel) {
-                    self.abandon_receive(id);
-                    return Err(e);
-                }
+            let Some(sel) = self.matcher.pending(id) else {
+                // Landing: the message is on its way.
+                self.step(Wait::Until(deadline))?;
+                continue;
+            };
+            self.check_can_arrive(sel)?;
+            if let Some((_, check)) = check.as_mut() {
+                check(&self.matcher)?;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                let what = sel_text(self.matcher.pending(id));
-                self.abandon_receive(id);
-                return Err(timed_out(what, timeout));
+                return Err(timed_out(sel_text(Some(sel)), timeout));
             }
-            self.step(Wait::Until(deadline))?;
+            let on = match &check {
+                Some((on, _)) => *on,
+                None => WaitOn {
+                    deadline,
+                    ..WaitOn::p2p(
+                        WaitOp::Receive,
+                        sel.pattern.source_rank(),
+                        sel.pattern.tag_value(),
+                        sel.context.0,
+                    )
+                },
+            };
+            self.sleep_step(on, deadline)?;
+        })();
+        self.settle();
+        if result.is_err() {
+            self.abandon_receive(id);
         }
+        result
     }
 
     /// Completes a receive if its message is here, without waiting.
@@ -284,7 +402,16 @@ impl Engine {
             return Ok(self.matcher.probe(sel));
         };
         let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
+        let on = WaitOn {
+            deadline,
+            ..WaitOn::p2p(
+                WaitOp::Probe,
+                sel.pattern.source_rank(),
+                sel.pattern.tag_value(),
+                sel.context.0,
+            )
+        };
+        let result = (|| loop {
             if let Some(status) = self.matcher.probe(sel) {
                 return Ok(Some(status));
             }
@@ -292,8 +419,10 @@ impl Engine {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(timed_out(sel_text(Some(sel)), timeout));
             }
-            self.step(Wait::Until(deadline))?;
-        }
+            self.sleep_step(on, deadline)?;
+        })();
+        self.settle();
+        result
     }
 
     /// Fails a wait that can never end: its only possible senders are gone,
@@ -323,26 +452,100 @@ impl Engine {
         }
     }
 
-    /// Runs a node-wide collective in shared memory, if the transport can.
-    pub fn node_collective(&mut self, call: NodeCall, mine: &[u8], fold: &mut Fold<'_>) -> Option<Result<Vec<u8>>> {
-        if self.size < 2 {
-            return None;
-        }
-        self.transport.node_collective(&mut self.matcher, call, mine, fold)
+    /// True if `rank` has gone: it finalized (and everything it sent has
+    /// been read) or its link closed.
+    pub fn has_left(&self, rank: usize) -> bool {
+        rank != self.me && (self.transport.is_gone(rank) || self.transport.is_closed(rank))
     }
 
-    /// Runs a collective of large vectors through shared windows, if the
-    /// transport can.
-    pub fn window_collective(&mut self, claim: u64, job: WindowJob<'_>) -> Option<Result<()>> {
-        if self.size < 2 {
-            return None;
-        }
-        self.transport.window_collective(&mut self.matcher, claim, job)
+    /// The error for a collective that waits on `rank`, which has left.
+    pub fn left(&self, rank: usize) -> Error {
+        self.gone(rank)
     }
 
-    /// Flushes every send and tells the peers this rank is done.
+    /// The shared-memory mesh, when every rank shares this node (for the
+    /// node-wide collectives).
+    pub fn node(&mut self) -> Option<&mut ShmMesh> {
+        self.transport.node()
+    }
+
+    /// Waits until `ready` says so, moving point-to-point bytes meanwhile
+    /// (so that a peer blocked in a send to this rank can finish and join
+    /// the collective) and running `check` at every step; fails if a rank
+    /// `missing` names (those not there yet) has left. The status page says
+    /// `waiting(first missing rank)`. Only for a node-wide collective
+    /// ([`Engine::node`]).
+    pub fn node_wait(
+        &mut self,
+        ready: &dyn Fn() -> bool,
+        missing: &dyn Fn() -> Vec<usize>,
+        waiting: &dyn Fn(Option<usize>) -> WaitOn,
+        check: &mut Check<'_>,
+    ) -> Result<()> {
+        let result = (|| {
+            while !ready() {
+                check(&self.matcher)?;
+                let absent = missing();
+                if let Some(&r) = absent.iter().find(|r| self.has_left(**r)) {
+                    return Err(self.left(r));
+                }
+                let Some(mesh) = self.transport.node() else {
+                    return Err(Error::InvalidArgument("a node-wide wait without shared memory".into()));
+                };
+                if mesh.move_bytes(&mut self.matcher)? {
+                    continue;
+                }
+                if let Some(s) = &self.status {
+                    s.note(waiting(absent.first().copied()), self.sent, self.matcher.arrived());
+                }
+                let status = &self.status;
+                let sleeping = || {
+                    if let Some(s) = status {
+                        s.sleeping();
+                    }
+                };
+                if let Some(mesh) = self.transport.node() {
+                    mesh.idle(None, ready, &sleeping);
+                }
+            }
+            Ok(())
+        })();
+        self.settle();
+        result.map_err(|e| self.lost(e))
+    }
+
+    /// Flushes every send and tells the peers this rank is done; the status
+    /// page says so.
     pub fn finish(&mut self) -> Result<()> {
-        self.transport.finish(&mut self.matcher)
+        if let Some(s) = &self.status {
+            s.note(
+                WaitOn::p2p(WaitOp::Finalize, None, None, 0),
+                self.sent,
+                self.matcher.arrived(),
+            );
+        }
+        let status = &self.status;
+        let sleeping = || {
+            if let Some(s) = status {
+                s.sleeping();
+            }
+        };
+        let result = self.transport.finish(&mut self.matcher, &sleeping);
+        self.settle();
+        if let Some(s) = &self.status {
+            s.set_phase(Phase::Finalized);
+        }
+        result
+    }
+
+    /// The point-to-point messages that arrived and were never received
+    /// (for the warning at finalize): (source, tag) of each.
+    pub fn unreceived(&self, contexts: &dyn Fn(Context) -> bool) -> Vec<(usize, u32)> {
+        self.matcher
+            .queued()
+            .filter(|e| contexts(e.context))
+            .map(|e| (e.source, e.tag))
+            .collect()
     }
 }
 

@@ -5,11 +5,11 @@ use bytemuck::Pod;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::envelope::{Envelope, Room};
 use crate::error::Result;
-use crate::matching::{Envelope, Match, ReceiveId, Selector, Status};
-use crate::message;
-use crate::progress::Sent;
-use crate::wire::{Context, Kind};
+use crate::matching::{Match, ReceiveId, Status};
+use crate::message::{self, Taken};
+use crate::progress::{Head, Sent};
 use crate::world::World;
 
 /// An operation that completes in the background.
@@ -74,7 +74,7 @@ impl Request for SendRequest<'_> {
 pub struct ReceiveRequest<'w, T> {
     world: &'w World,
     id: Option<ReceiveId>,
-    decode: fn(Envelope) -> Result<T>,
+    decode: fn(Envelope) -> Taken<T>,
 }
 
 impl<T> std::fmt::Debug for ReceiveRequest<'_, T> {
@@ -91,8 +91,8 @@ impl<T> Request for ReceiveRequest<'_, T> {
             unreachable!("a receive request is waited on once, by value")
         };
         let env = self.world.engine().wait_receive(id, None)?;
-        let status = env.status();
-        Ok(((self.decode)(env)?, status))
+        let status = Status::of(&env);
+        Ok((self.world.take(env, self.decode)?, status))
     }
 
     fn test(&mut self) -> Result<bool> {
@@ -114,9 +114,9 @@ impl<T> Drop for ReceiveRequest<'_, T> {
 }
 
 impl World {
-    fn immediate_bytes(&self, dest: usize, tag: u32, kind: Kind, payload: Vec<u8>) -> Result<SendRequest<'_>> {
+    fn immediate_bytes(&self, dest: usize, head: Head, payload: Vec<u8>) -> Result<SendRequest<'_>> {
         self.check_rank(dest)?;
-        let sent = self.post_send(dest, Context::User, tag, kind, payload)?;
+        let sent = self.post_send(dest, head, payload)?;
         Ok(SendRequest {
             world: self,
             sent,
@@ -136,23 +136,24 @@ impl World {
         dest: usize,
         tag: u32,
     ) -> Result<SendRequest<'_>> {
-        if let Some(bytes) = message::as_raw(value) {
-            return self.immediate_raw(dest, tag, bytes);
+        if let Some((format, bytes)) = message::as_raw(value) {
+            return self.immediate_raw(dest, Head::user(self.p2p_context(), tag, format), bytes);
         }
-        let (kind, payload) = message::encode(value)?;
-        self.immediate_bytes(dest, tag, kind, payload)
+        let (format, payload) = message::encode(value)?;
+        self.immediate_bytes(dest, Head::user(self.p2p_context(), tag, format), payload)
     }
 
     /// Starts sending a slice of plain numbers to `dest` with tag `tag`.
     pub fn immediate_send_slice<T: Pod>(&self, data: &[T], dest: usize, tag: u32) -> Result<SendRequest<'_>> {
-        self.immediate_raw(dest, tag, message::pod_bytes(data))
+        let head = Head::user(self.p2p_context(), tag, message::raw::<T>());
+        self.immediate_raw(dest, head, message::pod_bytes(data))
     }
 
     /// Starts sending raw bytes of plain numbers: what fits now goes
     /// straight out; only the rest is copied.
-    fn immediate_raw(&self, dest: usize, tag: u32, bytes: &[u8]) -> Result<SendRequest<'_>> {
+    fn immediate_raw(&self, dest: usize, head: Head, bytes: &[u8]) -> Result<SendRequest<'_>> {
         self.check_rank(dest)?;
-        let sent = self.engine().send_eager(dest, Context::User, tag, Kind::Raw, bytes)?;
+        let sent = self.engine().send_eager(dest, head, bytes)?;
         Ok(SendRequest {
             world: self,
             sent,
@@ -174,25 +175,23 @@ impl World {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn immediate_receive<T: DeserializeOwned>(&self, pattern: Match) -> Result<ReceiveRequest<'_, T>> {
-        self.immediate_receive_with(pattern, message::raw_vec_layout::<T>(), message::decode_owned::<T>)
+        self.immediate_receive_with(pattern, message::room_for::<T>(), message::decode_owned::<T>)
     }
 
     /// Posts a receive of plain numbers into a new vector.
     pub fn immediate_receive_vec<T: Pod>(&self, pattern: Match) -> Result<ReceiveRequest<'_, Vec<T>>> {
-        let layout = (std::mem::size_of::<T>(), std::mem::align_of::<T>());
-        self.immediate_receive_with(pattern, Some(layout), message::into_vec::<T>)
+        self.immediate_receive_with(pattern, Some(message::fresh_room::<T>()), message::into_vec::<T>)
     }
 
-    /// Posts a receive; a raw message of elements of the given (size,
-    /// alignment) lands in a vector allocated for it.
+    /// Posts a receive; a raw message of the room's type lands in it.
     fn immediate_receive_with<T>(
         &self,
         pattern: Match,
-        layout: Option<(usize, usize)>,
-        decode: fn(Envelope) -> Result<T>,
+        room: Option<Room>,
+        decode: fn(Envelope) -> Taken<T>,
     ) -> Result<ReceiveRequest<'_, T>> {
-        let sel = Selector::user(pattern);
-        let id = self.engine().post(sel, layout)?;
+        let sel = self.user(pattern);
+        let id = self.engine().post(sel, room)?;
         Ok(ReceiveRequest {
             world: self,
             id: Some(id),

@@ -10,12 +10,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
 use bytemuck::Pod;
 
+use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::matching::{Envelope, Match, ReceiveId, Selector, Status};
+use crate::matching::{Match, ReceiveId, Status};
 use crate::message;
-use crate::progress::Sent;
+use crate::progress::{Head, Sent};
 use crate::request::Request;
-use crate::wire::{Context, Kind};
 use crate::world::World;
 
 /// A receive whose buffer is lent to the engine.
@@ -51,6 +51,12 @@ impl World {
     /// operation started in the scope has completed (those not waited for
     /// are waited for at the end; the first error is returned).
     ///
+    /// If `body` returns an error or panics, the scope does not wait: its
+    /// receives that have not completed are withdrawn (a message that had
+    /// already landed in a buffer is copied out and stays queued), and its
+    /// sends copy what they have not written yet and go on without the
+    /// buffers. The error is returned, or the panic goes on.
+    ///
     /// ```no_run
     /// use spmd::{Match, Request};
     /// # let world = spmd::init().unwrap();
@@ -77,14 +83,18 @@ impl World {
             env: PhantomData,
         };
         let result = catch_unwind(AssertUnwindSafe(|| body(&scope)));
-        // Whatever the body did, nothing may still use a lent buffer.
-        let finished = scope.finish();
+        // Whatever the body did, nothing may still use a lent buffer once
+        // this returns.
         match result {
-            Ok(value) => {
-                let value = value?;
-                finished.map(|_| value)
+            Ok(Ok(value)) => scope.finish().map(|_| value),
+            Ok(Err(e)) => {
+                scope.release();
+                Err(e)
             }
-            Err(panic) => resume_unwind(panic),
+            Err(panic) => {
+                scope.release();
+                resume_unwind(panic)
+            }
         }
     }
 }
@@ -99,13 +109,10 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         tag: u32,
     ) -> Result<LentSend<'scope, 'env>> {
         self.world.check_rank(dest)?;
+        let head = Head::user(self.world.p2p_context(), tag, message::raw::<T>());
         // SAFETY: `data` is borrowed for the scope, and the scope waits for
         // the send (or makes it owned) before it ends.
-        let sent = unsafe {
-            self.world
-                .engine()
-                .send_lent(dest, Context::User, tag, Kind::Raw, message::pod_bytes(data))?
-        };
+        let sent = unsafe { self.world.engine().send_lent(dest, head, message::pod_bytes(data))? };
         let mut lent = self.lent.borrow_mut();
         lent.sends.push((sent, dest, false));
         Ok(LentSend {
@@ -124,9 +131,14 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     ) -> Result<LentReceive<'scope, 'env>> {
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
         let (ptr, len) = (bytes.as_mut_ptr(), bytes.len());
+        let element = crate::element::code_of::<T>();
         // SAFETY: `buf` is borrowed mutably for the scope, and the scope
         // waits for the receive (or abandons it) before it ends.
-        let id = unsafe { self.world.engine().post_lent(Selector::user(pattern), ptr, len)? };
+        let id = unsafe {
+            self.world
+                .engine()
+                .post_lent(self.world.user(pattern), ptr, len, element)?
+        };
         let mut lent = self.lent.borrow_mut();
         lent.receives.push(LentBuffer {
             id,
@@ -170,8 +182,36 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         drop(engine);
         self.lent.borrow_mut().receives[index].done = true;
         let env = result?;
-        finish(&env, ptr, len)?;
-        Ok(env.status())
+        let status = Status::of(&env);
+        if let Err(e) = finish(&env, ptr, len) {
+            // A message that did not land goes back to the queue for a
+            // receive of the right type (one that landed fitted the buffer).
+            if env.landed.is_none() {
+                self.world.engine().requeue(env);
+            }
+            return Err(e);
+        }
+        Ok(status)
+    }
+
+    /// Lets go of every lent buffer without waiting (the body failed):
+    /// receives still running are withdrawn, and sends copy what they have
+    /// not written. Never panics, so that it can run during unwinding.
+    fn release(&self) {
+        let Ok(mut lent) = self.lent.try_borrow_mut() else {
+            return;
+        };
+        let Ok(mut engine) = self.world.engine_try() else {
+            return;
+        };
+        for r in lent.receives.iter_mut().filter(|r| !r.done) {
+            engine.abandon_receive(r.id);
+            r.done = true;
+        }
+        for (sent, _, done) in lent.sends.iter_mut().filter(|s| !s.2) {
+            engine.own_sent(*sent);
+            *done = true;
+        }
     }
 
     /// Completes every operation still running; the first error wins.
@@ -201,7 +241,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
 /// landed, copies one that was already queued.
 fn finish_into<T: Pod>(env: &Envelope, ptr: *mut u8, len: usize) -> Result<()> {
     if env.landed.is_some() {
-        return message::check_landed::<T>(env);
+        return message::check_raw::<T>(env, Some(len));
     }
     let count = len / std::mem::size_of::<T>().max(1);
     // SAFETY: the buffer was lent for the scope as a `&mut [T]` of `count`

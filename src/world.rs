@@ -1,4 +1,4 @@
-//! The communicator handle: how a program starts, who it is, and how it ends.
+//! The handle to the job: how a program starts, who it is, and how it ends.
 
 use std::cell::{Cell, RefCell, RefMut};
 use std::sync::OnceLock;
@@ -6,12 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::auth::Identity;
-use crate::bootstrap::{self, Launch};
-use crate::control;
+use crate::bootstrap::{self, Launch, Placement};
+use crate::collective::call::Calls;
+use crate::collective::node::NodeState;
+use crate::control::{self, Welcome};
 use crate::error::{Error, Result};
-use crate::progress::Engine;
-use crate::transport::{Endpoint, Transport};
-use crate::wire::ControlMessage;
+use crate::progress::{Engine, LAUNCHER_REACTION};
+use crate::status::StatusWriter;
+use crate::transport::{self, Endpoint, Transport};
+use crate::wire::{Channel, Context, ControlMessage, Settings};
 
 /// The largest single message accepted from a peer, in bytes (1 TiB). The
 /// receive buffer is only allocated once a length has passed this check.
@@ -47,6 +50,10 @@ pub struct World {
     engine: RefCell<Engine>,
     managed: bool,
     finalized: Cell<bool>,
+    /// What the launcher decided for every rank (`None` without one).
+    settings: Option<Settings>,
+    calls: Calls,
+    node_state: NodeState,
 }
 
 /// Starts this rank: reads how the process was launched, connects to the
@@ -67,37 +74,65 @@ pub fn init() -> Result<World> {
     }
     let _ = wtime();
     match bootstrap::detect()? {
-        Launch::Alone => Ok(World {
-            rank: 0,
-            size: 1,
-            local_rank: 0,
-            local_size: 1,
-            node: 0,
-            engine: RefCell::new(Engine::new(0, 1, Transport::Alone, false)),
-            managed: false,
-            finalized: Cell::new(false),
-        }),
+        Launch::Alone => Ok(World::new(0, 1, 0, 1, 0, Transport::Alone, None, None)),
         Launch::Spmdrun(p) => {
-            let kind = std::env::var(crate::wire::env::TRANSPORT).ok();
-            let endpoint = Endpoint::open(kind.as_deref(), &p)?;
-            let (cards, _nodes) = control::register(&p, endpoint.card().clone())?;
+            let (channel, welcome) = control::join(&p)?;
             control::install_panic_hook();
-            let id = Identity {
-                secret: &p.secret,
-                job: p.job,
-                me: p.rank as u32,
-            };
-            let transport = Transport::connect(endpoint, id, &cards, MAX_MESSAGE)?;
-            Ok(World {
-                rank: p.rank,
-                size: p.size,
-                local_rank: p.local_rank,
-                local_size: p.local_size,
-                node: p.node,
-                engine: RefCell::new(Engine::new(p.rank, p.size, transport, true)),
-                managed: true,
-                finalized: Cell::new(false),
-            })
+            start(&p, welcome, channel)
+        }
+    }
+}
+
+/// Connects a rank that has joined its launcher to its peers. A failure is
+/// reported to the launcher as this rank's own, unless it is the echo of
+/// a peer's (which the launcher reports instead).
+fn start(p: &Placement, welcome: Welcome, mut channel: Channel) -> Result<World> {
+    let result = (|| {
+        let region = crate::collective::node_region_len(p.local_size);
+        let endpoint = Endpoint::open(
+            &welcome.settings,
+            p.rank,
+            p.local_rank,
+            p.local_size,
+            &welcome.dir,
+            region,
+        )?;
+        let table = control::register(&mut channel, p, endpoint.card(), endpoint.fd())?;
+        let id = Identity {
+            secret: &welcome.secret,
+            job: p.job,
+            me: p.rank as u32,
+        };
+        let table = transport::Table {
+            cards: &table.cards,
+            nodes: &table.nodes,
+            segments: table.segments,
+        };
+        Transport::connect(endpoint, id, table, &welcome.settings, MAX_MESSAGE)
+    })();
+    match result {
+        Ok(transport) => {
+            control::keep(channel);
+            let status = Some(StatusWriter::new(welcome.status));
+            Ok(World::new(
+                p.rank,
+                p.size,
+                p.local_rank,
+                p.local_size,
+                p.node,
+                transport,
+                status,
+                Some(welcome.settings),
+            ))
+        }
+        Err(e) => {
+            if e.blames_a_peer() {
+                // The launcher is about to end this rank because of the
+                // peer; its report names the peer, not this rank.
+                std::thread::sleep(LAUNCHER_REACTION);
+            }
+            control::tell_failure(&mut channel, &e);
+            Err(e)
         }
     }
 }
@@ -124,6 +159,32 @@ pub(crate) fn host_name() -> String {
 }
 
 impl World {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        rank: usize,
+        size: usize,
+        local_rank: usize,
+        local_size: usize,
+        node: usize,
+        transport: Transport,
+        status: Option<StatusWriter>,
+        settings: Option<Settings>,
+    ) -> World {
+        World {
+            rank,
+            size,
+            local_rank,
+            local_size,
+            node,
+            managed: status.is_some(),
+            engine: RefCell::new(Engine::new(rank, size, transport, status)),
+            finalized: Cell::new(false),
+            settings,
+            calls: Calls::default(),
+            node_state: NodeState::default(),
+        }
+    }
+
     /// This process's rank, `0..size()`.
     pub fn rank(&self) -> usize {
         self.rank
@@ -161,6 +222,31 @@ impl World {
     /// The engine, unless it is borrowed already (for use in `Drop`).
     pub(crate) fn engine_try(&self) -> std::result::Result<RefMut<'_, Engine>, std::cell::BorrowMutError> {
         self.engine.try_borrow_mut()
+    }
+
+    /// The context of this handle's point-to-point messages.
+    pub(crate) fn p2p_context(&self) -> Context {
+        Context::WORLD
+    }
+
+    /// The context of this handle's collectives.
+    pub(crate) fn coll_context(&self) -> Context {
+        Context::WORLD_COLLECTIVE
+    }
+
+    /// What this handle remembers of its collective calls.
+    pub(crate) fn calls(&self) -> &Calls {
+        &self.calls
+    }
+
+    /// What this handle knows of its node-wide collectives.
+    pub(crate) fn node_state(&self) -> &NodeState {
+        &self.node_state
+    }
+
+    /// What the launcher decided for every rank (`None` without one).
+    pub(crate) fn settings(&self) -> Option<&Settings> {
+        self.settings.as_ref()
     }
 
     pub(crate) fn check_rank(&self, rank: usize) -> Result<()> {
@@ -211,6 +297,10 @@ impl World {
     /// Flushes every pending send, tells the peers and the launcher this
     /// rank is done, and closes its connections. Dropping the handle does the
     /// same but cannot report an error.
+    ///
+    /// Messages that arrived and were never received are named in one line
+    /// on standard error: in MPI's terms the program is erroneous, and a
+    /// silent loss would hide the bug.
     pub fn finalize(self) -> Result<()> {
         self.finalize_inner()
     }
@@ -219,7 +309,25 @@ impl World {
         if self.finalized.replace(true) {
             return Ok(());
         }
-        let flushed = self.engine().finish();
+        let mut engine = self.engine();
+        let flushed = engine.finish();
+        let p2p = self.p2p_context();
+        let lost = engine.unreceived(&|c| c == p2p);
+        drop(engine);
+        if !lost.is_empty() {
+            let shown: Vec<String> = lost
+                .iter()
+                .take(5)
+                .map(|(s, t)| format!("from rank {s} with tag {t}"))
+                .collect();
+            let more = if lost.len() > 5 { ", ..." } else { "" };
+            eprintln!(
+                "spmd: rank {} finalized with {} message(s) it never received ({}{more})",
+                self.rank,
+                lost.len(),
+                shown.join(", ")
+            );
+        }
         if self.managed {
             control::tell(&ControlMessage::Finalized, true);
         }

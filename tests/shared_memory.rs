@@ -23,25 +23,23 @@ fn cpu_seconds(pid: i32) -> f64 {
     ticks / hz
 }
 
-/// The job id of a rank, from its environment.
-fn job_of(pid: i32) -> String {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the rank's environment");
-    environ
-        .split(|b| *b == 0)
-        .find_map(|kv| kv.strip_prefix(b"SPMD_JOB="))
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .expect("SPMD_JOB is set")
-}
-
-fn leftover_segments(job: &str) -> Vec<String> {
-    std::fs::read_dir("/dev/shm")
+/// The names in a directory.
+fn names(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| name.starts_with(&format!("spmd-{job}-")))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A fresh empty directory for a job's TMPDIR.
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("spmd-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    dir
 }
 
 #[test]
@@ -64,35 +62,46 @@ fn ranks_blocked_in_a_receive_sleep() {
 }
 
 #[test]
-fn a_rank_killed_mid_transfer_ends_the_job_and_leaves_no_segment() {
-    let check = example("spmd-check");
-    let (child, pids, reader) = start_reporting_pids(&["-n", "3", &check, "fail", "stream"], 3);
-    let job = job_of(pids[0]);
-    // Let a few 64 MiB messages go through the rings, then kill the sender.
-    std::thread::sleep(Duration::from_millis(300));
-    signal(pids[0], Signal::SIGKILL);
-    let out = finish_reporting(child, reader);
-    assert_all_gone(&pids);
-    assert_eq!(out.code(), Some(137), "{out:?}");
-    assert!(out.stderr.contains(&format!("rank 0 (pid {} ", pids[0])), "{out:?}");
-    assert_eq!(
-        leftover_segments(&job),
-        Vec::<String>::new(),
-        "segments left in /dev/shm"
-    );
+fn a_rank_killed_mid_transfer_ends_the_job_and_leaves_nothing_behind() {
+    for transport in common::TRANSPORTS {
+        let check = example("spmd-check");
+        let tmp = fresh_dir(&format!("killed-{transport}"));
+        let shm_before = names(std::path::Path::new("/dev/shm"));
+        let args = ["-n", "3", &check, "fail", "stream"];
+        let (child, pids, reader) = common::start_reporting_pids_with(
+            &args,
+            3,
+            &[("SPMD_TRANSPORT", transport), ("TMPDIR", &tmp.display().to_string())],
+        );
+        // Let a few 64 MiB messages go through, then kill the sender.
+        std::thread::sleep(Duration::from_millis(300));
+        signal(pids[0], Signal::SIGKILL);
+        let out = finish_reporting(child, reader);
+        assert_all_gone(&pids);
+        assert_eq!(out.code(), Some(137), "{transport}: {out:?}");
+        assert!(out.stderr.contains(&format!("rank 0 (pid {} ", pids[0])), "{out:?}");
+        assert_eq!(names(&tmp), Vec::<String>::new(), "{transport}: left in TMPDIR");
+        let new: Vec<String> = names(std::path::Path::new("/dev/shm"))
+            .into_iter()
+            .filter(|n| !shm_before.contains(n) && n.starts_with("spmd"))
+            .collect();
+        assert_eq!(new, Vec::<String>::new(), "{transport}: left in /dev/shm");
+        let _ = std::fs::remove_dir(&tmp);
+    }
 }
 
 #[test]
-fn no_segment_outlives_a_finished_job() {
+fn shared_memory_has_no_name_anyone_could_open_or_squat() {
     let check = example("spmd-check");
     let (child, pids, reader) = start_reporting_pids(&["-n", "2", &check, "fail", "idle"], 2);
-    let job = job_of(pids[0]);
-    // Once running, the segments are already unlinked (only mapped).
-    assert_eq!(
-        leftover_segments(&job),
-        Vec::<String>::new(),
-        "segments still named while running"
-    );
+    for pid in &pids {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("the rank's maps");
+        assert!(
+            maps.contains("memfd:spmd-segment"),
+            "no anonymous segment mapped: {maps}"
+        );
+        assert!(!maps.contains("/dev/shm/"), "a named segment: {maps}");
+    }
     signal(child.id() as i32, Signal::SIGTERM);
     finish_reporting(child, reader);
     assert_all_gone(&pids);

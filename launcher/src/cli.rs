@@ -1,4 +1,5 @@
-//! The command line of `spmdrun`: flags, their checks, and one-line errors.
+//! The command line of `spmdrun`: flags, their checks, and one-line errors
+//! that name the real problem.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -7,7 +8,28 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use spmd::wire::{Settings, TransportKind, WaitMode, env};
+
 use crate::hostfile;
+
+const AFTER_HELP: &str = "\
+Every rank gets SPMD_RANK, SPMD_SIZE, SPMD_LOCAL_RANK, SPMD_LOCAL_SIZE and
+SPMD_NODE in its environment, and its private channel to spmdrun (the job's
+secret never is in the environment or on a command line).
+
+User settings, read from spmdrun's environment (or given with -x):
+  SPMD_TRANSPORT=shm|socket     how ranks on one machine talk (default shm)
+  SPMD_WAIT=auto|spin|yield|sleep
+                                how a rank waits over shared memory before it
+                                sleeps (default auto: spin with a core per
+                                rank, yield with more ranks than cores)
+
+Exit status: 0 when every rank exits 0; otherwise the first failure's: the
+code a rank exited with or gave to abort (101 for a panic), 128+N for a rank
+killed by signal N or for spmdrun receiving signal N, 124 for --timeout, 125
+for a deadlock, 1 for a rank that exited without finalizing or without
+joining the job, or when spmdrun's own output failed; 2 for a bad command
+line.";
 
 /// Runs PROGRAM as N ranks of one SPMD job.
 #[derive(Debug, Parser)]
@@ -15,13 +37,13 @@ use crate::hostfile;
     name = "spmdrun",
     version,
     about = "Run a program as N ranks of an spmd job",
-    after_help = "Every rank gets SPMD_RANK, SPMD_SIZE, SPMD_LOCAL_RANK and SPMD_LOCAL_SIZE in its environment.\n\
-                  If a rank fails, spmdrun ends the others and exits with the failing rank's status."
+    override_usage = "spmdrun -n N [OPTIONS] PROGRAM [ARGS]...",
+    after_help = AFTER_HELP
 )]
 struct Args {
     /// Number of ranks to start (`-np N` works too).
-    #[arg(short = 'n', value_name = "N")]
-    ranks: usize,
+    #[arg(short = 'n', value_name = "N", allow_negative_numbers = true)]
+    ranks: i64,
 
     /// Allow more ranks than the hostfile has slots. Without a hostfile
     /// spmdrun always allows more ranks than cores.
@@ -47,17 +69,29 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     wdir: Option<PathBuf>,
 
-    /// End the job with an error if it runs longer than SECONDS.
-    #[arg(long, value_name = "SECONDS")]
+    /// End the job with an error (status 124) if it runs longer than
+    /// SECONDS, saying what every rank was doing.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     timeout: Option<f64>,
 
-    /// The program to run, and its arguments.
+    /// When ranks have been blocked inside spmd for SECONDS, say on what;
+    /// when every rank is, and nothing is in flight, report the deadlock
+    /// and end the job (status 125). 0 turns the reports off.
     #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "PROGRAM [ARGS]..."
+        long = "hang-report",
+        value_name = "SECONDS",
+        default_value_t = 60.0,
+        allow_negative_numbers = true
     )]
+    hang_report: f64,
+
+    /// What to do about a deadlock: `end` the job (the default) or only
+    /// `report` it and keep waiting.
+    #[arg(long = "on-deadlock", value_name = "end|report", default_value = "end")]
+    on_deadlock: String,
+
+    /// The program to run, and its arguments (passed on as they are).
+    #[arg(value_name = "PROGRAM", required = true, trailing_var_arg = true, num_args = 1..)]
     command: Vec<OsString>,
 }
 
@@ -69,6 +103,11 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     pub wdir: Option<PathBuf>,
     pub timeout: Option<Duration>,
+    pub hang_report: Option<Duration>,
+    pub end_on_deadlock: bool,
+    pub settings: Settings,
+    /// Whether the wait mode was chosen by the user (not `auto`).
+    pub wait_chosen: bool,
     pub program: PathBuf,
     pub args: Vec<OsString>,
 }
@@ -82,16 +121,32 @@ pub enum Parsed {
 /// Parses and checks the command line. Errors are one line.
 pub fn parse(argv: Vec<OsString>) -> Parsed {
     // `-np` is a long option spelled with one dash in mpirun; clap wants it
-    // as `-n`. Only rewrite it before the program name.
+    // as `-n`. Only options before the program are rewritten: an option is
+    // a word starting with '-', and the flags that take a value take the
+    // next word with them.
     let mut argv = argv;
-    for a in argv.iter_mut().skip(1) {
-        if a == "-np" {
-            *a = OsString::from("-n");
+    let mut i = 1;
+    while i < argv.len() {
+        let word = argv[i].to_string_lossy().into_owned();
+        if !word.starts_with('-') {
             break;
         }
-        if !a.to_string_lossy().starts_with('-') {
-            break;
+        if word == "-np" {
+            argv[i] = OsString::from("-n");
         }
+        let takes_value = [
+            "-n",
+            "-np",
+            "-x",
+            "-f",
+            "--hostfile",
+            "--machinefile",
+            "--wdir",
+            "--timeout",
+        ]
+        .contains(&word.as_str())
+            || ["--hang-report", "--on-deadlock"].contains(&word.as_str());
+        i += if takes_value { 2 } else { 1 };
     }
     let args = match Args::try_parse_from(argv) {
         Ok(a) => a,
@@ -129,13 +184,24 @@ fn fail(text: String) -> Parsed {
     }
 }
 
-fn check(args: Args) -> Result<Options, String> {
-    if args.ranks == 0 {
-        return Err("-n must be at least 1".into());
+fn seconds(flag: &str, s: f64, zero_ok: bool) -> Result<Option<Duration>, String> {
+    if zero_ok && s == 0.0 {
+        return Ok(None);
     }
-    if args.ranks > u32::MAX as usize / 2 {
+    if s.is_finite() && s > 0.0 && s < 1e9 {
+        return Ok(Some(Duration::from_secs_f64(s)));
+    }
+    Err(format!("{flag} {s}: must be a positive number of seconds"))
+}
+
+fn check(args: Args) -> Result<Options, String> {
+    if args.ranks < 1 {
+        return Err(format!("-n {}: must be at least 1", args.ranks));
+    }
+    if args.ranks > i64::from(u32::MAX / 2) {
         return Err(format!("-n {} is more ranks than spmd supports", args.ranks));
     }
+    let ranks = args.ranks as usize;
     if let Some(path) = &args.hostfile {
         let hosts = hostfile::read(path)?;
         if let Some(remote) = hosts.iter().find(|h| !hostfile::is_local(&h.name)) {
@@ -144,21 +210,38 @@ fn check(args: Args) -> Result<Options, String> {
                 remote.origin, remote.name
             ));
         }
-        hostfile::place(&hosts, args.ranks, args.oversubscribe)?;
+        hostfile::place(&hosts, ranks, args.oversubscribe)?;
     }
     let mut env = Vec::new();
     for x in &args.export {
         env.push(parse_export(x)?);
     }
     if let Some(dir) = &args.wdir {
-        if !dir.is_dir() {
-            return Err(format!("--wdir {}: no such directory", dir.display()));
-        }
+        check_wdir(dir)?;
     }
     let timeout = match args.timeout {
         None => None,
-        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
-        Some(s) => return Err(format!("--timeout {s}: must be a positive number of seconds")),
+        Some(s) => seconds("--timeout", s, false)?,
+    };
+    let hang_report = seconds("--hang-report", args.hang_report, true)?;
+    let end_on_deadlock = match args.on_deadlock.as_str() {
+        "end" => true,
+        "report" => false,
+        other => return Err(format!("--on-deadlock {other:?}: expected \"end\" or \"report\"")),
+    };
+    let setting = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(name).ok())
+    };
+    let transport = match setting(env::TRANSPORT) {
+        Some(v) => TransportKind::parse(&v)?,
+        None => TransportKind::Shm,
+    };
+    let wait = match setting(env::WAIT) {
+        Some(v) => WaitMode::parse(&v)?,
+        None => None,
     };
     let mut command = args.command.into_iter();
     let Some(program) = command.next() else {
@@ -166,14 +249,34 @@ fn check(args: Args) -> Result<Options, String> {
     };
     let program = find_program(&program)?;
     Ok(Options {
-        ranks: args.ranks,
+        ranks,
         tag_output: args.tag_output,
         env,
         wdir: args.wdir,
         timeout,
+        hang_report,
+        end_on_deadlock,
+        settings: Settings {
+            transport,
+            wait: wait.unwrap_or(WaitMode::Spin),
+        },
+        wait_chosen: wait.is_some(),
         program,
         args: command.collect(),
     })
+}
+
+fn check_wdir(dir: &Path) -> Result<(), String> {
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("--wdir {shown}: no such directory")),
+        Err(e) => Err(format!("--wdir {shown}: {e}")),
+        Ok(m) if !m.is_dir() => Err(format!("--wdir {shown}: not a directory")),
+        Ok(_) => match std::fs::read_dir(dir) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("--wdir {shown}: {e}")),
+        },
+    }
 }
 
 fn parse_export(x: &str) -> Result<(String, String), String> {
@@ -189,8 +292,12 @@ fn parse_export(x: &str) -> Result<(String, String), String> {
             "-x {x:?}: expected VAR or VAR=VALUE with VAR made of letters, digits and _"
         ));
     }
-    if name.starts_with("SPMD_") {
-        return Err(format!("-x {name}: SPMD_ variables are set by spmdrun itself"));
+    if name.starts_with("SPMD_") && name != env::TRANSPORT && name != env::WAIT {
+        return Err(format!(
+            "-x {name}: SPMD_ variables are set by spmdrun itself (only {} and {} are user settings)",
+            env::TRANSPORT,
+            env::WAIT
+        ));
     }
     let value = match value {
         Some(v) => v,
@@ -212,10 +319,16 @@ fn find_program(program: &OsString) -> Result<PathBuf, String> {
         if !path.exists() {
             return Err(format!("cannot run {shown}: no such file"));
         }
+        if path.is_dir() {
+            return Err(format!("cannot run {shown}: it is a directory"));
+        }
         if !is_executable(path) {
             return Err(format!("cannot run {shown}: not an executable file"));
         }
         return std::path::absolute(path).map_err(|e| format!("cannot run {shown}: {e}"));
+    }
+    if shown.is_empty() {
+        return Err("the program name is empty".into());
     }
     let search = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&search) {
@@ -225,4 +338,40 @@ fn find_program(program: &OsString) -> Result<PathBuf, String> {
         }
     }
     Err(format!("cannot run {shown}: not found in PATH"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(args: &[&str]) -> String {
+        let mut argv = vec![OsString::from("spmdrun")];
+        argv.extend(args.iter().map(OsString::from));
+        match parse(argv) {
+            Parsed::Exit { text, code: 2 } => text,
+            Parsed::Exit { text, code } => panic!("{args:?}: status {code}: {text}"),
+            Parsed::Job(o) => panic!("{args:?}: accepted: {o:?}"),
+        }
+    }
+
+    #[test]
+    fn each_mistake_is_named_for_what_it_is() {
+        assert!(error(&["--tag-outptu", "-n", "2", "true"]).contains("--tag-outptu"));
+        assert!(error(&["-n", "3", "-np", "2", "true"]).contains("-n"));
+        assert!(!error(&["-n", "3", "-np", "2", "true"]).contains("PATH"));
+        assert!(error(&["-n", "2", "--wdir", "/etc/hostname", "true"]).contains("not a directory"));
+        assert!(error(&["-n", "2", "--on-deadlock", "x", "true"]).contains("--on-deadlock"));
+        assert!(error(&["-n", "2", "-x", "SPMD_TRANSPORT=tcp", "true"]).contains("SPMD_TRANSPORT"));
+    }
+
+    #[test]
+    fn attached_values_and_user_settings_are_accepted() {
+        let argv = ["spmdrun", "-n3", "-x", "SPMD_TRANSPORT=socket", "true", "-n", "x"];
+        let Parsed::Job(o) = parse(argv.iter().map(OsString::from).collect()) else {
+            panic!("refused");
+        };
+        assert_eq!(o.ranks, 3);
+        assert_eq!(o.settings.transport, TransportKind::Socket);
+        assert_eq!(o.args, ["-n", "x"]);
+    }
 }

@@ -1,94 +1,90 @@
-//! The life of one job in the launcher: start the ranks, hand out the table
-//! of cards, watch every rank, and end them all together when one fails.
+//! The life of one job in the launcher: start the ranks, answer them on
+//! their control channels and hand out the table of cards, forward their
+//! output, watch them, and end them all together when one fails. One
+//! thread does it all with one `poll` (two more write the output), however
+//! many ranks there are.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
 
 use spmd::auth::{Secret, random_bytes};
-use spmd::wire::{ControlMessage, LAUNCHER_ID};
+use spmd::wire::control::MAX_FDS_PER_MESSAGE;
+use spmd::wire::status::Page;
+use spmd::wire::{Channel, ControlMessage, LAUNCHER_ID, Settings, TransportKind, WaitMode};
 
 use crate::cli::Options;
-use crate::control_server::{ControlServer, Registration};
-use crate::output::{self, Stream};
-use crate::signals;
-use crate::spawn::{self, JobEnv};
+use crate::hang::{HangWatch, Verdict};
+use crate::jobdir::JobDir;
+use crate::output::{Stream, Writer};
+use crate::rank::{Pipe, Rank, Said};
+use crate::spawn::{self, JobEnv, Termination};
 
 /// How long a rank may take to die after it was asked to (SIGTERM).
 const GRACE: Duration = Duration::from_millis(200);
-/// How long to wait for a dead rank's control connection to close, so its
-/// last words (panic message, finalize) are known before judging it.
+/// How long to wait for a dead rank's control channel to close, so its last
+/// words (panic message, finalize) are known before judging it.
 const LAST_WORDS: Duration = Duration::from_secs(1);
-/// How long to wait for the last output after every rank has gone.
-const DRAIN: Duration = Duration::from_secs(2);
-
-/// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Termination {
-    Code(i32),
-    Signal(i32),
-}
-
-/// Everything the job's main loop reacts to.
-#[derive(Debug)]
-pub enum Event {
-    Exited { pid: i32, how: Termination },
-    Registered(Registration),
-    Finalized(usize),
-    Aborted { rank: usize, code: i32, message: String },
-    Panicked { rank: usize, message: String },
-    ControlClosed(usize),
-    Warning(String),
-    Signal(Signal),
-}
-
-#[derive(Debug, Default)]
-struct Rank {
-    pid: i32,
-    host: Option<String>,
-    exited: Option<Termination>,
-    exited_at: Option<Instant>,
-    judged: bool,
-    registration: Option<Registration>,
-    finalized: bool,
-    control_closed: bool,
-    panic: Option<String>,
-    abort: Option<(i32, String)>,
-}
-
-/// The first failure of a job: its exit status (its message is printed
-/// when it happens).
-struct Failure {
-    code: i32,
-}
+/// How often the status pages are read for hang reports.
+const HANG_LOOK: Duration = Duration::from_millis(500);
+/// How long spmdrun keeps killing what the job left before it gives up.
+const END_LIMIT: Duration = Duration::from_secs(10);
+/// The exit status of a job ended for a deadlock.
+pub const DEADLOCK: i32 = 125;
 
 struct Job {
     ranks: Vec<Rank>,
     by_pid: HashMap<i32, usize>,
-    failure: Option<Failure>,
+    /// The first failure's exit status.
+    failure: Option<i32>,
     kill_at: Option<Instant>,
     killed: bool,
     table_sent: bool,
+    secret: Secret,
+    settings: Settings,
+    /// The job's private directory, for the ranks' sockets (none over
+    /// shared memory, where nothing of the job has a name).
+    dir: Option<JobDir>,
+    out: Writer,
+    err: Writer,
+    hang: Option<HangWatch>,
+    end_on_deadlock: bool,
+    next_look: Instant,
+}
+
+/// The wait mode for `ranks` ranks on this machine, unless the user chose.
+fn wait_mode(opts: &Options) -> WaitMode {
+    if opts.wait_chosen {
+        return opts.settings.wait;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if opts.ranks <= cores {
+        WaitMode::Spin
+    } else {
+        WaitMode::Yield
+    }
 }
 
 /// Runs the job to its end and returns spmdrun's exit status.
-pub fn run(opts: Options) -> Result<i32, String> {
-    let (tx, rx) = mpsc::channel();
-    signals::watch(tx.clone());
+pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
+    spawn::become_subreaper()?;
+    let settings = Settings {
+        transport: opts.settings.transport,
+        wait: wait_mode(&opts),
+    };
+    if settings.transport == TransportKind::Shm && opts.ranks > 1 {
+        crate::memory::check_shared_memory(opts.ranks)?;
+    }
     let secret = Secret::random().map_err(|e| e.to_string())?;
     let mut job_bytes = [0u8; 8];
     random_bytes(&mut job_bytes).map_err(|e| e.to_string())?;
-    let job_id = u64::from_le_bytes(job_bytes);
-    let server = ControlServer::bind().map_err(|e| format!("cannot open the control listener: {e}"))?;
     let env = JobEnv {
-        job: job_id,
-        control: server.address().map_err(|e| e.to_string())?,
-        secret_hex: secret.to_hex(),
+        job: u64::from_le_bytes(job_bytes),
     };
-    server.serve(secret, job_id, opts.ranks, tx.clone());
-
     let mut job = Job {
         ranks: (0..opts.ranks).map(|_| Rank::default()).collect(),
         by_pid: HashMap::new(),
@@ -96,95 +92,100 @@ pub fn run(opts: Options) -> Result<i32, String> {
         kill_at: None,
         killed: false,
         table_sent: false,
+        secret,
+        settings,
+        dir: match settings.transport {
+            TransportKind::Socket => Some(JobDir::create()?),
+            TransportKind::Shm => None,
+        },
+        out: Writer::new(Stream::Stdout),
+        err: Writer::new(Stream::Stderr),
+        hang: opts.hang_report.map(|t| HangWatch::new(t, opts.ranks)),
+        end_on_deadlock: opts.end_on_deadlock,
+        next_look: Instant::now(),
     };
-    let (done_tx, done_rx) = mpsc::channel();
     for rank in 0..opts.ranks {
-        let mut child = match spawn::start_rank(&opts, &env, rank) {
-            Ok(c) => c,
-            Err(e) => {
-                job.fail(format!("cannot start rank {rank} ({}): {e}", opts.program.display()), 1);
-                break;
-            }
-        };
-        job.ranks[rank].pid = child.id() as i32;
-        job.by_pid.insert(child.id() as i32, rank);
-        if let Some(out) = child.stdout.take() {
-            output::forward(out, Stream::Stdout, rank, opts.tag_output, done_tx.clone());
-        }
-        if let Some(err) = child.stderr.take() {
-            output::forward(err, Stream::Stderr, rank, opts.tag_output, done_tx.clone());
+        if let Err(e) = job.start(&opts, &env, rank) {
+            job.fail(format!("cannot start rank {rank} ({}): {e}", opts.program.display()), 1);
+            break;
         }
     }
-    drop(done_tx);
-    let started = job.by_pid.len();
-    for r in job.ranks.iter_mut().skip(started) {
+    for r in job.ranks.iter_mut().filter(|r| r.pid == 0) {
         // Never started: nothing to wait for.
         r.exited = Some(Termination::Code(1));
         r.judged = true;
     }
-    spawn::watch_exits(tx);
-
     let deadline = opts.timeout.map(|t| (Instant::now() + t, t));
-    job.main_loop(&rx, deadline);
-
+    job.main_loop(&signals, deadline);
     // No process of the job outlives it, even one a rank left behind.
-    for r in &job.ranks {
-        if r.pid > 0 {
-            spawn::signal_group(r.pid, Signal::SIGKILL);
-        }
+    let pids: Vec<i32> = job.ranks.iter().map(|r| r.pid).filter(|p| *p > 0).collect();
+    spawn::end_all(&pids, END_LIMIT);
+    job.drain_output();
+    let code = job.failure.unwrap_or(0);
+    let Job { out, err, .. } = job;
+    let lost_out = out.finish();
+    let lost_err = err.finish();
+    if let Some((e, bytes)) = lost_out {
+        eprintln!("spmdrun: cannot write the ranks' output to standard output ({e}): {bytes} bytes were lost");
+        return Ok(if code == 0 { 1 } else { code });
     }
-    remove_segments(job_id);
-    let drain_until = Instant::now() + DRAIN;
-    while done_rx
-        .recv_timeout(drain_until.saturating_duration_since(Instant::now()))
-        .is_ok()
-    {}
-    Ok(job.failure.map_or(0, |f| f.code))
-}
-
-/// Removes whatever shared-memory segments the job left in /dev/shm (ranks
-/// unlink their own once every peer has mapped it, so this only finds
-/// something after a crash during start-up).
-fn remove_segments(job: u64) {
-    let prefix = spmd::wire::segment_prefix(job);
-    let Ok(dir) = std::fs::read_dir("/dev/shm") else { return };
-    for entry in dir.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = std::fs::remove_file(entry.path());
-        }
+    if lost_err.is_some() && code == 0 {
+        return Ok(1);
     }
+    Ok(code)
 }
 
 impl Job {
-    fn main_loop(&mut self, rx: &Receiver<Event>, deadline: Option<(Instant, Duration)>) {
+    fn start(&mut self, opts: &Options, env: &JobEnv, rank: usize) -> Result<(), String> {
+        let mut started = spawn::start_rank(opts, env, rank).map_err(|e| e.to_string())?;
+        let r = &mut self.ranks[rank];
+        r.pid = started.child.id() as i32;
+        self.by_pid.insert(r.pid, rank);
+        r.channel = Some(Channel::new(
+            started.channel,
+            LAUNCHER_ID,
+            rank as u32,
+            format!("rank {rank}"),
+        ));
+        if let Some(out) = started.child.stdout.take() {
+            r.stdout = Some(Pipe::stdout(out, rank, opts.tag_output).map_err(|e| e.to_string())?);
+        }
+        if let Some(err) = started.child.stderr.take() {
+            r.stderr = Some(Pipe::stderr(err, rank, opts.tag_output).map_err(|e| e.to_string())?);
+        }
+        Ok(())
+    }
+
+    fn main_loop(&mut self, signals: &SignalFd, deadline: Option<(Instant, Duration)>) {
         while !self.ranks.iter().all(|r| r.judged) {
-            let now = Instant::now();
-            let mut wake = self.kill_at;
-            if let Some((d, _)) = deadline {
-                wake = Some(wake.map_or(d, |w| w.min(d)));
+            let room = self.out.has_room() && self.err.has_room();
+            let timeout = self.next_wake(deadline, room);
+            let ready = self.wait(signals, timeout, room);
+            for sig in crate::signals::take(signals) {
+                self.on_signal(sig);
             }
-            let waiting = wake.map_or(Duration::from_secs(3600), |w| w.saturating_duration_since(now));
-            // Ranks that died with their control connection still open get a
-            // moment for their last words.
-            let waiting = if self.awaiting_last_words() {
-                waiting.min(Duration::from_millis(10))
-            } else {
-                waiting
-            };
-            match rx.recv_timeout(waiting) {
-                Ok(event) => self.handle(event),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            for (rank, what) in ready {
+                match what {
+                    Source::Channel => self.on_channel(rank),
+                    Source::Stdout => self.on_output(rank, Stream::Stdout),
+                    Source::Stderr => self.on_output(rank, Stream::Stderr),
+                }
             }
             let now = Instant::now();
             self.judge_ready(now);
             if let Some((d, t)) = deadline {
                 if now >= d && self.failure.is_none() {
+                    let lines = self.hang_lines();
                     self.fail(
                         format!("the job ran longer than --timeout {} s; ending it", t.as_secs_f64()),
                         124,
                     );
+                    self.say(&lines);
                 }
+            }
+            if now >= self.next_look {
+                self.next_look = now + HANG_LOOK;
+                self.look_for_hangs();
             }
             if self.kill_at.is_some_and(|k| now >= k) && !self.killed {
                 self.killed = true;
@@ -195,38 +196,271 @@ impl Job {
         }
     }
 
-    fn awaiting_last_words(&self) -> bool {
-        self.ranks
-            .iter()
-            .any(|r| !r.judged && r.exited.is_some() && r.registration.is_some() && !r.control_closed)
+    fn next_wake(&self, deadline: Option<(Instant, Duration)>, room: bool) -> Duration {
+        let now = Instant::now();
+        let mut wake = now + Duration::from_secs(3600);
+        if let Some(k) = self.kill_at {
+            wake = wake.min(k);
+        }
+        if let Some((d, _)) = deadline {
+            wake = wake.min(d);
+        }
+        if self.hang.is_some() {
+            wake = wake.min(self.next_look);
+        }
+        let mut left = wake.saturating_duration_since(now);
+        // Ranks that died with their channel open get a moment for their
+        // last words; full output queues are looked at again soon.
+        if self.awaiting_last_words() || !room {
+            left = left.min(Duration::from_millis(10));
+        }
+        left
     }
 
-    fn handle(&mut self, event: Event) {
-        match event {
-            Event::Exited { pid, how } => {
+    /// Polls every channel and pipe (pipes only while the output queues
+    /// have room) and the signals; returns what is ready.
+    fn wait(&self, signals: &SignalFd, timeout: Duration, room: bool) -> Vec<(usize, Source)> {
+        let mut fds: Vec<PollFd<'_>> = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let mut who = Vec::new();
+        for (rank, r) in self.ranks.iter().enumerate() {
+            let pipes = [(&r.stdout, Source::Stdout), (&r.stderr, Source::Stderr)];
+            let pipes = pipes
+                .into_iter()
+                .filter(|_| room)
+                .filter_map(|(p, w)| Some((p.as_ref()?.fd.as_fd(), w)));
+            for (fd, what) in r.channel.iter().map(|c| (c.as_fd(), Source::Channel)).chain(pipes) {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                who.push((rank, what));
+            }
+        }
+        let ms = timeout.as_millis().min(60_000) as i32;
+        let _ = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
+        fds[1..]
+            .iter()
+            .zip(who)
+            .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, w)| w)
+            .collect()
+    }
+
+    fn on_signal(&mut self, sig: Signal) {
+        if sig == Signal::SIGCHLD {
+            for (pid, how) in spawn::reap() {
                 if let Some(&rank) = self.by_pid.get(&pid) {
                     self.ranks[rank].exited = Some(how);
                     self.ranks[rank].exited_at = Some(Instant::now());
                 }
             }
-            Event::Registered(reg) => self.register(reg),
-            Event::Finalized(rank) => self.ranks[rank].finalized = true,
-            Event::Aborted { rank, code, message } => self.ranks[rank].abort = Some((code, message)),
-            Event::Panicked { rank, message } => {
-                self.ranks[rank].panic.get_or_insert(message);
+        } else if self.failure.is_none() {
+            self.fail(format!("received {}; ending the job", sig.as_str()), 128 + sig as i32);
+        }
+    }
+
+    /// Reads what rank `rank` said on its channel and acts on it.
+    fn on_channel(&mut self, rank: usize) {
+        let Some(channel) = self.ranks[rank].channel.as_mut() else {
+            return;
+        };
+        let open = match channel.read_available() {
+            Ok(open) => open,
+            Err(e) => return self.broke(rank, e.to_string()),
+        };
+        loop {
+            let Some(channel) = self.ranks[rank].channel.as_mut() else {
+                return;
+            };
+            let (msg, fds) = match channel.next_message() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => return self.broke(rank, e.to_string()),
+            };
+            let hello = matches!(msg, ControlMessage::Hello { .. });
+            match self.ranks[rank].hear(rank, msg, fds) {
+                Said::Nothing if hello => self.welcome(rank),
+                Said::Nothing => {}
+                Said::Registered => self.registered(rank),
+                Said::Broke(why) => return self.broke(rank, why),
             }
-            Event::ControlClosed(rank) => self.ranks[rank].control_closed = true,
-            Event::Warning(w) => eprintln!("spmdrun: warning: {w}"),
-            Event::Signal(sig) => {
-                if self.failure.is_none() {
-                    self.fail(format!("received {}; ending the job", sig.as_str()), 128 + sig as i32);
-                }
+        }
+        if !open {
+            let r = &mut self.ranks[rank];
+            r.channel = None;
+            r.control_closed = true;
+        }
+    }
+
+    /// A rank broke its channel's protocol: it is closed, and the job fails.
+    fn broke(&mut self, rank: usize, why: String) {
+        let r = &mut self.ranks[rank];
+        r.channel = None;
+        r.control_closed = true;
+        let who = r.describe(rank);
+        self.fail(format!("{who}: {why}; ending the job"), 1);
+    }
+
+    /// Answers a rank's Hello with the job's secret, its directory and
+    /// settings, and the rank's status page.
+    fn welcome(&mut self, rank: usize) {
+        let (page, fd) = match Page::create() {
+            Ok(p) => p,
+            Err(e) => return self.fail(format!("cannot make rank {rank}'s status page: {e}"), 1),
+        };
+        let msg = ControlMessage::Welcome {
+            secret: self.secret.clone(),
+            dir: self
+                .dir
+                .as_ref()
+                .map(|d| d.path().display().to_string())
+                .unwrap_or_default(),
+            settings: self.settings,
+        };
+        let r = &mut self.ranks[rank];
+        r.status = Some(page);
+        if let Some(channel) = r.channel.as_mut() {
+            if let Err(e) = channel.send(&msg, &[fd.as_fd()]) {
+                let who = r.describe(rank);
+                self.fail(format!("cannot answer {who}: {e}"), 1);
             }
         }
     }
-}
 
-impl Job {
+    fn registered(&mut self, rank: usize) {
+        if self.failure.is_none() {
+            let gone = self
+                .ranks
+                .iter()
+                .position(|r| r.judged && !r.hello && r.exited == Some(Termination::Code(0)));
+            if let Some(gone) = gone {
+                let who = self.ranks[gone].describe(gone);
+                self.fail(
+                    format!(
+                        "{who} exited without joining the job (it never called spmd::init) while other ranks wait \
+                         for it; ending the job"
+                    ),
+                    1,
+                );
+                return;
+            }
+        }
+        let _ = rank;
+        if !self.table_sent && self.ranks.iter().all(|r| r.registration.is_some()) {
+            self.send_table();
+        }
+    }
+
+    /// The one global fence of start-up: everybody's card to everybody, and
+    /// to each rank the segments of the other ranks of its node.
+    fn send_table(&mut self) {
+        self.table_sent = true;
+        let cards: Vec<_> = self
+            .ranks
+            .iter()
+            .filter_map(|r| r.registration.as_ref().map(|g| g.card.clone()))
+            .collect();
+        let n = self.ranks.len();
+        let table = ControlMessage::Table {
+            cards,
+            nodes: vec![0; n],
+        };
+        // The segments leave the registrations here and are closed once
+        // every rank has its copies.
+        let segments: Vec<(u32, OwnedFd)> = self
+            .ranks
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(r, g)| Some((r as u32, g.registration.as_mut()?.segment.take()?)))
+            .collect();
+        let mut broken = Vec::new();
+        for (rank, r) in self.ranks.iter_mut().enumerate() {
+            let Some(channel) = r.channel.as_mut() else { continue };
+            let theirs: Vec<&(u32, OwnedFd)> = segments.iter().filter(|(s, _)| *s as usize != rank).collect();
+            let mut result = channel.send(&table, &[]);
+            for batch in theirs.chunks(MAX_FDS_PER_MESSAGE) {
+                if result.is_err() {
+                    break;
+                }
+                let msg = ControlMessage::Segments {
+                    ranks: batch.iter().map(|(r, _)| *r).collect(),
+                };
+                let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|(_, fd)| fd.as_fd()).collect();
+                result = channel.send(&msg, &fds);
+            }
+            if let Err(e) = result {
+                broken.push((rank, e.to_string()));
+            }
+        }
+        if let Some((rank, e)) = broken.into_iter().next() {
+            let who = self.ranks[rank].describe(rank);
+            self.fail(format!("cannot send the table to {who}: {e}"), 1);
+        }
+    }
+
+    fn on_output(&mut self, rank: usize, stream: Stream) {
+        let r = &mut self.ranks[rank];
+        let pipe = match stream {
+            Stream::Stdout => &mut r.stdout,
+            Stream::Stderr => &mut r.stderr,
+        };
+        let Some(p) = pipe.as_mut() else { return };
+        let lines = match p.read() {
+            Some(bytes) => p.cutter.feed(&bytes),
+            None => {
+                let rest = p.cutter.end();
+                if stream == Stream::Stderr {
+                    r.last_words = p.cutter.last_line.clone();
+                }
+                *pipe = None;
+                rest
+            }
+        };
+        if stream == Stream::Stderr {
+            if let Some(p) = &r.stderr {
+                r.last_words = p.cutter.last_line.clone();
+            }
+        }
+        if !lines.is_empty() {
+            match stream {
+                Stream::Stdout => self.out.push(lines),
+                Stream::Stderr => self.err.push(lines),
+            }
+        }
+    }
+
+    /// Reads every pipe to its end (every process of the job is gone).
+    fn drain_output(&mut self) {
+        let limit = Instant::now() + END_LIMIT;
+        while self.ranks.iter().any(|r| r.stdout.is_some() || r.stderr.is_some()) && Instant::now() < limit {
+            let mut fds = Vec::new();
+            let mut who = Vec::new();
+            for (rank, r) in self.ranks.iter().enumerate() {
+                if let Some(p) = &r.stdout {
+                    fds.push(PollFd::new(p.fd.as_fd(), PollFlags::POLLIN));
+                    who.push((rank, Stream::Stdout));
+                }
+                if let Some(p) = &r.stderr {
+                    fds.push(PollFd::new(p.fd.as_fd(), PollFlags::POLLIN));
+                    who.push((rank, Stream::Stderr));
+                }
+            }
+            let _ = poll(&mut fds, PollTimeout::from(100u16));
+            let ready: Vec<(usize, Stream)> = fds
+                .iter()
+                .zip(who)
+                .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(_, w)| w)
+                .collect();
+            for (rank, stream) in ready {
+                self.on_output(rank, stream);
+            }
+        }
+    }
+
+    fn awaiting_last_words(&self) -> bool {
+        self.ranks
+            .iter()
+            .any(|r| !r.judged && r.exited.is_some() && r.listening())
+    }
+
     /// Judges every rank that has exited and whose last words are in (or
     /// will not come).
     fn judge_ready(&mut self, now: Instant) {
@@ -238,9 +472,15 @@ impl Job {
             if r.judged || r.exited.is_none() {
                 continue;
             }
-            let listening = r.registration.is_some() && !r.control_closed;
-            if listening && r.exited_at.is_some_and(|t| now < t + LAST_WORDS) {
+            if r.listening() && r.exited_at.is_some_and(|t| now < t + LAST_WORDS) {
                 continue;
+            }
+            // Its last line on stderr may still be in the pipe.
+            if r.stderr.is_some() && r.exited_at.is_some_and(|t| now < t + LAST_WORDS) {
+                self.on_output(rank, Stream::Stderr);
+                if self.ranks[rank].stderr.is_some() {
+                    continue;
+                }
             }
             self.judge(rank);
         }
@@ -252,116 +492,53 @@ impl Job {
         if self.failure.is_some() {
             return;
         }
-        let who = self.describe(rank);
-        let r = &self.ranks[rank];
-        let others_running = self
-            .ranks
-            .iter()
-            .enumerate()
-            .any(|(i, o)| i != rank && o.exited.is_none());
-        let others_joined = self
-            .ranks
-            .iter()
-            .enumerate()
-            .any(|(i, o)| i != rank && o.registration.is_some());
-        let verdict = match (&r.abort, r.exited) {
-            (Some((code, message)), _) => {
-                let why = if message.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {message}")
-                };
-                Some((format!("{who} called abort({code}){why}"), *code))
-            }
-            (None, Some(Termination::Signal(sig))) => {
-                let name = Signal::try_from(sig).map_or("unknown", |s| s.as_str());
-                Some((format!("{who} was killed by signal {sig} ({name})"), 128 + sig))
-            }
-            (None, Some(Termination::Code(code))) if code != 0 => match &r.panic {
-                Some(p) => {
-                    // One line, even for a multi-line panic message.
-                    let p: Vec<&str> = p.split_whitespace().collect();
-                    Some((format!("{who} panicked: {}", p.join(" ")), code))
-                }
-                None => Some((format!("{who} exited with code {code}"), code)),
-            },
-            (None, _) if r.registration.is_some() && !r.finalized && others_running => Some((
-                format!("{who} exited without calling finalize while other ranks were still running"),
-                1,
-            )),
-            (None, _) if r.registration.is_none() && others_joined => Some((
-                format!(
-                    "{who} exited without joining the job (it never called spmd::init) while other ranks wait for it"
-                ),
-                1,
-            )),
-            _ => None,
-        };
-        if let Some((message, code)) = verdict {
+        let others = |f: &dyn Fn(&Rank) -> bool| self.ranks.iter().enumerate().any(|(i, o)| i != rank && f(o));
+        let others_running = others(&|o| o.exited.is_none());
+        let others_joined = others(&|o| o.hello);
+        if let Some((message, code)) = self.ranks[rank].verdict(rank, others_running, others_joined) {
             self.fail(format!("{message}; ending the job"), code);
         }
     }
 
-    fn describe(&self, rank: usize) -> String {
-        let r = &self.ranks[rank];
-        match &r.host {
-            Some(h) => format!("rank {rank} (pid {} on {h})", r.pid),
-            None => format!("rank {rank} (pid {})", r.pid),
+    fn hang_lines(&mut self) -> Vec<String> {
+        match self.hang.as_mut() {
+            Some(h) => h.describe_now(&self.ranks),
+            None => HangWatch::new(Duration::ZERO, self.ranks.len()).describe_now(&self.ranks),
         }
     }
 
-    fn register(&mut self, reg: Registration) {
-        let rank = reg.rank;
-        if self.ranks[rank].registration.is_some() {
-            eprintln!("spmdrun: warning: rank {rank} registered twice; ignoring the second");
+    fn look_for_hangs(&mut self) {
+        if self.failure.is_some() {
             return;
         }
-        if reg.pid as i32 != self.ranks[rank].pid {
-            eprintln!(
-                "spmdrun: warning: rank {rank} registered from pid {}, but spmdrun started pid {}",
-                reg.pid, self.ranks[rank].pid
-            );
-        }
-        self.ranks[rank].host = Some(reg.host.clone());
-        self.ranks[rank].registration = Some(reg);
-        if self.failure.is_none() {
-            let gone = self
-                .ranks
-                .iter()
-                .position(|r| r.judged && r.registration.is_none() && r.exited == Some(Termination::Code(0)));
-            if let Some(gone) = gone {
-                let who = self.describe(gone);
-                self.fail(
-                    format!("{who} exited without joining the job (it never called spmd::init) while other ranks wait for it; ending the job"),
-                    1,
-                );
-                return;
-            }
-        }
-        if !self.table_sent && self.ranks.iter().all(|r| r.registration.is_some()) {
-            self.send_table();
-        }
-    }
-
-    /// The one global fence of start-up: everybody's card to everybody.
-    fn send_table(&mut self) {
-        self.table_sent = true;
-        let cards = self
-            .ranks
-            .iter()
-            .filter_map(|r| r.registration.as_ref().map(|g| g.card.clone()))
-            .collect();
-        let table = ControlMessage::Table {
-            cards,
-            nodes: vec![0; self.ranks.len()],
-        };
-        for (rank, r) in self.ranks.iter_mut().enumerate() {
-            if let Some(reg) = r.registration.as_mut() {
-                if let Err(e) = table.send(&mut reg.stream, LAUNCHER_ID, &format!("rank {rank}")) {
-                    eprintln!("spmdrun: warning: cannot send the table to rank {rank}: {e}");
+        let Some(watch) = self.hang.as_mut() else { return };
+        match watch.look(&self.ranks) {
+            None => {}
+            Some(Verdict::Report(lines)) => self.say(&lines),
+            Some(Verdict::Deadlock(lines)) => {
+                if self.end_on_deadlock {
+                    let (first, rest) = lines
+                        .split_first()
+                        .map_or((String::new(), &[][..]), |(f, r)| (f.clone(), r));
+                    self.fail(format!("{first}; ending the job"), DEADLOCK);
+                    self.say(rest);
+                } else {
+                    self.say(&lines);
+                    self.hang = None;
                 }
             }
         }
+    }
+
+    /// Prints lines on standard error, each marked as spmdrun's.
+    fn say(&self, lines: &[String]) {
+        let mut text = String::new();
+        for l in lines {
+            text.push_str("spmdrun: ");
+            text.push_str(l);
+            text.push('\n');
+        }
+        self.err.push(text.into_bytes());
     }
 
     /// Records the first failure, reports it, and asks every rank still
@@ -370,11 +547,19 @@ impl Job {
         if self.failure.is_some() {
             return;
         }
-        eprintln!("spmdrun: {message}");
-        self.failure = Some(Failure { code });
+        self.say(&[message]);
+        self.failure = Some(code);
         for r in self.ranks.iter().filter(|r| r.exited.is_none() && r.pid > 0) {
             spawn::signal_group(r.pid, Signal::SIGTERM);
         }
         self.kill_at = Some(Instant::now() + GRACE);
     }
+}
+
+/// What a ready descriptor in the loop belongs to.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Channel,
+    Stdout,
+    Stderr,
 }

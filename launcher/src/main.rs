@@ -1,20 +1,17 @@
 //! `spmdrun`: starts the ranks of an spmd job and ends them together.
 
-mod cli;
-mod control_server;
-mod hostfile;
-mod job;
-mod output;
-mod signals;
-mod spawn;
+use spmdrun::{cli, job, signals};
 
 fn main() {
     // Before any thread starts, so that every thread inherits the mask and
-    // only the signal thread sees SIGINT/SIGTERM/SIGHUP.
-    if let Err(e) = signals::block() {
-        eprintln!("spmdrun: {e}");
-        std::process::exit(1);
-    }
+    // the signals are only read from their descriptor.
+    let signals = match signals::open() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("spmdrun: {e}");
+            std::process::exit(1);
+        }
+    };
     let options = match cli::parse(std::env::args_os().collect()) {
         cli::Parsed::Job(o) => o,
         cli::Parsed::Exit { text, code } => {
@@ -26,7 +23,7 @@ fn main() {
             std::process::exit(code);
         }
     };
-    match job::run(options) {
+    match job::run(options, signals) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("spmdrun: {e}");

@@ -1,38 +1,36 @@
-//! Turns SIGINT, SIGTERM and SIGHUP sent to spmdrun into job events, so the
-//! job ends the same way as when a rank fails.
-
-use std::sync::mpsc::Sender;
-use std::thread;
+//! The signals spmdrun reacts to, read from a descriptor in its event loop:
+//! SIGINT, SIGTERM and SIGHUP end the job as a failing rank would; SIGCHLD
+//! says a child has ended.
 
 use nix::sys::signal::{SigSet, Signal};
-
-use crate::job::Event;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 fn watched() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGHUP);
+    set.add(Signal::SIGCHLD);
     set
 }
 
-/// Blocks the watched signals in this thread (call it before any other
-/// thread starts, so every thread inherits the mask) and returns the set.
-/// Children get an empty mask back when they are spawned.
-pub fn block() -> Result<(), String> {
-    watched()
-        .thread_block()
-        .map_err(|e| format!("cannot block signals: {e}"))
+/// Blocks the watched signals (call it before any other thread starts, so
+/// every thread inherits the mask) and returns a descriptor to read them
+/// from. Children get an empty mask back when they are spawned.
+pub fn open() -> Result<SignalFd, String> {
+    let set = watched();
+    set.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("cannot watch signals: {e}"))
 }
 
-/// Waits for the watched signals on a thread and reports each one.
-pub fn watch(events: Sender<Event>) {
-    thread::spawn(move || {
-        let set = watched();
-        while let Ok(sig) = set.wait() {
-            if events.send(Event::Signal(sig)).is_err() {
-                break;
-            }
+/// The signals that arrived since the last call.
+pub fn take(fd: &SignalFd) -> Vec<Signal> {
+    let mut got = Vec::new();
+    while let Ok(Some(info)) = fd.read_signal() {
+        if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+            got.push(sig);
         }
-    });
+    }
+    got
 }

@@ -1,31 +1,58 @@
-//! Starting the ranks as children, each in its own process group, and
-//! reporting their exits.
+//! Starting the ranks as children, each in its own process group with its
+//! own control channel (a socket pair whose other end spmdrun keeps), and
+//! making sure that no process of the job outlives it: spmdrun is a child
+//! subreaper, so every descendant a rank leaves behind becomes spmdrun's
+//! child, and is ended with the job.
 
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Sender;
-use std::thread;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, killpg};
-use nix::sys::wait::{WaitStatus, waitpid};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use spmd::wire::env;
 
 use crate::cli::Options;
-use crate::job::{Event, Termination};
 
 /// What every rank of a job shares in its environment.
 pub struct JobEnv {
     pub job: u64,
-    pub control: String,
-    pub secret_hex: String,
 }
 
-/// Starts rank `rank` of the job. Its stdin is spmdrun's for rank 0 and
-/// empty for the others; its stdout and stderr are pipes to forward.
-pub fn start_rank(opts: &Options, job: &JobEnv, rank: usize) -> std::io::Result<Child> {
+/// A started rank: the process, and spmdrun's end of its control channel.
+pub struct Started {
+    pub child: Child,
+    pub channel: OwnedFd,
+}
+
+/// Makes spmdrun the reaper of every orphan among its descendants.
+pub fn become_subreaper() -> Result<(), String> {
+    // SAFETY: a plain prctl with integer arguments.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "cannot become the reaper of the job's processes: {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+/// Starts rank `rank` of `ranks` on a node of `local` ranks. Its stdin is
+/// spmdrun's for rank 0 and empty for the others; its stdout and stderr are
+/// pipes to forward; its control channel is inherited, named in its
+/// environment together with spmdrun's pid.
+pub fn start_rank(opts: &Options, job: &JobEnv, rank: usize) -> std::io::Result<Started> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let theirs = OwnedFd::from(theirs);
+    let fd = theirs.as_raw_fd();
+    let launcher = nix::unistd::getpid();
     let mut cmd = Command::new(&opts.program);
     cmd.args(&opts.args)
         .envs(opts.env.iter().map(|(k, v)| (k, v)))
@@ -35,8 +62,7 @@ pub fn start_rank(opts: &Options, job: &JobEnv, rank: usize) -> std::io::Result<
         .env(env::LOCAL_SIZE, opts.ranks.to_string())
         .env(env::NODE, "0")
         .env(env::JOB, format!("{:016x}", job.job))
-        .env(env::CONTROL, &job.control)
-        .env(env::SECRET, &job.secret_hex)
+        .env(env::CONTROL, format!("fd:{fd}:{launcher}"))
         .stdin(if rank == 0 { Stdio::inherit() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -44,51 +70,110 @@ pub fn start_rank(opts: &Options, job: &JobEnv, rank: usize) -> std::io::Result<
     if let Some(dir) = &opts.wdir {
         cmd.current_dir(dir);
     }
-    let launcher = nix::unistd::getpid();
     // SAFETY: the closure runs in the child between fork and exec and only
-    // makes async-signal-safe system calls (sigprocmask, prctl, getppid).
+    // makes async-signal-safe system calls (sigprocmask, prctl, getppid,
+    // fcntl).
     unsafe {
         cmd.pre_exec(move || {
-            // spmdrun blocks SIGINT/SIGTERM/SIGHUP for its signal thread;
-            // the rank must start with none blocked, or it could not be
-            // asked to stop.
+            // spmdrun blocks the signals it waits for; the rank must start
+            // with none blocked, or it could not be asked to stop.
             nix::sys::signal::SigSet::empty().thread_set_mask()?;
             // If spmdrun dies, even by SIGKILL, the rank dies with it.
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             if nix::unistd::getppid() != launcher {
                 return Err(std::io::Error::other("spmdrun exited while starting the rank"));
             }
+            // The rank's end of its channel is the one descriptor it keeps
+            // across exec (all of spmdrun's are close-on-exec).
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
-    cmd.spawn()
+    let child = cmd.spawn()?;
+    drop(theirs);
+    ours.set_nonblocking(true)?;
+    Ok(Started {
+        child,
+        channel: OwnedFd::from(ours),
+    })
 }
 
-/// Reaps every child of spmdrun on a thread and reports each exit.
-pub fn watch_exits(events: Sender<Event>) {
-    thread::spawn(move || {
-        loop {
-            match waitpid(None::<Pid>, None) {
-                Ok(WaitStatus::Exited(pid, code)) => {
-                    let _ = events.send(Event::Exited {
-                        pid: pid.as_raw(),
-                        how: Termination::Code(code),
-                    });
-                }
-                Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    let _ = events.send(Event::Exited {
-                        pid: pid.as_raw(),
-                        how: Termination::Signal(sig as i32),
-                    });
-                }
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(_) => break,
-            }
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Termination {
+    Code(i32),
+    Signal(i32),
+}
+
+/// Reaps every child that has ended, without waiting: ranks and the orphans
+/// spmdrun inherited as their reaper.
+pub fn reap() -> Vec<(i32, Termination)> {
+    let mut ended = Vec::new();
+    loop {
+        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => ended.push((pid.as_raw(), Termination::Code(code))),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => ended.push((pid.as_raw(), Termination::Signal(sig as i32))),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return ended,
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return ended,
         }
-    });
+    }
 }
 
 /// Sends `sig` to the process group of a rank; a group that is gone is fine.
 pub fn signal_group(pid: i32, sig: Signal) {
     let _ = killpg(Pid::from_raw(pid), sig);
+}
+
+/// The pids of spmdrun's living children (ranks, and the orphans of the
+/// job it has inherited).
+fn children() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The parent pid is the second field after the parenthesised name.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if parent == Some(me) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Ends every process the job left: the ranks' process groups, then every
+/// child spmdrun still has (orphans the ranks left behind, even in sessions
+/// of their own), over and over, since killing one makes its own children
+/// spmdrun's, until none is left or `limit` passes. Returns what it reaped.
+pub fn end_all(rank_pids: &[i32], limit: Duration) -> Vec<(i32, Termination)> {
+    for &pid in rank_pids {
+        signal_group(pid, Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + limit;
+    let mut reaped = reap();
+    loop {
+        let living = children();
+        if living.is_empty() || Instant::now() >= deadline {
+            return reaped;
+        }
+        for pid in living {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        reaped.extend(reap());
+    }
 }

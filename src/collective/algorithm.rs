@@ -4,21 +4,24 @@
 //! scatter/gather, and pairwise all-to-all.
 //!
 //! Every message travels in the collective context with a tag made of the
-//! operation and the round, so collectives never match user receives and
-//! rounds never match each other.
+//! step and the round, so collectives never match user receives and rounds
+//! never match each other, and with its call's number and signature (see
+//! [`super::call`]), so that a message of another call is recognised.
 
 use bytemuck::Pod;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
-use crate::matching::{Envelope, Selector};
 use crate::message;
 use crate::progress::Sent;
-use crate::wire::{Context, Kind};
 use crate::world::World;
 
-/// Which collective a message belongs to (the high byte of its tag).
+use super::call::Call;
+
+/// Which step of an algorithm a message belongs to (the high byte of its
+/// tag).
 #[derive(Debug, Clone, Copy)]
 #[repr(u32)]
 pub(crate) enum Step {
@@ -31,6 +34,8 @@ pub(crate) enum Step {
     Scatter = 7,
     Alltoall = 8,
     Ring = 9,
+    /// The agreement on lengths that starts a large collective.
+    Agree = 10,
 }
 
 pub(crate) fn tag(step: Step, round: u32) -> u32 {
@@ -38,7 +43,12 @@ pub(crate) fn tag(step: Step, round: u32) -> u32 {
 }
 
 /// A message body: its format and bytes.
-pub(crate) type Body = (Kind, Vec<u8>);
+pub(crate) type Body = (Format, Vec<u8>);
+
+/// An empty body (a barrier's message, a missing part).
+fn empty() -> Body {
+    (Format::Serde, Vec::new())
+}
 
 /// Turns values into message bodies and back.
 pub(crate) trait Codec<T> {
@@ -67,35 +77,48 @@ pub(crate) struct PodCodec;
 
 impl<E: Pod> Codec<Vec<E>> for PodCodec {
     fn encode(&self, value: &Vec<E>) -> Result<Body> {
-        Ok((Kind::Raw, message::pod_copy(value)))
+        Ok((message::raw::<E>(), message::pod_copy(value)))
     }
     fn decode(&self, env: &Envelope) -> Result<Vec<E>> {
         message::to_vec(env)
     }
 }
 
-/// Raw bytes (of plain numbers) as they are: the payload buffer is taken,
-/// not copied.
-pub(crate) struct RawCodec;
+/// The raw bytes of plain numbers of the type `format` names, as they
+/// are: the payload buffer is taken, not copied.
+pub(crate) struct RawCodec(pub Format);
+
+impl RawCodec {
+    fn check(&self, env: &Envelope) -> Result<()> {
+        if env.format == self.0 {
+            return Ok(());
+        }
+        Err(Error::CollectiveMismatch {
+            detail: format!(
+                "rank {} passed elements of another type ({:?}) than this rank ({:?})",
+                env.source, env.format, self.0
+            ),
+        })
+    }
+}
 
 impl Codec<Vec<u8>> for RawCodec {
     fn encode(&self, value: &Vec<u8>) -> Result<Body> {
-        Ok((Kind::Raw, crate::pool::copy_of(value)))
+        Ok((self.0, crate::pool::copy_of(value)))
     }
     fn decode(&self, env: &Envelope) -> Result<Vec<u8>> {
-        message::to_vec::<u8>(env)
+        self.check(env)?;
+        Ok(crate::pool::copy_of(&env.payload))
     }
     fn decode_owned(&self, mut env: Envelope) -> Result<Vec<u8>> {
-        if env.kind != Kind::Raw {
-            return self.decode(&env);
-        }
+        self.check(&env)?;
         Ok(std::mem::take(&mut env.payload))
     }
 }
 
 /// A body this rank keeps for itself, as if it had arrived from `source`.
 pub(crate) fn own_envelope(source: usize, body: Body) -> Envelope {
-    Envelope::new(source, 0, Context::Collective, body.0, body.1)
+    Envelope::new(source, 0, crate::wire::Context::WORLD_COLLECTIVE, body.0, body.1)
 }
 
 /// How two values combine: `(lower, upper)` in rank order, by value so an
@@ -103,12 +126,12 @@ pub(crate) fn own_envelope(source: usize, body: Body) -> Envelope {
 pub(crate) type Combine<'a, T> = dyn Fn(T, T) -> Result<T> + 'a;
 
 impl World {
-    fn coll_send(&self, dest: usize, tag: u32, body: Body) -> Result<Sent> {
-        self.post_send(dest, Context::Collective, tag, body.0, body.1)
+    fn coll_send(&self, call: &Call, dest: usize, tag: u32, body: Body) -> Result<Sent> {
+        self.call_send(call, dest, tag, body)
     }
 
-    fn coll_receive(&self, source: usize, tag: u32) -> Result<Envelope> {
-        self.receive_envelope(Selector::collective(source, tag), None, None)
+    fn coll_receive(&self, call: &Call, source: usize, tag: u32) -> Result<Envelope> {
+        self.call_receive(call, source, tag)
     }
 
     fn wait_sends(&self, sends: Vec<(Sent, usize)>) -> Result<()> {
@@ -120,13 +143,13 @@ impl World {
     }
 
     /// Dissemination barrier: ⌈log2 n⌉ rounds of empty messages.
-    pub(crate) fn barrier_impl(&self) -> Result<()> {
+    pub(crate) fn barrier_messages(&self, call: &Call) -> Result<()> {
         let (n, r) = (self.size(), self.rank());
         let mut distance = 1;
         let mut round = 0;
         while distance < n {
-            let sent = self.coll_send((r + distance) % n, tag(Step::Barrier, round), (Kind::Raw, Vec::new()))?;
-            self.coll_receive((r + n - distance) % n, tag(Step::Barrier, round))?;
+            let sent = self.coll_send(call, (r + distance) % n, tag(Step::Barrier, round), empty())?;
+            self.coll_receive(call, (r + n - distance) % n, tag(Step::Barrier, round))?;
             self.wait_sends(vec![(sent, (r + distance) % n)])?;
             distance *= 2;
             round += 1;
@@ -135,7 +158,7 @@ impl World {
     }
 
     /// Binomial-tree broadcast of a body from `root`; every rank returns it.
-    pub(crate) fn broadcast_body(&self, body: Option<Body>, root: usize) -> Result<Body> {
+    pub(crate) fn broadcast_body(&self, call: &Call, body: Option<Body>, root: usize) -> Result<Body> {
         self.check_rank(root)?;
         let (n, r) = (self.size(), self.rank());
         let vr = (r + n - root) % n;
@@ -143,9 +166,9 @@ impl World {
         let mut mask = 1;
         while mask < n {
             if vr & mask != 0 {
-                let env = self.coll_receive((vr - mask + root) % n, tag(Step::Broadcast, 0))?;
+                let env = self.coll_receive(call, (vr - mask + root) % n, tag(Step::Broadcast, 0))?;
                 let mut env = env;
-                body = Some((env.kind, std::mem::take(&mut env.payload)));
+                body = Some((env.format, std::mem::take(&mut env.payload)));
                 break;
             }
             mask <<= 1;
@@ -158,7 +181,10 @@ impl World {
         while mask > 0 {
             if vr + mask < n {
                 let child = (vr + mask + root) % n;
-                sends.push((self.coll_send(child, tag(Step::Broadcast, 0), body.clone())?, child));
+                sends.push((
+                    self.coll_send(call, child, tag(Step::Broadcast, 0), body.clone())?,
+                    child,
+                ));
             }
             mask >>= 1;
         }
@@ -166,9 +192,40 @@ impl World {
         Ok(body)
     }
 
-    /// Binomial-tree reduction to `root`; `Some` on the root only.
+    /// Reduction to `root`; `Some` on the root only. With `in_rank_order`
+    /// (an operator that may not commute), values combine in rank order
+    /// 0, 1, ... whatever the root: a tree to rank 0, then one hop to the
+    /// root; otherwise a tree rooted at `root`.
     pub(crate) fn reduce_value<T>(
         &self,
+        call: &Call,
+        codec: &dyn Codec<T>,
+        value: T,
+        combine: &Combine<'_, T>,
+        root: usize,
+        in_rank_order: bool,
+    ) -> Result<Option<T>> {
+        if !in_rank_order || root == 0 {
+            return self.reduce_tree(call, codec, value, combine, root);
+        }
+        let at_zero = self.reduce_tree(call, codec, value, combine, 0)?;
+        let hop = tag(Step::Reduce, 1);
+        if let Some(result) = at_zero {
+            let sent = self.coll_send(call, root, hop, codec.encode(&result)?)?;
+            self.wait_sends(vec![(sent, root)])?;
+            return Ok(None);
+        }
+        if self.rank() == root {
+            return codec.decode_owned(self.coll_receive(call, 0, hop)?).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Binomial-tree reduction to `root`, combining in rank order from the
+    /// root; `Some` on the root only.
+    fn reduce_tree<T>(
+        &self,
+        call: &Call,
         codec: &dyn Codec<T>,
         value: T,
         combine: &Combine<'_, T>,
@@ -183,12 +240,12 @@ impl World {
             if vr & mask == 0 {
                 let child = vr | mask;
                 if child < n {
-                    let env = self.coll_receive((child + root) % n, tag(Step::Reduce, 0))?;
+                    let env = self.coll_receive(call, (child + root) % n, tag(Step::Reduce, 0))?;
                     acc = combine(acc, codec.decode_owned(env)?)?;
                 }
             } else {
                 let parent = (vr & !mask) + root;
-                let sent = self.coll_send(parent % n, tag(Step::Reduce, 0), codec.encode(&acc)?)?;
+                let sent = self.coll_send(call, parent % n, tag(Step::Reduce, 0), codec.encode(&acc)?)?;
                 self.wait_sends(vec![(sent, parent % n)])?;
                 return Ok(None);
             }
@@ -200,7 +257,14 @@ impl World {
     /// Recursive-doubling allreduce. Ranks beyond the largest power of two
     /// first fold into a partner. Both partners of a round combine the same
     /// two values in the same order, so every rank ends with identical bits.
-    pub(crate) fn allreduce_value<T>(&self, codec: &dyn Codec<T>, value: T, combine: &Combine<'_, T>) -> Result<T> {
+    pub(crate) fn allreduce_value<T>(
+        &self,
+        call: &Call,
+        step: Step,
+        codec: &dyn Codec<T>,
+        value: T,
+        combine: &Combine<'_, T>,
+    ) -> Result<T> {
         let (n, r) = (self.size(), self.rank());
         let pof2 = if n.is_power_of_two() {
             n
@@ -208,18 +272,18 @@ impl World {
             n.next_power_of_two() / 2
         };
         let extra = n - pof2;
-        let t = |round| tag(Step::Allreduce, round);
+        let t = |round| tag(step, round);
         let mut acc = value;
         // Fold: among the first 2*extra ranks, even ones hand their value to
         // the next odd one and wait for the result.
         let virtual_rank = if r < 2 * extra {
             if r % 2 == 0 {
-                let sent = self.coll_send(r + 1, t(0), codec.encode(&acc)?)?;
+                let sent = self.coll_send(call, r + 1, t(0), codec.encode(&acc)?)?;
                 self.wait_sends(vec![(sent, r + 1)])?;
-                let env = self.coll_receive(r + 1, t(0xff_ffff))?;
+                let env = self.coll_receive(call, r + 1, t(0xff_ffff))?;
                 return codec.decode_owned(env);
             }
-            let env = self.coll_receive(r - 1, t(0))?;
+            let env = self.coll_receive(call, r - 1, t(0))?;
             acc = combine(codec.decode_owned(env)?, acc)?;
             r / 2
         } else {
@@ -230,8 +294,8 @@ impl World {
         let mut round = 1;
         while mask < pof2 {
             let partner = real(virtual_rank ^ mask);
-            let sent = self.coll_send(partner, t(round), codec.encode(&acc)?)?;
-            let other = codec.decode_owned(self.coll_receive(partner, t(round))?)?;
+            let sent = self.coll_send(call, partner, t(round), codec.encode(&acc)?)?;
+            let other = codec.decode_owned(self.coll_receive(call, partner, t(round))?)?;
             acc = if partner < r {
                 combine(other, acc)?
             } else {
@@ -242,14 +306,20 @@ impl World {
             round += 1;
         }
         if r < 2 * extra {
-            let sent = self.coll_send(r - 1, t(0xff_ffff), codec.encode(&acc)?)?;
+            let sent = self.coll_send(call, r - 1, t(0xff_ffff), codec.encode(&acc)?)?;
             self.wait_sends(vec![(sent, r - 1)])?;
         }
         Ok(acc)
     }
 
     /// Inclusive prefix reduction by recursive doubling (Hillis–Steele).
-    pub(crate) fn scan_value<T>(&self, codec: &dyn Codec<T>, value: T, combine: &Combine<'_, T>) -> Result<T> {
+    pub(crate) fn scan_value<T>(
+        &self,
+        call: &Call,
+        codec: &dyn Codec<T>,
+        value: T,
+        combine: &Combine<'_, T>,
+    ) -> Result<T> {
         let (n, r) = (self.size(), self.rank());
         let mut acc = value;
         let mut distance = 1;
@@ -258,12 +328,12 @@ impl World {
             let mut sends = Vec::new();
             if r + distance < n {
                 sends.push((
-                    self.coll_send(r + distance, tag(Step::Scan, round), codec.encode(&acc)?)?,
+                    self.coll_send(call, r + distance, tag(Step::Scan, round), codec.encode(&acc)?)?,
                     r + distance,
                 ));
             }
             if r >= distance {
-                let env = self.coll_receive(r - distance, tag(Step::Scan, round))?;
+                let env = self.coll_receive(call, r - distance, tag(Step::Scan, round))?;
                 acc = combine(codec.decode_owned(env)?, acc)?;
             }
             self.wait_sends(sends)?;
@@ -274,11 +344,11 @@ impl World {
     }
 
     /// Every rank's body, in rank order, on `root`.
-    pub(crate) fn gather_bodies(&self, body: Body, root: usize) -> Result<Option<Vec<Envelope>>> {
+    pub(crate) fn gather_bodies(&self, call: &Call, body: Body, root: usize) -> Result<Option<Vec<Envelope>>> {
         self.check_rank(root)?;
         let r = self.rank();
         if r != root {
-            let sent = self.coll_send(root, tag(Step::Gather, 0), body)?;
+            let sent = self.coll_send(call, root, tag(Step::Gather, 0), body)?;
             self.wait_sends(vec![(sent, root)])?;
             return Ok(None);
         }
@@ -286,20 +356,20 @@ impl World {
         let mut out = Vec::with_capacity(self.size());
         for source in 0..self.size() {
             if source == r {
-                out.push(own_envelope(r, own.take().unwrap_or((Kind::Raw, Vec::new()))));
+                out.push(own_envelope(r, own.take().unwrap_or(empty())));
             } else {
-                out.push(self.coll_receive(source, tag(Step::Gather, 0))?);
+                out.push(self.coll_receive(call, source, tag(Step::Gather, 0))?);
             }
         }
         Ok(Some(out))
     }
 
     /// Root sends `bodies[i]` to rank `i`; every rank returns its own.
-    pub(crate) fn scatter_bodies(&self, bodies: Option<Vec<Body>>, root: usize) -> Result<Envelope> {
+    pub(crate) fn scatter_bodies(&self, call: &Call, bodies: Option<Vec<Body>>, root: usize) -> Result<Envelope> {
         self.check_rank(root)?;
         let r = self.rank();
         if r != root {
-            return self.coll_receive(root, tag(Step::Scatter, 0));
+            return self.coll_receive(call, root, tag(Step::Scatter, 0));
         }
         let Some(bodies) = bodies.filter(|b| b.len() == self.size()) else {
             return Err(Error::InvalidArgument(format!(
@@ -313,15 +383,15 @@ impl World {
             if dest == r {
                 own = Some(body);
             } else {
-                sends.push((self.coll_send(dest, tag(Step::Scatter, 0), body)?, dest));
+                sends.push((self.coll_send(call, dest, tag(Step::Scatter, 0), body)?, dest));
             }
         }
         self.wait_sends(sends)?;
-        Ok(own_envelope(r, own.unwrap_or((Kind::Raw, Vec::new()))))
+        Ok(own_envelope(r, own.unwrap_or(empty())))
     }
 
     /// Rank `i` gets `bodies[i]` from every rank, in rank order.
-    pub(crate) fn alltoall_bodies(&self, bodies: Vec<Body>) -> Result<Vec<Envelope>> {
+    pub(crate) fn alltoall_bodies(&self, call: &Call, bodies: Vec<Body>) -> Result<Vec<Envelope>> {
         let (n, r) = (self.size(), self.rank());
         if bodies.len() != n {
             return Err(Error::InvalidArgument(format!(
@@ -334,15 +404,15 @@ impl World {
         for i in 1..n {
             let dest = (r + i) % n;
             if let Some(body) = bodies[dest].take() {
-                sends.push((self.coll_send(dest, tag(Step::Alltoall, 0), body)?, dest));
+                sends.push((self.coll_send(call, dest, tag(Step::Alltoall, 0), body)?, dest));
             }
         }
         let mut out = Vec::with_capacity(n);
         for source in 0..n {
             if source == r {
-                out.push(own_envelope(r, bodies[r].take().unwrap_or((Kind::Raw, Vec::new()))));
+                out.push(own_envelope(r, bodies[r].take().unwrap_or(empty())));
             } else {
-                out.push(self.coll_receive(source, tag(Step::Alltoall, 0))?);
+                out.push(self.coll_receive(call, source, tag(Step::Alltoall, 0))?);
             }
         }
         self.wait_sends(sends)?;

@@ -1,25 +1,38 @@
 //! Collective operations on serde values: barrier, broadcast, scatter,
 //! gather, allgather, reduce, allreduce, scan, alltoall (the forms for
-//! slices of plain numbers are in `numbers.rs`). Every rank of the job must
-//! make the same collective calls in the same order, with the same root.
+//! slices of plain numbers are in `numbers.rs` and `reduction.rs`). Every
+//! rank of the job must make the same collective calls in the same order,
+//! with the same root; each call is numbered (see `call.rs`), so ranks that
+//! do not all get an error instead of waiting for ever.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
-use crate::matching::Envelope;
 use crate::op::Op;
-use crate::transport::NodeCall;
-use crate::wire::Kind;
 use crate::world::World;
 
 mod algorithm;
+pub(crate) mod call;
+pub(crate) mod node;
 mod numbers;
+mod reduction;
+pub(crate) mod region;
 mod ring;
+pub(crate) mod window;
 
-use algorithm::{Body, Codec, SerdeCodec, own_envelope};
+use algorithm::{Body, Codec, SerdeCodec, Step, own_envelope};
+use call::Kind;
+use node::NodeStep;
 
-/// Packs several message bodies of one kind into one (for allgather).
+/// The bytes of the region a node of `local` ranks shares for its
+/// node-wide collectives.
+pub(crate) fn node_region_len(local: usize) -> usize {
+    region::region_len(local)
+}
+
+/// Packs several message bodies of one format into one (for allgather).
 fn pack(envs: &[Envelope]) -> Vec<u8> {
     let total: usize = envs.iter().map(|e| 8 + e.payload.len()).sum();
     let mut out = Vec::with_capacity(total);
@@ -31,7 +44,7 @@ fn pack(envs: &[Envelope]) -> Vec<u8> {
 }
 
 /// Splits a packed body back into `count` envelopes, checking every length.
-fn unpack(kind: Kind, packed: &[u8], count: usize) -> Result<Vec<Envelope>> {
+fn unpack(format: Format, packed: &[u8], count: usize) -> Result<Vec<Envelope>> {
     let bad = |detail: String| Error::protocol("the allgather root", "packed length", detail);
     let mut out = Vec::with_capacity(count);
     let mut at = 0usize;
@@ -47,13 +60,7 @@ fn unpack(kind: Kind, packed: &[u8], count: usize) -> Result<Vec<Envelope>> {
             return Err(bad(format!("rank {source}'s part of {len} bytes overruns the body")));
         };
         at += len;
-        out.push(Envelope::new(
-            source,
-            0,
-            crate::wire::Context::Collective,
-            kind,
-            payload.to_vec(),
-        ));
+        out.push(own_envelope(source, (format, payload.to_vec())));
     }
     if at != packed.len() {
         return Err(bad(format!("{} trailing bytes", packed.len() - at)));
@@ -68,13 +75,12 @@ fn decode_all<T>(codec: &dyn Codec<T>, envs: &[Envelope]) -> Result<Vec<T>> {
 impl World {
     /// Waits until every rank has called `barrier`.
     pub fn barrier(&self) -> Result<()> {
-        let node = self
-            .engine()
-            .node_collective(NodeCall::Barrier, &[], &mut |_| Ok(Vec::new()));
-        match node {
-            Some(done) => done.map(|_| ()),
-            None => self.barrier_impl(),
-        }
+        self.collective(Kind::Barrier, 0, |call| {
+            match self.node_step(call, NodeStep::Barrier, 0, &[], &mut |_| Ok(Vec::new())) {
+                Some(done) => done.map(|_| ()),
+                None => self.barrier_messages(call),
+            }
+        })
     }
 
     /// Gives every rank the root's `value`: on the root it is read, on the
@@ -90,14 +96,15 @@ impl World {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn broadcast<T: Serialize + DeserializeOwned>(&self, value: &mut T, root: usize) -> Result<()> {
+        self.check_rank(root)?;
         let mine = if self.rank() == root {
             Some(Codec::<T>::encode(&SerdeCodec, value)?)
         } else {
             None
         };
-        let (kind, payload) = self.broadcast_body(mine, root)?;
+        let (format, payload) = self.collective(Kind::Broadcast, root, |call| self.broadcast_body(call, mine, root))?;
         if self.rank() != root {
-            *value = SerdeCodec.decode(&own_envelope(root, (kind, payload)))?;
+            *value = SerdeCodec.decode(&own_envelope(root, (format, payload)))?;
         }
         Ok(())
     }
@@ -105,6 +112,7 @@ impl World {
     /// The root gives `values[i]` to rank `i`; every rank returns its value.
     /// `values` is read on the root only (pass `&[]` elsewhere).
     pub fn scatter<T: Serialize + DeserializeOwned>(&self, values: &[T], root: usize) -> Result<T> {
+        self.check_rank(root)?;
         let bodies = if self.rank() == root {
             Some(
                 values
@@ -115,28 +123,35 @@ impl World {
         } else {
             None
         };
-        SerdeCodec.decode(&self.scatter_bodies(bodies, root)?)
+        let env = self.collective(Kind::Scatter, root, |call| self.scatter_bodies(call, bodies, root))?;
+        SerdeCodec.decode(&env)
     }
 
     /// Collects every rank's `value` on the root, in rank order: `Some` on
     /// the root, `None` elsewhere.
     pub fn gather<T: Serialize + DeserializeOwned>(&self, value: &T, root: usize) -> Result<Option<Vec<T>>> {
-        match self.gather_bodies(SerdeCodec.encode(value)?, root)? {
+        self.check_rank(root)?;
+        let body = SerdeCodec.encode(value)?;
+        match self.collective(Kind::Gather, root, |call| self.gather_bodies(call, body, root))? {
             Some(envs) => decode_all(&SerdeCodec, &envs).map(Some),
             None => Ok(None),
         }
     }
 
-    fn allgather_envelopes(&self, body: Body) -> Result<Vec<Envelope>> {
-        let kind = body.0;
-        let packed = self.gather_bodies(body, 0)?.map(|envs| (kind, pack(&envs)));
-        let (kind, payload) = self.broadcast_body(packed, 0)?;
-        unpack(kind, &payload, self.size())
+    /// Every rank's body, in rank order, on every rank: a gather to rank 0
+    /// and a broadcast of the packed parts, in one call.
+    fn allgather_envelopes(&self, kind: Kind, body: Body) -> Result<Vec<Envelope>> {
+        let format = body.0;
+        let (format, payload) = self.collective(kind, 0, |call| {
+            let packed = self.gather_bodies(call, body, 0)?.map(|envs| (format, pack(&envs)));
+            self.broadcast_body(call, packed, 0)
+        })?;
+        unpack(format, &payload, self.size())
     }
 
     /// Every rank gets every rank's `value`, in rank order.
     pub fn allgather<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Vec<T>> {
-        let envs = self.allgather_envelopes(SerdeCodec.encode(value)?)?;
+        let envs = self.allgather_envelopes(Kind::Allgather, SerdeCodec.encode(value)?)?;
         decode_all(&SerdeCodec, &envs)
     }
 
@@ -158,18 +173,28 @@ impl World {
         op: &impl Op<T>,
         root: usize,
     ) -> Result<Option<T>> {
-        self.reduce_value(&SerdeCodec, value.clone(), &|a, b| Ok(op.combine(&a, &b)), root)
+        self.check_rank(root)?;
+        let combine = |a: T, b: T| Ok(op.combine(&a, &b));
+        self.collective(Kind::Reduce, root, |call| {
+            self.reduce_value(call, &SerdeCodec, value.clone(), &combine, root, !op.is_commutative())
+        })
     }
 
     /// Combines every rank's `value` with `op`; every rank gets the same
     /// result, bit for bit.
     pub fn allreduce<T: Serialize + DeserializeOwned + Clone>(&self, value: &T, op: &impl Op<T>) -> Result<T> {
-        self.allreduce_value(&SerdeCodec, value.clone(), &|a, b| Ok(op.combine(&a, &b)))
+        let combine = |a: T, b: T| Ok(op.combine(&a, &b));
+        self.collective(Kind::Allreduce, 0, |call| {
+            self.allreduce_value(call, Step::Allreduce, &SerdeCodec, value.clone(), &combine)
+        })
     }
 
     /// Inclusive prefix reduction: rank `r` gets `value₀ op … op value_r`.
     pub fn scan<T: Serialize + DeserializeOwned + Clone>(&self, value: &T, op: &impl Op<T>) -> Result<T> {
-        self.scan_value(&SerdeCodec, value.clone(), &|a, b| Ok(op.combine(&a, &b)))
+        let combine = |a: T, b: T| Ok(op.combine(&a, &b));
+        self.collective(Kind::Scan, 0, |call| {
+            self.scan_value(call, &SerdeCodec, value.clone(), &combine)
+        })
     }
 
     /// Rank `r` sends `values[i]` to rank `i` and gets back one value from
@@ -179,6 +204,7 @@ impl World {
             .iter()
             .map(|v| SerdeCodec.encode(v))
             .collect::<Result<Vec<Body>>>()?;
-        decode_all(&SerdeCodec, &self.alltoall_bodies(bodies)?)
+        let envs = self.collective(Kind::Alltoall, 0, |call| self.alltoall_bodies(call, bodies))?;
+        decode_all(&SerdeCodec, &envs)
     }
 }

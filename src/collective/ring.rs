@@ -4,12 +4,12 @@
 //! with recursive doubling, and every chunk is combined by exactly one rank
 //! and then copied, so every rank still gets the same bits.
 
+use crate::envelope::Format;
 use crate::error::{Error, Result};
-use crate::matching::Selector;
-use crate::wire::{Context, Kind};
 use crate::world::World;
 
 use super::algorithm::{Step, tag};
+use super::call::Call;
 
 /// Vectors at least this large (in bytes) take the ring, given 3+ ranks.
 pub(crate) const RING_THRESHOLD: usize = 64 << 10;
@@ -20,15 +20,17 @@ pub(crate) type CombineChunk<'a> = dyn Fn(&mut [u8], &[u8]) + 'a;
 impl World {
     /// Receives the chunk `buf.len()` bytes long that `source` sends with
     /// `tag`, into `buf` (straight into it when it arrives after this call).
-    fn receive_chunk(&self, source: usize, tag: u32, buf: &mut [u8]) -> Result<()> {
-        let env = self.engine().receive_landing(Selector::collective(source, tag), buf)?;
-        let len = env.status().len();
-        if env.kind != Kind::Raw || len != buf.len() as u64 {
-            return Err(Error::InvalidArgument(format!(
-                "allreduce_into: rank {source} sent a part of {len} bytes where {} were expected \
-                 (do all ranks pass slices of the same length?)",
-                buf.len()
-            )));
+    fn receive_chunk(&self, call: &Call, source: usize, tag: u32, buf: &mut [u8], format: Format) -> Result<()> {
+        let env = self.call_receive_into(call, source, tag, buf, format.element())?;
+        let len = env.len();
+        if env.format != format || len != buf.len() as u64 {
+            return Err(Error::CollectiveMismatch {
+                detail: format!(
+                    "allreduce_into: rank {source} sent a part of {len} bytes where {} were expected \
+                     (do all ranks pass slices of the same length and type?)",
+                    buf.len()
+                ),
+            });
         }
         if env.landed.is_none() {
             buf.copy_from_slice(&env.payload);
@@ -36,13 +38,17 @@ impl World {
         Ok(())
     }
 
-    fn send_chunk(&self, dest: usize, tag: u32, chunk: &[u8]) -> Result<()> {
-        self.engine().send_now(dest, Context::Collective, tag, Kind::Raw, chunk)
-    }
-
     /// Ring allreduce, in place, of `acc`: a vector of `element`-byte
-    /// numbers that holds this rank's part on entry and the result on exit.
-    pub(crate) fn ring_allreduce(&self, acc: &mut [u8], element: usize, combine: &CombineChunk<'_>) -> Result<()> {
+    /// numbers of `format` that holds this rank's part on entry and the
+    /// result on exit.
+    pub(crate) fn ring_allreduce(
+        &self,
+        call: &Call,
+        acc: &mut [u8],
+        format: Format,
+        element: usize,
+        combine: &CombineChunk<'_>,
+    ) -> Result<()> {
         let (n, r) = (self.size(), self.rank());
         let count = acc.len() / element.max(1);
         let chunk = |c: usize| {
@@ -56,9 +62,9 @@ impl World {
         for step in 0..n - 1 {
             let (out, into) = (chunk(r + n - step), chunk(r + 2 * n - step - 1));
             let t = tag(Step::Ring, step as u32);
-            self.send_chunk(right, t, &acc[out])?;
+            self.call_send_now(call, right, t, format, &acc[out])?;
             let len = into.len();
-            self.receive_chunk(left, t, &mut incoming[..len])?;
+            self.receive_chunk(call, left, t, &mut incoming[..len], format)?;
             combine(&mut acc[into], &incoming[..len]);
         }
         crate::pool::give(incoming);
@@ -66,8 +72,8 @@ impl World {
         for step in 0..n - 1 {
             let (out, into) = (chunk(r + 1 + n - step), chunk(r + n - step));
             let t = tag(Step::Ring, 0x80_0000 | step as u32);
-            self.send_chunk(right, t, &acc[out])?;
-            self.receive_chunk(left, t, &mut acc[into])?;
+            self.call_send_now(call, right, t, format, &acc[out])?;
+            self.receive_chunk(call, left, t, &mut acc[into], format)?;
         }
         Ok(())
     }

@@ -1,53 +1,68 @@
 //! The ways of moving bytes between ranks, behind one handle. The rest of the
-//! library sees only [`Transport`]; which flavour it is stays in here.
+//! library sees only [`Transport`] (and, for the node-wide collectives, the
+//! shared region and the waiting of [`ShmMesh`]); which flavour it is
+//! stays in here.
 
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::matching::{ReceiveId, Sink};
-use crate::wire::Header;
+use crate::wire::{Card, Header, Settings, TransportKind};
 
-mod fastbox;
-mod node;
+mod connect;
 mod peers;
-mod segment;
-mod shm;
+pub(crate) mod shm;
 mod socket;
 mod stream;
-mod window;
 
-pub(crate) use node::{Fold, NODE_PART_MAX, NodeCall};
-use shm::{ShmListener, ShmMesh};
-use socket::{Listener, SocketMesh};
-pub(crate) use window::WindowJob;
+use shm::ShmEndpoint;
+pub(crate) use shm::{NodeRanks, Region, ShmMesh};
+use socket::{SocketEndpoint, SocketMesh};
 
 /// Where a rank can be reached, opened before it registers: the first half
 /// of a transport.
 #[derive(Debug)]
 pub(crate) enum Endpoint {
-    Socket(Listener),
-    Shm(ShmListener),
+    Socket(SocketEndpoint),
+    Shm(ShmEndpoint),
 }
 
 impl Endpoint {
-    /// Opens this rank's endpoint for the transport `kind` names (`shm`, the
-    /// default, or `socket`).
-    pub fn open(kind: Option<&str>, p: &crate::bootstrap::Placement) -> Result<Endpoint> {
-        match kind.unwrap_or("shm") {
-            "shm" => ShmListener::open(p.job, p.rank, p.size, p.local_size).map(Endpoint::Shm),
-            "socket" => Listener::open(p.job, p.rank).map(Endpoint::Socket),
-            other => Err(Error::Bootstrap(format!(
-                "{}={other:?}: expected \"shm\" or \"socket\"",
-                crate::wire::env::TRANSPORT
-            ))),
+    /// Opens the endpoint of rank `rank`, local index `local_index` of
+    /// `local` ranks on its node, as the job's settings say: a segment (the
+    /// leader's holds a collective region of `region` bytes), or a socket
+    /// in the job's private directory `dir`.
+    pub fn open(
+        settings: &Settings,
+        rank: usize,
+        local_index: usize,
+        local: usize,
+        dir: &Path,
+        region: usize,
+    ) -> Result<Endpoint> {
+        match settings.transport {
+            TransportKind::Shm => ShmEndpoint::create(rank, local_index, local, region).map(Endpoint::Shm),
+            TransportKind::Socket => SocketEndpoint::open(dir, rank).map(Endpoint::Socket),
         }
     }
 
     /// The card that tells peers how to reach this endpoint.
-    pub fn card(&self) -> &crate::wire::Card {
+    pub fn card(&self) -> Card {
+        let mut card = Card::default();
         match self {
-            Endpoint::Socket(l) => l.card(),
-            Endpoint::Shm(l) => l.card(),
+            Endpoint::Socket(s) => s.fill(&mut card),
+            Endpoint::Shm(_) => card.shm = true,
+        }
+        card
+    }
+
+    /// The descriptor that travels with the card (a segment).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Endpoint::Socket(_) => None,
+            Endpoint::Shm(s) => Some(s.fd()),
         }
     }
 }
@@ -71,6 +86,14 @@ pub(crate) struct SendTicket {
     seq: u64,
 }
 
+/// What the table from the launcher says about the job, for connecting.
+pub(crate) struct Table<'a> {
+    pub cards: &'a [Card],
+    pub nodes: &'a [u32],
+    /// The segments of the other ranks of this node, by rank.
+    pub segments: Vec<(usize, OwnedFd)>,
+}
+
 /// The transport of one rank.
 #[derive(Debug)]
 pub(crate) enum Transport {
@@ -83,16 +106,36 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
-    /// Connects to all peers given their cards (indexed by rank).
+    /// Connects to all peers.
     pub fn connect(
         endpoint: Endpoint,
         id: crate::auth::Identity<'_>,
-        cards: &[crate::wire::Card],
+        table: Table<'_>,
+        settings: &Settings,
         max_message: u64,
     ) -> Result<Transport> {
+        let me = id.me as usize;
+        let size = table.cards.len();
+        let Some(&my_node) = table.nodes.get(me) else {
+            return Err(Error::protocol(
+                "the launcher",
+                "table",
+                "this rank is not in the table",
+            ));
+        };
+        let ranks: Vec<usize> = (0..size).filter(|r| table.nodes[*r] == my_node).collect();
+        if ranks.len() != size {
+            return Err(Error::Bootstrap(
+                "the job spans several nodes, which this build cannot do yet".into(),
+            ));
+        }
         match endpoint {
-            Endpoint::Socket(l) => SocketMesh::connect(l, id, cards, max_message).map(Transport::Socket),
-            Endpoint::Shm(l) => ShmMesh::connect(l, id.me as usize, cards, max_message).map(Transport::Shm),
+            Endpoint::Socket(e) => SocketMesh::connect(e, id, table.cards, &ranks, max_message).map(Transport::Socket),
+            Endpoint::Shm(e) => {
+                let index = ranks.iter().position(|r| *r == me).unwrap_or(0);
+                let node = NodeRanks { ranks, me: index };
+                ShmMesh::connect(e, size, node, table.segments, max_message, settings.wait).map(Transport::Shm)
+            }
         }
     }
 
@@ -154,7 +197,7 @@ impl Transport {
         match self {
             Transport::Alone => true,
             Transport::Socket(m) => m.peers.is_gone(rank),
-            Transport::Shm(m) => m.peers.is_gone(rank),
+            Transport::Shm(m) => m.is_gone(rank),
         }
     }
 
@@ -172,55 +215,43 @@ impl Transport {
         match self {
             Transport::Alone => true,
             Transport::Socket(m) => m.peers.is_closed(rank),
-            Transport::Shm(m) => m.peers.is_closed(rank),
+            Transport::Shm(m) => m.peers.is_closed(rank) || m.has_closed(rank),
         }
     }
 
     /// Moves bytes and delivers arrived messages; may sleep per `wait`.
-    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait) -> Result<()> {
+    /// Moves bytes and delivers arrived messages; may sleep per `wait`,
+    /// calling `sleeping` first.
+    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<()> {
         match self {
             Transport::Alone => Ok(()),
-            Transport::Socket(m) => m.progress(deliver, wait),
-            Transport::Shm(m) => m.progress(deliver, wait),
+            Transport::Socket(m) => m.progress(deliver, wait, sleeping),
+            Transport::Shm(m) => m.progress(deliver, wait, sleeping),
         }
     }
 
-    /// Runs a node-wide collective in shared memory if this transport can
-    /// (every rank on one node, over shared memory); `None` if it cannot.
-    pub fn node_collective(
-        &mut self,
-        deliver: &mut Delivery<'_>,
-        call: NodeCall,
-        mine: &[u8],
-        fold: &mut Fold<'_>,
-    ) -> Option<Result<Vec<u8>>> {
+    /// The shared-memory mesh, when every rank of the job shares this node
+    /// and talks through it: the node-wide collectives run on its region.
+    pub fn node(&mut self) -> Option<&mut ShmMesh> {
         match self {
-            Transport::Shm(m) if mine.len() <= NODE_PART_MAX => Some(m.node_collective(deliver, call, mine, fold)),
-            _ => None,
-        }
-    }
-
-    /// Runs a collective of large vectors through shared windows, if this
-    /// transport can (every rank on one node, over shared memory); `None`
-    /// if it cannot. See [`window::WindowJob`] for `claim`.
-    pub fn window_collective(
-        &mut self,
-        deliver: &mut Delivery<'_>,
-        claim: u64,
-        job: WindowJob<'_>,
-    ) -> Option<Result<()>> {
-        match self {
-            Transport::Shm(m) => Some(m.window_collective(deliver, claim, job)),
+            Transport::Shm(m) if m.whole_job() && m.region().is_some() => Some(m),
             _ => None,
         }
     }
 
     /// Flushes everything and tells every peer this rank is done.
-    pub fn finish(&mut self, deliver: &mut Delivery<'_>) -> Result<()> {
+    pub fn finish(&mut self, deliver: &mut Delivery<'_>, sleeping: &dyn Fn()) -> Result<()> {
         match self {
             Transport::Alone => Ok(()),
-            Transport::Socket(m) => m.finish(deliver),
-            Transport::Shm(m) => m.finish(deliver),
+            Transport::Socket(m) => m.finish(deliver, sleeping),
+            Transport::Shm(m) => m.finish(deliver, sleeping),
         }
     }
+}
+
+/// The shared memory a node of `local` ranks needs in all (for the
+/// launcher's check before it starts them), with a collective region of
+/// `region` bytes.
+pub(crate) fn node_shared_bytes(local: usize, region: usize) -> u64 {
+    shm::node_bytes(local, region)
 }

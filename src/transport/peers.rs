@@ -36,7 +36,7 @@ impl<L: Link> Peers<L> {
         if peer.state == PeerState::Gone {
             return Err(Error::PeerGone { rank: dest });
         }
-        if let Some(seq) = peer.try_send_beside(&header, payload.bytes()) {
+        if let Some(seq) = peer.try_send_beside(&header, payload.bytes())? {
             return Ok(SendTicket { dest, seq });
         }
         let ticket = SendTicket {
@@ -68,12 +68,17 @@ impl<L: Link> Peers<L> {
             let Some(inc) = p.incoming.as_mut() else { continue };
             if let Target::Landing(l) = inc.target {
                 if l.id == id {
-                    let mut owned = vec![0u8; inc.len];
                     // SAFETY: the buffer is still valid (the receive is
                     // detaching before it ends) and `filled` bytes landed.
                     let landed = unsafe { std::slice::from_raw_parts(l.ptr, inc.filled) };
-                    owned[..inc.filled].copy_from_slice(landed);
-                    inc.target = Target::Owned(owned);
+                    inc.target = match crate::pool::take(inc.len) {
+                        Some(mut owned) => {
+                            owned[..inc.filled].copy_from_slice(landed);
+                            Target::Owned(owned)
+                        }
+                        // The rest is read and dropped, and the loss reported.
+                        None => Target::Discard,
+                    };
                 }
             }
         }

@@ -1,56 +1,76 @@
-//! A mesh of authenticated stream sockets between all ranks, driven by one
-//! `poll` loop: no thread per peer.
+//! A mesh of authenticated Unix-domain stream sockets between the ranks of
+//! a node, driven by one `poll` loop: no thread per peer.
 //!
-//! Connections are made once at start-up: each rank connects to every lower
-//! rank and accepts every higher one, so the dependency chain always points
-//! down and start-up cannot deadlock. After the handshake every socket is
-//! non-blocking and only [`SocketMesh::progress`] touches it.
+//! Each rank listens on a socket in the job's private directory (mode 0700,
+//! made by the launcher), so no other user can connect, or even learn the
+//! names. Connections are made once at start-up (see [`super::connect`]):
+//! each rank dials every lower rank and accepts every higher one, so the
+//! dependency chain always points down and start-up cannot deadlock. After
+//! the handshakes the listener is closed and its name removed, every socket
+//! is non-blocking, and only [`SocketMesh::progress`] touches it.
 
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::time::{Duration, Instant};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, recv, sendmsg};
 
-use crate::auth::{self, Identity};
+use crate::auth::Identity;
 use crate::error::{Error, Result};
 use crate::wire::Card;
 
+use super::connect::{Refused, connect_all};
 use super::peers::Peers;
 use super::stream::{Io, Link, Peer};
 use super::{Delivery, Wait};
 
-/// How long start-up waits for a peer to connect or answer.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// A rank's listening socket, opened before it registers with the launcher.
 #[derive(Debug)]
-pub(crate) struct Listener {
+pub(crate) struct SocketEndpoint {
     listener: UnixListener,
-    card: Card,
+    path: PathBuf,
 }
 
-impl Listener {
-    /// Listens on an abstract Unix socket named after the job and rank.
-    pub fn open(job: u64, rank: usize) -> Result<Listener> {
-        let name = format!("spmd.{job:016x}.{rank}");
-        let addr = SocketAddr::from_abstract_name(name.as_bytes())
-            .map_err(|e| Error::io(format!("naming socket {name}"), e))?;
+impl SocketEndpoint {
+    /// Listens on `dir/<rank>.sock`, after checking that `dir` is a
+    /// directory of this user's that nobody else can enter.
+    pub fn open(dir: &Path, rank: usize) -> Result<SocketEndpoint> {
+        let meta = std::fs::symlink_metadata(dir)
+            .map_err(|e| Error::io(format!("inspecting the job directory {}", dir.display()), e))?;
+        let uid = nix::unistd::geteuid().as_raw();
+        if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
+            return Err(Error::Bootstrap(format!(
+                "the job directory {} is not a directory of user {uid} closed to others (mode {:o})",
+                dir.display(),
+                meta.permissions().mode() & 0o7777
+            )));
+        }
+        let path = dir.join(format!("{rank}.sock"));
         let listener =
-            UnixListener::bind_addr(&addr).map_err(|e| Error::io(format!("listening on abstract socket {name}"), e))?;
-        Ok(Listener {
-            listener,
-            card: Card::Unix { name },
-        })
+            UnixListener::bind(&path).map_err(|e| Error::io(format!("listening on {}", path.display()), e))?;
+        Ok(SocketEndpoint { listener, path })
     }
 
-    /// The card peers use to reach this listener.
-    pub fn card(&self) -> &Card {
-        &self.card
+    /// Tells peers where to connect.
+    pub fn fill(&self, card: &mut Card) {
+        card.unix = Some(self.path.display().to_string());
+    }
+}
+
+impl Drop for SocketEndpoint {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        // The last rank to let go of its name removes the directory (it
+        // fails while another name is in it), so that nothing is left even
+        // if spmdrun does not live to remove it.
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -107,72 +127,46 @@ pub(crate) struct SocketMesh {
 }
 
 impl SocketMesh {
-    /// Connects to every other rank, proving the secret on each connection.
-    pub fn connect(listener: Listener, id: Identity<'_>, cards: &[Card], max_message: u64) -> Result<SocketMesh> {
+    /// Connects to every other rank in `ranks` (whose cards are in `cards`,
+    /// indexed by rank), proving the secret on each connection. `size` is
+    /// the number of ranks in the job.
+    pub fn connect(
+        endpoint: SocketEndpoint,
+        id: Identity<'_>,
+        cards: &[Card],
+        ranks: &[usize],
+        max_message: u64,
+    ) -> Result<SocketMesh> {
         let me = id.me as usize;
-        let size = cards.len();
-        let mut peers: Vec<Option<Peer<UnixLink>>> = (0..size).map(|_| None).collect();
-        for (rank, card) in cards.iter().enumerate().take(me) {
-            let name = format!("rank {rank}");
-            let Card::Unix { name: sock } = card else {
+        let mut dial = Vec::new();
+        for &rank in ranks.iter().filter(|r| **r < me) {
+            let Some(path) = cards.get(rank).and_then(|c| c.unix.as_ref()) else {
                 return Err(Error::protocol(
                     "the launcher",
                     "table",
-                    format!("{name} has no socket card"),
+                    format!("rank {rank} has no socket card"),
                 ));
             };
-            let addr = SocketAddr::from_abstract_name(sock.as_bytes())
-                .map_err(|e| Error::io(format!("naming the socket of {name}"), e))?;
-            let mut stream =
-                UnixStream::connect_addr(&addr).map_err(|e| Error::io(format!("connecting to {name}"), e))?;
-            set_timeouts(&stream, &name)?;
-            auth::connect(&mut stream, id, rank as u32, &name)?;
-            peers[rank] = Some(Peer::new(rank, UnixLink::new(stream, &name)?));
+            dial.push((rank, PathBuf::from(path)));
         }
-        let deadline = Instant::now() + CONNECT_TIMEOUT;
-        listener
-            .listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("making the listener non-blocking", e))?;
-        let mut missing = size - me - 1;
-        while missing > 0 {
-            let mut stream = match listener.listener.accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    wait_readable(&listener.listener, deadline, &peers, me)?;
-                    continue;
-                }
-                Err(e) => return Err(Error::io("accepting a peer connection", e)),
-            };
-            stream
-                .set_nonblocking(false)
-                .map_err(|e| Error::io("configuring a peer connection", e))?;
-            set_timeouts(&stream, "a connecting peer")?;
-            // A connection that fails the handshake is dropped; a real peer
-            // that never arrives is reported when the deadline passes.
-            let Ok(rank) = auth::accept(&mut stream, id, "a connecting peer") else {
-                continue;
-            };
-            let rank = rank as usize;
-            if rank <= me || rank >= size || peers[rank].is_some() {
-                continue;
-            }
-            peers[rank] = Some(Peer::new(rank, UnixLink::new(stream, &format!("rank {rank}"))?));
-            missing -= 1;
+        let expect: Vec<usize> = ranks.iter().copied().filter(|r| *r > me).collect();
+        let (streams, refused) = connect_all(&endpoint.listener, id, dial, &expect)?;
+        // Everybody is here: the name is not needed any more.
+        drop(endpoint);
+        report(me, refused);
+        let mut list: Vec<Option<Peer<UnixLink>>> = (0..cards.len()).map(|_| None).collect();
+        for (rank, stream) in streams {
+            list[rank] = Some(Peer::new(rank, UnixLink::new(stream, &format!("rank {rank}"))?));
         }
         Ok(SocketMesh {
-            peers: Peers {
-                me,
-                list: peers,
-                max_message,
-            },
+            peers: Peers { me, list, max_message },
         })
     }
 
     /// Writes what it can, reads what has arrived, and hands whole messages
     /// to `deliver`. With [`Wait::Until`], sleeps in `poll` when there is
     /// nothing to do, until a socket is ready or the deadline passes.
-    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait) -> Result<()> {
+    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<()> {
         // Having written something is progress: the caller re-checks first.
         let wrote = self.peers.flush_all()?;
         let wait = if wrote { Wait::No } else { wait };
@@ -201,6 +195,9 @@ impl SocketMesh {
             }
             // With no open connection there is nothing to wait for.
             if !fds.is_empty() {
+                if timeout != PollTimeout::ZERO {
+                    sleeping();
+                }
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(e) => return Err(Error::io("waiting for peers (poll)", e.into())),
@@ -224,43 +221,21 @@ impl SocketMesh {
 
     /// Sends everything queued, says Bye to every peer and waits until the
     /// bytes are in the kernel. Messages still arriving are delivered.
-    pub fn finish(&mut self, deliver: &mut Delivery<'_>) -> Result<()> {
+    pub fn finish(&mut self, deliver: &mut Delivery<'_>, sleeping: &dyn Fn()) -> Result<()> {
         self.peers.queue_byes();
         while self.peers.pending_output() {
-            self.progress(deliver, Wait::Until(None))?;
+            self.progress(deliver, Wait::Until(None), sleeping)?;
         }
         Ok(())
     }
 }
 
-fn set_timeouts(stream: &UnixStream, name: &str) -> Result<()> {
-    stream
-        .set_read_timeout(Some(CONNECT_TIMEOUT))
-        .and_then(|_| stream.set_write_timeout(Some(CONNECT_TIMEOUT)))
-        .map_err(|e| Error::io(format!("configuring the connection to {name}"), e))
-}
-
-fn wait_readable(
-    listener: &UnixListener,
-    deadline: Instant,
-    peers: &[Option<Peer<UnixLink>>],
-    me: usize,
-) -> Result<()> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        let missing: Vec<String> = (me + 1..peers.len())
-            .filter(|r| peers[*r].is_none())
-            .map(|r| r.to_string())
-            .collect();
-        return Err(Error::Timeout {
-            what: format!("ranks {} to connect", missing.join(", ")),
-            seconds: CONNECT_TIMEOUT.as_secs_f64(),
-        });
-    }
-    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-    let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX);
-    match poll(&mut fds, ms) {
-        Ok(_) | Err(Errno::EINTR) => Ok(()),
-        Err(e) => Err(Error::io("waiting for peers to connect", e.into())),
+/// One line on standard error when strangers knocked during start-up.
+fn report(me: usize, refused: Refused) {
+    if refused.other_users + refused.failed > 0 {
+        eprintln!(
+            "spmd: rank {me}: refused {} connections from other users and {} that failed the handshake during start-up",
+            refused.other_users, refused.failed
+        );
     }
 }

@@ -7,8 +7,8 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
+use crate::envelope::{Envelope, Format, Landing};
 use crate::error::{Error, Result};
-use crate::matching::{Envelope, Landing};
 use crate::wire::{HEADER_LEN, Header, Kind};
 
 use super::Delivery;
@@ -39,8 +39,8 @@ pub(crate) trait Link {
     /// Sends a whole small message beside the stream, if the link has such
     /// a path and the message may take it now; false if it must be framed.
     /// Only called when nothing is queued for the stream.
-    fn try_send_beside(&mut self, _header: &Header, _payload: &[u8]) -> bool {
-        false
+    fn try_send_beside(&mut self, _header: &Header, _payload: &[u8]) -> Result<bool> {
+        Ok(false)
     }
 }
 
@@ -104,6 +104,9 @@ pub(super) enum Target {
     Owned(Vec<u8>),
     /// Straight into a claimed receive's buffer of at least `len` bytes.
     Landing(Landing),
+    /// Nowhere: memory ran out for it; the bytes are read to keep the
+    /// stream in step, and the loss is an error once the frame ends.
+    Discard,
 }
 
 /// A frame being read: its header, and the payload so far.
@@ -116,9 +119,11 @@ pub(super) struct Incoming {
 }
 
 impl Incoming {
-    /// The part of the payload still to be read.
+    /// The part of the payload still to be read (nothing to write into
+    /// for a discarded one).
     fn rest(&mut self) -> &mut [u8] {
         match &mut self.target {
+            Target::Discard => &mut [],
             Target::Owned(v) => &mut v[self.filled..],
             // SAFETY: the receive that owns the buffer waits while it is
             // claimed, and detaches it (see `Peers::detach`) before it stops
@@ -189,6 +194,11 @@ impl<L: Link> Peer<L> {
         self.state != PeerState::Gone
     }
 
+    /// True if no frame is half read.
+    pub fn is_idle(&self) -> bool {
+        self.incoming.is_none() && self.staged.is_empty()
+    }
+
     pub(super) fn push(&mut self, header: [u8; HEADER_LEN], payload: Payload) -> u64 {
         let seq = self.queued;
         self.queued += 1;
@@ -202,14 +212,14 @@ impl<L: Link> Peer<L> {
 
     /// Sends a message beside the stream if the link can (see
     /// [`Link::try_send_beside`]); its sequence number if it did.
-    pub(super) fn try_send_beside(&mut self, header: &Header, payload: &[u8]) -> Option<u64> {
-        if !self.out.is_empty() || !self.link.try_send_beside(header, payload) {
-            return None;
+    pub(super) fn try_send_beside(&mut self, header: &Header, payload: &[u8]) -> Result<Option<u64>> {
+        if !self.out.is_empty() || !self.link.try_send_beside(header, payload)? {
+            return Ok(None);
         }
         let seq = self.queued;
         self.queued += 1;
         self.sent += 1;
-        Some(seq)
+        Ok(Some(seq))
     }
 
     /// Writes queued frames until the link is full; true if it wrote anything.
@@ -271,7 +281,8 @@ impl<L: Link> Peer<L> {
                 return Ok(read);
             }
             // Large payloads are read straight into their buffer.
-            let io = if let Some(inc) = self.incoming.as_mut().filter(|i| i.len - i.filled >= STAGING) {
+            let direct = |i: &&mut Incoming| i.len - i.filled >= STAGING && !matches!(i.target, Target::Discard);
+            let io = if let Some(inc) = self.incoming.as_mut().filter(direct) {
                 let io = self.link.read(inc.rest())?;
                 if let Io::Done(n) = io {
                     inc.filled += n;
@@ -343,7 +354,8 @@ impl<L: Link> Peer<L> {
                 }
                 let len = usize::try_from(header.len)
                     .map_err(|_| Error::protocol(&self.name, "length", "larger than this machine's address space"))?;
-                let target = match deliver.claim(self.rank, header.tag, header.context, header.kind, header.len) {
+                let format = Format::of(header.kind, header.element);
+                let target = match deliver.claim(self.rank, header.tag, header.context, format, header.len) {
                     Some(landing) => Target::Landing(landing),
                     None => Target::Owned(allocate(len, &self.name)?),
                 };
@@ -356,7 +368,9 @@ impl<L: Link> Peer<L> {
             }
             if let Some(inc) = self.incoming.as_mut() {
                 let take = (inc.len - inc.filled).min(self.staged.len());
-                inc.rest()[..take].copy_from_slice(&self.staging[self.staged.start..self.staged.start + take]);
+                if !matches!(inc.target, Target::Discard) {
+                    inc.rest()[..take].copy_from_slice(&self.staging[self.staged.start..self.staged.start + take]);
+                }
                 inc.filled += take;
                 self.staged.start += take;
                 if inc.filled < inc.len {
@@ -365,14 +379,24 @@ impl<L: Link> Peer<L> {
             }
             if let Some(inc) = self.incoming.take() {
                 let h = inc.header;
+                let format = Format::of(h.kind, h.element);
                 match inc.target {
                     Target::Owned(payload) => {
-                        deliver.deliver(Envelope::new(self.rank, h.tag, h.context, h.kind, payload));
+                        let mut env = Envelope::new(self.rank, h.tag, h.context, format, payload);
+                        env.call = h.call;
+                        deliver.deliver(env);
                     }
                     Target::Landing(l) => {
-                        let mut env = Envelope::new(self.rank, h.tag, h.context, h.kind, Vec::new());
+                        let mut env = Envelope::new(self.rank, h.tag, h.context, format, Vec::new());
+                        env.call = h.call;
                         env.landed = Some(h.len);
                         deliver.landed(l.id, env);
+                    }
+                    Target::Discard => {
+                        return Err(Error::io(
+                            format!("keeping a message of {} bytes from {}", h.len, self.name),
+                            std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+                        ));
                     }
                 }
             }

@@ -150,7 +150,17 @@ fn wait_limited(child: &mut Child) -> ExitStatus {
 /// Starts `spmdrun ARGS` and reads `pid RANK PID` lines until every rank of
 /// `n` has reported; returns the child (stdout partly read) and the pids.
 pub fn start_reporting_pids(args: &[&str], n: usize) -> (Child, Vec<i32>, BufReader<std::process::ChildStdout>) {
+    start_reporting_pids_with(args, n, &[])
+}
+
+/// [`start_reporting_pids`] with more variables in spmdrun's environment.
+pub fn start_reporting_pids_with(
+    args: &[&str],
+    n: usize,
+    env: &[(&str, &str)],
+) -> (Child, Vec<i32>, BufReader<std::process::ChildStdout>) {
     let mut child = spmdrun(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

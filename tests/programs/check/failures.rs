@@ -13,6 +13,7 @@ pub fn run(mode: &str, args: &[String]) -> Option<Result<(), Error>> {
     match mode {
         "fail" => Some(fail(args.first().map(String::as_str).unwrap_or("idle"))),
         "alone" => Some(alone()),
+        "children" => Some(children()),
         _ => None,
     }
 }
@@ -73,5 +74,30 @@ fn alone() -> Result<(), Error> {
         Err(Error::InvalidRank { rank: 1, size: 1 })
     ));
     println!("alone: all checks passed");
+    world.finalize()
+}
+
+/// A program a rank starts inherits no descriptor of the job (its control
+/// channel) and no secret; if it calls `init` itself, it is told that it is
+/// not part of the job.
+fn children() -> Result<(), Error> {
+    let world = spmd::init()?;
+    let listing = std::process::Command::new("sh")
+        .args(["-c", "for f in /proc/self/fd/*; do readlink $f; done; env"])
+        .output()
+        .expect("sh runs");
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert!(!text.contains("socket:"), "a child inherited a socket: {text}");
+    assert!(!text.contains("memfd:"), "a child inherited shared memory: {text}");
+    assert!(!text.contains("SECRET"), "a child sees a secret: {text}");
+    let me = std::env::current_exe().expect("own path");
+    let nested = std::process::Command::new(me).arg("nested").output().expect("runs");
+    let said = String::from_utf8_lossy(&nested.stderr);
+    assert!(!nested.status.success(), "a nested init succeeded: {said}");
+    assert!(said.contains("does not lead to spmdrun"), "{said}");
+    world.barrier()?;
+    if world.rank() == 0 {
+        println!("children: all checks passed");
+    }
     world.finalize()
 }

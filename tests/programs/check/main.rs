@@ -22,6 +22,10 @@ fn main() -> Result<(), spmd::Error> {
     if mode == "chatter" {
         return output::chatter();
     }
+    if mode == "nested" {
+        // Started by a rank, not by spmdrun: init must refuse.
+        return spmd::init().map(|_| ());
+    }
     let world = spmd::init()?;
     match mode {
         "p2p" => p2p::run(&world)?,

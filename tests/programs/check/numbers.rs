@@ -78,14 +78,32 @@ fn receive_all(world: &World, from: usize) -> Result<(), Error> {
     world.barrier()?;
     let (got, _) = world.receive_vec_matching::<f64>(Match::source(from).with_tag(9))?;
     assert!(got == values(1000, 9), "unexpected message");
+    // A receive of the wrong type fails and leaves the message queued for
+    // a receive of the right one.
     match world.receive_with_tag::<Vec<f64>>(from, 10) {
-        Err(Error::Truncated { message_bytes: 7, .. }) => {}
-        other => panic!("7 bytes received as Vec<f64> gave {:?}", other.map(|v| v.len())),
+        Err(Error::FormatMismatch {
+            sent_as, received_as, ..
+        }) => {
+            assert!(
+                sent_as.contains("u8") && received_as.contains("f64"),
+                "{sent_as} / {received_as}"
+            )
+        }
+        other => panic!("7 u8 received as Vec<f64> gave {:?}", other.map(|v| v.len())),
     }
+    let bytes: Vec<u8> = world.receive_with_tag(from, 10)?;
+    assert_eq!(bytes.len(), 7, "the u8 message kept after a receive of the wrong type");
     match world.receive_with_tag::<VecDeque<f64>>(from, 11) {
         Err(Error::FormatMismatch { .. }) => {}
         other => panic!("a Vec<f64> received as VecDeque<f64> gave {:?}", other.map(|v| v.len())),
     }
+    let mut small = [0.0f64; 2];
+    match world.receive_into_with_tag(&mut small, from, 11) {
+        Err(Error::Truncated { buffer_bytes: 16, .. }) => {}
+        other => panic!("a long Vec<f64> into 2 f64 gave {other:?}"),
+    }
+    let kept: Vec<f64> = world.receive_with_tag(from, 11)?;
+    assert!(!kept.is_empty(), "the f64 message kept after two failed receives");
     Ok(())
 }
 

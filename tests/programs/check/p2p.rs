@@ -234,18 +234,28 @@ fn errors(world: &World) -> Result<(), Error> {
         Err(e @ Error::Decode { .. }) => assert!(e.to_string().contains("u64"), "{e}"),
         other => panic!("decoding a String as u64 gave {other:?}"),
     }
+    // The message stays queued for a receive of the right type.
+    assert_eq!(world.receive_with_tag::<String>(me, 20)?, "not a number");
     // Raw numbers received as a serde value, and the other way round.
     world.send_slice_with_tag(&[1.0f64], me, 21)?;
     assert!(matches!(
         world.receive_with_tag::<f64>(me, 21),
         Err(Error::FormatMismatch { .. })
     ));
+    // Numbers of one type received as another are a mismatch too.
+    let mut as_u64 = [0u64];
+    assert!(matches!(
+        world.receive_into_with_tag(&mut as_u64, me, 21),
+        Err(Error::FormatMismatch { .. })
+    ));
+    assert_eq!(world.receive_with_tag::<Vec<f64>>(me, 21)?, [1.0]);
     world.send_with_tag(&1.0f64, me, 22)?;
     let mut one = [0.0f64];
     assert!(matches!(
         world.receive_into_with_tag(&mut one, me, 22),
         Err(Error::FormatMismatch { .. })
     ));
+    assert_eq!(world.receive_with_tag::<f64>(me, 22)?, 1.0);
     // Too much for the buffer.
     world.send_slice_with_tag(&[1u32, 2, 3], me, 23)?;
     let mut two = [0u32; 2];
@@ -257,6 +267,13 @@ fn errors(world: &World) -> Result<(), Error> {
         }) => assert_eq!((message_bytes, buffer_bytes), (12, 8)),
         other => panic!("receiving 3 u32 into 2 gave {other:?}"),
     }
+    let mut three = [0u32; 3];
+    world.receive_into_with_tag(&mut three, me, 23)?;
+    assert_eq!(
+        three,
+        [1, 2, 3],
+        "the message kept after a receive into too small a buffer"
+    );
     // Waiting for a message from oneself that was never sent cannot end.
     assert!(matches!(
         world.receive_with_tag::<u8>(me, 24),

@@ -1,28 +1,30 @@
-//! Allreduce of large vectors through shared windows in rank 0's segment,
-//! piece by piece: every rank copies its piece of the vector into its
-//! window; after a barrier each rank folds one share of the piece across
-//! all windows, in rank order, into a shared result window; after a second
-//! barrier every rank copies the result out. Each byte crosses between processes twice
-//! (in, out), there are two waits per piece whatever the number of ranks,
-//! and the rank-order fold gives every rank the same bits, for any
-//! associative operator.
+//! Collectives of large vectors through shared windows in the node-wide
+//! region, piece by piece. Allreduce and reduce: every rank copies its
+//! piece into its window; after a barrier each rank folds one share of the
+//! piece across all windows, in rank order, into a shared result window;
+//! after a second barrier the ranks that want the result copy it out. Each
+//! byte crosses between processes twice (in, out), there are two waits per
+//! piece whatever the number of ranks, and the rank-order fold gives every
+//! rank the same bits, for any associative operator. Broadcast, gather,
+//! scatter and alltoall move each piece in, then out, with one wait.
 //!
 //! The windows come in two sets, used by alternate pieces: a rank may start
-//! writing a piece while others still copy the previous result out, and a
-//! set is written again only after every rank has passed the barrier that
-//! follows its last reading.
+//! writing a piece while others still copy the previous one out, and a set
+//! is written again only after every rank has passed the barrier that
+//! follows its last reading. Bytes go in and out through raw copies only.
 
 use crate::error::{Error, Result};
 
-use super::Delivery;
-use super::node::NodeCall;
-use super::shm::ShmMesh;
+use super::call::Call;
+use super::node::{Node, NodeStep};
 
 /// The most bytes the windows take, whatever the number of ranks.
 const WINDOWS_BUDGET: usize = 4 << 20;
 /// The bounds of one rank's window.
 const MIN_WINDOW: usize = 16 << 10;
 const MAX_WINDOW: usize = 256 << 10;
+/// The bytes a rank folds at a time, in memory of its own.
+const FOLD_CHUNK: usize = 16 << 10;
 
 /// Combines the second slice into the first, element by element, in place
 /// (the first holds the fold of lower ranks).
@@ -31,26 +33,26 @@ pub(crate) type Combine<'a> = dyn FnMut(&mut [u8], &[u8]) + 'a;
 /// The bytes of one window for a node of `size` ranks: two sets of one
 /// window per rank and a result window, within [`WINDOWS_BUDGET`], a
 /// multiple of 4 KiB.
-pub(super) fn window_bytes(size: usize) -> usize {
+fn window_bytes(size: usize) -> usize {
     let fit = WINDOWS_BUDGET / (2 * (size + 1));
     (fit & !4095).clamp(MIN_WINDOW, MAX_WINDOW)
 }
 
 /// The bytes all the windows of a node of `size` ranks take.
-pub(super) fn windows_len(size: usize) -> usize {
+pub(crate) fn windows_len(size: usize) -> usize {
     2 * (size + 1) * window_bytes(size)
 }
 
-/// The windows of a mapped segment.
+/// The windows of a region.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Windows {
+pub(crate) struct Windows {
     base: *mut u8,
     size: usize,
-    pub(super) bytes: usize,
+    pub(crate) bytes: usize,
 }
 
 impl Windows {
-    /// The windows that start at `base`, inside a mapping of at least
+    /// The windows that start at `base`, inside a region of at least
     /// [`windows_len`] bytes from there.
     pub(super) fn at(base: *mut u8, size: usize) -> Windows {
         Windows {
@@ -67,37 +69,21 @@ impl Windows {
         unsafe { self.base.add((set * (self.size + 1) + index) * self.bytes) }
     }
 
-    /// Copies `bytes` (at most a window) into window `index` of `set`
-    /// (index `size` is the result window).
-    fn put(&self, set: usize, index: usize, bytes: &[u8]) {
-        self.put_at(set, index, 0, bytes);
-    }
-
-    /// Copies `bytes` into window `index` of `set` from `offset` on.
-    fn put_at(&self, set: usize, index: usize, offset: usize, bytes: &[u8]) {
+    /// Copies `bytes` into window `index` of `set` from `offset` on. Only
+    /// this rank writes there in this phase, and nobody reads it until the
+    /// next barrier.
+    fn put(&self, set: usize, index: usize, offset: usize, bytes: &[u8]) {
         assert!(offset + bytes.len() <= self.bytes, "a piece larger than its window");
-        // SAFETY: within the window; only this rank writes it in this
-        // phase, and nobody reads it until the next barrier.
+        // SAFETY: within the window.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr(set, index).add(offset), bytes.len()) }
     }
 
-    /// The bytes `range` of the result window of `set`, for the one rank
-    /// that folds that share of the piece.
-    #[allow(clippy::mut_from_ref)]
-    fn result_share(&self, set: usize, range: std::ops::Range<usize>) -> &mut [u8] {
-        assert!(range.end <= self.bytes, "a piece larger than its window");
-        // SAFETY: within the result window; shares do not overlap, only the
-        // rank that owns this share writes it, and nobody reads it until
-        // the next barrier.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr(set, self.size).add(range.start), range.len()) }
-    }
-
-    /// The bytes `range` of window `index` of `set`.
-    fn get(&self, set: usize, index: usize, range: std::ops::Range<usize>) -> &[u8] {
-        assert!(range.end <= self.bytes, "a piece larger than its window");
-        // SAFETY: within the window; written before the barrier this rank
-        // has passed, and not written again until the next one.
-        unsafe { std::slice::from_raw_parts(self.ptr(set, index).add(range.start), range.len()) }
+    /// Copies the bytes of window `index` of `set` from `offset` on into
+    /// `out` (written before the barrier this rank has passed).
+    fn get(&self, set: usize, index: usize, offset: usize, out: &mut [u8]) {
+        assert!(offset + out.len() <= self.bytes, "a piece larger than its window");
+        // SAFETY: within the window; copied into memory of this rank's own.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr(set, index).add(offset), out.as_mut_ptr(), out.len()) }
     }
 }
 
@@ -111,12 +97,10 @@ fn share(k: usize, n: usize, len: usize, element: usize) -> std::ops::Range<usiz
 /// A collective the windows can run.
 pub(crate) enum WindowJob<'a> {
     /// Folds every rank's `send` (numbers of `element` bytes), in rank
-    /// order starting at rank `first`; `out`, on the ranks that give one,
-    /// gets the result.
+    /// order; `out`, on the ranks that give one, gets the result.
     Reduce {
         send: &'a [u8],
         out: Option<&'a mut [u8]>,
-        first: usize,
         element: usize,
         combine: &'a mut Combine<'a>,
     },
@@ -141,22 +125,50 @@ pub(crate) enum WindowJob<'a> {
     },
 }
 
-impl ShmMesh {
-    /// Runs `job` through the windows. `claim` is the length this rank
-    /// brings, or `u64::MAX` if its own buffers are wrong: every rank must
-    /// claim the same, or every rank gets an error before any data moves.
-    pub fn window_collective(&mut self, deliver: &mut Delivery<'_>, claim: u64, job: WindowJob<'_>) -> Result<()> {
+impl WindowJob<'_> {
+    /// True if the windows can move this job (a reduction's numbers must fit
+    /// a window piece whole).
+    pub fn fits(&self, windows: &Windows) -> bool {
+        match self {
+            WindowJob::Reduce { element, .. } => *element <= windows.bytes,
+            _ => true,
+        }
+    }
+}
+
+/// Runs collectives through the windows of one node.
+pub(crate) struct WindowRun<'w> {
+    pub world: &'w crate::world::World,
+    pub node: Node,
+    pub call: &'w Call,
+}
+
+impl WindowRun<'_> {
+    /// Runs `job`. `claim` is the length this rank brings (with the job's
+    /// element size, so that a job the windows cannot move is refused by
+    /// every rank alike), or `u64::MAX` if its own buffers are wrong: every
+    /// rank must claim the same, or every rank gets an error before any
+    /// data moves.
+    pub fn run(&self, claim: u64, job: WindowJob<'_>) -> Result<()> {
         let claimed = claim.to_le_bytes();
-        let mut same_length = |parts: &[&[u8]]| {
-            if parts.iter().all(|p| *p == claimed) {
+        let mut same_length = |parts: &super::region::Parts| {
+            if (0..parts.len()).all(|i| parts.get(i) == claimed) {
                 Ok(Vec::new())
             } else {
-                Err(Error::InvalidArgument(
-                    "ranks gave slices of different lengths, or a receive buffer of the wrong length".into(),
-                ))
+                Err(Error::CollectiveMismatch {
+                    detail: "ranks gave slices of different lengths, or a receive buffer of the wrong length".into(),
+                })
             }
         };
-        self.node_collective(deliver, NodeCall::WindowStart, &claimed, &mut same_length)?;
+        let world = self.world;
+        world.node_step_on(
+            self.node,
+            self.call,
+            NodeStep::WindowStart,
+            0,
+            &claimed,
+            &mut same_length,
+        )?;
         if claim == u64::MAX {
             // Every rank's buffers are wrong: each caller says how.
             return Err(Error::InvalidArgument("the buffers are wrong on every rank".into()));
@@ -165,62 +177,72 @@ impl ShmMesh {
             WindowJob::Reduce {
                 send,
                 out,
-                first,
                 element,
                 combine,
-            } => self.window_reduce(deliver, send, out, first, element, combine),
-            WindowJob::Broadcast { buf, root } => self.window_broadcast(deliver, buf, root),
-            WindowJob::Gather { send, out } => self.window_gather(deliver, send, out),
-            WindowJob::Scatter { send, recv, root } => self.window_scatter(deliver, send, recv, root),
-            WindowJob::Alltoall { send, recv, part } => self.window_alltoall(deliver, send, recv, part),
+            } => self.reduce(send, out, element, combine),
+            WindowJob::Broadcast { buf, root } => self.broadcast(buf, root),
+            WindowJob::Gather { send, out } => self.gather(send, out),
+            WindowJob::Scatter { send, recv, root } => self.scatter(send, recv, root),
+            WindowJob::Alltoall { send, recv, part } => self.alltoall(send, recv, part),
         }
     }
 
-    fn window_barrier(&mut self, deliver: &mut Delivery<'_>) -> Result<()> {
-        self.node_collective(deliver, NodeCall::WindowStep, &[], &mut |_| Ok(Vec::new()))
+    fn windows(&self) -> Windows {
+        self.node.slots.windows()
+    }
+
+    fn barrier(&self) -> Result<()> {
+        self.world
+            .node_step_on(self.node, self.call, NodeStep::WindowStep, 0, &[], &mut |_| {
+                Ok(Vec::new())
+            })
             .map(|_| ())
     }
 
     /// The set of windows the next piece uses.
-    fn next_set(&mut self) -> usize {
-        let set = self.window_pieces % 2;
-        self.window_pieces = self.window_pieces.wrapping_add(1);
+    fn next_set(&self) -> usize {
+        let pieces = &self.world.node_state().pieces;
+        let set = pieces.get() % 2;
+        pieces.set(pieces.get().wrapping_add(1));
         set
     }
 
-    fn window_reduce(
-        &mut self,
-        deliver: &mut Delivery<'_>,
-        send: &[u8],
-        mut out: Option<&mut [u8]>,
-        first: usize,
-        element: usize,
-        combine: &mut Combine<'_>,
-    ) -> Result<()> {
-        let (n, me) = (self.peers.list.len(), self.peers.me);
+    fn reduce(&self, send: &[u8], mut out: Option<&mut [u8]>, element: usize, combine: &mut Combine<'_>) -> Result<()> {
+        let Node { n, me, .. } = self.node;
         // The callers pass the bytes of slices of numbers, and `out` (when
         // given) as long as `send`: the lengths were agreed before.
         let element = element.max(1);
         debug_assert!(send.len() % element == 0 && out.as_ref().is_none_or(|o| o.len() == send.len()));
-        let windows = self.windows;
-        // Pieces are whole numbers of elements.
+        let windows = self.windows();
+        // Pieces and folded chunks are whole numbers of elements.
         let piece = windows.bytes / element * element;
+        let chunk = (FOLD_CHUNK / element).max(1) * element;
+        let mut acc = vec![0u8; chunk.min(piece)];
+        let mut other = vec![0u8; chunk.min(piece)];
         let mut offset = 0;
         while offset < send.len() {
             let w = piece.min(send.len() - offset);
             let set = self.next_set();
-            windows.put(set, me, &send[offset..offset + w]);
-            self.window_barrier(deliver)?;
-            // Fold this rank's share straight into the result window.
+            windows.put(set, me, 0, &send[offset..offset + w]);
+            self.barrier()?;
+            // Fold this rank's share, a chunk at a time in memory of its own,
+            // into the result window.
             let mine = share(me, n, w, element);
-            let acc = windows.result_share(set, mine.clone());
-            acc.copy_from_slice(windows.get(set, first % n, mine.clone()));
-            for r in (1..n).map(|i| (first + i) % n) {
-                combine(acc, windows.get(set, r, mine.clone()));
+            let mut at = mine.start;
+            while at < mine.end {
+                let len = chunk.min(mine.end - at);
+                let (acc, other) = (&mut acc[..len], &mut other[..len]);
+                windows.get(set, 0, at, acc);
+                for r in 1..n {
+                    windows.get(set, r, at, other);
+                    combine(acc, other);
+                }
+                windows.put(set, n, at, acc);
+                at += len;
             }
-            self.window_barrier(deliver)?;
+            self.barrier()?;
             if let Some(out) = out.as_deref_mut() {
-                out[offset..offset + w].copy_from_slice(windows.get(set, n, 0..w));
+                windows.get(set, n, 0, &mut out[offset..offset + w]);
             }
             offset += w;
         }
@@ -233,8 +255,7 @@ impl ShmMesh {
     /// written again two pieces later, after every rank has passed the
     /// barrier that follows its reading.
     fn one_wait_pieces(
-        &mut self,
-        deliver: &mut Delivery<'_>,
+        &self,
         len: usize,
         piece: usize,
         mut write: impl FnMut(usize, usize, usize),
@@ -245,7 +266,7 @@ impl ShmMesh {
             let w = piece.min(len - offset);
             let set = self.next_set();
             write(set, offset, w);
-            self.window_barrier(deliver)?;
+            self.barrier()?;
             read(set, offset, w);
             offset += w;
         }
@@ -253,21 +274,20 @@ impl ShmMesh {
     }
 
     /// Each rank's piece into its window, a barrier, every piece out.
-    fn window_gather(&mut self, deliver: &mut Delivery<'_>, send: &[u8], mut out: Option<&mut [u8]>) -> Result<()> {
-        let (n, me) = (self.peers.list.len(), self.peers.me);
-        let windows = self.windows;
+    fn gather(&self, send: &[u8], mut out: Option<&mut [u8]>) -> Result<()> {
+        let Node { n, me, .. } = self.node;
+        let windows = self.windows();
         let part = send.len();
         debug_assert!(out.as_ref().is_none_or(|o| o.len() == n * part));
         self.one_wait_pieces(
-            deliver,
             part,
             windows.bytes,
-            |set, offset, w| windows.put(set, me, &send[offset..offset + w]),
+            |set, offset, w| windows.put(set, me, 0, &send[offset..offset + w]),
             |set, offset, w| {
                 if let Some(out) = out.as_deref_mut() {
                     for r in 0..n {
                         let at = r * part + offset;
-                        out[at..at + w].copy_from_slice(windows.get(set, r, 0..w));
+                        windows.get(set, r, 0, &mut out[at..at + w]);
                     }
                 }
             },
@@ -276,24 +296,23 @@ impl ShmMesh {
 
     /// The root puts each rank's piece in that rank's window, a barrier,
     /// each rank takes its own.
-    fn window_scatter(&mut self, deliver: &mut Delivery<'_>, send: &[u8], recv: &mut [u8], root: usize) -> Result<()> {
-        let (n, me) = (self.peers.list.len(), self.peers.me);
-        let windows = self.windows;
+    fn scatter(&self, send: &[u8], recv: &mut [u8], root: usize) -> Result<()> {
+        let Node { n, me, .. } = self.node;
+        let windows = self.windows();
         let part = recv.len();
         debug_assert!(me != root || send.len() == n * part);
         self.one_wait_pieces(
-            deliver,
             part,
             windows.bytes,
             |set, offset, w| {
                 if me == root {
                     for r in 0..n {
                         let at = r * part + offset;
-                        windows.put(set, r, &send[at..at + w]);
+                        windows.put(set, r, 0, &send[at..at + w]);
                     }
                 }
             },
-            |set, offset, w| recv[offset..offset + w].copy_from_slice(windows.get(set, me, 0..w)),
+            |set, offset, w| windows.get(set, me, 0, &mut recv[offset..offset + w]),
         )
     }
 
@@ -301,27 +320,26 @@ impl ShmMesh {
     /// puts there its piece of the part for that rank (its own part goes
     /// straight across); after a barrier each rank takes its sub-window
     /// from every other rank's window.
-    fn window_alltoall(&mut self, deliver: &mut Delivery<'_>, send: &[u8], recv: &mut [u8], part: usize) -> Result<()> {
-        let (n, me) = (self.peers.list.len(), self.peers.me);
-        let windows = self.windows;
+    fn alltoall(&self, send: &[u8], recv: &mut [u8], part: usize) -> Result<()> {
+        let Node { n, me, .. } = self.node;
+        let windows = self.windows();
         debug_assert!(send.len() == n * part && recv.len() == n * part);
         let sub = windows.bytes / n;
         let own = me * part..(me + 1) * part;
         recv[own.clone()].copy_from_slice(&send[own]);
         self.one_wait_pieces(
-            deliver,
             part,
             sub,
             |set, offset, w| {
                 for d in (0..n).filter(|d| *d != me) {
                     let at = d * part + offset;
-                    windows.put_at(set, me, d * sub, &send[at..at + w]);
+                    windows.put(set, me, d * sub, &send[at..at + w]);
                 }
             },
             |set, offset, w| {
                 for r in (0..n).filter(|r| *r != me) {
                     let at = r * part + offset;
-                    recv[at..at + w].copy_from_slice(windows.get(set, r, me * sub..me * sub + w));
+                    windows.get(set, r, me * sub, &mut recv[at..at + w]);
                 }
             },
         )
@@ -329,9 +347,9 @@ impl ShmMesh {
 
     /// The root's piece into the result window, a barrier, the others copy
     /// it out.
-    fn window_broadcast(&mut self, deliver: &mut Delivery<'_>, buf: &mut [u8], root: usize) -> Result<()> {
-        let (n, me) = (self.peers.list.len(), self.peers.me);
-        let windows = self.windows;
+    fn broadcast(&self, buf: &mut [u8], root: usize) -> Result<()> {
+        let Node { n, me, .. } = self.node;
+        let windows = self.windows();
         let len = buf.len();
         // The root only reads `buf`, the others only write it.
         let (source, mut target): (Option<&[u8]>, Option<&mut [u8]>) = if me == root {
@@ -340,17 +358,16 @@ impl ShmMesh {
             (None, Some(buf))
         };
         self.one_wait_pieces(
-            deliver,
             len,
             windows.bytes,
             |set, offset, w| {
                 if let Some(src) = source {
-                    windows.put(set, n, &src[offset..offset + w]);
+                    windows.put(set, n, 0, &src[offset..offset + w]);
                 }
             },
             |set, offset, w| {
                 if let Some(dst) = target.as_deref_mut() {
-                    dst[offset..offset + w].copy_from_slice(windows.get(set, n, 0..w));
+                    windows.get(set, n, 0, &mut dst[offset..offset + w]);
                 }
             },
         )

@@ -10,14 +10,17 @@
 //! reads the ring, and trusts a newly loaded ring head only if no fastbox
 //! is full after loading it: bytes written after a fastbox message make
 //! that message visible to whoever sees them (Release, then Acquire).
+//!
+//! A slot is read and written as 32-bit atomic words only, and every field
+//! is checked like a frame header's before it is used.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
-use crate::matching::Envelope;
 use crate::wire::{Context, Header, Kind};
 
-use super::Delivery;
+use super::super::Delivery;
 
 /// Fastboxes per pair and direction: a sender can be this many small
 /// messages ahead of its receiver before it falls back to the ring.
@@ -25,15 +28,16 @@ pub(super) const SLOTS: usize = 8;
 /// The receiver publishes how many messages it has taken every this many.
 const PUBLISH_EVERY: u64 = SLOTS as u64 / 2;
 /// One fastbox: a cache line.
-pub(super) const LINE: usize = 64;
+const LINE: usize = 64;
 /// The bytes of the fastbox area of one pair: the receiver's count of
 /// messages taken (a line of its own), then the slots.
 pub(super) const AREA: usize = LINE + SLOTS * LINE;
-/// Where the payload starts in a slot: after the sequence number (4 bytes),
-/// kind, context, length (a byte each), a spare byte, and the tag (4 bytes).
-const DATA_AT: usize = 12;
+/// The words of a slot after its sequence number: kind, length and element
+/// (one word), tag, context, call; then the payload.
+const FIELDS: usize = 4;
 /// The largest payload a fastbox carries.
-pub(crate) const FASTBOX_DATA: usize = LINE - DATA_AT;
+pub(crate) const FASTBOX_DATA: usize = LINE - 4 * (1 + FIELDS);
+const WORDS: usize = LINE / 4;
 
 /// The sending side of the fastboxes from this rank to one peer (in the
 /// peer's segment).
@@ -55,20 +59,18 @@ pub(super) struct FastboxRx {
     taken: u64,
 }
 
-fn taken_counter(base: *mut u8) -> &'static AtomicU64 {
+/// The area's count of messages taken.
+fn taken_counter<'a>(base: *mut u8) -> &'a AtomicU64 {
     // SAFETY: the first line of a fastbox area, aligned, inside a mapping
-    // that outlives the link holding `base`.
+    // that outlives the link holding `base` (and so the caller's use).
     unsafe { &*base.cast::<AtomicU64>() }
 }
 
-fn slot(base: *mut u8, n: u64) -> *mut u8 {
-    // SAFETY: slot n % SLOTS lies inside the area.
-    unsafe { base.add(LINE + (n as usize % SLOTS) * LINE) }
-}
-
-fn sequence(slot: *mut u8) -> &'static AtomicU32 {
-    // SAFETY: the first word of a slot, aligned, inside the mapping.
-    unsafe { &*slot.cast::<AtomicU32>() }
+/// Word `w` of the slot for message `n`.
+fn word<'a>(base: *mut u8, n: u64, w: usize) -> &'a AtomicU32 {
+    debug_assert!(w < WORDS);
+    // SAFETY: slot n % SLOTS lies inside the area; words are aligned.
+    unsafe { &*base.add(LINE + (n as usize % SLOTS) * LINE + 4 * w).cast::<AtomicU32>() }
 }
 
 /// The number a slot carries for message `n` (counting from 0): never 0, so
@@ -90,32 +92,44 @@ impl FastboxTx {
     }
 
     /// Writes a message into the next fastbox if the payload fits and a box
-    /// is free; false if it must go through the ring. The caller has made
-    /// sure the ring holds nothing the receiver has not read.
-    pub(super) fn try_send(&mut self, header: &Header, payload: &[u8]) -> bool {
+    /// is free; `Ok(false)` if it must go through the ring. The caller has
+    /// made sure the ring holds nothing the receiver has not read. A count
+    /// of taken messages that cannot be is an error naming `peer`.
+    pub(super) fn try_send(&mut self, header: &Header, payload: &[u8], peer: &str) -> Result<bool> {
         if payload.len() > FASTBOX_DATA {
-            return false;
+            return Ok(false);
         }
         if self.sent - self.taken_seen >= SLOTS as u64 {
-            self.taken_seen = taken_counter(self.base).load(Ordering::Acquire);
-            if self.sent - self.taken_seen >= SLOTS as u64 {
-                return false;
+            let taken = taken_counter(self.base).load(Ordering::Acquire);
+            if taken < self.taken_seen || taken > self.sent {
+                return Err(Error::protocol(
+                    peer,
+                    "fastbox taken",
+                    format!(
+                        "{taken}, with {} sent and {} seen taken before",
+                        self.sent, self.taken_seen
+                    ),
+                ));
+            }
+            self.taken_seen = taken;
+            if self.sent - taken >= SLOTS as u64 {
+                return Ok(false);
             }
         }
-        let s = slot(self.base, self.sent);
-        // SAFETY: the slot is free (the receiver has taken the message that
-        // was in it and will not read it until the new stamp is stored) and
-        // the payload fits after DATA_AT.
-        unsafe {
-            s.add(4).write(header.kind as u8);
-            s.add(5).write(header.context as u8);
-            s.add(6).write(payload.len() as u8);
-            s.add(8).cast::<[u8; 4]>().write(header.tag.to_le_bytes());
-            std::ptr::copy_nonoverlapping(payload.as_ptr(), s.add(DATA_AT), payload.len());
+        let n = self.sent;
+        let first = header.kind as u32 | (payload.len() as u32) << 8 | u32::from(header.element) << 16;
+        let fields = [first, header.tag, header.context.0, header.call];
+        for (w, value) in fields.into_iter().enumerate() {
+            word(self.base, n, 1 + w).store(value, Ordering::Relaxed);
         }
-        sequence(s).store(stamp(self.sent), Ordering::Release);
+        for (i, chunk) in payload.chunks(4).enumerate() {
+            let mut b = [0u8; 4];
+            b[..chunk.len()].copy_from_slice(chunk);
+            word(self.base, n, 1 + FIELDS + i).store(u32::from_le_bytes(b), Ordering::Relaxed);
+        }
+        word(self.base, n, 0).store(stamp(n), Ordering::Release);
         self.sent += 1;
-        true
+        Ok(true)
     }
 }
 
@@ -128,7 +142,7 @@ impl FastboxRx {
 
     /// True if the next fastbox holds a message.
     pub(super) fn ready(&self) -> bool {
-        sequence(slot(self.base, self.taken)).load(Ordering::Acquire) == stamp(self.taken)
+        word(self.base, self.taken, 0).load(Ordering::Acquire) == stamp(self.taken)
     }
 
     /// Delivers every message waiting in the fastboxes from rank `from`, in
@@ -137,43 +151,51 @@ impl FastboxRx {
     pub(super) fn drain(&mut self, from: usize, deliver: &mut Delivery<'_>) -> Result<bool> {
         let start = self.taken;
         while self.ready() {
-            let s = slot(self.base, self.taken);
-            // SAFETY: the slot's stamp was loaded with Acquire after the
-            // sender wrote the fields with plain stores before its Release.
-            let (kind, context, len, tag) = unsafe {
-                (
-                    s.add(4).read(),
-                    s.add(5).read(),
-                    s.add(6).read() as usize,
-                    u32::from_le_bytes(s.add(8).cast::<[u8; 4]>().read()),
-                )
-            };
+            let n = self.taken;
+            // The stamp was loaded with Acquire after the sender stored the
+            // words before its Release.
+            let load = |w: usize| word(self.base, n, w).load(Ordering::Relaxed);
+            let first = load(1);
+            let (kind, len, element) = (
+                (first & 0xff) as u8,
+                ((first >> 8) & 0xff) as usize,
+                (first >> 16) as u16,
+            );
             let peer = || format!("rank {from}");
             let kind = match Kind::from_byte(kind) {
                 Some(k) if k.is_message() => k,
                 _ => return Err(Error::protocol(peer(), "kind", format!("fastbox kind {kind}"))),
             };
-            let Some(context) = Context::from_u32(u32::from(context)) else {
-                return Err(Error::protocol(peer(), "context", format!("fastbox context {context}")));
+            let header = Header {
+                kind,
+                element,
+                source: from as u32,
+                tag: load(2),
+                context: Context(load(3)),
+                call: load(4),
+                len: len as u64,
             };
-            if len > FASTBOX_DATA {
-                return Err(Error::protocol(
-                    peer(),
-                    "length",
-                    format!("{len} bytes in a fastbox of {FASTBOX_DATA}"),
-                ));
+            header.check(&peer(), FASTBOX_DATA as u64)?;
+            let mut payload = Vec::with_capacity(len);
+            for i in 0..len.div_ceil(4) {
+                payload.extend_from_slice(&load(1 + FIELDS + i).to_le_bytes());
             }
-            // SAFETY: `len` bytes of payload follow DATA_AT inside the line.
-            let payload = unsafe { std::slice::from_raw_parts(s.add(DATA_AT), len) };
-            match deliver.claim(from, tag, context, kind, len as u64) {
+            payload.truncate(len);
+            let format = Format::of(kind, element);
+            match deliver.claim(from, header.tag, header.context, format, len as u64) {
                 Some(landing) => {
                     // SAFETY: a claimed landing has room for `len` bytes.
                     unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), landing.ptr, len) };
-                    let mut env = Envelope::new(from, tag, context, kind, Vec::new());
+                    let mut env = Envelope::new(from, header.tag, header.context, format, Vec::new());
+                    env.call = header.call;
                     env.landed = Some(len as u64);
                     deliver.landed(landing.id, env);
                 }
-                None => deliver.deliver(Envelope::new(from, tag, context, kind, payload.to_vec())),
+                None => {
+                    let mut env = Envelope::new(from, header.tag, header.context, format, payload);
+                    env.call = header.call;
+                    deliver.deliver(env);
+                }
             }
             self.taken += 1;
         }
@@ -192,7 +214,8 @@ impl FastboxRx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::matching::{Landing, ReceiveId, Sink};
+    use crate::envelope::Landing;
+    use crate::matching::{ReceiveId, Sink};
 
     /// Keeps every message delivered to it; lands nothing.
     #[derive(Default)]
@@ -202,7 +225,7 @@ mod tests {
         fn deliver(&mut self, env: Envelope) {
             self.0.push(env);
         }
-        fn claim(&mut self, _: usize, _: u32, _: Context, _: Kind, _: u64) -> Option<Landing> {
+        fn claim(&mut self, _: usize, _: u32, _: Context, _: Format, _: u64) -> Option<Landing> {
             None
         }
         fn landed(&mut self, _: ReceiveId, _: Envelope) {}
@@ -216,9 +239,11 @@ mod tests {
     fn header(tag: u32) -> Header {
         Header {
             kind: Kind::Raw,
+            element: 5,
             source: 3,
             tag,
-            context: Context::User,
+            context: Context(6),
+            call: 0,
             len: 0,
         }
     }
@@ -233,36 +258,71 @@ mod tests {
         for round in 0..10u32 {
             // Fill every box, then one more must be refused.
             let mut sent = 0;
-            while tx.try_send(&header(next + sent), &(next + sent).to_le_bytes()) {
+            while tx
+                .try_send(&header(next + sent), &(next + sent).to_le_bytes(), "p")
+                .unwrap()
+            {
                 sent += 1;
             }
             assert!(sent >= 1 && sent <= SLOTS as u32, "round {round}: {sent} sent");
-            assert!(!tx.try_send(&header(0), &[1; FASTBOX_DATA + 1]), "too long");
+            assert!(
+                !tx.try_send(&header(0), &[1; FASTBOX_DATA + 1], "p").unwrap(),
+                "too long"
+            );
             assert!(rx.drain(3, &mut got).unwrap());
             next += sent;
         }
         assert_eq!(got.0.len(), next as usize);
         for (i, env) in got.0.iter().enumerate() {
-            assert_eq!((env.source, env.tag), (3, i as u32));
+            assert_eq!((env.source, env.tag, env.context), (3, i as u32, Context(6)));
             assert_eq!(env.payload, (i as u32).to_le_bytes());
+            assert_eq!(env.format, Format::Raw(5));
         }
         assert!(!rx.drain(3, &mut got).unwrap(), "nothing more");
+        let full = [9u8; FASTBOX_DATA];
+        assert!(tx.try_send(&header(1), &full, "p").unwrap());
+        assert!(rx.drain(3, &mut got).unwrap());
+        assert_eq!(got.0.last().map(|e| e.payload.clone()), Some(full.to_vec()));
     }
 
     #[test]
     fn a_malformed_box_is_an_error_naming_the_peer_and_the_field() {
-        for (offset, value, field) in [(4, 9u8, "kind"), (5, 7, "context"), (6, 60, "length")] {
+        // (word, value, field): the first word holds kind, length, element.
+        let cases = [
+            (1, 9u32, "kind"),
+            (1, 1 | 60 << 8, "length"),
+            (1, 1 | 3 << 16, "element"),
+            (4, 7, "call"),
+        ];
+        for (w, value, field) in cases {
             let mut memory = area();
             let base = memory.as_mut_ptr().cast::<u8>();
             let mut tx = FastboxTx::new(base);
-            assert!(tx.try_send(&header(1), b"hello"));
-            // SAFETY: a byte inside the first slot of the area.
-            unsafe { slot(base, 0).add(offset).write(value) };
+            assert!(tx.try_send(&header(1), b"hello", "p").unwrap());
+            word(base, 0, w).store(value, Ordering::Relaxed);
             match FastboxRx::new(base).drain(5, &mut Collect::default()) {
                 Err(Error::Protocol { peer, field: f, .. }) => assert_eq!((peer.as_str(), f), ("rank 5", field)),
                 other => panic!("{field}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_taken_count_that_cannot_be_is_an_error() {
+        let mut memory = area();
+        let base = memory.as_mut_ptr().cast::<u8>();
+        let mut tx = FastboxTx::new(base);
+        for i in 0..SLOTS as u32 {
+            assert!(tx.try_send(&header(i), &[], "p").unwrap());
+        }
+        taken_counter(base).store(u64::MAX, Ordering::Relaxed);
+        assert!(matches!(
+            tx.try_send(&header(0), &[], "rank 2"),
+            Err(Error::Protocol {
+                field: "fastbox taken",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -1,0 +1,259 @@
+//! Hang and deadlock reports, from the ranks' status pages (see
+//! `spmd::wire::status`): what each rank waits on and since when, which
+//! rank is computing outside spmd, stopped, or has not joined yet; and when
+//! every rank is blocked, nothing is in flight and nothing changes, the
+//! deadlock, with its cycle of waits.
+
+use std::time::{Duration, Instant};
+
+use spmd::wire::status::{Phase, WaitOp, Waiting, now_ns};
+
+use crate::rank::Rank;
+
+/// What one look at the ranks found.
+pub enum Verdict {
+    /// Some ranks have been blocked for the threshold: these lines say on
+    /// what.
+    Report(Vec<String>),
+    /// Every rank is blocked for good: these lines say how.
+    Deadlock(Vec<String>),
+}
+
+/// How a rank looked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Gone,
+    NotJoined,
+    Starting,
+    Stopped,
+    Computing,
+    Finalized,
+    Waiting(Waiting),
+}
+
+/// Watches the ranks for hangs.
+pub struct HangWatch {
+    threshold: Duration,
+    /// The lines of the last report, so that one episode is told once.
+    reported: Option<Vec<String>>,
+    /// What every rank looked like at the last look, the messages sent and
+    /// arrived, and since when nothing changed.
+    last: Option<(Vec<Seen>, u64, u64, Instant)>,
+    /// When each rank was last seen changing from one state to another.
+    changed: Vec<Instant>,
+}
+
+impl HangWatch {
+    pub fn new(threshold: Duration, ranks: usize) -> HangWatch {
+        let now = Instant::now();
+        HangWatch {
+            threshold,
+            reported: None,
+            last: None,
+            changed: vec![now; ranks],
+        }
+    }
+
+    /// Looks at every rank.
+    pub fn look(&mut self, ranks: &[Rank]) -> Option<Verdict> {
+        let now = Instant::now();
+        let (seen, sent, arrived) = observe(ranks);
+        if let Some((before, ..)) = &self.last {
+            for (i, (a, b)) in seen.iter().zip(before).enumerate() {
+                if !same_state(a, b) {
+                    self.changed[i] = now;
+                }
+            }
+        }
+        let stable_since = match &self.last {
+            Some((before, s, a, since)) if *before == seen && *s == sent && *a == arrived => *since,
+            _ => now,
+        };
+        self.last = Some((seen.clone(), sent, arrived, stable_since));
+        let now_ns = now_ns();
+        let long = |w: &Waiting| Duration::from_nanos(now_ns.saturating_sub(w.since_ns)) >= self.threshold;
+        if !seen.iter().any(|s| matches!(s, Seen::Waiting(w) if long(w))) {
+            self.reported = None;
+            return None;
+        }
+        let lines = self.describe_all(ranks, &seen, now);
+        let everyone_waits = seen
+            .iter()
+            .all(|s| matches!(s, Seen::Gone | Seen::Finalized) || matches!(s, Seen::Waiting(w) if w.until_ns == 0));
+        let anyone_waits = seen.iter().any(|s| matches!(s, Seen::Waiting(_)));
+        let quiet = sent == arrived && now.duration_since(stable_since) >= self.threshold;
+        if everyone_waits && anyone_waits && quiet {
+            let mut out = vec![deadlock_line(&seen)];
+            out.extend(mismatched_collectives(&seen));
+            out.extend(lines);
+            return Some(Verdict::Deadlock(out));
+        }
+        if self.reported.as_ref() == Some(&lines) {
+            return None;
+        }
+        self.reported = Some(lines.clone());
+        let mut out = vec![format!(
+            "ranks have been blocked inside spmd for {:.0} s or more:",
+            self.threshold.as_secs_f64()
+        )];
+        out.extend(lines);
+        Some(Verdict::Report(out))
+    }
+
+    /// One line per rank saying what it does (for reports and --timeout).
+    pub fn describe_now(&mut self, ranks: &[Rank]) -> Vec<String> {
+        let (seen, ..) = observe(ranks);
+        self.describe_all(ranks, &seen, Instant::now())
+    }
+
+    fn describe_all(&self, ranks: &[Rank], seen: &[Seen], now: Instant) -> Vec<String> {
+        let now_ns = now_ns();
+        seen.iter()
+            .enumerate()
+            .filter(|(_, s)| !matches!(s, Seen::Gone))
+            .map(|(r, s)| {
+                let who = ranks[r].describe(r);
+                let for_ = |since: Instant| format!("for {:.1} s", now.duration_since(since).as_secs_f64());
+                match s {
+                    Seen::Waiting(w) => {
+                        let secs = now_ns.saturating_sub(w.since_ns) as f64 / 1e9;
+                        format!("  {who} waits {} for {secs:.1} s", wait_text(w))
+                    }
+                    Seen::Computing => format!(
+                        "  {who} is computing outside spmd (in no spmd call) {}",
+                        for_(self.changed[r])
+                    ),
+                    Seen::Stopped => format!("  {who} is stopped (SIGSTOP or a debugger)"),
+                    Seen::NotJoined => format!(
+                        "  {who} has not called spmd::init while others have ({})",
+                        for_(self.changed[r])
+                    ),
+                    Seen::Starting => format!("  {who} is inside spmd::init"),
+                    Seen::Finalized => format!("  {who} has finalized and is exiting"),
+                    Seen::Gone => String::new(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Two looks at a rank show the same state (a wait on the same thing).
+fn same_state(a: &Seen, b: &Seen) -> bool {
+    match (a, b) {
+        (Seen::Waiting(x), Seen::Waiting(y)) => x.since_ns == y.since_ns,
+        _ => a == b,
+    }
+}
+
+/// True if the process is stopped (by a signal, or a debugger).
+fn stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "T" || state == "t")
+    })
+}
+
+fn observe(ranks: &[Rank]) -> (Vec<Seen>, u64, u64) {
+    let (mut sent, mut arrived) = (0u64, 0u64);
+    let seen = ranks
+        .iter()
+        .map(|r| {
+            let snapshot = r.status.as_ref().and_then(|p| p.read());
+            if let Some(s) = &snapshot {
+                sent = sent.wrapping_add(s.sent);
+                arrived = arrived.wrapping_add(s.arrived);
+            }
+            if r.exited.is_some() {
+                return Seen::Gone;
+            }
+            if stopped(r.pid) || r.joined_pid.is_some_and(stopped) {
+                return Seen::Stopped;
+            }
+            match snapshot {
+                None if r.hello => Seen::Starting,
+                None => Seen::NotJoined,
+                Some(s) => match (s.phase, s.waiting) {
+                    (Phase::Starting, _) => Seen::Starting,
+                    (Phase::Finalized, _) => Seen::Finalized,
+                    (Phase::Running, Some(w)) => Seen::Waiting(w),
+                    (Phase::Running, None) => Seen::Computing,
+                },
+            }
+        })
+        .collect();
+    (seen, sent, arrived)
+}
+
+fn wait_text(w: &Waiting) -> String {
+    let peer = |p: Option<u32>, any: &str| p.map_or(any.to_string(), |p| format!("rank {p}"));
+    let tag = w.tag.map_or("any tag".to_string(), |t| format!("tag {t}"));
+    match w.op {
+        WaitOp::Receive => format!("receive(from {}, {tag})", peer(w.peer, "any rank")),
+        WaitOp::Probe => format!("probe(from {}, {tag})", peer(w.peer, "any rank")),
+        WaitOp::Send => format!("send(to {}, which is not reading)", peer(w.peer, "a rank")),
+        WaitOp::Finalize => "finalize(sending what is left)".to_string(),
+        WaitOp::Collective => format!(
+            "{} (collective call #{} of context {}) for {}",
+            spmd::describe_collective(w.sig),
+            w.call,
+            w.context,
+            peer(w.peer, "the other ranks")
+        ),
+    }
+}
+
+/// The first cycle of waits, as "rank 0 waits X <- rank 1 waits Y", or a
+/// plain statement when the waits form none (waits on any rank).
+fn deadlock_line(seen: &[Seen]) -> String {
+    let next = |r: usize| match &seen[r] {
+        Seen::Waiting(w) => w.peer.map(|p| p as usize).filter(|p| *p < seen.len()),
+        _ => None,
+    };
+    for start in 0..seen.len() {
+        let mut path = vec![start];
+        let mut at = start;
+        while let Some(p) = next(at) {
+            if let Some(i) = path.iter().position(|q| *q == p) {
+                let cycle: Vec<String> = path[i..]
+                    .iter()
+                    .map(|r| match &seen[*r] {
+                        Seen::Waiting(w) => format!("rank {r} waits {}", wait_text(w)),
+                        _ => format!("rank {r}"),
+                    })
+                    .collect();
+                return format!("deadlock: {}", cycle.join(" <- "));
+            }
+            path.push(p);
+            at = p;
+        }
+    }
+    "deadlock: every rank is blocked inside spmd and no message is in flight:".to_string()
+}
+
+/// Lines naming ranks that wait in different collectives at the same call.
+fn mismatched_collectives(seen: &[Seen]) -> Vec<String> {
+    let calls: Vec<(usize, &Waiting)> = seen
+        .iter()
+        .enumerate()
+        .filter_map(|(r, s)| match s {
+            Seen::Waiting(w) if w.op == WaitOp::Collective => Some((r, w)),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (i, (r, w)) in calls.iter().enumerate() {
+        for (q, v) in &calls[i + 1..] {
+            if w.context == v.context && w.call == v.call && w.sig != v.sig {
+                out.push(format!(
+                    "  ranks called different collectives at call #{}: rank {r} {}, rank {q} {}",
+                    w.call,
+                    spmd::describe_collective(w.sig),
+                    spmd::describe_collective(v.sig)
+                ));
+                return out;
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,13 @@
+//! `spmdrun`, the spmd launcher, as a library: its command line and
+//! hostfiles are here for the fuzzers; `main.rs` runs a job.
+
+pub mod cli;
+mod hang;
+pub mod hostfile;
+pub mod job;
+mod jobdir;
+mod memory;
+mod output;
+mod rank;
+pub mod signals;
+mod spawn;

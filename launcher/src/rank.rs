@@ -1,0 +1,221 @@
+//! What spmdrun knows of one rank: its process, its control channel and
+//! what it said there, its status page, its output pipes, and how it ended.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{ChildStderr, ChildStdout};
+use std::time::Instant;
+
+use spmd::wire::status::Page;
+use spmd::wire::{Card, Channel, ControlMessage};
+
+use crate::output::LineCutter;
+use crate::spawn::Termination;
+
+/// One of a rank's output pipes.
+pub struct Pipe {
+    pub fd: OwnedFd,
+    pub cutter: LineCutter,
+}
+
+impl Pipe {
+    pub fn stdout(p: ChildStdout, rank: usize, tag: bool) -> std::io::Result<Pipe> {
+        Pipe::new(OwnedFd::from(p), rank, tag)
+    }
+
+    pub fn stderr(p: ChildStderr, rank: usize, tag: bool) -> std::io::Result<Pipe> {
+        Pipe::new(OwnedFd::from(p), rank, tag)
+    }
+
+    fn new(fd: OwnedFd, rank: usize, tag: bool) -> std::io::Result<Pipe> {
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+            .map_err(std::io::Error::from)?;
+        Ok(Pipe {
+            fd,
+            cutter: LineCutter::new(rank, tag),
+        })
+    }
+
+    /// Reads what is there: `Some(bytes)` (empty when nothing is ready), or
+    /// `None` once the pipe has closed.
+    pub fn read(&mut self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            return match nix::unistd::read(self.fd.as_fd(), &mut buf) {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some(buf)
+                }
+                Err(nix::errno::Errno::EAGAIN) => Some(Vec::new()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => None,
+            };
+        }
+    }
+}
+
+/// A rank's registration: how to reach it, and its segment.
+pub struct Registration {
+    pub host: String,
+    pub card: Card,
+    pub segment: Option<OwnedFd>,
+}
+
+#[derive(Default)]
+pub struct Rank {
+    /// The process spmdrun started (the leader of the rank's group).
+    pub pid: i32,
+    /// The process that joined the job, if another (under a wrapper).
+    pub joined_pid: Option<i32>,
+    pub channel: Option<Channel>,
+    pub status: Option<Page>,
+    pub stdout: Option<Pipe>,
+    pub stderr: Option<Pipe>,
+    pub hello: bool,
+    pub registration: Option<Registration>,
+    pub exited: Option<Termination>,
+    pub exited_at: Option<Instant>,
+    pub judged: bool,
+    pub finalized: bool,
+    pub control_closed: bool,
+    pub panic: Option<String>,
+    pub abort: Option<(i32, String)>,
+    pub failed: Option<String>,
+    /// The last line it wrote on standard error.
+    pub last_words: Vec<u8>,
+}
+
+impl Rank {
+    /// "rank 3 (pid 41388 on vm)".
+    pub fn describe(&self, rank: usize) -> String {
+        let pid = self.joined_pid.unwrap_or(self.pid);
+        match &self.registration {
+            Some(r) => format!("rank {rank} (pid {pid} on {})", r.host),
+            None => format!("rank {rank} (pid {pid})"),
+        }
+    }
+
+    /// True while the rank may still say something on its channel.
+    pub fn listening(&self) -> bool {
+        self.hello && !self.control_closed
+    }
+
+    /// What the rank's exit says about the job, if it fails it: the message
+    /// and the status. `others_running` and `others_joined` say whether any
+    /// other rank still runs, or has joined the job.
+    pub fn verdict(&self, rank: usize, others_running: bool, others_joined: bool) -> Option<(String, i32)> {
+        let who = self.describe(rank);
+        match (&self.abort, self.exited) {
+            (Some((code, message)), _) => {
+                let why = if message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {message}")
+                };
+                Some((format!("{who} called abort({code}){why}"), *code))
+            }
+            (None, Some(Termination::Signal(sig))) => {
+                let name = nix::sys::signal::Signal::try_from(sig).map_or("unknown", |s| s.as_str());
+                Some((format!("{who} was killed by signal {sig} ({name})"), 128 + sig))
+            }
+            (None, Some(Termination::Code(code))) if code != 0 => {
+                if let Some(p) = &self.panic {
+                    return Some((format!("{who} panicked: {}", one_line(p)), code));
+                }
+                if let Some(f) = &self.failed {
+                    return Some((format!("{who} failed: {}", one_line(f)), code));
+                }
+                let words = String::from_utf8_lossy(&self.last_words);
+                let words = words.trim();
+                if words.is_empty() {
+                    Some((format!("{who} exited with code {code}"), code))
+                } else {
+                    Some((
+                        format!(
+                            "{who} exited with code {code} (its last words on stderr: {})",
+                            one_line(words)
+                        ),
+                        code,
+                    ))
+                }
+            }
+            (None, _) if self.hello && !self.finalized && others_running => Some((
+                format!("{who} exited without calling finalize while other ranks were still running"),
+                1,
+            )),
+            (None, _) if !self.hello && others_joined => Some((
+                format!(
+                    "{who} exited without joining the job (it never called spmd::init) while other ranks wait for it"
+                ),
+                1,
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// A message on one line, whitespace runs folded.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// What a control message from a rank asks of the job.
+pub enum Said {
+    /// Nothing more to do.
+    Nothing,
+    /// The rank registered; the table may be complete.
+    Registered,
+    /// The rank broke the protocol: the job fails with this message.
+    Broke(String),
+}
+
+impl Rank {
+    /// Takes one message from rank `rank`'s channel (with its descriptors).
+    pub fn hear(&mut self, rank: usize, msg: ControlMessage, mut fds: Vec<OwnedFd>) -> Said {
+        match msg {
+            ControlMessage::Hello { rank: r, pid } if !self.hello => {
+                if r as usize != rank {
+                    return Said::Broke(format!(
+                        "the channel of rank {rank} was used by a process claiming rank {r}"
+                    ));
+                }
+                if pid as i32 != self.pid {
+                    // A wrapper (`sh -c`, `env`, `valgrind`) runs the spmd
+                    // program as a child: fine, but report its real pid.
+                    self.joined_pid = Some(pid as i32);
+                }
+                self.hello = true;
+                Said::Nothing
+            }
+            ControlMessage::Register { host, card } if self.hello && self.registration.is_none() => {
+                self.registration = Some(Registration {
+                    host,
+                    card,
+                    segment: fds.pop(),
+                });
+                Said::Registered
+            }
+            ControlMessage::Finalized => {
+                self.finalized = true;
+                Said::Nothing
+            }
+            ControlMessage::Abort { code, message } => {
+                self.abort = Some((code, message));
+                Said::Nothing
+            }
+            ControlMessage::Panic { message } => {
+                self.panic.get_or_insert(message);
+                Said::Nothing
+            }
+            ControlMessage::Failed { message } => {
+                self.failed.get_or_insert(message);
+                Said::Nothing
+            }
+            other => Said::Broke(format!(
+                "{} sent an unexpected {} message on its control channel",
+                self.describe(rank),
+                other.name()
+            )),
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! One collective call: its number on its communicator and its signature
+//! (which collective, which root), carried by every message it sends; the
+//! notice by which a rank that fails in a collective tells every other
+//! rank; and the check every collective wait makes, so that ranks that
+//! call different collectives, or whose partner failed, get an error
+//! instead of waiting for ever.
+//!
+//! A collective message carries `number << 16 | signature` in its header's
+//! call field. While it waits, a rank looks at the collective messages
+//! queued for it: a notice for this call (or for one it finished that
+//! another rank failed) is an error; so is a message of this call with
+//! another signature, or one of an earlier call that this rank finished
+//! without it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+
+use crate::envelope::{Envelope, Format};
+use crate::error::{Error, Result};
+use crate::matching::{Match, Matcher, Selector};
+use crate::progress::Head;
+use crate::status::WaitOn;
+use crate::wire::Context;
+use crate::wire::status::WaitOp;
+use crate::world::World;
+
+/// The tag of a notice: no algorithm uses it.
+const NOTICE: u32 = u32::MAX;
+/// How many failed calls a communicator remembers (to drop their late
+/// messages quietly).
+const REMEMBERED: usize = 64;
+
+/// Which collective a call is, for its signature and for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    Barrier = 1,
+    Broadcast,
+    Scatter,
+    Gather,
+    Allgather,
+    Reduce,
+    Allreduce,
+    Scan,
+    Alltoall,
+    BroadcastInto,
+    ScatterInto,
+    GatherInto,
+    AllgatherInto,
+    ReduceInto,
+    AllreduceInto,
+    ScanInto,
+    AlltoallInto,
+}
+
+const KINDS: [Kind; 17] = [
+    Kind::Barrier,
+    Kind::Broadcast,
+    Kind::Scatter,
+    Kind::Gather,
+    Kind::Allgather,
+    Kind::Reduce,
+    Kind::Allreduce,
+    Kind::Scan,
+    Kind::Alltoall,
+    Kind::BroadcastInto,
+    Kind::ScatterInto,
+    Kind::GatherInto,
+    Kind::AllgatherInto,
+    Kind::ReduceInto,
+    Kind::AllreduceInto,
+    Kind::ScanInto,
+    Kind::AlltoallInto,
+];
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Barrier => "barrier",
+            Kind::Broadcast => "broadcast",
+            Kind::Scatter => "scatter",
+            Kind::Gather => "gather",
+            Kind::Allgather => "allgather",
+            Kind::Reduce => "reduce",
+            Kind::Allreduce => "allreduce",
+            Kind::Scan => "scan",
+            Kind::Alltoall => "alltoall",
+            Kind::BroadcastInto => "broadcast_into",
+            Kind::ScatterInto => "scatter_into",
+            Kind::GatherInto => "gather_into",
+            Kind::AllgatherInto => "allgather_into",
+            Kind::ReduceInto => "reduce_into",
+            Kind::AllreduceInto => "allreduce_into",
+            Kind::ScanInto => "scan_into",
+            Kind::AlltoallInto => "alltoall_into",
+        }
+    }
+
+    /// True for the collectives whose algorithm depends on the length.
+    fn sized(self) -> bool {
+        (self as u8) >= Kind::BroadcastInto as u8
+    }
+
+    /// True for the collectives that have a root.
+    fn rooted(self) -> bool {
+        matches!(
+            self,
+            Kind::Broadcast
+                | Kind::Scatter
+                | Kind::Gather
+                | Kind::Reduce
+                | Kind::BroadcastInto
+                | Kind::ScatterInto
+                | Kind::GatherInto
+                | Kind::ReduceInto
+        )
+    }
+}
+
+/// A collective's signature: which one (5 bits), whether it moves more
+/// than 4 KiB per rank (1 bit: the algorithms differ), and its root (the
+/// low 10 bits).
+pub(crate) fn signature(kind: Kind, root: usize, large: bool) -> u16 {
+    let root = if kind.rooted() { root & 0x3ff } else { 0 };
+    (kind as u16) << 11 | u16::from(large) << 10 | root as u16
+}
+
+/// Names a signature for messages: "broadcast_into of more than 4 KiB (root 3)".
+pub(crate) fn describe(sig: u16) -> String {
+    let code = (sig >> 11) as u8;
+    let Some(kind) = KINDS.iter().find(|k| **k as u8 == code) else {
+        return format!("an unknown collective ({code})");
+    };
+    let size = match (kind.sized(), sig & 0x400 != 0) {
+        (false, _) => "",
+        (true, true) => " of more than 4 KiB",
+        (true, false) => " of at most 4 KiB",
+    };
+    let root = if kind.rooted() {
+        format!(" (root {})", sig & 0x3ff)
+    } else {
+        String::new()
+    };
+    format!("{}{size}{root}", kind.name())
+}
+
+/// What a communicator remembers of its collectives.
+#[derive(Debug)]
+pub(crate) struct Calls {
+    /// The number of the last call (wrapping).
+    last: Cell<u16>,
+    /// Recent calls that failed on this rank.
+    failed: RefCell<VecDeque<u16>>,
+    /// False once a collective has failed: later ones use messages only,
+    /// because ranks may have left the node-wide paths out of step.
+    shared_ok: Cell<bool>,
+}
+
+impl Default for Calls {
+    fn default() -> Calls {
+        Calls {
+            last: Cell::new(0),
+            failed: RefCell::new(VecDeque::new()),
+            shared_ok: Cell::new(true),
+        }
+    }
+}
+
+impl Calls {
+    /// True while the node-wide shared-memory paths may be used.
+    pub fn shared_ok(&self) -> bool {
+        self.shared_ok.get()
+    }
+
+    fn has_failed(&self, number: u16) -> bool {
+        self.failed.borrow().contains(&number)
+    }
+}
+
+/// True if call `a` came before call `b` (16-bit numbers that wrap).
+fn before(a: u16, b: u16) -> bool {
+    let d = b.wrapping_sub(a);
+    d != 0 && d < 0x8000
+}
+
+/// What a collective's receive got.
+enum Received {
+    Ours(Envelope),
+    Dropped,
+    Wrong(Error),
+}
+
+/// One collective call under way.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Call {
+    pub number: u16,
+    pub sig: u16,
+    /// The context of the communicator's collectives.
+    pub context: Context,
+}
+
+impl Call {
+    /// The call field of this call's messages.
+    pub fn word(&self) -> u32 {
+        u32::from(self.number) << 16 | u32::from(self.sig)
+    }
+
+    /// How the status page describes a wait of this call on `peer`.
+    pub fn waiting(&self, peer: Option<usize>) -> WaitOn {
+        WaitOn {
+            op: WaitOp::Collective,
+            peer,
+            tag: None,
+            context: self.context.0,
+            call: u32::from(self.number),
+            sig: self.sig,
+            deadline: None,
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("{} (collective call #{})", describe(self.sig), self.number)
+    }
+
+    /// The error for a message `env` of this communicator's collectives
+    /// that is not this call's, if it tells of a failure or a mismatch;
+    /// `None` if it is a late message of a call that failed here (drop it),
+    /// or, for a message still queued (`received` false), one of a later
+    /// call (a rank ahead of this one).
+    fn foreign(&self, calls: &Calls, env: &Envelope, received: bool) -> Option<Error> {
+        let (number, sig) = ((env.call >> 16) as u16, env.call as u16);
+        if calls.has_failed(number) {
+            return None;
+        }
+        let earlier = before(number, self.number);
+        if env.tag == NOTICE {
+            if !(earlier || number == self.number) {
+                return None;
+            }
+            let text = String::from_utf8_lossy(&env.payload);
+            let when = if earlier {
+                format!(" (call #{number}, which this rank finished)")
+            } else {
+                String::new()
+            };
+            return Some(Error::CollectiveFailed {
+                rank: env.source,
+                detail: format!("in {}{when}: {text}", describe(sig)),
+            });
+        }
+        if number == self.number && sig != self.sig {
+            return Some(Error::CollectiveMismatch {
+                detail: format!(
+                    "ranks called different collectives at collective call #{}: rank {} called {} where this rank \
+                     called {}",
+                    self.number,
+                    env.source,
+                    describe(sig),
+                    describe(self.sig)
+                ),
+            });
+        }
+        if earlier || (received && number != self.number) {
+            let which = if earlier { "an earlier" } else { "a later" };
+            return Some(Error::CollectiveMismatch {
+                detail: format!(
+                    "rank {} sent a message of {which} collective call, #{number} ({}), where this rank is in {}",
+                    env.source,
+                    describe(sig),
+                    self.name()
+                ),
+            });
+        }
+        None
+    }
+
+    /// The check a wait of this call runs at every step.
+    pub fn check<'a>(&'a self, calls: &'a Calls) -> impl FnMut(&Matcher) -> Result<()> + 'a {
+        move |matcher| {
+            let found = matcher
+                .queued_in(self.context)
+                .filter(|e| e.tag == NOTICE || e.call != self.word())
+                .find_map(|e| self.foreign(calls, e, false));
+            found.map_or(Ok(()), Err)
+        }
+    }
+}
+
+impl World {
+    /// Runs one collective: numbers the call, runs `body`, and if it fails
+    /// tells every other rank (unless the failure was another rank's
+    /// notice) and remembers the failure.
+    pub(crate) fn collective<T>(&self, kind: Kind, root: usize, body: impl FnOnce(&Call) -> Result<T>) -> Result<T> {
+        self.sized_collective(kind, root, false, body)
+    }
+
+    /// [`World::collective`] for a collective whose algorithm depends on
+    /// whether it moves more than 4 KiB per rank (`large`): ranks on both
+    /// sides of that line call different collectives.
+    pub(crate) fn sized_collective<T>(
+        &self,
+        kind: Kind,
+        root: usize,
+        large: bool,
+        body: impl FnOnce(&Call) -> Result<T>,
+    ) -> Result<T> {
+        let calls = self.calls();
+        let number = calls.last.get().wrapping_add(1);
+        calls.last.set(number);
+        let call = Call {
+            number,
+            sig: signature(kind, root, large),
+            context: self.coll_context(),
+        };
+        let result = body(&call);
+        if let Err(e) = &result {
+            calls.shared_ok.set(false);
+            let mut failed = calls.failed.borrow_mut();
+            if failed.len() == REMEMBERED {
+                failed.pop_front();
+            }
+            failed.push_back(number);
+            drop(failed);
+            // What told of the failure, and what is left of the call, is
+            // not to trouble later calls.
+            let context = call.context;
+            self.engine()
+                .discard(&|env| env.context == context && !before(number, (env.call >> 16) as u16));
+            if !matches!(e, Error::CollectiveFailed { .. }) {
+                self.tell_others(&call, e);
+            }
+        }
+        result
+    }
+
+    /// Sends a notice of this rank's failure in `call` to every other rank
+    /// (best effort: a rank that has gone gets nothing).
+    fn tell_others(&self, call: &Call, e: &Error) {
+        let text = e.to_string().into_bytes();
+        let head = Head {
+            context: call.context,
+            tag: NOTICE,
+            call: call.word(),
+            format: Format::Serde,
+        };
+        let mut engine = self.engine();
+        for dest in (0..self.size()).filter(|d| *d != self.rank()) {
+            if !engine.has_left(dest) {
+                let _ = engine.send(dest, head, text.clone());
+            }
+        }
+    }
+
+    /// Receives the message of `call` that `source` sends with `tag`,
+    /// checking the queue at every step of the wait; late messages of calls
+    /// that failed here are dropped.
+    pub(crate) fn call_receive(&self, call: &Call, source: usize, tag: u32) -> Result<Envelope> {
+        loop {
+            let sel = Selector::new(call.context, Match::source(source).with_tag(tag));
+            let env = {
+                let mut engine = self.engine();
+                let id = engine.post(sel, None)?;
+                let mut check = call.check(self.calls());
+                engine.wait_receive_checked(id, None, Some((call.waiting(Some(source)), &mut check)))?
+            };
+            match self.judge_received(call, env) {
+                Received::Ours(env) => return Ok(env),
+                Received::Dropped => {}
+                Received::Wrong(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Like [`World::call_receive`], letting raw numbers of type `element`
+    /// land straight in `buf`.
+    pub(crate) fn call_receive_into(
+        &self,
+        call: &Call,
+        source: usize,
+        tag: u32,
+        buf: &mut [u8],
+        element: u16,
+    ) -> Result<Envelope> {
+        loop {
+            let sel = Selector::new(call.context, Match::source(source).with_tag(tag));
+            let mut env = {
+                let mut engine = self.engine();
+                let mut check = call.check(self.calls());
+                engine.receive_landing_checked(sel, buf, element, Some((call.waiting(Some(source)), &mut check)))?
+            };
+            if env.call != call.word() {
+                if let Some(len) = env.landed.take() {
+                    // Not ours after all: out of the caller's buffer.
+                    env.payload = crate::pool::copy_of(&buf[..len as usize]);
+                }
+            }
+            match self.judge_received(call, env) {
+                Received::Ours(env) => return Ok(env),
+                Received::Dropped => {}
+                Received::Wrong(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Decides what a message a receive of `call` got is: this call's; a
+    /// late one of a call that failed here (dropped); or a sign that the
+    /// ranks disagree. A message of a later call goes back to the queue for
+    /// that call; the error prefers what the queue says (another rank's
+    /// notice, a message of another collective) to the message itself.
+    fn judge_received(&self, call: &Call, env: Envelope) -> Received {
+        if env.call == call.word() {
+            return Received::Ours(env);
+        }
+        let calls = self.calls();
+        let Some(wrong) = call.foreign(calls, &env, true) else {
+            return Received::Dropped;
+        };
+        let later = before(call.number, (env.call >> 16) as u16);
+        let mut engine = self.engine();
+        if later {
+            engine.requeue(env);
+        }
+        let queued = engine.queued_check(&mut call.check(calls));
+        Received::Wrong(queued.err().unwrap_or(wrong))
+    }
+
+    /// Sends a message of `call` to `dest` with `tag`.
+    pub(crate) fn call_send(
+        &self,
+        call: &Call,
+        dest: usize,
+        tag: u32,
+        body: (Format, Vec<u8>),
+    ) -> Result<crate::progress::Sent> {
+        let head = Head {
+            context: call.context,
+            tag,
+            call: call.word(),
+            format: body.0,
+        };
+        self.engine().send(dest, head, body.1)
+    }
+
+    /// Sends raw bytes of `call` straight from the caller's memory and waits
+    /// until they have left.
+    pub(crate) fn call_send_now(&self, call: &Call, dest: usize, tag: u32, format: Format, bytes: &[u8]) -> Result<()> {
+        let head = Head {
+            context: call.context,
+            tag,
+            call: call.word(),
+            format,
+        };
+        self.engine().send_now(dest, head, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_name_the_collective_and_its_root() {
+        assert_eq!(describe(signature(Kind::Barrier, 5, false)), "barrier");
+        assert_eq!(describe(signature(Kind::Broadcast, 3, false)), "broadcast (root 3)");
+        assert_eq!(
+            describe(signature(Kind::BroadcastInto, 3, true)),
+            "broadcast_into of more than 4 KiB (root 3)"
+        );
+        assert_ne!(
+            signature(Kind::Broadcast, 0, false),
+            signature(Kind::Broadcast, 1, false)
+        );
+        assert_ne!(signature(Kind::ReduceInto, 0, false), signature(Kind::Reduce, 0, false));
+        assert_ne!(
+            signature(Kind::ReduceInto, 0, false),
+            signature(Kind::ReduceInto, 0, true)
+        );
+        assert_eq!(describe(0), "an unknown collective (0)");
+        for k in KINDS {
+            assert_ne!(signature(k, 0, false), 0, "{k:?}");
+        }
+    }
+
+    #[test]
+    fn call_numbers_wrap_and_stay_ordered() {
+        assert!(before(1, 2));
+        assert!(before(u16::MAX, 1));
+        assert!(!before(2, 2));
+        assert!(!before(3, 2));
+    }
+}

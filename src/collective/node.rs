@@ -1,0 +1,241 @@
+//! Collectives done in place in shared memory by all the ranks of a node at
+//! once: each rank writes its part into its slot of the shared region,
+//! then either
+//! - every rank waits until all parts are there and folds them itself, in
+//!   rank order (when each rank has a core: one wait, nothing shared is
+//!   written twice), or
+//! - it arrives on a shared counter; the last to arrive folds the parts,
+//!   publishes the result and wakes the others (when ranks outnumber
+//!   cores: the others sleep instead of polling for parts one by one).
+//!
+//! Every rank waits once, instead of once per round of a tree. Each part is
+//! marked with its step and its call's signature, so ranks that meet with
+//! different calls all get an error instead of folding parts that do not
+//! belong together; a rank that waits for a part from a rank that has
+//! finalized gets an error instead of waiting for ever.
+
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::Ordering;
+
+use crate::error::{Error, Result};
+use crate::wire::WaitMode;
+use crate::world::World;
+
+use super::call::{Call, describe};
+use super::region::{FAILED, PART_MAX, Parts, Slots};
+
+/// Combines the parts of all ranks, in rank order, into the result.
+pub(crate) type Fold<'a> = dyn FnMut(&Parts) -> Result<Vec<u8>> + 'a;
+
+/// Which step of a collective a rank's part is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum NodeStep {
+    Barrier = 1,
+    Broadcast = 2,
+    Reduce = 3,
+    Allreduce = 4,
+    /// The check of lengths that starts a collective through the windows.
+    WindowStart = 5,
+    /// A barrier between the steps of a collective through the windows.
+    WindowStep = 6,
+}
+
+impl NodeStep {
+    const ALL: [NodeStep; 6] = [
+        NodeStep::Barrier,
+        NodeStep::Broadcast,
+        NodeStep::Reduce,
+        NodeStep::Allreduce,
+        NodeStep::WindowStart,
+        NodeStep::WindowStep,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            NodeStep::Barrier => "",
+            NodeStep::Broadcast | NodeStep::Reduce | NodeStep::Allreduce => " of at most 4 KiB",
+            NodeStep::WindowStart => " of more than 4 KiB",
+            NodeStep::WindowStep => " (in the middle of one of more than 4 KiB)",
+        }
+    }
+}
+
+fn mark(step: NodeStep, sig: u16) -> u32 {
+    step as u32 | u32::from(sig) << 8
+}
+
+fn describe_mark(mark: u32) -> String {
+    let step = NodeStep::ALL.iter().find(|s| **s as u32 == mark & 0xff);
+    format!(
+        "{}{}",
+        describe((mark >> 8) as u16),
+        step.map_or(" (an unknown step)", |s| s.name())
+    )
+}
+
+/// What this rank knows of the node-wide collectives it took part in.
+#[derive(Debug, Default)]
+pub(crate) struct NodeState {
+    /// Node-wide steps so far (the same on every rank of the node).
+    steps: Cell<u32>,
+    /// Pieces moved through the windows so far (the same on every rank).
+    pub pieces: Cell<usize>,
+    /// The parts of the last fold, kept for their memory.
+    parts: RefCell<Parts>,
+}
+
+/// Where the node-wide collectives of a communicator run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Node {
+    pub slots: Slots,
+    pub n: usize,
+    pub me: usize,
+    /// Every rank folds the parts itself (a core per rank).
+    every_rank_folds: bool,
+}
+
+impl World {
+    /// The node-wide collectives' region, if this communicator can use it:
+    /// every rank on this node over shared memory, and no collective failed.
+    pub(crate) fn shared_node(&self) -> Option<Node> {
+        if self.size() < 2 || !self.calls().shared_ok() {
+            return None;
+        }
+        let every_rank_folds = self.settings()?.wait == WaitMode::Spin;
+        let mut engine = self.engine();
+        let mesh = engine.node()?;
+        let (n, me) = (mesh.node().ranks.len(), mesh.node().me);
+        let slots = Slots::of(mesh.region()?, n)?;
+        Some(Node {
+            slots,
+            n,
+            me,
+            every_rank_folds,
+        })
+    }
+
+    /// Runs one node-wide step of `call` with this rank's part `mine` (at
+    /// most [`PART_MAX`] bytes) and the length of its buffer, `claim`, which
+    /// must be the same on every rank; returns the folded result. `None` if
+    /// this communicator has no node-wide path.
+    pub(crate) fn node_step(
+        &self,
+        call: &Call,
+        step: NodeStep,
+        claim: usize,
+        mine: &[u8],
+        fold: &mut Fold<'_>,
+    ) -> Option<Result<Vec<u8>>> {
+        let node = self.shared_node()?;
+        Some(self.node_step_on(node, call, step, claim, mine, fold))
+    }
+
+    /// [`World::node_step`] on a node already looked up.
+    pub(crate) fn node_step_on(
+        &self,
+        node: Node,
+        call: &Call,
+        step: NodeStep,
+        claim: usize,
+        mine: &[u8],
+        fold: &mut Fold<'_>,
+    ) -> Result<Vec<u8>> {
+        debug_assert!(mine.len() <= PART_MAX, "the callers check the size");
+        let Node { slots, n, me, .. } = node;
+        let state = self.node_state();
+        let set = state.steps.get() as usize % 2;
+        let target = state.steps.get().wrapping_add(1).max(1);
+        state.steps.set(target);
+        let mark = mark(step, call.sig);
+        slots.put(set, me, mark, claim.min(u32::MAX as usize) as u32, mine);
+        slots.stamp(set, me).store(target, Ordering::Release);
+        let missing = || -> Vec<usize> {
+            (0..n)
+                .filter(|r| slots.stamp(set, *r).load(Ordering::Acquire) != target)
+                .collect()
+        };
+        if node.every_rank_folds {
+            self.wake_node();
+            let ready = || (0..n).all(|r| slots.stamp(set, r).load(Ordering::Acquire) == target);
+            self.node_wait(call, &ready, &missing)?;
+            return self.fold_parts(slots, set, n, fold);
+        }
+        if slots.arrived().fetch_add(1, Ordering::AcqRel) + 1 == n as u32 {
+            // Last to arrive: every part is written (the arrivals' Release
+            // ordered them before our Acquire).
+            let result = self.fold_parts(slots, set, n, fold);
+            match &result {
+                Ok(bytes) if bytes.len() <= PART_MAX => slots.put(set, n, 0, 0, bytes),
+                Ok(_) => slots.put_failed(set, "a node-wide collective's result is larger than its slot"),
+                Err(Error::InvalidArgument(reason)) => slots.put_failed(set, reason),
+                Err(Error::CollectiveMismatch { detail }) => slots.put_failed(set, detail),
+                Err(e) => slots.put_failed(set, &e.to_string()),
+            }
+            slots.arrived().store(0, Ordering::Relaxed);
+            slots.generation().store(target, Ordering::Release);
+            self.wake_node();
+            return result;
+        }
+        let done = || slots.generation().load(Ordering::Acquire) == target;
+        self.node_wait(call, &done, &missing)?;
+        let mut out = Vec::new();
+        match slots.get(set, n, &mut out, "the rank that folded")?.0 {
+            // The rank that folded failed with the reason it published.
+            FAILED => Err(Error::CollectiveMismatch {
+                detail: String::from_utf8_lossy(&out).into_owned(),
+            }),
+            _ => Ok(out),
+        }
+    }
+
+    /// Copies every rank's part of `set` out of the region, checks that all
+    /// belong to the same call and claim the same length, and folds them.
+    fn fold_parts(&self, slots: Slots, set: usize, n: usize, fold: &mut Fold<'_>) -> Result<Vec<u8>> {
+        let state = self.node_state();
+        let mut parts = state.parts.borrow_mut();
+        parts.clear();
+        let (mut first, mut first_claim) = (0, 0);
+        for r in 0..n {
+            let (m, claim) = slots.get(set, r, parts.buffer(), &format!("rank {r}"))?;
+            parts.close();
+            if r == 0 {
+                (first, first_claim) = (m, claim);
+            } else if m == first && claim != first_claim {
+                return Err(Error::CollectiveMismatch {
+                    detail: format!(
+                        "ranks gave slices of different lengths to {}: rank 0 {first_claim} bytes, rank {r} {claim}",
+                        describe_mark(m)
+                    ),
+                });
+            } else if m != first {
+                return Err(Error::CollectiveMismatch {
+                    detail: format!(
+                        "ranks called different collectives at the same point: rank 0 called {}, rank {r} called {} \
+                         (every rank must call the same collectives in the same order, with the same root and lengths)",
+                        describe_mark(first),
+                        describe_mark(m)
+                    ),
+                });
+            }
+        }
+        fold(&parts)
+    }
+
+    fn wake_node(&self) {
+        if let Some(mesh) = self.engine().node() {
+            mesh.wake_node();
+        }
+    }
+
+    /// Waits until `ready`, checking the call's queue and that no rank
+    /// `missing` names has left.
+    fn node_wait(&self, call: &Call, ready: &dyn Fn() -> bool, missing: &dyn Fn() -> Vec<usize>) -> Result<()> {
+        if ready() {
+            return Ok(());
+        }
+        let mut check = call.check(self.calls());
+        let waiting = |peer| call.waiting(peer);
+        self.engine().node_wait(ready, missing, &waiting, &mut check)
+    }
+}

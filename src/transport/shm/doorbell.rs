@@ -1,0 +1,66 @@
+//! Doorbells: a word in each rank's segment that the rank sleeps on with a
+//! futex when it has nothing to do, and that its peers ring after writing
+//! to it. Both sides put a SeqCst fence between their store and their
+//! check, so a wake-up is never lost.
+
+use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::time::Duration;
+
+/// The owner is awake (or polling).
+pub(super) const AWAKE: u32 = 0;
+/// The owner is asleep, or about to be: ring it.
+pub(super) const SLEEPING: u32 = 1;
+
+/// Wakes the owners of all the doorbells that sleep, after one fence.
+pub(super) fn ring_all<'a>(doorbells: impl Iterator<Item = &'a AtomicU32>) {
+    fence(Ordering::SeqCst);
+    for bell in doorbells {
+        if bell.load(Ordering::Relaxed) == SLEEPING {
+            bell.store(AWAKE, Ordering::Relaxed);
+            futex_wake(bell);
+        }
+    }
+}
+
+/// Wakes the owner of `doorbell` if it sleeps. The fence orders our
+/// preceding store (a head, a tail, a fastbox) before the check.
+pub(super) fn ring(doorbell: &AtomicU32) {
+    ring_all(std::iter::once(doorbell));
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a valid, aligned u32 in shared memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            0usize,
+            0usize,
+            0u32,
+        );
+    }
+}
+
+/// Sleeps while `word` holds `expected`, until woken or `timeout` passes.
+pub(super) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT on a valid, aligned u32; the timeout outlives the
+    // call. EINTR, EAGAIN and ETIMEDOUT all just return to the caller.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            ts_ptr,
+            0usize,
+            0u32,
+        );
+    }
+}

@@ -1,0 +1,335 @@
+//! Shared memory between the ranks of one node: each rank owns a segment
+//! (see [`segment`]) holding one single-producer ring per sender on the
+//! node, and a doorbell word it sleeps on with a futex when it has nothing
+//! to do. Segments travel between ranks as file descriptors, through the
+//! launcher, over the ranks' private control channels.
+//!
+//! A ring is a byte stream (the frames of [`super::stream`] flow through it
+//! unchanged), so large messages are pipelined through it: the sender copies
+//! in while the receiver copies out.
+//!
+//! Waiting follows the job's [`WaitMode`]: a rank polls its rings for a
+//! short while (spinning, or yielding its core between polls when ranks
+//! outnumber cores), then sets its doorbell to SLEEPING, checks once more,
+//! and sleeps on the futex. Whoever writes into its rings, or frees room in
+//! a ring it writes to, rings the doorbell.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{Ordering, fence};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::wire::control::WaitMode;
+
+mod doorbell;
+mod fastbox;
+mod link;
+mod ring;
+mod segment;
+
+use super::peers::Peers;
+use super::stream::Peer;
+use super::{Delivery, Wait};
+use doorbell::{AWAKE, SLEEPING};
+use link::RingLink;
+use segment::{CLOSED, Segment};
+
+/// How long a rank polls before it sleeps, when it has a core to itself.
+const SPIN: Duration = Duration::from_millis(1);
+/// How long a rank keeps yielding its core before it sleeps, when there are
+/// more ranks than cores: handing the core to the peer it waits for costs a
+/// few microseconds, a futex wake-up tens.
+const YIELD: Duration = Duration::from_micros(500);
+
+/// Who is on a node, in local order, and where this rank is among them.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeRanks {
+    /// The global ranks on the node, in rank order (local index order).
+    pub ranks: Vec<usize>,
+    /// This rank's local index.
+    pub me: usize,
+}
+
+/// The region the node-wide collectives share: the same bytes on every
+/// rank of the node, in the node leader's segment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Region {
+    pub base: *mut u8,
+    pub len: usize,
+}
+
+/// This rank's own segment, made before it registers with the launcher.
+#[derive(Debug)]
+pub(crate) struct ShmEndpoint {
+    segment: Segment,
+    ring: usize,
+    region: usize,
+}
+
+impl ShmEndpoint {
+    /// Makes the segment of rank `rank`, local index `local_index` of a
+    /// node of `local` ranks; the node leader's holds a collective region
+    /// of `region` bytes.
+    pub fn create(rank: usize, local_index: usize, local: usize, region: usize) -> Result<ShmEndpoint> {
+        let ring = segment::ring_bytes(local);
+        let own_region = if local_index == 0 { region } else { 0 };
+        let segment = Segment::create(local, ring, own_region, &format!("rank {rank}"))?;
+        Ok(ShmEndpoint { segment, ring, region })
+    }
+
+    /// The segment's descriptor, for the launcher to pass on.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.segment.fd()
+    }
+}
+
+/// The shared-memory links of one rank to all the others on its node.
+#[derive(Debug)]
+pub(crate) struct ShmMesh {
+    pub peers: Peers<RingLink>,
+    own: Segment,
+    /// The peers' segments, by local index (`None` for this rank); the
+    /// links point into them.
+    mapped: Vec<Option<Segment>>,
+    node: NodeRanks,
+    /// The node-wide collective region (in the leader's segment).
+    region: Option<Region>,
+    wait: WaitMode,
+}
+
+// SAFETY: the raw pointers point into mappings owned by the mesh itself.
+unsafe impl Send for ShmMesh {}
+
+impl ShmMesh {
+    /// Maps the segments of the other ranks of the node (`segments`, by
+    /// global rank) after checking each, and links this rank to them.
+    /// `size` is the number of ranks in the job.
+    pub fn connect(
+        own: ShmEndpoint,
+        size: usize,
+        node: NodeRanks,
+        segments: Vec<(usize, OwnedFd)>,
+        max_message: u64,
+        wait: WaitMode,
+    ) -> Result<ShmMesh> {
+        let local = node.ranks.len();
+        let me = node.ranks[node.me];
+        let mut mapped: Vec<Option<Segment>> = (0..local).map(|_| None).collect();
+        for (rank, fd) in segments {
+            let Some(index) = node.ranks.iter().position(|r| *r == rank).filter(|i| *i != node.me) else {
+                return Err(Error::protocol(
+                    "the launcher",
+                    "segments",
+                    format!("a segment for rank {rank}, which is not another rank of this node"),
+                ));
+            };
+            let region = if index == 0 { own.region } else { 0 };
+            let who = format!("rank {rank}");
+            if mapped[index].is_some() {
+                return Err(Error::protocol(
+                    "the launcher",
+                    "segments",
+                    format!("two segments for {who}"),
+                ));
+            }
+            mapped[index] = Some(Segment::open(fd, local, own.ring, region, &who)?);
+        }
+        let mut list: Vec<Option<Peer<RingLink>>> = (0..size).map(|_| None).collect();
+        for (index, &rank) in node.ranks.iter().enumerate() {
+            if index == node.me {
+                continue;
+            }
+            let Some(peer) = mapped[index].as_ref() else {
+                return Err(Error::protocol(
+                    "the launcher",
+                    "segments",
+                    format!("no segment for rank {rank}, which shares this node"),
+                ));
+            };
+            let link = RingLink::new(
+                format!("rank {rank}"),
+                peer.ring(node.me),
+                own.segment.ring(index),
+                peer.doorbell(),
+                peer.state(),
+            );
+            list[rank] = Some(Peer::new(rank, link));
+        }
+        let leader = if node.me == 0 {
+            Some(&own.segment)
+        } else {
+            mapped[0].as_ref()
+        };
+        let region = leader.and_then(Segment::region).map(|(base, len)| Region { base, len });
+        Ok(ShmMesh {
+            peers: Peers { me, list, max_message },
+            own: own.segment,
+            mapped,
+            node,
+            region,
+            wait,
+        })
+    }
+
+    /// The region the node-wide collectives share.
+    pub fn region(&self) -> Option<Region> {
+        self.region
+    }
+
+    /// The ranks of the node.
+    pub fn node(&self) -> &NodeRanks {
+        &self.node
+    }
+
+    /// True if every rank shares its node (and so the region).
+    pub fn whole_job(&self) -> bool {
+        self.node.ranks.len() == self.peers.list.len()
+    }
+
+    fn peer_segments(&self) -> impl Iterator<Item = &Segment> {
+        self.mapped.iter().flatten()
+    }
+
+    /// Wakes every other rank of the node that sleeps.
+    pub fn wake_node(&self) {
+        doorbell::ring_all(self.peer_segments().map(Segment::doorbell));
+    }
+
+    /// True if `rank` (on this node) has finalized.
+    pub fn has_closed(&self, rank: usize) -> bool {
+        self.peers.list[rank].as_ref().is_some_and(|p| p.link.peer_closed())
+    }
+
+    /// True if `rank` will deliver nothing more: it said Bye, or it has
+    /// finalized and everything it wrote has been read.
+    pub fn is_gone(&self, rank: usize) -> bool {
+        self.peers.is_gone(rank)
+            || self.peers.list[rank]
+                .as_ref()
+                .is_some_and(|p| p.link.peer_closed() && !p.link.ready() && p.is_idle())
+    }
+
+    /// True if some peer has written, or a ring with queued output has room.
+    fn anything_ready(&self) -> bool {
+        self.peers
+            .list
+            .iter()
+            .flatten()
+            .any(|p| p.is_open() && (p.link.ready() || (p.has_output() && p.link.writable())))
+    }
+
+    /// Writes what it can and reads what has arrived, without waiting; true
+    /// if anything moved.
+    pub fn move_bytes(&mut self, deliver: &mut Delivery<'_>) -> Result<bool> {
+        let mut moved = self.peers.flush_all()?;
+        let max = self.peers.max_message;
+        for p in self.peers.list.iter_mut().flatten() {
+            // Fastbox messages first; the ring stops before any bytes
+            // written after a fastbox message that is waiting, so go round
+            // again while one is.
+            while p.is_open() {
+                moved |= p.link.fastbox_rx.drain(p.rank(), deliver)?;
+                if p.link.readable() {
+                    moved |= p.read_available(max, deliver)?;
+                }
+                if !p.link.fastbox_rx.ready() {
+                    break;
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Writes what it can and reads what has arrived. With [`Wait::Until`]
+    /// and nothing to do, polls for a while and then sleeps on the doorbell
+    /// until a peer rings it or the deadline passes.
+    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<()> {
+        let deadline = match wait {
+            Wait::No => return self.move_bytes(deliver).map(|_| ()),
+            Wait::Until(d) => d,
+        };
+        loop {
+            if self.move_bytes(deliver)? {
+                return Ok(());
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(());
+            }
+            self.idle(deadline, &|| false, sleeping);
+        }
+    }
+
+    /// Waits, without moving bytes, until a link is ready, `woken` says so,
+    /// or the deadline passes: polls a while (as the wait mode says), then
+    /// calls `sleeping` and sleeps on the doorbell.
+    pub fn idle(&self, deadline: Option<Instant>, woken: &dyn Fn() -> bool, sleeping: &dyn Fn()) {
+        let ready = || self.anything_ready() || woken();
+        let poll_for = match self.wait {
+            WaitMode::Spin => Some(SPIN),
+            WaitMode::Yield => Some(YIELD),
+            WaitMode::Sleep => None,
+        };
+        if let Some(poll_for) = poll_for {
+            let yielding = self.wait == WaitMode::Yield;
+            // Reading the clock costs more than a poll: not on every poll,
+            // and not at all when the wait is short.
+            let mut poll_until = None;
+            let mut polls = 0u32;
+            loop {
+                if yielding {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+                if ready() {
+                    return;
+                }
+                polls = polls.wrapping_add(1);
+                if yielding || polls % 128 == 0 {
+                    let now = Instant::now();
+                    if now >= *poll_until.get_or_insert(now + poll_for) {
+                        break;
+                    }
+                }
+            }
+        }
+        // Sleep until somebody rings.
+        sleeping();
+        let bell = self.own.doorbell();
+        bell.store(SLEEPING, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !ready() {
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            doorbell::wait(bell, SLEEPING, timeout);
+        }
+        bell.store(AWAKE, Ordering::Relaxed);
+    }
+
+    /// Sends everything queued (to peers that still read) and says Bye to
+    /// every peer, then marks this rank closed so that nobody waits for it
+    /// to read or to make room.
+    pub fn finish(&mut self, deliver: &mut Delivery<'_>, sleeping: &dyn Fn()) -> Result<()> {
+        self.peers.queue_byes();
+        let mut result = Ok(());
+        while self.peers.pending_output() {
+            if let Err(e) = self.progress(deliver, Wait::Until(None), sleeping) {
+                result = Err(e);
+                break;
+            }
+        }
+        // What arrived meanwhile is delivered, for the report of messages
+        // never received.
+        let _ = self.move_bytes(deliver);
+        self.own.state().store(CLOSED, Ordering::Release);
+        self.wake_node();
+        result
+    }
+}
+
+/// The shared memory the ranks of a node of `local` ranks need in all, for
+/// a collective region of `region` bytes: what the launcher checks is free
+/// before it starts them.
+pub(crate) fn node_bytes(local: usize, region: usize) -> u64 {
+    let ring = segment::ring_bytes(local);
+    (local as u64) * segment::segment_len(local, ring, 0) as u64 + region as u64
+}

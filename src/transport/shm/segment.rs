@@ -1,0 +1,304 @@
+//! A rank's shared-memory segment: an anonymous memory file (memfd) with
+//! nothing in `/dev/shm` to name, squat or leave behind, its memory
+//! reserved when it is made, and sealed so that nobody can shrink it under
+//! a peer that maps it (which would kill the peer with SIGBUS). It holds a
+//! header (the owner's doorbell and state), one ring per sender on the
+//! node, and, in the node leader's segment, the region the node-wide
+//! collectives share.
+//!
+//! Nothing here hands out a Rust reference to bytes a peer may write: the
+//! header words are atomics, and the rings and the region are reached
+//! through raw pointers only.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"spmd-sh2");
+/// Bytes before the first ring.
+const HEADER: usize = 4096;
+const OFF_MAGIC: usize = 0;
+const OFF_RING_BYTES: usize = 8;
+const OFF_LOCAL: usize = 16;
+const OFF_REGION: usize = 24;
+const OFF_DOORBELL: usize = 64;
+const OFF_STATE: usize = 128;
+
+/// A ring's control block: `head` (bytes written) and `tail` (bytes read),
+/// each on its own cache line, then the pair's fastboxes.
+pub(super) const RING_CONTROL: usize = 128 + super::fastbox::AREA;
+
+/// The owner of a segment has finalized: it reads nothing more.
+pub(super) const CLOSED: u32 = 2;
+const OPEN: u32 = 1;
+
+/// The largest ring between two ranks.
+const MAX_RING: usize = 1 << 20;
+/// The smallest ring, whatever the number of ranks.
+const MIN_RING: usize = 16 << 10;
+/// What the rings of one node take at most, as long as rings stay above
+/// their minimum (256 MiB: 1 MiB rings up to 16 ranks on a node).
+const NODE_RINGS_BUDGET: usize = 256 << 20;
+
+/// The size of each ring on a node of `local` ranks: 1 MiB, less when
+/// there are so many ranks that the rings of the node (one per pair and
+/// direction) would pass 256 MiB (256 KiB at 32 ranks, 64 KiB at 64, 16 KiB
+/// at the least).
+pub(crate) fn ring_bytes(local: usize) -> usize {
+    let pairs = local.max(1) * local.max(1);
+    let mut ring = MAX_RING;
+    while ring * pairs > NODE_RINGS_BUDGET && ring > MIN_RING {
+        ring /= 2;
+    }
+    ring
+}
+
+/// The bytes of a segment for a node of `local` ranks with rings of
+/// `ring` bytes, holding a collective region of `region` bytes.
+pub(crate) fn segment_len(local: usize, ring: usize, region: usize) -> usize {
+    rings_end(local, ring) + region
+}
+
+fn rings_end(local: usize, ring: usize) -> usize {
+    HEADER + local * (RING_CONTROL + ring)
+}
+
+/// The memory of one ring, inside a mapped segment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RingMemory {
+    /// The control block: head, tail, fastboxes.
+    pub control: *mut u8,
+    /// The ring's bytes.
+    pub data: *mut u8,
+    pub capacity: usize,
+}
+
+/// One rank's segment, mapped. The mapping lives as long as this value.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    file: OwnedFd,
+    base: NonNull<u8>,
+    len: usize,
+    local: usize,
+    ring: usize,
+    region: usize,
+}
+
+// SAFETY: the mapping is owned by this value; shared memory is only
+// reached through atomics and raw pointers.
+unsafe impl Send for Segment {}
+
+fn os_error(what: String) -> impl FnOnce(nix::errno::Errno) -> Error {
+    move |e| Error::io(what, e.into())
+}
+
+impl Segment {
+    /// Makes, reserves, seals and maps the segment of one rank on a node of
+    /// `local` ranks (holding a region of `region` bytes, for the node
+    /// leader). `who` names the rank in errors.
+    pub fn create(local: usize, ring: usize, region: usize, who: &str) -> Result<Segment> {
+        let len = segment_len(local, ring, region);
+        let name = c"spmd-segment";
+        // SAFETY: a plain system call with a valid C string.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+        if fd < 0 {
+            return Err(Error::io(
+                format!("{who}: creating its shared-memory segment (memfd_create)"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: the descriptor was just created and is owned by nothing else.
+        let file = unsafe { OwnedFd::from_raw_fd(fd) };
+        nix::unistd::ftruncate(&file, len as i64)
+            .map_err(os_error(format!("{who}: sizing its segment to {len} bytes")))?;
+        // Reserve every page now: running out later would kill the rank
+        // with SIGBUS in the middle of a copy.
+        // SAFETY: a plain system call on a descriptor we own.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+        if r != 0 {
+            return Err(Error::Bootstrap(format!(
+                "{who}: cannot reserve {len} bytes ({:.1} MiB) of shared memory for its segment: {}",
+                len as f64 / (1 << 20) as f64,
+                std::io::Error::last_os_error()
+            )));
+        }
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: a plain fcntl on a descriptor we own.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(Error::io(
+                format!("{who}: sealing its segment"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let segment = Segment::map(file, len, local, ring, region, who)?;
+        segment.word64(OFF_RING_BYTES).store(ring as u64, Ordering::Relaxed);
+        segment.word64(OFF_LOCAL).store(local as u64, Ordering::Relaxed);
+        segment.word64(OFF_REGION).store(region as u64, Ordering::Relaxed);
+        segment.state().store(OPEN, Ordering::Relaxed);
+        segment.word64(OFF_MAGIC).store(MAGIC, Ordering::Release);
+        Ok(segment)
+    }
+
+    /// Maps a peer's segment received from the launcher, after checking
+    /// that it is what it must be: sealed against shrinking (so that it
+    /// cannot vanish under this rank), of the size the layout gives, and
+    /// marked as a segment of this layout. `who` names the peer in errors.
+    pub fn open(file: OwnedFd, local: usize, ring: usize, region: usize, who: &str) -> Result<Segment> {
+        let len = segment_len(local, ring, region);
+        let bad = |detail: String| Error::protocol(who, "segment", detail);
+        // SAFETY: a plain fcntl on a descriptor we own.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        let needed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        if seals < 0 || seals & needed != needed {
+            return Err(bad(format!(
+                "its segment is not sealed against resizing (seals {seals:#x})"
+            )));
+        }
+        let actual = nix::sys::stat::fstat(&file)
+            .map_err(os_error(format!("inspecting the segment of {who}")))?
+            .st_size;
+        if actual != len as i64 {
+            return Err(bad(format!("its segment has {actual} bytes, expected {len}")));
+        }
+        let segment = Segment::map(file, len, local, ring, region, who)?;
+        let fields = [
+            (OFF_MAGIC, MAGIC, "magic"),
+            (OFF_RING_BYTES, ring as u64, "ring size"),
+            (OFF_LOCAL, local as u64, "ranks on the node"),
+            (OFF_REGION, region as u64, "region size"),
+        ];
+        for (offset, want, name) in fields {
+            let got = segment.word64(offset).load(Ordering::Acquire);
+            if got != want {
+                return Err(bad(format!("its {name} is {got}, expected {want}")));
+            }
+        }
+        Ok(segment)
+    }
+
+    fn map(file: OwnedFd, len: usize, local: usize, ring: usize, region: usize, who: &str) -> Result<Segment> {
+        let size = std::num::NonZeroUsize::new(len).ok_or_else(|| Error::InvalidArgument("an empty segment".into()))?;
+        // SAFETY: mapping a file we hold, shared, at a kernel-chosen address.
+        let base = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                size,
+                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                nix::sys::mman::MapFlags::MAP_SHARED,
+                &file,
+                0,
+            )
+        }
+        .map_err(os_error(format!("mapping the segment of {who}")))?;
+        Ok(Segment {
+            file,
+            base: base.cast(),
+            len,
+            local,
+            ring,
+            region,
+        })
+    }
+
+    /// The descriptor, to pass to the launcher.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    fn word64(&self, offset: usize) -> &AtomicU64 {
+        debug_assert!(offset + 8 <= HEADER && offset % 8 == 0);
+        // SAFETY: inside the mapping (the header), aligned; atomics may be
+        // written by other processes at the same time.
+        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    fn word32(&self, offset: usize) -> &AtomicU32 {
+        debug_assert!(offset + 4 <= HEADER && offset % 4 == 0);
+        // SAFETY: as for `word64`.
+        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    /// The owner's doorbell: peers ring it after writing to the owner or
+    /// freeing room in a ring it writes to.
+    pub fn doorbell(&self) -> &AtomicU32 {
+        self.word32(OFF_DOORBELL)
+    }
+
+    /// The owner's state: [`CLOSED`] once it has finalized.
+    pub fn state(&self) -> &AtomicU32 {
+        self.word32(OFF_STATE)
+    }
+
+    /// The ring written by the rank with local index `sender`.
+    pub fn ring(&self, sender: usize) -> RingMemory {
+        assert!(sender < self.local, "ring {sender} of {} on the node", self.local);
+        let offset = HEADER + sender * (RING_CONTROL + self.ring);
+        debug_assert!(offset + RING_CONTROL + self.ring <= self.len);
+        // SAFETY: inside the mapping, by the layout checked at creation.
+        let control = unsafe { self.base.as_ptr().add(offset) };
+        RingMemory {
+            control,
+            // SAFETY: the data follows the control block, inside the mapping.
+            data: unsafe { control.add(RING_CONTROL) },
+            capacity: self.ring,
+        }
+    }
+
+    /// The region the node-wide collectives share (in the node leader's
+    /// segment): its start and length.
+    pub fn region(&self) -> Option<(*mut u8, usize)> {
+        let start = rings_end(self.local, self.ring);
+        if self.region == 0 {
+            return None;
+        }
+        debug_assert!(start + self.region == self.len);
+        // SAFETY: the region ends the mapping.
+        Some((unsafe { self.base.as_ptr().add(start) }, self.region))
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped; nothing reaches into
+        // it afterwards (the mesh drops its links with the segments).
+        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rings_shrink_with_many_ranks_and_stay_in_budget() {
+        assert_eq!(ring_bytes(2), 1 << 20);
+        assert_eq!(ring_bytes(16), 1 << 20);
+        assert_eq!(ring_bytes(32), 256 << 10);
+        assert_eq!(ring_bytes(64), 64 << 10);
+        assert_eq!(ring_bytes(1000), 16 << 10);
+        for l in 1..200 {
+            assert!(ring_bytes(l) * l * l <= NODE_RINGS_BUDGET || ring_bytes(l) == MIN_RING);
+        }
+    }
+
+    #[test]
+    fn a_peer_segment_is_checked_before_it_is_used() {
+        let seg = Segment::create(3, 16 << 10, 4096, "rank 0").unwrap();
+        let dup = || seg.fd().try_clone_to_owned().unwrap();
+        let peer = Segment::open(dup(), 3, 16 << 10, 4096, "rank 0").unwrap();
+        assert!(peer.region().is_some());
+        for (local, ring, region, field) in [(4, 16 << 10, 4096, "segment"), (3, 32 << 10, 4096, "segment")] {
+            match Segment::open(dup(), local, ring, region, "rank 0") {
+                Err(Error::Protocol { field: f, peer, .. }) => assert_eq!((f, peer.as_str()), (field, "rank 0")),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Sealed: nobody can shrink it under a peer.
+        assert!(nix::unistd::ftruncate(seg.fd(), 0).is_err());
+        // An unsealed file of the right size is refused.
+        let (file, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(Segment::open(OwnedFd::from(file), 3, 16 << 10, 4096, "rank 0").is_err());
+    }
+}

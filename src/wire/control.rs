@@ -1,0 +1,280 @@
+//! What a rank and its launcher say to each other over the rank's control
+//! channel, and the address cards ranks exchange through the launcher.
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Secret;
+use crate::error::{Error, Result};
+
+use super::MAX_CONTROL_LEN;
+
+/// How a rank can be reached by its peers: the "address card" each rank
+/// registers with the launcher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Card {
+    /// The rank has a shared-memory segment for the ranks of its node; it
+    /// travels as a file descriptor beside the card, never by name.
+    pub shm: bool,
+    /// The path of the rank's listening Unix socket, inside the job's
+    /// private directory (same node only).
+    pub unix: Option<String>,
+}
+
+/// How the ranks of one node talk to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransportKind {
+    /// Rings in shared memory (the default).
+    Shm,
+    /// Unix-domain sockets.
+    Socket,
+}
+
+/// How a rank waits for its peers over shared memory before it sleeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WaitMode {
+    /// Poll for up to a millisecond (a core per rank), and fold node-wide
+    /// collectives on every rank.
+    Spin,
+    /// Yield the core between polls for up to half a millisecond (more ranks
+    /// than cores), and let the last rank to arrive fold node-wide
+    /// collectives while the others sleep.
+    Yield,
+    /// Sleep at once, and fold node-wide collectives as `Yield` does.
+    Sleep,
+}
+
+impl TransportKind {
+    /// Parses the value of `SPMD_TRANSPORT`.
+    pub fn parse(value: &str) -> std::result::Result<TransportKind, String> {
+        match value {
+            "shm" => Ok(TransportKind::Shm),
+            "socket" => Ok(TransportKind::Socket),
+            other => Err(format!("SPMD_TRANSPORT={other:?}: expected \"shm\" or \"socket\"")),
+        }
+    }
+}
+
+impl WaitMode {
+    /// Parses the value of `SPMD_WAIT` (`None` for `auto`).
+    pub fn parse(value: &str) -> std::result::Result<Option<WaitMode>, String> {
+        match value {
+            "auto" => Ok(None),
+            "spin" => Ok(Some(WaitMode::Spin)),
+            "yield" => Ok(Some(WaitMode::Yield)),
+            "sleep" => Ok(Some(WaitMode::Sleep)),
+            other => Err(format!(
+                "SPMD_WAIT={other:?}: expected \"auto\", \"spin\", \"yield\" or \"sleep\""
+            )),
+        }
+    }
+}
+
+/// What every rank of a job must agree on, decided once by the launcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// How ranks on one node talk.
+    pub transport: TransportKind,
+    /// How ranks wait over shared memory.
+    pub wait: WaitMode,
+}
+
+/// What a rank and the launcher say to each other.
+///
+/// The channel is a Unix socket the launcher created for this one rank and
+/// the rank inherited; some messages carry file descriptors beside them
+/// (see [`ControlMessage::fds`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlMessage {
+    /// Rank → launcher, first: "I am this rank, in this process".
+    Hello {
+        /// The rank's number.
+        rank: u32,
+        /// Its process id.
+        pid: u32,
+    },
+    /// Launcher → rank, the answer to `Hello`: the job's secret and where
+    /// the rank keeps its sockets. Carries one descriptor: the rank's status
+    /// page, where it says what it waits on (for hang reports).
+    Welcome {
+        /// The job's secret, for the handshakes between ranks.
+        secret: Secret,
+        /// The job's private directory on this node (mode 0700).
+        dir: String,
+        /// What every rank of the job agrees on.
+        settings: Settings,
+    },
+    /// Rank → launcher: "reach me here". Carries the rank's shared-memory
+    /// segment when `card.shm` is set.
+    Register {
+        /// Its host name.
+        host: String,
+        /// How peers connect to it.
+        card: Card,
+    },
+    /// Launcher → every rank, once all have registered: the cards of all
+    /// ranks, indexed by rank, and which node each rank is on. The segments
+    /// of the rank's node follow in [`ControlMessage::Segments`] messages.
+    Table {
+        /// `cards[r]` is how to reach rank `r`.
+        cards: Vec<Card>,
+        /// `nodes[r]` is the node index of rank `r`.
+        nodes: Vec<u32>,
+    },
+    /// Launcher → rank: the shared-memory segments of these ranks, one
+    /// descriptor each, in this order.
+    Segments {
+        /// The ranks whose segments ride with this message.
+        ranks: Vec<u32>,
+    },
+    /// Rank → launcher: the rank has finalized and is about to exit.
+    Finalized,
+    /// Rank → launcher: the program called `abort(code)`.
+    Abort {
+        /// The exit code it asked for.
+        code: i32,
+        /// An optional explanation.
+        message: String,
+    },
+    /// Rank → launcher: the program panicked (the process exits next).
+    Panic {
+        /// The panic message and location.
+        message: String,
+    },
+    /// Rank → launcher: spmd failed in a way that ends this rank (start-up
+    /// failed, say); the launcher reports this message as the cause.
+    Failed {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The most descriptors one message carries (the kernel takes 253).
+pub const MAX_FDS_PER_MESSAGE: usize = 200;
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ MAX_CONTROL_LEN as usize }>()
+}
+
+impl ControlMessage {
+    /// How many file descriptors travel with this message.
+    pub fn fds(&self) -> usize {
+        match self {
+            ControlMessage::Welcome { .. } => 1,
+            ControlMessage::Register { card, .. } => usize::from(card.shm),
+            ControlMessage::Segments { ranks } => ranks.len(),
+            _ => 0,
+        }
+    }
+
+    /// A short name for errors and reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ControlMessage::Hello { .. } => "Hello",
+            ControlMessage::Welcome { .. } => "Welcome",
+            ControlMessage::Register { .. } => "Register",
+            ControlMessage::Table { .. } => "Table",
+            ControlMessage::Segments { .. } => "Segments",
+            ControlMessage::Finalized => "Finalized",
+            ControlMessage::Abort { .. } => "Abort",
+            ControlMessage::Panic { .. } => "Panic",
+            ControlMessage::Failed { .. } => "Failed",
+        }
+    }
+
+    /// Encodes this message as the payload of a control frame.
+    pub fn encode(&self) -> Vec<u8> {
+        // Encoding a plain enum of strings and vectors into a Vec cannot fail
+        // short of running out of memory, or passing the limit, which no
+        // message the launcher or a rank builds comes near.
+        bincode::serde::encode_to_vec(self, bincode_config()).unwrap_or_default()
+    }
+
+    /// Decodes a control payload received from `peer`, checking that every
+    /// byte was used and that it carries no more descriptors than a message
+    /// may.
+    pub fn decode(payload: &[u8], peer: &str) -> Result<ControlMessage> {
+        let (msg, used): (ControlMessage, usize) = bincode::serde::decode_from_slice(payload, bincode_config())
+            .map_err(|e| Error::protocol(peer, "control message", e.to_string()))?;
+        if used != payload.len() {
+            return Err(Error::protocol(
+                peer,
+                "control message",
+                format!("{} trailing bytes", payload.len() - used),
+            ));
+        }
+        if msg.fds() > MAX_FDS_PER_MESSAGE {
+            return Err(Error::protocol(
+                peer,
+                "control message",
+                format!("a {} message with {} descriptors", msg.name(), msg.fds()),
+            ));
+        }
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(seed: &mut u64) -> u8 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (*seed >> 33) as u8
+    }
+
+    #[test]
+    fn corrupted_control_messages_are_errors_not_panics() {
+        let good = ControlMessage::Register {
+            host: "node".into(),
+            card: Card {
+                shm: true,
+                unix: Some("/tmp/x".into()),
+            },
+        }
+        .encode();
+        let mut seed = 11;
+        for _ in 0..20_000 {
+            let mut bytes = good.clone();
+            let flips = 1 + noise(&mut seed) as usize % 4;
+            for _ in 0..flips {
+                let at = noise(&mut seed) as usize % bytes.len();
+                bytes[at] = noise(&mut seed);
+            }
+            let cut = noise(&mut seed) as usize % (bytes.len() + 1);
+            let _ = ControlMessage::decode(&bytes[..cut], "fuzz");
+            let _ = ControlMessage::decode(&bytes, "fuzz");
+        }
+    }
+
+    #[test]
+    fn control_messages_round_trip_and_reject_garbage() {
+        let m = ControlMessage::Abort {
+            code: 3,
+            message: "bad input".into(),
+        };
+        assert_eq!(ControlMessage::decode(&m.encode(), "x").unwrap(), m);
+        assert!(ControlMessage::decode(&[0xff, 0xff, 0xff], "x").is_err());
+        let too_many = ControlMessage::Segments {
+            ranks: (0..MAX_FDS_PER_MESSAGE as u32 + 1).collect(),
+        };
+        assert!(ControlMessage::decode(&too_many.encode(), "x").is_err());
+    }
+
+    #[test]
+    fn the_secret_never_shows_in_debug_output() {
+        let secret = Secret::random().unwrap();
+        let hex = secret.to_hex();
+        let text = format!(
+            "{:?}",
+            ControlMessage::Welcome {
+                secret,
+                dir: "/tmp/d".into(),
+                settings: Settings {
+                    transport: TransportKind::Shm,
+                    wait: WaitMode::Spin
+                }
+            }
+        );
+        assert!(!text.contains(&hex[..16]), "{text}");
+    }
+}
