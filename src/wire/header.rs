@@ -181,44 +181,39 @@ impl Header {
             call,
             len,
         };
-        header.check(peer, max_len)?;
+        header.check(|| peer.to_string(), max_len)?;
         Ok(header)
     }
 
     /// The checks of [`Header::decode`] on decoded fields, for the paths
-    /// that carry a header's fields in another layout (the fastboxes).
-    pub fn check(&self, peer: &str, max_len: u64) -> Result<()> {
+    /// that carry a header's fields in another layout (the fastboxes);
+    /// `peer` names the sender, and is only called when a field is wrong.
+    pub fn check(&self, peer: impl FnOnce() -> String, max_len: u64) -> Result<()> {
         let kind = self.kind;
+        let wrong = |field, detail: String| Err(Error::protocol(peer(), field, detail));
         if kind != Kind::Raw && self.element != 0 {
-            return Err(Error::protocol(
-                peer,
+            return wrong(
                 "element",
                 format!("a {kind:?} frame must have element 0, got {}", self.element),
-            ));
+            );
         }
         if !kind.is_message() && (self.tag != 0 || self.context != Context::WORLD) {
-            return Err(Error::protocol(
-                peer,
-                "tag",
-                format!("a {kind:?} frame must have tag 0 and context 0"),
-            ));
+            return wrong("tag", format!("a {kind:?} frame must have tag 0 and context 0"));
         }
         if self.call != 0 && !(kind.is_message() && self.context.is_collective()) {
-            return Err(Error::protocol(
-                peer,
+            return wrong(
                 "call",
                 format!("only collective messages have a call number, got {}", self.call),
-            ));
+            );
         }
         if self.len > max_len {
-            return Err(Error::protocol(
-                peer,
+            return wrong(
                 "length",
                 format!(
                     "{} bytes is more than the limit of {max_len} bytes for a {kind:?} frame",
                     self.len
                 ),
-            ));
+            );
         }
         Ok(())
     }

@@ -175,7 +175,7 @@ impl FastboxRx {
                 call: load(4),
                 len: len as u64,
             };
-            header.check(&peer(), FASTBOX_DATA as u64)?;
+            header.check(peer, FASTBOX_DATA as u64)?;
             let mut payload = Vec::with_capacity(len);
             for i in 0..len.div_ceil(4) {
                 payload.extend_from_slice(&load(1 + FIELDS + i).to_le_bytes());
