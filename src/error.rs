@@ -127,6 +127,15 @@ pub enum Error {
         detail: String,
     },
 
+    /// An earlier collective of this communicator failed (on this rank or
+    /// another), so the ranks no longer agree on where they are: every
+    /// later collective on it fails too. Point-to-point messages still work.
+    #[error("the collectives of this communicator failed earlier, {detail}")]
+    CollectivesBroken {
+        /// Which call failed first, and how.
+        detail: String,
+    },
+
     /// The launcher ended the job (another rank failed, or spmdrun was
     /// interrupted), or the launcher itself has gone.
     #[error("the job was ended by the launcher: {reason}")]

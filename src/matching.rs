@@ -296,11 +296,6 @@ impl Matcher {
         self.unexpected.iter().find(|env| sel.accepts(env)).map(Status::of)
     }
 
-    /// Drops the queued messages `drop` picks.
-    pub fn discard(&mut self, drop: &dyn Fn(&Envelope) -> bool) {
-        self.unexpected.retain(|e| !drop(e));
-    }
-
     /// Every queued message, in arrival order.
     pub fn queued(&self) -> impl Iterator<Item = &Envelope> {
         self.unexpected.iter()

@@ -182,15 +182,21 @@ impl Engine {
         self.matcher.requeue(env);
     }
 
+    /// Delivers what has arrived over shared memory, if anything has (a
+    /// few loads when nothing has).
+    pub fn catch_up(&mut self) -> Result<()> {
+        let Some(mesh) = self.transport.node() else {
+            return Ok(());
+        };
+        if mesh.anything_arrived() {
+            mesh.move_bytes(&mut self.matcher)?;
+        }
+        Ok(())
+    }
+
     /// Runs a collective's check on the queue as it is.
     pub fn queued_check(&self, check: &mut Check<'_>) -> Result<()> {
         check(&self.matcher)
-    }
-
-    /// Drops the queued messages `drop` picks (what is left of a collective
-    /// that failed).
-    pub fn discard(&mut self, drop: &dyn Fn(&Envelope) -> bool) {
-        self.matcher.discard(drop);
     }
 
     /// Withdraws a receive and stops anything from landing in its buffer; a
@@ -353,10 +359,11 @@ impl Engine {
                 self.step(Wait::Until(deadline))?;
                 continue;
             };
-            self.check_can_arrive(sel)?;
+            // Another rank's notice says more than its absence does.
             if let Some((_, check)) = check.as_mut() {
                 check(&self.matcher)?;
             }
+            self.check_can_arrive(sel)?;
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(timed_out(sel_text(Some(sel)), timeout));
             }
@@ -485,6 +492,9 @@ impl Engine {
         let result = (|| {
             while !ready() {
                 check(&self.matcher)?;
+                if ready() {
+                    break;
+                }
                 let absent = missing();
                 if let Some(&r) = absent.iter().find(|r| self.has_left(**r)) {
                     return Err(self.left(r));
@@ -536,6 +546,15 @@ impl Engine {
             s.set_phase(Phase::Finalized);
         }
         result
+    }
+
+    /// The collective messages of `context` that arrived and were never
+    /// taken: (source, whether it is another rank's notice of failure).
+    pub fn unreceived_collective(&self, context: Context) -> Vec<(usize, bool)> {
+        self.matcher
+            .queued_in(context)
+            .map(|e| (e.source, e.tag == crate::collective::call::NOTICE))
+            .collect()
     }
 
     /// The point-to-point messages that arrived and were never received

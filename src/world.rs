@@ -313,7 +313,29 @@ impl World {
         let flushed = engine.finish();
         let p2p = self.p2p_context();
         let lost = engine.unreceived(&|c| c == p2p);
+        let coll = self.coll_context();
+        let stray = engine.unreceived_collective(coll);
         drop(engine);
+        let mut result = flushed;
+        if let Some((source, is_notice)) = stray.first().copied().filter(|_| self.calls().working()) {
+            if is_notice {
+                eprintln!(
+                    "spmd: rank {}: rank {source} failed in a collective that this rank never called",
+                    self.rank
+                );
+            } else {
+                // A collective message nobody took: the ranks disagreed on a
+                // collective that ended here before anything showed it.
+                let e = Error::CollectiveMismatch {
+                    detail: format!(
+                        "rank {source} sent a collective message that this rank never took: the ranks called \
+                         different collectives, or the same one with different roots"
+                    ),
+                };
+                eprintln!("spmd: rank {}: {e}", self.rank);
+                result = result.and(Err(e));
+            }
+        }
         if !lost.is_empty() {
             let shown: Vec<String> = lost
                 .iter()
@@ -331,7 +353,7 @@ impl World {
         if self.managed {
             control::tell(&ControlMessage::Finalized, true);
         }
-        flushed
+        result
     }
 }
 

@@ -4,17 +4,18 @@
 
 mod common;
 
-use common::{TRANSPORTS, example, run, spmdrun_over};
+use common::{MODES, example, mode_name, run, spmdrun_in};
 
 fn collectives(n: usize, seed: u64, cases: usize) {
-    for transport in TRANSPORTS {
-        collectives_over(transport, n, seed, cases);
+    for mode in MODES {
+        collectives_in(mode, n, seed, cases);
     }
 }
 
-fn collectives_over(transport: &str, n: usize, seed: u64, cases: usize) {
-    let out = run(spmdrun_over(
-        transport,
+fn collectives_in(mode: (&str, &str), n: usize, seed: u64, cases: usize) {
+    let transport = mode_name(mode);
+    let out = run(spmdrun_in(
+        mode,
         &[
             "-n",
             &n.to_string(),

@@ -5,16 +5,17 @@
 
 mod common;
 
-use common::{TRANSPORTS, example, run, spmdrun_over};
+use common::{MODES, example, mode_name, run, spmdrun_in};
 
-fn check(mode: &str, n: usize) {
-    for transport in TRANSPORTS {
-        let args = ["-n", &n.to_string(), "--timeout", "150", &example("spmd-check"), mode];
-        let out = run(spmdrun_over(transport, &args));
-        assert_eq!(out.code(), Some(0), "{mode}, n={n}, {transport}: {out:?}");
+fn check(what: &str, n: usize) {
+    for mode in MODES {
+        let name = mode_name(mode);
+        let args = ["-n", &n.to_string(), "--timeout", "150", &example("spmd-check"), what];
+        let out = run(spmdrun_in(mode, &args));
+        assert_eq!(out.code(), Some(0), "{what}, n={n}, {name}: {out:?}");
         assert!(
-            out.stdout.contains(&format!("{mode}: all checks passed on {n} ranks")),
-            "{mode}, n={n}, {transport}: {out:?}"
+            out.stdout.contains(&format!("{what}: all checks passed on {n} ranks")),
+            "{what}, n={n}, {name}: {out:?}"
         );
     }
 }

@@ -34,8 +34,9 @@ enum Seen {
 /// Watches the ranks for hangs.
 pub struct HangWatch {
     threshold: Duration,
-    /// The lines of the last report, so that one episode is told once.
-    reported: Option<Vec<String>>,
+    /// What the ranks looked like at the last report, so that one episode
+    /// is told once.
+    reported: Option<Vec<Seen>>,
     /// What every rank looked like at the last look, the messages sent and
     /// arrived, and since when nothing changed.
     last: Option<(Vec<Seen>, u64, u64, Instant)>,
@@ -88,10 +89,13 @@ impl HangWatch {
             out.extend(lines);
             return Some(Verdict::Deadlock(out));
         }
-        if self.reported.as_ref() == Some(&lines) {
+        let told = self.reported.as_ref().is_some_and(|before| {
+            before.len() == seen.len() && before.iter().zip(&seen).all(|(a, b)| same_state(a, b))
+        });
+        if told {
             return None;
         }
-        self.reported = Some(lines.clone());
+        self.reported = Some(seen);
         let mut out = vec![format!(
             "ranks have been blocked inside spmd for {:.0} s or more:",
             self.threshold.as_secs_f64()

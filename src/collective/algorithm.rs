@@ -36,6 +36,8 @@ pub(crate) enum Step {
     Ring = 9,
     /// The agreement on lengths that starts a large collective.
     Agree = 10,
+    /// A root saying it is the root (see [`World::announce_root`]).
+    Announce = 11,
 }
 
 pub(crate) fn tag(step: Step, round: u32) -> u32 {
@@ -142,6 +144,27 @@ impl World {
         Ok(())
     }
 
+    /// Where the ranks share no memory, the root of a gather or a reduce
+    /// tells the next rank that it is the root before it waits: ranks that
+    /// disagree on the root then see a message of another signature instead
+    /// of all waiting for messages that go elsewhere. (On a shared node,
+    /// every rank's call is in shared memory, which does this already.)
+    fn announce_root(&self, call: &Call, root: usize) -> Result<()> {
+        let (n, r) = (self.size(), self.rank());
+        if call.shares_node() || n < 2 {
+            return Ok(());
+        }
+        let next = (root + 1) % n;
+        let t = tag(Step::Announce, 0);
+        if r == root {
+            let sent = self.coll_send(call, next, t, empty())?;
+            self.wait_sends(vec![(sent, next)])?;
+        } else if r == next {
+            self.coll_receive(call, root, t)?;
+        }
+        Ok(())
+    }
+
     /// Dissemination barrier: ⌈log2 n⌉ rounds of empty messages.
     pub(crate) fn barrier_messages(&self, call: &Call) -> Result<()> {
         let (n, r) = (self.size(), self.rank());
@@ -205,6 +228,8 @@ impl World {
         root: usize,
         in_rank_order: bool,
     ) -> Result<Option<T>> {
+        self.check_rank(root)?;
+        self.announce_root(call, root)?;
         if !in_rank_order || root == 0 {
             return self.reduce_tree(call, codec, value, combine, root);
         }
@@ -346,6 +371,7 @@ impl World {
     /// Every rank's body, in rank order, on `root`.
     pub(crate) fn gather_bodies(&self, call: &Call, body: Body, root: usize) -> Result<Option<Vec<Envelope>>> {
         self.check_rank(root)?;
+        self.announce_root(call, root)?;
         let r = self.rank();
         if r != root {
             let sent = self.coll_send(call, root, tag(Step::Gather, 0), body)?;

@@ -7,13 +7,21 @@
 //!
 //! A collective message carries `number << 16 | signature` in its header's
 //! call field. While it waits, a rank looks at the collective messages
-//! queued for it: a notice for this call (or for one it finished that
-//! another rank failed) is an error; so is a message of this call with
-//! another signature, or one of an earlier call that this rank finished
-//! without it.
+//! queued for it, and, on a shared node, at the call every other rank says
+//! it is in: another rank's notice is an error; so is a message of this
+//! call with another signature, or one of another call where this rank
+//! waits for one of this call.
+//!
+//! A collective that fails other than in this rank's own buffers after it
+//! completed breaks the communicator's collectives: ranks no longer agree on
+//! where they are, so every later collective fails at once on this rank,
+//! and every other rank learns of the failure at the collective where it
+//! next waits (at the latest), from the notice. Point-to-point messages go
+//! on working.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+
+use std::sync::atomic::Ordering;
 
 use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
@@ -24,11 +32,10 @@ use crate::wire::Context;
 use crate::wire::status::WaitOp;
 use crate::world::World;
 
+use super::node::Node;
+
 /// The tag of a notice: no algorithm uses it.
-const NOTICE: u32 = u32::MAX;
-/// How many failed calls a communicator remembers (to drop their late
-/// messages quietly).
-const REMEMBERED: usize = 64;
+pub(crate) const NOTICE: u32 = u32::MAX;
 
 /// Which collective a call is, for its signature and for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,35 +152,18 @@ pub(crate) fn describe(sig: u16) -> String {
 }
 
 /// What a communicator remembers of its collectives.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Calls {
     /// The number of the last call (wrapping).
     last: Cell<u16>,
-    /// Recent calls that failed on this rank.
-    failed: RefCell<VecDeque<u16>>,
-    /// False once a collective has failed: later ones use messages only,
-    /// because ranks may have left the node-wide paths out of step.
-    shared_ok: Cell<bool>,
-}
-
-impl Default for Calls {
-    fn default() -> Calls {
-        Calls {
-            last: Cell::new(0),
-            failed: RefCell::new(VecDeque::new()),
-            shared_ok: Cell::new(true),
-        }
-    }
+    /// Why the collectives are broken, once one has failed.
+    broken: RefCell<Option<String>>,
 }
 
 impl Calls {
-    /// True while the node-wide shared-memory paths may be used.
-    pub fn shared_ok(&self) -> bool {
-        self.shared_ok.get()
-    }
-
-    fn has_failed(&self, number: u16) -> bool {
-        self.failed.borrow().contains(&number)
+    /// True until a collective fails.
+    pub fn working(&self) -> bool {
+        self.broken.borrow().is_none()
     }
 }
 
@@ -183,13 +173,6 @@ fn before(a: u16, b: u16) -> bool {
     d != 0 && d < 0x8000
 }
 
-/// What a collective's receive got.
-enum Received {
-    Ours(Envelope),
-    Dropped,
-    Wrong(Error),
-}
-
 /// One collective call under way.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Call {
@@ -197,9 +180,17 @@ pub(crate) struct Call {
     pub sig: u16,
     /// The context of the communicator's collectives.
     pub context: Context,
+    /// The node region where every rank says which call it is in, when the
+    /// ranks share one.
+    peers: Option<Node>,
 }
 
 impl Call {
+    /// True if the ranks share a node, where each says which call it is in.
+    pub fn shares_node(&self) -> bool {
+        self.peers.is_some()
+    }
+
     /// The call field of this call's messages.
     pub fn word(&self) -> u32 {
         u32::from(self.number) << 16 | u32::from(self.sig)
@@ -223,15 +214,11 @@ impl Call {
     }
 
     /// The error for a message `env` of this communicator's collectives
-    /// that is not this call's, if it tells of a failure or a mismatch;
-    /// `None` if it is a late message of a call that failed here (drop it),
-    /// or, for a message still queued (`received` false), one of a later
-    /// call (a rank ahead of this one).
-    fn foreign(&self, calls: &Calls, env: &Envelope, received: bool) -> Option<Error> {
+    /// that is not this call's, if it tells of a failure or a mismatch. A
+    /// message still queued (`received` false) of a later call is a rank
+    /// ahead of this one, not an error.
+    fn foreign(&self, env: &Envelope, received: bool) -> Option<Error> {
         let (number, sig) = ((env.call >> 16) as u16, env.call as u16);
-        if calls.has_failed(number) {
-            return None;
-        }
         let earlier = before(number, self.number);
         if env.tag == NOTICE {
             if !(earlier || number == self.number) {
@@ -239,7 +226,7 @@ impl Call {
             }
             let text = String::from_utf8_lossy(&env.payload);
             let when = if earlier {
-                format!(" (call #{number}, which this rank finished)")
+                format!(" (call #{number}, whose part this rank had done)")
             } else {
                 String::new()
             };
@@ -274,15 +261,44 @@ impl Call {
         None
     }
 
-    /// The check a wait of this call runs at every step.
-    pub fn check<'a>(&'a self, calls: &'a Calls) -> impl FnMut(&Matcher) -> Result<()> + 'a {
+    /// The check a wait of this call runs at every step: the queue (other
+    /// ranks' notices, messages of other calls), and which call every rank
+    /// of the node says it is in.
+    pub fn check(&self) -> impl FnMut(&Matcher) -> Result<()> + '_ {
         move |matcher| {
             let found = matcher
                 .queued_in(self.context)
                 .filter(|e| e.tag == NOTICE || e.call != self.word())
-                .find_map(|e| self.foreign(calls, e, false));
-            found.map_or(Ok(()), Err)
+                .find_map(|e| self.foreign(e, false));
+            if let Some(e) = found {
+                return Err(e);
+            }
+            self.check_peers()
         }
+    }
+
+    /// A rank of the node in this call under another signature is an error.
+    fn check_peers(&self) -> Result<()> {
+        let Some(node) = self.peers else { return Ok(()) };
+        for r in (0..node.n).filter(|r| *r != node.me) {
+            let said = node.slots.current(r).load(Ordering::Acquire);
+            if said >> 63 == 0 {
+                continue;
+            }
+            let (number, sig) = ((said >> 16) as u16, said as u16);
+            if number == self.number && sig != self.sig {
+                return Err(Error::CollectiveMismatch {
+                    detail: format!(
+                        "ranks called different collectives at collective call #{}: rank {r} called {} where this \
+                         rank called {}",
+                        self.number,
+                        describe(sig),
+                        describe(self.sig)
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -307,25 +323,27 @@ impl World {
         let calls = self.calls();
         let number = calls.last.get().wrapping_add(1);
         calls.last.set(number);
+        let peers = self.node_region();
         let call = Call {
             number,
             sig: signature(kind, root, large),
             context: self.coll_context(),
+            peers,
         };
-        let result = body(&call);
+        if let Some(why) = calls.broken.borrow().as_ref() {
+            return Err(Error::CollectivesBroken { detail: why.clone() });
+        }
+        if let Some(node) = peers {
+            node.slots
+                .current(node.me)
+                .store(1 << 63 | u64::from(call.word()), Ordering::Release);
+        }
+        // Another rank's failure that has arrived already ends this call
+        // before it starts.
+        let arrived = self.engine().queued_check(&mut call.check());
+        let result = arrived.and_then(|()| body(&call));
         if let Err(e) = &result {
-            calls.shared_ok.set(false);
-            let mut failed = calls.failed.borrow_mut();
-            if failed.len() == REMEMBERED {
-                failed.pop_front();
-            }
-            failed.push_back(number);
-            drop(failed);
-            // What told of the failure, and what is left of the call, is
-            // not to trouble later calls.
-            let context = call.context;
-            self.engine()
-                .discard(&|env| env.context == context && !before(number, (env.call >> 16) as u16));
+            *calls.broken.borrow_mut() = Some(format!("in {}: {e}", call.name()));
             if !matches!(e, Error::CollectiveFailed { .. }) {
                 self.tell_others(&call, e);
             }
@@ -352,23 +370,16 @@ impl World {
     }
 
     /// Receives the message of `call` that `source` sends with `tag`,
-    /// checking the queue at every step of the wait; late messages of calls
-    /// that failed here are dropped.
+    /// checking the queue at every step of the wait.
     pub(crate) fn call_receive(&self, call: &Call, source: usize, tag: u32) -> Result<Envelope> {
-        loop {
-            let sel = Selector::new(call.context, Match::source(source).with_tag(tag));
-            let env = {
-                let mut engine = self.engine();
-                let id = engine.post(sel, None)?;
-                let mut check = call.check(self.calls());
-                engine.wait_receive_checked(id, None, Some((call.waiting(Some(source)), &mut check)))?
-            };
-            match self.judge_received(call, env) {
-                Received::Ours(env) => return Ok(env),
-                Received::Dropped => {}
-                Received::Wrong(e) => return Err(e),
-            }
-        }
+        let sel = Selector::new(call.context, Match::source(source).with_tag(tag));
+        let env = {
+            let mut engine = self.engine();
+            let id = engine.post(sel, None)?;
+            let mut check = call.check();
+            engine.wait_receive_checked(id, None, Some((call.waiting(Some(source)), &mut check)))?
+        };
+        self.judge_received(call, env)
     }
 
     /// Like [`World::call_receive`], letting raw numbers of type `element`
@@ -381,47 +392,40 @@ impl World {
         buf: &mut [u8],
         element: u16,
     ) -> Result<Envelope> {
-        loop {
-            let sel = Selector::new(call.context, Match::source(source).with_tag(tag));
-            let mut env = {
-                let mut engine = self.engine();
-                let mut check = call.check(self.calls());
-                engine.receive_landing_checked(sel, buf, element, Some((call.waiting(Some(source)), &mut check)))?
-            };
-            if env.call != call.word() {
-                if let Some(len) = env.landed.take() {
-                    // Not ours after all: out of the caller's buffer.
-                    env.payload = crate::pool::copy_of(&buf[..len as usize]);
-                }
-            }
-            match self.judge_received(call, env) {
-                Received::Ours(env) => return Ok(env),
-                Received::Dropped => {}
-                Received::Wrong(e) => return Err(e),
+        let sel = Selector::new(call.context, Match::source(source).with_tag(tag));
+        let mut env = {
+            let mut engine = self.engine();
+            let mut check = call.check();
+            engine.receive_landing_checked(sel, buf, element, Some((call.waiting(Some(source)), &mut check)))?
+        };
+        if env.call != call.word() {
+            if let Some(len) = env.landed.take() {
+                // Not this call's after all: out of the caller's buffer.
+                env.payload = crate::pool::copy_of(&buf[..len as usize]);
             }
         }
+        self.judge_received(call, env)
     }
 
-    /// Decides what a message a receive of `call` got is: this call's; a
-    /// late one of a call that failed here (dropped); or a sign that the
-    /// ranks disagree. A message of a later call goes back to the queue for
-    /// that call; the error prefers what the queue says (another rank's
-    /// notice, a message of another collective) to the message itself.
-    fn judge_received(&self, call: &Call, env: Envelope) -> Received {
+    /// Checks that a message a receive of `call` got is this call's. One of
+    /// another call is a sign that the ranks disagree; the error prefers
+    /// what the queue says (another rank's notice, a message of another
+    /// collective) to the message itself, which goes back to the queue.
+    fn judge_received(&self, call: &Call, env: Envelope) -> Result<Envelope> {
         if env.call == call.word() {
-            return Received::Ours(env);
+            // Whatever the sender sent before this message has arrived: a
+            // message of another call among it is a disagreement (seen here
+            // by a rank that did its part of that call without waiting).
+            self.engine().queued_check(&mut call.check())?;
+            return Ok(env);
         }
-        let calls = self.calls();
-        let Some(wrong) = call.foreign(calls, &env, true) else {
-            return Received::Dropped;
-        };
-        let later = before(call.number, (env.call >> 16) as u16);
+        let wrong = call.foreign(&env, true).unwrap_or_else(|| Error::CollectiveMismatch {
+            detail: format!("a message of another collective call reached {}", call.name()),
+        });
         let mut engine = self.engine();
-        if later {
-            engine.requeue(env);
-        }
-        let queued = engine.queued_check(&mut call.check(calls));
-        Received::Wrong(queued.err().unwrap_or(wrong))
+        engine.requeue(env);
+        let queued = engine.queued_check(&mut call.check());
+        Err(queued.err().unwrap_or(wrong))
     }
 
     /// Sends a message of `call` to `dest` with `tag`.

@@ -61,16 +61,19 @@ impl NodeStep {
     }
 }
 
-fn mark(step: NodeStep, sig: u16) -> u32 {
-    step as u32 | u32::from(sig) << 8
+/// A part's mark: its step, its call's signature, and the low byte of its
+/// call's number (so that parts of different calls never fold together).
+fn mark(step: NodeStep, call: &Call) -> u32 {
+    step as u32 | u32::from(call.sig) << 8 | u32::from(call.number as u8) << 24
 }
 
 fn describe_mark(mark: u32) -> String {
     let step = NodeStep::ALL.iter().find(|s| **s as u32 == mark & 0xff);
     format!(
-        "{}{}",
+        "{}{} (collective call #{} or one 256 calls apart)",
         describe((mark >> 8) as u16),
-        step.map_or(" (an unknown step)", |s| s.name())
+        step.map_or(" (an unknown step)", |s| s.name()),
+        mark >> 24
     )
 }
 
@@ -97,9 +100,9 @@ pub(crate) struct Node {
 
 impl World {
     /// The node-wide collectives' region, if this communicator can use it:
-    /// every rank on this node over shared memory, and no collective failed.
-    pub(crate) fn shared_node(&self) -> Option<Node> {
-        if self.size() < 2 || !self.calls().shared_ok() {
+    /// every rank on this node, over shared memory.
+    pub(crate) fn node_region(&self) -> Option<Node> {
+        if self.size() < 2 {
             return None;
         }
         let every_rank_folds = self.settings()?.wait == WaitMode::Spin;
@@ -127,7 +130,7 @@ impl World {
         mine: &[u8],
         fold: &mut Fold<'_>,
     ) -> Option<Result<Vec<u8>>> {
-        let node = self.shared_node()?;
+        let node = self.node_region()?;
         Some(self.node_step_on(node, call, step, claim, mine, fold))
     }
 
@@ -147,7 +150,7 @@ impl World {
         let set = state.steps.get() as usize % 2;
         let target = state.steps.get().wrapping_add(1).max(1);
         state.steps.set(target);
-        let mark = mark(step, call.sig);
+        let mark = mark(step, call);
         slots.put(set, me, mark, claim.min(u32::MAX as usize) as u32, mine);
         slots.stamp(set, me).store(target, Ordering::Release);
         let missing = || -> Vec<usize> {
@@ -159,12 +162,13 @@ impl World {
             self.wake_node();
             let ready = || (0..n).all(|r| slots.stamp(set, r).load(Ordering::Acquire) == target);
             self.node_wait(call, &ready, &missing)?;
+            self.caught_up(call)?;
             return self.fold_parts(slots, set, n, fold);
         }
         if slots.arrived().fetch_add(1, Ordering::AcqRel) + 1 == n as u32 {
             // Last to arrive: every part is written (the arrivals' Release
             // ordered them before our Acquire).
-            let result = self.fold_parts(slots, set, n, fold);
+            let result = self.caught_up(call).and_then(|()| self.fold_parts(slots, set, n, fold));
             match &result {
                 Ok(bytes) if bytes.len() <= PART_MAX => slots.put(set, n, 0, 0, bytes),
                 Ok(_) => slots.put_failed(set, "a node-wide collective's result is larger than its slot"),
@@ -179,8 +183,9 @@ impl World {
         }
         let done = || slots.generation().load(Ordering::Acquire) == target;
         self.node_wait(call, &done, &missing)?;
+        self.caught_up(call)?;
         let mut out = Vec::new();
-        match slots.get(set, n, &mut out, "the rank that folded")?.0 {
+        match slots.get(set, n, &mut out, || "the rank that folded".into())?.0 {
             // The rank that folded failed with the reason it published.
             FAILED => Err(Error::CollectiveMismatch {
                 detail: String::from_utf8_lossy(&out).into_owned(),
@@ -197,7 +202,7 @@ impl World {
         parts.clear();
         let (mut first, mut first_claim) = (0, 0);
         for r in 0..n {
-            let (m, claim) = slots.get(set, r, parts.buffer(), &format!("rank {r}"))?;
+            let (m, claim) = slots.get(set, r, parts.buffer(), || format!("rank {r}"))?;
             parts.close();
             if r == 0 {
                 (first, first_claim) = (m, claim);
@@ -222,6 +227,16 @@ impl World {
         fold(&parts)
     }
 
+    /// After a node-wide rendezvous, what the other ranks sent before they
+    /// arrived is in this rank's rings: a message of another call there
+    /// means the ranks disagree (a rank that did its part of a collective
+    /// without waiting for anyone learns it here).
+    fn caught_up(&self, call: &Call) -> Result<()> {
+        let mut engine = self.engine();
+        engine.catch_up()?;
+        engine.queued_check(&mut call.check())
+    }
+
     fn wake_node(&self) {
         if let Some(mesh) = self.engine().node() {
             mesh.wake_node();
@@ -234,7 +249,7 @@ impl World {
         if ready() {
             return Ok(());
         }
-        let mut check = call.check(self.calls());
+        let mut check = call.check();
         let waiting = |peer| call.waiting(peer);
         self.engine().node_wait(ready, missing, &waiting, &mut check)
     }

@@ -53,20 +53,30 @@ pub(super) fn copy_result<E: Pod>(result: Vec<u8>, recv: &mut [E], what: &str) -
     Ok(())
 }
 
-fn copy_chunks<E: Pod>(chunks: Vec<Vec<E>>, out: &mut [E], what: &str) -> Result<()> {
-    let mut at = 0;
-    for (rank, chunk) in chunks.into_iter().enumerate() {
-        let end = at + chunk.len();
-        if end > out.len() {
-            return Err(Error::InvalidArgument(format!(
-                "{what}: rank {rank}'s part does not fit the receive buffer of {} elements",
-                out.len()
-            )));
-        }
-        out[at..end].copy_from_slice(&chunk);
-        at = end;
+/// The error for parts of other lengths than this rank's: the ranks gave
+/// slices of different lengths.
+fn disagree(what: &str, detail: String) -> Error {
+    Error::CollectiveMismatch {
+        detail: format!("{what}: ranks gave slices of different lengths ({detail})"),
     }
-    check_len(what, "the receive buffer", out.len(), at)
+}
+
+/// Copies every rank's part (`part` elements each) into `out`, in rank
+/// order; a part of another length is a disagreement between ranks.
+fn copy_chunks<E: Pod>(chunks: Vec<Vec<E>>, out: &mut [E], part: usize, what: &str) -> Result<()> {
+    for (rank, chunk) in chunks.iter().enumerate() {
+        if chunk.len() != part {
+            return Err(disagree(
+                what,
+                format!("rank {rank} gave {} elements, this rank {part}", chunk.len()),
+            ));
+        }
+    }
+    check_len(what, "the receive buffer", out.len(), part * chunks.len())?;
+    for (rank, chunk) in chunks.into_iter().enumerate() {
+        out[rank * part..(rank + 1) * part].copy_from_slice(&chunk);
+    }
+    Ok(())
 }
 
 /// What a rank claims in the agreement that starts a large collective: its
@@ -97,7 +107,7 @@ impl World {
         job: WindowJob<'_>,
     ) -> Option<Result<()>> {
         let claim = claim(bytes, element, &args);
-        if let Some(node) = self.shared_node() {
+        if let Some(node) = self.node_region() {
             if job.fits(&node.slots.windows()) {
                 let done = WindowRun {
                     world: self,
@@ -169,7 +179,11 @@ impl World {
             let (format, payload) = self.broadcast_body(call, mine, root)?;
             if me != root {
                 let data: Vec<E> = PodCodec.decode(&own_envelope(root, (format, payload)))?;
-                return Ok(check_len(what, "the buffer", buf.len(), data.len()).map(|()| buf.copy_from_slice(&data)));
+                if data.len() != buf.len() {
+                    let detail = format!("the root gave {} elements, this rank {}", data.len(), buf.len());
+                    return Err(disagree(what, detail));
+                }
+                buf.copy_from_slice(&data);
             }
             Ok(Ok(()))
         })?
@@ -213,7 +227,14 @@ impl World {
                 None
             };
             let env = self.scatter_bodies(call, bodies, root)?;
-            Ok(message::copy_into(&env, recv).and_then(|got| check_len(what, "the receive buffer", k, got)))
+            let got = env.len() as usize / std::mem::size_of::<E>().max(1);
+            if got != k {
+                return Err(disagree(
+                    what,
+                    format!("the root sent {got} elements, this rank takes {k}"),
+                ));
+            }
+            Ok(message::copy_into(&env, recv).map(|_| ()))
         })?
     }
 
@@ -230,7 +251,10 @@ impl World {
             }
             let body = (message::raw::<E>(), message::pod_copy(send));
             match self.gather_bodies(call, body, root)? {
-                Some(envs) => Ok(decode_all(&PodCodec, &envs).and_then(|c| copy_chunks(c, recv, "gather_into"))),
+                Some(envs) => {
+                    let chunks: Vec<Vec<E>> = decode_all(&PodCodec, &envs)?;
+                    copy_chunks(chunks, recv, send.len(), "gather_into").map(Ok)
+                }
                 None => Ok(Ok(())),
             }
         })?
@@ -240,20 +264,19 @@ impl World {
     /// `recv` (of `send.len() * size` elements) in rank order.
     pub fn allgather_into<E: Pod>(&self, send: &[E], recv: &mut [E]) -> Result<()> {
         let large = std::mem::size_of_val(send) > PART_MAX;
-        let packed = self.sized_collective(Kind::AllgatherInto, 0, large, |call| {
+        self.sized_collective(Kind::AllgatherInto, 0, large, |call| {
             if let Some(done) = self.window_gather(call, "allgather_into", send, recv, true) {
-                return done.map(|()| None);
+                return done;
             }
             let format = message::raw::<E>();
             let body = (format, message::pod_copy(send));
             let packed = self
                 .gather_bodies(call, body, 0)?
                 .map(|envs| (format, super::pack(&envs)));
-            self.broadcast_body(call, packed, 0).map(Some)
-        })?;
-        let Some((format, payload)) = packed else { return Ok(()) };
-        let envs = super::unpack(format, &payload, self.size())?;
-        copy_chunks(decode_all(&PodCodec, &envs)?, recv, "allgather_into")
+            let (format, payload) = self.broadcast_body(call, packed, 0)?;
+            let envs = super::unpack(format, &payload, self.size())?;
+            copy_chunks(decode_all(&PodCodec, &envs)?, recv, send.len(), "allgather_into")
+        })
     }
 
     /// A gather of parts of more than 4 KiB through the shared windows (into
@@ -320,7 +343,7 @@ impl World {
                 .map(|i| (message::raw::<E>(), message::pod_copy(&send[i * k..(i + 1) * k])))
                 .collect();
             let envs = self.alltoall_bodies(call, bodies)?;
-            Ok(decode_all(&PodCodec, &envs).and_then(|c| copy_chunks(c, recv, what)))
+            copy_chunks(decode_all(&PodCodec, &envs)?, recv, k, what).map(Ok)
         })?
     }
 }

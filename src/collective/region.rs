@@ -1,7 +1,8 @@
 //! The layout of the region the node-wide collectives share (in the node
 //! leader's segment): a control line (an arrival counter and a
-//! generation), two sets of one slot per rank and a result slot, then the
-//! windows of the large collectives.
+//! generation), one line per rank saying which collective call it is in,
+//! two sets of one slot per rank and a result slot, then the windows of
+//! the large collectives.
 //!
 //! A slot holds a header of four 32-bit words (length, mark, stamp, spare)
 //! and up to [`PART_MAX`] bytes. Every rank can write the region, so every
@@ -9,7 +10,7 @@
 //! copied out through raw pointers: no Rust reference ever points into it
 //! except the atomic words.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::transport::Region;
@@ -29,8 +30,13 @@ pub(crate) fn region_len(n: usize) -> usize {
     slots_end(n) + windows_len(n)
 }
 
+/// Where the slots start: after the control line and one line per rank.
+fn slots_start(n: usize) -> usize {
+    CONTROL + n * 64
+}
+
 fn slots_end(n: usize) -> usize {
-    CONTROL + 2 * (n + 1) * SLOT
+    slots_start(n) + 2 * (n + 1) * SLOT
 }
 
 /// The slots of a region, for a node of `n` ranks.
@@ -44,6 +50,16 @@ impl Slots {
     /// The slots of `region`, if it is large enough for `n` ranks.
     pub fn of(region: Region, n: usize) -> Option<Slots> {
         (region.len >= region_len(n)).then_some(Slots { base: region.base, n })
+    }
+
+    /// The collective call rank `r` is in: `1 << 63 | call word`, written
+    /// when it enters each collective, so that a rank waiting in another
+    /// collective at the same call sees the disagreement even when no
+    /// message of one reaches the other.
+    pub fn current(&self, r: usize) -> &AtomicU64 {
+        debug_assert!(r < self.n);
+        // SAFETY: the line of rank r, inside the region, aligned.
+        unsafe { &*self.base.add(CONTROL + r * 64).cast::<AtomicU64>() }
     }
 
     fn word(&self, offset: usize) -> &AtomicU32 {
@@ -65,7 +81,7 @@ impl Slots {
 
     fn slot(&self, set: usize, index: usize) -> usize {
         debug_assert!(index <= self.n);
-        CONTROL + ((set % 2) * (self.n + 1) + index) * SLOT
+        slots_start(self.n) + ((set % 2) * (self.n + 1) + index) * SLOT
     }
 
     /// The stamp of slot `index` of `set`: the call whose part it holds.
@@ -97,15 +113,15 @@ impl Slots {
 
     /// Appends the bytes of slot `index` of `set` to `out` and returns its
     /// mark and claim. A length past the slot is an error naming `who`
-    /// wrote it.
-    pub fn get(&self, set: usize, index: usize, out: &mut Vec<u8>, who: &str) -> Result<(u32, u32)> {
+    /// wrote it (called only then).
+    pub fn get(&self, set: usize, index: usize, out: &mut Vec<u8>, who: impl FnOnce() -> String) -> Result<(u32, u32)> {
         let at = self.slot(set, index);
         let len = self.word(at).load(Ordering::Relaxed) as usize;
         let mark = self.word(at + 4).load(Ordering::Relaxed);
         let claim = self.word(at + 12).load(Ordering::Relaxed);
         if len > PART_MAX {
             return Err(Error::protocol(
-                who,
+                who(),
                 "node slot length",
                 format!("{len} bytes in a slot of {PART_MAX}"),
             ));

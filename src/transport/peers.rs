@@ -33,7 +33,7 @@ impl<L: Link> Peers<L> {
     /// is made owned, so nothing keeps borrowing the caller's memory.
     fn push_and_flush(&mut self, dest: usize, header: Header, payload: Payload) -> Result<SendTicket> {
         let peer = self.peer(dest);
-        if peer.state == PeerState::Gone {
+        if peer.cannot_send() {
             return Err(Error::PeerGone { rank: dest });
         }
         if let Some(seq) = peer.try_send_beside(&header, payload.bytes())? {
@@ -117,16 +117,22 @@ impl<L: Link> Peers<L> {
 
     /// True if nothing more can be sent to `rank`.
     pub fn is_closed(&self, rank: usize) -> bool {
-        self.list[rank].as_ref().is_none_or(|p| p.state == PeerState::Gone)
+        self.list[rank].as_ref().is_none_or(|p| p.cannot_send())
     }
 
     /// Writes what can be written to every peer; true if anything was.
+    /// A peer that has gone does not stop the others' output (their Bye
+    /// included): the first error comes after every peer was written to.
     pub fn flush_all(&mut self) -> Result<bool> {
         let mut wrote = false;
+        let mut first = Ok(());
         for p in self.list.iter_mut().flatten() {
-            wrote |= p.flush()?;
+            match p.flush() {
+                Ok(w) => wrote |= w,
+                Err(e) => first = first.and(Err(e)),
+            }
         }
-        Ok(wrote)
+        first.map(|()| wrote)
     }
 
     /// True if some open peer still has queued output.
@@ -138,7 +144,7 @@ impl<L: Link> Peers<L> {
     pub fn queue_byes(&mut self) {
         let me = self.me as u32;
         for p in self.list.iter_mut().flatten() {
-            if p.state != PeerState::Gone {
+            if !p.cannot_send() {
                 p.push(Header::plain(Kind::Bye, me, 0).encode(), Payload::Owned(Vec::new()));
             }
         }

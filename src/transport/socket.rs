@@ -223,10 +223,14 @@ impl SocketMesh {
     /// bytes are in the kernel. Messages still arriving are delivered.
     pub fn finish(&mut self, deliver: &mut Delivery<'_>, sleeping: &dyn Fn()) -> Result<()> {
         self.peers.queue_byes();
+        let mut first = Ok(());
         while self.peers.pending_output() {
-            self.progress(deliver, Wait::Until(None), sleeping)?;
+            // A peer that has gone does not keep the others from their Bye.
+            if let Err(e) = self.progress(deliver, Wait::Until(None), sleeping) {
+                first = first.and(Err(e));
+            }
         }
-        Ok(())
+        first
     }
 }
 

@@ -153,6 +153,10 @@ pub(crate) struct Peer<L> {
     pub(super) state: PeerState,
     /// The link closed without a Bye: the peer died.
     pub(super) died: bool,
+    /// Writing failed (the peer closed its end): nothing more is sent, but
+    /// what it sent before is still read, so that its Bye tells whether it
+    /// finalized or died.
+    pub(super) write_closed: bool,
     pub(super) out: VecDeque<Outgoing>,
     /// Sequence number of the first frame in `out`; frames below are sent.
     pub(super) sent: u64,
@@ -170,6 +174,7 @@ impl<L: Link> Peer<L> {
             link,
             state: PeerState::Open,
             died: false,
+            write_closed: false,
             out: VecDeque::new(),
             sent: 0,
             queued: 0,
@@ -186,7 +191,12 @@ impl<L: Link> Peer<L> {
 
     /// True if something is queued and not yet written.
     pub fn has_output(&self) -> bool {
-        !self.out.is_empty() && self.state != PeerState::Gone
+        !self.out.is_empty() && self.state != PeerState::Gone && !self.write_closed
+    }
+
+    /// True if nothing more can be sent.
+    pub fn cannot_send(&self) -> bool {
+        self.state == PeerState::Gone || self.write_closed
     }
 
     /// True if the link is still open.
@@ -225,7 +235,7 @@ impl<L: Link> Peer<L> {
     /// Writes queued frames until the link is full; true if it wrote anything.
     pub fn flush(&mut self) -> Result<bool> {
         let mut wrote = false;
-        while !self.out.is_empty() && self.state != PeerState::Gone {
+        while self.has_output() {
             let mut iov = [IoSlice::new(&[]); 2 * MAX_IOVECS];
             let mut used = 0;
             for o in self.out.iter().take(MAX_IOVECS) {
@@ -243,9 +253,9 @@ impl<L: Link> Peer<L> {
                 Io::WouldBlock => return Ok(wrote),
                 Io::Closed => {
                     // The peer has closed. Losing our Bye is fine (it has
-                    // finished too); losing a message is not.
-                    self.died |= self.state == PeerState::Open;
-                    self.state = PeerState::Gone;
+                    // finished too); losing a message is not. Whether it
+                    // finalized or died, its Bye (or its absence) says.
+                    self.write_closed = true;
                     let lost_message = self.out.iter().any(|o| o.header[5] != Kind::Bye as u8);
                     self.out.clear();
                     self.sent = self.queued;

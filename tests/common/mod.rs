@@ -67,14 +67,33 @@ pub fn spmdrun(args: &[&str]) -> Command {
     cmd
 }
 
-/// The transports every semantic test runs over.
+/// The transports the tests that only care about transports run over.
 pub const TRANSPORTS: [&str; 2] = ["shm", "socket"];
+
+/// The ways ranks on one machine talk and wait, every one of which the
+/// semantic tests run in: shared memory in each of its wait modes (the
+/// oversubscribed paths are not left to machines with few cores), and
+/// sockets.
+pub const MODES: [(&str, &str); 4] = [("shm", "spin"), ("shm", "yield"), ("shm", "sleep"), ("socket", "auto")];
 
 /// `spmdrun` with the given arguments, its ranks using `transport`.
 pub fn spmdrun_over(transport: &str, args: &[&str]) -> Command {
     let mut cmd = spmdrun(args);
     cmd.env("SPMD_TRANSPORT", transport);
     cmd
+}
+
+/// `spmdrun` with the given arguments, its ranks in `mode` (a transport
+/// and a wait mode).
+pub fn spmdrun_in(mode: (&str, &str), args: &[&str]) -> Command {
+    let mut cmd = spmdrun_over(mode.0, args);
+    cmd.env("SPMD_WAIT", mode.1);
+    cmd
+}
+
+/// "shm/spin", for messages.
+pub fn mode_name(mode: (&str, &str)) -> String {
+    format!("{}/{}", mode.0, mode.1)
 }
 
 /// What a finished job printed and how it ended.

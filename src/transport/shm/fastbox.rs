@@ -176,11 +176,13 @@ impl FastboxRx {
                 len: len as u64,
             };
             header.check(peer, FASTBOX_DATA as u64)?;
-            let mut payload = Vec::with_capacity(len);
-            for i in 0..len.div_ceil(4) {
-                payload.extend_from_slice(&load(1 + FIELDS + i).to_le_bytes());
+            // Into memory of this rank's own first (no allocation: a
+            // message that lands in a receive's buffer needs none).
+            let mut words = [0u8; FASTBOX_DATA];
+            for (i, chunk) in words.chunks_mut(4).take(len.div_ceil(4)).enumerate() {
+                chunk.copy_from_slice(&load(1 + FIELDS + i).to_le_bytes());
             }
-            payload.truncate(len);
+            let payload = &words[..len];
             let format = Format::of(kind, element);
             match deliver.claim(from, header.tag, header.context, format, len as u64) {
                 Some(landing) => {
@@ -192,7 +194,7 @@ impl FastboxRx {
                     deliver.landed(landing.id, env);
                 }
                 None => {
-                    let mut env = Envelope::new(from, header.tag, header.context, format, payload);
+                    let mut env = Envelope::new(from, header.tag, header.context, format, payload.to_vec());
                     env.call = header.call;
                     deliver.deliver(env);
                 }

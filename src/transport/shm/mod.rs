@@ -209,6 +209,11 @@ impl ShmMesh {
                 .is_some_and(|p| p.link.peer_closed() && !p.link.ready() && p.is_idle())
     }
 
+    /// True if some peer has written something this rank has not read.
+    pub fn anything_arrived(&self) -> bool {
+        self.peers.list.iter().flatten().any(|p| p.is_open() && p.link.ready())
+    }
+
     /// True if some peer has written, or a ring with queued output has room.
     fn anything_ready(&self) -> bool {
         self.peers
@@ -312,9 +317,9 @@ impl ShmMesh {
         self.peers.queue_byes();
         let mut result = Ok(());
         while self.peers.pending_output() {
+            // A peer that has gone does not keep the others from their Bye.
             if let Err(e) = self.progress(deliver, Wait::Until(None), sleeping) {
-                result = Err(e);
-                break;
+                result = result.and(Err(e));
             }
         }
         // What arrived meanwhile is delivered, for the report of messages

@@ -4,6 +4,7 @@
 
 mod collectives;
 mod failures;
+mod hangs;
 mod numbers;
 mod output;
 mod p2p;
@@ -31,6 +32,10 @@ fn main() -> Result<(), spmd::Error> {
         "p2p" => p2p::run(&world)?,
         "sizes" => sizes::run(&world)?,
         "scoped" => scoped::run(&world)?,
+        "hang" => {
+            let arg = |i: usize| rest.get(i).map(String::as_str).unwrap_or("");
+            return hangs::run(&world, arg(0), arg(1));
+        }
         "collectives" => {
             let seed = rest.first().and_then(|s| s.parse().ok()).unwrap_or(1);
             let cases = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(40);

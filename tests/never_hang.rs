@@ -1,0 +1,125 @@
+//! Situations that used to hang end with a result or an error on every
+//! rank, over every transport and wait mode: errors and panics inside a
+//! scope, peers that finalize early, ranks that disagree about a
+//! collective, wrong buffers on one rank, elements larger than a window.
+
+mod common;
+
+use common::{MODES, example, run, spmdrun_in};
+
+/// Runs `spmd-check hang CASE [ARG]` on `n` ranks in every mode and
+/// returns each mode's outcome.
+fn each_mode(n: usize, case: &[&str], check: impl Fn(&str, &common::Finished)) {
+    for mode in MODES {
+        let ns = n.to_string();
+        let mut args = vec!["-n", &ns, "--timeout", "60", "--hang-report", "20"];
+        let check_program = example("spmd-check");
+        args.push(&check_program);
+        args.push("hang");
+        args.extend_from_slice(case);
+        let out = run(spmdrun_in(mode, &args));
+        check(&common::mode_name(mode), &out);
+    }
+}
+
+fn passes(n: usize, case: &str) {
+    each_mode(n, &[case], |mode, out| {
+        assert_eq!(out.code(), Some(0), "{case}, {mode}: {out:?}");
+        assert!(
+            out.stdout.contains(&format!("hang {case}: all checks passed")),
+            "{case}, {mode}: {out:?}"
+        );
+    });
+}
+
+#[test]
+fn an_error_inside_a_scope_does_not_wait_and_loses_nothing() {
+    passes(3, "scope-error");
+}
+
+#[test]
+fn a_panic_inside_a_scope_ends_the_job_instead_of_hanging() {
+    each_mode(3, &["scope-panic"], |mode, out| {
+        assert_eq!(out.code(), Some(101), "{mode}: {out:?}");
+        assert!(
+            out.stderr.contains("rank 2 (pid") && out.stderr.contains("panicked: deliberate panic inside a scope"),
+            "{mode}: {out:?}"
+        );
+    });
+}
+
+#[test]
+fn a_send_to_a_rank_that_finalized_is_peer_gone() {
+    passes(2, "send-to-finalized");
+}
+
+#[test]
+fn ranks_that_finalize_with_unread_messages_both_finish() {
+    each_mode(3, &["finalize-unread"], |mode, out| {
+        assert_eq!(out.code(), Some(0), "{mode}: {out:?}");
+        assert!(out.stdout.contains("all checks passed"), "{mode}: {out:?}");
+    });
+}
+
+#[test]
+fn a_barrier_that_only_some_ranks_call_is_peer_gone() {
+    passes(4, "partial-barrier");
+}
+
+#[test]
+fn wrong_buffers_on_one_rank_are_an_error_on_every_rank() {
+    for which in ["alltoall", "scatter", "gather"] {
+        each_mode(3, &["wrong-buffers", which], |mode, out| {
+            assert_eq!(out.code(), Some(0), "{which}, {mode}: {out:?}");
+            assert!(out.stdout.contains("all checks passed"), "{which}, {mode}: {out:?}");
+        });
+    }
+}
+
+#[test]
+fn elements_larger_than_a_window_piece_do_not_loop() {
+    passes(2, "big-element");
+}
+
+/// Every mismatch case, on 2 and 4 ranks: each rank says it failed.
+fn mismatches(n: usize) {
+    // Kept in step with `mismatch_cases` in tests/programs/check/hangs.rs.
+    let cases = 66;
+    for case in 0..cases {
+        let c = case.to_string();
+        each_mode(n, &["mismatch", &c], |mode, out| {
+            let failed = out.stdout.lines().filter(|l| l.contains(" failed: ")).count();
+            assert!(
+                out.code() == Some(0) && failed == n,
+                "mismatch case {case}, {mode}: {failed} of {n} ranks said they failed: {out:?}"
+            );
+        });
+    }
+    // One past the last case must not exist, so the count above is right.
+    let out = run(spmdrun_in(
+        MODES[0],
+        &[
+            "-n",
+            "1",
+            &example("spmd-check"),
+            "hang",
+            "mismatch",
+            &cases.to_string(),
+        ],
+    ));
+    assert_ne!(
+        out.code(),
+        Some(0),
+        "there are more than {cases} mismatch cases: {out:?}"
+    );
+}
+
+#[test]
+fn ranks_that_call_different_collectives_all_get_an_error_2_ranks() {
+    mismatches(2);
+}
+
+#[test]
+fn ranks_that_call_different_collectives_all_get_an_error_4_ranks() {
+    mismatches(4);
+}

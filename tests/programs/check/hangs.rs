@@ -1,0 +1,283 @@
+//! Situations that used to hang, each of which must now end with a result
+//! or an error on every rank: `spmd-check hang CASE`.
+
+use std::time::{Duration, Instant};
+
+use spmd::op::{self, Op};
+use spmd::{Error, Match, World};
+
+pub fn run(world: &World, case: &str, arg: &str) -> Result<(), Error> {
+    match case {
+        "scope-error" => scope_error(world),
+        "scope-panic" => scope_panic(world),
+        "send-to-finalized" => send_to_finalized(world),
+        "finalize-unread" => finalize_unread(world),
+        "partial-barrier" => partial_barrier(world),
+        "mismatch" => mismatch(world, arg.parse().unwrap_or(usize::MAX)),
+        "wrong-buffers" => wrong_buffers(world, arg),
+        "big-element" => big_element(world),
+        other => panic!("unknown hang case {other:?}"),
+    }
+}
+
+/// An error returned inside a scope does not wait for the scope's receive
+/// (nothing will be sent to it yet); the message sent later is not lost.
+fn scope_error(world: &World) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    let (left, right) = ((me + n - 1) % n, (me + 1) % n);
+    let mut buf = vec![0u64; 100_000];
+    let big = vec![me as u64; 3 << 20];
+    let start = Instant::now();
+    let outcome = world.scope(|s| {
+        let _r = s.immediate_receive_into(&mut buf, Match::source(left).with_tag(5))?;
+        let _s = s.immediate_send_slice(&big, right, 6)?;
+        Err::<(), Error>(Error::InvalidArgument("deliberate".into()))
+    });
+    assert!(matches!(outcome, Err(Error::InvalidArgument(_))), "{outcome:?}");
+    assert!(start.elapsed() < Duration::from_secs(5), "the scope waited");
+    world.barrier()?;
+    // The receive was withdrawn, so this message waits for the next one;
+    // the send went on without the scope's buffer.
+    world.send_slice_with_tag(&[7u64; 100_000], right, 5)?;
+    let got: Vec<u64> = world.receive_with_tag(left, 5)?;
+    assert!(got.len() == 100_000 && got.iter().all(|v| *v == 7), "the later message");
+    let sent: Vec<u64> = world.receive_with_tag(left, 6)?;
+    assert!(
+        sent.len() == 3 << 20 && sent.iter().all(|v| *v == left as u64),
+        "the scoped send"
+    );
+    if me == 0 {
+        println!("hang scope-error: all checks passed");
+    }
+    world.barrier()
+}
+
+/// A panic inside a scope with a receive nothing will match ends the job
+/// at once (spmdrun reports the panic) instead of hanging.
+fn scope_panic(world: &World) -> Result<(), Error> {
+    let mut buf = vec![0u8; 64];
+    world.scope(|s| {
+        let _r = s.immediate_receive_into(&mut buf, Match::tag(99))?;
+        if world.rank() == world.size() - 1 {
+            panic!("deliberate panic inside a scope");
+        }
+        Ok(())
+    })
+}
+
+/// A large send to a rank that has finalized fails with PeerGone instead of
+/// waiting for room that will never come.
+fn send_to_finalized(world: &World) -> Result<(), Error> {
+    let me = world.rank();
+    world.barrier()?;
+    if me == 1 {
+        return Ok(());
+    }
+    // Give rank 1 the time to finalize.
+    std::thread::sleep(Duration::from_millis(200));
+    let big = vec![1u8; 4 << 20];
+    let result = (0..4).try_for_each(|_| world.send_slice(&big, 1));
+    match result {
+        Err(Error::PeerGone { rank: 1 }) => println!("hang send-to-finalized: all checks passed"),
+        other => panic!("rank {me}: sending 16 MiB to a finalized rank gave {other:?}"),
+    }
+    Ok(())
+}
+
+/// Ranks that finalize with messages the other has not read both finish.
+fn finalize_unread(world: &World) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    let big = vec![3u8; 4 << 20];
+    let _pending = world.immediate_send_slice(&big, (me + 1) % n, 8)?;
+    if me == 0 {
+        println!("hang finalize-unread: all checks passed");
+    }
+    Ok(())
+}
+
+/// Only ranks 0 and 1 call barrier; the others finalize: 0 and 1 get
+/// PeerGone instead of waiting for ever.
+fn partial_barrier(world: &World) -> Result<(), Error> {
+    let me = world.rank();
+    if me >= 2 {
+        return Ok(());
+    }
+    match world.barrier() {
+        // Gone, or the other rank found so first and said so.
+        Err(Error::PeerGone { rank }) if rank >= 2 => {
+            if me == 0 {
+                println!("hang partial-barrier: all checks passed");
+            }
+            Ok(())
+        }
+        Err(Error::CollectiveFailed { rank, detail }) if rank < 2 && detail.contains("has gone") => {
+            if me == 0 {
+                println!("hang partial-barrier: all checks passed");
+            }
+            Ok(())
+        }
+        other => panic!("rank {me}: a barrier without ranks 2.. gave {other:?}"),
+    }
+}
+
+/// The collectives, each called one way (`which` picks one, with a root
+/// and a length where it takes them).
+fn call(world: &World, which: usize, root: usize, len: usize) -> Result<(), Error> {
+    let n = world.size();
+    let mine = vec![world.rank() as i64; len];
+    let mut recv = vec![0i64; len];
+    let mut all = vec![0i64; len * n];
+    match which {
+        0 => world.barrier(),
+        1 => world.broadcast(&mut mine.clone(), root),
+        2 => world.broadcast_into(&mut recv, root),
+        3 => world.scatter(&vec![1u8; n], root).map(|_| ()),
+        4 => world.scatter_into(&all.clone(), &mut recv, root),
+        5 => world.gather(&1u8, root).map(|_| ()),
+        6 => world.gather_into(&mine, &mut all, root),
+        7 => world.allgather(&1u8).map(|_| ()),
+        8 => world.allgather_into(&mine, &mut all),
+        9 => world.reduce(&1u64, &op::Sum, root).map(|_| ()),
+        10 => world.reduce_into(&mine, &mut recv, &op::Sum, root),
+        11 => world.allreduce(&1u64, &op::Sum).map(|_| ()),
+        12 => world.allreduce_into(&mine, &mut recv, &op::Max),
+        13 => world.scan(&1u64, &op::Sum).map(|_| ()),
+        14 => world.scan_into(&mine, &mut recv, &op::Sum),
+        15 => world.alltoall(&vec![1u8; n]).map(|_| ()),
+        _ => world.alltoall_into(&all.clone(), &mut all),
+    }
+}
+
+const CALLS: usize = 17;
+
+/// Collectives that have a root, and those whose slices have a length.
+const ROOTED: [usize; 8] = [1, 2, 3, 4, 5, 6, 9, 10];
+const SIZED: [usize; 8] = [2, 4, 6, 8, 10, 12, 14, 16];
+
+/// A collective as (which, root, length), for [`call`].
+type Called = (usize, usize, usize);
+
+/// Every disagreement the mismatch cases try: what rank 0 calls and what
+/// the others call.
+pub fn mismatch_cases() -> Vec<(Called, Called)> {
+    let mut cases = Vec::new();
+    for a in 0..CALLS {
+        cases.push(((a, 0, 4), ((a + 1) % CALLS, 0, 4)));
+        cases.push(((a, 0, 4), ((a + 5) % CALLS, 0, 4)));
+    }
+    for a in ROOTED {
+        cases.push(((a, 0, 4), (a, 1, 4)));
+    }
+    for a in SIZED {
+        cases.push(((a, 0, 100), (a, 0, 10_000)));
+        cases.push(((a, 0, 10_000), (a, 0, 20_000)));
+        cases.push(((a, 0, 3), (a, 0, 5)));
+    }
+    cases
+}
+
+fn is_disagreement(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::CollectiveMismatch { .. }
+            | Error::CollectiveFailed { .. }
+            | Error::CollectivesBroken { .. }
+            | Error::InvalidArgument(_)
+            | Error::PeerGone { .. }
+    )
+}
+
+/// Rank 0 calls one collective, the others another (or the same with
+/// another root, or other lengths): every rank gets an error, at that call
+/// or, if its part was done before another rank failed, at its next
+/// collective. Each rank says so on a line of its own.
+fn mismatch(world: &World, case: usize) -> Result<(), Error> {
+    let me = world.rank();
+    let Some(&(first, second)) = mismatch_cases().get(case) else {
+        panic!("no mismatch case {case}");
+    };
+    let (which, root, len) = if me == 0 { first } else { second };
+    let root = root.min(world.size() - 1);
+    let result = call(world, which, root, len);
+    // A rank whose part was done before another rank found the
+    // disagreement gets the error at the next collective in which it waits
+    // for that rank (a barrier waits for everybody, but the failing rank
+    // may have arrived in the first one before it failed).
+    let error = match result {
+        Err(e) => e,
+        Ok(()) => (0..2)
+            .find_map(|_| world.barrier().err())
+            .unwrap_or_else(|| panic!("rank {me}: case {case}, {first:?} against {second:?}: no error")),
+    };
+    assert!(is_disagreement(&error), "rank {me}: case {case}: {error:?}");
+    // Every later collective fails at once (unless the error was a peer
+    // that left, when there is nothing more to say).
+    if !matches!(error, Error::PeerGone { .. }) {
+        let later = world.allreduce(&1u64, &op::Sum);
+        assert!(
+            matches!(later, Err(Error::CollectivesBroken { .. })),
+            "rank {me}: after case {case}: {later:?}"
+        );
+    }
+    println!("rank {me} failed: {error}");
+    Ok(())
+}
+
+/// One rank's buffers are wrong for a small alltoall_into (`which` is
+/// "alltoall"), for the root's send buffer of a scatter_into ("scatter"),
+/// or the root's receive buffer of a gather_into ("gather"): every rank
+/// gets an error instead of some waiting, and later collectives fail too.
+fn wrong_buffers(world: &World, which: &str) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    let odd = me == n - 1;
+    let result = match which {
+        "alltoall" => {
+            let send = vec![1i64; 4 * n];
+            let mut recv = vec![0i64; if odd { 4 * n - 1 } else { 4 * n }];
+            world.alltoall_into(&send, &mut recv)
+        }
+        "scatter" => {
+            let root_send = vec![1i64; if odd { 4 * n + 3 } else { 4 * n }];
+            world.scatter_into(&root_send, &mut [0i64; 4], n - 1)
+        }
+        _ => {
+            let mut all = vec![0i64; if odd { 4 * n - 2 } else { 4 * n }];
+            world.gather_into(&[1i64; 4], &mut all, n - 1)
+        }
+    };
+    let error = match result {
+        Err(e) => e,
+        // Done here before the root failed: the next collective fails.
+        Ok(()) => world.barrier().expect_err("the barrier after a failed collective"),
+    };
+    assert!(is_disagreement(&error), "rank {me}: {which}: {error:?}");
+    if me == 0 {
+        println!("hang wrong-buffers: all checks passed");
+    }
+    Ok(())
+}
+
+/// Elements larger than a window piece (288 KiB each) go through messages
+/// instead of looping for ever.
+fn big_element(world: &World) -> Result<(), Error> {
+    type Big = [u64; 36_864];
+    let n = world.size() as u64;
+    let mine: Vec<Big> = vec![[world.rank() as u64 + 1; 36_864]; 2];
+    let mut sum: Vec<Big> = vec![[0; 36_864]; 2];
+    let add = |a: &Big, b: &Big| {
+        let mut c = *a;
+        c.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        c
+    };
+    world.allreduce_into(&mine, &mut sum, &add)?;
+    let want = n * (n + 1) / 2;
+    assert!(
+        sum.iter().all(|e| e.iter().all(|v| *v == want)),
+        "the sum of 288 KiB elements"
+    );
+    let _ = add.combine(&mine[0], &mine[1]);
+    if world.rank() == 0 {
+        println!("hang big-element: all checks passed");
+    }
+    Ok(())
+}
