@@ -16,7 +16,7 @@ use std::io;
 /// }
 /// # }
 /// ```
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A rank number outside `0..size` was given.
@@ -208,13 +208,19 @@ impl Error {
     /// True if the error says a peer went away or failed first, so that
     /// this rank's own failure is a consequence, not the cause.
     pub(crate) fn blames_a_peer(&self) -> bool {
-        matches!(
-            self,
+        use io::ErrorKind::*;
+        match self {
             Error::PeerGone { .. }
-                | Error::JobEnded { .. }
-                | Error::Timeout { .. }
-                | Error::Protocol { field: "stream", .. }
-        )
+            | Error::JobEnded { .. }
+            | Error::Timeout { .. }
+            | Error::Protocol { field: "stream", .. } => true,
+            // A peer's socket that vanished or closed under this rank.
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                ConnectionReset | ConnectionAborted | ConnectionRefused | BrokenPipe | UnexpectedEof | NotFound
+            ),
+            _ => false,
+        }
     }
 
     /// Wraps an I/O error with a description of what was being done.
@@ -232,6 +238,14 @@ impl Error {
             field,
             detail: detail.into(),
         }
+    }
+}
+
+/// Shows the message, as `Display` does: `fn main() -> Result<(), spmd::Error>`
+/// then ends with a readable line (`Error: rank 3 has gone: ...`).
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 

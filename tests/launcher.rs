@@ -45,6 +45,100 @@ fn bad_command_lines_get_one_line_errors() {
 }
 
 #[test]
+fn each_mistake_is_named_for_what_it_is() {
+    rejected(&["--tag-outptu", "-n", "2", "hostname"], "--tag-outptu");
+    rejected(&["-n", "3", "-np", "2", "hostname"], "cannot be used multiple times");
+    rejected(&["-n", "2", "--wdir", "/etc/hostname", "true"], "not a directory");
+    rejected(&["-n", "2", "--wdir", "/no/such/dir", "true"], "no such directory");
+    rejected(&["-n", "2", "-x", "SPMD_WAIT=fast", "true"], "SPMD_WAIT");
+    rejected(&["-n", "2", "/"], "it is a directory");
+    // Attached values, and the documented user settings through -x.
+    let out = run(spmdrun(&["-n3", "-x", "SPMD_TRANSPORT=socket", &example("ring")]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("\"P0P1P2\""), "{out:?}");
+    // The help names every variable a rank gets and the exit statuses.
+    let help = run(spmdrun(&["--help"]));
+    assert_eq!(help.code(), Some(0), "{help:?}");
+    for word in [
+        "SPMD_NODE",
+        "SPMD_TRANSPORT",
+        "SPMD_WAIT",
+        "Exit status",
+        "124",
+        "125",
+        "--hang-report",
+    ] {
+        assert!(help.stdout.contains(word), "--help does not mention {word}");
+    }
+    assert!(
+        help.stdout.contains("Usage: spmdrun -n N [OPTIONS] PROGRAM [ARGS]..."),
+        "{}",
+        help.stdout
+    );
+}
+
+#[test]
+fn no_descendant_of_a_rank_outlives_the_job() {
+    // A child in a session of its own, and a grandchild whose parent left.
+    let script = "setsid sleep 300 & echo $!; (sleep 301 & echo $!) ; exit 0";
+    let out = run(spmdrun(&["-n", "2", "sh", "-c", script]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let pids: Vec<i32> = out.lines().iter().map(|l| l.parse().expect("a pid")).collect();
+    assert_eq!(pids.len(), 4, "{out:?}");
+    common::assert_all_gone(&pids);
+}
+
+#[test]
+fn the_first_failure_is_reported_in_the_words_of_the_rank_that_failed() {
+    // Rank 0 runs out of descriptors while the others connect to it over
+    // sockets: the report is rank 0's own error, not the others' view.
+    let script = format!(
+        "if [ $SPMD_RANK = 0 ]; then ulimit -n 14; fi; exec {} p2p",
+        example("spmd-check")
+    );
+    let mut cmd = spmdrun(&["-n", "16", "--timeout", "60", "sh", "-c", &script]);
+    cmd.env("SPMD_TRANSPORT", "socket");
+    let out = run(cmd);
+    assert_ne!(out.code(), Some(0), "{out:?}");
+    let report: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("spmdrun: rank")).collect();
+    assert_eq!(report.len(), 1, "{out:?}");
+    assert!(report[0].starts_with("spmdrun: rank 0 "), "{out:?}");
+    assert!(report[0].contains("Too many open files"), "{out:?}");
+}
+
+#[test]
+fn a_job_that_needs_more_shared_memory_than_is_free_says_so_before_starting() {
+    // A memory cgroup of 48 MiB for spmdrun: 16 ranks need 256 MiB.
+    let root = "/sys/fs/cgroup/memory";
+    assert!(
+        std::path::Path::new(root).is_dir() && nix::unistd::geteuid().is_root(),
+        "this test needs root and the cgroup v1 memory controller at {root} (as CI has)"
+    );
+    let group = format!("{root}/spmd-test-{}", std::process::id());
+    std::fs::create_dir_all(&group).expect("making a memory cgroup");
+    std::fs::write(format!("{group}/memory.limit_in_bytes"), "50331648").expect("setting its limit");
+    let script = format!(
+        "echo $$ > {group}/cgroup.procs && exec {} -n 16 {}",
+        common::spmdrun_path().display(),
+        example("ring")
+    );
+    let out = run({
+        let mut c = Command::new("sh");
+        c.args(["-c", &script]);
+        c
+    });
+    let _ = std::fs::remove_dir(&group);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("needs")
+            && out.stderr.contains("MiB of shared memory")
+            && out.stderr.contains(&group[root.len()..]),
+        "{out:?}"
+    );
+    assert!(out.stdout.is_empty(), "no rank started: {out:?}");
+}
+
+#[test]
 fn any_program_runs_once_per_rank() {
     let out = run(spmdrun(&["-n", "4", "hostname"]));
     assert_eq!(out.code(), Some(0), "{out:?}");

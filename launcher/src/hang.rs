@@ -132,7 +132,7 @@ impl HangWatch {
                         "  {who} has not called spmd::init while others have ({})",
                         for_(self.changed[r])
                     ),
-                    Seen::Starting => format!("  {who} is inside spmd::init"),
+                    Seen::Starting => format!("  {who} is inside spmd::init, waiting for the other ranks to join"),
                     Seen::Finalized => format!("  {who} has finalized and is exiting"),
                     Seen::Gone => String::new(),
                 }

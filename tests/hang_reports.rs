@@ -1,0 +1,148 @@
+//! spmdrun's hang and deadlock reports, read from the ranks' status pages:
+//! a deadlock is named with its cycle and ends the job (status 125); a
+//! rank that computes, is stopped, or has not joined is named as that and
+//! is no deadlock; `--timeout` says what every rank was doing.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{TRANSPORTS, example, finish, finish_reporting, run, signal, spmdrun, spmdrun_over, start_reporting_pids};
+use nix::sys::signal::Signal;
+
+#[test]
+fn a_deadlock_is_named_with_its_cycle_and_ends_the_job() {
+    for transport in TRANSPORTS {
+        let out = run(spmdrun_over(
+            transport,
+            &["-n", "2", "--hang-report", "1", &example("deadlock")],
+        ));
+        assert_eq!(out.code(), Some(125), "{transport}: {out:?}");
+        assert!(
+            out.stderr.contains(
+                "spmdrun: deadlock: rank 0 waits receive(from rank 1, tag 7) <- rank 1 waits receive(from rank 0, tag 7); \
+                 ending the job"
+            ),
+            "{transport}: {out:?}"
+        );
+        let out = run(spmdrun_over(
+            transport,
+            &["-n", "3", "--hang-report", "1", &example("deadlock")],
+        ));
+        assert_eq!(out.code(), Some(125), "{transport}: {out:?}");
+        assert!(
+            out.stderr.contains("<- rank 2 waits receive(from rank 0, tag 7)"),
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
+fn a_rank_computing_outside_spmd_is_named_and_is_no_deadlock() {
+    for transport in TRANSPORTS {
+        let out = run(spmdrun_over(
+            transport,
+            &["-n", "3", "--hang-report", "1", &example("slow"), "3"],
+        ));
+        assert_eq!(out.code(), Some(0), "{transport}: {out:?}");
+        assert!(!out.stderr.contains("deadlock"), "{out:?}");
+        let reports = out.stderr.matches("blocked inside spmd").count();
+        assert_eq!(reports, 1, "one report for the episode: {out:?}");
+        assert!(out.stderr.contains("is computing outside spmd"), "{out:?}");
+        assert!(out.stderr.contains("waits broadcast (root 0)"), "{out:?}");
+        assert!(out.stderr.contains("for rank 0 for"), "{out:?}");
+    }
+}
+
+#[test]
+fn a_stopped_rank_is_named_as_stopped_and_the_deadlock_waits_for_it() {
+    let check = example("spmd-check");
+    let args = ["-n", "3", "--hang-report", "1", &check, "fail", "idle"];
+    let (mut child, pids, reader) = start_reporting_pids(&args, 3);
+    signal(pids[1], Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.try_wait().expect("waiting works").is_none(),
+        "the job ended while a rank was stopped"
+    );
+    signal(pids[1], Signal::SIGCONT);
+    let started = Instant::now();
+    let out = finish_reporting(child, reader);
+    assert_eq!(out.code(), Some(125), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("rank 1 (pid {} on vm) is stopped", pids[1]))
+            || out.stderr.contains(&format!("rank 1 (pid {} on ", pids[1])) && out.stderr.contains("is stopped"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("spmdrun: deadlock:"), "{out:?}");
+    common::assert_all_gone(&pids);
+}
+
+#[test]
+fn timeout_names_a_rank_that_never_joined() {
+    let check = example("spmd-check");
+    let script = format!("if [ $SPMD_RANK = 1 ]; then sleep 30; fi; exec {check} fail idle");
+    let out = run(spmdrun(&["-n", "2", "--timeout", "2", "sh", "-c", &script]));
+    assert_eq!(out.code(), Some(124), "{out:?}");
+    assert!(out.stderr.contains("--timeout"), "{out:?}");
+    assert!(
+        out.stderr.contains("rank 1 (pid") && out.stderr.contains("has not called spmd::init"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("rank 0 (pid") && out.stderr.contains("waiting for the other ranks to join"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn on_deadlock_report_keeps_waiting_and_hang_report_0_says_nothing() {
+    let deadlock = example("deadlock");
+    let out = run(spmdrun(&[
+        "-n",
+        "2",
+        "--hang-report",
+        "1",
+        "--on-deadlock",
+        "report",
+        "--timeout",
+        "4",
+        &deadlock,
+    ]));
+    assert_eq!(out.code(), Some(124), "{out:?}");
+    assert!(out.stderr.contains("spmdrun: deadlock:"), "{out:?}");
+    let out = run(spmdrun(&["-n", "2", "--hang-report", "0", "--timeout", "3", &deadlock]));
+    assert_eq!(out.code(), Some(124), "{out:?}");
+    assert!(
+        !out.stderr.contains("deadlock:") && !out.stderr.contains("blocked inside"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_rank_blocked_writing_to_a_slow_reader_is_not_a_deadlock() {
+    // The ranks print more than the pipe holds while nobody reads
+    // spmdrun's output for a while: they wait in `write`, not in spmd.
+    let child = spmdrun(&[
+        "-n",
+        "2",
+        "--hang-report",
+        "1",
+        "sh",
+        "-c",
+        "head -c 3000000 /dev/zero | tr '\\0' x",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spmdrun starts");
+    std::thread::sleep(Duration::from_secs(3));
+    let out = finish(child);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(!out.stderr.contains("deadlock"), "{}", out.stderr);
+    assert_eq!(out.stdout.matches('x').count(), 6_000_000, "every byte");
+}
