@@ -287,6 +287,14 @@ impl Engine {
                 }
                 e
             }
+            e @ Error::Protocol { .. } => {
+                // A peer broke the protocol: this rank is the witness, and
+                // says so first, before the peer's view of its exit does.
+                if self.managed {
+                    crate::control::tell(&crate::wire::ControlMessage::Failed { message: e.to_string() }, false);
+                }
+                e
+            }
             e => e,
         }
     }

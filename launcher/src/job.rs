@@ -280,6 +280,11 @@ impl Job {
                 Said::Nothing => {}
                 Said::Registered => self.registered(rank),
                 Said::Broke(why) => return self.broke(rank, why),
+                Said::Failed(why) => {
+                    let who = self.ranks[rank].describe(rank);
+                    let words: Vec<&str> = why.split_whitespace().collect();
+                    self.fail(format!("{who} failed: {}; ending the job", words.join(" ")), 1);
+                }
             }
         }
         if !open {

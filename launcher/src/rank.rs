@@ -167,6 +167,9 @@ pub enum Said {
     Registered,
     /// The rank broke the protocol: the job fails with this message.
     Broke(String),
+    /// The rank failed in a way that ends it (start-up, a peer that broke
+    /// the protocol): the job fails at once, naming it.
+    Failed(String),
 }
 
 impl Rank {
@@ -208,8 +211,8 @@ impl Rank {
                 Said::Nothing
             }
             ControlMessage::Failed { message } => {
-                self.failed.get_or_insert(message);
-                Said::Nothing
+                self.failed.get_or_insert(message.clone());
+                Said::Failed(message)
             }
             other => Said::Broke(format!(
                 "{} sent an unexpected {} message on its control channel",

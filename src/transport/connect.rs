@@ -249,3 +249,69 @@ fn timed_out(
 fn geteuid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Secret;
+    use std::io::Write;
+
+    /// Real ranks connect while same-user strangers hold connections idle,
+    /// send garbage, or send the start of a Hello and nothing more: every
+    /// real connection is made, at once, and the strangers are counted.
+    #[test]
+    fn strangers_hold_up_nobody() {
+        let dir = std::env::temp_dir().join(format!("spmd-connect-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("0.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let secret = Secret::random().unwrap();
+        let id = Identity {
+            secret: &secret,
+            job: 5,
+            me: 0,
+        };
+        // Strangers first, so that they are ahead of the ranks in the backlog.
+        let mut strangers = Vec::new();
+        for i in 0..6 {
+            let mut s = UnixStream::connect(&path).unwrap();
+            match i % 3 {
+                0 => {}
+                1 => s.write_all(&[0xa5; 100]).unwrap(),
+                _ => s.write_all(b"SPMD\x02\x04").unwrap(),
+            }
+            strangers.push(s);
+        }
+        let ranks: Vec<_> = (1..4u32)
+            .map(|me| {
+                let (path, secret) = (path.clone(), secret.clone());
+                std::thread::spawn(move || {
+                    let id = Identity {
+                        secret: &secret,
+                        job: 5,
+                        me,
+                    };
+                    let mut s = UnixStream::connect(&path).unwrap();
+                    crate::auth::connect(&mut s, id, 0, "rank 0")
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        let (done, refused) = connect_all(&listener, id, Vec::new(), &[1, 2, 3]).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "strangers held up the ranks"
+        );
+        let mut got: Vec<usize> = done.iter().map(|(r, _)| *r).collect();
+        got.sort_unstable();
+        assert_eq!(got, [1, 2, 3]);
+        for r in ranks {
+            r.join().unwrap().unwrap();
+        }
+        // The garbage was refused; the idle ones were simply not waited for.
+        assert!(refused.failed >= 2, "{refused:?}");
+        drop(strangers);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

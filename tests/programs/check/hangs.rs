@@ -16,6 +16,7 @@ pub fn run(world: &World, case: &str, arg: &str) -> Result<(), Error> {
         "mismatch" => mismatch(world, arg.parse().unwrap_or(usize::MAX)),
         "wrong-buffers" => wrong_buffers(world, arg),
         "big-element" => big_element(world),
+        "exchange" => exchange(world),
         other => panic!("unknown hang case {other:?}"),
     }
 }
@@ -280,4 +281,27 @@ fn big_element(world: &World) -> Result<(), Error> {
         println!("hang big-element: all checks passed");
     }
     Ok(())
+}
+
+/// Ranks 0 and 1 exchange small and large messages for ever (for the tests
+/// that corrupt a segment under them): bursts of small ones through the
+/// fastboxes, large ones through the rings. Ends with the first error.
+fn exchange(world: &World) -> Result<(), Error> {
+    let me = world.rank();
+    let other = 1 - me.min(1);
+    let big = vec![me as u8; 200_000];
+    let mut back = vec![0u8; 200_000];
+    println!("pid {me} {}", std::process::id());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    loop {
+        for i in 0..20u64 {
+            world.send_slice(&[i], other)?;
+        }
+        for _ in 0..20 {
+            let _: Vec<u64> = world.receive_vec(other)?;
+        }
+        world.send_slice_with_tag(&big, other, 1)?;
+        world.receive_into_with_tag(&mut back, other, 1)?;
+    }
 }
