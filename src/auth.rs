@@ -11,6 +11,11 @@
 //! [`Handshake`] is the exchange as a state machine that does no I/O, so
 //! that one thread can drive many handshakes at once without blocking on
 //! any of them; [`connect`] and [`accept`] drive one over a blocking stream.
+//!
+//! A job on one machine needs none of this: spmdrun hands its ranks their
+//! channel and their links to each other, and nothing of the job can be
+//! connected to. The handshake is for the connections that must be made
+//! over a network, between hosts, where a listener cannot be avoided.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -52,6 +57,11 @@ impl Secret {
         let mut b = [0u8; SECRET_LEN];
         random_bytes(&mut b)?;
         Ok(Secret(b))
+    }
+
+    /// A secret of these bytes (for the fuzzers and tests).
+    pub fn from_bytes(bytes: [u8; SECRET_LEN]) -> Secret {
+        Secret(bytes)
     }
 
     /// The secret as lowercase hex (for tests that look for it where it

@@ -12,7 +12,6 @@ pub(crate) struct Placement {
     pub local_rank: usize,
     pub local_size: usize,
     pub node: usize,
-    pub job: u64,
     /// The inherited control channel's descriptor.
     pub control_fd: i32,
     /// The launcher process at the other end of it.
@@ -62,8 +61,11 @@ fn mpi_launcher() -> Option<&'static str> {
     }
 }
 
-fn var(name: &str) -> Result<String> {
-    std::env::var(name).map_err(|_| {
+/// Looks up one variable of the environment (or of a test's).
+type Lookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+fn var(get: &Lookup<'_>, name: &str) -> Result<String> {
+    get(name).ok_or_else(|| {
         Error::Bootstrap(format!(
             "{name} is missing or not UTF-8, but {} is set: start the program with spmdrun",
             env::RANK
@@ -71,8 +73,8 @@ fn var(name: &str) -> Result<String> {
     })
 }
 
-fn number(name: &str) -> Result<usize> {
-    let v = var(name)?;
+fn number(get: &Lookup<'_>, name: &str) -> Result<usize> {
+    let v = var(get, name)?;
     v.trim()
         .parse()
         .map_err(|_| Error::Bootstrap(format!("{name}={v:?} is not a non-negative whole number")))
@@ -88,11 +90,16 @@ fn control(value: &str) -> Option<(i32, i32)> {
 }
 
 fn from_spmdrun() -> Result<Placement> {
-    let rank = number(env::RANK)?;
-    let size = number(env::SIZE)?;
-    let local_rank = number(env::LOCAL_RANK)?;
-    let local_size = number(env::LOCAL_SIZE)?;
-    let node = number(env::NODE)?;
+    placement(&|name| std::env::var(name).ok())
+}
+
+/// The placement the variables `get` finds describe, every one checked.
+pub(crate) fn placement(get: &Lookup<'_>) -> Result<Placement> {
+    let rank = number(get, env::RANK)?;
+    let size = number(get, env::SIZE)?;
+    let local_rank = number(get, env::LOCAL_RANK)?;
+    let local_size = number(get, env::LOCAL_SIZE)?;
+    let node = number(get, env::NODE)?;
     if size == 0 || rank >= size {
         return Err(Error::Bootstrap(format!(
             "{}={rank} is not below {}={size}",
@@ -110,10 +117,7 @@ fn from_spmdrun() -> Result<Placement> {
     if u32::try_from(size).is_err() {
         return Err(Error::Bootstrap(format!("{}={size} is too large", env::SIZE)));
     }
-    let job_text = var(env::JOB)?;
-    let job = u64::from_str_radix(job_text.trim(), 16)
-        .map_err(|_| Error::Bootstrap(format!("{}={job_text:?} is not a hex job id", env::JOB)))?;
-    let control_text = var(env::CONTROL)?;
+    let control_text = var(get, env::CONTROL)?;
     let Some((control_fd, launcher_pid)) = control(&control_text) else {
         return Err(Error::Bootstrap(format!(
             "{}={control_text:?} is not fd:<descriptor>:<pid>",
@@ -126,7 +130,6 @@ fn from_spmdrun() -> Result<Placement> {
         local_rank,
         local_size,
         node,
-        job,
         control_fd,
         launcher_pid,
     })

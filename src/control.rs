@@ -1,19 +1,18 @@
 //! The rank's side of its control channel to spmdrun: a Unix socket the
 //! launcher made for this rank alone and the rank inherited. Over it the
-//! rank learns the job's secret (never from its environment), registers
-//! how to reach it, receives the table of peers and the shared-memory
-//! segments of its node, and reports finalize, abort, panics and failures.
+//! rank learns what every rank agrees on, registers, receives the table of
+//! peers and either the shared-memory segments of its node or its ends of
+//! the socket pairs to its peers, and reports finalize, abort, panics and
+//! failures.
 
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::auth::Secret;
 use crate::bootstrap::Placement;
 use crate::error::{Error, Result};
 use crate::wire::status::Page;
-use crate::wire::{Card, Channel, ControlMessage, LAUNCHER_ID, Settings};
+use crate::wire::{Card, Channel, ControlMessage, LAUNCHER_ID, Settings, TransportKind};
 
 const LAUNCHER: &str = "the launcher (spmdrun)";
 /// How long the launcher may take to answer Hello.
@@ -25,8 +24,6 @@ static CHANNEL: Mutex<Option<Channel>> = Mutex::new(None);
 /// What the launcher tells a rank that says hello.
 #[derive(Debug)]
 pub(crate) struct Welcome {
-    pub secret: Secret,
-    pub dir: PathBuf,
     pub settings: Settings,
     pub status: Page,
 }
@@ -34,10 +31,11 @@ pub(crate) struct Welcome {
 /// What the launcher sends once every rank has registered.
 #[derive(Debug)]
 pub(crate) struct Table {
-    pub cards: Vec<Card>,
     pub nodes: Vec<u32>,
     /// The segments of the other ranks of this node, by rank.
     pub segments: Vec<(usize, OwnedFd)>,
+    /// This rank's ends of its socket pairs to the other ranks, by rank.
+    pub links: Vec<(usize, OwnedFd)>,
 }
 
 /// Takes the inherited control channel after checking that it is one:
@@ -87,7 +85,7 @@ pub(crate) fn join(p: &Placement) -> Result<(Channel, Welcome)> {
     };
     channel.send(&hello, &[])?;
     let (msg, fds) = channel.receive(Some(Instant::now() + WELCOME_TIMEOUT))?;
-    let ControlMessage::Welcome { secret, dir, settings } = msg else {
+    let ControlMessage::Welcome { settings } = msg else {
         return Err(unexpected(&msg, "Welcome"));
     };
     let status = match fds.first() {
@@ -100,12 +98,7 @@ pub(crate) fn join(p: &Placement) -> Result<(Channel, Welcome)> {
             ));
         }
     };
-    let welcome = Welcome {
-        secret,
-        dir: PathBuf::from(dir),
-        settings,
-        status,
-    };
+    let welcome = Welcome { settings, status };
     Ok((channel, welcome))
 }
 
@@ -118,11 +111,13 @@ fn unexpected(msg: &ControlMessage, wanted: &str) -> Error {
 }
 
 /// Registers this rank's card (with its segment, if it has one) and waits
-/// for the table of every rank's, however long the others take, then for
-/// the segments of the other ranks of its node.
+/// for the table of every rank's, however long the others take; then for
+/// the segments of the other ranks of its node (over shared memory) or its
+/// ends of the socket pairs to every other rank (over sockets).
 pub(crate) fn register(
     channel: &mut Channel,
     p: &Placement,
+    settings: &Settings,
     card: Card,
     segment: Option<BorrowedFd<'_>>,
 ) -> Result<Table> {
@@ -146,29 +141,33 @@ pub(crate) fn register(
         ));
     }
     let mine = nodes[p.rank];
-    let mut wanted: Vec<usize> = (0..p.size)
-        .filter(|r| *r != p.rank && nodes[*r] == mine && cards[*r].shm)
-        .collect();
-    let mut segments = Vec::with_capacity(wanted.len());
-    while !wanted.is_empty() {
+    let others = (0..p.size).filter(|r| *r != p.rank && nodes[*r] == mine);
+    let (mut want_segments, mut want_links): (Vec<usize>, Vec<usize>) = match settings.transport {
+        TransportKind::Shm => (others.filter(|r| cards[*r].shm).collect(), Vec::new()),
+        TransportKind::Socket => (Vec::new(), others.collect()),
+    };
+    let (mut segments, mut links) = (Vec::new(), Vec::new());
+    while !want_segments.is_empty() || !want_links.is_empty() {
         let (msg, fds) = channel.receive(Some(Instant::now() + WELCOME_TIMEOUT))?;
-        let ControlMessage::Segments { ranks } = msg else {
-            return Err(unexpected(&msg, "Segments"));
+        let (ranks, wanted, got) = match msg {
+            ControlMessage::Segments { ranks } => (ranks, &mut want_segments, &mut segments),
+            ControlMessage::Links { ranks } => (ranks, &mut want_links, &mut links),
+            other => return Err(unexpected(&other, "Segments or Links")),
         };
         for (rank, fd) in ranks.into_iter().zip(fds) {
             let rank = rank as usize;
             let Some(i) = wanted.iter().position(|w| *w == rank) else {
                 return Err(Error::protocol(
                     LAUNCHER,
-                    "segments",
-                    format!("a segment for rank {rank}, which is not one this rank waits for"),
+                    "descriptors",
+                    format!("one for rank {rank}, which is not one this rank waits for"),
                 ));
             };
             wanted.swap_remove(i);
-            segments.push((rank, fd));
+            got.push((rank, fd));
         }
     }
-    Ok(Table { cards, nodes, segments })
+    Ok(Table { nodes, segments, links })
 }
 
 /// Keeps the channel for [`tell`].

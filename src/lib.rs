@@ -53,6 +53,9 @@ mod control;
 mod element;
 mod envelope;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod matching;
 mod message;
 pub mod op;

@@ -9,10 +9,20 @@
 //! A message that goes back to the queue (its receive was withdrawn, or
 //! asked for another type) takes its old place in arrival order.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::envelope::{Envelope, Format, Landing, Room};
 use crate::wire::Context;
+
+/// The most bytes of messages nobody has asked for yet that a rank keeps
+/// from one peer, and from all peers together, before it stops reading a
+/// peer it is not waiting for (the peer's send then waits). A rank waits
+/// for a peer while a receive or probe it posted accepts the peer or a
+/// message from the peer is landing; while it waits in a send, a node-wide
+/// collective or finalize it reads every peer, since what it waits for
+/// may depend on a peer that in turn waits for it to read.
+pub(crate) const QUEUED_PER_PEER: u64 = 8 << 20;
+pub(crate) const QUEUED_IN_ALL: u64 = 64 << 20;
 
 /// Which messages a receive or probe accepts: a source rank or any, and a
 /// tag or any.
@@ -148,6 +158,12 @@ pub(crate) trait Sink {
     fn claim(&mut self, source: usize, tag: u32, context: Context, format: Format, len: u64) -> Option<Landing>;
     /// A claimed message is complete.
     fn landed(&mut self, id: ReceiveId, env: Envelope);
+    /// Whether to read more from `source` now: false when this rank holds
+    /// as much as it keeps of messages nobody has asked for, and no posted
+    /// receive could take one from `source`.
+    fn wants(&self, _source: usize) -> bool {
+        true
+    }
 }
 
 /// A [`Match`] within one context.
@@ -188,6 +204,7 @@ struct Posted {
 #[derive(Debug)]
 struct Claimed {
     id: ReceiveId,
+    source: usize,
     room: Option<Room>,
     fresh: Option<crate::envelope::FreshBuffer>,
     arrival: u64,
@@ -205,6 +222,13 @@ pub(crate) struct Matcher {
     completed: Vec<(ReceiveId, Envelope, Option<Room>)>,
     next_id: u64,
     next_arrival: u64,
+    /// Bytes of the queued messages, by source and in all.
+    queued_bytes: HashMap<usize, u64>,
+    queued_total: u64,
+    /// What a blocking probe waits for.
+    watched: Option<Selector>,
+    /// Read every peer, however much is queued (see [`QUEUED_PER_PEER`]).
+    reading_all: bool,
 }
 
 impl Matcher {
@@ -222,8 +246,21 @@ impl Matcher {
             let p = self.posted.remove(i);
             self.completed.push((p.id, env, p.room));
         } else {
+            self.count_in(&env);
             self.unexpected.push_back(env);
         }
+    }
+
+    fn count_in(&mut self, env: &Envelope) {
+        *self.queued_bytes.entry(env.source).or_default() += env.len();
+        self.queued_total += env.len();
+    }
+
+    fn count_out(&mut self, env: &Envelope) {
+        if let Some(b) = self.queued_bytes.get_mut(&env.source) {
+            *b = b.saturating_sub(env.len());
+        }
+        self.queued_total = self.queued_total.saturating_sub(env.len());
     }
 
     /// Posts a receive that may take its message straight into `room`; it
@@ -233,6 +270,7 @@ impl Matcher {
         self.next_id += 1;
         if let Some(i) = self.unexpected.iter().position(|env| sel.accepts(env)) {
             if let Some(env) = self.unexpected.remove(i) {
+                self.count_out(&env);
                 self.completed.push((id, env, None));
             }
         } else {
@@ -288,12 +326,26 @@ impl Matcher {
     pub fn requeue(&mut self, env: Envelope) {
         debug_assert!(env.landed.is_none() || env.fresh.is_some());
         let at = self.unexpected.partition_point(|e| e.arrival < env.arrival);
+        self.count_in(&env);
         self.unexpected.insert(at, env);
     }
 
     /// The status of the earliest queued message that `sel` accepts.
     pub fn probe(&self, sel: Selector) -> Option<Status> {
         self.unexpected.iter().find(|env| sel.accepts(env)).map(Status::of)
+    }
+
+    /// Sets what a blocking probe waits for (`None` when it is done): its
+    /// peers are read however much is queued.
+    pub fn watch(&mut self, sel: Option<Selector>) {
+        self.watched = sel;
+    }
+
+    /// Reads every peer however much is queued (`true`), or only the peers
+    /// this rank waits for once the queue is full (`false`); returns the
+    /// previous setting.
+    pub fn read_all(&mut self, all: bool) -> bool {
+        std::mem::replace(&mut self.reading_all, all)
     }
 
     /// Every queued message, in arrival order.
@@ -328,6 +380,7 @@ impl Sink for Matcher {
         self.next_arrival += 1;
         self.landing.push(Claimed {
             id: p.id,
+            source,
             room: p.room,
             fresh,
             arrival,
@@ -342,6 +395,17 @@ impl Sink for Matcher {
             env.arrival = c.arrival;
             self.completed.push((id, env, c.room));
         }
+    }
+
+    fn wants(&self, source: usize) -> bool {
+        let mine = self.queued_bytes.get(&source).copied().unwrap_or(0);
+        if self.reading_all || (mine < QUEUED_PER_PEER && self.queued_total < QUEUED_IN_ALL) {
+            return true;
+        }
+        let accepts = |sel: &Selector| sel.pattern.source_rank().is_none_or(|s| s == source);
+        self.posted.iter().any(|p| accepts(&p.sel))
+            || self.watched.as_ref().is_some_and(accepts)
+            || self.landing.iter().any(|c| c.source == source)
     }
 }
 

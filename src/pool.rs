@@ -11,7 +11,7 @@ use std::cell::RefCell;
 /// Smaller buffers come from the allocator as usual.
 pub(crate) const MIN_POOLED: usize = 64 << 10;
 const MAX_BUFFERS: usize = 64;
-const MAX_BYTES: usize = 128 << 20;
+const MAX_BYTES: usize = 32 << 20;
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };

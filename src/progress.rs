@@ -237,6 +237,7 @@ impl Engine {
     pub fn wait_sent(&mut self, sent: Sent, dest: usize) -> Result<()> {
         let Some(ticket) = sent else { return Ok(()) };
         let on = WaitOn::p2p(WaitOp::Send, Some(dest), None, 0);
+        let reading_all = self.matcher.read_all(true);
         let result = (|| {
             while !self.transport.is_sent(ticket) {
                 if self.transport.is_closed(dest) {
@@ -246,6 +247,7 @@ impl Engine {
             }
             Ok(())
         })();
+        self.matcher.read_all(reading_all);
         self.settle();
         result
     }
@@ -412,6 +414,14 @@ impl Engine {
         if let Some(source) = sel.pattern.source_rank() {
             self.check_rank(source)?;
         }
+        // A probe waits for its peers however much is queued.
+        self.matcher.watch(Some(sel));
+        let result = self.probe_watched(sel, wait);
+        self.matcher.watch(None);
+        result
+    }
+
+    fn probe_watched(&mut self, sel: Selector, wait: Option<Option<Duration>>) -> Result<Option<Status>> {
         self.step(Wait::No)?;
         let Some(timeout) = wait else {
             return Ok(self.matcher.probe(sel));
@@ -497,6 +507,7 @@ impl Engine {
         waiting: &dyn Fn(Option<usize>) -> WaitOn,
         check: &mut Check<'_>,
     ) -> Result<()> {
+        let reading_all = self.matcher.read_all(true);
         let result = (|| {
             while !ready() {
                 check(&self.matcher)?;
@@ -528,6 +539,7 @@ impl Engine {
             }
             Ok(())
         })();
+        self.matcher.read_all(reading_all);
         self.settle();
         result.map_err(|e| self.lost(e))
     }
@@ -548,6 +560,7 @@ impl Engine {
                 s.sleeping();
             }
         };
+        self.matcher.read_all(true);
         let result = self.transport.finish(&mut self.matcher, &sleeping);
         self.settle();
         if let Some(s) = &self.status {

@@ -5,7 +5,6 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::auth::Identity;
 use crate::bootstrap::{self, Launch, Placement};
 use crate::collective::call::Calls;
 use crate::collective::node::NodeState;
@@ -89,26 +88,15 @@ pub fn init() -> Result<World> {
 fn start(p: &Placement, welcome: Welcome, mut channel: Channel) -> Result<World> {
     let result = (|| {
         let region = crate::collective::node_region_len(p.local_size);
-        let endpoint = Endpoint::open(
-            &welcome.settings,
-            p.rank,
-            p.local_rank,
-            p.local_size,
-            &welcome.dir,
-            region,
-        )?;
-        let table = control::register(&mut channel, p, endpoint.card(), endpoint.fd())?;
-        let id = Identity {
-            secret: &welcome.secret,
-            job: p.job,
-            me: p.rank as u32,
-        };
+        let settings = &welcome.settings;
+        let endpoint = Endpoint::open(settings, p.rank, p.local_rank, p.local_size, region)?;
+        let table = control::register(&mut channel, p, settings, endpoint.card(), endpoint.fd())?;
         let table = transport::Table {
-            cards: &table.cards,
             nodes: &table.nodes,
             segments: table.segments,
+            links: table.links,
         };
-        Transport::connect(endpoint, id, table, &welcome.settings, MAX_MESSAGE)
+        Transport::connect(endpoint, p.rank, table, &welcome.settings, MAX_MESSAGE)
     })();
     match result {
         Ok(transport) => {

@@ -7,46 +7,16 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{example, run, spmdrun_over};
 
-const MALLORY: &str = "spmd-mallory";
-
-/// The attacker's account, made if it is missing (the tests run as root in
-/// CI; elsewhere, make it once: `useradd -M spmd-mallory`).
-fn mallory() {
-    let exists = Command::new("id")
-        .arg(MALLORY)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if exists {
-        return;
-    }
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the attack tests need a second user: run `useradd -M {MALLORY}` as root (CI does)"
-    );
-    let made = Command::new("useradd")
-        .args(["-M", "-s", "/usr/sbin/nologin", MALLORY])
-        .status()
-        .expect("useradd runs");
-    // Another test may have made it meanwhile (status 9: it exists).
-    assert!(made.success() || made.code() == Some(9), "useradd failed: {made:?}");
-}
-
 /// Starts the attacker as the other user for `seconds`, from a copy the
 /// other user can run.
 fn start_attacker(seconds: u32) -> std::process::Child {
-    mallory();
-    let copy = std::env::temp_dir().join(format!("spmd-attacker-copy-{}", std::process::id()));
-    std::fs::copy(example("spmd-attacker"), &copy).expect("copying the attacker");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("making it runnable");
-    Command::new("setpriv")
-        .args(["--reuid", MALLORY, "--regid", MALLORY, "--clear-groups"])
-        .arg(&copy)
+    let copy = common::runnable_by_anyone(&example("spmd-attacker"));
+    common::as_other_user(&copy)
         .arg(seconds.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -97,12 +67,22 @@ fn a_stranger_cannot_stop_join_or_crash_a_job() {
     assert_eq!(report.code(), Some(0), "the attacker failed: {report:?}");
     let r = &report.stdout;
     assert!(count(r, "rounds:") > 100, "the attacker barely ran: {r}");
+    // There is nothing to connect to: ranks talk over socket pairs and
+    // memory spmdrun hands them, and no job names a socket.
+    assert_eq!(
+        count(r, "unix socket names new during the run:"),
+        0,
+        "a socket name appeared while jobs ran: {report:?}"
+    );
     let connected: usize = r
         .lines()
-        .find(|l| l.starts_with("unix sockets"))
+        .find(|l| l.starts_with("connections to them"))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .expect("a count");
     assert_eq!(connected, 0, "the attacker connected to a job's socket: {r}");
+    // (the count is of listeners that answered like something other than
+    // a closing spmd peer)
+    assert_eq!(count(r, "tcp listeners on loopback:"), 0, "{r}");
     assert_eq!(count(r, "spmd files or directories opened:"), 0, "{r}");
     assert_eq!(count(r, "spmd processes looked into:"), 0, "{r}");
     assert!(jobs >= 4, "only {jobs} jobs ran under attack");

@@ -329,3 +329,23 @@ fn an_unknown_transport_is_a_clear_error() {
     let report: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("spmdrun: ")).collect();
     assert_eq!(report.len(), 1, "{out:?}");
 }
+
+#[test]
+fn an_ordinary_user_runs_many_ranks_under_a_small_limit_on_open_files() {
+    // Start-up hands every rank a descriptor per peer, and the kernel caps
+    // the descriptors an ordinary user has in flight at the sender's limit
+    // on open files: 40 ranks pass 1,560 of them under a limit of 200.
+    let spmdrun = common::runnable_by_anyone(&common::spmdrun_path().display().to_string());
+    let check = common::runnable_by_anyone(&example("spmd-check"));
+    for transport in common::TRANSPORTS {
+        let script = format!(
+            "ulimit -n 200 && exec {} -n 40 --timeout 150 {} p2p",
+            spmdrun.display(),
+            check.display()
+        );
+        let mut cmd = common::as_other_user(std::path::Path::new("/bin/sh"));
+        cmd.args(["-c", &script]).env("SPMD_TRANSPORT", transport);
+        let out = run(cmd);
+        assert_eq!(out.code(), Some(0), "{transport}: {out:?}");
+    }
+}

@@ -1,21 +1,21 @@
 //! Situations that used to hang end with a result or an error on every
 //! rank, over every transport and wait mode: errors and panics inside a
 //! scope, peers that finalize early, ranks that disagree about a
-//! collective, wrong buffers on one rank, elements larger than a window.
+//! collective, wrong buffers on one rank, elements larger than a window,
+//! waits on a peer whose unreceived messages fill the queue.
 
 mod common;
 
 use common::{MODES, example, run, spmdrun_in};
 
-/// Runs `spmd-check hang CASE [ARG]` on `n` ranks in every mode and
-/// returns each mode's outcome.
+/// Runs `spmd-check ARGS` (`hang CASE [ARG]` and the like) on `n` ranks
+/// in every mode and checks each mode's outcome.
 fn each_mode(n: usize, case: &[&str], check: impl Fn(&str, &common::Finished)) {
     for mode in MODES {
         let ns = n.to_string();
         let mut args = vec!["-n", &ns, "--timeout", "60", "--hang-report", "20"];
         let check_program = example("spmd-check");
         args.push(&check_program);
-        args.push("hang");
         args.extend_from_slice(case);
         let out = run(spmdrun_in(mode, &args));
         check(&common::mode_name(mode), &out);
@@ -23,7 +23,7 @@ fn each_mode(n: usize, case: &[&str], check: impl Fn(&str, &common::Finished)) {
 }
 
 fn passes(n: usize, case: &str) {
-    each_mode(n, &[case], |mode, out| {
+    each_mode(n, &["hang", case], |mode, out| {
         assert_eq!(out.code(), Some(0), "{case}, {mode}: {out:?}");
         assert!(
             out.stdout.contains(&format!("hang {case}: all checks passed")),
@@ -39,7 +39,7 @@ fn an_error_inside_a_scope_does_not_wait_and_loses_nothing() {
 
 #[test]
 fn a_panic_inside_a_scope_ends_the_job_instead_of_hanging() {
-    each_mode(3, &["scope-panic"], |mode, out| {
+    each_mode(3, &["hang", "scope-panic"], |mode, out| {
         assert_eq!(out.code(), Some(101), "{mode}: {out:?}");
         assert!(
             out.stderr.contains("rank 2 (pid") && out.stderr.contains("panicked: deliberate panic inside a scope"),
@@ -55,7 +55,7 @@ fn a_send_to_a_rank_that_finalized_is_peer_gone() {
 
 #[test]
 fn ranks_that_finalize_with_unread_messages_both_finish() {
-    each_mode(3, &["finalize-unread"], |mode, out| {
+    each_mode(3, &["hang", "finalize-unread"], |mode, out| {
         assert_eq!(out.code(), Some(0), "{mode}: {out:?}");
         assert!(out.stdout.contains("all checks passed"), "{mode}: {out:?}");
     });
@@ -69,7 +69,7 @@ fn a_barrier_that_only_some_ranks_call_is_peer_gone() {
 #[test]
 fn wrong_buffers_on_one_rank_are_an_error_on_every_rank() {
     for which in ["alltoall", "scatter", "gather"] {
-        each_mode(3, &["wrong-buffers", which], |mode, out| {
+        each_mode(3, &["hang", "wrong-buffers", which], |mode, out| {
             assert_eq!(out.code(), Some(0), "{which}, {mode}: {out:?}");
             assert!(out.stdout.contains("all checks passed"), "{which}, {mode}: {out:?}");
         });
@@ -87,7 +87,7 @@ fn mismatches(n: usize) {
     let cases = 66;
     for case in 0..cases {
         let c = case.to_string();
-        each_mode(n, &["mismatch", &c], |mode, out| {
+        each_mode(n, &["hang", "mismatch", &c], |mode, out| {
             let failed = out.stdout.lines().filter(|l| l.contains(" failed: ")).count();
             assert!(
                 out.code() == Some(0) && failed == n,
@@ -122,4 +122,21 @@ fn ranks_that_call_different_collectives_all_get_an_error_2_ranks() {
 #[test]
 fn ranks_that_call_different_collectives_all_get_an_error_4_ranks() {
     mismatches(4);
+}
+
+/// A rank keeps at most 8 MiB of unreceived messages from a peer before it
+/// stops reading that peer; every way of waiting for the peer still reads
+/// it: a send that waits on a rank that also sends, a receive whose
+/// message arrives in pieces, a probe (waiting or polled), finalize.
+#[test]
+fn a_full_queue_never_stops_a_wait_for_that_peer() {
+    for case in ["shift", "landing", "probe", "try-probe", "finalize"] {
+        each_mode(3, &["full-queue", case], |mode, out| {
+            assert_eq!(out.code(), Some(0), "{case}, {mode}: {out:?}");
+            assert!(
+                out.stdout.contains(&format!("full-queue {case}: all checks passed")),
+                "{case}, {mode}: {out:?}"
+            );
+        });
+    }
 }

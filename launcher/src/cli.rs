@@ -14,8 +14,9 @@ use crate::hostfile;
 
 const AFTER_HELP: &str = "\
 Every rank gets SPMD_RANK, SPMD_SIZE, SPMD_LOCAL_RANK, SPMD_LOCAL_SIZE and
-SPMD_NODE in its environment, and its private channel to spmdrun (the job's
-secret never is in the environment or on a command line).
+SPMD_NODE in its environment, and an inherited private channel to spmdrun;
+ranks reach each other only through memory and sockets spmdrun hands them, so
+there is no secret, address or file for anyone else to find.
 
 User settings, read from spmdrun's environment (or given with -x):
   SPMD_TRANSPORT=shm|socket     how ranks on one machine talk (default shm)

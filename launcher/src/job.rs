@@ -6,20 +6,20 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 
-use spmd::auth::{Secret, random_bytes};
+use spmd::auth::random_bytes;
 use spmd::wire::control::MAX_FDS_PER_MESSAGE;
 use spmd::wire::status::Page;
 use spmd::wire::{Channel, ControlMessage, LAUNCHER_ID, Settings, TransportKind, WaitMode};
 
 use crate::cli::Options;
 use crate::hang::{HangWatch, Verdict};
-use crate::jobdir::JobDir;
 use crate::output::{Stream, Writer};
 use crate::rank::{Pipe, Rank, Said};
 use crate::spawn::{self, JobEnv, Termination};
@@ -44,11 +44,7 @@ struct Job {
     kill_at: Option<Instant>,
     killed: bool,
     table_sent: bool,
-    secret: Secret,
     settings: Settings,
-    /// The job's private directory, for the ranks' sockets (none over
-    /// shared memory, where nothing of the job has a name).
-    dir: Option<JobDir>,
     out: Writer,
     err: Writer,
     hang: Option<HangWatch>,
@@ -79,7 +75,6 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
     if settings.transport == TransportKind::Shm && opts.ranks > 1 {
         crate::memory::check_shared_memory(opts.ranks)?;
     }
-    let secret = Secret::random().map_err(|e| e.to_string())?;
     let mut job_bytes = [0u8; 8];
     random_bytes(&mut job_bytes).map_err(|e| e.to_string())?;
     let env = JobEnv {
@@ -92,12 +87,7 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
         kill_at: None,
         killed: false,
         table_sent: false,
-        secret,
         settings,
-        dir: match settings.transport {
-            TransportKind::Socket => Some(JobDir::create()?),
-            TransportKind::Shm => None,
-        },
         out: Writer::new(Stream::Stdout),
         err: Writer::new(Stream::Stderr),
         hang: opts.hang_report.map(|t| HangWatch::new(t, opts.ranks)),
@@ -303,26 +293,20 @@ impl Job {
         self.fail(format!("{who}: {why}; ending the job"), 1);
     }
 
-    /// Answers a rank's Hello with the job's secret, its directory and
-    /// settings, and the rank's status page.
+    /// Answers a rank's Hello with the job's settings and the rank's status
+    /// page.
     fn welcome(&mut self, rank: usize) {
         let (page, fd) = match Page::create() {
             Ok(p) => p,
             Err(e) => return self.fail(format!("cannot make rank {rank}'s status page: {e}"), 1),
         };
         let msg = ControlMessage::Welcome {
-            secret: self.secret.clone(),
-            dir: self
-                .dir
-                .as_ref()
-                .map(|d| d.path().display().to_string())
-                .unwrap_or_default(),
             settings: self.settings,
         };
         let r = &mut self.ranks[rank];
         r.status = Some(page);
         if let Some(channel) = r.channel.as_mut() {
-            if let Err(e) = channel.send(&msg, &[fd.as_fd()]) {
+            if let Err(e) = channel.send(&msg, &[fd.as_fd()]).or_else(closed_is_seen_later) {
                 let who = r.describe(rank);
                 self.fail(format!("cannot answer {who}: {e}"), 1);
             }
@@ -354,7 +338,9 @@ impl Job {
     }
 
     /// The one global fence of start-up: everybody's card to everybody, and
-    /// to each rank the segments of the other ranks of its node.
+    /// to each rank the segments of the other ranks of its node (over shared
+    /// memory) or its ends of a socket pair to every other rank (over
+    /// sockets), made here so that no rank needs to listen.
     fn send_table(&mut self) {
         self.table_sent = true;
         let cards: Vec<_> = self
@@ -390,14 +376,44 @@ impl Job {
                 let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|(_, fd)| fd.as_fd()).collect();
                 result = channel.send(&msg, &fds);
             }
-            if let Err(e) = result {
+            if let Err(e) = result.or_else(closed_is_seen_later) {
                 broken.push((rank, e.to_string()));
+            }
+        }
+        if self.settings.transport == TransportKind::Socket && broken.is_empty() {
+            if let Err((rank, e)) = self.send_links() {
+                broken.push((rank, e));
             }
         }
         if let Some((rank, e)) = broken.into_iter().next() {
             let who = self.ranks[rank].describe(rank);
             self.fail(format!("cannot send the table to {who}: {e}"), 1);
         }
+    }
+
+    /// Makes a socket pair for every pair of ranks and gives each rank its
+    /// end, one pair at a time (so that spmdrun holds two descriptors at
+    /// once, however many ranks there are).
+    fn send_links(&mut self) -> Result<(), (usize, String)> {
+        let n = self.ranks.len();
+        for i in 0..n {
+            for j in i + 1..n {
+                let (a, b) = UnixStream::pair().map_err(|e| (i, format!("making a socket pair: {e}")))?;
+                for (rank, other, end) in [(i, j, OwnedFd::from(a)), (j, i, OwnedFd::from(b))] {
+                    let Some(channel) = self.ranks[rank].channel.as_mut() else {
+                        continue;
+                    };
+                    let msg = ControlMessage::Links {
+                        ranks: vec![other as u32],
+                    };
+                    channel
+                        .send(&msg, &[end.as_fd()])
+                        .or_else(closed_is_seen_later)
+                        .map_err(|e| (rank, e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn on_output(&mut self, rank: usize, stream: Stream) {
@@ -567,4 +583,13 @@ enum Source {
     Channel,
     Stdout,
     Stderr,
+}
+
+/// A rank that closed its channel is past hearing; the event loop sees the
+/// close (with whatever the rank said before it) and reports that instead.
+fn closed_is_seen_later(e: spmd::Error) -> spmd::Result<()> {
+    match e {
+        spmd::Error::JobEnded { .. } => Ok(()),
+        e => Err(e),
+    }
 }

@@ -5,7 +5,6 @@ pub mod cli;
 mod hang;
 pub mod hostfile;
 pub mod job;
-mod jobdir;
 mod memory;
 mod output;
 mod rank;

@@ -341,7 +341,14 @@ impl World {
         // Another rank's failure that has arrived already ends this call
         // before it starts.
         let arrived = self.engine().queued_check(&mut call.check());
-        let result = arrived.and_then(|()| body(&call));
+        let mut result = arrived.and_then(|()| body(&call));
+        if let Err(Error::PeerGone { .. }) = &result {
+            // A rank that failed this call tells the others before it goes:
+            // its notice, read before its leaving, says more.
+            if let Err(notice) = self.engine().queued_check(&mut call.check()) {
+                result = Err(notice);
+            }
+        }
         if let Err(e) = &result {
             *calls.broken.borrow_mut() = Some(format!("in {}: {e}", call.name()));
             if !matches!(e, Error::CollectiveFailed { .. }) {

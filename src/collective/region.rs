@@ -177,3 +177,26 @@ impl Parts {
         &self.bytes[start..self.ends[i]]
     }
 }
+
+/// Reads every slot of a region for two ranks filled with fuzzer bytes, as
+/// a rank folding the parts would (see `crate::fuzzing`). Only the slots
+/// are made: the windows are not read.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_slots(data: &[u8]) -> Result<()> {
+    let n = 2;
+    let mut memory = vec![0u64; slots_end(n) / 8];
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut memory);
+    let len = data.len().min(bytes.len());
+    bytes[..len].copy_from_slice(&data[..len]);
+    let slots = Slots {
+        base: memory.as_mut_ptr().cast::<u8>(),
+        n,
+    };
+    let mut out = Vec::new();
+    for set in 0..2 {
+        for index in 0..=n {
+            slots.get(set, index, &mut out, || "fuzz".into())?;
+        }
+    }
+    Ok(())
+}

@@ -4,14 +4,14 @@
 //! stays in here.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::path::Path;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::matching::{ReceiveId, Sink};
 use crate::wire::{Card, Header, Settings, TransportKind};
 
-mod connect;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz_links;
 mod peers;
 pub(crate) mod shm;
 mod socket;
@@ -19,49 +19,39 @@ mod stream;
 
 use shm::ShmEndpoint;
 pub(crate) use shm::{NodeRanks, Region, ShmMesh};
-use socket::{SocketEndpoint, SocketMesh};
+use socket::SocketMesh;
 
-/// Where a rank can be reached, opened before it registers: the first half
-/// of a transport.
+/// What a rank makes before it registers: the first half of a transport.
 #[derive(Debug)]
 pub(crate) enum Endpoint {
-    Socket(SocketEndpoint),
+    /// Over sockets: nothing (the launcher makes the socket pairs).
+    Socket,
+    /// Over shared memory: this rank's segment.
     Shm(ShmEndpoint),
 }
 
 impl Endpoint {
     /// Opens the endpoint of rank `rank`, local index `local_index` of
     /// `local` ranks on its node, as the job's settings say: a segment (the
-    /// leader's holds a collective region of `region` bytes), or a socket
-    /// in the job's private directory `dir`.
-    pub fn open(
-        settings: &Settings,
-        rank: usize,
-        local_index: usize,
-        local: usize,
-        dir: &Path,
-        region: usize,
-    ) -> Result<Endpoint> {
+    /// leader's holds a collective region of `region` bytes), or nothing.
+    pub fn open(settings: &Settings, rank: usize, local_index: usize, local: usize, region: usize) -> Result<Endpoint> {
         match settings.transport {
             TransportKind::Shm => ShmEndpoint::create(rank, local_index, local, region).map(Endpoint::Shm),
-            TransportKind::Socket => SocketEndpoint::open(dir, rank).map(Endpoint::Socket),
+            TransportKind::Socket => Ok(Endpoint::Socket),
         }
     }
 
-    /// The card that tells peers how to reach this endpoint.
+    /// The card that tells the launcher and the peers what this rank has.
     pub fn card(&self) -> Card {
-        let mut card = Card::default();
-        match self {
-            Endpoint::Socket(s) => s.fill(&mut card),
-            Endpoint::Shm(_) => card.shm = true,
+        Card {
+            shm: matches!(self, Endpoint::Shm(_)),
         }
-        card
     }
 
     /// The descriptor that travels with the card (a segment).
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Endpoint::Socket(_) => None,
+            Endpoint::Socket => None,
             Endpoint::Shm(s) => Some(s.fd()),
         }
     }
@@ -86,12 +76,14 @@ pub(crate) struct SendTicket {
     seq: u64,
 }
 
-/// What the table from the launcher says about the job, for connecting.
+/// What the launcher sent about the job, for connecting.
 pub(crate) struct Table<'a> {
-    pub cards: &'a [Card],
+    /// The node of every rank.
     pub nodes: &'a [u32],
     /// The segments of the other ranks of this node, by rank.
     pub segments: Vec<(usize, OwnedFd)>,
+    /// This rank's ends of its socket pairs to the others, by rank.
+    pub links: Vec<(usize, OwnedFd)>,
 }
 
 /// The transport of one rank.
@@ -106,16 +98,15 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
-    /// Connects to all peers.
+    /// Connects rank `me` to all its peers.
     pub fn connect(
         endpoint: Endpoint,
-        id: crate::auth::Identity<'_>,
+        me: usize,
         table: Table<'_>,
         settings: &Settings,
         max_message: u64,
     ) -> Result<Transport> {
-        let me = id.me as usize;
-        let size = table.cards.len();
+        let size = table.nodes.len();
         let Some(&my_node) = table.nodes.get(me) else {
             return Err(Error::protocol(
                 "the launcher",
@@ -130,7 +121,7 @@ impl Transport {
             ));
         }
         match endpoint {
-            Endpoint::Socket(e) => SocketMesh::connect(e, id, table.cards, &ranks, max_message).map(Transport::Socket),
+            Endpoint::Socket => SocketMesh::from_links(me, size, table.links, max_message).map(Transport::Socket),
             Endpoint::Shm(e) => {
                 let index = ranks.iter().position(|r| *r == me).unwrap_or(0);
                 let node = NodeRanks { ranks, me: index };

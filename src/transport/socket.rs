@@ -1,78 +1,26 @@
-//! A mesh of authenticated Unix-domain stream sockets between the ranks of
-//! a node, driven by one `poll` loop: no thread per peer.
+//! A mesh of Unix-domain stream sockets between the ranks of a node,
+//! driven by one `poll` loop: no thread per peer.
 //!
-//! Each rank listens on a socket in the job's private directory (mode 0700,
-//! made by the launcher), so no other user can connect, or even learn the
-//! names. Connections are made once at start-up (see [`super::connect`]):
-//! each rank dials every lower rank and accepts every higher one, so the
-//! dependency chain always points down and start-up cannot deadlock. After
-//! the handshakes the listener is closed and its name removed, every socket
-//! is non-blocking, and only [`SocketMesh::progress`] touches it.
+//! The launcher makes a socket pair for every pair of ranks and hands each
+//! rank its ends over the rank's private control channel, as it does the
+//! shared-memory segments: no rank listens, so there is nothing anyone
+//! could connect to, no name to find or squat, and nothing left behind.
+//! After start-up every socket is non-blocking and only
+//! [`SocketMesh::progress`] touches it.
 
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, recv, sendmsg};
 
-use crate::auth::Identity;
 use crate::error::{Error, Result};
-use crate::wire::Card;
 
-use super::connect::{Refused, connect_all};
 use super::peers::Peers;
 use super::stream::{Io, Link, Peer};
 use super::{Delivery, Wait};
-
-/// A rank's listening socket, opened before it registers with the launcher.
-#[derive(Debug)]
-pub(crate) struct SocketEndpoint {
-    listener: UnixListener,
-    path: PathBuf,
-}
-
-impl SocketEndpoint {
-    /// Listens on `dir/<rank>.sock`, after checking that `dir` is a
-    /// directory of this user's that nobody else can enter.
-    pub fn open(dir: &Path, rank: usize) -> Result<SocketEndpoint> {
-        let meta = std::fs::symlink_metadata(dir)
-            .map_err(|e| Error::io(format!("inspecting the job directory {}", dir.display()), e))?;
-        let uid = nix::unistd::geteuid().as_raw();
-        if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
-            return Err(Error::Bootstrap(format!(
-                "the job directory {} is not a directory of user {uid} closed to others (mode {:o})",
-                dir.display(),
-                meta.permissions().mode() & 0o7777
-            )));
-        }
-        let path = dir.join(format!("{rank}.sock"));
-        let listener =
-            UnixListener::bind(&path).map_err(|e| Error::io(format!("listening on {}", path.display()), e))?;
-        Ok(SocketEndpoint { listener, path })
-    }
-
-    /// Tells peers where to connect.
-    pub fn fill(&self, card: &mut Card) {
-        card.unix = Some(self.path.display().to_string());
-    }
-}
-
-impl Drop for SocketEndpoint {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        // The last rank to let go of its name removes the directory (it
-        // fails while another name is in it), so that nothing is left even
-        // if spmdrun does not live to remove it.
-        if let Some(dir) = self.path.parent() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
 
 /// A connected Unix-domain socket to one peer.
 #[derive(Debug)]
@@ -81,13 +29,18 @@ pub(crate) struct UnixLink {
 }
 
 impl UnixLink {
-    fn new(stream: UnixStream, name: &str) -> Result<UnixLink> {
-        stream
-            .set_nonblocking(true)
-            .map_err(|e| Error::io(format!("configuring the connection to {name}"), e))?;
-        Ok(UnixLink {
-            fd: OwnedFd::from(stream),
-        })
+    /// A link over a socket the launcher made, after checking that it is a
+    /// connected Unix stream socket.
+    fn new(fd: OwnedFd, name: &str) -> Result<UnixLink> {
+        let bad = |why: String| Error::protocol("the launcher", "links", format!("the link to {name} {why}"));
+        let kind = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType)
+            .map_err(|e| bad(format!("is not a socket ({e})")))?;
+        if kind != nix::sys::socket::SockType::Stream {
+            return Err(bad(format!("is a {kind:?} socket, not a stream")));
+        }
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+            .map_err(|e| Error::io(format!("configuring the connection to {name}"), e.into()))?;
+        Ok(UnixLink { fd })
     }
 }
 
@@ -127,36 +80,19 @@ pub(crate) struct SocketMesh {
 }
 
 impl SocketMesh {
-    /// Connects to every other rank in `ranks` (whose cards are in `cards`,
-    /// indexed by rank), proving the secret on each connection. `size` is
-    /// the number of ranks in the job.
-    pub fn connect(
-        endpoint: SocketEndpoint,
-        id: Identity<'_>,
-        cards: &[Card],
-        ranks: &[usize],
-        max_message: u64,
-    ) -> Result<SocketMesh> {
-        let me = id.me as usize;
-        let mut dial = Vec::new();
-        for &rank in ranks.iter().filter(|r| **r < me) {
-            let Some(path) = cards.get(rank).and_then(|c| c.unix.as_ref()) else {
+    /// The mesh of rank `me` of `size` over `links`: its ends of the socket
+    /// pairs to the other ranks, by rank.
+    pub fn from_links(me: usize, size: usize, links: Vec<(usize, OwnedFd)>, max_message: u64) -> Result<SocketMesh> {
+        let mut list: Vec<Option<Peer<UnixLink>>> = (0..size).map(|_| None).collect();
+        for (rank, fd) in links {
+            if rank >= size || rank == me || list[rank].is_some() {
                 return Err(Error::protocol(
                     "the launcher",
-                    "table",
-                    format!("rank {rank} has no socket card"),
+                    "links",
+                    format!("a link to rank {rank}, which is not another rank of this job, or a second one"),
                 ));
-            };
-            dial.push((rank, PathBuf::from(path)));
-        }
-        let expect: Vec<usize> = ranks.iter().copied().filter(|r| *r > me).collect();
-        let (streams, refused) = connect_all(&endpoint.listener, id, dial, &expect)?;
-        // Everybody is here: the name is not needed any more.
-        drop(endpoint);
-        report(me, refused);
-        let mut list: Vec<Option<Peer<UnixLink>>> = (0..cards.len()).map(|_| None).collect();
-        for (rank, stream) in streams {
-            list[rank] = Some(Peer::new(rank, UnixLink::new(stream, &format!("rank {rank}"))?));
+            }
+            list[rank] = Some(Peer::new(rank, UnixLink::new(fd, &format!("rank {rank}"))?));
         }
         Ok(SocketMesh {
             peers: Peers { me, list, max_message },
@@ -182,13 +118,23 @@ impl SocketMesh {
         {
             let mut fds = Vec::with_capacity(self.peers.list.len());
             let mut ranks = Vec::with_capacity(self.peers.list.len());
-            for (rank, p) in self.peers.list.iter().enumerate() {
-                let Some(p) = p.as_ref().filter(|p| p.is_open()) else {
+            for (rank, p) in self.peers.list.iter_mut().enumerate() {
+                let Some(p) = p.as_mut().filter(|p| p.is_open()) else {
                     continue;
                 };
-                let mut ev = PollFlags::POLLIN;
+                // A peer this rank holds enough from is not read (nor
+                // polled for), until a receive for it is posted.
+                p.paused = !deliver.wants(rank);
+                let mut ev = if p.paused {
+                    PollFlags::empty()
+                } else {
+                    PollFlags::POLLIN
+                };
                 if p.has_output() {
                     ev |= PollFlags::POLLOUT;
+                }
+                if ev.is_empty() {
+                    continue;
                 }
                 fds.push(PollFd::new(p.link.fd.as_fd(), ev));
                 ranks.push(rank);
@@ -213,7 +159,9 @@ impl SocketMesh {
         for rank in ready {
             if let Some(p) = self.peers.list[rank].as_mut() {
                 p.flush()?;
-                p.read_available(max, deliver)?;
+                if !p.paused {
+                    p.read_available(max, deliver)?;
+                }
             }
         }
         Ok(())
@@ -231,15 +179,5 @@ impl SocketMesh {
             }
         }
         first
-    }
-}
-
-/// One line on standard error when strangers knocked during start-up.
-fn report(me: usize, refused: Refused) {
-    if refused.other_users + refused.failed > 0 {
-        eprintln!(
-            "spmd: rank {me}: refused {} connections from other users and {} that failed the handshake during start-up",
-            refused.other_users, refused.failed
-        );
     }
 }

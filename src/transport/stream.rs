@@ -153,6 +153,9 @@ pub(crate) struct Peer<L> {
     pub(super) state: PeerState,
     /// The link closed without a Bye: the peer died.
     pub(super) died: bool,
+    /// Reading is paused: this rank holds as much as it keeps of messages
+    /// nobody asked for (see [`crate::matching::Sink::wants`]).
+    pub(super) paused: bool,
     /// Writing failed (the peer closed its end): nothing more is sent, but
     /// what it sent before is still read, so that its Bye tells whether it
     /// finalized or died.
@@ -174,6 +177,7 @@ impl<L: Link> Peer<L> {
             link,
             state: PeerState::Open,
             died: false,
+            paused: false,
             write_closed: false,
             out: VecDeque::new(),
             sent: 0,

@@ -86,6 +86,11 @@ impl Channel {
                 Ok(n) => sent += n,
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) => self.wait_for(PollFlags::POLLOUT, Some(deadline), "room to send")?,
+                // This user has as many descriptors in flight as its limit on
+                // open files allows: they land as the receivers read.
+                Err(Errno::ETOOMANYREFS) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 Err(Errno::EPIPE | Errno::ECONNRESET) => {
                     return Err(Error::JobEnded {
                         reason: format!("{} closed the control channel", self.peer),
@@ -127,6 +132,17 @@ impl Channel {
                 // SAFETY: the kernel just installed this descriptor in this
                 // process for us; nothing else owns it.
                 self.fds.push_back(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            if truncated {
+                // The kernel drops descriptors it cannot install; when this
+                // process is at its limit that is the truth to tell, not a
+                // fault of the peer.
+                match self.socket.try_clone() {
+                    Err(e) if e.raw_os_error() == Some(Errno::EMFILE as i32) => {
+                        return Err(Error::io(format!("receiving descriptors from {}", self.peer), e));
+                    }
+                    probe => drop(probe),
+                }
             }
             if truncated || self.fds.len() > MAX_QUEUED_FDS {
                 return Err(Error::protocol(
@@ -245,7 +261,7 @@ mod tests {
     fn messages_and_their_descriptors_arrive_together() {
         let (mut a, mut b) = pair();
         let (keep, _other) = UnixStream::pair().unwrap();
-        let card = Card { shm: true, unix: None };
+        let card = Card { shm: true };
         let reg = ControlMessage::Register { host: "h".into(), card };
         a.send(&reg, &[keep.as_fd()]).unwrap();
         a.send(&ControlMessage::Finalized, &[]).unwrap();
@@ -261,7 +277,7 @@ mod tests {
         // A Register that claims a segment but carries none, written raw.
         let msg = ControlMessage::Register {
             host: "h".into(),
-            card: Card { shm: true, unix: None },
+            card: Card { shm: true },
         };
         let payload = msg.encode();
         let mut bytes = Header::plain(Kind::Control, 1, payload.len() as u64).encode().to_vec();

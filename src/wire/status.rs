@@ -109,6 +109,43 @@ pub struct Snapshot {
     pub pid: u32,
 }
 
+/// The number of words of a page that a snapshot reads.
+pub const SNAPSHOT_WORDS: usize = WORDS;
+
+impl Snapshot {
+    /// The snapshot the words of a page describe; `None` if they were never
+    /// written or say something that cannot be.
+    pub fn decode(w: &[u64; WORDS]) -> Option<Snapshot> {
+        if w[W_MAGIC] != MAGIC {
+            return None;
+        }
+        let phase = match w[W_PHASE] {
+            0 => Phase::Starting,
+            1 => Phase::Running,
+            2 => Phase::Finalized,
+            _ => return None,
+        };
+        let small = |v: u64| (v != u64::MAX).then(|| u32::try_from(v).ok()).flatten();
+        let waiting = WaitOp::from_word(w[W_OP]).map(|op| Waiting {
+            op,
+            peer: small(w[W_PEER]),
+            tag: small(w[W_TAG]),
+            context: w[W_CONTEXT] as u32,
+            call: w[W_CALL] as u32,
+            sig: w[W_SIG] as u16,
+            since_ns: w[W_SINCE],
+            until_ns: w[W_UNTIL],
+        });
+        Some(Snapshot {
+            phase,
+            waiting,
+            sent: w[W_SENT],
+            arrived: w[W_ARRIVED],
+            pid: w[W_PID] as u32,
+        })
+    }
+}
+
 /// The current CLOCK_MONOTONIC time in nanoseconds (the clock the pages
 /// use, shared by every process of a machine).
 pub fn now_ns() -> u64 {
@@ -235,38 +272,15 @@ impl Page {
                 std::hint::spin_loop();
                 continue;
             }
-            let w: Vec<u64> = (0..WORDS).map(|i| self.word(i).load(Ordering::Relaxed)).collect();
+            let mut w = [0u64; WORDS];
+            for (i, word) in w.iter_mut().enumerate() {
+                *word = self.word(i).load(Ordering::Relaxed);
+            }
             fence(Ordering::Acquire);
             if self.word(W_SEQ).load(Ordering::Relaxed) != before {
                 continue;
             }
-            if w[W_MAGIC] != MAGIC {
-                return None;
-            }
-            let phase = match w[W_PHASE] {
-                0 => Phase::Starting,
-                1 => Phase::Running,
-                2 => Phase::Finalized,
-                _ => return None,
-            };
-            let small = |v: u64| (v != u64::MAX).then(|| u32::try_from(v).ok()).flatten();
-            let waiting = WaitOp::from_word(w[W_OP]).map(|op| Waiting {
-                op,
-                peer: small(w[W_PEER]),
-                tag: small(w[W_TAG]),
-                context: w[W_CONTEXT] as u32,
-                call: w[W_CALL] as u32,
-                sig: w[W_SIG] as u16,
-                since_ns: w[W_SINCE],
-                until_ns: w[W_UNTIL],
-            });
-            return Some(Snapshot {
-                phase,
-                waiting,
-                sent: w[W_SENT],
-                arrived: w[W_ARRIVED],
-                pid: w[W_PID] as u32,
-            });
+            return Snapshot::decode(&w);
         }
         None
     }

@@ -241,3 +241,53 @@ pub fn assert_all_gone(pids: &[i32]) {
 pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("kill works");
 }
+
+/// The second local user the tests run strangers and unprivileged jobs as.
+pub const OTHER_USER: &str = "spmd-mallory";
+
+/// Makes [`OTHER_USER`] if it is missing (the tests run as root in CI;
+/// elsewhere, make it once: `useradd -M spmd-mallory`).
+pub fn other_user() -> &'static str {
+    let exists = Command::new("id")
+        .arg(OTHER_USER)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !exists {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "these tests need a second user: run `useradd -M {OTHER_USER}` as root (CI does)"
+        );
+        let made = Command::new("useradd")
+            .args(["-M", "-s", "/usr/sbin/nologin", OTHER_USER])
+            .status()
+            .expect("useradd runs");
+        // Another test may have made it meanwhile (status 9: it exists).
+        assert!(made.success() || made.code() == Some(9), "useradd failed: {made:?}");
+    }
+    OTHER_USER
+}
+
+/// A copy of the program at `path` in a fresh temporary directory that
+/// [`OTHER_USER`] can run (the target directory may be closed to it).
+pub fn runnable_by_anyone(path: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("copies-for-another-user-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("making a directory for copies");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("opening it");
+    let name = Path::new(path).file_name().expect("a program name");
+    let copy = dir.join(name);
+    std::fs::copy(path, &copy).expect("copying the program");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("making it runnable");
+    copy
+}
+
+/// A command that runs `program` as [`OTHER_USER`], without root's groups.
+pub fn as_other_user(program: &Path) -> Command {
+    let user = other_user();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", user, "--regid", user, "--clear-groups"])
+        .arg(program);
+    cmd
+}

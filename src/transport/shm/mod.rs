@@ -220,7 +220,7 @@ impl ShmMesh {
             .list
             .iter()
             .flatten()
-            .any(|p| p.is_open() && (p.link.ready() || (p.has_output() && p.link.writable())))
+            .any(|p| p.is_open() && ((p.link.ready() && !p.paused) || (p.has_output() && p.link.writable())))
     }
 
     /// Writes what it can and reads what has arrived, without waiting; true
@@ -229,10 +229,11 @@ impl ShmMesh {
         let mut moved = self.peers.flush_all()?;
         let max = self.peers.max_message;
         for p in self.peers.list.iter_mut().flatten() {
+            p.paused = !deliver.wants(p.rank());
             // Fastbox messages first; the ring stops before any bytes
             // written after a fastbox message that is waiting, so go round
             // again while one is.
-            while p.is_open() {
+            while p.is_open() && !p.paused {
                 moved |= p.link.fastbox_rx.drain(p.rank(), deliver)?;
                 if p.link.readable() {
                     moved |= p.read_available(max, deliver)?;
@@ -337,4 +338,36 @@ impl ShmMesh {
 pub(crate) fn node_bytes(local: usize, region: usize) -> u64 {
     let ring = segment::ring_bytes(local);
     (local as u64) * segment::segment_len(local, ring, 0) as u64 + region as u64
+}
+
+/// The fastbox area and a ring control block of a peer, filled with
+/// fuzzer bytes, read as this rank reads them (see `crate::fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_shared(data: &[u8], sink: &mut Delivery<'_>) -> Result<()> {
+    // Aligned memory the size of one control block and a small ring.
+    let ring = 4096;
+    let mut memory = vec![0u64; (segment::RING_CONTROL + ring) / 8];
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut memory);
+    let n = data.len().min(bytes.len());
+    bytes[..n].copy_from_slice(&data[..n]);
+    let control = memory.as_mut_ptr().cast::<u8>();
+    let rx = segment::RingMemory {
+        control,
+        // SAFETY: the data follows the control block in `memory`.
+        data: unsafe { control.add(segment::RING_CONTROL) },
+        capacity: ring,
+    };
+    let mut fastboxes = fastbox::FastboxRx::new(rx.fastboxes());
+    for _ in 0..4 {
+        fastboxes.drain(1, sink)?;
+    }
+    let head = rx.load_head(0, 0, "fuzz")?;
+    let mut out = vec![0u8; (head as usize).min(ring)];
+    rx.take(0, &mut out);
+    let mut tx = fastbox::FastboxTx::new(rx.fastboxes());
+    let header = crate::wire::Header::plain(crate::wire::Kind::Serde, 0, 0);
+    for _ in 0..10 {
+        tx.try_send(&header, &[], "fuzz")?;
+    }
+    rx.load_tail(head, 0, "fuzz").map(|_| ())
 }

@@ -3,8 +3,9 @@
 //! stop, join or crash it, for `SECONDS` seconds; then it prints one line
 //! per kind of attempt with how many succeeded. `spmd-attacker SECONDS`.
 //!
-//! - every Unix socket listed in /proc/net/unix (paths and abstract names)
-//!   and every listening TCP port on loopback: connect, then hold the
+//! - every Unix socket name (path or abstract) that appears in
+//!   /proc/net/unix after it starts, and every listening TCP port on
+//!   loopback: connect, then hold the
 //!   connection idle, send garbage, send a plausible Hello, or trickle a
 //!   byte at a time; up to a few thousand connections at once;
 //! - /dev/shm and /tmp: create the names an spmd job used to use, and open
@@ -83,11 +84,18 @@ fn main() {
     let mut held_unix: Vec<UnixStream> = Vec::new();
     let mut held_tcp: Vec<TcpStream> = Vec::new();
     let mut round = 0usize;
+    // spmd names no socket; anything that shows up while jobs run is a
+    // candidate, whatever it is called.
+    let before = unix_names();
+    let mut new_names = HashSet::new();
     while Instant::now() < until {
         round += 1;
         for name in unix_names() {
-            if !name.contains("spmd") {
+            if before.contains(&name) {
                 continue;
+            }
+            if new_names.insert(name.clone()) {
+                eprintln!("a new socket name: {name}");
             }
             t.unix_tried += 1;
             if let Some(mut s) = connect_unix(&name) {
@@ -174,8 +182,9 @@ fn main() {
             }
         }
     }
+    println!("unix socket names new during the run: {}", new_names.len());
     println!(
-        "unix sockets named spmd: tried {}, connected {}",
+        "connections to them: tried {}, connected {}",
         t.unix_tried, t.unix_connected
     );
     println!(

@@ -4,6 +4,7 @@
 
 mod collectives;
 mod failures;
+mod full_queue;
 mod hangs;
 mod numbers;
 mod output;
@@ -11,6 +12,8 @@ mod p2p;
 mod rng;
 mod scoped;
 mod sizes;
+mod soak;
+mod workload;
 
 fn main() -> Result<(), spmd::Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,10 +35,19 @@ fn main() -> Result<(), spmd::Error> {
         "p2p" => p2p::run(&world)?,
         "sizes" => sizes::run(&world)?,
         "scoped" => scoped::run(&world)?,
+        "soak" => {
+            let seed = rest.first().and_then(|s| s.parse().ok()).unwrap_or(1);
+            let messages = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+            let slow = rest.get(2).and_then(|s| s.parse().ok());
+            soak::run_with(&world, seed, messages, slow)?
+        }
+        "workload" => workload::run(&world, rest.first().map(String::as_str).unwrap_or("collectives"))?,
+        "flood" => soak::flood(&world, rest.first().and_then(|s| s.parse().ok()).unwrap_or(256))?,
         "hang" => {
             let arg = |i: usize| rest.get(i).map(String::as_str).unwrap_or("");
             return hangs::run(&world, arg(0), arg(1));
         }
+        "full-queue" => return full_queue::run(&world, rest.first().map(String::as_str).unwrap_or("")),
         "collectives" => {
             let seed = rest.first().and_then(|s| s.parse().ok()).unwrap_or(1);
             let cases = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(40);
