@@ -126,7 +126,9 @@ fn timeout_ends_a_job_that_runs_too_long() {
 }
 
 #[test]
-fn the_secret_is_in_no_environment_and_no_command_line_and_children_cannot_ask_for_it() {
+fn no_environment_or_command_line_holds_a_key_and_children_inherit_no_channel() {
+    // Local jobs have no secret at all (ranks get their channel and links
+    // from spmdrun); nothing that looks like one may appear either.
     let check = example("spmd-check");
     let (child, pids, reader) = start_reporting_pids(&["-n", "2", &check, "fail", "idle"], 2);
     for pid in pids.iter().copied().chain([child.id() as i32]) {
@@ -149,9 +151,14 @@ fn the_secret_is_in_no_environment_and_no_command_line_and_children_cannot_ask_f
     let out = finish_reporting(child, reader);
     assert_all_gone(&pids);
     assert_eq!(out.code(), Some(143), "{out:?}");
-    // A program a rank starts inherits neither the secret nor the channel
-    // it came over: `spmd-check children` looks for both in a child.
-    let out = run(spmdrun(&["-n", "2", &check, "children"]));
-    assert_eq!(out.code(), Some(0), "{out:?}");
-    assert!(out.stdout.contains("children: all checks passed"), "{out:?}");
+    // A program a rank starts inherits neither the channel nor the links
+    // to other ranks: `spmd-check children` looks for them in a child.
+    for transport in common::TRANSPORTS {
+        let out = run(common::spmdrun_over(transport, &["-n", "3", &check, "children"]));
+        assert_eq!(out.code(), Some(0), "{transport}: {out:?}");
+        assert!(
+            out.stdout.contains("children: all checks passed"),
+            "{transport}: {out:?}"
+        );
+    }
 }
