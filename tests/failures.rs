@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_all_gone, example, finish_reporting, run, signal, spmdrun, start_reporting_pids};
+use common::{assert_all_gone, example, finish_reporting, run, signal, start_reporting_pids};
 use nix::sys::signal::Signal;
 
 /// Runs `spmd-check fail HOW` on `n` ranks, in which the last rank fails.
