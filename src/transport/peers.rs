@@ -110,9 +110,13 @@ impl<L: Link> Peers<L> {
             .is_none_or(|p| p.state != PeerState::Open && p.incoming.is_none() && p.staged.is_empty())
     }
 
-    /// True if `rank` vanished without saying goodbye.
+    /// True if `rank` vanished without saying goodbye: its link closed
+    /// before a Bye, or it stopped reading before one arrived (a killed
+    /// peer's socket refuses writes before its end of file is read).
     pub fn died(&self, rank: usize) -> bool {
-        self.list[rank].as_ref().is_some_and(|p| p.died)
+        self.list[rank]
+            .as_ref()
+            .is_some_and(|p| p.died || (p.write_closed && p.state == PeerState::Open))
     }
 
     /// True if nothing more can be sent to `rank`.
