@@ -80,9 +80,17 @@ impl Engine {
 
     /// The error for a peer that has gone. If it died and a launcher is
     /// watching, the launcher is about to end this rank: give it the time.
-    fn gone(&self, rank: usize) -> Error {
-        if self.managed && self.transport.died(rank) {
-            std::thread::sleep(LAUNCHER_REACTION);
+    fn gone(&mut self, rank: usize) -> Error {
+        if self.managed {
+            // Whether it finalized or died, the last thing it wrote says
+            // (its Bye, or the end of the link without one): read that
+            // first, from every peer however full the queue.
+            let reading_all = self.matcher.read_all(true);
+            let _ = self.transport.progress(&mut self.matcher, Wait::No, &|| {});
+            self.matcher.read_all(reading_all);
+            if self.transport.died(rank) {
+                std::thread::sleep(LAUNCHER_REACTION);
+            }
         }
         Error::PeerGone { rank }
     }
@@ -280,7 +288,7 @@ impl Engine {
 
     /// Passes on a transport error, first giving the launcher time to end
     /// the job if the error means a peer died (see [`LAUNCHER_REACTION`]).
-    fn lost(&self, e: Error) -> Error {
+    fn lost(&mut self, e: Error) -> Error {
         match e {
             Error::PeerGone { rank } => self.gone(rank),
             e @ Error::Protocol { field: "stream", .. } => {
@@ -452,7 +460,7 @@ impl Engine {
 
     /// Fails a wait that can never end: its only possible senders are gone,
     /// or it waits for a message this rank would have to send itself.
-    fn check_can_arrive(&self, sel: Selector) -> Result<()> {
+    fn check_can_arrive(&mut self, sel: Selector) -> Result<()> {
         match sel.pattern.source_rank() {
             Some(s) if s == self.me => Err(Error::InvalidArgument(format!(
                 "rank {} waits for a message from itself that was never sent; this would wait for ever",
@@ -484,7 +492,7 @@ impl Engine {
     }
 
     /// The error for a collective that waits on `rank`, which has left.
-    pub fn left(&self, rank: usize) -> Error {
+    pub fn left(&mut self, rank: usize) -> Error {
         self.gone(rank)
     }
 
