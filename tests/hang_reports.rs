@@ -13,9 +13,10 @@ use nix::sys::signal::Signal;
 
 #[test]
 fn a_deadlock_is_named_with_its_cycle_and_ends_the_job() {
-    for transport in TRANSPORTS {
-        let out = run(spmdrun_over(
-            transport,
+    for mode in common::MODES {
+        let transport = common::mode_name(mode);
+        let out = run(common::spmdrun_in(
+            mode,
             &["-n", "2", "--hang-report", "1", &example("deadlock")],
         ));
         assert_eq!(out.code(), Some(125), "{transport}: {out:?}");
@@ -26,8 +27,8 @@ fn a_deadlock_is_named_with_its_cycle_and_ends_the_job() {
             ),
             "{transport}: {out:?}"
         );
-        let out = run(spmdrun_over(
-            transport,
+        let out = run(common::spmdrun_in(
+            mode,
             &["-n", "3", "--hang-report", "1", &example("deadlock")],
         ));
         assert_eq!(out.code(), Some(125), "{transport}: {out:?}");

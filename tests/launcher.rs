@@ -276,13 +276,27 @@ fn a_program_started_alone_is_a_job_of_one() {
 
 #[test]
 fn a_program_started_by_mpirun_without_the_mpi_feature_says_so() {
-    for (var, launcher) in [("OMPI_COMM_WORLD_SIZE", "Open MPI"), ("PMI_SIZE", "MPICH")] {
+    let launchers: [(&[(&str, &str)], &str); 4] = [
+        (&[("OMPI_COMM_WORLD_SIZE", "4")], "Open MPI"),
+        (&[("PMI_SIZE", "4")], "MPICH"),
+        (&[("PMIX_SIZE", "4")], "PMIx"),
+        (&[("SLURM_STEP_ID", "0"), ("SLURM_STEP_NUM_TASKS", "4")], "srun"),
+    ];
+    for (vars, launcher) in launchers {
         let mut cmd = Command::new(example("spmd-check"));
-        cmd.args(["p2p"]).env(var, "4");
+        cmd.args(["p2p"]).envs(vars.iter().copied());
         let out = run(cmd);
         assert_ne!(out.code(), Some(0), "{out:?}");
-        assert!(out.stderr.contains(launcher) && out.stderr.contains("mpi"), "{out:?}");
+        assert!(
+            out.stderr.contains(launcher) && out.stderr.contains("MPI backend is planned, not built"),
+            "{launcher}: {out:?}"
+        );
     }
+    // A batch script has SLURM_PROCID too, without being a job step: alone.
+    let mut cmd = Command::new(example("spmd-check"));
+    cmd.args(["alone"]).envs([("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4")]);
+    let out = run(cmd);
+    assert_eq!(out.code(), Some(0), "{out:?}");
 }
 
 #[test]

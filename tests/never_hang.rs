@@ -58,6 +58,18 @@ fn ranks_that_finalize_with_unread_messages_both_finish() {
     each_mode(3, &["hang", "finalize-unread"], |mode, out| {
         assert_eq!(out.code(), Some(0), "{mode}: {out:?}");
         assert!(out.stdout.contains("all checks passed"), "{mode}: {out:?}");
+        // Each rank sent one message to the next and nobody received it:
+        // each is accounted for, by its receiver (it arrived, and was never
+        // received) or by its sender (it could not be delivered).
+        for sender in 0..3 {
+            let receiver = (sender + 1) % 3;
+            let by_receiver = out.stderr.lines().any(|l| {
+                l.contains(&format!("rank {receiver} finalized with"))
+                    && l.contains(&format!("from rank {sender} with tag 8"))
+            });
+            let by_sender = out.stderr.contains(&format!("rank {sender}: finalize failed"));
+            assert!(by_receiver || by_sender, "{mode}: rank {sender}'s message: {out:?}");
+        }
     });
 }
 

@@ -23,7 +23,8 @@ User settings, read from spmdrun's environment (or given with -x):
   SPMD_WAIT=auto|spin|yield|sleep
                                 how a rank waits over shared memory before it
                                 sleeps (default auto: spin with a core per
-                                rank, yield with more ranks than cores)
+                                rank, yielding while a peer shares its core;
+                                yield with more ranks than cores)
 
 Exit status: 0 when every rank exits 0; otherwise the first failure's: the
 code a rank exited with or gave to abort (101 for a panic), 128+N for a rank

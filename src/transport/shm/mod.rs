@@ -10,12 +10,13 @@
 //!
 //! Waiting follows the job's [`WaitMode`]: a rank polls its rings for a
 //! short while (spinning, or yielding its core between polls when ranks
-//! outnumber cores), then sets its doorbell to SLEEPING, checks once more,
-//! and sleeps on the futex. Whoever writes into its rings, or frees room in
+//! outnumber cores, or when a peer that is awake last ran on the same core
+//! and so most likely waits for it), then sets its doorbell to SLEEPING,
+//! checks once more, and sleeps on the futex. Whoever writes into its rings, or frees room in
 //! a ring it writes to, rings the doorbell.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::{Ordering, fence};
+use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -36,6 +37,41 @@ use segment::{CLOSED, Segment};
 
 /// How long a rank polls before it sleeps, when it has a core to itself.
 const SPIN: Duration = Duration::from_millis(1);
+/// How often a polling rank looks whether a peer waits for its core.
+const CORE_CHECK: u32 = 128;
+
+/// The core a rank polls on, plus one, published in its segment while it
+/// polls (0 otherwise: a rank that computes, or sleeps, waits for nobody's
+/// core, and a stale core would mislead its peers).
+struct PollingMark<'a> {
+    word: &'a AtomicU32,
+    core: u32,
+}
+
+impl<'a> PollingMark<'a> {
+    fn new(word: &'a AtomicU32) -> PollingMark<'a> {
+        let mut mark = PollingMark { word, core: 0 };
+        mark.update();
+        mark
+    }
+
+    /// Publishes the core this rank runs on now (it may have moved).
+    fn update(&mut self) -> u32 {
+        // SAFETY: a plain call; it only reads this thread's state.
+        let core = u32::try_from(unsafe { libc::sched_getcpu() }).map_or(0, |c| c.wrapping_add(1));
+        if core != self.core {
+            self.core = core;
+            self.word.store(core, Ordering::Relaxed);
+        }
+        core
+    }
+}
+
+impl Drop for PollingMark<'_> {
+    fn drop(&mut self) {
+        self.word.store(0, Ordering::Relaxed);
+    }
+}
 /// How long a rank keeps yielding its core before it sleeps, when there are
 /// more ranks than cores: handing the core to the peer it waits for costs a
 /// few microseconds, a futex wake-up tens.
@@ -276,10 +312,15 @@ impl ShmMesh {
             WaitMode::Sleep => None,
         };
         if let Some(poll_for) = poll_for {
-            let yielding = self.wait == WaitMode::Yield;
+            let always_yield = self.wait == WaitMode::Yield;
+            // This rank polls on its core for as long as the wait lasts,
+            // and says so, so that a peer stuck behind it on the same core
+            // can tell (see `core_is_wanted`).
+            let mut polling = PollingMark::new(self.own.core());
+            let mut yielding = always_yield || self.core_is_wanted(polling.core);
             // Reading the clock costs more than a poll: not on every poll,
             // and not at all when the wait is short.
-            let mut poll_until = None;
+            let mut started = None;
             let mut polls = 0u32;
             loop {
                 if yielding {
@@ -291,11 +332,12 @@ impl ShmMesh {
                     return;
                 }
                 polls = polls.wrapping_add(1);
-                if yielding || polls % 128 == 0 {
+                if yielding || polls % CORE_CHECK == 0 {
                     let now = Instant::now();
-                    if now >= *poll_until.get_or_insert(now + poll_for) {
+                    if now - *started.get_or_insert(now) >= poll_for {
                         break;
                     }
+                    yielding = always_yield || self.core_is_wanted(polling.update());
                 }
             }
         }
@@ -309,6 +351,19 @@ impl ShmMesh {
             doorbell::wait(bell, SLEEPING, timeout);
         }
         bell.store(AWAKE, Ordering::Relaxed);
+    }
+
+    /// True if a peer is polling, or was when it lost its core, on `core`,
+    /// the core this rank polls on: it most likely waits for this core now
+    /// (more work than cores on the machine put both on one), so polling
+    /// would only keep it out. A peer polling on another core is better
+    /// waited for by polling: yielding would hand this core to some other
+    /// program, not to the peer.
+    fn core_is_wanted(&self, core: u32) -> bool {
+        core != 0
+            && self.mapped.iter().flatten().any(|peer| {
+                peer.core().load(Ordering::Relaxed) == core && peer.state().load(Ordering::Relaxed) != CLOSED
+            })
     }
 
     /// Sends everything queued (to peers that still read) and says Bye to

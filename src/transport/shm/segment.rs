@@ -25,6 +25,7 @@ const OFF_LOCAL: usize = 16;
 const OFF_REGION: usize = 24;
 const OFF_DOORBELL: usize = 64;
 const OFF_STATE: usize = 128;
+const OFF_CORE: usize = 192;
 
 /// A ring's control block: `head` (bytes written) and `tail` (bytes read),
 /// each on its own cache line, then the pair's fastboxes.
@@ -229,6 +230,12 @@ impl Segment {
     /// The owner's state: [`CLOSED`] once it has finalized.
     pub fn state(&self) -> &AtomicU32 {
         self.word32(OFF_STATE)
+    }
+
+    /// The core the owner polls on, plus one, while it polls for a message
+    /// (0 otherwise): a peer polling on the same core yields it instead.
+    pub fn core(&self) -> &AtomicU32 {
+        self.word32(OFF_CORE)
     }
 
     /// The ring written by the rank with local index `sender`.

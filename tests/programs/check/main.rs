@@ -2,6 +2,7 @@
 //! runs one group of checks, panicking (which fails the job) on any
 //! mismatch. Rank 0 prints `MODE: all checks passed` at the end.
 
+mod big;
 mod collectives;
 mod failures;
 mod full_queue;
@@ -42,6 +43,7 @@ fn main() -> Result<(), spmd::Error> {
             soak::run_with(&world, seed, messages, slow)?
         }
         "workload" => workload::run(&world, rest.first().map(String::as_str).unwrap_or("collectives"))?,
+        "big" => big::run(&world, rest.first().and_then(|s| s.parse().ok()).unwrap_or(5.0))?,
         "flood" => soak::flood(&world, rest.first().and_then(|s| s.parse().ok()).unwrap_or(256))?,
         "hang" => {
             let arg = |i: usize| rest.get(i).map(String::as_str).unwrap_or("");

@@ -1,0 +1,60 @@
+//! One message larger than 4 GiB: `spmd-check big GIB` sends GIB GiB of
+//! `u8` from rank 0 to rank 1 twice, received once into the caller's buffer
+//! (`receive_into`) and once into a vector spmd allocates (`receive_vec`),
+//! and checks every byte. Rank 0 prints what it sent and how fast.
+
+use spmd::{Error, World};
+
+/// The repeating pattern: a prime length, so that no power-of-two piece
+/// boundary lines up with it.
+const PERIOD: usize = 4093;
+
+fn block() -> Vec<u8> {
+    (0..PERIOD).map(|i| (i * 7 + 3) as u8).collect()
+}
+
+fn fill(buf: &mut [u8]) {
+    let block = block();
+    for chunk in buf.chunks_mut(PERIOD) {
+        chunk.copy_from_slice(&block[..chunk.len()]);
+    }
+}
+
+fn intact(buf: &[u8]) -> bool {
+    let block = block();
+    buf.chunks(PERIOD).all(|chunk| chunk == &block[..chunk.len()])
+}
+
+pub fn run(world: &World, gib: f64) -> Result<(), Error> {
+    let len = (gib * (1u64 << 30) as f64) as usize;
+    match world.rank() {
+        0 => {
+            let mut data = vec![0u8; len];
+            fill(&mut data);
+            for way in ["receive_into", "receive_vec"] {
+                let start = std::time::Instant::now();
+                world.send_slice(&data, 1)?;
+                let _: u8 = world.receive(1)?;
+                let s = start.elapsed().as_secs_f64();
+                println!(
+                    "big: {len} bytes ({gib} GiB) to {way}: {s:.2} s, {:.2} GB/s, intact",
+                    len as f64 / s / 1e9
+                );
+            }
+        }
+        1 => {
+            let mut buf = vec![0u8; len];
+            let status = world.receive_into(&mut buf, 0)?;
+            assert_eq!(status.len(), len as u64, "the length received");
+            assert!(intact(&buf), "the bytes received into the buffer");
+            drop(buf);
+            world.send(&1u8, 0)?;
+            let got: Vec<u8> = world.receive_vec(0)?;
+            assert_eq!(got.len(), len, "the length of the vector");
+            assert!(intact(&got), "the bytes of the vector");
+            world.send(&1u8, 0)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
