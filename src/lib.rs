@@ -64,6 +64,7 @@ mod pool;
 mod progress;
 mod request;
 mod scope;
+mod selector;
 mod status;
 mod transport;
 #[doc(hidden)]
@@ -85,9 +86,9 @@ pub fn shared_memory_per_node(local: usize) -> u64 {
 }
 
 pub use error::{Error, Result};
-pub use matching::{Match, Status};
 pub use request::{ReceiveRequest, Request, SendRequest, wait_all};
 pub use scope::{LentReceive, LentSend, Scope};
+pub use selector::{Match, Status};
 pub use world::{World, init, wtime};
 
 /// PyPar's `balance`: the range of items `0..n` that rank `rank` of `size`

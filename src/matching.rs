@@ -12,6 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::envelope::{Envelope, Format, Landing, Room};
+use crate::selector::{Selector, Status};
 use crate::wire::Context;
 
 /// The most bytes of messages nobody has asked for yet that a rank keeps
@@ -23,129 +24,6 @@ use crate::wire::Context;
 /// may depend on a peer that in turn waits for it to read.
 pub(crate) const QUEUED_PER_PEER: u64 = 8 << 20;
 pub(crate) const QUEUED_IN_ALL: u64 = 64 << 20;
-
-/// Which messages a receive or probe accepts: a source rank or any, and a
-/// tag or any.
-///
-/// ```
-/// use spmd::Match;
-/// let from_three = Match::source(3);              // any tag from rank 3
-/// let tagged = Match::tag(7);                     // tag 7 from any rank
-/// let exact = Match::source(3).with_tag(7);       // tag 7 from rank 3
-/// let anything = Match::any();
-/// # let _ = (from_three, tagged, exact, anything);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Match {
-    source: Option<usize>,
-    tag: Option<u32>,
-}
-
-impl Match {
-    /// Any message from any rank.
-    pub fn any() -> Match {
-        Match::default()
-    }
-
-    /// Any tag from rank `source`.
-    pub fn source(source: usize) -> Match {
-        Match {
-            source: Some(source),
-            tag: None,
-        }
-    }
-
-    /// Tag `tag` from any rank.
-    pub fn tag(tag: u32) -> Match {
-        Match {
-            source: None,
-            tag: Some(tag),
-        }
-    }
-
-    /// The same match, restricted to tag `tag`.
-    pub fn with_tag(self, tag: u32) -> Match {
-        Match { tag: Some(tag), ..self }
-    }
-
-    /// The same match, restricted to rank `source`.
-    pub fn with_source(self, source: usize) -> Match {
-        Match {
-            source: Some(source),
-            ..self
-        }
-    }
-
-    /// The source rank this matches, or `None` for any.
-    pub fn source_rank(&self) -> Option<usize> {
-        self.source
-    }
-
-    /// The tag this matches, or `None` for any.
-    pub fn tag_value(&self) -> Option<u32> {
-        self.tag
-    }
-}
-
-/// What a receive or probe learned about a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Status {
-    source: usize,
-    tag: u32,
-    len: u64,
-    element: u16,
-}
-
-impl Status {
-    /// The rank that sent the message.
-    pub fn source(&self) -> usize {
-        self.source
-    }
-
-    /// The message's tag.
-    pub fn tag(&self) -> u32 {
-        self.tag
-    }
-
-    /// The message's length in bytes (serialized bytes for serde values).
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// True when the message has no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The number of elements of a message of plain numbers (sent with
-    /// `send_slice`, or as a `Vec` or slice of numbers); `None` for a serde
-    /// value.
-    ///
-    /// ```no_run
-    /// # let world = spmd::init().unwrap();
-    /// let status = world.probe(spmd::Match::any())?;
-    /// if let Some(n) = status.count() {
-    ///     let mut buf = vec![0.0f64; n as usize];
-    ///     world.receive_into_matching(&mut buf, spmd::Match::source(status.source()))?;
-    /// }
-    /// # Ok::<(), spmd::Error>(())
-    /// ```
-    pub fn count(&self) -> Option<u64> {
-        match crate::element::size_of_code(self.element)? {
-            0 => Some(0),
-            size => Some(self.len / size as u64),
-        }
-    }
-
-    pub(crate) fn of(env: &Envelope) -> Status {
-        Status {
-            source: env.source,
-            tag: env.tag,
-            len: env.len(),
-            element: env.format.element(),
-        }
-    }
-}
 
 /// What a transport hands arrived messages to.
 pub(crate) trait Sink {
@@ -163,29 +41,6 @@ pub(crate) trait Sink {
     /// receive could take one from `source`.
     fn wants(&self, _source: usize) -> bool {
         true
-    }
-}
-
-/// A [`Match`] within one context.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Selector {
-    pub context: Context,
-    pub pattern: Match,
-}
-
-impl Selector {
-    pub fn new(context: Context, pattern: Match) -> Selector {
-        Selector { context, pattern }
-    }
-
-    fn accepts(&self, env: &Envelope) -> bool {
-        self.accepts_from(env.source, env.tag, env.context)
-    }
-
-    fn accepts_from(&self, source: usize, tag: u32, context: Context) -> bool {
-        self.context == context
-            && self.pattern.source.is_none_or(|s| s == source)
-            && self.pattern.tag.is_none_or(|t| t == tag)
     }
 }
 
@@ -413,6 +268,7 @@ impl Sink for Matcher {
 mod tests {
     use super::*;
     use crate::envelope::Buffer;
+    use crate::selector::Match;
 
     const U8: Format = Format::Raw(1);
 

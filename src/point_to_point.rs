@@ -9,9 +9,9 @@ use serde::de::DeserializeOwned;
 
 use crate::envelope::{Envelope, Room};
 use crate::error::Result;
-use crate::matching::{Match, Selector, Status};
 use crate::message::{self, Taken};
 use crate::progress::{Head, Sent};
+use crate::selector::{Match, Selector, Status};
 use crate::world::World;
 
 impl World {

@@ -7,9 +7,10 @@ use serde::de::DeserializeOwned;
 
 use crate::envelope::{Envelope, Room};
 use crate::error::Result;
-use crate::matching::{Match, ReceiveId, Status};
+use crate::matching::ReceiveId;
 use crate::message::{self, Taken};
 use crate::progress::{Head, Sent};
+use crate::selector::{Match, Status};
 use crate::world::World;
 
 /// An operation that completes in the background.

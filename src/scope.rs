@@ -12,10 +12,11 @@ use bytemuck::Pod;
 
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::matching::{Match, ReceiveId, Status};
+use crate::matching::ReceiveId;
 use crate::message;
 use crate::progress::{Head, Sent};
 use crate::request::Request;
+use crate::selector::{Match, Status};
 use crate::world::World;
 
 /// A receive whose buffer is lent to the engine.

@@ -25,8 +25,9 @@ use std::sync::atomic::Ordering;
 
 use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
-use crate::matching::{Match, Matcher, Selector};
+use crate::matching::Matcher;
 use crate::progress::Head;
+use crate::selector::{Match, Selector};
 use crate::status::WaitOn;
 use crate::wire::Context;
 use crate::wire::status::WaitOp;

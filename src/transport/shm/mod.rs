@@ -10,10 +10,10 @@
 //!
 //! Waiting follows the job's [`WaitMode`]: a rank polls its rings for a
 //! short while (spinning, or yielding its core between polls when ranks
-//! outnumber cores, or when a peer that is awake last ran on the same core
-//! and so most likely waits for it), then sets its doorbell to SLEEPING,
-//! checks once more, and sleeps on the futex. Whoever writes into its rings, or frees room in
-//! a ring it writes to, rings the doorbell.
+//! outnumber cores, or while a peer polls on the same core and so most
+//! likely waits for it), then sets its doorbell to SLEEPING, checks once
+//! more, and sleeps on the futex. Whoever writes into its rings, or frees
+//! room in a ring it writes to, rings the doorbell.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering, fence};

@@ -1,0 +1,147 @@
+//! Start-up in the launcher: each rank's welcome (settings and status
+//! page), then, once every rank has registered, the table of cards and the
+//! links between ranks (shared-memory segments or socket pairs).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use spmd::wire::control::MAX_FDS_PER_MESSAGE;
+use spmd::wire::status::Page;
+use spmd::wire::{ControlMessage, TransportKind};
+
+use super::Job;
+use crate::spawn::Termination;
+
+impl Job {
+    /// Answers a rank's Hello with the job's settings and the rank's status
+    /// page.
+    pub(super) fn welcome(&mut self, rank: usize) {
+        let (page, fd) = match Page::create() {
+            Ok(p) => p,
+            Err(e) => return self.fail(format!("cannot make rank {rank}'s status page: {e}"), 1),
+        };
+        let msg = ControlMessage::Welcome {
+            settings: self.settings,
+        };
+        let r = &mut self.ranks[rank];
+        r.status = Some(page);
+        if let Some(channel) = r.channel.as_mut() {
+            if let Err(e) = channel.send(&msg, &[fd.as_fd()]).or_else(closed_is_seen_later) {
+                let who = r.describe(rank);
+                self.fail(format!("cannot answer {who}: {e}"), 1);
+            }
+        }
+    }
+
+    pub(super) fn registered(&mut self, rank: usize) {
+        if self.failure.is_none() {
+            let gone = self
+                .ranks
+                .iter()
+                .position(|r| r.judged && !r.hello && r.exited == Some(Termination::Code(0)));
+            if let Some(gone) = gone {
+                let who = self.ranks[gone].describe(gone);
+                self.fail(
+                    format!(
+                        "{who} exited without joining the job (it never called spmd::init) while other ranks wait \
+                         for it; ending the job"
+                    ),
+                    1,
+                );
+                return;
+            }
+        }
+        let _ = rank;
+        if !self.table_sent && self.ranks.iter().all(|r| r.registration.is_some()) {
+            self.send_table();
+        }
+    }
+
+    /// The one global fence of start-up: everybody's card to everybody, and
+    /// to each rank the segments of the other ranks of its node (over shared
+    /// memory) or its ends of a socket pair to every other rank (over
+    /// sockets), made here so that no rank needs to listen.
+    fn send_table(&mut self) {
+        self.table_sent = true;
+        let cards: Vec<_> = self
+            .ranks
+            .iter()
+            .filter_map(|r| r.registration.as_ref().map(|g| g.card.clone()))
+            .collect();
+        let n = self.ranks.len();
+        let table = ControlMessage::Table {
+            cards,
+            nodes: vec![0; n],
+        };
+        // The segments leave the registrations here and are closed once
+        // every rank has its copies.
+        let segments: Vec<(u32, OwnedFd)> = self
+            .ranks
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(r, g)| Some((r as u32, g.registration.as_mut()?.segment.take()?)))
+            .collect();
+        let mut broken = Vec::new();
+        for (rank, r) in self.ranks.iter_mut().enumerate() {
+            let Some(channel) = r.channel.as_mut() else { continue };
+            let theirs: Vec<&(u32, OwnedFd)> = segments.iter().filter(|(s, _)| *s as usize != rank).collect();
+            let mut result = channel.send(&table, &[]);
+            for batch in theirs.chunks(MAX_FDS_PER_MESSAGE) {
+                if result.is_err() {
+                    break;
+                }
+                let msg = ControlMessage::Segments {
+                    ranks: batch.iter().map(|(r, _)| *r).collect(),
+                };
+                let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|(_, fd)| fd.as_fd()).collect();
+                result = channel.send(&msg, &fds);
+            }
+            if let Err(e) = result.or_else(closed_is_seen_later) {
+                broken.push((rank, e.to_string()));
+            }
+        }
+        if self.settings.transport == TransportKind::Socket && broken.is_empty() {
+            if let Err((rank, e)) = self.send_links() {
+                broken.push((rank, e));
+            }
+        }
+        if let Some((rank, e)) = broken.into_iter().next() {
+            let who = self.ranks[rank].describe(rank);
+            self.fail(format!("cannot send the table to {who}: {e}"), 1);
+        }
+    }
+
+    /// Makes a socket pair for every pair of ranks and gives each rank its
+    /// end, one pair at a time (so that spmdrun holds two descriptors at
+    /// once, however many ranks there are).
+    fn send_links(&mut self) -> Result<(), (usize, String)> {
+        let n = self.ranks.len();
+        for i in 0..n {
+            for j in i + 1..n {
+                let (a, b) = UnixStream::pair().map_err(|e| (i, format!("making a socket pair: {e}")))?;
+                for (rank, other, end) in [(i, j, OwnedFd::from(a)), (j, i, OwnedFd::from(b))] {
+                    let Some(channel) = self.ranks[rank].channel.as_mut() else {
+                        continue;
+                    };
+                    let msg = ControlMessage::Links {
+                        ranks: vec![other as u32],
+                    };
+                    channel
+                        .send(&msg, &[end.as_fd()])
+                        .or_else(closed_is_seen_later)
+                        .map_err(|e| (rank, e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A rank that closed its channel is past hearing; the event loop sees the
+/// close (with whatever the rank said before it) and reports that instead.
+pub(super) fn closed_is_seen_later(e: spmd::Error) -> spmd::Result<()> {
+    match e {
+        spmd::Error::JobEnded { .. } => Ok(()),
+        e => Err(e),
+    }
+}

@@ -1,0 +1,216 @@
+//! The receive side of the progress engine: posting receives, waiting on
+//! them, probing, and knowing when a message can no longer arrive.
+
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::time::{Duration, Instant};
+
+use super::{Check, Engine};
+use crate::envelope::{Buffer, Envelope, Room};
+use crate::error::{Error, Result};
+use crate::matching::ReceiveId;
+use crate::selector::{Selector, Status};
+use crate::status::WaitOn;
+use crate::transport::Wait;
+use crate::wire::status::WaitOp;
+
+impl Engine {
+    /// Posts a receive. With a `room`, a message of raw numbers of its type
+    /// lands there (in a buffer allocated for it when its length is known,
+    /// for [`Room::Fresh`]): one copy, like a receive into a buffer the
+    /// caller gives.
+    pub fn post(&mut self, sel: Selector, room: Option<Room>) -> Result<ReceiveId> {
+        if let Some(source) = sel.pattern.source_rank() {
+            self.check_rank(source)?;
+        }
+        Ok(self.matcher.post_into(sel, room))
+    }
+
+    /// Receives the next message `sel` accepts, letting a message of raw
+    /// numbers of type `element` that arrives after the receive is posted
+    /// land straight in `buf`. The envelope says whether it landed
+    /// (`landed`) or carries its payload.
+    pub fn receive_landing(&mut self, sel: Selector, buf: &mut [u8], element: u16) -> Result<Envelope> {
+        self.receive_landing_checked(sel, buf, element, None)
+    }
+
+    /// [`Engine::receive_landing`] for a collective, which checks `check` at
+    /// every step and says it waits in `on`.
+    pub fn receive_landing_checked(
+        &mut self,
+        sel: Selector,
+        buf: &mut [u8],
+        element: u16,
+        check: Option<(WaitOn, &mut Check<'_>)>,
+    ) -> Result<Envelope> {
+        let buffer = Buffer {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        };
+        let id = self.post(sel, Some(Room::Given { buffer, element }))?;
+        let result = catch_unwind(AssertUnwindSafe(|| self.wait_receive_checked(id, None, check)));
+        if !matches!(result, Ok(Ok(_))) {
+            // `buf` is about to be released: nothing may write into it.
+            self.abandon_receive(id);
+        }
+        result.unwrap_or_else(|panic| resume_unwind(panic))
+    }
+
+    /// Waits for a posted receive; `None` waits for ever.
+    pub fn wait_receive(&mut self, id: ReceiveId, timeout: Option<Duration>) -> Result<Envelope> {
+        self.wait_receive_checked(id, timeout, None)
+    }
+
+    /// Waits for a posted receive, running a collective's `check` at every
+    /// step; the receive is withdrawn if the wait fails.
+    pub fn wait_receive_checked(
+        &mut self,
+        id: ReceiveId,
+        timeout: Option<Duration>,
+        mut check: Option<(WaitOn, &mut Check<'_>)>,
+    ) -> Result<Envelope> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let result = (|| loop {
+            if let Some(env) = self.matcher.take(id) {
+                return Ok(env);
+            }
+            self.step(Wait::No)?;
+            if let Some(env) = self.matcher.take(id) {
+                return Ok(env);
+            }
+            let Some(sel) = self.matcher.pending(id) else {
+                // Landing: the message is on its way.
+                self.step(Wait::Until(deadline))?;
+                continue;
+            };
+            // Another rank's notice says more than its absence does.
+            if let Some((_, check)) = check.as_mut() {
+                check(&self.matcher)?;
+            }
+            self.check_can_arrive(sel)?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(timed_out(sel_text(Some(sel)), timeout));
+            }
+            let on = match &check {
+                Some((on, _)) => *on,
+                None => WaitOn {
+                    deadline,
+                    ..WaitOn::p2p(
+                        WaitOp::Receive,
+                        sel.pattern.source_rank(),
+                        sel.pattern.tag_value(),
+                        sel.context.0,
+                    )
+                },
+            };
+            self.sleep_step(on, deadline)?;
+        })();
+        self.settle();
+        if result.is_err() {
+            self.abandon_receive(id);
+        }
+        result
+    }
+
+    /// Completes a receive if its message is here, without waiting.
+    pub fn test_receive(&mut self, id: ReceiveId) -> Result<bool> {
+        if !self.matcher.is_complete(id) {
+            self.step(Wait::No)?;
+        }
+        if let Some(sel) = self.matcher.pending(id) {
+            self.check_can_arrive(sel)?;
+        }
+        Ok(self.matcher.is_complete(id))
+    }
+
+    /// Looks for a queued message; waits per `wait` if there is none.
+    pub fn probe(&mut self, sel: Selector, wait: Option<Option<Duration>>) -> Result<Option<Status>> {
+        if let Some(source) = sel.pattern.source_rank() {
+            self.check_rank(source)?;
+        }
+        // A probe waits for its peers however much is queued.
+        self.matcher.watch(Some(sel));
+        let result = self.probe_watched(sel, wait);
+        self.matcher.watch(None);
+        result
+    }
+
+    fn probe_watched(&mut self, sel: Selector, wait: Option<Option<Duration>>) -> Result<Option<Status>> {
+        self.step(Wait::No)?;
+        let Some(timeout) = wait else {
+            return Ok(self.matcher.probe(sel));
+        };
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let on = WaitOn {
+            deadline,
+            ..WaitOn::p2p(
+                WaitOp::Probe,
+                sel.pattern.source_rank(),
+                sel.pattern.tag_value(),
+                sel.context.0,
+            )
+        };
+        let result = (|| loop {
+            if let Some(status) = self.matcher.probe(sel) {
+                return Ok(Some(status));
+            }
+            self.check_can_arrive(sel)?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(timed_out(sel_text(Some(sel)), timeout));
+            }
+            self.sleep_step(on, deadline)?;
+        })();
+        self.settle();
+        result
+    }
+
+    /// Fails a wait that can never end: its only possible senders are gone,
+    /// or it waits for a message this rank would have to send itself.
+    fn check_can_arrive(&mut self, sel: Selector) -> Result<()> {
+        match sel.pattern.source_rank() {
+            Some(s) if s == self.me => Err(Error::InvalidArgument(format!(
+                "rank {} waits for a message from itself that was never sent; this would wait for ever",
+                self.me
+            ))),
+            Some(s) if self.transport.is_gone(s) => Err(self.gone(s)),
+            Some(_) => Ok(()),
+            None => {
+                let mut others = (0..self.size).filter(|r| *r != self.me);
+                let Some(first) = others.clone().next() else {
+                    return Err(Error::InvalidArgument(format!(
+                        "rank {} is alone in this job and waits for a message nobody sent; this would wait for ever",
+                        self.me
+                    )));
+                };
+                if others.any(|r| !self.transport.is_gone(r)) {
+                    Ok(())
+                } else {
+                    Err(self.gone(first))
+                }
+            }
+        }
+    }
+}
+
+fn sel_text(sel: Option<Selector>) -> String {
+    match sel {
+        None => "a message".to_string(),
+        Some(s) => {
+            let from = s
+                .pattern
+                .source_rank()
+                .map_or("any rank".to_string(), |r| format!("rank {r}"));
+            let tag = s
+                .pattern
+                .tag_value()
+                .map_or("any tag".to_string(), |t| format!("tag {t}"));
+            format!("a message from {from} with {tag}")
+        }
+    }
+}
+
+fn timed_out(what: String, timeout: Option<Duration>) -> Error {
+    Error::Timeout {
+        what,
+        seconds: timeout.map_or(0.0, |t| t.as_secs_f64()),
+    }
+}
