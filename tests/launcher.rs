@@ -108,7 +108,7 @@ fn the_first_failure_is_reported_in_the_words_of_the_rank_that_failed() {
 
 #[test]
 fn a_job_that_needs_more_shared_memory_than_is_free_says_so_before_starting() {
-    // A memory cgroup of 48 MiB for spmdrun: 16 ranks need 256 MiB.
+    // A memory cgroup of 24 MiB for spmdrun: 16 ranks need about 36 MiB.
     let root = "/sys/fs/cgroup/memory";
     assert!(
         std::path::Path::new(root).is_dir() && nix::unistd::geteuid().is_root(),
@@ -116,7 +116,7 @@ fn a_job_that_needs_more_shared_memory_than_is_free_says_so_before_starting() {
     );
     let group = format!("{root}/spmd-test-{}", std::process::id());
     std::fs::create_dir_all(&group).expect("making a memory cgroup");
-    std::fs::write(format!("{group}/memory.limit_in_bytes"), "50331648").expect("setting its limit");
+    std::fs::write(format!("{group}/memory.limit_in_bytes"), "25165824").expect("setting its limit");
     let script = format!(
         "echo $$ > {group}/cgroup.procs && exec {} -n 16 {}",
         common::spmdrun_path().display(),

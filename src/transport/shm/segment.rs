@@ -40,13 +40,16 @@ const MAX_RING: usize = 1 << 20;
 /// The smallest ring, whatever the number of ranks.
 const MIN_RING: usize = 16 << 10;
 /// What the rings of one node take at most, as long as rings stay above
-/// their minimum (256 MiB: 1 MiB rings up to 16 ranks on a node).
-const NODE_RINGS_BUDGET: usize = 256 << 20;
+/// their minimum: 32 MiB (1 MiB rings up to 5 ranks on a node). Every page
+/// is reserved at start-up and freed when the job ends, so this is also
+/// what the kernel has to clear when a job ends (256 MiB took 30 ms more
+/// for a 16-rank job to end on a 2-core machine).
+const NODE_RINGS_BUDGET: usize = 32 << 20;
 
 /// The size of each ring on a node of `local` ranks: 1 MiB, less when
 /// there are so many ranks that the rings of the node (one per pair and
-/// direction) would pass 256 MiB (256 KiB at 32 ranks, 64 KiB at 64, 16 KiB
-/// at the least).
+/// direction) would pass 32 MiB (512 KiB at 8 ranks, 128 KiB at 16, 32 KiB
+/// at 32, and 16 KiB at the least, from 33 ranks).
 pub(crate) fn ring_bytes(local: usize) -> usize {
     let pairs = local.max(1) * local.max(1);
     let mut ring = MAX_RING;
@@ -281,9 +284,11 @@ mod tests {
     #[test]
     fn rings_shrink_with_many_ranks_and_stay_in_budget() {
         assert_eq!(ring_bytes(2), 1 << 20);
-        assert_eq!(ring_bytes(16), 1 << 20);
-        assert_eq!(ring_bytes(32), 256 << 10);
-        assert_eq!(ring_bytes(64), 64 << 10);
+        assert_eq!(ring_bytes(5), 1 << 20);
+        assert_eq!(ring_bytes(8), 512 << 10);
+        assert_eq!(ring_bytes(16), 128 << 10);
+        assert_eq!(ring_bytes(32), 32 << 10);
+        assert_eq!(ring_bytes(33), 16 << 10);
         assert_eq!(ring_bytes(1000), 16 << 10);
         for l in 1..200 {
             assert!(ring_bytes(l) * l * l <= NODE_RINGS_BUDGET || ring_bytes(l) == MIN_RING);

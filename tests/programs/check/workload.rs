@@ -17,8 +17,11 @@ pub fn run(world: &World, what: &str) -> Result<(), Error> {
     let mut out = vec![0.0f64; 1 << 17];
     let parts = vec![1u8; n * (64 << 10)];
     let mut back = vec![0u8; n * (64 << 10)];
-    let block = vec![me as u8; 64 << 20];
-    let mut incoming = vec![0u8; 64 << 20];
+    // Only the transfers need these (64 MiB that a rank's death has to
+    // free would be most of the time a collective job takes to end).
+    let transfer_len = if what == "transfers" { 64 << 20 } else { 0 };
+    let block = vec![me as u8; transfer_len];
+    let mut incoming = vec![0u8; transfer_len];
     loop {
         if what == "transfers" {
             let send = world.immediate_send_slice(&block, right, 1)?;
