@@ -176,6 +176,53 @@ fn every_rank_gets_its_place_and_exported_variables() {
     );
 }
 
+/// Each rank's `Cpus_allowed_list`, by rank, for `spmdrun ARGS sh -c ...`.
+fn allowed_cores(args: &[&str]) -> Vec<String> {
+    let script = "echo $SPMD_RANK $(grep Cpus_allowed_list /proc/self/status | cut -f2)";
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["sh", "-c", script]);
+    let out = run(spmdrun(&all));
+    assert_eq!(out.code(), Some(0), "{args:?}: {out:?}");
+    let mut lines: Vec<(usize, String)> = out
+        .lines()
+        .iter()
+        .map(|l| {
+            let (rank, cores) = l.split_once(' ').expect("rank and cores");
+            (rank.parse().expect("a rank"), cores.to_string())
+        })
+        .collect();
+    lines.sort();
+    lines.into_iter().map(|(_, cores)| cores).collect()
+}
+
+#[test]
+fn ranks_get_a_core_each_when_they_fit_and_the_scheduler_decides_otherwise() {
+    let ours = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
+    let ours = ours
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_string();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cores >= 2, "this test needs two cores");
+    // Two ranks: one core each, different ones, within ours.
+    let bound = allowed_cores(&["-n", "2"]);
+    assert_eq!(bound.len(), 2);
+    assert!(
+        bound.iter().all(|c| c.parse::<usize>().is_ok()),
+        "one core each: {bound:?} (ours: {ours})"
+    );
+    assert_ne!(bound[0], bound[1], "{bound:?}");
+    // Asked not to, or more ranks than cores: every core we have.
+    assert_eq!(
+        allowed_cores(&["-n", "2", "--bind-to", "none"]),
+        [ours.clone(), ours.clone()]
+    );
+    let over = (cores + 1).to_string();
+    assert_eq!(allowed_cores(&["-n", &over]), vec![ours; cores + 1]);
+}
+
 #[test]
 fn wdir_sets_the_working_directory() {
     let dir = std::env::temp_dir().canonicalize().expect("a temp dir");

@@ -92,6 +92,12 @@ struct Args {
     #[arg(long = "on-deadlock", value_name = "end|report", default_value = "end")]
     on_deadlock: String,
 
+    /// Bind each rank to a core of its own (`core`, the default, when there
+    /// are no more ranks than cores spmdrun may use) or leave the ranks to
+    /// the scheduler (`none`).
+    #[arg(long = "bind-to", value_name = "core|none", default_value = "core")]
+    bind_to: String,
+
     /// The program to run, and its arguments (passed on as they are).
     #[arg(value_name = "PROGRAM", required = true, trailing_var_arg = true, num_args = 1..)]
     command: Vec<OsString>,
@@ -107,6 +113,8 @@ pub struct Options {
     pub timeout: Option<Duration>,
     pub hang_report: Option<Duration>,
     pub end_on_deadlock: bool,
+    /// Bind each rank to a core of its own when the ranks fit.
+    pub bind_to_cores: bool,
     pub settings: Settings,
     /// Whether the wait mode was chosen by the user (not `auto`).
     pub wait_chosen: bool,
@@ -147,7 +155,7 @@ pub fn parse(argv: Vec<OsString>) -> Parsed {
             "--timeout",
         ]
         .contains(&word.as_str())
-            || ["--hang-report", "--on-deadlock"].contains(&word.as_str());
+            || ["--hang-report", "--on-deadlock", "--bind-to"].contains(&word.as_str());
         i += if takes_value { 2 } else { 1 };
     }
     let args = match Args::try_parse_from(argv) {
@@ -231,6 +239,11 @@ fn check(args: Args) -> Result<Options, String> {
         "report" => false,
         other => return Err(format!("--on-deadlock {other:?}: expected \"end\" or \"report\"")),
     };
+    let bind_to_cores = match args.bind_to.as_str() {
+        "core" => true,
+        "none" => false,
+        other => return Err(format!("--bind-to {other:?}: expected \"core\" or \"none\"")),
+    };
     let setting = |name: &str| {
         env.iter()
             .find(|(k, _)| k == name)
@@ -258,6 +271,7 @@ fn check(args: Args) -> Result<Options, String> {
         timeout,
         hang_report,
         end_on_deadlock,
+        bind_to_cores,
         settings: Settings {
             transport,
             wait: wait.unwrap_or(WaitMode::Spin),
@@ -363,6 +377,7 @@ mod tests {
         assert!(!error(&["-n", "3", "-np", "2", "true"]).contains("PATH"));
         assert!(error(&["-n", "2", "--wdir", "/etc/hostname", "true"]).contains("not a directory"));
         assert!(error(&["-n", "2", "--on-deadlock", "x", "true"]).contains("--on-deadlock"));
+        assert!(error(&["-n", "2", "--bind-to", "socket", "true"]).contains("--bind-to"));
         assert!(error(&["-n", "2", "-x", "SPMD_TRANSPORT=tcp", "true"]).contains("SPMD_TRANSPORT"));
     }
 

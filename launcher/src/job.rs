@@ -93,8 +93,13 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
         end_on_deadlock: opts.end_on_deadlock,
         next_look: Instant::now(),
     };
+    // A core each, as Open MPI does, when the ranks fit: two ranks that
+    // poll for each other then never share a core, whatever else runs.
+    let cores = spawn::usable_cores();
+    let bind = opts.bind_to_cores && opts.ranks <= cores.len();
     for rank in 0..opts.ranks {
-        if let Err(e) = job.start(&opts, &env, rank) {
+        let core = if bind { cores.get(rank).copied() } else { None };
+        if let Err(e) = job.start(&opts, &env, rank, core) {
             job.fail(format!("cannot start rank {rank} ({}): {e}", opts.program.display()), 1);
             break;
         }
@@ -125,8 +130,8 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
 }
 
 impl Job {
-    fn start(&mut self, opts: &Options, env: &JobEnv, rank: usize) -> Result<(), String> {
-        let mut started = spawn::start_rank(opts, env, rank).map_err(|e| e.to_string())?;
+    fn start(&mut self, opts: &Options, env: &JobEnv, rank: usize, core: Option<usize>) -> Result<(), String> {
+        let mut started = spawn::start_rank(opts, env, rank, core).map_err(|e| e.to_string())?;
         let r = &mut self.ranks[rank];
         r.pid = started.child.id() as i32;
         self.by_pid.insert(r.pid, rank);

@@ -44,11 +44,32 @@ pub fn become_subreaper() -> Result<(), String> {
     }
 }
 
-/// Starts rank `rank` of `ranks` on a node of `local` ranks. Its stdin is
-/// spmdrun's for rank 0 and empty for the others; its stdout and stderr are
-/// pipes to forward; its control channel is inherited, named in its
-/// environment together with spmdrun's pid.
-pub fn start_rank(opts: &Options, job: &JobEnv, rank: usize) -> std::io::Result<Started> {
+/// The cores spmdrun may run on (its affinity mask: `taskset`, a cpuset),
+/// in order.
+pub fn usable_cores() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set, and
+    // sched_getaffinity writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Vec::new();
+    }
+    // SAFETY: CPU_ISSET reads the set within its size.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// Starts rank `rank` of `ranks` on a node of `local` ranks, bound to
+/// `core` if given. Its stdin is spmdrun's for rank 0 and empty for the
+/// others; its stdout and stderr are pipes to forward; its control channel
+/// is inherited, named in its environment together with spmdrun's pid.
+pub fn start_rank(opts: &Options, job: &JobEnv, rank: usize, core: Option<usize>) -> std::io::Result<Started> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set; CPU_SET writes
+    // within it (a core from usable_cores is below CPU_SETSIZE).
+    let mut only = unsafe { std::mem::zeroed::<libc::cpu_set_t>() };
+    if let Some(core) = core {
+        unsafe { libc::CPU_SET(core, &mut only) };
+    }
     let (ours, theirs) = UnixStream::pair()?;
     let theirs = OwnedFd::from(theirs);
     let fd = theirs.as_raw_fd();
@@ -72,9 +93,12 @@ pub fn start_rank(opts: &Options, job: &JobEnv, rank: usize) -> std::io::Result<
     }
     // SAFETY: the closure runs in the child between fork and exec and only
     // makes async-signal-safe system calls (sigprocmask, prctl, getppid,
-    // fcntl).
+    // fcntl, sched_setaffinity).
     unsafe {
         cmd.pre_exec(move || {
+            if core.is_some() && libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &only) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             // spmdrun blocks the signals it waits for; the rank must start
             // with none blocked, or it could not be asked to stop.
             nix::sys::signal::SigSet::empty().thread_set_mask()?;
