@@ -43,8 +43,21 @@ fn futex_wake(word: &AtomicU32) {
     }
 }
 
+/// Sleeps on this rank's own doorbell `bell` unless `ready` is true once
+/// the bell says SLEEPING: a peer that makes `ready` true after that check
+/// sees SLEEPING when it rings, and wakes the rank. Returns when woken, or
+/// after `timeout`.
+pub(super) fn sleep_unless(bell: &AtomicU32, ready: &dyn Fn() -> bool, timeout: Option<Duration>) {
+    bell.store(SLEEPING, Ordering::SeqCst);
+    fence(Ordering::SeqCst);
+    if !ready() {
+        wait(bell, SLEEPING, timeout);
+    }
+    bell.store(AWAKE, Ordering::Relaxed);
+}
+
 /// Sleeps while `word` holds `expected`, until woken or `timeout` passes.
-pub(super) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
     let ts = timeout.map(|t| libc::timespec {
         tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: t.subsec_nanos() as libc::c_long,

@@ -16,7 +16,7 @@
 //! room in a ring it writes to, rings the doorbell.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -31,7 +31,6 @@ mod segment;
 use super::peers::Peers;
 use super::stream::Peer;
 use super::{Delivery, Wait};
-use doorbell::{AWAKE, SLEEPING};
 use link::RingLink;
 use segment::{CLOSED, Segment};
 
@@ -343,14 +342,8 @@ impl ShmMesh {
         }
         // Sleep until somebody rings.
         sleeping();
-        let bell = self.own.doorbell();
-        bell.store(SLEEPING, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if !ready() {
-            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            doorbell::wait(bell, SLEEPING, timeout);
-        }
-        bell.store(AWAKE, Ordering::Relaxed);
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        doorbell::sleep_unless(self.own.doorbell(), &ready, timeout);
     }
 
     /// True if a peer is polling, or was when it lost its core, on `core`,
