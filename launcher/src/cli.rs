@@ -103,6 +103,10 @@ struct Args {
     command: Vec<OsString>,
 }
 
+/// The most ranks spmdrun starts on one machine (each is a process, with
+/// a link to every other).
+pub const MAX_RANKS: usize = 1 << 16;
+
 /// The checked options of one job.
 #[derive(Debug)]
 pub struct Options {
@@ -208,8 +212,11 @@ fn check(args: Args) -> Result<Options, String> {
     if args.ranks < 1 {
         return Err(format!("-n {}: must be at least 1", args.ranks));
     }
-    if args.ranks > i64::from(u32::MAX / 2) {
-        return Err(format!("-n {} is more ranks than spmd supports", args.ranks));
+    if args.ranks > MAX_RANKS as i64 {
+        return Err(format!(
+            "-n {}: spmdrun runs at most {MAX_RANKS} ranks on one machine",
+            args.ranks
+        ));
     }
     let ranks = args.ranks as usize;
     if let Some(path) = &args.hostfile {
@@ -378,6 +385,8 @@ mod tests {
         assert!(error(&["-n", "2", "--wdir", "/etc/hostname", "true"]).contains("not a directory"));
         assert!(error(&["-n", "2", "--on-deadlock", "x", "true"]).contains("--on-deadlock"));
         assert!(error(&["-n", "2", "--bind-to", "socket", "true"]).contains("--bind-to"));
+        assert!(error(&["-n", "65537", "true"]).contains("at most 65536 ranks"));
+        assert!(error(&["-n", "2000000000", "true"]).contains("at most 65536 ranks"));
         assert!(error(&["-n", "2", "-x", "SPMD_TRANSPORT=tcp", "true"]).contains("SPMD_TRANSPORT"));
     }
 

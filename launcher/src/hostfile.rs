@@ -59,6 +59,12 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Host>, String> {
         }
         let slots = slots.unwrap_or(1);
         match hosts.iter_mut().find(|h| h.name == name) {
+            Some(h) if h.slots + slots > MAX_SLOTS => {
+                return Err(format!(
+                    "{origin}: {name} has {} slots in all with this line, more than the {MAX_SLOTS} a host may have",
+                    h.slots + slots
+                ));
+            }
             Some(h) => h.slots += slots,
             None => hosts.push(Host {
                 name: name.to_string(),
@@ -73,9 +79,16 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Host>, String> {
     Ok(hosts)
 }
 
+/// The most slots a host may have, over all its lines: more ranks than
+/// spmdrun can run on one machine would be a promise it cannot keep.
+pub const MAX_SLOTS: usize = crate::cli::MAX_RANKS;
+
 fn count(value: &str, what: &str, origin: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(0) => Err(format!("{origin}: {what} must be at least 1")),
+        Ok(n) if n > MAX_SLOTS => Err(format!(
+            "{origin}: {what} {n} is more than the {MAX_SLOTS} a host may have"
+        )),
         Ok(n) => Ok(n),
         Err(_) => Err(format!("{origin}: {what} {value:?} is not a whole number")),
     }
@@ -97,16 +110,13 @@ pub fn place(hosts: &[Host], ranks: usize, oversubscribe: bool) -> Result<Placem
             "-n {ranks} is more ranks than the hostfile's {total} slots; add --oversubscribe to allow it"
         ));
     }
-    let mut host = Vec::with_capacity(ranks);
-    let slots: Vec<usize> = hosts
+    let slots = hosts
         .iter()
         .enumerate()
-        .flat_map(|(i, h)| std::iter::repeat_n(i, h.slots))
-        .collect();
-    for r in 0..ranks {
-        host.push(slots[r % slots.len()]);
-    }
-    Ok(Placement { host })
+        .flat_map(|(i, h)| std::iter::repeat_n(i, h.slots));
+    Ok(Placement {
+        host: slots.cycle().take(ranks).collect(),
+    })
 }
 
 /// True if `name` is this machine: spmdrun does not start ranks over ssh yet.
@@ -164,5 +174,19 @@ mod tests {
         assert_eq!(place(&hosts, 3, false).unwrap().host, [0, 0, 1]);
         assert!(place(&hosts, 4, false).unwrap_err().contains("--oversubscribe"));
         assert_eq!(place(&hosts, 5, true).unwrap().host, [0, 0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn slot_counts_beyond_what_a_host_may_have_are_errors_naming_the_line() {
+        // Found by the fuzzer: a host repeated with huge counts overflowed
+        // the sum (and would have placed ranks in a vector that large).
+        let text = "a slots=3333333333333\na slots=33333333333\n";
+        let e = parse(text, "h").unwrap_err();
+        assert!(e.starts_with("h:1: slots 3333333333333 is more than"), "{e}");
+        let half = MAX_SLOTS / 2 + 1;
+        let e = parse(&format!("a slots={half}\n\na:{half}\n"), "h").unwrap_err();
+        assert!(e.starts_with("h:3: a has") && e.contains("in all"), "{e}");
+        let hosts = parse(&format!("a slots={MAX_SLOTS}\nb:{MAX_SLOTS}\n"), "h").unwrap();
+        assert_eq!(place(&hosts, 3, false).unwrap().host, [0, 0, 0]);
     }
 }

@@ -10,7 +10,7 @@
 
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -21,6 +21,10 @@ use crate::error::{Error, Result};
 use super::peers::Peers;
 use super::stream::{Io, Link, Peer};
 use super::{Delivery, Wait};
+
+/// How long a finalizing rank reads on for the Byes of peers that have
+/// not said it (see `SocketMesh::finish`).
+const FINISH_WAIT: Duration = Duration::from_millis(100);
 
 /// A connected Unix-domain socket to one peer.
 #[derive(Debug)]
@@ -176,6 +180,16 @@ impl SocketMesh {
             // A peer that has gone does not keep the others from their Bye.
             if let Err(e) = self.progress(deliver, Wait::Until(None), sleeping) {
                 first = first.and(Err(e));
+            }
+        }
+        // Read on until every peer has said Bye, for a while: a message
+        // still in flight is then read whole (and reported if nobody
+        // received it), not dropped with the socket. A peer that is not
+        // finalizing sends nothing; after FINISH_WAIT this rank goes.
+        let until = Instant::now() + FINISH_WAIT;
+        while self.peers.list.iter().flatten().any(|p| p.is_open()) && Instant::now() < until {
+            if self.progress(deliver, Wait::Until(Some(until)), sleeping).is_err() {
+                break;
             }
         }
         first

@@ -36,6 +36,9 @@ use segment::{CLOSED, Segment};
 
 /// How long a rank polls before it sleeps, when it has a core to itself.
 const SPIN: Duration = Duration::from_millis(1);
+/// How long a finalizing rank waits for a word from peers that have not
+/// said Bye (see `ShmMesh::finish`).
+const FINISH_QUIET: Duration = Duration::from_millis(100);
 /// How often a polling rank looks whether a peer waits for its core.
 const CORE_CHECK: u32 = 128;
 
@@ -369,6 +372,20 @@ impl ShmMesh {
             // A peer that has gone does not keep the others from their Bye.
             if let Err(e) = self.progress(deliver, Wait::Until(None), sleeping) {
                 result = result.and(Err(e));
+            }
+        }
+        // Read on until every peer has said Bye, as long as bytes keep
+        // coming: a message a peer is still writing is then read whole
+        // (and reported below if nobody received it), not cut off when
+        // this rank closes. A peer that is not finalizing (still working,
+        // or waiting on this rank) sends nothing: give up on it after
+        // FINISH_QUIET of silence.
+        let mut last = Instant::now();
+        while self.peers.list.iter().flatten().any(|p| p.is_open()) && last.elapsed() < FINISH_QUIET {
+            match self.move_bytes(deliver) {
+                Ok(true) => last = Instant::now(),
+                Ok(false) => std::thread::sleep(Duration::from_micros(200)),
+                Err(_) => break,
             }
         }
         // What arrived meanwhile is delivered, for the report of messages
