@@ -51,6 +51,9 @@ fn a_panic_inside_a_scope_ends_the_job_instead_of_hanging() {
 #[test]
 fn a_send_to_a_rank_that_finalized_is_peer_gone() {
     passes(2, "send-to-finalized");
+    // Small enough for the ring's free room or a fastbox: it must not
+    // vanish there.
+    passes(2, "small-to-finalized");
 }
 
 #[test]

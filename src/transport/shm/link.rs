@@ -116,6 +116,11 @@ impl RingLink {
 impl Link for RingLink {
     fn write(&mut self, iov: &[IoSlice<'_>]) -> Result<Io> {
         let wanted: usize = iov.iter().map(|s| s.len()).sum();
+        // A peer that has finalized reads nothing more: bytes written now
+        // would be lost without a word.
+        if wanted > 0 && self.peer_closed() {
+            return Ok(Io::Closed);
+        }
         let mut room = self.room(wanted)?;
         if room == 0 || wanted == 0 {
             // A peer that has finalized will never make room again.
@@ -176,7 +181,8 @@ impl Link for RingLink {
     }
 
     fn try_send_beside(&mut self, header: &Header, payload: &[u8]) -> Result<bool> {
-        if payload.len() > FASTBOX_DATA {
+        // Too long, or the peer finalized (the ring path says so).
+        if payload.len() > FASTBOX_DATA || self.peer_closed() {
             return Ok(false);
         }
         // A fastbox may not overtake what is still in the ring.

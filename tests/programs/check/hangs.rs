@@ -10,7 +10,8 @@ pub fn run(world: &World, case: &str, arg: &str) -> Result<(), Error> {
     match case {
         "scope-error" => scope_error(world),
         "scope-panic" => scope_panic(world),
-        "send-to-finalized" => send_to_finalized(world),
+        "send-to-finalized" => send_to_finalized(world, 4 << 20, 4, "send-to-finalized"),
+        "small-to-finalized" => send_to_finalized(world, 16, 1, "small-to-finalized"),
         "finalize-unread" => finalize_unread(world),
         "partial-barrier" => partial_barrier(world),
         "mismatch" => mismatch(world, arg.parse().unwrap_or(usize::MAX)),
@@ -66,9 +67,10 @@ fn scope_panic(world: &World) -> Result<(), Error> {
     })
 }
 
-/// A large send to a rank that has finalized fails with PeerGone instead of
-/// waiting for room that will never come.
-fn send_to_finalized(world: &World) -> Result<(), Error> {
+/// A send to a rank that has finalized fails with PeerGone: a large one
+/// instead of waiting for room that will never come, a small one instead of
+/// vanishing into room that nobody will read.
+fn send_to_finalized(world: &World, len: usize, times: usize, case: &str) -> Result<(), Error> {
     let me = world.rank();
     world.barrier()?;
     if me == 1 {
@@ -76,11 +78,11 @@ fn send_to_finalized(world: &World) -> Result<(), Error> {
     }
     // Give rank 1 the time to finalize.
     std::thread::sleep(Duration::from_millis(200));
-    let big = vec![1u8; 4 << 20];
-    let result = (0..4).try_for_each(|_| world.send_slice(&big, 1));
+    let data = vec![1u8; len];
+    let result = (0..times).try_for_each(|_| world.send_slice(&data, 1));
     match result {
-        Err(Error::PeerGone { rank: 1 }) => println!("hang send-to-finalized: all checks passed"),
-        other => panic!("rank {me}: sending 16 MiB to a finalized rank gave {other:?}"),
+        Err(Error::PeerGone { rank: 1 }) => println!("hang {case}: all checks passed"),
+        other => panic!("rank {me}: sending {times} x {len} bytes to a finalized rank gave {other:?}"),
     }
     Ok(())
 }
