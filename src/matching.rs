@@ -42,6 +42,10 @@ pub(crate) trait Sink {
     fn wants(&self, _source: usize) -> bool {
         true
     }
+    /// From now on, keep to the queue bound whatever this rank waits for:
+    /// finalize's last reads, once nobody waits on this rank, take what
+    /// arrives only up to the bound.
+    fn keep_to_bound(&mut self) {}
 }
 
 /// Identifies one posted receive.
@@ -250,6 +254,10 @@ impl Sink for Matcher {
             env.arrival = c.arrival;
             self.completed.push((id, env, c.room));
         }
+    }
+
+    fn keep_to_bound(&mut self) {
+        self.reading_all = false;
     }
 
     fn wants(&self, source: usize) -> bool {

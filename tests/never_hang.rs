@@ -77,6 +77,27 @@ fn ranks_that_finalize_with_unread_messages_both_finish() {
 }
 
 #[test]
+fn a_rank_that_streams_at_a_finalizing_rank_does_not_keep_it() {
+    each_mode(2, &["hang", "stream-at-finalized"], |mode, out| {
+        assert_eq!(out.code(), Some(0), "{mode}: {out:?}");
+        assert!(out.stdout.contains("all checks passed"), "{mode}: {out:?}");
+        // What rank 1 read and never received is reported, not dropped,
+        // and it read no more than its queue bound (8 MiB from one peer:
+        // 128 messages of 64 KiB) while rank 0 kept writing.
+        let reported = out
+            .stderr
+            .split("rank 1 finalized with ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        match reported {
+            Some(n) => assert!(n <= 256, "{mode}: rank 1 kept {n} messages of 64 KiB: {out:?}"),
+            None => panic!("{mode}: rank 1 reported nothing unreceived: {out:?}"),
+        }
+    });
+}
+
+#[test]
 fn a_barrier_that_only_some_ranks_call_is_peer_gone() {
     passes(4, "partial-barrier");
 }

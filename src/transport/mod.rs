@@ -210,7 +210,6 @@ impl Transport {
         }
     }
 
-    /// Moves bytes and delivers arrived messages; may sleep per `wait`.
     /// Moves bytes and delivers arrived messages; may sleep per `wait`,
     /// calling `sleeping` first.
     pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<()> {

@@ -185,7 +185,9 @@ impl SocketMesh {
         // Read on until every peer has said Bye, for a while: a message
         // still in flight is then read whole (and reported if nobody
         // received it), not dropped with the socket. A peer that is not
-        // finalizing sends nothing; after FINISH_WAIT this rank goes.
+        // finalizing sends nothing; after FINISH_WAIT this rank goes. What
+        // arrives meanwhile is kept up to the queue bound.
+        deliver.keep_to_bound();
         let until = Instant::now() + FINISH_WAIT;
         while self.peers.list.iter().flatten().any(|p| p.is_open()) && Instant::now() < until {
             if self.progress(deliver, Wait::Until(Some(until)), sleeping).is_err() {

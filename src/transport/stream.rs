@@ -18,6 +18,9 @@ use super::Delivery;
 const STAGING: usize = 64 << 10;
 /// Frames gathered into one write.
 const MAX_IOVECS: usize = 16;
+/// The most one call of `Peer::read_available` reads: a peer that keeps
+/// writing does not keep this rank from its other peers and its caller.
+const READ_SLICE: usize = 8 << 20;
 
 /// What one read or write on a link did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,13 +288,18 @@ impl<L: Link> Peer<L> {
         Ok(wrote)
     }
 
-    /// Reads until the link is empty, delivering every whole message; true
-    /// if it read anything.
+    /// Reads until the link is empty (or for READ_SLICE bytes, or up to
+    /// the queue bound), delivering every whole message; true if it read
+    /// anything.
     pub fn read_available(&mut self, max_message: u64, deliver: &mut Delivery<'_>) -> Result<bool> {
         let mut read = false;
+        let mut bytes = 0;
         loop {
             self.parse(max_message, deliver)?;
-            if self.state == PeerState::Gone {
+            // Stop at the queue bound or after a slice even while the peer
+            // keeps writing: a fast sender must not keep this rank reading
+            // (and queueing) for as long as it likes.
+            if self.state == PeerState::Gone || bytes >= READ_SLICE || !deliver.wants(self.rank()) {
                 return Ok(read);
             }
             // Large payloads are read straight into their buffer.
@@ -315,7 +323,10 @@ impl<L: Link> Peer<L> {
                 io
             };
             match io {
-                Io::Done(_) => read = true,
+                Io::Done(n) => {
+                    read = true;
+                    bytes += n;
+                }
                 Io::WouldBlock => return Ok(read),
                 Io::Closed => {
                     self.closed()?;

@@ -39,6 +39,8 @@ const SPIN: Duration = Duration::from_millis(1);
 /// How long a finalizing rank waits for a word from peers that have not
 /// said Bye (see `ShmMesh::finish`).
 const FINISH_QUIET: Duration = Duration::from_millis(100);
+/// How long a finalizing rank reads on in all, however much keeps coming.
+const FINISH_LIMIT: Duration = Duration::from_secs(1);
 /// How often a polling rank looks whether a peer waits for its core.
 const CORE_CHECK: u32 = 128;
 
@@ -379,9 +381,16 @@ impl ShmMesh {
         // (and reported below if nobody received it), not cut off when
         // this rank closes. A peer that is not finalizing (still working,
         // or waiting on this rank) sends nothing: give up on it after
-        // FINISH_QUIET of silence.
-        let mut last = Instant::now();
-        while self.peers.list.iter().flatten().any(|p| p.is_open()) && last.elapsed() < FINISH_QUIET {
+        // FINISH_QUIET of silence. A peer that streams on is read up to
+        // the queue bound and for FINISH_LIMIT at most; its sends then
+        // fail with PeerGone.
+        deliver.keep_to_bound();
+        let start = Instant::now();
+        let mut last = start;
+        while self.peers.list.iter().flatten().any(|p| p.is_open())
+            && last.elapsed() < FINISH_QUIET
+            && start.elapsed() < FINISH_LIMIT
+        {
             match self.move_bytes(deliver) {
                 Ok(true) => last = Instant::now(),
                 Ok(false) => std::thread::sleep(Duration::from_micros(200)),

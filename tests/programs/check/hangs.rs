@@ -13,6 +13,7 @@ pub fn run(world: &World, case: &str, arg: &str) -> Result<(), Error> {
         "send-to-finalized" => send_to_finalized(world, 4 << 20, 4, "send-to-finalized"),
         "small-to-finalized" => send_to_finalized(world, 16, 1, "small-to-finalized"),
         "finalize-unread" => finalize_unread(world),
+        "stream-at-finalized" => stream_at_finalized(world),
         "partial-barrier" => partial_barrier(world),
         "mismatch" => mismatch(world, arg.parse().unwrap_or(usize::MAX)),
         "wrong-buffers" => wrong_buffers(world, arg),
@@ -94,6 +95,34 @@ fn finalize_unread(world: &World) -> Result<(), Error> {
     let _pending = world.immediate_send_slice(&big, (me + 1) % n, 8)?;
     if me == 0 {
         println!("hang finalize-unread: all checks passed");
+    }
+    Ok(())
+}
+
+/// Rank 0 sends to rank 1 for as long as it can while rank 1 finalizes:
+/// rank 1's finalize ends (it reads on only up to its queue bound and for
+/// a bounded time) and rank 0's send becomes PeerGone.
+fn stream_at_finalized(world: &World) -> Result<(), Error> {
+    world.barrier()?;
+    if world.rank() == 1 {
+        return Ok(());
+    }
+    let data = vec![5u8; 64 << 10];
+    let start = Instant::now();
+    let mut sent = 0usize;
+    let outcome = loop {
+        if let Err(e) = world.send_slice(&data, 1) {
+            break e;
+        }
+        sent += 1;
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "rank 1 read {sent} messages of 64 KiB in 20 s while finalizing"
+        );
+    };
+    match outcome {
+        Error::PeerGone { rank: 1 } => println!("hang stream-at-finalized: all checks passed"),
+        other => panic!("rank 0: streaming at a finalizing rank ended with {other:?}"),
     }
     Ok(())
 }
