@@ -8,6 +8,9 @@
  *        mpi_bench barrier [iterations]
  *        mpi_bench idle [seconds]
  *        mpi_bench hello
+ *
+ * BENCH_REPEAT=N (a whole number, 1 when unset) multiplies every warm-up and
+ * timed iteration count, as in spmd's examples/common/mod.rs.
  */
 #include <mpi.h>
 #include <stdio.h>
@@ -19,12 +22,14 @@
 #define WINDOW 64
 
 static int rank, size;
+/* BENCH_REPEAT: how many times the usual iterations each figure runs. */
+static int repeat = 1;
 
 static void latency(size_t max) {
     char *buf = calloc(max > 0 ? max : 1, 1);
     if (rank == 0) printf("# mpi latency test\n%-10s%20s\n", "# Size", "Latency (us)");
     for (size_t s = 0; s <= max; s = s ? s * 2 : 1) {
-        int warmup = s > 8192 ? 10 : 1000, iters = s > 8192 ? 100 : 10000;
+        int warmup = (s > 8192 ? 10 : 1000) * repeat, iters = (s > 8192 ? 100 : 10000) * repeat;
         double start = 0;
         MPI_Barrier(MPI_COMM_WORLD);
         for (int i = 0; i < warmup + iters; i++) {
@@ -49,7 +54,7 @@ static void bw(size_t max) {
     MPI_Request req[WINDOW];
     if (rank == 0) printf("# mpi bandwidth test\n%-10s%20s\n", "# Size", "Bandwidth (MB/s)");
     for (size_t s = 1; s <= max; s *= 2) {
-        int warmup = s > 8192 ? 2 : 10, iters = s > 8192 ? 20 : 100;
+        int warmup = (s > 8192 ? 2 : 10) * repeat, iters = (s > 8192 ? 20 : 100) * repeat;
         double start = 0;
         MPI_Barrier(MPI_COMM_WORLD);
         for (int i = 0; i < warmup + iters; i++) {
@@ -100,6 +105,8 @@ static void collective(enum which what, const char *name, size_t max, size_t min
     for (size_t s = min < 4 ? 4 : min; s <= max; s *= 2) {
         int warmup = s > 8192 ? 10 : 200, iters = s > 8192 ? 100 : 2000;
         if (fixed_iters > 0) { warmup = fixed_iters / 10; iters = fixed_iters; }
+        warmup *= repeat;
+        iters *= repeat;
         double start = 0, mine, total;
         MPI_Barrier(MPI_COMM_WORLD);
         for (int i = 0; i < warmup + iters; i++) {
@@ -116,7 +123,8 @@ static void collective(enum which what, const char *name, size_t max, size_t min
 
 static void barrier(int iters) {
     if (iters <= 0) iters = 2000;
-    int warmup = iters / 10;
+    int warmup = iters / 10 * repeat;
+    iters *= repeat;
     double start = 0, mine, total;
     MPI_Barrier(MPI_COMM_WORLD);
     for (int i = 0; i < warmup + iters; i++) {
@@ -155,6 +163,17 @@ int main(int argc, char **argv) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     const char *mode = argc > 1 ? argv[1] : "hello";
+    const char *repeat_text = getenv("BENCH_REPEAT");
+    if (repeat_text) {
+        char *end;
+        long n = strtol(repeat_text, &end, 10);
+        if (*repeat_text == '\0' || *end != '\0' || n < 1 || n > 1000000) {
+            if (rank == 0) fprintf(stderr, "mpi_bench: BENCH_REPEAT must be a whole number of at least 1, got \"%s\"\n", repeat_text);
+            MPI_Finalize();
+            return 2;
+        }
+        repeat = (int)n;
+    }
     double arg = argc > 2 ? atof(argv[2]) : 0;
     double arg2 = argc > 3 ? atof(argv[3]) : 0, arg3 = argc > 4 ? atof(argv[4]) : 0;
     if (!strcmp(mode, "latency")) latency(arg > 0 ? (size_t)arg : 4 << 20);

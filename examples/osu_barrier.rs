@@ -10,7 +10,7 @@ use spmd::op;
 fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
     let iters: usize = common::arg(&world, 1, "iterations", 2000usize).max(1);
-    let warmup = iters / 10;
+    let (warmup, iters) = common::repeated(&world, (iters / 10, iters));
     world.barrier()?;
     let mut start = 0.0;
     for i in 0..warmup + iters {

@@ -28,7 +28,7 @@ fn main() -> Result<(), spmd::Error> {
     }
     let mut size = 1;
     while size <= max {
-        let mb_s = window(&world, size, iterations(size))?;
+        let mb_s = window(&world, size, common::repeated(&world, iterations(size)))?;
         if world.rank() == 0 {
             println!("{size:<10}{mb_s:>20.2}");
         }

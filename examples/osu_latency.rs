@@ -40,9 +40,9 @@ fn main() -> Result<(), spmd::Error> {
     let mut size = if serde { 8 } else { 0 };
     loop {
         let lat = if serde {
-            ping_pong_serde(&world, size / 8, iterations(size))?
+            ping_pong_serde(&world, size / 8, common::repeated(&world, iterations(size)))?
         } else {
-            ping_pong(&world, &mut buf[..size], iterations(size))?
+            ping_pong(&world, &mut buf[..size], common::repeated(&world, iterations(size)))?
         };
         if world.rank() == 0 {
             println!("{size:<10}{lat:>20.2}");

@@ -189,6 +189,30 @@ fn benchmarks_print_osu_tables() {
 }
 
 #[test]
+fn a_bad_bench_repeat_ends_the_job_with_a_message_naming_it() {
+    for (name, args) in [
+        ("osu_latency", vec!["8"]),
+        ("osu_bw", vec!["8"]),
+        ("osu_barrier", vec!["10"]),
+    ] {
+        let program = example(name);
+        let mut argv = vec!["-n", "2", program.as_str()];
+        argv.extend(args.iter().copied());
+        let mut cmd = spmdrun(&argv);
+        cmd.env("BENCH_REPEAT", "0");
+        let out = run(cmd);
+        assert_eq!(out.code(), Some(2), "{name}: {out:?}");
+        assert!(
+            out.stderr.contains("called abort(2)")
+                && out
+                    .stderr
+                    .contains("BENCH_REPEAT must be a whole number of at least 1, got \"0\""),
+            "{name}: {out:?}"
+        );
+    }
+}
+
+#[test]
 fn bad_example_arguments_end_the_job_with_a_message_naming_them() {
     for (name, args, says) in [
         ("osu_latency", vec!["abc"], "max-bytes must be a number, got \"abc\""),

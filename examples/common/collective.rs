@@ -27,11 +27,14 @@ pub fn sweep(
         let n = size / 4;
         let send = vec![1.0f32; n * parts.0];
         let mut recv = vec![0.0f32; n * parts.1];
-        let (warmup, iters) = match fixed_iterations {
-            Some(n) => (n / 10, n.max(1)),
-            None if size > 8192 => (10, 100),
-            None => (200, 2000),
-        };
+        let (warmup, iters) = super::repeated(
+            world,
+            match fixed_iterations {
+                Some(n) => (n / 10, n.max(1)),
+                None if size > 8192 => (10, 100),
+                None => (200, 2000),
+            },
+        );
         world.barrier()?;
         let mut start = 0.0;
         for i in 0..warmup + iters {

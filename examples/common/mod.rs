@@ -1,6 +1,7 @@
 //! Helpers the examples share: their command-line arguments (a value, its
 //! default when it is absent, or the whole job ended with a message naming
-//! what was wrong), and the loop of the OSU collective benchmarks.
+//! what was wrong), the `BENCH_REPEAT` factor, and the loop of the OSU
+//! collective benchmarks.
 
 use std::str::FromStr;
 
@@ -23,4 +24,24 @@ pub fn arg<T: FromStr>(world: &spmd::World, index: usize, name: &str, default: T
             world.abort_with_message(2, &format!("{program}: {name} must be a number, got {text:?}"))
         }
     }
+}
+
+/// The OSU-style benchmarks' (warm-up, timed) iterations for one size,
+/// times `BENCH_REPEAT` (a whole number, 1 when unset): with more, each
+/// figure covers more of the scheduler's time slices, which is what a
+/// figure measured beside other work needs (`scripts/bench-vs-mpi --load`;
+/// `bench/mpi_bench.c` reads the same variable).
+#[allow(dead_code)]
+pub fn repeated(world: &spmd::World, (warmup, iters): (usize, usize)) -> (usize, usize) {
+    let times = match std::env::var("BENCH_REPEAT") {
+        Err(_) => 1,
+        Ok(text) => match text.parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => world.abort_with_message(
+                2,
+                &format!("BENCH_REPEAT must be a whole number of at least 1, got {text:?}"),
+            ),
+        },
+    };
+    (warmup * times, iters * times)
 }
