@@ -211,6 +211,11 @@ impl<L: Link> Peer<L> {
         self.state != PeerState::Gone
     }
 
+    /// True if the peer may still send: it has neither said Bye nor gone.
+    pub fn may_send_more(&self) -> bool {
+        self.state == PeerState::Open
+    }
+
     /// True if no frame is half read.
     pub fn is_idle(&self) -> bool {
         self.incoming.is_none() && self.staged.is_empty()

@@ -387,7 +387,7 @@ impl ShmMesh {
         deliver.keep_to_bound();
         let start = Instant::now();
         let mut last = start;
-        while self.peers.list.iter().flatten().any(|p| p.is_open())
+        while self.peers.list.iter().flatten().any(|p| p.may_send_more())
             && last.elapsed() < FINISH_QUIET
             && start.elapsed() < FINISH_LIMIT
         {
