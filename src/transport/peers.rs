@@ -119,6 +119,11 @@ impl<L: Link> Peers<L> {
             .is_some_and(|p| p.died || (p.write_closed && p.state == PeerState::Open))
     }
 
+    /// True if some peer may still send: it has neither said Bye nor gone.
+    pub fn any_may_send_more(&self) -> bool {
+        self.list.iter().flatten().any(Peer::may_send_more)
+    }
+
     /// True if nothing more can be sent to `rank`.
     pub fn is_closed(&self, rank: usize) -> bool {
         self.list[rank].as_ref().is_none_or(|p| p.cannot_send())

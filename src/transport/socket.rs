@@ -189,7 +189,7 @@ impl SocketMesh {
         // arrives meanwhile is kept up to the queue bound.
         deliver.keep_to_bound();
         let until = Instant::now() + FINISH_WAIT;
-        while self.peers.list.iter().flatten().any(|p| p.may_send_more()) && Instant::now() < until {
+        while self.peers.any_may_send_more() && Instant::now() < until {
             if self.progress(deliver, Wait::Until(Some(until)), sleeping).is_err() {
                 break;
             }

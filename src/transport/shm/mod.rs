@@ -387,10 +387,7 @@ impl ShmMesh {
         deliver.keep_to_bound();
         let start = Instant::now();
         let mut last = start;
-        while self.peers.list.iter().flatten().any(|p| p.may_send_more())
-            && last.elapsed() < FINISH_QUIET
-            && start.elapsed() < FINISH_LIMIT
-        {
+        while self.peers.any_may_send_more() && last.elapsed() < FINISH_QUIET && start.elapsed() < FINISH_LIMIT {
             match self.move_bytes(deliver) {
                 Ok(true) => last = Instant::now(),
                 Ok(false) => std::thread::sleep(Duration::from_micros(200)),
