@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use spmd::wire::{Settings, TransportKind, WaitMode, env};
+use spmd::wire::{Settings, SingleCopy, TransportKind, WaitMode, env};
 
 use crate::hostfile;
 
@@ -25,6 +25,12 @@ User settings, read from spmdrun's environment (or given with -x):
                                 sleeps (default auto: spin with a core per
                                 rank, yielding while a peer shares its core;
                                 yield with more ranks than cores)
+  SPMD_SINGLE_COPY=auto|always|off
+                                when a large message between ranks on one
+                                machine is copied once, straight from the
+                                sender's memory, where the kernel allows it
+                                (default auto: when messages queue up on a
+                                machine with more runnable tasks than cores)
 
 Exit status: 0 when every rank exits 0; otherwise the first failure's: the
 code a rank exited with or gave to abort (101 for a panic), 128+N for a rank
@@ -265,6 +271,10 @@ fn check(args: Args) -> Result<Options, String> {
         Some(v) => WaitMode::parse(&v)?,
         None => None,
     };
+    let single_copy = match setting(env::SINGLE_COPY) {
+        Some(v) => SingleCopy::parse(&v)?,
+        None => SingleCopy::Auto,
+    };
     let mut command = args.command.into_iter();
     let Some(program) = command.next() else {
         return Err("no program given".into());
@@ -282,6 +292,7 @@ fn check(args: Args) -> Result<Options, String> {
         settings: Settings {
             transport,
             wait: wait.unwrap_or(WaitMode::Spin),
+            single_copy,
         },
         wait_chosen: wait.is_some(),
         program,
@@ -315,11 +326,11 @@ fn parse_export(x: &str) -> Result<(String, String), String> {
             "-x {x:?}: expected VAR or VAR=VALUE with VAR made of letters, digits and _"
         ));
     }
-    if name.starts_with("SPMD_") && name != env::TRANSPORT && name != env::WAIT {
+    let user_settings = [env::TRANSPORT, env::WAIT, env::SINGLE_COPY];
+    if name.starts_with("SPMD_") && !user_settings.contains(&name) {
         return Err(format!(
-            "-x {name}: SPMD_ variables are set by spmdrun itself (only {} and {} are user settings)",
-            env::TRANSPORT,
-            env::WAIT
+            "-x {name}: SPMD_ variables are set by spmdrun itself (only {} are user settings)",
+            user_settings.join(", ")
         ));
     }
     let value = match value {

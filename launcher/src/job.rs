@@ -70,6 +70,7 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
     let settings = Settings {
         transport: opts.settings.transport,
         wait: wait_mode(&opts),
+        single_copy: opts.settings.single_copy,
     };
     if settings.transport == TransportKind::Shm && opts.ranks > 1 {
         crate::memory::check_shared_memory(opts.ranks)?;

@@ -143,17 +143,20 @@ impl Engine {
         // Whatever happens, even a panic, the queue must not keep pointing
         // into `payload` once this call ends.
         let result = catch_unwind(AssertUnwindSafe(|| self.wait_sent(Some(ticket), dest)));
-        self.transport.own(ticket);
+        self.own_sent(Some(ticket));
         result.unwrap_or_else(|panic| resume_unwind(panic))
     }
 
     /// Starts a send without waiting: writes what fits now straight from
-    /// `payload`, and copies only the rest to be written later.
+    /// `payload`, and copies only the rest to be written later. A message
+    /// that goes as an offer is copied first, so that the receiver copies
+    /// from memory the queue owns.
     pub fn send_eager(&mut self, dest: usize, head: Head, payload: &[u8]) -> Result<Sent> {
-        let sent = self.send_borrowed(dest, head, payload)?;
-        if let Some(ticket) = sent {
-            self.transport.own(ticket);
+        if self.transport.would_offer(dest, payload.len()) {
+            return self.send(dest, head, crate::pool::copy_of(payload));
         }
+        let sent = self.send_borrowed(dest, head, payload)?;
+        self.own_sent(sent);
         Ok(sent)
     }
 
@@ -168,11 +171,23 @@ impl Engine {
         self.send_borrowed(dest, head, payload)
     }
 
-    /// Copies what a lent send has not written yet, ending its borrow.
+    /// Copies what a lent send has not written yet, ending its borrow. A
+    /// send that went as an offer cannot be copied while the receiver may
+    /// be copying from it: this waits until the receiver has taken it, or
+    /// has finalized or gone. Never panics, so that a scope can call it
+    /// while unwinding.
     pub fn own_sent(&mut self, sent: Sent) {
-        if let Some(ticket) = sent {
-            self.transport.own(ticket);
+        let Some(ticket) = sent else { return };
+        let on = WaitOn::p2p(WaitOp::Send, Some(ticket.dest), None, 0);
+        let reading_all = self.matcher.read_all(true);
+        while !self.transport.own(ticket) {
+            // An error here is another's to report; the receiver's own
+            // failure or end stops it from copying, which `own` sees.
+            if self.sleep_step(on, None).is_err() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
+        self.matcher.read_all(reading_all);
     }
 
     /// Posts a receive that may land straight in `len` bytes at `buf` (for
@@ -200,7 +215,7 @@ impl Engine {
             return Ok(());
         };
         if mesh.anything_arrived() {
-            mesh.move_bytes(&mut self.matcher)?;
+            mesh.move_bytes(&mut self.matcher, false)?;
         }
         Ok(())
     }
@@ -252,6 +267,12 @@ impl Engine {
         let result = (|| {
             while !self.transport.is_sent(ticket) {
                 if self.transport.is_closed(dest) {
+                    // It may have taken an offer just before it closed:
+                    // read what it wrote last before giving up on it.
+                    self.step(Wait::No)?;
+                    if self.transport.is_sent(ticket) {
+                        break;
+                    }
                     return Err(self.gone(dest));
                 }
                 self.sleep_step(on, None)?;
@@ -356,7 +377,7 @@ impl Engine {
                 let Some(mesh) = self.transport.node() else {
                     return Err(Error::InvalidArgument("a node-wide wait without shared memory".into()));
                 };
-                if mesh.move_bytes(&mut self.matcher)? {
+                if mesh.move_bytes(&mut self.matcher, true)? {
                     continue;
                 }
                 if let Some(s) = &self.status {

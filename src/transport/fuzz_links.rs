@@ -45,10 +45,10 @@ impl Link for Bytes<'_> {
 
 /// Parses `data` as the stream from rank 1, in reads sized by `cuts`.
 pub(crate) fn stream(data: &[u8], cuts: &[u8], sink: &mut dyn Sink) -> Result<()> {
-    let mut peer = Peer::new(1, Bytes { data, cuts, read: 0 });
+    let mut peer = Peer::new(0, 1, Bytes { data, cuts, read: 0 });
     // A stream never delivers more than what it holds, so this ends.
     for _ in 0..=data.len() {
-        peer.read_available(1 << 20, sink)?;
+        peer.read_available(1 << 20, sink, true)?;
         if !peer.is_open() {
             break;
         }

@@ -12,6 +12,9 @@ use crate::wire::{Card, Header, Settings, TransportKind};
 
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_links;
+mod link;
+mod offer;
+mod outgoing;
 mod peers;
 pub(crate) mod shm;
 mod socket;
@@ -72,7 +75,8 @@ pub(crate) enum Wait {
 /// Identifies one queued frame, to ask whether it has been sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SendTicket {
-    dest: usize,
+    /// The rank the frame goes to.
+    pub dest: usize,
     seq: u64,
 }
 
@@ -125,7 +129,8 @@ impl Transport {
             Endpoint::Shm(e) => {
                 let index = ranks.iter().position(|r| *r == me).unwrap_or(0);
                 let node = NodeRanks { ranks, me: index };
-                ShmMesh::connect(e, size, node, table.segments, max_message, settings.wait).map(Transport::Shm)
+                let (wait, single_copy) = (settings.wait, settings.single_copy);
+                ShmMesh::connect(e, size, node, table.segments, max_message, wait, single_copy).map(Transport::Shm)
             }
         }
     }
@@ -165,12 +170,24 @@ impl Transport {
         }
     }
 
-    /// Makes a queued frame's borrowed payload owned.
-    pub fn own(&mut self, ticket: SendTicket) {
+    /// Makes a queued frame's borrowed payload owned; false if it cannot
+    /// yet, because the receiver may be copying straight from it (an
+    /// offer): wait until it is sent or the receiver has gone.
+    #[must_use]
+    pub fn own(&mut self, ticket: SendTicket) -> bool {
         match self {
-            Transport::Alone => {}
+            Transport::Alone => true,
             Transport::Socket(m) => m.peers.own(ticket),
             Transport::Shm(m) => m.peers.own(ticket),
+        }
+    }
+
+    /// True if a message of `len` bytes to `dest` would go as an offer:
+    /// its payload would have to stay in place until the receiver took it.
+    pub fn would_offer(&self, dest: usize, len: usize) -> bool {
+        match self {
+            Transport::Shm(m) => m.peers.would_offer(dest, len),
+            _ => false,
         }
     }
 

@@ -41,9 +41,10 @@ impl<L: Link> Peers<L> {
         }
         let ticket = SendTicket {
             dest,
-            seq: peer.push(header.encode(), payload),
+            seq: peer.push(&header, payload),
         };
         if let Err(e) = peer.flush() {
+            // The link failed: nobody copies from an offer any more.
             self.own(ticket);
             return Err(e);
         }
@@ -56,7 +57,7 @@ impl<L: Link> Peers<L> {
     /// # Safety
     ///
     /// `payload` must stay valid until the frame is sent ([`Peers::is_sent`])
-    /// or the caller has called [`Peers::own`] for the ticket.
+    /// or [`Peers::own`] has returned true for the ticket.
     pub unsafe fn queue_borrowed(&mut self, dest: usize, header: Header, payload: &[u8]) -> Result<SendTicket> {
         self.push_and_flush(dest, header, Payload::Borrowed(payload.as_ptr(), payload.len()))
     }
@@ -85,22 +86,21 @@ impl<L: Link> Peers<L> {
     }
 
     /// Copies a borrowed payload that is still queued, so the caller's
-    /// borrow can end.
-    pub fn own(&mut self, ticket: SendTicket) {
-        let Some(peer) = self.list[ticket.dest].as_mut() else {
-            return;
-        };
-        let Some(index) = ticket.seq.checked_sub(peer.sent) else {
-            return;
-        };
-        if let Some(o) = peer.out.get_mut(index as usize) {
-            o.own_rest();
-        }
+    /// borrow can end; false if it cannot end yet: the frame went as an
+    /// offer that the peer may be copying from (see [`Peer::own`]).
+    pub fn own(&mut self, ticket: SendTicket) -> bool {
+        self.list[ticket.dest].as_mut().is_none_or(|p| p.own(ticket.seq))
     }
 
-    /// True once the frame has been written in full.
+    /// True if a message of `len` bytes to `dest` would go as an offer.
+    pub fn would_offer(&self, dest: usize, len: usize) -> bool {
+        self.list[dest].as_ref().is_some_and(|p| p.would_offer(len))
+    }
+
+    /// True once the frame has been written in full and, if it went as an
+    /// offer, taken.
     pub fn is_sent(&self, ticket: SendTicket) -> bool {
-        self.list[ticket.dest].as_ref().is_none_or(|p| ticket.seq < p.sent)
+        self.list[ticket.dest].as_ref().is_none_or(|p| p.is_sent(ticket.seq))
     }
 
     /// True if `rank` can send nothing more.
@@ -144,9 +144,10 @@ impl<L: Link> Peers<L> {
         first.map(|()| wrote)
     }
 
-    /// True if some open peer still has queued output.
+    /// True if some open peer still has queued output, or an offer out
+    /// that it may still take.
     pub fn pending_output(&self) -> bool {
-        self.list.iter().flatten().any(Peer::has_output)
+        self.list.iter().flatten().any(|p| p.has_output() || p.awaits_taken())
     }
 
     /// Queues a Bye to every peer whose link is open.
@@ -154,7 +155,7 @@ impl<L: Link> Peers<L> {
         let me = self.me as u32;
         for p in self.list.iter_mut().flatten() {
             if !p.cannot_send() {
-                p.push(Header::plain(Kind::Bye, me, 0).encode(), Payload::Owned(Vec::new()));
+                p.push(&Header::plain(Kind::Bye, me, 0), Payload::Owned(Vec::new()));
             }
         }
     }

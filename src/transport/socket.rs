@@ -96,7 +96,7 @@ impl SocketMesh {
                     format!("a link to rank {rank}, which is not another rank of this job, or a second one"),
                 ));
             }
-            list[rank] = Some(Peer::new(rank, UnixLink::new(fd, &format!("rank {rank}"))?));
+            list[rank] = Some(Peer::new(me, rank, UnixLink::new(fd, &format!("rank {rank}"))?));
         }
         Ok(SocketMesh {
             peers: Peers { me, list, max_message },
@@ -164,7 +164,7 @@ impl SocketMesh {
             if let Some(p) = self.peers.list[rank].as_mut() {
                 p.flush()?;
                 if !p.paused {
-                    p.read_available(max, deliver)?;
+                    p.read_available(max, deliver, true)?;
                 }
             }
         }

@@ -9,9 +9,11 @@ use std::io::IoSlice;
 
 use crate::envelope::{Envelope, Format, Landing};
 use crate::error::{Error, Result};
-use crate::wire::{HEADER_LEN, Header, Kind};
+use crate::wire::{HEADER_LEN, Header, Kind, Offer};
 
 use super::Delivery;
+pub(crate) use super::link::{Io, Link};
+pub(super) use super::outgoing::{Outgoing, Payload};
 
 /// Bytes read from a link per call while parsing small frames; payloads
 /// larger than this are read straight into their buffer.
@@ -21,85 +23,6 @@ const MAX_IOVECS: usize = 16;
 /// The most one call of `Peer::read_available` reads: a peer that keeps
 /// writing does not keep this rank from its other peers and its caller.
 const READ_SLICE: usize = 8 << 20;
-
-/// What one read or write on a link did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Io {
-    /// Moved this many bytes (more than zero).
-    Done(usize),
-    /// Nothing can move now.
-    WouldBlock,
-    /// The other end has gone.
-    Closed,
-}
-
-/// One direction-agnostic byte stream to a peer.
-pub(crate) trait Link {
-    /// Writes a prefix of the concatenated slices.
-    fn write(&mut self, iov: &[IoSlice<'_>]) -> Result<Io>;
-    /// Reads into a prefix of `buf`.
-    fn read(&mut self, buf: &mut [u8]) -> Result<Io>;
-    /// Sends a whole small message beside the stream, if the link has such
-    /// a path and the message may take it now; false if it must be framed.
-    /// Only called when nothing is queued for the stream.
-    fn try_send_beside(&mut self, _header: &Header, _payload: &[u8]) -> Result<bool> {
-        Ok(false)
-    }
-}
-
-/// The bytes of an outgoing frame: owned, or borrowed from a caller that
-/// waits until they are written (see [`Peers::queue_borrowed`]).
-#[derive(Debug)]
-pub(super) enum Payload {
-    Owned(Vec<u8>),
-    Borrowed(*const u8, usize),
-}
-
-impl Payload {
-    pub(super) fn bytes(&self) -> &[u8] {
-        match self {
-            Payload::Owned(v) => v,
-            // SAFETY: a borrowed payload stays valid while it is queued: the
-            // caller of `queue_borrowed` either waits until it is written or
-            // calls `own` before its borrow ends.
-            Payload::Borrowed(ptr, len) => unsafe { std::slice::from_raw_parts(*ptr, *len) },
-        }
-    }
-}
-
-/// One outgoing frame and how much of it has been written.
-#[derive(Debug)]
-pub(super) struct Outgoing {
-    header: [u8; HEADER_LEN],
-    pub(super) payload: Payload,
-    written: usize,
-}
-
-impl Outgoing {
-    fn total(&self) -> usize {
-        HEADER_LEN + self.payload.bytes().len()
-    }
-}
-
-impl Outgoing {
-    /// Replaces a borrowed payload by a copy of the part not yet written.
-    pub(super) fn own_rest(&mut self) {
-        if let Payload::Borrowed(..) = self.payload {
-            let done = self.written.saturating_sub(HEADER_LEN);
-            self.payload = Payload::Owned(crate::pool::copy_of(&self.payload.bytes()[done..]));
-            self.written -= done;
-        }
-    }
-}
-
-impl Drop for Outgoing {
-    fn drop(&mut self) {
-        if let Payload::Owned(v) = &mut self.payload {
-            crate::pool::give(std::mem::take(v));
-        }
-    }
-}
-
 /// Where an incoming payload goes.
 #[derive(Debug)]
 pub(super) enum Target {
@@ -150,8 +73,10 @@ pub(super) enum PeerState {
 /// The framed stream to one peer.
 #[derive(Debug)]
 pub(crate) struct Peer<L> {
-    rank: usize,
-    name: String,
+    /// This rank, as the source of the frames it makes itself.
+    pub(super) me: u32,
+    pub(super) rank: usize,
+    pub(super) name: String,
     pub link: L,
     pub(super) state: PeerState,
     /// The link closed without a Bye: the peer died.
@@ -164,17 +89,26 @@ pub(crate) struct Peer<L> {
     /// finalized or died.
     pub(super) write_closed: bool,
     pub(super) out: VecDeque<Outgoing>,
-    /// Sequence number of the first frame in `out`; frames below are sent.
+    /// Offers written in full whose payload the peer has not yet taken,
+    /// oldest first, with their sequence numbers.
+    pub(super) offered: VecDeque<(u64, Outgoing)>,
+    /// Sequence number of the first frame in `out`; frames below are
+    /// written (and sent, unless still in `offered`).
     pub(super) sent: u64,
     pub(super) queued: u64,
     staging: Vec<u8>,
     pub(super) staged: std::ops::Range<usize>,
     pub(super) incoming: Option<Incoming>,
+    /// Since when the offer in `incoming` has waited for a receive to
+    /// claim it; nothing after it from this peer is read meanwhile.
+    pub(super) parked: Option<std::time::Instant>,
 }
 
 impl<L: Link> Peer<L> {
-    pub fn new(rank: usize, link: L) -> Peer<L> {
+    /// The stream from rank `me` to rank `rank` over `link`.
+    pub fn new(me: usize, rank: usize, link: L) -> Peer<L> {
         Peer {
+            me: me as u32,
             rank,
             name: format!("rank {rank}"),
             link,
@@ -183,11 +117,13 @@ impl<L: Link> Peer<L> {
             paused: false,
             write_closed: false,
             out: VecDeque::new(),
+            offered: VecDeque::new(),
             sent: 0,
             queued: 0,
             staging: vec![0; STAGING],
             staged: 0..0,
             incoming: None,
+            parked: None,
         }
     }
 
@@ -216,18 +152,75 @@ impl<L: Link> Peer<L> {
         self.state == PeerState::Open
     }
 
+    /// True if an offer is out that the peer may still copy from: its
+    /// payload must stay where it is.
+    pub fn awaits_taken(&self) -> bool {
+        !self.offered.is_empty() && self.state != PeerState::Gone && !self.write_closed && !self.link.peer_finalized()
+    }
+
+    /// True once the frame with sequence number `seq` has been written
+    /// and, for an offer, taken.
+    pub fn is_sent(&self, seq: u64) -> bool {
+        seq < self.sent && self.offered.binary_search_by_key(&seq, |o| o.0).is_err()
+    }
+
+    /// Lets go of the payload of the frame `seq` if it borrows the
+    /// caller's memory: copies what is not written yet; false if it
+    /// cannot, because the peer may be copying from it right now (wait
+    /// until [`Peer::is_sent`], or until it cannot copy any more).
+    pub(super) fn own(&mut self, seq: u64) -> bool {
+        if let Ok(i) = self.offered.binary_search_by_key(&seq, |o| o.0) {
+            if self.awaits_taken() {
+                return false;
+            }
+            self.offered.remove(i);
+            return true;
+        }
+        match seq.checked_sub(self.sent).and_then(|i| self.out.get_mut(i as usize)) {
+            Some(o) => o.own_rest(),
+            None => true,
+        }
+    }
+
+    /// True if an offer waits for a receive to claim it (see `PARK_LIMIT`):
+    /// reading this peer on can take it, even with no new bytes.
+    pub fn has_parked(&self) -> bool {
+        self.parked.is_some()
+    }
+
+    /// True if a message of `len` bytes queued now would go as an offer.
+    pub fn would_offer(&self, len: usize) -> bool {
+        self.link.offers(len, !self.out.is_empty())
+    }
+
     /// True if no frame is half read.
     pub fn is_idle(&self) -> bool {
         self.incoming.is_none() && self.staged.is_empty()
     }
 
-    pub(super) fn push(&mut self, header: [u8; HEADER_LEN], payload: Payload) -> u64 {
+    /// Queues a frame; a message the peer can copy from this process goes
+    /// as an offer.
+    pub(super) fn push(&mut self, header: &Header, payload: Payload) -> u64 {
+        let bytes = payload.bytes();
+        let offer = (header.kind.is_message() && self.link.offers(bytes.len(), !self.out.is_empty())).then(|| {
+            let offer = Offer {
+                address: bytes.as_ptr() as u64,
+                len: bytes.len() as u64,
+            };
+            let head = Header {
+                kind: Kind::Offer,
+                len: Offer::LEN as u64,
+                ..*header
+            };
+            (head.encode(), offer.encode())
+        });
         let seq = self.queued;
         self.queued += 1;
         self.out.push_back(Outgoing {
-            header,
+            header: header.encode(),
             payload,
             written: 0,
+            offer,
         });
         seq
     }
@@ -251,12 +244,13 @@ impl<L: Link> Peer<L> {
             let mut iov = [IoSlice::new(&[]); 2 * MAX_IOVECS];
             let mut used = 0;
             for o in self.out.iter().take(MAX_IOVECS) {
+                let (header, body) = o.wire();
                 if o.written < HEADER_LEN {
-                    iov[used] = IoSlice::new(&o.header[o.written..]);
-                    iov[used + 1] = IoSlice::new(o.payload.bytes());
+                    iov[used] = IoSlice::new(&header[o.written..]);
+                    iov[used + 1] = IoSlice::new(body);
                     used += 2;
                 } else {
-                    iov[used] = IoSlice::new(&o.payload.bytes()[o.written - HEADER_LEN..]);
+                    iov[used] = IoSlice::new(&body[o.written - HEADER_LEN..]);
                     used += 1;
                 }
             }
@@ -268,8 +262,12 @@ impl<L: Link> Peer<L> {
                     // finished too); losing a message is not. Whether it
                     // finalized or died, its Bye (or its absence) says.
                     self.write_closed = true;
-                    let lost_message = self.out.iter().any(|o| o.header[5] != Kind::Bye as u8);
+                    let lost_message = self
+                        .out
+                        .iter()
+                        .any(|o| Kind::from_byte(o.header[5]).is_some_and(Kind::is_message));
                     self.out.clear();
+                    self.offered.clear();
                     self.sent = self.queued;
                     return if lost_message {
                         Err(Error::PeerGone { rank: self.rank })
@@ -285,7 +283,9 @@ impl<L: Link> Peer<L> {
                 front.written += take;
                 n -= take;
                 if front.written == front.total() {
-                    self.out.pop_front();
+                    if let Some(o) = self.out.pop_front().filter(|o| o.offer.is_some()) {
+                        self.offered.push_back((self.sent, o));
+                    }
                     self.sent += 1;
                 }
             }
@@ -295,12 +295,15 @@ impl<L: Link> Peer<L> {
 
     /// Reads until the link is empty (or for READ_SLICE bytes, or up to
     /// the queue bound), delivering every whole message; true if it read
-    /// anything.
-    pub fn read_available(&mut self, max_message: u64, deliver: &mut Delivery<'_>) -> Result<bool> {
+    /// anything. `waiting` says that this rank waits in spmd: an offer no
+    /// receive claims is taken in at once (see `PARK_LIMIT`).
+    pub fn read_available(&mut self, max_message: u64, deliver: &mut Delivery<'_>, waiting: bool) -> Result<bool> {
         let mut read = false;
         let mut bytes = 0;
         loop {
-            self.parse(max_message, deliver)?;
+            let parked = self.parked.is_some();
+            self.parse(max_message, deliver, waiting)?;
+            read |= parked && self.parked.is_none();
             // Stop at the queue bound or after a slice even while the peer
             // keeps writing: a fast sender must not keep this rank reading
             // (and queueing) for as long as it likes.
@@ -355,14 +358,16 @@ impl<L: Link> Peer<L> {
                 "the connection closed in the middle of a message (the rank died?)",
             ));
         }
-        if was == PeerState::Open && !self.out.is_empty() {
+        let unsent = !self.out.is_empty() || !self.offered.is_empty();
+        self.offered.clear();
+        if was == PeerState::Open && unsent {
             return Err(Error::PeerGone { rank: self.rank });
         }
         Ok(())
     }
 
     /// Turns staged bytes into messages.
-    fn parse(&mut self, max_message: u64, deliver: &mut Delivery<'_>) -> Result<()> {
+    fn parse(&mut self, max_message: u64, deliver: &mut Delivery<'_>, waiting: bool) -> Result<()> {
         loop {
             if self.incoming.is_none() {
                 if self.staged.len() < HEADER_LEN {
@@ -378,16 +383,28 @@ impl<L: Link> Peer<L> {
                         return Err(e);
                     }
                 };
-                if header.kind == Kind::Bye {
-                    self.state = PeerState::Finished;
-                    continue;
+                match header.kind {
+                    Kind::Bye => {
+                        self.state = PeerState::Finished;
+                        continue;
+                    }
+                    Kind::Taken => {
+                        self.taken()?;
+                        continue;
+                    }
+                    _ => {}
                 }
                 let len = usize::try_from(header.len)
                     .map_err(|_| Error::protocol(&self.name, "length", "larger than this machine's address space"))?;
                 let format = Format::of(header.kind, header.element);
-                let target = match deliver.claim(self.rank, header.tag, header.context, format, header.len) {
-                    Some(landing) => Target::Landing(landing),
-                    None => Target::Owned(allocate(len, &self.name)?),
+                let target = if header.kind == Kind::Offer {
+                    // The offer itself; its message is claimed once it is read.
+                    Target::Owned(vec![0; len])
+                } else {
+                    match deliver.claim(self.rank, header.tag, header.context, format, header.len) {
+                        Some(landing) => Target::Landing(landing),
+                        None => Target::Owned(allocate(len, &self.name)?),
+                    }
                 };
                 self.incoming = Some(Incoming {
                     header,
@@ -410,7 +427,27 @@ impl<L: Link> Peer<L> {
             if let Some(inc) = self.incoming.take() {
                 let h = inc.header;
                 let format = Format::of(h.kind, h.element);
+                let (len, filled) = (inc.len, inc.filled);
                 match inc.target {
+                    Target::Owned(body) if h.kind == Kind::Offer => {
+                        match self.take_offer(h, &body, max_message, deliver, waiting) {
+                            Ok(true) => self.parked = None,
+                            Ok(false) => {
+                                self.parked.get_or_insert_with(std::time::Instant::now);
+                                self.incoming = Some(Incoming {
+                                    header: h,
+                                    target: Target::Owned(body),
+                                    len,
+                                    filled,
+                                });
+                                return Ok(());
+                            }
+                            Err(e) => {
+                                self.state = PeerState::Gone;
+                                return Err(e);
+                            }
+                        }
+                    }
                     Target::Owned(payload) => {
                         let mut env = Envelope::new(self.rank, h.tag, h.context, format, payload);
                         env.call = h.call;
@@ -445,7 +482,7 @@ impl<L: Link> Peer<L> {
                 format!("the frame claims to come from rank {}", header.source),
             ));
         }
-        if !header.kind.is_message() && header.kind != Kind::Bye {
+        if !header.kind.is_addressed() && !matches!(header.kind, Kind::Bye | Kind::Taken) {
             return Err(Error::protocol(
                 &self.name,
                 "kind",
@@ -455,7 +492,20 @@ impl<L: Link> Peer<L> {
                 ),
             ));
         }
-        if self.state != PeerState::Open {
+        let fixed = match header.kind {
+            Kind::Offer => Some(Offer::LEN as u64),
+            Kind::Taken | Kind::Bye => Some(0),
+            _ => None,
+        };
+        if fixed.is_some_and(|len| len != header.len) {
+            return Err(Error::protocol(
+                &self.name,
+                "length",
+                format!("a {:?} frame of {} bytes", header.kind, header.len),
+            ));
+        }
+        // A rank that said Bye still takes what it was offered before.
+        if self.state != PeerState::Open && header.kind != Kind::Taken {
             return Err(Error::protocol(
                 &self.name,
                 "kind",
@@ -467,7 +517,7 @@ impl<L: Link> Peer<L> {
 }
 
 /// A buffer of `len` bytes, or an error if memory runs out.
-fn allocate(len: usize, from: &str) -> Result<Vec<u8>> {
+pub(super) fn allocate(len: usize, from: &str) -> Result<Vec<u8>> {
     crate::pool::take(len).ok_or_else(|| {
         Error::io(
             format!("allocating {len} bytes for a message from {from}"),

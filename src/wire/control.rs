@@ -72,6 +72,37 @@ pub struct Settings {
     pub transport: TransportKind,
     /// How ranks wait over shared memory.
     pub wait: WaitMode,
+    /// When ranks on one node copy large messages straight from the
+    /// sender's memory, where the kernel allows it.
+    pub single_copy: SingleCopy,
+}
+
+/// When a large message between two ranks of a node is copied once,
+/// straight from the sender's memory (where the kernel lets the receiver
+/// read it), instead of through the ring between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SingleCopy {
+    /// When messages queue up on a machine with more runnable tasks than
+    /// cores (the default).
+    Auto,
+    /// For every message of 256 KiB or more.
+    Always,
+    /// Never.
+    Off,
+}
+
+impl SingleCopy {
+    /// Parses the value of `SPMD_SINGLE_COPY`.
+    pub fn parse(value: &str) -> std::result::Result<SingleCopy, String> {
+        match value {
+            "auto" => Ok(SingleCopy::Auto),
+            "always" => Ok(SingleCopy::Always),
+            "off" => Ok(SingleCopy::Off),
+            other => Err(format!(
+                "SPMD_SINGLE_COPY={other:?}: expected \"auto\", \"always\" or \"off\""
+            )),
+        }
+    }
 }
 
 /// What a rank and the launcher say to each other.

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"SPMD";
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// The size of a frame header in bytes.
 pub const HEADER_LEN: usize = 32;
 
@@ -29,6 +29,14 @@ pub enum Kind {
     Proof = 6,
     /// The sender has finalized and will send nothing more.
     Bye = 7,
+    /// A message whose payload stays in the sender's memory, for the
+    /// receiver to copy from there (shared memory only): the header is the
+    /// message's (tag, context, call; `element` 0 for a serde value, else
+    /// the raw element type), and the payload is an [`Offer`].
+    Offer = 8,
+    /// The receiver has copied the payload of the oldest offer it had not
+    /// yet taken: the sender may reuse that memory.
+    Taken = 9,
 }
 
 impl Kind {
@@ -42,6 +50,8 @@ impl Kind {
             5 => Kind::Challenge,
             6 => Kind::Proof,
             7 => Kind::Bye,
+            8 => Kind::Offer,
+            9 => Kind::Taken,
             _ => return None,
         })
     }
@@ -49,6 +59,63 @@ impl Kind {
     /// True for the kinds that carry a message for the matching engine.
     pub fn is_message(self) -> bool {
         matches!(self, Kind::Serde | Kind::Raw)
+    }
+
+    /// True for the kinds whose header has a message's tag, context and
+    /// call: the messages and the offers of one.
+    pub fn is_addressed(self) -> bool {
+        self.is_message() || self == Kind::Offer
+    }
+}
+
+/// The payload of an [`Kind::Offer`] frame: where the message's bytes are
+/// in the sender's memory, and how many there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    /// The address of the first byte in the sender's address space.
+    pub address: u64,
+    /// The length of the message in bytes.
+    pub len: u64,
+}
+
+impl Offer {
+    /// The size of an encoded offer.
+    pub const LEN: usize = 16;
+
+    /// The 16 bytes of this offer.
+    pub fn encode(&self) -> [u8; Offer::LEN] {
+        let mut b = [0u8; Offer::LEN];
+        b[0..8].copy_from_slice(&self.address.to_le_bytes());
+        b[8..16].copy_from_slice(&self.len.to_le_bytes());
+        b
+    }
+
+    /// Decodes the payload of an offer from `peer` (named in errors),
+    /// checking the length against `max_len`.
+    pub fn decode(b: &[u8], peer: &str, max_len: u64) -> Result<Offer> {
+        let field = |i: usize| b.get(i..i + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
+        let (Some(address), Some(len), Offer::LEN) = (field(0), field(8), b.len()) else {
+            return Err(Error::protocol(
+                peer,
+                "offer",
+                format!("an offer has {} bytes, {} expected", b.len(), Offer::LEN),
+            ));
+        };
+        if len > max_len {
+            return Err(Error::protocol(
+                peer,
+                "offer length",
+                format!("{len} bytes is more than the limit of {max_len} bytes for a message"),
+            ));
+        }
+        if address.checked_add(len).is_none() {
+            return Err(Error::protocol(
+                peer,
+                "offer address",
+                format!("{len} bytes at {address:#x} pass the end of the address space"),
+            ));
+        }
+        Ok(Offer { address, len })
     }
 }
 
@@ -191,16 +258,16 @@ impl Header {
     pub fn check(&self, peer: impl FnOnce() -> String, max_len: u64) -> Result<()> {
         let kind = self.kind;
         let wrong = |field, detail: String| Err(Error::protocol(peer(), field, detail));
-        if kind != Kind::Raw && self.element != 0 {
+        if !matches!(kind, Kind::Raw | Kind::Offer) && self.element != 0 {
             return wrong(
                 "element",
                 format!("a {kind:?} frame must have element 0, got {}", self.element),
             );
         }
-        if !kind.is_message() && (self.tag != 0 || self.context != Context::WORLD) {
+        if !kind.is_addressed() && (self.tag != 0 || self.context != Context::WORLD) {
             return wrong("tag", format!("a {kind:?} frame must have tag 0 and context 0"));
         }
-        if self.call != 0 && !(kind.is_message() && self.context.is_collective()) {
+        if self.call != 0 && !(kind.is_addressed() && self.context.is_collective()) {
             return wrong(
                 "call",
                 format!("only collective messages have a call number, got {}", self.call),
@@ -297,7 +364,7 @@ mod tests {
             if i % 2 == 0 {
                 b[0..4].copy_from_slice(&MAGIC);
                 b[4] = VERSION;
-                b[5] = 1 + b[5] % 7;
+                b[5] = 1 + b[5] % 9;
                 if i % 4 == 0 {
                     b[6..8].fill(0);
                     b[20..24].fill(0);

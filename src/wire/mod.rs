@@ -16,8 +16,8 @@ pub mod header;
 pub mod status;
 
 pub use channel::Channel;
-pub use control::{Card, ControlMessage, Settings, TransportKind, WaitMode};
-pub use header::{Context, HEADER_LEN, Header, Kind, MAGIC, VERSION};
+pub use control::{Card, ControlMessage, Settings, SingleCopy, TransportKind, WaitMode};
+pub use header::{Context, HEADER_LEN, Header, Kind, MAGIC, Offer, VERSION};
 
 /// The largest control message accepted (card tables included).
 pub const MAX_CONTROL_LEN: u64 = 16 << 20;
@@ -47,6 +47,11 @@ pub mod env {
     /// How ranks wait over shared memory: `auto` (the default), `spin`,
     /// `yield` or `sleep`. Read by the launcher, which tells every rank.
     pub const WAIT: &str = "SPMD_WAIT";
+    /// When ranks on one node copy large messages straight from the
+    /// sender's memory: `auto` (the default), `always` or `off` (see
+    /// [`super::control::SingleCopy`]). Read by the launcher, which tells
+    /// every rank.
+    pub const SINGLE_COPY: &str = "SPMD_SINGLE_COPY";
 }
 
 /// A blocking read of one whole frame, for handshakes. Checks the header

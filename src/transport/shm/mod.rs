@@ -20,13 +20,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::wire::control::WaitMode;
+use crate::wire::control::{SingleCopy, WaitMode};
 
 mod doorbell;
 mod fastbox;
 mod link;
 mod ring;
 mod segment;
+mod single_copy;
 
 use super::peers::Peers;
 use super::stream::Peer;
@@ -151,6 +152,7 @@ impl ShmMesh {
         segments: Vec<(usize, OwnedFd)>,
         max_message: u64,
         wait: WaitMode,
+        single_copy: SingleCopy,
     ) -> Result<ShmMesh> {
         let local = node.ranks.len();
         let me = node.ranks[node.me];
@@ -186,14 +188,21 @@ impl ShmMesh {
                     format!("no segment for rank {rank}, which shares this node"),
                 ));
             };
+            // Can this rank copy straight from the peer's memory? Only if
+            // it finds the peer's segment where the peer says it mapped it.
+            let (pid, address, identity) = peer.identity();
+            let pull_from =
+                (single_copy != SingleCopy::Off && single_copy::can_read(pid, address, &identity)).then_some(pid);
             let link = RingLink::new(
                 format!("rank {rank}"),
                 peer.ring(node.me),
                 own.segment.ring(index),
                 peer.doorbell(),
                 peer.state(),
+                pull_from,
+                single_copy == SingleCopy::Always,
             );
-            list[rank] = Some(Peer::new(rank, link));
+            list[rank] = Some(Peer::new(me, rank, link));
         }
         let leader = if node.me == 0 {
             Some(&own.segment)
@@ -264,21 +273,26 @@ impl ShmMesh {
     }
 
     /// Writes what it can and reads what has arrived, without waiting; true
-    /// if anything moved.
-    pub fn move_bytes(&mut self, deliver: &mut Delivery<'_>) -> Result<bool> {
+    /// if anything moved. `waiting` says that this rank waits in spmd (it
+    /// takes in every offer no receive has claimed; see
+    /// [`Peer::read_available`]).
+    pub fn move_bytes(&mut self, deliver: &mut Delivery<'_>, waiting: bool) -> Result<bool> {
         let mut moved = self.peers.flush_all()?;
         let max = self.peers.max_message;
         for p in self.peers.list.iter_mut().flatten() {
             p.paused = !deliver.wants(p.rank());
             // Fastbox messages first; the ring stops before any bytes
             // written after a fastbox message that is waiting, so go round
-            // again while one is.
+            // again while one is. Behind a parked offer, every fastbox
+            // message came later: they wait for it.
             while p.is_open() && !p.paused {
-                moved |= p.link.fastbox_rx.drain(p.rank(), deliver)?;
-                if p.link.readable() {
-                    moved |= p.read_available(max, deliver)?;
+                if !p.has_parked() {
+                    moved |= p.link.fastbox_rx.drain(p.rank(), deliver)?;
                 }
-                if !p.link.fastbox_rx.ready() {
+                if p.link.readable() || p.has_parked() {
+                    moved |= p.read_available(max, deliver, waiting)?;
+                }
+                if p.has_parked() || !p.link.fastbox_rx.ready() {
                     break;
                 }
             }
@@ -291,11 +305,11 @@ impl ShmMesh {
     /// until a peer rings it or the deadline passes.
     pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<()> {
         let deadline = match wait {
-            Wait::No => return self.move_bytes(deliver).map(|_| ()),
+            Wait::No => return self.move_bytes(deliver, false).map(|_| ()),
             Wait::Until(d) => d,
         };
         loop {
-            if self.move_bytes(deliver)? {
+            if self.move_bytes(deliver, true)? {
                 return Ok(());
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -388,7 +402,7 @@ impl ShmMesh {
         let start = Instant::now();
         let mut last = start;
         while self.peers.any_may_send_more() && last.elapsed() < FINISH_QUIET && start.elapsed() < FINISH_LIMIT {
-            match self.move_bytes(deliver) {
+            match self.move_bytes(deliver, true) {
                 Ok(true) => last = Instant::now(),
                 Ok(false) => std::thread::sleep(Duration::from_micros(200)),
                 Err(_) => break,
@@ -396,7 +410,9 @@ impl ShmMesh {
         }
         // What arrived meanwhile is delivered, for the report of messages
         // never received.
-        let _ = self.move_bytes(deliver);
+        let _ = self.move_bytes(deliver, true);
+        // Taken offers among it are acknowledged before this rank closes.
+        let _ = self.peers.flush_all();
         self.own.state().store(CLOSED, Ordering::Release);
         self.wake_node();
         result

@@ -23,6 +23,11 @@ const OFF_MAGIC: usize = 0;
 const OFF_RING_BYTES: usize = 8;
 const OFF_LOCAL: usize = 16;
 const OFF_REGION: usize = 24;
+const OFF_PID: usize = 32;
+const OFF_ADDRESS: usize = 40;
+/// The bytes of the header a peer compares, through the owner's address
+/// space, with its own mapping: the fields above.
+const IDENTITY: usize = 48;
 const OFF_DOORBELL: usize = 64;
 const OFF_STATE: usize = 128;
 const OFF_CORE: usize = 192;
@@ -30,6 +35,11 @@ const OFF_CORE: usize = 192;
 /// A ring's control block: `head` (bytes written) and `tail` (bytes read),
 /// each on its own cache line, then the pair's fastboxes.
 pub(super) const RING_CONTROL: usize = 128 + super::fastbox::AREA;
+
+/// Where the reader of a ring, in the ring's control block, says that it
+/// can copy from the writer's memory (1) or not (0): the second word of
+/// the tail's line, written by the reader once at start-up.
+const OFF_READER_PULLS: usize = 72;
 
 /// The owner of a segment has finalized: it reads nothing more.
 pub(super) const CLOSED: u32 = 2;
@@ -140,6 +150,12 @@ impl Segment {
         segment.word64(OFF_RING_BYTES).store(ring as u64, Ordering::Relaxed);
         segment.word64(OFF_LOCAL).store(local as u64, Ordering::Relaxed);
         segment.word64(OFF_REGION).store(region as u64, Ordering::Relaxed);
+        segment
+            .word64(OFF_PID)
+            .store(u64::from(std::process::id()), Ordering::Relaxed);
+        segment
+            .word64(OFF_ADDRESS)
+            .store(segment.base.as_ptr() as u64, Ordering::Relaxed);
         segment.state().store(OPEN, Ordering::Relaxed);
         segment.word64(OFF_MAGIC).store(MAGIC, Ordering::Release);
         Ok(segment)
@@ -241,6 +257,19 @@ impl Segment {
         self.word32(OFF_CORE)
     }
 
+    /// The owner's process id, the address where the owner mapped this
+    /// segment, and the segment's first bytes (its identity): what a peer
+    /// must find at that address in the owner's memory to know that it can
+    /// copy from there (see [`super::single_copy`]).
+    pub fn identity(&self) -> (i32, u64, [u8; IDENTITY]) {
+        let mut bytes = [0u8; IDENTITY];
+        for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+            chunk.copy_from_slice(&self.word64(i * 8).load(Ordering::Acquire).to_le_bytes());
+        }
+        let pid = i32::try_from(self.word64(OFF_PID).load(Ordering::Relaxed)).unwrap_or(0);
+        (pid, self.word64(OFF_ADDRESS).load(Ordering::Relaxed), bytes)
+    }
+
     /// The ring written by the rank with local index `sender`.
     pub fn ring(&self, sender: usize) -> RingMemory {
         assert!(sender < self.local, "ring {sender} of {} on the node", self.local);
@@ -266,6 +295,24 @@ impl Segment {
         debug_assert!(start + self.region == self.len);
         // SAFETY: the region ends the mapping.
         Some((unsafe { self.base.as_ptr().add(start) }, self.region))
+    }
+}
+
+impl RingMemory {
+    fn reader_pulls_word(&self) -> &AtomicU64 {
+        // SAFETY: a word of the control block's tail line, aligned, inside
+        // a mapping the mesh keeps alive as long as its links.
+        unsafe { &*self.control.add(OFF_READER_PULLS).cast::<AtomicU64>() }
+    }
+
+    /// Says (reader) whether the reader can copy from the writer's memory.
+    pub(super) fn set_reader_pulls(&self, pulls: bool) {
+        self.reader_pulls_word().store(u64::from(pulls), Ordering::Release);
+    }
+
+    /// True if the reader said it can copy from the writer's memory.
+    pub(super) fn reader_pulls(&self) -> bool {
+        self.reader_pulls_word().load(Ordering::Acquire) == 1
     }
 }
 

@@ -1,0 +1,54 @@
+//! What each transport brings to the framed streams of [`super::stream`]:
+//! its [`Link`], one byte stream to one peer, with the optional paths
+//! beside the stream (fastboxes, offers) that shared memory has.
+
+use std::io::IoSlice;
+
+use crate::error::{Error, Result};
+use crate::wire::{Header, Offer};
+
+/// What one read or write on a link did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Io {
+    /// Moved this many bytes (more than zero).
+    Done(usize),
+    /// Nothing can move now.
+    WouldBlock,
+    /// The other end has gone.
+    Closed,
+}
+
+/// One direction-agnostic byte stream to a peer.
+pub(crate) trait Link {
+    /// Writes a prefix of the concatenated slices.
+    fn write(&mut self, iov: &[IoSlice<'_>]) -> Result<Io>;
+    /// Reads into a prefix of `buf`.
+    fn read(&mut self, buf: &mut [u8]) -> Result<Io>;
+    /// Sends a whole small message beside the stream, if the link has such
+    /// a path and the message may take it now; false if it must be framed.
+    /// Only called when nothing is queued for the stream.
+    fn try_send_beside(&mut self, _header: &Header, _payload: &[u8]) -> Result<bool> {
+        Ok(false)
+    }
+    /// True if a message of `len` bytes goes as an [`crate::wire::Kind::Offer`], for
+    /// the peer to copy straight from this process's memory (it said it
+    /// can). `queued` says that frames wait to be written before it.
+    fn offers(&self, _len: usize, _queued: bool) -> bool {
+        false
+    }
+    /// Copies an offered payload from the peer's memory into `into`;
+    /// `peer` names the peer in errors.
+    fn pull(&mut self, _offer: &Offer, _into: &mut [u8], peer: &str) -> Result<()> {
+        Err(Error::protocol(
+            peer,
+            "kind",
+            "an offer arrived on a link that carries none (offers travel only over shared memory, \
+             to a rank that said it can copy from the sender)",
+        ))
+    }
+    /// True if the peer has finalized, seen beside the stream (shared
+    /// memory): it copies nothing more from this rank.
+    fn peer_finalized(&self) -> bool {
+        false
+    }
+}
