@@ -50,12 +50,15 @@ fn each_mistake_is_named_for_what_it_is() {
     rejected(&["-n", "3", "-np", "2", "hostname"], "cannot be used multiple times");
     rejected(&["-n", "2", "--wdir", "/etc/hostname", "true"], "not a directory");
     rejected(&["-n", "2", "--wdir", "/no/such/dir", "true"], "no such directory");
+    rejected(&["-n", "2", "-x", "SPMD_SINGLE_COPY=on", "true"], "SPMD_SINGLE_COPY");
     rejected(&["-n", "2", "-x", "SPMD_WAIT=fast", "true"], "SPMD_WAIT");
     rejected(&["-n", "2", "/"], "it is a directory");
     // Attached values, and the documented user settings through -x.
     let out = run(spmdrun(&["-n3", "-x", "SPMD_TRANSPORT=socket", &example("ring")]));
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert!(out.stdout.contains("\"P0P1P2\""), "{out:?}");
+    let out = run(spmdrun(&["-n3", "-x", "SPMD_SINGLE_COPY=off", &example("ring")]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
     // The help names every variable a rank gets and the exit statuses.
     let help = run(spmdrun(&["--help"]));
     assert_eq!(help.code(), Some(0), "{help:?}");
@@ -63,6 +66,7 @@ fn each_mistake_is_named_for_what_it_is() {
         "SPMD_NODE",
         "SPMD_TRANSPORT",
         "SPMD_WAIT",
+        "SPMD_SINGLE_COPY",
         "Exit status",
         "124",
         "125",

@@ -118,3 +118,34 @@ fn sixty_four_ranks_start_on_two_cores() {
         "{out:?}"
     );
 }
+
+/// Single copy where the kernel allows it, the ring where it does not: a
+/// second user's job (root could read any process) exchanges messages of
+/// 256 KiB to 16 MiB with every one of them offered where the receiver can
+/// read the sender (`SPMD_SINGLE_COPY=always`), once with ranks the kernel
+/// lets read each other and once with ranks that made themselves
+/// non-dumpable before `init`, as hardened programs do. Every element
+/// arrives intact both times, and the job's own check of the kernel's
+/// answer shows that the two runs took the two paths.
+#[test]
+fn large_messages_arrive_intact_whether_or_not_the_kernel_allows_single_copy() {
+    let spmdrun = common::runnable_by_anyone(&common::spmdrun_path().display().to_string());
+    let check = common::runnable_by_anyone(&example("spmd-check"));
+    let dir = check.parent().expect("the copy's directory").to_path_buf();
+    for (extra, readable) in [(None, "yes"), (Some("undumpable"), "no")] {
+        let mut cmd = common::as_other_user(&spmdrun);
+        cmd.args(["-n", "2", "--timeout", "60"])
+            .arg(&check)
+            .arg("single-copy")
+            .args(extra)
+            .env("SPMD_SINGLE_COPY", "always")
+            .current_dir(&dir);
+        let out = run(cmd);
+        assert_eq!(out.code(), Some(0), "{extra:?}: {out:?}");
+        assert!(
+            out.stdout.contains(&format!("rank 1's memory readable: {readable}")),
+            "{extra:?}: {out:?}"
+        );
+        assert!(out.stdout.contains("single-copy: all checks passed"), "{out:?}");
+    }
+}

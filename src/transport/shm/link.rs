@@ -2,6 +2,7 @@
 //! peer's segment, the ring the peer writes in this rank's segment, and
 //! the fastboxes beside each.
 
+use std::cell::Cell;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -50,6 +51,8 @@ pub(crate) struct RingLink {
     /// Every large message goes as an offer, where the peer can take it
     /// (`SPMD_SINGLE_COPY=always`).
     always_offer: bool,
+    /// This rank has streamed large messages to the peer as offers.
+    streamed: Cell<bool>,
 }
 
 impl RingLink {
@@ -82,6 +85,7 @@ impl RingLink {
             fastbox_rx: FastboxRx::new(rx.fastboxes()),
             pull_from,
             always_offer,
+            streamed: Cell::new(false),
         }
     }
 
@@ -204,19 +208,28 @@ impl Link for RingLink {
     /// always when the ring is idle (a ping-pong: both ranks are awake).
     /// A stream of messages keeps the ring busy, and on a machine with
     /// more work than cores the two ranks seldom run together; there an
-    /// offer is copied once, by the receiver alone, whenever it runs.
+    /// offer is copied once, by the receiver alone, whenever it runs. A
+    /// stream is a message behind others in the ring or the queue; once a
+    /// link has streamed, every large message on it is offered while the
+    /// machine stays busy (the first message of the next burst, through
+    /// the ring, would hold up the offers queued behind it).
     fn offers(&self, len: usize, queued: bool) -> bool {
         if len < OFFER_FROM || !self.tx.reader_pulls() {
             return false;
         }
-        let ring_busy = || {
+        let in_stream = || {
             queued
+                || self.streamed.get()
                 || self
                     .tx
                     .load_tail(self.tx_head, self.tx_tail_seen, &self.peer)
                     .map_or(true, |tail| tail != self.tx_head)
         };
-        self.always_offer || (ring_busy() && single_copy::machine_is_busy())
+        let offer = self.always_offer || (in_stream() && single_copy::machine_is_busy());
+        if offer {
+            self.streamed.set(true);
+        }
+        offer
     }
 
     fn pull(&mut self, offer: &Offer, into: &mut [u8], peer: &str) -> Result<()> {

@@ -12,6 +12,7 @@ mod output;
 mod p2p;
 mod rng;
 mod scoped;
+mod single_copy;
 mod sizes;
 mod soak;
 mod workload;
@@ -31,11 +32,15 @@ fn main() -> Result<(), spmd::Error> {
         // Started by a rank, not by spmdrun: init must refuse.
         return spmd::init().map(|_| ());
     }
+    if mode == "single-copy" && rest.first().is_some_and(|a| a == "undumpable") {
+        single_copy::make_undumpable();
+    }
     let world = spmd::init()?;
     match mode {
         "p2p" => p2p::run(&world)?,
         "sizes" => sizes::run(&world)?,
         "scoped" => scoped::run(&world)?,
+        "single-copy" => single_copy::run(&world)?,
         "soak" => {
             let seed = rest.first().and_then(|s| s.parse().ok()).unwrap_or(1);
             let messages = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
