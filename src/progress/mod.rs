@@ -178,6 +178,10 @@ impl Engine {
     /// while unwinding.
     pub fn own_sent(&mut self, sent: Sent) {
         let Some(ticket) = sent else { return };
+        // The common case (nothing offered) costs one look.
+        if self.transport.own(ticket) {
+            return;
+        }
         let on = WaitOn::p2p(WaitOp::Send, Some(ticket.dest), None, 0);
         let reading_all = self.matcher.read_all(true);
         while !self.transport.own(ticket) {
