@@ -97,6 +97,14 @@ fn a_rank_that_streams_at_a_finalizing_rank_does_not_keep_it() {
     });
 }
 
+/// The last rank to finalize, after its peers have read its silence for
+/// long enough and closed, finalizes at once (it used to wait for ever on
+/// shared memory, for room to write its goodbye to peers that had gone).
+#[test]
+fn the_last_rank_to_finalize_finishes() {
+    passes(3, "last-to-finalize");
+}
+
 #[test]
 fn a_barrier_that_only_some_ranks_call_is_peer_gone() {
     passes(4, "partial-barrier");

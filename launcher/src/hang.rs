@@ -232,7 +232,7 @@ fn deadlock_line(seen: &[Seen]) -> String {
             at = p;
         }
     }
-    "deadlock: every rank is blocked inside spmd and no message is in flight:".to_string()
+    "deadlock: every rank still running is blocked inside spmd and no message is in flight".to_string()
 }
 
 /// Lines naming ranks that wait in different collectives at the same call.

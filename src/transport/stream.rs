@@ -237,7 +237,8 @@ impl<L: Link> Peer<L> {
         Ok(Some(seq))
     }
 
-    /// Writes queued frames until the link is full; true if it wrote anything.
+    /// Writes queued frames until the link is full; true if it wrote
+    /// anything, or found the peer closed (and dropped what was queued).
     pub fn flush(&mut self) -> Result<bool> {
         let mut wrote = false;
         while self.has_output() {
@@ -269,10 +270,12 @@ impl<L: Link> Peer<L> {
                     self.out.clear();
                     self.offered.clear();
                     self.sent = self.queued;
+                    // Nothing was written, but the queue is settled: true,
+                    // so that a caller waiting for it looks again.
                     return if lost_message {
                         Err(Error::PeerGone { rank: self.rank })
                     } else {
-                        Ok(wrote)
+                        Ok(true)
                     };
                 }
             };

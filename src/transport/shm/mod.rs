@@ -386,9 +386,15 @@ impl ShmMesh {
         let mut result = Ok(());
         while self.peers.pending_output() {
             // A peer that has gone does not keep the others from their Bye.
-            if let Err(e) = self.progress(deliver, Wait::Until(None), sleeping) {
-                result = result.and(Err(e));
+            match self.move_bytes(deliver, true) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => result = result.and(Err(e)),
             }
+            // Output can end without a byte moving: the peer closed (what
+            // is left to it is settled), or an offer's reader finalized.
+            // Both ring this rank's doorbell.
+            self.idle(None, &|| !self.peers.pending_output(), sleeping);
         }
         // Read on until every peer has said Bye, as long as bytes keep
         // coming: a message a peer is still writing is then read whole

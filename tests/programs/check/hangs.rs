@@ -15,6 +15,7 @@ pub fn run(world: &World, case: &str, arg: &str) -> Result<(), Error> {
         "finalize-unread" => finalize_unread(world),
         "stream-at-finalized" => stream_at_finalized(world),
         "partial-barrier" => partial_barrier(world),
+        "last-to-finalize" => last_to_finalize(world),
         "mismatch" => mismatch(world, arg.parse().unwrap_or(usize::MAX)),
         "wrong-buffers" => wrong_buffers(world, arg),
         "big-element" => big_element(world),
@@ -124,6 +125,23 @@ fn stream_at_finalized(world: &World) -> Result<(), Error> {
         Error::PeerGone { rank: 1 } => println!("hang stream-at-finalized: all checks passed"),
         other => panic!("rank 0: streaming at a finalizing rank ended with {other:?}"),
     }
+    Ok(())
+}
+
+/// Rank 0 keeps calling into spmd (reading the others' goodbyes) until
+/// every other rank has finalized and closed, and only then finalizes:
+/// its own goodbyes have nobody left to read them, and it finishes.
+fn last_to_finalize(world: &World) -> Result<(), Error> {
+    if world.rank() != 0 {
+        return Ok(());
+    }
+    // The others wait 100 ms for rank 0's goodbye, then close.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(600) {
+        assert!(world.try_probe(Match::any())?.is_none(), "nobody sent anything");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!("hang last-to-finalize: all checks passed");
     Ok(())
 }
 
