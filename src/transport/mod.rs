@@ -12,6 +12,7 @@ use crate::wire::{Card, Header, Settings, TransportKind};
 
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_links;
+mod last_look;
 mod link;
 mod offer;
 mod outgoing;

@@ -194,6 +194,16 @@ impl SocketMesh {
                 break;
             }
         }
+        // Close, then take a last look: what a peer wrote before this rank
+        // stopped reading is in the socket and counted here; a write after
+        // it fails (EPIPE), and the peer's send with it.
+        let max = self.peers.max_message;
+        for p in self.peers.list.iter_mut().flatten() {
+            let _ = nix::sys::socket::shutdown(p.link.fd.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+            if let Err(e) = p.last_look(max, deliver) {
+                first = first.and(Err(e));
+            }
+        }
         first
     }
 }

@@ -38,7 +38,7 @@ pub(super) enum Target {
 /// A frame being read: its header, and the payload so far.
 #[derive(Debug)]
 pub(super) struct Incoming {
-    header: Header,
+    pub(super) header: Header,
     pub(super) target: Target,
     pub(super) len: usize,
     pub(super) filled: usize,
@@ -96,7 +96,7 @@ pub(crate) struct Peer<L> {
     /// written (and sent, unless still in `offered`).
     pub(super) sent: u64,
     pub(super) queued: u64,
-    staging: Vec<u8>,
+    pub(super) staging: Vec<u8>,
     pub(super) staged: std::ops::Range<usize>,
     pub(super) incoming: Option<Incoming>,
     /// Since when the offer in `incoming` has waited for a receive to
@@ -476,7 +476,7 @@ impl<L: Link> Peer<L> {
         }
     }
 
-    fn check_header(&self, hb: &[u8; HEADER_LEN], max_message: u64) -> Result<Header> {
+    pub(super) fn check_header(&self, hb: &[u8; HEADER_LEN], max_message: u64) -> Result<Header> {
         let header = Header::decode(hb, &self.name, max_message)?;
         if header.source as usize != self.rank {
             return Err(Error::protocol(

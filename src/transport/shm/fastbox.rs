@@ -131,6 +131,12 @@ impl FastboxTx {
         self.sent += 1;
         Ok(true)
     }
+
+    /// True if the receiver's published count says it took every message
+    /// sent (it publishes the exact count when it finalizes).
+    pub(super) fn all_taken(&self) -> bool {
+        taken_counter(self.base).load(Ordering::Acquire) >= self.sent
+    }
 }
 
 impl FastboxRx {
@@ -207,9 +213,14 @@ impl FastboxRx {
         // Publish the count every half-round of slots: each store costs the
         // sender's next read of the line a transfer between cores.
         if self.taken / PUBLISH_EVERY != start / PUBLISH_EVERY {
-            taken_counter(self.base).store(self.taken, Ordering::Release);
+            self.publish_taken();
         }
         Ok(true)
+    }
+
+    /// Publishes the exact count of messages taken.
+    pub(super) fn publish_taken(&self) {
+        taken_counter(self.base).store(self.taken, Ordering::Release);
     }
 }
 

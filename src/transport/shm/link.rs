@@ -5,6 +5,7 @@
 use std::cell::Cell;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::wire::{Header, Offer};
@@ -12,7 +13,7 @@ use crate::wire::{Header, Offer};
 use super::super::stream::{Io, Link};
 use super::doorbell;
 use super::fastbox::{FASTBOX_DATA, FastboxRx, FastboxTx};
-use super::segment::{CLOSED, RingMemory};
+use super::segment::{CLOSED, LOOKED, RingMemory};
 use super::single_copy;
 
 /// A large write makes its bytes visible to the reader every this many
@@ -22,6 +23,11 @@ const PUBLISH_EVERY: usize = 4 << 10;
 /// copy from the sender's memory, where it can and while the receiver
 /// lags (see `RingLink::offers`).
 const OFFER_FROM: usize = 256 << 10;
+
+/// How long a writer that finds its peer closing waits for the peer's last
+/// look at what it wrote (a few microseconds of work, unless the peer is
+/// off its core) before it counts the bytes as lost.
+const LAST_LOOK_WAIT: Duration = Duration::from_secs(1);
 
 /// The link to one peer on the node.
 #[derive(Debug)]
@@ -95,10 +101,46 @@ impl RingLink {
         unsafe { &*self.peer_doorbell }
     }
 
+    fn peer_state(&self) -> u32 {
+        // SAFETY: as for the doorbell.
+        unsafe { &*self.peer_state }.load(Ordering::Acquire)
+    }
+
     /// True once the peer has finalized: it reads nothing more.
     pub(super) fn peer_closed(&self) -> bool {
-        // SAFETY: as for the doorbell.
-        unsafe { &*self.peer_state }.load(Ordering::Acquire) == CLOSED
+        self.peer_state() >= CLOSED
+    }
+
+    /// Waits for a peer that closed to take its last look at what this
+    /// rank wrote; false if it did not within [`LAST_LOOK_WAIT`].
+    ///
+    /// The peer stores CLOSED, fences, looks, then stores LOOKED. A writer
+    /// publishes, fences (in `doorbell::ring`), then checks for CLOSED: so
+    /// a write that the look missed is always followed by a check that
+    /// sees CLOSED, and comes here to learn its fate.
+    fn wait_for_last_look(&self) -> bool {
+        let deadline = Instant::now() + LAST_LOOK_WAIT;
+        while self.peer_state() != LOOKED {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+        true
+    }
+
+    /// How many of the `wrote` ring bytes just written a peer that closed
+    /// read in its last look: those count as delivered (it reports the
+    /// messages among them), the rest are lost to it.
+    fn read_before_close(&mut self, wrote: usize) -> usize {
+        if !self.wait_for_last_look() {
+            return 0;
+        }
+        let start = self.tx_head - wrote as u64;
+        match self.tx.load_tail(self.tx_head, self.tx_tail_seen, &self.peer) {
+            Ok(tail) => tail.saturating_sub(start).min(wrote as u64) as usize,
+            Err(_) => 0,
+        }
     }
 
     /// True if the peer has written ring bytes this rank has not read.
@@ -178,6 +220,10 @@ impl Link for RingLink {
         if published != wrote {
             self.tx.publish_head(self.tx_head);
             doorbell::ring(self.peer_doorbell());
+        }
+        if self.peer_closed() {
+            // What the peer did not read is refused on the next write.
+            return Ok(Io::Done(self.read_before_close(wrote)));
         }
         Ok(Io::Done(wrote))
     }
@@ -263,191 +309,12 @@ impl Link for RingLink {
             return Ok(false);
         }
         doorbell::ring(self.peer_doorbell());
-        Ok(true)
+        // Missed by the peer's last look: framed instead, it finds the
+        // ring closed, and the sender gets PeerGone.
+        Ok(!self.peer_closed() || (self.wait_for_last_look() && self.fastbox_tx.all_taken()))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    //! The real link on two threads over ordinary memory: a sender mixing
-    //! fastbox messages and ring records, a receiver reading them the way
-    //! the mesh does, each sleeping on its doorbell as a waiting rank does.
-    //! Under Miri this also checks the ring's, the fastboxes' and the
-    //! doorbells' atomics for data races and weak-memory reorderings.
-
-    use std::sync::atomic::AtomicU32;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-
-    use super::*;
-    use crate::envelope::{Envelope, Format, Landing};
-    use crate::matching::{ReceiveId, Sink};
-    use crate::transport::shm::segment::RING_CONTROL;
-    use crate::wire::{Context, Kind};
-
-    const RING: usize = 256;
-
-    /// The control block and ring of one direction, in ordinary memory.
-    struct Direction(Vec<u64>);
-
-    impl Direction {
-        fn new() -> Direction {
-            Direction(vec![0u64; (RING_CONTROL + RING) / 8])
-        }
-
-        fn memory(&mut self) -> RingMemory {
-            let control = self.0.as_mut_ptr().cast::<u8>();
-            RingMemory {
-                control,
-                // SAFETY: the ring's bytes follow the control block.
-                data: unsafe { control.add(RING_CONTROL) },
-                capacity: RING,
-            }
-        }
-    }
-
-    /// Keeps the order in which messages came out, whichever path.
-    struct Order(Arc<Mutex<Vec<u32>>>);
-
-    impl Sink for Order {
-        fn deliver(&mut self, env: Envelope) {
-            self.0.lock().unwrap().push(env.tag);
-        }
-        fn claim(&mut self, _: usize, _: u32, _: Context, _: Format, _: u64) -> Option<Landing> {
-            None
-        }
-        fn landed(&mut self, _: ReceiveId, _: Envelope) {}
-    }
-
-    fn header(tag: u32) -> Header {
-        Header {
-            kind: Kind::Raw,
-            element: 5,
-            source: 1,
-            tag,
-            context: Context(6),
-            call: 0,
-            len: 0,
-        }
-    }
-
-    // Raw pointers into memory both threads own for the test's length.
-    struct Sendable(RingLink);
-    // SAFETY: each link is used by one thread at a time; the memory it
-    // points into outlives both threads (they are scoped).
-    unsafe impl Send for Sendable {}
-
-    impl Sendable {
-        // A method, so that a closure takes the whole value (and its Send).
-        fn into_link(self) -> RingLink {
-            self.0
-        }
-    }
-
-    /// Sleeps on `bell` the way a waiting rank does, failing if the peer
-    /// never rings it although it made `ready` true (a lost wake-up).
-    fn sleep(bell: &AtomicU32, ready: &dyn Fn() -> bool, what: &str) {
-        let limit = Duration::from_secs(20);
-        let start = Instant::now();
-        doorbell::sleep_unless(bell, ready, Some(limit));
-        assert!(
-            start.elapsed() < limit,
-            "a lost wake-up: nobody rang while waiting for {what}"
-        );
-    }
-
-    #[test]
-    fn fastbox_and_ring_messages_from_one_sender_come_out_in_order() {
-        let messages: u32 = if cfg!(miri) { 200 } else { 1_000_000 };
-        let (mut forth, mut back) = (Direction::new(), Direction::new());
-        let bells = [AtomicU32::new(0), AtomicU32::new(0)];
-        let states = [AtomicU32::new(0), AtomicU32::new(0)];
-        let sender = Sendable(RingLink::new(
-            "rank 0".into(),
-            forth.memory(),
-            back.memory(),
-            &bells[0],
-            &states[0],
-            None,
-            false,
-        ));
-        let receiver = Sendable(RingLink::new(
-            "rank 1".into(),
-            back.memory(),
-            forth.memory(),
-            &bells[1],
-            &states[1],
-            None,
-            false,
-        ));
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let bells = &bells;
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                let mut link = sender.into_link();
-                let mut random = 0x9e37_79b9u32;
-                for seq in 0..messages {
-                    random ^= random << 13;
-                    random ^= random >> 17;
-                    random ^= random << 5;
-                    // Mostly small messages (the fastbox when it may),
-                    // runs of ring records in between.
-                    if random % 4 != 0 && link.try_send_beside(&header(seq), &seq.to_le_bytes()).unwrap() {
-                        continue;
-                    }
-                    let record = [seq.to_le_bytes(), 0xabcd_u32.to_le_bytes()].concat();
-                    let mut at = 0;
-                    while at < record.len() {
-                        match link.write(&[IoSlice::new(&record[at..])]).unwrap() {
-                            Io::Done(n) => at += n,
-                            _ => sleep(&bells[1], &|| link.writable(), "room in the ring"),
-                        }
-                    }
-                }
-            });
-            let order = Arc::clone(&order);
-            s.spawn(move || {
-                let mut link = receiver.into_link();
-                let mut sink = Order(Arc::clone(&order));
-                let mut pending = Vec::new();
-                let mut buf = [0u8; 64];
-                let mut rounds = 0u32;
-                while order.lock().unwrap().len() < messages as usize {
-                    // As the mesh reads a peer (ShmMesh::move_bytes).
-                    loop {
-                        link.fastbox_rx.drain(1, &mut sink).unwrap();
-                        // Now and then lose the core right here, as a rank
-                        // can: the sender may add a fastbox message and
-                        // ring bytes after it meanwhile.
-                        rounds = rounds.wrapping_add(1);
-                        if rounds % 4 == 0 {
-                            std::thread::yield_now();
-                        }
-                        if link.readable() {
-                            if let Io::Done(n) = link.read(&mut buf).unwrap() {
-                                pending.extend_from_slice(&buf[..n]);
-                                while pending.len() >= 8 {
-                                    let seq = u32::from_le_bytes(pending[..4].try_into().unwrap());
-                                    assert_eq!(&pending[4..8], &0xabcd_u32.to_le_bytes(), "a torn record");
-                                    order.lock().unwrap().push(seq);
-                                    pending.drain(..8);
-                                }
-                            }
-                        }
-                        if !link.fastbox_rx.ready() {
-                            break;
-                        }
-                    }
-                    let done = order.lock().unwrap().len() == messages as usize;
-                    if !done && rounds % 2 == 0 {
-                        sleep(&bells[0], &|| link.ready(), "a message");
-                    }
-                }
-            });
-        });
-        let order = order.lock().unwrap();
-        let first_wrong = order.iter().enumerate().find(|&(i, &seq)| seq != i as u32);
-        assert_eq!(first_wrong, None, "messages out of order");
-        assert_eq!(order.len(), messages as usize);
-    }
-}
+#[path = "link_tests.rs"]
+mod tests;

@@ -16,7 +16,7 @@
 //! room in a ring it writes to, rings the doorbell.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -33,7 +33,7 @@ use super::peers::Peers;
 use super::stream::Peer;
 use super::{Delivery, Wait};
 use link::RingLink;
-use segment::{CLOSED, Segment};
+use segment::{CLOSED, LOOKED, Segment};
 
 /// How long a rank polls before it sleeps, when it has a core to itself.
 const SPIN: Duration = Duration::from_millis(1);
@@ -374,7 +374,7 @@ impl ShmMesh {
     fn core_is_wanted(&self, core: u32) -> bool {
         core != 0
             && self.mapped.iter().flatten().any(|peer| {
-                peer.core().load(Ordering::Relaxed) == core && peer.state().load(Ordering::Relaxed) != CLOSED
+                peer.core().load(Ordering::Relaxed) == core && peer.state().load(Ordering::Relaxed) < CLOSED
             })
     }
 
@@ -419,7 +419,26 @@ impl ShmMesh {
         let _ = self.move_bytes(deliver, true);
         // Taken offers among it are acknowledged before this rank closes.
         let _ = self.peers.flush_all();
-        self.own.state().store(CLOSED, Ordering::Release);
+        // Close, then take a last look: what a peer wrote before it saw
+        // this rank closed is counted here; what it wrote after, it finds
+        // refused (see `RingLink::wait_for_last_look`).
+        self.own.state().store(CLOSED, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let max = self.peers.max_message;
+        for p in self.peers.list.iter_mut().flatten() {
+            let looked = (|| {
+                loop {
+                    p.link.fastbox_rx.drain(p.rank(), deliver)?;
+                    p.last_look(max, deliver)?;
+                    if !p.link.fastbox_rx.ready() {
+                        return Ok(());
+                    }
+                }
+            })();
+            p.link.fastbox_rx.publish_taken();
+            result = result.and(looked);
+        }
+        self.own.state().store(LOOKED, Ordering::Release);
         self.wake_node();
         result
     }

@@ -41,8 +41,13 @@ pub(super) const RING_CONTROL: usize = 128 + super::fastbox::AREA;
 /// the tail's line, written by the reader once at start-up.
 const OFF_READER_PULLS: usize = 72;
 
-/// The owner of a segment has finalized: it reads nothing more.
+/// The owner of a segment has finalized: nothing written to it from now on
+/// will be read. (Every state from here on is closed.)
 pub(super) const CLOSED: u32 = 2;
+/// The owner has finalized and taken its last look at what its peers
+/// wrote: what it has not read by now it never will (see
+/// `RingLink::wait_for_last_look`).
+pub(super) const LOOKED: u32 = 3;
 const OPEN: u32 = 1;
 
 /// The largest ring between two ranks.
@@ -246,7 +251,8 @@ impl Segment {
         self.word32(OFF_DOORBELL)
     }
 
-    /// The owner's state: [`CLOSED`] once it has finalized.
+    /// The owner's state: [`CLOSED`] once it has finalized, then
+    /// [`LOOKED`].
     pub fn state(&self) -> &AtomicU32 {
         self.word32(OFF_STATE)
     }

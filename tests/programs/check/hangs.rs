@@ -121,6 +121,7 @@ fn stream_at_finalized(world: &World) -> Result<(), Error> {
             "rank 1 read {sent} messages of 64 KiB in 20 s while finalizing"
         );
     };
+    println!("rank 0 sent {sent} messages of 64 KiB");
     match outcome {
         Error::PeerGone { rank: 1 } => println!("hang stream-at-finalized: all checks passed"),
         other => panic!("rank 0: streaming at a finalizing rank ended with {other:?}"),

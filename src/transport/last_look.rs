@@ -1,0 +1,76 @@
+//! A finalizing rank's last look at a link, once no peer can write to it
+//! any more: every message a peer finished writing is counted for the
+//! report of messages never received, so that no send that succeeded goes
+//! unaccounted for, while the payloads are dropped (nothing is kept beyond
+//! the queue bound, and no offer is copied).
+
+use crate::envelope::{Envelope, Format};
+use crate::error::Result;
+use crate::wire::{HEADER_LEN, Header, Kind};
+
+use super::Delivery;
+use super::stream::{Io, Link, Peer, PeerState};
+
+impl<L: Link> Peer<L> {
+    /// Reads the link to its end and delivers each whole message in it as
+    /// an envelope without payload (its source, tag and context are what
+    /// the report needs). The message being read when the link closed is
+    /// counted if the rest of it is there; a message cut off by the close
+    /// is not: writing it failed, so its sender got `PeerGone`.
+    pub(super) fn last_look(&mut self, max_message: u64, deliver: &mut Delivery<'_>) -> Result<()> {
+        if self.state == PeerState::Gone {
+            return Ok(());
+        }
+        self.parked = None;
+        // The frame being read, and how much of its payload is still to come.
+        let mut current: Option<(Header, usize)> = self.incoming.take().map(|i| (i.header, i.len - i.filled));
+        loop {
+            if let Some((header, rest)) = current.as_mut() {
+                let skip = (*rest).min(self.staged.len());
+                self.staged.start += skip;
+                *rest -= skip;
+                if *rest == 0 {
+                    deliver.deliver(self.unreceived(header));
+                    current = None;
+                    continue;
+                }
+            } else if self.staged.len() >= HEADER_LEN {
+                let mut bytes = [0u8; HEADER_LEN];
+                bytes.copy_from_slice(&self.staging[self.staged.start..self.staged.start + HEADER_LEN]);
+                self.staged.start += HEADER_LEN;
+                let header = self.check_header(&bytes, max_message)?;
+                match header.kind {
+                    Kind::Bye => self.state = PeerState::Finished,
+                    // This rank has no offer out any more (finalize waited
+                    // for every one to be taken).
+                    Kind::Taken => {}
+                    _ => current = Some((header, header.len as usize)),
+                }
+                continue;
+            }
+            // Read on: what is staged is consumed up to a partial header.
+            self.staging.copy_within(self.staged.clone(), 0);
+            self.staged = 0..self.staged.len();
+            let end = self.staged.end;
+            match self.link.read(&mut self.staging[end..])? {
+                Io::Done(n) => self.staged.end += n,
+                Io::WouldBlock | Io::Closed => break,
+            }
+        }
+        self.staged = 0..0;
+        Ok(())
+    }
+
+    /// The envelope, without payload, of a message this rank will never
+    /// receive (an offer carries its message's header).
+    fn unreceived(&self, header: &Header) -> Envelope {
+        let format = match (header.kind, header.element) {
+            (Kind::Offer, 0) => Format::Serde,
+            (Kind::Offer, element) => Format::Raw(element),
+            (kind, element) => Format::of(kind, element),
+        };
+        let mut env = Envelope::new(self.rank, header.tag, header.context, format, Vec::new());
+        env.call = header.call;
+        env
+    }
+}
