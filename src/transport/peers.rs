@@ -150,6 +150,11 @@ impl<L: Link> Peers<L> {
         self.list.iter().flatten().any(|p| p.has_output() || p.awaits_taken())
     }
 
+    /// True if some peer may still be copying an offer of this rank's.
+    pub fn awaits_taken(&self) -> bool {
+        self.list.iter().flatten().any(Peer::awaits_taken)
+    }
+
     /// Queues a Bye to every peer whose link is open.
     pub fn queue_byes(&mut self) {
         let me = self.me as u32;

@@ -325,6 +325,11 @@ impl ShmMesh {
     pub fn idle(&self, deadline: Option<Instant>, woken: &dyn Fn() -> bool, sleeping: &dyn Fn()) {
         let ready = || self.anything_ready() || woken();
         let poll_for = match self.wait {
+            // A peer copying this rank's offer needs a core for as long as
+            // the copy takes (tens of microseconds at least). On a machine
+            // with more runnable tasks than cores, polling would take that
+            // time from it: sleep at once; its Taken rings the doorbell.
+            _ if self.peers.awaits_taken() && single_copy::machine_is_busy() => None,
             WaitMode::Spin => Some(SPIN),
             WaitMode::Yield => Some(YIELD),
             WaitMode::Sleep => None,
