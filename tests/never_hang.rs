@@ -78,9 +78,17 @@ fn ranks_that_finalize_with_unread_messages_both_finish() {
 
 #[test]
 fn a_rank_that_streams_at_a_finalizing_rank_does_not_keep_it() {
-    each_mode(2, &["hang", "stream-at-finalized"], |mode, out| {
-        assert_eq!(out.code(), Some(0), "{mode}: {out:?}");
-        assert!(out.stdout.contains("all checks passed"), "{mode}: {out:?}");
+    for case in ["stream-at-finalized", "immediate-at-finalized"] {
+        at_a_finalizing_rank(case);
+    }
+}
+
+/// Runs a case where rank 0 streams messages of 64 KiB at rank 1 while
+/// rank 1 finalizes, and checks that every one is accounted for.
+fn at_a_finalizing_rank(case: &str) {
+    each_mode(2, &["hang", case], |mode, out| {
+        assert_eq!(out.code(), Some(0), "{case}, {mode}: {out:?}");
+        assert!(out.stdout.contains("all checks passed"), "{case}, {mode}: {out:?}");
         // Every message whose send succeeded is reported by rank 1, none
         // dropped: those it kept (up to its queue bound, 8 MiB from one
         // peer: 128 messages of 64 KiB) and those still in the link when it
@@ -96,17 +104,21 @@ fn a_rank_that_streams_at_a_finalizing_rank_does_not_keep_it() {
         let sent = number_after(&out.stdout, "rank 0 sent ");
         match (sent, reported) {
             (Some(s), Some(r)) => {
-                assert_eq!(s, r, "{mode}: rank 0 sent {s} messages, rank 1 reported {r}: {out:?}");
-                assert!(r <= 256, "{mode}: rank 1 took {r} messages of 64 KiB: {out:?}");
+                assert_eq!(
+                    s, r,
+                    "{case}, {mode}: rank 0 sent {s} messages, rank 1 reported {r}: {out:?}"
+                );
+                assert!(r <= 256, "{case}, {mode}: rank 1 took {r} messages of 64 KiB: {out:?}");
             }
-            _ => panic!("{mode}: no count sent or reported: {out:?}"),
+            _ => panic!("{case}, {mode}: no count sent or reported: {out:?}"),
         }
     });
 }
 
 /// The last rank to finalize, after its peers have read its silence for
-/// long enough and closed, finalizes at once (it used to wait for ever on
-/// shared memory, for room to write its goodbye to peers that had gone).
+/// long enough and closed, finalizes at once (over shared memory it used to
+/// sleep for ever: its goodbyes were dropped for peers that had gone, and
+/// it waited for a byte to move).
 #[test]
 fn the_last_rank_to_finalize_finishes() {
     passes(3, "last-to-finalize");

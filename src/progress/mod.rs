@@ -256,9 +256,12 @@ impl Engine {
         match sent {
             None => Ok(true),
             Some(t) if self.transport.is_sent(t) => Ok(true),
-            Some(_) => {
+            Some(t) => {
                 self.step(Wait::No)?;
-                Ok(sent.is_none_or(|t| self.transport.is_sent(t)))
+                if self.transport.is_lost(t) {
+                    return Err(self.gone(t.dest));
+                }
+                Ok(self.transport.is_sent(t))
             }
         }
     }

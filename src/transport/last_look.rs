@@ -1,22 +1,26 @@
-//! A finalizing rank's last look at a link, once no peer can write to it
-//! any more: every message a peer finished writing is counted for the
-//! report of messages never received, so that no send that succeeded goes
+//! A finalizing rank's last look at a link, once it has closed it (a peer's
+//! write from then on fails, or, over shared memory, learns that it was not
+//! seen): every message a peer finished writing is counted for the report
+//! of messages never received, so that no send that succeeded goes
 //! unaccounted for, while the payloads are dropped (nothing is kept beyond
-//! the queue bound, and no offer is copied).
+//! the queue bound, and no offer is copied: an offer not taken counts as
+//! sent for its sender, reported here).
 
 use crate::envelope::{Envelope, Format};
 use crate::error::Result;
 use crate::wire::{HEADER_LEN, Header, Kind};
 
 use super::Delivery;
-use super::stream::{Io, Link, Peer, PeerState};
+use super::stream::{Incoming, Io, Link, Peer, PeerState, Target};
 
 impl<L: Link> Peer<L> {
     /// Reads the link to its end and delivers each whole message in it as
     /// an envelope without payload (its source, tag and context are what
     /// the report needs). The message being read when the link closed is
     /// counted if the rest of it is there; a message cut off by the close
-    /// is not: writing it failed, so its sender got `PeerGone`.
+    /// is not: writing it failed, so its sender got `PeerGone`. Called
+    /// again (shared memory: after a fastbox message), it goes on where it
+    /// stopped.
     pub(super) fn last_look(&mut self, max_message: u64, deliver: &mut Delivery<'_>) -> Result<()> {
         if self.state == PeerState::Gone {
             return Ok(());
@@ -41,10 +45,19 @@ impl<L: Link> Peer<L> {
                 let header = self.check_header(&bytes, max_message)?;
                 match header.kind {
                     Kind::Bye => self.state = PeerState::Finished,
-                    // This rank has no offer out any more (finalize waited
-                    // for every one to be taken).
+                    // What this rank offered counts as sent once it has
+                    // closed: nothing waits for the acknowledgement.
                     Kind::Taken => {}
-                    _ => current = Some((header, header.len as usize)),
+                    _ => {
+                        let len = usize::try_from(header.len).map_err(|_| {
+                            crate::error::Error::protocol(
+                                &self.name,
+                                "length",
+                                "larger than this machine's address space",
+                            )
+                        })?;
+                        current = Some((header, len));
+                    }
                 }
                 continue;
             }
@@ -57,7 +70,17 @@ impl<L: Link> Peer<L> {
                 Io::WouldBlock | Io::Closed => break,
             }
         }
-        self.staged = 0..0;
+        // A frame cut off here stays begun (its payload discarded), and a
+        // partial header stays staged, for a look after this one.
+        self.incoming = current.map(|(header, rest)| {
+            let len = header.len as usize;
+            Incoming {
+                header,
+                target: Target::Discard,
+                len,
+                filled: len - rest,
+            }
+        });
         Ok(())
     }
 

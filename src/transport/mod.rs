@@ -201,6 +201,16 @@ impl Transport {
         }
     }
 
+    /// True if the send will never complete: the link to its destination
+    /// closed before the frame was written.
+    pub fn is_lost(&self, ticket: SendTicket) -> bool {
+        match self {
+            Transport::Alone => false,
+            Transport::Socket(m) => m.peers.is_lost(ticket),
+            Transport::Shm(m) => m.peers.is_lost(ticket),
+        }
+    }
+
     /// True if `rank` will deliver no more messages.
     pub fn is_gone(&self, rank: usize) -> bool {
         match self {

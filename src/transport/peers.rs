@@ -103,6 +103,11 @@ impl<L: Link> Peers<L> {
         self.list[ticket.dest].as_ref().is_none_or(|p| p.is_sent(ticket.seq))
     }
 
+    /// True if the frame will never be sent: its link closed first.
+    pub fn is_lost(&self, ticket: SendTicket) -> bool {
+        self.list[ticket.dest].as_ref().is_some_and(|p| p.is_lost(ticket.seq))
+    }
+
     /// True if `rank` can send nothing more.
     pub fn is_gone(&self, rank: usize) -> bool {
         self.list[rank]

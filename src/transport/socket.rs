@@ -172,7 +172,9 @@ impl SocketMesh {
     }
 
     /// Sends everything queued, says Bye to every peer and waits until the
-    /// bytes are in the kernel. Messages still arriving are delivered.
+    /// bytes are in the kernel. Messages still arriving are delivered; then
+    /// it stops reading and counts what is left in each socket for the
+    /// report (see `super::last_look`).
     pub fn finish(&mut self, deliver: &mut Delivery<'_>, sleeping: &dyn Fn()) -> Result<()> {
         self.peers.queue_byes();
         let mut first = Ok(());
@@ -199,7 +201,13 @@ impl SocketMesh {
         // it fails (EPIPE), and the peer's send with it.
         let max = self.peers.max_message;
         for p in self.peers.list.iter_mut().flatten() {
-            let _ = nix::sys::socket::shutdown(p.link.fd.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+            if let Err(e) = nix::sys::socket::shutdown(p.link.fd.as_raw_fd(), nix::sys::socket::Shutdown::Read) {
+                // Without it a write after the look would vanish unseen.
+                first = first.and(Err(Error::io(
+                    format!("closing the link to rank {}", p.rank()),
+                    e.into(),
+                )));
+            }
             if let Err(e) = p.last_look(max, deliver) {
                 first = first.and(Err(e));
             }

@@ -95,6 +95,10 @@ pub(crate) struct Peer<L> {
     /// Sequence number of the first frame in `out`; frames below are
     /// written (and sent, unless still in `offered`).
     pub(super) sent: u64,
+    /// The first frame that was dropped unwritten because the peer closed:
+    /// it and every later one are lost (their sends fail), whoever's call
+    /// found the link closed.
+    pub(super) lost_from: u64,
     pub(super) queued: u64,
     pub(super) staging: Vec<u8>,
     pub(super) staged: std::ops::Range<usize>,
@@ -119,6 +123,7 @@ impl<L: Link> Peer<L> {
             out: VecDeque::new(),
             offered: VecDeque::new(),
             sent: 0,
+            lost_from: u64::MAX,
             queued: 0,
             staging: vec![0; STAGING],
             staged: 0..0,
@@ -159,9 +164,19 @@ impl<L: Link> Peer<L> {
     }
 
     /// True once the frame with sequence number `seq` has been written
-    /// and, for an offer, taken.
+    /// and, for an offer, taken, or left for a peer that finalized: an
+    /// offer it did not take by then is one its last look counts for its
+    /// report (see `super::last_look`).
     pub fn is_sent(&self, seq: u64) -> bool {
-        seq < self.sent && self.offered.binary_search_by_key(&seq, |o| o.0).is_err()
+        seq < self.sent
+            && seq < self.lost_from
+            && (self.link.peer_finalized() || self.offered.binary_search_by_key(&seq, |o| o.0).is_err())
+    }
+
+    /// True if the frame `seq` will never be sent: the link closed before
+    /// it was written.
+    pub fn is_lost(&self, seq: u64) -> bool {
+        seq < self.queued && !self.is_sent(seq) && self.cannot_send()
     }
 
     /// Lets go of the payload of the frame `seq` if it borrows the
@@ -268,7 +283,10 @@ impl<L: Link> Peer<L> {
                         .iter()
                         .any(|o| Kind::from_byte(o.header[5]).is_some_and(Kind::is_message));
                     self.out.clear();
+                    // Offers written in full were seen by the peer: taken,
+                    // or counted by its last look.
                     self.offered.clear();
+                    self.lost_from = self.lost_from.min(self.sent);
                     self.sent = self.queued;
                     // Nothing was written, but the queue is settled: true,
                     // so that a caller waiting for it looks again.

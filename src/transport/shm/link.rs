@@ -25,9 +25,10 @@ const PUBLISH_EVERY: usize = 4 << 10;
 const OFFER_FROM: usize = 256 << 10;
 
 /// How long a writer that finds its peer closing waits for the peer's last
-/// look at what it wrote (a few microseconds of work, unless the peer is
-/// off its core) before it counts the bytes as lost.
-const LAST_LOOK_WAIT: Duration = Duration::from_secs(1);
+/// look at what it wrote (a pass over the rank's rings, unless the peer is
+/// off its core) before it counts the bytes as lost (and the peer, should
+/// it look after all, reports them too: counted twice, never lost).
+const LAST_LOOK_WAIT: Duration = Duration::from_secs(10);
 
 /// The link to one peer on the node.
 #[derive(Debug)]
@@ -38,8 +39,12 @@ pub(crate) struct RingLink {
     rx: RingMemory,
     /// The peer's doorbell, rung after writing or after freeing room.
     peer_doorbell: *const AtomicU32,
-    /// The peer's state word: [`CLOSED`] once it has finalized.
+    /// The peer's state word: [`CLOSED`] once it has finalized (it reads
+    /// nothing new, and takes a last look), then [`LOOKED`].
     peer_state: *const AtomicU32,
+    /// The peer's state when this rank last looked (see
+    /// [`RingLink::note_peer_state`]).
+    peer_state_seen: Cell<u32>,
     tx_head: u64,
     /// The peer's tail when last read (checked).
     tx_tail_seen: u64,
@@ -89,6 +94,7 @@ impl RingLink {
             rx_head: 0,
             fastbox_tx: FastboxTx::new(tx.fastboxes()),
             fastbox_rx: FastboxRx::new(rx.fastboxes()),
+            peer_state_seen: Cell::new(state.load(Ordering::Acquire)),
             pull_from,
             always_offer,
             streamed: Cell::new(false),
@@ -106,9 +112,23 @@ impl RingLink {
         unsafe { &*self.peer_state }.load(Ordering::Acquire)
     }
 
-    /// True once the peer has finalized: it reads nothing more.
+    /// True once the peer has finalized: it reads nothing new (only its
+    /// last look is still to come).
     pub(super) fn peer_closed(&self) -> bool {
         self.peer_state() >= CLOSED
+    }
+
+    /// True if the peer's state changed since [`RingLink::note_peer_state`]
+    /// last looked: a wait that depends on it (a send to it, an offer it
+    /// has not taken) must look again, though no byte moved.
+    pub(super) fn peer_state_changed(&self) -> bool {
+        self.peer_state() != self.peer_state_seen.get()
+    }
+
+    /// Notes the peer's state; true if it changed since the last note.
+    pub(super) fn note_peer_state(&self) -> bool {
+        let now = self.peer_state();
+        now != self.peer_state_seen.replace(now)
     }
 
     /// Waits for a peer that closed to take its last look at what this
@@ -119,12 +139,19 @@ impl RingLink {
     /// a write that the look missed is always followed by a check that
     /// sees CLOSED, and comes here to learn its fate.
     fn wait_for_last_look(&self) -> bool {
-        let deadline = Instant::now() + LAST_LOOK_WAIT;
-        while self.peer_state() != LOOKED {
-            if Instant::now() >= deadline {
+        let start = Instant::now();
+        while self.peer_state() < LOOKED {
+            let waited = start.elapsed();
+            if waited >= LAST_LOOK_WAIT {
                 return false;
             }
-            std::thread::yield_now();
+            // Briefly on the core, then off it: the peer may need the core
+            // for its look (this is rare: only a write that met the close).
+            if waited < Duration::from_micros(20) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(20));
+            }
         }
         true
     }

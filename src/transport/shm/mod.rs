@@ -265,11 +265,12 @@ impl ShmMesh {
 
     /// True if some peer has written, or a ring with queued output has room.
     fn anything_ready(&self) -> bool {
-        self.peers
-            .list
-            .iter()
-            .flatten()
-            .any(|p| p.is_open() && ((p.link.ready() && !p.paused) || (p.has_output() && p.link.writable())))
+        self.peers.list.iter().flatten().any(|p| {
+            p.is_open()
+                && ((p.link.ready() && !p.paused)
+                    || (p.has_output() && p.link.writable())
+                    || p.link.peer_state_changed())
+        })
     }
 
     /// Writes what it can and reads what has arrived, without waiting; true
@@ -280,6 +281,9 @@ impl ShmMesh {
         let mut moved = self.peers.flush_all()?;
         let max = self.peers.max_message;
         for p in self.peers.list.iter_mut().flatten() {
+            // A peer that closed (or finished its last look) changes what
+            // the caller waits for, though no byte moved.
+            moved |= p.link.note_peer_state();
             p.paused = !deliver.wants(p.rank());
             // Fastbox messages first; the ring stops before any bytes
             // written after a fastbox message that is waiting, so go round
@@ -384,8 +388,10 @@ impl ShmMesh {
     }
 
     /// Sends everything queued (to peers that still read) and says Bye to
-    /// every peer, then marks this rank closed so that nobody waits for it
-    /// to read or to make room.
+    /// every peer, reads on for the peers' Byes, then closes (nobody waits
+    /// for it to read or to make room any more) and takes a last look at
+    /// what the peers wrote, counting it for the report (see
+    /// `super::last_look`).
     pub fn finish(&mut self, deliver: &mut Delivery<'_>, sleeping: &dyn Fn()) -> Result<()> {
         self.peers.queue_byes();
         let mut result = Ok(());
@@ -422,7 +428,9 @@ impl ShmMesh {
         // What arrived meanwhile is delivered, for the report of messages
         // never received.
         let _ = self.move_bytes(deliver, true);
-        // Taken offers among it are acknowledged before this rank closes.
+        // Offers taken among it are acknowledged, where the ring back has
+        // room (an offer whose Taken does not fit counts as sent anyway
+        // once this rank has closed: see `Peer::is_sent`).
         let _ = self.peers.flush_all();
         // Close, then take a last look: what a peer wrote before it saw
         // this rank closed is counted here; what it wrote after, it finds
@@ -431,6 +439,8 @@ impl ShmMesh {
         fence(Ordering::SeqCst);
         let max = self.peers.max_message;
         for p in self.peers.list.iter_mut().flatten() {
+            // Fastbox messages came before any ring bytes still unread;
+            // ring bytes the reader will not take while a fastbox is full.
             let looked = (|| {
                 loop {
                     p.link.fastbox_rx.drain(p.rank(), deliver)?;

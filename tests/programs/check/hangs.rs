@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use spmd::op::{self, Op};
-use spmd::{Error, Match, World};
+use spmd::{Error, Match, Request, World};
 
 pub fn run(world: &World, case: &str, arg: &str) -> Result<(), Error> {
     match case {
@@ -14,6 +14,7 @@ pub fn run(world: &World, case: &str, arg: &str) -> Result<(), Error> {
         "small-to-finalized" => send_to_finalized(world, 16, 1, "small-to-finalized"),
         "finalize-unread" => finalize_unread(world),
         "stream-at-finalized" => stream_at_finalized(world),
+        "immediate-at-finalized" => immediate_at_finalized(world),
         "partial-barrier" => partial_barrier(world),
         "last-to-finalize" => last_to_finalize(world),
         "mismatch" => mismatch(world, arg.parse().unwrap_or(usize::MAX)),
@@ -143,6 +144,34 @@ fn last_to_finalize(world: &World) -> Result<(), Error> {
         std::thread::sleep(Duration::from_millis(1));
     }
     println!("hang last-to-finalize: all checks passed");
+    Ok(())
+}
+
+/// As `stream_at_finalized`, with immediate sends: rank 0 queues 400
+/// messages of 64 KiB for rank 1, which finalizes, then waits on each in
+/// turn. The sends that succeed come first, every later one fails (its
+/// frame was dropped unwritten when the link closed, whichever call found
+/// that out), and rank 1 reports as many as succeeded.
+fn immediate_at_finalized(world: &World) -> Result<(), Error> {
+    world.barrier()?;
+    if world.rank() == 1 {
+        return Ok(());
+    }
+    let data = vec![5u8; 64 << 10];
+    let requests = (0..400)
+        .map(|_| world.immediate_send_slice(&data, 1, 0))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outcomes: Vec<Result<(), Error>> = requests.into_iter().map(|r| r.wait()).collect();
+    let sent = outcomes.iter().take_while(|o| o.is_ok()).count();
+    for (i, o) in outcomes.iter().enumerate().skip(sent) {
+        assert!(
+            matches!(o, Err(Error::PeerGone { rank: 1 })),
+            "send {i} of 400 after {sent} that succeeded ended with {o:?}"
+        );
+    }
+    assert!(sent < 400, "rank 1 read all 400 messages while finalizing");
+    println!("rank 0 sent {sent} messages of 64 KiB");
+    println!("hang immediate-at-finalized: all checks passed");
     Ok(())
 }
 
