@@ -78,13 +78,14 @@ fn ranks_that_finalize_with_unread_messages_both_finish() {
 
 #[test]
 fn a_rank_that_streams_at_a_finalizing_rank_does_not_keep_it() {
-    for case in ["stream-at-finalized", "immediate-at-finalized"] {
+    for case in ["stream-at-finalized", "immediate-at-finalized", "offers-at-finalized"] {
         at_a_finalizing_rank(case);
     }
 }
 
-/// Runs a case where rank 0 streams messages of 64 KiB at rank 1 while
-/// rank 1 finalizes, and checks that every one is accounted for.
+/// Runs a case where rank 0 streams messages of 64 KiB (or 512 KiB) at
+/// rank 1 while rank 1 finalizes, and checks that every one is accounted
+/// for.
 fn at_a_finalizing_rank(case: &str) {
     each_mode(2, &["hang", case], |mode, out| {
         assert_eq!(out.code(), Some(0), "{case}, {mode}: {out:?}");

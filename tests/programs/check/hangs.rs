@@ -13,7 +13,8 @@ pub fn run(world: &World, case: &str, arg: &str) -> Result<(), Error> {
         "send-to-finalized" => send_to_finalized(world, 4 << 20, 4, "send-to-finalized"),
         "small-to-finalized" => send_to_finalized(world, 16, 1, "small-to-finalized"),
         "finalize-unread" => finalize_unread(world),
-        "stream-at-finalized" => stream_at_finalized(world),
+        "stream-at-finalized" => stream_at_finalized(world, 64 << 10, case),
+        "offers-at-finalized" => stream_at_finalized(world, 512 << 10, case),
         "immediate-at-finalized" => immediate_at_finalized(world),
         "partial-barrier" => partial_barrier(world),
         "last-to-finalize" => last_to_finalize(world),
@@ -101,15 +102,17 @@ fn finalize_unread(world: &World) -> Result<(), Error> {
     Ok(())
 }
 
-/// Rank 0 sends to rank 1 for as long as it can while rank 1 finalizes:
-/// rank 1's finalize ends (it reads on only up to its queue bound and for
-/// a bounded time) and rank 0's send becomes PeerGone.
-fn stream_at_finalized(world: &World) -> Result<(), Error> {
+/// Rank 0 sends messages of `len` bytes to rank 1 for as long as it can
+/// while rank 1 finalizes: rank 1's finalize ends (it reads on only up to
+/// its queue bound and for a bounded time) and rank 0's send becomes
+/// PeerGone. At 512 KiB the messages go as offers where the mode offers.
+fn stream_at_finalized(world: &World, len: usize, case: &str) -> Result<(), Error> {
     world.barrier()?;
     if world.rank() == 1 {
         return Ok(());
     }
-    let data = vec![5u8; 64 << 10];
+    let data = vec![5u8; len];
+    let kib = len >> 10;
     let start = Instant::now();
     let mut sent = 0usize;
     let outcome = loop {
@@ -119,12 +122,12 @@ fn stream_at_finalized(world: &World) -> Result<(), Error> {
         sent += 1;
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "rank 1 read {sent} messages of 64 KiB in 20 s while finalizing"
+            "rank 1 read {sent} messages of {kib} KiB in 20 s while finalizing"
         );
     };
-    println!("rank 0 sent {sent} messages of 64 KiB");
+    println!("rank 0 sent {sent} messages of {kib} KiB");
     match outcome {
-        Error::PeerGone { rank: 1 } => println!("hang stream-at-finalized: all checks passed"),
+        Error::PeerGone { rank: 1 } => println!("hang {case}: all checks passed"),
         other => panic!("rank 0: streaming at a finalizing rank ended with {other:?}"),
     }
     Ok(())
