@@ -109,7 +109,7 @@ fn at_a_finalizing_rank(case: &str) {
                     s, r,
                     "{case}, {mode}: rank 0 sent {s} messages, rank 1 reported {r}: {out:?}"
                 );
-                assert!(r <= 256, "{case}, {mode}: rank 1 took {r} messages of 64 KiB: {out:?}");
+                assert!(r <= 256, "{case}, {mode}: rank 1 took {r} messages: {out:?}");
             }
             _ => panic!("{case}, {mode}: no count sent or reported: {out:?}"),
         }

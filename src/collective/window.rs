@@ -78,6 +78,28 @@ impl Windows {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr(set, index).add(offset), bytes.len()) }
     }
 
+    /// The bytes of a whole set: all its windows, the result's included,
+    /// one after another.
+    fn set_bytes(&self) -> usize {
+        (self.size + 1) * self.bytes
+    }
+
+    /// Copies `bytes` into `set`, taken as one area, from `offset` on: for a
+    /// collective with one writer, which needs no window per rank.
+    fn put_whole(&self, set: usize, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= self.set_bytes(), "a piece larger than its set");
+        // SAFETY: within the set.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr(set, 0).add(offset), bytes.len()) }
+    }
+
+    /// Copies the bytes of `set`, taken as one area, from `offset` on into
+    /// `out` (see [`Windows::put_whole`]).
+    fn get_whole(&self, set: usize, offset: usize, out: &mut [u8]) {
+        assert!(offset + out.len() <= self.set_bytes(), "a piece larger than its set");
+        // SAFETY: within the set; copied into memory of this rank's own.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr(set, 0).add(offset), out.as_mut_ptr(), out.len()) }
+    }
+
     /// Copies the bytes of window `index` of `set` from `offset` on into
     /// `out` (written before the barrier this rank has passed).
     fn get(&self, set: usize, index: usize, offset: usize, out: &mut [u8]) {
@@ -345,10 +367,12 @@ impl WindowRun<'_> {
         )
     }
 
-    /// The root's piece into the result window, a barrier, the others copy
+    /// The root's piece into a whole set (it is the only writer: every
+    /// window of the set is its to fill, so a piece is as large as the set
+    /// and there are as few barriers as can be), a barrier, the others copy
     /// it out.
     fn broadcast(&self, buf: &mut [u8], root: usize) -> Result<()> {
-        let Node { n, me, .. } = self.node;
+        let Node { me, .. } = self.node;
         let windows = self.windows();
         let len = buf.len();
         // The root only reads `buf`, the others only write it.
@@ -359,15 +383,15 @@ impl WindowRun<'_> {
         };
         self.one_wait_pieces(
             len,
-            windows.bytes,
+            windows.set_bytes(),
             |set, offset, w| {
                 if let Some(src) = source {
-                    windows.put(set, n, 0, &src[offset..offset + w]);
+                    windows.put_whole(set, 0, &src[offset..offset + w]);
                 }
             },
             |set, offset, w| {
                 if let Some(dst) = target.as_deref_mut() {
-                    windows.get(set, n, 0, &mut dst[offset..offset + w]);
+                    windows.get_whole(set, 0, &mut dst[offset..offset + w]);
                 }
             },
         )
