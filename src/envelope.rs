@@ -14,10 +14,13 @@ pub(crate) enum Format {
 }
 
 impl Format {
-    /// The format a frame's kind and element field describe.
+    /// The format a frame's kind and element field describe (an offer
+    /// carries its message's element field: 0 for a serde value).
     pub fn of(kind: Kind, element: u16) -> Format {
-        match kind {
-            Kind::Raw => Format::Raw(element),
+        match (kind, element) {
+            (Kind::Raw, _) => Format::Raw(element),
+            (Kind::Offer, 0) => Format::Serde,
+            (Kind::Offer, _) => Format::Raw(element),
             _ => Format::Serde,
         }
     }

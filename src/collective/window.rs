@@ -62,11 +62,12 @@ impl Windows {
         }
     }
 
-    /// Window `index` of `set` (index `size` is the result window).
-    fn ptr(&self, set: usize, index: usize) -> *mut u8 {
-        debug_assert!(set < 2 && index <= self.size);
+    /// The start of `set`: its windows follow one another, the result
+    /// window (index `size`) last.
+    fn set_start(&self, set: usize) -> *mut u8 {
+        debug_assert!(set < 2);
         // SAFETY: inside the windows, as `at` was promised.
-        unsafe { self.base.add((set * (self.size + 1) + index) * self.bytes) }
+        unsafe { self.base.add(set * self.set_bytes()) }
     }
 
     /// Copies `bytes` into window `index` of `set` from `offset` on. Only
@@ -74,8 +75,14 @@ impl Windows {
     /// next barrier.
     fn put(&self, set: usize, index: usize, offset: usize, bytes: &[u8]) {
         assert!(offset + bytes.len() <= self.bytes, "a piece larger than its window");
-        // SAFETY: within the window.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr(set, index).add(offset), bytes.len()) }
+        self.put_whole(set, index * self.bytes + offset, bytes);
+    }
+
+    /// Copies the bytes of window `index` of `set` from `offset` on into
+    /// `out` (written before the barrier this rank has passed).
+    fn get(&self, set: usize, index: usize, offset: usize, out: &mut [u8]) {
+        assert!(offset + out.len() <= self.bytes, "a piece larger than its window");
+        self.get_whole(set, index * self.bytes + offset, out);
     }
 
     /// The bytes of a whole set: all its windows, the result's included,
@@ -84,28 +91,20 @@ impl Windows {
         (self.size + 1) * self.bytes
     }
 
-    /// Copies `bytes` into `set`, taken as one area, from `offset` on: for a
-    /// collective with one writer, which needs no window per rank.
+    /// Copies `bytes` into `set`, taken as one area, from `offset` on (a
+    /// collective with one writer needs no window per rank).
     fn put_whole(&self, set: usize, offset: usize, bytes: &[u8]) {
         assert!(offset + bytes.len() <= self.set_bytes(), "a piece larger than its set");
         // SAFETY: within the set.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr(set, 0).add(offset), bytes.len()) }
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.set_start(set).add(offset), bytes.len()) }
     }
 
     /// Copies the bytes of `set`, taken as one area, from `offset` on into
-    /// `out` (see [`Windows::put_whole`]).
+    /// `out`, memory of this rank's own.
     fn get_whole(&self, set: usize, offset: usize, out: &mut [u8]) {
         assert!(offset + out.len() <= self.set_bytes(), "a piece larger than its set");
         // SAFETY: within the set; copied into memory of this rank's own.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr(set, 0).add(offset), out.as_mut_ptr(), out.len()) }
-    }
-
-    /// Copies the bytes of window `index` of `set` from `offset` on into
-    /// `out` (written before the barrier this rank has passed).
-    fn get(&self, set: usize, index: usize, offset: usize, out: &mut [u8]) {
-        assert!(offset + out.len() <= self.bytes, "a piece larger than its window");
-        // SAFETY: within the window; copied into memory of this rank's own.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr(set, index).add(offset), out.as_mut_ptr(), out.len()) }
+        unsafe { std::ptr::copy_nonoverlapping(self.set_start(set).add(offset), out.as_mut_ptr(), out.len()) }
     }
 }
 

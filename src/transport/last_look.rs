@@ -7,7 +7,7 @@
 //! sent for its sender, reported here).
 
 use crate::envelope::{Envelope, Format};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::wire::{HEADER_LEN, Header, Kind};
 
 use super::Delivery;
@@ -26,15 +26,15 @@ impl<L: Link> Peer<L> {
             return Ok(());
         }
         self.parked = None;
-        // The frame being read, and how much of its payload is still to come.
-        let mut current: Option<(Header, usize)> = self.incoming.take().map(|i| (i.header, i.len - i.filled));
+        // The frame being read; its payload is skipped, not kept.
+        let mut current = self.incoming.take();
         loop {
-            if let Some((header, rest)) = current.as_mut() {
-                let skip = (*rest).min(self.staged.len());
+            if let Some(frame) = current.as_mut() {
+                let skip = (frame.len - frame.filled).min(self.staged.len());
                 self.staged.start += skip;
-                *rest -= skip;
-                if *rest == 0 {
-                    deliver.deliver(self.unreceived(header));
+                frame.filled += skip;
+                if frame.filled == frame.len {
+                    deliver.deliver(self.unreceived(&frame.header));
                     current = None;
                     continue;
                 }
@@ -50,13 +50,14 @@ impl<L: Link> Peer<L> {
                     Kind::Taken => {}
                     _ => {
                         let len = usize::try_from(header.len).map_err(|_| {
-                            crate::error::Error::protocol(
-                                &self.name,
-                                "length",
-                                "larger than this machine's address space",
-                            )
+                            Error::protocol(&self.name, "length", "larger than this machine's address space")
                         })?;
-                        current = Some((header, len));
+                        current = Some(Incoming {
+                            header,
+                            target: Target::Discard,
+                            len,
+                            filled: 0,
+                        });
                     }
                 }
                 continue;
@@ -70,28 +71,16 @@ impl<L: Link> Peer<L> {
                 Io::WouldBlock | Io::Closed => break,
             }
         }
-        // A frame cut off here stays begun (its payload discarded), and a
-        // partial header stays staged, for a look after this one.
-        self.incoming = current.map(|(header, rest)| {
-            let len = header.len as usize;
-            Incoming {
-                header,
-                target: Target::Discard,
-                len,
-                filled: len - rest,
-            }
-        });
+        // A frame cut off here stays begun, and a partial header stays
+        // staged, for a look after this one.
+        self.incoming = current;
         Ok(())
     }
 
     /// The envelope, without payload, of a message this rank will never
     /// receive (an offer carries its message's header).
     fn unreceived(&self, header: &Header) -> Envelope {
-        let format = match (header.kind, header.element) {
-            (Kind::Offer, 0) => Format::Serde,
-            (Kind::Offer, element) => Format::Raw(element),
-            (kind, element) => Format::of(kind, element),
-        };
+        let format = Format::of(header.kind, header.element);
         let mut env = Envelope::new(self.rank, header.tag, header.context, format, Vec::new());
         env.call = header.call;
         env

@@ -37,10 +37,7 @@ impl<L: Link> Peer<L> {
         let offer = Offer::decode(body, &self.name, max_message)?;
         let len = usize::try_from(offer.len)
             .map_err(|_| Error::protocol(&self.name, "offer length", "larger than this machine's address space"))?;
-        let format = match h.element {
-            0 => Format::Serde,
-            element => Format::Raw(element),
-        };
+        let format = Format::of(h.kind, h.element);
         let mut env = Envelope::new(self.rank, h.tag, h.context, format, Vec::new());
         env.call = h.call;
         match deliver.claim(self.rank, h.tag, h.context, format, offer.len) {

@@ -170,7 +170,7 @@ impl<L: Link> Peer<L> {
     pub fn is_sent(&self, seq: u64) -> bool {
         seq < self.sent
             && seq < self.lost_from
-            && (self.link.peer_finalized() || self.offered.binary_search_by_key(&seq, |o| o.0).is_err())
+            && (self.offered.binary_search_by_key(&seq, |o| o.0).is_err() || self.link.peer_finalized())
     }
 
     /// True if the frame `seq` will never be sent: the link closed before
