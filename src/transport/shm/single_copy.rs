@@ -64,7 +64,14 @@ pub(super) fn can_read(pid: i32, address: u64, expected: &[u8]) -> bool {
 /// `peer`, named in errors) into `into`.
 pub(super) fn pull(pid: i32, address: u64, into: &mut [u8], peer: &str) -> Result<()> {
     read(pid, address, into).map_err(|e| match e {
-        nix::errno::Errno::ESRCH => Error::protocol(peer, "offer", "the process has gone (it died?)"),
+        // The sender died mid-message, as when a stream ends inside a
+        // frame: the same field, so that this rank leaves the report to
+        // the launcher, which names the death.
+        nix::errno::Errno::ESRCH => Error::protocol(
+            peer,
+            "stream",
+            "the process vanished while this rank copied its offer (the rank died?)",
+        ),
         e => Error::protocol(
             peer,
             "offer address",
