@@ -34,12 +34,24 @@ fn names(dir: &std::path::Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A fresh empty directory for a job's TMPDIR.
-fn fresh_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("spmd-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a temp dir");
-    dir
+/// A fresh empty directory for a job's TMPDIR, removed with what is in it
+/// when dropped, a failed assertion's unwinding included (a directory left
+/// behind would stand in the way of the next run's tests).
+struct FreshDir(std::path::PathBuf);
+
+impl FreshDir {
+    fn new(name: &str) -> FreshDir {
+        let dir = std::env::temp_dir().join(format!("spmd-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        FreshDir(dir)
+    }
+}
+
+impl Drop for FreshDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[test]
@@ -65,7 +77,8 @@ fn ranks_blocked_in_a_receive_sleep() {
 fn a_rank_killed_mid_transfer_ends_the_job_and_leaves_nothing_behind() {
     for transport in common::TRANSPORTS {
         let check = example("spmd-check");
-        let tmp = fresh_dir(&format!("killed-{transport}"));
+        let dir = FreshDir::new(&format!("killed-{transport}"));
+        let tmp = &dir.0;
         let shm_before = names(std::path::Path::new("/dev/shm"));
         let args = ["-n", "3", &check, "fail", "stream"];
         let (child, pids, reader) = common::start_reporting_pids_with(
@@ -80,13 +93,12 @@ fn a_rank_killed_mid_transfer_ends_the_job_and_leaves_nothing_behind() {
         assert_all_gone(&pids);
         assert_eq!(out.code(), Some(137), "{transport}: {out:?}");
         assert!(out.stderr.contains(&format!("rank 0 (pid {} ", pids[0])), "{out:?}");
-        assert_eq!(names(&tmp), Vec::<String>::new(), "{transport}: left in TMPDIR");
+        assert_eq!(names(tmp), Vec::<String>::new(), "{transport}: left in TMPDIR");
         let new: Vec<String> = names(std::path::Path::new("/dev/shm"))
             .into_iter()
             .filter(|n| !shm_before.contains(n) && n.starts_with("spmd"))
             .collect();
         assert_eq!(new, Vec::<String>::new(), "{transport}: left in /dev/shm");
-        let _ = std::fs::remove_dir(&tmp);
     }
 }
 
