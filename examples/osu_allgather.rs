@@ -8,10 +8,17 @@
 
 mod common;
 
+use spmd::Communicator;
+
 fn main() -> Result<(), spmd::Error> {
-    let world = spmd::init()?;
-    common::collective::sweep(&world, "allgather", (1, world.size()), |send, recv| {
+    let job = spmd::init()?;
+    // BENCH_ON=dup or reversed runs it on a communicator made from the
+    // world (see common/mod.rs).
+    let on = common::bench_on(&job)?;
+    let world: &Communicator = on.as_ref().unwrap_or(&job);
+    common::collective::sweep(world, "allgather", (1, world.size()), |send, recv| {
         world.allgather_into(send, recv)
     })?;
-    world.finalize()
+    drop(on);
+    job.finalize()
 }

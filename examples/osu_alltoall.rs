@@ -8,9 +8,16 @@
 
 mod common;
 
+use spmd::Communicator;
+
 fn main() -> Result<(), spmd::Error> {
-    let world = spmd::init()?;
+    let job = spmd::init()?;
+    // BENCH_ON=dup or reversed runs it on a communicator made from the
+    // world (see common/mod.rs).
+    let on = common::bench_on(&job)?;
+    let world: &Communicator = on.as_ref().unwrap_or(&job);
     let n = world.size();
-    common::collective::sweep(&world, "alltoall", (n, n), |send, recv| world.alltoall_into(send, recv))?;
-    world.finalize()
+    common::collective::sweep(world, "alltoall", (n, n), |send, recv| world.alltoall_into(send, recv))?;
+    drop(on);
+    job.finalize()
 }

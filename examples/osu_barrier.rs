@@ -5,12 +5,16 @@
 
 mod common;
 
-use spmd::op;
+use spmd::{Communicator, op};
 
 fn main() -> Result<(), spmd::Error> {
-    let world = spmd::init()?;
-    let iters: usize = common::arg(&world, 1, "iterations", 2000usize).max(1);
-    let (warmup, iters) = common::repeated(&world, (iters / 10, iters));
+    let job = spmd::init()?;
+    // BENCH_ON=dup or reversed runs it on a communicator made from the
+    // world (see common/mod.rs).
+    let on = common::bench_on(&job)?;
+    let world: &Communicator = on.as_ref().unwrap_or(&job);
+    let iters: usize = common::arg(world, 1, "iterations", 2000usize).max(1);
+    let (warmup, iters) = common::repeated(world, (iters / 10, iters));
     world.barrier()?;
     let mut start = 0.0;
     for i in 0..warmup + iters {
@@ -25,5 +29,6 @@ fn main() -> Result<(), spmd::Error> {
         println!("{:<10}{:>20}", "# Size", "Avg Latency(us)");
         println!("{:<10}{:>20.2}", 0, total / world.size() as f64);
     }
-    world.finalize()
+    drop(on);
+    job.finalize()
 }

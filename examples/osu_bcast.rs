@@ -7,8 +7,15 @@
 
 mod common;
 
+use spmd::Communicator;
+
 fn main() -> Result<(), spmd::Error> {
-    let world = spmd::init()?;
-    common::collective::sweep(&world, "broadcast", (1, 1), |_, buf| world.broadcast_into(buf, 0))?;
-    world.finalize()
+    let job = spmd::init()?;
+    // BENCH_ON=dup or reversed runs it on a communicator made from the
+    // world (see common/mod.rs).
+    let on = common::bench_on(&job)?;
+    let world: &Communicator = on.as_ref().unwrap_or(&job);
+    common::collective::sweep(world, "broadcast", (1, 1), |_, buf| world.broadcast_into(buf, 0))?;
+    drop(on);
+    job.finalize()
 }

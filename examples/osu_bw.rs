@@ -7,7 +7,7 @@
 
 mod common;
 
-use spmd::{Match, World};
+use spmd::{Communicator, Match};
 
 const WINDOW: usize = 64;
 
@@ -16,8 +16,12 @@ fn iterations(size: usize) -> (usize, usize) {
 }
 
 fn main() -> Result<(), spmd::Error> {
-    let world = spmd::init()?;
-    let max: usize = common::arg(&world, 1, "max-bytes", 4 << 20);
+    let job = spmd::init()?;
+    // BENCH_ON=dup or reversed runs it on a communicator made from the
+    // world (see common/mod.rs).
+    let on = common::bench_on(&job)?;
+    let world: &Communicator = on.as_ref().unwrap_or(&job);
+    let max: usize = common::arg(world, 1, "max-bytes", 4 << 20);
     if world.size() < 2 {
         eprintln!("osu_bw needs at least 2 ranks");
         world.abort(1);
@@ -28,16 +32,17 @@ fn main() -> Result<(), spmd::Error> {
     }
     let mut size = 1;
     while size <= max {
-        let mb_s = window(&world, size, common::repeated(&world, iterations(size)))?;
+        let mb_s = window(world, size, common::repeated(world, iterations(size)))?;
         if world.rank() == 0 {
             println!("{size:<10}{mb_s:>20.2}");
         }
         size *= 2;
     }
-    world.finalize()
+    drop(on);
+    job.finalize()
 }
 
-fn window(world: &World, size: usize, (warmup, iters): (usize, usize)) -> Result<f64, spmd::Error> {
+fn window(world: &Communicator, size: usize, (warmup, iters): (usize, usize)) -> Result<f64, spmd::Error> {
     let data = vec![1u8; size];
     let mut bufs = vec![vec![0u8; size]; WINDOW];
     world.barrier()?;

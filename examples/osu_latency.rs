@@ -9,7 +9,7 @@
 
 mod common;
 
-use spmd::World;
+use spmd::Communicator;
 
 fn iterations(size: usize) -> (usize, usize) {
     // (warm-up, timed), fewer for large messages as OSU does.
@@ -17,8 +17,12 @@ fn iterations(size: usize) -> (usize, usize) {
 }
 
 fn main() -> Result<(), spmd::Error> {
-    let world = spmd::init()?;
-    let max: usize = common::arg(&world, 1, "max-bytes", 4 << 20);
+    let job = spmd::init()?;
+    // BENCH_ON=dup or reversed runs it on a communicator made from the
+    // world (see common/mod.rs).
+    let on = common::bench_on(&job)?;
+    let world: &Communicator = on.as_ref().unwrap_or(&job);
+    let max: usize = common::arg(world, 1, "max-bytes", 4 << 20);
     let serde = match std::env::args().nth(2).as_deref() {
         None => false,
         Some("serde") => true,
@@ -40,9 +44,9 @@ fn main() -> Result<(), spmd::Error> {
     let mut size = if serde { 8 } else { 0 };
     loop {
         let lat = if serde {
-            ping_pong_serde(&world, size / 8, common::repeated(&world, iterations(size)))?
+            ping_pong_serde(world, size / 8, common::repeated(world, iterations(size)))?
         } else {
-            ping_pong(&world, &mut buf[..size], common::repeated(&world, iterations(size)))?
+            ping_pong(world, &mut buf[..size], common::repeated(world, iterations(size)))?
         };
         if world.rank() == 0 {
             println!("{size:<10}{lat:>20.2}");
@@ -52,13 +56,14 @@ fn main() -> Result<(), spmd::Error> {
         }
         size = if size == 0 { 1 } else { size * 2 };
     }
-    world.finalize()
+    drop(on);
+    job.finalize()
 }
 
 /// Runs `round` (one message there and back) `warmup` times untimed and
 /// `iters` times timed; returns the one-way time in microseconds.
 fn timed(
-    world: &World,
+    world: &Communicator,
     (warmup, iters): (usize, usize),
     mut round: impl FnMut() -> Result<(), spmd::Error>,
 ) -> Result<f64, spmd::Error> {
@@ -73,7 +78,7 @@ fn timed(
     Ok((spmd::wtime() - start) * 1e6 / (2.0 * iters as f64))
 }
 
-fn ping_pong(world: &World, buf: &mut [u8], counts: (usize, usize)) -> Result<f64, spmd::Error> {
+fn ping_pong(world: &Communicator, buf: &mut [u8], counts: (usize, usize)) -> Result<f64, spmd::Error> {
     timed(world, counts, || match world.rank() {
         0 => {
             world.send_slice(buf, 1)?;
@@ -87,7 +92,7 @@ fn ping_pong(world: &World, buf: &mut [u8], counts: (usize, usize)) -> Result<f6
     })
 }
 
-fn ping_pong_serde(world: &World, len: usize, counts: (usize, usize)) -> Result<f64, spmd::Error> {
+fn ping_pong_serde(world: &Communicator, len: usize, counts: (usize, usize)) -> Result<f64, spmd::Error> {
     let mut v = vec![1.5f64; len];
     timed(world, counts, || match world.rank() {
         0 => {

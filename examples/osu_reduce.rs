@@ -7,12 +7,17 @@
 
 mod common;
 
-use spmd::op;
+use spmd::{Communicator, op};
 
 fn main() -> Result<(), spmd::Error> {
-    let world = spmd::init()?;
-    common::collective::sweep(&world, "reduce", (1, 1), |send, recv| {
+    let job = spmd::init()?;
+    // BENCH_ON=dup or reversed runs it on a communicator made from the
+    // world (see common/mod.rs).
+    let on = common::bench_on(&job)?;
+    let world: &Communicator = on.as_ref().unwrap_or(&job);
+    common::collective::sweep(world, "reduce", (1, 1), |send, recv| {
         world.reduce_into(send, recv, &op::Sum, 0)
     })?;
-    world.finalize()
+    drop(on);
+    job.finalize()
 }

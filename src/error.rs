@@ -136,6 +136,12 @@ pub enum Error {
         detail: String,
     },
 
+    /// This rank has finalized ([`World::finalize`](crate::World::finalize),
+    /// or the `World` was dropped): a communicator kept beyond that can no
+    /// longer communicate.
+    #[error("this rank has finalized: a communicator kept after World::finalize cannot communicate")]
+    Finalized,
+
     /// The launcher ended the job (another rank failed, or spmdrun was
     /// interrupted), or the launcher itself has gone.
     #[error("the job was ended by the launcher: {reason}")]

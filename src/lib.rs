@@ -35,7 +35,8 @@
 //! any tag and returns a [`Status`], `_timeout` gives up after a duration,
 //! `try_` never waits, `_slice`/`_into`/`_vec` move plain numbers without
 //! serialization (`_into` fills the caller's buffer), and `immediate_`
-//! calls return a [`Request`] to `wait` on or `test`. See [`World`].
+//! calls return a [`Request`] to `wait` on or `test`. See [`World`] and
+//! [`Communicator`].
 //!
 //! # Errors
 //!
@@ -49,6 +50,7 @@
 pub mod auth;
 mod bootstrap;
 mod collective;
+mod communicator;
 mod control;
 mod element;
 mod envelope;
@@ -85,6 +87,7 @@ pub fn shared_memory_per_node(local: usize) -> u64 {
     transport::node_shared_bytes(local, collective::node_region_len(local))
 }
 
+pub use communicator::{Communicator, KEEP_ORDER};
 pub use error::{Error, Result};
 pub use request::{ReceiveRequest, Request, SendRequest, wait_all};
 pub use scope::{LentReceive, LentSend, Scope};

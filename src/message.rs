@@ -69,7 +69,7 @@ macro_rules! for_each_number {
 
 /// The format and bytes of `value` if it is a `Vec` or a slice of plain
 /// numbers (integers of 8 to 64 bits, `f32`, `f64`): such a value is sent
-/// as its raw bytes, like [`World::send_slice`](crate::World::send_slice)
+/// as its raw bytes, like [`Communicator::send_slice`](crate::Communicator::send_slice)
 /// would, instead of element by element through serde.
 pub(crate) fn as_raw<T: ?Sized>(value: &T) -> Option<(Format, &[u8])> {
     let id = typeid::of::<T>();

@@ -7,20 +7,22 @@ use bytemuck::Pod;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::communicator::Communicator;
 use crate::envelope::{Envelope, Room};
 use crate::error::Result;
 use crate::message::{self, Taken};
 use crate::progress::{Head, Sent};
 use crate::selector::{Match, Selector, Status};
-use crate::world::World;
 
-impl World {
-    /// Queues a message; the caller decides when to wait for it.
+impl Communicator {
+    /// Queues a message to job rank `dest`; the caller decides when to wait
+    /// for it.
     pub(crate) fn post_send(&self, dest: usize, head: Head, payload: Vec<u8>) -> Result<Sent> {
         self.engine().send(dest, head, payload)
     }
 
-    /// Sends and waits until the message has left this process.
+    /// Sends to job rank `dest` and waits until the message has left this
+    /// process.
     pub(crate) fn send_bytes(&self, dest: usize, head: Head, payload: Vec<u8>) -> Result<()> {
         let mut engine = self.engine();
         let sent = engine.send(dest, head, payload)?;
@@ -49,16 +51,11 @@ impl World {
         })
     }
 
-    /// A selector for this handle's point-to-point messages.
-    pub(crate) fn user(&self, pattern: Match) -> Selector {
-        Selector::new(self.p2p_context(), pattern)
-    }
-
     /// Sends `value` to rank `dest` with tag 0. Returns once the message has
     /// left this process (the receiver may not have it yet).
     ///
     /// A `Vec` or slice of plain numbers (integers of 8 to 64 bits, `f32`,
-    /// `f64`) travels as its raw bytes, as with [`World::send_slice`], not
+    /// `f64`) travels as its raw bytes, as with [`Communicator::send_slice`], not
     /// element by element: receive it as the same `Vec` type (it lands in a
     /// vector allocated for it), or with `receive_into` or `receive_vec`.
     ///
@@ -77,7 +74,7 @@ impl World {
 
     /// Sends `value` to rank `dest` with tag `tag`.
     pub fn send_with_tag<T: Serialize + ?Sized>(&self, value: &T, dest: usize, tag: u32) -> Result<()> {
-        self.check_rank(dest)?;
+        let dest = self.peer(dest)?;
         if let Some((format, bytes)) = message::as_raw(value) {
             // Numbers go out straight from the caller's memory.
             let head = Head::user(self.p2p_context(), tag, format);
@@ -113,12 +110,12 @@ impl World {
     }
 
     fn receive_value<T: DeserializeOwned>(&self, pattern: Match, timeout: Option<Duration>) -> Result<(T, Status)> {
-        let env = self.receive_envelope(self.user(pattern), message::room_for::<T>(), timeout)?;
-        let status = Status::of(&env);
+        let env = self.receive_envelope(self.user(pattern)?, message::room_for::<T>(), timeout)?;
+        let status = self.status_of(&env);
         Ok((self.take(env, message::decode_owned)?, status))
     }
 
-    /// Like [`World::receive_matching`], but gives up with
+    /// Like [`Communicator::receive_matching`], but gives up with
     /// [`Error::Timeout`](crate::Error::Timeout) after `timeout`.
     pub fn receive_matching_timeout<T: DeserializeOwned>(
         &self,
@@ -131,14 +128,16 @@ impl World {
     /// Waits until a message `pattern` accepts has arrived and returns its
     /// status, leaving it to be received.
     pub fn probe(&self, pattern: Match) -> Result<Status> {
-        let found = self.engine().probe(self.user(pattern), Some(None))?;
-        Ok(found.expect("a probe without a deadline returns only when it finds a message"))
+        let found = self.engine().probe(self.user(pattern)?, Some(None))?;
+        let found = found.expect("a probe without a deadline returns only when it finds a message");
+        Ok(found.with_source(self.rank_of(found.source())))
     }
 
     /// Returns the status of a message `pattern` accepts if one has arrived,
     /// without waiting.
     pub fn try_probe(&self, pattern: Match) -> Result<Option<Status>> {
-        self.engine().probe(self.user(pattern), None)
+        let found = self.engine().probe(self.user(pattern)?, None)?;
+        Ok(found.map(|f| f.with_source(self.rank_of(f.source()))))
     }
 
     /// Sends `value` to `dest` and receives a `R` from `source`, both with
@@ -159,7 +158,7 @@ impl World {
         self.sendrecv_with_tag(value, dest, 0, source, 0)
     }
 
-    /// [`World::sendrecv`] with explicit tags for each direction.
+    /// [`Communicator::sendrecv`] with explicit tags for each direction.
     pub fn sendrecv_with_tag<S: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
         value: &S,
@@ -168,10 +167,9 @@ impl World {
         source: usize,
         receive_tag: u32,
     ) -> Result<R> {
-        self.check_rank(dest)?;
-        self.check_rank(source)?;
+        let dest = self.peer(dest)?;
+        let sel = self.user(Match::source(source).with_tag(receive_tag))?;
         let (format, payload) = message::encode(value)?;
-        let sel = self.user(Match::source(source).with_tag(receive_tag));
         let env = {
             let mut engine = self.engine();
             let id = engine.post(sel, message::room_for::<R>())?;
@@ -201,9 +199,9 @@ impl World {
         self.send_slice_with_tag(data, dest, 0)
     }
 
-    /// [`World::send_slice`] with tag `tag`.
+    /// [`Communicator::send_slice`] with tag `tag`.
     pub fn send_slice_with_tag<T: Pod>(&self, data: &[T], dest: usize, tag: u32) -> Result<()> {
-        self.check_rank(dest)?;
+        let dest = self.peer(dest)?;
         let head = Head::user(self.p2p_context(), tag, message::raw::<T>());
         self.engine().send_now(dest, head, message::pod_bytes(data))
     }
@@ -214,7 +212,7 @@ impl World {
         self.receive_into_matching(buf, Match::source(source).with_tag(0))
     }
 
-    /// [`World::receive_into`] with tag `tag`.
+    /// [`Communicator::receive_into`] with tag `tag`.
     pub fn receive_into_with_tag<T: Pod>(&self, buf: &mut [T], source: usize, tag: u32) -> Result<Status> {
         self.receive_into_matching(buf, Match::source(source).with_tag(tag))
     }
@@ -227,8 +225,8 @@ impl World {
         let element = crate::element::code_of::<T>();
         let env = self
             .engine()
-            .receive_landing(self.user(pattern), bytemuck::cast_slice_mut(buf), element)?;
-        let status = Status::of(&env);
+            .receive_landing(self.user(pattern)?, bytemuck::cast_slice_mut(buf), element)?;
+        let status = self.status_of(&env);
         self.take(env, |env| match message::copy_into(&env, buf) {
             Ok(_) => Ok(()),
             Err(error) => message::reject(error, env),
@@ -246,8 +244,8 @@ impl World {
     /// Receives plain numbers from whichever rank and tag `pattern` accepts
     /// into a new vector, with the status.
     pub fn receive_vec_matching<T: Pod>(&self, pattern: Match) -> Result<(Vec<T>, Status)> {
-        let env = self.receive_envelope(self.user(pattern), Some(message::fresh_room::<T>()), None)?;
-        let status = Status::of(&env);
+        let env = self.receive_envelope(self.user(pattern)?, Some(message::fresh_room::<T>()), None)?;
+        let status = self.status_of(&env);
         Ok((self.take(env, message::into_vec)?, status))
     }
 }

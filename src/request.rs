@@ -5,13 +5,13 @@ use bytemuck::Pod;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::communicator::Communicator;
 use crate::envelope::{Envelope, Room};
 use crate::error::Result;
 use crate::matching::ReceiveId;
 use crate::message::{self, Taken};
 use crate::progress::{Head, Sent};
 use crate::selector::{Match, Status};
-use crate::world::World;
 
 /// An operation that completes in the background.
 pub trait Request {
@@ -51,8 +51,9 @@ pub fn wait_all<R: Request>(requests: impl IntoIterator<Item = R>) -> Result<Vec
 #[derive(Debug)]
 #[must_use = "wait on the request to learn whether the send succeeded"]
 pub struct SendRequest<'w> {
-    world: &'w World,
+    comm: &'w Communicator,
     sent: Sent,
+    /// The job rank it goes to.
     dest: usize,
 }
 
@@ -60,11 +61,11 @@ impl Request for SendRequest<'_> {
     type Output = ();
 
     fn wait(self) -> Result<()> {
-        self.world.engine().wait_sent(self.sent, self.dest)
+        self.comm.engine().wait_sent(self.sent, self.dest)
     }
 
     fn test(&mut self) -> Result<bool> {
-        self.world.engine().is_sent(self.sent)
+        self.comm.engine().is_sent(self.sent)
     }
 }
 
@@ -73,7 +74,7 @@ impl Request for SendRequest<'_> {
 /// goes back to be received by another call.
 #[must_use = "wait on the request to get the message"]
 pub struct ReceiveRequest<'w, T> {
-    world: &'w World,
+    comm: &'w Communicator,
     id: Option<ReceiveId>,
     decode: fn(Envelope) -> Taken<T>,
 }
@@ -91,14 +92,14 @@ impl<T> Request for ReceiveRequest<'_, T> {
         let Some(id) = self.id.take() else {
             unreachable!("a receive request is waited on once, by value")
         };
-        let env = self.world.engine().wait_receive(id, None)?;
-        let status = Status::of(&env);
-        Ok((self.world.take(env, self.decode)?, status))
+        let env = self.comm.engine().wait_receive(id, None)?;
+        let status = self.comm.status_of(&env);
+        Ok((self.comm.take(env, self.decode)?, status))
     }
 
     fn test(&mut self) -> Result<bool> {
         match self.id {
-            Some(id) => self.world.engine().test_receive(id),
+            Some(id) => self.comm.engine().test_receive(id),
             None => Ok(true),
         }
     }
@@ -107,22 +108,18 @@ impl<T> Request for ReceiveRequest<'_, T> {
 impl<T> Drop for ReceiveRequest<'_, T> {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
-            if let Ok(mut engine) = self.world.engine_try() {
+            if let Some(mut engine) = self.comm.engine_try() {
                 engine.abandon_receive(id);
             }
         }
     }
 }
 
-impl World {
+impl Communicator {
     fn immediate_bytes(&self, dest: usize, head: Head, payload: Vec<u8>) -> Result<SendRequest<'_>> {
-        self.check_rank(dest)?;
+        let dest = self.peer(dest)?;
         let sent = self.post_send(dest, head, payload)?;
-        Ok(SendRequest {
-            world: self,
-            sent,
-            dest,
-        })
+        Ok(SendRequest { comm: self, sent, dest })
     }
 
     /// Starts sending `value` to `dest` with tag 0 and returns at once.
@@ -130,7 +127,7 @@ impl World {
         self.immediate_send_with_tag(value, dest, 0)
     }
 
-    /// [`World::immediate_send`] with tag `tag`.
+    /// [`Communicator::immediate_send`] with tag `tag`.
     pub fn immediate_send_with_tag<T: Serialize + ?Sized>(
         &self,
         value: &T,
@@ -153,13 +150,9 @@ impl World {
     /// Starts sending raw bytes of plain numbers: what fits now goes
     /// straight out; only the rest is copied.
     fn immediate_raw(&self, dest: usize, head: Head, bytes: &[u8]) -> Result<SendRequest<'_>> {
-        self.check_rank(dest)?;
+        let dest = self.peer(dest)?;
         let sent = self.engine().send_eager(dest, head, bytes)?;
-        Ok(SendRequest {
-            world: self,
-            sent,
-            dest,
-        })
+        Ok(SendRequest { comm: self, sent, dest })
     }
 
     /// Posts a receive of a `T` from whichever rank and tag `pattern`
@@ -191,10 +184,10 @@ impl World {
         room: Option<Room>,
         decode: fn(Envelope) -> Taken<T>,
     ) -> Result<ReceiveRequest<'_, T>> {
-        let sel = self.user(pattern);
+        let sel = self.user(pattern)?;
         let id = self.engine().post(sel, room)?;
         Ok(ReceiveRequest {
-            world: self,
+            comm: self,
             id: Some(id),
             decode,
         })

@@ -10,6 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
 use bytemuck::Pod;
 
+use crate::communicator::Communicator;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::matching::ReceiveId;
@@ -17,7 +18,6 @@ use crate::message;
 use crate::progress::{Head, Sent};
 use crate::request::Request;
 use crate::selector::{Match, Status};
-use crate::world::World;
 
 /// A receive whose buffer is lent to the engine.
 #[derive(Debug)]
@@ -37,16 +37,16 @@ struct Lent {
 }
 
 /// Non-blocking operations on buffers borrowed for the scope; see
-/// [`World::scope`].
+/// [`Communicator::scope`].
 #[derive(Debug)]
 pub struct Scope<'scope, 'env: 'scope> {
-    world: &'env World,
+    comm: &'env Communicator,
     lent: RefCell<Lent>,
     scope: PhantomData<&'scope mut &'scope ()>,
     env: PhantomData<&'env mut &'env ()>,
 }
 
-impl World {
+impl Communicator {
     /// Runs `body` with a [`Scope`] whose `immediate_` calls borrow the
     /// caller's buffers instead of copying them. Returns once every
     /// operation started in the scope has completed (those not waited for
@@ -78,7 +78,7 @@ impl World {
         F: for<'scope> FnOnce(&'scope Scope<'scope, 'env>) -> Result<T>,
     {
         let scope = Scope {
-            world: self,
+            comm: self,
             lent: RefCell::new(Lent::default()),
             scope: PhantomData,
             env: PhantomData,
@@ -109,11 +109,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         dest: usize,
         tag: u32,
     ) -> Result<LentSend<'scope, 'env>> {
-        self.world.check_rank(dest)?;
-        let head = Head::user(self.world.p2p_context(), tag, message::raw::<T>());
+        let dest = self.comm.peer(dest)?;
+        let head = Head::user(self.comm.p2p_context(), tag, message::raw::<T>());
         // SAFETY: `data` is borrowed for the scope, and the scope waits for
         // the send (or makes it owned) before it ends.
-        let sent = unsafe { self.world.engine().send_lent(dest, head, message::pod_bytes(data))? };
+        let sent = unsafe { self.comm.engine().send_lent(dest, head, message::pod_bytes(data))? };
         let mut lent = self.lent.borrow_mut();
         lent.sends.push((sent, dest, false));
         Ok(LentSend {
@@ -133,13 +133,10 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
         let (ptr, len) = (bytes.as_mut_ptr(), bytes.len());
         let element = crate::element::code_of::<T>();
+        let sel = self.comm.user(pattern)?;
         // SAFETY: `buf` is borrowed mutably for the scope, and the scope
         // waits for the receive (or abandons it) before it ends.
-        let id = unsafe {
-            self.world
-                .engine()
-                .post_lent(self.world.user(pattern), ptr, len, element)?
-        };
+        let id = unsafe { self.comm.engine().post_lent(sel, ptr, len, element)? };
         let mut lent = self.lent.borrow_mut();
         lent.receives.push(LentBuffer {
             id,
@@ -159,7 +156,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         if done {
             return Ok(());
         }
-        let mut engine = self.world.engine();
+        let mut engine = self.comm.engine();
         let result = engine.wait_sent(sent, dest);
         engine.own_sent(sent);
         self.lent.borrow_mut().sends[index].2 = true;
@@ -175,7 +172,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         if done {
             return Err(Error::InvalidArgument("this receive was already waited for".into()));
         }
-        let mut engine = self.world.engine();
+        let mut engine = self.comm.engine();
         let result = engine.wait_receive(id, None);
         if result.is_err() {
             engine.abandon_receive(id);
@@ -183,12 +180,12 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         drop(engine);
         self.lent.borrow_mut().receives[index].done = true;
         let env = result?;
-        let status = Status::of(&env);
+        let status = self.comm.status_of(&env);
         if let Err(e) = finish(&env, ptr, len) {
             // A message that did not land goes back to the queue for a
             // receive of the right type (one that landed fitted the buffer).
             if env.landed.is_none() {
-                self.world.engine().requeue(env);
+                self.comm.engine().requeue(env);
             }
             return Err(e);
         }
@@ -202,7 +199,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let Ok(mut lent) = self.lent.try_borrow_mut() else {
             return;
         };
-        let Ok(mut engine) = self.world.engine_try() else {
+        let Some(mut engine) = self.comm.engine_try() else {
             return;
         };
         for r in lent.receives.iter_mut().filter(|r| !r.done) {
@@ -268,7 +265,7 @@ impl Request for LentSend<'_, '_> {
 
     fn test(&mut self) -> Result<bool> {
         let (sent, _, done) = self.scope.lent.borrow().sends[self.index];
-        Ok(done || self.scope.world.engine().is_sent(sent)?)
+        Ok(done || self.scope.comm.engine().is_sent(sent)?)
     }
 }
 
@@ -293,6 +290,6 @@ impl Request for LentReceive<'_, '_> {
             let r = &lent.receives[self.index];
             (r.id, r.done)
         };
-        Ok(done || self.scope.world.engine().test_receive(id)?)
+        Ok(done || self.scope.comm.engine().test_receive(id)?)
     }
 }

@@ -119,8 +119,19 @@ impl Status {
     }
 
     pub(crate) fn of(env: &Envelope) -> Status {
+        Status::of_source(env, env.source)
+    }
+
+    /// The same status with `source` as the sender.
+    pub(crate) fn with_source(self, source: usize) -> Status {
+        Status { source, ..self }
+    }
+
+    /// The status of `env`, from `source` (the sender's rank in the
+    /// communicator that received it).
+    pub(crate) fn of_source(env: &Envelope, source: usize) -> Status {
         Status {
-            source: env.source,
+            source,
             tag: env.tag,
             len: env.len(),
             element: env.format.element(),

@@ -1,19 +1,18 @@
 //! The handle to the job: how a program starts, who it is, and how it ends.
 
-use std::cell::{Cell, RefCell, RefMut};
-use std::sync::OnceLock;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::bootstrap::{self, Launch, Placement};
-use crate::collective::call::Calls;
-use crate::collective::node::NodeState;
+use crate::communicator::{Communicator, Job};
 use crate::control::{self, Welcome};
 use crate::error::{Error, Result};
 use crate::progress::{Engine, LAUNCHER_REACTION};
 use crate::status::StatusWriter;
 use crate::transport::{self, Endpoint, Transport};
-use crate::wire::{Channel, Context, ControlMessage, Settings};
+use crate::wire::{Channel, ControlMessage, Settings};
 
 /// The largest single message accepted from a peer, in bytes (1 TiB). The
 /// receive buffer is only allocated once a length has passed this check.
@@ -21,7 +20,9 @@ pub(crate) const MAX_MESSAGE: u64 = 1 << 40;
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
 
-/// The handle to the job: every communication goes through it.
+/// The handle to the job: the communicator of every rank (it dereferences
+/// to a [`Communicator`], so every communication call works on it), and
+/// what ends the job.
 ///
 /// Get it once with [`init`]. It finalizes when dropped, or explicitly with
 /// [`World::finalize`], which reports errors.
@@ -41,18 +42,15 @@ static INITIALIZED: AtomicBool = AtomicBool::new(false);
 /// | `immediate_...` | non-blocking: returns a request to `wait` or `test` |
 #[derive(Debug)]
 pub struct World {
-    rank: usize,
-    size: usize,
-    local_rank: usize,
-    local_size: usize,
-    node: usize,
-    engine: RefCell<Engine>,
-    managed: bool,
+    comm: Communicator,
     finalized: Cell<bool>,
-    /// What the launcher decided for every rank (`None` without one).
-    settings: Option<Settings>,
-    calls: Calls,
-    node_state: NodeState,
+}
+
+impl std::ops::Deref for World {
+    type Target = Communicator;
+    fn deref(&self) -> &Communicator {
+        &self.comm
+    }
 }
 
 /// Starts this rank: reads how the process was launched, connects to the
@@ -158,128 +156,12 @@ impl World {
         status: Option<StatusWriter>,
         settings: Option<Settings>,
     ) -> World {
+        let engine = Engine::new(rank, size, transport, status);
+        let job = Arc::new(Job::new(engine, settings, local_rank, local_size, node));
         World {
-            rank,
-            size,
-            local_rank,
-            local_size,
-            node,
-            managed: status.is_some(),
-            engine: RefCell::new(Engine::new(rank, size, transport, status)),
+            comm: Communicator::world(job, rank, size),
             finalized: Cell::new(false),
-            settings,
-            calls: Calls::default(),
-            node_state: NodeState::default(),
         }
-    }
-
-    /// This process's rank, `0..size()`.
-    pub fn rank(&self) -> usize {
-        self.rank
-    }
-
-    /// The number of ranks in the job.
-    pub fn size(&self) -> usize {
-        self.size
-    }
-
-    /// This rank's index among the ranks on the same node.
-    pub fn local_rank(&self) -> usize {
-        self.local_rank
-    }
-
-    /// The number of ranks on this node.
-    pub fn local_size(&self) -> usize {
-        self.local_size
-    }
-
-    /// The index of this rank's node in the job's placement.
-    pub fn node(&self) -> usize {
-        self.node
-    }
-
-    /// The name of the machine this rank runs on (MPI's processor name).
-    pub fn processor_name(&self) -> String {
-        host_name()
-    }
-
-    pub(crate) fn engine(&self) -> RefMut<'_, Engine> {
-        self.engine.borrow_mut()
-    }
-
-    /// The engine, unless it is borrowed already (for use in `Drop`).
-    pub(crate) fn engine_try(&self) -> std::result::Result<RefMut<'_, Engine>, std::cell::BorrowMutError> {
-        self.engine.try_borrow_mut()
-    }
-
-    /// The context of this handle's point-to-point messages.
-    pub(crate) fn p2p_context(&self) -> Context {
-        Context::WORLD
-    }
-
-    /// The context of this handle's collectives.
-    pub(crate) fn coll_context(&self) -> Context {
-        Context::WORLD_COLLECTIVE
-    }
-
-    /// What this handle remembers of its collective calls.
-    pub(crate) fn calls(&self) -> &Calls {
-        &self.calls
-    }
-
-    /// What this handle knows of its node-wide collectives.
-    pub(crate) fn node_state(&self) -> &NodeState {
-        &self.node_state
-    }
-
-    /// What the launcher decided for every rank (`None` without one).
-    pub(crate) fn settings(&self) -> Option<&Settings> {
-        self.settings.as_ref()
-    }
-
-    pub(crate) fn check_rank(&self, rank: usize) -> Result<()> {
-        if rank < self.size {
-            Ok(())
-        } else {
-            Err(Error::InvalidRank { rank, size: self.size })
-        }
-    }
-
-    /// Ends the whole job at once: spmdrun stops every rank and exits with
-    /// `code`. Use it when a rank finds an error the others cannot recover
-    /// from. It does not return.
-    ///
-    /// ```no_run
-    /// # let world = spmd::init().unwrap();
-    /// if std::path::Path::new("input.dat").exists() == false {
-    ///     eprintln!("input.dat is missing");
-    ///     world.abort(2);
-    /// }
-    /// ```
-    pub fn abort(&self, code: i32) -> ! {
-        self.abort_with_message(code, "")
-    }
-
-    /// [`World::abort`] with a reason that spmdrun prints in its one line
-    /// about the failure (and that is printed on standard error when there
-    /// is no launcher).
-    ///
-    /// ```no_run
-    /// # let world = spmd::init().unwrap();
-    /// world.abort_with_message(2, "input.dat is missing");
-    /// ```
-    pub fn abort_with_message(&self, code: i32, message: &str) -> ! {
-        if !self.managed && !message.is_empty() {
-            eprintln!("abort({code}): {message}");
-        }
-        control::tell(
-            &ControlMessage::Abort {
-                code,
-                message: message.to_string(),
-            },
-            true,
-        );
-        std::process::exit(code)
     }
 
     /// Flushes every pending send, tells the peers and the launcher this
@@ -299,8 +181,8 @@ impl World {
         }
         let mut engine = self.engine();
         let flushed = engine.finish();
-        let p2p = self.p2p_context();
-        let lost = engine.unreceived(&|c| c == p2p);
+        // Every communicator's point-to-point messages, in job ranks.
+        let lost = engine.unreceived(&|c| !c.is_collective());
         let coll = self.coll_context();
         let stray = engine.unreceived_collective(coll);
         drop(engine);
@@ -309,7 +191,7 @@ impl World {
             if is_notice {
                 eprintln!(
                     "spmd: rank {}: rank {source} failed in a collective that this rank never called",
-                    self.rank
+                    self.rank()
                 );
             } else {
                 // A collective message nobody took: the ranks disagreed on a
@@ -320,7 +202,7 @@ impl World {
                          different collectives, or the same one with different roots"
                     ),
                 };
-                eprintln!("spmd: rank {}: {e}", self.rank);
+                eprintln!("spmd: rank {}: {e}", self.rank());
                 result = result.and(Err(e));
             }
         }
@@ -333,12 +215,12 @@ impl World {
             let more = if lost.len() > 5 { ", ..." } else { "" };
             eprintln!(
                 "spmd: rank {} finalized with {} message(s) it never received ({}{more})",
-                self.rank,
+                self.rank(),
                 lost.len(),
                 shown.join(", ")
             );
         }
-        if self.managed {
+        if self.job().managed {
             control::tell(&ControlMessage::Finalized, true);
         }
         result
@@ -352,7 +234,7 @@ impl Drop for World {
             return;
         }
         if let Err(e) = self.finalize_inner() {
-            eprintln!("spmd: rank {}: finalize failed: {e}", self.rank);
+            eprintln!("spmd: rank {}: finalize failed: {e}", self.rank());
         }
     }
 }

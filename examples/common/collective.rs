@@ -3,14 +3,14 @@
 //! overrides the OSU counts), times a collective on `f32` vectors and
 //! prints the average over ranks of each rank's time per call.
 
-use spmd::{Error, World, op};
+use spmd::{Communicator, Error, op};
 
 /// Runs the sweep for the collective `call(send, recv)`, titled `what`;
 /// `send` and `recv` are `parts.0` and `parts.1` times the size in the
 /// first column ((1, 1) for reductions, (1, ranks) for an allgather,
 /// (ranks, ranks) for an alltoall).
 pub fn sweep(
-    world: &World,
+    world: &Communicator,
     what: &str,
     parts: (usize, usize),
     mut call: impl FnMut(&[f32], &mut [f32]) -> Result<(), Error>,

@@ -192,16 +192,26 @@ fn observe(ranks: &[Rank]) -> (Vec<Seen>, u64, u64) {
 fn wait_text(w: &Waiting) -> String {
     let peer = |p: Option<u32>, any: &str| p.map_or(any.to_string(), |p| format!("rank {p}"));
     let tag = w.tag.map_or("any tag".to_string(), |t| format!("tag {t}"));
+    // Ranks are the job's; a communicator other than the world is named
+    // by its context id (each has two contexts: 2 id and 2 id + 1).
+    let comm = match w.context / 2 {
+        0 => String::new(),
+        id => format!(" in communicator #{id}"),
+    };
     match w.op {
-        WaitOp::Receive => format!("receive(from {}, {tag})", peer(w.peer, "any rank")),
-        WaitOp::Probe => format!("probe(from {}, {tag})", peer(w.peer, "any rank")),
+        WaitOp::Receive => format!("receive(from {}, {tag}){comm}", peer(w.peer, "any rank")),
+        WaitOp::Probe => format!("probe(from {}, {tag}){comm}", peer(w.peer, "any rank")),
         WaitOp::Send => format!("send(to {}, which is not reading)", peer(w.peer, "a rank")),
         WaitOp::Finalize => "finalize(sending what is left)".to_string(),
         WaitOp::Collective => format!(
-            "{} (collective call #{} of context {}) for {}",
+            "{} (collective call #{} of {}) for {}",
             spmd::describe_collective(w.sig),
             w.call,
-            w.context,
+            if comm.is_empty() {
+                "the world".to_string()
+            } else {
+                comm.trim_start_matches(" in ").to_string()
+            },
             peer(w.peer, "the other ranks")
         ),
     }

@@ -12,11 +12,11 @@ use bytemuck::Pod;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::communicator::Communicator;
 use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
 use crate::message;
 use crate::progress::Sent;
-use crate::world::World;
 
 use super::call::Call;
 
@@ -36,7 +36,7 @@ pub(crate) enum Step {
     Ring = 9,
     /// The agreement on lengths that starts a large collective.
     Agree = 10,
-    /// A root saying it is the root (see [`World::announce_root`]).
+    /// A root saying it is the root (see [`Communicator::announce_root`]).
     Announce = 11,
 }
 
@@ -127,7 +127,7 @@ pub(crate) fn own_envelope(source: usize, body: Body) -> Envelope {
 /// implementation can reuse a buffer; may fail (e.g. lengths differ).
 pub(crate) type Combine<'a, T> = dyn Fn(T, T) -> Result<T> + 'a;
 
-impl World {
+impl Communicator {
     fn coll_send(&self, call: &Call, dest: usize, tag: u32, body: Body) -> Result<Sent> {
         self.call_send(call, dest, tag, body)
     }
@@ -139,7 +139,7 @@ impl World {
     fn wait_sends(&self, sends: Vec<(Sent, usize)>) -> Result<()> {
         let mut engine = self.engine();
         for (sent, dest) in sends {
-            engine.wait_sent(sent, dest)?;
+            engine.wait_sent(sent, self.job_rank(dest))?;
         }
         Ok(())
     }

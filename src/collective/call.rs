@@ -23,6 +23,7 @@ use std::cell::{Cell, RefCell};
 
 use std::sync::atomic::Ordering;
 
+use crate::communicator::Communicator;
 use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
 use crate::matching::Matcher;
@@ -31,7 +32,6 @@ use crate::selector::{Match, Selector};
 use crate::status::WaitOn;
 use crate::wire::Context;
 use crate::wire::status::WaitOp;
-use crate::world::World;
 
 use super::node::Node;
 
@@ -59,9 +59,11 @@ pub(crate) enum Kind {
     AllreduceInto,
     ScanInto,
     AlltoallInto,
+    /// The exchange that makes a new communicator (`dup`, `split`, ...).
+    Create,
 }
 
-const KINDS: [Kind; 17] = [
+const KINDS: [Kind; 18] = [
     Kind::Barrier,
     Kind::Broadcast,
     Kind::Scatter,
@@ -79,6 +81,7 @@ const KINDS: [Kind; 17] = [
     Kind::AllreduceInto,
     Kind::ScanInto,
     Kind::AlltoallInto,
+    Kind::Create,
 ];
 
 impl Kind {
@@ -101,12 +104,13 @@ impl Kind {
             Kind::AllreduceInto => "allreduce_into",
             Kind::ScanInto => "scan_into",
             Kind::AlltoallInto => "alltoall_into",
+            Kind::Create => "the making of a communicator (dup, split, split_by_node or subset)",
         }
     }
 
     /// True for the collectives whose algorithm depends on the length.
     fn sized(self) -> bool {
-        (self as u8) >= Kind::BroadcastInto as u8
+        (Kind::BroadcastInto as u8..=Kind::AlltoallInto as u8).contains(&(self as u8))
     }
 
     /// True for the collectives that have a root.
@@ -303,7 +307,7 @@ impl Call {
     }
 }
 
-impl World {
+impl Communicator {
     /// Runs one collective: numbers the call, runs `body`, and if it fails
     /// tells every other rank (unless the failure was another rank's
     /// notice) and remembers the failure.
@@ -311,7 +315,7 @@ impl World {
         self.sized_collective(kind, root, false, body)
     }
 
-    /// [`World::collective`] for a collective whose algorithm depends on
+    /// [`Communicator::collective`] for a collective whose algorithm depends on
     /// whether it moves more than 4 KiB per rank (`large`): ranks on both
     /// sides of that line call different collectives.
     pub(crate) fn sized_collective<T>(
@@ -370,7 +374,7 @@ impl World {
             format: Format::Serde,
         };
         let mut engine = self.engine();
-        for dest in (0..self.size()).filter(|d| *d != self.rank()) {
+        for dest in (0..self.size()).filter(|d| *d != self.rank()).map(|d| self.job_rank(d)) {
             if !engine.has_left(dest) {
                 let _ = engine.send(dest, head, text.clone());
             }
@@ -380,6 +384,7 @@ impl World {
     /// Receives the message of `call` that `source` sends with `tag`,
     /// checking the queue at every step of the wait.
     pub(crate) fn call_receive(&self, call: &Call, source: usize, tag: u32) -> Result<Envelope> {
+        let source = self.peer(source)?;
         let sel = Selector::new(call.context, Match::source(source).with_tag(tag));
         let env = {
             let mut engine = self.engine();
@@ -390,7 +395,7 @@ impl World {
         self.judge_received(call, env)
     }
 
-    /// Like [`World::call_receive`], letting raw numbers of type `element`
+    /// Like [`Communicator::call_receive`], letting raw numbers of type `element`
     /// land straight in `buf`.
     pub(crate) fn call_receive_into(
         &self,
@@ -400,6 +405,7 @@ impl World {
         buf: &mut [u8],
         element: u16,
     ) -> Result<Envelope> {
+        let source = self.peer(source)?;
         let sel = Selector::new(call.context, Match::source(source).with_tag(tag));
         let mut env = {
             let mut engine = self.engine();
@@ -450,7 +456,7 @@ impl World {
             call: call.word(),
             format: body.0,
         };
-        self.engine().send(dest, head, body.1)
+        self.engine().send(self.peer(dest)?, head, body.1)
     }
 
     /// Sends raw bytes of `call` straight from the caller's memory and waits
@@ -462,7 +468,7 @@ impl World {
             call: call.word(),
             format,
         };
-        self.engine().send_now(dest, head, bytes)
+        self.engine().send_now(self.peer(dest)?, head, bytes)
     }
 }
 

@@ -8,10 +8,10 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::communicator::Communicator;
 use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
 use crate::op::Op;
-use crate::world::World;
 
 mod algorithm;
 pub(crate) mod call;
@@ -22,7 +22,7 @@ pub(crate) mod region;
 mod ring;
 pub(crate) mod window;
 
-use algorithm::{Body, Codec, SerdeCodec, Step, own_envelope};
+use algorithm::{Body, Codec, PodCodec, SerdeCodec, Step, own_envelope};
 use call::Kind;
 use node::NodeStep;
 
@@ -72,7 +72,21 @@ fn decode_all<T>(codec: &dyn Codec<T>, envs: &[Envelope]) -> Result<Vec<T>> {
     envs.iter().map(|e| codec.decode(e)).collect()
 }
 
-impl World {
+impl Communicator {
+    /// The allgather that makes a communicator: every member's words, in
+    /// rank order, under a signature of its own, so that a rank making a
+    /// communicator never meets a rank in another collective unnoticed.
+    pub(crate) fn creation_allgather(&self, mine: &[u64]) -> Result<Vec<Vec<u64>>> {
+        self.collective(Kind::Create, 0, |call| {
+            let format = crate::message::raw::<u64>();
+            let body = (format, crate::message::pod_copy(mine));
+            let packed = self.gather_bodies(call, body, 0)?.map(|envs| (format, pack(&envs)));
+            let (format, payload) = self.broadcast_body(call, packed, 0)?;
+            let envs = unpack(format, &payload, self.size())?;
+            decode_all(&PodCodec, &envs)
+        })
+    }
+
     /// Waits until every rank has called `barrier`.
     pub fn barrier(&self) -> Result<()> {
         self.collective(Kind::Barrier, 0, |call| {

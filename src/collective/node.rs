@@ -17,9 +17,9 @@
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::Ordering;
 
+use crate::communicator::Communicator;
 use crate::error::{Error, Result};
 use crate::wire::WaitMode;
-use crate::world::World;
 
 use super::call::{Call, describe};
 use super::region::{FAILED, PART_MAX, Parts, Slots};
@@ -98,11 +98,11 @@ pub(crate) struct Node {
     every_rank_folds: bool,
 }
 
-impl World {
+impl Communicator {
     /// The node-wide collectives' region, if this communicator can use it:
     /// every rank on this node, over shared memory.
     pub(crate) fn node_region(&self) -> Option<Node> {
-        if self.size() < 2 {
+        if self.size() < 2 || !self.node_wide() {
             return None;
         }
         let every_rank_folds = self.settings()?.wait == WaitMode::Spin;
@@ -134,7 +134,7 @@ impl World {
         Some(self.node_step_on(node, call, step, claim, mine, fold))
     }
 
-    /// [`World::node_step`] on a node already looked up.
+    /// [`Communicator::node_step`] on a node already looked up.
     pub(crate) fn node_step_on(
         &self,
         node: Node,

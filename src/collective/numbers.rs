@@ -6,9 +6,9 @@
 
 use bytemuck::Pod;
 
+use crate::communicator::Communicator;
 use crate::error::{Error, Result};
 use crate::message;
-use crate::world::World;
 
 use super::algorithm::{Codec, PodCodec, RawCodec, Step, own_envelope};
 use super::call::{Call, Kind};
@@ -90,7 +90,7 @@ fn claim(bytes: usize, element: usize, args: &Result<()>) -> u64 {
     }
 }
 
-impl World {
+impl Communicator {
     /// Runs a collective of more than 4 KiB: through the shared windows if
     /// this communicator has them and they can move the job; otherwise it
     /// has every rank agree on the length first and returns `None` to go on
@@ -109,12 +109,7 @@ impl World {
         let claim = claim(bytes, element, &args);
         if let Some(node) = self.node_region() {
             if job.fits(&node.slots.windows()) {
-                let done = WindowRun {
-                    world: self,
-                    node,
-                    call,
-                }
-                .run(claim, job);
+                let done = WindowRun { comm: self, node, call }.run(claim, job);
                 return Some(args.and(done.map_err(|e| in_call(what, e))));
             }
         }

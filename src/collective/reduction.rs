@@ -6,10 +6,10 @@
 
 use bytemuck::Pod;
 
+use crate::communicator::Communicator;
 use crate::error::{Error, Result};
 use crate::message;
 use crate::op::Op;
-use crate::world::World;
 
 use super::algorithm::{RawCodec, Step};
 use super::call::Kind;
@@ -100,7 +100,7 @@ fn node_fold<'a, E: Pod, O: Op<E>>(op: &'a O, what: &'static str) -> impl FnMut(
     }
 }
 
-impl World {
+impl Communicator {
     /// Plain-number reduce, element by element, in rank order: the root's
     /// `recv` (of `send.len()` elements) gets the combination of every
     /// rank's `send`. Ranks that pass different lengths all get an error.

@@ -4,9 +4,9 @@
 //! with recursive doubling, and every chunk is combined by exactly one rank
 //! and then copied, so every rank still gets the same bits.
 
+use crate::communicator::Communicator;
 use crate::envelope::Format;
 use crate::error::{Error, Result};
-use crate::world::World;
 
 use super::algorithm::{Step, tag};
 use super::call::Call;
@@ -17,7 +17,7 @@ pub(crate) const RING_THRESHOLD: usize = 64 << 10;
 /// Combines a received chunk into this rank's chunk, in place.
 pub(crate) type CombineChunk<'a> = dyn Fn(&mut [u8], &[u8]) + 'a;
 
-impl World {
+impl Communicator {
     /// Receives the chunk `buf.len()` bytes long that `source` sends with
     /// `tag`, into `buf` (straight into it when it arrives after this call).
     fn receive_chunk(&self, call: &Call, source: usize, tag: u32, buf: &mut [u8], format: Format) -> Result<()> {

@@ -159,7 +159,7 @@ impl WindowJob<'_> {
 
 /// Runs collectives through the windows of one node.
 pub(crate) struct WindowRun<'w> {
-    pub world: &'w crate::world::World,
+    pub comm: &'w crate::communicator::Communicator,
     pub node: Node,
     pub call: &'w Call,
 }
@@ -181,8 +181,8 @@ impl WindowRun<'_> {
                 })
             }
         };
-        let world = self.world;
-        world.node_step_on(
+        let comm = self.comm;
+        comm.node_step_on(
             self.node,
             self.call,
             NodeStep::WindowStart,
@@ -213,7 +213,7 @@ impl WindowRun<'_> {
     }
 
     fn barrier(&self) -> Result<()> {
-        self.world
+        self.comm
             .node_step_on(self.node, self.call, NodeStep::WindowStep, 0, &[], &mut |_| {
                 Ok(Vec::new())
             })
@@ -222,7 +222,7 @@ impl WindowRun<'_> {
 
     /// The set of windows the next piece uses.
     fn next_set(&self) -> usize {
-        let pieces = &self.world.node_state().pieces;
+        let pieces = &self.comm.node_state().pieces;
         let set = pieces.get() % 2;
         pieces.set(pieces.get().wrapping_add(1));
         set

@@ -63,6 +63,8 @@ pub(crate) struct Engine {
     status: Option<StatusWriter>,
     /// Messages handed to the transport (or to this rank) so far.
     sent: u64,
+    /// True once `finish` has run: nothing more goes out or is posted.
+    finished: bool,
 }
 
 impl Engine {
@@ -78,7 +80,13 @@ impl Engine {
             managed: status.is_some(),
             status,
             sent: 0,
+            finished: false,
         }
+    }
+
+    /// True if started by a launcher that ends the job when a rank dies.
+    pub fn managed(&self) -> bool {
+        self.managed
     }
 
     /// The error for a peer that has gone. If it died and a launcher is
@@ -111,12 +119,20 @@ impl Engine {
         }
     }
 
+    /// Checks that this rank has not finalized and that job rank `rank`
+    /// exists.
     pub fn check_rank(&self, rank: usize) -> Result<()> {
+        self.check_open()?;
         if rank < self.size {
             Ok(())
         } else {
             Err(Error::InvalidRank { rank, size: self.size })
         }
+    }
+
+    /// Checks that this rank has not finalized.
+    pub fn check_open(&self) -> Result<()> {
+        if self.finished { Err(Error::Finalized) } else { Ok(()) }
     }
 
     /// Queues a message. A message to this rank is delivered at once.
@@ -410,6 +426,7 @@ impl Engine {
     /// Flushes every send and tells the peers this rank is done; the status
     /// page says so.
     pub fn finish(&mut self) -> Result<()> {
+        self.finished = true;
         if let Some(s) = &self.status {
             s.note(
                 WaitOn::p2p(WaitOp::Finalize, None, None, 0),

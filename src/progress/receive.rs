@@ -19,6 +19,7 @@ impl Engine {
     /// for [`Room::Fresh`]): one copy, like a receive into a buffer the
     /// caller gives.
     pub fn post(&mut self, sel: Selector, room: Option<Room>) -> Result<ReceiveId> {
+        self.check_open()?;
         if let Some(source) = sel.pattern.source_rank() {
             self.check_rank(source)?;
         }
@@ -124,6 +125,7 @@ impl Engine {
 
     /// Looks for a queued message; waits per `wait` if there is none.
     pub fn probe(&mut self, sel: Selector, wait: Option<Option<Duration>>) -> Result<Option<Status>> {
+        self.check_open()?;
         if let Some(source) = sel.pattern.source_rank() {
             self.check_rank(source)?;
         }

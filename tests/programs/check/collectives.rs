@@ -4,7 +4,7 @@
 //! every rank's data. A failure names the seed and the case.
 
 use spmd::op::{self, Op};
-use spmd::{Error, World};
+use spmd::{Communicator, Error};
 
 use crate::rng::Rng;
 
@@ -132,7 +132,7 @@ fn fold(which: usize, parts: &[Vec<i64>], order: impl Iterator<Item = usize>) ->
     order.fold(parts[first].clone(), |acc, r| apply(which, &acc, &parts[r]))
 }
 
-pub fn run(world: &World, seed: u64, cases: usize) -> Result<(), Error> {
+pub fn run(world: &Communicator, seed: u64, cases: usize) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     let mut rng = Rng::new(seed);
     for case in 0..cases {
@@ -284,7 +284,7 @@ pub fn run(world: &World, seed: u64, cases: usize) -> Result<(), Error> {
 /// A rank whose receive buffer alone is wrong in a small allreduce takes
 /// part and gets an error; the others get their result, and the next
 /// collective works.
-fn short_buffer(world: &World) -> Result<(), Error> {
+fn short_buffer(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     if n < 2 {
         return Ok(());

@@ -4,6 +4,7 @@
 
 mod big;
 mod collectives;
+mod comms;
 mod failures;
 mod full_queue;
 mod hangs;
@@ -16,6 +17,8 @@ mod single_copy;
 mod sizes;
 mod soak;
 mod workload;
+
+use spmd::{Communicator, Error, World};
 
 fn main() -> Result<(), spmd::Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,10 +39,22 @@ fn main() -> Result<(), spmd::Error> {
         single_copy::make_undumpable();
     }
     let world = spmd::init()?;
+    // The suites of point-to-point calls and collectives run on the
+    // communicator SPMD_CHECK_ON names; a rank outside it only finalizes.
+    let on = On::chosen(&world)?;
+    let comm: &Communicator = match &on {
+        On::World => &world,
+        On::Made(c) => c,
+        On::Outside => {
+            println!("rank {} is outside the communicator checked", world.rank());
+            return world.finalize();
+        }
+    };
     match mode {
-        "p2p" => p2p::run(&world)?,
-        "sizes" => sizes::run(&world)?,
-        "scoped" => scoped::run(&world)?,
+        "p2p" => p2p::run(comm)?,
+        "comms" => comms::run(&world, rest.first().and_then(|s| s.parse().ok()).unwrap_or(100_000))?,
+        "sizes" => sizes::run(comm)?,
+        "scoped" => scoped::run(comm)?,
         "single-copy" => single_copy::run(&world)?,
         "soak" => {
             let seed = rest.first().and_then(|s| s.parse().ok()).unwrap_or(1);
@@ -58,12 +73,53 @@ fn main() -> Result<(), spmd::Error> {
         "collectives" => {
             let seed = rest.first().and_then(|s| s.parse().ok()).unwrap_or(1);
             let cases = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(40);
-            collectives::run(&world, seed, cases)?
+            collectives::run(comm, seed, cases)?
         }
         other => panic!("unknown mode {other:?}"),
     }
-    if world.rank() == 0 {
-        println!("{mode}: all checks passed on {} ranks", world.size());
+    if comm.rank() == 0 {
+        println!("{mode}: all checks passed on {} ranks{}", comm.size(), on.describe());
     }
+    drop(on);
     world.finalize()
+}
+
+/// Where the suites run.
+enum On {
+    World,
+    /// A communicator made from the world.
+    Made(Communicator),
+    /// This rank is not in the communicator made.
+    Outside,
+}
+
+impl On {
+    /// The communicator `SPMD_CHECK_ON` names: `world` (the default),
+    /// `dup`, `split` (two halves: the lower ranks, and the upper ones in
+    /// reverse order) or `subset` (every rank but 0, in reverse order).
+    fn chosen(world: &World) -> Result<On, Error> {
+        let (rank, size) = (world.rank(), world.size());
+        let made = match std::env::var("SPMD_CHECK_ON").as_deref().unwrap_or("world") {
+            "world" => return Ok(On::World),
+            "dup" => Some(world.dup()?),
+            "split" => {
+                let upper = rank >= size / 2;
+                let key = if upper { -(rank as i64) } else { rank as i64 };
+                world.split(Some(u32::from(upper)), key)?
+            }
+            "subset" => {
+                let ranks: Vec<usize> = (1.min(size - 1)..size).rev().collect();
+                world.subset(&ranks)?
+            }
+            other => panic!("SPMD_CHECK_ON={other}: not world, dup, split or subset"),
+        };
+        Ok(made.map_or(On::Outside, On::Made))
+    }
+
+    fn describe(&self) -> String {
+        match (self, std::env::var("SPMD_CHECK_ON")) {
+            (On::Made(_), Ok(on)) => format!(" of a {on}"),
+            _ => String::new(),
+        }
+    }
 }

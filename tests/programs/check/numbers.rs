@@ -6,13 +6,13 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use spmd::{Error, Match, Request, World};
+use spmd::{Communicator, Error, Match, Request};
 
 fn values(len: usize, salt: usize) -> Vec<f64> {
     (0..len).map(|i| (i * 31 + salt) as f64 * 0.5 - 7.25).collect()
 }
 
-pub fn run(world: &World) -> Result<(), Error> {
+pub fn run(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     let partner = me ^ 1;
     if partner >= n {
@@ -34,7 +34,7 @@ pub fn run(world: &World) -> Result<(), Error> {
 
 const LENGTHS: [usize; 6] = [0, 1, 6, 7, 100, 100_000];
 
-fn send_all(world: &World, to: usize) -> Result<(), Error> {
+fn send_all(world: &Communicator, to: usize) -> Result<(), Error> {
     for (i, &len) in LENGTHS.iter().enumerate() {
         let v = values(len, i);
         world.send_with_tag(&v, to, 1)?; // Vec<f64>
@@ -56,7 +56,7 @@ fn send_all(world: &World, to: usize) -> Result<(), Error> {
     Ok(())
 }
 
-fn receive_all(world: &World, from: usize) -> Result<(), Error> {
+fn receive_all(world: &Communicator, from: usize) -> Result<(), Error> {
     for (i, &len) in LENGTHS.iter().enumerate() {
         let want = values(len, i);
         for tag in [1, 2, 3, 4] {
@@ -109,7 +109,7 @@ fn receive_all(world: &World, from: usize) -> Result<(), Error> {
 
 /// A receive of a vector that times out leaves nothing behind: the message
 /// sent later still arrives whole.
-fn timeout_then_arrival(world: &World) -> Result<(), Error> {
+fn timeout_then_arrival(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     let (to, from) = ((me + 1) % n, (me + n - 1) % n);
     if n == 1 {
@@ -131,7 +131,7 @@ fn timeout_then_arrival(world: &World) -> Result<(), Error> {
 
 /// A vector that landed for a non-blocking receive whose request is then
 /// dropped without waiting is not lost: the next receive gets it whole.
-fn dropped_request_keeps_its_message(world: &World) -> Result<(), Error> {
+fn dropped_request_keeps_its_message(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     if n == 1 {
         return Ok(());

@@ -2,13 +2,13 @@
 //! empty messages, sends to self, non-blocking requests, and the errors a
 //! user meets.
 
-use spmd::{Error, Match, Request, World};
+use spmd::{Communicator, Error, Match, Request};
 
 const MANY: u64 = 2000;
 const TAGS: u32 = 4;
 const BIG: usize = 64 << 20;
 
-pub fn run(world: &World) -> Result<(), Error> {
+pub fn run(world: &Communicator) -> Result<(), Error> {
     ordering(world)?;
     wildcards_and_status(world)?;
     probe(world)?;
@@ -23,7 +23,7 @@ pub fn run(world: &World) -> Result<(), Error> {
 
 /// Ends a phase: a barrier, so that no wildcard receive of one phase can
 /// take a message of the next, and a line from rank 0.
-fn say(world: &World, what: &str) -> Result<(), Error> {
+fn say(world: &Communicator, what: &str) -> Result<(), Error> {
     world.barrier()?;
     if world.rank() == 0 {
         println!("ok {what}");
@@ -34,7 +34,7 @@ fn say(world: &World, what: &str) -> Result<(), Error> {
 /// Every rank sends MANY numbered messages on TAGS tags to every other rank
 /// without waiting; every receiver takes them through any-source/any-tag
 /// receives and checks each (source, tag) stream arrives in order.
-fn ordering(world: &World) -> Result<(), Error> {
+fn ordering(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     let mut sends = Vec::new();
     for seq in 0..MANY {
@@ -82,7 +82,7 @@ fn check_next(next: &mut [Vec<u64>], src: u64, tag: u32, seq: u64, status_src: u
     *expected += TAGS as u64;
 }
 
-fn wildcards_and_status(world: &World) -> Result<(), Error> {
+fn wildcards_and_status(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     if n < 2 {
         return Ok(());
@@ -116,7 +116,7 @@ fn wildcards_and_status(world: &World) -> Result<(), Error> {
     Ok(())
 }
 
-fn probe(world: &World) -> Result<(), Error> {
+fn probe(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     if n < 2 {
         return Ok(());
@@ -144,7 +144,7 @@ fn probe(world: &World) -> Result<(), Error> {
     Ok(())
 }
 
-fn self_send(world: &World) -> Result<(), Error> {
+fn self_send(world: &Communicator) -> Result<(), Error> {
     let me = world.rank();
     world.send_with_tag(&vec![me; 3], me, 5)?;
     world.send_slice_with_tag(&[me as u32; 2], me, 6)?;
@@ -156,7 +156,7 @@ fn self_send(world: &World) -> Result<(), Error> {
     Ok(())
 }
 
-fn empty_and_large(world: &World) -> Result<(), Error> {
+fn empty_and_large(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     let (to, from) = ((me + 1) % n, (me + n - 1) % n);
     let empty: [f64; 0] = [];
@@ -181,7 +181,7 @@ fn empty_and_large(world: &World) -> Result<(), Error> {
     Ok(())
 }
 
-fn immediate(world: &World) -> Result<(), Error> {
+fn immediate(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     let receives: Vec<_> = (0..n)
         .map(|r| world.immediate_receive::<(usize, usize)>(Match::source(r).with_tag(11)))
@@ -209,7 +209,7 @@ fn immediate(world: &World) -> Result<(), Error> {
     Ok(())
 }
 
-fn sendrecv_ring(world: &World) -> Result<(), Error> {
+fn sendrecv_ring(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     let big = vec![me as u64; 1 << 20];
     let from_left: Vec<u64> = world.sendrecv(&big, (me + 1) % n, (me + n - 1) % n)?;
@@ -219,7 +219,7 @@ fn sendrecv_ring(world: &World) -> Result<(), Error> {
     Ok(())
 }
 
-fn errors(world: &World) -> Result<(), Error> {
+fn errors(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     match world.send(&1u8, n) {
         Err(Error::InvalidRank { rank, size }) => assert_eq!((rank, size), (n, n)),

@@ -2,7 +2,7 @@
 //! caller's buffers, requests that are never waited for still complete
 //! before the scope ends, and errors surface.
 
-use spmd::{Error, Match, Request, World};
+use spmd::{Communicator, Error, Match, Request};
 
 fn pattern(len: usize, from: usize, round: usize) -> Vec<u64> {
     (0..len)
@@ -10,7 +10,7 @@ fn pattern(len: usize, from: usize, round: usize) -> Vec<u64> {
         .collect()
 }
 
-pub fn run(world: &World) -> Result<(), Error> {
+pub fn run(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     let (right, left) = ((me + 1) % n, (me + n - 1) % n);
     for (round, len) in [0usize, 1, 100, 40_000, 300_000].into_iter().enumerate() {

@@ -3,7 +3,7 @@
 //! the payload, so payloads of ring − 32 ± 1 make frames of ring ± 1), and
 //! 64 MiB, which wraps a ring hundreds of times.
 
-use spmd::{Error, Match, Request, World};
+use spmd::{Communicator, Error, Match, Request};
 
 /// The ring between two ranks of a job of up to 64 ranks (see the README).
 const RING: usize = 1 << 20;
@@ -24,7 +24,7 @@ fn pattern(len: usize, from: usize, salt: usize) -> Vec<u8> {
         .collect()
 }
 
-pub fn run(world: &World) -> Result<(), Error> {
+pub fn run(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     if n < 2 {
         return Ok(());
@@ -106,7 +106,7 @@ const MIXED_COUNT: usize = 3000;
 /// A stream of messages of random sizes on one tag, sent blocking or not,
 /// while the receiver now and then stops taking them for a while: every
 /// message must arrive whole and in the order sent.
-fn mixed_stream(world: &World, partner: usize) -> Result<(), Error> {
+fn mixed_stream(world: &Communicator, partner: usize) -> Result<(), Error> {
     let me = world.rank();
     let len_of = |from: usize, i: usize| {
         let mut rng = crate::rng::Rng::new((from * MIXED_COUNT + i) as u64);
@@ -138,7 +138,7 @@ fn mixed_stream(world: &World, partner: usize) -> Result<(), Error> {
     spmd::wait_all(pending).map(|_| ())
 }
 
-fn check_mixed(world: &World, partner: usize, i: usize, len: usize) -> Result<(), Error> {
+fn check_mixed(world: &Communicator, partner: usize, i: usize, len: usize) -> Result<(), Error> {
     let (got, status) = world.receive_vec_matching::<u8>(Match::source(partner).with_tag(2000))?;
     assert_eq!(
         status.len(),

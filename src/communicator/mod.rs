@@ -1,0 +1,269 @@
+//! A communicator: a group of the job's ranks with its own rank numbers and
+//! its own matching space, over the one progress engine of the job.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use crate::collective::call::Calls;
+use crate::collective::node::NodeState;
+use crate::control;
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::selector::{Match, Selector, Status};
+use crate::wire::{Context, ControlMessage, Settings};
+
+mod create;
+mod group;
+mod ids;
+mod job;
+
+pub use create::KEEP_ORDER;
+pub(crate) use group::Group;
+pub(crate) use ids::ContextIds;
+pub(crate) use job::{EngineGuard, Job};
+
+/// A group of ranks that communicate among themselves: the world is one.
+///
+/// Every point-to-point call, request, scope and collective is a method of
+/// a communicator, with ranks numbered `0..size()` within it. A
+/// [`World`](crate::World) is the communicator of every rank of the job
+/// (it dereferences to one), and the handle that ends the job.
+///
+/// ```
+/// let world = spmd::init()?;
+/// let comm: &spmd::Communicator = &world;
+/// assert!(comm.rank() < comm.size());
+/// # Ok::<(), spmd::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Communicator {
+    job: Arc<Job>,
+    rank: usize,
+    size: usize,
+    /// The members, as ranks of the job.
+    group: Group,
+    /// The context id (0 for the world); see `ids.rs`.
+    id: u32,
+    /// Communicators made from this one so far (the same on every member).
+    made: Cell<u64>,
+    /// True if the node-wide collectives may serve this communicator: it is
+    /// the world, whose ranks own the node's shared region.
+    node_wide: bool,
+    p2p: Context,
+    coll: Context,
+    calls: Calls,
+    node_state: NodeState,
+}
+
+impl Communicator {
+    /// The communicator of every rank of `job`.
+    pub(crate) fn world(job: Arc<Job>, rank: usize, size: usize) -> Communicator {
+        Communicator {
+            job,
+            rank,
+            size,
+            group: Group::everyone(size),
+            id: 0,
+            made: Cell::new(0),
+            node_wide: true,
+            p2p: Context::WORLD,
+            coll: Context::WORLD_COLLECTIVE,
+            calls: Calls::default(),
+            node_state: NodeState::default(),
+        }
+    }
+
+    /// A communicator of `group` with context id `id`, which this rank has
+    /// taken already; `None` if this rank is not a member.
+    pub(crate) fn derived(&self, group: Group, id: u32) -> Option<Communicator> {
+        let rank = group.rank_of(self.group.job_rank(self.rank))?;
+        Some(Communicator {
+            job: Arc::clone(&self.job),
+            rank,
+            size: group.size(),
+            group,
+            id,
+            made: Cell::new(0),
+            node_wide: false,
+            p2p: Context::point_to_point(id),
+            coll: Context::collective(id),
+            calls: Calls::default(),
+            node_state: NodeState::default(),
+        })
+    }
+
+    /// This process's rank in the communicator, `0..size()`.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The number of ranks in the communicator.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// This rank's index among the ranks of the job on the same node.
+    pub fn local_rank(&self) -> usize {
+        self.job.local_rank
+    }
+
+    /// The number of ranks of the job on this node.
+    pub fn local_size(&self) -> usize {
+        self.job.local_size
+    }
+
+    /// The index of this rank's node in the job's placement.
+    pub fn node(&self) -> usize {
+        self.job.node
+    }
+
+    /// The name of the machine this rank runs on (MPI's processor name).
+    pub fn processor_name(&self) -> String {
+        crate::world::host_name()
+    }
+
+    pub(crate) fn job(&self) -> &Arc<Job> {
+        &self.job
+    }
+
+    pub(crate) fn engine(&self) -> EngineGuard<'_> {
+        self.job.engine()
+    }
+
+    /// The engine, unless it is held already (for use in `Drop`).
+    pub(crate) fn engine_try(&self) -> Option<EngineGuard<'_>> {
+        self.job.engine_try()
+    }
+
+    /// The context of this communicator's point-to-point messages.
+    pub(crate) fn p2p_context(&self) -> Context {
+        self.p2p
+    }
+
+    /// The context of this communicator's collectives.
+    pub(crate) fn coll_context(&self) -> Context {
+        self.coll
+    }
+
+    /// What this communicator remembers of its collective calls.
+    pub(crate) fn calls(&self) -> &Calls {
+        &self.calls
+    }
+
+    /// What this communicator knows of its node-wide collectives.
+    pub(crate) fn node_state(&self) -> &NodeState {
+        &self.node_state
+    }
+
+    /// What the launcher decided for every rank (`None` without one).
+    pub(crate) fn settings(&self) -> Option<&Settings> {
+        self.job.settings.as_ref()
+    }
+
+    pub(crate) fn check_rank(&self, rank: usize) -> Result<()> {
+        if rank < self.size {
+            Ok(())
+        } else {
+            Err(Error::InvalidRank { rank, size: self.size })
+        }
+    }
+
+    /// The job rank of this communicator's rank `rank`, checked.
+    #[inline]
+    pub(crate) fn peer(&self, rank: usize) -> Result<usize> {
+        self.check_rank(rank)?;
+        Ok(self.group.job_rank(rank))
+    }
+
+    /// The job rank of this communicator's rank `rank` (below `size()`).
+    #[inline]
+    pub(crate) fn job_rank(&self, rank: usize) -> usize {
+        self.group.job_rank(rank)
+    }
+
+    /// This communicator's rank of job rank `job_rank`, or the job rank
+    /// itself if it is not a member (for messages about it).
+    pub(crate) fn rank_of(&self, job_rank: usize) -> usize {
+        self.group.rank_of(job_rank).unwrap_or(job_rank)
+    }
+
+    /// The number of ranks in the job.
+    pub(crate) fn job_size(&self) -> usize {
+        self.job.size
+    }
+
+    /// The members of this communicator, as ranks of the job.
+    pub(crate) fn group(&self) -> &Group {
+        &self.group
+    }
+
+    /// This communicator's context id (0 for the world).
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// True if the node-wide collectives may serve this communicator.
+    pub(crate) fn node_wide(&self) -> bool {
+        self.node_wide
+    }
+
+    /// A selector for this communicator's point-to-point messages, with the
+    /// pattern's source checked and made a job rank.
+    pub(crate) fn user(&self, pattern: Match) -> Result<Selector> {
+        let pattern = match pattern.source_rank() {
+            Some(source) => pattern.with_source(self.peer(source)?),
+            None => pattern,
+        };
+        Ok(Selector::new(self.p2p, pattern))
+    }
+
+    /// The status of a message received in this communicator.
+    pub(crate) fn status_of(&self, env: &Envelope) -> Status {
+        Status::of_source(env, self.rank_of(env.source))
+    }
+
+    /// Ends the whole job at once: spmdrun stops every rank and exits with
+    /// `code`. Use it when a rank finds an error the others cannot recover
+    /// from. It does not return.
+    ///
+    /// ```no_run
+    /// # let world = spmd::init().unwrap();
+    /// if std::path::Path::new("input.dat").exists() == false {
+    ///     eprintln!("input.dat is missing");
+    ///     world.abort(2);
+    /// }
+    /// ```
+    pub fn abort(&self, code: i32) -> ! {
+        self.abort_with_message(code, "")
+    }
+
+    /// [`Communicator::abort`] with a reason that spmdrun prints in its one
+    /// line about the failure (and that is printed on standard error when
+    /// there is no launcher).
+    ///
+    /// ```no_run
+    /// # let world = spmd::init().unwrap();
+    /// world.abort_with_message(2, "input.dat is missing");
+    /// ```
+    pub fn abort_with_message(&self, code: i32, message: &str) -> ! {
+        if !self.job.managed && !message.is_empty() {
+            eprintln!("abort({code}): {message}");
+        }
+        control::tell(
+            &ControlMessage::Abort {
+                code,
+                message: message.to_string(),
+            },
+            true,
+        );
+        std::process::exit(code)
+    }
+}
+
+impl Drop for Communicator {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            self.job.ids().release(self.id);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Checks of communicators themselves: the groups `dup`, `split`,
+//! `split_by_node` and `subset` make, rank translation, isolation between a
+//! communicator and its duplicate under wildcards, misuse as an error on
+//! every rank, and memory that stays flat over many made and dropped.
+
+use spmd::{Error, Match, World};
+
+pub fn run(world: &World, many: usize) -> Result<(), Error> {
+    groups(world)?;
+    isolation(world)?;
+    disagreement(world)?;
+    many_made_and_dropped(world, many)?;
+    Ok(())
+}
+
+/// The ranks each constructor gives, checked against what MPI specifies.
+fn groups(world: &World) -> Result<(), Error> {
+    let (rank, size) = (world.rank(), world.size());
+    let dup = world.dup()?;
+    assert_eq!((dup.rank(), dup.size()), (rank, size));
+
+    // Colors by rank % 3, ordered by descending rank within each.
+    let color = (rank % 3) as u32;
+    let part = world
+        .split(Some(color), -(rank as i64))?
+        .expect("every rank passed a color");
+    let members: Vec<usize> = (0..size).rev().filter(|r| r % 3 == rank % 3).collect();
+    assert_eq!(part.size(), members.len());
+    assert_eq!(members[part.rank()], rank);
+    for (i, m) in members.iter().enumerate() {
+        assert_eq!(part.translate_rank(i, world)?, Some(*m));
+        assert_eq!(world.translate_rank(*m, &part)?, Some(i));
+    }
+    if size > 1 {
+        let other = (rank + 1) % size;
+        if other % 3 != rank % 3 {
+            assert_eq!(world.translate_rank(other, &part)?, None);
+        }
+    }
+    // Every member gets the same sum over the part: its collectives work.
+    let sum = part.allreduce(&rank, &spmd::op::Sum)?;
+    assert_eq!(sum, members.iter().sum::<usize>());
+
+    // No color: no communicator, and the others still get theirs.
+    let odd = world.split((rank % 2 == 1).then_some(7), spmd::KEEP_ORDER)?;
+    assert_eq!(odd.is_some(), rank % 2 == 1);
+    if let Some(odd) = &odd {
+        assert_eq!((odd.rank(), odd.size()), (rank / 2, size / 2));
+    }
+
+    // One node here: the node's communicator is every rank, in order.
+    let node = world.split_by_node()?;
+    assert_eq!((node.rank(), node.size()), (world.local_rank(), world.local_size()));
+
+    // A subset of a subset translates through both.
+    let listed: Vec<usize> = (0..size).rev().step_by(2).collect();
+    let sub = world.subset(&listed)?;
+    assert_eq!(sub.is_some(), listed.contains(&rank));
+    if let Some(sub) = &sub {
+        assert_eq!(listed[sub.rank()], rank);
+        let inner = sub.dup()?;
+        assert_eq!(inner.translate_rank(inner.rank(), world)?, Some(rank));
+        let seen = inner.allgather(&rank)?;
+        assert_eq!(seen, listed);
+    }
+    // A rank that is not in a communicator is an error there, not a hang.
+    assert!(matches!(dup.send(&1u8, size), Err(Error::InvalidRank { .. })));
+    Ok(())
+}
+
+/// Messages of a communicator never match receives of its duplicate, under
+/// any-source any-tag receives, in either order.
+fn isolation(world: &World) -> Result<(), Error> {
+    let dup = world.dup()?;
+    let (rank, size) = (world.rank(), world.size());
+    if size < 2 {
+        return Ok(());
+    }
+    let (next, prev) = ((rank + 1) % size, (rank + size - 1) % size);
+    // Into the world first, then the duplicate, same tag.
+    world.send_with_tag(&format!("world from {rank}"), next, 5)?;
+    dup.send_with_tag(&format!("dup from {rank}"), next, 5)?;
+    // The duplicate's receive, asked first, skips the world's message.
+    let (got, status): (String, _) = dup.receive_matching(Match::any())?;
+    assert_eq!(
+        (got.as_str(), status.source()),
+        (format!("dup from {prev}").as_str(), prev)
+    );
+    let (got, _): (String, _) = world.receive_matching(Match::any())?;
+    assert_eq!(got, format!("world from {prev}"));
+    // Nothing of either is left over for the other.
+    assert!(dup.try_probe(Match::any())?.is_none());
+    world.barrier()?;
+    dup.barrier()?;
+    Ok(())
+}
+
+/// Ranks that pass different lists to `subset`, or call a constructor
+/// against another collective, all get an error.
+fn disagreement(world: &World) -> Result<(), Error> {
+    let (rank, size) = (world.rank(), world.size());
+    if size < 2 {
+        return Ok(());
+    }
+    let list: Vec<usize> = if rank == 0 { vec![0] } else { vec![0, 1] };
+    let got = world.dup()?.subset(&list);
+    assert!(
+        matches!(&got, Err(Error::InvalidArgument(m)) if m.contains("different ranks")),
+        "rank {rank}: {:?}",
+        got.map(|c| c.map(|c| c.size()))
+    );
+    let bad = world.dup()?.subset(&[size]);
+    assert!(
+        matches!(&bad, Err(Error::InvalidArgument(m)) if m.contains("not below")),
+        "{bad:?}"
+    );
+
+    let spare = world.dup()?;
+    let got = if rank == 0 {
+        spare.dup().map(|_| ())
+    } else {
+        spare.barrier()
+    };
+    match got {
+        Err(Error::CollectiveMismatch { .. }) | Err(Error::CollectiveFailed { .. }) => {}
+        other => panic!("rank {rank}: a dup against a barrier gave {other:?}"),
+    }
+    Ok(())
+}
+
+/// Makes and drops `many` communicators; the memory does not grow with
+/// them, and the context ids never run out.
+fn many_made_and_dropped(world: &World, many: usize) -> Result<(), Error> {
+    let lived = world.dup()?;
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|kb| kb.parse().ok())
+            .expect("a size in kB")
+    };
+    let mut before = 0;
+    for i in 0..many {
+        if i == many / 10 {
+            before = rss();
+        }
+        let c = if i % 2 == 0 {
+            world.dup()?
+        } else {
+            lived.split(Some((world.rank() % 2) as u32), 0)?.expect("a color")
+        };
+        if i % 1000 == 0 {
+            let sum = c.allreduce(&1usize, &spmd::op::Sum)?;
+            assert_eq!(sum, c.size());
+        }
+    }
+    let grew = rss().saturating_sub(before);
+    assert!(
+        grew < 4096,
+        "rank {}: {grew} kB more after {many} communicators",
+        world.rank()
+    );
+    if world.rank() == 0 {
+        println!("{many} communicators made and dropped, memory grew {grew} kB");
+    }
+    Ok(())
+}
