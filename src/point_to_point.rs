@@ -18,15 +18,15 @@ impl Communicator {
     /// Queues a message to job rank `dest`; the caller decides when to wait
     /// for it.
     pub(crate) fn post_send(&self, dest: usize, head: Head, payload: Vec<u8>) -> Result<Sent> {
-        self.engine().send(dest, head, payload)
+        self.ranked(self.engine().send(dest, head, payload))
     }
 
     /// Sends to job rank `dest` and waits until the message has left this
     /// process.
     pub(crate) fn send_bytes(&self, dest: usize, head: Head, payload: Vec<u8>) -> Result<()> {
         let mut engine = self.engine();
-        let sent = engine.send(dest, head, payload)?;
-        engine.wait_sent(sent, dest)
+        let sent = engine.send(dest, head, payload);
+        self.ranked(sent.and_then(|sent| engine.wait_sent(sent, dest)))
     }
 
     /// Receives the next message `sel` accepts; a raw message of the room's
@@ -38,8 +38,8 @@ impl Communicator {
         timeout: Option<Duration>,
     ) -> Result<Envelope> {
         let mut engine = self.engine();
-        let id = engine.post(sel, room)?;
-        engine.wait_receive(id, timeout)
+        let id = engine.post(sel, room);
+        self.ranked(id.and_then(|id| engine.wait_receive(id, timeout)))
     }
 
     /// Takes a received message as a value; if the receive cannot take it
@@ -47,7 +47,7 @@ impl Communicator {
     pub(crate) fn take<T>(&self, env: Envelope, taking: impl FnOnce(Envelope) -> Taken<T>) -> Result<T> {
         taking(env).map_err(|rejected| {
             self.engine().requeue(rejected.env);
-            rejected.error
+            self.in_ranks(rejected.error)
         })
     }
 
@@ -78,7 +78,7 @@ impl Communicator {
         if let Some((format, bytes)) = message::as_raw(value) {
             // Numbers go out straight from the caller's memory.
             let head = Head::user(self.p2p_context(), tag, format);
-            return self.engine().send_now(dest, head, bytes);
+            return self.ranked(self.engine().send_now(dest, head, bytes));
         }
         let (format, payload) = message::encode(value)?;
         self.send_bytes(dest, Head::user(self.p2p_context(), tag, format), payload)
@@ -128,7 +128,7 @@ impl Communicator {
     /// Waits until a message `pattern` accepts has arrived and returns its
     /// status, leaving it to be received.
     pub fn probe(&self, pattern: Match) -> Result<Status> {
-        let found = self.engine().probe(self.user(pattern)?, Some(None))?;
+        let found = self.ranked(self.engine().probe(self.user(pattern)?, Some(None)))?;
         let found = found.expect("a probe without a deadline returns only when it finds a message");
         Ok(found.with_source(self.rank_of(found.source())))
     }
@@ -136,7 +136,7 @@ impl Communicator {
     /// Returns the status of a message `pattern` accepts if one has arrived,
     /// without waiting.
     pub fn try_probe(&self, pattern: Match) -> Result<Option<Status>> {
-        let found = self.engine().probe(self.user(pattern)?, None)?;
+        let found = self.ranked(self.engine().probe(self.user(pattern)?, None))?;
         Ok(found.map(|f| f.with_source(self.rank_of(f.source()))))
     }
 
@@ -170,14 +170,14 @@ impl Communicator {
         let dest = self.peer(dest)?;
         let sel = self.user(Match::source(source).with_tag(receive_tag))?;
         let (format, payload) = message::encode(value)?;
-        let env = {
+        let env = self.ranked((|| {
             let mut engine = self.engine();
             let id = engine.post(sel, message::room_for::<R>())?;
             let sent = engine.send(dest, Head::user(self.p2p_context(), send_tag, format), payload)?;
             let env = engine.wait_receive(id, None)?;
             engine.wait_sent(sent, dest)?;
-            env
-        };
+            Ok(env)
+        })())?;
         self.take(env, message::decode_owned)
     }
 
@@ -203,7 +203,7 @@ impl Communicator {
     pub fn send_slice_with_tag<T: Pod>(&self, data: &[T], dest: usize, tag: u32) -> Result<()> {
         let dest = self.peer(dest)?;
         let head = Head::user(self.p2p_context(), tag, message::raw::<T>());
-        self.engine().send_now(dest, head, message::pod_bytes(data))
+        self.ranked(self.engine().send_now(dest, head, message::pod_bytes(data)))
     }
 
     /// Receives plain numbers from `source` (tag 0) into `buf`. The message
@@ -223,9 +223,11 @@ impl Communicator {
         // A message that arrives after this call starts lands straight in
         // `buf`; one that was already queued is copied.
         let element = crate::element::code_of::<T>();
-        let env = self
-            .engine()
-            .receive_landing(self.user(pattern)?, bytemuck::cast_slice_mut(buf), element)?;
+        let sel = self.user(pattern)?;
+        let env = self.ranked(
+            self.engine()
+                .receive_landing(sel, bytemuck::cast_slice_mut(buf), element),
+        )?;
         let status = self.status_of(&env);
         self.take(env, |env| match message::copy_into(&env, buf) {
             Ok(_) => Ok(()),

@@ -61,11 +61,11 @@ impl Request for SendRequest<'_> {
     type Output = ();
 
     fn wait(self) -> Result<()> {
-        self.comm.engine().wait_sent(self.sent, self.dest)
+        self.comm.ranked(self.comm.engine().wait_sent(self.sent, self.dest))
     }
 
     fn test(&mut self) -> Result<bool> {
-        self.comm.engine().is_sent(self.sent)
+        self.comm.ranked(self.comm.engine().is_sent(self.sent))
     }
 }
 
@@ -92,14 +92,14 @@ impl<T> Request for ReceiveRequest<'_, T> {
         let Some(id) = self.id.take() else {
             unreachable!("a receive request is waited on once, by value")
         };
-        let env = self.comm.engine().wait_receive(id, None)?;
+        let env = self.comm.ranked(self.comm.engine().wait_receive(id, None))?;
         let status = self.comm.status_of(&env);
         Ok((self.comm.take(env, self.decode)?, status))
     }
 
     fn test(&mut self) -> Result<bool> {
         match self.id {
-            Some(id) => self.comm.engine().test_receive(id),
+            Some(id) => self.comm.ranked(self.comm.engine().test_receive(id)),
             None => Ok(true),
         }
     }
@@ -108,7 +108,7 @@ impl<T> Request for ReceiveRequest<'_, T> {
 impl<T> Drop for ReceiveRequest<'_, T> {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
-            if let Some(mut engine) = self.comm.engine_try() {
+            if let Some(mut engine) = self.comm.engine_for_cleanup() {
                 engine.abandon_receive(id);
             }
         }
@@ -151,7 +151,7 @@ impl Communicator {
     /// straight out; only the rest is copied.
     fn immediate_raw(&self, dest: usize, head: Head, bytes: &[u8]) -> Result<SendRequest<'_>> {
         let dest = self.peer(dest)?;
-        let sent = self.engine().send_eager(dest, head, bytes)?;
+        let sent = self.ranked(self.engine().send_eager(dest, head, bytes))?;
         Ok(SendRequest { comm: self, sent, dest })
     }
 
@@ -185,7 +185,7 @@ impl Communicator {
         decode: fn(Envelope) -> Taken<T>,
     ) -> Result<ReceiveRequest<'_, T>> {
         let sel = self.user(pattern)?;
-        let id = self.engine().post(sel, room)?;
+        let id = self.ranked(self.engine().post(sel, room))?;
         Ok(ReceiveRequest {
             comm: self,
             id: Some(id),

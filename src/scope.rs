@@ -113,7 +113,8 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let head = Head::user(self.comm.p2p_context(), tag, message::raw::<T>());
         // SAFETY: `data` is borrowed for the scope, and the scope waits for
         // the send (or makes it owned) before it ends.
-        let sent = unsafe { self.comm.engine().send_lent(dest, head, message::pod_bytes(data))? };
+        let sent = unsafe { self.comm.engine().send_lent(dest, head, message::pod_bytes(data)) };
+        let sent = self.comm.ranked(sent)?;
         let mut lent = self.lent.borrow_mut();
         lent.sends.push((sent, dest, false));
         Ok(LentSend {
@@ -136,7 +137,8 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let sel = self.comm.user(pattern)?;
         // SAFETY: `buf` is borrowed mutably for the scope, and the scope
         // waits for the receive (or abandons it) before it ends.
-        let id = unsafe { self.comm.engine().post_lent(sel, ptr, len, element)? };
+        let id = unsafe { self.comm.engine().post_lent(sel, ptr, len, element) };
+        let id = self.comm.ranked(id)?;
         let mut lent = self.lent.borrow_mut();
         lent.receives.push(LentBuffer {
             id,
@@ -157,7 +159,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             return Ok(());
         }
         let mut engine = self.comm.engine();
-        let result = engine.wait_sent(sent, dest);
+        let result = self.comm.ranked(engine.wait_sent(sent, dest));
         engine.own_sent(sent);
         self.lent.borrow_mut().sends[index].2 = true;
         result
@@ -173,7 +175,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             return Err(Error::InvalidArgument("this receive was already waited for".into()));
         }
         let mut engine = self.comm.engine();
-        let result = engine.wait_receive(id, None);
+        let result = self.comm.ranked(engine.wait_receive(id, None));
         if result.is_err() {
             engine.abandon_receive(id);
         }
@@ -181,7 +183,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         self.lent.borrow_mut().receives[index].done = true;
         let env = result?;
         let status = self.comm.status_of(&env);
-        if let Err(e) = finish(&env, ptr, len) {
+        if let Err(e) = finish(&env, ptr, len).map_err(|e| self.comm.in_ranks(e)) {
             // A message that did not land goes back to the queue for a
             // receive of the right type (one that landed fitted the buffer).
             if env.landed.is_none() {
@@ -199,8 +201,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let Ok(mut lent) = self.lent.try_borrow_mut() else {
             return;
         };
-        let Some(mut engine) = self.comm.engine_try() else {
-            return;
+        let Some(mut engine) = self.comm.engine_for_cleanup() else {
+            // Only spmd called from inside spmd gets here. Going on would
+            // leave the engine pointing into buffers about to be freed.
+            eprintln!("spmd: a scope ended inside another spmd call and cannot withdraw its buffers; aborting");
+            std::process::abort();
         };
         for r in lent.receives.iter_mut().filter(|r| !r.done) {
             engine.abandon_receive(r.id);
@@ -265,7 +270,7 @@ impl Request for LentSend<'_, '_> {
 
     fn test(&mut self) -> Result<bool> {
         let (sent, _, done) = self.scope.lent.borrow().sends[self.index];
-        Ok(done || self.scope.comm.engine().is_sent(sent)?)
+        Ok(done || self.scope.comm.ranked(self.scope.comm.engine().is_sent(sent))?)
     }
 }
 
@@ -290,6 +295,6 @@ impl Request for LentReceive<'_, '_> {
             let r = &lent.receives[self.index];
             (r.id, r.done)
         };
-        Ok(done || self.scope.comm.engine().test_receive(id)?)
+        Ok(done || self.scope.comm.ranked(self.scope.comm.engine().test_receive(id))?)
     }
 }

@@ -360,7 +360,7 @@ impl Communicator {
                 self.tell_others(&call, e);
             }
         }
-        result
+        self.ranked(result)
     }
 
     /// Sends a notice of this rank's failure in `call` to every other rank

@@ -31,7 +31,7 @@ impl Communicator {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn dup(&self) -> Result<Communicator> {
-        let made = self.make(&[], |_| Ok(Some(self.group().clone())))?;
+        let made = self.make(Constructor::Dup, &[], |_| Ok(Some(self.group().clone())))?;
         Ok(made.expect("every rank is a member of a duplicate"))
     }
 
@@ -50,16 +50,18 @@ impl Communicator {
     /// ```
     pub fn split(&self, color: Option<u32>, key: i64) -> Result<Option<Communicator>> {
         let mine = [color.map_or(0, |c| u64::from(c) + 1), key as u64];
-        self.make(&mine, |all| {
-            let Some(color) = color else { return Ok(None) };
+        self.make(Constructor::Split, &mine, |all| {
             let mut members = Vec::new();
             for (rank, args) in all.iter().enumerate() {
                 let [c, k] = args[..] else {
                     return Err(self.bad_words(rank, "split"));
                 };
-                if c == u64::from(color) + 1 {
+                if c == mine[0] {
                     members.push((k as i64, rank));
                 }
+            }
+            if color.is_none() {
+                return Ok(None);
             }
             members.sort_unstable();
             Ok(Some(self.subgroup(members.into_iter().map(|(_, rank)| rank))))
@@ -78,7 +80,7 @@ impl Communicator {
     /// ```
     pub fn split_by_node(&self) -> Result<Communicator> {
         let node = self.node() as u64;
-        let made = self.make(&[node], |all| {
+        let made = self.make(Constructor::SplitByNode, &[node], |all| {
             let mut members = Vec::new();
             for (rank, args) in all.iter().enumerate() {
                 let [n] = args[..] else {
@@ -109,7 +111,7 @@ impl Communicator {
     pub fn subset(&self, ranks: &[usize]) -> Result<Option<Communicator>> {
         let problem = self.list_problem(ranks);
         let mine = [list_hash(ranks), ranks.len() as u64, problem];
-        self.make(&mine, |all| {
+        self.make(Constructor::Subset, &mine, |all| {
             for (rank, args) in all.iter().enumerate() {
                 let [hash, len, problem] = args[..] else {
                     return Err(self.bad_words(rank, "subset"));
@@ -180,28 +182,58 @@ impl Communicator {
         }
     }
 
-    /// Makes a communicator: exchanges `args` and the free context ids with
-    /// every member, lets `members` choose this rank's group from every
-    /// member's arguments (the same on every rank), and takes the first id
-    /// every member has free.
-    fn make(&self, args: &[u64], members: impl Fn(&[&[u64]]) -> Result<Option<Group>>) -> Result<Option<Communicator>> {
+    /// Makes a communicator: exchanges which constructor this is, where the
+    /// window of ids starts, the ids of the window this rank has free, and
+    /// `args` with every member; checks that every member made the same
+    /// call; lets `members` choose this rank's group from every member's
+    /// arguments (the same on every rank); and takes the first id every
+    /// member has free.
+    fn make(
+        &self,
+        what: Constructor,
+        args: &[u64],
+        members: impl Fn(&[&[u64]]) -> Result<Option<Group>>,
+    ) -> Result<Option<Communicator>> {
+        // Communicators made on different threads at once take turns here,
+        // so that no two of them take the same id.
+        let _turn = self.job().creating();
         let made = self.made.get();
         self.made.set(made.wrapping_add(1));
+        const HEAD: usize = 2 + MASK_WORDS;
         for round in 0.. {
             let start = ids::window_start(self.id(), made, round);
-            let mut mine = self.job().ids().free_mask(start).to_vec();
+            let mut mine = vec![what as u64, u64::from(start)];
+            mine.extend_from_slice(&self.job().ids().free_mask(start));
             mine.extend_from_slice(args);
             let all = self.creation_allgather(&mine)?;
             let mut common = [!0u64; MASK_WORDS];
             let mut others = Vec::with_capacity(all.len());
             for (rank, words) in all.iter().enumerate() {
-                if words.len() < MASK_WORDS {
+                if words.len() < HEAD {
                     return Err(self.bad_words(rank, "the making of a communicator"));
                 }
-                for (c, w) in common.iter_mut().zip(words) {
+                if words[0] != what as u64 {
+                    return Err(Error::CollectiveMismatch {
+                        detail: format!(
+                            "rank {rank} called {} where rank {} called {}",
+                            Constructor::name_of(words[0]),
+                            self.rank(),
+                            what.name()
+                        ),
+                    });
+                }
+                if words[1] != mine[1] {
+                    return Err(Error::CollectiveMismatch {
+                        detail: format!(
+                            "rank {rank} and rank {} have made different numbers of communicators from this one",
+                            self.rank()
+                        ),
+                    });
+                }
+                for (c, w) in common.iter_mut().zip(&words[2..HEAD]) {
                     *c &= w;
                 }
-                others.push(&words[MASK_WORDS..]);
+                others.push(&words[HEAD..]);
             }
             let group = members(&others)?;
             let Some(id) = ids::first_free(start, &common) else {
@@ -216,6 +248,39 @@ impl Communicator {
             }));
         }
         unreachable!("the rounds go on until a window has a free id")
+    }
+}
+
+/// Which constructor a member called, as the first word it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+enum Constructor {
+    Dup = 1,
+    Split = 2,
+    SplitByNode = 3,
+    Subset = 4,
+}
+
+impl Constructor {
+    fn name(self) -> &'static str {
+        match self {
+            Constructor::Dup => "dup",
+            Constructor::Split => "split",
+            Constructor::SplitByNode => "split_by_node",
+            Constructor::Subset => "subset",
+        }
+    }
+
+    fn name_of(word: u64) -> &'static str {
+        [
+            Constructor::Dup,
+            Constructor::Split,
+            Constructor::SplitByNode,
+            Constructor::Subset,
+        ]
+        .into_iter()
+        .find(|c| *c as u64 == word)
+        .map_or("an unknown constructor", Constructor::name)
     }
 }
 

@@ -46,7 +46,6 @@ impl Group {
     }
 
     /// True if the group is every rank of the job in job order.
-    #[cfg(test)]
     pub fn is_everyone(&self) -> bool {
         self.listed.is_none()
     }
@@ -74,7 +73,6 @@ impl Group {
     }
 
     /// The job ranks of the members, in group order.
-    #[cfg(test)]
     pub fn job_ranks(&self) -> Vec<usize> {
         (0..self.size).map(|r| self.job_rank(r)).collect()
     }

@@ -3,7 +3,7 @@
 //! thread at a time holds the engine.
 
 use std::cell::Cell;
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::ContextIds;
 use crate::progress::Engine;
@@ -25,6 +25,8 @@ pub(crate) struct Job {
     pub node: usize,
     /// The context ids of this rank's live communicators.
     ids: Mutex<ContextIds>,
+    /// Held while a communicator is made (see `create.rs`).
+    creating: Mutex<()>,
 }
 
 thread_local! {
@@ -69,6 +71,7 @@ impl Job {
             local_size,
             node,
             ids: Mutex::new(ContextIds::default()),
+            creating: Mutex::new(()),
         }
     }
 
@@ -91,22 +94,25 @@ impl Job {
         }
     }
 
+    /// This thread's turn to make a communicator: from the look at the
+    /// free ids to the taking of one, no other thread of the rank makes one.
+    pub fn creating(&self) -> MutexGuard<'_, ()> {
+        self.creating.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The context ids of this rank's live communicators.
     pub fn ids(&self) -> MutexGuard<'_, ContextIds> {
         self.ids.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The engine, unless this or another thread holds it (for `Drop`).
-    pub fn engine_try(&self) -> Option<EngineGuard<'_>> {
+    /// The engine for a cleanup that must run (a `Drop` withdrawing a
+    /// buffer the engine points into): waits for another thread that holds
+    /// it, and is `None` only if this thread holds it already (spmd called
+    /// from inside spmd, where the outer call still owns the engine).
+    pub fn engine_for_cleanup(&self) -> Option<EngineGuard<'_>> {
         if HOLDING.with(|h| h.get()) {
             return None;
         }
-        let guard = match self.engine.try_lock() {
-            Ok(g) => g,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return None,
-        };
-        HOLDING.with(|h| h.set(true));
-        Some(EngineGuard { guard })
+        Some(self.engine())
     }
 }

@@ -77,6 +77,10 @@ impl Communicator {
     /// taken already; `None` if this rank is not a member.
     pub(crate) fn derived(&self, group: Group, id: u32) -> Option<Communicator> {
         let rank = group.rank_of(self.group.job_rank(self.rank))?;
+        if !group.is_everyone() {
+            let members: Arc<[usize]> = group.job_ranks().into();
+            self.engine().set_members(Context::point_to_point(id), Some(members));
+        }
         Some(Communicator {
             job: Arc::clone(&self.job),
             rank,
@@ -130,9 +134,10 @@ impl Communicator {
         self.job.engine()
     }
 
-    /// The engine, unless it is held already (for use in `Drop`).
-    pub(crate) fn engine_try(&self) -> Option<EngineGuard<'_>> {
-        self.job.engine_try()
+    /// The engine for a cleanup that must run (in `Drop`): waits for
+    /// another thread that holds it; `None` only if this thread does.
+    pub(crate) fn engine_for_cleanup(&self) -> Option<EngineGuard<'_>> {
+        self.job.engine_for_cleanup()
     }
 
     /// The context of this communicator's point-to-point messages.
@@ -190,6 +195,62 @@ impl Communicator {
     /// The number of ranks in the job.
     pub(crate) fn job_size(&self) -> usize {
         self.job.size
+    }
+
+    /// `e` with the ranks it names (job ranks, as the engine knows them)
+    /// made ranks of this communicator.
+    pub(crate) fn in_ranks(&self, e: Error) -> Error {
+        if self.group.is_everyone() {
+            return e;
+        }
+        let to = |rank: usize| self.rank_of(rank);
+        match e {
+            Error::PeerGone { rank } => Error::PeerGone { rank: to(rank) },
+            Error::CollectiveFailed { rank, detail } => Error::CollectiveFailed { rank: to(rank), detail },
+            Error::Decode {
+                type_name,
+                sender,
+                tag,
+                len,
+                reason,
+            } => Error::Decode {
+                type_name,
+                sender: to(sender),
+                tag,
+                len,
+                reason,
+            },
+            Error::FormatMismatch {
+                sender,
+                tag,
+                sent_as,
+                received_as,
+            } => Error::FormatMismatch {
+                sender: to(sender),
+                tag,
+                sent_as,
+                received_as,
+            },
+            Error::Truncated {
+                sender,
+                tag,
+                message_bytes,
+                buffer_bytes,
+                element,
+            } => Error::Truncated {
+                sender: to(sender),
+                tag,
+                message_bytes,
+                buffer_bytes,
+                element,
+            },
+            e => e,
+        }
+    }
+
+    /// `r` with the ranks its error names made this communicator's.
+    pub(crate) fn ranked<T>(&self, r: Result<T>) -> Result<T> {
+        r.map_err(|e| self.in_ranks(e))
     }
 
     /// The members of this communicator, as ranks of the job.
@@ -263,6 +324,11 @@ impl Communicator {
 impl Drop for Communicator {
     fn drop(&mut self) {
         if self.id != 0 {
+            if !self.group.is_everyone() {
+                if let Some(mut engine) = self.engine_for_cleanup() {
+                    engine.set_members(self.p2p, None);
+                }
+            }
             self.job.ids().release(self.id);
         }
     }

@@ -3,7 +3,9 @@
 //! to the transport, knows when a wait can never end, and keeps the rank's
 //! status page saying what it waits on while it sleeps.
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::envelope::{Buffer, Envelope, Format, Room};
@@ -65,6 +67,10 @@ pub(crate) struct Engine {
     sent: u64,
     /// True once `finish` has run: nothing more goes out or is posted.
     finished: bool,
+    /// The job ranks of each point-to-point context whose communicator is
+    /// not every rank, for the check of whether an any-source receive can
+    /// still be served.
+    members: HashMap<u32, Arc<[usize]>>,
 }
 
 impl Engine {
@@ -81,6 +87,7 @@ impl Engine {
             status,
             sent: 0,
             finished: false,
+            members: HashMap::new(),
         }
     }
 
@@ -128,6 +135,14 @@ impl Engine {
         } else {
             Err(Error::InvalidRank { rank, size: self.size })
         }
+    }
+
+    /// Says which job ranks can send in `context` (`None`: every rank).
+    pub fn set_members(&mut self, context: Context, members: Option<Arc<[usize]>>) {
+        match members {
+            Some(m) => self.members.insert(context.0, m),
+            None => self.members.remove(&context.0),
+        };
     }
 
     /// Checks that this rank has not finalized.

@@ -176,19 +176,28 @@ impl Engine {
             Some(s) if self.transport.is_gone(s) => Err(self.gone(s)),
             Some(_) => Ok(()),
             None => {
-                let mut others = (0..self.size).filter(|r| *r != self.me);
-                let Some(first) = others.clone().next() else {
-                    return Err(Error::InvalidArgument(format!(
-                        "rank {} is alone in this job and waits for a message nobody sent; this would wait for ever",
-                        self.me
-                    )));
-                };
-                if others.any(|r| !self.transport.is_gone(r)) {
-                    Ok(())
-                } else {
-                    Err(self.gone(first))
+                let me = self.me;
+                match self.members.get(&sel.context.0).cloned() {
+                    None => self.any_can_send((0..self.size).filter(|r| *r != me)),
+                    Some(members) => self.any_can_send(members.iter().copied().filter(|r| *r != me)),
                 }
             }
+        }
+    }
+
+    /// Fails an any-source wait whose possible senders, `others`, are none
+    /// or have all gone.
+    fn any_can_send(&mut self, mut others: impl Iterator<Item = usize> + Clone) -> Result<()> {
+        let Some(first) = others.clone().next() else {
+            return Err(Error::InvalidArgument(format!(
+                "rank {} is alone in its communicator and waits for a message nobody sent; this would wait for ever",
+                self.me
+            )));
+        };
+        if others.any(|r| !self.transport.is_gone(r)) {
+            Ok(())
+        } else {
+            Err(self.gone(first))
         }
     }
 }

@@ -3,12 +3,19 @@
 //! communicator and its duplicate under wildcards, misuse as an error on
 //! every rank, and memory that stays flat over many made and dropped.
 
-use spmd::{Error, Match, World};
+use spmd::{Communicator, Error, Match, World};
 
 pub fn run(world: &World, many: usize) -> Result<(), Error> {
     groups(world)?;
     isolation(world)?;
+    let reversed: Vec<usize> = (0..world.size()).rev().collect();
+    let rev = world.subset(&reversed)?.expect("every rank is listed");
+    isolation(&rev)?;
+    ranks_in_errors(&rev)?;
+    alone(world)?;
+    scope_ends_while_another_thread_waits(world)?;
     disagreement(world)?;
+    many_alive_at_once(world)?;
     many_made_and_dropped(world, many)?;
     Ok(())
 }
@@ -63,14 +70,17 @@ fn groups(world: &World) -> Result<(), Error> {
         let seen = inner.allgather(&rank)?;
         assert_eq!(seen, listed);
     }
-    // A rank that is not in a communicator is an error there, not a hang.
+    // A rank number beyond the communicator is an error there, not a hang.
     assert!(matches!(dup.send(&1u8, size), Err(Error::InvalidRank { .. })));
+    if let Some(odd) = &odd {
+        assert!(matches!(odd.send(&1u8, odd.size()), Err(Error::InvalidRank { .. })));
+    }
     Ok(())
 }
 
 /// Messages of a communicator never match receives of its duplicate, under
 /// any-source any-tag receives, in either order.
-fn isolation(world: &World) -> Result<(), Error> {
+fn isolation(world: &Communicator) -> Result<(), Error> {
     let dup = world.dup()?;
     let (rank, size) = (world.rank(), world.size());
     if size < 2 {
@@ -95,8 +105,81 @@ fn isolation(world: &World) -> Result<(), Error> {
     Ok(())
 }
 
-/// Ranks that pass different lists to `subset`, or call a constructor
-/// against another collective, all get an error.
+/// The ranks an error names are the communicator's, not the job's.
+fn ranks_in_errors(comm: &Communicator) -> Result<(), Error> {
+    if comm.size() < 2 {
+        return Ok(());
+    }
+    if comm.rank() == 0 {
+        comm.send_with_tag(&vec![1u32, 2], 1, 9)?;
+    } else if comm.rank() == 1 {
+        match comm.receive_with_tag::<String>(0, 9) {
+            Err(Error::FormatMismatch { sender, .. }) => assert_eq!(sender, 0),
+            other => panic!("raw u32s received as a String gave {other:?}"),
+        }
+        // The message stayed queued for a receive of the right type.
+        let numbers: Vec<u32> = comm.receive_with_tag(0, 9)?;
+        assert_eq!(numbers, [1, 2]);
+    }
+    comm.barrier()
+}
+
+/// A scope whose body fails while another thread of the rank is blocked
+/// in a receive (holding the rank's engine) still withdraws its lent
+/// receive before the buffer goes: the message meant for it later stays
+/// queued for an ordinary receive.
+fn scope_ends_while_another_thread_waits(world: &World) -> Result<(), Error> {
+    let dup = world.dup()?;
+    if world.size() < 2 || world.rank() > 1 {
+        return world.barrier();
+    }
+    if world.rank() == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        dup.send(&5u64, 1)?;
+        // After rank 1's scope has ended, so that nothing but its
+        // withdrawal keeps the message from the buffer.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        world.send_slice_with_tag(&[1u64, 2, 3, 4], 1, 77)?;
+    } else {
+        std::thread::scope(|t| -> Result<(), Error> {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let waiter = t.spawn(move || {
+                rx.recv().expect("the main thread's signal");
+                dup.receive::<u64>(0)
+            });
+            let mut buf = [0u64; 4];
+            let ended = world.scope(|s| {
+                let _lent = s.immediate_receive_into(&mut buf, Match::source(0).with_tag(77))?;
+                tx.send(()).expect("the waiter is there");
+                // The waiter is now blocked in its receive, holding the engine.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                Err::<(), _>(Error::InvalidArgument("the body gives up".into()))
+            });
+            assert!(matches!(ended, Err(Error::InvalidArgument(_))), "{ended:?}");
+            assert_eq!(waiter.join().expect("the waiter does not panic")?, 5);
+            Ok(())
+        })?;
+        let numbers: Vec<u64> = world.receive_vec_matching(Match::source(0).with_tag(77))?.0;
+        assert_eq!(numbers, [1, 2, 3, 4]);
+    }
+    world.barrier()
+}
+
+/// A rank alone in its communicator that waits for any message is told it
+/// would wait for ever, as alone in a job.
+fn alone(world: &World) -> Result<(), Error> {
+    let solo = world.split(Some(world.rank() as u32), 0)?.expect("a color");
+    assert_eq!(solo.size(), 1);
+    match solo.receive_matching::<u8>(Match::any()) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("alone"), "{m}"),
+        other => panic!("an any-source receive alone gave {other:?}"),
+    }
+    Ok(())
+}
+
+/// Ranks that pass different lists to `subset`, call different
+/// constructors, or call a constructor against another collective, all get
+/// an error.
 fn disagreement(world: &World) -> Result<(), Error> {
     let (rank, size) = (world.rank(), world.size());
     if size < 2 {
@@ -124,6 +207,23 @@ fn disagreement(world: &World) -> Result<(), Error> {
     match got {
         Err(Error::CollectiveMismatch { .. }) | Err(Error::CollectiveFailed { .. }) => {}
         other => panic!("rank {rank}: a dup against a barrier gave {other:?}"),
+    }
+    Ok(())
+}
+
+/// More communicators alive at once than one window of ids holds, each
+/// with a message in flight: no two share an id, or the messages would
+/// cross.
+fn many_alive_at_once(world: &World) -> Result<(), Error> {
+    let (rank, size) = (world.rank(), world.size());
+    let comms: Vec<Communicator> = (0..600).map(|_| world.dup()).collect::<Result<_, _>>()?;
+    let next = (rank + 1) % size;
+    for (i, c) in comms.iter().enumerate() {
+        c.send(&(i as u64), next)?;
+    }
+    for (i, c) in comms.iter().enumerate().rev() {
+        let (got, _): (u64, _) = c.receive_matching(Match::any())?;
+        assert_eq!(got, i as u64, "rank {rank}: communicator {i} got another's message");
     }
     Ok(())
 }
