@@ -56,7 +56,7 @@ fn window(world: &Communicator, size: usize, (warmup, iters): (usize, usize)) ->
             0 => {
                 world.scope(|s| {
                     let sends: Vec<_> = (0..WINDOW)
-                        .map(|_| s.immediate_send_slice(&data, 1, 100))
+                        .map(|_| s.immediate_send_slice_with_tag(&data, 1, 100))
                         .collect::<Result<_, _>>()?;
                     spmd::wait_all(sends).map(|_| ())
                 })?;

@@ -51,6 +51,7 @@ pub mod auth;
 mod bootstrap;
 mod collective;
 mod communicator;
+mod completion;
 mod control;
 mod element;
 mod envelope;
@@ -88,6 +89,7 @@ pub fn shared_memory_per_node(local: usize) -> u64 {
 }
 
 pub use communicator::{Communicator, KEEP_ORDER};
+pub use completion::{Pending, test_all, test_any, wait_any, wait_some};
 pub use error::{Error, Result};
 pub use request::{ReceiveRequest, Request, SendRequest, wait_all};
 pub use scope::{LentReceive, LentSend, Scope};

@@ -125,6 +125,45 @@ impl Communicator {
         self.receive_value(pattern, Some(timeout))
     }
 
+    /// Receives a `T` from rank `source` with tag 0 if one has arrived,
+    /// without waiting: `None` if none has yet.
+    ///
+    /// ```no_run
+    /// # let world = spmd::init().unwrap();
+    /// while world.try_receive::<u64>(0)?.is_none() {
+    ///     // do useful work meanwhile
+    /// }
+    /// # Ok::<(), spmd::Error>(())
+    /// ```
+    pub fn try_receive<T: DeserializeOwned>(&self, source: usize) -> Result<Option<T>> {
+        self.try_receive_with_tag(source, 0)
+    }
+
+    /// [`Communicator::try_receive`] with tag `tag`.
+    pub fn try_receive_with_tag<T: DeserializeOwned>(&self, source: usize, tag: u32) -> Result<Option<T>> {
+        Ok(self
+            .try_receive_matching(Match::source(source).with_tag(tag))?
+            .map(|(v, _)| v))
+    }
+
+    /// Receives a `T` from whichever rank and tag `pattern` accepts if such
+    /// a message has arrived, with its status, without waiting.
+    pub fn try_receive_matching<T: DeserializeOwned>(&self, pattern: Match) -> Result<Option<(T, Status)>> {
+        let sel = self.user(pattern)?;
+        let env = {
+            let mut engine = self.engine();
+            if self.ranked(engine.probe(sel, None))?.is_none() {
+                return Ok(None);
+            }
+            // The message found is the first `sel` accepts: the receive
+            // takes it at once.
+            let id = self.ranked(engine.post(sel, message::room_for::<T>()))?;
+            self.ranked(engine.wait_receive(id, None))?
+        };
+        let status = self.status_of(&env);
+        Ok(Some((self.take(env, message::decode_owned)?, status)))
+    }
+
     /// Waits until a message `pattern` accepts has arrived and returns its
     /// status, leaving it to be received.
     pub fn probe(&self, pattern: Match) -> Result<Status> {
@@ -240,6 +279,12 @@ impl Communicator {
     /// to the message.
     pub fn receive_vec<T: Pod>(&self, source: usize) -> Result<Vec<T>> {
         self.receive_vec_matching(Match::source(source).with_tag(0))
+            .map(|(v, _)| v)
+    }
+
+    /// [`Communicator::receive_vec`] with tag `tag`.
+    pub fn receive_vec_with_tag<T: Pod>(&self, source: usize, tag: u32) -> Result<Vec<T>> {
+        self.receive_vec_matching(Match::source(source).with_tag(tag))
             .map(|(v, _)| v)
     }
 

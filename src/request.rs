@@ -141,8 +141,14 @@ impl Communicator {
         self.immediate_bytes(dest, Head::user(self.p2p_context(), tag, format), payload)
     }
 
-    /// Starts sending a slice of plain numbers to `dest` with tag `tag`.
-    pub fn immediate_send_slice<T: Pod>(&self, data: &[T], dest: usize, tag: u32) -> Result<SendRequest<'_>> {
+    /// Starts sending a slice of plain numbers to `dest` with tag 0: what
+    /// fits at once goes straight from `data`, the rest is copied.
+    pub fn immediate_send_slice<T: Pod>(&self, data: &[T], dest: usize) -> Result<SendRequest<'_>> {
+        self.immediate_send_slice_with_tag(data, dest, 0)
+    }
+
+    /// [`Communicator::immediate_send_slice`] with tag `tag`.
+    pub fn immediate_send_slice_with_tag<T: Pod>(&self, data: &[T], dest: usize, tag: u32) -> Result<SendRequest<'_>> {
         let head = Head::user(self.p2p_context(), tag, message::raw::<T>());
         self.immediate_raw(dest, head, message::pod_bytes(data))
     }

@@ -66,7 +66,7 @@ impl Communicator {
     /// let (me, n) = (world.rank(), world.size());
     /// world.scope(|s| {
     ///     let recv = s.immediate_receive_into(&mut incoming, Match::source((me + n - 1) % n))?;
-    ///     let send = s.immediate_send_slice(&data, (me + 1) % n, 0)?;
+    ///     let send = s.immediate_send_slice(&data, (me + 1) % n)?;
     ///     send.wait()?;
     ///     recv.wait()?;
     ///     Ok(())
@@ -101,9 +101,18 @@ impl Communicator {
 }
 
 impl<'scope, 'env> Scope<'scope, 'env> {
-    /// Starts sending `data` to `dest` with tag `tag`; the data is read in
+    /// Starts sending `data` to `dest` with tag 0; the data is read in
     /// place until the send completes.
     pub fn immediate_send_slice<T: Pod>(
+        &'scope self,
+        data: &'scope [T],
+        dest: usize,
+    ) -> Result<LentSend<'scope, 'env>> {
+        self.immediate_send_slice_with_tag(data, dest, 0)
+    }
+
+    /// [`Scope::immediate_send_slice`] with tag `tag`.
+    pub fn immediate_send_slice_with_tag<T: Pod>(
         &'scope self,
         data: &'scope [T],
         dest: usize,

@@ -158,6 +158,7 @@ impl World {
     ) -> World {
         let engine = Engine::new(rank, size, transport, status);
         let job = Arc::new(Job::new(engine, settings, local_rank, local_size, node));
+        Job::make_current(&job);
         World {
             comm: Communicator::world(job, rank, size),
             finalized: Cell::new(false),

@@ -198,7 +198,15 @@ impl Communicator {
     /// belong to the same call and claim the same length, and folds them.
     fn fold_parts(&self, slots: Slots, set: usize, n: usize, fold: &mut Fold<'_>) -> Result<Vec<u8>> {
         let state = self.node_state();
-        let mut parts = state.parts.borrow_mut();
+        let Ok(mut parts) = state.parts.try_borrow_mut() else {
+            // Only a fold that calls a collective from inside its operator
+            // finds the parts taken.
+            return Err(Error::InvalidArgument(
+                "a collective was called from inside an operator's closure: an operator must only combine its \
+                 two values"
+                    .into(),
+            ));
+        };
         parts.clear();
         let (mut first, mut first_claim) = (0, 0);
         for r in 0..n {

@@ -3,7 +3,7 @@
 //! thread at a time holds the engine.
 
 use std::cell::Cell;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use super::ContextIds;
 use crate::progress::Engine;
@@ -28,6 +28,10 @@ pub(crate) struct Job {
     /// Held while a communicator is made (see `create.rs`).
     creating: Mutex<()>,
 }
+
+/// The process's job, once `init` has made it (for the calls that wait on
+/// requests without a communicator at hand).
+static CURRENT: OnceLock<Weak<Job>> = OnceLock::new();
 
 thread_local! {
     /// True while this thread holds the engine: spmd called from inside
@@ -92,6 +96,16 @@ impl Job {
         EngineGuard {
             guard: self.engine.lock().unwrap_or_else(PoisonError::into_inner),
         }
+    }
+
+    /// Makes `job` the one [`Job::current`] returns.
+    pub fn make_current(job: &Arc<Job>) {
+        let _ = CURRENT.set(Arc::downgrade(job));
+    }
+
+    /// The process's job, while any handle of it lives.
+    pub fn current() -> Option<Arc<Job>> {
+        CURRENT.get()?.upgrade()
     }
 
     /// This thread's turn to make a communicator: from the look at the

@@ -341,6 +341,19 @@ impl Engine {
         self.step(Wait::Until(deadline))
     }
 
+    /// Sleeps until anything moves (a message arrives, a send drains, a
+    /// peer leaves), with the status page saying this rank waits for any
+    /// of several requests.
+    pub fn sleep_for_any(&mut self) -> Result<()> {
+        self.check_open()?;
+        self.sleep_step(WaitOn::p2p(WaitOp::Receive, None, None, 0), None)
+    }
+
+    /// A wait made of several sleeps is over.
+    pub fn wait_over(&mut self) {
+        self.settle();
+    }
+
     /// A wait is over: the status page no longer says it waits.
     fn settle(&mut self) {
         if let Some(s) = &self.status {

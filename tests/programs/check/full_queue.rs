@@ -42,7 +42,7 @@ fn shift(world: &World) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     let (left, right) = ((me + n - 1) % n, (me + 1) % n);
     let first = pattern(me, OVER_LIMIT);
-    drop(world.immediate_send_slice(&first, right, 1)?);
+    drop(world.immediate_send_slice_with_tag(&first, right, 1)?);
     world.send_slice_with_tag(&pattern(me + 1, OVER_LIMIT), right, 2)?;
     let mut got = vec![0u8; OVER_LIMIT];
     world.receive_into_with_tag(&mut got, left, 2)?;
@@ -119,8 +119,8 @@ fn finalize(world: &World) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     let right = (me + 1) % n;
     let data = pattern(me, OVER_LIMIT);
-    drop(world.immediate_send_slice(&data, right, 1)?);
-    drop(world.immediate_send_slice(&data, right, 2)?);
+    drop(world.immediate_send_slice_with_tag(&data, right, 1)?);
+    drop(world.immediate_send_slice_with_tag(&data, right, 2)?);
     if me == 0 {
         println!("full-queue finalize: all checks passed");
     }

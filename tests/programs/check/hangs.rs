@@ -36,7 +36,7 @@ fn scope_error(world: &World) -> Result<(), Error> {
     let start = Instant::now();
     let outcome = world.scope(|s| {
         let _r = s.immediate_receive_into(&mut buf, Match::source(left).with_tag(5))?;
-        let _s = s.immediate_send_slice(&big, right, 6)?;
+        let _s = s.immediate_send_slice_with_tag(&big, right, 6)?;
         Err::<(), Error>(Error::InvalidArgument("deliberate".into()))
     });
     assert!(matches!(outcome, Err(Error::InvalidArgument(_))), "{outcome:?}");
@@ -95,7 +95,7 @@ fn send_to_finalized(world: &World, len: usize, times: usize, case: &str) -> Res
 fn finalize_unread(world: &World) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     let big = vec![3u8; 4 << 20];
-    let _pending = world.immediate_send_slice(&big, (me + 1) % n, 8)?;
+    let _pending = world.immediate_send_slice_with_tag(&big, (me + 1) % n, 8)?;
     if me == 0 {
         println!("hang finalize-unread: all checks passed");
     }
@@ -173,7 +173,7 @@ fn immediate_at_finalized(world: &World) -> Result<(), Error> {
     }
     let data = vec![5u8; 64 << 10];
     let requests = (0..400)
-        .map(|_| world.immediate_send_slice(&data, 1, 0))
+        .map(|_| world.immediate_send_slice_with_tag(&data, 1, 0))
         .collect::<Result<Vec<_>, _>>()?;
     let outcomes: Vec<Result<(), Error>> = requests.into_iter().map(|r| r.wait()).collect();
     let sent = outcomes.iter().take_while(|o| o.is_ok()).count();

@@ -15,6 +15,7 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
     self_send(world)?;
     empty_and_large(world)?;
     immediate(world)?;
+    completion(world)?;
     sendrecv_ring(world)?;
     crate::numbers::run(world)?;
     errors(world)?;
@@ -160,7 +161,7 @@ fn empty_and_large(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     let (to, from) = ((me + 1) % n, (me + n - 1) % n);
     let empty: [f64; 0] = [];
-    let sent = world.immediate_send_slice(&empty, to, 9)?;
+    let sent = world.immediate_send_slice_with_tag(&empty, to, 9)?;
     let (got, status) = world.receive_vec_matching::<f64>(Match::source(from).with_tag(9))?;
     assert!(got.is_empty() && status.is_empty());
     sent.wait()?;
@@ -206,6 +207,113 @@ fn immediate(world: &Communicator) -> Result<(), Error> {
     let (v, _) = req.wait()?;
     assert_eq!(v as usize, (me + n - 1) % n, "after {spins} tests");
     say(world, "immediate sends and receives, wait_all, test")?;
+    Ok(())
+}
+
+/// wait_any, wait_some, test_any and test_all over sends and receives of
+/// different types together, and requests grouped in a tuple.
+fn completion(world: &Communicator) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+
+    // A send and a receive of another type, taken as each completes.
+    let mut send = world.immediate_send_with_tag(&format!("from {me}"), next, 13)?;
+    let mut receive = world.immediate_receive::<String>(Match::source(prev).with_tag(13))?;
+    let mut numbers = world.immediate_receive_vec::<u32>(Match::source(prev).with_tag(14))?;
+    world.send_slice_with_tag(&[me as u32; 3], next, 14)?;
+    let mut done = [false; 3];
+    while done.iter().any(|d| !*d) {
+        let at = {
+            let mut pending: Vec<(usize, &mut dyn spmd::Pending)> = Vec::new();
+            if !done[0] {
+                pending.push((0, &mut send));
+            }
+            if !done[1] {
+                pending.push((1, &mut receive));
+            }
+            if !done[2] {
+                pending.push((2, &mut numbers));
+            }
+            let (which, mut requests): (Vec<usize>, Vec<&mut dyn spmd::Pending>) = pending.into_iter().unzip();
+            which[spmd::wait_any(&mut requests)?]
+        };
+        done[at] = true;
+    }
+    send.wait()?;
+    let (text, status) = receive.wait()?;
+    assert_eq!((text, status.source()), (format!("from {prev}"), prev));
+    assert_eq!(numbers.wait()?.0, vec![prev as u32; 3]);
+
+    // wait_some over a receive from every rank, sent in reverse order.
+    let mut receives: Vec<_> = (0..n)
+        .map(|r| world.immediate_receive::<usize>(Match::source(r).with_tag(15)))
+        .collect::<Result<_, _>>()?;
+    for r in (0..n).rev() {
+        world.send_with_tag(&me, r, 15)?;
+    }
+    let mut done = vec![false; n];
+    while done.iter().any(|d| !*d) {
+        let open: Vec<usize> = (0..n).filter(|r| !done[*r]).collect();
+        let mut pending: Vec<&mut dyn spmd::Pending> = Vec::new();
+        for (r, req) in receives.iter_mut().enumerate() {
+            if !done[r] {
+                pending.push(req);
+            }
+        }
+        let some = spmd::wait_some(&mut pending)?;
+        assert!(!some.is_empty());
+        for i in some {
+            done[open[i]] = true;
+        }
+    }
+    for (r, req) in receives.into_iter().enumerate() {
+        assert_eq!(req.wait()?.0, r);
+    }
+
+    // test_any and test_all: nothing from prev with tag 16 until it is
+    // sent after a barrier.
+    let mut late = world.immediate_receive::<u8>(Match::source(prev).with_tag(16))?;
+    if n > 1 {
+        // (Alone, a receive from itself that was not sent is an error.)
+        assert_eq!(spmd::test_any(&mut [&mut late])?, None);
+    }
+    world.barrier()?;
+    let sent = world.immediate_send_with_tag(&7u8, next, 16)?;
+    while !spmd::test_all(&mut [&mut late])? {
+        std::thread::yield_now();
+    }
+    // A receive and a send waited on together, as one request.
+    let ((value, _), ()) = (late, sent).wait()?;
+    assert_eq!(value, 7);
+    assert!(matches!(spmd::wait_any(&mut []), Err(Error::InvalidArgument(_))));
+
+    // try_receive: nothing yet (from itself too), then the message; the
+    // two-argument slice sends, plain and lent, use tag 0.
+    assert_eq!(world.try_receive_with_tag::<u64>(prev, 17)?, None);
+    assert_eq!(world.try_receive_with_tag::<u64>(me, 17)?, None);
+    world.barrier()?;
+    world.send_with_tag(&(me as u64), next, 17)?;
+    let got = loop {
+        if let Some((v, status)) = world.try_receive_matching::<u64>(Match::tag(17))? {
+            assert_eq!(status.source(), prev);
+            break v;
+        }
+        std::thread::yield_now();
+    };
+    assert_eq!(got, prev as u64);
+    let plain = world.immediate_send_slice(&[me as u16; 5], next)?;
+    assert_eq!(world.receive_vec::<u16>(prev)?, vec![prev as u16; 5]);
+    plain.wait()?;
+    let data = [me as u32; 7];
+    world.scope(|s| {
+        let lent = s.immediate_send_slice(&data, next)?;
+        assert_eq!(world.receive_vec_with_tag::<u32>(prev, 0)?, vec![prev as u32; 7]);
+        lent.wait()
+    })?;
+    say(
+        world,
+        "wait_any, wait_some, test_any, test_all and tuples over mixed requests",
+    )?;
     Ok(())
 }
 

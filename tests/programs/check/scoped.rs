@@ -21,12 +21,12 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
         world.scope(|s| {
             // Posted before the matching send starts: lands in place.
             let recv = s.immediate_receive_into(&mut got, Match::source(left).with_tag(tag))?;
-            let send = s.immediate_send_slice(&data, right, tag)?;
+            let send = s.immediate_send_slice_with_tag(&data, right, tag)?;
             // A second message, received by a request that is dropped: the
             // scope completes it.
             let _dropped = s.immediate_receive_into(&mut early, Match::source(left).with_tag(tag + 100))?;
             // ... and sent by a request that is never waited for either.
-            let _unwaited = s.immediate_send_slice(&data, right, tag + 100)?;
+            let _unwaited = s.immediate_send_slice_with_tag(&data, right, tag + 100)?;
             let status = recv.wait()?;
             assert_eq!(status.len(), 8 * len as u64, "round {round}: length");
             send.wait()?;

@@ -35,7 +35,7 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
         return world.barrier();
     }
     for (round, &len) in sizes().iter().enumerate() {
-        let send = world.immediate_send_slice(&pattern(len, me, round), partner, round as u32)?;
+        let send = world.immediate_send_slice_with_tag(&pattern(len, me, round), partner, round as u32)?;
         let (got, status) = world.receive_vec_matching::<u8>(Match::source(partner).with_tag(round as u32))?;
         assert_eq!(status.len(), len as u64, "round {round}: length");
         assert!(
@@ -79,7 +79,7 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
     }
     // Many middling messages queued at once, more than a ring holds.
     let burst: Vec<_> = (0..64)
-        .map(|i| world.immediate_send_slice(&pattern(40_000 + i, me, i), partner, 1000))
+        .map(|i| world.immediate_send_slice_with_tag(&pattern(40_000 + i, me, i), partner, 1000))
         .collect::<Result<_, _>>()?;
     for i in 0..64 {
         let got: Vec<u8> = world.receive_vec_matching(Match::source(partner).with_tag(1000))?.0;
@@ -119,7 +119,7 @@ fn mixed_stream(world: &Communicator, partner: usize) -> Result<(), Error> {
         if i % 3 == 0 {
             world.send_slice_with_tag(&data, partner, 2000)?;
         } else {
-            pending.push(world.immediate_send_slice(&data, partner, 2000)?);
+            pending.push(world.immediate_send_slice_with_tag(&data, partner, 2000)?);
         }
         // Take the partner's messages in bursts, after pauses that let
         // both of its ways to this rank fill up.

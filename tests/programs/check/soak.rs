@@ -107,8 +107,8 @@ pub fn run_with(world: &World, seed: u64, total: usize, slow: Option<usize>) -> 
         match rng.below(4) {
             0 => world.send_slice_with_tag(&data, dest, tag)?,
             1 => world.send_with_tag(&data, dest, tag)?,
-            2 => pending.push(world.immediate_send_slice(&data, dest, tag)?),
-            _ => world.scope(|s| s.immediate_send_slice(&data, dest, tag)?.wait())?,
+            2 => pending.push(world.immediate_send_slice_with_tag(&data, dest, tag)?),
+            _ => world.scope(|s| s.immediate_send_slice_with_tag(&data, dest, tag)?.wait())?,
         }
         if pending.len() >= 32 {
             spmd::wait_all(pending.drain(..))?;

@@ -24,7 +24,7 @@ pub fn run(world: &World, what: &str) -> Result<(), Error> {
     let mut incoming = vec![0u8; transfer_len];
     loop {
         if what == "transfers" {
-            let send = world.immediate_send_slice(&block, right, 1)?;
+            let send = world.immediate_send_slice_with_tag(&block, right, 1)?;
             world.receive_into_with_tag(&mut incoming, left, 1)?;
             send.wait()?;
             world.send_slice_with_tag(&block[..16 << 20], right, 2)?;

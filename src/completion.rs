@@ -1,0 +1,136 @@
+//! Waiting on several requests at once, of any kinds: `wait_any`,
+//! `wait_some`, `test_any`, `test_all`, and requests grouped in tuples.
+
+use crate::communicator::Job;
+use crate::error::Result;
+use crate::request::Request;
+
+/// A request that can be tested without naming what it yields, so that
+/// sends and receives of any types go in one slice for [`wait_any`] and its
+/// kin. Every [`Request`] is one.
+pub trait Pending {
+    /// Makes progress without waiting; true once the request is complete
+    /// (its `wait` returns at once).
+    fn is_complete(&mut self) -> Result<bool>;
+}
+
+impl<R: Request> Pending for R {
+    fn is_complete(&mut self) -> Result<bool> {
+        self.test()
+    }
+}
+
+/// Waits until one of `requests` is complete and returns its index (the
+/// lowest, if several are); `wait` on it then returns at once. An error of
+/// any request (its peer has gone, say) is returned instead. A request that
+/// is complete stays complete: leave it out of the next call.
+///
+/// ```no_run
+/// use spmd::{Match, Request};
+/// # let world = spmd::init().unwrap();
+/// let mut send = world.immediate_send(&1u8, 1)?;
+/// let mut receive = world.immediate_receive::<String>(Match::any())?;
+/// match spmd::wait_any(&mut [&mut send, &mut receive])? {
+///     0 => send.wait()?,
+///     _ => println!("got {}", receive.wait()?.0),
+/// }
+/// # Ok::<(), spmd::Error>(())
+/// ```
+pub fn wait_any(requests: &mut [&mut dyn Pending]) -> Result<usize> {
+    let found = wait_until(requests, |r| first_complete(r))?;
+    Ok(found.expect("the wait ends when a request is complete"))
+}
+
+/// Waits until at least one of `requests` is complete and returns the
+/// indexes of all that are, in order.
+pub fn wait_some(requests: &mut [&mut dyn Pending]) -> Result<Vec<usize>> {
+    let found = wait_until(requests, |r| {
+        let done = all_complete(r)?;
+        Ok((!done.is_empty()).then_some(done))
+    })?;
+    Ok(found.expect("the wait ends when a request is complete"))
+}
+
+/// The index of the first of `requests` that is complete, without
+/// waiting; `None` if none is yet.
+pub fn test_any(requests: &mut [&mut dyn Pending]) -> Result<Option<usize>> {
+    first_complete(requests)
+}
+
+/// True if every one of `requests` is complete, without waiting.
+pub fn test_all(requests: &mut [&mut dyn Pending]) -> Result<bool> {
+    Ok(all_complete(requests)?.len() == requests.len())
+}
+
+fn first_complete(requests: &mut [&mut dyn Pending]) -> Result<Option<usize>> {
+    for (i, r) in requests.iter_mut().enumerate() {
+        if r.is_complete()? {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
+fn all_complete(requests: &mut [&mut dyn Pending]) -> Result<Vec<usize>> {
+    let mut done = Vec::new();
+    for (i, r) in requests.iter_mut().enumerate() {
+        if r.is_complete()? {
+            done.push(i);
+        }
+    }
+    Ok(done)
+}
+
+/// Tests `requests` with `look` until it finds something, sleeping in the
+/// rank's engine between looks (until anything moves: a message arrives,
+/// a send drains, a peer leaves), so that a rank waiting uses no CPU.
+fn wait_until<T>(
+    requests: &mut [&mut dyn Pending],
+    mut look: impl FnMut(&mut [&mut dyn Pending]) -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    if requests.is_empty() {
+        return Err(crate::Error::InvalidArgument(
+            "a wait on no requests would wait for ever".into(),
+        ));
+    }
+    let job = Job::current();
+    let result = (|| loop {
+        if let Some(found) = look(requests)? {
+            return Ok(Some(found));
+        }
+        match &job {
+            Some(job) => job.engine().sleep_for_any()?,
+            // No job: requests complete by being tested.
+            None => std::thread::yield_now(),
+        }
+    })();
+    if let Some(job) = &job {
+        job.engine().wait_over();
+    }
+    result
+}
+
+/// Requests grouped in a tuple are one request: `(receive, send).wait()`
+/// waits for both and returns both outputs, so that requests of different
+/// kinds wait together.
+macro_rules! tuple_request {
+    ($($name:ident : $index:tt),+) => {
+        impl<$($name: Request),+> Request for ($($name,)+) {
+            type Output = ($($name::Output,)+);
+
+            fn wait(self) -> Result<Self::Output> {
+                Ok(($(self.$index.wait()?,)+))
+            }
+
+            fn test(&mut self) -> Result<bool> {
+                let mut all = true;
+                $(all &= self.$index.test()?;)+
+                Ok(all)
+            }
+        }
+    };
+}
+
+tuple_request!(A: 0, B: 1);
+tuple_request!(A: 0, B: 1, C: 2);
+tuple_request!(A: 0, B: 1, C: 2, D: 3);
