@@ -88,6 +88,29 @@ pub fn shared_memory_per_node(local: usize) -> u64 {
     transport::node_shared_bytes(local, collective::node_region_len(local))
 }
 
+/// The `bytemuck` crate, re-exported so that a program can derive `Pod`
+/// for its own plain structs and send slices of them raw, without a
+/// dependency of its own (the derive needs to be told where the crate is).
+///
+/// ```
+/// use spmd::bytemuck::{Pod, Zeroable};
+///
+/// #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+/// #[bytemuck(crate = "spmd::bytemuck")]
+/// #[repr(C)]
+/// struct Particle {
+///     x: f64,
+///     y: f64,
+/// }
+///
+/// let world = spmd::init()?;
+/// let me = world.rank();
+/// world.send_slice(&[Particle { x: 1.0, y: 2.0 }], me)?;
+/// let back: Vec<Particle> = world.receive_vec(me)?;
+/// assert_eq!(back, [Particle { x: 1.0, y: 2.0 }]);
+/// # Ok::<(), spmd::Error>(())
+/// ```
+pub use bytemuck;
 pub use communicator::{Communicator, KEEP_ORDER};
 pub use completion::{Pending, test_all, test_any, wait_any, wait_some};
 pub use error::{Error, Result};

@@ -123,6 +123,40 @@ impl Communicator {
         Ok(())
     }
 
+    /// mpi4py's shape of [`Communicator::broadcast`]: the root passes
+    /// `Some(value)`, and every rank gets the value back, with no value to
+    /// make up on the other ranks (what they pass is not read). A root
+    /// that passes `None` is an error on every rank.
+    ///
+    /// ```
+    /// let world = spmd::init()?;
+    /// let config = (world.rank() == 0).then(|| "settings".to_string());
+    /// let config: String = world.broadcast_value(config, 0)?;
+    /// assert_eq!(config, "settings");
+    /// # Ok::<(), spmd::Error>(())
+    /// ```
+    pub fn broadcast_value<T: Serialize + DeserializeOwned>(&self, value: Option<T>, root: usize) -> Result<T> {
+        self.check_rank(root)?;
+        let is_root = self.rank() == root;
+        let mine = match (&value, is_root) {
+            (Some(v), true) => Some(Codec::<T>::encode(&SerdeCodec, v)?),
+            _ => None,
+        };
+        let (format, payload) = self.collective(Kind::Broadcast, root, |call| {
+            if is_root && mine.is_none() {
+                // Inside the call, so that the others hear of it.
+                return Err(Error::InvalidArgument(format!(
+                    "broadcast_value: the root (rank {root}) passed None; it must pass the value"
+                )));
+            }
+            self.broadcast_body(call, mine, root)
+        })?;
+        match value {
+            Some(v) if is_root => Ok(v),
+            _ => SerdeCodec.decode(&own_envelope(root, (format, payload))),
+        }
+    }
+
     /// The root gives `values[i]` to rank `i`; every rank returns its value.
     /// `values` is read on the root only (pass `&[]` elsewhere).
     pub fn scatter<T: Serialize + DeserializeOwned>(&self, values: &[T], root: usize) -> Result<T> {

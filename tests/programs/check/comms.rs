@@ -15,6 +15,7 @@ pub fn run(world: &World, many: usize) -> Result<(), Error> {
     alone(world)?;
     scope_ends_while_another_thread_waits(world)?;
     disagreement(world)?;
+    broadcast_value(world)?;
     many_alive_at_once(world)?;
     many_made_and_dropped(world, many)?;
     Ok(())
@@ -207,6 +208,24 @@ fn disagreement(world: &World) -> Result<(), Error> {
     match got {
         Err(Error::CollectiveMismatch { .. }) | Err(Error::CollectiveFailed { .. }) => {}
         other => panic!("rank {rank}: a dup against a barrier gave {other:?}"),
+    }
+    Ok(())
+}
+
+/// mpi4py's broadcast: only the root has the value; a root without one is
+/// an error on every rank.
+fn broadcast_value(world: &World) -> Result<(), Error> {
+    let (rank, size) = (world.rank(), world.size());
+    for root in 0..size {
+        let mine = (rank == root).then(|| vec![root as u64; 3]);
+        assert_eq!(world.broadcast_value(mine, root)?, vec![root as u64; 3]);
+    }
+    let spare = world.dup()?;
+    let root = size - 1;
+    match spare.broadcast_value::<u64>(None, root) {
+        Err(Error::InvalidArgument(m)) if rank == root => assert!(m.contains("passed None"), "{m}"),
+        Err(Error::CollectiveFailed { rank: r, .. }) if rank != root => assert_eq!(r, root),
+        other => panic!("rank {rank}: a root without a value gave {other:?}"),
     }
     Ok(())
 }
