@@ -46,9 +46,6 @@ pub struct Communicator {
     id: u32,
     /// Communicators made from this one so far (the same on every member).
     made: Cell<u64>,
-    /// True if the node-wide collectives may serve this communicator: it is
-    /// the world, whose ranks own the node's shared region.
-    node_wide: bool,
     p2p: Context,
     coll: Context,
     calls: Calls,
@@ -65,7 +62,6 @@ impl Communicator {
             group: Group::everyone(size),
             id: 0,
             made: Cell::new(0),
-            node_wide: true,
             p2p: Context::WORLD,
             coll: Context::WORLD_COLLECTIVE,
             calls: Calls::default(),
@@ -88,7 +84,6 @@ impl Communicator {
             group,
             id,
             made: Cell::new(0),
-            node_wide: false,
             p2p: Context::point_to_point(id),
             coll: Context::collective(id),
             calls: Calls::default(),
@@ -263,9 +258,10 @@ impl Communicator {
         self.id
     }
 
-    /// True if the node-wide collectives may serve this communicator.
+    /// True if the node-wide collectives may serve this communicator: it is
+    /// the world (id 0), whose ranks own the node's shared region.
     pub(crate) fn node_wide(&self) -> bool {
-        self.node_wide
+        self.id == 0
     }
 
     /// A selector for this communicator's point-to-point messages, with the
