@@ -89,8 +89,15 @@ impl HangWatch {
             out.extend(lines);
             return Some(Verdict::Deadlock(out));
         }
+        // Told already if every rank that waits long now waited on the same
+        // thing at the last report: a rank that is between two sleeps of
+        // one wait, or has moved on, starts no new episode.
         let told = self.reported.as_ref().is_some_and(|before| {
-            before.len() == seen.len() && before.iter().zip(&seen).all(|(a, b)| same_state(a, b))
+            before.len() == seen.len()
+                && before
+                    .iter()
+                    .zip(&seen)
+                    .all(|(a, b)| !matches!(b, Seen::Waiting(w) if long(w)) || same_state(a, b))
         });
         if told {
             return None;
