@@ -1,6 +1,8 @@
 //! Waiting on several requests at once, of any kinds: `wait_any`,
 //! `wait_some`, `test_any`, `test_all`, and requests grouped in tuples.
 
+use std::time::{Duration, Instant};
+
 use crate::communicator::Job;
 use crate::error::Result;
 use crate::request::Request;
@@ -37,18 +39,32 @@ impl<R: Request> Pending for R {
 /// # Ok::<(), spmd::Error>(())
 /// ```
 pub fn wait_any(requests: &mut [&mut dyn Pending]) -> Result<usize> {
-    let found = wait_until(requests, |r| first_complete(r))?;
+    let found = wait_until(requests, None, |r| first_complete(r))?;
     Ok(found.expect("the wait ends when a request is complete"))
+}
+
+/// [`wait_any`] that gives up after `timeout`: `None` if no request
+/// completed by then (the requests go on, to wait on again).
+pub fn wait_any_timeout(requests: &mut [&mut dyn Pending], timeout: Duration) -> Result<Option<usize>> {
+    wait_until(requests, Some(Instant::now() + timeout), |r| first_complete(r))
 }
 
 /// Waits until at least one of `requests` is complete and returns the
 /// indexes of all that are, in order.
 pub fn wait_some(requests: &mut [&mut dyn Pending]) -> Result<Vec<usize>> {
-    let found = wait_until(requests, |r| {
-        let done = all_complete(r)?;
-        Ok((!done.is_empty()).then_some(done))
-    })?;
+    let found = wait_until(requests, None, some_complete)?;
     Ok(found.expect("the wait ends when a request is complete"))
+}
+
+/// [`wait_some`] that gives up after `timeout`: empty if no request
+/// completed by then.
+pub fn wait_some_timeout(requests: &mut [&mut dyn Pending], timeout: Duration) -> Result<Vec<usize>> {
+    Ok(wait_until(requests, Some(Instant::now() + timeout), some_complete)?.unwrap_or_default())
+}
+
+fn some_complete(requests: &mut [&mut dyn Pending]) -> Result<Option<Vec<usize>>> {
+    let done = all_complete(requests)?;
+    Ok((!done.is_empty()).then_some(done))
 }
 
 /// The index of the first of `requests` that is complete, without
@@ -81,11 +97,13 @@ fn all_complete(requests: &mut [&mut dyn Pending]) -> Result<Vec<usize>> {
     Ok(done)
 }
 
-/// Tests `requests` with `look` until it finds something, sleeping in the
-/// rank's engine between looks (until anything moves: a message arrives,
-/// a send drains, a peer leaves), so that a rank waiting uses no CPU.
+/// Tests `requests` with `look` until it finds something or `deadline`
+/// passes (`Ok(None)`), sleeping in the rank's engine between looks (until
+/// anything moves: a message arrives, a send drains, a peer leaves), so
+/// that a rank waiting uses no CPU.
 fn wait_until<T>(
     requests: &mut [&mut dyn Pending],
+    deadline: Option<Instant>,
     mut look: impl FnMut(&mut [&mut dyn Pending]) -> Result<Option<T>>,
 ) -> Result<Option<T>> {
     if requests.is_empty() {
@@ -98,8 +116,11 @@ fn wait_until<T>(
         if let Some(found) = look(requests)? {
             return Ok(Some(found));
         }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(None);
+        }
         match &job {
-            Some(job) => job.engine().sleep_for_any()?,
+            Some(job) => job.engine().sleep_for_any(deadline)?,
             // No job: requests complete by being tested.
             None => std::thread::yield_now(),
         }
@@ -108,6 +129,14 @@ fn wait_until<T>(
         job.engine().wait_over();
     }
     result
+}
+
+/// Waits until `request` is complete or `timeout` has passed: true if it
+/// is complete (its `wait` then returns at once). See
+/// [`Request::wait_timeout`].
+pub(crate) fn wait_one_timeout(request: &mut dyn Pending, timeout: Duration) -> Result<bool> {
+    let found = wait_until(&mut [request], Some(Instant::now() + timeout), |r| first_complete(r))?;
+    Ok(found.is_some())
 }
 
 /// Requests grouped in a tuple are one request: `(receive, send).wait()`

@@ -111,8 +111,9 @@ pub fn shared_memory_per_node(local: usize) -> u64 {
 /// # Ok::<(), spmd::Error>(())
 /// ```
 pub use bytemuck;
+pub use collective::CollectiveRequest;
 pub use communicator::{Communicator, KEEP_ORDER};
-pub use completion::{Pending, test_all, test_any, wait_any, wait_some};
+pub use completion::{Pending, test_all, test_any, wait_any, wait_any_timeout, wait_some, wait_some_timeout};
 pub use error::{Error, Result};
 pub use request::{ReceiveRequest, Request, SendRequest, wait_all};
 pub use scope::{LentReceive, LentSend, Scope};

@@ -125,6 +125,38 @@ impl Communicator {
         self.receive_value(pattern, Some(timeout))
     }
 
+    /// [`Communicator::receive`] that gives up with
+    /// [`Error::Timeout`](crate::Error::Timeout) after `timeout`; the
+    /// receive is withdrawn, and a message that arrives later is left for
+    /// the next receive.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # let world = spmd::init().unwrap();
+    /// match world.receive_timeout::<u64>(1, Duration::from_secs(5)) {
+    ///     Ok(v) => println!("rank 1 sent {v}"),
+    ///     Err(spmd::Error::Timeout { .. }) => println!("nothing from rank 1 for 5 s"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok::<(), spmd::Error>(())
+    /// ```
+    pub fn receive_timeout<T: DeserializeOwned>(&self, source: usize, timeout: Duration) -> Result<T> {
+        self.receive_with_tag_timeout(source, 0, timeout)
+    }
+
+    /// [`Communicator::receive_with_tag`] that gives up with
+    /// [`Error::Timeout`](crate::Error::Timeout) after `timeout`.
+    pub fn receive_with_tag_timeout<T: DeserializeOwned>(
+        &self,
+        source: usize,
+        tag: u32,
+        timeout: Duration,
+    ) -> Result<T> {
+        Ok(self
+            .receive_value(Match::source(source).with_tag(tag), Some(timeout))?
+            .0)
+    }
+
     /// Receives a `T` from rank `source` with tag 0 if one has arrived,
     /// without waiting: `None` if none has yet.
     ///
@@ -169,6 +201,14 @@ impl Communicator {
     pub fn probe(&self, pattern: Match) -> Result<Status> {
         let found = self.ranked(self.engine().probe(self.user(pattern)?, Some(None)))?;
         let found = found.expect("a probe without a deadline returns only when it finds a message");
+        Ok(found.with_source(self.rank_of(found.source())))
+    }
+
+    /// [`Communicator::probe`] that gives up with
+    /// [`Error::Timeout`](crate::Error::Timeout) after `timeout`.
+    pub fn probe_timeout(&self, pattern: Match, timeout: Duration) -> Result<Status> {
+        let found = self.ranked(self.engine().probe(self.user(pattern)?, Some(Some(timeout))))?;
+        let found = found.expect("a probe with a deadline returns a message or the timeout error");
         Ok(found.with_source(self.rank_of(found.source())))
     }
 
@@ -259,13 +299,28 @@ impl Communicator {
     /// Receives plain numbers from whichever rank and tag `pattern` accepts
     /// into `buf`.
     pub fn receive_into_matching<T: Pod>(&self, buf: &mut [T], pattern: Match) -> Result<Status> {
+        self.receive_into_until(buf, pattern, None)
+    }
+
+    /// Like [`Communicator::receive_into_matching`], but gives up with
+    /// [`Error::Timeout`](crate::Error::Timeout) after `timeout`.
+    pub fn receive_into_matching_timeout<T: Pod>(
+        &self,
+        buf: &mut [T],
+        pattern: Match,
+        timeout: Duration,
+    ) -> Result<Status> {
+        self.receive_into_until(buf, pattern, Some(timeout))
+    }
+
+    fn receive_into_until<T: Pod>(&self, buf: &mut [T], pattern: Match, timeout: Option<Duration>) -> Result<Status> {
         // A message that arrives after this call starts lands straight in
         // `buf`; one that was already queued is copied.
         let element = crate::element::code_of::<T>();
         let sel = self.user(pattern)?;
         let env = self.ranked(
             self.engine()
-                .receive_landing(sel, bytemuck::cast_slice_mut(buf), element),
+                .receive_landing(sel, bytemuck::cast_slice_mut(buf), element, timeout),
         )?;
         let status = self.status_of(&env);
         self.take(env, |env| match message::copy_into(&env, buf) {
@@ -291,7 +346,17 @@ impl Communicator {
     /// Receives plain numbers from whichever rank and tag `pattern` accepts
     /// into a new vector, with the status.
     pub fn receive_vec_matching<T: Pod>(&self, pattern: Match) -> Result<(Vec<T>, Status)> {
-        let env = self.receive_envelope(self.user(pattern)?, Some(message::fresh_room::<T>()), None)?;
+        self.receive_vec_until(pattern, None)
+    }
+
+    /// Like [`Communicator::receive_vec_matching`], but gives up with
+    /// [`Error::Timeout`](crate::Error::Timeout) after `timeout`.
+    pub fn receive_vec_matching_timeout<T: Pod>(&self, pattern: Match, timeout: Duration) -> Result<(Vec<T>, Status)> {
+        self.receive_vec_until(pattern, Some(timeout))
+    }
+
+    fn receive_vec_until<T: Pod>(&self, pattern: Match, timeout: Option<Duration>) -> Result<(Vec<T>, Status)> {
+        let env = self.receive_envelope(self.user(pattern)?, Some(message::fresh_room::<T>()), timeout)?;
         let status = self.status_of(&env);
         Ok((self.take(env, message::into_vec)?, status))
     }

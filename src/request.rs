@@ -24,6 +24,28 @@ pub trait Request {
     /// Makes progress without waiting; true once [`Request::wait`] would
     /// return at once.
     fn test(&mut self) -> Result<bool>;
+
+    /// Waits until the operation completes or `timeout` has passed: true
+    /// if it completed (then [`Request::wait`] returns at once), false if
+    /// the time ran out (the operation goes on, to wait on again).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use spmd::{Match, Request};
+    /// # let world = spmd::init().unwrap();
+    /// let mut result = world.immediate_receive::<u64>(Match::source(1))?;
+    /// while !result.wait_timeout(Duration::from_secs(10))? {
+    ///     println!("still waiting for rank 1");
+    /// }
+    /// let (value, _) = result.wait()?; // at once
+    /// # Ok::<(), spmd::Error>(())
+    /// ```
+    fn wait_timeout(&mut self, timeout: std::time::Duration) -> Result<bool>
+    where
+        Self: Sized,
+    {
+        crate::completion::wait_one_timeout(self, timeout)
+    }
 }
 
 /// Waits for every request, in order, and returns their results in order.

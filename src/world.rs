@@ -181,6 +181,9 @@ impl World {
             return Ok(());
         }
         let mut engine = self.engine();
+        // The other ranks may still need this rank's part of an
+        // `immediate_` collective whose request was forgotten.
+        engine.finish_schedules();
         let flushed = engine.finish();
         // Every communicator's point-to-point messages, in job ranks.
         let lost = engine.unreceived(&|c| !c.is_collective());

@@ -200,8 +200,8 @@ fn wait_text(w: &Waiting) -> String {
     let peer = |p: Option<u32>, any: &str| p.map_or(any.to_string(), |p| format!("rank {p}"));
     let tag = w.tag.map_or("any tag".to_string(), |t| format!("tag {t}"));
     // Ranks are the job's; a communicator other than the world is named
-    // by its context id (each has two contexts: 2 id and 2 id + 1).
-    let comm = match w.context / 2 {
+    // by its id (see `spmd::wire::Context`).
+    let comm = match spmd::wire::Context(w.context).communicator() {
         0 => String::new(),
         id => format!(" in communicator #{id}"),
     };

@@ -61,9 +61,14 @@ pub(crate) enum Kind {
     AlltoallInto,
     /// The exchange that makes a new communicator (`dup`, `split`, ...).
     Create,
+    ImmediateBarrier,
+    ImmediateBroadcast,
+    ImmediateBroadcastInto,
+    ImmediateAllreduce,
+    ImmediateAllreduceInto,
 }
 
-const KINDS: [Kind; 18] = [
+const KINDS: [Kind; 23] = [
     Kind::Barrier,
     Kind::Broadcast,
     Kind::Scatter,
@@ -82,6 +87,11 @@ const KINDS: [Kind; 18] = [
     Kind::ScanInto,
     Kind::AlltoallInto,
     Kind::Create,
+    Kind::ImmediateBarrier,
+    Kind::ImmediateBroadcast,
+    Kind::ImmediateBroadcastInto,
+    Kind::ImmediateAllreduce,
+    Kind::ImmediateAllreduceInto,
 ];
 
 impl Kind {
@@ -105,6 +115,11 @@ impl Kind {
             Kind::ScanInto => "scan_into",
             Kind::AlltoallInto => "alltoall_into",
             Kind::Create => "the making of a communicator (dup, split, split_by_node or subset)",
+            Kind::ImmediateBarrier => "immediate_barrier",
+            Kind::ImmediateBroadcast => "immediate_broadcast",
+            Kind::ImmediateBroadcastInto => "immediate_broadcast_into",
+            Kind::ImmediateAllreduce => "immediate_allreduce",
+            Kind::ImmediateAllreduceInto => "immediate_allreduce_into",
         }
     }
 
@@ -125,6 +140,8 @@ impl Kind {
                 | Kind::ScatterInto
                 | Kind::GatherInto
                 | Kind::ReduceInto
+                | Kind::ImmediateBroadcast
+                | Kind::ImmediateBroadcastInto
         )
     }
 }
@@ -156,6 +173,31 @@ pub(crate) fn describe(sig: u16) -> String {
     format!("{}{size}{root}", kind.name())
 }
 
+/// The error for rank `source`, which called collective `theirs` where
+/// this rank called `ours`, both as call `number` of the communicator.
+pub(crate) fn different(number: u16, source: usize, theirs: u16, ours: u16) -> Error {
+    Error::CollectiveMismatch {
+        detail: format!(
+            "ranks called different collectives at collective call #{number}: rank {source} called {} where this \
+             rank called {}",
+            describe(theirs),
+            describe(ours)
+        ),
+    }
+}
+
+/// The error another rank's notice of failure `env` tells of.
+pub(crate) fn noticed(env: &Envelope) -> Error {
+    Error::CollectiveFailed {
+        rank: env.source,
+        detail: format!(
+            "in {}: {}",
+            describe(env.call as u16),
+            String::from_utf8_lossy(&env.payload)
+        ),
+    }
+}
+
 /// What a communicator remembers of its collectives.
 #[derive(Debug, Default)]
 pub(crate) struct Calls {
@@ -163,6 +205,8 @@ pub(crate) struct Calls {
     last: Cell<u16>,
     /// Why the collectives are broken, once one has failed.
     broken: RefCell<Option<String>>,
+    /// The tag of the last `immediate_` collective (wrapping).
+    immediate: Cell<u32>,
 }
 
 impl Calls {
@@ -188,6 +232,8 @@ pub(crate) struct Call {
     /// The node region where every rank says which call it is in, when the
     /// ranks share one.
     peers: Option<Node>,
+    /// When its waits give up (`barrier_timeout`).
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Call {
@@ -210,7 +256,7 @@ impl Call {
             context: self.context.0,
             call: u32::from(self.number),
             sig: self.sig,
-            deadline: None,
+            deadline: self.deadline,
         }
     }
 
@@ -241,16 +287,7 @@ impl Call {
             });
         }
         if number == self.number && sig != self.sig {
-            return Some(Error::CollectiveMismatch {
-                detail: format!(
-                    "ranks called different collectives at collective call #{}: rank {} called {} where this rank \
-                     called {}",
-                    self.number,
-                    env.source,
-                    describe(sig),
-                    describe(self.sig)
-                ),
-            });
+            return Some(different(self.number, env.source, sig, self.sig));
         }
         if earlier || (received && number != self.number) {
             let which = if earlier { "an earlier" } else { "a later" };
@@ -278,6 +315,16 @@ impl Call {
             if let Some(e) = found {
                 return Err(e);
             }
+            let immediate = Context::immediate(self.context.communicator());
+            if let Some(e) = matcher
+                .queued_in(immediate)
+                .find(|e| (e.call >> 16) as u16 == self.number)
+            {
+                if e.tag == NOTICE {
+                    return Err(noticed(e));
+                }
+                return Err(different(self.number, e.source, e.call as u16, self.sig));
+            }
             self.check_peers()
         }
     }
@@ -292,15 +339,7 @@ impl Call {
             }
             let (number, sig) = ((said >> 16) as u16, said as u16);
             if number == self.number && sig != self.sig {
-                return Err(Error::CollectiveMismatch {
-                    detail: format!(
-                        "ranks called different collectives at collective call #{}: rank {r} called {} where this \
-                         rank called {}",
-                        self.number,
-                        describe(sig),
-                        describe(self.sig)
-                    ),
-                });
+                return Err(different(self.number, r, sig, self.sig));
             }
         }
         Ok(())
@@ -308,6 +347,30 @@ impl Call {
 }
 
 impl Communicator {
+    /// Numbers an `immediate_` collective among all the communicator's
+    /// collectives: (its call field, its tag), or the error that the
+    /// collectives are broken.
+    pub(crate) fn immediate_call(&self, kind: Kind, root: usize) -> Result<(u32, u32)> {
+        let calls = self.calls();
+        if let Some(why) = calls.broken.borrow().as_ref() {
+            return Err(Error::CollectivesBroken { detail: why.clone() });
+        }
+        let number = calls.last.get().wrapping_add(1);
+        calls.last.set(number);
+        let tag = calls.immediate.get().wrapping_add(1) % NOTICE;
+        calls.immediate.set(tag);
+        Ok((u32::from(number) << 16 | u32::from(signature(kind, root, false)), tag))
+    }
+
+    /// Remembers that an `immediate_` collective failed with `e`: the
+    /// ranks no longer agree on where they are, as after a blocking one.
+    pub(crate) fn immediate_failed(&self, e: &Error) {
+        let mut broken = self.calls().broken.borrow_mut();
+        if broken.is_none() {
+            *broken = Some(format!("in an immediate collective: {e}"));
+        }
+    }
+
     /// Runs one collective: numbers the call, runs `body`, and if it fails
     /// tells every other rank (unless the failure was another rank's
     /// notice) and remembers the failure.
@@ -325,6 +388,20 @@ impl Communicator {
         large: bool,
         body: impl FnOnce(&Call) -> Result<T>,
     ) -> Result<T> {
+        self.collective_until(kind, root, large, None, body)
+    }
+
+    /// [`Communicator::sized_collective`] whose waits give up with
+    /// [`Error::Timeout`] at `deadline`, which fails the call as any error
+    /// does.
+    pub(crate) fn collective_until<T>(
+        &self,
+        kind: Kind,
+        root: usize,
+        large: bool,
+        deadline: Option<std::time::Instant>,
+        body: impl FnOnce(&Call) -> Result<T>,
+    ) -> Result<T> {
         let calls = self.calls();
         let number = calls.last.get().wrapping_add(1);
         calls.last.set(number);
@@ -334,6 +411,7 @@ impl Communicator {
             sig: signature(kind, root, large),
             context: self.coll_context(),
             peers,
+            deadline,
         };
         if let Some(why) = calls.broken.borrow().as_ref() {
             return Err(Error::CollectivesBroken { detail: why.clone() });
@@ -390,7 +468,10 @@ impl Communicator {
             let mut engine = self.engine();
             let id = engine.post(sel, None)?;
             let mut check = call.check();
-            engine.wait_receive_checked(id, None, Some((call.waiting(Some(source)), &mut check)))?
+            let timeout = call
+                .deadline
+                .map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            engine.wait_receive_checked(id, timeout, Some((call.waiting(Some(source)), &mut check)))?
         };
         self.judge_received(call, env)
     }

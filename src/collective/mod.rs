@@ -15,12 +15,15 @@ use crate::op::Op;
 
 mod algorithm;
 pub(crate) mod call;
+mod immediate;
 pub(crate) mod node;
 mod numbers;
 mod reduction;
 pub(crate) mod region;
 mod ring;
 pub(crate) mod window;
+
+pub use immediate::CollectiveRequest;
 
 use algorithm::{Body, Codec, PodCodec, SerdeCodec, Step, own_envelope};
 use call::Kind;
@@ -89,7 +92,38 @@ impl Communicator {
 
     /// Waits until every rank has called `barrier`.
     pub fn barrier(&self) -> Result<()> {
-        self.collective(Kind::Barrier, 0, |call| {
+        self.barrier_until(None)
+    }
+
+    /// [`Communicator::barrier`] that gives up with
+    /// [`Error::Timeout`] after `timeout`. The ranks call `barrier_timeout`
+    /// or `barrier` alike (each may pass its own timeout). A barrier that
+    /// timed out has failed, as any collective that fails: this rank's
+    /// later collectives on the communicator fail at once, and every other
+    /// rank's collective fails with the reason when it next waits (its
+    /// point-to-point calls go on working). For a check that the other
+    /// ranks are alive that leaves the collectives usable, wait on an
+    /// [`immediate_barrier`](Communicator::immediate_barrier) with
+    /// [`Request::wait_timeout`](crate::Request::wait_timeout).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let world = spmd::init()?;
+    /// world.barrier_timeout(Duration::from_secs(60))?;
+    /// # Ok::<(), spmd::Error>(())
+    /// ```
+    pub fn barrier_timeout(&self, timeout: std::time::Duration) -> Result<()> {
+        match self.barrier_until(Some(std::time::Instant::now() + timeout)) {
+            Err(Error::Timeout { .. }) => Err(Error::Timeout {
+                what: "the other ranks in a barrier".into(),
+                seconds: timeout.as_secs_f64(),
+            }),
+            other => other,
+        }
+    }
+
+    fn barrier_until(&self, deadline: Option<std::time::Instant>) -> Result<()> {
+        self.collective_until(Kind::Barrier, 0, false, deadline, |call| {
             match self.node_step(call, NodeStep::Barrier, 0, &[], &mut |_| Ok(Vec::new())) {
                 Some(done) => done.map(|_| ()),
                 None => self.barrier_messages(call),

@@ -13,8 +13,8 @@
 
 use std::collections::HashSet;
 
-/// Ids are below this: a communicator's two contexts, `2 id` and
-/// `2 id + 1`, fit the header's 32 bits.
+/// Ids are below this: a communicator's three contexts, `4 id` to
+/// `4 id + 2`, fit the header's 32 bits.
 pub(crate) const LIMIT: u32 = 1 << 30;
 
 /// The ids one agreement looks at.

@@ -18,6 +18,9 @@ use crate::wire::status::{Phase, WaitOp};
 use crate::wire::{Context, Header};
 
 mod receive;
+mod schedule;
+
+pub(crate) use schedule::{Fold, Part, Plan, Step};
 
 /// A queued send: `None` when it went to this rank itself and is done.
 pub(crate) type Sent = Option<SendTicket>;
@@ -71,6 +74,9 @@ pub(crate) struct Engine {
     /// not every rank, for the check of whether an any-source receive can
     /// still be served.
     members: HashMap<u32, Arc<[usize]>>,
+    /// The `immediate_` collectives under way, and how many were started.
+    schedules: Vec<schedule::Schedule>,
+    schedules_made: u64,
 }
 
 impl Engine {
@@ -88,6 +94,8 @@ impl Engine {
             sent: 0,
             finished: false,
             members: HashMap::new(),
+            schedules: Vec::new(),
+            schedules_made: 0,
         }
     }
 
@@ -251,6 +259,7 @@ impl Engine {
         };
         if mesh.anything_arrived() {
             mesh.move_bytes(&mut self.matcher, false)?;
+            self.advance_schedules();
         }
         Ok(())
     }
@@ -330,7 +339,9 @@ impl Engine {
             }
         };
         let result = self.transport.progress(&mut self.matcher, wait, &sleeping);
-        result.map_err(|e| self.lost(e))
+        result.map_err(|e| self.lost(e))?;
+        self.advance_schedules();
+        Ok(())
     }
 
     /// One step that may sleep, with the status page ready to say on what.
@@ -344,9 +355,13 @@ impl Engine {
     /// Sleeps until anything moves (a message arrives, a send drains, a
     /// peer leaves), with the status page saying this rank waits for any
     /// of several requests.
-    pub fn sleep_for_any(&mut self) -> Result<()> {
+    pub fn sleep_for_any(&mut self, deadline: Option<Instant>) -> Result<()> {
         self.check_open()?;
-        self.sleep_step(WaitOn::p2p(WaitOp::Receive, None, None, 0), None)
+        let on = WaitOn {
+            deadline,
+            ..WaitOn::p2p(WaitOp::Receive, None, None, 0)
+        };
+        self.sleep_step(on, deadline)
     }
 
     /// A wait made of several sleeps is over.
@@ -415,11 +430,18 @@ impl Engine {
         check: &mut Check<'_>,
     ) -> Result<()> {
         let reading_all = self.matcher.read_all(true);
+        let deadline = waiting(None).deadline;
         let result = (|| {
             while !ready() {
                 check(&self.matcher)?;
                 if ready() {
                     break;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(Error::Timeout {
+                        what: "the other ranks of a node-wide collective".into(),
+                        seconds: 0.0,
+                    });
                 }
                 let absent = missing();
                 if let Some(&r) = absent.iter().find(|r| self.has_left(**r)) {
@@ -429,6 +451,7 @@ impl Engine {
                     return Err(Error::InvalidArgument("a node-wide wait without shared memory".into()));
                 };
                 if mesh.move_bytes(&mut self.matcher, true)? {
+                    self.advance_schedules();
                     continue;
                 }
                 if let Some(s) = &self.status {
@@ -441,7 +464,7 @@ impl Engine {
                     }
                 };
                 if let Some(mesh) = self.transport.node() {
-                    mesh.idle(None, ready, &sleeping);
+                    mesh.idle(deadline, ready, &sleeping);
                 }
             }
             Ok(())

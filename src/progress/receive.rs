@@ -30,8 +30,14 @@ impl Engine {
     /// numbers of type `element` that arrives after the receive is posted
     /// land straight in `buf`. The envelope says whether it landed
     /// (`landed`) or carries its payload.
-    pub fn receive_landing(&mut self, sel: Selector, buf: &mut [u8], element: u16) -> Result<Envelope> {
-        self.receive_landing_checked(sel, buf, element, None)
+    pub fn receive_landing(
+        &mut self,
+        sel: Selector,
+        buf: &mut [u8],
+        element: u16,
+        timeout: Option<Duration>,
+    ) -> Result<Envelope> {
+        self.receive_landing_until(sel, buf, element, timeout, None)
     }
 
     /// [`Engine::receive_landing`] for a collective, which checks `check` at
@@ -43,12 +49,23 @@ impl Engine {
         element: u16,
         check: Option<(WaitOn, &mut Check<'_>)>,
     ) -> Result<Envelope> {
+        self.receive_landing_until(sel, buf, element, None, check)
+    }
+
+    fn receive_landing_until(
+        &mut self,
+        sel: Selector,
+        buf: &mut [u8],
+        element: u16,
+        timeout: Option<Duration>,
+        check: Option<(WaitOn, &mut Check<'_>)>,
+    ) -> Result<Envelope> {
         let buffer = Buffer {
             ptr: buf.as_mut_ptr(),
             len: buf.len(),
         };
         let id = self.post(sel, Some(Room::Given { buffer, element }))?;
-        let result = catch_unwind(AssertUnwindSafe(|| self.wait_receive_checked(id, None, check)));
+        let result = catch_unwind(AssertUnwindSafe(|| self.wait_receive_checked(id, timeout, check)));
         if !matches!(result, Ok(Ok(_))) {
             // `buf` is about to be released: nothing may write into it.
             self.abandon_receive(id);

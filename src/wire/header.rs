@@ -119,10 +119,11 @@ impl Offer {
     }
 }
 
-/// The matching space a message belongs to. Every communicator has two:
-/// an even one for point-to-point messages and the odd one after it for
-/// its collectives, so collectives never match user receives and no
-/// communicator's messages match another's.
+/// The matching space a message belongs to. The communicator with id `id`
+/// has three: `4 id` for point-to-point messages, `4 id + 1` for its
+/// blocking collectives and `4 id + 2` for its `immediate_` collectives, so
+/// collectives never match user receives and no communicator's messages
+/// match another's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Context(pub u32);
 
@@ -134,17 +135,29 @@ impl Context {
 
     /// The point-to-point context of the communicator with id `id`.
     pub fn point_to_point(id: u32) -> Context {
-        Context(id.wrapping_mul(2))
+        Context(id.wrapping_mul(4))
     }
 
-    /// The collective context of the communicator with id `id`.
+    /// The context of the blocking collectives of the communicator with id
+    /// `id`.
     pub fn collective(id: u32) -> Context {
-        Context(id.wrapping_mul(2) | 1)
+        Context(id.wrapping_mul(4) | 1)
     }
 
-    /// True for a collective context.
+    /// The context of the `immediate_` collectives of the communicator with
+    /// id `id`.
+    pub fn immediate(id: u32) -> Context {
+        Context(id.wrapping_mul(4) | 2)
+    }
+
+    /// The id of the communicator this context belongs to.
+    pub fn communicator(self) -> u32 {
+        self.0 / 4
+    }
+
+    /// True for a context of collectives, blocking or immediate.
     pub fn is_collective(self) -> bool {
-        self.0 & 1 == 1
+        self.0 & 3 != 0
     }
 }
 
@@ -310,6 +323,8 @@ mod tests {
         assert_eq!(Context::collective(0), Context::WORLD_COLLECTIVE);
         assert!(Context::collective(9).is_collective() && !Context::point_to_point(9).is_collective());
         assert_ne!(Context::collective(3), Context::point_to_point(4));
+        assert!(Context::immediate(7).is_collective() && Context::immediate(7).communicator() == 7);
+        assert_eq!(Context::collective((1 << 30) - 1).communicator(), (1 << 30) - 1);
     }
 
     #[test]

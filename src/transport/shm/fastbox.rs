@@ -255,7 +255,7 @@ mod tests {
             element: 5,
             source: 3,
             tag,
-            context: Context(6),
+            context: Context(8),
             call: 0,
             len: 0,
         }
@@ -287,7 +287,7 @@ mod tests {
         }
         assert_eq!(got.0.len(), next as usize);
         for (i, env) in got.0.iter().enumerate() {
-            assert_eq!((env.source, env.tag, env.context), (3, i as u32, Context(6)));
+            assert_eq!((env.source, env.tag, env.context), (3, i as u32, Context(8)));
             assert_eq!(env.payload, (i as u32).to_le_bytes());
             assert_eq!(env.format, Format::Raw(5));
         }

@@ -55,7 +55,7 @@ fn header(tag: u32) -> Header {
         element: 5,
         source: 1,
         tag,
-        context: Context(6),
+        context: Context(8),
         call: 0,
         len: 0,
     }

@@ -8,16 +8,16 @@ use spmd::{Communicator, Error};
 
 use crate::rng::Rng;
 
-const LENGTHS: [usize; 7] = [0, 1, 2, 7, 64, 1000, 70_000];
+pub const LENGTHS: [usize; 7] = [0, 1, 2, 7, 64, 1000, 70_000];
 
 /// The data rank `rank` contributes in a case: small integers, so that
 /// sums and products of up to 16 ranks stay exact.
-fn data(case_seed: u64, rank: usize, len: usize) -> Vec<i64> {
+pub fn data(case_seed: u64, rank: usize, len: usize) -> Vec<i64> {
     let mut rng = Rng::new(case_seed ^ (rank as u64).wrapping_mul(0x1000_0001));
     (0..len).map(|_| rng.below(7) as i64 - 3).collect()
 }
 
-fn text(case_seed: u64, rank: usize) -> String {
+pub fn text(case_seed: u64, rank: usize) -> String {
     let mut rng = Rng::new(case_seed ^ 0xabcd ^ rank as u64);
     let len = rng.below(40);
     (0..len).map(|_| (b'a' + rng.below(26) as u8) as char).collect()
@@ -25,14 +25,14 @@ fn text(case_seed: u64, rank: usize) -> String {
 
 /// A 2×2 integer matrix: multiplication is associative but not
 /// commutative, so it shows whether results combine in rank order.
-type Matrix = [i64; 4];
+pub type Matrix = [i64; 4];
 
-fn matrix(case_seed: u64, rank: usize) -> Matrix {
+pub fn matrix(case_seed: u64, rank: usize) -> Matrix {
     let d = data(case_seed ^ 0x55, rank, 4);
     [d[0], d[1], d[2], d[3]]
 }
 
-fn matmul(a: &Matrix, b: &Matrix) -> Matrix {
+pub fn matmul(a: &Matrix, b: &Matrix) -> Matrix {
     let m = |x: i64, y: i64| x.wrapping_mul(y);
     [
         m(a[0], b[0]).wrapping_add(m(a[1], b[2])),
@@ -49,11 +49,11 @@ fn apply(which: usize, a: &[i64], b: &[i64]) -> Vec<i64> {
 
 /// The last, "first", keeps the left operand: associative but not
 /// commutative, so it shows the order in which parts are combined.
-const OPERATORS: [&str; 12] = [
+pub const OPERATORS: [&str; 12] = [
     "sum", "product", "min", "max", "land", "lor", "lxor", "band", "bor", "bxor", "closure", "first",
 ];
 
-fn apply_one(which: usize, x: &i64, y: &i64) -> i64 {
+pub fn apply_one(which: usize, x: &i64, y: &i64) -> i64 {
     match which {
         0 => op::Sum.combine(x, y),
         1 => op::Product.combine(x, y),
@@ -115,7 +115,7 @@ macro_rules! with_op {
                 $body
             }
             10 => {
-                let $o = &|x: &i64, y: &i64| apply_one(10, x, y);
+                let $o = &|x: &i64, y: &i64| $crate::collectives::apply_one(10, x, y);
                 $body
             }
             _ => {
@@ -125,8 +125,9 @@ macro_rules! with_op {
         }
     };
 }
+pub(crate) use with_op;
 
-fn fold(which: usize, parts: &[Vec<i64>], order: impl Iterator<Item = usize>) -> Vec<i64> {
+pub fn fold(which: usize, parts: &[Vec<i64>], order: impl Iterator<Item = usize>) -> Vec<i64> {
     let mut order = order;
     let first = order.next().expect("at least one rank");
     order.fold(parts[first].clone(), |acc, r| apply(which, &acc, &parts[r]))

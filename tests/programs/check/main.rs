@@ -8,6 +8,7 @@ mod comms;
 mod failures;
 mod full_queue;
 mod hangs;
+mod immediate;
 mod numbers;
 mod output;
 mod p2p;
@@ -16,6 +17,7 @@ mod scoped;
 mod single_copy;
 mod sizes;
 mod soak;
+mod timeouts;
 mod workload;
 
 use spmd::{Communicator, Error, World};
@@ -54,6 +56,7 @@ fn main() -> Result<(), spmd::Error> {
         "p2p" => p2p::run(comm)?,
         "comms" => comms::run(&world, rest.first().and_then(|s| s.parse().ok()).unwrap_or(100_000))?,
         "sizes" => sizes::run(comm)?,
+        "timeouts" => timeouts::run(comm)?,
         "scoped" => scoped::run(comm)?,
         "single-copy" => single_copy::run(&world)?,
         "soak" => {
@@ -70,6 +73,11 @@ fn main() -> Result<(), spmd::Error> {
             return hangs::run(&world, arg(0), arg(1));
         }
         "full-queue" => return full_queue::run(&world, rest.first().map(String::as_str).unwrap_or("")),
+        "immediate" => {
+            let seed = rest.first().and_then(|s| s.parse().ok()).unwrap_or(1);
+            let cases = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(40);
+            immediate::run(comm, seed, cases)?
+        }
         "collectives" => {
             let seed = rest.first().and_then(|s| s.parse().ok()).unwrap_or(1);
             let cases = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(40);

@@ -1,0 +1,330 @@
+//! Collectives that run in the background: a schedule of sends and
+//! receives that the engine carries one step further whenever this rank
+//! waits or polls in spmd, so that an `immediate_` collective moves on
+//! while its caller does other work between calls.
+//!
+//! A schedule works on one accumulator (the value so far): it sends it,
+//! replaces it with what a peer sends, or folds what a peer sends into it.
+//! Each message carries its call's number and signature; one of another
+//! collective, or another rank's notice of failure, ends the schedule with
+//! an error, and a schedule that fails tells every member.
+
+use std::sync::Arc;
+
+use super::Engine;
+use crate::collective::call::{NOTICE, describe, different, noticed};
+use crate::envelope::{Envelope, Format};
+use crate::error::{Error, Result};
+use crate::matching::ReceiveId;
+use crate::progress::Head;
+use crate::selector::{Match, Selector};
+use crate::status::WaitOn;
+use crate::transport::Wait;
+use crate::wire::Context;
+use crate::wire::status::WaitOp;
+
+/// A value in a schedule: its format and bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct Part {
+    pub format: Format,
+    pub bytes: Vec<u8>,
+}
+
+/// Folds a peer's message (from higher ranks) into the accumulator (from
+/// lower ranks).
+pub(crate) type Fold = Box<dyn FnMut(&mut Part, Envelope) -> Result<()> + Send>;
+
+/// One step of a schedule; ranks are the job's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Sends the accumulator.
+    Send(usize),
+    /// Receives a value that replaces the accumulator.
+    Take(usize),
+    /// Receives a value to fold into the accumulator.
+    Fold(usize),
+}
+
+/// What an `immediate_` collective asks the engine to run.
+pub(crate) struct Plan {
+    /// The communicator's immediate context; its blocking collectives'
+    /// context is the one before it.
+    pub context: Context,
+    pub tag: u32,
+    /// `number << 16 | signature`, as for blocking collectives.
+    pub call: u32,
+    /// The communicator's members, as job ranks (for notices).
+    pub members: Arc<[usize]>,
+    pub steps: Vec<Step>,
+    pub value: Part,
+    /// The length every received value must have (for `_into` forms).
+    pub len: Option<usize>,
+    pub fold: Option<Fold>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("context", &self.context)
+            .field("call", &self.call)
+            .field("steps", &self.steps)
+            .finish()
+    }
+}
+
+/// A plan under way.
+#[derive(Debug)]
+pub(crate) struct Schedule {
+    id: u64,
+    plan: Plan,
+    next: usize,
+    posted: Option<ReceiveId>,
+    outcome: Option<Result<Part>>,
+}
+
+impl Schedule {
+    fn number(&self) -> u16 {
+        (self.plan.call >> 16) as u16
+    }
+
+    fn name(&self) -> String {
+        format!(
+            "{} (collective call #{})",
+            describe(self.plan.call as u16),
+            self.number()
+        )
+    }
+
+    /// The peer whose message it waits for, if it waits for one.
+    fn waits_on(&self) -> Option<usize> {
+        match self.plan.steps.get(self.next) {
+            Some(Step::Take(p) | Step::Fold(p)) if self.outcome.is_none() => Some(*p),
+            _ => None,
+        }
+    }
+
+    fn selector(&self, source: usize) -> Selector {
+        Selector::new(self.plan.context, Match::source(source).with_tag(self.plan.tag))
+    }
+}
+
+impl Engine {
+    /// Starts a schedule and carries it as far as it goes now; returns its
+    /// id for [`Engine::test_schedule`] and [`Engine::wait_schedule`].
+    pub fn start_schedule(&mut self, plan: Plan) -> Result<u64> {
+        self.check_open()?;
+        self.schedules_made += 1;
+        let mut s = Schedule {
+            id: self.schedules_made,
+            plan,
+            next: 0,
+            posted: None,
+            outcome: None,
+        };
+        self.advance(&mut s);
+        let id = s.id;
+        self.schedules.push(s);
+        Ok(id)
+    }
+
+    /// Carries every schedule under way as far as what has arrived lets it.
+    pub(super) fn advance_schedules(&mut self) {
+        if self.schedules.is_empty() {
+            return;
+        }
+        // Taken out while they move, so that a send inside cannot come
+        // back here.
+        let mut schedules = std::mem::take(&mut self.schedules);
+        for s in schedules.iter_mut().filter(|s| s.outcome.is_none()) {
+            self.advance(s);
+        }
+        schedules.append(&mut self.schedules);
+        self.schedules = schedules;
+    }
+
+    fn advance(&mut self, s: &mut Schedule) {
+        while s.outcome.is_none() {
+            let Some(&step) = s.plan.steps.get(s.next) else {
+                let value = std::mem::replace(
+                    &mut s.plan.value,
+                    Part {
+                        format: Format::Serde,
+                        bytes: Vec::new(),
+                    },
+                );
+                s.outcome = Some(Ok(value));
+                return;
+            };
+            let result = match step {
+                Step::Send(dest) => {
+                    let head = Head {
+                        context: s.plan.context,
+                        tag: s.plan.tag,
+                        call: s.plan.call,
+                        format: s.plan.value.format,
+                    };
+                    self.send(dest, head, s.plan.value.bytes.clone()).map(|_| true)
+                }
+                Step::Take(source) | Step::Fold(source) => self.receive_step(s, source),
+            };
+            match result {
+                Ok(true) => s.next += 1,
+                Ok(false) => return,
+                Err(e) => self.fail(s, e),
+            }
+        }
+    }
+
+    /// The receive of a step: true once its message is in the accumulator.
+    fn receive_step(&mut self, s: &mut Schedule, source: usize) -> Result<bool> {
+        let id = match s.posted {
+            Some(id) => id,
+            None => *s.posted.insert(self.matcher.post_into(s.selector(source), None)),
+        };
+        let Some(env) = self.matcher.take(id) else {
+            self.foreign(s)?;
+            return Ok(false);
+        };
+        s.posted = None;
+        if env.call != s.plan.call {
+            return Err(different(s.number(), env.source, env.call as u16, s.plan.call as u16));
+        }
+        let len = env.payload.len();
+        if s.plan
+            .len
+            .is_some_and(|l| l != len || env.format != s.plan.value.format)
+        {
+            return Err(Error::CollectiveMismatch {
+                detail: format!(
+                    "in {}: rank {} sent {len} bytes as {:?} where this rank has {} bytes as {:?}",
+                    s.name(),
+                    env.source,
+                    env.format,
+                    s.plan.len.unwrap_or_default(),
+                    s.plan.value.format
+                ),
+            });
+        }
+        match (s.plan.steps[s.next], s.plan.fold.as_mut()) {
+            (Step::Fold(_), Some(fold)) => fold(&mut s.plan.value, env)?,
+            _ => {
+                let mut env = env;
+                s.plan.value.bytes = std::mem::take(&mut env.payload);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Another rank's notice of failure in this call, or a message of a
+    /// blocking collective with this call's number.
+    fn foreign(&self, s: &Schedule) -> Result<()> {
+        let number = s.number();
+        let of_this_call = |e: &&Envelope| (e.call >> 16) as u16 == number;
+        if let Some(e) = self
+            .matcher
+            .queued_in(s.plan.context)
+            .filter(of_this_call)
+            .find(|e| e.tag == NOTICE)
+        {
+            return Err(noticed(e));
+        }
+        let blocking = Context(s.plan.context.0 - 1);
+        match self.matcher.queued_in(blocking).find(of_this_call) {
+            Some(e) if e.tag == NOTICE => Err(noticed(e)),
+            Some(e) => Err(different(number, e.source, e.call as u16, s.plan.call as u16)),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends a schedule with `e`, telling the other members unless `e` is
+    /// another's notice.
+    fn fail(&mut self, s: &mut Schedule, e: Error) {
+        if let Some(id) = s.posted.take() {
+            self.matcher.cancel(id);
+        }
+        if !matches!(e, Error::CollectiveFailed { .. }) {
+            let head = Head {
+                context: s.plan.context,
+                tag: NOTICE,
+                call: s.plan.call,
+                format: Format::Serde,
+            };
+            let text = e.to_string().into_bytes();
+            let me = self.me;
+            for &dest in s.plan.members.iter().filter(|d| **d != me) {
+                if !self.has_left(dest) {
+                    let _ = self.send(dest, head, text.clone());
+                }
+            }
+        }
+        s.outcome = Some(Err(e));
+    }
+
+    fn schedule_index(&self, id: u64) -> usize {
+        match self.schedules.iter().position(|s| s.id == id) {
+            Some(i) => i,
+            None => unreachable!("schedule {id} is waited on once, by its request"),
+        }
+    }
+
+    /// Whether a schedule is over, after a look at what has arrived; a
+    /// schedule that waits for a peer that has gone fails.
+    pub fn test_schedule(&mut self, id: u64) -> Result<bool> {
+        self.step(Wait::No)?;
+        let i = self.schedule_index(id);
+        if let Some(peer) = self.schedules[i].waits_on() {
+            if self.has_left(peer) {
+                // Its notice, read before its leaving, says more.
+                let e = self.gone(peer);
+                self.advance_schedules();
+                let mut s = self.schedules.swap_remove(self.schedule_index(id));
+                if s.outcome.is_none() {
+                    self.fail(&mut s, e);
+                }
+                self.schedules.push(s);
+            }
+        }
+        let i = self.schedule_index(id);
+        Ok(self.schedules[i].outcome.is_some())
+    }
+
+    /// Waits until a schedule is over and returns its value. The schedule
+    /// is gone afterwards, whatever the outcome.
+    pub fn wait_schedule(&mut self, id: u64) -> Result<Part> {
+        let result = (|| loop {
+            if self.test_schedule(id)? {
+                let s = self.schedules.swap_remove(self.schedule_index(id));
+                return s.outcome.unwrap_or_else(|| unreachable!("tested as over"));
+            }
+            let s = &self.schedules[self.schedule_index(id)];
+            let on = WaitOn {
+                op: WaitOp::Collective,
+                peer: s.waits_on(),
+                tag: None,
+                context: s.plan.context.0,
+                call: u32::from(s.number()),
+                sig: s.plan.call as u16,
+                deadline: None,
+            };
+            self.sleep_step(on, None)?;
+        })();
+        self.settle();
+        if result.is_err() {
+            if let Some(i) = self.schedules.iter().position(|s| s.id == id) {
+                let mut s = self.schedules.swap_remove(i);
+                if let Some(posted) = s.posted.take() {
+                    self.matcher.cancel(posted);
+                }
+            }
+        }
+        result
+    }
+
+    /// Carries every schedule under way to its end (at finalize, for those
+    /// whose requests were forgotten).
+    pub fn finish_schedules(&mut self) {
+        while let Some(id) = self.schedules.first().map(|s| s.id) {
+            let _ = self.wait_schedule(id);
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Checks of the `immediate_` collectives: random cases that start several
+//! at once in a random order, mixed with blocking collectives and
+//! point-to-point traffic, complete them through `wait`, `wait_any` or
+//! `test_all`, and compare each result with a sequential reference; then
+//! progress while the rank blocks elsewhere, and misuse as an error on
+//! every rank.
+
+use spmd::op;
+use spmd::{Communicator, Error, Match, Pending, Request};
+
+use crate::collectives::{LENGTHS, OPERATORS, data, fold, matmul, matrix, text, with_op};
+use crate::rng::Rng;
+
+pub fn run(comm: &Communicator, seed: u64, cases: usize) -> Result<(), Error> {
+    let mut rng = Rng::new(seed);
+    for case in 0..cases {
+        one_case(comm, seed, case, rng.next_u64())?;
+    }
+    progress_while_blocked(comm)?;
+    mixed_with_blocking(comm)?;
+    if comm.rank() == 0 {
+        println!("ok {cases} random immediate collective cases from seed {seed}");
+    }
+    Ok(())
+}
+
+/// Five collectives, each started or not, in a random order with other
+/// traffic between the starts, completed in one of three ways.
+fn one_case(comm: &Communicator, seed: u64, case: usize, case_seed: u64) -> Result<(), Error> {
+    let (me, n) = (comm.rank(), comm.size());
+    let mut rng = Rng::new(case_seed);
+    let root = rng.below(n);
+    let len = LENGTHS[rng.below(LENGTHS.len())];
+    let which = rng.below(OPERATORS.len());
+    let parts: Vec<Vec<i64>> = (0..n).map(|r| data(case_seed, r, len)).collect();
+    let mine = parts[me].clone();
+    let mut order: Vec<usize> = (0..5).filter(|_| rng.below(4) != 0).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let finish = rng.below(3);
+    let ctx = format!(
+        "seed {seed} case {case}: order {order:?}, finish {finish}, root {root}, len {len}, op {} on rank {me} of {n}",
+        OPERATORS[which]
+    );
+
+    let mut broadcast_buf = if me == root { parts[root].clone() } else { vec![0; len] };
+    let mut reduced = vec![0; len];
+    let mut message = if me == root {
+        text(case_seed, root)
+    } else {
+        String::new()
+    };
+    let scalar = matrix(case_seed, me);
+    let (mut barrier, mut broadcast_into, mut allreduce, mut allreduce_into, mut broadcast) =
+        (None, None, None, None, None);
+    // Each buffer is lent once, to the one request that writes it.
+    let (mut lend_buf, mut lend_reduced, mut lend_message) =
+        (Some(&mut broadcast_buf[..]), Some(&mut reduced[..]), Some(&mut message));
+    for (i, &k) in order.iter().enumerate() {
+        match k {
+            0 => barrier = Some(comm.immediate_barrier()?),
+            1 => broadcast_into = Some(comm.immediate_broadcast_into(lend(&mut lend_buf), root)?),
+            2 => allreduce = Some(comm.immediate_allreduce(&scalar, matmul)?),
+            3 => {
+                allreduce_into = Some(with_op!(which, |o| comm.immediate_allreduce_into(
+                    &mine,
+                    lend(&mut lend_reduced),
+                    *o
+                )?))
+            }
+            _ => broadcast = Some(comm.immediate_broadcast(lend(&mut lend_message), root)?),
+        }
+        // Other traffic between the starts: a ring exchange, or a blocking
+        // collective.
+        match (case + i) % 3 {
+            0 if n > 1 => {
+                let got: (usize, usize) = comm.sendrecv(&(me, case), (me + 1) % n, (me + n - 1) % n)?;
+                assert_eq!(got, ((me + n - 1) % n, case), "{ctx}: ring");
+            }
+            1 => assert_eq!(comm.allreduce(&1u64, &op::Sum)?, n as u64, "{ctx}: blocking allreduce"),
+            _ => {}
+        }
+    }
+
+    let mut pending: Vec<&mut dyn Pending> = Vec::new();
+    pending.extend(as_pending(&mut barrier));
+    pending.extend(as_pending(&mut broadcast_into));
+    pending.extend(as_pending(&mut allreduce));
+    pending.extend(as_pending(&mut allreduce_into));
+    pending.extend(as_pending(&mut broadcast));
+    match finish {
+        0 => {}
+        1 => {
+            let mut left = pending.len();
+            while left > 0 {
+                let i = spmd::wait_any(&mut pending)?;
+                pending.remove(i);
+                left -= 1;
+            }
+        }
+        _ => while !spmd::test_all(&mut pending)? {},
+    }
+    drop(pending);
+    barrier.map(Request::wait).transpose()?;
+    let broadcast_into = broadcast_into.map(Request::wait).transpose()?;
+    let allreduce = allreduce.map(Request::wait).transpose()?;
+    let allreduce_into = allreduce_into.map(Request::wait).transpose()?;
+    let broadcast = broadcast.map(Request::wait).transpose()?;
+    if broadcast_into.is_some() {
+        assert_eq!(broadcast_buf, parts[root], "{ctx}: immediate_broadcast_into");
+    }
+    if let Some(got) = allreduce {
+        let want = (1..n).fold(matrix(case_seed, 0), |acc, r| matmul(&acc, &matrix(case_seed, r)));
+        assert_eq!(got, want, "{ctx}: immediate_allreduce of matrices (rank order)");
+    }
+    if allreduce_into.is_some() {
+        assert_eq!(reduced, fold(which, &parts, 0..n), "{ctx}: immediate_allreduce_into");
+    }
+    if broadcast.is_some() {
+        assert_eq!(message, text(case_seed, root), "{ctx}: immediate_broadcast");
+    }
+    Ok(())
+}
+
+fn lend<'a, T: ?Sized>(once: &mut Option<&'a mut T>) -> &'a mut T {
+    once.take().expect("each collective starts once per case")
+}
+
+/// An optional request seen as a [`Pending`], for the slice of them.
+fn as_pending<R: Request>(r: &mut Option<R>) -> Option<&mut dyn Pending> {
+    r.as_mut().map(|r| r as &mut dyn Pending)
+}
+
+/// Rank 0 starts a barrier and then blocks in a receive from the last
+/// rank, which sends only once its own barrier is over: the barrier can
+/// end only if rank 0's part moves on while it waits for something else.
+fn progress_while_blocked(comm: &Communicator) -> Result<(), Error> {
+    let (me, n) = (comm.rank(), comm.size());
+    let barrier = comm.immediate_barrier()?;
+    let total = comm.immediate_allreduce(&(me as u64), op::Sum)?;
+    if me == 0 && n > 1 {
+        let (word, status): (String, _) = comm.receive_matching(Match::source(n - 1).with_tag(7))?;
+        assert_eq!((word.as_str(), status.source()), ("after", n - 1));
+    }
+    barrier.wait()?;
+    assert_eq!(total.wait()?, (n * (n - 1) / 2) as u64);
+    if me == n - 1 && n > 1 {
+        comm.send_with_tag(&"after", 0, 7)?;
+    }
+    Ok(())
+}
+
+/// A blocking barrier where rank 0 starts an immediate one is an error
+/// on every rank, never a hang: at least one names the mix, and the
+/// others hear of it (or, if the rank they wait on ended first, that it
+/// has gone). Every rank reports to rank 0 by point-to-point messages,
+/// which still work.
+fn mixed_with_blocking(comm: &Communicator) -> Result<(), Error> {
+    let (me, n) = (comm.rank(), comm.size());
+    if n < 2 {
+        return Ok(());
+    }
+    let mine = if me == 0 {
+        comm.immediate_barrier().and_then(|r| r.wait())
+    } else {
+        comm.barrier()
+    };
+    let report = match mine {
+        Err(Error::CollectiveMismatch { detail }) => format!("mismatch: {detail}"),
+        Err(Error::CollectiveFailed { rank, detail }) => format!("rank {rank} failed: {detail}"),
+        Err(Error::PeerGone { rank }) if me != 0 => format!("rank {rank} has gone"),
+        other => panic!("rank {me}: immediate_barrier against barrier gave {other:?}"),
+    };
+    if me != 0 {
+        return comm.send_with_tag(&report, 0, 99);
+    }
+    let mut reports = vec![report];
+    for r in 1..n {
+        reports.push(comm.receive_with_tag(r, 99)?);
+    }
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.contains("immediate_barrier") && r.contains("barrier")),
+        "no rank named the mix: {reports:?}"
+    );
+    Ok(())
+}
