@@ -66,9 +66,14 @@ pub(crate) enum Kind {
     ImmediateBroadcastInto,
     ImmediateAllreduce,
     ImmediateAllreduceInto,
+    GathervInto,
+    ScattervInto,
+    AllgathervInto,
+    AlltoallvInto,
+    Exscan,
 }
 
-const KINDS: [Kind; 23] = [
+const KINDS: [Kind; 28] = [
     Kind::Barrier,
     Kind::Broadcast,
     Kind::Scatter,
@@ -92,6 +97,11 @@ const KINDS: [Kind; 23] = [
     Kind::ImmediateBroadcastInto,
     Kind::ImmediateAllreduce,
     Kind::ImmediateAllreduceInto,
+    Kind::GathervInto,
+    Kind::ScattervInto,
+    Kind::AllgathervInto,
+    Kind::AlltoallvInto,
+    Kind::Exscan,
 ];
 
 impl Kind {
@@ -120,6 +130,11 @@ impl Kind {
             Kind::ImmediateBroadcastInto => "immediate_broadcast_into",
             Kind::ImmediateAllreduce => "immediate_allreduce",
             Kind::ImmediateAllreduceInto => "immediate_allreduce_into",
+            Kind::GathervInto => "gatherv_into",
+            Kind::ScattervInto => "scatterv_into",
+            Kind::AllgathervInto => "allgatherv_into",
+            Kind::AlltoallvInto => "alltoallv_into",
+            Kind::Exscan => "the exchange of exscan or exscan_into",
         }
     }
 
@@ -142,6 +157,8 @@ impl Kind {
                 | Kind::ReduceInto
                 | Kind::ImmediateBroadcast
                 | Kind::ImmediateBroadcastInto
+                | Kind::GathervInto
+                | Kind::ScattervInto
         )
     }
 }

@@ -21,6 +21,7 @@ mod numbers;
 mod reduction;
 pub(crate) mod region;
 mod ring;
+mod varying;
 pub(crate) mod window;
 
 pub use immediate::CollectiveRequest;

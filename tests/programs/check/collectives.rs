@@ -141,7 +141,7 @@ pub fn run(world: &Communicator, seed: u64, cases: usize) -> Result<(), Error> {
         let root = rng.below(n);
         let len = LENGTHS[rng.below(LENGTHS.len())];
         let which = rng.below(OPERATORS.len());
-        let kind = rng.below(18);
+        let kind = rng.below(25);
         let parts: Vec<Vec<i64>> = (0..n).map(|r| data(case_seed, r, len)).collect();
         let mine = &parts[me];
         let ctx = format!(
@@ -256,6 +256,21 @@ pub fn run(world: &Communicator, seed: u64, cases: usize) -> Result<(), Error> {
                     .collect();
                 assert_eq!(recv, want, "{ctx}");
             }
+            18..=22 => varying(world, kind, case_seed, which, &ctx)?,
+            23 => {
+                let mut recv = vec![99; len];
+                with_op!(which, |o| world.exscan_into(mine, &mut recv, o)?);
+                let want = if me == 0 {
+                    vec![99; len]
+                } else {
+                    fold(which, &parts, 0..me)
+                };
+                assert_eq!(recv, want, "{ctx} (exscan_into)");
+                let got = world.exscan(&matrix(case_seed, me), &matmul)?;
+                let want =
+                    (me > 0).then(|| (1..me).fold(matrix(case_seed, 0), |acc, r| matmul(&acc, &matrix(case_seed, r))));
+                assert_eq!(got, want, "{ctx} (exscan of matrices)");
+            }
             _ => {
                 // Floating point: every rank gets the same bits, close to the
                 // sequential sum.
@@ -276,8 +291,77 @@ pub fn run(world: &Communicator, seed: u64, cases: usize) -> Result<(), Error> {
         }
     }
     short_buffer(world)?;
+    wrong_counts(world)?;
     if me == 0 {
         println!("ok {cases} random collective cases from seed {seed}");
+    }
+    Ok(())
+}
+
+/// How many elements rank `from` gives rank `to` in a case of the
+/// collectives with a count per rank (zero included).
+fn count(case_seed: u64, from: usize, to: usize) -> usize {
+    (case_seed as usize % 7 + 3 * from + 5 * to) % 6
+}
+
+/// The v-collectives and `reduce_scatter`: parts of a count per rank,
+/// compared with the parts cut from every rank's data.
+fn varying(world: &Communicator, kind: usize, case_seed: u64, which: usize, ctx: &str) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    let root = case_seed as usize % n;
+    // Rank r's own part in the gathers: `count(r, r)` elements.
+    let own = |r: usize| data(case_seed, r, count(case_seed, r, r));
+    let own_counts: Vec<usize> = (0..n).map(|r| count(case_seed, r, r)).collect();
+    let total: usize = own_counts.iter().sum();
+    match kind {
+        18 => {
+            let mut recv = vec![0; if me == root { total } else { 0 }];
+            let counts = if me == root { own_counts.clone() } else { Vec::new() };
+            world.gatherv_into(&own(me), &mut recv, &counts, root)?;
+            if me == root {
+                assert_eq!(recv, (0..n).flat_map(own).collect::<Vec<_>>(), "{ctx} (gatherv_into)");
+            }
+        }
+        19 => {
+            let all: Vec<i64> = (0..n).flat_map(own).collect();
+            let send = if me == root { all } else { Vec::new() };
+            let mut recv = vec![0; own_counts[me]];
+            world.scatterv_into(&send, &own_counts, &mut recv, root)?;
+            assert_eq!(recv, own(me), "{ctx} (scatterv_into)");
+        }
+        20 => {
+            let mut recv = vec![0; total];
+            world.allgatherv_into(&own(me), &mut recv, &own_counts)?;
+            assert_eq!(
+                recv,
+                (0..n).flat_map(own).collect::<Vec<_>>(),
+                "{ctx} (allgatherv_into)"
+            );
+        }
+        21 => {
+            // Rank s gives rank d the part `data(seed ^ (s, d))`.
+            let part = |s: usize, d: usize| data(case_seed ^ (s * 64 + d) as u64, s, count(case_seed, s, d));
+            let send: Vec<i64> = (0..n).flat_map(|d| part(me, d)).collect();
+            let send_counts: Vec<usize> = (0..n).map(|d| count(case_seed, me, d)).collect();
+            let recv_counts: Vec<usize> = (0..n).map(|s| count(case_seed, s, me)).collect();
+            let mut recv = vec![0; recv_counts.iter().sum()];
+            world.alltoallv_into(&send, &send_counts, &mut recv, &recv_counts)?;
+            let want: Vec<i64> = (0..n).flat_map(|s| part(s, me)).collect();
+            assert_eq!(recv, want, "{ctx} (alltoallv_into)");
+        }
+        _ => {
+            let parts: Vec<Vec<i64>> = (0..n).map(|r| data(case_seed ^ 0x77, r, total)).collect();
+            let mut recv = vec![0; own_counts[me]];
+            with_op!(which, |o| world.reduce_scatter_into(
+                &parts[me],
+                &mut recv,
+                &own_counts,
+                o
+            )?);
+            let whole = fold(which, &parts, 0..n);
+            let at: usize = own_counts[..me].iter().sum();
+            assert_eq!(recv, whole[at..at + own_counts[me]], "{ctx} (reduce_scatter_into)");
+        }
     }
     Ok(())
 }
@@ -298,5 +382,33 @@ fn short_buffer(world: &Communicator) -> Result<(), Error> {
     }
     let total: u64 = world.allreduce(&1u64, &op::Sum)?;
     assert_eq!(total, n as u64, "the collective after a short buffer");
+    Ok(())
+}
+
+/// A rank whose counts do not add up fails inside the call, and every
+/// other rank hears of it instead of waiting for its part (on a duplicate,
+/// whose collectives the failure ends).
+fn wrong_counts(world: &Communicator) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    if n < 2 {
+        return Ok(());
+    }
+    let dup = world.dup()?;
+    let counts = vec![1; if me == 1 { n + 1 } else { n }];
+    let mut recv = vec![0u32; n];
+    match dup.allgatherv_into(&[me as u32], &mut recv, &counts) {
+        Err(Error::InvalidArgument(text)) if me == 1 => assert!(text.contains("counts"), "{text}"),
+        Err(Error::CollectiveFailed { rank: 1, .. }) if me != 1 => {}
+        other => panic!("rank {me}: allgatherv_into with wrong counts on rank 1 gave {other:?}"),
+    }
+    // No rank leaves before every rank has its error (a rank that has
+    // left is an error of its own kind): a barrier of messages.
+    if me == 0 {
+        (1..n).try_for_each(|r| world.receive_with_tag::<()>(r, 12))?;
+        (1..n).try_for_each(|r| world.send_with_tag(&(), r, 13))?;
+    } else {
+        world.send_with_tag(&(), 0, 12)?;
+        world.receive_with_tag::<()>(0, 13)?;
+    }
     Ok(())
 }
