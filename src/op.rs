@@ -1,19 +1,23 @@
-//! Reduction operators for `reduce`, `allreduce` and `scan`.
+//! Reduction operators for `reduce`, `allreduce`, `scan` and their kin.
 //!
-//! An operator combines two values into one. For plain-number slices it is
-//! applied element by element. Operators must be associative; `scan`, and
-//! `reduce`/`allreduce` with root 0, combine in rank order, so a
-//! non-commutative operator is fine there.
+//! An operator combines two values into one. The built-in ones combine
+//! plain-number slices (the `_into` forms), `Vec`s and arrays element by
+//! element, and any [`Scalar`] as a whole. Operators must be associative;
+//! every reduction combines in rank order (0, 1, ..., whatever the root),
+//! so a non-commutative operator is fine.
 //!
-//! Any closure `Fn(&T, &T) -> T` is an operator too:
+//! Any closure `Fn(&T, &T) -> T` is an operator too; passed straight to a
+//! collective its parameters need types, or wrap it in [`from_fn`]:
 //!
 //! ```no_run
 //! use spmd::op;
 //! # let world = spmd::init().unwrap();
 //! let total = world.allreduce(&(world.rank() as u64), &op::Sum)?;
+//! let sums = world.allreduce(&vec![1.0, 2.0], &op::Sum)?; // element by element
 //! let longest = world.allreduce(&"abc".to_string(), &|a: &String, b: &String| {
 //!     if b.len() > a.len() { b.clone() } else { a.clone() }
 //! })?;
+//! let product = world.allreduce(&3u64, &op::from_fn(|a, b| a * b))?;
 //! # Ok::<(), spmd::Error>(())
 //! ```
 
@@ -69,75 +73,90 @@ pub struct BitOr;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BitXor;
 
-impl<T: Clone + Add<Output = T>> Op<T> for Sum {
-    fn combine(&self, a: &T, b: &T) -> T {
-        a.clone() + b.clone()
-    }
+/// A value the built-in arithmetic, ordering and bitwise operators
+/// combine as a whole: the numbers, `bool`, `char` and `String` are. A
+/// `Vec` or an array of them is combined element by element instead, as in
+/// MPI. Implement it (one empty line) for a type of your own that has the
+/// operations an operator needs:
+///
+/// ```
+/// #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// struct Complex { re: f64, im: f64 }
+///
+/// impl std::ops::Add for Complex {
+///     type Output = Complex;
+///     fn add(self, o: Complex) -> Complex { Complex { re: self.re + o.re, im: self.im + o.im } }
+/// }
+/// impl spmd::op::Scalar for Complex {}
+///
+/// let world = spmd::init()?;
+/// let z = world.allreduce(&vec![Complex { re: 1.0, im: 2.0 }; 3], &spmd::op::Sum)?;
+/// assert_eq!(z[2].re, world.size() as f64);
+/// # Ok::<(), spmd::Error>(())
+/// ```
+pub trait Scalar: Clone {}
 
-    fn is_commutative(&self) -> bool {
-        true
-    }
+macro_rules! scalars {
+    ($($t:ty),*) => {$( impl Scalar for $t {} )*};
+}
+scalars!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64, bool, char, String
+);
+
+/// Combines two sequences element by element with `f`; where one is
+/// longer, its extra elements are kept as they are (as if the shorter one
+/// went on with elements that change nothing).
+fn each<T: Clone>(a: &[T], b: &[T], f: impl Fn(&T, &T) -> T) -> Vec<T> {
+    let common = a.len().min(b.len());
+    let mut out: Vec<T> = a.iter().zip(b).map(|(x, y)| f(x, y)).collect();
+    let rest = if a.len() > common { &a[common..] } else { &b[common..] };
+    out.extend_from_slice(rest);
+    out
 }
 
-impl<T: Clone + Mul<Output = T>> Op<T> for Product {
-    fn combine(&self, a: &T, b: &T) -> T {
-        a.clone() * b.clone()
-    }
+/// Implements a built-in operator for scalars (`$bound` being what it
+/// needs), and element by element for `Vec`s and arrays of them.
+macro_rules! operator {
+    ($op:ty, $bound:path, |$a:ident, $b:ident| $body:expr) => {
+        impl<T: Scalar + $bound> Op<T> for $op {
+            fn combine(&self, $a: &T, $b: &T) -> T {
+                $body
+            }
 
-    fn is_commutative(&self) -> bool {
-        true
-    }
+            fn is_commutative(&self) -> bool {
+                true
+            }
+        }
+
+        impl<T: Scalar + $bound> Op<Vec<T>> for $op {
+            fn combine(&self, a: &Vec<T>, b: &Vec<T>) -> Vec<T> {
+                each(a, b, |x, y| self.combine(x, y))
+            }
+
+            fn is_commutative(&self) -> bool {
+                true
+            }
+        }
+
+        impl<T: Scalar + $bound, const N: usize> Op<[T; N]> for $op {
+            fn combine(&self, a: &[T; N], b: &[T; N]) -> [T; N] {
+                std::array::from_fn(|i| self.combine(&a[i], &b[i]))
+            }
+
+            fn is_commutative(&self) -> bool {
+                true
+            }
+        }
+    };
 }
 
-impl<T: Clone + PartialOrd> Op<T> for Min {
-    fn combine(&self, a: &T, b: &T) -> T {
-        if b < a { b.clone() } else { a.clone() }
-    }
-
-    fn is_commutative(&self) -> bool {
-        true
-    }
-}
-
-impl<T: Clone + PartialOrd> Op<T> for Max {
-    fn combine(&self, a: &T, b: &T) -> T {
-        if b > a { b.clone() } else { a.clone() }
-    }
-
-    fn is_commutative(&self) -> bool {
-        true
-    }
-}
-
-impl<T: Clone + std::ops::BitAnd<Output = T>> Op<T> for BitAnd {
-    fn combine(&self, a: &T, b: &T) -> T {
-        a.clone() & b.clone()
-    }
-
-    fn is_commutative(&self) -> bool {
-        true
-    }
-}
-
-impl<T: Clone + std::ops::BitOr<Output = T>> Op<T> for BitOr {
-    fn combine(&self, a: &T, b: &T) -> T {
-        a.clone() | b.clone()
-    }
-
-    fn is_commutative(&self) -> bool {
-        true
-    }
-}
-
-impl<T: Clone + std::ops::BitXor<Output = T>> Op<T> for BitXor {
-    fn combine(&self, a: &T, b: &T) -> T {
-        a.clone() ^ b.clone()
-    }
-
-    fn is_commutative(&self) -> bool {
-        true
-    }
-}
+operator!(Sum, Add<Output = T>, |a, b| a.clone() + b.clone());
+operator!(Product, Mul<Output = T>, |a, b| a.clone() * b.clone());
+operator!(Min, PartialOrd, |a, b| if b < a { b.clone() } else { a.clone() });
+operator!(Max, PartialOrd, |a, b| if b > a { b.clone() } else { a.clone() });
+operator!(BitAnd, std::ops::BitAnd<Output = T>, |a, b| a.clone() & b.clone());
+operator!(BitOr, std::ops::BitOr<Output = T>, |a, b| a.clone() | b.clone());
+operator!(BitXor, std::ops::BitXor<Output = T>, |a, b| a.clone() ^ b.clone());
 
 /// Values with a truth value, for the logical operators: `false`/`true`,
 /// or zero/non-zero numbers (results are 0 or 1).
@@ -171,33 +190,76 @@ macro_rules! numeric_truth {
 }
 numeric_truth!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64);
 
-impl<T: Truth> Op<T> for LogicalAnd {
-    fn combine(&self, a: &T, b: &T) -> T {
-        T::from_truth(a.truth() && b.truth())
-    }
+/// Implements a logical operator for values with a truth value, and
+/// element by element for `Vec`s and arrays of them.
+macro_rules! logical {
+    ($op:ty, |$a:ident, $b:ident| $body:expr) => {
+        impl<T: Truth> Op<T> for $op {
+            fn combine(&self, a: &T, b: &T) -> T {
+                let ($a, $b) = (a.truth(), b.truth());
+                T::from_truth($body)
+            }
 
-    fn is_commutative(&self) -> bool {
-        true
-    }
+            fn is_commutative(&self) -> bool {
+                true
+            }
+        }
+
+        impl<T: Truth + Clone> Op<Vec<T>> for $op {
+            fn combine(&self, a: &Vec<T>, b: &Vec<T>) -> Vec<T> {
+                each(a, b, |x, y| self.combine(x, y))
+            }
+
+            fn is_commutative(&self) -> bool {
+                true
+            }
+        }
+
+        impl<T: Truth, const N: usize> Op<[T; N]> for $op {
+            fn combine(&self, a: &[T; N], b: &[T; N]) -> [T; N] {
+                std::array::from_fn(|i| self.combine(&a[i], &b[i]))
+            }
+
+            fn is_commutative(&self) -> bool {
+                true
+            }
+        }
+    };
 }
 
-impl<T: Truth> Op<T> for LogicalOr {
-    fn combine(&self, a: &T, b: &T) -> T {
-        T::from_truth(a.truth() || b.truth())
-    }
+logical!(LogicalAnd, |a, b| a && b);
+logical!(LogicalOr, |a, b| a || b);
+logical!(LogicalXor, |a, b| a != b);
 
-    fn is_commutative(&self) -> bool {
-        true
-    }
+/// Makes an operator of a closure whose parameters need no types:
+/// `op::from_fn(|a, b| ..)`. A closure passed straight to `allreduce`
+/// needs them (`|a: &String, b: &String| ..`): Rust gives a closure the
+/// signature "for any lifetime" only when the parameter it is passed to
+/// asks for an `Fn` directly, and an operator parameter asks for an
+/// [`Op`] (so that `op::Sum` and closures go in the same place). Without
+/// the types, the error is "implementation of `FnOnce` is not general
+/// enough".
+///
+/// ```
+/// use spmd::op;
+/// let world = spmd::init()?;
+/// let longest = world.allreduce(&"abc".to_string(), &op::from_fn(|a: &String, b| {
+///     if b.len() > a.len() { b.clone() } else { a.clone() }
+/// }))?;
+/// let product = world.allreduce(&2u64, &op::from_fn(|a, b| a * b))?;
+/// # Ok::<(), spmd::Error>(())
+/// ```
+pub fn from_fn<T, F: Fn(&T, &T) -> T>(f: F) -> FromFn<F> {
+    FromFn(f)
 }
 
-impl<T: Truth> Op<T> for LogicalXor {
-    fn combine(&self, a: &T, b: &T) -> T {
-        T::from_truth(a.truth() != b.truth())
-    }
+/// An operator made of a closure by [`from_fn`].
+#[derive(Debug, Clone, Copy)]
+pub struct FromFn<F>(F);
 
-    fn is_commutative(&self) -> bool {
-        true
+impl<T, F: Fn(&T, &T) -> T> Op<T> for FromFn<F> {
+    fn combine(&self, a: &T, b: &T) -> T {
+        (self.0)(a, b)
     }
 }
 
@@ -219,5 +281,22 @@ mod tests {
         assert_eq!(BitXor.combine(&0b1100u8, &0b1010), 0b0110);
         let concat = |a: &String, b: &String| format!("{a}{b}");
         assert_eq!(concat.combine(&"a".into(), &"b".into()), "ab");
+    }
+
+    #[test]
+    fn built_in_operators_go_element_by_element_over_vecs_and_arrays() {
+        assert_eq!(Sum.combine(&vec![1, 2, 3], &vec![10, 20, 30]), [11, 22, 33]);
+        assert_eq!(Max.combine(&vec![1, 5], &vec![4, 2]), [4, 5]);
+        assert_eq!(Min.combine(&[1.5, 5.0], &[4.0, 2.0]), [1.5, 2.0]);
+        assert_eq!(
+            LogicalOr.combine(&vec![true, false], &vec![false, false]),
+            [true, false]
+        );
+        assert_eq!(BitXor.combine(&[0b11u8; 2], &[0b01; 2]), [0b10; 2]);
+        // The longer keeps its extra elements.
+        assert_eq!(Sum.combine(&vec![1, 2], &vec![10, 20, 30]), [11, 22, 30]);
+        assert_eq!(Product.combine(&vec![2, 3, 4], &vec![5]), [10, 3, 4]);
+        let add = from_fn(|a: &u8, b| a + b);
+        assert_eq!(add.combine(&1, &2), 3);
     }
 }

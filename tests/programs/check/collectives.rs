@@ -221,6 +221,16 @@ pub fn run(world: &Communicator, seed: u64, cases: usize) -> Result<(), Error> {
                 let mut recv = vec![0; len];
                 with_op!(which, |o| world.allreduce_into(mine, &mut recv, o)?);
                 assert_eq!(recv, fold(which, &parts, 0..n), "{ctx}");
+                // The built-in operators go element by element over a Vec
+                // in the serde forms too.
+                let sums = world.allreduce(mine, &op::Sum)?;
+                assert_eq!(sums, fold(0, &parts, 0..n), "{ctx} (allreduce of a Vec with op::Sum)");
+                let least = world.reduce(mine, &op::Min, root)?;
+                assert_eq!(
+                    least,
+                    (me == root).then(|| fold(2, &parts, 0..n)),
+                    "{ctx} (reduce of a Vec with op::Min)"
+                );
             }
             13 => {
                 // Non-commutative: matrices must multiply in rank order.
