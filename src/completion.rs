@@ -46,7 +46,7 @@ pub fn wait_any(requests: &mut [&mut dyn Pending]) -> Result<usize> {
 /// [`wait_any`] that gives up after `timeout`: `None` if no request
 /// completed by then (the requests go on, to wait on again).
 pub fn wait_any_timeout(requests: &mut [&mut dyn Pending], timeout: Duration) -> Result<Option<usize>> {
-    wait_until(requests, Some(Instant::now() + timeout), |r| first_complete(r))
+    wait_until(requests, Instant::now().checked_add(timeout), |r| first_complete(r))
 }
 
 /// Waits until at least one of `requests` is complete and returns the
@@ -59,7 +59,7 @@ pub fn wait_some(requests: &mut [&mut dyn Pending]) -> Result<Vec<usize>> {
 /// [`wait_some`] that gives up after `timeout`: empty if no request
 /// completed by then.
 pub fn wait_some_timeout(requests: &mut [&mut dyn Pending], timeout: Duration) -> Result<Vec<usize>> {
-    Ok(wait_until(requests, Some(Instant::now() + timeout), some_complete)?.unwrap_or_default())
+    Ok(wait_until(requests, Instant::now().checked_add(timeout), some_complete)?.unwrap_or_default())
 }
 
 fn some_complete(requests: &mut [&mut dyn Pending]) -> Result<Option<Vec<usize>>> {
@@ -135,7 +135,9 @@ fn wait_until<T>(
 /// is complete (its `wait` then returns at once). See
 /// [`Request::wait_timeout`].
 pub(crate) fn wait_one_timeout(request: &mut dyn Pending, timeout: Duration) -> Result<bool> {
-    let found = wait_until(&mut [request], Some(Instant::now() + timeout), |r| first_complete(r))?;
+    let found = wait_until(&mut [request], Instant::now().checked_add(timeout), |r| {
+        first_complete(r)
+    })?;
     Ok(found.is_some())
 }
 

@@ -188,13 +188,15 @@ impl World {
         // Every communicator's point-to-point messages, in job ranks.
         let lost = engine.unreceived(&|c| !c.is_collective());
         let coll = self.coll_context();
-        let stray = engine.unreceived_collective(coll);
+        let mut stray = engine.unreceived_collective(coll);
+        stray.extend(engine.unreceived_collective(crate::wire::Context::immediate(coll.communicator())));
         drop(engine);
         let mut result = flushed;
         if let Some((source, is_notice)) = stray.first().copied().filter(|_| self.calls().working()) {
             if is_notice {
                 eprintln!(
-                    "spmd: rank {}: rank {source} failed in a collective that this rank never called",
+                    "spmd: rank {}: rank {source} failed in a collective that this rank never called, or whose part \
+                     it had done",
                     self.rank()
                 );
             } else {

@@ -65,3 +65,20 @@ fn immediate_collectives_on_communicators() {
         }
     }
 }
+
+#[test]
+fn a_request_kept_past_finalize_is_an_error_not_a_panic() {
+    for mode in MODES {
+        for n in [1, 3] {
+            let (n_text, check) = (n.to_string(), example("spmd-check"));
+            let out = run(spmdrun_in(mode, &["-n", &n_text, &check, "immediate-after-finalize"]));
+            let what = format!("n={n}, {}", mode_name(mode));
+            assert_eq!(out.code(), Some(0), "{what}: {out:?}");
+            assert_eq!(
+                out.stdout.matches("immediate-after-finalize: ok").count(),
+                n,
+                "{what}: {out:?}"
+            );
+        }
+    }
+}

@@ -265,7 +265,10 @@ fn mismatched_collectives(seen: &[Seen]) -> Vec<String> {
     let mut out = Vec::new();
     for (i, (r, w)) in calls.iter().enumerate() {
         for (q, v) in &calls[i + 1..] {
-            if w.context == v.context && w.call == v.call && w.sig != v.sig {
+            // Blocking and immediate collectives of one communicator are
+            // numbered together, in contexts of their own.
+            let communicator = |c: u32| spmd::wire::Context(c).communicator();
+            if communicator(w.context) == communicator(v.context) && w.call == v.call && w.sig != v.sig {
                 out.push(format!(
                     "  ranks called different collectives at call #{}: rank {r} {}, rank {q} {}",
                     w.call,

@@ -234,7 +234,7 @@ impl Calls {
 }
 
 /// True if call `a` came before call `b` (16-bit numbers that wrap).
-fn before(a: u16, b: u16) -> bool {
+pub(crate) fn before(a: u16, b: u16) -> bool {
     let d = b.wrapping_sub(a);
     d != 0 && d < 0x8000
 }
@@ -333,10 +333,13 @@ impl Call {
                 return Err(e);
             }
             let immediate = Context::immediate(self.context.communicator());
-            if let Some(e) = matcher
-                .queued_in(immediate)
-                .find(|e| (e.call >> 16) as u16 == self.number)
-            {
+            // An immediate call's message with this call's number, or a
+            // notice of a failure in this call or an earlier one.
+            let here = |e: &&Envelope| {
+                let number = (e.call >> 16) as u16;
+                number == self.number || (e.tag == NOTICE && before(number, self.number))
+            };
+            if let Some(e) = matcher.queued_in(immediate).find(here) {
                 if e.tag == NOTICE {
                     return Err(noticed(e));
                 }
@@ -376,12 +379,23 @@ impl Communicator {
         calls.last.set(number);
         let tag = calls.immediate.get().wrapping_add(1) % NOTICE;
         calls.immediate.set(tag);
-        Ok((u32::from(number) << 16 | u32::from(signature(kind, root, false)), tag))
+        let word = u32::from(number) << 16 | u32::from(signature(kind, root, false));
+        // On a shared node, a rank in a blocking collective of this number
+        // sees this call there, as it would a blocking one.
+        if let Some(node) = self.node_region() {
+            node.slots
+                .current(node.me)
+                .store(1 << 63 | u64::from(word), Ordering::Release);
+        }
+        Ok((word, tag))
     }
 
     /// Remembers that an `immediate_` collective failed with `e`: the
     /// ranks no longer agree on where they are, as after a blocking one.
     pub(crate) fn immediate_failed(&self, e: &Error) {
+        if matches!(e, Error::Finalized) {
+            return;
+        }
         let mut broken = self.calls().broken.borrow_mut();
         if broken.is_none() {
             *broken = Some(format!("in an immediate collective: {e}"));
@@ -440,7 +454,13 @@ impl Communicator {
         }
         // Another rank's failure that has arrived already ends this call
         // before it starts.
-        let arrived = self.engine().queued_check(&mut call.check());
+        let arrived = {
+            let engine = self.engine();
+            let immediate = Context::immediate(call.context.communicator());
+            engine
+                .queued_check(&mut call.check())
+                .and_then(|()| engine.stray_immediate(immediate, number))
+        };
         let mut result = arrived.and_then(|()| body(&call));
         if let Err(Error::PeerGone { .. }) = &result {
             // A rank that failed this call tells the others before it goes:

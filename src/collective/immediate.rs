@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use super::algorithm::own_envelope;
 use super::call::Kind;
 use crate::communicator::Communicator;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::message;
 use crate::op::Op;
 use crate::progress::{Fold, Part, Plan, Step};
@@ -65,9 +65,18 @@ impl<T> Request for CollectiveRequest<'_, T> {
         let done = self.comm.engine().test_schedule(id);
         self.comm.ranked(done).inspect_err(|e| self.comm.immediate_failed(e))
     }
+
+    fn wait_timeout(&mut self, timeout: std::time::Duration) -> Result<bool> {
+        let Some(id) = self.id else { return Ok(true) };
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        let done = self.comm.engine().wait_schedule_until(id, deadline);
+        self.comm.ranked(done).inspect_err(|e| self.comm.immediate_failed(e))
+    }
 }
 
 impl<T> Drop for CollectiveRequest<'_, T> {
+    /// Waits for the collective and completes it (an `_into` buffer is
+    /// written), as the other ranks need this rank's part.
     fn drop(&mut self) {
         let Some(id) = self.id.take() else { return };
         // Unwinding, the rank is on its way out: waiting could only delay
@@ -75,8 +84,16 @@ impl<T> Drop for CollectiveRequest<'_, T> {
         if std::thread::panicking() {
             return;
         }
-        if let Some(mut engine) = self.comm.engine_for_cleanup() {
-            let _ = engine.wait_schedule(id);
+        let Some(part) = self
+            .comm
+            .engine_for_cleanup()
+            .map(|mut engine| engine.wait_schedule(id))
+        else {
+            return;
+        };
+        match part.and_then(|part| self.finish.take().map_or(Ok(()), |finish| finish(part).map(|_| ()))) {
+            Ok(()) | Err(Error::Finalized) => {}
+            Err(e) => self.comm.immediate_failed(&e),
         }
     }
 }
@@ -176,6 +193,7 @@ impl Communicator {
             value,
             len,
             fold,
+            node_wide: self.node_region().is_some(),
         };
         let id = self.ranked(self.engine().start_schedule(plan))?;
         Ok(CollectiveRequest {

@@ -114,21 +114,25 @@ impl Communicator {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn barrier_timeout(&self, timeout: std::time::Duration) -> Result<()> {
-        match self.barrier_until(Some(std::time::Instant::now() + timeout)) {
-            Err(Error::Timeout { .. }) => Err(Error::Timeout {
-                what: "the other ranks in a barrier".into(),
-                seconds: timeout.as_secs_f64(),
-            }),
-            other => other,
-        }
+        self.barrier_until(Some(timeout))
     }
 
-    fn barrier_until(&self, deadline: Option<std::time::Instant>) -> Result<()> {
+    fn barrier_until(&self, timeout: Option<std::time::Duration>) -> Result<()> {
+        // No deadline for a timeout too long to add to the clock.
+        let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
         self.collective_until(Kind::Barrier, 0, false, deadline, |call| {
-            match self.node_step(call, NodeStep::Barrier, 0, &[], &mut |_| Ok(Vec::new())) {
+            let done = match self.node_step(call, NodeStep::Barrier, 0, &[], &mut |_| Ok(Vec::new())) {
                 Some(done) => done.map(|_| ()),
                 None => self.barrier_messages(call),
-            }
+            };
+            // What the caller and the other ranks are told.
+            done.map_err(|e| match (e, timeout) {
+                (Error::Timeout { .. }, Some(t)) => Error::Timeout {
+                    what: "the other ranks in a barrier".into(),
+                    seconds: t.as_secs_f64(),
+                },
+                (e, _) => e,
+            })
         })
     }
 

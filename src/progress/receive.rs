@@ -86,7 +86,7 @@ impl Engine {
         timeout: Option<Duration>,
         mut check: Option<(WaitOn, &mut Check<'_>)>,
     ) -> Result<Envelope> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let result = (|| loop {
             if let Some(env) = self.matcher.take(id) {
                 return Ok(env);
@@ -158,7 +158,7 @@ impl Engine {
         let Some(timeout) = wait else {
             return Ok(self.matcher.probe(sel));
         };
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let on = WaitOn {
             deadline,
             ..WaitOn::p2p(

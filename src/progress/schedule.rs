@@ -10,9 +10,12 @@
 //! an error, and a schedule that fails tells every member.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use super::Engine;
-use crate::collective::call::{NOTICE, describe, different, noticed};
+use crate::collective::call::{NOTICE, before, describe, different, noticed};
+use crate::collective::region::Slots;
 use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
 use crate::matching::ReceiveId;
@@ -60,6 +63,9 @@ pub(crate) struct Plan {
     /// The length every received value must have (for `_into` forms).
     pub len: Option<usize>,
     pub fold: Option<Fold>,
+    /// True if the communicator's blocking collectives run through the
+    /// node's shared region, where each rank says which call it is in.
+    pub node_wide: bool,
 }
 
 impl std::fmt::Debug for Plan {
@@ -113,6 +119,7 @@ impl Engine {
     /// id for [`Engine::test_schedule`] and [`Engine::wait_schedule`].
     pub fn start_schedule(&mut self, plan: Plan) -> Result<u64> {
         self.check_open()?;
+        self.stray_immediate(plan.context, (plan.call >> 16) as u16)?;
         self.schedules_made += 1;
         let mut s = Schedule {
             id: self.schedules_made,
@@ -135,11 +142,17 @@ impl Engine {
         // Taken out while they move, so that a send inside cannot come
         // back here.
         let mut schedules = std::mem::take(&mut self.schedules);
-        for s in schedules.iter_mut().filter(|s| s.outcome.is_none()) {
-            self.advance(s);
-        }
+        // An operator may panic: the list goes back whatever happens.
+        let moved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for s in schedules.iter_mut().filter(|s| s.outcome.is_none()) {
+                self.advance(s);
+            }
+        }));
         schedules.append(&mut self.schedules);
         self.schedules = schedules;
+        if let Err(panic) = moved {
+            std::panic::resume_unwind(panic);
+        }
     }
 
     fn advance(&mut self, s: &mut Schedule) {
@@ -217,16 +230,28 @@ impl Engine {
 
     /// Another rank's notice of failure in this call, or a message of a
     /// blocking collective with this call's number.
-    fn foreign(&self, s: &Schedule) -> Result<()> {
+    fn foreign(&mut self, s: &Schedule) -> Result<()> {
         let number = s.number();
         let of_this_call = |e: &&Envelope| (e.call >> 16) as u16 == number;
-        if let Some(e) = self
-            .matcher
-            .queued_in(s.plan.context)
-            .filter(of_this_call)
-            .find(|e| e.tag == NOTICE)
-        {
-            return Err(noticed(e));
+        // A notice of this call or an earlier one (which this rank may
+        // have done its part of), or a message of this call's number with
+        // another signature (another collective, another root).
+        let wrong = |e: &&Envelope| {
+            let n = (e.call >> 16) as u16;
+            if e.tag == NOTICE {
+                n == number || before(n, number)
+            } else {
+                n == number && e.call != s.plan.call
+            }
+        };
+        if let Some(e) = self.matcher.queued_in(s.plan.context).find(wrong) {
+            if e.tag == NOTICE {
+                return Err(noticed(e));
+            }
+            return Err(different(number, e.source, e.call as u16, s.plan.call as u16));
+        }
+        if s.plan.node_wide {
+            self.node_foreign(s)?;
         }
         let blocking = Context(s.plan.context.0 - 1);
         match self.matcher.queued_in(blocking).find(of_this_call) {
@@ -234,6 +259,53 @@ impl Engine {
             Some(e) => Err(different(number, e.source, e.call as u16, s.plan.call as u16)),
             None => Ok(()),
         }
+    }
+
+    /// A message of an immediate collective of `context` that no schedule
+    /// under way here will take: one of a call before `number` (the call
+    /// this rank starts) that this rank has finished, sent by a rank that
+    /// called another collective or gave another root. Seen when the next
+    /// collective starts.
+    pub fn stray_immediate(&self, context: Context, number: u16) -> Result<()> {
+        let running = |e: &Envelope| {
+            self.schedules
+                .iter()
+                .any(|s| s.plan.context == context && s.number() == (e.call >> 16) as u16)
+        };
+        let stray = |e: &&Envelope| e.tag != NOTICE && before((e.call >> 16) as u16, number) && !running(e);
+        match self.matcher.queued_in(context).find(stray) {
+            None => Ok(()),
+            Some(e) => Err(Error::CollectiveMismatch {
+                detail: format!(
+                    "rank {} sent a message of {} (collective call #{}), which this rank had finished: the ranks \
+                     called different collectives, or the same one with different roots",
+                    e.source,
+                    describe(e.call as u16),
+                    e.call >> 16
+                ),
+            }),
+        }
+    }
+
+    /// A rank of the node in a blocking collective of this call's number:
+    /// it waits in shared memory for this rank, which waits for its
+    /// message; neither would ever learn of the other without this look.
+    fn node_foreign(&mut self, s: &Schedule) -> Result<()> {
+        let Some(mesh) = self.transport.node() else {
+            return Ok(());
+        };
+        let (n, me) = (mesh.node().ranks.len(), mesh.node().me);
+        let Some(slots) = mesh.region().and_then(|region| Slots::of(region, n)) else {
+            return Ok(());
+        };
+        for r in (0..n).filter(|r| *r != me) {
+            let said = slots.current(r).load(Ordering::Acquire);
+            let (number, sig) = ((said >> 16) as u16, said as u16);
+            if said >> 63 == 1 && number == s.number() && sig != s.plan.call as u16 {
+                return Err(different(number, r, sig, s.plan.call as u16));
+            }
+        }
+        Ok(())
     }
 
     /// Ends a schedule with `e`, telling the other members unless `e` is
@@ -260,43 +332,51 @@ impl Engine {
         s.outcome = Some(Err(e));
     }
 
-    fn schedule_index(&self, id: u64) -> usize {
+    /// Where schedule `id` is in the list; an error once this rank has
+    /// finalized (which ends every schedule).
+    fn schedule_index(&self, id: u64) -> Result<usize> {
+        self.check_open()?;
         match self.schedules.iter().position(|s| s.id == id) {
-            Some(i) => i,
-            None => unreachable!("schedule {id} is waited on once, by its request"),
+            Some(i) => Ok(i),
+            None => Err(Error::InvalidArgument(format!(
+                "immediate collective {id} is no longer under way (a request is waited on once)"
+            ))),
         }
     }
 
     /// Whether a schedule is over, after a look at what has arrived; a
     /// schedule that waits for a peer that has gone fails.
     pub fn test_schedule(&mut self, id: u64) -> Result<bool> {
+        self.schedule_index(id)?;
         self.step(Wait::No)?;
-        let i = self.schedule_index(id);
+        let i = self.schedule_index(id)?;
         if let Some(peer) = self.schedules[i].waits_on() {
             if self.has_left(peer) {
                 // Its notice, read before its leaving, says more.
                 let e = self.gone(peer);
                 self.advance_schedules();
-                let mut s = self.schedules.swap_remove(self.schedule_index(id));
+                let mut s = self.schedules.swap_remove(self.schedule_index(id)?);
                 if s.outcome.is_none() {
                     self.fail(&mut s, e);
                 }
                 self.schedules.push(s);
             }
         }
-        let i = self.schedule_index(id);
+        let i = self.schedule_index(id)?;
         Ok(self.schedules[i].outcome.is_some())
     }
 
-    /// Waits until a schedule is over and returns its value. The schedule
-    /// is gone afterwards, whatever the outcome.
-    pub fn wait_schedule(&mut self, id: u64) -> Result<Part> {
+    /// Waits until a schedule is over or `deadline` passes: true if it is
+    /// over (it stays in the list either way).
+    pub fn wait_schedule_until(&mut self, id: u64, deadline: Option<Instant>) -> Result<bool> {
         let result = (|| loop {
             if self.test_schedule(id)? {
-                let s = self.schedules.swap_remove(self.schedule_index(id));
-                return s.outcome.unwrap_or_else(|| unreachable!("tested as over"));
+                return Ok(true);
             }
-            let s = &self.schedules[self.schedule_index(id)];
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+            let s = &self.schedules[self.schedule_index(id)?];
             let on = WaitOn {
                 op: WaitOp::Collective,
                 peer: s.waits_on(),
@@ -304,27 +384,41 @@ impl Engine {
                 context: s.plan.context.0,
                 call: u32::from(s.number()),
                 sig: s.plan.call as u16,
-                deadline: None,
+                deadline,
             };
-            self.sleep_step(on, None)?;
+            self.sleep_step(on, deadline)?;
         })();
         self.settle();
-        if result.is_err() {
-            if let Some(i) = self.schedules.iter().position(|s| s.id == id) {
-                let mut s = self.schedules.swap_remove(i);
-                if let Some(posted) = s.posted.take() {
-                    self.matcher.cancel(posted);
-                }
-            }
-        }
         result
     }
 
+    /// Waits until a schedule is over and returns its value. The schedule
+    /// is gone afterwards, whatever the outcome.
+    pub fn wait_schedule(&mut self, id: u64) -> Result<Part> {
+        let waited = self.wait_schedule_until(id, None);
+        let Some(i) = self.schedules.iter().position(|s| s.id == id) else {
+            return waited.and(Err(Error::Finalized));
+        };
+        let mut s = self.schedules.swap_remove(i);
+        if let Some(posted) = s.posted.take() {
+            self.matcher.cancel(posted);
+        }
+        waited?;
+        s.outcome.unwrap_or_else(|| unreachable!("waited until over"))
+    }
+
     /// Carries every schedule under way to its end (at finalize, for those
-    /// whose requests were forgotten).
+    /// whose requests were forgotten); says which failed, as no request
+    /// is left to say it.
     pub fn finish_schedules(&mut self) {
-        while let Some(id) = self.schedules.first().map(|s| s.id) {
-            let _ = self.wait_schedule(id);
+        while let Some(s) = self.schedules.first() {
+            let name = s.name();
+            if let Err(e) = self.wait_schedule(s.id) {
+                eprintln!(
+                    "spmd: rank {}: {name}, whose request was forgotten, failed: {e}",
+                    self.me
+                );
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ pub fn run(comm: &Communicator, seed: u64, cases: usize) -> Result<(), Error> {
         one_case(comm, seed, case, rng.next_u64())?;
     }
     progress_while_blocked(comm)?;
-    mixed_with_blocking(comm)?;
+    misuse(comm)?;
     if comm.rank() == 0 {
         println!("ok {cases} random immediate collective cases from seed {seed}");
     }
@@ -151,39 +151,122 @@ fn progress_while_blocked(comm: &Communicator) -> Result<(), Error> {
     Ok(())
 }
 
-/// A blocking barrier where rank 0 starts an immediate one is an error
-/// on every rank, never a hang: at least one names the mix, and the
-/// others hear of it (or, if the rank they wait on ended first, that it
-/// has gone). Every rank reports to rank 0 by point-to-point messages,
-/// which still work.
-fn mixed_with_blocking(comm: &Communicator) -> Result<(), Error> {
+/// What a rank got from a misuse, for the report to rank 0.
+fn describe(me: usize, what: &str, got: Result<(), Error>) -> String {
+    match got {
+        Err(Error::CollectiveMismatch { detail }) => format!("mismatch: {detail}"),
+        Err(Error::CollectiveFailed { rank, detail }) => format!("rank {rank} failed: {detail}"),
+        Err(Error::PeerGone { rank }) => format!("rank {rank} has gone"),
+        other => panic!("rank {me}: {what} gave {other:?}"),
+    }
+}
+
+/// Every rank's report, on rank 0 (by point-to-point messages, which a
+/// failed collective leaves working); no rank goes on before rank 0 has
+/// them all, so that no rank's end is taken for a failure.
+fn reports(comm: &Communicator, mine: String) -> Result<Vec<String>, Error> {
+    let (me, n) = (comm.rank(), comm.size());
+    if me != 0 {
+        comm.send_with_tag(&mine, 0, 99)?;
+        comm.receive_with_tag::<()>(0, 98)?;
+        return Ok(Vec::new());
+    }
+    let mut all = vec![mine];
+    for r in 1..n {
+        all.push(comm.receive_with_tag(r, 99)?);
+    }
+    (1..n).try_for_each(|r| comm.send_with_tag(&(), r, 98))?;
+    Ok(all)
+}
+
+/// Misuse, each an error on every rank and never a hang, each on a
+/// communicator of its own as it ends that communicator's collectives:
+/// a blocking barrier against an immediate one; a broadcast whose root
+/// differs between ranks (learnt at the next collective by the ranks
+/// that had finished); and, last and on `comm` itself (over the node's
+/// shared memory on the world), a blocking broadcast against immediate
+/// ones, where neither side sends the other anything.
+fn misuse(comm: &Communicator) -> Result<(), Error> {
     let (me, n) = (comm.rank(), comm.size());
     if n < 2 {
         return Ok(());
     }
-    let mine = if me == 0 {
-        comm.immediate_barrier().and_then(|r| r.wait())
+    let mixed = comm.dup()?;
+    let got = if me == 0 {
+        mixed.immediate_barrier().and_then(|r| r.wait())
     } else {
-        comm.barrier()
+        mixed.barrier()
     };
-    let report = match mine {
-        Err(Error::CollectiveMismatch { detail }) => format!("mismatch: {detail}"),
-        Err(Error::CollectiveFailed { rank, detail }) => format!("rank {rank} failed: {detail}"),
-        Err(Error::PeerGone { rank }) if me != 0 => format!("rank {rank} has gone"),
-        other => panic!("rank {me}: immediate_barrier against barrier gave {other:?}"),
+    let all = reports(comm, describe(me, "immediate_barrier against barrier", got))?;
+    if me == 0 {
+        let named = |r: &String| r.contains("immediate_barrier") && r.contains("called barrier");
+        assert!(all.iter().any(named), "no rank named the mix: {all:?}");
+    }
+
+    let roots = comm.dup()?;
+    let root = if me == 0 { 0 } else { 1 };
+    let mut value = if me == root {
+        format!("from {me}")
+    } else {
+        String::new()
     };
-    if me != 0 {
-        return comm.send_with_tag(&report, 0, 99);
+    let got = roots.immediate_broadcast(&mut value, root).and_then(|r| r.wait());
+    // Whatever a rank sent in the broadcast reaches each peer before this
+    // (one link per pair keeps order): the next collective sees it.
+    for r in (0..n).filter(|r| *r != me) {
+        comm.send_with_tag(&(), r, 97)?;
     }
-    let mut reports = vec![report];
-    for r in 1..n {
-        reports.push(comm.receive_with_tag(r, 99)?);
+    for r in (0..n).filter(|r| *r != me) {
+        comm.receive_with_tag::<()>(r, 97)?;
     }
+    let got = got.and_then(|()| roots.allreduce(&1u64, &op::Sum).map(|_| ()));
+    let all = reports(comm, describe(me, "immediate_broadcast with different roots", got))?;
+    if me == 0 {
+        assert!(
+            all.iter().any(|r| r.contains("root")),
+            "no rank named the roots: {all:?}"
+        );
+    }
+
+    let mut buf = [if me == 0 { 42u64 } else { 0 }; 8];
+    // The root only sends: it learns at its next collective.
+    let got = if me == 0 {
+        comm.broadcast_into(&mut buf, 0).and_then(|()| comm.barrier())
+    } else {
+        comm.immediate_broadcast_into(&mut buf, 0).and_then(|r| r.wait())
+    };
+    let all = reports(
+        comm,
+        describe(me, "broadcast_into against immediate_broadcast_into", got),
+    )?;
+    if me == 0 {
+        assert!(
+            all.iter().any(|r| r.contains("immediate_broadcast_into")),
+            "no rank named the mix: {all:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A request kept past `World::finalize`: testing or waiting on it is
+/// `Error::Finalized`, and dropping it is quiet.
+pub fn after_finalize() -> Result<(), Error> {
+    let world = spmd::init()?;
+    let dup = world.dup()?;
+    let mut barrier = dup.immediate_barrier()?;
+    let mut late = dup.immediate_allreduce(&1u64, op::Sum)?;
+    world.finalize()?;
+    assert!(matches!(barrier.test(), Err(Error::Finalized)), "test after finalize");
     assert!(
-        reports
-            .iter()
-            .any(|r| r.contains("immediate_barrier") && r.contains("barrier")),
-        "no rank named the mix: {reports:?}"
+        matches!(late.wait_timeout(std::time::Duration::MAX), Err(Error::Finalized)),
+        "wait_timeout after finalize"
     );
+    assert!(matches!(late.wait(), Err(Error::Finalized)), "wait after finalize");
+    assert!(
+        matches!(dup.immediate_barrier(), Err(Error::Finalized)),
+        "a new one after finalize"
+    );
+    drop(barrier);
+    println!("immediate-after-finalize: ok");
     Ok(())
 }

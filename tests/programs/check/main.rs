@@ -30,6 +30,9 @@ fn main() -> Result<(), spmd::Error> {
     if let Some(result) = failures::run(mode, rest) {
         return result;
     }
+    if mode == "immediate-after-finalize" {
+        return immediate::after_finalize();
+    }
     if mode == "chatter" {
         return output::chatter();
     }

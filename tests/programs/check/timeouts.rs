@@ -52,6 +52,9 @@ fn receives(comm: &Communicator) -> Result<(), Error> {
     }
     let mut buf = [0u32; 4];
     comm.send(&1u64, me)?;
+    // A timeout too long to add to the clock is no deadline.
+    assert_eq!(comm.receive_timeout::<u64>(me, Duration::MAX)?, 1);
+    comm.send(&1u64, me)?;
     assert_eq!(comm.receive_timeout::<u64>(me, LONG)?, 1);
     comm.send_with_tag(&2u64, me, 3)?;
     assert_eq!(comm.receive_with_tag_timeout::<u64>(me, 3, LONG)?, 2);
@@ -116,7 +119,11 @@ fn requests(comm: &Communicator) -> Result<(), Error> {
 fn barriers(comm: &Communicator) -> Result<(), Error> {
     let (me, n) = (comm.rank(), comm.size());
     comm.barrier_timeout(LONG)?;
+    comm.barrier_timeout(Duration::MAX)?;
     comm.barrier()?;
+    let mut barrier = comm.immediate_barrier()?;
+    assert!(barrier.wait_timeout(Duration::MAX)?);
+    barrier.wait()?;
     if n < 2 {
         return Ok(());
     }
