@@ -7,7 +7,7 @@
 
 mod common;
 
-use spmd::{Communicator, Match};
+use spmd::Communicator;
 
 const WINDOW: usize = 64;
 
@@ -66,7 +66,7 @@ fn window(world: &Communicator, size: usize, (warmup, iters): (usize, usize)) ->
                 world.scope(|s| {
                     let receives: Vec<_> = bufs
                         .iter_mut()
-                        .map(|buf| s.immediate_receive_into(buf, Match::source(0).with_tag(100)))
+                        .map(|buf| s.immediate_receive_into_with_tag(buf, 0, 100))
                         .collect::<Result<_, _>>()?;
                     spmd::wait_all(receives).map(|_| ())
                 })?;

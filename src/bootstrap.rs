@@ -135,6 +135,13 @@ pub(crate) fn placement(get: &Lookup<'_>) -> Result<Placement> {
     })
 }
 
+/// The name of the machine this process runs on.
+pub(crate) fn host_name() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::control;

@@ -31,7 +31,7 @@ impl<R: Request> Pending for R {
 /// use spmd::{Match, Request};
 /// # let world = spmd::init().unwrap();
 /// let mut send = world.immediate_send(&1u8, 1)?;
-/// let mut receive = world.immediate_receive::<String>(Match::any())?;
+/// let mut receive = world.immediate_receive_matching::<String>(Match::any())?;
 /// match spmd::wait_any(&mut [&mut send, &mut receive])? {
 ///     0 => send.wait()?,
 ///     _ => println!("got {}", receive.wait()?.0),

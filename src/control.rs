@@ -121,7 +121,7 @@ pub(crate) fn register(
     card: Card,
     segment: Option<BorrowedFd<'_>>,
 ) -> Result<Table> {
-    let host = crate::world::host_name();
+    let host = crate::bootstrap::host_name();
     let fds: Vec<BorrowedFd<'_>> = segment.into_iter().collect();
     channel.send(&ControlMessage::Register { host, card }, &fds)?;
     let (msg, _) = channel.receive(None)?;

@@ -31,9 +31,9 @@ pub trait Request {
     ///
     /// ```no_run
     /// use std::time::Duration;
-    /// use spmd::{Match, Request};
+    /// use spmd::Request;
     /// # let world = spmd::init().unwrap();
-    /// let mut result = world.immediate_receive::<u64>(Match::source(1))?;
+    /// let mut result = world.immediate_receive::<u64>(1)?;
     /// while !result.wait_timeout(Duration::from_secs(10))? {
     ///     println!("still waiting for rank 1");
     /// }
@@ -51,10 +51,10 @@ pub trait Request {
 /// Waits for every request, in order, and returns their results in order.
 ///
 /// ```no_run
-/// use spmd::{Match, Request};
+/// use spmd::Request;
 /// # let world = spmd::init().unwrap();
 /// let receives: Vec<_> = (0..world.size())
-///     .map(|r| world.immediate_receive::<u64>(Match::source(r)))
+///     .map(|r| world.immediate_receive::<u64>(r))
 ///     .collect::<Result<_, _>>()?;
 /// let sends: Vec<_> = (0..world.size())
 ///     .map(|r| world.immediate_send(&(world.rank() as u64), r))
@@ -183,25 +183,65 @@ impl Communicator {
         Ok(SendRequest { comm: self, sent, dest })
     }
 
-    /// Posts a receive of a `T` from whichever rank and tag `pattern`
-    /// accepts, and returns at once.
+    /// Posts a receive of a `T` from rank `source` with tag 0 and returns
+    /// at once; the request yields the value and its [`Status`].
     ///
     /// ```no_run
-    /// use spmd::{Match, Request};
+    /// use spmd::Request;
     /// # let world = spmd::init().unwrap();
-    /// let mut req = world.immediate_receive::<String>(Match::any())?;
+    /// let mut req = world.immediate_receive::<String>(0)?;
     /// while !req.test()? {
     ///     // do useful work meanwhile
     /// }
     /// let (text, status) = req.wait()?;
     /// # Ok::<(), spmd::Error>(())
     /// ```
-    pub fn immediate_receive<T: DeserializeOwned>(&self, pattern: Match) -> Result<ReceiveRequest<'_, T>> {
+    pub fn immediate_receive<T: DeserializeOwned>(&self, source: usize) -> Result<ReceiveRequest<'_, T>> {
+        self.immediate_receive_matching(Match::source(source))
+    }
+
+    /// [`Communicator::immediate_receive`] with tag `tag`.
+    pub fn immediate_receive_with_tag<T: DeserializeOwned>(
+        &self,
+        source: usize,
+        tag: u32,
+    ) -> Result<ReceiveRequest<'_, T>> {
+        self.immediate_receive_matching(Match::source(source).with_tag(tag))
+    }
+
+    /// Posts a receive of a `T` from whichever rank and tag `pattern`
+    /// accepts, and returns at once.
+    ///
+    /// ```no_run
+    /// use spmd::{Match, Request};
+    /// # let world = spmd::init().unwrap();
+    /// let first = world.immediate_receive_matching::<String>(Match::any())?;
+    /// let (text, status) = first.wait()?;
+    /// println!("rank {} said {text}", status.source());
+    /// # Ok::<(), spmd::Error>(())
+    /// ```
+    pub fn immediate_receive_matching<T: DeserializeOwned>(&self, pattern: Match) -> Result<ReceiveRequest<'_, T>> {
         self.immediate_receive_with(pattern, message::room_for::<T>(), message::decode_owned::<T>)
     }
 
-    /// Posts a receive of plain numbers into a new vector.
-    pub fn immediate_receive_vec<T: Pod>(&self, pattern: Match) -> Result<ReceiveRequest<'_, Vec<T>>> {
+    /// Posts a receive of plain numbers from rank `source` with tag 0 into
+    /// a new vector.
+    pub fn immediate_receive_vec<T: Pod>(&self, source: usize) -> Result<ReceiveRequest<'_, Vec<T>>> {
+        self.immediate_receive_vec_matching(Match::source(source))
+    }
+
+    /// [`Communicator::immediate_receive_vec`] with tag `tag`.
+    pub fn immediate_receive_vec_with_tag<T: Pod>(
+        &self,
+        source: usize,
+        tag: u32,
+    ) -> Result<ReceiveRequest<'_, Vec<T>>> {
+        self.immediate_receive_vec_matching(Match::source(source).with_tag(tag))
+    }
+
+    /// Posts a receive of plain numbers, from whichever rank and tag
+    /// `pattern` accepts, into a new vector.
+    pub fn immediate_receive_vec_matching<T: Pod>(&self, pattern: Match) -> Result<ReceiveRequest<'_, Vec<T>>> {
         self.immediate_receive_with(pattern, Some(message::fresh_room::<T>()), message::into_vec::<T>)
     }
 

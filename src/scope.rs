@@ -59,13 +59,13 @@ impl Communicator {
     /// buffers. The error is returned, or the panic goes on.
     ///
     /// ```no_run
-    /// use spmd::{Match, Request};
+    /// use spmd::Request;
     /// # let world = spmd::init().unwrap();
     /// let data = vec![1.0f64; 1 << 20];
     /// let mut incoming = vec![0.0f64; 1 << 20];
     /// let (me, n) = (world.rank(), world.size());
     /// world.scope(|s| {
-    ///     let recv = s.immediate_receive_into(&mut incoming, Match::source((me + n - 1) % n))?;
+    ///     let recv = s.immediate_receive_into(&mut incoming, (me + n - 1) % n)?;
     ///     let send = s.immediate_send_slice(&data, (me + 1) % n)?;
     ///     send.wait()?;
     ///     recv.wait()?;
@@ -132,10 +132,31 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         })
     }
 
+    /// Posts a receive of plain numbers into `buf` from rank `source` with
+    /// tag 0; a message that arrives after this call is written straight
+    /// into `buf`.
+    pub fn immediate_receive_into<T: Pod>(
+        &'scope self,
+        buf: &'scope mut [T],
+        source: usize,
+    ) -> Result<LentReceive<'scope, 'env>> {
+        self.immediate_receive_into_matching(buf, Match::source(source))
+    }
+
+    /// [`Scope::immediate_receive_into`] with tag `tag`.
+    pub fn immediate_receive_into_with_tag<T: Pod>(
+        &'scope self,
+        buf: &'scope mut [T],
+        source: usize,
+        tag: u32,
+    ) -> Result<LentReceive<'scope, 'env>> {
+        self.immediate_receive_into_matching(buf, Match::source(source).with_tag(tag))
+    }
+
     /// Posts a receive of plain numbers into `buf`, from whichever rank and
     /// tag `pattern` accepts; a message that arrives after this call is
     /// written straight into `buf`.
-    pub fn immediate_receive_into<T: Pod>(
+    pub fn immediate_receive_into_matching<T: Pod>(
         &'scope self,
         buf: &'scope mut [T],
         pattern: Match,

@@ -137,13 +137,6 @@ pub fn wtime() -> f64 {
     START.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
-/// The name of the machine this process runs on.
-pub(crate) fn host_name() -> String {
-    nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".to_string())
-}
-
 impl World {
     #[allow(clippy::too_many_arguments)]
     fn new(

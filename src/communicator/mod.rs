@@ -118,7 +118,7 @@ impl Communicator {
 
     /// The name of the machine this rank runs on (MPI's processor name).
     pub fn processor_name(&self) -> String {
-        crate::world::host_name()
+        crate::bootstrap::host_name()
     }
 
     pub(crate) fn job(&self) -> &Arc<Job> {

@@ -150,7 +150,7 @@ fn scope_ends_while_another_thread_waits(world: &World) -> Result<(), Error> {
             });
             let mut buf = [0u64; 4];
             let ended = world.scope(|s| {
-                let _lent = s.immediate_receive_into(&mut buf, Match::source(0).with_tag(77))?;
+                let _lent = s.immediate_receive_into_with_tag(&mut buf, 0, 77)?;
                 tx.send(()).expect("the waiter is there");
                 // The waiter is now blocked in its receive, holding the engine.
                 std::thread::sleep(std::time::Duration::from_millis(100));

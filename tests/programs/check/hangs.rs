@@ -35,7 +35,7 @@ fn scope_error(world: &World) -> Result<(), Error> {
     let big = vec![me as u64; 3 << 20];
     let start = Instant::now();
     let outcome = world.scope(|s| {
-        let _r = s.immediate_receive_into(&mut buf, Match::source(left).with_tag(5))?;
+        let _r = s.immediate_receive_into_with_tag(&mut buf, left, 5)?;
         let _s = s.immediate_send_slice_with_tag(&big, right, 6)?;
         Err::<(), Error>(Error::InvalidArgument("deliberate".into()))
     });
@@ -63,7 +63,7 @@ fn scope_error(world: &World) -> Result<(), Error> {
 fn scope_panic(world: &World) -> Result<(), Error> {
     let mut buf = vec![0u8; 64];
     world.scope(|s| {
-        let _r = s.immediate_receive_into(&mut buf, Match::tag(99))?;
+        let _r = s.immediate_receive_into_matching(&mut buf, Match::tag(99))?;
         if world.rank() == world.size() - 1 {
             panic!("deliberate panic inside a scope");
         }

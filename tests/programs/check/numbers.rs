@@ -67,9 +67,7 @@ fn receive_all(world: &Communicator, from: usize) -> Result<(), Error> {
         let status = world.receive_into_with_tag(&mut buf, from, 5)?;
         assert_eq!(status.len(), 8 * len as u64, "receive_into length");
         assert!(buf[..len] == want[..], "receive_into {len}");
-        let (got, status) = world
-            .immediate_receive::<Vec<f64>>(Match::source(from).with_tag(6))?
-            .wait()?;
+        let (got, status) = world.immediate_receive_with_tag::<Vec<f64>>(from, 6)?.wait()?;
         assert!(got == want && status.len() == 8 * len as u64, "immediate {len}");
         let ints: Vec<i32> = world.receive_with_tag(from, 7)?;
         let plus: Vec<i32> = ints.iter().map(|x| x + 1).collect();
@@ -137,7 +135,7 @@ fn dropped_request_keeps_its_message(world: &Communicator) -> Result<(), Error> 
         return Ok(());
     }
     let (to, from) = ((me + 1) % n, (me + n - 1) % n);
-    let mut request = world.immediate_receive::<Vec<f64>>(Match::source(from).with_tag(40))?;
+    let mut request = world.immediate_receive_with_tag::<Vec<f64>>(from, 40)?;
     world.send_with_tag(&values(300, me), to, 40)?;
     while !request.test()? {
         std::thread::yield_now();

@@ -185,7 +185,7 @@ fn empty_and_large(world: &Communicator) -> Result<(), Error> {
 fn immediate(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     let receives: Vec<_> = (0..n)
-        .map(|r| world.immediate_receive::<(usize, usize)>(Match::source(r).with_tag(11)))
+        .map(|r| world.immediate_receive_with_tag::<(usize, usize)>(r, 11))
         .collect::<Result<_, _>>()?;
     let sends: Vec<_> = (0..n)
         .map(|r| world.immediate_send_with_tag(&(me, r), r, 11))
@@ -197,7 +197,7 @@ fn immediate(world: &Communicator) -> Result<(), Error> {
     spmd::wait_all(sends)?;
 
     // test() eventually reports completion.
-    let mut req = world.immediate_receive::<u64>(Match::source((me + n - 1) % n).with_tag(12))?;
+    let mut req = world.immediate_receive_with_tag::<u64>((me + n - 1) % n, 12)?;
     world.send_with_tag(&(me as u64), (me + 1) % n, 12)?;
     let mut spins = 0u64;
     while !req.test()? {
@@ -218,8 +218,8 @@ fn completion(world: &Communicator) -> Result<(), Error> {
 
     // A send and a receive of another type, taken as each completes.
     let mut send = world.immediate_send_with_tag(&format!("from {me}"), next, 13)?;
-    let mut receive = world.immediate_receive::<String>(Match::source(prev).with_tag(13))?;
-    let mut numbers = world.immediate_receive_vec::<u32>(Match::source(prev).with_tag(14))?;
+    let mut receive = world.immediate_receive_with_tag::<String>(prev, 13)?;
+    let mut numbers = world.immediate_receive_vec_with_tag::<u32>(prev, 14)?;
     world.send_slice_with_tag(&[me as u32; 3], next, 14)?;
     let mut done = [false; 3];
     while done.iter().any(|d| !*d) {
@@ -246,7 +246,7 @@ fn completion(world: &Communicator) -> Result<(), Error> {
 
     // wait_some over a receive from every rank, sent in reverse order.
     let mut receives: Vec<_> = (0..n)
-        .map(|r| world.immediate_receive::<usize>(Match::source(r).with_tag(15)))
+        .map(|r| world.immediate_receive_with_tag::<usize>(r, 15))
         .collect::<Result<_, _>>()?;
     for r in (0..n).rev() {
         world.send_with_tag(&me, r, 15)?;
@@ -272,7 +272,7 @@ fn completion(world: &Communicator) -> Result<(), Error> {
 
     // test_any and test_all: nothing from prev with tag 16 until it is
     // sent after a barrier.
-    let mut late = world.immediate_receive::<u8>(Match::source(prev).with_tag(16))?;
+    let mut late = world.immediate_receive_with_tag::<u8>(prev, 16)?;
     if n > 1 {
         // (Alone, a receive from itself that was not sent is an error.)
         assert_eq!(spmd::test_any(&mut [&mut late])?, None);

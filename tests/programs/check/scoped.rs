@@ -2,7 +2,7 @@
 //! caller's buffers, requests that are never waited for still complete
 //! before the scope ends, and errors surface.
 
-use spmd::{Communicator, Error, Match, Request};
+use spmd::{Communicator, Error, Request};
 
 fn pattern(len: usize, from: usize, round: usize) -> Vec<u64> {
     (0..len)
@@ -20,11 +20,11 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
         let tag = round as u32;
         world.scope(|s| {
             // Posted before the matching send starts: lands in place.
-            let recv = s.immediate_receive_into(&mut got, Match::source(left).with_tag(tag))?;
+            let recv = s.immediate_receive_into_with_tag(&mut got, left, tag)?;
             let send = s.immediate_send_slice_with_tag(&data, right, tag)?;
             // A second message, received by a request that is dropped: the
             // scope completes it.
-            let _dropped = s.immediate_receive_into(&mut early, Match::source(left).with_tag(tag + 100))?;
+            let _dropped = s.immediate_receive_into_with_tag(&mut early, left, tag + 100)?;
             // ... and sent by a request that is never waited for either.
             let _unwaited = s.immediate_send_slice_with_tag(&data, right, tag + 100)?;
             let status = recv.wait()?;
@@ -48,7 +48,7 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
     world.barrier()?;
     let mut late = vec![0u64; 5000];
     world.scope(|s| {
-        s.immediate_receive_into(&mut late, Match::source(left).with_tag(900))?
+        s.immediate_receive_into_with_tag(&mut late, left, 900)?
             .wait()
             .map(|_| ())
     })?;
@@ -57,7 +57,7 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
     world.send_slice_with_tag(&[1u64, 2, 3], right, 901)?;
     let mut small = [0u64; 2];
     let outcome = world.scope(|s| {
-        let _r = s.immediate_receive_into(&mut small, Match::source(left).with_tag(901))?;
+        let _r = s.immediate_receive_into_with_tag(&mut small, left, 901)?;
         Ok(())
     });
     assert!(matches!(outcome, Err(Error::Truncated { .. })), "{outcome:?}");

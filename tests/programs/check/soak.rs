@@ -166,11 +166,11 @@ fn receive_one(
             expected.check(status, &bytes);
         }
         1 => {
-            let (bytes, status) = world.immediate_receive_vec::<u8>(pattern)?.wait()?;
+            let (bytes, status) = world.immediate_receive_vec_matching::<u8>(pattern)?.wait()?;
             expected.check(status, &bytes);
         }
         2 => {
-            let status = world.scope(|s| s.immediate_receive_into(&mut buf[..], pattern)?.wait())?;
+            let status = world.scope(|s| s.immediate_receive_into_matching(&mut buf[..], pattern)?.wait())?;
             expected.check(status, &buf[..status.len() as usize]);
         }
         _ => {

@@ -78,7 +78,7 @@ fn requests(comm: &Communicator) -> Result<(), Error> {
     let (me, n) = (comm.rank(), comm.size());
     if n > 1 {
         let next = (me + 1) % n;
-        let mut receive = comm.immediate_receive::<u64>(Match::source(next).with_tag(9))?;
+        let mut receive = comm.immediate_receive_with_tag::<u64>(next, 9)?;
         assert!(!receive.wait_timeout(SHORT)?, "a receive with no message completed");
         assert_eq!(spmd::wait_any_timeout(&mut [&mut receive], SHORT)?, None);
         assert!(spmd::wait_some_timeout(&mut [&mut receive], SHORT)?.is_empty());
