@@ -4,7 +4,7 @@
  * programs (and the OSU micro-benchmarks).
  *
  * usage: mpi_bench latency|bw [max-bytes]
- *        mpi_bench allreduce|reduce|bcast|allgather|alltoall [max-bytes] [min-bytes] [iterations]
+ *        mpi_bench allreduce|iallreduce|reduce|bcast|allgather|alltoall [max-bytes] [min-bytes] [iterations]
  *        mpi_bench barrier [iterations]
  *        mpi_bench idle [seconds]
  *        mpi_bench hello
@@ -82,7 +82,7 @@ static void bw(size_t max) {
  * osu_reduce.rs, osu_bcast.rs, osu_allgather.rs and osu_alltoall.rs do
  * (root 0, sums of floats; an allgather's receive buffer holds every
  * rank's part, an alltoall's buffers one part per rank). */
-enum which { ALLREDUCE, REDUCE, BCAST, ALLGATHER, ALLTOALL };
+enum which { ALLREDUCE, REDUCE, BCAST, ALLGATHER, ALLTOALL, IALLREDUCE };
 
 static void call(enum which what, float *send, float *recv, int count) {
     switch (what) {
@@ -91,6 +91,12 @@ static void call(enum which what, float *send, float *recv, int count) {
     case BCAST: MPI_Bcast(recv, count, MPI_FLOAT, 0, MPI_COMM_WORLD); break;
     case ALLGATHER: MPI_Allgather(send, count, MPI_FLOAT, recv, count, MPI_FLOAT, MPI_COMM_WORLD); break;
     case ALLTOALL: MPI_Alltoall(send, count, MPI_FLOAT, recv, count, MPI_FLOAT, MPI_COMM_WORLD); break;
+    case IALLREDUCE: {
+        MPI_Request request;
+        MPI_Iallreduce(send, recv, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &request);
+        MPI_Wait(&request, MPI_STATUS_IGNORE);
+        break;
+    }
     }
 }
 
@@ -179,6 +185,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "latency")) latency(arg > 0 ? (size_t)arg : 4 << 20);
     else if (!strcmp(mode, "bw")) bw(arg > 0 ? (size_t)arg : 4 << 20);
     else if (!strcmp(mode, "allreduce")) collective(ALLREDUCE, mode, arg > 0 ? (size_t)arg : 1 << 20, (size_t)arg2, (int)arg3);
+    else if (!strcmp(mode, "iallreduce")) collective(IALLREDUCE, mode, arg > 0 ? (size_t)arg : 1 << 20, (size_t)arg2, (int)arg3);
     else if (!strcmp(mode, "reduce")) collective(REDUCE, mode, arg > 0 ? (size_t)arg : 1 << 20, (size_t)arg2, (int)arg3);
     else if (!strcmp(mode, "bcast")) collective(BCAST, mode, arg > 0 ? (size_t)arg : 1 << 20, (size_t)arg2, (int)arg3);
     else if (!strcmp(mode, "allgather")) collective(ALLGATHER, mode, arg > 0 ? (size_t)arg : 1 << 20, (size_t)arg2, (int)arg3);

@@ -98,11 +98,18 @@ impl<T> Drop for CollectiveRequest<'_, T> {
     }
 }
 
-/// Plain numbers from bytes that may not be aligned for them.
-fn numbers<E: Pod>(bytes: &[u8]) -> Vec<E> {
-    let mut v = vec![E::zeroed(); bytes.len() / std::mem::size_of::<E>().max(1)];
-    bytemuck::cast_slice_mut::<E, u8>(&mut v).copy_from_slice(bytes);
-    v
+/// Folds the plain numbers in `upper` into those in `lower`, element by
+/// element, in place (the bytes need not be aligned for `E`).
+fn fold_numbers<E: Pod>(op: &impl Op<E>, lower: &mut [u8], upper: &[u8]) {
+    let size = std::mem::size_of::<E>();
+    if size == 0 {
+        return;
+    }
+    for (a, b) in lower.chunks_exact_mut(size).zip(upper.chunks_exact(size)) {
+        let x: E = bytemuck::pod_read_unaligned(a);
+        let y: E = bytemuck::pod_read_unaligned(b);
+        a.copy_from_slice(bytemuck::bytes_of(&op.combine(&x, &y)));
+    }
 }
 
 /// The rank `v` positions after `root`, and back.
@@ -288,6 +295,7 @@ impl Communicator {
         let finish: Finish<'c, ()> = Box::new(move |part| {
             if !is_root {
                 bytemuck::cast_slice_mut::<E, u8>(buf).copy_from_slice(&part.bytes);
+                crate::pool::give(part.bytes);
             }
             Ok(())
         });
@@ -370,16 +378,12 @@ impl Communicator {
             )));
         }
         let fold: Fold = Box::new(move |acc: &mut Part, upper| {
-            let mut lower: Vec<E> = numbers(&acc.bytes);
-            let upper: Vec<E> = numbers(&upper.payload);
-            for (a, b) in lower.iter_mut().zip(&upper) {
-                *a = op.combine(a, b);
-            }
-            acc.bytes = message::pod_copy(&lower);
+            fold_numbers(&op, &mut acc.bytes, &upper.payload);
             Ok(())
         });
         let finish: Finish<'c, ()> = Box::new(move |part| {
             bytemuck::cast_slice_mut::<E, u8>(recv).copy_from_slice(&part.bytes);
+            crate::pool::give(part.bytes);
             Ok(())
         });
         let (me, n) = (self.rank(), self.size());

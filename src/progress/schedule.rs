@@ -176,7 +176,8 @@ impl Engine {
                         call: s.plan.call,
                         format: s.plan.value.format,
                     };
-                    self.send(dest, head, s.plan.value.bytes.clone()).map(|_| true)
+                    let bytes = crate::pool::copy_of(&s.plan.value.bytes);
+                    self.send(dest, head, bytes).map(|_| true)
                 }
                 Step::Take(source) | Step::Fold(source) => self.receive_step(s, source),
             };
@@ -222,7 +223,8 @@ impl Engine {
             (Step::Fold(_), Some(fold)) => fold(&mut s.plan.value, env)?,
             _ => {
                 let mut env = env;
-                s.plan.value.bytes = std::mem::take(&mut env.payload);
+                let old = std::mem::replace(&mut s.plan.value.bytes, std::mem::take(&mut env.payload));
+                crate::pool::give(old);
             }
         }
         Ok(true)
