@@ -102,6 +102,20 @@ macro_rules! scalars {
 scalars!(
     u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64, bool, char, String
 );
+scalars!(std::time::Duration, ());
+impl<T: Scalar> Scalar for Option<T> {}
+impl<T: Scalar> Scalar for std::num::Wrapping<T> {}
+impl<T: Scalar> Scalar for std::cmp::Reverse<T> {}
+
+/// Tuples of scalars are scalars, compared in order: `Max` over
+/// `(value, rank)` pairs gives the largest value and its rank (of equal
+/// values the largest rank, where MPI's `MAXLOC` keeps the smallest);
+/// `Min` gives the smallest value and, of equal ones, the smallest rank,
+/// as `MINLOC`.
+macro_rules! tuple_scalars {
+    ($(($($t:ident),+)),*) => {$( impl<$($t: Scalar),+> Scalar for ($($t,)+) {} )*};
+}
+tuple_scalars!((A), (A, B), (A, B, C), (A, B, C, D));
 
 /// Combines two sequences element by element with `f`; where one is
 /// longer, its extra elements are kept as they are (as if the shorter one
@@ -207,7 +221,12 @@ macro_rules! logical {
 
         impl<T: Truth + Clone> Op<Vec<T>> for $op {
             fn combine(&self, a: &Vec<T>, b: &Vec<T>) -> Vec<T> {
-                each(a, b, |x, y| self.combine(x, y))
+                // The longer one's extra elements become 0 or 1 too.
+                let mut out = each(a, b, |x, y| self.combine(x, y));
+                for x in out.iter_mut().skip(a.len().min(b.len())) {
+                    *x = T::from_truth(x.truth());
+                }
+                out
             }
 
             fn is_commutative(&self) -> bool {
@@ -231,14 +250,16 @@ logical!(LogicalAnd, |a, b| a && b);
 logical!(LogicalOr, |a, b| a || b);
 logical!(LogicalXor, |a, b| a != b);
 
-/// Makes an operator of a closure whose parameters need no types:
-/// `op::from_fn(|a, b| ..)`. A closure passed straight to `allreduce`
-/// needs them (`|a: &String, b: &String| ..`): Rust gives a closure the
-/// signature "for any lifetime" only when the parameter it is passed to
-/// asks for an `Fn` directly, and an operator parameter asks for an
-/// [`Op`] (so that `op::Sum` and closures go in the same place). Without
-/// the types, the error is "implementation of `FnOnce` is not general
-/// enough".
+/// Makes an operator of a closure whose parameters need no types as long
+/// as its body uses operators on them (`op::from_fn(|a, b| a * b)`); a
+/// method call on a parameter needs its type (`|a: &f64, b| a.max(*b)`),
+/// as Rust checks a closure's body before it learns the collective's value
+/// type. A closure passed straight to `allreduce` needs both types
+/// (`|a: &String, b: &String| ..`): Rust gives a closure the signature
+/// "for any lifetime" only when the parameter it is passed to asks for an
+/// `Fn` directly, and an operator parameter asks for an [`Op`] (so that
+/// `op::Sum` and closures go in the same place). Without the types, the
+/// error is "implementation of `FnOnce` is not general enough".
 ///
 /// ```
 /// use spmd::op;
@@ -247,17 +268,32 @@ logical!(LogicalXor, |a, b| a != b);
 ///     if b.len() > a.len() { b.clone() } else { a.clone() }
 /// }))?;
 /// let product = world.allreduce(&2u64, &op::from_fn(|a, b| a * b))?;
+/// // A method call needs the type of its receiver, on the first parameter:
+/// let largest = world.allreduce(&1.5f64, &op::from_fn(|a: &f64, b| a.max(*b)))?;
 /// # Ok::<(), spmd::Error>(())
 /// ```
-pub fn from_fn<T, F: Fn(&T, &T) -> T>(f: F) -> FromFn<F> {
-    FromFn(f)
+pub fn from_fn<T, F: Fn(&T, &T) -> T>(f: F) -> FromFn<T, F> {
+    FromFn(f, std::marker::PhantomData)
 }
 
 /// An operator made of a closure by [`from_fn`].
-#[derive(Debug, Clone, Copy)]
-pub struct FromFn<F>(F);
+pub struct FromFn<T, F>(F, std::marker::PhantomData<fn(&T, &T) -> T>);
 
-impl<T, F: Fn(&T, &T) -> T> Op<T> for FromFn<F> {
+impl<T, F: Clone> Clone for FromFn<T, F> {
+    fn clone(&self) -> Self {
+        FromFn(self.0.clone(), std::marker::PhantomData)
+    }
+}
+
+impl<T, F: Copy> Copy for FromFn<T, F> {}
+
+impl<T, F> std::fmt::Debug for FromFn<T, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FromFn")
+    }
+}
+
+impl<T, F: Fn(&T, &T) -> T> Op<T> for FromFn<T, F> {
     fn combine(&self, a: &T, b: &T) -> T {
         (self.0)(a, b)
     }
@@ -298,5 +334,11 @@ mod tests {
         assert_eq!(Product.combine(&vec![2, 3, 4], &vec![5]), [10, 3, 4]);
         let add = from_fn(|a: &u8, b| a + b);
         assert_eq!(add.combine(&1, &2), 3);
+        assert_eq!(LogicalOr.combine(&vec![3, 0], &vec![0, 0, 72]), [1, 0, 1]);
+        assert_eq!(Max.combine(&(2.5, 1usize), &(2.5, 3)), (2.5, 3), "MAXLOC");
+        assert_eq!(Min.combine(&(1.0, 4usize), &(1.0, 2)), (1.0, 2), "MINLOC");
+        let d = |ms| std::time::Duration::from_millis(ms);
+        assert_eq!(Sum.combine(&d(5), &d(7)), d(12));
+        assert_eq!(Max.combine(&Some(3), &None), Some(3));
     }
 }

@@ -16,7 +16,7 @@ use super::algorithm::Body;
 use super::call::{Call, Kind};
 use super::numbers::check_len;
 use crate::communicator::Communicator;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
 use crate::message;
 use crate::op::Op;
@@ -37,21 +37,27 @@ fn offsets(counts: &[usize]) -> Vec<usize> {
 /// `len`, the length of the buffer `name` of `what`.
 fn check_counts(what: &str, name: &str, counts: &[usize], n: usize, len: usize) -> Result<()> {
     check_len(what, "the counts", counts.len(), n)?;
-    check_len(what, name, len, counts.iter().sum())
+    let Some(total) = counts.iter().try_fold(0usize, |sum, c| sum.checked_add(*c)) else {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: the counts add up to more than usize::MAX"
+        )));
+    };
+    check_len(what, name, len, total)
 }
 
 /// Copies the part rank `rank` sent (`env`) into `out`, which must be
 /// exactly its length.
 fn take_part<E: Pod>(what: &str, rank: usize, env: &Envelope, out: &mut [E]) -> Result<()> {
-    let size = std::mem::size_of::<E>().max(1);
-    let got = env.len() as usize / size;
-    if got != out.len() || env.format != message::raw::<E>() {
+    let want = std::mem::size_of_val(out) as u64;
+    if env.len() != want || env.format != message::raw::<E>() {
+        let kind = |f: Format| crate::element::describe(f.element());
         return Err(Error::CollectiveMismatch {
             detail: format!(
-                "{what}: rank {rank} sent {got} elements ({:?}) where this rank expects {} ({:?})",
-                env.format,
+                "{what}: rank {rank} sent {} bytes of {} where this rank expects {} elements ({want} bytes) of {}",
+                env.len(),
+                kind(env.format),
                 out.len(),
-                message::raw::<E>()
+                kind(message::raw::<E>())
             ),
         });
     }
@@ -132,12 +138,26 @@ impl Communicator {
     pub fn scatterv_into<E: Pod>(&self, send: &[E], counts: &[usize], recv: &mut [E], root: usize) -> Result<()> {
         self.check_rank(root)?;
         let what = "scatterv_into";
-        let is_root = self.rank() == root;
-        let args = if is_root {
+        let args = if self.rank() == root {
             check_counts(what, "the send buffer", counts, self.size(), send.len())
         } else {
             Ok(())
         };
+        self.scatter_parts(what, send, counts, recv, root, args)
+    }
+
+    /// [`Communicator::scatterv_into`] with this rank's own check of its
+    /// arguments, `args`, which fails the call on every rank.
+    fn scatter_parts<E: Pod>(
+        &self,
+        what: &str,
+        send: &[E],
+        counts: &[usize],
+        recv: &mut [E],
+        root: usize,
+        args: Result<()>,
+    ) -> Result<()> {
+        let is_root = self.rank() == root;
         self.sized_collective(Kind::ScattervInto, root, false, |call| {
             args?;
             let bodies = is_root.then(|| bodies(send, counts));
@@ -233,9 +253,14 @@ impl Communicator {
         counts: &[usize],
         op: &impl Op<E>,
     ) -> Result<()> {
+        let what = "reduce_scatter_into";
+        // Every rank checks its own counts; a rank whose counts are wrong
+        // fails the second call, and every rank hears of it.
+        let args = check_counts(what, "the send buffer", counts, self.size(), send.len())
+            .and_then(|()| check_len(what, "the receive buffer", recv.len(), counts[self.rank()]));
         let mut full = vec![E::zeroed(); if self.rank() == 0 { send.len() } else { 0 }];
         self.reduce_into(send, &mut full, op, 0)?;
-        self.scatterv_into(&full, counts, recv, 0)
+        self.scatter_parts(what, &full, counts, recv, 0, args)
     }
 
     /// Plain-number exclusive scan, element by element: rank `r`'s `recv`

@@ -403,14 +403,42 @@ fn wrong_counts(world: &Communicator) -> Result<(), Error> {
     if n < 2 {
         return Ok(());
     }
+    // A rank that did its part without waiting hears at its next call.
+    let expect = |what: &str, bad: usize, got: Result<(), Error>, says: &str, comm: &Communicator| match got
+        .and_then(|()| comm.barrier())
+    {
+        Err(Error::InvalidArgument(text)) if me == bad => assert!(text.contains(says), "{what}: {text}"),
+        Err(Error::CollectiveFailed { rank, .. }) if me != bad && rank == bad => {}
+        other => panic!("rank {me}: {what} with wrong counts on rank {bad} gave {other:?}"),
+    };
     let dup = world.dup()?;
     let counts = vec![1; if me == 1 { n + 1 } else { n }];
     let mut recv = vec![0u32; n];
-    match dup.allgatherv_into(&[me as u32], &mut recv, &counts) {
-        Err(Error::InvalidArgument(text)) if me == 1 => assert!(text.contains("counts"), "{text}"),
-        Err(Error::CollectiveFailed { rank: 1, .. }) if me != 1 => {}
-        other => panic!("rank {me}: allgatherv_into with wrong counts on rank 1 gave {other:?}"),
-    }
+    expect(
+        "allgatherv_into",
+        1,
+        dup.allgatherv_into(&[me as u32], &mut recv, &counts),
+        "counts",
+        &dup,
+    );
+    // Counts past usize::MAX on the root, whose buffer has the wrapped sum.
+    let dup = world.dup()?;
+    let counts: Vec<usize> = (0..n).map(|r| if r == 0 { usize::MAX } else { 1 }).collect();
+    let mut recv = vec![0u32; if me == 0 { n - 2 } else { 0 }];
+    let root_counts = if me == 0 { &counts[..] } else { &[] };
+    expect(
+        "gatherv_into",
+        0,
+        dup.gatherv_into(&[1], &mut recv, root_counts, 0),
+        "usize::MAX",
+        &dup,
+    );
+    // reduce_scatter_into: counts that do not add up on the last rank only.
+    let dup = world.dup()?;
+    let counts: Vec<usize> = (0..n).map(|r| if me == n - 1 && r == 0 { 5 } else { 1 }).collect();
+    let mut part = [0u32];
+    let got = dup.reduce_scatter_into(&vec![1u32; n], &mut part, &counts, &op::Sum);
+    expect("reduce_scatter_into", n - 1, got, "reduce_scatter_into", &dup);
     // No rank leaves before every rank has its error (a rank that has
     // left is an error of its own kind): a barrier of messages.
     if me == 0 {
