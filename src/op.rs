@@ -272,28 +272,15 @@ logical!(LogicalXor, |a, b| a != b);
 /// let largest = world.allreduce(&1.5f64, &op::from_fn(|a: &f64, b| a.max(*b)))?;
 /// # Ok::<(), spmd::Error>(())
 /// ```
-pub fn from_fn<T, F: Fn(&T, &T) -> T>(f: F) -> FromFn<T, F> {
-    FromFn(f, std::marker::PhantomData)
+pub fn from_fn<T, F: Fn(&T, &T) -> T>(f: F) -> FromFn<F> {
+    FromFn(f)
 }
 
 /// An operator made of a closure by [`from_fn`].
-pub struct FromFn<T, F>(F, std::marker::PhantomData<fn(&T, &T) -> T>);
+#[derive(Debug, Clone, Copy)]
+pub struct FromFn<F>(F);
 
-impl<T, F: Clone> Clone for FromFn<T, F> {
-    fn clone(&self) -> Self {
-        FromFn(self.0.clone(), std::marker::PhantomData)
-    }
-}
-
-impl<T, F: Copy> Copy for FromFn<T, F> {}
-
-impl<T, F> std::fmt::Debug for FromFn<T, F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FromFn")
-    }
-}
-
-impl<T, F: Fn(&T, &T) -> T> Op<T> for FromFn<T, F> {
+impl<T, F: Fn(&T, &T) -> T> Op<T> for FromFn<F> {
     fn combine(&self, a: &T, b: &T) -> T {
         (self.0)(a, b)
     }

@@ -108,7 +108,7 @@ fn row(out: &common::Finished, size: u64) -> f64 {
 
 #[test]
 fn benchmarks_print_osu_tables() {
-    let cases: [(&str, usize, &[&str], &str, u64); 10] = [
+    let cases: [(&str, usize, &[&str], &str, u64); 11] = [
         ("osu_latency", 2, &["4096"], "# Size            Latency (us)", 4096),
         (
             "osu_latency",
@@ -150,6 +150,13 @@ fn benchmarks_print_osu_tables() {
         (
             "osu_alltoall",
             5,
+            &["65536", "1024", "10"],
+            "# Size         Avg Latency(us)",
+            65536,
+        ),
+        (
+            "osu_iallreduce",
+            3,
             &["65536", "1024", "10"],
             "# Size         Avg Latency(us)",
             65536,

@@ -368,9 +368,10 @@ impl Call {
 
 impl Communicator {
     /// Numbers an `immediate_` collective among all the communicator's
-    /// collectives: (its call field, its tag), or the error that the
+    /// collectives: (its call field, its tag, whether the communicator's
+    /// blocking collectives use the node's region), or the error that the
     /// collectives are broken.
-    pub(crate) fn immediate_call(&self, kind: Kind, root: usize) -> Result<(u32, u32)> {
+    pub(crate) fn immediate_call(&self, kind: Kind, root: usize) -> Result<(u32, u32, bool)> {
         let calls = self.calls();
         if let Some(why) = calls.broken.borrow().as_ref() {
             return Err(Error::CollectivesBroken { detail: why.clone() });
@@ -382,12 +383,13 @@ impl Communicator {
         let word = u32::from(number) << 16 | u32::from(signature(kind, root, false));
         // On a shared node, a rank in a blocking collective of this number
         // sees this call there, as it would a blocking one.
-        if let Some(node) = self.node_region() {
+        let node = self.node_region();
+        if let Some(node) = node {
             node.slots
                 .current(node.me)
                 .store(1 << 63 | u64::from(word), Ordering::Release);
         }
-        Ok((word, tag))
+        Ok((word, tag, node.is_some()))
     }
 
     /// Remembers that an `immediate_` collective failed with `e`: the

@@ -181,7 +181,7 @@ impl Communicator {
         (value, len, fold): (Part, Option<usize>, Option<Fold>),
         finish: Finish<'c, T>,
     ) -> Result<CollectiveRequest<'c, T>> {
-        let (call, tag) = self.immediate_call(kind, root)?;
+        let (call, tag, node_wide) = self.immediate_call(kind, root)?;
         let at = |r: usize| self.job_rank(r);
         let steps = steps
             .into_iter()
@@ -200,7 +200,7 @@ impl Communicator {
             value,
             len,
             fold,
-            node_wide: self.node_region().is_some(),
+            node_wide,
         };
         let id = self.ranked(self.engine().start_schedule(plan))?;
         Ok(CollectiveRequest {
