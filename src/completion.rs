@@ -113,6 +113,10 @@ fn wait_until<T>(
     }
     let job = Job::current();
     let result = (|| loop {
+        let moves = match &job {
+            Some(job) => job.engine()?.moves(),
+            None => 0,
+        };
         if let Some(found) = look(requests)? {
             return Ok(Some(found));
         }
@@ -120,13 +124,13 @@ fn wait_until<T>(
             return Ok(None);
         }
         match &job {
-            Some(job) => job.engine().sleep_for_any(deadline)?,
+            Some(job) => job.engine()?.sleep_for_any(deadline, moves)?,
             // No job: requests complete by being tested.
             None => std::thread::yield_now(),
         }
     })();
     if let Some(job) = &job {
-        job.engine().wait_over();
+        job.engine()?.wait_over();
     }
     result
 }

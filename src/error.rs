@@ -142,6 +142,16 @@ pub enum Error {
     #[error("this rank has finalized: a communicator kept after World::finalize cannot communicate")]
     Finalized,
 
+    /// spmd was called from inside spmd on the same thread: from an
+    /// operator's closure while a collective combines with it, or from a
+    /// `Drop` that such a closure runs. An operator must only combine its
+    /// two values.
+    #[error(
+        "spmd was called from inside spmd (from an operator's closure, or a Drop run by one): an operator must only \
+         combine its two values"
+    )]
+    Reentered,
+
     /// The launcher ended the job (another rank failed, or spmdrun was
     /// interrupted), or the launcher itself has gone.
     #[error("the job was ended by the launcher: {reason}")]

@@ -150,6 +150,7 @@ mod tests {
     fn the_handle_can_move_to_another_thread() {
         fn send<T: Send>() {}
         send::<super::World>();
+        send::<super::Communicator>();
     }
 
     #[test]

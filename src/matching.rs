@@ -84,10 +84,14 @@ pub(crate) struct Matcher {
     /// Bytes of the queued messages, by source and in all.
     queued_bytes: HashMap<usize, u64>,
     queued_total: u64,
-    /// What a blocking probe waits for.
-    watched: Option<Selector>,
-    /// Read every peer, however much is queued (see [`QUEUED_PER_PEER`]).
-    reading_all: bool,
+    /// What the blocking probes in progress wait for (one per probing
+    /// thread).
+    watched: Vec<Selector>,
+    /// How many waits in progress read every peer, however much is queued
+    /// (see [`QUEUED_PER_PEER`]); several threads may wait at once.
+    reading_all: u32,
+    /// Finalize's last reads keep to the queue bound whoever waits.
+    bounded: bool,
 }
 
 impl Matcher {
@@ -194,17 +198,29 @@ impl Matcher {
         self.unexpected.iter().find(|env| sel.accepts(env)).map(Status::of)
     }
 
-    /// Sets what a blocking probe waits for (`None` when it is done): its
-    /// peers are read however much is queued.
-    pub fn watch(&mut self, sel: Option<Selector>) {
-        self.watched = sel;
+    /// A blocking probe starts waiting for `sel`: its peers are read
+    /// however much is queued, until [`Matcher::unwatch`].
+    pub fn watch(&mut self, sel: Selector) {
+        self.watched.push(sel);
     }
 
-    /// Reads every peer however much is queued (`true`), or only the peers
-    /// this rank waits for once the queue is full (`false`); returns the
-    /// previous setting.
-    pub fn read_all(&mut self, all: bool) -> bool {
-        std::mem::replace(&mut self.reading_all, all)
+    /// A blocking probe for `sel` is done.
+    pub fn unwatch(&mut self, sel: Selector) {
+        if let Some(i) = self.watched.iter().position(|w| *w == sel) {
+            self.watched.swap_remove(i);
+        }
+    }
+
+    /// A wait starts that reads every peer however much is queued, until
+    /// the matching [`Matcher::end_read_all`]; waits on several threads
+    /// count up.
+    pub fn begin_read_all(&mut self) {
+        self.reading_all += 1;
+    }
+
+    /// A wait begun with [`Matcher::begin_read_all`] is done.
+    pub fn end_read_all(&mut self) {
+        self.reading_all = self.reading_all.saturating_sub(1);
     }
 
     /// Every queued message, in arrival order.
@@ -257,17 +273,17 @@ impl Sink for Matcher {
     }
 
     fn keep_to_bound(&mut self) {
-        self.reading_all = false;
+        self.bounded = true;
     }
 
     fn wants(&self, source: usize) -> bool {
         let mine = self.queued_bytes.get(&source).copied().unwrap_or(0);
-        if self.reading_all || (mine < QUEUED_PER_PEER && self.queued_total < QUEUED_IN_ALL) {
+        if (self.reading_all > 0 && !self.bounded) || (mine < QUEUED_PER_PEER && self.queued_total < QUEUED_IN_ALL) {
             return true;
         }
         let accepts = |sel: &Selector| sel.pattern.source_rank().is_none_or(|s| s == source);
         self.posted.iter().any(|p| accepts(&p.sel))
-            || self.watched.as_ref().is_some_and(accepts)
+            || self.watched.iter().any(accepts)
             || self.landing.iter().any(|c| c.source == source)
     }
 }
@@ -404,5 +420,34 @@ mod tests {
         );
         assert!(m.claim(1, 0, Context::WORLD, Format::Raw(5), 9).is_none(), "too long");
         assert!(m.claim(1, 0, Context::WORLD, Format::Raw(5), 8).is_some());
+    }
+
+    /// Waits and probes on several threads overlap: the one that ends
+    /// first must not undo what the others still need (reading every peer,
+    /// reading a probed peer past the queue bound).
+    #[test]
+    fn overlapping_waits_and_probes_each_keep_their_peers_read() {
+        let mut m = Matcher::default();
+        let big = vec![0u8; (QUEUED_PER_PEER / 2) as usize + 1];
+        for _ in 0..2 {
+            m.deliver(Envelope::new(1, 0, Context::WORLD, U8, big.clone()));
+        }
+        assert!(!m.wants(1), "past the bound, nobody waits on rank 1");
+        m.begin_read_all();
+        m.begin_read_all();
+        m.end_read_all();
+        assert!(m.wants(1), "one wait still reads every peer");
+        m.end_read_all();
+        assert!(!m.wants(1));
+        let (from_1, from_2) = (user(Match::source(1)), user(Match::source(2)));
+        m.watch(from_1);
+        m.watch(from_2);
+        m.unwatch(from_2);
+        assert!(m.wants(1), "the probe of rank 1 still waits");
+        m.unwatch(from_1);
+        assert!(!m.wants(1));
+        m.begin_read_all();
+        m.keep_to_bound();
+        assert!(!m.wants(1), "finalize's last reads keep to the bound");
     }
 }

@@ -26,6 +26,9 @@ use std::ops::{Add, Mul};
 /// Combines two values; see the [module docs](self).
 pub trait Op<T> {
     /// Combines `a` (from lower ranks) with `b` (from higher ranks).
+    ///
+    /// It must only combine: spmd called from inside it (a collective, a
+    /// send) returns [`Error::Reentered`](crate::Error::Reentered).
     fn combine(&self, a: &T, b: &T) -> T;
 
     /// True if `combine(a, b) == combine(b, a)` for all values, which lets

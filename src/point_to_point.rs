@@ -18,13 +18,13 @@ impl Communicator {
     /// Queues a message to job rank `dest`; the caller decides when to wait
     /// for it.
     pub(crate) fn post_send(&self, dest: usize, head: Head, payload: Vec<u8>) -> Result<Sent> {
-        self.ranked(self.engine().send(dest, head, payload))
+        self.ranked(self.engine()?.send(dest, head, payload))
     }
 
     /// Sends to job rank `dest` and waits until the message has left this
     /// process.
     pub(crate) fn send_bytes(&self, dest: usize, head: Head, payload: Vec<u8>) -> Result<()> {
-        let mut engine = self.engine();
+        let mut engine = self.engine()?;
         let sent = engine.send(dest, head, payload);
         self.ranked(sent.and_then(|sent| engine.wait_sent(sent, dest)))
     }
@@ -37,7 +37,7 @@ impl Communicator {
         room: Option<Room>,
         timeout: Option<Duration>,
     ) -> Result<Envelope> {
-        let mut engine = self.engine();
+        let mut engine = self.engine()?;
         let id = engine.post(sel, room);
         self.ranked(id.and_then(|id| engine.wait_receive(id, timeout)))
     }
@@ -46,7 +46,9 @@ impl Communicator {
     /// as the type it asked for, the message goes back to the queue.
     pub(crate) fn take<T>(&self, env: Envelope, taking: impl FnOnce(Envelope) -> Taken<T>) -> Result<T> {
         taking(env).map_err(|rejected| {
-            self.engine().requeue(rejected.env);
+            if let Some(mut engine) = self.engine_for_cleanup() {
+                engine.requeue(rejected.env);
+            }
             self.in_ranks(rejected.error)
         })
     }
@@ -78,7 +80,7 @@ impl Communicator {
         if let Some((format, bytes)) = message::as_raw(value) {
             // Numbers go out straight from the caller's memory.
             let head = Head::user(self.p2p_context(), tag, format);
-            return self.ranked(self.engine().send_now(dest, head, bytes));
+            return self.ranked(self.engine()?.send_now(dest, head, bytes));
         }
         let (format, payload) = message::encode(value)?;
         self.send_bytes(dest, Head::user(self.p2p_context(), tag, format), payload)
@@ -183,7 +185,7 @@ impl Communicator {
     pub fn try_receive_matching<T: DeserializeOwned>(&self, pattern: Match) -> Result<Option<(T, Status)>> {
         let sel = self.user(pattern)?;
         let env = {
-            let mut engine = self.engine();
+            let mut engine = self.engine()?;
             if self.ranked(engine.probe(sel, None))?.is_none() {
                 return Ok(None);
             }
@@ -199,7 +201,7 @@ impl Communicator {
     /// Waits until a message `pattern` accepts has arrived and returns its
     /// status, leaving it to be received.
     pub fn probe(&self, pattern: Match) -> Result<Status> {
-        let found = self.ranked(self.engine().probe(self.user(pattern)?, Some(None)))?;
+        let found = self.ranked(self.engine()?.probe(self.user(pattern)?, Some(None)))?;
         let found = found.expect("a probe without a deadline returns only when it finds a message");
         Ok(found.with_source(self.rank_of(found.source())))
     }
@@ -207,7 +209,7 @@ impl Communicator {
     /// [`Communicator::probe`] that gives up with
     /// [`Error::Timeout`](crate::Error::Timeout) after `timeout`.
     pub fn probe_timeout(&self, pattern: Match, timeout: Duration) -> Result<Status> {
-        let found = self.ranked(self.engine().probe(self.user(pattern)?, Some(Some(timeout))))?;
+        let found = self.ranked(self.engine()?.probe(self.user(pattern)?, Some(Some(timeout))))?;
         let found = found.expect("a probe with a deadline returns a message or the timeout error");
         Ok(found.with_source(self.rank_of(found.source())))
     }
@@ -215,7 +217,7 @@ impl Communicator {
     /// Returns the status of a message `pattern` accepts if one has arrived,
     /// without waiting.
     pub fn try_probe(&self, pattern: Match) -> Result<Option<Status>> {
-        let found = self.ranked(self.engine().probe(self.user(pattern)?, None))?;
+        let found = self.ranked(self.engine()?.probe(self.user(pattern)?, None))?;
         Ok(found.map(|f| f.with_source(self.rank_of(f.source()))))
     }
 
@@ -250,7 +252,7 @@ impl Communicator {
         let sel = self.user(Match::source(source).with_tag(receive_tag))?;
         let (format, payload) = message::encode(value)?;
         let env = self.ranked((|| {
-            let mut engine = self.engine();
+            let mut engine = self.engine()?;
             let id = engine.post(sel, message::room_for::<R>())?;
             let sent = engine.send(dest, Head::user(self.p2p_context(), send_tag, format), payload)?;
             let env = engine.wait_receive(id, None)?;
@@ -282,7 +284,7 @@ impl Communicator {
     pub fn send_slice_with_tag<T: Pod>(&self, data: &[T], dest: usize, tag: u32) -> Result<()> {
         let dest = self.peer(dest)?;
         let head = Head::user(self.p2p_context(), tag, message::raw::<T>());
-        self.ranked(self.engine().send_now(dest, head, message::pod_bytes(data)))
+        self.ranked(self.engine()?.send_now(dest, head, message::pod_bytes(data)))
     }
 
     /// Receives plain numbers from `source` (tag 0) into `buf`. The message
@@ -319,7 +321,7 @@ impl Communicator {
         let element = crate::element::code_of::<T>();
         let sel = self.user(pattern)?;
         let env = self.ranked(
-            self.engine()
+            self.engine()?
                 .receive_landing(sel, bytemuck::cast_slice_mut(buf), element, timeout),
         )?;
         let status = self.status_of(&env);

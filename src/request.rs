@@ -83,11 +83,11 @@ impl Request for SendRequest<'_> {
     type Output = ();
 
     fn wait(self) -> Result<()> {
-        self.comm.ranked(self.comm.engine().wait_sent(self.sent, self.dest))
+        self.comm.ranked(self.comm.engine()?.wait_sent(self.sent, self.dest))
     }
 
     fn test(&mut self) -> Result<bool> {
-        self.comm.ranked(self.comm.engine().is_sent(self.sent))
+        self.comm.ranked(self.comm.engine()?.is_sent(self.sent))
     }
 }
 
@@ -114,14 +114,14 @@ impl<T> Request for ReceiveRequest<'_, T> {
         let Some(id) = self.id.take() else {
             unreachable!("a receive request is waited on once, by value")
         };
-        let env = self.comm.ranked(self.comm.engine().wait_receive(id, None))?;
+        let env = self.comm.ranked(self.comm.engine()?.wait_receive(id, None))?;
         let status = self.comm.status_of(&env);
         Ok((self.comm.take(env, self.decode)?, status))
     }
 
     fn test(&mut self) -> Result<bool> {
         match self.id {
-            Some(id) => self.comm.ranked(self.comm.engine().test_receive(id)),
+            Some(id) => self.comm.ranked(self.comm.engine()?.test_receive(id)),
             None => Ok(true),
         }
     }
@@ -179,7 +179,7 @@ impl Communicator {
     /// straight out; only the rest is copied.
     fn immediate_raw(&self, dest: usize, head: Head, bytes: &[u8]) -> Result<SendRequest<'_>> {
         let dest = self.peer(dest)?;
-        let sent = self.ranked(self.engine().send_eager(dest, head, bytes))?;
+        let sent = self.ranked(self.engine()?.send_eager(dest, head, bytes))?;
         Ok(SendRequest { comm: self, sent, dest })
     }
 
@@ -253,7 +253,7 @@ impl Communicator {
         decode: fn(Envelope) -> Taken<T>,
     ) -> Result<ReceiveRequest<'_, T>> {
         let sel = self.user(pattern)?;
-        let id = self.ranked(self.engine().post(sel, room))?;
+        let id = self.ranked(self.engine()?.post(sel, room))?;
         Ok(ReceiveRequest {
             comm: self,
             id: Some(id),

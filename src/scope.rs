@@ -122,7 +122,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let head = Head::user(self.comm.p2p_context(), tag, message::raw::<T>());
         // SAFETY: `data` is borrowed for the scope, and the scope waits for
         // the send (or makes it owned) before it ends.
-        let sent = unsafe { self.comm.engine().send_lent(dest, head, message::pod_bytes(data)) };
+        let sent = unsafe { self.comm.engine()?.send_lent(dest, head, message::pod_bytes(data)) };
         let sent = self.comm.ranked(sent)?;
         let mut lent = self.lent.borrow_mut();
         lent.sends.push((sent, dest, false));
@@ -167,7 +167,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let sel = self.comm.user(pattern)?;
         // SAFETY: `buf` is borrowed mutably for the scope, and the scope
         // waits for the receive (or abandons it) before it ends.
-        let id = unsafe { self.comm.engine().post_lent(sel, ptr, len, element) };
+        let id = unsafe { self.comm.engine()?.post_lent(sel, ptr, len, element) };
         let id = self.comm.ranked(id)?;
         let mut lent = self.lent.borrow_mut();
         lent.receives.push(LentBuffer {
@@ -188,7 +188,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         if done {
             return Ok(());
         }
-        let mut engine = self.comm.engine();
+        let mut engine = self.comm.engine()?;
         let result = self.comm.ranked(engine.wait_sent(sent, dest));
         engine.own_sent(sent);
         self.lent.borrow_mut().sends[index].2 = true;
@@ -204,7 +204,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         if done {
             return Err(Error::InvalidArgument("this receive was already waited for".into()));
         }
-        let mut engine = self.comm.engine();
+        let mut engine = self.comm.engine()?;
         let result = self.comm.ranked(engine.wait_receive(id, None));
         if result.is_err() {
             engine.abandon_receive(id);
@@ -217,7 +217,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             // A message that did not land goes back to the queue for a
             // receive of the right type (one that landed fitted the buffer).
             if env.landed.is_none() {
-                self.comm.engine().requeue(env);
+                self.comm.engine()?.requeue(env);
             }
             return Err(e);
         }
@@ -231,6 +231,10 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let Ok(mut lent) = self.lent.try_borrow_mut() else {
             return;
         };
+        let running = lent.receives.iter().any(|r| !r.done) || lent.sends.iter().any(|s| !s.2);
+        if !running {
+            return;
+        }
         let Some(mut engine) = self.comm.engine_for_cleanup() else {
             // Only spmd called from inside spmd gets here. Going on would
             // leave the engine pointing into buffers about to be freed.
@@ -300,7 +304,7 @@ impl Request for LentSend<'_, '_> {
 
     fn test(&mut self) -> Result<bool> {
         let (sent, _, done) = self.scope.lent.borrow().sends[self.index];
-        Ok(done || self.scope.comm.ranked(self.scope.comm.engine().is_sent(sent))?)
+        Ok(done || self.scope.comm.ranked(self.scope.comm.engine()?.is_sent(sent))?)
     }
 }
 
@@ -325,6 +329,6 @@ impl Request for LentReceive<'_, '_> {
             let r = &lent.receives[self.index];
             (r.id, r.done)
         };
-        Ok(done || self.scope.comm.ranked(self.scope.comm.engine().test_receive(id))?)
+        Ok(done || self.scope.comm.ranked(self.scope.comm.engine()?.test_receive(id))?)
     }
 }

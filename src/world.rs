@@ -173,7 +173,7 @@ impl World {
         if self.finalized.replace(true) {
             return Ok(());
         }
-        let mut engine = self.engine();
+        let mut engine = self.engine()?;
         // The other ranks may still need this rank's part of an
         // `immediate_` collective whose request was forgotten.
         engine.finish_schedules();

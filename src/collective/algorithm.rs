@@ -137,7 +137,7 @@ impl Communicator {
     }
 
     fn wait_sends(&self, sends: Vec<(Sent, usize)>) -> Result<()> {
-        let mut engine = self.engine();
+        let mut engine = self.engine()?;
         for (sent, dest) in sends {
             engine.wait_sent(sent, self.job_rank(dest))?;
         }

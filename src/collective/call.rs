@@ -368,10 +368,12 @@ impl Call {
 
 impl Communicator {
     /// Numbers an `immediate_` collective among all the communicator's
-    /// collectives: (its call field, its tag, whether the communicator's
-    /// blocking collectives use the node's region), or the error that the
-    /// collectives are broken.
-    pub(crate) fn immediate_call(&self, kind: Kind, root: usize) -> Result<(u32, u32, bool)> {
+    /// collectives: (its call field, its tag, the shared region the
+    /// communicator's blocking collectives use, if any), or the error that
+    /// the collectives are broken.
+    pub(crate) fn immediate_call(&self, kind: Kind, root: usize) -> Result<(u32, u32, Option<super::node::Node>)> {
+        // Before it takes a number: a call refused takes none.
+        crate::progress::check_not_combining()?;
         let calls = self.calls();
         if let Some(why) = calls.broken.borrow().as_ref() {
             return Err(Error::CollectivesBroken { detail: why.clone() });
@@ -389,7 +391,7 @@ impl Communicator {
                 .current(node.me)
                 .store(1 << 63 | u64::from(word), Ordering::Release);
         }
-        Ok((word, tag, node.is_some()))
+        Ok((word, tag, node))
     }
 
     /// Remembers that an `immediate_` collective failed with `e`: the
@@ -435,6 +437,8 @@ impl Communicator {
         deadline: Option<std::time::Instant>,
         body: impl FnOnce(&Call) -> Result<T>,
     ) -> Result<T> {
+        // Before it takes a number: a call refused takes none.
+        crate::progress::check_not_combining()?;
         let calls = self.calls();
         let number = calls.last.get().wrapping_add(1);
         calls.last.set(number);
@@ -457,7 +461,7 @@ impl Communicator {
         // Another rank's failure that has arrived already ends this call
         // before it starts.
         let arrived = {
-            let engine = self.engine();
+            let engine = self.engine()?;
             let immediate = Context::immediate(call.context.communicator());
             engine
                 .queued_check(&mut call.check())
@@ -467,7 +471,7 @@ impl Communicator {
         if let Err(Error::PeerGone { .. }) = &result {
             // A rank that failed this call tells the others before it goes:
             // its notice, read before its leaving, says more.
-            if let Err(notice) = self.engine().queued_check(&mut call.check()) {
+            if let Err(notice) = self.engine()?.queued_check(&mut call.check()) {
                 result = Err(notice);
             }
         }
@@ -490,7 +494,9 @@ impl Communicator {
             call: call.word(),
             format: Format::Serde,
         };
-        let mut engine = self.engine();
+        let Some(mut engine) = self.engine_for_cleanup() else {
+            return;
+        };
         for dest in (0..self.size()).filter(|d| *d != self.rank()).map(|d| self.job_rank(d)) {
             if !engine.has_left(dest) {
                 let _ = engine.send(dest, head, text.clone());
@@ -504,7 +510,7 @@ impl Communicator {
         let source = self.peer(source)?;
         let sel = Selector::new(call.context, Match::source(source).with_tag(tag));
         let env = {
-            let mut engine = self.engine();
+            let mut engine = self.engine()?;
             let id = engine.post(sel, None)?;
             let mut check = call.check();
             let timeout = call
@@ -528,7 +534,7 @@ impl Communicator {
         let source = self.peer(source)?;
         let sel = Selector::new(call.context, Match::source(source).with_tag(tag));
         let mut env = {
-            let mut engine = self.engine();
+            let mut engine = self.engine()?;
             let mut check = call.check();
             engine.receive_landing_checked(sel, buf, element, Some((call.waiting(Some(source)), &mut check)))?
         };
@@ -550,13 +556,13 @@ impl Communicator {
             // Whatever the sender sent before this message has arrived: a
             // message of another call among it is a disagreement (seen here
             // by a rank that did its part of that call without waiting).
-            self.engine().queued_check(&mut call.check())?;
+            self.engine()?.queued_check(&mut call.check())?;
             return Ok(env);
         }
         let wrong = call.foreign(&env, true).unwrap_or_else(|| Error::CollectiveMismatch {
             detail: format!("a message of another collective call reached {}", call.name()),
         });
-        let mut engine = self.engine();
+        let mut engine = self.engine()?;
         engine.requeue(env);
         let queued = engine.queued_check(&mut call.check());
         Err(queued.err().unwrap_or(wrong))
@@ -576,7 +582,7 @@ impl Communicator {
             call: call.word(),
             format: body.0,
         };
-        self.engine().send(self.peer(dest)?, head, body.1)
+        self.engine()?.send(self.peer(dest)?, head, body.1)
     }
 
     /// Sends raw bytes of `call` straight from the caller's memory and waits
@@ -588,7 +594,7 @@ impl Communicator {
             call: call.word(),
             format,
         };
-        self.engine().send_now(self.peer(dest)?, head, bytes)
+        self.engine()?.send_now(self.peer(dest)?, head, bytes)
     }
 }
 

@@ -55,21 +55,21 @@ impl<T> Request for CollectiveRequest<'_, T> {
         let (Some(id), Some(finish)) = (self.id.take(), self.finish.take()) else {
             unreachable!("a collective request is waited on once, by value")
         };
-        let part = self.comm.engine().wait_schedule(id);
+        let part = self.comm.engine()?.wait_schedule(id);
         let part = self.comm.ranked(part).inspect_err(|e| self.comm.immediate_failed(e))?;
         self.comm.ranked(finish(part))
     }
 
     fn test(&mut self) -> Result<bool> {
         let Some(id) = self.id else { return Ok(true) };
-        let done = self.comm.engine().test_schedule(id);
+        let done = self.comm.engine()?.test_schedule(id);
         self.comm.ranked(done).inspect_err(|e| self.comm.immediate_failed(e))
     }
 
     fn wait_timeout(&mut self, timeout: std::time::Duration) -> Result<bool> {
         let Some(id) = self.id else { return Ok(true) };
         let deadline = std::time::Instant::now().checked_add(timeout);
-        let done = self.comm.engine().wait_schedule_until(id, deadline);
+        let done = self.comm.engine()?.wait_schedule_until(id, deadline);
         self.comm.ranked(done).inspect_err(|e| self.comm.immediate_failed(e))
     }
 }
@@ -105,11 +105,13 @@ fn fold_numbers<E: Pod>(op: &impl Op<E>, lower: &mut [u8], upper: &[u8]) {
     if size == 0 {
         return;
     }
-    for (a, b) in lower.chunks_exact_mut(size).zip(upper.chunks_exact(size)) {
-        let x: E = bytemuck::pod_read_unaligned(a);
-        let y: E = bytemuck::pod_read_unaligned(b);
-        a.copy_from_slice(bytemuck::bytes_of(&op.combine(&x, &y)));
-    }
+    crate::progress::combining(|| {
+        for (a, b) in lower.chunks_exact_mut(size).zip(upper.chunks_exact(size)) {
+            let x: E = bytemuck::pod_read_unaligned(a);
+            let y: E = bytemuck::pod_read_unaligned(b);
+            a.copy_from_slice(bytemuck::bytes_of(&op.combine(&x, &y)));
+        }
+    });
 }
 
 /// The rank `v` positions after `root`, and back.
@@ -181,7 +183,7 @@ impl Communicator {
         (value, len, fold): (Part, Option<usize>, Option<Fold>),
         finish: Finish<'c, T>,
     ) -> Result<CollectiveRequest<'c, T>> {
-        let (call, tag, node_wide) = self.immediate_call(kind, root)?;
+        let (call, tag, node) = self.immediate_call(kind, root)?;
         let at = |r: usize| self.job_rank(r);
         let steps = steps
             .into_iter()
@@ -200,9 +202,9 @@ impl Communicator {
             value,
             len,
             fold,
-            node_wide,
+            node,
         };
-        let id = self.ranked(self.engine().start_schedule(plan))?;
+        let id = self.ranked(self.engine()?.start_schedule(plan))?;
         Ok(CollectiveRequest {
             comm: self,
             id: Some(id),
@@ -336,7 +338,8 @@ impl Communicator {
             let bytes = std::mem::take(&mut acc.bytes);
             let lower: T = message::decode(&own_envelope(0, (acc.format, bytes)))?;
             let upper: T = message::decode(&upper)?;
-            (acc.format, acc.bytes) = message::encode(&op.combine(&lower, &upper))?;
+            let combined = crate::progress::combining(|| op.combine(&lower, &upper));
+            (acc.format, acc.bytes) = message::encode(&combined)?;
             Ok(())
         });
         let finish: Finish<'_, T> = Box::new(|part| message::decode(&own_envelope(0, (part.format, part.bytes))));

@@ -18,6 +18,7 @@ pub(crate) mod call;
 mod immediate;
 pub(crate) mod node;
 mod numbers;
+pub(crate) mod pool;
 mod reduction;
 pub(crate) mod region;
 mod ring;
@@ -261,7 +262,7 @@ impl Communicator {
         root: usize,
     ) -> Result<Option<T>> {
         self.check_rank(root)?;
-        let combine = |a: T, b: T| Ok(op.combine(&a, &b));
+        let combine = |a: T, b: T| Ok(crate::progress::combining(|| op.combine(&a, &b)));
         self.collective(Kind::Reduce, root, |call| {
             self.reduce_value(call, &SerdeCodec, value.clone(), &combine, root, !op.is_commutative())
         })
@@ -270,7 +271,7 @@ impl Communicator {
     /// Combines every rank's `value` with `op`; every rank gets the same
     /// result, bit for bit.
     pub fn allreduce<T: Serialize + DeserializeOwned + Clone>(&self, value: &T, op: &impl Op<T>) -> Result<T> {
-        let combine = |a: T, b: T| Ok(op.combine(&a, &b));
+        let combine = |a: T, b: T| Ok(crate::progress::combining(|| op.combine(&a, &b)));
         self.collective(Kind::Allreduce, 0, |call| {
             self.allreduce_value(call, Step::Allreduce, &SerdeCodec, value.clone(), &combine)
         })
@@ -278,7 +279,7 @@ impl Communicator {
 
     /// Inclusive prefix reduction: rank `r` gets `value₀ op … op value_r`.
     pub fn scan<T: Serialize + DeserializeOwned + Clone>(&self, value: &T, op: &impl Op<T>) -> Result<T> {
-        let combine = |a: T, b: T| Ok(op.combine(&a, &b));
+        let combine = |a: T, b: T| Ok(crate::progress::combining(|| op.combine(&a, &b)));
         self.collective(Kind::Scan, 0, |call| {
             self.scan_value(call, &SerdeCodec, value.clone(), &combine)
         })

@@ -99,14 +99,46 @@ pub(crate) struct Node {
 }
 
 impl Communicator {
+    /// True if this communicator's small collectives (parts up to 4 KiB)
+    /// run in place in the node's shared memory; false if they go as
+    /// messages. The world's do when the job runs over shared memory on
+    /// one node; another communicator's do if one of the node's
+    /// [`POOL`](super::pool::POOL) (16) pooled regions was free when it was
+    /// made. The large collectives of the world also use the shared
+    /// windows; those of other communicators go as messages.
+    ///
+    /// ```
+    /// let world = spmd::init()?;
+    /// let dup = world.dup()?;
+    /// // Both, or neither (alone, or over sockets).
+    /// assert_eq!(dup.node_collectives(), world.node_collectives());
+    /// # Ok::<(), spmd::Error>(())
+    /// ```
+    pub fn node_collectives(&self) -> bool {
+        self.node_region().is_some()
+    }
+
     /// The node-wide collectives' region, if this communicator can use it:
-    /// every rank on this node, over shared memory.
+    /// the world's own when every rank of the job is on this node, over
+    /// shared memory; a region of the pool for another communicator that
+    /// got one when it was made.
     pub(crate) fn node_region(&self) -> Option<Node> {
-        if self.size() < 2 || !self.node_wide() {
+        if self.size() < 2 {
             return None;
         }
         let every_rank_folds = self.settings()?.wait == WaitMode::Spin;
-        let mut engine = self.engine();
+        if let Some(slots) = self.pooled_slots() {
+            return Some(Node {
+                slots,
+                n: self.size(),
+                me: self.rank(),
+                every_rank_folds,
+            });
+        }
+        if !self.node_wide() {
+            return None;
+        }
+        let mut engine = self.engine().ok()?;
         let mesh = engine.node()?;
         let (n, me) = (mesh.node().ranks.len(), mesh.node().me);
         let slots = Slots::of(mesh.region()?, n)?;
@@ -153,9 +185,11 @@ impl Communicator {
         let mark = mark(step, call);
         slots.put(set, me, mark, claim.min(u32::MAX as usize) as u32, mine);
         slots.stamp(set, me).store(target, Ordering::Release);
+        // As ranks of the job, for the checks of who has left.
         let missing = || -> Vec<usize> {
             (0..n)
                 .filter(|r| slots.stamp(set, *r).load(Ordering::Acquire) != target)
+                .map(|r| self.job_rank(r))
                 .collect()
         };
         if node.every_rank_folds {
@@ -201,11 +235,7 @@ impl Communicator {
         let Ok(mut parts) = state.parts.try_borrow_mut() else {
             // Only a fold that calls a collective from inside its operator
             // finds the parts taken.
-            return Err(Error::InvalidArgument(
-                "a collective was called from inside an operator's closure: an operator must only combine its \
-                 two values"
-                    .into(),
-            ));
+            return Err(Error::Reentered);
         };
         parts.clear();
         let (mut first, mut first_claim) = (0, 0);
@@ -240,14 +270,16 @@ impl Communicator {
     /// means the ranks disagree (a rank that did its part of a collective
     /// without waiting for anyone learns it here).
     fn caught_up(&self, call: &Call) -> Result<()> {
-        let mut engine = self.engine();
+        let mut engine = self.engine()?;
         engine.catch_up()?;
         engine.queued_check(&mut call.check())
     }
 
     fn wake_node(&self) {
-        if let Some(mesh) = self.engine().node() {
-            mesh.wake_node();
+        if let Some(mut engine) = self.engine_for_cleanup() {
+            if let Some(mesh) = engine.node() {
+                mesh.wake_node();
+            }
         }
     }
 
@@ -259,6 +291,6 @@ impl Communicator {
         }
         let mut check = call.check();
         let waiting = |peer| call.waiting(peer);
-        self.engine().node_wait(ready, missing, &waiting, &mut check)
+        self.engine()?.node_wait(ready, missing, &waiting, &mut check)
     }
 }

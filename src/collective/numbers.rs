@@ -108,7 +108,7 @@ impl Communicator {
     ) -> Option<Result<()>> {
         let claim = claim(bytes, element, &args);
         if let Some(node) = self.node_region() {
-            if job.fits(&node.slots.windows()) {
+            if node.slots.has_windows() && job.fits(&node.slots.windows()) {
                 let done = WindowRun { comm: self, node, call }.run(claim, job);
                 return Some(args.and(done.map_err(|e| in_call(what, e))));
             }

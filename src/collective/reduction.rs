@@ -34,23 +34,25 @@ fn combine_into<E: Pod, O: Op<E>>(op: &O, acc: &mut [u8], other: &[u8], acc_is: 
         Side::Lower => op.combine(x, y),
         Side::Upper => op.combine(y, x),
     };
-    match (
-        bytemuck::try_cast_slice_mut::<u8, E>(acc),
-        bytemuck::try_cast_slice::<u8, E>(other),
-    ) {
-        (Ok(a), Ok(b)) => {
-            for (x, y) in a.iter_mut().zip(b) {
-                *x = combine(x, y);
+    crate::progress::combining(|| {
+        match (
+            bytemuck::try_cast_slice_mut::<u8, E>(acc),
+            bytemuck::try_cast_slice::<u8, E>(other),
+        ) {
+            (Ok(a), Ok(b)) => {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x = combine(x, y);
+                }
+            }
+            // Buffers not aligned for E: go through typed copies.
+            _ => {
+                let a: Vec<E> = typed(acc);
+                let b: Vec<E> = typed(other);
+                let c: Vec<E> = a.iter().zip(&b).map(|(x, y)| combine(x, y)).collect();
+                acc.copy_from_slice(bytemuck::cast_slice(&c));
             }
         }
-        // Buffers not aligned for E: go through typed copies.
-        _ => {
-            let a: Vec<E> = typed(acc);
-            let b: Vec<E> = typed(other);
-            let c: Vec<E> = a.iter().zip(&b).map(|(x, y)| combine(x, y)).collect();
-            acc.copy_from_slice(bytemuck::cast_slice(&c));
-        }
-    }
+    })
 }
 
 /// Plain numbers copied out of bytes that may not be aligned for them.

@@ -25,8 +25,14 @@ pub(crate) const PART_MAX: usize = SLOT - SLOT_HEADER;
 /// The mark of a result slot whose collective failed.
 pub(crate) const FAILED: u32 = 0xff;
 
-/// The bytes of the region for a node of `n` ranks.
+/// The bytes of the region for a node of `n` ranks: the world's slots and
+/// windows, then the pool of the other communicators' regions.
 pub(crate) fn region_len(n: usize) -> usize {
+    slots_end(n) + windows_len(n) + super::pool::pool_len(n)
+}
+
+/// Where the pool starts in the region of a node of `n` ranks.
+pub(crate) fn pool_start(n: usize) -> usize {
     slots_end(n) + windows_len(n)
 }
 
@@ -35,7 +41,9 @@ fn slots_start(n: usize) -> usize {
     CONTROL + n * 64
 }
 
-fn slots_end(n: usize) -> usize {
+/// Where the slots of a region for `n` ranks end (the bytes a region
+/// without windows takes).
+pub(crate) fn slots_end(n: usize) -> usize {
     slots_start(n) + 2 * (n + 1) * SLOT
 }
 
@@ -44,12 +52,67 @@ fn slots_end(n: usize) -> usize {
 pub(crate) struct Slots {
     base: *mut u8,
     n: usize,
+    /// The windows of the large collectives follow the slots (the world's
+    /// region; the pooled ones have none).
+    windowed: bool,
 }
+
+// SAFETY: the region is shared memory mapped for as long as the rank's
+// engine lives, and every holder of slots holds the job (and so the engine)
+// alive; every access to it goes through atomics or checked raw copies.
+unsafe impl Send for Slots {}
 
 impl Slots {
     /// The slots of `region`, if it is large enough for `n` ranks.
     pub fn of(region: Region, n: usize) -> Option<Slots> {
-        (region.len >= region_len(n)).then_some(Slots { base: region.base, n })
+        (region.len >= region_len(n)).then_some(Slots {
+            base: region.base,
+            n,
+            windowed: true,
+        })
+    }
+
+    /// The slots of a region without windows for `n` ranks at `base`.
+    ///
+    /// # Safety
+    ///
+    /// `base` must start [`slots_end`]`(n)` bytes of a mapped region, 64-byte
+    /// aligned, that stays mapped while the slots are used.
+    pub unsafe fn unwindowed(base: *mut u8, n: usize) -> Slots {
+        Slots {
+            base,
+            n,
+            windowed: false,
+        }
+    }
+
+    /// True if the windows of the large collectives follow the slots.
+    pub fn has_windows(&self) -> bool {
+        self.windowed
+    }
+
+    /// Clears what the last communicator that used these slots left: the
+    /// counters, the calls the ranks were in, and every slot's header.
+    pub fn reset(&self) {
+        self.arrived().store(0, Ordering::Relaxed);
+        self.generation().store(0, Ordering::Relaxed);
+        for r in 0..self.n {
+            self.current(r).store(0, Ordering::Relaxed);
+        }
+        for set in 0..2 {
+            for index in 0..=self.n {
+                let at = self.slot(set, index);
+                for word in 0..4 {
+                    self.word(at + 4 * word).store(0, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// A word of the control line no collective uses (the pool keeps the
+    /// count of the members that still hold a pooled region there).
+    pub fn spare(&self) -> &AtomicU32 {
+        self.word(32)
     }
 
     /// The collective call rank `r` is in: `1 << 63 | call word`, written
@@ -134,8 +197,10 @@ impl Slots {
         Ok((mark, claim))
     }
 
-    /// The windows that follow the slots.
+    /// The windows that follow the slots (only where
+    /// [`Slots::has_windows`]).
     pub fn windows(&self) -> Windows {
+        debug_assert!(self.windowed, "a pooled region has no windows");
         // SAFETY: the windows follow the slots inside the region (its
         // length was checked in `of`).
         Windows::at(unsafe { self.base.add(slots_end(self.n)) }, self.n)
@@ -191,6 +256,7 @@ pub(crate) fn fuzz_slots(data: &[u8]) -> Result<()> {
     let slots = Slots {
         base: memory.as_mut_ptr().cast::<u8>(),
         n,
+        windowed: false,
     };
     let mut out = Vec::new();
     for set in 0..2 {

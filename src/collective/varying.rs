@@ -324,7 +324,7 @@ impl Communicator {
             None
         };
         if let Some((sent, dest)) = sent {
-            self.engine().wait_sent(sent, self.job_rank(dest))?;
+            self.engine()?.wait_sent(sent, self.job_rank(dest))?;
         }
         Ok(got)
     }

@@ -194,16 +194,24 @@ impl Communicator {
         args: &[u64],
         members: impl Fn(&[&[u64]]) -> Result<Option<Group>>,
     ) -> Result<Option<Communicator>> {
-        // Communicators made on different threads at once take turns here,
-        // so that no two of them take the same id.
-        let _turn = self.job().creating();
+        // Refused inside an operator before anything changes: the count of
+        // communicators made stays the same on every rank.
+        crate::progress::check_not_combining()?;
         let made = self.made.get();
         self.made.set(made.wrapping_add(1));
         const HEAD: usize = 2 + MASK_WORDS;
         for round in 0.. {
             let start = ids::window_start(self.id(), made, round);
             let mut mine = vec![what as u64, u64::from(start)];
-            mine.extend_from_slice(&self.job().ids().free_mask(start));
+            // Communicators made on other threads at once see the offered
+            // ids as taken until this round is over, so that no two of
+            // them take the same id (and none waits for another).
+            let offer = Offer {
+                comm: self,
+                start,
+                mask: self.job().ids().offer(start),
+            };
+            mine.extend_from_slice(&offer.mask);
             mine.extend_from_slice(args);
             let all = self.creation_allgather(&mine)?;
             let mut common = [!0u64; MASK_WORDS];
@@ -241,13 +249,31 @@ impl Communicator {
                 // next window, on every rank alike.
                 continue;
             };
-            return Ok(group.map(|group| {
-                self.job().ids().take(id);
-                self.derived(group, id)
-                    .expect("a rank is a member of the group it chose for itself")
-            }));
+            let Some(group) = group else {
+                return Ok(None);
+            };
+            self.job().ids().take(id);
+            let mut made = self
+                .derived(group, id)
+                .expect("a rank is a member of the group it chose for itself");
+            made.share_pooled_region()?;
+            return Ok(Some(made));
         }
         unreachable!("the rounds go on until a window has a free id")
+    }
+}
+
+/// The ids of a window this rank offered in one round of an agreement,
+/// reserved until the round is over.
+struct Offer<'a> {
+    comm: &'a Communicator,
+    start: u32,
+    mask: [u64; MASK_WORDS],
+}
+
+impl Drop for Offer<'_> {
+    fn drop(&mut self) {
+        self.comm.job().ids().withdraw(self.start, &self.mask);
     }
 }
 

@@ -23,10 +23,15 @@ pub(crate) const WINDOW: u32 = 256;
 /// The words of one window's mask.
 pub(crate) const MASK_WORDS: usize = (WINDOW / 64) as usize;
 
-/// The ids in use by this rank's live communicators.
+/// The ids in use by this rank's live communicators, and those offered
+/// by agreements in progress.
 #[derive(Debug, Default)]
 pub(crate) struct ContextIds {
     live: HashSet<u32>,
+    /// Ids this rank has said are free in an agreement that is not over:
+    /// an agreement on another thread at the same time must not offer them
+    /// too, or both could take the same one.
+    offered: HashSet<u32>,
 }
 
 /// The `i`-th id of the window that starts at `start` (ids wrap around
@@ -46,20 +51,33 @@ pub(crate) fn window_start(parent: u32, made: u64, round: u32) -> u32 {
 }
 
 impl ContextIds {
-    /// Which ids of the window at `start` this rank has free: bit `i` of
-    /// word `i / 64` for `id_in_window(start, i)`.
-    pub fn free_mask(&self, start: u32) -> [u64; MASK_WORDS] {
+    /// Which ids of the window at `start` this rank has free (bit `i` of
+    /// word `i / 64` for `id_in_window(start, i)`), reserving them until
+    /// [`ContextIds::withdraw`]: no other agreement offers them meanwhile.
+    pub fn offer(&mut self, start: u32) -> [u64; MASK_WORDS] {
         let mut mask = [0u64; MASK_WORDS];
         for i in 0..WINDOW {
-            if !self.live.contains(&id_in_window(start, i)) {
+            let id = id_in_window(start, i);
+            if !self.live.contains(&id) && self.offered.insert(id) {
                 mask[(i / 64) as usize] |= 1 << (i % 64);
             }
         }
         mask
     }
 
+    /// Ends the reservation [`ContextIds::offer`] made (an id taken since
+    /// stays taken).
+    pub fn withdraw(&mut self, start: u32, mask: &[u64; MASK_WORDS]) {
+        for i in 0..WINDOW {
+            if mask[(i / 64) as usize] >> (i % 64) & 1 == 1 {
+                self.offered.remove(&id_in_window(start, i));
+            }
+        }
+    }
+
     /// Marks `id` as used by a live communicator of this rank.
     pub fn take(&mut self, id: u32) {
+        self.offered.remove(&id);
         let fresh = self.live.insert(id);
         debug_assert!(fresh, "context id {id} taken twice");
     }
@@ -103,16 +121,18 @@ mod tests {
         let start = window_start(0, 0, 0);
         a.take(start);
         b.take(id_in_window(start, 1));
-        let both: Vec<u64> = a
-            .free_mask(start)
-            .iter()
-            .zip(b.free_mask(start))
-            .map(|(x, y)| x & y)
-            .collect();
+        let (ma, mb) = (a.offer(start), b.offer(start));
+        let both: Vec<u64> = ma.iter().zip(mb).map(|(x, y)| x & y).collect();
         let both: [u64; MASK_WORDS] = both.try_into().unwrap();
         assert_eq!(first_free(start, &both), Some(id_in_window(start, 2)));
+        // While offered, the window's ids are not offered again.
+        assert_eq!(a.offer(start), [0; MASK_WORDS]);
+        a.take(id_in_window(start, 2));
+        a.withdraw(start, &ma);
+        assert_eq!(a.offer(start)[0] & 0b111, 0b010);
         assert_eq!(first_free(start, &[0; MASK_WORDS]), None);
+        a.withdraw(start, &ma);
         a.release(start);
-        assert_eq!(a.free_mask(start)[0] & 1, 1);
+        assert_eq!(a.offer(start)[0] & 0b111, 0b011);
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::collective::call::Calls;
 use crate::collective::node::NodeState;
+use crate::collective::pool::Pool;
 use crate::control;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -17,10 +18,11 @@ mod group;
 mod ids;
 mod job;
 
+use crate::progress::EngineGuard;
 pub use create::KEEP_ORDER;
 pub(crate) use group::Group;
 pub(crate) use ids::ContextIds;
-pub(crate) use job::{EngineGuard, Job};
+pub(crate) use job::Job;
 
 /// A group of ranks that communicate among themselves: the world is one.
 ///
@@ -34,6 +36,15 @@ pub(crate) use job::{EngineGuard, Job};
 /// let comm: &spmd::Communicator = &world;
 /// assert!(comm.rank() < comm.size());
 /// # Ok::<(), spmd::Error>(())
+/// ```
+///
+/// The thread level: a communicator may move to another thread (`Send`),
+/// and threads that drive different communicators run at once; two
+/// threads cannot use one communicator at once (it is not `Sync`):
+///
+/// ```compile_fail
+/// fn shared_between_threads<T: Sync>() {}
+/// shared_between_threads::<spmd::Communicator>();
 /// ```
 #[derive(Debug)]
 pub struct Communicator {
@@ -50,6 +61,9 @@ pub struct Communicator {
     coll: Context,
     calls: Calls,
     node_state: NodeState,
+    /// The region of the node's pool its node-wide collectives use, if it
+    /// has one (see `collective/pool.rs`).
+    pub(crate) pooled: Option<(Pool, usize)>,
 }
 
 impl Communicator {
@@ -66,6 +80,7 @@ impl Communicator {
             coll: Context::WORLD_COLLECTIVE,
             calls: Calls::default(),
             node_state: NodeState::default(),
+            pooled: None,
         }
     }
 
@@ -75,7 +90,10 @@ impl Communicator {
         let rank = group.rank_of(self.group.job_rank(self.rank))?;
         if !group.is_everyone() {
             let members: Arc<[usize]> = group.job_ranks().into();
-            self.engine().set_members(Context::point_to_point(id), Some(members));
+            // Made inside a collective that held the engine and let go:
+            // only a cleanup-style wait for it, never spmd inside spmd.
+            self.engine_for_cleanup()?
+                .set_members(Context::point_to_point(id), Some(members));
         }
         Some(Communicator {
             job: Arc::clone(&self.job),
@@ -88,6 +106,7 @@ impl Communicator {
             coll: Context::collective(id),
             calls: Calls::default(),
             node_state: NodeState::default(),
+            pooled: None,
         })
     }
 
@@ -125,7 +144,10 @@ impl Communicator {
         &self.job
     }
 
-    pub(crate) fn engine(&self) -> EngineGuard<'_> {
+    /// The engine, held until the guard drops; an error if this thread
+    /// holds it already (spmd called from an operator's closure).
+    #[inline]
+    pub(crate) fn engine(&self) -> Result<EngineGuard<'_>> {
         self.job.engine()
     }
 
@@ -319,6 +341,7 @@ impl Communicator {
 
 impl Drop for Communicator {
     fn drop(&mut self) {
+        self.release_pooled_region();
         if self.id != 0 {
             if !self.group.is_everyone() {
                 if let Some(mut engine) = self.engine_for_cleanup() {

@@ -4,22 +4,25 @@
 //! status page saying what it waits on while it sleeps.
 
 use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::envelope::{Buffer, Envelope, Format, Room};
 use crate::error::{Error, Result};
 use crate::matching::{Matcher, ReceiveId};
 use crate::selector::Selector;
 use crate::status::{StatusWriter, WaitOn};
-use crate::transport::{SendTicket, ShmMesh, Transport, Wait};
+use crate::transport::{SendTicket, ShmMesh, Sleep, Transport, Wait};
 use crate::wire::status::{Phase, WaitOp};
 use crate::wire::{Context, Header};
 
+mod lock;
 mod receive;
 mod schedule;
+mod waits;
 
+pub(crate) use lock::{EngineGuard, EngineLock, check_not_combining, combining};
 pub(crate) use schedule::{Fold, Part, Plan, Step};
 
 /// A queued send: `None` when it went to this rank itself and is done.
@@ -77,6 +80,13 @@ pub(crate) struct Engine {
     /// The `immediate_` collectives under way, and how many were started.
     schedules: Vec<schedule::Schedule>,
     schedules_made: u64,
+    /// Threads of this rank asleep without the engine (see `lock.rs`).
+    sleepers: u32,
+    /// The wake-up descriptors of those that sleep on descriptors (each
+    /// thread has its own: see `lock.rs`).
+    wake_fds: Vec<RawFd>,
+    /// How many times something moved (see [`Engine::note_moved`]).
+    moves: u64,
 }
 
 impl Engine {
@@ -96,6 +106,9 @@ impl Engine {
             members: HashMap::new(),
             schedules: Vec::new(),
             schedules_made: 0,
+            sleepers: 0,
+            wake_fds: Vec::new(),
+            moves: 0,
         }
     }
 
@@ -111,9 +124,9 @@ impl Engine {
             // Whether it finalized or died, the last thing it wrote says
             // (its Bye, or the end of the link without one): read that
             // first, from every peer however full the queue.
-            let reading_all = self.matcher.read_all(true);
+            self.matcher.begin_read_all();
             let _ = self.transport.progress(&mut self.matcher, Wait::No, &|| {});
-            self.matcher.read_all(reading_all);
+            self.matcher.end_read_all();
             if self.transport.died(rank) {
                 std::thread::sleep(LAUNCHER_REACTION);
             }
@@ -166,37 +179,12 @@ impl Engine {
             let mut env = Envelope::new(dest, head.tag, head.context, head.format, payload);
             env.call = head.call;
             self.matcher.deliver(env);
+            self.note_moved();
             return Ok(None);
         }
         let header = self.header(head, payload.len());
         let queued = self.transport.queue(dest, header, payload);
         queued.map(Some).map_err(|e| self.lost(e))
-    }
-
-    /// Sends `payload` straight from the caller's memory and waits until it
-    /// has left this process: no copy for a large message.
-    pub fn send_now(&mut self, dest: usize, head: Head, payload: &[u8]) -> Result<()> {
-        let Some(ticket) = self.send_borrowed(dest, head, payload)? else {
-            return Ok(());
-        };
-        // Whatever happens, even a panic, the queue must not keep pointing
-        // into `payload` once this call ends.
-        let result = catch_unwind(AssertUnwindSafe(|| self.wait_sent(Some(ticket), dest)));
-        self.own_sent(Some(ticket));
-        result.unwrap_or_else(|panic| resume_unwind(panic))
-    }
-
-    /// Starts a send without waiting: writes what fits now straight from
-    /// `payload`, and copies only the rest to be written later. A message
-    /// that goes as an offer is copied first, so that the receiver copies
-    /// from memory the queue owns.
-    pub fn send_eager(&mut self, dest: usize, head: Head, payload: &[u8]) -> Result<Sent> {
-        if self.transport.would_offer(dest, payload.len()) {
-            return self.send(dest, head, crate::pool::copy_of(payload));
-        }
-        let sent = self.send_borrowed(dest, head, payload)?;
-        self.own_sent(sent);
-        Ok(sent)
     }
 
     /// Starts a send that keeps borrowing `payload` until it is written (for
@@ -208,29 +196,6 @@ impl Engine {
     /// ([`Engine::is_sent`]) or [`Engine::own_sent`] was called for it.
     pub unsafe fn send_lent(&mut self, dest: usize, head: Head, payload: &[u8]) -> Result<Sent> {
         self.send_borrowed(dest, head, payload)
-    }
-
-    /// Copies what a lent send has not written yet, ending its borrow. A
-    /// send that went as an offer cannot be copied while the receiver may
-    /// be copying from it: this waits until the receiver has taken it, or
-    /// has finalized or gone. Never panics, so that a scope can call it
-    /// while unwinding.
-    pub fn own_sent(&mut self, sent: Sent) {
-        let Some(ticket) = sent else { return };
-        // The common case (nothing offered) costs one look.
-        if self.transport.own(ticket) {
-            return;
-        }
-        let on = WaitOn::p2p(WaitOp::Send, Some(ticket.dest), None, 0);
-        let reading_all = self.matcher.read_all(true);
-        while !self.transport.own(ticket) {
-            // An error here is another's to report; the receiver's own
-            // failure or end stops it from copying, which `own` sees.
-            if self.sleep_step(on, None).is_err() {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        }
-        self.matcher.read_all(reading_all);
     }
 
     /// Posts a receive that may land straight in `len` bytes at `buf` (for
@@ -249,6 +214,7 @@ impl Engine {
     /// (the receive could not take it as the type it asked for).
     pub fn requeue(&mut self, env: Envelope) {
         self.matcher.requeue(env);
+        self.note_moved();
     }
 
     /// Delivers what has arrived over shared memory, if anything has (a
@@ -260,6 +226,7 @@ impl Engine {
         if mesh.anything_arrived() {
             mesh.move_bytes(&mut self.matcher, false)?;
             self.advance_schedules();
+            self.note_moved();
         }
         Ok(())
     }
@@ -306,62 +273,76 @@ impl Engine {
         }
     }
 
-    /// Waits until a send has left this process.
-    pub fn wait_sent(&mut self, sent: Sent, dest: usize) -> Result<()> {
-        let Some(ticket) = sent else { return Ok(()) };
-        let on = WaitOn::p2p(WaitOp::Send, Some(dest), None, 0);
-        let reading_all = self.matcher.read_all(true);
-        let result = (|| {
-            while !self.transport.is_sent(ticket) {
-                if self.transport.is_closed(dest) {
-                    // It may have taken an offer just before it closed:
-                    // read what it wrote last before giving up on it.
-                    self.step(Wait::No)?;
-                    if self.transport.is_sent(ticket) {
-                        break;
-                    }
-                    return Err(self.gone(dest));
-                }
-                self.sleep_step(on, None)?;
-            }
-            Ok(())
-        })();
-        self.matcher.read_all(reading_all);
-        self.settle();
-        result
-    }
-
     fn step(&mut self, wait: Wait) -> Result<()> {
-        let status = &self.status;
-        let sleeping = || {
-            if let Some(s) = status {
-                s.sleeping();
-            }
-        };
-        let result = self.transport.progress(&mut self.matcher, wait, &sleeping);
-        result.map_err(|e| self.lost(e))?;
-        self.advance_schedules();
-        Ok(())
+        debug_assert_ne!(wait, Wait::Until(None), "waits sleep through `EngineGuard::pause`");
+        self.step_moved(wait).map(|_| ())
     }
 
-    /// One step that may sleep, with the status page ready to say on what.
-    fn sleep_step(&mut self, on: WaitOn, deadline: Option<Instant>) -> Result<()> {
-        if let Some(s) = &self.status {
-            s.note(on, self.sent, self.matcher.arrived());
+    /// Moves what can be moved now (per `wait`, [`Wait::No`] or
+    /// [`Wait::Once`]); true if anything moved. Threads of the rank asleep
+    /// without the engine are woken: what moved may be theirs.
+    fn step_moved(&mut self, wait: Wait) -> Result<bool> {
+        let moved = self.transport.progress(&mut self.matcher, wait, &|| {});
+        let moved = moved.map_err(|e| self.lost(e))?;
+        if moved {
+            self.advance_schedules();
+            self.note_moved();
         }
-        self.step(Wait::Until(deadline))
+        Ok(moved)
     }
 
-    /// Sleeps until anything moves (a message arrives, a send drains, a
-    /// peer leaves), with the status page saying this rank waits for any
-    /// of several requests.
-    pub fn sleep_for_any(&mut self, deadline: Option<Instant>) -> Result<()> {
-        self.check_open()?;
-        let on = WaitOn {
-            deadline,
-            ..WaitOn::p2p(WaitOp::Receive, None, None, 0)
-        };
-        self.sleep_step(on, deadline)
+    /// Something moved (a message arrived or was delivered, a send
+    /// drained, a collective advanced): counts it for
+    /// [`Engine::sleep_for_any`], and wakes the threads that sleep.
+    fn note_moved(&mut self) {
+        self.moves = self.moves.wrapping_add(1);
+        self.wake_sleepers();
+    }
+
+    /// How many times something moved so far (see [`Engine::note_moved`]):
+    /// a wait that tests several requests takes it before it tests them.
+    pub fn moves(&self) -> u64 {
+        self.moves
+    }
+
+    /// Wakes the threads of this rank that sleep without the engine, if
+    /// any do.
+    fn wake_sleepers(&self) {
+        if self.sleepers == 0 || self.transport.wake_sleepers() {
+            return;
+        }
+        for &fd in &self.wake_fds {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live array to an eventfd that
+            // its sleeping thread keeps open. A full counter (EAGAIN) has
+            // woken the thread already.
+            let _ = unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+        }
+    }
+
+    /// Gets ready to sleep without the engine held (see `lock.rs`): what to
+    /// sleep on, or `None` if there is work after all. A thread that sleeps
+    /// on descriptors adds its own wake-up descriptor, `wake`, which another
+    /// thread that moves bytes writes to.
+    fn prepare_sleep(&mut self, ready: &dyn Fn() -> bool, wake: RawFd) -> Result<Option<Sleep>> {
+        let mut sleep = self.transport.prepare_sleep(&self.matcher, ready)?;
+        if let Some(Sleep::Descriptors(fds)) = &mut sleep {
+            fds.push(libc::pollfd {
+                fd: wake,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            self.wake_fds.push(wake);
+        }
+        Ok(sleep)
+    }
+
+    /// A thread that slept woke: it no longer needs waking.
+    fn end_sleep(&mut self, wake: RawFd) {
+        self.wake_fds.retain(|fd| *fd != wake);
+        if self.sleepers == 0 {
+            self.transport.end_sleep();
+        }
     }
 
     /// A wait made of several sleeps is over.
@@ -416,68 +397,13 @@ impl Engine {
         self.transport.node()
     }
 
-    /// Waits until `ready` says so, moving point-to-point bytes meanwhile
-    /// (so that a peer blocked in a send to this rank can finish and join
-    /// the collective) and running `check` at every step; fails if a rank
-    /// `missing` names (those not there yet) has left. The status page says
-    /// `waiting(first missing rank)`. Only for a node-wide collective
-    /// ([`Engine::node`]).
-    pub fn node_wait(
-        &mut self,
-        ready: &dyn Fn() -> bool,
-        missing: &dyn Fn() -> Vec<usize>,
-        waiting: &dyn Fn(Option<usize>) -> WaitOn,
-        check: &mut Check<'_>,
-    ) -> Result<()> {
-        let reading_all = self.matcher.read_all(true);
-        let deadline = waiting(None).deadline;
-        let result = (|| {
-            while !ready() {
-                check(&self.matcher)?;
-                if ready() {
-                    break;
-                }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(Error::Timeout {
-                        what: "the other ranks of a node-wide collective".into(),
-                        seconds: 0.0,
-                    });
-                }
-                let absent = missing();
-                if let Some(&r) = absent.iter().find(|r| self.has_left(**r)) {
-                    return Err(self.left(r));
-                }
-                let Some(mesh) = self.transport.node() else {
-                    return Err(Error::InvalidArgument("a node-wide wait without shared memory".into()));
-                };
-                if mesh.move_bytes(&mut self.matcher, true)? {
-                    self.advance_schedules();
-                    continue;
-                }
-                if let Some(s) = &self.status {
-                    s.note(waiting(absent.first().copied()), self.sent, self.matcher.arrived());
-                }
-                let status = &self.status;
-                let sleeping = || {
-                    if let Some(s) = status {
-                        s.sleeping();
-                    }
-                };
-                if let Some(mesh) = self.transport.node() {
-                    mesh.idle(deadline, ready, &sleeping);
-                }
-            }
-            Ok(())
-        })();
-        self.matcher.read_all(reading_all);
-        self.settle();
-        result.map_err(|e| self.lost(e))
-    }
-
     /// Flushes every send and tells the peers this rank is done; the status
     /// page says so.
     pub fn finish(&mut self) -> Result<()> {
         self.finished = true;
+        // Threads asleep in a wait end it with Error::Finalized as soon as
+        // they have the engine back.
+        self.wake_sleepers();
         if let Some(s) = &self.status {
             s.note(
                 WaitOn::p2p(WaitOp::Finalize, None, None, 0),
@@ -491,7 +417,7 @@ impl Engine {
                 s.sleeping();
             }
         };
-        self.matcher.read_all(true);
+        self.matcher.begin_read_all();
         let result = self.transport.finish(&mut self.matcher, &sleeping);
         self.settle();
         if let Some(s) = &self.status {

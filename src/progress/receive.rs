@@ -4,7 +4,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::{Duration, Instant};
 
-use super::{Check, Engine};
+use super::{Check, Engine, EngineGuard};
 use crate::envelope::{Buffer, Envelope, Room};
 use crate::error::{Error, Result};
 use crate::matching::ReceiveId;
@@ -25,7 +25,10 @@ impl Engine {
         }
         Ok(self.matcher.post_into(sel, room))
     }
+}
 
+/// The waits for receives: they sleep without the engine (see `lock.rs`).
+impl EngineGuard<'_> {
     /// Receives the next message `sel` accepts, letting a message of raw
     /// numbers of type `element` that arrives after the receive is posted
     /// land straight in `buf`. The envelope says whether it landed
@@ -97,7 +100,7 @@ impl Engine {
             }
             let Some(sel) = self.matcher.pending(id) else {
                 // Landing: the message is on its way.
-                self.step(Wait::Until(deadline))?;
+                self.pause(deadline, &|| false)?;
                 continue;
             };
             // Another rank's notice says more than its absence does.
@@ -128,7 +131,9 @@ impl Engine {
         }
         result
     }
+}
 
+impl Engine {
     /// Completes a receive if its message is here, without waiting.
     pub fn test_receive(&mut self, id: ReceiveId) -> Result<bool> {
         if !self.matcher.is_complete(id) {
@@ -139,7 +144,10 @@ impl Engine {
         }
         Ok(self.matcher.is_complete(id))
     }
+}
 
+/// Probes, which may wait.
+impl EngineGuard<'_> {
     /// Looks for a queued message; waits per `wait` if there is none.
     pub fn probe(&mut self, sel: Selector, wait: Option<Option<Duration>>) -> Result<Option<Status>> {
         self.check_open()?;
@@ -147,9 +155,9 @@ impl Engine {
             self.check_rank(source)?;
         }
         // A probe waits for its peers however much is queued.
-        self.matcher.watch(Some(sel));
+        self.matcher.watch(sel);
         let result = self.probe_watched(sel, wait);
-        self.matcher.watch(None);
+        self.matcher.unwatch(sel);
         result
     }
 
@@ -181,7 +189,9 @@ impl Engine {
         self.settle();
         result
     }
+}
 
+impl Engine {
     /// Fails a wait that can never end: its only possible senders are gone,
     /// or it waits for a message this rank would have to send itself.
     fn check_can_arrive(&mut self, sel: Selector) -> Result<()> {

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::Engine;
+use super::{Engine, EngineGuard};
 use crate::collective::call::{NOTICE, before, describe, different, noticed};
-use crate::collective::region::Slots;
+use crate::collective::node::Node;
 use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
 use crate::matching::ReceiveId;
@@ -63,9 +63,9 @@ pub(crate) struct Plan {
     /// The length every received value must have (for `_into` forms).
     pub len: Option<usize>,
     pub fold: Option<Fold>,
-    /// True if the communicator's blocking collectives run through the
-    /// node's shared region, where each rank says which call it is in.
-    pub node_wide: bool,
+    /// The shared region the communicator's blocking collectives run
+    /// through, where each rank says which call it is in, if they do.
+    pub node: Option<Node>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -86,6 +86,10 @@ pub(crate) struct Schedule {
     next: usize,
     posted: Option<ReceiveId>,
     outcome: Option<Result<Part>>,
+    /// The panic of the schedule's operator, wherever it ran (maybe on
+    /// another thread, during its receive): it comes out of this
+    /// schedule's own wait.
+    panic: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl Schedule {
@@ -127,8 +131,9 @@ impl Engine {
             next: 0,
             posted: None,
             outcome: None,
+            panic: None,
         };
-        self.advance(&mut s);
+        self.advance_caught(&mut s);
         let id = s.id;
         self.schedules.push(s);
         Ok(id)
@@ -142,16 +147,25 @@ impl Engine {
         // Taken out while they move, so that a send inside cannot come
         // back here.
         let mut schedules = std::mem::take(&mut self.schedules);
-        // An operator may panic: the list goes back whatever happens.
-        let moved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            for s in schedules.iter_mut().filter(|s| s.outcome.is_none()) {
-                self.advance(s);
-            }
-        }));
+        for s in schedules.iter_mut().filter(|s| s.outcome.is_none()) {
+            self.advance_caught(s);
+        }
         schedules.append(&mut self.schedules);
         self.schedules = schedules;
+    }
+
+    /// [`Engine::advance`], where an operator may panic: the schedule then
+    /// fails (its members are told) and keeps the panic for its own wait,
+    /// on its own thread, whichever call or thread moved it.
+    fn advance_caught(&mut self, s: &mut Schedule) {
+        let moved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.advance(s)));
         if let Err(panic) = moved {
-            std::panic::resume_unwind(panic);
+            let text = panic_text(&*panic);
+            self.fail(
+                s,
+                Error::InvalidArgument(format!("the operator of {} panicked: {text}", s.name())),
+            );
+            s.panic = Some(panic);
         }
     }
 
@@ -252,8 +266,8 @@ impl Engine {
             }
             return Err(different(number, e.source, e.call as u16, s.plan.call as u16));
         }
-        if s.plan.node_wide {
-            self.node_foreign(s)?;
+        if let Some(node) = s.plan.node {
+            node_foreign(node, s)?;
         }
         let blocking = Context(s.plan.context.0 - 1);
         match self.matcher.queued_in(blocking).find(of_this_call) {
@@ -287,27 +301,6 @@ impl Engine {
                 ),
             }),
         }
-    }
-
-    /// A rank of the node in a blocking collective of this call's number:
-    /// it waits in shared memory for this rank, which waits for its
-    /// message; neither would ever learn of the other without this look.
-    fn node_foreign(&mut self, s: &Schedule) -> Result<()> {
-        let Some(mesh) = self.transport.node() else {
-            return Ok(());
-        };
-        let (n, me) = (mesh.node().ranks.len(), mesh.node().me);
-        let Some(slots) = mesh.region().and_then(|region| Slots::of(region, n)) else {
-            return Ok(());
-        };
-        for r in (0..n).filter(|r| *r != me) {
-            let said = slots.current(r).load(Ordering::Acquire);
-            let (number, sig) = ((said >> 16) as u16, said as u16);
-            if said >> 63 == 1 && number == s.number() && sig != s.plan.call as u16 {
-                return Err(different(number, r, sig, s.plan.call as u16));
-            }
-        }
-        Ok(())
     }
 
     /// Ends a schedule with `e`, telling the other members unless `e` is
@@ -367,7 +360,10 @@ impl Engine {
         let i = self.schedule_index(id)?;
         Ok(self.schedules[i].outcome.is_some())
     }
+}
 
+/// The waits for schedules: they sleep without the engine (see `lock.rs`).
+impl EngineGuard<'_> {
     /// Waits until a schedule is over or `deadline` passes: true if it is
     /// over (it stays in the list either way).
     pub fn wait_schedule_until(&mut self, id: u64, deadline: Option<Instant>) -> Result<bool> {
@@ -405,6 +401,9 @@ impl Engine {
         if let Some(posted) = s.posted.take() {
             self.matcher.cancel(posted);
         }
+        if let Some(panic) = s.panic.take() {
+            std::panic::resume_unwind(panic);
+        }
         waited?;
         s.outcome.unwrap_or_else(|| unreachable!("waited until over"))
     }
@@ -423,4 +422,27 @@ impl Engine {
             }
         }
     }
+}
+
+/// A rank of the node in a blocking collective of this call's number: it
+/// waits in shared memory for this rank, which waits for its message;
+/// neither would ever learn of the other without this look.
+fn node_foreign(node: Node, s: &Schedule) -> Result<()> {
+    for r in (0..node.n).filter(|r| *r != node.me) {
+        let said = node.slots.current(r).load(Ordering::Acquire);
+        let (number, sig) = ((said >> 16) as u16, said as u16);
+        if said >> 63 == 1 && number == s.number() && sig != s.plan.call as u16 {
+            return Err(different(number, r, sig, s.plan.call as u16));
+        }
+    }
+    Ok(())
+}
+
+/// What a panic said, if it said it as text.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not text)")
 }

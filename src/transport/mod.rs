@@ -4,6 +4,7 @@
 //! stays in here.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::AtomicU32;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
@@ -69,8 +70,50 @@ pub(crate) type Delivery<'a> = dyn Sink + 'a;
 pub(crate) enum Wait {
     /// Do what can be done now and return.
     No,
+    /// Do what can be done now as a rank that waits in spmd does (taking in
+    /// every offer no receive has claimed), and return.
+    Once,
     /// Sleep until something is ready, or until the deadline if there is one.
     Until(Option<Instant>),
+}
+
+/// What a thread that let go of the engine sleeps on: what it can watch
+/// without the engine, and what wakes it when another thread of the rank
+/// moves bytes it may wait for.
+#[derive(Debug)]
+pub(crate) enum Sleep {
+    /// This rank's doorbell, which its peers and its other threads ring.
+    /// (The value this thread announced on it: see `shm::doorbell`.)
+    Doorbell(*const AtomicU32, u32),
+    /// The sockets, and the rank's wake-up descriptor.
+    Descriptors(Vec<libc::pollfd>),
+}
+
+/// The longest a thread sleeps when no peer is watched (see [`Sleep::sleep`]).
+const LONE_SLEEP: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl Sleep {
+    /// Sleeps until woken, or until `deadline`.
+    pub fn sleep(&mut self, deadline: Option<Instant>) -> Result<()> {
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        match self {
+            Sleep::Doorbell(bell, announced) => {
+                shm::sleep_on(*bell, *announced, timeout);
+                Ok(())
+            }
+            Sleep::Descriptors(fds) => {
+                // Only the thread's own wake-up descriptor: no peer is read
+                // now (the queue bound holds them all back, or all have
+                // closed). Look again now and then rather than trust that
+                // another thread will wake this one.
+                let timeout = match fds.len() {
+                    0 | 1 => Some(timeout.map_or(LONE_SLEEP, |t| t.min(LONE_SLEEP))),
+                    _ => timeout,
+                };
+                socket::poll_descriptors(fds, timeout)
+            }
+        }
+    }
 }
 
 /// Identifies one queued frame, to ask whether it has been sent.
@@ -239,12 +282,52 @@ impl Transport {
     }
 
     /// Moves bytes and delivers arrived messages; may sleep per `wait`,
-    /// calling `sleeping` first.
-    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<()> {
+    /// calling `sleeping` first. True if anything moved.
+    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<bool> {
         match self {
-            Transport::Alone => Ok(()),
+            Transport::Alone => Ok(false),
             Transport::Socket(m) => m.progress(deliver, wait, sleeping),
             Transport::Shm(m) => m.progress(deliver, wait, sleeping),
+        }
+    }
+
+    /// Polls for work as the wait mode says, without sleeping: true if a
+    /// link is ready or `woken` says so.
+    pub fn poll_for_work(&self, woken: &dyn Fn() -> bool) -> bool {
+        match self {
+            Transport::Shm(m) => m.poll_for_work(woken),
+            _ => woken(),
+        }
+    }
+
+    /// Gets ready to sleep without the engine held: what to sleep on, or
+    /// `None` if there is work after all (or `ready` says so). A sleep on
+    /// descriptors needs the rank's wake-up descriptor added.
+    pub fn prepare_sleep(&mut self, deliver: &Delivery<'_>, ready: &dyn Fn() -> bool) -> Result<Option<Sleep>> {
+        let sleep = match self {
+            Transport::Alone => Some(Sleep::Descriptors(Vec::new())),
+            Transport::Socket(m) => m.prepare_sleep(deliver)?.map(Sleep::Descriptors),
+            Transport::Shm(m) => return Ok(m.prepare_sleep(ready).map(|(bell, v)| Sleep::Doorbell(bell, v))),
+        };
+        Ok(sleep.filter(|_| !ready()))
+    }
+
+    /// The last of the rank's sleeping threads woke.
+    pub fn end_sleep(&self) {
+        if let Transport::Shm(m) = self {
+            m.end_sleep();
+        }
+    }
+
+    /// Wakes the rank's threads that sleep on its doorbell: false if they
+    /// sleep on descriptors instead (the caller wakes them).
+    pub fn wake_sleepers(&self) -> bool {
+        match self {
+            Transport::Shm(m) => {
+                m.wake_sleepers();
+                true
+            }
+            _ => false,
         }
     }
 

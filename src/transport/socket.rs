@@ -9,11 +9,10 @@
 //! [`SocketMesh::progress`] touches it.
 
 use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, recv, sendmsg};
 
 use crate::error::{Error, Result};
@@ -25,6 +24,25 @@ use super::{Delivery, Wait};
 /// How long a finalizing rank reads on for the Byes of peers that have
 /// not said it (see `SocketMesh::finish`).
 const FINISH_WAIT: Duration = Duration::from_millis(100);
+
+/// Waits in `poll` on `fds` until one is ready or `timeout` passes (`None`:
+/// no limit); the `revents` say which.
+pub(crate) fn poll_descriptors(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> Result<()> {
+    // Rounded up, so that a wait until a deadline does not end just before.
+    let ms = timeout.map_or(-1, |t| {
+        let ms = t.as_millis() + u128::from(t.subsec_nanos() % 1_000_000 != 0);
+        ms.min(i32::MAX as u128) as i32
+    });
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(Error::io("waiting for peers (poll)", e));
+        }
+    }
+    Ok(())
+}
 
 /// A connected Unix-domain socket to one peer.
 #[derive(Debug)]
@@ -104,71 +122,79 @@ impl SocketMesh {
     }
 
     /// Writes what it can, reads what has arrived, and hands whole messages
-    /// to `deliver`. With [`Wait::Until`], sleeps in `poll` when there is
-    /// nothing to do, until a socket is ready or the deadline passes.
-    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<()> {
+    /// to `deliver`; true if anything moved. With [`Wait::Until`], sleeps in
+    /// `poll` when there is nothing to do, until a socket is ready or the
+    /// deadline passes.
+    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<bool> {
         // Having written something is progress: the caller re-checks first.
         let wrote = self.peers.flush_all()?;
         let wait = if wrote { Wait::No } else { wait };
         let timeout = match wait {
-            Wait::No => PollTimeout::ZERO,
-            Wait::Until(None) => PollTimeout::NONE,
-            Wait::Until(Some(deadline)) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1).unwrap_or(PollTimeout::MAX)
-            }
+            Wait::No | Wait::Once => Some(Duration::ZERO),
+            Wait::Until(None) => None,
+            Wait::Until(Some(deadline)) => Some(deadline.saturating_duration_since(Instant::now())),
         };
-        let mut ready = Vec::new();
-        {
-            let mut fds = Vec::with_capacity(self.peers.list.len());
-            let mut ranks = Vec::with_capacity(self.peers.list.len());
-            for (rank, p) in self.peers.list.iter_mut().enumerate() {
-                let Some(p) = p.as_mut().filter(|p| p.is_open()) else {
-                    continue;
-                };
-                // A peer this rank holds enough from is not read (nor
-                // polled for), until a receive for it is posted.
-                p.paused = !deliver.wants(rank);
-                let mut ev = if p.paused {
-                    PollFlags::empty()
-                } else {
-                    PollFlags::POLLIN
-                };
-                if p.has_output() {
-                    ev |= PollFlags::POLLOUT;
-                }
-                if ev.is_empty() {
-                    continue;
-                }
-                fds.push(PollFd::new(p.link.fd.as_fd(), ev));
-                ranks.push(rank);
+        let (mut fds, ranks) = self.watch_list(deliver);
+        // With no open connection there is nothing to wait for.
+        if !fds.is_empty() {
+            if timeout != Some(Duration::ZERO) {
+                sleeping();
             }
-            // With no open connection there is nothing to wait for.
-            if !fds.is_empty() {
-                if timeout != PollTimeout::ZERO {
-                    sleeping();
-                }
-                match poll(&mut fds, timeout) {
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(e) => return Err(Error::io("waiting for peers (poll)", e.into())),
-                }
-            }
-            for (fd, rank) in fds.iter().zip(ranks) {
-                if fd.revents().is_some_and(|r| !r.is_empty()) {
-                    ready.push(rank);
-                }
-            }
+            poll_descriptors(&mut fds, timeout)?;
         }
         let max = self.peers.max_message;
-        for rank in ready {
-            if let Some(p) = self.peers.list[rank].as_mut() {
-                p.flush()?;
-                if !p.paused {
-                    p.read_available(max, deliver, true)?;
-                }
+        let mut moved = wrote;
+        for (fd, rank) in fds.iter().zip(ranks) {
+            let Some(p) = self.peers.list[rank].as_mut().filter(|_| fd.revents != 0) else {
+                continue;
+            };
+            moved |= p.flush()?;
+            if !p.paused {
+                moved |= p.read_available(max, deliver, true)?;
             }
         }
-        Ok(())
+        Ok(moved)
+    }
+
+    /// The sockets worth waiting on, each with what to wait for, and the
+    /// rank of each. A peer this rank holds enough from is not read (nor
+    /// polled for), until a receive for it is posted.
+    fn watch_list(&mut self, deliver: &Delivery<'_>) -> (Vec<libc::pollfd>, Vec<usize>) {
+        let mut fds = Vec::with_capacity(self.peers.list.len());
+        let mut ranks = Vec::with_capacity(self.peers.list.len());
+        for (rank, p) in self.peers.list.iter_mut().enumerate() {
+            let Some(p) = p.as_mut().filter(|p| p.is_open()) else {
+                continue;
+            };
+            p.paused = !deliver.wants(rank);
+            let mut events = if p.paused { 0 } else { libc::POLLIN };
+            if p.has_output() {
+                events |= libc::POLLOUT;
+            }
+            if events != 0 {
+                fds.push(libc::pollfd {
+                    fd: p.link.fd.as_raw_fd(),
+                    events,
+                    revents: 0,
+                });
+                ranks.push(rank);
+            }
+        }
+        (fds, ranks)
+    }
+
+    /// Gets ready to sleep without the engine held: the sockets to watch
+    /// (maybe none), or `None` if something was written (the caller
+    /// re-checks first).
+    pub fn prepare_sleep(&mut self, deliver: &Delivery<'_>) -> Result<Option<Vec<libc::pollfd>>> {
+        if self.peers.flush_all()? {
+            return Ok(None);
+        }
+        // With no socket to watch (every peer held back by the queue
+        // bound), the thread still sleeps, on its own wake-up descriptor
+        // alone: another thread of the rank that posts a receive wakes it.
+        let (fds, _) = self.watch_list(deliver);
+        Ok(Some(fds))
     }
 
     /// Sends everything queued, says Bye to every peer and waits until the

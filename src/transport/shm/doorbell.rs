@@ -8,14 +8,18 @@ use std::time::Duration;
 
 /// The owner is awake (or polling).
 pub(super) const AWAKE: u32 = 0;
-/// The owner is asleep, or about to be: ring it.
+/// The owner is asleep, or about to be: ring it. The bit is set; the
+/// other bits tell one announcement from the next (see [`announce`]).
 pub(super) const SLEEPING: u32 = 1;
+
+/// Tells apart the announcements of a rank's threads (see [`announce`]).
+static ANNOUNCEMENTS: AtomicU32 = AtomicU32::new(0);
 
 /// Wakes the owners of all the doorbells that sleep, after one fence.
 pub(super) fn ring_all<'a>(doorbells: impl Iterator<Item = &'a AtomicU32>) {
     fence(Ordering::SeqCst);
     for bell in doorbells {
-        if bell.load(Ordering::Relaxed) == SLEEPING {
+        if bell.load(Ordering::Relaxed) & SLEEPING != 0 {
             bell.store(AWAKE, Ordering::Relaxed);
             futex_wake(bell);
         }
@@ -54,6 +58,41 @@ pub(super) fn sleep_unless(bell: &AtomicU32, ready: &dyn Fn() -> bool, timeout: 
         wait(bell, SLEEPING, timeout);
     }
     bell.store(AWAKE, Ordering::Relaxed);
+}
+
+/// Says this rank is about to sleep on `bell` (without its engine held):
+/// a peer that writes after this sees SLEEPING and rings. The caller checks
+/// once more that nothing is ready, then calls [`sleep_announced`] with
+/// the value returned.
+///
+/// Each announcement writes its own value (SLEEPING with a count above
+/// it): if a ring clears the bell and another thread of the rank announces
+/// again before this one sleeps, this one's futex sees a value other than
+/// its own and does not sleep through the ring.
+pub(super) fn announce(bell: &AtomicU32) -> u32 {
+    let value = ANNOUNCEMENTS.fetch_add(1, Ordering::Relaxed) << 1 | SLEEPING;
+    bell.store(value, Ordering::SeqCst);
+    fence(Ordering::SeqCst);
+    value
+}
+
+/// Sleeps on `bell` after [`announce`] wrote `value`, until it is rung or
+/// `timeout` passes. The bell stays as it is: the last of the rank's
+/// sleeping threads to wake marks it awake ([`awake`]).
+pub(super) fn sleep_announced(bell: &AtomicU32, value: u32, timeout: Option<Duration>) {
+    wait(bell, value, timeout);
+}
+
+/// Marks the bell awake: no thread of the rank sleeps on it any more.
+pub(super) fn awake(bell: &AtomicU32) {
+    bell.store(AWAKE, Ordering::Relaxed);
+}
+
+/// Wakes every thread of this rank that sleeps on its own `bell` (another
+/// thread moved bytes one of them may be waiting for).
+pub(super) fn wake_own(bell: &AtomicU32) {
+    bell.store(AWAKE, Ordering::SeqCst);
+    futex_wake(bell);
 }
 
 /// Sleeps while `word` holds `expected`, until woken or `timeout` passes.

@@ -304,20 +304,22 @@ impl ShmMesh {
         Ok(moved)
     }
 
-    /// Writes what it can and reads what has arrived. With [`Wait::Until`]
-    /// and nothing to do, polls for a while and then sleeps on the doorbell
-    /// until a peer rings it or the deadline passes.
-    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<()> {
+    /// Writes what it can and reads what has arrived; true if anything
+    /// moved. With [`Wait::Until`] and nothing to do, polls for a while and
+    /// then sleeps on the doorbell until a peer rings it or the deadline
+    /// passes.
+    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<bool> {
         let deadline = match wait {
-            Wait::No => return self.move_bytes(deliver, false).map(|_| ()),
+            Wait::No => return self.move_bytes(deliver, false),
+            Wait::Once => return self.move_bytes(deliver, true),
             Wait::Until(d) => d,
         };
         loop {
             if self.move_bytes(deliver, true)? {
-                return Ok(());
+                return Ok(true);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(());
+                return Ok(false);
             }
             self.idle(deadline, &|| false, sleeping);
         }
@@ -327,6 +329,17 @@ impl ShmMesh {
     /// or the deadline passes: polls a while (as the wait mode says), then
     /// calls `sleeping` and sleeps on the doorbell.
     pub fn idle(&self, deadline: Option<Instant>, woken: &dyn Fn() -> bool, sleeping: &dyn Fn()) {
+        if self.poll_for_work(woken) {
+            return;
+        }
+        sleeping();
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        doorbell::sleep_unless(self.own.doorbell(), &|| self.anything_ready() || woken(), timeout);
+    }
+
+    /// Polls, as the wait mode says, until a link is ready or `woken` says
+    /// so (true), or the time to poll is up (false).
+    pub fn poll_for_work(&self, woken: &dyn Fn() -> bool) -> bool {
         let ready = || self.anything_ready() || woken();
         let poll_for = match self.wait {
             // A peer copying this rank's offer needs a core for as long as
@@ -338,40 +351,60 @@ impl ShmMesh {
             WaitMode::Yield => Some(YIELD),
             WaitMode::Sleep => None,
         };
-        if let Some(poll_for) = poll_for {
-            let always_yield = self.wait == WaitMode::Yield;
-            // This rank polls on its core for as long as the wait lasts,
-            // and says so, so that a peer stuck behind it on the same core
-            // can tell (see `core_is_wanted`).
-            let mut polling = PollingMark::new(self.own.core());
-            let mut yielding = always_yield || self.core_is_wanted(polling.core);
-            // Reading the clock costs more than a poll: not on every poll,
-            // and not at all when the wait is short.
-            let mut started = None;
-            let mut polls = 0u32;
-            loop {
-                if yielding {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
+        let Some(poll_for) = poll_for else {
+            return ready();
+        };
+        let always_yield = self.wait == WaitMode::Yield;
+        // This rank polls on its core for as long as the wait lasts, and
+        // says so, so that a peer stuck behind it on the same core can tell
+        // (see `core_is_wanted`).
+        let mut polling = PollingMark::new(self.own.core());
+        let mut yielding = always_yield || self.core_is_wanted(polling.core);
+        // Reading the clock costs more than a poll: not on every poll, and
+        // not at all when the wait is short.
+        let mut started = None;
+        let mut polls = 0u32;
+        loop {
+            if yielding {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+            if ready() {
+                return true;
+            }
+            polls = polls.wrapping_add(1);
+            if yielding || polls % CORE_CHECK == 0 {
+                let now = Instant::now();
+                if now - *started.get_or_insert(now) >= poll_for {
+                    return false;
                 }
-                if ready() {
-                    return;
-                }
-                polls = polls.wrapping_add(1);
-                if yielding || polls % CORE_CHECK == 0 {
-                    let now = Instant::now();
-                    if now - *started.get_or_insert(now) >= poll_for {
-                        break;
-                    }
-                    yielding = always_yield || self.core_is_wanted(polling.update());
-                }
+                yielding = always_yield || self.core_is_wanted(polling.update());
             }
         }
-        // Sleep until somebody rings.
-        sleeping();
-        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        doorbell::sleep_unless(self.own.doorbell(), &ready, timeout);
+    }
+
+    /// Gets ready to sleep on this rank's doorbell without the engine
+    /// held: the doorbell says SLEEPING from now on, so a peer that writes
+    /// rings it. The doorbell, or `None` if something is ready (or `ready`
+    /// says so) after all.
+    pub fn prepare_sleep(&self, ready: &dyn Fn() -> bool) -> Option<(*const AtomicU32, u32)> {
+        let bell = self.own.doorbell();
+        let announced = doorbell::announce(bell);
+        if self.anything_ready() || ready() {
+            return None;
+        }
+        Some((bell as *const AtomicU32, announced))
+    }
+
+    /// The last sleeping thread of the rank woke: the doorbell says awake.
+    pub fn end_sleep(&self) {
+        doorbell::awake(self.own.doorbell());
+    }
+
+    /// Wakes the threads of this rank that sleep on its doorbell.
+    pub fn wake_sleepers(&self) {
+        doorbell::wake_own(self.own.doorbell());
     }
 
     /// True if a peer is polling, or was when it lost its core, on `core`,
@@ -457,6 +490,15 @@ impl ShmMesh {
         self.wake_node();
         result
     }
+}
+
+/// Sleeps on a doorbell [`ShmMesh::prepare_sleep`] gave, until it is rung
+/// or `timeout` passes.
+pub(crate) fn sleep_on(bell: *const AtomicU32, announced: u32, timeout: Option<Duration>) {
+    // SAFETY: the doorbell is in this rank's own segment, which stays
+    // mapped as long as the engine lives, and the sleeping thread holds the
+    // job (and so the engine) alive.
+    doorbell::sleep_announced(unsafe { &*bell }, announced, timeout);
 }
 
 /// The shared memory the ranks of a node of `local` ranks need in all, for

@@ -244,6 +244,45 @@ fn many_alive_at_once(world: &World) -> Result<(), Error> {
         let (got, _): (u64, _) = c.receive_matching(Match::any())?;
         assert_eq!(got, i as u64, "rank {rank}: communicator {i} got another's message");
     }
+    // The node's pooled regions serve the first communicators made; the
+    // rest do their collectives by messages, with the same results.
+    let in_regions = comms.iter().filter(|c| c.node_collectives()).count();
+    if world.node_collectives() {
+        assert!(
+            (1..=16).contains(&in_regions),
+            "{in_regions} communicators in pooled regions"
+        );
+        assert!(
+            !comms[599].node_collectives(),
+            "the 600th communicator has a pooled region"
+        );
+    } else {
+        assert_eq!(in_regions, 0, "pooled regions without shared memory");
+    }
+    for round in 0..2 {
+        let order: Vec<usize> = if round == 0 {
+            (0..600).collect()
+        } else {
+            (0..600).rev().collect()
+        };
+        for &i in order.iter().step_by(7) {
+            let sum = comms[i].allreduce(&(rank + i), &spmd::op::Sum)?;
+            assert_eq!(sum, size * (size - 1) / 2 + size * i, "allreduce on communicator {i}");
+        }
+    }
+    // Dropped, they give their regions back: new communicators get them
+    // (cleared of what the last ones left).
+    drop(comms);
+    let again: Vec<Communicator> = (0..4).map(|_| world.dup()).collect::<Result<_, _>>()?;
+    for (i, c) in again.iter().enumerate() {
+        assert_eq!(
+            c.node_collectives(),
+            world.node_collectives(),
+            "a new communicator {i} after the drop"
+        );
+        assert_eq!(c.allreduce(&1usize, &spmd::op::Sum)?, size);
+        c.barrier()?;
+    }
     Ok(())
 }
 

@@ -17,6 +17,9 @@ mod scoped;
 mod single_copy;
 mod sizes;
 mod soak;
+mod thread_hangs;
+mod thread_races;
+mod threads;
 mod timeouts;
 mod workload;
 
@@ -44,6 +47,9 @@ fn main() -> Result<(), spmd::Error> {
         single_copy::make_undumpable();
     }
     let world = spmd::init()?;
+    if mode == "thread-hang" {
+        return thread_hangs::run(world, rest.first().map(String::as_str).unwrap_or(""));
+    }
     // The suites of point-to-point calls and collectives run on the
     // communicator SPMD_CHECK_ON names; a rank outside it only finalizes.
     let on = On::chosen(&world)?;
@@ -60,6 +66,7 @@ fn main() -> Result<(), spmd::Error> {
         "comms" => comms::run(&world, rest.first().and_then(|s| s.parse().ok()).unwrap_or(100_000))?,
         "sizes" => sizes::run(comm)?,
         "timeouts" => timeouts::run(comm)?,
+        "threads" => threads::run(&world)?,
         "scoped" => scoped::run(comm)?,
         "single-copy" => single_copy::run(&world)?,
         "soak" => {
@@ -99,7 +106,7 @@ fn main() -> Result<(), spmd::Error> {
 enum On {
     World,
     /// A communicator made from the world.
-    Made(Communicator),
+    Made(Box<Communicator>),
     /// This rank is not in the communicator made.
     Outside,
 }
@@ -124,7 +131,7 @@ impl On {
             }
             other => panic!("SPMD_CHECK_ON={other}: not world, dup, split or subset"),
         };
-        Ok(made.map_or(On::Outside, On::Made))
+        Ok(made.map_or(On::Outside, |c| On::Made(Box::new(c))))
     }
 
     fn describe(&self) -> String {

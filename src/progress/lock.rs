@@ -1,0 +1,275 @@
+//! The lock on a rank's engine: one thread at a time holds it, and a thread
+//! that waits lets go of it while it sleeps, so that the rank's other
+//! threads go on with their own communicators meanwhile.
+
+use std::cell::Cell;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
+
+use super::Engine;
+use crate::error::{Error, Result};
+use crate::transport::Wait;
+
+/// How often a thread asleep in a wait looks again whether every thread
+/// of the process waits, when some did not as it went to sleep (one may
+/// have ended since, and the job be stuck after all).
+const RECOUNT: Duration = Duration::from_millis(200);
+
+/// The threads of this process, from `/proc/self/stat` (1 if it cannot be
+/// read). The status page says the rank waits only when every one of them
+/// sleeps in a wait: a thread that computes, or has not called spmd yet,
+/// may still send what the others wait for.
+fn process_threads() -> u32 {
+    use std::io::Read;
+    let mut buf = [0u8; 1024];
+    let Ok(mut file) = std::fs::File::open("/proc/self/stat") else {
+        return 1;
+    };
+    let Ok(n) = file.read(&mut buf) else { return 1 };
+    let text = &buf[..n];
+    // Field 20 (num_threads), counting from the state after the name's ')'.
+    let Some(end) = text.iter().rposition(|&b| b == b')') else {
+        return 1;
+    };
+    std::str::from_utf8(&text[end + 1..])
+        .ok()
+        .and_then(|rest| rest.split_ascii_whitespace().nth(17))
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(1)
+}
+
+/// What spmd keeps of a thread that used it, until the thread ends.
+struct ThreadMark {
+    /// The eventfd that wakes the thread when it sleeps on descriptors
+    /// (-1 until it first does).
+    wake: Cell<RawFd>,
+}
+
+impl Drop for ThreadMark {
+    fn drop(&mut self) {
+        if self.wake.get() >= 0 {
+            // SAFETY: the thread's own eventfd, closed once, here.
+            unsafe { libc::close(self.wake.get()) };
+        }
+    }
+}
+
+thread_local! {
+    /// The thread holds the engine: spmd was called from inside spmd (an
+    /// operator's closure calling a collective, say) if it asks again.
+    /// (Plain cells without a destructor: the cheapest thread-locals.)
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
+    static MARK: ThreadMark = const { ThreadMark { wake: Cell::new(-1) } };
+}
+
+/// The calling thread's wake-up eventfd, made on first use.
+fn thread_wake_fd() -> Result<RawFd> {
+    MARK.with(|t| {
+        if t.wake.get() < 0 {
+            // SAFETY: plain eventfd creation; the result is checked.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(Error::io(
+                    "making a thread's wake-up descriptor",
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            t.wake.set(fd);
+        }
+        Ok(t.wake.get())
+    })
+}
+
+/// Empties the thread's wake-up eventfd after a sleep.
+fn drain(fd: RawFd) {
+    let mut count = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a live array; a counter at 0 gives
+    // EAGAIN, which is fine.
+    let _ = unsafe { libc::read(fd, count.as_mut_ptr().cast(), count.len()) };
+}
+
+/// Runs a user's operator: spmd called from inside it (a collective in the
+/// closure, say) is an [`Error::Reentered`] instead of a call that would
+/// wait for ranks that are not calling it, or for this very rank.
+#[inline]
+pub(crate) fn combining<R>(combine: impl FnOnce() -> R) -> R {
+    /// Puts the thread's mark back as it was, even if the operator panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            HOLDING.set(self.0);
+        }
+    }
+    let _restore = Restore(HOLDING.replace(true));
+    combine()
+}
+
+/// Fails with [`Error::Reentered`] if this thread is inside spmd already
+/// (for calls that must refuse before they change anything, such as a
+/// collective taking its number).
+#[inline]
+pub(crate) fn check_not_combining() -> Result<()> {
+    if HOLDING.get() { Err(Error::Reentered) } else { Ok(()) }
+}
+
+/// A rank's engine behind its lock.
+#[derive(Debug)]
+pub(crate) struct EngineLock {
+    engine: Mutex<Engine>,
+    /// Threads waiting for the engine: a thread that polls while it holds
+    /// the engine lets go when this is not 0.
+    wanting: AtomicU32,
+}
+
+impl EngineLock {
+    pub fn new(engine: Engine) -> EngineLock {
+        EngineLock {
+            engine: Mutex::new(engine),
+            wanting: AtomicU32::new(0),
+        }
+    }
+
+    /// The engine, held by this thread until the guard drops. A panic while
+    /// it was held leaves it usable: every operation leaves the engine
+    /// consistent before it calls anything that could panic.
+    ///
+    /// Fails if this thread holds it already: spmd was called from inside
+    /// spmd (from an operator's closure, or a `Drop` run by one).
+    #[inline]
+    pub fn lock(&self) -> Result<EngineGuard<'_>> {
+        if HOLDING.replace(true) {
+            return Err(Error::Reentered);
+        }
+        Ok(EngineGuard {
+            lock: self,
+            guard: Some(self.acquire()),
+        })
+    }
+
+    #[inline]
+    fn acquire(&self) -> MutexGuard<'_, Engine> {
+        match self.engine.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // Tell a holder that polls to let go.
+                self.wanting.fetch_add(1, Ordering::Relaxed);
+                let guard = self.engine.lock().unwrap_or_else(PoisonError::into_inner);
+                self.wanting.fetch_sub(1, Ordering::Relaxed);
+                guard
+            }
+        }
+    }
+}
+
+/// The engine, held by this thread until the guard drops (except while a
+/// wait sleeps: see [`EngineGuard::pause`]).
+pub(crate) struct EngineGuard<'a> {
+    lock: &'a EngineLock,
+    /// `None` only while the thread sleeps without the engine.
+    guard: Option<MutexGuard<'a, Engine>>,
+}
+
+impl std::ops::Deref for EngineGuard<'_> {
+    type Target = Engine;
+    #[inline]
+    fn deref(&self) -> &Engine {
+        match &self.guard {
+            Some(g) => g,
+            None => unreachable!("the engine is held except inside `unlocked`"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for EngineGuard<'_> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut Engine {
+        match &mut self.guard {
+            Some(g) => g,
+            None => unreachable!("the engine is held except inside `unlocked`"),
+        }
+    }
+}
+
+impl Drop for EngineGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // What this thread queued and left unwritten (a socket that was
+        // full), the threads asleep must see to: they watch what they
+        // knew of when they went to sleep.
+        if let Some(engine) = &self.guard {
+            if engine.sleepers != 0 {
+                engine.wake_sleepers();
+            }
+        }
+        HOLDING.set(false);
+    }
+}
+
+impl EngineGuard<'_> {
+    /// Lets go of the engine while `f` runs (`f` must not touch it).
+    fn unlocked<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        self.guard = None;
+        let result = f();
+        self.guard = Some(self.lock.acquire());
+        result
+    }
+
+    /// One step of a wait that may sleep: moves bytes, and if none moved,
+    /// waits for work ([`EngineGuard::wait_for_work`]). The caller checks
+    /// what it waits for after each step.
+    pub(super) fn pause(&mut self, deadline: Option<Instant>, ready: &dyn Fn() -> bool) -> Result<()> {
+        if self.step_moved(Wait::Once)? {
+            return Ok(());
+        }
+        self.wait_for_work(deadline, ready)
+    }
+
+    /// Waits, without moving bytes, until a link is ready, `ready` says so,
+    /// or `deadline` passes: polls a while with the engine held (as the wait
+    /// mode says; not at all if another thread wants the engine), then
+    /// sleeps without it, until a peer or another thread of the rank wakes
+    /// this one.
+    pub(super) fn wait_for_work(&mut self, deadline: Option<Instant>, ready: &dyn Fn() -> bool) -> Result<()> {
+        if ready() || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(());
+        }
+        let wanting = &self.lock.wanting;
+        let wanted = || wanting.load(Ordering::Relaxed) != 0;
+        if !wanted() && self.transport.poll_for_work(&|| ready() || wanted()) && !wanted() {
+            return Ok(());
+        }
+        self.sleep_unlocked(deadline, ready)
+    }
+
+    fn sleep_unlocked(&mut self, deadline: Option<Instant>, ready: &dyn Fn() -> bool) -> Result<()> {
+        let wake = thread_wake_fd()?;
+        self.sleepers += 1;
+        let result = match self.prepare_sleep(ready, wake) {
+            Ok(Some(mut sleep)) => {
+                // The page says the rank waits only if every thread of the
+                // process sleeps in spmd; if not, look again soon.
+                let mut until = deadline;
+                if let Some(s) = &self.status {
+                    if self.sleepers >= process_threads() {
+                        s.sleeping();
+                    } else {
+                        let recount = Instant::now() + RECOUNT;
+                        until = Some(deadline.map_or(recount, |d| d.min(recount)));
+                    }
+                }
+                self.unlocked(|| sleep.sleep(until))
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        self.sleepers -= 1;
+        self.end_sleep(wake);
+        drain(wake);
+        result?;
+        // Another thread may have finalized the rank meanwhile.
+        self.check_open()
+    }
+}
