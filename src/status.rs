@@ -103,6 +103,15 @@ impl StatusWriter {
         self.published.set(true);
     }
 
+    /// The wait goes on, but the rank is not waiting as a whole (another
+    /// of its threads is doing something else): the page says running.
+    pub fn not_sleeping(&self, sent: u64, arrived: u64) {
+        self.since.set(None);
+        if self.published.replace(false) {
+            self.page.set_running(sent, arrived);
+        }
+    }
+
     /// The wait is over.
     pub fn done(&self, sent: u64, arrived: u64) {
         self.pending.set(None);

@@ -4,24 +4,45 @@
 
 use std::cell::Cell;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::transport::Wait;
+use crate::wire::status::now_ns;
 
-/// How often a thread asleep in a wait looks again whether every thread
-/// of the process waits, when some did not as it went to sleep (one may
-/// have ended since, and the job be stuck after all).
+/// How often a thread asleep in a wait of a rank started by spmdrun looks
+/// again whether every thread of the process waits (one may have started
+/// or ended since), and how old the count of threads may be.
 const RECOUNT: Duration = Duration::from_millis(200);
 
-/// The threads of this process, from `/proc/self/stat` (1 if it cannot be
-/// read). The status page says the rank waits only when every one of them
-/// sleeps in a wait: a thread that computes, or has not called spmd yet,
-/// may still send what the others wait for.
+/// The last count of the process's threads, and when it was taken (ns on
+/// the status pages' clock): reading `/proc` costs microseconds, too much
+/// for every sleep.
+static THREADS: AtomicU32 = AtomicU32::new(1);
+static THREADS_AT: AtomicU64 = AtomicU64::new(0);
+
+/// The threads of this process, counted at most [`RECOUNT`] ago. The
+/// status page says the rank waits only when every one of them sleeps in a
+/// wait: a thread that computes, or has not called spmd yet, may still
+/// send what the others wait for.
 fn process_threads() -> u32 {
+    let now = now_ns();
+    let at = THREADS_AT.load(Ordering::Relaxed);
+    if at != 0 && now.saturating_sub(at) < RECOUNT.as_nanos() as u64 {
+        return THREADS.load(Ordering::Relaxed);
+    }
+    let count = count_threads();
+    THREADS.store(count, Ordering::Relaxed);
+    THREADS_AT.store(now.max(1), Ordering::Relaxed);
+    count
+}
+
+/// Counts the threads of this process in `/proc/self/stat` (1 if it
+/// cannot be read).
+fn count_threads() -> u32 {
     use std::io::Read;
     let mut buf = [0u8; 1024];
     let Ok(mut file) = std::fs::File::open("/proc/self/stat") else {
@@ -250,15 +271,17 @@ impl EngineGuard<'_> {
         let result = match self.prepare_sleep(ready, wake) {
             Ok(Some(mut sleep)) => {
                 // The page says the rank waits only if every thread of the
-                // process sleeps in spmd; if not, look again soon.
+                // process sleeps in spmd, and the sleeper looks again now
+                // and then: threads start and end.
                 let mut until = deadline;
                 if let Some(s) = &self.status {
                     if self.sleepers >= process_threads() {
                         s.sleeping();
                     } else {
-                        let recount = Instant::now() + RECOUNT;
-                        until = Some(deadline.map_or(recount, |d| d.min(recount)));
+                        s.not_sleeping(self.sent, self.matcher.arrived());
                     }
+                    let recount = Instant::now() + RECOUNT;
+                    until = Some(deadline.map_or(recount, |d| d.min(recount)));
                 }
                 self.unlocked(|| sleep.sleep(until))
             }
