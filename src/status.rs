@@ -6,7 +6,7 @@
 use std::cell::Cell;
 use std::time::Instant;
 
-use crate::wire::status::{Page, Phase, WaitOp, Waiting, now_ns};
+use crate::wire::status::{OTHER_THREADS_OUTSIDE, Page, Phase, WaitOp, Waiting, now_ns};
 
 /// A wait as the engine describes it before it sleeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,14 +36,36 @@ impl WaitOn {
     }
 }
 
-/// The rank's status page and what it will say next.
+thread_local! {
+    /// The calling thread's wait under way, and since when it has slept in
+    /// it (ns; `None` until it first sleeps): each thread of a rank has
+    /// its own.
+    static PENDING: Cell<Option<(WaitOn, Option<u64>)>> = const { Cell::new(None) };
+}
+
+/// A thread asleep in a wait, as the page may name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Asleep {
+    pub on: WaitOn,
+    /// Since when the thread has slept in this wait (ns).
+    pub since: u64,
+}
+
+/// What the page says about the rank as a whole, beside the wait it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Whole {
+    /// Every thread of the process sleeps in spmd; the earliest deadline
+    /// of their waits, if any has one.
+    Waits(Option<Instant>),
+    /// Some thread of the process is outside spmd: it may yet send what
+    /// the others wait for, so this is no deadlock.
+    OthersOutside,
+}
+
+/// The rank's status page.
 #[derive(Debug)]
 pub(crate) struct StatusWriter {
     page: Page,
-    /// The wait under way, with the message counts at its last step.
-    pending: Cell<Option<(WaitOn, u64, u64)>>,
-    /// When the pending wait was first written to the page.
-    since: Cell<Option<u64>>,
     /// The page says "waiting".
     published: Cell<bool>,
 }
@@ -52,8 +74,6 @@ impl StatusWriter {
     pub fn new(page: Page) -> StatusWriter {
         StatusWriter {
             page,
-            pending: Cell::new(None),
-            since: Cell::new(None),
             published: Cell::new(false),
         }
     }
@@ -62,33 +82,37 @@ impl StatusWriter {
         self.page.set_phase(phase);
     }
 
-    /// Notes the wait under way (private memory only).
-    pub fn note(&self, on: WaitOn, sent: u64, arrived: u64) {
-        if self.pending.get().is_some_and(|(p, _, _)| p != on) {
-            self.since.set(None);
-        }
-        self.pending.set(Some((on, sent, arrived)));
+    /// Notes the calling thread's wait under way (private memory only).
+    pub fn note(&self, on: WaitOn) {
+        PENDING.set(match PENDING.get() {
+            Some((before, since)) if before == on => Some((before, since)),
+            _ => Some((on, None)),
+        });
     }
 
-    /// The transport is about to sleep: the page says what for.
-    pub fn sleeping(&self) {
-        let Some((on, sent, arrived)) = self.pending.get() else {
-            return;
-        };
-        let since = match self.since.get() {
-            Some(t) => t,
-            None => {
-                let t = now_ns();
-                self.since.set(Some(t));
-                t
+    /// The calling thread is about to sleep in the wait it noted: the wait
+    /// and since when (now, on its first sleep in it).
+    pub fn asleep(&self) -> Option<Asleep> {
+        let (on, since) = PENDING.get()?;
+        let since = since.unwrap_or_else(now_ns);
+        PENDING.set(Some((on, Some(since))));
+        Some(Asleep { on, since })
+    }
+
+    /// The page names `wait` (the oldest of the rank's threads asleep), and
+    /// says how the rank waits as a whole.
+    pub fn publish(&self, wait: Asleep, whole: Whole, sent: u64, arrived: u64) {
+        let until_ns = match whole {
+            Whole::OthersOutside => OTHER_THREADS_OUTSIDE,
+            Whole::Waits(None) => 0,
+            Whole::Waits(Some(d)) => {
+                let left = d.saturating_duration_since(Instant::now());
+                now_ns()
+                    .saturating_add(left.as_nanos().min(u64::MAX as u128) as u64)
+                    .clamp(1, OTHER_THREADS_OUTSIDE - 1)
             }
         };
-        let until_ns = on.deadline.map_or(0, |d| {
-            let left = d.saturating_duration_since(Instant::now());
-            now_ns()
-                .saturating_add(left.as_nanos().min(u64::MAX as u128) as u64)
-                .max(1)
-        });
+        let on = wait.on;
         let waiting = Waiting {
             op: on.op,
             peer: on.peer.and_then(|p| u32::try_from(p).ok()),
@@ -96,26 +120,17 @@ impl StatusWriter {
             context: on.context,
             call: on.call,
             sig: on.sig,
-            since_ns: since,
+            since_ns: wait.since,
             until_ns,
         };
         self.page.set_waiting(&waiting, sent, arrived);
         self.published.set(true);
     }
 
-    /// The wait goes on, but the rank is not waiting as a whole (another
-    /// of its threads is doing something else): the page says running.
-    pub fn not_sleeping(&self, sent: u64, arrived: u64) {
-        self.since.set(None);
-        if self.published.replace(false) {
-            self.page.set_running(sent, arrived);
-        }
-    }
-
-    /// The wait is over.
+    /// The calling thread's wait is over; the page says running (until a
+    /// thread still asleep looks again, see `progress::lock`).
     pub fn done(&self, sent: u64, arrived: u64) {
-        self.pending.set(None);
-        self.since.set(None);
+        PENDING.set(None);
         if self.published.replace(false) {
             self.page.set_running(sent, arrived);
         }

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use spmd::wire::status::{Phase, WaitOp, Waiting, now_ns};
+use spmd::wire::status::{OTHER_THREADS_OUTSIDE, Phase, WaitOp, Waiting, now_ns};
 
 use crate::rank::Rank;
 
@@ -128,7 +128,12 @@ impl HangWatch {
                 match s {
                     Seen::Waiting(w) => {
                         let secs = now_ns.saturating_sub(w.since_ns) as f64 / 1e9;
-                        format!("  {who} waits {} for {secs:.1} s", wait_text(w))
+                        let others = if w.until_ns == OTHER_THREADS_OUTSIDE {
+                            " (another thread of it is outside spmd, and may yet send)"
+                        } else {
+                            ""
+                        };
+                        format!("  {who} waits {} for {secs:.1} s{others}", wait_text(w))
                     }
                     Seen::Computing => format!(
                         "  {who} is computing outside spmd (in no spmd call) {}",

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::Engine;
 use crate::error::{Error, Result};
+use crate::status::Whole;
 use crate::transport::Wait;
 use crate::wire::status::now_ns;
 
@@ -268,17 +269,26 @@ impl EngineGuard<'_> {
     fn sleep_unlocked(&mut self, deadline: Option<Instant>, ready: &dyn Fn() -> bool) -> Result<()> {
         let wake = thread_wake_fd()?;
         self.sleepers += 1;
+        let mut mine = None;
         let result = match self.prepare_sleep(ready, wake) {
             Ok(Some(mut sleep)) => {
-                // The page says the rank waits only if every thread of the
-                // process sleeps in spmd, and the sleeper looks again now
-                // and then: threads start and end.
+                // The page names the oldest wait of the threads asleep, and
+                // says the rank waits only if every thread of the process
+                // sleeps in spmd. Sleepers look again now and then: threads
+                // start and end.
                 let mut until = deadline;
-                if let Some(s) = &self.status {
-                    if self.sleepers >= process_threads() {
-                        s.sleeping();
-                    } else {
-                        s.not_sleeping(self.sent, self.matcher.arrived());
+                let engine: &mut Engine = self;
+                if let Some(s) = &engine.status {
+                    // (The wait's own deadline: the sleep's may be sooner.)
+                    mine = s.asleep().map(|wait| (wait, wait.on.deadline));
+                    engine.asleep.extend(mine);
+                    if let Some(&(oldest, _)) = engine.asleep.iter().min_by_key(|(w, _)| w.since) {
+                        let whole = if engine.sleepers >= process_threads() {
+                            Whole::Waits(engine.asleep.iter().filter_map(|(_, d)| *d).min())
+                        } else {
+                            Whole::OthersOutside
+                        };
+                        s.publish(oldest, whole, engine.sent, engine.matcher.arrived());
                     }
                     let recount = Instant::now() + RECOUNT;
                     until = Some(deadline.map_or(recount, |d| d.min(recount)));
@@ -289,6 +299,9 @@ impl EngineGuard<'_> {
             Err(e) => Err(e),
         };
         self.sleepers -= 1;
+        if let Some(i) = mine.and_then(|m| self.asleep.iter().position(|a| *a == m)) {
+            self.asleep.swap_remove(i);
+        }
         self.end_sleep(wake);
         drain(wake);
         result?;

@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::envelope::{Buffer, Envelope, Format, Room};
 use crate::error::{Error, Result};
 use crate::matching::{Matcher, ReceiveId};
 use crate::selector::Selector;
-use crate::status::{StatusWriter, WaitOn};
+use crate::status::{Asleep, StatusWriter, WaitOn, Whole};
 use crate::transport::{SendTicket, ShmMesh, Sleep, Transport, Wait};
 use crate::wire::status::{Phase, WaitOp};
 use crate::wire::{Context, Header};
@@ -87,6 +87,9 @@ pub(crate) struct Engine {
     wake_fds: Vec<RawFd>,
     /// How many times something moved (see [`Engine::note_moved`]).
     moves: u64,
+    /// The waits of the threads asleep, with their deadlines: the status
+    /// page names the oldest.
+    asleep: Vec<(Asleep, Option<Instant>)>,
 }
 
 impl Engine {
@@ -109,6 +112,7 @@ impl Engine {
             sleepers: 0,
             wake_fds: Vec::new(),
             moves: 0,
+            asleep: Vec::new(),
         }
     }
 
@@ -405,16 +409,14 @@ impl Engine {
         // they have the engine back.
         self.wake_sleepers();
         if let Some(s) = &self.status {
-            s.note(
-                WaitOn::p2p(WaitOp::Finalize, None, None, 0),
-                self.sent,
-                self.matcher.arrived(),
-            );
+            s.note(WaitOn::p2p(WaitOp::Finalize, None, None, 0));
         }
-        let status = &self.status;
+        let (status, sent, arrived) = (&self.status, self.sent, self.matcher.arrived());
         let sleeping = || {
             if let Some(s) = status {
-                s.sleeping();
+                if let Some(wait) = s.asleep() {
+                    s.publish(wait, Whole::Waits(None), sent, arrived);
+                }
             }
         };
         self.matcher.begin_read_all();

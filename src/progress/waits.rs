@@ -91,7 +91,7 @@ impl EngineGuard<'_> {
     /// One step that may sleep, with the status page ready to say on what.
     pub(super) fn sleep_step(&mut self, on: WaitOn, deadline: Option<Instant>) -> Result<()> {
         if let Some(s) = &self.status {
-            s.note(on, self.sent, self.matcher.arrived());
+            s.note(on);
         }
         self.pause(deadline, &|| false)
     }
@@ -156,7 +156,7 @@ impl EngineGuard<'_> {
                     continue;
                 }
                 if let Some(s) = &self.status {
-                    s.note(waiting(absent.first().copied()), self.sent, self.matcher.arrived());
+                    s.note(waiting(absent.first().copied()));
                 }
                 self.wait_for_work(deadline, ready)?;
             }

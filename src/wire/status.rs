@@ -90,7 +90,9 @@ pub struct Waiting {
     pub sig: u16,
     /// When the wait began (CLOCK_MONOTONIC, nanoseconds).
     pub since_ns: u64,
-    /// When the wait gives up (CLOCK_MONOTONIC, nanoseconds); 0 for never.
+    /// When the wait gives up (CLOCK_MONOTONIC, nanoseconds); 0 for never;
+    /// [`OTHER_THREADS_OUTSIDE`] when another thread of the rank is outside
+    /// spmd.
     pub until_ns: u64,
 }
 
@@ -145,6 +147,11 @@ impl Snapshot {
         })
     }
 }
+
+/// The `until_ns` of a wait in a rank some other thread of which is
+/// outside spmd: that thread may yet send what the wait is for, so the
+/// rank is blocked but in no deadlock.
+pub const OTHER_THREADS_OUTSIDE: u64 = u64::MAX;
 
 /// The current CLOCK_MONOTONIC time in nanoseconds (the clock the pages
 /// use, shared by every process of a machine).

@@ -5,6 +5,12 @@
 //!   call: not a deadlock, whatever `--hang-report` says.
 //! - `deadlock`: both ranks' main threads wait for each other, after a
 //!   thread that used spmd has ended: a real deadlock, to be reported.
+//! - `timed`: rank 0's main thread waits for what rank 1 sends once rank
+//!   0's other thread, blocked later in a receive with a 3 s timeout, has
+//!   timed out: a correct job, as the timeout is the way on.
+//! - `joined`: each rank's main thread joins a thread that waits for a
+//!   message never sent: blocked, but with a thread outside spmd (in
+//!   `join`), which the report says; no deadlock is declared.
 //! - `finalize`: one thread finalizes while another waits in a receive on a
 //!   duplicate: the receive ends with `Error::Finalized` (or `PeerGone`,
 //!   if the peer finalized first).
@@ -42,6 +48,25 @@ pub fn run(world: World, case: &str) -> Result<(), Error> {
             let _: u64 = world.receive(other)?;
             worker.join().expect("no panic")?;
             panic!("a receive of a message never sent returned");
+        }
+        "timed" => {
+            if rank == 0 {
+                let timed = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    let outcome = dup.receive_timeout::<u64>(1, Duration::from_secs(3));
+                    assert!(matches!(outcome, Err(Error::Timeout { .. })), "{outcome:?}");
+                    dup.send(&7u64, 1)
+                });
+                assert_eq!(world.receive::<u64>(1)?, 8);
+                timed.join().expect("no panic")?;
+            } else {
+                let value: u64 = dup.receive(0)?;
+                world.send(&(value + 1), 0)?;
+            }
+        }
+        "joined" => {
+            let outcome = std::thread::scope(|t| t.spawn(move || dup.receive::<u64>(other)).join());
+            panic!("a receive of a message never sent returned {outcome:?}");
         }
         "finalize" => {
             let worker = std::thread::spawn(move || dup.receive::<u64>(other));
