@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::status::Whole;
-use crate::transport::Wait;
+use crate::transport::{Sleep, Wait};
 use crate::wire::status::now_ns;
 
 /// How often a thread asleep in a wait of a rank started by spmdrun looks
@@ -269,7 +269,7 @@ impl EngineGuard<'_> {
     fn sleep_unlocked(&mut self, deadline: Option<Instant>, ready: &dyn Fn() -> bool) -> Result<()> {
         let wake = thread_wake_fd()?;
         self.sleepers += 1;
-        let mut mine = None;
+        let (mut mine, mut woken) = (None, false);
         let result = match self.prepare_sleep(ready, wake) {
             Ok(Some(mut sleep)) => {
                 // The page names the oldest wait of the threads asleep, and
@@ -293,7 +293,11 @@ impl EngineGuard<'_> {
                     let recount = Instant::now() + RECOUNT;
                     until = Some(deadline.map_or(recount, |d| d.min(recount)));
                 }
-                self.unlocked(|| sleep.sleep(until))
+                let slept = self.unlocked(|| sleep.sleep(until));
+                // The wake-up descriptor is read only when it fired (it is
+                // the last one polled; a doorbell sleep does not use it).
+                woken = matches!(&sleep, Sleep::Descriptors(fds) if fds.last().is_some_and(|p| p.revents != 0));
+                slept
             }
             Ok(None) => Ok(()),
             Err(e) => Err(e),
@@ -303,7 +307,9 @@ impl EngineGuard<'_> {
             self.asleep.swap_remove(i);
         }
         self.end_sleep(wake);
-        drain(wake);
+        if woken {
+            drain(wake);
+        }
         result?;
         // Another thread may have finalized the rank meanwhile.
         self.check_open()
