@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::Engine;
 use crate::error::{Error, Result};
-use crate::status::Whole;
+use crate::status::{Asleep, Whole};
 use crate::transport::{Sleep, Wait};
 use crate::wire::status::now_ns;
 
@@ -272,24 +272,11 @@ impl EngineGuard<'_> {
         let (mut mine, mut woken) = (None, false);
         let result = match self.prepare_sleep(ready, wake) {
             Ok(Some(mut sleep)) => {
-                // The page names the oldest wait of the threads asleep, and
-                // says the rank waits only if every thread of the process
-                // sleeps in spmd. Sleepers look again now and then: threads
-                // start and end.
+                // Sleepers under spmdrun look again now and then: threads
+                // start and end (see `Engine::publish_asleep`).
                 let mut until = deadline;
-                let engine: &mut Engine = self;
-                if let Some(s) = &engine.status {
-                    // (The wait's own deadline: the sleep's may be sooner.)
-                    mine = s.asleep().map(|wait| (wait, wait.on.deadline));
-                    engine.asleep.extend(mine);
-                    if let Some(&(oldest, _)) = engine.asleep.iter().min_by_key(|(w, _)| w.since) {
-                        let whole = if engine.sleepers >= process_threads() {
-                            Whole::Waits(engine.asleep.iter().filter_map(|(_, d)| *d).min())
-                        } else {
-                            Whole::OthersOutside
-                        };
-                        s.publish(oldest, whole, engine.sent, engine.matcher.arrived());
-                    }
+                if self.status.is_some() {
+                    mine = self.publish_asleep();
                     let recount = Instant::now() + RECOUNT;
                     until = Some(deadline.map_or(recount, |d| d.min(recount)));
                 }
@@ -313,5 +300,26 @@ impl EngineGuard<'_> {
         result?;
         // Another thread may have finalized the rank meanwhile.
         self.check_open()
+    }
+}
+
+impl Engine {
+    /// The calling thread is about to sleep in the wait it noted: adds it to
+    /// the waits of the rank's threads asleep (returned, to take out after
+    /// the sleep). The status page names the oldest of them, with the
+    /// earliest of their own deadlines, and says the rank waits as a whole
+    /// only if every thread of the process sleeps in spmd.
+    fn publish_asleep(&mut self) -> Option<Asleep> {
+        let status = self.status.as_ref()?;
+        let mine = status.asleep()?;
+        self.asleep.push(mine);
+        let oldest = self.asleep.iter().min_by_key(|w| w.since).copied().unwrap_or(mine);
+        let whole = if self.sleepers >= process_threads() {
+            Whole::Waits(self.asleep.iter().filter_map(|w| w.on.deadline).min())
+        } else {
+            Whole::OthersOutside
+        };
+        status.publish(oldest, whole, self.sent, self.matcher.arrived());
+        Some(mine)
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::envelope::{Buffer, Envelope, Format, Room};
 use crate::error::{Error, Result};
@@ -87,9 +87,9 @@ pub(crate) struct Engine {
     wake_fds: Vec<RawFd>,
     /// How many times something moved (see [`Engine::note_moved`]).
     moves: u64,
-    /// The waits of the threads asleep, with their deadlines: the status
-    /// page names the oldest.
-    asleep: Vec<(Asleep, Option<Instant>)>,
+    /// The waits of the threads asleep: the status page names the oldest
+    /// (see `lock.rs`).
+    asleep: Vec<Asleep>,
 }
 
 impl Engine {
