@@ -1,5 +1,6 @@
 //! How a process learns who it is: from spmdrun's environment, from an MPI
-//! launcher's (refused: there is no MPI backend yet), or alone as one rank.
+//! launcher's (the MPI backend with the `mpi` feature, refused without
+//! it), or alone as one rank.
 
 use crate::error::{Error, Result};
 use crate::wire::env;
@@ -25,6 +26,19 @@ pub(crate) enum Launch {
     Alone,
     /// By spmdrun.
     Spmdrun(Placement),
+    /// By an MPI launcher, with the `mpi` feature.
+    #[cfg(feature = "mpi")]
+    Mpi(MpiLauncher),
+}
+
+/// An MPI-style launcher that started this process, as its environment
+/// says.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MpiLauncher {
+    /// Its name, for messages.
+    pub name: &'static str,
+    /// The number of ranks it started, if its environment says.
+    pub size: Option<usize>,
 }
 
 /// Reads the environment of this process.
@@ -32,33 +46,42 @@ pub(crate) fn detect() -> Result<Launch> {
     if std::env::var_os(env::RANK).is_some() {
         return from_spmdrun().map(Launch::Spmdrun);
     }
-    if let Some(launcher) = mpi_launcher() {
-        return Err(Error::WrongLauncher { launcher });
+    match mpi_launcher(&|name| std::env::var(name).ok()) {
+        #[cfg(feature = "mpi")]
+        Some(launcher) => Ok(Launch::Mpi(launcher)),
+        // Without the backend, a job of one is fine to run alone.
+        #[cfg(not(feature = "mpi"))]
+        Some(launcher) if launcher.size.is_some_and(|n| n > 1) => Err(Error::WrongLauncher {
+            launcher: launcher.name,
+            problem: "spmd was built without its `mpi` feature, so each rank would be a job of its own: build \
+                      with `--features spmd/mpi` (README, \"Running on a cluster\"), or start the program with \
+                      spmdrun"
+                .into(),
+        }),
+        _ => Ok(Launch::Alone),
     }
-    Ok(Launch::Alone)
 }
 
-/// Names the MPI-style launcher that started this process as one of several
-/// ranks, if any. A job of size one is fine to run alone; `SLURM_PROCID`
-/// alone is set in a plain batch script too, so only a job step counts.
-fn mpi_launcher() -> Option<&'static str> {
-    let size_above_one = |var: &str| {
-        std::env::var(var)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .is_some_and(|n| n > 1)
-    };
-    if size_above_one("OMPI_COMM_WORLD_SIZE") {
-        Some("Open MPI's mpirun")
-    } else if size_above_one("PMI_SIZE") {
-        Some("an MPICH/Hydra mpiexec")
-    } else if size_above_one("PMIX_SIZE") || size_above_one("PMIX_UNIV_SIZE") {
-        Some("a PMIx launcher")
-    } else if std::env::var_os("SLURM_STEP_ID").is_some() && size_above_one("SLURM_STEP_NUM_TASKS") {
-        Some("Slurm's srun")
+/// The MPI-style launcher that started this process, if any, from the
+/// variables each really sets. `SLURM_PROCID` alone is set in a plain
+/// batch script too, so only a job step (`SLURM_STEP_ID`) counts.
+pub(crate) fn mpi_launcher(get: &Lookup<'_>) -> Option<MpiLauncher> {
+    let size = |var: &str| get(var).and_then(|v| v.trim().parse::<usize>().ok());
+    let (name, size) = if get("OMPI_COMM_WORLD_SIZE").is_some() {
+        ("Open MPI's mpirun", size("OMPI_COMM_WORLD_SIZE"))
+    } else if get("PMI_RANK").is_some() || get("PMI_SIZE").is_some() {
+        ("an MPICH (Hydra) mpiexec", size("PMI_SIZE"))
+    } else if get("SLURM_STEP_ID").is_some() {
+        (
+            "Slurm's srun",
+            size("SLURM_STEP_NUM_TASKS").or_else(|| size("SLURM_NTASKS")),
+        )
+    } else if get("PMIX_RANK").is_some() || get("PMIX_SIZE").is_some() {
+        ("a PMIx launcher", size("PMIX_SIZE").or_else(|| size("PMIX_UNIV_SIZE")))
     } else {
-        None
-    }
+        return None;
+    };
+    Some(MpiLauncher { name, size })
 }
 
 /// Looks up one variable of the environment (or of a test's).
@@ -144,7 +167,34 @@ pub(crate) fn host_name() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::control;
+    use super::{control, mpi_launcher};
+
+    #[test]
+    fn each_launcher_is_known_by_what_it_really_sets() {
+        let detect = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            mpi_launcher(&|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())).map(|l| (l.name, l.size))
+        };
+        assert_eq!(
+            detect(&[("OMPI_COMM_WORLD_SIZE", "4"), ("PMIX_RANK", "1")]),
+            Some(("Open MPI's mpirun", Some(4)))
+        );
+        assert_eq!(
+            detect(&[("PMI_RANK", "0"), ("PMI_SIZE", "2"), ("PMI_FD", "6")]),
+            Some(("an MPICH (Hydra) mpiexec", Some(2)))
+        );
+        assert_eq!(
+            detect(&[
+                ("SLURM_STEP_ID", "0"),
+                ("SLURM_PROCID", "3"),
+                ("SLURM_STEP_NUM_TASKS", "8")
+            ]),
+            Some(("Slurm's srun", Some(8)))
+        );
+        // A batch script has SLURM_PROCID but is no launch.
+        assert_eq!(detect(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4")]), None);
+        assert_eq!(detect(&[]), None);
+    }
 
     #[test]
     fn control_values_parse_or_are_refused() {

@@ -204,17 +204,23 @@ pub(crate) fn tell_failure(channel: &mut Channel, e: &Error) {
 pub(crate) fn install_panic_hook() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let text = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a non-text panic payload".to_string());
-        let message = match info.location() {
-            Some(loc) => format!("{text} at {}:{}", loc.file(), loc.line()),
+        let (text, at) = panic_text(info);
+        let message = match at {
+            Some((file, line)) => format!("{text} at {file}:{line}"),
             None => text,
         };
         tell(&ControlMessage::Panic { message }, false);
         previous(info);
     }));
+}
+
+/// A panic's message and where it happened, for the one line about it.
+pub(crate) fn panic_text(info: &std::panic::PanicHookInfo<'_>) -> (String, Option<(String, u32)>) {
+    let payload = info.payload();
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_string());
+    (text, info.location().map(|l| (l.file().to_string(), l.line())))
 }

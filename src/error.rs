@@ -184,16 +184,16 @@ pub enum Error {
     #[error("cannot start this rank: {0}")]
     Bootstrap(String),
 
-    /// The program was started as one of several ranks by a launcher spmd
-    /// cannot work with (`mpirun`, `mpiexec` or `srun`: spmd has no MPI
-    /// backend yet).
-    #[error(
-        "this program was started by {launcher} as one of several ranks, but spmd cannot run under an MPI \
-         launcher yet (an MPI backend is planned, not built): start it with spmdrun instead"
-    )]
+    /// The program was started as one of several ranks by an MPI launcher
+    /// (`mpirun`, `mpiexec` or `srun`) but built without spmd's `mpi`
+    /// feature, or started by one MPI's launcher but linked to the other
+    /// MPI (each rank would be a job of its own).
+    #[error("this program was started by {launcher}, but {problem}")]
     WrongLauncher {
         /// The launcher that was detected.
         launcher: &'static str,
+        /// Why this process cannot be one of its ranks, and what to do.
+        problem: String,
     },
 
     /// `init` was called twice in one process.
@@ -207,6 +207,16 @@ pub enum Error {
         what: String,
         /// The limit that passed.
         seconds: f64,
+    },
+
+    /// A call into the MPI library returned an error (on the MPI backend
+    /// only; most MPI errors end the job at once, as MPI's default).
+    #[error("{call} failed: {detail}")]
+    Mpi {
+        /// The MPI function.
+        call: &'static str,
+        /// MPI's own description of the error.
+        detail: String,
     },
 
     /// An operating-system call failed.

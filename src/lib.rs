@@ -61,6 +61,8 @@ mod error;
 pub mod fuzzing;
 mod matching;
 mod message;
+#[cfg(feature = "mpi")]
+mod mpi_backend;
 pub mod op;
 mod point_to_point;
 mod pool;
@@ -112,12 +114,12 @@ pub fn shared_memory_per_node(local: usize) -> u64 {
 /// ```
 pub use bytemuck;
 pub use collective::CollectiveRequest;
-pub use communicator::{Communicator, KEEP_ORDER};
+pub use communicator::{Backend, Communicator, KEEP_ORDER};
 pub use completion::{Pending, test_all, test_any, wait_any, wait_any_timeout, wait_some, wait_some_timeout};
 pub use error::{Error, Result};
 pub use request::{ReceiveRequest, Request, SendRequest, wait_all};
 pub use scope::{LentReceive, LentSend, Scope};
-pub use selector::{Match, Status};
+pub use selector::{MAX_TAG, Match, Status};
 pub use world::{World, init, wtime};
 
 /// PyPar's `balance`: the range of items `0..n` that rank `rank` of `size`

@@ -52,6 +52,12 @@ pub(crate) trait Sink {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct ReceiveId(u64);
 
+impl ReceiveId {
+    /// No receive of the engine's (one the MPI backend holds instead).
+    #[cfg(feature = "mpi")]
+    pub(crate) const ELSEWHERE: ReceiveId = ReceiveId(u64::MAX);
+}
+
 #[derive(Debug)]
 struct Posted {
     id: ReceiveId,

@@ -95,6 +95,22 @@ pub(crate) fn as_raw<T: ?Sized>(value: &T) -> Option<(Format, &[u8])> {
     None
 }
 
+/// The element code of `T` if it is one of the plain-number types a serde
+/// send carries raw in vectors.
+#[cfg(feature = "mpi")]
+pub(crate) fn number_code<T: ?Sized>() -> Option<u16> {
+    let id = typeid::of::<T>();
+    macro_rules! check {
+        ($e:ty) => {
+            if id == typeid::of::<$e>() {
+                return Some(element::code_of::<$e>());
+            }
+        };
+    }
+    for_each_number!(check);
+    None
+}
+
 /// The format of raw `E`s.
 pub(crate) fn raw<E: Pod>() -> Format {
     Format::Raw(element::code_of::<E>())

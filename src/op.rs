@@ -37,6 +37,30 @@ pub trait Op<T> {
     fn is_commutative(&self) -> bool {
         false
     }
+
+    /// Which built-in operator this is on single numbers, so that a
+    /// backend may combine with its own (MPI's `MPI_SUM`, ...); `None` for
+    /// any other operator. Not for programs to implement.
+    #[doc(hidden)]
+    fn builtin(&self) -> Option<Builtin> {
+        None
+    }
+}
+
+/// The built-in operators, as [`Op::builtin`] names them.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    Sum,
+    Product,
+    Min,
+    Max,
+    LogicalAnd,
+    LogicalOr,
+    LogicalXor,
+    BitAnd,
+    BitOr,
+    BitXor,
 }
 
 impl<T, F: Fn(&T, &T) -> T> Op<T> for F {
@@ -134,7 +158,7 @@ fn each<T: Clone>(a: &[T], b: &[T], f: impl Fn(&T, &T) -> T) -> Vec<T> {
 /// Implements a built-in operator for scalars (`$bound` being what it
 /// needs), and element by element for `Vec`s and arrays of them.
 macro_rules! operator {
-    ($op:ty, $bound:path, |$a:ident, $b:ident| $body:expr) => {
+    ($op:ident, $bound:path, |$a:ident, $b:ident| $body:expr) => {
         impl<T: Scalar + $bound> Op<T> for $op {
             fn combine(&self, $a: &T, $b: &T) -> T {
                 $body
@@ -142,6 +166,10 @@ macro_rules! operator {
 
             fn is_commutative(&self) -> bool {
                 true
+            }
+
+            fn builtin(&self) -> Option<Builtin> {
+                Some(Builtin::$op)
             }
         }
 
@@ -210,7 +238,7 @@ numeric_truth!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f
 /// Implements a logical operator for values with a truth value, and
 /// element by element for `Vec`s and arrays of them.
 macro_rules! logical {
-    ($op:ty, |$a:ident, $b:ident| $body:expr) => {
+    ($op:ident, |$a:ident, $b:ident| $body:expr) => {
         impl<T: Truth> Op<T> for $op {
             fn combine(&self, a: &T, b: &T) -> T {
                 let ($a, $b) = (a.truth(), b.truth());
@@ -219,6 +247,10 @@ macro_rules! logical {
 
             fn is_commutative(&self) -> bool {
                 true
+            }
+
+            fn builtin(&self) -> Option<Builtin> {
+                Some(Builtin::$op)
             }
         }
 

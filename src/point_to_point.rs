@@ -7,11 +7,15 @@ use bytemuck::Pod;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::communicator::Communicator;
+use crate::communicator::{Communicator, on_mpi};
+#[cfg(feature = "mpi")]
+use crate::envelope::Buffer;
 use crate::envelope::{Envelope, Room};
 use crate::error::Result;
 use crate::message::{self, Taken};
 use crate::progress::{Head, Sent};
+#[cfg(feature = "mpi")]
+use crate::progress::{pattern_text, timed_out};
 use crate::selector::{Match, Selector, Status};
 
 impl Communicator {
@@ -37,6 +41,11 @@ impl Communicator {
         room: Option<Room>,
         timeout: Option<Duration>,
     ) -> Result<Envelope> {
+        on_mpi!(self, |m| {
+            let wait = crate::mpi_backend::Wait::after(timeout);
+            m.receive(sel.pattern, room, wait)?
+                .ok_or_else(|| timed_out(pattern_text(&sel.pattern), timeout))
+        });
         let mut engine = self.engine()?;
         let id = engine.post(sel, room);
         self.ranked(id.and_then(|id| engine.wait_receive(id, timeout)))
@@ -46,11 +55,20 @@ impl Communicator {
     /// as the type it asked for, the message goes back to the queue.
     pub(crate) fn take<T>(&self, env: Envelope, taking: impl FnOnce(Envelope) -> Taken<T>) -> Result<T> {
         taking(env).map_err(|rejected| {
-            if let Some(mut engine) = self.engine_for_cleanup() {
-                engine.requeue(rejected.env);
-            }
+            self.put_back(rejected.env);
             self.in_ranks(rejected.error)
         })
+    }
+
+    /// Puts a received message back, first in line for the next receive.
+    fn put_back(&self, env: Envelope) {
+        #[cfg(feature = "mpi")]
+        if let Some(m) = self.mpi_side() {
+            return m.requeue(env);
+        }
+        if let Some(mut engine) = self.engine_for_cleanup() {
+            engine.requeue(env);
+        }
     }
 
     /// Sends `value` to rank `dest` with tag 0. Returns once the message has
@@ -79,11 +97,14 @@ impl Communicator {
         let dest = self.peer(dest)?;
         if let Some((format, bytes)) = message::as_raw(value) {
             // Numbers go out straight from the caller's memory.
-            let head = Head::user(self.p2p_context(), tag, format);
+            let head = self.user_head(tag, format)?;
+            on_mpi!(self, |m| m.send(dest, tag, format, bytes));
             return self.ranked(self.engine()?.send_now(dest, head, bytes));
         }
         let (format, payload) = message::encode(value)?;
-        self.send_bytes(dest, Head::user(self.p2p_context(), tag, format), payload)
+        let head = self.user_head(tag, format)?;
+        on_mpi!(self, |m| m.send_owned(dest, tag, format, payload));
+        self.send_bytes(dest, head, payload)
     }
 
     /// Receives a `T` from rank `source` with tag 0.
@@ -184,6 +205,15 @@ impl Communicator {
     /// a message has arrived, with its status, without waiting.
     pub fn try_receive_matching<T: DeserializeOwned>(&self, pattern: Match) -> Result<Option<(T, Status)>> {
         let sel = self.user(pattern)?;
+        #[cfg(feature = "mpi")]
+        if let Some(m) = self.mpi_side() {
+            let wait = crate::mpi_backend::Wait::Never;
+            let Some(env) = m.receive(sel.pattern, message::room_for::<T>(), wait)? else {
+                return Ok(None);
+            };
+            let status = self.status_of(&env);
+            return Ok(Some((self.take(env, message::decode_owned)?, status)));
+        }
         let env = {
             let mut engine = self.engine()?;
             if self.ranked(engine.probe(sel, None))?.is_none() {
@@ -201,6 +231,9 @@ impl Communicator {
     /// Waits until a message `pattern` accepts has arrived and returns its
     /// status, leaving it to be received.
     pub fn probe(&self, pattern: Match) -> Result<Status> {
+        on_mpi!(self, |m| Ok(self
+            .probe_on_mpi(m, pattern, Some(None))?
+            .expect("a probe without a deadline returns only when it finds a message")));
         let found = self.ranked(self.engine()?.probe(self.user(pattern)?, Some(None)))?;
         let found = found.expect("a probe without a deadline returns only when it finds a message");
         Ok(found.with_source(self.rank_of(found.source())))
@@ -209,6 +242,9 @@ impl Communicator {
     /// [`Communicator::probe`] that gives up with
     /// [`Error::Timeout`](crate::Error::Timeout) after `timeout`.
     pub fn probe_timeout(&self, pattern: Match, timeout: Duration) -> Result<Status> {
+        on_mpi!(self, |m| self
+            .probe_on_mpi(m, pattern, Some(Some(timeout)))?
+            .ok_or_else(|| timed_out(pattern_text(&pattern), Some(timeout))));
         let found = self.ranked(self.engine()?.probe(self.user(pattern)?, Some(Some(timeout))))?;
         let found = found.expect("a probe with a deadline returns a message or the timeout error");
         Ok(found.with_source(self.rank_of(found.source())))
@@ -217,8 +253,24 @@ impl Communicator {
     /// Returns the status of a message `pattern` accepts if one has arrived,
     /// without waiting.
     pub fn try_probe(&self, pattern: Match) -> Result<Option<Status>> {
+        on_mpi!(self, |m| self.probe_on_mpi(m, pattern, None));
         let found = self.ranked(self.engine()?.probe(self.user(pattern)?, None))?;
         Ok(found.map(|f| f.with_source(self.rank_of(f.source()))))
+    }
+
+    /// A probe on the MPI backend: `wait` as the engine's probe takes it
+    /// (`None`: do not wait; `Some(None)`: forever).
+    #[cfg(feature = "mpi")]
+    fn probe_on_mpi(
+        &self,
+        m: &crate::mpi_backend::MpiComm,
+        pattern: Match,
+        wait: Option<Option<Duration>>,
+    ) -> Result<Option<Status>> {
+        use crate::mpi_backend::Wait;
+        let sel = self.user(pattern)?;
+        let wait = wait.map_or(Wait::Never, Wait::after);
+        m.probe(sel.pattern, wait)
     }
 
     /// Sends `value` to `dest` and receives a `R` from `source`, both with
@@ -251,10 +303,16 @@ impl Communicator {
         let dest = self.peer(dest)?;
         let sel = self.user(Match::source(source).with_tag(receive_tag))?;
         let (format, payload) = message::encode(value)?;
+        let head = self.user_head(send_tag, format)?;
+        #[cfg(feature = "mpi")]
+        if let Some(m) = self.mpi_side() {
+            let env = m.sendrecv(dest, send_tag, format, &payload, sel.pattern, message::room_for::<R>())?;
+            return self.take(env, message::decode_owned);
+        }
         let env = self.ranked((|| {
             let mut engine = self.engine()?;
             let id = engine.post(sel, message::room_for::<R>())?;
-            let sent = engine.send(dest, Head::user(self.p2p_context(), send_tag, format), payload)?;
+            let sent = engine.send(dest, head, payload)?;
             let env = engine.wait_receive(id, None)?;
             engine.wait_sent(sent, dest)?;
             Ok(env)
@@ -283,7 +341,13 @@ impl Communicator {
     /// [`Communicator::send_slice`] with tag `tag`.
     pub fn send_slice_with_tag<T: Pod>(&self, data: &[T], dest: usize, tag: u32) -> Result<()> {
         let dest = self.peer(dest)?;
-        let head = Head::user(self.p2p_context(), tag, message::raw::<T>());
+        let head = self.user_head(tag, message::raw::<T>())?;
+        on_mpi!(self, |m| m.send(
+            dest,
+            tag,
+            message::raw::<T>(),
+            message::pod_bytes(data)
+        ));
         self.ranked(self.engine()?.send_now(dest, head, message::pod_bytes(data)))
     }
 
@@ -320,16 +384,32 @@ impl Communicator {
         // `buf`; one that was already queued is copied.
         let element = crate::element::code_of::<T>();
         let sel = self.user(pattern)?;
-        let env = self.ranked(
-            self.engine()?
-                .receive_landing(sel, bytemuck::cast_slice_mut(buf), element, timeout),
-        )?;
+        let env = self.receive_landing(sel, bytemuck::cast_slice_mut(buf), element, timeout)?;
         let status = self.status_of(&env);
         self.take(env, |env| match message::copy_into(&env, buf) {
             Ok(_) => Ok(()),
             Err(error) => message::reject(error, env),
         })?;
         Ok(status)
+    }
+
+    /// Receives the next message `sel` accepts, landing in `buf` if it is
+    /// raw numbers of type `element` that fit.
+    fn receive_landing(
+        &self,
+        sel: Selector,
+        buf: &mut [u8],
+        element: u16,
+        timeout: Option<Duration>,
+    ) -> Result<Envelope> {
+        on_mpi!(self, |_m| {
+            let buffer = Buffer {
+                ptr: buf.as_mut_ptr(),
+                len: buf.len(),
+            };
+            self.receive_envelope(sel, Some(Room::Given { buffer, element }), timeout)
+        });
+        self.ranked(self.engine()?.receive_landing(sel, buf, element, timeout))
     }
 
     /// Receives plain numbers from `source` (tag 0) into a new vector sized

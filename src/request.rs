@@ -5,7 +5,7 @@ use bytemuck::Pod;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::communicator::Communicator;
+use crate::communicator::{Communicator, on_mpi};
 use crate::envelope::{Envelope, Room};
 use crate::error::Result;
 use crate::matching::ReceiveId;
@@ -77,16 +77,27 @@ pub struct SendRequest<'w> {
     sent: Sent,
     /// The job rank it goes to.
     dest: usize,
+    /// The send on the MPI backend.
+    #[cfg(feature = "mpi")]
+    mpi: Option<crate::mpi_backend::MpiSend>,
 }
 
 impl Request for SendRequest<'_> {
     type Output = ();
 
     fn wait(self) -> Result<()> {
+        #[cfg(feature = "mpi")]
+        if let Some(send) = self.mpi {
+            return send.wait();
+        }
         self.comm.ranked(self.comm.engine()?.wait_sent(self.sent, self.dest))
     }
 
     fn test(&mut self) -> Result<bool> {
+        #[cfg(feature = "mpi")]
+        if let Some(send) = &mut self.mpi {
+            return send.test();
+        }
         self.comm.ranked(self.comm.engine()?.is_sent(self.sent))
     }
 }
@@ -99,6 +110,9 @@ pub struct ReceiveRequest<'w, T> {
     comm: &'w Communicator,
     id: Option<ReceiveId>,
     decode: fn(Envelope) -> Taken<T>,
+    /// The receive on the MPI backend.
+    #[cfg(feature = "mpi")]
+    mpi: Option<crate::mpi_backend::MpiReceive>,
 }
 
 impl<T> std::fmt::Debug for ReceiveRequest<'_, T> {
@@ -111,6 +125,12 @@ impl<T> Request for ReceiveRequest<'_, T> {
     type Output = (T, Status);
 
     fn wait(mut self) -> Result<(T, Status)> {
+        #[cfg(feature = "mpi")]
+        if let (Some(receive), Some(m)) = (self.mpi.take(), self.comm.mpi_side()) {
+            let env = receive.wait(m)?;
+            let status = self.comm.status_of(&env);
+            return Ok((self.comm.take(env, self.decode)?, status));
+        }
         let Some(id) = self.id.take() else {
             unreachable!("a receive request is waited on once, by value")
         };
@@ -120,6 +140,10 @@ impl<T> Request for ReceiveRequest<'_, T> {
     }
 
     fn test(&mut self) -> Result<bool> {
+        #[cfg(feature = "mpi")]
+        if let (Some(receive), Some(m)) = (&mut self.mpi, self.comm.mpi_side()) {
+            return receive.test(m);
+        }
         match self.id {
             Some(id) => self.comm.ranked(self.comm.engine()?.test_receive(id)),
             None => Ok(true),
@@ -129,6 +153,10 @@ impl<T> Request for ReceiveRequest<'_, T> {
 
 impl<T> Drop for ReceiveRequest<'_, T> {
     fn drop(&mut self) {
+        #[cfg(feature = "mpi")]
+        if let (Some(receive), Some(m)) = (self.mpi.take(), self.comm.mpi_side()) {
+            receive.withdraw(m);
+        }
         if let Some(id) = self.id.take() {
             if let Some(mut engine) = self.comm.engine_for_cleanup() {
                 engine.abandon_receive(id);
@@ -141,7 +169,13 @@ impl Communicator {
     fn immediate_bytes(&self, dest: usize, head: Head, payload: Vec<u8>) -> Result<SendRequest<'_>> {
         let dest = self.peer(dest)?;
         let sent = self.post_send(dest, head, payload)?;
-        Ok(SendRequest { comm: self, sent, dest })
+        Ok(SendRequest {
+            comm: self,
+            sent,
+            dest,
+            #[cfg(feature = "mpi")]
+            mpi: None,
+        })
     }
 
     /// Starts sending `value` to `dest` with tag 0 and returns at once.
@@ -157,10 +191,14 @@ impl Communicator {
         tag: u32,
     ) -> Result<SendRequest<'_>> {
         if let Some((format, bytes)) = message::as_raw(value) {
-            return self.immediate_raw(dest, Head::user(self.p2p_context(), tag, format), bytes);
+            let head = self.user_head(tag, format)?;
+            on_mpi!(self, |m| self.immediate_on_mpi(m, dest, tag, format, bytes));
+            return self.immediate_raw(dest, head, bytes);
         }
         let (format, payload) = message::encode(value)?;
-        self.immediate_bytes(dest, Head::user(self.p2p_context(), tag, format), payload)
+        let head = self.user_head(tag, format)?;
+        on_mpi!(self, |m| self.immediate_on_mpi(m, dest, tag, format, &payload));
+        self.immediate_bytes(dest, head, payload)
     }
 
     /// Starts sending a slice of plain numbers to `dest` with tag 0: what
@@ -171,8 +209,34 @@ impl Communicator {
 
     /// [`Communicator::immediate_send_slice`] with tag `tag`.
     pub fn immediate_send_slice_with_tag<T: Pod>(&self, data: &[T], dest: usize, tag: u32) -> Result<SendRequest<'_>> {
-        let head = Head::user(self.p2p_context(), tag, message::raw::<T>());
+        let head = self.user_head(tag, message::raw::<T>())?;
+        on_mpi!(self, |m| self.immediate_on_mpi(
+            m,
+            dest,
+            tag,
+            message::raw::<T>(),
+            message::pod_bytes(data)
+        ));
         self.immediate_raw(dest, head, message::pod_bytes(data))
+    }
+
+    /// An immediate send on the MPI backend.
+    #[cfg(feature = "mpi")]
+    fn immediate_on_mpi(
+        &self,
+        m: &crate::mpi_backend::MpiComm,
+        dest: usize,
+        tag: u32,
+        format: crate::envelope::Format,
+        bytes: &[u8],
+    ) -> Result<SendRequest<'_>> {
+        let dest = self.peer(dest)?;
+        Ok(SendRequest {
+            comm: self,
+            sent: None,
+            dest,
+            mpi: Some(m.isend(dest, tag, format, bytes)?),
+        })
     }
 
     /// Starts sending raw bytes of plain numbers: what fits now goes
@@ -180,7 +244,13 @@ impl Communicator {
     fn immediate_raw(&self, dest: usize, head: Head, bytes: &[u8]) -> Result<SendRequest<'_>> {
         let dest = self.peer(dest)?;
         let sent = self.ranked(self.engine()?.send_eager(dest, head, bytes))?;
-        Ok(SendRequest { comm: self, sent, dest })
+        Ok(SendRequest {
+            comm: self,
+            sent,
+            dest,
+            #[cfg(feature = "mpi")]
+            mpi: None,
+        })
     }
 
     /// Posts a receive of a `T` from rank `source` with tag 0 and returns
@@ -253,11 +323,19 @@ impl Communicator {
         decode: fn(Envelope) -> Taken<T>,
     ) -> Result<ReceiveRequest<'_, T>> {
         let sel = self.user(pattern)?;
+        on_mpi!(self, |m| Ok(ReceiveRequest {
+            comm: self,
+            id: None,
+            decode,
+            mpi: Some(m.ireceive(sel.pattern, room)?),
+        }));
         let id = self.ranked(self.engine()?.post(sel, room))?;
         Ok(ReceiveRequest {
             comm: self,
             id: Some(id),
             decode,
+            #[cfg(feature = "mpi")]
+            mpi: None,
         })
     }
 }

@@ -15,7 +15,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::matching::ReceiveId;
 use crate::message;
-use crate::progress::{Head, Sent};
+use crate::progress::Sent;
 use crate::request::Request;
 use crate::selector::{Match, Status};
 
@@ -23,6 +23,9 @@ use crate::selector::{Match, Status};
 #[derive(Debug)]
 struct LentBuffer {
     id: ReceiveId,
+    /// The receive on the MPI backend.
+    #[cfg(feature = "mpi")]
+    mpi: Option<crate::mpi_backend::MpiReceive>,
     ptr: *mut u8,
     len: usize,
     /// Copies a message that did not land into the buffer, checking it.
@@ -33,6 +36,9 @@ struct LentBuffer {
 #[derive(Debug, Default)]
 struct Lent {
     sends: Vec<(Sent, usize, bool)>,
+    /// The sends on the MPI backend, at the same indices.
+    #[cfg(feature = "mpi")]
+    mpi_sends: Vec<Option<crate::mpi_backend::MpiSend>>,
     receives: Vec<LentBuffer>,
 }
 
@@ -119,7 +125,19 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         tag: u32,
     ) -> Result<LentSend<'scope, 'env>> {
         let dest = self.comm.peer(dest)?;
-        let head = Head::user(self.comm.p2p_context(), tag, message::raw::<T>());
+        let head = self.comm.user_head(tag, message::raw::<T>())?;
+        #[cfg(feature = "mpi")]
+        if let Some(m) = self.comm.mpi_side() {
+            // SAFETY: as below: the scope waits for the send.
+            let send = unsafe { m.isend_lent(dest, tag, message::raw::<T>(), message::pod_bytes(data))? };
+            let mut lent = self.lent.borrow_mut();
+            lent.sends.push((None, dest, false));
+            lent.mpi_sends.push(Some(send));
+            return Ok(LentSend {
+                scope: self,
+                index: lent.sends.len() - 1,
+            });
+        }
         // SAFETY: `data` is borrowed for the scope, and the scope waits for
         // the send (or makes it owned) before it ends.
         let sent = unsafe { self.comm.engine()?.send_lent(dest, head, message::pod_bytes(data)) };
@@ -165,6 +183,25 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let (ptr, len) = (bytes.as_mut_ptr(), bytes.len());
         let element = crate::element::code_of::<T>();
         let sel = self.comm.user(pattern)?;
+        #[cfg(feature = "mpi")]
+        if let Some(m) = self.comm.mpi_side() {
+            let buffer = crate::envelope::Buffer { ptr, len };
+            let room = crate::envelope::Room::Given { buffer, element };
+            let receive = m.ireceive(sel.pattern, Some(room))?;
+            let mut lent = self.lent.borrow_mut();
+            lent.receives.push(LentBuffer {
+                id: ReceiveId::ELSEWHERE,
+                mpi: Some(receive),
+                ptr,
+                len,
+                finish: finish_into::<T>,
+                done: false,
+            });
+            return Ok(LentReceive {
+                scope: self,
+                index: lent.receives.len() - 1,
+            });
+        }
         // SAFETY: `buf` is borrowed mutably for the scope, and the scope
         // waits for the receive (or abandons it) before it ends.
         let id = unsafe { self.comm.engine()?.post_lent(sel, ptr, len, element) };
@@ -172,6 +209,8 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let mut lent = self.lent.borrow_mut();
         lent.receives.push(LentBuffer {
             id,
+            #[cfg(feature = "mpi")]
+            mpi: None,
             ptr,
             len,
             finish: finish_into::<T>,
@@ -188,6 +227,12 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         if done {
             return Ok(());
         }
+        #[cfg(feature = "mpi")]
+        if self.comm.mpi_side().is_some() {
+            let send = self.lent.borrow_mut().mpi_sends[index].take();
+            self.lent.borrow_mut().sends[index].2 = true;
+            return send.map_or(Ok(()), |s| s.wait());
+        }
         let mut engine = self.comm.engine()?;
         let result = self.comm.ranked(engine.wait_sent(sent, dest));
         engine.own_sent(sent);
@@ -203,6 +248,23 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         };
         if done {
             return Err(Error::InvalidArgument("this receive was already waited for".into()));
+        }
+        #[cfg(feature = "mpi")]
+        if let Some(m) = self.comm.mpi_side() {
+            let receive = self.lent.borrow_mut().receives[index].mpi.take();
+            self.lent.borrow_mut().receives[index].done = true;
+            let Some(receive) = receive else {
+                return Err(Error::InvalidArgument("this receive was already waited for".into()));
+            };
+            let env = receive.wait(m)?;
+            let status = self.comm.status_of(&env);
+            if let Err(e) = finish(&env, ptr, len) {
+                if env.landed.is_none() {
+                    m.requeue(env);
+                }
+                return Err(e);
+            }
+            return Ok(status);
         }
         let mut engine = self.comm.engine()?;
         let result = self.comm.ranked(engine.wait_receive(id, None));
@@ -233,6 +295,20 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         };
         let running = lent.receives.iter().any(|r| !r.done) || lent.sends.iter().any(|s| !s.2);
         if !running {
+            return;
+        }
+        #[cfg(feature = "mpi")]
+        if let Some(m) = self.comm.mpi_side() {
+            for r in lent.receives.iter_mut().filter(|r| !r.done) {
+                if let Some(receive) = r.mpi.take() {
+                    receive.withdraw(m);
+                }
+                r.done = true;
+            }
+            // The lent memory must outlive the sends: wait for them.
+            for send in lent.mpi_sends.iter_mut().filter_map(Option::take) {
+                let _ = send.wait();
+            }
             return;
         }
         let Some(mut engine) = self.comm.engine_for_cleanup() else {
@@ -304,6 +380,10 @@ impl Request for LentSend<'_, '_> {
 
     fn test(&mut self) -> Result<bool> {
         let (sent, _, done) = self.scope.lent.borrow().sends[self.index];
+        #[cfg(feature = "mpi")]
+        if let Some(send) = self.scope.lent.borrow_mut().mpi_sends[self.index].as_mut() {
+            return send.test();
+        }
         Ok(done || self.scope.comm.ranked(self.scope.comm.engine()?.is_sent(sent))?)
     }
 }
@@ -329,6 +409,13 @@ impl Request for LentReceive<'_, '_> {
             let r = &lent.receives[self.index];
             (r.id, r.done)
         };
+        #[cfg(feature = "mpi")]
+        if let (Some(receive), Some(m)) = (
+            self.scope.lent.borrow_mut().receives[self.index].mpi.as_mut(),
+            self.scope.comm.mpi_side(),
+        ) {
+            return receive.test(m);
+        }
         Ok(done || self.scope.comm.ranked(self.scope.comm.engine()?.test_receive(id))?)
     }
 }

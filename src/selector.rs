@@ -5,6 +5,21 @@
 use crate::envelope::Envelope;
 use crate::wire::Context;
 
+/// The largest tag a message may carry, on every backend: 2²⁸ − 1, the
+/// smallest `MPI_TAG_UB` of the MPIs spmd runs on (MPICH's; Open MPI's is
+/// 2³¹ − 1). A larger tag is [`Error::InvalidArgument`](crate::Error::InvalidArgument),
+/// so that a program that runs under spmdrun runs under `mpirun` too.
+///
+/// ```
+/// let world = spmd::init()?;
+/// let me = world.rank();
+/// world.send_with_tag(&1u8, me, spmd::MAX_TAG)?;
+/// assert_eq!(world.receive_with_tag::<u8>(me, spmd::MAX_TAG)?, 1);
+/// assert!(world.send_with_tag(&1u8, me, spmd::MAX_TAG + 1).is_err());
+/// # Ok::<(), spmd::Error>(())
+/// ```
+pub const MAX_TAG: u32 = (1 << 28) - 1;
+
 /// Which messages a receive or probe accepts: a source rank or any, and a
 /// tag or any.
 ///
@@ -115,6 +130,16 @@ impl Status {
         match crate::element::size_of_code(self.element)? {
             0 => Some(0),
             size => Some(self.len / size as u64),
+        }
+    }
+
+    #[cfg(feature = "mpi")]
+    pub(crate) fn new(source: usize, tag: u32, len: u64, element: u16) -> Status {
+        Status {
+            source,
+            tag,
+            len,
+            element,
         }
     }
 

@@ -77,6 +77,16 @@ pub fn init() -> Result<World> {
             control::install_panic_hook();
             start(&p, welcome, channel)
         }
+        #[cfg(feature = "mpi")]
+        Launch::Mpi(launcher) => {
+            let s = crate::mpi_backend::start(launcher)?;
+            let job = Arc::new(Job::on_mpi(s.size, s.local_rank, s.local_size, s.node));
+            Job::make_current(&job);
+            Ok(World {
+                comm: Communicator::on_mpi(job, s.world),
+                finalized: Cell::new(false),
+            })
+        }
     }
 }
 
@@ -173,6 +183,10 @@ impl World {
         if self.finalized.replace(true) {
             return Ok(());
         }
+        #[cfg(feature = "mpi")]
+        if self.mpi_side().is_some() {
+            return crate::mpi_backend::finalize();
+        }
         let mut engine = self.engine()?;
         // The other ranks may still need this rank's part of an
         // `immediate_` collective whose request was forgotten.
@@ -230,6 +244,15 @@ impl Drop for World {
     fn drop(&mut self) {
         // A panicking rank must not look finalized: the launcher reports it.
         if std::thread::panicking() {
+            return;
+        }
+        // MPI cannot tell a rank that returns an error from `main` (and
+        // drops the World on the way) from one that is done: its
+        // MPI_Finalize would wait for the others forever, and they for it.
+        // Only an explicit finalize finalizes there; this rank ends the
+        // job when it exits, after `main` has printed its error.
+        #[cfg(feature = "mpi")]
+        if self.mpi_side().is_some() {
             return;
         }
         if let Err(e) = self.finalize_inner() {

@@ -339,7 +339,7 @@ fn a_program_started_by_mpirun_without_the_mpi_feature_says_so() {
         let out = run(cmd);
         assert_ne!(out.code(), Some(0), "{out:?}");
         assert!(
-            out.stderr.contains(launcher) && out.stderr.contains("MPI backend is planned, not built"),
+            out.stderr.contains(launcher) && out.stderr.contains("built without its `mpi` feature"),
             "{launcher}: {out:?}"
         );
     }

@@ -8,7 +8,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::communicator::Communicator;
+use crate::communicator::{Communicator, on_mpi};
 use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
 use crate::op::Op;
@@ -94,6 +94,7 @@ impl Communicator {
 
     /// Waits until every rank has called `barrier`.
     pub fn barrier(&self) -> Result<()> {
+        on_mpi!(self, |m| m.barrier());
         self.barrier_until(None)
     }
 
@@ -115,6 +116,7 @@ impl Communicator {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn barrier_timeout(&self, timeout: std::time::Duration) -> Result<()> {
+        on_mpi!(self, |m| m.barrier_timeout(timeout));
         self.barrier_until(Some(timeout))
     }
 
@@ -151,6 +153,7 @@ impl Communicator {
     /// ```
     pub fn broadcast<T: Serialize + DeserializeOwned>(&self, value: &mut T, root: usize) -> Result<()> {
         self.check_rank(root)?;
+        on_mpi!(self, |m| m.broadcast(value, root));
         let mine = if self.rank() == root {
             Some(Codec::<T>::encode(&SerdeCodec, value)?)
         } else {
@@ -177,6 +180,7 @@ impl Communicator {
     /// ```
     pub fn broadcast_value<T: Serialize + DeserializeOwned>(&self, value: Option<T>, root: usize) -> Result<T> {
         self.check_rank(root)?;
+        on_mpi!(self, |m| m.broadcast_value(value, root));
         let is_root = self.rank() == root;
         let mine = match (&value, is_root) {
             (Some(v), true) => Some(Codec::<T>::encode(&SerdeCodec, v)?),
@@ -201,6 +205,7 @@ impl Communicator {
     /// `values` is read on the root only (pass `&[]` elsewhere).
     pub fn scatter<T: Serialize + DeserializeOwned>(&self, values: &[T], root: usize) -> Result<T> {
         self.check_rank(root)?;
+        on_mpi!(self, |m| m.scatter(values, root));
         let bodies = if self.rank() == root {
             Some(
                 values
@@ -219,6 +224,7 @@ impl Communicator {
     /// the root, `None` elsewhere.
     pub fn gather<T: Serialize + DeserializeOwned>(&self, value: &T, root: usize) -> Result<Option<Vec<T>>> {
         self.check_rank(root)?;
+        on_mpi!(self, |m| m.gather(value, root));
         let body = SerdeCodec.encode(value)?;
         match self.collective(Kind::Gather, root, |call| self.gather_bodies(call, body, root))? {
             Some(envs) => decode_all(&SerdeCodec, &envs).map(Some),
@@ -239,6 +245,7 @@ impl Communicator {
 
     /// Every rank gets every rank's `value`, in rank order.
     pub fn allgather<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Vec<T>> {
+        on_mpi!(self, |m| m.allgather(value));
         let envs = self.allgather_envelopes(Kind::Allgather, SerdeCodec.encode(value)?)?;
         decode_all(&SerdeCodec, &envs)
     }
@@ -262,6 +269,7 @@ impl Communicator {
         root: usize,
     ) -> Result<Option<T>> {
         self.check_rank(root)?;
+        on_mpi!(self, |m| m.reduce(value, op, root));
         let combine = |a: T, b: T| Ok(crate::progress::combining(|| op.combine(&a, &b)));
         self.collective(Kind::Reduce, root, |call| {
             self.reduce_value(call, &SerdeCodec, value.clone(), &combine, root, !op.is_commutative())
@@ -271,6 +279,7 @@ impl Communicator {
     /// Combines every rank's `value` with `op`; every rank gets the same
     /// result, bit for bit.
     pub fn allreduce<T: Serialize + DeserializeOwned + Clone>(&self, value: &T, op: &impl Op<T>) -> Result<T> {
+        on_mpi!(self, |m| m.allreduce(value, op));
         let combine = |a: T, b: T| Ok(crate::progress::combining(|| op.combine(&a, &b)));
         self.collective(Kind::Allreduce, 0, |call| {
             self.allreduce_value(call, Step::Allreduce, &SerdeCodec, value.clone(), &combine)
@@ -279,6 +288,9 @@ impl Communicator {
 
     /// Inclusive prefix reduction: rank `r` gets `value₀ op … op value_r`.
     pub fn scan<T: Serialize + DeserializeOwned + Clone>(&self, value: &T, op: &impl Op<T>) -> Result<T> {
+        on_mpi!(self, |m| Ok(m
+            .scan(value, op, false)?
+            .expect("an inclusive scan gives every rank a value")));
         let combine = |a: T, b: T| Ok(crate::progress::combining(|| op.combine(&a, &b)));
         self.collective(Kind::Scan, 0, |call| {
             self.scan_value(call, &SerdeCodec, value.clone(), &combine)
@@ -288,6 +300,7 @@ impl Communicator {
     /// Rank `r` sends `values[i]` to rank `i` and gets back one value from
     /// every rank, in rank order. `values` has one entry per rank.
     pub fn alltoall<T: Serialize + DeserializeOwned>(&self, values: &[T]) -> Result<Vec<T>> {
+        on_mpi!(self, |m| m.alltoall(values));
         let bodies = values
             .iter()
             .map(|v| SerdeCodec.encode(v))

@@ -150,6 +150,7 @@ impl Communicator {
     /// disagree all get an error).
     pub fn broadcast_into<E: Pod>(&self, buf: &mut [E], root: usize) -> Result<()> {
         self.check_rank(root)?;
+        crate::communicator::on_mpi!(self, |m| m.broadcast_into(buf, root));
         let what = "broadcast_into";
         let bytes = std::mem::size_of_val(buf);
         let element = std::mem::size_of::<E>();
@@ -188,6 +189,7 @@ impl Communicator {
     /// elements) is cut into equal parts, part `i` to rank `i`'s `recv`.
     pub fn scatter_into<E: Pod>(&self, send: &[E], recv: &mut [E], root: usize) -> Result<()> {
         self.check_rank(root)?;
+        crate::communicator::on_mpi!(self, |m| m.scatter_into(send, recv, root));
         let what = "scatter_into";
         let (k, n) = (recv.len(), self.size());
         let bytes = std::mem::size_of_val(recv);
@@ -238,6 +240,7 @@ impl Communicator {
     /// the root only (pass `&mut []` elsewhere).
     pub fn gather_into<E: Pod>(&self, send: &[E], recv: &mut [E], root: usize) -> Result<()> {
         self.check_rank(root)?;
+        crate::communicator::on_mpi!(self, |m| m.gather_into(send, recv, root));
         let is_root = self.rank() == root;
         let large = std::mem::size_of_val(send) > PART_MAX;
         self.sized_collective(Kind::GatherInto, root, large, |call| {
@@ -258,6 +261,7 @@ impl Communicator {
     /// Plain-number allgather: every rank's `send` lands in every rank's
     /// `recv` (of `send.len() * size` elements) in rank order.
     pub fn allgather_into<E: Pod>(&self, send: &[E], recv: &mut [E]) -> Result<()> {
+        crate::communicator::on_mpi!(self, |m| m.allgather_into(send, recv));
         let large = std::mem::size_of_val(send) > PART_MAX;
         self.sized_collective(Kind::AllgatherInto, 0, large, |call| {
             if let Some(done) = self.window_gather(call, "allgather_into", send, recv, true) {
@@ -305,6 +309,7 @@ impl Communicator {
     /// elements; part `i` of `send` goes to rank `i`, and part `j` of `recv`
     /// comes from rank `j`.
     pub fn alltoall_into<E: Pod>(&self, send: &[E], recv: &mut [E]) -> Result<()> {
+        crate::communicator::on_mpi!(self, |m| m.alltoall_into(send, recv));
         let what = "alltoall_into";
         let n = self.size();
         let args = check_len(what, "the receive buffer", recv.len(), send.len()).and_then(|()| {

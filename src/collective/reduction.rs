@@ -108,6 +108,13 @@ impl Communicator {
     /// rank's `send`. Ranks that pass different lengths all get an error.
     pub fn reduce_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>, root: usize) -> Result<()> {
         self.check_rank(root)?;
+        crate::communicator::on_mpi!(self, |m| m.reduce_slices(
+            crate::mpi_backend::Reduction::Reduce(root),
+            send,
+            recv,
+            op,
+            "reduce_into"
+        ));
         let what = "reduce_into";
         let is_root = self.rank() == root;
         let bytes = std::mem::size_of_val(send);
@@ -168,6 +175,13 @@ impl Communicator {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn allreduce_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>) -> Result<()> {
+        crate::communicator::on_mpi!(self, |m| m.reduce_slices(
+            crate::mpi_backend::Reduction::Allreduce,
+            send,
+            recv,
+            op,
+            "allreduce_into"
+        ));
         let what = "allreduce_into";
         let bytes = std::mem::size_of_val(send);
         let element = std::mem::size_of::<E>();
@@ -219,6 +233,13 @@ impl Communicator {
     /// Plain-number inclusive scan, element by element, into `recv`. A rank
     /// whose receive buffer is wrong takes part and gets an error.
     pub fn scan_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>) -> Result<()> {
+        crate::communicator::on_mpi!(self, |m| m.reduce_slices(
+            crate::mpi_backend::Reduction::Scan,
+            send,
+            recv,
+            op,
+            "scan_into"
+        ));
         let what = "scan_into";
         let combine = elementwise(op, what);
         let codec = RawCodec(message::raw::<E>());

@@ -107,6 +107,7 @@ impl Communicator {
     /// ```
     pub fn gatherv_into<E: Pod>(&self, send: &[E], recv: &mut [E], counts: &[usize], root: usize) -> Result<()> {
         self.check_rank(root)?;
+        crate::communicator::on_mpi!(self, |m| m.gatherv_into("gatherv_into", send, recv, counts, root));
         let what = "gatherv_into";
         let is_root = self.rank() == root;
         let args = if is_root {
@@ -137,6 +138,7 @@ impl Communicator {
     /// ```
     pub fn scatterv_into<E: Pod>(&self, send: &[E], counts: &[usize], recv: &mut [E], root: usize) -> Result<()> {
         self.check_rank(root)?;
+        crate::communicator::on_mpi!(self, |m| m.scatterv_into("scatterv_into", send, counts, recv, root));
         let what = "scatterv_into";
         let args = if self.rank() == root {
             check_counts(what, "the send buffer", counts, self.size(), send.len())
@@ -180,6 +182,7 @@ impl Communicator {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn allgatherv_into<E: Pod>(&self, send: &[E], recv: &mut [E], counts: &[usize]) -> Result<()> {
+        crate::communicator::on_mpi!(self, |m| m.allgatherv_into("allgatherv_into", send, recv, counts));
         let what = "allgatherv_into";
         let args = check_counts(what, "the receive buffer", counts, self.size(), recv.len())
             .and_then(|()| check_len(what, "the send buffer", send.len(), counts[self.rank()]));
@@ -219,6 +222,13 @@ impl Communicator {
         recv: &mut [E],
         recv_counts: &[usize],
     ) -> Result<()> {
+        crate::communicator::on_mpi!(self, |m| m.alltoallv_into(
+            "alltoallv_into",
+            send,
+            send_counts,
+            recv,
+            recv_counts
+        ));
         let what = "alltoallv_into";
         let n = self.size();
         let args = check_counts(what, "the send buffer", send_counts, n, send.len())
@@ -253,6 +263,7 @@ impl Communicator {
         counts: &[usize],
         op: &impl Op<E>,
     ) -> Result<()> {
+        crate::communicator::on_mpi!(self, |m| m.reduce_scatter_into(send, recv, counts, op));
         let what = "reduce_scatter_into";
         // Every rank checks its own counts; a rank whose counts are wrong
         // fails the second call, and every rank hears of it.
@@ -276,6 +287,13 @@ impl Communicator {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn exscan_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>) -> Result<()> {
+        crate::communicator::on_mpi!(self, |m| m.reduce_slices(
+            crate::mpi_backend::Reduction::Exscan,
+            send,
+            recv,
+            op,
+            "exscan_into"
+        ));
         let mut upto = vec![E::zeroed(); send.len()];
         self.scan_into(send, &mut upto, op)?;
         let what = "exscan_into";
@@ -300,6 +318,7 @@ impl Communicator {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn exscan<T: Serialize + DeserializeOwned + Clone>(&self, value: &T, op: &impl Op<T>) -> Result<Option<T>> {
+        crate::communicator::on_mpi!(self, |m| m.scan(value, op, true));
         let upto = self.scan(value, op)?;
         let mine = message::encode(&upto)?;
         let env = self.sized_collective(Kind::Exscan, 0, false, |call| self.shift(call, mine))?;

@@ -9,9 +9,9 @@
 
 use crate::error::{Error, Result};
 
-use super::Communicator;
 use super::group::Group;
 use super::ids::{self, MASK_WORDS};
+use super::{Communicator, on_mpi};
 
 /// The key of [`Communicator::split`] that keeps the order of the ranks in
 /// the communicator split.
@@ -31,6 +31,7 @@ impl Communicator {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn dup(&self) -> Result<Communicator> {
+        on_mpi!(self, |m| Ok(self.made_on_mpi(m.dup()?)));
         let made = self.make(Constructor::Dup, &[], |_| Ok(Some(self.group().clone())))?;
         Ok(made.expect("every rank is a member of a duplicate"))
     }
@@ -49,6 +50,7 @@ impl Communicator {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn split(&self, color: Option<u32>, key: i64) -> Result<Option<Communicator>> {
+        on_mpi!(self, |m| Ok(m.split(color, key)?.map(|c| self.made_on_mpi(c))));
         let mine = [color.map_or(0, |c| u64::from(c) + 1), key as u64];
         self.make(Constructor::Split, &mine, |all| {
             let mut members = Vec::new();
@@ -79,6 +81,7 @@ impl Communicator {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn split_by_node(&self) -> Result<Communicator> {
+        on_mpi!(self, |m| Ok(self.made_on_mpi(m.split_by_node()?)));
         let node = self.node() as u64;
         let made = self.make(Constructor::SplitByNode, &[node], |all| {
             let mut members = Vec::new();
@@ -109,6 +112,17 @@ impl Communicator {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn subset(&self, ranks: &[usize]) -> Result<Option<Communicator>> {
+        on_mpi!(self, |m| {
+            let problem = self.list_problem(ranks);
+            let problem = (problem != 0).then(|| {
+                format!(
+                    "subset: rank {} listed {}",
+                    self.rank(),
+                    describe_problem(problem, self.size())
+                )
+            });
+            Ok(m.subset(ranks, problem)?.map(|c| self.made_on_mpi(c)))
+        });
         let problem = self.list_problem(ranks);
         let mine = [list_hash(ranks), ranks.len() as u64, problem];
         self.make(Constructor::Subset, &mine, |all| {
@@ -149,8 +163,19 @@ impl Communicator {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn translate_rank(&self, rank: usize, other: &Communicator) -> Result<Option<usize>> {
+        #[cfg(feature = "mpi")]
+        if let (Some(mine), Some(theirs)) = (self.mpi_side(), other.mpi_side()) {
+            self.check_rank(rank)?;
+            return mine.translate_rank(rank, theirs);
+        }
         let job_rank = self.peer(rank)?;
         Ok(other.group().rank_of(job_rank))
+    }
+
+    /// A communicator this one made on the MPI backend.
+    #[cfg(feature = "mpi")]
+    fn made_on_mpi(&self, comm: crate::mpi_backend::MpiComm) -> Communicator {
+        Communicator::on_mpi(std::sync::Arc::clone(self.job()), comm)
     }
 
     /// The group of this communicator's ranks `ranks`, in that order.
@@ -322,7 +347,7 @@ fn list_hash(ranks: &[usize]) -> u64 {
 }
 
 /// Names what [`Communicator::list_problem`] found.
-fn describe_problem(problem: u64, size: usize) -> String {
+pub(crate) fn describe_problem(problem: u64, size: usize) -> String {
     if problem >> 63 == 1 {
         format!("rank {} twice", problem & !(1 << 63))
     } else {

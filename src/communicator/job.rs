@@ -4,15 +4,16 @@
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use super::ContextIds;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::progress::{Engine, EngineGuard, EngineLock};
 use crate::wire::Settings;
 
-/// What every communicator of a job shares: the progress engine and what
-/// the launcher said about this rank.
+/// What every communicator of a job shares: the progress engine (none on
+/// the MPI backend, where MPI moves the messages) and what the launcher
+/// said about this rank.
 #[derive(Debug)]
 pub(crate) struct Job {
-    engine: EngineLock,
+    engine: Option<EngineLock>,
     /// Started by a launcher, which watches the rank.
     pub managed: bool,
     /// The number of ranks in the job.
@@ -35,7 +36,7 @@ impl Job {
         Job {
             managed: engine.managed(),
             size: engine.size,
-            engine: EngineLock::new(engine),
+            engine: Some(EngineLock::new(engine)),
             settings,
             local_rank,
             local_size,
@@ -48,7 +49,32 @@ impl Job {
     /// if this thread holds it already (spmd called from inside spmd).
     #[inline]
     pub fn engine(&self) -> Result<EngineGuard<'_>> {
-        self.engine.lock()
+        match &self.engine {
+            Some(engine) => engine.lock(),
+            None => Err(Error::InvalidArgument(
+                "this call is not available on the MPI backend yet (see README, \"Running on a cluster\")".into(),
+            )),
+        }
+    }
+
+    /// The job of a rank on the MPI backend.
+    #[cfg(feature = "mpi")]
+    pub fn on_mpi(size: usize, local_rank: usize, local_size: usize, node: usize) -> Job {
+        Job {
+            engine: None,
+            managed: true,
+            size,
+            settings: None,
+            local_rank,
+            local_size,
+            node,
+            ids: Mutex::new(ContextIds::default()),
+        }
+    }
+
+    /// False on the MPI backend.
+    pub fn has_engine(&self) -> bool {
+        self.engine.is_some()
     }
 
     /// Makes `job` the one [`Job::current`] returns.
@@ -71,6 +97,6 @@ impl Job {
     /// it, and is `None` only if this thread holds it already (spmd called
     /// from inside spmd, where the outer call still owns the engine).
     pub fn engine_for_cleanup(&self) -> Option<EngineGuard<'_>> {
-        self.engine.lock().ok()
+        self.engine.as_ref()?.lock().ok()
     }
 }

@@ -64,7 +64,33 @@ pub struct Communicator {
     /// The region of the node's pool its node-wide collectives use, if it
     /// has one (see `collective/pool.rs`).
     pub(crate) pooled: Option<(Pool, usize)>,
+    /// On the MPI backend, the MPI communicator every call goes to (the
+    /// fields above then stay unused).
+    #[cfg(feature = "mpi")]
+    mpi: Option<crate::mpi_backend::MpiComm>,
 }
+
+/// Which runtime carries a job's messages (see README, "Running on a
+/// cluster", for what differs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// spmd's own: shared memory or sockets, started by spmdrun or alone.
+    Native,
+    /// The site's MPI, through rsmpi (the `mpi` feature).
+    Mpi,
+}
+
+/// On the MPI backend, returns what `$body` makes of the communicator's
+/// MPI side `$m`; on the native one, does nothing.
+macro_rules! on_mpi {
+    ($comm:expr, |$m:ident| $body:expr) => {
+        #[cfg(feature = "mpi")]
+        if let Some($m) = $comm.mpi_side() {
+            return $body;
+        }
+    };
+}
+pub(crate) use on_mpi;
 
 impl Communicator {
     /// The communicator of every rank of `job`.
@@ -81,7 +107,24 @@ impl Communicator {
             calls: Calls::default(),
             node_state: NodeState::default(),
             pooled: None,
+            #[cfg(feature = "mpi")]
+            mpi: None,
         }
+    }
+
+    /// A communicator on the MPI backend, of `mpi`'s ranks.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn on_mpi(job: Arc<Job>, mpi: crate::mpi_backend::MpiComm) -> Communicator {
+        let mut comm = Communicator::world(job, mpi.rank, mpi.size);
+        comm.mpi = Some(mpi);
+        comm
+    }
+
+    /// The MPI side of a communicator on the MPI backend.
+    #[cfg(feature = "mpi")]
+    #[inline]
+    pub(crate) fn mpi_side(&self) -> Option<&crate::mpi_backend::MpiComm> {
+        self.mpi.as_ref()
     }
 
     /// A communicator of `group` with context id `id`, which this rank has
@@ -107,6 +150,8 @@ impl Communicator {
             calls: Calls::default(),
             node_state: NodeState::default(),
             pooled: None,
+            #[cfg(feature = "mpi")]
+            mpi: None,
         })
     }
 
@@ -135,6 +180,23 @@ impl Communicator {
         self.job.node
     }
 
+    /// Which backend carries this communicator's messages: spmd's own
+    /// (under spmdrun, or alone) or MPI (started by `mpirun`, `mpiexec` or
+    /// `srun`, with the `mpi` feature).
+    ///
+    /// ```
+    /// let world = spmd::init()?;
+    /// assert_eq!(world.backend(), spmd::Backend::Native);
+    /// # Ok::<(), spmd::Error>(())
+    /// ```
+    pub fn backend(&self) -> Backend {
+        #[cfg(feature = "mpi")]
+        if self.mpi.is_some() {
+            return Backend::Mpi;
+        }
+        Backend::Native
+    }
+
     /// The name of the machine this rank runs on (MPI's processor name).
     pub fn processor_name(&self) -> String {
         crate::bootstrap::host_name()
@@ -155,11 +217,6 @@ impl Communicator {
     /// another thread that holds it; `None` only if this thread does.
     pub(crate) fn engine_for_cleanup(&self) -> Option<EngineGuard<'_>> {
         self.job.engine_for_cleanup()
-    }
-
-    /// The context of this communicator's point-to-point messages.
-    pub(crate) fn p2p_context(&self) -> Context {
-        self.p2p
     }
 
     /// The context of this communicator's collectives.
@@ -286,9 +343,18 @@ impl Communicator {
         self.id == 0
     }
 
+    /// The head of a user's message with `tag` (checked) in `format`.
+    pub(crate) fn user_head(&self, tag: u32, format: crate::envelope::Format) -> Result<crate::progress::Head> {
+        check_tag(tag)?;
+        Ok(crate::progress::Head::user(self.p2p, tag, format))
+    }
+
     /// A selector for this communicator's point-to-point messages, with the
     /// pattern's source checked and made a job rank.
     pub(crate) fn user(&self, pattern: Match) -> Result<Selector> {
+        if let Some(tag) = pattern.tag_value() {
+            check_tag(tag)?;
+        }
         let pattern = match pattern.source_rank() {
             Some(source) => pattern.with_source(self.peer(source)?),
             None => pattern,
@@ -325,6 +391,15 @@ impl Communicator {
     /// world.abort_with_message(2, "input.dat is missing");
     /// ```
     pub fn abort_with_message(&self, code: i32, message: &str) -> ! {
+        #[cfg(feature = "mpi")]
+        if self.mpi_side().is_some() {
+            let text = if message.is_empty() {
+                String::new()
+            } else {
+                format!(": {message}")
+            };
+            crate::mpi_backend::abort_job(code, &format!("abort({code}){text}"));
+        }
         if !self.job.managed && !message.is_empty() {
             eprintln!("abort({code}): {message}");
         }
@@ -337,6 +412,17 @@ impl Communicator {
         );
         std::process::exit(code)
     }
+}
+
+/// An error unless `tag` is at most [`MAX_TAG`](crate::MAX_TAG).
+fn check_tag(tag: u32) -> Result<()> {
+    if tag <= crate::MAX_TAG {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "tag {tag} is above spmd::MAX_TAG ({}), the largest tag on every backend",
+        crate::MAX_TAG
+    )))
 }
 
 impl Drop for Communicator {

@@ -23,6 +23,8 @@ mod schedule;
 mod waits;
 
 pub(crate) use lock::{EngineGuard, EngineLock, check_not_combining, combining};
+#[cfg(feature = "mpi")]
+pub(crate) use receive::{pattern_text, timed_out};
 pub(crate) use schedule::{Fold, Part, Plan, Step};
 
 /// A queued send: `None` when it went to this rank itself and is done.

@@ -232,21 +232,22 @@ impl Engine {
 fn sel_text(sel: Option<Selector>) -> String {
     match sel {
         None => "a message".to_string(),
-        Some(s) => {
-            let from = s
-                .pattern
-                .source_rank()
-                .map_or("any rank".to_string(), |r| format!("rank {r}"));
-            let tag = s
-                .pattern
-                .tag_value()
-                .map_or("any tag".to_string(), |t| format!("tag {t}"));
-            format!("a message from {from} with {tag}")
-        }
+        Some(s) => pattern_text(&s.pattern),
     }
 }
 
-fn timed_out(what: String, timeout: Option<Duration>) -> Error {
+/// "a message from rank 3 with any tag", for errors.
+pub(crate) fn pattern_text(pattern: &crate::selector::Match) -> String {
+    let from = pattern
+        .source_rank()
+        .map_or("any rank".to_string(), |r| format!("rank {r}"));
+    let tag = pattern
+        .tag_value()
+        .map_or("any tag".to_string(), |t| format!("tag {t}"));
+    format!("a message from {from} with {tag}")
+}
+
+pub(crate) fn timed_out(what: String, timeout: Option<Duration>) -> Error {
     Error::Timeout {
         what,
         seconds: timeout.map_or(0.0, |t| t.as_secs_f64()),

@@ -49,6 +49,7 @@ fn fail(how: &str) -> Result<(), Error> {
                 std::process::exit(3)
             }
             "abort" => world.abort(5),
+            "error" => return Err(Error::InvalidArgument(format!("deliberate error on rank {me}"))),
             "no-finalize" if n > 1 => std::process::exit(0),
             _ => {}
         }

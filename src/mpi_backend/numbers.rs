@@ -1,0 +1,216 @@
+//! The plain-number collectives (`broadcast_into`, `scatter_into`, ...,
+//! the forms with a count per rank) on the MPI backend: each part travels
+//! as a raw body through MPI's collectives with its length, so that a rank
+//! whose buffer disagrees with the others gets an error instead of MPI's
+//! abort or a silent overrun, and never leaves the others waiting.
+
+use bytemuck::Pod;
+
+use super::collective::{Body, Reduction};
+use super::comm::MpiComm;
+use crate::error::{Error, Result};
+use crate::message;
+use crate::op::Op;
+
+fn body<E: Pod>(data: &[E]) -> Body {
+    (message::raw::<E>(), message::pod_copy(data))
+}
+
+fn disagree(what: &str, detail: String) -> Error {
+    Error::CollectiveMismatch {
+        detail: format!("{what}: ranks gave slices of different lengths ({detail})"),
+    }
+}
+
+/// Copies a raw body of `E`s into `out`, which it must fill exactly.
+fn copy_body<E: Pod>(what: &str, from: usize, b: &Body, out: &mut [E]) -> Result<()> {
+    if b.0 != message::raw::<E>() || b.1.len() != std::mem::size_of_val(out) {
+        return Err(disagree(
+            what,
+            format!(
+                "rank {from} gave {} bytes where this rank takes {}",
+                b.1.len(),
+                std::mem::size_of_val(out)
+            ),
+        ));
+    }
+    bytemuck::cast_slice_mut::<E, u8>(out).copy_from_slice(&b.1);
+    Ok(())
+}
+
+/// Copies `bodies` one after another into `out`, part `r` of `counts[r]`.
+fn copy_parts<E: Pod>(what: &str, bodies: &[Body], counts: &[usize], out: &mut [E]) -> Result<()> {
+    if counts.len() != bodies.len() || counts.iter().sum::<usize>() != out.len() {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: {} counts adding up to {} for {} ranks and a buffer of {}",
+            counts.len(),
+            counts.iter().sum::<usize>(),
+            bodies.len(),
+            out.len()
+        )));
+    }
+    let mut at = 0;
+    for (r, (b, &c)) in bodies.iter().zip(counts).enumerate() {
+        copy_body(what, r, b, &mut out[at..at + c])?;
+        at += c;
+    }
+    Ok(())
+}
+
+/// `data` cut into parts of `counts[r]` elements, as bodies; `None` if the
+/// counts do not cover `data` for `n` ranks.
+fn cut<E: Pod>(data: &[E], counts: &[usize], n: usize) -> Option<Vec<Body>> {
+    if counts.len() != n || counts.iter().sum::<usize>() != data.len() {
+        return None;
+    }
+    let mut at = 0;
+    Some(
+        counts
+            .iter()
+            .map(|&c| {
+                at += c;
+                body(&data[at - c..at])
+            })
+            .collect(),
+    )
+}
+
+impl MpiComm {
+    pub(crate) fn broadcast_into<E: Pod>(&self, buf: &mut [E], root: usize) -> Result<()> {
+        let mine = (self.rank == root).then(|| body(buf));
+        let got = self.broadcast_body(mine, root)?;
+        if self.rank != root {
+            copy_body("broadcast_into", root, &got, buf)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn scatterv_into<E: Pod>(
+        &self,
+        what: &str,
+        send: &[E],
+        counts: &[usize],
+        recv: &mut [E],
+        root: usize,
+    ) -> Result<()> {
+        let is_root = self.rank == root;
+        let parts = if is_root { cut(send, counts, self.size) } else { None };
+        let bad_root = is_root && parts.is_none();
+        // A root with wrong counts still scatters (empty parts), then fails.
+        let parts = parts.or_else(|| is_root.then(|| vec![body::<E>(&[]); self.size]));
+        let got = self.scatter_bodies(parts, root)?;
+        if bad_root {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: the root's counts ({} of them, adding up to {}) do not cut its send buffer of {} for {} \
+                 ranks",
+                counts.len(),
+                counts.iter().sum::<usize>(),
+                send.len(),
+                self.size
+            )));
+        }
+        copy_body(what, root, &got, recv)
+    }
+
+    pub(crate) fn scatter_into<E: Pod>(&self, send: &[E], recv: &mut [E], root: usize) -> Result<()> {
+        let counts = vec![recv.len(); self.size];
+        self.scatterv_into("scatter_into", send, &counts, recv, root)
+    }
+
+    pub(crate) fn gatherv_into<E: Pod>(
+        &self,
+        what: &str,
+        send: &[E],
+        recv: &mut [E],
+        counts: &[usize],
+        root: usize,
+    ) -> Result<()> {
+        match self.gather_bodies(body(send), root)? {
+            Some(bodies) => copy_parts(what, &bodies, counts, recv),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn gather_into<E: Pod>(&self, send: &[E], recv: &mut [E], root: usize) -> Result<()> {
+        let counts = vec![send.len(); self.size];
+        self.gatherv_into("gather_into", send, recv, &counts, root)
+    }
+
+    pub(crate) fn allgatherv_into<E: Pod>(
+        &self,
+        what: &str,
+        send: &[E],
+        recv: &mut [E],
+        counts: &[usize],
+    ) -> Result<()> {
+        let bodies = self.allgather_bodies(body(send))?;
+        copy_parts(what, &bodies, counts, recv)
+    }
+
+    pub(crate) fn allgather_into<E: Pod>(&self, send: &[E], recv: &mut [E]) -> Result<()> {
+        let counts = vec![send.len(); self.size];
+        self.allgatherv_into("allgather_into", send, recv, &counts)
+    }
+
+    pub(crate) fn alltoallv_into<E: Pod>(
+        &self,
+        what: &str,
+        send: &[E],
+        send_counts: &[usize],
+        recv: &mut [E],
+        recv_counts: &[usize],
+    ) -> Result<()> {
+        let parts = cut(send, send_counts, self.size);
+        let bad = parts.is_none();
+        let parts = parts.unwrap_or_else(|| vec![body::<E>(&[]); self.size]);
+        let got = self.alltoall_bodies(parts)?;
+        if bad {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: the send counts ({} of them, adding up to {}) do not cut the send buffer of {} for {} ranks",
+                send_counts.len(),
+                send_counts.iter().sum::<usize>(),
+                send.len(),
+                self.size
+            )));
+        }
+        copy_parts(what, &got, recv_counts, recv)
+    }
+
+    pub(crate) fn alltoall_into<E: Pod>(&self, send: &[E], recv: &mut [E]) -> Result<()> {
+        let k = send.len() / self.size.max(1);
+        let send_counts = if k * self.size == send.len() {
+            vec![k; self.size]
+        } else {
+            Vec::new()
+        };
+        let recv_counts = vec![recv.len() / self.size.max(1); self.size];
+        self.alltoallv_into("alltoall_into", send, &send_counts, recv, &recv_counts)
+    }
+
+    /// A reduction of the whole vector, of which this rank keeps its part
+    /// (`counts[rank]` elements).
+    pub(crate) fn reduce_scatter_into<E: Pod>(
+        &self,
+        send: &[E],
+        recv: &mut [E],
+        counts: &[usize],
+        op: &impl Op<E>,
+    ) -> Result<()> {
+        let what = "reduce_scatter_into";
+        let mut full = send.to_vec();
+        self.reduce_slices(Reduction::Allreduce, send, &mut full, op, what)?;
+        let ok = counts.len() == self.size && counts.iter().sum::<usize>() == send.len();
+        if !ok || recv.len() != counts[self.rank] {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: counts {counts:?} do not cut the send buffer of {} for {} ranks, or the receive buffer of \
+                 {} is not this rank's count",
+                send.len(),
+                self.size,
+                recv.len()
+            )));
+        }
+        let at: usize = counts[..self.rank].iter().sum();
+        recv.copy_from_slice(&full[at..at + recv.len()]);
+        Ok(())
+    }
+}

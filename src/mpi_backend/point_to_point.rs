@@ -1,0 +1,499 @@
+//! Point-to-point messages on the MPI backend. Each message starts with a
+//! 16-byte header naming its format (serde or raw, and the element type),
+//! so that a receive of the wrong kind is an error as on the native
+//! backend. A small message is one MPI message, header and payload; a
+//! large one is its header, then its body on the private communicator,
+//! straight from and into the caller's memory, in pieces of at most
+//! 1 GiB (MPI counts are `int`).
+
+use std::mem::MaybeUninit;
+use std::os::raw::{c_int, c_void};
+use std::time::{Duration, Instant};
+
+use mpi::ffi;
+
+use super::comm::MpiComm;
+use super::{check, check_open, datatype};
+use crate::envelope::{Envelope, Format, Room};
+use crate::error::{Error, Result};
+use crate::selector::{Match, Status};
+use crate::wire::Context;
+
+/// The bytes of a header.
+const HEADER: usize = 16;
+
+/// The largest payload that travels with its header; larger ones send a
+/// body after it.
+pub(super) const INLINE_LIMIT: usize = 4096;
+
+/// The largest payload a blocking send hands to `MPI_Send` from the
+/// stack: well below the eager limits of Open MPI and MPICH, so that it
+/// never waits for the receiver.
+const EAGER_LIMIT: usize = 1024;
+
+/// The largest piece of a body in one MPI call.
+pub(super) const PIECE: usize = 1 << 30;
+
+/// The largest frame: a header and an inline payload.
+pub(super) const FRAME: usize = HEADER + INLINE_LIMIT;
+
+/// A message taken out of MPI before its receive: its envelope (with the
+/// payload, if it came with the header) and, for a large message, its body
+/// still in MPI.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub env: Envelope,
+    /// The body's length and tag on the private communicator.
+    pub body: Option<(u64, u32)>,
+}
+
+impl Held {
+    fn status(&self) -> Status {
+        Status::new(
+            self.env.source,
+            self.env.tag,
+            self.body.map_or(self.env.len(), |(len, _)| len),
+            self.env.format.element(),
+        )
+    }
+
+    fn matches(&self, pattern: &Match) -> bool {
+        pattern.source_rank().is_none_or(|s| s == self.env.source)
+            && pattern.tag_value().is_none_or(|t| t == self.env.tag)
+    }
+}
+
+/// How long a receive may wait.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    Forever,
+    Until(Instant),
+    Never,
+}
+
+impl Wait {
+    pub(crate) fn after(timeout: Option<Duration>) -> Wait {
+        // A timeout too long to add to the clock never ends.
+        match timeout.and_then(|t| Instant::now().checked_add(t)) {
+            None => Wait::Forever,
+            Some(deadline) => Wait::Until(deadline),
+        }
+    }
+}
+
+pub(super) fn header(format: Format, body_tag: Option<u32>, len: u64) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[0] = u8::from(body_tag.is_some());
+    h[2..4].copy_from_slice(&format.element().to_le_bytes());
+    h[4..8].copy_from_slice(&body_tag.unwrap_or(0).to_le_bytes());
+    h[8..16].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+fn source_and_tag(status: &ffi::MPI_Status) -> (usize, u32) {
+    (status.MPI_SOURCE as usize, status.MPI_TAG as u32)
+}
+
+fn received_bytes(status: &ffi::MPI_Status) -> usize {
+    let mut count: c_int = 0;
+    // SAFETY: a status MPI filled in for a receive of bytes.
+    unsafe { ffi::MPI_Get_count(status, datatype::bytes(), &mut count) };
+    count.max(0) as usize
+}
+
+pub(super) fn mpi_source(pattern: &Match) -> c_int {
+    pattern
+        .source_rank()
+        .map_or(unsafe { ffi::RSMPI_ANY_SOURCE }, |s| s as c_int)
+}
+
+pub(super) fn mpi_tag(pattern: &Match) -> c_int {
+    pattern
+        .tag_value()
+        .map_or(unsafe { ffi::RSMPI_ANY_TAG }, |t| t as c_int)
+}
+
+/// Polls `request` until it completes or `deadline` passes (then cancels
+/// it); true if it completed.
+fn wait_until(request: &mut ffi::MPI_Request, status: &mut ffi::MPI_Status, deadline: Instant) -> Result<bool> {
+    let mut pause = Duration::from_micros(1);
+    loop {
+        let mut done: c_int = 0;
+        // SAFETY: an active request of this thread.
+        check(unsafe { ffi::MPI_Test(request, &mut done, status) }, "MPI_Test")?;
+        if done != 0 {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        // Short waits answer quickly; long ones do not spin.
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(1));
+    }
+    // SAFETY: cancel and complete the request, as MPI requires.
+    unsafe {
+        ffi::MPI_Cancel(request);
+        check(ffi::MPI_Wait(request, status), "MPI_Wait")?;
+    }
+    let mut cancelled: c_int = 0;
+    // SAFETY: the status of the completed request.
+    unsafe { ffi::MPI_Test_cancelled(status, &mut cancelled) };
+    Ok(cancelled == 0)
+}
+
+impl MpiComm {
+    /// Sends `bytes` in `format` to rank `dest` with `tag`; returns once
+    /// the message has left the caller's memory. A small message goes out
+    /// at once (MPI sends it eagerly); a larger one from a buffer of its
+    /// own that MPI sends on its own time, so that this never waits for the
+    /// receiver to get to its receive (as on the native backend, and
+    /// unlike MPI's standard-mode send).
+    pub(crate) fn send(&self, dest: usize, tag: u32, format: Format, bytes: &[u8]) -> Result<()> {
+        check_open()?;
+        // MPICH's MPI_Send to oneself waits for the receive: never eager.
+        if bytes.len() <= EAGER_LIMIT && dest != self.rank {
+            let mut frame = [0u8; HEADER + EAGER_LIMIT];
+            frame[..HEADER].copy_from_slice(&header(format, None, bytes.len() as u64));
+            frame[HEADER..HEADER + bytes.len()].copy_from_slice(bytes);
+            let len = (HEADER + bytes.len()) as c_int;
+            // SAFETY: `frame` holds `len` bytes; a valid communicator.
+            let code = unsafe {
+                ffi::MPI_Send(
+                    frame.as_ptr().cast::<c_void>(),
+                    len,
+                    datatype::bytes(),
+                    dest as c_int,
+                    tag as c_int,
+                    self.comm.0,
+                )
+            };
+            return check(code, "MPI_Send");
+        }
+        // Dropping a send that is not done leaves it to finish later.
+        drop(self.isend(dest, tag, format, bytes)?);
+        Ok(())
+    }
+
+    /// [`MpiComm::send`] of a payload the caller gives away (no copy).
+    pub(crate) fn send_owned(&self, dest: usize, tag: u32, format: Format, payload: Vec<u8>) -> Result<()> {
+        if payload.len() <= EAGER_LIMIT && dest != self.rank {
+            return self.send(dest, tag, format, &payload);
+        }
+        drop(self.isend_owned(dest, tag, format, payload)?);
+        Ok(())
+    }
+
+    /// Sends to `dest` and receives what `pattern` accepts at once, so that
+    /// two ranks that exchange never wait for each other.
+    pub(crate) fn sendrecv(
+        &self,
+        dest: usize,
+        tag: u32,
+        format: Format,
+        bytes: &[u8],
+        pattern: Match,
+        room: Option<Room>,
+    ) -> Result<Envelope> {
+        check_open()?;
+        let (dest, tag) = (dest as c_int, tag as c_int);
+        let body_tag = (bytes.len() > INLINE_LIMIT).then(|| self.body_tag());
+        let mut frame = header(format, body_tag, bytes.len() as u64).to_vec();
+        if body_tag.is_none() {
+            frame.extend_from_slice(bytes);
+        }
+        let mut requests = vec![unsafe { ffi::RSMPI_REQUEST_NULL }; 1];
+        // SAFETY: `frame` and `bytes` outlive the requests, which are all
+        // completed below before this returns (also on an error).
+        unsafe {
+            check(
+                ffi::MPI_Isend(
+                    frame.as_ptr().cast::<c_void>(),
+                    frame.len() as c_int,
+                    datatype::bytes(),
+                    dest,
+                    tag,
+                    self.comm.0,
+                    &mut requests[0],
+                ),
+                "MPI_Isend",
+            )?;
+            if let Some(body_tag) = body_tag {
+                for piece in bytes.chunks(PIECE) {
+                    let mut request = ffi::RSMPI_REQUEST_NULL;
+                    let code = ffi::MPI_Isend(
+                        piece.as_ptr().cast::<c_void>(),
+                        piece.len() as c_int,
+                        datatype::bytes(),
+                        dest,
+                        body_tag as c_int,
+                        self.private.0,
+                        &mut request,
+                    );
+                    requests.push(request);
+                    if let Err(e) = check(code, "MPI_Isend") {
+                        ffi::MPI_Waitall(
+                            requests.len() as c_int,
+                            requests.as_mut_ptr(),
+                            ffi::RSMPI_STATUSES_IGNORE,
+                        );
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let received = self.receive(pattern, room, Wait::Forever);
+        // SAFETY: the requests started above.
+        let sent = check(
+            unsafe {
+                ffi::MPI_Waitall(
+                    requests.len() as c_int,
+                    requests.as_mut_ptr(),
+                    ffi::RSMPI_STATUSES_IGNORE,
+                )
+            },
+            "MPI_Waitall",
+        );
+        let env = received?.expect("a receive without a deadline returns a message");
+        sent.map(|()| env)
+    }
+
+    /// Receives the next message `pattern` accepts; a raw message of the
+    /// room's type lands in it. `None` if `wait` ended first.
+    pub(crate) fn receive(&self, pattern: Match, room: Option<Room>, wait: Wait) -> Result<Option<Envelope>> {
+        check_open()?;
+        let held = match self.take_held(&pattern) {
+            Some(held) => held,
+            None => match self.arrive(&pattern, wait)? {
+                Some(held) => held,
+                None => return Ok(None),
+            },
+        };
+        self.complete(held, room).map(Some)
+    }
+
+    /// The status of the next message `pattern` accepts, which stays to be
+    /// received; `None` if `wait` ended first.
+    pub(crate) fn probe(&self, pattern: Match, wait: Wait) -> Result<Option<Status>> {
+        check_open()?;
+        if let Some(held) = self.held.borrow().iter().find(|h| h.matches(&pattern)) {
+            return Ok(Some(held.status()));
+        }
+        let Some(held) = self.arrive(&pattern, wait)? else {
+            return Ok(None);
+        };
+        let status = held.status();
+        self.held.borrow_mut().push_back(held);
+        Ok(Some(status))
+    }
+
+    /// Puts back a message a receive could not take, first in line.
+    pub(crate) fn requeue(&self, env: Envelope) {
+        if env.landed.is_some() && env.fresh.is_none() {
+            // Landed in the caller's buffer: only a matching type lands,
+            // so no receive rejects it.
+            return;
+        }
+        let mut env = env;
+        if let Some(fresh) = env.fresh.take() {
+            env.unland(fresh);
+        }
+        self.held.borrow_mut().push_front(Held { env, body: None });
+    }
+
+    pub(super) fn take_held(&self, pattern: &Match) -> Option<Held> {
+        let mut held = self.held.borrow_mut();
+        let at = held.iter().position(|h| h.matches(pattern))?;
+        held.remove(at)
+    }
+
+    /// Takes the next message `pattern` accepts out of MPI: its header,
+    /// and its payload if it came along.
+    fn arrive(&self, pattern: &Match, wait: Wait) -> Result<Option<Held>> {
+        // Only this rank could send what it waits for: it is there already,
+        // or it never comes.
+        let only_me = pattern.source_rank().map_or(self.size == 1, |s| s == self.rank);
+        if only_me && !matches!(wait, Wait::Never) {
+            return match self.arrive(pattern, Wait::Never)? {
+                Some(held) => Ok(Some(held)),
+                None if pattern.source_rank().is_none() => Err(Error::InvalidArgument(format!(
+                    "rank {} is alone in its communicator and waits for a message nobody sent; this would wait \
+                     for ever",
+                    self.rank
+                ))),
+                None => Err(Error::InvalidArgument(format!(
+                    "rank {} waits for a message from itself that was never sent; this would wait for ever",
+                    self.rank
+                ))),
+            };
+        }
+        let mut frame = [0u8; HEADER + INLINE_LIMIT];
+        let buf = frame.as_mut_ptr().cast::<c_void>();
+        let cap = frame.len() as c_int;
+        let (source, tag) = (mpi_source(pattern), mpi_tag(pattern));
+        let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
+        // SAFETY: `frame` holds `cap` bytes; a valid communicator; every
+        // request is completed before `frame` goes.
+        unsafe {
+            match wait {
+                Wait::Forever => check(
+                    ffi::MPI_Recv(
+                        buf,
+                        cap,
+                        datatype::bytes(),
+                        source,
+                        tag,
+                        self.comm.0,
+                        status.as_mut_ptr(),
+                    ),
+                    "MPI_Recv",
+                )?,
+                Wait::Never => {
+                    let mut found: c_int = 0;
+                    let mut message = ffi::RSMPI_MESSAGE_NULL;
+                    check(
+                        ffi::MPI_Improbe(source, tag, self.comm.0, &mut found, &mut message, status.as_mut_ptr()),
+                        "MPI_Improbe",
+                    )?;
+                    if found == 0 {
+                        return Ok(None);
+                    }
+                    check(
+                        ffi::MPI_Mrecv(buf, cap, datatype::bytes(), &mut message, status.as_mut_ptr()),
+                        "MPI_Mrecv",
+                    )?;
+                }
+                Wait::Until(deadline) => {
+                    let mut request = ffi::RSMPI_REQUEST_NULL;
+                    check(
+                        ffi::MPI_Irecv(buf, cap, datatype::bytes(), source, tag, self.comm.0, &mut request),
+                        "MPI_Irecv",
+                    )?;
+                    if !wait_until(&mut request, &mut *status.as_mut_ptr(), deadline)? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        // SAFETY: MPI filled the status in.
+        self.arrived(&frame, unsafe { status.assume_init_ref() }).map(Some)
+    }
+
+    /// The message whose frame arrived in `frame`, as `status` describes.
+    pub(super) fn arrived(&self, frame: &[u8], status: &ffi::MPI_Status) -> Result<Held> {
+        let (source, tag) = source_and_tag(status);
+        let count = received_bytes(status).min(frame.len());
+        self.parse(&frame[..count], source, tag)
+    }
+
+    /// Reads a header (and payload) that arrived from `source`.
+    fn parse(&self, frame: &[u8], source: usize, tag: u32) -> Result<Held> {
+        let bad = |field: &'static str, detail: String| Error::Protocol {
+            peer: format!("rank {source}"),
+            field,
+            detail,
+        };
+        if frame.len() < HEADER {
+            return Err(bad("header", format!("{} bytes, not {HEADER}", frame.len())));
+        }
+        let element = u16::from_le_bytes([frame[2], frame[3]]);
+        let body_tag = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&frame[8..16]);
+        let len = u64::from_le_bytes(len);
+        let format = if element == 0 {
+            Format::Serde
+        } else {
+            Format::Raw(element)
+        };
+        let payload = &frame[HEADER..];
+        match frame[0] {
+            0 if payload.len() as u64 == len => Ok(Held {
+                env: Envelope::new(source, tag, Context::WORLD, format, crate::pool::copy_of(payload)),
+                body: None,
+            }),
+            0 => Err(bad("length", format!("{len}, but {} bytes came", payload.len()))),
+            1 if payload.is_empty() && len > INLINE_LIMIT as u64 => Ok(Held {
+                env: Envelope::new(source, tag, Context::WORLD, format, Vec::new()),
+                body: Some((len, body_tag)),
+            }),
+            1 => Err(bad(
+                "length",
+                format!("a body of {len} bytes after {} bytes", payload.len()),
+            )),
+            shape => Err(bad("shape", format!("{shape} (neither 0 nor 1)"))),
+        }
+    }
+
+    /// A held message made whole: its body received, into the room if it
+    /// may land there.
+    pub(super) fn complete(&self, held: Held, room: Option<Room>) -> Result<Envelope> {
+        let Held { mut env, body } = held;
+        let Some((len, body_tag)) = body else {
+            return Ok(env);
+        };
+        let source = env.source;
+        let landing = room.and_then(|room| room.landing(env.format, len));
+        match landing {
+            Some((ptr, fresh)) => {
+                // SAFETY: the room has at least `len` bytes at `ptr`.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(ptr, len as usize) };
+                self.receive_body(bytes, source, body_tag)?;
+                env.landed = Some(len);
+                env.fresh = fresh;
+            }
+            None => {
+                let len = usize::try_from(len).map_err(|_| Error::Protocol {
+                    peer: format!("rank {source}"),
+                    field: "length",
+                    detail: format!("{len} bytes do not fit this machine's memory"),
+                })?;
+                let mut payload = Vec::new();
+                payload.try_reserve_exact(len).map_err(|_| Error::Io {
+                    context: format!("a buffer for {len} bytes from rank {source}"),
+                    source: std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+                })?;
+                // SAFETY: the capacity holds `len` bytes, every one written
+                // by the receive before the length is set.
+                let spare = unsafe { std::slice::from_raw_parts_mut(payload.as_mut_ptr(), len) };
+                self.receive_body(spare, source, body_tag)?;
+                unsafe { payload.set_len(len) };
+                env.payload = payload;
+            }
+        }
+        Ok(env)
+    }
+
+    /// Receives a body of exactly `into.len()` bytes from `source`.
+    fn receive_body(&self, into: &mut [u8], source: usize, body_tag: u32) -> Result<()> {
+        for piece in into.chunks_mut(PIECE) {
+            let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
+            // SAFETY: `piece` is writable memory of its length.
+            unsafe {
+                check(
+                    ffi::MPI_Recv(
+                        piece.as_mut_ptr().cast::<c_void>(),
+                        piece.len() as c_int,
+                        datatype::bytes(),
+                        source as c_int,
+                        body_tag as c_int,
+                        self.private.0,
+                        status.as_mut_ptr(),
+                    ),
+                    "MPI_Recv",
+                )?;
+            }
+            // SAFETY: filled in by MPI_Recv.
+            let got = received_bytes(unsafe { status.assume_init_ref() });
+            if got != piece.len() {
+                return Err(Error::Protocol {
+                    peer: format!("rank {source}"),
+                    field: "body",
+                    detail: format!("a piece of {got} bytes where {} were due", piece.len()),
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,365 @@
+//! Non-blocking sends and receives on the MPI backend, on MPI requests.
+//! A send owns its frame (and a copy of the payload, unless a scope lends
+//! it); a receive posts `MPI_Irecv` of a frame and, once the header is in,
+//! receives a large message's body into its room.
+
+use std::mem::MaybeUninit;
+use std::os::raw::{c_int, c_void};
+use std::sync::Mutex;
+
+use mpi::ffi;
+
+use super::comm::MpiComm;
+use super::point_to_point::{FRAME, Held, INLINE_LIMIT, PIECE, header};
+use super::{check, check_open, datatype};
+use crate::envelope::{Envelope, Format, Room};
+use crate::error::Result;
+use crate::selector::Match;
+
+/// MPI requests, with the memory they read from until they complete.
+#[derive(Debug)]
+struct Requests {
+    requests: Vec<ffi::MPI_Request>,
+    frame: Vec<u8>,
+    _payload: Vec<u8>,
+}
+
+// SAFETY: MPI requests may complete on any thread under
+// MPI_THREAD_MULTIPLE; the buffers are owned.
+unsafe impl Send for Requests {}
+
+/// Sends whose requests were dropped before they completed: they keep
+/// their buffers here until MPI is done with them.
+static ORPHANS: Mutex<Vec<Requests>> = Mutex::new(Vec::new());
+
+impl Requests {
+    fn test(&mut self) -> Result<bool> {
+        let mut done: c_int = 0;
+        // SAFETY: requests this struct started (or null ones).
+        check(
+            unsafe {
+                ffi::MPI_Testall(
+                    self.requests.len() as c_int,
+                    self.requests.as_mut_ptr(),
+                    &mut done,
+                    ffi::RSMPI_STATUSES_IGNORE,
+                )
+            },
+            "MPI_Testall",
+        )?;
+        Ok(done != 0)
+    }
+
+    fn wait(&mut self) -> Result<()> {
+        // SAFETY: as above.
+        check(
+            unsafe {
+                ffi::MPI_Waitall(
+                    self.requests.len() as c_int,
+                    self.requests.as_mut_ptr(),
+                    ffi::RSMPI_STATUSES_IGNORE,
+                )
+            },
+            "MPI_Waitall",
+        )
+    }
+}
+
+/// Completes the orphaned sends that are done and frees their buffers.
+fn reap_orphans(wait: bool) {
+    let mut orphans = ORPHANS.lock().unwrap_or_else(|e| e.into_inner());
+    orphans.retain_mut(|o| {
+        if wait {
+            o.wait().is_err()
+        } else {
+            !o.test().unwrap_or(true)
+        }
+    });
+}
+
+/// Waits for every orphaned send (before `MPI_Finalize`).
+pub(super) fn finish_orphans() {
+    reap_orphans(true);
+}
+
+/// A send in progress on the MPI backend.
+#[derive(Debug)]
+pub(crate) struct MpiSend {
+    pending: Option<Requests>,
+}
+
+impl MpiSend {
+    /// Waits until MPI no longer needs the buffers.
+    pub(crate) fn wait(mut self) -> Result<()> {
+        match self.pending.take() {
+            Some(mut r) => r.wait(),
+            None => Ok(()),
+        }
+    }
+
+    /// True once the send has completed.
+    pub(crate) fn test(&mut self) -> Result<bool> {
+        let Some(r) = &mut self.pending else {
+            return Ok(true);
+        };
+        let done = r.test()?;
+        if done {
+            self.pending = None;
+        }
+        Ok(done)
+    }
+}
+
+impl Drop for MpiSend {
+    fn drop(&mut self) {
+        // Dropping a send does not cancel it: MPI keeps reading the
+        // buffers, which wait among the orphans until it is done.
+        if let Some(mut r) = self.pending.take() {
+            if !r.test().unwrap_or(true) {
+                ORPHANS.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+            }
+        }
+    }
+}
+
+impl MpiComm {
+    /// Starts a send of `bytes`, copied (the caller may reuse them at once).
+    pub(crate) fn isend(&self, dest: usize, tag: u32, format: Format, bytes: &[u8]) -> Result<MpiSend> {
+        if bytes.len() <= INLINE_LIMIT {
+            // SAFETY: the bytes go into the frame; no body.
+            return unsafe { self.isend_from(dest, tag, format, bytes, bytes.as_ptr(), bytes.len(), Vec::new()) };
+        }
+        self.isend_owned(dest, tag, format, crate::pool::copy_of(bytes))
+    }
+
+    /// Starts a send of `payload`, which the send keeps until it is done.
+    pub(crate) fn isend_owned(&self, dest: usize, tag: u32, format: Format, payload: Vec<u8>) -> Result<MpiSend> {
+        let (ptr, len) = (payload.as_ptr(), payload.len());
+        let inline: &[u8] = if len <= INLINE_LIMIT { &payload } else { &[] };
+        let inline = inline.to_vec();
+        // SAFETY: the payload moves into the requests, which own it (a
+        // Vec's heap memory does not move with it).
+        unsafe { self.isend_from(dest, tag, format, &inline, ptr, len, payload) }
+    }
+
+    /// Starts a send of `bytes` straight from the caller's memory, which
+    /// must stay unchanged until the send completes.
+    ///
+    /// # Safety
+    /// The caller keeps `bytes` alive and unchanged until the send has
+    /// been waited for.
+    pub(crate) unsafe fn isend_lent(&self, dest: usize, tag: u32, format: Format, bytes: &[u8]) -> Result<MpiSend> {
+        let inline = if bytes.len() <= INLINE_LIMIT { bytes } else { &[] };
+        // SAFETY: the caller's promise.
+        unsafe { self.isend_from(dest, tag, format, inline, bytes.as_ptr(), bytes.len(), Vec::new()) }
+    }
+
+    /// # Safety
+    /// A large body (`len` over the inline limit) at `body` stays valid
+    /// until the requests complete.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn isend_from(
+        &self,
+        dest: usize,
+        tag: u32,
+        format: Format,
+        inline: &[u8],
+        body: *const u8,
+        len: usize,
+        payload: Vec<u8>,
+    ) -> Result<MpiSend> {
+        check_open()?;
+        reap_orphans(false);
+        let body_tag = (len > INLINE_LIMIT).then(|| self.body_tag());
+        let mut frame = Vec::with_capacity(FRAME);
+        frame.extend_from_slice(&header(format, body_tag, len as u64));
+        frame.extend_from_slice(inline);
+        let mut pending = Requests {
+            requests: Vec::new(),
+            frame,
+            _payload: payload,
+        };
+        let (dest, tag) = (dest as c_int, tag as c_int);
+        let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
+        // SAFETY: the frame is owned by `pending`; the body is valid by the
+        // caller's promise; every request is completed before the memory
+        // goes (by wait, test, or among the orphans).
+        unsafe {
+            let code = ffi::MPI_Isend(
+                pending.frame.as_ptr().cast::<c_void>(),
+                pending.frame.len() as c_int,
+                datatype::bytes(),
+                dest,
+                tag,
+                self.comm.0,
+                &mut request,
+            );
+            check(code, "MPI_Isend")?;
+            pending.requests.push(request);
+            if let Some(body_tag) = body_tag {
+                let mut at = 0;
+                while at < len {
+                    let n = (len - at).min(PIECE);
+                    let mut request = ffi::RSMPI_REQUEST_NULL;
+                    let code = ffi::MPI_Isend(
+                        body.add(at).cast::<c_void>(),
+                        n as c_int,
+                        datatype::bytes(),
+                        dest,
+                        body_tag as c_int,
+                        self.private.0,
+                        &mut request,
+                    );
+                    if let Err(e) = check(code, "MPI_Isend") {
+                        let _ = pending.wait();
+                        return Err(e);
+                    }
+                    pending.requests.push(request);
+                    at += n;
+                }
+            }
+        }
+        Ok(MpiSend { pending: Some(pending) })
+    }
+
+    /// Posts a receive of what `pattern` accepts; a raw message of the
+    /// room's type lands in it.
+    pub(crate) fn ireceive(&self, pattern: Match, room: Option<Room>) -> Result<MpiReceive> {
+        check_open()?;
+        if let Some(held) = self.take_held(&pattern) {
+            return Ok(MpiReceive {
+                state: State::Arrived(held),
+                room,
+                frame: Vec::new(),
+            });
+        }
+        let mut frame = vec![0u8; FRAME];
+        let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
+        let (source, tag) = (
+            super::point_to_point::mpi_source(&pattern),
+            super::point_to_point::mpi_tag(&pattern),
+        );
+        // SAFETY: the frame's heap memory stays with the receive until the
+        // request completes or is cancelled.
+        check(
+            unsafe {
+                ffi::MPI_Irecv(
+                    frame.as_mut_ptr().cast::<c_void>(),
+                    FRAME as c_int,
+                    datatype::bytes(),
+                    source,
+                    tag,
+                    self.comm.0,
+                    &mut request,
+                )
+            },
+            "MPI_Irecv",
+        )?;
+        Ok(MpiReceive {
+            state: State::Posted(request),
+            room,
+            frame,
+        })
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Posted(ffi::MPI_Request),
+    Arrived(Held),
+    Taken,
+}
+
+/// A receive in progress on the MPI backend.
+#[derive(Debug)]
+pub(crate) struct MpiReceive {
+    state: State,
+    room: Option<Room>,
+    frame: Vec<u8>,
+}
+
+// SAFETY: as for `Requests`; the room points into memory the request's
+// owner keeps for it.
+unsafe impl Send for MpiReceive {}
+
+impl MpiReceive {
+    /// True once the header has arrived (a large body is then received at
+    /// once, by `wait`).
+    pub(crate) fn test(&mut self, comm: &MpiComm) -> Result<bool> {
+        let State::Posted(request) = &mut self.state else {
+            return Ok(true);
+        };
+        let mut done: c_int = 0;
+        let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
+        // SAFETY: the request posted in `ireceive`.
+        check(
+            unsafe { ffi::MPI_Test(request, &mut done, status.as_mut_ptr()) },
+            "MPI_Test",
+        )?;
+        if done == 0 {
+            return Ok(false);
+        }
+        // SAFETY: filled in by MPI_Test.
+        let held = comm.arrived(&self.frame, unsafe { status.assume_init_ref() });
+        self.state = State::Arrived(held?);
+        Ok(true)
+    }
+
+    /// Waits for the message and returns it, its body received.
+    pub(crate) fn wait(mut self, comm: &MpiComm) -> Result<Envelope> {
+        if let State::Posted(request) = &mut self.state {
+            let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
+            // SAFETY: the request posted in `ireceive`.
+            check(unsafe { ffi::MPI_Wait(request, status.as_mut_ptr()) }, "MPI_Wait")?;
+            // SAFETY: filled in by MPI_Wait.
+            let held = comm.arrived(&self.frame, unsafe { status.assume_init_ref() });
+            self.state = State::Arrived(held?);
+        }
+        match std::mem::replace(&mut self.state, State::Taken) {
+            State::Arrived(held) => comm.complete(held, self.room),
+            _ => unreachable!("the receive has arrived"),
+        }
+    }
+
+    /// Withdraws the receive; a message it had matched goes back to the
+    /// communicator, first in line.
+    pub(crate) fn withdraw(mut self, comm: &MpiComm) {
+        match std::mem::replace(&mut self.state, State::Taken) {
+            State::Posted(mut request) => {
+                let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
+                let mut cancelled: c_int = 0;
+                // SAFETY: cancel and complete the request, as MPI requires.
+                unsafe {
+                    ffi::MPI_Cancel(&mut request);
+                    ffi::MPI_Wait(&mut request, status.as_mut_ptr());
+                    ffi::MPI_Test_cancelled(status.as_ptr(), &mut cancelled);
+                }
+                if cancelled == 0 {
+                    // SAFETY: filled in by MPI_Wait.
+                    if let Ok(held) = comm.arrived(&self.frame, unsafe { status.assume_init_ref() }) {
+                        comm.held.borrow_mut().push_front(held);
+                    }
+                }
+            }
+            State::Arrived(held) => comm.held.borrow_mut().push_front(held),
+            State::Taken => {}
+        }
+    }
+}
+
+impl Drop for MpiReceive {
+    fn drop(&mut self) {
+        // Only a receive that was never withdrawn nor waited for gets
+        // here still posted (its communicator is gone): MPI must not
+        // write into the frame after it is freed.
+        if let State::Posted(request) = &mut self.state {
+            if !super::finalized() {
+                // SAFETY: cancel and complete the request.
+                unsafe {
+                    ffi::MPI_Cancel(request);
+                    ffi::MPI_Wait(request, ffi::RSMPI_STATUS_IGNORE);
+                }
+            }
+        }
+    }
+}
