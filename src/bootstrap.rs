@@ -33,12 +33,15 @@ pub(crate) enum Launch {
 
 /// An MPI-style launcher that started this process, as its environment
 /// says.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct MpiLauncher {
     /// Its name, for messages.
     pub name: &'static str,
     /// The number of ranks it started, if its environment says.
     pub size: Option<usize>,
+    /// For srun: the MPI plugin it was told (`--mpi=`, `SLURM_MPI_TYPE`).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub plugin: Option<String>,
 }
 
 /// Reads the environment of this process.
@@ -69,6 +72,12 @@ pub(crate) fn mpi_launcher(get: &Lookup<'_>) -> Option<MpiLauncher> {
     let size = |var: &str| get(var).and_then(|v| v.trim().parse::<usize>().ok());
     let (name, size) = if get("OMPI_COMM_WORLD_SIZE").is_some() {
         ("Open MPI's mpirun", size("OMPI_COMM_WORLD_SIZE"))
+    } else if get("SLURM_STEP_ID").is_some() && get("SLURM_MPI_TYPE").is_some() {
+        // srun with an MPI plugin (which may set PMI_RANK itself).
+        (
+            "Slurm's srun",
+            size("SLURM_STEP_NUM_TASKS").or_else(|| size("SLURM_NTASKS")),
+        )
     } else if get("PMI_RANK").is_some() || get("PMI_SIZE").is_some() {
         ("an MPICH (Hydra) mpiexec", size("PMI_SIZE"))
     } else if get("SLURM_STEP_ID").is_some() {
@@ -81,7 +90,8 @@ pub(crate) fn mpi_launcher(get: &Lookup<'_>) -> Option<MpiLauncher> {
     } else {
         return None;
     };
-    Some(MpiLauncher { name, size })
+    let plugin = get("SLURM_MPI_TYPE").filter(|_| name == "Slurm's srun");
+    Some(MpiLauncher { name, size, plugin })
 }
 
 /// Looks up one variable of the environment (or of a test's).
@@ -190,6 +200,16 @@ mod tests {
                 ("SLURM_STEP_NUM_TASKS", "8")
             ]),
             Some(("Slurm's srun", Some(8)))
+        );
+        // srun --mpi=pmi2 sets PMI_RANK as Hydra does.
+        assert_eq!(
+            detect(&[
+                ("SLURM_STEP_ID", "0"),
+                ("SLURM_MPI_TYPE", "pmi2"),
+                ("PMI_RANK", "1"),
+                ("SLURM_STEP_NUM_TASKS", "2")
+            ]),
+            Some(("Slurm's srun", Some(2)))
         );
         // A batch script has SLURM_PROCID but is no launch.
         assert_eq!(detect(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4")]), None);

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::algorithm::own_envelope;
 use super::call::Kind;
-use crate::communicator::Communicator;
+use crate::communicator::{Communicator, on_mpi};
 use crate::error::{Error, Result};
 use crate::message;
 use crate::op::Op;
@@ -32,12 +32,17 @@ use crate::wire::Context;
 /// blocking receive, wait, test or collective), not while it only
 /// computes: a rank that computes for a long time between calls holds up
 /// the ranks that wait for its part. Dropping the request waits for the
-/// collective to end, as the other ranks need this rank's part.
+/// collective to end, as the other ranks need this rank's part. On the MPI
+/// backend, the serde and closure forms move on only when the request
+/// itself is tested or waited on (README, "Running on a cluster").
 #[must_use = "wait on the request to complete the collective"]
 pub struct CollectiveRequest<'c, T> {
     comm: &'c Communicator,
     id: Option<u64>,
     finish: Option<Finish<'c, T>>,
+    /// On the MPI backend: the collective as MPI runs it.
+    #[cfg(feature = "mpi")]
+    mpi: Option<crate::mpi_backend::MpiCollective<'c, T>>,
 }
 
 type Finish<'c, T> = Box<dyn FnOnce(Part) -> Result<T> + 'c>;
@@ -52,6 +57,10 @@ impl<T> Request for CollectiveRequest<'_, T> {
     type Output = T;
 
     fn wait(mut self) -> Result<T> {
+        #[cfg(feature = "mpi")]
+        if let Some(chain) = self.mpi.take() {
+            return chain.wait();
+        }
         let (Some(id), Some(finish)) = (self.id.take(), self.finish.take()) else {
             unreachable!("a collective request is waited on once, by value")
         };
@@ -61,12 +70,20 @@ impl<T> Request for CollectiveRequest<'_, T> {
     }
 
     fn test(&mut self) -> Result<bool> {
+        #[cfg(feature = "mpi")]
+        if let Some(chain) = &mut self.mpi {
+            return chain.test();
+        }
         let Some(id) = self.id else { return Ok(true) };
         let done = self.comm.engine()?.test_schedule(id);
         self.comm.ranked(done).inspect_err(|e| self.comm.immediate_failed(e))
     }
 
     fn wait_timeout(&mut self, timeout: std::time::Duration) -> Result<bool> {
+        #[cfg(feature = "mpi")]
+        if let Some(chain) = &mut self.mpi {
+            return chain.wait_timeout(timeout);
+        }
         let Some(id) = self.id else { return Ok(true) };
         let deadline = std::time::Instant::now().checked_add(timeout);
         let done = self.comm.engine()?.wait_schedule_until(id, deadline);
@@ -209,6 +226,22 @@ impl Communicator {
             comm: self,
             id: Some(id),
             finish: Some(finish),
+            #[cfg(feature = "mpi")]
+            mpi: None,
+        })
+    }
+
+    /// The request of a collective the MPI backend runs.
+    #[cfg(feature = "mpi")]
+    fn collective_on_mpi<'c, T>(
+        &'c self,
+        chain: Result<crate::mpi_backend::MpiCollective<'c, T>>,
+    ) -> Result<CollectiveRequest<'c, T>> {
+        Ok(CollectiveRequest {
+            comm: self,
+            id: None,
+            finish: None,
+            mpi: Some(chain?),
         })
     }
 
@@ -224,6 +257,7 @@ impl Communicator {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn immediate_barrier(&self) -> Result<CollectiveRequest<'_, ()>> {
+        on_mpi!(self, |m| self.collective_on_mpi(m.immediate_barrier()));
         let steps = barrier_steps(self.rank(), self.size());
         let empty = Part {
             format: crate::envelope::Format::Serde,
@@ -256,6 +290,7 @@ impl Communicator {
         root: usize,
     ) -> Result<CollectiveRequest<'c, ()>> {
         self.check_rank(root)?;
+        on_mpi!(self, |m| self.collective_on_mpi(m.immediate_broadcast(value, root)));
         let is_root = self.rank() == root;
         let (format, bytes) = if is_root {
             message::encode(&*value)?
@@ -291,6 +326,7 @@ impl Communicator {
         root: usize,
     ) -> Result<CollectiveRequest<'c, ()>> {
         self.check_rank(root)?;
+        on_mpi!(self, |m| self.collective_on_mpi(m.immediate_broadcast_into(buf, root)));
         let is_root = self.rank() == root;
         let len = std::mem::size_of_val(buf);
         let bytes = if is_root { message::pod_copy(buf) } else { Vec::new() };
@@ -333,6 +369,7 @@ impl Communicator {
         T: Serialize + DeserializeOwned + 'static,
         O: Op<T> + Send + 'static,
     {
+        on_mpi!(self, |m| self.collective_on_mpi(m.immediate_allreduce(value, op)));
         let (format, bytes) = message::encode(value)?;
         let fold: Fold = Box::new(move |acc: &mut Part, upper| {
             let bytes = std::mem::take(&mut acc.bytes);
@@ -373,6 +410,8 @@ impl Communicator {
         E: Pod,
         O: Op<E> + Send + 'static,
     {
+        on_mpi!(self, |m| self
+            .collective_on_mpi(m.immediate_allreduce_into(send, recv, op)));
         if send.len() != recv.len() {
             return Err(crate::Error::InvalidArgument(format!(
                 "immediate_allreduce_into: send holds {} elements but recv {}",

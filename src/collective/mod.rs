@@ -23,6 +23,8 @@ mod reduction;
 pub(crate) mod region;
 mod ring;
 mod varying;
+#[cfg(feature = "mpi")]
+pub(crate) use varying::check_counts;
 pub(crate) mod window;
 
 pub use immediate::CollectiveRequest;
@@ -109,6 +111,10 @@ impl Communicator {
     /// [`immediate_barrier`](Communicator::immediate_barrier) with
     /// [`Request::wait_timeout`](crate::Request::wait_timeout).
     ///
+    /// On the MPI backend, which cannot cancel a collective, a barrier that
+    /// timed out stays posted instead, and the next `barrier` or
+    /// `barrier_timeout` on the communicator waits for it again.
+    ///
     /// ```
     /// use std::time::Duration;
     /// let world = spmd::init()?;
@@ -154,12 +160,12 @@ impl Communicator {
     pub fn broadcast<T: Serialize + DeserializeOwned>(&self, value: &mut T, root: usize) -> Result<()> {
         self.check_rank(root)?;
         on_mpi!(self, |m| m.broadcast(value, root));
-        let mine = if self.rank() == root {
-            Some(Codec::<T>::encode(&SerdeCodec, value)?)
-        } else {
-            None
-        };
-        let (format, payload) = self.collective(Kind::Broadcast, root, |call| self.broadcast_body(call, mine, root))?;
+        // Encoded outside the call, failed inside it (`?` there), so that
+        // the others hear of a value that does not encode.
+        let mine = (self.rank() == root).then(|| Codec::<T>::encode(&SerdeCodec, value));
+        let (format, payload) = self.collective(Kind::Broadcast, root, |call| {
+            self.broadcast_body(call, mine.transpose()?, root)
+        })?;
         if self.rank() != root {
             *value = SerdeCodec.decode(&own_envelope(root, (format, payload)))?;
         }
@@ -183,10 +189,11 @@ impl Communicator {
         on_mpi!(self, |m| m.broadcast_value(value, root));
         let is_root = self.rank() == root;
         let mine = match (&value, is_root) {
-            (Some(v), true) => Some(Codec::<T>::encode(&SerdeCodec, v)?),
+            (Some(v), true) => Some(Codec::<T>::encode(&SerdeCodec, v)),
             _ => None,
         };
         let (format, payload) = self.collective(Kind::Broadcast, root, |call| {
+            let mine = mine.transpose()?;
             if is_root && mine.is_none() {
                 // Inside the call, so that the others hear of it.
                 return Err(Error::InvalidArgument(format!(
@@ -206,17 +213,15 @@ impl Communicator {
     pub fn scatter<T: Serialize + DeserializeOwned>(&self, values: &[T], root: usize) -> Result<T> {
         self.check_rank(root)?;
         on_mpi!(self, |m| m.scatter(values, root));
-        let bodies = if self.rank() == root {
-            Some(
-                values
-                    .iter()
-                    .map(|v| SerdeCodec.encode(v))
-                    .collect::<Result<Vec<Body>>>()?,
-            )
-        } else {
-            None
-        };
-        let env = self.collective(Kind::Scatter, root, |call| self.scatter_bodies(call, bodies, root))?;
+        let bodies = (self.rank() == root).then(|| {
+            values
+                .iter()
+                .map(|v| SerdeCodec.encode(v))
+                .collect::<Result<Vec<Body>>>()
+        });
+        let env = self.collective(Kind::Scatter, root, |call| {
+            self.scatter_bodies(call, bodies.transpose()?, root)
+        })?;
         SerdeCodec.decode(&env)
     }
 
@@ -225,8 +230,8 @@ impl Communicator {
     pub fn gather<T: Serialize + DeserializeOwned>(&self, value: &T, root: usize) -> Result<Option<Vec<T>>> {
         self.check_rank(root)?;
         on_mpi!(self, |m| m.gather(value, root));
-        let body = SerdeCodec.encode(value)?;
-        match self.collective(Kind::Gather, root, |call| self.gather_bodies(call, body, root))? {
+        let body = SerdeCodec.encode(value);
+        match self.collective(Kind::Gather, root, |call| self.gather_bodies(call, body?, root))? {
             Some(envs) => decode_all(&SerdeCodec, &envs).map(Some),
             None => Ok(None),
         }
@@ -234,9 +239,10 @@ impl Communicator {
 
     /// Every rank's body, in rank order, on every rank: a gather to rank 0
     /// and a broadcast of the packed parts, in one call.
-    fn allgather_envelopes(&self, kind: Kind, body: Body) -> Result<Vec<Envelope>> {
-        let format = body.0;
+    fn allgather_envelopes(&self, kind: Kind, body: Result<Body>) -> Result<Vec<Envelope>> {
         let (format, payload) = self.collective(kind, 0, |call| {
+            let body = body?;
+            let format = body.0;
             let packed = self.gather_bodies(call, body, 0)?.map(|envs| (format, pack(&envs)));
             self.broadcast_body(call, packed, 0)
         })?;
@@ -246,7 +252,7 @@ impl Communicator {
     /// Every rank gets every rank's `value`, in rank order.
     pub fn allgather<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Vec<T>> {
         on_mpi!(self, |m| m.allgather(value));
-        let envs = self.allgather_envelopes(Kind::Allgather, SerdeCodec.encode(value)?)?;
+        let envs = self.allgather_envelopes(Kind::Allgather, SerdeCodec.encode(value))?;
         decode_all(&SerdeCodec, &envs)
     }
 
@@ -304,8 +310,8 @@ impl Communicator {
         let bodies = values
             .iter()
             .map(|v| SerdeCodec.encode(v))
-            .collect::<Result<Vec<Body>>>()?;
-        let envs = self.collective(Kind::Alltoall, 0, |call| self.alltoall_bodies(call, bodies))?;
+            .collect::<Result<Vec<Body>>>();
+        let envs = self.collective(Kind::Alltoall, 0, |call| self.alltoall_bodies(call, bodies?))?;
         decode_all(&SerdeCodec, &envs)
     }
 }

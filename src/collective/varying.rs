@@ -35,7 +35,7 @@ fn offsets(counts: &[usize]) -> Vec<usize> {
 
 /// Checks that `counts` has one count per rank and that they add up to
 /// `len`, the length of the buffer `name` of `what`.
-fn check_counts(what: &str, name: &str, counts: &[usize], n: usize, len: usize) -> Result<()> {
+pub(crate) fn check_counts(what: &str, name: &str, counts: &[usize], n: usize, len: usize) -> Result<()> {
     check_len(what, "the counts", counts.len(), n)?;
     let Some(total) = counts.iter().try_fold(0usize, |sum, c| sum.checked_add(*c)) else {
         return Err(Error::InvalidArgument(format!(

@@ -86,7 +86,9 @@ macro_rules! on_mpi {
     ($comm:expr, |$m:ident| $body:expr) => {
         #[cfg(feature = "mpi")]
         if let Some($m) = $comm.mpi_side() {
-            return $body;
+            // spmd called from inside a user's operator, as on the native
+            // backend, is `Error::Reentered`.
+            return crate::progress::check_not_combining().and_then(|()| $body);
         }
     };
 }

@@ -8,7 +8,8 @@ use std::os::raw::{c_int, c_void};
 
 use mpi::ffi;
 
-use super::comm::MpiComm;
+use super::comm::{MpiComm, PendingBarrier};
+use super::failure::{failed, heard, or_failed};
 use super::{check, check_open, datatype};
 use crate::envelope::Format;
 use crate::error::{Error, Result};
@@ -18,13 +19,13 @@ use crate::op::Builtin;
 pub(crate) type Body = (Format, Vec<u8>);
 
 /// The header of one body in a collective: its format and length.
-type Header = [u64; 2];
+pub(super) type Header = [u64; 2];
 
-fn header_of(body: &Body) -> Header {
+pub(super) fn header_of(body: &Body) -> Header {
     [u64::from(body.0.element()), body.1.len() as u64]
 }
 
-fn format_of(h: &Header) -> Format {
+pub(super) fn format_of(h: &Header) -> Format {
     match h[0] as u16 {
         0 => Format::Serde,
         e => Format::Raw(e),
@@ -41,7 +42,7 @@ fn count(bytes: usize, what: &str) -> Result<c_int> {
 }
 
 /// Counts and displacements of `lens` bytes laid end to end.
-fn layout(lens: &[usize], what: &str) -> Result<(Vec<c_int>, Vec<c_int>)> {
+pub(super) fn layout(lens: &[usize], what: &str) -> Result<(Vec<c_int>, Vec<c_int>)> {
     let counts = lens.iter().map(|&l| count(l, what)).collect::<Result<Vec<_>>>()?;
     let mut displs = Vec::with_capacity(lens.len());
     let mut at = 0usize;
@@ -54,15 +55,15 @@ fn layout(lens: &[usize], what: &str) -> Result<(Vec<c_int>, Vec<c_int>)> {
 }
 
 fn ptr(bytes: &[u8]) -> *const c_void {
-    bytes.as_ptr().cast::<c_void>()
+    datatype::address(bytes)
 }
 
 fn ptr_mut(bytes: &mut [u8]) -> *mut c_void {
-    bytes.as_mut_ptr().cast::<c_void>()
+    datatype::address_mut(bytes)
 }
 
 /// Cuts `all` into pieces of `lens` bytes.
-fn cut(all: &[u8], lens: &[usize], formats: impl Iterator<Item = Format>) -> Vec<Body> {
+pub(super) fn cut(all: &[u8], lens: &[usize], formats: impl Iterator<Item = Format>) -> Vec<Body> {
     let mut at = 0;
     lens.iter()
         .zip(formats)
@@ -75,24 +76,40 @@ fn cut(all: &[u8], lens: &[usize], formats: impl Iterator<Item = Format>) -> Vec
 }
 
 impl MpiComm {
-    /// `MPI_Barrier`.
+    /// `MPI_Barrier`, or the end of the barrier a `barrier_timeout` left
+    /// posted.
     pub(crate) fn barrier(&self) -> Result<()> {
         check_open()?;
+        if let Some(PendingBarrier(mut request)) = self.pending_barrier.take() {
+            // SAFETY: the barrier's active request.
+            return check(
+                unsafe { ffi::MPI_Wait(&mut request, ffi::RSMPI_STATUS_IGNORE) },
+                "MPI_Wait",
+            );
+        }
         // SAFETY: a valid communicator; every member calls it.
         check(unsafe { ffi::MPI_Barrier(self.comm.0) }, "MPI_Barrier")
     }
 
-    /// `MPI_Ibarrier`, waited for until `timeout` has passed.
+    /// `MPI_Ibarrier`, waited for until `timeout` has passed. A barrier
+    /// that times out stays posted, since MPI cannot cancel a collective:
+    /// the next `barrier` or `barrier_timeout` here waits for it again.
     pub(crate) fn barrier_timeout(&self, timeout: std::time::Duration) -> Result<()> {
         check_open()?;
-        let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
-        // SAFETY: a valid communicator; every member calls a barrier.
-        check(unsafe { ffi::MPI_Ibarrier(self.comm.0, &mut request) }, "MPI_Ibarrier")?;
+        let mut request = match self.pending_barrier.take() {
+            Some(PendingBarrier(request)) => request,
+            None => {
+                let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
+                // SAFETY: a valid communicator; every member calls a barrier.
+                check(unsafe { ffi::MPI_Ibarrier(self.comm.0, &mut request) }, "MPI_Ibarrier")?;
+                request
+            }
+        };
         let deadline = std::time::Instant::now().checked_add(timeout);
         let mut pause = std::time::Duration::from_micros(1);
         loop {
             let mut done: c_int = 0;
-            // SAFETY: the active request started above.
+            // SAFETY: the barrier's active request.
             check(
                 unsafe { ffi::MPI_Test(&mut request, &mut done, ffi::RSMPI_STATUS_IGNORE) },
                 "MPI_Test",
@@ -101,8 +118,7 @@ impl MpiComm {
                 return Ok(());
             }
             if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                // MPI cannot cancel a collective: the barrier stays
-                // posted and completes when the others arrive.
+                self.pending_barrier.set(Some(PendingBarrier(request)));
                 return Err(Error::Timeout {
                     what: "the other ranks in a barrier".into(),
                     seconds: timeout.as_secs_f64(),
@@ -184,8 +200,8 @@ impl MpiComm {
         check(
             unsafe {
                 ffi::MPI_Allreduce(
-                    mine.as_ptr().cast::<c_void>(),
-                    out.as_mut_ptr().cast::<c_void>(),
+                    datatype::address(mine),
+                    datatype::address_mut(out),
                     mine.len() as c_int,
                     ffi::RSMPI_UINT64_T,
                     ffi::RSMPI_MAX,
@@ -199,10 +215,12 @@ impl MpiComm {
     /// Every rank's body on the root, in rank order (`MPI_Gatherv`).
     pub(crate) fn gather_bodies(&self, mine: Body, root: usize) -> Result<Option<Vec<Body>>> {
         check_open()?;
+        // A part past MPI's count goes as its failure; the root hears.
+        let (mine, own) = or_failed(count(mine.1.len(), "gather").map(|_| mine));
         let head = header_of(&mine);
         let is_root = self.rank == root;
         let mut heads = vec![[0u64; 2]; if is_root { self.size } else { 0 }];
-        let n = count(mine.1.len(), "gather")?;
+        let n = mine.1.len() as c_int;
         // SAFETY: the headers buffer holds `size` headers on the root.
         check(
             unsafe {
@@ -221,7 +239,9 @@ impl MpiComm {
         )?;
         let lens: Vec<usize> = heads.iter().map(|h| h[1] as usize).collect();
         let (counts, displs) = if is_root {
-            layout(&lens, "gather")?
+            // The others are sending their parts already: a root that
+            // cannot take them all ends the job, saying why.
+            layout(&lens, "gather").unwrap_or_else(|e| super::abort_job(1, &e.to_string()))
         } else {
             (Vec::new(), Vec::new())
         };
@@ -244,6 +264,7 @@ impl MpiComm {
             },
             "MPI_Gatherv",
         )?;
+        own.map_or(Ok(()), Err)?;
         Ok(is_root.then(|| cut(&all, &lens, heads.iter().map(format_of))))
     }
 
@@ -281,15 +302,23 @@ impl MpiComm {
         let is_root = self.rank == root;
         let bodies = bodies.filter(|_| is_root).unwrap_or_default();
         if is_root && bodies.len() != self.size {
-            // The others are already waiting: give them nothing, then fail.
-            let _ = self.scatter_bodies_checked(&vec![(Format::Serde, Vec::new()); self.size], root);
-            return Err(Error::InvalidArgument(format!(
+            // The others are already waiting: tell them, then fail.
+            let e = Error::InvalidArgument(format!(
                 "scatter: the root passed {} values for {} ranks",
                 bodies.len(),
                 self.size
-            )));
+            ));
+            self.scatter_bodies_checked(&vec![failed(&e); self.size], root)?;
+            return Err(e);
         }
-        self.scatter_bodies_checked(&bodies, root)
+        let lens: Vec<usize> = bodies.iter().map(|b| b.1.len()).collect();
+        if let (true, Err(e)) = (is_root, layout(&lens, "scatter")) {
+            self.scatter_bodies_checked(&vec![failed(&e); self.size], root)?;
+            return Err(e);
+        }
+        let mine = self.scatter_bodies_checked(&bodies, root)?;
+        heard("scatter", self.rank, [(root, &mine)])?;
+        Ok(mine)
     }
 
     fn scatter_bodies_checked(&self, bodies: &[Body], root: usize) -> Result<Body> {
@@ -341,11 +370,16 @@ impl MpiComm {
     pub(crate) fn alltoall_bodies(&self, bodies: Vec<Body>) -> Result<Vec<Body>> {
         check_open()?;
         if bodies.len() != self.size {
-            return Err(Error::InvalidArgument(format!(
-                "alltoall: {} values for {} ranks",
-                bodies.len(),
-                self.size
-            )));
+            // The others exchange with this rank all the same: tell them.
+            let e = Error::InvalidArgument(format!("alltoall: {} values for {} ranks", bodies.len(), self.size));
+            self.alltoall_bodies(vec![failed(&e); self.size])?;
+            return Err(e);
+        }
+        let out_lens: Vec<usize> = bodies.iter().map(|b| b.1.len()).collect();
+        if let Err(e) = layout(&out_lens, "alltoall") {
+            // Too much to send in one call: the others hear, then fail.
+            self.alltoall_bodies(vec![failed(&e); self.size])?;
+            return Err(e);
         }
         let heads: Vec<Header> = bodies.iter().map(header_of).collect();
         let mut theirs = vec![[0u64; 2]; self.size];
@@ -364,10 +398,12 @@ impl MpiComm {
             },
             "MPI_Alltoall",
         )?;
-        let out_lens: Vec<usize> = bodies.iter().map(|b| b.1.len()).collect();
         let in_lens: Vec<usize> = theirs.iter().map(|h| h[1] as usize).collect();
         let (send_counts, send_displs) = layout(&out_lens, "alltoall")?;
-        let (recv_counts, recv_displs) = layout(&in_lens, "alltoall")?;
+        // The others send already: a rank that cannot take it all ends
+        // the job, saying why.
+        let (recv_counts, recv_displs) =
+            layout(&in_lens, "alltoall").unwrap_or_else(|e| super::abort_job(1, &e.to_string()));
         let out: Vec<u8> = bodies.iter().flat_map(|b| b.1.iter().copied()).collect();
         let mut all = vec![0u8; in_lens.iter().sum()];
         // SAFETY: both sides hold their counts at their displacements.

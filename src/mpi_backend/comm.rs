@@ -35,7 +35,22 @@ pub(crate) struct MpiComm {
     pub(super) held: RefCell<VecDeque<Held>>,
     /// The tag of this rank's next large-message body.
     pub(super) next_body: Cell<u32>,
+    /// The tag of the next `immediate_` collective's messages: every rank
+    /// starts them in the same order, so they agree on it.
+    pub(super) next_immediate: Cell<u32>,
+    /// A barrier of `barrier_timeout` that timed out: still posted (MPI
+    /// cannot cancel a collective), it is the one the next `barrier` or
+    /// `barrier_timeout` goes on waiting for.
+    pub(super) pending_barrier: Cell<Option<PendingBarrier>>,
 }
+
+/// The request of a barrier still posted.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PendingBarrier(pub ffi::MPI_Request);
+
+// SAFETY: as for `Handle`: a request handle, used under
+// MPI_THREAD_MULTIPLE by the one thread that has the communicator.
+unsafe impl Send for PendingBarrier {}
 
 impl MpiComm {
     /// Takes `comm` (a new communicator this rank owns) and makes its
@@ -57,6 +72,8 @@ impl MpiComm {
             size: size as usize,
             held: RefCell::new(VecDeque::new()),
             next_body: Cell::new(0),
+            next_immediate: Cell::new(0),
+            pending_barrier: Cell::new(None),
         })
     }
 
@@ -215,13 +232,25 @@ impl MpiComm {
 
     /// The next tag for a large message's body on the private communicator
     /// (the receiver matches it with the sender's rank, so it only needs to
-    /// differ from this rank's bodies still in flight).
+    /// differ from this rank's bodies still in flight): the lower half of
+    /// the tags.
     pub(super) fn body_tag(&self) -> u32 {
         let tag = self.next_body.get();
-        self.next_body.set((tag + 1) & crate::selector::MAX_TAG);
+        self.next_body.set((tag + 1) & HALF_TAGS);
         tag
     }
+
+    /// The tag of a new `immediate_` collective's messages on the private
+    /// communicator: the upper half of the tags.
+    pub(super) fn immediate_tag(&self) -> c_int {
+        let seq = self.next_immediate.get();
+        self.next_immediate.set((seq + 1) & HALF_TAGS);
+        (seq | (HALF_TAGS + 1)) as c_int
+    }
 }
+
+/// The tags below the middle of spmd's range (`MAX_TAG` is `2^k - 1`).
+const HALF_TAGS: u32 = crate::selector::MAX_TAG >> 1;
 
 impl Drop for MpiComm {
     fn drop(&mut self) {

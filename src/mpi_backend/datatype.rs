@@ -57,3 +57,27 @@ pub(super) fn operator(op: Builtin, code: u16) -> Option<ffi::MPI_Op> {
         })
     }
 }
+
+/// Where a buffer starts, as MPI takes it. An empty slice's address is
+/// dangling, and a dangling `u8` address is 1: Open MPI's `MPI_IN_PLACE`,
+/// which turns a root's empty receive into an error (or worse, an empty
+/// send into "in place"). Empty buffers point at a real, unused word.
+pub(super) fn address<T>(buffer: &[T]) -> *const std::ffi::c_void {
+    if buffer.is_empty() {
+        return std::ptr::addr_of!(NOWHERE[0]).cast();
+    }
+    buffer.as_ptr().cast()
+}
+
+/// [`address`] of a buffer MPI writes to.
+pub(super) fn address_mut<T>(buffer: &mut [T]) -> *mut std::ffi::c_void {
+    if buffer.is_empty() {
+        // MPI writes nothing to a buffer of zero elements. A word apart
+        // from the empty send buffers', so that the two never alias.
+        return std::ptr::addr_of!(NOWHERE[1]).cast_mut().cast();
+    }
+    buffer.as_mut_ptr().cast()
+}
+
+/// The words empty buffers point at: one for sends, one for receives.
+static NOWHERE: [u64; 2] = [0; 2];

@@ -15,6 +15,8 @@ use crate::selector::MAX_TAG;
 mod collective;
 mod comm;
 mod datatype;
+mod failure;
+mod immediate;
 mod numbers;
 mod point_to_point;
 mod request;
@@ -22,6 +24,7 @@ mod typed;
 
 pub(crate) use collective::Reduction;
 pub(crate) use comm::MpiComm;
+pub(crate) use immediate::MpiCollective;
 pub(crate) use point_to_point::Wait;
 pub(crate) use request::{MpiReceive, MpiSend};
 
@@ -85,6 +88,20 @@ fn library_version() -> String {
 /// Starts MPI for a process `launcher` started, and checks that MPI sees
 /// the job the launcher made.
 pub(crate) fn start(launcher: MpiLauncher) -> Result<MpiStart> {
+    // Open MPI started by srun without PMIx fails inside MPI_Init, with
+    // its own words: say what is wrong first.
+    let library = library_version();
+    if let Some(plugin) = launcher.plugin.as_deref().filter(|p| !p.starts_with("pmix")) {
+        if library.starts_with("Open MPI") {
+            return Err(Error::WrongLauncher {
+                launcher: launcher.name,
+                problem: format!(
+                    "it was given --mpi={plugin} and is linked to {library}, which srun starts with --mpi=pmix \
+                     (README \"Running on a cluster\")"
+                ),
+            });
+        }
+    }
     let mut provided: c_int = 0;
     // Threads may drive different communicators at once.
     // SAFETY: called once per process (init checks), with null arguments.
@@ -181,11 +198,33 @@ fn tag_upper_bound(world: ffi::MPI_Comm) -> Result<i64> {
 pub(crate) fn abort_job(code: i32, message: &str) -> ! {
     let rank = WORLD_RANK.load(Ordering::Relaxed);
     if !message.is_empty() {
-        eprintln!("spmd: rank {rank}: {message}");
+        // One write, so that the line is never cut in two.
+        let line = format!("spmd: rank {rank}: {message}\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     }
+    wait_for_launcher_to_read_output();
     // SAFETY: MPI_Abort may be called at any time after MPI_Init.
     unsafe { ffi::MPI_Abort(ffi::RSMPI_COMM_WORLD, code) };
     std::process::exit(code)
+}
+
+/// Waits (at most 200 ms) until the launcher has read what this rank
+/// wrote to its standard output and error: MPICH's Hydra, told of an
+/// abort, ends the job without reading the rest, and the line naming the
+/// rank was lost with it. A pipe or socket says how much is still unread.
+fn wait_for_launcher_to_read_output() {
+    let unread = |fd: c_int| {
+        let mut queued: c_int = 0;
+        // SAFETY: FIONREAD (pipes) and SIOCOUTQ (sockets) write one int;
+        // on other files they fail, which counts as nothing unread.
+        let pipe = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) } == 0 && queued > 0;
+        let socket = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) } == 0 && queued > 0;
+        pipe || socket
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    while (unread(1) || unread(2)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// Ends the job when this process exits without having finalized (a

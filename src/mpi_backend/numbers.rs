@@ -8,11 +8,13 @@ use bytemuck::Pod;
 
 use super::collective::{Body, Reduction};
 use super::comm::MpiComm;
+use super::failure::{failed, heard};
+use crate::collective::check_counts;
 use crate::error::{Error, Result};
 use crate::message;
 use crate::op::Op;
 
-fn body<E: Pod>(data: &[E]) -> Body {
+pub(super) fn body<E: Pod>(data: &[E]) -> Body {
     (message::raw::<E>(), message::pod_copy(data))
 }
 
@@ -23,7 +25,7 @@ fn disagree(what: &str, detail: String) -> Error {
 }
 
 /// Copies a raw body of `E`s into `out`, which it must fill exactly.
-fn copy_body<E: Pod>(what: &str, from: usize, b: &Body, out: &mut [E]) -> Result<()> {
+pub(super) fn copy_body<E: Pod>(what: &str, from: usize, b: &Body, out: &mut [E]) -> Result<()> {
     if b.0 != message::raw::<E>() || b.1.len() != std::mem::size_of_val(out) {
         return Err(disagree(
             what,
@@ -40,15 +42,7 @@ fn copy_body<E: Pod>(what: &str, from: usize, b: &Body, out: &mut [E]) -> Result
 
 /// Copies `bodies` one after another into `out`, part `r` of `counts[r]`.
 fn copy_parts<E: Pod>(what: &str, bodies: &[Body], counts: &[usize], out: &mut [E]) -> Result<()> {
-    if counts.len() != bodies.len() || counts.iter().sum::<usize>() != out.len() {
-        return Err(Error::InvalidArgument(format!(
-            "{what}: {} counts adding up to {} for {} ranks and a buffer of {}",
-            counts.len(),
-            counts.iter().sum::<usize>(),
-            bodies.len(),
-            out.len()
-        )));
-    }
+    check_counts(what, "the receive buffer", counts, bodies.len(), out.len())?;
     let mut at = 0;
     for (r, (b, &c)) in bodies.iter().zip(counts).enumerate() {
         copy_body(what, r, b, &mut out[at..at + c])?;
@@ -93,23 +87,30 @@ impl MpiComm {
         recv: &mut [E],
         root: usize,
     ) -> Result<()> {
-        let is_root = self.rank == root;
-        let parts = if is_root { cut(send, counts, self.size) } else { None };
-        let bad_root = is_root && parts.is_none();
-        // A root with wrong counts still scatters (empty parts), then fails.
-        let parts = parts.or_else(|| is_root.then(|| vec![body::<E>(&[]); self.size]));
-        let got = self.scatter_bodies(parts, root)?;
-        if bad_root {
-            return Err(Error::InvalidArgument(format!(
-                "{what}: the root's counts ({} of them, adding up to {}) do not cut its send buffer of {} for {} \
-                 ranks",
-                counts.len(),
-                counts.iter().sum::<usize>(),
-                send.len(),
-                self.size
-            )));
+        if self.rank != root {
+            let got = self.scatter_bodies(None, root)?;
+            heard(what, self.rank, [(root, &got)])?;
+            return copy_body(what, root, &got, recv);
         }
-        copy_body(what, root, &got, recv)
+        match cut(send, counts, self.size) {
+            Some(parts) => {
+                let got = self.scatter_bodies(Some(parts), root)?;
+                copy_body(what, root, &got, recv)
+            }
+            None => {
+                // The others are already waiting for their parts: tell them.
+                let e = Error::InvalidArgument(format!(
+                    "{what}: the root's counts ({} of them, adding up to {}) do not cut its send buffer of {} for \
+                     {} ranks",
+                    counts.len(),
+                    counts.iter().sum::<usize>(),
+                    send.len(),
+                    self.size
+                ));
+                self.scatter_bodies(Some(vec![failed(&e); self.size]), root)?;
+                Err(e)
+            }
+        }
     }
 
     pub(crate) fn scatter_into<E: Pod>(&self, send: &[E], recv: &mut [E], root: usize) -> Result<()> {
@@ -126,7 +127,10 @@ impl MpiComm {
         root: usize,
     ) -> Result<()> {
         match self.gather_bodies(body(send), root)? {
-            Some(bodies) => copy_parts(what, &bodies, counts, recv),
+            Some(bodies) => {
+                heard(what, self.rank, bodies.iter().enumerate())?;
+                copy_parts(what, &bodies, counts, recv)
+            }
             None => Ok(()),
         }
     }
@@ -143,7 +147,13 @@ impl MpiComm {
         recv: &mut [E],
         counts: &[usize],
     ) -> Result<()> {
-        let bodies = self.allgather_bodies(body(send))?;
+        let wrong = check_counts(what, "the receive buffer", counts, self.size, recv.len()).err();
+        let mine = wrong.as_ref().map_or_else(|| body(send), failed);
+        let bodies = self.allgather_bodies(mine)?;
+        if let Some(e) = wrong {
+            return Err(e);
+        }
+        heard(what, self.rank, bodies.iter().enumerate())?;
         copy_parts(what, &bodies, counts, recv)
     }
 
@@ -160,19 +170,23 @@ impl MpiComm {
         recv: &mut [E],
         recv_counts: &[usize],
     ) -> Result<()> {
-        let parts = cut(send, send_counts, self.size);
-        let bad = parts.is_none();
-        let parts = parts.unwrap_or_else(|| vec![body::<E>(&[]); self.size]);
-        let got = self.alltoall_bodies(parts)?;
-        if bad {
-            return Err(Error::InvalidArgument(format!(
+        let wrong = match cut(send, send_counts, self.size) {
+            None => Err(Error::InvalidArgument(format!(
                 "{what}: the send counts ({} of them, adding up to {}) do not cut the send buffer of {} for {} ranks",
                 send_counts.len(),
                 send_counts.iter().sum::<usize>(),
                 send.len(),
                 self.size
-            )));
-        }
+            ))),
+            Some(parts) => check_counts(what, "the receive buffer", recv_counts, self.size, recv.len()).map(|()| parts),
+        };
+        let parts = match &wrong {
+            Ok(parts) => parts.clone(),
+            Err(e) => vec![failed(e); self.size],
+        };
+        let got = self.alltoall_bodies(parts)?;
+        wrong?;
+        heard(what, self.rank, got.iter().enumerate())?;
         copy_parts(what, &got, recv_counts, recv)
     }
 
@@ -197,18 +211,34 @@ impl MpiComm {
         op: &impl Op<E>,
     ) -> Result<()> {
         let what = "reduce_scatter_into";
-        let mut full = send.to_vec();
-        self.reduce_slices(Reduction::Allreduce, send, &mut full, op, what)?;
         let ok = counts.len() == self.size && counts.iter().sum::<usize>() == send.len();
-        if !ok || recv.len() != counts[self.rank] {
-            return Err(Error::InvalidArgument(format!(
+        let wrong = (!ok || recv.len() != counts[self.rank]).then(|| {
+            Error::InvalidArgument(format!(
                 "{what}: counts {counts:?} do not cut the send buffer of {} for {} ranks, or the receive buffer of \
                  {} is not this rank's count",
                 send.len(),
                 self.size,
                 recv.len()
-            )));
+            ))
+        });
+        // Every rank learns of a rank with wrong counts before the
+        // reduction, whose lengths would otherwise disagree.
+        // The largest of `size - rank` is the lowest rank that is wrong.
+        let mut first_wrong = [0u64];
+        let mine = [wrong.as_ref().map_or(0, |_| (self.size - self.rank) as u64)];
+        self.allreduce_max(&mine, &mut first_wrong)?;
+        if let Some(e) = wrong {
+            return Err(e);
         }
+        if first_wrong[0] != 0 {
+            let rank = self.size - first_wrong[0] as usize;
+            return Err(Error::CollectiveFailed {
+                rank,
+                detail: format!("in {what}: its counts do not cut its buffers"),
+            });
+        }
+        let mut full = send.to_vec();
+        self.reduce_slices(Reduction::Allreduce, send, &mut full, op, what)?;
         let at: usize = counts[..self.rank].iter().sum();
         recv.copy_from_slice(&full[at..at + recv.len()]);
         Ok(())

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::collective::{Body, Numbers, Reduction};
 use super::comm::MpiComm;
+use super::{datatype, failure};
 use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
 use crate::message;
@@ -17,16 +18,16 @@ use crate::wire::Context;
 /// The element code that marks "the root passed no value".
 const NO_VALUE: u16 = 0xffff;
 
-fn decode<T: DeserializeOwned>(source: usize, body: Body) -> Result<T> {
+pub(super) fn decode<T: DeserializeOwned>(source: usize, body: Body) -> Result<T> {
     message::decode(&Envelope::new(source, 0, Context::WORLD, body.0, body.1))
 }
 
-fn decode_all<T: DeserializeOwned>(bodies: Vec<Body>) -> Result<Vec<T>> {
+pub(super) fn decode_all<T: DeserializeOwned>(bodies: Vec<Body>) -> Result<Vec<T>> {
     bodies.into_iter().enumerate().map(|(r, b)| decode(r, b)).collect()
 }
 
 /// Bytes as plain numbers (a whole number of them).
-fn numbers_of<E: bytemuck::Pod>(bytes: &[u8]) -> Vec<E> {
+pub(super) fn numbers_of<E: bytemuck::Pod>(bytes: &[u8]) -> Vec<E> {
     let size = std::mem::size_of::<E>();
     let mut out = vec![E::zeroed(); bytes.len().checked_div(size).unwrap_or(0)];
     let whole = std::mem::size_of_val(out.as_slice());
@@ -35,7 +36,7 @@ fn numbers_of<E: bytemuck::Pod>(bytes: &[u8]) -> Vec<E> {
 }
 
 /// Folds values in rank order with `op`.
-fn fold<T>(values: Vec<T>, op: &impl Op<T>) -> Option<T> {
+pub(super) fn fold<T>(values: Vec<T>, op: &impl Op<T>) -> Option<T> {
     let mut values = values.into_iter();
     let first = values.next()?;
     Some(values.fold(first, |acc, v| crate::progress::combining(|| op.combine(&acc, &v))))
@@ -73,26 +74,32 @@ impl MpiComm {
     }
 
     pub(crate) fn broadcast<T: Serialize + DeserializeOwned>(&self, value: &mut T, root: usize) -> Result<()> {
-        let mine = if self.rank == root {
-            Some(message::encode(value)?)
-        } else {
-            None
-        };
-        let body = self.broadcast_body(mine, root)?;
-        if self.rank != root {
-            *value = decode(root, body)?;
+        if self.rank == root {
+            // A value that does not encode still reaches the others, as
+            // the failure.
+            let (mine, failure) = failure::or_failed(message::encode(value));
+            self.broadcast_body(Some(mine), root)?;
+            return failure.map_or(Ok(()), Err);
         }
+        let body = self.broadcast_body(None, root)?;
+        failure::heard("broadcast", self.rank, [(root, &body)])?;
+        *value = decode(root, body)?;
         Ok(())
     }
 
     pub(crate) fn broadcast_value<T: Serialize + DeserializeOwned>(&self, value: Option<T>, root: usize) -> Result<T> {
         let is_root = self.rank == root;
-        let mine = match (&value, is_root) {
-            (Some(v), true) => Some(message::encode(v)?),
-            (None, true) => Some((Format::Raw(NO_VALUE), Vec::new())),
-            _ => None,
+        let (mine, failure) = match (&value, is_root) {
+            (Some(v), true) => {
+                let (mine, failure) = failure::or_failed(message::encode(v));
+                (Some(mine), failure)
+            }
+            (None, true) => (Some((Format::Raw(NO_VALUE), Vec::new())), None),
+            _ => (None, None),
         };
         let body = self.broadcast_body(mine, root)?;
+        failure.map_or(Ok(()), Err)?;
+        failure::heard("broadcast_value", self.rank, [(root, &body)])?;
         if body.0 == Format::Raw(NO_VALUE) {
             let e = Error::InvalidArgument(format!(
                 "broadcast_value: the root (rank {root}) passed None; it must pass the value"
@@ -113,28 +120,48 @@ impl MpiComm {
     }
 
     pub(crate) fn scatter<T: Serialize + DeserializeOwned>(&self, values: &[T], root: usize) -> Result<T> {
-        let bodies = if self.rank == root {
-            Some(values.iter().map(message::encode).collect::<Result<Vec<Body>>>()?)
-        } else {
-            None
-        };
-        decode(root, self.scatter_bodies(bodies, root)?)
+        if self.rank != root {
+            return decode(root, self.scatter_bodies(None, root)?);
+        }
+        match values.iter().map(message::encode).collect::<Result<Vec<Body>>>() {
+            Ok(bodies) => decode(root, self.scatter_bodies(Some(bodies), root)?),
+            Err(e) => {
+                self.scatter_bodies(Some(vec![failure::failed(&e); self.size]), root)?;
+                Err(e)
+            }
+        }
     }
 
     pub(crate) fn gather<T: Serialize + DeserializeOwned>(&self, value: &T, root: usize) -> Result<Option<Vec<T>>> {
-        match self.gather_bodies(message::encode(value)?, root)? {
-            Some(bodies) => decode_all(bodies).map(Some),
+        let (mine, own) = failure::or_failed(message::encode(value));
+        let got = self.gather_bodies(mine, root)?;
+        own.map_or(Ok(()), Err)?;
+        match got {
+            Some(bodies) => {
+                failure::heard("gather", self.rank, bodies.iter().enumerate())?;
+                decode_all(bodies).map(Some)
+            }
             None => Ok(None),
         }
     }
 
     pub(crate) fn allgather<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Vec<T>> {
-        decode_all(self.allgather_bodies(message::encode(value)?)?)
+        let (mine, own) = failure::or_failed(message::encode(value));
+        let bodies = self.allgather_bodies(mine)?;
+        own.map_or(Ok(()), Err)?;
+        failure::heard("allgather", self.rank, bodies.iter().enumerate())?;
+        decode_all(bodies)
     }
 
     pub(crate) fn alltoall<T: Serialize + DeserializeOwned>(&self, values: &[T]) -> Result<Vec<T>> {
-        let bodies = values.iter().map(message::encode).collect::<Result<Vec<Body>>>()?;
-        decode_all(self.alltoall_bodies(bodies)?)
+        let (bodies, own) = match values.iter().map(message::encode).collect::<Result<Vec<Body>>>() {
+            Ok(bodies) => (bodies, None),
+            Err(e) => (vec![failure::failed(&e); values.len()], Some(e)),
+        };
+        let got = self.alltoall_bodies(bodies)?;
+        own.map_or(Ok(()), Err)?;
+        failure::heard("alltoall", self.rank, got.iter().enumerate())?;
+        decode_all(got)
     }
 
     pub(crate) fn reduce<T: Serialize + DeserializeOwned + Clone>(
@@ -146,8 +173,14 @@ impl MpiComm {
         if let Some(result) = self.reduce_scalar(Reduction::Reduce(root), value, op)? {
             return Ok(result);
         }
-        match self.gather_bodies(message::encode(value)?, root)? {
-            Some(bodies) => Ok(fold(decode_all(bodies)?, op)),
+        let (mine, own) = failure::or_failed(message::encode(value));
+        let got = self.gather_bodies(mine, root)?;
+        own.map_or(Ok(()), Err)?;
+        match got {
+            Some(bodies) => {
+                failure::heard("reduce", self.rank, bodies.iter().enumerate())?;
+                Ok(fold(decode_all(bodies)?, op))
+            }
             None => Ok(None),
         }
     }
@@ -156,11 +189,27 @@ impl MpiComm {
         if let Some(result) = self.reduce_scalar(Reduction::Allreduce, value, op)? {
             return Ok(result.expect("every rank gets an allreduce's result"));
         }
-        let folded = match self.gather_bodies(message::encode(value)?, 0)? {
-            Some(bodies) => fold(decode_all(bodies)?, op).map(|v| message::encode(&v)).transpose()?,
-            None => None,
+        // Every failure travels in place of a value: a rank's own encoding
+        // to rank 0, rank 0's decoding and folding to every rank.
+        let (mine, own) = failure::or_failed(message::encode(value));
+        let (folded, failure) = match self.gather_bodies(mine, 0)? {
+            Some(bodies) => {
+                let folded = own.map_or(Ok(()), Err).and_then(|()| {
+                    failure::heard("allreduce", 0, bodies.iter().enumerate())?;
+                    let total = fold(decode_all(bodies)?, op).expect("a communicator has at least one rank");
+                    message::encode(&total)
+                });
+                let (folded, failure) = failure::or_failed(folded);
+                (Some(folded), failure)
+            }
+            None => (None, own),
         };
-        decode(0, self.broadcast_body(folded, 0)?)
+        let body = self.broadcast_body(folded, 0)?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        failure::heard("allreduce", self.rank, [(0, &body)])?;
+        decode(0, body)
     }
 
     /// An inclusive (`exclusive` false) or exclusive prefix reduction: the
@@ -175,27 +224,40 @@ impl MpiComm {
         if let Some(result) = self.reduce_scalar(reduction, value, op)? {
             return Ok(result);
         }
-        let prefixes = match self.gather_bodies(message::encode(value)?, 0)? {
+        // Failures travel in place of values, as in `allreduce`.
+        let (mine, own) = failure::or_failed(message::encode(value));
+        let (prefixes, failure) = match self.gather_bodies(mine, 0)? {
             Some(bodies) => {
-                let mut acc: Option<T> = None;
-                let mut out = Vec::with_capacity(self.size);
-                for v in decode_all::<T>(bodies)? {
-                    let next = match &acc {
-                        None => v,
-                        Some(a) => crate::progress::combining(|| op.combine(a, &v)),
-                    };
-                    let shown = if exclusive {
-                        acc.replace(next)
-                    } else {
-                        Some(acc.insert(next).clone())
-                    };
-                    out.push(message::encode(&shown)?);
+                let made = own.map_or(Ok(()), Err).and_then(|()| {
+                    failure::heard("scan", 0, bodies.iter().enumerate())?;
+                    let mut acc: Option<T> = None;
+                    let mut out = Vec::with_capacity(self.size);
+                    for v in decode_all::<T>(bodies)? {
+                        let next = match &acc {
+                            None => v,
+                            Some(a) => crate::progress::combining(|| op.combine(a, &v)),
+                        };
+                        let shown = if exclusive {
+                            acc.replace(next)
+                        } else {
+                            Some(acc.insert(next).clone())
+                        };
+                        out.push(message::encode(&shown)?);
+                    }
+                    Ok(out)
+                });
+                match made {
+                    Ok(out) => (Some(out), None),
+                    Err(e) => (Some(vec![failure::failed(&e); self.size]), Some(e)),
                 }
-                Some(out)
             }
-            None => None,
+            None => (None, own),
         };
-        decode(0, self.scatter_bodies(prefixes, 0)?)
+        let got = self.scatter_bodies(prefixes, 0);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        decode(0, got?)
     }
 }
 
@@ -222,8 +284,8 @@ impl MpiComm {
         let out: &mut [E] = if wrong { &mut own } else { recv };
         if let Some(builtin) = op.builtin() {
             let numbers = Numbers {
-                send: send.as_ptr().cast::<u8>(),
-                recv: out.as_mut_ptr().cast::<u8>(),
+                send: datatype::address(send).cast::<u8>(),
+                recv: datatype::address_mut(out).cast::<u8>(),
                 count: send.len(),
                 element: crate::element::code_of::<E>(),
                 op: builtin,
