@@ -169,13 +169,18 @@ impl Communicator {
     fn immediate_bytes(&self, dest: usize, head: Head, payload: Vec<u8>) -> Result<SendRequest<'_>> {
         let dest = self.peer(dest)?;
         let sent = self.post_send(dest, head, payload)?;
-        Ok(SendRequest {
+        Ok(self.native_send_request(dest, sent))
+    }
+
+    /// The request of a send the native backend has posted.
+    fn native_send_request(&self, dest: usize, sent: Sent) -> SendRequest<'_> {
+        SendRequest {
             comm: self,
             sent,
             dest,
             #[cfg(feature = "mpi")]
             mpi: None,
-        })
+        }
     }
 
     /// Starts sending `value` to `dest` with tag 0 and returns at once.
@@ -244,13 +249,7 @@ impl Communicator {
     fn immediate_raw(&self, dest: usize, head: Head, bytes: &[u8]) -> Result<SendRequest<'_>> {
         let dest = self.peer(dest)?;
         let sent = self.ranked(self.engine()?.send_eager(dest, head, bytes))?;
-        Ok(SendRequest {
-            comm: self,
-            sent,
-            dest,
-            #[cfg(feature = "mpi")]
-            mpi: None,
-        })
+        Ok(self.native_send_request(dest, sent))
     }
 
     /// Posts a receive of a `T` from rank `source` with tag 0 and returns

@@ -465,6 +465,18 @@ pub(crate) enum Reduction {
     Exscan,
 }
 
+impl Reduction {
+    /// Whether rank `rank` gets a result: the root of a reduce, every rank
+    /// but the first of an exclusive scan, every rank otherwise.
+    pub(crate) fn gives_result(self, rank: usize) -> bool {
+        match self {
+            Reduction::Reduce(root) => rank == root,
+            Reduction::Exscan => rank > 0,
+            Reduction::Allreduce | Reduction::Scan => true,
+        }
+    }
+}
+
 /// Plain numbers to reduce: `count` elements of code `element` at `send`,
 /// the result at `recv`, combined with `op`.
 #[derive(Debug)]

@@ -65,11 +65,7 @@ impl MpiComm {
         if !self.reduce_numbers(reduction, numbers)? {
             return Ok(None);
         }
-        let gets = match reduction {
-            Reduction::Reduce(root) => self.rank == root,
-            Reduction::Exscan => self.rank > 0,
-            Reduction::Allreduce | Reduction::Scan => true,
-        };
+        let gets = reduction.gives_result(self.rank);
         Ok(Some(gets.then_some(out)))
     }
 
@@ -274,11 +270,7 @@ impl MpiComm {
         op: &impl Op<E>,
         what: &str,
     ) -> Result<()> {
-        let gets = match reduction {
-            Reduction::Reduce(root) => self.rank == root,
-            Reduction::Exscan => self.rank > 0,
-            Reduction::Allreduce | Reduction::Scan => true,
-        };
+        let gets = reduction.gives_result(self.rank);
         let wrong = gets && recv.len() != send.len();
         let mut own = if wrong { send.to_vec() } else { Vec::new() };
         let out: &mut [E] = if wrong { &mut own } else { recv };
