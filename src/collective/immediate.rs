@@ -33,8 +33,9 @@ use crate::wire::Context;
 /// computes: a rank that computes for a long time between calls holds up
 /// the ranks that wait for its part. Dropping the request waits for the
 /// collective to end, as the other ranks need this rank's part. On the MPI
-/// backend, the serde and closure forms move on only when the request
-/// itself is tested or waited on (README, "Running on a cluster").
+/// backend, a thread of the process moves the serde and closure forms on
+/// while they are in flight, so they also move while the rank computes
+/// (README, "Running on a cluster").
 #[must_use = "wait on the request to complete the collective"]
 pub struct CollectiveRequest<'c, T> {
     comm: &'c Communicator,

@@ -258,6 +258,8 @@ impl Drop for MpiComm {
         if finalized() {
             return;
         }
+        // The chains of leaked immediate collectives on it end first.
+        super::live::finish_on(&[self.comm.0, self.private.0]);
         // SAFETY: both are communicators this rank owns, freed once.
         unsafe {
             ffi::MPI_Comm_free(&mut self.private.0);

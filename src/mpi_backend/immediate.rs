@@ -1,14 +1,15 @@
 //! The `immediate_` collectives on the MPI backend: each is a chain of
-//! stages of non-blocking MPI calls, the next posted as the request is
-//! tested or waited on. A barrier and a built-in reduction are one stage
+//! stages of non-blocking MPI calls (`live.rs`), the next posted as soon as
+//! this rank tests, waits or blocks anywhere in spmd. A barrier and a built-in reduction are one stage
 //! (`MPI_Ibarrier`, `MPI_Iallreduce`), started in the call as MPI requires
 //! of collectives. Values of a length only the sender knows (serde
 //! values, and whatever a closure folds on rank 0) take more stages, which
 //! ranks reach in different orders, so they travel point-to-point on the
 //! private communicator under a tag of their own, drawn when the call
 //! starts (when every rank agrees). MPI only ever reads or writes buffers
-//! the chain owns: the caller's buffer is written at the end, so a request
-//! that is leaked (`mem::forget`) leaks its buffers with it.
+//! the chain owns, and the chain owns all it touches: the caller's buffer
+//! or value is written by the request's `wait`, so a request that is
+//! leaked (`mem::forget`) leaves a chain that still ends.
 
 use std::os::raw::c_int;
 
@@ -19,102 +20,53 @@ use serde::de::DeserializeOwned;
 use mpi::ffi;
 
 use super::collective::{self, Body, Header};
-use super::comm::{MpiComm, PendingBarrier};
-use super::{check, check_open, datatype, failure, numbers, typed};
+use super::comm::{Handle, MpiComm, PendingBarrier};
+use super::live::{self, Chain, Shared, Stage};
+use super::{check_open, datatype, failure, numbers, typed};
+use crate::envelope::Format;
 use crate::error::{Error, Result};
 use crate::message;
 use crate::op::{Builtin, Op};
 
-/// What to do once the posted stage completes: post the next, or finish.
-type Then<'c, T> = Box<dyn FnOnce() -> Result<Stage<'c, T>> + 'c>;
+/// The caller's part of a collective's end: its result made from the
+/// chain's, written where the caller asked.
+type Finish<'c, T> = Box<dyn FnOnce(Body) -> Result<T> + 'c>;
 
-/// Where a chain is.
-pub(crate) enum Stage<'c, T> {
-    /// MPI requests are in flight; `Then` runs once all have completed.
-    Posted(Vec<ffi::MPI_Request>, Then<'c, T>),
-    /// The collective is over, with this result.
-    Done(T),
-}
-
-/// An `immediate_` collective running on MPI.
+/// An `immediate_` collective running on MPI: its chain, and what the
+/// caller gets from the chain's result.
 pub(crate) struct MpiCollective<'c, T> {
-    requests: Vec<ffi::MPI_Request>,
-    then: Option<Then<'c, T>>,
-    result: Option<Result<T>>,
+    chain: Shared,
+    finish: Option<Finish<'c, T>>,
 }
 
 impl<'c, T> MpiCollective<'c, T> {
-    fn new(stage: Result<Stage<'c, T>>) -> Result<Self> {
-        let mut chain = MpiCollective {
-            requests: Vec::new(),
-            then: None,
-            result: None,
-        };
-        chain.enter(stage?);
-        Ok(chain)
+    fn new(comm: Handle, stage: Result<Stage>, finish: impl FnOnce(Body) -> Result<T> + 'c) -> Result<Self> {
+        Ok(MpiCollective {
+            chain: Chain::start(comm.0, stage)?,
+            finish: Some(Box::new(finish)),
+        })
     }
 
-    fn enter(&mut self, stage: Stage<'c, T>) {
-        match stage {
-            Stage::Posted(requests, then) => {
-                self.requests = requests;
-                self.then = Some(then);
-            }
-            Stage::Done(value) => self.result = Some(Ok(value)),
-        }
-    }
-
-    /// Moves the chain on as far as it goes without waiting (or, with
-    /// `block`, to its end): true once it is over.
-    fn advance(&mut self, block: bool) -> Result<bool> {
-        while self.result.is_none() {
-            check_open()?;
-            let n = self.requests.len() as c_int;
-            let mut done: c_int = 1;
-            if n > 0 {
-                let requests = self.requests.as_mut_ptr();
-                // SAFETY: `requests` are the posted stage's active requests.
-                if block {
-                    check(
-                        unsafe { ffi::MPI_Waitall(n, requests, ffi::RSMPI_STATUSES_IGNORE) },
-                        "MPI_Waitall",
-                    )?;
-                } else {
-                    check(
-                        unsafe { ffi::MPI_Testall(n, requests, &mut done, ffi::RSMPI_STATUSES_IGNORE) },
-                        "MPI_Testall",
-                    )?;
-                }
-            }
-            if done == 0 {
-                return Ok(false);
-            }
-            self.requests.clear();
-            let then = self.then.take().expect("a posted stage has what follows it");
-            match then() {
-                Ok(stage) => self.enter(stage),
-                // The stages are built so that every rank that takes part
-                // in a later stage knows of an error first (it travels in
-                // place of the value): none is left waiting.
-                Err(e) => self.result = Some(Err(e)),
-            }
-        }
-        Ok(true)
-    }
-
+    /// Moves this chain on, and every other live one: true once this one
+    /// is over.
     pub(crate) fn test(&mut self) -> Result<bool> {
-        self.advance(false)
+        let over = live::advance_one(&self.chain);
+        live::advance_all();
+        Ok(over)
     }
 
     pub(crate) fn wait(mut self) -> Result<T> {
-        self.advance(true)?;
-        self.result.take().expect("a chain at its end has its result")
+        self.wait_until(None)?;
+        self.end()
     }
 
     pub(crate) fn wait_timeout(&mut self, timeout: std::time::Duration) -> Result<bool> {
-        let deadline = std::time::Instant::now().checked_add(timeout);
+        self.wait_until(std::time::Instant::now().checked_add(timeout))
+    }
+
+    fn wait_until(&mut self, deadline: Option<std::time::Instant>) -> Result<bool> {
         loop {
-            if self.advance(false)? {
+            if self.test()? {
                 return Ok(true);
             }
             if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
@@ -123,16 +75,35 @@ impl<'c, T> MpiCollective<'c, T> {
             std::thread::yield_now();
         }
     }
+
+    /// The caller's result, once the chain is over.
+    fn end(&mut self) -> Result<T> {
+        let result = self.chain.lock().unwrap_or_else(|e| e.into_inner()).take_result();
+        let body = result.expect("a chain at its end has its result")?;
+        let finish = self.finish.take().expect("a collective ends once");
+        finish(body)
+    }
 }
 
 impl<T> Drop for MpiCollective<'_, T> {
-    /// Completes the collective, as the other ranks need this rank's part
-    /// (after `MPI_Finalize` there is nothing left to complete).
+    /// Completes the collective (an `_into` buffer is written), as on the
+    /// native backend. Unwinding, or after `MPI_Finalize`, it is left to
+    /// end on its own.
     fn drop(&mut self) {
-        if self.then.is_some() && !super::finalized() {
-            let _ = self.advance(true);
+        if self.finish.is_some() && !super::finalized() && !std::thread::panicking() && self.wait_until(None).is_ok() {
+            let _ = self.end();
         }
     }
+}
+
+/// Who takes part in the stages of one collective: the communicator they
+/// travel on (the private one), this rank and the size. The stages keep a
+/// copy, so that they need nothing borrowed.
+#[derive(Debug, Clone, Copy)]
+struct Peers {
+    comm: Handle,
+    rank: usize,
+    size: usize,
 }
 
 /// Posts one non-blocking MPI call that fills in its request.
@@ -140,27 +111,35 @@ fn post(call: &'static str, start: impl FnOnce(*mut ffi::MPI_Request) -> c_int) 
     check_open()?;
     // SAFETY: a predefined handle, overwritten by the call.
     let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
-    check(start(&mut request), call)?;
+    super::check(start(&mut request), call)?;
     Ok(request)
 }
 
 /// Posts a send of `bytes` (which must stay put until it completes).
-fn send(comm: ffi::MPI_Comm, bytes: &[u8], dest: usize, tag: c_int) -> Result<ffi::MPI_Request> {
+fn send(comm: Handle, bytes: &[u8], dest: usize, tag: c_int) -> Result<ffi::MPI_Request> {
     let at = datatype::address(bytes);
     // SAFETY: the caller keeps `bytes` until the request completes; the
     // length fits (checked by `fits`).
     post("MPI_Isend", |r| unsafe {
-        ffi::MPI_Isend(at, bytes.len() as c_int, datatype::bytes(), dest as c_int, tag, comm, r)
+        ffi::MPI_Isend(
+            at,
+            bytes.len() as c_int,
+            datatype::bytes(),
+            dest as c_int,
+            tag,
+            comm.0,
+            r,
+        )
     })
 }
 
 /// Posts a receive into `bytes` (which must stay put until it completes).
-fn receive(comm: ffi::MPI_Comm, bytes: &mut [u8], source: usize, tag: c_int) -> Result<ffi::MPI_Request> {
+fn receive(comm: Handle, bytes: &mut [u8], source: usize, tag: c_int) -> Result<ffi::MPI_Request> {
     let n = bytes.len() as c_int;
     let at = datatype::address_mut(bytes);
     // SAFETY: as for `send`.
     post("MPI_Irecv", |r| unsafe {
-        ffi::MPI_Irecv(at, n, datatype::bytes(), source as c_int, tag, comm, r)
+        ffi::MPI_Irecv(at, n, datatype::bytes(), source as c_int, tag, comm.0, r)
     })
 }
 
@@ -176,30 +155,19 @@ fn fits(what: &str, body: Result<Body>) -> (Body, Option<Error>) {
     }))
 }
 
-impl MpiComm {
-    pub(crate) fn immediate_barrier(&self) -> Result<MpiCollective<'_, ()>> {
-        let comm = self.comm.0;
-        // A barrier a `barrier_timeout` left posted is the one to wait for.
-        let request = match self.pending_barrier.take() {
-            Some(PendingBarrier(request)) => request,
-            // SAFETY: every member posts the barrier; it touches no buffer.
-            None => post("MPI_Ibarrier", |r| unsafe { ffi::MPI_Ibarrier(comm, r) })?,
-        };
-        MpiCollective::new(Ok(Stage::Posted(vec![request], Box::new(|| Ok(Stage::Done(()))))))
-    }
-
+impl Peers {
     /// The root's body to every rank, point-to-point under `tag` (its
     /// header, then its bytes), then `then` with it. A failure the root
     /// sends in place of its value is for `then` to report
-    /// ([`collective::heard`]).
-    fn broadcast_stages<'c, T: 'c>(
-        &'c self,
+    /// ([`failure::heard`]).
+    fn broadcast_stages(
+        self,
         tag: c_int,
         mine: Option<Body>,
         root: usize,
-        then: impl FnOnce(Body) -> Result<T> + 'c,
-    ) -> Result<Stage<'c, T>> {
-        let comm = self.private.0;
+        then: impl FnOnce(Body) -> Result<Stage> + Send + 'static,
+    ) -> Result<Stage> {
+        let comm = self.comm;
         if let Some(mine) = mine.filter(|_| self.rank == root) {
             let head: Box<Header> = Box::new(collective::header_of(&mine));
             let mut requests = Vec::with_capacity(2 * self.size);
@@ -213,7 +181,7 @@ impl MpiComm {
                 requests,
                 Box::new(move || {
                     let _sent = head;
-                    then(mine).map(Stage::Done)
+                    then(mine)
                 }),
             ));
         }
@@ -228,23 +196,20 @@ impl MpiComm {
                     false => vec![receive(comm, &mut bytes, root, tag)?],
                 };
                 let format = collective::format_of(&head);
-                Ok(Stage::Posted(
-                    requests,
-                    Box::new(move || then((format, bytes)).map(Stage::Done)),
-                ))
+                Ok(Stage::Posted(requests, Box::new(move || then((format, bytes)))))
             }),
         ))
     }
 
     /// Every rank's body on rank 0, point-to-point under `tag` (headers,
     /// then bytes), then `then` with them there (`None` elsewhere).
-    fn gather_stages<'c, T: 'c>(
-        &'c self,
+    fn gather_stages(
+        self,
         tag: c_int,
         mine: Body,
-        then: impl FnOnce(Option<Vec<Body>>) -> Result<Stage<'c, T>> + 'c,
-    ) -> Result<Stage<'c, T>> {
-        let comm = self.private.0;
+        then: impl FnOnce(Option<Vec<Body>>) -> Result<Stage> + Send + 'static,
+    ) -> Result<Stage> {
+        let comm = self.comm;
         if self.rank != 0 {
             let head: Box<Header> = Box::new(collective::header_of(&mine));
             let mut requests = vec![send(comm, bytemuck::cast_slice(&head[..]), 0, tag)?];
@@ -287,18 +252,17 @@ impl MpiComm {
         ))
     }
 
-    /// Every rank's body folded on rank 0 by `fold`, the result to every
-    /// rank, then `then` with it. A rank whose part fails sends the
-    /// failure in its place; a fold that fails on rank 0 reaches the
-    /// others in place of the result, as `CollectiveFailed`.
-    fn fold_stages<'c, T: 'c>(
-        &'c self,
+    /// Every rank's body folded on rank 0 by `fold`, and the result to
+    /// every rank. A rank whose part fails sends the failure in its place;
+    /// a fold that fails on rank 0 reaches the others in place of the
+    /// result, as `CollectiveFailed`.
+    fn fold_stages(
+        self,
         what: &'static str,
+        tag: c_int,
         mine: Result<Body>,
-        fold: impl FnOnce(Vec<Body>) -> Result<Body> + 'c,
-        then: impl FnOnce(Body) -> Result<T> + 'c,
-    ) -> Result<Stage<'c, T>> {
-        let tag = self.immediate_tag();
+        fold: impl FnOnce(Vec<Body>) -> Result<Body> + Send + 'static,
+    ) -> Result<Stage> {
         let (mine, own) = fits(what, mine);
         self.gather_stages(tag, mine, move |parts| {
             let (folded, failure) = match parts {
@@ -317,21 +281,20 @@ impl MpiComm {
                     return Err(e);
                 }
                 failure::heard(what, self.rank, [(0, &body)])?;
-                then(body)
+                Ok(Stage::Done(body))
             })
         })
     }
 
     /// A broadcast of the root's body (its encoding, which may have
-    /// failed), then `then` with it on every rank.
-    fn broadcast_checked<'c, T: 'c>(
-        &'c self,
+    /// failed), ending with it on every rank.
+    fn broadcast_checked(
+        self,
         what: &'static str,
+        tag: c_int,
         mine: Option<Result<Body>>,
         root: usize,
-        then: impl FnOnce(Body) -> Result<T> + 'c,
-    ) -> Result<MpiCollective<'c, T>> {
-        let tag = self.immediate_tag();
+    ) -> Result<Stage> {
         let (mine, failure) = match mine {
             Some(mine) => {
                 let (mine, failure) = fits(what, mine);
@@ -339,13 +302,54 @@ impl MpiComm {
             }
             None => (None, None),
         };
-        MpiCollective::new(self.broadcast_stages(tag, mine, root, move |body| {
+        self.broadcast_stages(tag, mine, root, move |body| {
             if let Some(e) = failure {
                 return Err(e);
             }
             failure::heard(what, self.rank, [(root, &body)])?;
-            then(body)
-        }))
+            Ok(Stage::Done(body))
+        })
+    }
+}
+
+/// `send` reduced by `MPI_Iallreduce` on `comm` as `how` says, ending with
+/// the bytes of the result (their format is not looked at).
+fn allreduce_stages(comm: Handle, send: Vec<u8>, how: Reducible) -> Result<Stage> {
+    let mut recv = vec![0u8; send.len()];
+    let (from, into) = (datatype::address(&send), datatype::address_mut(&mut recv));
+    // SAFETY: both Vecs hold `how.count` numbers and live in the next
+    // stage.
+    let request = post("MPI_Iallreduce", |r| unsafe {
+        ffi::MPI_Iallreduce(from, into, how.count, how.datatype, how.op, comm.0, r)
+    })?;
+    Ok(Stage::Posted(
+        vec![request],
+        Box::new(move || {
+            let _send = send;
+            Ok(Stage::Done((Format::Serde, recv)))
+        }),
+    ))
+}
+
+impl MpiComm {
+    fn peers(&self) -> Peers {
+        Peers {
+            comm: self.private,
+            rank: self.rank,
+            size: self.size,
+        }
+    }
+
+    pub(crate) fn immediate_barrier(&self) -> Result<MpiCollective<'_, ()>> {
+        let comm = self.comm;
+        // A barrier a `barrier_timeout` left posted is the one to wait for.
+        let request = match self.pending_barrier.take() {
+            Some(PendingBarrier(request)) => request,
+            // SAFETY: every member posts the barrier; it touches no buffer.
+            None => post("MPI_Ibarrier", |r| unsafe { ffi::MPI_Ibarrier(comm.0, r) })?,
+        };
+        let stage = Stage::Posted(vec![request], Box::new(|| Ok(Stage::Done((Format::Serde, Vec::new())))));
+        MpiCollective::new(comm, Ok(stage), |_| Ok(()))
     }
 
     pub(crate) fn immediate_broadcast<'c, T: Serialize + DeserializeOwned>(
@@ -355,7 +359,10 @@ impl MpiComm {
     ) -> Result<MpiCollective<'c, ()>> {
         let is_root = self.rank == root;
         let mine = is_root.then(|| message::encode(&*value));
-        self.broadcast_checked("immediate_broadcast", mine, root, move |body| {
+        let stages = self
+            .peers()
+            .broadcast_checked("immediate_broadcast", self.immediate_tag(), mine, root);
+        MpiCollective::new(self.private, stages, move |body| {
             if !is_root {
                 *value = typed::decode(root, body)?;
             }
@@ -371,37 +378,13 @@ impl MpiComm {
         let is_root = self.rank == root;
         let mine = is_root.then(|| Ok(numbers::body(buf)));
         let what = "immediate_broadcast_into";
-        self.broadcast_checked(what, mine, root, move |body| {
+        let stages = self.peers().broadcast_checked(what, self.immediate_tag(), mine, root);
+        MpiCollective::new(self.private, stages, move |body| {
             if !is_root {
                 numbers::copy_body(what, root, &body, buf)?;
             }
             Ok(())
         })
-    }
-
-    /// `send` reduced by `MPI_Iallreduce` as `how` says, then `then` with
-    /// the bytes of the result.
-    fn allreduce_stages<'c, T: 'c>(
-        &'c self,
-        send: Vec<u8>,
-        how: Reducible,
-        then: impl FnOnce(Vec<u8>) -> Result<T> + 'c,
-    ) -> Result<Stage<'c, T>> {
-        let comm = self.comm.0;
-        let mut recv = vec![0u8; send.len()];
-        let (from, into) = (datatype::address(&send), datatype::address_mut(&mut recv));
-        // SAFETY: both Vecs hold `how.count` numbers and live in the next
-        // stage.
-        let request = post("MPI_Iallreduce", |r| unsafe {
-            ffi::MPI_Iallreduce(from, into, how.count, how.datatype, how.op, comm, r)
-        })?;
-        Ok(Stage::Posted(
-            vec![request],
-            Box::new(move || {
-                let _send = send;
-                then(recv).map(Stage::Done)
-            }),
-        ))
     }
 
     pub(crate) fn immediate_allreduce<'c, T, O>(&'c self, value: &T, op: O) -> Result<MpiCollective<'c, T>>
@@ -414,15 +397,18 @@ impl MpiComm {
             // SAFETY: `T` is a plain number type (it has an element code):
             // its bytes are its value, and any bytes are a value of it.
             let send = unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size) }.to_vec();
-            let read = |bytes: Vec<u8>| Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) });
-            return MpiCollective::new(self.allreduce_stages(send, how, read));
+            let read = |body: Body| Ok(unsafe { std::ptr::read_unaligned(body.1.as_ptr().cast::<T>()) });
+            return MpiCollective::new(self.comm, allreduce_stages(self.comm, send, how), read);
         }
         let what = "immediate_allreduce";
         let fold = move |bodies: Vec<Body>| {
             let folded = typed::fold(typed::decode_all::<T>(bodies)?, &op);
             message::encode(&folded.expect("a communicator has at least one rank"))
         };
-        MpiCollective::new(self.fold_stages(what, message::encode(value), fold, |body| typed::decode(0, body)))
+        let stages = self
+            .peers()
+            .fold_stages(what, self.immediate_tag(), message::encode(value), fold);
+        MpiCollective::new(self.private, stages, |body| typed::decode(0, body))
     }
 
     pub(crate) fn immediate_allreduce_into<'c, E, O>(
@@ -439,18 +425,19 @@ impl MpiComm {
         if let Some(how) = Reducible::new(crate::element::code_of::<E>(), op.builtin(), send.len()) {
             // A `recv` of the wrong length takes part all the same, and
             // fails at the end.
-            let write = move |bytes: Vec<u8>| {
-                if std::mem::size_of_val(recv) != bytes.len() {
+            let write = move |body: Body| {
+                if std::mem::size_of_val(recv) != body.1.len() {
                     return Err(Error::InvalidArgument(format!(
                         "{what}: send holds {} elements but recv {}",
-                        bytes.len() / std::mem::size_of::<E>().max(1),
+                        body.1.len() / std::mem::size_of::<E>().max(1),
                         recv.len()
                     )));
                 }
-                bytemuck::cast_slice_mut::<E, u8>(recv).copy_from_slice(&bytes);
+                bytemuck::cast_slice_mut::<E, u8>(recv).copy_from_slice(&body.1);
                 Ok(())
             };
-            return MpiCollective::new(self.allreduce_stages(message::pod_copy(send), how, write));
+            let stages = allreduce_stages(self.comm, message::pod_copy(send), how);
+            return MpiCollective::new(self.comm, stages, write);
         }
         let fold = move |bodies: Vec<Body>| {
             let parts: Vec<Vec<E>> = bodies.iter().map(|b| typed::numbers_of::<E>(&b.1)).collect();
@@ -472,9 +459,12 @@ impl MpiComm {
             });
             Ok(numbers::body(&folded))
         };
-        MpiCollective::new(self.fold_stages(what, Ok(numbers::body(send)), fold, move |body| {
+        let stages = self
+            .peers()
+            .fold_stages(what, self.immediate_tag(), Ok(numbers::body(send)), fold);
+        MpiCollective::new(self.private, stages, move |body| {
             numbers::copy_body(what, 0, &body, recv)
-        }))
+        })
     }
 }
 

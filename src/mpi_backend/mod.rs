@@ -17,6 +17,7 @@ mod comm;
 mod datatype;
 mod failure;
 mod immediate;
+mod live;
 mod numbers;
 mod point_to_point;
 mod request;
@@ -266,6 +267,7 @@ pub(crate) fn finalize() -> Result<()> {
     if finalized() {
         return Ok(());
     }
+    live::finish_all();
     request::finish_orphans();
     FINALIZED.store(true, Ordering::Release);
     // SAFETY: MPI is initialized and not yet finalized.

@@ -154,14 +154,22 @@ impl MpiComm {
         check_open()?;
         // MPICH's MPI_Send to oneself waits for the receive: never eager.
         if bytes.len() <= EAGER_LIMIT && dest != self.rank {
-            let mut frame = [0u8; HEADER + EAGER_LIMIT];
-            frame[..HEADER].copy_from_slice(&header(format, None, bytes.len() as u64));
-            frame[HEADER..HEADER + bytes.len()].copy_from_slice(bytes);
+            // Not zeroed: only the bytes written here are sent.
+            let mut frame = MaybeUninit::<[u8; HEADER + EAGER_LIMIT]>::uninit();
+            let at = frame.as_mut_ptr().cast::<u8>();
+            let head = header(format, None, bytes.len() as u64);
+            // SAFETY: the frame has room for the header and up to
+            // EAGER_LIMIT bytes after it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(head.as_ptr(), at, HEADER);
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.add(HEADER), bytes.len());
+            }
             let len = (HEADER + bytes.len()) as c_int;
-            // SAFETY: `frame` holds `len` bytes; a valid communicator.
+            // SAFETY: `frame` holds `len` bytes, all written; a valid
+            // communicator.
             let code = unsafe {
                 ffi::MPI_Send(
-                    frame.as_ptr().cast::<c_void>(),
+                    at.cast::<c_void>(),
                     len,
                     datatype::bytes(),
                     dest as c_int,
@@ -265,7 +273,7 @@ impl MpiComm {
         check_open()?;
         let held = match self.take_held(&pattern) {
             Some(held) => held,
-            None => match self.arrive(&pattern, wait)? {
+            None => match self.arrive(&pattern, wait, room)? {
                 Some(held) => held,
                 None => return Ok(None),
             },
@@ -280,7 +288,7 @@ impl MpiComm {
         if let Some(held) = self.held.borrow().iter().find(|h| h.matches(&pattern)) {
             return Ok(Some(held.status()));
         }
-        let Some(held) = self.arrive(&pattern, wait)? else {
+        let Some(held) = self.arrive(&pattern, wait, None)? else {
             return Ok(None);
         };
         let status = held.status();
@@ -309,13 +317,14 @@ impl MpiComm {
     }
 
     /// Takes the next message `pattern` accepts out of MPI: its header,
-    /// and its payload if it came along.
-    fn arrive(&self, pattern: &Match, wait: Wait) -> Result<Option<Held>> {
+    /// and its payload if it came along (straight into the room, if it
+    /// may land there).
+    fn arrive(&self, pattern: &Match, wait: Wait, room: Option<Room>) -> Result<Option<Held>> {
         // Only this rank could send what it waits for: it is there already,
         // or it never comes.
         let only_me = pattern.source_rank().map_or(self.size == 1, |s| s == self.rank);
         if only_me && !matches!(wait, Wait::Never) {
-            return match self.arrive(pattern, Wait::Never)? {
+            return match self.arrive(pattern, Wait::Never, room)? {
                 Some(held) => Ok(Some(held)),
                 None if pattern.source_rank().is_none() => Err(Error::InvalidArgument(format!(
                     "rank {} is alone in its communicator and waits for a message nobody sent; this would wait \
@@ -383,18 +392,20 @@ impl MpiComm {
         let status = unsafe { status.assume_init_ref() };
         let count = received_bytes(status).min(HEADER + INLINE_LIMIT);
         let received = unsafe { std::slice::from_raw_parts(frame.as_ptr().cast::<u8>(), count) };
-        self.arrived(received, status).map(Some)
+        let (source, tag) = source_and_tag(status);
+        self.parse(received, source, tag, room).map(Some)
     }
 
     /// The message whose frame arrived in `frame`, as `status` describes.
     pub(super) fn arrived(&self, frame: &[u8], status: &ffi::MPI_Status) -> Result<Held> {
         let (source, tag) = source_and_tag(status);
         let count = received_bytes(status).min(frame.len());
-        self.parse(&frame[..count], source, tag)
+        self.parse(&frame[..count], source, tag, None)
     }
 
-    /// Reads a header (and payload) that arrived from `source`.
-    fn parse(&self, frame: &[u8], source: usize, tag: u32) -> Result<Held> {
+    /// Reads a header (and payload) that arrived from `source`; a payload
+    /// that may land in `room` is copied there, not into a new buffer.
+    fn parse(&self, frame: &[u8], source: usize, tag: u32, room: Option<Room>) -> Result<Held> {
         let bad = |field: &'static str, detail: String| Error::Protocol {
             peer: format!("rank {source}"),
             field,
@@ -415,10 +426,20 @@ impl MpiComm {
         };
         let payload = &frame[HEADER..];
         match frame[0] {
-            0 if payload.len() as u64 == len => Ok(Held {
-                env: Envelope::new(source, tag, Context::WORLD, format, crate::pool::copy_of(payload)),
-                body: None,
-            }),
+            0 if payload.len() as u64 == len => {
+                if let Some((at, fresh)) = room.and_then(|room| room.landing(format, len)) {
+                    // SAFETY: the room has at least `len` bytes at `at`.
+                    unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), at, payload.len()) };
+                    let mut env = Envelope::new(source, tag, Context::WORLD, format, Vec::new());
+                    env.landed = Some(len);
+                    env.fresh = fresh;
+                    return Ok(Held { env, body: None });
+                }
+                Ok(Held {
+                    env: Envelope::new(source, tag, Context::WORLD, format, crate::pool::copy_of(payload)),
+                    body: None,
+                })
+            }
             0 => Err(bad("length", format!("{len}, but {} bytes came", payload.len()))),
             1 if payload.is_empty() && len > INLINE_LIMIT as u64 => Ok(Held {
                 env: Envelope::new(source, tag, Context::WORLD, format, Vec::new()),

@@ -148,6 +148,34 @@ fn progress_while_blocked(comm: &Communicator) -> Result<(), Error> {
     if me == n - 1 && n > 1 {
         comm.send_with_tag(&"after", 0, 7)?;
     }
+    // A closure's fold and a serde broadcast, which on MPI need rank 0 to
+    // fold the parts and pass the result on: it does so while it blocks in
+    // a receive, and then in a blocking collective, before it waits on
+    // them itself.
+    let want = (1..n).fold(matrix(7, 0), |acc, r| matmul(&acc, &matrix(7, r)));
+    let product = comm.immediate_allreduce(&matrix(7, me), matmul)?;
+    let mut word = if me == n - 1 { text(7, me) } else { String::new() };
+    let broadcast = comm.immediate_broadcast(&mut word, n - 1)?;
+    if me == 0 && n > 1 {
+        let (word, _): (String, _) = comm.receive_matching(Match::source(n - 1).with_tag(8))?;
+        assert_eq!(word, "folded");
+    }
+    assert_eq!(product.wait()?, want, "rank {me}: a fold while rank 0 receives");
+    broadcast.wait()?;
+    assert_eq!(word, text(7, n - 1), "rank {me}: a broadcast while rank 0 receives");
+    if me == n - 1 && n > 1 {
+        comm.send_with_tag(&"folded", 0, 8)?;
+    }
+    let product = comm.immediate_allreduce(&matrix(7, me), matmul)?;
+    let got = if me == 0 {
+        comm.barrier()?;
+        product.wait()?
+    } else {
+        let got = product.wait()?;
+        comm.barrier()?;
+        got
+    };
+    assert_eq!(got, want, "rank {me}: a fold while rank 0 is in a barrier");
     Ok(())
 }
 
