@@ -8,7 +8,7 @@ use std::os::raw::c_int;
 
 use mpi::ffi;
 
-use super::point_to_point::Held;
+use super::held::Held;
 use super::{check, check_open, finalized};
 use crate::error::{Error, Result};
 
@@ -33,6 +33,9 @@ pub(crate) struct MpiComm {
     /// Messages taken out of MPI that no receive has taken yet (by a probe,
     /// or put back by a receive of the wrong type), oldest first.
     pub(super) held: RefCell<VecDeque<Held>>,
+    /// How many messages this rank has sent to each rank: the next one's
+    /// place in order (`held.rs`).
+    pub(super) sent: RefCell<Vec<u64>>,
     /// The tag of this rank's next large-message body.
     pub(super) next_body: Cell<u32>,
     /// The tag of the next `immediate_` collective's messages: every rank
@@ -71,6 +74,7 @@ impl MpiComm {
             rank: rank as usize,
             size: size as usize,
             held: RefCell::new(VecDeque::new()),
+            sent: RefCell::new(vec![0; size as usize]),
             next_body: Cell::new(0),
             next_immediate: Cell::new(0),
             pending_barrier: Cell::new(None),

@@ -16,6 +16,7 @@ mod collective;
 mod comm;
 mod datatype;
 mod failure;
+mod held;
 mod immediate;
 mod live;
 mod numbers;

@@ -1,7 +1,7 @@
 //! Point-to-point messages on the MPI backend. Each message starts with a
-//! 16-byte header naming its format (serde or raw, and the element type),
+//! 24-byte header naming its format (serde or raw, and the element type),
 //! so that a receive of the wrong kind is an error as on the native
-//! backend. A small message is one MPI message, header and payload; a
+//! backend, and its place among the sender's messages to this rank. A small message is one MPI message, header and payload; a
 //! large one is its header, then its body on the private communicator,
 //! straight from and into the caller's memory, in pieces of at most
 //! 1 GiB (MPI counts are `int`).
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use mpi::ffi;
 
 use super::comm::MpiComm;
+use super::held::Held;
 use super::{check, check_open, datatype};
 use crate::envelope::{Envelope, Format, Room};
 use crate::error::{Error, Result};
@@ -20,7 +21,7 @@ use crate::selector::{Match, Status};
 use crate::wire::Context;
 
 /// The bytes of a header.
-const HEADER: usize = 16;
+const HEADER: usize = 24;
 
 /// The largest payload that travels with its header; larger ones send a
 /// body after it.
@@ -36,32 +37,6 @@ pub(super) const PIECE: usize = 1 << 30;
 
 /// The largest frame: a header and an inline payload.
 pub(super) const FRAME: usize = HEADER + INLINE_LIMIT;
-
-/// A message taken out of MPI before its receive: its envelope (with the
-/// payload, if it came with the header) and, for a large message, its body
-/// still in MPI.
-#[derive(Debug)]
-pub(crate) struct Held {
-    pub env: Envelope,
-    /// The body's length and tag on the private communicator.
-    pub body: Option<(u64, u32)>,
-}
-
-impl Held {
-    fn status(&self) -> Status {
-        Status::new(
-            self.env.source,
-            self.env.tag,
-            self.body.map_or(self.env.len(), |(len, _)| len),
-            self.env.format.element(),
-        )
-    }
-
-    fn matches(&self, pattern: &Match) -> bool {
-        pattern.source_rank().is_none_or(|s| s == self.env.source)
-            && pattern.tag_value().is_none_or(|t| t == self.env.tag)
-    }
-}
 
 /// How long a receive may wait.
 #[derive(Debug, Clone, Copy)]
@@ -81,12 +56,16 @@ impl Wait {
     }
 }
 
-pub(super) fn header(format: Format, body_tag: Option<u32>, len: u64) -> [u8; HEADER] {
+/// A message's header: its shape (1 if a body follows), element type,
+/// body tag, length, and `seq`, its place among the sender's messages to
+/// the same rank on the communicator.
+pub(super) fn header(format: Format, body_tag: Option<u32>, len: u64, seq: u64) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[0] = u8::from(body_tag.is_some());
     h[2..4].copy_from_slice(&format.element().to_le_bytes());
     h[4..8].copy_from_slice(&body_tag.unwrap_or(0).to_le_bytes());
     h[8..16].copy_from_slice(&len.to_le_bytes());
+    h[16..24].copy_from_slice(&seq.to_le_bytes());
     h
 }
 
@@ -157,7 +136,7 @@ impl MpiComm {
             // Not zeroed: only the bytes written here are sent.
             let mut frame = MaybeUninit::<[u8; HEADER + EAGER_LIMIT]>::uninit();
             let at = frame.as_mut_ptr().cast::<u8>();
-            let head = header(format, None, bytes.len() as u64);
+            let head = header(format, None, bytes.len() as u64, self.stamp(dest));
             // SAFETY: the frame has room for the header and up to
             // EAGER_LIMIT bytes after it.
             unsafe {
@@ -207,7 +186,7 @@ impl MpiComm {
         check_open()?;
         let (dest, tag) = (dest as c_int, tag as c_int);
         let body_tag = (bytes.len() > INLINE_LIMIT).then(|| self.body_tag());
-        let mut frame = header(format, body_tag, bytes.len() as u64).to_vec();
+        let mut frame = header(format, body_tag, bytes.len() as u64, self.stamp(dest as usize)).to_vec();
         if body_tag.is_none() {
             frame.extend_from_slice(bytes);
         }
@@ -271,7 +250,7 @@ impl MpiComm {
     /// room's type lands in it. `None` if `wait` ended first.
     pub(crate) fn receive(&self, pattern: Match, room: Option<Room>, wait: Wait) -> Result<Option<Envelope>> {
         check_open()?;
-        let held = match self.take_held(&pattern) {
+        let held = match self.take_held(&pattern)? {
             Some(held) => held,
             None => match self.arrive(&pattern, wait, room)? {
                 Some(held) => held,
@@ -285,8 +264,8 @@ impl MpiComm {
     /// received; `None` if `wait` ended first.
     pub(crate) fn probe(&self, pattern: Match, wait: Wait) -> Result<Option<Status>> {
         check_open()?;
-        if let Some(held) = self.held.borrow().iter().find(|h| h.matches(&pattern)) {
-            return Ok(Some(held.status()));
+        if let Some(at) = self.oldest_held(&pattern)? {
+            return Ok(Some(self.held.borrow()[at].status()));
         }
         let Some(held) = self.arrive(&pattern, wait, None)? else {
             return Ok(None);
@@ -296,30 +275,10 @@ impl MpiComm {
         Ok(Some(status))
     }
 
-    /// Puts back a message a receive could not take, first in line.
-    pub(crate) fn requeue(&self, env: Envelope) {
-        if env.landed.is_some() && env.fresh.is_none() {
-            // Landed in the caller's buffer: only a matching type lands,
-            // so no receive rejects it.
-            return;
-        }
-        let mut env = env;
-        if let Some(fresh) = env.fresh.take() {
-            env.unland(fresh);
-        }
-        self.held.borrow_mut().push_front(Held { env, body: None });
-    }
-
-    pub(super) fn take_held(&self, pattern: &Match) -> Option<Held> {
-        let mut held = self.held.borrow_mut();
-        let at = held.iter().position(|h| h.matches(pattern))?;
-        held.remove(at)
-    }
-
     /// Takes the next message `pattern` accepts out of MPI: its header,
     /// and its payload if it came along (straight into the room, if it
     /// may land there).
-    fn arrive(&self, pattern: &Match, wait: Wait, room: Option<Room>) -> Result<Option<Held>> {
+    pub(super) fn arrive(&self, pattern: &Match, wait: Wait, room: Option<Room>) -> Result<Option<Held>> {
         // Only this rank could send what it waits for: it is there already,
         // or it never comes.
         let only_me = pattern.source_rank().map_or(self.size == 1, |s| s == self.rank);
@@ -416,9 +375,12 @@ impl MpiComm {
         }
         let element = u16::from_le_bytes([frame[2], frame[3]]);
         let body_tag = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        let mut len = [0u8; 8];
-        len.copy_from_slice(&frame[8..16]);
-        let len = u64::from_le_bytes(len);
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&frame[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        let (len, seq) = (word(8), word(16));
         let format = if element == 0 {
             Format::Serde
         } else {
@@ -433,18 +395,17 @@ impl MpiComm {
                     let mut env = Envelope::new(source, tag, Context::WORLD, format, Vec::new());
                     env.landed = Some(len);
                     env.fresh = fresh;
-                    return Ok(Held { env, body: None });
+                    return Ok(Held::new(env, None, seq));
                 }
-                Ok(Held {
-                    env: Envelope::new(source, tag, Context::WORLD, format, crate::pool::copy_of(payload)),
-                    body: None,
-                })
+                let env = Envelope::new(source, tag, Context::WORLD, format, crate::pool::copy_of(payload));
+                Ok(Held::new(env, None, seq))
             }
             0 => Err(bad("length", format!("{len}, but {} bytes came", payload.len()))),
-            1 if payload.is_empty() && len > INLINE_LIMIT as u64 => Ok(Held {
-                env: Envelope::new(source, tag, Context::WORLD, format, Vec::new()),
-                body: Some((len, body_tag)),
-            }),
+            1 if payload.is_empty() && len > INLINE_LIMIT as u64 => Ok(Held::new(
+                Envelope::new(source, tag, Context::WORLD, format, Vec::new()),
+                Some((len, body_tag)),
+                seq,
+            )),
             1 => Err(bad(
                 "length",
                 format!("a body of {len} bytes after {} bytes", payload.len()),

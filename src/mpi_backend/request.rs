@@ -10,7 +10,8 @@ use std::sync::Mutex;
 use mpi::ffi;
 
 use super::comm::MpiComm;
-use super::point_to_point::{FRAME, Held, INLINE_LIMIT, PIECE, header};
+use super::held::Held;
+use super::point_to_point::{FRAME, INLINE_LIMIT, PIECE, header};
 use super::{check, check_open, datatype};
 use crate::envelope::{Envelope, Format, Room};
 use crate::error::Result;
@@ -172,7 +173,7 @@ impl MpiComm {
         reap_orphans(false);
         let body_tag = (len > INLINE_LIMIT).then(|| self.body_tag());
         let mut frame = Vec::with_capacity(FRAME);
-        frame.extend_from_slice(&header(format, body_tag, len as u64));
+        frame.extend_from_slice(&header(format, body_tag, len as u64, self.stamp(dest)));
         frame.extend_from_slice(inline);
         let mut pending = Requests {
             requests: Vec::new(),
@@ -226,7 +227,7 @@ impl MpiComm {
     /// room's type lands in it.
     pub(crate) fn ireceive(&self, pattern: Match, room: Option<Room>) -> Result<MpiReceive> {
         check_open()?;
-        if let Some(held) = self.take_held(&pattern) {
+        if let Some(held) = self.take_held(&pattern)? {
             return Ok(MpiReceive {
                 state: State::Arrived(held),
                 room,

@@ -12,6 +12,7 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
     ordering(world)?;
     wildcards_and_status(world)?;
     probe(world)?;
+    order_after_probe(world)?;
     self_send(world)?;
     empty_and_large(world)?;
     immediate(world)?;
@@ -143,6 +144,41 @@ fn probe(world: &Communicator) -> Result<(), Error> {
     }
     say(world, "probe and try_probe")?;
     Ok(())
+}
+
+/// A probe, or a receive of the wrong type, that looks at a later message
+/// does not let it overtake older ones from the same sender: a wider
+/// receive afterwards still gets them in the order they were sent. Small
+/// and large (past every inline limit) messages alike.
+fn order_after_probe(world: &Communicator) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    if n < 2 {
+        return Ok(());
+    }
+    for len in [3usize, 100_000] {
+        if me == 1 {
+            for tag in 0..4u32 {
+                world.send_slice_with_tag(&vec![tag as u64; len], 0, tag)?;
+            }
+        }
+        if me == 0 {
+            // Looks at tag 2 first, then takes tag 3 as the wrong type.
+            let status = world.probe(Match::source(1).with_tag(2))?;
+            assert_eq!(status.tag(), 2);
+            let wrong = world.receive_vec_matching::<f32>(Match::source(1).with_tag(3));
+            assert!(wrong.is_err(), "u64s received as f32s: {wrong:?}");
+            for want in 0..4u32 {
+                let (got, status) = world.receive_vec_matching::<u64>(Match::source(1))?;
+                assert_eq!(
+                    (status.tag(), got[0], got.len()),
+                    (want, want as u64, len),
+                    "messages of {len} numbers after a probe of tag 2 and a wrong-type receive of tag 3"
+                );
+            }
+        }
+        world.barrier()?;
+    }
+    say(world, "order kept after probes and wrong-type receives")
 }
 
 fn self_send(world: &Communicator) -> Result<(), Error> {

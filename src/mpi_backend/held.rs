@@ -1,0 +1,102 @@
+//! Messages the MPI backend took out of MPI before a receive asked for
+//! them (a probe looked at them, a receive of the wrong type put them
+//! back, a withdrawn receive had matched them), and the order among them
+//! and the messages still in MPI. Each header carries the message's place
+//! among its sender's messages to this rank, so that a receive takes the
+//! oldest one it accepts from a sender, held or still in MPI, as MPI's
+//! non-overtaking rule promises.
+
+use super::comm::MpiComm;
+use super::point_to_point::Wait;
+use crate::envelope::Envelope;
+use crate::error::Result;
+use crate::selector::{Match, Status};
+
+/// A message taken out of MPI before its receive: its envelope (with the
+/// payload, if it came with the header; its place in its sender's order
+/// as `arrival`) and, for a large message, its body still in MPI.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub env: Envelope,
+    /// The body's length and tag on the private communicator.
+    pub body: Option<(u64, u32)>,
+}
+
+impl Held {
+    /// A message that arrived `seq`-th among its sender's to this rank.
+    pub(super) fn new(mut env: Envelope, body: Option<(u64, u32)>, seq: u64) -> Held {
+        env.arrival = seq;
+        Held { env, body }
+    }
+
+    pub(super) fn status(&self) -> Status {
+        Status::new(
+            self.env.source,
+            self.env.tag,
+            self.body.map_or(self.env.len(), |(len, _)| len),
+            self.env.format.element(),
+        )
+    }
+
+    fn matches(&self, pattern: &Match) -> bool {
+        pattern.source_rank().is_none_or(|s| s == self.env.source)
+            && pattern.tag_value().is_none_or(|t| t == self.env.tag)
+    }
+}
+
+impl MpiComm {
+    /// The place `seq` of the next message to `dest`, counted.
+    pub(super) fn stamp(&self, dest: usize) -> u64 {
+        let mut sent = self.sent.borrow_mut();
+        let seq = sent[dest];
+        sent[dest] = seq.wrapping_add(1);
+        seq
+    }
+
+    /// Puts back a message a receive could not take.
+    pub(crate) fn requeue(&self, env: Envelope) {
+        if env.landed.is_some() && env.fresh.is_none() {
+            // Landed in the caller's buffer: only a matching type lands,
+            // so no receive rejects it.
+            return;
+        }
+        let mut env = env;
+        if let Some(fresh) = env.fresh.take() {
+            env.unland(fresh);
+        }
+        self.held.borrow_mut().push_front(Held { env, body: None });
+    }
+
+    /// Takes the oldest held message `pattern` accepts (see
+    /// [`MpiComm::oldest_held`]).
+    pub(super) fn take_held(&self, pattern: &Match) -> Result<Option<Held>> {
+        let Some(at) = self.oldest_held(pattern)? else {
+            return Ok(None);
+        };
+        Ok(self.held.borrow_mut().remove(at))
+    }
+
+    /// Where the next message `pattern` accepts is among the held ones, if
+    /// one of them is next. The first held message that `pattern` accepts
+    /// names a sender; an older one from that sender may still be in MPI,
+    /// so the first that MPI has from it for `pattern` is taken out too,
+    /// and the oldest of them all from that sender is the answer.
+    pub(super) fn oldest_held(&self, pattern: &Match) -> Result<Option<usize>> {
+        let source = match self.held.borrow().iter().find(|h| h.matches(pattern)) {
+            Some(h) => h.env.source,
+            None => return Ok(None),
+        };
+        let from_source = pattern.with_source(source);
+        if let Some(in_mpi) = self.arrive(&from_source, Wait::Never, None)? {
+            self.held.borrow_mut().push_back(in_mpi);
+        }
+        let held = self.held.borrow();
+        // Places wrap around after 2^64 messages: compare by distance.
+        let oldest = held
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.matches(&from_source))
+            .min_by(|(_, a), (_, b)| (a.env.arrival.wrapping_sub(b.env.arrival) as i64).cmp(&0));
+        Ok(oldest.map(|(at, _)| at))
+    }
+}
