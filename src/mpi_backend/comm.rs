@@ -8,7 +8,7 @@ use std::os::raw::c_int;
 
 use mpi::ffi;
 
-use super::held::Held;
+use super::held::{Held, Pulled};
 use super::{check, check_open, finalized};
 use crate::error::{Error, Result};
 
@@ -36,6 +36,8 @@ pub(crate) struct MpiComm {
     /// How many messages this rank has sent to each rank: the next one's
     /// place in order (`held.rs`).
     pub(super) sent: RefCell<Vec<u64>>,
+    /// Which messages from each rank have come out of MPI (`held.rs`).
+    pub(super) pulled: RefCell<Vec<Pulled>>,
     /// The tag of this rank's next large-message body.
     pub(super) next_body: Cell<u32>,
     /// The tag of the next `immediate_` collective's messages: every rank
@@ -75,6 +77,7 @@ impl MpiComm {
             size: size as usize,
             held: RefCell::new(VecDeque::new()),
             sent: RefCell::new(vec![0; size as usize]),
+            pulled: RefCell::new((0..size).map(|_| Pulled::default()).collect()),
             next_body: Cell::new(0),
             next_immediate: Cell::new(0),
             pending_barrier: Cell::new(None),

@@ -6,6 +6,8 @@
 //! oldest one it accepts from a sender, held or still in MPI, as MPI's
 //! non-overtaking rule promises.
 
+use std::collections::BTreeSet;
+
 use super::comm::MpiComm;
 use super::point_to_point::Wait;
 use crate::envelope::Envelope;
@@ -44,7 +46,35 @@ impl Held {
     }
 }
 
+/// Which of one sender's messages have come out of MPI: every one below
+/// `below`, and those in `above`.
+#[derive(Debug, Default)]
+pub(super) struct Pulled {
+    below: u64,
+    above: BTreeSet<u64>,
+}
+
+impl Pulled {
+    fn add(&mut self, seq: u64) {
+        if seq != self.below {
+            self.above.insert(seq);
+            return;
+        }
+        self.below += 1;
+        while self.above.remove(&self.below) {
+            self.below += 1;
+        }
+    }
+}
+
 impl MpiComm {
+    /// Notes that message `seq` from `source` has come out of MPI.
+    pub(super) fn pulled(&self, source: usize, seq: u64) {
+        if let Some(p) = self.pulled.borrow_mut().get_mut(source) {
+            p.add(seq);
+        }
+    }
+
     /// The place `seq` of the next message to `dest`, counted.
     pub(super) fn stamp(&self, dest: usize) -> u64 {
         let mut sent = self.sent.borrow_mut();
@@ -78,25 +108,33 @@ impl MpiComm {
 
     /// Where the next message `pattern` accepts is among the held ones, if
     /// one of them is next. The first held message that `pattern` accepts
-    /// names a sender; an older one from that sender may still be in MPI,
-    /// so the first that MPI has from it for `pattern` is taken out too,
-    /// and the oldest of them all from that sender is the answer.
+    /// names a sender, and the oldest held one from that sender is the
+    /// answer, unless an older one from it may still be in MPI: then the
+    /// first that MPI has from it for `pattern` is taken out too, and the
+    /// older of the two is.
     pub(super) fn oldest_held(&self, pattern: &Match) -> Result<Option<usize>> {
         let source = match self.held.borrow().iter().find(|h| h.matches(pattern)) {
             Some(h) => h.env.source,
             None => return Ok(None),
         };
         let from_source = pattern.with_source(source);
+        let oldest = || {
+            self.held
+                .borrow()
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.matches(&from_source))
+                .min_by_key(|(_, h)| h.env.arrival)
+                .map(|(at, h)| (at, h.env.arrival))
+        };
+        let Some((at, seq)) = oldest() else { return Ok(None) };
+        let all_older_out = self.pulled.borrow().get(source).is_some_and(|p| seq < p.below);
+        if all_older_out {
+            return Ok(Some(at));
+        }
         if let Some(in_mpi) = self.arrive(&from_source, Wait::Never, None)? {
             self.held.borrow_mut().push_back(in_mpi);
         }
-        let held = self.held.borrow();
-        // Places wrap around after 2^64 messages: compare by distance.
-        let oldest = held
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.matches(&from_source))
-            .min_by(|(_, a), (_, b)| (a.env.arrival.wrapping_sub(b.env.arrival) as i64).cmp(&0));
-        Ok(oldest.map(|(at, _)| at))
+        Ok(oldest().map(|(at, _)| at))
     }
 }

@@ -40,9 +40,20 @@ pub(crate) struct MpiCollective<'c, T> {
 }
 
 impl<'c, T> MpiCollective<'c, T> {
+    /// A chain of point-to-point stages on `comm`, which need this rank to
+    /// move from one to the next: the progress thread runs while it does.
     fn new(comm: Handle, stage: Result<Stage>, finish: impl FnOnce(Body) -> Result<T> + 'c) -> Result<Self> {
         Ok(MpiCollective {
-            chain: Chain::start(comm.0, stage)?,
+            chain: Chain::start(comm.0, stage, true)?,
+            finish: Some(Box::new(finish)),
+        })
+    }
+
+    /// One of MPI's own non-blocking collectives on `comm`: MPI moves it
+    /// on inside any MPI call, so no thread is started for it.
+    fn in_mpi(comm: Handle, stage: Result<Stage>, finish: impl FnOnce(Body) -> Result<T> + 'c) -> Result<Self> {
+        Ok(MpiCollective {
+            chain: Chain::start(comm.0, stage, false)?,
             finish: Some(Box::new(finish)),
         })
     }
@@ -349,7 +360,7 @@ impl MpiComm {
             None => post("MPI_Ibarrier", |r| unsafe { ffi::MPI_Ibarrier(comm.0, r) })?,
         };
         let stage = Stage::Posted(vec![request], Box::new(|| Ok(Stage::Done((Format::Serde, Vec::new())))));
-        MpiCollective::new(comm, Ok(stage), |_| Ok(()))
+        MpiCollective::in_mpi(comm, Ok(stage), |_| Ok(()))
     }
 
     pub(crate) fn immediate_broadcast<'c, T: Serialize + DeserializeOwned>(
@@ -398,7 +409,7 @@ impl MpiComm {
             // its bytes are its value, and any bytes are a value of it.
             let send = unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size) }.to_vec();
             let read = |body: Body| Ok(unsafe { std::ptr::read_unaligned(body.1.as_ptr().cast::<T>()) });
-            return MpiCollective::new(self.comm, allreduce_stages(self.comm, send, how), read);
+            return MpiCollective::in_mpi(self.comm, allreduce_stages(self.comm, send, how), read);
         }
         let what = "immediate_allreduce";
         let fold = move |bodies: Vec<Body>| {
@@ -437,7 +448,7 @@ impl MpiComm {
                 Ok(())
             };
             let stages = allreduce_stages(self.comm, message::pod_copy(send), how);
-            return MpiCollective::new(self.comm, stages, write);
+            return MpiCollective::in_mpi(self.comm, stages, write);
         }
         let fold = move |bodies: Vec<Body>| {
             let parts: Vec<Vec<E>> = bodies.iter().map(|b| typed::numbers_of::<E>(&b.1)).collect();

@@ -5,15 +5,15 @@
 //! MPI's blocking calls cannot move spmd's chains, and a blocking
 //! collective cannot be swapped for its non-blocking form on one rank only
 //! (MPI does not match the two). So while any chain is live, one thread of
-//! the process tests them, backing off to a millisecond between rounds;
-//! it ends when the last chain does. The owner's `test` and `wait` move
-//! its chain on too, without waiting for the thread.
+//! the process tests them, backing off to a millisecond between rounds
+//! while no stage ends; it ends 50 ms after the last chain. The owner's
+//! `test` and `wait` move its chain on too, unless the thread is at it.
 
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mpi::ffi;
 
@@ -41,6 +41,8 @@ pub(super) struct Chain {
     result: Option<Result<Body>>,
     /// The communicator its messages travel on.
     comm: ffi::MPI_Comm,
+    /// How many stages have ended.
+    stages: u64,
 }
 
 // SAFETY: MPI requests and communicators may be used from any thread
@@ -61,11 +63,14 @@ static LIVE_COUNT: AtomicUsize = AtomicUsize::new(0);
 struct Mover {
     /// True from its start until it decides, under this lock, to end.
     running: bool,
+    /// Set by `finish_all`: end now, without lingering.
+    stop: bool,
     thread: Option<JoinHandle<()>>,
 }
 
 static MOVER: Mutex<Mover> = Mutex::new(Mover {
     running: false,
+    stop: false,
     thread: None,
 });
 
@@ -75,13 +80,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Chain {
     /// Starts a chain at `stage` (on `comm`) and, unless it is over
-    /// already, makes it live.
-    pub(super) fn start(comm: ffi::MPI_Comm, stage: Result<Stage>) -> Result<Shared> {
+    /// already, makes it live, and starts the progress thread if
+    /// `needs_thread` (its stages need this rank to move on).
+    pub(super) fn start(comm: ffi::MPI_Comm, stage: Result<Stage>, needs_thread: bool) -> Result<Shared> {
         let mut chain = Chain {
             requests: Vec::new(),
             then: None,
             result: None,
             comm,
+            stages: 0,
         };
         chain.enter(stage?);
         let live = chain.result.is_none();
@@ -91,7 +98,9 @@ impl Chain {
             all.push(shared.clone());
             LIVE_COUNT.store(all.len(), Ordering::Release);
             drop(all);
-            start_mover()?;
+            if needs_thread {
+                start_mover()?;
+            }
         }
         Ok(shared)
     }
@@ -114,6 +123,7 @@ impl Chain {
                 Ok(false) => return false,
                 Ok(true) => {
                     self.requests.clear();
+                    self.stages += 1;
                     let then = self.then.take().expect("the loop's condition");
                     match then() {
                         Ok(stage) => self.enter(stage),
@@ -156,39 +166,74 @@ impl Chain {
 }
 
 thread_local! {
-    /// True while this thread moves a chain on: a chain it holds then is
-    /// its own, not one to wait for.
-    static ADVANCING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The chains this thread is moving on, by address: one of them found
+    /// locked is this thread's own, up the stack, not one to wait for.
+    static ADVANCING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Moves `chain` on (locked by the caller) as far as it goes without
-/// waiting: true once it is over.
-fn advance_held(chain: &mut Chain) -> bool {
-    let was = ADVANCING.replace(true);
-    let moved = chain.advance();
-    ADVANCING.set(was);
-    moved
+/// Marks a chain as moved on by this thread until dropped (also when a
+/// stage panics).
+struct Advancing(usize);
+
+impl Advancing {
+    fn mark(shared: &Shared) -> Advancing {
+        let at = Arc::as_ptr(shared) as usize;
+        ADVANCING.with_borrow_mut(|a| a.push(at));
+        Advancing(at)
+    }
 }
 
-/// Moves one chain on, waiting for its lock: true once it is over.
+impl Drop for Advancing {
+    fn drop(&mut self) {
+        ADVANCING.with_borrow_mut(|a| {
+            if let Some(i) = a.iter().rposition(|&x| x == self.0) {
+                a.remove(i);
+            }
+        });
+    }
+}
+
+/// True if this thread is moving `shared` on, further up its stack.
+fn mine(shared: &Shared) -> bool {
+    let at = Arc::as_ptr(shared) as usize;
+    ADVANCING.with_borrow(|a| a.contains(&at))
+}
+
+/// Moves `chain` (`shared`, locked by the caller) on as far as it goes
+/// without waiting: whether it is over, and whether a stage ended.
+fn advance_held(shared: &Shared, chain: &mut Chain) -> (bool, bool) {
+    let _mark = Advancing::mark(shared);
+    let stages = chain.stages;
+    let over = chain.advance();
+    (over, chain.stages != stages)
+}
+
+/// Moves one chain on, unless another thread is at it: true once it is
+/// over.
 pub(super) fn advance_one(shared: &Shared) -> bool {
-    advance_held(&mut lock(shared))
+    match shared.try_lock() {
+        Ok(mut chain) => advance_held(shared, &mut chain).0,
+        Err(std::sync::TryLockError::Poisoned(e)) => advance_held(shared, &mut e.into_inner()).0,
+        Err(std::sync::TryLockError::WouldBlock) => false,
+    }
 }
 
 /// Moves every live chain on as far as it goes without waiting, and
-/// forgets those that are over. A chain another thread is moving on is
-/// left to it. No lock but the chain's is held while it moves: a stage
-/// may drop what the user gave it (an operator that owns a communicator),
-/// which comes back here.
-pub(super) fn advance_all() {
+/// forgets those that are over; true if any stage ended. A chain another
+/// thread is moving on is left to it. No lock but the chain's is held
+/// while it moves: a stage may drop what the user gave it (an operator
+/// that owns a communicator), which comes back here.
+pub(super) fn advance_all() -> bool {
     if LIVE_COUNT.load(Ordering::Acquire) == 0 {
-        return;
+        return false;
     }
     let chains: Vec<Shared> = lock(&LIVE).clone();
-    let mut over = Vec::new();
+    let (mut over, mut moved) = (Vec::new(), false);
     for shared in &chains {
         let Ok(mut chain) = shared.try_lock() else { continue };
-        if advance_held(&mut chain) {
+        let (done, stepped) = advance_held(shared, &mut chain);
+        moved |= stepped;
+        if done {
             over.push(shared.clone());
         }
     }
@@ -197,6 +242,7 @@ pub(super) fn advance_all() {
         all.retain(|c| !over.iter().any(|o| Arc::ptr_eq(c, o)));
         LIVE_COUNT.store(all.len(), Ordering::Release);
     }
+    moved
 }
 
 /// Waits for the live chains on `comms` (on any communicator, if empty)
@@ -210,7 +256,7 @@ pub(super) fn finish_on(comms: &[ffi::MPI_Comm]) {
             Ok(chain) => comms.is_empty() || comms.contains(&chain.comm),
             // Held by another thread, which moves it on: wait for it; held
             // by this one, up the stack: it cannot end before this returns.
-            Err(_) => !ADVANCING.get(),
+            Err(_) => !mine(shared),
         });
         if !pending || check_open().is_err() {
             return;
@@ -238,27 +284,39 @@ fn start_mover() -> Result<()> {
         })?;
     mover.thread = Some(thread);
     mover.running = true;
+    mover.stop = false;
     Ok(())
 }
 
+/// How long the mover stays once no chain is live, so that a loop of
+/// immediate collectives does not start a thread for each.
+const LINGER: Duration = Duration::from_millis(50);
+
 /// The mover's loop: rounds of `advance_all`, a pause between them that
-/// grows while nothing moves, until no chain is live (or MPI is
+/// starts again at 1 µs whenever a stage ends and doubles up to 1 ms
+/// while none does, until no chain has been live for `LINGER` (or MPI is
 /// finalized). It decides to end under `MOVER`'s lock, so a chain started
 /// meanwhile either is seen here or starts a new mover.
 fn move_on() {
     let mut pause = Duration::from_micros(1);
+    let mut idle_since: Option<Instant> = None;
     loop {
-        let before = LIVE_COUNT.load(Ordering::Acquire);
-        advance_all();
+        if advance_all() {
+            pause = Duration::from_micros(1);
+        }
         {
             let mut mover = lock(&MOVER);
-            if LIVE_COUNT.load(Ordering::Acquire) == 0 || check_open().is_err() {
+            let idle = LIVE_COUNT.load(Ordering::Acquire) == 0;
+            idle_since = if idle {
+                idle_since.or(Some(Instant::now()))
+            } else {
+                None
+            };
+            let linger_over = idle_since.is_some_and(|t| mover.stop || t.elapsed() >= LINGER);
+            if linger_over || check_open().is_err() {
                 mover.running = false;
                 return;
             }
-        }
-        if LIVE_COUNT.load(Ordering::Acquire) < before {
-            pause = Duration::from_micros(1);
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(1));
@@ -269,7 +327,11 @@ fn move_on() {
 /// may call MPI after it).
 pub(super) fn finish_all() {
     finish_on(&[]);
-    let thread = lock(&MOVER).thread.take();
+    let thread = {
+        let mut mover = lock(&MOVER);
+        mover.stop = true;
+        mover.thread.take()
+    };
     if let Some(thread) = thread {
         let _ = thread.join();
     }

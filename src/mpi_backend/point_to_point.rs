@@ -381,6 +381,7 @@ impl MpiComm {
             u64::from_le_bytes(w)
         };
         let (len, seq) = (word(8), word(16));
+        self.pulled(source, seq);
         let format = if element == 0 {
             Format::Serde
         } else {
