@@ -47,16 +47,24 @@ impl Held {
 }
 
 /// Which of one sender's messages have come out of MPI: every one below
-/// `below`, and those in `above`.
+/// `below`, and those in `above`. A message never received would keep
+/// `below` where it is and grow `above` with every later one, so `above`
+/// is forgotten past `ABOVE_LIMIT`: that only costs a look into MPI.
 #[derive(Debug, Default)]
 pub(super) struct Pulled {
     below: u64,
     above: BTreeSet<u64>,
 }
 
+/// The most places `Pulled::above` keeps.
+const ABOVE_LIMIT: usize = 64;
+
 impl Pulled {
     fn add(&mut self, seq: u64) {
         if seq != self.below {
+            if self.above.len() >= ABOVE_LIMIT {
+                self.above.clear();
+            }
             self.above.insert(seq);
             return;
         }
