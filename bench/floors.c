@@ -28,6 +28,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "pinned.h"
+
 #define RING (256u << 10)
 #define PIECE (32u << 10)
 
@@ -47,19 +49,6 @@ static _Alignas(64) _Atomic uint64_t head;
 static _Alignas(64) _Atomic uint64_t tail;
 static _Alignas(64) _Atomic uint64_t acks;
 static int ack_each;
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-static void pin(int core) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(core, &set);
-    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-}
 
 static void line_side(int me) {
     char buf[8] = {0};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::bootstrap::Placement;
 use crate::error::{Error, Result};
 use crate::wire::status::Page;
-use crate::wire::{Card, Channel, ControlMessage, LAUNCHER_ID, Settings, TransportKind};
+use crate::wire::{Access, Card, Channel, ControlMessage, LAUNCHER_ID, Settings, TransportKind};
 
 const LAUNCHER: &str = "the launcher (spmdrun)";
 /// How long the launcher may take to answer Hello.
@@ -25,6 +25,8 @@ static CHANNEL: Mutex<Option<Channel>> = Mutex::new(None);
 #[derive(Debug)]
 pub(crate) struct Welcome {
     pub settings: Settings,
+    /// The job's id, secret and listening address, over TCP.
+    pub access: Option<Access>,
     pub status: Page,
 }
 
@@ -36,6 +38,8 @@ pub(crate) struct Table {
     pub segments: Vec<(usize, OwnedFd)>,
     /// This rank's ends of its socket pairs to the other ranks, by rank.
     pub links: Vec<(usize, OwnedFd)>,
+    /// Where every rank listens for TCP connections, by rank.
+    pub addresses: Vec<Option<std::net::SocketAddr>>,
 }
 
 /// Takes the inherited control channel after checking that it is one:
@@ -85,7 +89,7 @@ pub(crate) fn join(p: &Placement) -> Result<(Channel, Welcome)> {
     };
     channel.send(&hello, &[])?;
     let (msg, fds) = channel.receive(Some(Instant::now() + WELCOME_TIMEOUT))?;
-    let ControlMessage::Welcome { settings } = msg else {
+    let ControlMessage::Welcome { settings, access } = msg else {
         return Err(unexpected(&msg, "Welcome"));
     };
     let status = match fds.first() {
@@ -98,7 +102,11 @@ pub(crate) fn join(p: &Placement) -> Result<(Channel, Welcome)> {
             ));
         }
     };
-    let welcome = Welcome { settings, status };
+    let welcome = Welcome {
+        settings,
+        access,
+        status,
+    };
     Ok((channel, welcome))
 }
 
@@ -145,6 +153,7 @@ pub(crate) fn register(
     let (mut want_segments, mut want_links): (Vec<usize>, Vec<usize>) = match settings.transport {
         TransportKind::Shm => (others.filter(|r| cards[*r].shm).collect(), Vec::new()),
         TransportKind::Socket => (Vec::new(), others.collect()),
+        TransportKind::Tcp => (Vec::new(), Vec::new()),
     };
     let (mut segments, mut links) = (Vec::new(), Vec::new());
     while !want_segments.is_empty() || !want_links.is_empty() {
@@ -167,7 +176,13 @@ pub(crate) fn register(
             got.push((rank, fd));
         }
     }
-    Ok(Table { nodes, segments, links })
+    let addresses = cards.iter().map(|c| c.tcp).collect();
+    Ok(Table {
+        nodes,
+        segments,
+        links,
+        addresses,
+    })
 }
 
 /// Keeps the channel for [`tell`].

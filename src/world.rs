@@ -97,12 +97,15 @@ fn start(p: &Placement, welcome: Welcome, mut channel: Channel) -> Result<World>
     let result = (|| {
         let region = crate::collective::node_region_len(p.local_size);
         let settings = &welcome.settings;
-        let endpoint = Endpoint::open(settings, p.rank, p.local_rank, p.local_size, region)?;
+        let access = welcome.access.as_ref();
+        let endpoint = Endpoint::open(settings, access, p.rank, p.local_rank, p.local_size, region)?;
         let table = control::register(&mut channel, p, settings, endpoint.card(), endpoint.fd())?;
         let table = transport::Table {
             nodes: &table.nodes,
             segments: table.segments,
             links: table.links,
+            addresses: table.addresses,
+            access,
         };
         Transport::connect(endpoint, p.rank, table, &welcome.settings, MAX_MESSAGE)
     })();

@@ -28,7 +28,6 @@ fn rejected(args: &[&str], what: &str) {
 fn bad_command_lines_get_one_line_errors() {
     rejected(&["-n", "0", "true"], "-n");
     rejected(&["-n", "two", "true"], "two");
-    rejected(&["true"], "-n");
     rejected(&["-n", "2"], "PROGRAM");
     rejected(&["-n", "2", "/no/such/program"], "no such file");
     rejected(&["-n", "2", "no-such-program-anywhere"], "not found in PATH");
@@ -75,7 +74,8 @@ fn each_mistake_is_named_for_what_it_is() {
         assert!(help.stdout.contains(word), "--help does not mention {word}");
     }
     assert!(
-        help.stdout.contains("Usage: spmdrun -n N [OPTIONS] PROGRAM [ARGS]..."),
+        help.stdout
+            .contains("Usage: spmdrun [-n N] [OPTIONS] PROGRAM [ARGS]..."),
         "{}",
         help.stdout
     );
@@ -369,16 +369,79 @@ fn hostfiles_place_ranks_and_bad_ones_name_file_and_line() {
         &["-n", "2", "--hostfile", &shown, "true"],
         &format!("{shown}:3: slots \"lots\""),
     );
-    std::fs::write(&bad, "localhost\nelsewhere.example slots=2\n").expect("writing a hostfile");
+    // A host that is not this machine is refused once a rank lands on it,
+    // by slot or round the hosts.
+    std::fs::write(&bad, "localhost slots=1\nelsewhere.example slots=2\n").expect("writing a hostfile");
+    let out = run(spmdrun(&["-n", "1", "--hostfile", &shown, "true"]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
     rejected(
         &["-n", "2", "--hostfile", &shown, "true"],
         &format!("{shown}:2: host elsewhere.example"),
+    );
+    std::fs::write(&bad, "localhost slots=2\nelsewhere.example slots=2\n").expect("writing a hostfile");
+    let out = run(spmdrun(&["-n", "2", "--hostfile", &shown, "true"]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    rejected(
+        &["-n", "2", "--map-by", "node", "--hostfile", &shown, "true"],
+        &format!("{shown}:2: host elsewhere.example"),
+    );
+    // max_slots holds even with --oversubscribe, and the error names both
+    // counts.
+    std::fs::write(&bad, "localhost slots=1 max_slots=2\n").expect("writing a hostfile");
+    let out = run(spmdrun(&["-n", "2", "--oversubscribe", "--hostfile", &shown, "true"]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    rejected(
+        &["-n", "3", "--oversubscribe", "--hostfile", &shown, "true"],
+        "-n 3 is more ranks than the hosts' max_slots allow (2 in all)",
+    );
+    std::fs::write(&bad, "localhost slots=2 max_slots=1\n").expect("writing a hostfile");
+    rejected(
+        &["-n", "1", "--hostfile", &shown, "true"],
+        &format!("{shown}:1: slots=2 is more than max_slots=1"),
     );
     let _ = std::fs::remove_file(&bad);
     rejected(
         &["-n", "2", "--hostfile", "/no/such/hostfile", "true"],
         "/no/such/hostfile",
     );
+}
+
+#[test]
+fn hosts_on_the_command_line_and_ranks_per_slot() {
+    // --host, with slots after ':' or one per mention; without -n, one
+    // rank per slot.
+    for hosts in ["localhost:3", "localhost,localhost,127.0.0.1"] {
+        let out = run(spmdrun(&["--host", hosts, &example("ring")]));
+        assert_eq!(out.code(), Some(0), "{hosts}: {out:?}");
+        assert!(out.stdout.contains("received message \"P0P1P2\""), "{hosts}: {out:?}");
+    }
+    let out = run(spmdrun(&["-H", "localhost:2", "-n", "2", &example("ring")]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    rejected(
+        &["-H", "localhost:2", "-n", "3", "true"],
+        "-n 3 is more ranks than the 2 slots of the hosts; add --oversubscribe",
+    );
+    rejected(&["-H", "localhost:2,,x", "true"], "--host entry 2");
+    rejected(&["-H", "localhost:0", "true"], "must be at least 1");
+    rejected(&["--map-by", "core", "-n", "2", "true"], "--map-by \"core\"");
+    let root = env!("CARGO_MANIFEST_DIR");
+    rejected(
+        &[
+            "-H",
+            "localhost",
+            "--hostfile",
+            &format!("{root}/hostfiles/localhost"),
+            "true",
+        ],
+        "cannot be used with",
+    );
+    // Without -n and without hosts: one rank per core this process may use.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let out = run(spmdrun(&["printenv", "SPMD_SIZE"]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let sizes: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(sizes.len(), cores, "{out:?}");
+    assert!(sizes.iter().all(|s| *s == cores.to_string()), "{out:?}");
 }
 
 #[test]

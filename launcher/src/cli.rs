@@ -11,18 +11,22 @@ use clap::Parser;
 use spmd::wire::{Settings, SingleCopy, TransportKind, WaitMode, env};
 
 use crate::hostfile;
+use crate::placement::{self, MapBy, Placement};
 
 const AFTER_HELP: &str = "\
 Every rank gets SPMD_RANK, SPMD_SIZE, SPMD_LOCAL_RANK, SPMD_LOCAL_SIZE and
 SPMD_NODE in its environment, and an inherited private channel to spmdrun;
 ranks reach each other only through memory and sockets spmdrun hands them, so
-there is no secret, address or file for anyone else to find.
+there is no secret, address or file for anyone else to find (over TCP, each
+rank listens while the job starts, and every connection proves the job's
+secret, which travels only over the private channel).
 
 User settings, read from spmdrun's environment (or given with -x):
-  SPMD_TRANSPORT=shm|socket     how ranks on one machine talk (default shm)
+  SPMD_TRANSPORT=shm|socket|tcp how ranks talk: shared memory, Unix sockets,
+                                or TCP on loopback (default shm)
   SPMD_WAIT=auto|spin|yield|sleep
-                                how a rank waits over shared memory before it
-                                sleeps (default auto: spin with a core per
+                                how a rank polls before it sleeps
+                                (default auto: spin with a core per
                                 rank, yielding while a peer shares its core;
                                 yield with more ranks than cores)
   SPMD_SINGLE_COPY=auto|always|off
@@ -45,24 +49,37 @@ line.";
     name = "spmdrun",
     version,
     about = "Run a program as N ranks of an spmd job",
-    override_usage = "spmdrun -n N [OPTIONS] PROGRAM [ARGS]...",
+    override_usage = "spmdrun [-n N] [OPTIONS] PROGRAM [ARGS]...",
     after_help = AFTER_HELP
 )]
 struct Args {
-    /// Number of ranks to start (`-np N` works too).
+    /// Number of ranks to start (`-np N` works too). Without it, one rank
+    /// per slot of the hosts (per core, without a hostfile or --host).
     #[arg(short = 'n', value_name = "N", allow_negative_numbers = true)]
-    ranks: i64,
+    ranks: Option<i64>,
 
-    /// Allow more ranks than the hostfile has slots. Without a hostfile
-    /// spmdrun always allows more ranks than cores.
+    /// Allow more ranks than the hosts have slots (never more than a
+    /// host's max_slots). Without a hostfile or --host spmdrun always
+    /// allows more ranks than cores.
     #[arg(long)]
     oversubscribe: bool,
 
     /// Place ranks on the slots of this hostfile, in Open MPI's
-    /// (`host slots=N`) or MPICH's (`host:N`) format. Every host must be
-    /// this machine for now.
+    /// (`host slots=N max_slots=M`) or MPICH's (`host:N`) format. A host
+    /// without a slot count has one per core on this machine, else one.
+    /// Every host that gets a rank must be this machine for now.
     #[arg(long, visible_alias = "machinefile", short = 'f', value_name = "FILE")]
     hostfile: Option<PathBuf>,
+
+    /// Hosts on the command line instead of a hostfile: `a:2,b:2` (a host
+    /// named N times without `:N` has N slots).
+    #[arg(long, short = 'H', value_name = "HOST[:N],...", conflicts_with = "hostfile")]
+    host: Option<String>,
+
+    /// Fill each host's slots in turn (`slot`, the default) or place one
+    /// rank per host round the list (`node`).
+    #[arg(long = "map-by", value_name = "slot|node", default_value = "slot")]
+    map_by: String,
 
     /// Prefix every output line with the rank that printed it, as `[R] `.
     #[arg(long = "tag-output", short = 'l')]
@@ -117,6 +134,9 @@ pub const MAX_RANKS: usize = 1 << 16;
 #[derive(Debug)]
 pub struct Options {
     pub ranks: usize,
+    /// The hosts the ranks run on, and which rank runs on which.
+    pub hosts: Vec<hostfile::Host>,
+    pub placement: Placement,
     pub tag_output: bool,
     pub env: Vec<(String, String)>,
     pub wdir: Option<PathBuf>,
@@ -161,6 +181,9 @@ pub fn parse(argv: Vec<OsString>) -> Parsed {
             "-f",
             "--hostfile",
             "--machinefile",
+            "-H",
+            "--host",
+            "--map-by",
             "--wdir",
             "--timeout",
         ]
@@ -197,6 +220,56 @@ pub fn parse(argv: Vec<OsString>) -> Parsed {
     }
 }
 
+/// The hosts and the placement of the ranks on them: from the hostfile or
+/// `--host`, or this machine with a slot per core (oversubscribed at will).
+fn placed(args: &Args, map_by: MapBy) -> Result<(Vec<hostfile::Host>, Placement), String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let listed = match (&args.hostfile, &args.host) {
+        (Some(path), _) => Some(hostfile::read(path)?),
+        (None, Some(list)) => Some(hostfile::parse_list(list)?),
+        (None, None) => None,
+    };
+    let Some(hosts) = listed else {
+        let ranks = args.ranks.map_or(cores, |n| n as usize);
+        let here = hostfile::Host {
+            name: "localhost".into(),
+            slots: Some(cores),
+            max_slots: None,
+            origin: "this machine".into(),
+        };
+        return Ok((vec![here], Placement { host: vec![0; ranks] }));
+    };
+    // A host without a slot count has one per core where that can be
+    // learnt: on this machine.
+    let slots: Vec<usize> = hosts
+        .iter()
+        .map(|h| h.slots_or(if hostfile::is_local(&h.name) { cores } else { 1 }))
+        .collect();
+    let total = slots.iter().fold(0usize, |a, s| a.saturating_add(*s));
+    let ranks = match args.ranks {
+        Some(n) => n as usize,
+        None if total > MAX_RANKS => {
+            return Err(format!(
+                "the hosts have {total} slots, more than the {MAX_RANKS} ranks spmdrun runs; give -n"
+            ));
+        }
+        None => total,
+    };
+    let placement = placement::place(&hosts, &slots, ranks, map_by, args.oversubscribe)?;
+    if let Some(remote) = placement
+        .host
+        .iter()
+        .map(|h| &hosts[*h])
+        .find(|h| !hostfile::is_local(&h.name))
+    {
+        return Err(format!(
+            "{}: host {} is not this machine; jobs across hosts are not supported yet",
+            remote.origin, remote.name
+        ));
+    }
+    Ok((hosts, placement))
+}
+
 fn fail(text: String) -> Parsed {
     Parsed::Exit {
         text: format!("spmdrun: {text}"),
@@ -215,26 +288,17 @@ fn seconds(flag: &str, s: f64, zero_ok: bool) -> Result<Option<Duration>, String
 }
 
 fn check(args: Args) -> Result<Options, String> {
-    if args.ranks < 1 {
-        return Err(format!("-n {}: must be at least 1", args.ranks));
-    }
-    if args.ranks > MAX_RANKS as i64 {
-        return Err(format!(
-            "-n {}: spmdrun runs at most {MAX_RANKS} ranks on one machine",
-            args.ranks
-        ));
-    }
-    let ranks = args.ranks as usize;
-    if let Some(path) = &args.hostfile {
-        let hosts = hostfile::read(path)?;
-        if let Some(remote) = hosts.iter().find(|h| !hostfile::is_local(&h.name)) {
-            return Err(format!(
-                "{}: host {} is not this machine; jobs across hosts are not supported yet",
-                remote.origin, remote.name
-            ));
+    if let Some(n) = args.ranks {
+        if n < 1 {
+            return Err(format!("-n {n}: must be at least 1"));
         }
-        hostfile::place(&hosts, ranks, args.oversubscribe)?;
+        if n > MAX_RANKS as i64 {
+            return Err(format!("-n {n}: spmdrun runs at most {MAX_RANKS} ranks on one machine"));
+        }
     }
+    let map_by = MapBy::parse(&args.map_by)?;
+    let (hosts, placement) = placed(&args, map_by)?;
+    let ranks = placement.host.len();
     let mut env = Vec::new();
     for x in &args.export {
         env.push(parse_export(x)?);
@@ -282,6 +346,8 @@ fn check(args: Args) -> Result<Options, String> {
     let program = find_program(&program)?;
     Ok(Options {
         ranks,
+        hosts,
+        placement,
         tag_output: args.tag_output,
         env,
         wdir: args.wdir,
@@ -398,7 +464,8 @@ mod tests {
         assert!(error(&["-n", "2", "--bind-to", "socket", "true"]).contains("--bind-to"));
         assert!(error(&["-n", "65537", "true"]).contains("at most 65536 ranks"));
         assert!(error(&["-n", "2000000000", "true"]).contains("at most 65536 ranks"));
-        assert!(error(&["-n", "2", "-x", "SPMD_TRANSPORT=tcp", "true"]).contains("SPMD_TRANSPORT"));
+        assert!(error(&["-n", "2", "-x", "SPMD_TRANSPORT=udp", "true"]).contains("SPMD_TRANSPORT"));
+        assert!(error(&["-n", "2", "--map-by", "socket", "true"]).contains("--map-by"));
     }
 
     #[test]

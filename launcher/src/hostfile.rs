@@ -1,5 +1,6 @@
-//! Hostfiles in both common formats (Open MPI's `host slots=N` and MPICH's
-//! `host:N`), and the placement of ranks on their slots.
+//! Hostfiles in both common formats (Open MPI's `host slots=N
+//! max_slots=M` and MPICH's `host:N`), and the `--host` list: which hosts
+//! a job may use and how many ranks each takes. Errors name `file:line`.
 
 use std::path::Path;
 
@@ -7,9 +8,21 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
     pub name: String,
-    pub slots: usize,
-    /// `file:line` where the host was named, for errors.
+    /// Its slots, when a line gave them; otherwise the host's core count
+    /// where it can be learnt (see [`Host::slots_or`]).
+    pub slots: Option<usize>,
+    /// The most ranks it may take even when oversubscribed.
+    pub max_slots: Option<usize>,
+    /// `file:line` where the host was first named, for errors.
     pub origin: String,
+}
+
+impl Host {
+    /// Its slots, or `default` (at most its max_slots) when no line gave
+    /// them.
+    pub fn slots_or(&self, default: usize) -> usize {
+        self.slots.unwrap_or(default.min(self.max_slots.unwrap_or(usize::MAX)))
+    }
 }
 
 /// Reads a hostfile. Errors name `file:line`.
@@ -34,9 +47,8 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Host>, String> {
             Some((name, n)) => (name, Some(count(n, "the slot count after ':'", &origin)?)),
             None => (first, None),
         };
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
-            return Err(format!("{origin}: {name:?} is not a host name"));
-        }
+        check_name(name, &origin)?;
+        let mut max_slots = None;
         for word in words {
             let Some((key, value)) = word.split_once('=') else {
                 return Err(format!(
@@ -50,33 +62,84 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Host>, String> {
                     }
                     slots = Some(count(value, "slots", &origin)?);
                 }
-                // Accepted for compatibility; spmdrun places by slots.
                 "max_slots" | "max-slots" => {
-                    count(value, key, &origin)?;
+                    if max_slots.is_some() {
+                        return Err(format!("{origin}: {key} is given twice"));
+                    }
+                    max_slots = Some(count(value, key, &origin)?);
                 }
-                _ => return Err(format!("{origin}: unknown setting {key:?} (expected slots=N)")),
+                _ => {
+                    return Err(format!(
+                        "{origin}: unknown setting {key:?} (expected slots=N or max_slots=N)"
+                    ));
+                }
             }
         }
-        let slots = slots.unwrap_or(1);
-        match hosts.iter_mut().find(|h| h.name == name) {
-            Some(h) if h.slots + slots > MAX_SLOTS => {
-                return Err(format!(
-                    "{origin}: {name} has {} slots in all with this line, more than the {MAX_SLOTS} a host may have",
-                    h.slots + slots
-                ));
+        if let (Some(s), Some(m)) = (slots, max_slots) {
+            if s > m {
+                return Err(format!("{origin}: slots={s} is more than max_slots={m}"));
             }
-            Some(h) => h.slots += slots,
-            None => hosts.push(Host {
-                name: name.to_string(),
-                slots,
-                origin,
-            }),
         }
+        add(&mut hosts, name, slots, max_slots, origin)?;
     }
     if hosts.is_empty() {
         return Err(format!("{file}: names no host"));
     }
     Ok(hosts)
+}
+
+/// Parses `--host a:2,b,b`: each entry names a host and its slots (`:N`,
+/// or one slot per mention, as Open MPI counts them).
+pub fn parse_list(list: &str) -> Result<Vec<Host>, String> {
+    let mut hosts: Vec<Host> = Vec::new();
+    for (i, entry) in list.split(',').enumerate() {
+        let origin = format!("--host entry {} ({entry:?})", i + 1);
+        let entry = entry.trim();
+        let (name, slots) = match entry.split_once(':') {
+            Some((name, n)) => (name, count(n, "the slot count after ':'", &origin)?),
+            None => (entry, 1),
+        };
+        check_name(name, &origin)?;
+        add(&mut hosts, name, Some(slots), None, origin)?;
+    }
+    Ok(hosts)
+}
+
+fn check_name(name: &str, origin: &str) -> Result<(), String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
+        return Err(format!("{origin}: {name:?} is not a host name"));
+    }
+    Ok(())
+}
+
+/// Adds a host's line: a host named again adds its slots (and its
+/// max_slots, when every line of it gives one).
+fn add(
+    hosts: &mut Vec<Host>,
+    name: &str,
+    slots: Option<usize>,
+    max_slots: Option<usize>,
+    origin: String,
+) -> Result<(), String> {
+    let Some(h) = hosts.iter_mut().find(|h| h.name == name) else {
+        hosts.push(Host {
+            name: name.to_string(),
+            slots,
+            max_slots,
+            origin,
+        });
+        return Ok(());
+    };
+    let sum = |a: Option<usize>, b: Option<usize>| Some(a? + b?);
+    let total = h.slots.unwrap_or(1) + slots.unwrap_or(1);
+    if total > MAX_SLOTS {
+        return Err(format!(
+            "{origin}: {name} has {total} slots in all with this line, more than the {MAX_SLOTS} a host may have"
+        ));
+    }
+    h.slots = Some(total);
+    h.max_slots = sum(h.max_slots, max_slots).map(|m| m.min(MAX_SLOTS));
+    Ok(())
 }
 
 /// The most slots a host may have, over all its lines: more ranks than
@@ -94,32 +157,8 @@ fn count(value: &str, what: &str, origin: &str) -> Result<usize, String> {
     }
 }
 
-/// Where each rank runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Placement {
-    /// `host[r]` is the index in the host list of rank `r`'s host.
-    pub host: Vec<usize>,
-}
-
-/// Fills the hosts' slots in order, rank by rank. More ranks than slots
-/// needs `oversubscribe`, and then wraps around the hosts again.
-pub fn place(hosts: &[Host], ranks: usize, oversubscribe: bool) -> Result<Placement, String> {
-    let total: usize = hosts.iter().map(|h| h.slots).sum();
-    if ranks > total && !oversubscribe {
-        return Err(format!(
-            "-n {ranks} is more ranks than the hostfile's {total} slots; add --oversubscribe to allow it"
-        ));
-    }
-    let slots = hosts
-        .iter()
-        .enumerate()
-        .flat_map(|(i, h)| std::iter::repeat_n(i, h.slots));
-    Ok(Placement {
-        host: slots.cycle().take(ranks).collect(),
-    })
-}
-
-/// True if `name` is this machine: spmdrun does not start ranks over ssh yet.
+/// True if `name` is this machine, whose ranks spmdrun starts itself
+/// (without ssh).
 pub fn is_local(name: &str) -> bool {
     if name == "localhost" || name == "::1" || name.starts_with("127.") {
         return true;
@@ -131,6 +170,13 @@ pub fn is_local(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn summary(hosts: &[Host]) -> Vec<(&str, Option<usize>, Option<usize>, &str)> {
+        hosts
+            .iter()
+            .map(|h| (h.name.as_str(), h.slots, h.max_slots, h.origin.as_str()))
+            .collect()
+    }
+
     #[test]
     fn both_formats_and_comments() {
         let hosts = parse(
@@ -138,14 +184,36 @@ mod tests {
             "hf",
         )
         .unwrap();
-        let summary: Vec<(&str, usize, &str)> = hosts
-            .iter()
-            .map(|h| (h.name.as_str(), h.slots, h.origin.as_str()))
-            .collect();
         assert_eq!(
-            summary,
-            [("node1", 3, "hf:2"), ("node2", 3, "hf:3"), ("node3", 1, "hf:5")]
+            summary(&hosts),
+            [
+                ("node1", Some(3), None, "hf:2"),
+                ("node2", Some(3), None, "hf:3"),
+                ("node3", None, None, "hf:5")
+            ]
         );
+        let hosts = parse("a slots=2 max_slots=3\na max-slots=2\nb max_slots=5", "hf").unwrap();
+        assert_eq!(
+            summary(&hosts),
+            [("a", Some(3), Some(5), "hf:1"), ("b", None, Some(5), "hf:3")]
+        );
+    }
+
+    #[test]
+    fn host_lists_count_mentions_and_slots() {
+        let hosts = parse_list("a:2,b,b,c:1").unwrap();
+        assert_eq!(
+            summary(&hosts),
+            [
+                ("a", Some(2), None, "--host entry 1 (\"a:2\")"),
+                ("b", Some(2), None, "--host entry 2 (\"b\")"),
+                ("c", Some(1), None, "--host entry 4 (\"c:1\")")
+            ]
+        );
+        let e = parse_list("a:2,,b").unwrap_err();
+        assert!(e.starts_with("--host entry 2 (\"\"): \"\" is not a host name"), "{e}");
+        let e = parse_list("a:x").unwrap_err();
+        assert!(e.contains("\"x\" is not a whole number"), "{e}");
     }
 
     #[test]
@@ -160,20 +228,15 @@ mod tests {
             ("a cores=2", "hf:1: unknown setting \"cores\""),
             ("a slots", "hf:1: expected key=value"),
             ("a:2 slots=3", "hf:1: the slot count is given twice"),
+            ("a max_slots=2 max_slots=3", "hf:1: max_slots is given twice"),
+            ("a\nb slots=4 max_slots=3", "hf:2: slots=4 is more than max_slots=3"),
+            ("a max_slots=-1", "hf:1: max_slots \"-1\" is not a whole number"),
             ("b@d", "hf:1: \"b@d\" is not a host name"),
             ("# nothing\n", "hf: names no host"),
         ] {
             let err = parse(text, "hf").unwrap_err();
             assert!(err.starts_with(want), "{text:?}: {err}");
         }
-    }
-
-    #[test]
-    fn placement_fills_slots_in_order_and_oversubscribes_on_request() {
-        let hosts = parse("a:2\nb:1", "hf").unwrap();
-        assert_eq!(place(&hosts, 3, false).unwrap().host, [0, 0, 1]);
-        assert!(place(&hosts, 4, false).unwrap_err().contains("--oversubscribe"));
-        assert_eq!(place(&hosts, 5, true).unwrap().host, [0, 0, 1, 0, 0]);
     }
 
     #[test]
@@ -187,6 +250,6 @@ mod tests {
         let e = parse(&format!("a slots={half}\n\na:{half}\n"), "h").unwrap_err();
         assert!(e.starts_with("h:3: a has") && e.contains("in all"), "{e}");
         let hosts = parse(&format!("a slots={MAX_SLOTS}\nb:{MAX_SLOTS}\n"), "h").unwrap();
-        assert_eq!(place(&hosts, 3, false).unwrap().host, [0, 0, 0]);
+        assert_eq!(hosts[0].slots, Some(MAX_SLOTS));
     }
 }

@@ -12,8 +12,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 
-use spmd::auth::random_bytes;
-use spmd::wire::{Channel, ControlMessage, LAUNCHER_ID, Settings, TransportKind, WaitMode};
+use spmd::auth::{Secret, random_bytes};
+use spmd::wire::{Access, Channel, ControlMessage, LAUNCHER_ID, Settings, TransportKind, WaitMode};
 
 use crate::cli::Options;
 use crate::hang::{HangWatch, Verdict};
@@ -44,6 +44,8 @@ struct Job {
     killed: bool,
     table_sent: bool,
     settings: Settings,
+    /// The job's id, secret and listening address, for ranks over TCP.
+    access: Option<Access>,
     out: Writer,
     err: Writer,
     hang: Option<HangWatch>,
@@ -80,6 +82,16 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
     let env = JobEnv {
         job: u64::from_le_bytes(job_bytes),
     };
+    // Over TCP every connection between ranks proves the job's secret;
+    // all ranks run on this machine, so they listen on loopback.
+    let access = match settings.transport {
+        TransportKind::Tcp => Some(Access {
+            job: env.job,
+            secret: Secret::random().map_err(|e| e.to_string())?,
+            listen: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        }),
+        _ => None,
+    };
     let mut job = Job {
         ranks: (0..opts.ranks).map(|_| Rank::default()).collect(),
         by_pid: HashMap::new(),
@@ -88,6 +100,7 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
         killed: false,
         table_sent: false,
         settings,
+        access,
         out: Writer::new(Stream::Stdout),
         err: Writer::new(Stream::Stderr),
         hang: opts.hang_report.map(|t| HangWatch::new(t, opts.ranks)),

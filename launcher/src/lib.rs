@@ -7,6 +7,7 @@ pub mod hostfile;
 pub mod job;
 mod memory;
 mod output;
+pub mod placement;
 mod rank;
 pub mod signals;
 mod spawn;

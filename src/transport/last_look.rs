@@ -20,10 +20,11 @@ impl<L: Link> Peer<L> {
     /// counted if the rest of it is there; a message cut off by the close
     /// is not: writing it failed, so its sender got `PeerGone`. Called
     /// again (shared memory: after a fastbox message), it goes on where it
-    /// stopped.
-    pub(super) fn last_look(&mut self, max_message: u64, deliver: &mut Delivery<'_>) -> Result<()> {
+    /// stopped. True if the link has reached its end (the peer closed its
+    /// side), false if it only has nothing more to read now.
+    pub(super) fn last_look(&mut self, max_message: u64, deliver: &mut Delivery<'_>) -> Result<bool> {
         if self.state == PeerState::Gone {
-            return Ok(());
+            return Ok(true);
         }
         self.parked = None;
         // The frame being read; its payload is skipped, not kept.
@@ -66,15 +67,19 @@ impl<L: Link> Peer<L> {
             self.staging.copy_within(self.staged.clone(), 0);
             self.staged = 0..self.staged.len();
             let end = self.staged.end;
-            match self.link.read(&mut self.staging[end..])? {
-                Io::Done(n) => self.staged.end += n,
-                Io::WouldBlock | Io::Closed => break,
-            }
+            let ended = match self.link.read(&mut self.staging[end..])? {
+                Io::Done(n) => {
+                    self.staged.end += n;
+                    continue;
+                }
+                Io::WouldBlock => false,
+                Io::Closed => true,
+            };
+            // A frame cut off here stays begun, and a partial header stays
+            // staged, for a look after this one.
+            self.incoming = current;
+            return Ok(ended);
         }
-        // A frame cut off here stays begun, and a partial header stays
-        // staged, for a look after this one.
-        self.incoming = current;
-        Ok(())
     }
 
     /// The envelope, without payload, of a message this rank will never

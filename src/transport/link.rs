@@ -51,4 +51,16 @@ pub(crate) trait Link {
     fn peer_finalized(&self) -> bool {
         false
     }
+    /// True if the peer has shut its side of the link down, seen beside
+    /// the stream without reading it (TCP): it is finalizing, or gone, and
+    /// will not read what is sent from now on. Once true, the sender sends
+    /// nothing more.
+    fn peer_hung_up(&mut self) -> bool {
+        false
+    }
+    /// True if a read that returns less than it asked for leaves nothing
+    /// to read (a socket): the reader need not ask again at once.
+    fn short_read_drains(&self) -> bool {
+        false
+    }
 }

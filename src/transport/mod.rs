@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::matching::{ReceiveId, Sink};
-use crate::wire::{Card, Header, Settings, TransportKind};
+use crate::wire::{Access, Card, Header, Settings, TransportKind};
 
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_links;
@@ -21,10 +21,13 @@ mod peers;
 pub(crate) mod shm;
 mod socket;
 mod stream;
+mod tcp;
+mod writing;
 
 use shm::ShmEndpoint;
 pub(crate) use shm::{NodeRanks, Region, ShmMesh};
 use socket::SocketMesh;
+use tcp::TcpEndpoint;
 
 /// What a rank makes before it registers: the first half of a transport.
 #[derive(Debug)]
@@ -33,16 +36,34 @@ pub(crate) enum Endpoint {
     Socket,
     /// Over shared memory: this rank's segment.
     Shm(ShmEndpoint),
+    /// Over TCP: this rank's listener for its peers.
+    Tcp(TcpEndpoint),
 }
 
 impl Endpoint {
     /// Opens the endpoint of rank `rank`, local index `local_index` of
     /// `local` ranks on its node, as the job's settings say: a segment (the
-    /// leader's holds a collective region of `region` bytes), or nothing.
-    pub fn open(settings: &Settings, rank: usize, local_index: usize, local: usize, region: usize) -> Result<Endpoint> {
+    /// leader's holds a collective region of `region` bytes), a listener
+    /// on the address in `access`, or nothing.
+    pub fn open(
+        settings: &Settings,
+        access: Option<&Access>,
+        rank: usize,
+        local_index: usize,
+        local: usize,
+        region: usize,
+    ) -> Result<Endpoint> {
         match settings.transport {
             TransportKind::Shm => ShmEndpoint::create(rank, local_index, local, region).map(Endpoint::Shm),
             TransportKind::Socket => Ok(Endpoint::Socket),
+            TransportKind::Tcp => match access {
+                Some(a) => TcpEndpoint::open(a.listen).map(Endpoint::Tcp),
+                None => Err(Error::protocol(
+                    "the launcher",
+                    "access",
+                    "a job over TCP, but no secret and address came with the welcome",
+                )),
+            },
         }
     }
 
@@ -50,13 +71,17 @@ impl Endpoint {
     pub fn card(&self) -> Card {
         Card {
             shm: matches!(self, Endpoint::Shm(_)),
+            tcp: match self {
+                Endpoint::Tcp(t) => Some(t.address()),
+                _ => None,
+            },
         }
     }
 
     /// The descriptor that travels with the card (a segment).
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Endpoint::Socket => None,
+            Endpoint::Socket | Endpoint::Tcp(_) => None,
             Endpoint::Shm(s) => Some(s.fd()),
         }
     }
@@ -132,6 +157,10 @@ pub(crate) struct Table<'a> {
     pub segments: Vec<(usize, OwnedFd)>,
     /// This rank's ends of its socket pairs to the others, by rank.
     pub links: Vec<(usize, OwnedFd)>,
+    /// Where every rank listens for TCP connections, by rank (over TCP).
+    pub addresses: Vec<Option<std::net::SocketAddr>>,
+    /// The job's id and secret, which every TCP connection proves.
+    pub access: Option<&'a Access>,
 }
 
 /// The transport of one rank.
@@ -139,7 +168,7 @@ pub(crate) struct Table<'a> {
 pub(crate) enum Transport {
     /// A job of one rank: there is nobody to talk to.
     Alone,
-    /// Stream sockets between all ranks.
+    /// Stream sockets (Unix or TCP) between all ranks.
     Socket(SocketMesh),
     /// Rings in shared memory between all ranks (one node).
     Shm(ShmMesh),
@@ -169,7 +198,21 @@ impl Transport {
             ));
         }
         match endpoint {
-            Endpoint::Socket => SocketMesh::from_links(me, size, table.links, max_message).map(Transport::Socket),
+            Endpoint::Socket => {
+                SocketMesh::from_links(me, size, table.links, max_message, settings.wait).map(Transport::Socket)
+            }
+            Endpoint::Tcp(listener) => {
+                let Some(access) = table.access else {
+                    return Err(Error::protocol(
+                        "the launcher",
+                        "access",
+                        "a job over TCP without a secret",
+                    ));
+                };
+                let deadline = Instant::now() + tcp::CONNECT_TIME;
+                let links = tcp::connect_all(listener, me, &table.addresses, access, deadline)?;
+                SocketMesh::from_links(me, size, links, max_message, settings.wait).map(Transport::Socket)
+            }
             Endpoint::Shm(e) => {
                 let index = ranks.iter().position(|r| *r == me).unwrap_or(0);
                 let node = NodeRanks { ranks, me: index };
@@ -296,7 +339,8 @@ impl Transport {
     pub fn poll_for_work(&self, woken: &dyn Fn() -> bool) -> bool {
         match self {
             Transport::Shm(m) => m.poll_for_work(woken),
-            _ => woken(),
+            Transport::Socket(m) => m.poll_for_work(woken),
+            Transport::Alone => woken(),
         }
     }
 

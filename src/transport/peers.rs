@@ -33,6 +33,11 @@ impl<L: Link> Peers<L> {
     /// is made owned, so nothing keeps borrowing the caller's memory.
     fn push_and_flush(&mut self, dest: usize, header: Header, payload: Payload) -> Result<SendTicket> {
         let peer = self.peer(dest);
+        if !peer.hung_up && peer.notice_hang_up() {
+            // What was queued for it is lost too: those sends fail (their
+            // waits see it), and so does this one.
+            let _ = peer.drop_queue();
+        }
         if peer.cannot_send() {
             return Err(Error::PeerGone { rank: dest });
         }

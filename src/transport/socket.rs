@@ -1,11 +1,13 @@
-//! A mesh of Unix-domain stream sockets between the ranks of a node,
-//! driven by one `poll` loop: no thread per peer.
+//! A mesh of stream sockets between the ranks, driven by one `poll` loop:
+//! no thread per peer.
 //!
-//! The launcher makes a socket pair for every pair of ranks and hands each
-//! rank its ends over the rank's private control channel, as it does the
-//! shared-memory segments: no rank listens, so there is nothing anyone
-//! could connect to, no name to find or squat, and nothing left behind.
-//! After start-up every socket is non-blocking and only
+//! Over Unix-domain sockets, the launcher makes a socket pair for every
+//! pair of ranks and hands each rank its ends over the rank's private
+//! control channel, as it does the shared-memory segments: no rank
+//! listens, so there is nothing anyone could connect to, no name to find
+//! or squat, and nothing left behind. Over TCP, the ranks connect to each
+//! other at start-up and prove the job's secret (`super::tcp`). After
+//! start-up every socket is non-blocking and only
 //! [`SocketMesh::progress`] touches it.
 
 use std::io::IoSlice;
@@ -16,6 +18,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, recv, sendmsg};
 
 use crate::error::{Error, Result};
+use crate::wire::WaitMode;
 
 use super::peers::Peers;
 use super::stream::{Io, Link, Peer};
@@ -44,16 +47,29 @@ pub(crate) fn poll_descriptors(fds: &mut [libc::pollfd], timeout: Option<Duratio
     Ok(())
 }
 
-/// A connected Unix-domain socket to one peer.
+/// A connected stream socket (Unix-domain, or TCP) to one peer.
 #[derive(Debug)]
-pub(crate) struct UnixLink {
+pub(crate) struct SocketLink {
     fd: OwnedFd,
+    /// Over TCP: when to look next whether the peer has shut down its
+    /// side (see [`Link::peer_hung_up`]); `None` over Unix sockets.
+    next_hangup_look: Option<Instant>,
 }
 
-impl UnixLink {
-    /// A link over a socket the launcher made, after checking that it is a
-    /// connected Unix stream socket.
-    fn new(fd: OwnedFd, name: &str) -> Result<UnixLink> {
+/// How often a sender over TCP looks whether its peer is finalizing. A
+/// message sent before the look reaches the peer while it still reads
+/// (for `FINISH_WAIT` after it shuts down its side), and is read or
+/// reported there; one sent after it fails with `PeerGone`.
+const HANGUP_LOOK: Duration = Duration::from_millis(10);
+
+/// How long a finalizing rank's last look at a TCP link waits for more
+/// bytes before it counts the link as read to its end.
+const LAST_LOOK_QUIET: Duration = Duration::from_millis(20);
+
+impl SocketLink {
+    /// A link over a socket the launcher made (or start-up connected, over
+    /// TCP), after checking that it is a connected stream socket.
+    fn new(fd: OwnedFd, name: &str) -> Result<SocketLink> {
         let bad = |why: String| Error::protocol("the launcher", "links", format!("the link to {name} {why}"));
         let kind = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType)
             .map_err(|e| bad(format!("is not a socket ({e})")))?;
@@ -62,11 +78,53 @@ impl UnixLink {
         }
         nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
             .map_err(|e| Error::io(format!("configuring the connection to {name}"), e.into()))?;
-        Ok(UnixLink { fd })
+        let tcp = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd.as_raw_fd())
+            .is_ok_and(|a| a.as_unix_addr().is_none());
+        Ok(SocketLink {
+            fd,
+            next_hangup_look: tcp.then(Instant::now),
+        })
+    }
+
+    /// True for a TCP connection.
+    fn is_tcp(&self) -> bool {
+        self.next_hangup_look.is_some()
     }
 }
 
-impl Link for UnixLink {
+impl Link for SocketLink {
+    /// Over TCP a write succeeds even after the peer has closed (its
+    /// kernel then drops the bytes), unlike over a Unix socket, where it
+    /// fails: so a sender looks, now and then, whether the peer has shut
+    /// down its side, which a finalizing rank does before it stops reading.
+    /// Once it has, this side shuts its own down too: the peer reads to
+    /// the end of what was sent (see `SocketMesh::finish`).
+    fn peer_hung_up(&mut self) -> bool {
+        let Some(next) = self.next_hangup_look else {
+            return false;
+        };
+        let now = Instant::now();
+        if now < next {
+            return false;
+        }
+        self.next_hangup_look = Some(now + HANGUP_LOOK);
+        let mut fd = [libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        }];
+        let hung_up = poll_descriptors(&mut fd, Some(Duration::ZERO)).is_ok()
+            && fd[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0;
+        if hung_up {
+            let _ = nix::sys::socket::shutdown(self.fd.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+        }
+        hung_up
+    }
+
+    fn short_read_drains(&self) -> bool {
+        true
+    }
+
     fn write(&mut self, iov: &[IoSlice<'_>]) -> Result<Io> {
         let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
         loop {
@@ -98,14 +156,35 @@ impl Link for UnixLink {
 /// The socket mesh of one rank.
 #[derive(Debug)]
 pub(crate) struct SocketMesh {
-    pub peers: Peers<UnixLink>,
+    pub peers: Peers<SocketLink>,
+    /// How a waiting rank polls its sockets before it sleeps.
+    wait: WaitMode,
+    /// The peers whose sockets the last [`SocketMesh::poll_for_work`]
+    /// found ready, for the progress that follows it to read without
+    /// asking the kernel again (a system call costs as much as a small
+    /// message here).
+    found_ready: std::cell::RefCell<Option<Vec<usize>>>,
 }
+
+/// How long a rank with a core of its own polls its sockets before it
+/// sleeps: a message that comes within it is taken without the kernel's
+/// wake-up, which costs tens of microseconds on a virtual machine.
+const SPIN: Duration = Duration::from_millis(1);
+
+/// How long a rank that shares its core polls, yielding between looks.
+const YIELD: Duration = Duration::from_micros(500);
 
 impl SocketMesh {
     /// The mesh of rank `me` of `size` over `links`: its ends of the socket
     /// pairs to the other ranks, by rank.
-    pub fn from_links(me: usize, size: usize, links: Vec<(usize, OwnedFd)>, max_message: u64) -> Result<SocketMesh> {
-        let mut list: Vec<Option<Peer<UnixLink>>> = (0..size).map(|_| None).collect();
+    pub fn from_links(
+        me: usize,
+        size: usize,
+        links: Vec<(usize, OwnedFd)>,
+        max_message: u64,
+        wait: WaitMode,
+    ) -> Result<SocketMesh> {
+        let mut list: Vec<Option<Peer<SocketLink>>> = (0..size).map(|_| None).collect();
         for (rank, fd) in links {
             if rank >= size || rank == me || list[rank].is_some() {
                 return Err(Error::protocol(
@@ -114,11 +193,68 @@ impl SocketMesh {
                     format!("a link to rank {rank}, which is not another rank of this job, or a second one"),
                 ));
             }
-            list[rank] = Some(Peer::new(me, rank, UnixLink::new(fd, &format!("rank {rank}"))?));
+            list[rank] = Some(Peer::new(me, rank, SocketLink::new(fd, &format!("rank {rank}"))?));
         }
         Ok(SocketMesh {
             peers: Peers { me, list, max_message },
+            wait,
+            found_ready: std::cell::RefCell::new(None),
         })
+    }
+
+    /// Polls the sockets, as the wait mode says, until one is ready or
+    /// `woken` says so (true), or the time to poll is up (false). Peers
+    /// whose reading is paused are not looked at.
+    pub fn poll_for_work(&self, woken: &dyn Fn() -> bool) -> bool {
+        let poll_for = match self.wait {
+            WaitMode::Spin => SPIN,
+            WaitMode::Yield => YIELD,
+            WaitMode::Sleep => return woken(),
+        };
+        let (mut fds, ranks): (Vec<libc::pollfd>, Vec<usize>) = self
+            .peers
+            .list
+            .iter()
+            .flatten()
+            .filter(|p| p.is_open())
+            .filter_map(|p| {
+                let mut events = if p.paused { 0 } else { libc::POLLIN };
+                if p.has_output() {
+                    events |= libc::POLLOUT;
+                }
+                let fd = libc::pollfd {
+                    fd: p.link.fd.as_raw_fd(),
+                    events,
+                    revents: 0,
+                };
+                (events != 0).then_some((fd, p.rank()))
+            })
+            .unzip();
+        if fds.is_empty() {
+            return woken();
+        }
+        let started = Instant::now();
+        loop {
+            if woken() {
+                return true;
+            }
+            if poll_descriptors(&mut fds, Some(Duration::ZERO)).is_err() {
+                return true;
+            }
+            if fds.iter().any(|f| f.revents != 0) {
+                let ready = fds.iter().zip(&ranks).filter(|(f, _)| f.revents != 0).map(|(_, r)| *r);
+                *self.found_ready.borrow_mut() = Some(ready.collect());
+                return true;
+            }
+            if started.elapsed() >= poll_for {
+                return false;
+            }
+            if self.wait == WaitMode::Yield {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
     }
 
     /// Writes what it can, reads what has arrived, and hands whole messages
@@ -135,12 +271,25 @@ impl SocketMesh {
             Wait::Until(Some(deadline)) => Some(deadline.saturating_duration_since(Instant::now())),
         };
         let (mut fds, ranks) = self.watch_list(deliver);
-        // With no open connection there is nothing to wait for.
-        if !fds.is_empty() {
-            if timeout != Some(Duration::ZERO) {
-                sleeping();
+        let found = self.found_ready.borrow_mut().take();
+        match found {
+            // Polled a moment ago, with nothing done since: those sockets
+            // are ready (the others are looked at next time).
+            Some(ready) if timeout == Some(Duration::ZERO) => {
+                for (fd, rank) in fds.iter_mut().zip(&ranks) {
+                    if ready.contains(rank) {
+                        fd.revents = fd.events;
+                    }
+                }
             }
-            poll_descriptors(&mut fds, timeout)?;
+            // With no open connection there is nothing to wait for.
+            _ if fds.is_empty() => {}
+            _ => {
+                if timeout != Some(Duration::ZERO) {
+                    sleeping();
+                }
+                poll_descriptors(&mut fds, timeout)?;
+            }
         }
         let max = self.peers.max_message;
         let mut moved = wrote;
@@ -197,6 +346,16 @@ impl SocketMesh {
         Ok(Some(fds))
     }
 
+    /// Reads what peers that have not said Bye send, until `until` or until
+    /// every peer has said it.
+    fn read_on_until(&mut self, until: Instant, deliver: &mut Delivery<'_>, sleeping: &dyn Fn()) {
+        while self.peers.any_may_send_more() && Instant::now() < until {
+            if self.progress(deliver, Wait::Until(Some(until)), sleeping).is_err() {
+                break;
+            }
+        }
+    }
+
     /// Sends everything queued, says Bye to every peer and waits until the
     /// bytes are in the kernel. Messages still arriving are delivered; then
     /// it stops reading and counts what is left in each socket for the
@@ -217,25 +376,92 @@ impl SocketMesh {
         // arrives meanwhile is kept up to the queue bound.
         deliver.keep_to_bound();
         let until = Instant::now() + FINISH_WAIT;
-        while self.peers.any_may_send_more() && Instant::now() < until {
-            if self.progress(deliver, Wait::Until(Some(until)), sleeping).is_err() {
-                break;
+        self.read_on_until(until, deliver, sleeping);
+        // Over TCP a write into a connection about to close succeeds, and
+        // its bytes would vanish uncounted: shut this side down first, so
+        // that a peer still sending sees it beside the stream
+        // (`Link::peer_hung_up`) within HANGUP_LOOK and gets `PeerGone`,
+        // and read on for twice that, so that what it sent meanwhile is
+        // counted.
+        let mut shut_any = false;
+        for p in self.peers.list.iter_mut().flatten() {
+            if p.link.is_tcp() && p.is_open() && p.may_send_more() {
+                let _ = nix::sys::socket::shutdown(p.link.fd.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+                shut_any = true;
             }
+        }
+        if shut_any {
+            self.read_on_until(Instant::now() + 2 * HANGUP_LOOK, deliver, sleeping);
         }
         // Close, then take a last look: what a peer wrote before this rank
         // stopped reading is in the socket and counted here; a write after
         // it fails (EPIPE), and the peer's send with it.
         let max = self.peers.max_message;
+        let mut reading_on = Vec::new();
         for p in self.peers.list.iter_mut().flatten() {
-            if let Err(e) = nix::sys::socket::shutdown(p.link.fd.as_raw_fd(), nix::sys::socket::Shutdown::Read) {
-                // Without it a write after the look would vanish unseen.
-                first = first.and(Err(Error::io(
-                    format!("closing the link to rank {}", p.rank()),
-                    e.into(),
-                )));
+            // Not over TCP: a TCP socket shut for reading reads as ended at
+            // once, and its peer's writes still succeed; that peer shuts
+            // its own side down instead (see `Link::peer_hung_up`).
+            if !p.link.is_tcp() {
+                if let Err(e) = nix::sys::socket::shutdown(p.link.fd.as_raw_fd(), nix::sys::socket::Shutdown::Read) {
+                    // Without it a write after the look would vanish unseen.
+                    first = first.and(Err(Error::io(
+                        format!("closing the link to rank {}", p.rank()),
+                        e.into(),
+                    )));
+                }
             }
-            if let Err(e) = p.last_look(max, deliver) {
-                first = first.and(Err(e));
+            match p.last_look(max, deliver) {
+                Ok(false) if p.link.is_tcp() && p.may_send_more() => reading_on.push(p.rank()),
+                Ok(_) => {}
+                Err(e) => first = first.and(Err(e)),
+            }
+        }
+        // Over TCP what a peer that has not said Bye wrote may still be in
+        // its kernel, waiting for room in this side's: read on to the end
+        // (the peer shuts its side down once it sees this one's), while
+        // bytes keep coming, so that every send that succeeded is counted.
+        let mut quiet_since = Instant::now();
+        while !reading_on.is_empty() {
+            let left = LAST_LOOK_QUIET.saturating_sub(quiet_since.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let mut fds: Vec<libc::pollfd> = reading_on
+                .iter()
+                .filter_map(|r| self.peers.list[*r].as_ref())
+                .map(|p| libc::pollfd {
+                    fd: p.link.fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            if poll_descriptors(&mut fds, Some(left)).is_err() {
+                break;
+            }
+            let ready: Vec<usize> = fds
+                .iter()
+                .zip(&reading_on)
+                .filter(|(f, _)| f.revents != 0)
+                .map(|(_, r)| *r)
+                .collect();
+            if !ready.is_empty() {
+                quiet_since = Instant::now();
+            }
+            for rank in ready {
+                let Some(p) = self.peers.list[rank].as_mut() else {
+                    continue;
+                };
+                let ended = match p.last_look(max, deliver) {
+                    Ok(ended) => ended,
+                    Err(e) => {
+                        first = first.and(Err(e));
+                        true
+                    }
+                };
+                if ended {
+                    reading_on.retain(|r| *r != rank);
+                }
             }
         }
         first

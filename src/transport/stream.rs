@@ -1,11 +1,11 @@
-//! Frames over a byte stream: the per-peer queue of outgoing frames, the
-//! parser of incoming ones, and the table of peers. Shared by every
+//! Frames over a byte stream: the state of each peer's stream and the
+//! parser of incoming frames (the queue of outgoing ones is in
+//! `writing.rs`, the table of peers in `peers.rs`). Shared by every
 //! transport whose link to a peer is a stream of bytes (a socket, or a ring
 //! in shared memory); each transport brings its own [`Link`] and its own way
 //! of waiting.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
 
 use crate::envelope::{Envelope, Format, Landing};
 use crate::error::{Error, Result};
@@ -18,8 +18,6 @@ pub(super) use super::outgoing::{Outgoing, Payload};
 /// Bytes read from a link per call while parsing small frames; payloads
 /// larger than this are read straight into their buffer.
 const STAGING: usize = 64 << 10;
-/// Frames gathered into one write.
-const MAX_IOVECS: usize = 16;
 /// The most one call of `Peer::read_available` reads: a peer that keeps
 /// writing does not keep this rank from its other peers and its caller.
 const READ_SLICE: usize = 8 << 20;
@@ -88,6 +86,9 @@ pub(crate) struct Peer<L> {
     /// what it sent before is still read, so that its Bye tells whether it
     /// finalized or died.
     pub(super) write_closed: bool,
+    /// The peer shut its side down, seen beside the stream
+    /// ([`Link::peer_hung_up`]): nothing more is sent to it.
+    pub(super) hung_up: bool,
     pub(super) out: VecDeque<Outgoing>,
     /// Offers written in full whose payload the peer has not yet taken,
     /// oldest first, with their sequence numbers.
@@ -120,6 +121,7 @@ impl<L: Link> Peer<L> {
             died: false,
             paused: false,
             write_closed: false,
+            hung_up: false,
             out: VecDeque::new(),
             offered: VecDeque::new(),
             sent: 0,
@@ -139,12 +141,12 @@ impl<L: Link> Peer<L> {
 
     /// True if something is queued and not yet written.
     pub fn has_output(&self) -> bool {
-        !self.out.is_empty() && self.state != PeerState::Gone && !self.write_closed
+        !self.out.is_empty() && self.state != PeerState::Gone && !self.write_closed && !self.hung_up
     }
 
     /// True if nothing more can be sent.
     pub fn cannot_send(&self) -> bool {
-        self.state == PeerState::Gone || self.write_closed
+        self.state == PeerState::Gone || self.write_closed || self.hung_up
     }
 
     /// True if the link is still open.
@@ -213,107 +215,6 @@ impl<L: Link> Peer<L> {
         self.incoming.is_none() && self.staged.is_empty()
     }
 
-    /// Queues a frame; a message the peer can copy from this process goes
-    /// as an offer.
-    pub(super) fn push(&mut self, header: &Header, payload: Payload) -> u64 {
-        let bytes = payload.bytes();
-        let offer = (header.kind.is_message() && self.link.offers(bytes.len(), !self.out.is_empty())).then(|| {
-            let offer = Offer {
-                address: bytes.as_ptr() as u64,
-                len: bytes.len() as u64,
-            };
-            let head = Header {
-                kind: Kind::Offer,
-                len: Offer::LEN as u64,
-                ..*header
-            };
-            (head.encode(), offer.encode())
-        });
-        let seq = self.queued;
-        self.queued += 1;
-        self.out.push_back(Outgoing {
-            header: header.encode(),
-            payload,
-            written: 0,
-            offer,
-        });
-        seq
-    }
-
-    /// Sends a message beside the stream if the link can (see
-    /// [`Link::try_send_beside`]); its sequence number if it did.
-    pub(super) fn try_send_beside(&mut self, header: &Header, payload: &[u8]) -> Result<Option<u64>> {
-        if !self.out.is_empty() || !self.link.try_send_beside(header, payload)? {
-            return Ok(None);
-        }
-        let seq = self.queued;
-        self.queued += 1;
-        self.sent += 1;
-        Ok(Some(seq))
-    }
-
-    /// Writes queued frames until the link is full; true if it wrote
-    /// anything, or found the peer closed (and dropped what was queued).
-    pub fn flush(&mut self) -> Result<bool> {
-        let mut wrote = false;
-        while self.has_output() {
-            let mut iov = [IoSlice::new(&[]); 2 * MAX_IOVECS];
-            let mut used = 0;
-            for o in self.out.iter().take(MAX_IOVECS) {
-                let (header, body) = o.wire();
-                if o.written < HEADER_LEN {
-                    iov[used] = IoSlice::new(&header[o.written..]);
-                    iov[used + 1] = IoSlice::new(body);
-                    used += 2;
-                } else {
-                    iov[used] = IoSlice::new(&body[o.written - HEADER_LEN..]);
-                    used += 1;
-                }
-            }
-            let mut n = match self.link.write(&iov[..used])? {
-                Io::Done(n) => n,
-                Io::WouldBlock => return Ok(wrote),
-                Io::Closed => {
-                    // The peer has closed. Losing our Bye is fine (it has
-                    // finished too); losing a message is not. Whether it
-                    // finalized or died, its Bye (or its absence) says.
-                    self.write_closed = true;
-                    let lost_message = self
-                        .out
-                        .iter()
-                        .any(|o| Kind::from_byte(o.header[5]).is_some_and(Kind::is_message));
-                    self.out.clear();
-                    // Offers written in full were seen by the peer: taken,
-                    // or counted by its last look.
-                    self.offered.clear();
-                    self.lost_from = self.lost_from.min(self.sent);
-                    self.sent = self.queued;
-                    // Nothing was written, but the queue is settled: true,
-                    // so that a caller waiting for it looks again.
-                    return if lost_message {
-                        Err(Error::PeerGone { rank: self.rank })
-                    } else {
-                        Ok(true)
-                    };
-                }
-            };
-            wrote = true;
-            while n > 0 {
-                let Some(front) = self.out.front_mut() else { break };
-                let take = n.min(front.total() - front.written);
-                front.written += take;
-                n -= take;
-                if front.written == front.total() {
-                    if let Some(o) = self.out.pop_front().filter(|o| o.offer.is_some()) {
-                        self.offered.push_back((self.sent, o));
-                    }
-                    self.sent += 1;
-                }
-            }
-        }
-        Ok(wrote)
-    }
-
     /// Reads until the link is empty (or for READ_SLICE bytes, or up to
     /// the queue bound), delivering every whole message; true if it read
     /// anything. `waiting` says that this rank waits in spmd: an offer no
@@ -321,10 +222,16 @@ impl<L: Link> Peer<L> {
     pub fn read_available(&mut self, max_message: u64, deliver: &mut Delivery<'_>, waiting: bool) -> Result<bool> {
         let mut read = false;
         let mut bytes = 0;
+        let mut drained = false;
         loop {
             let parked = self.parked.is_some();
             self.parse(max_message, deliver, waiting)?;
             read |= parked && self.parked.is_none();
+            // A socket that gave less than was asked for had no more: the
+            // next read would only say so (the next poll sees what comes).
+            if drained {
+                return Ok(read);
+            }
             // Stop at the queue bound or after a slice even while the peer
             // keeps writing: a fast sender must not keep this rank reading
             // (and queueing) for as long as it likes.
@@ -333,28 +240,32 @@ impl<L: Link> Peer<L> {
             }
             // Large payloads are read straight into their buffer.
             let direct = |i: &&mut Incoming| i.len - i.filled >= STAGING && !matches!(i.target, Target::Discard);
-            let io = if let Some(inc) = self.incoming.as_mut().filter(direct) {
-                let io = self.link.read(inc.rest())?;
+            let (io, asked) = if let Some(inc) = self.incoming.as_mut().filter(direct) {
+                let rest = inc.rest();
+                let asked = rest.len();
+                let io = self.link.read(rest)?;
                 if let Io::Done(n) = io {
                     inc.filled += n;
                 }
-                io
+                (io, asked)
             } else {
                 if self.staged.start > 0 {
                     self.staging.copy_within(self.staged.clone(), 0);
                     self.staged = 0..self.staged.len();
                 }
                 let end = self.staged.end;
+                let asked = self.staging.len() - end;
                 let io = self.link.read(&mut self.staging[end..])?;
                 if let Io::Done(n) = io {
                     self.staged.end += n;
                 }
-                io
+                (io, asked)
             };
             match io {
                 Io::Done(n) => {
                     read = true;
                     bytes += n;
+                    drained = n < asked && self.link.short_read_drains();
                 }
                 Io::WouldBlock => return Ok(read),
                 Io::Closed => {

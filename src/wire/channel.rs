@@ -261,7 +261,7 @@ mod tests {
     fn messages_and_their_descriptors_arrive_together() {
         let (mut a, mut b) = pair();
         let (keep, _other) = UnixStream::pair().unwrap();
-        let card = Card { shm: true };
+        let card = Card { shm: true, tcp: None };
         let reg = ControlMessage::Register { host: "h".into(), card };
         a.send(&reg, &[keep.as_fd()]).unwrap();
         a.send(&ControlMessage::Finalized, &[]).unwrap();
@@ -277,7 +277,7 @@ mod tests {
         // A Register that claims a segment but carries none, written raw.
         let msg = ControlMessage::Register {
             host: "h".into(),
-            card: Card { shm: true },
+            card: Card { shm: true, tcp: None },
         };
         let payload = msg.encode();
         let mut bytes = Header::plain(Kind::Control, 1, payload.len() as u64).encode().to_vec();

@@ -1,8 +1,11 @@
 //! What a rank and its launcher say to each other over the rank's control
 //! channel, and the address cards ranks exchange through the launcher.
 
+use std::net::{IpAddr, SocketAddr};
+
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Secret;
 use crate::error::{Error, Result};
 
 use super::MAX_CONTROL_LEN;
@@ -14,6 +17,9 @@ pub struct Card {
     /// The rank has a shared-memory segment for the ranks of its node; it
     /// travels as a file descriptor beside the card, never by name.
     pub shm: bool,
+    /// Where the rank listens for its peers' TCP connections during
+    /// start-up (over TCP only).
+    pub tcp: Option<SocketAddr>,
 }
 
 /// How the ranks of one node talk to each other.
@@ -23,6 +29,22 @@ pub enum TransportKind {
     Shm,
     /// Unix-domain sockets.
     Socket,
+    /// TCP connections, each proving the job's secret (as between hosts).
+    Tcp,
+}
+
+/// What a rank needs to make and check TCP connections to its peers: the
+/// job's id and secret (which a connection proves without sending it) and
+/// the address to listen on. Sent only over the rank's private channel;
+/// its `Debug` output never shows the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    /// The job's id, which every connection names.
+    pub job: u64,
+    /// The job's secret.
+    pub secret: Secret,
+    /// The address the rank's listener binds (port chosen by the kernel).
+    pub listen: IpAddr,
 }
 
 /// How a rank waits for its peers over shared memory before it sleeps.
@@ -45,7 +67,10 @@ impl TransportKind {
         match value {
             "shm" => Ok(TransportKind::Shm),
             "socket" => Ok(TransportKind::Socket),
-            other => Err(format!("SPMD_TRANSPORT={other:?}: expected \"shm\" or \"socket\"")),
+            "tcp" => Ok(TransportKind::Tcp),
+            other => Err(format!(
+                "SPMD_TRANSPORT={other:?}: expected \"shm\", \"socket\" or \"tcp\""
+            )),
         }
     }
 }
@@ -125,6 +150,8 @@ pub enum ControlMessage {
     Welcome {
         /// What every rank of the job agrees on.
         settings: Settings,
+        /// The job's id, secret and listening address, over TCP.
+        access: Option<Access>,
     },
     /// Rank → launcher: "reach me here". Carries the rank's shared-memory
     /// segment when `card.shm` is set.
@@ -256,7 +283,7 @@ mod tests {
     fn corrupted_control_messages_are_errors_not_panics() {
         let good = ControlMessage::Register {
             host: "node".into(),
-            card: Card { shm: true },
+            card: Card { shm: true, tcp: None },
         }
         .encode();
         let mut seed = 11;
@@ -281,6 +308,31 @@ mod tests {
         };
         assert_eq!(ControlMessage::decode(&m.encode(), "x").unwrap(), m);
         assert!(ControlMessage::decode(&[0xff, 0xff, 0xff], "x").is_err());
+        // A TCP card and a welcome with the job's access survive the trip,
+        // and the welcome's Debug text does not show the secret.
+        let secret = crate::auth::Secret::from_bytes([0x5a; crate::auth::SECRET_LEN]);
+        let welcome = ControlMessage::Welcome {
+            settings: Settings {
+                transport: TransportKind::Tcp,
+                wait: WaitMode::Spin,
+                single_copy: SingleCopy::Auto,
+            },
+            access: Some(Access {
+                job: 7,
+                secret: secret.clone(),
+                listen: IpAddr::from([127, 0, 0, 1]),
+            }),
+        };
+        assert_eq!(ControlMessage::decode(&welcome.encode(), "x").unwrap(), welcome);
+        assert!(!format!("{welcome:?}").contains(&secret.to_hex()[..16]));
+        let register = ControlMessage::Register {
+            host: "node".into(),
+            card: Card {
+                shm: false,
+                tcp: Some(SocketAddr::from(([127, 0, 0, 1], 4711))),
+            },
+        };
+        assert_eq!(ControlMessage::decode(&register.encode(), "x").unwrap(), register);
         let too_many = ControlMessage::Segments {
             ranks: (0..MAX_FDS_PER_MESSAGE as u32 + 1).collect(),
         };

@@ -16,7 +16,7 @@ pub mod header;
 pub mod status;
 
 pub use channel::Channel;
-pub use control::{Card, ControlMessage, Settings, SingleCopy, TransportKind, WaitMode};
+pub use control::{Access, Card, ControlMessage, Settings, SingleCopy, TransportKind, WaitMode};
 pub use header::{Context, HEADER_LEN, Header, Kind, MAGIC, Offer, VERSION};
 
 /// The largest control message accepted (card tables included).

@@ -68,16 +68,22 @@ pub fn spmdrun(args: &[&str]) -> Command {
 }
 
 /// The transports the tests that only care about transports run over.
-pub const TRANSPORTS: [&str; 2] = ["shm", "socket"];
+pub const TRANSPORTS: [&str; 3] = ["shm", "socket", "tcp"];
 
 /// The ways ranks on one machine talk and wait, every one of which the
 /// semantic tests run in: shared memory in each of its wait modes (the
 /// oversubscribed paths are not left to machines with few cores), and
-/// sockets. Over shared memory, large messages go through the ring when
+/// Unix sockets and TCP. Over shared memory, large messages go through the ring when
 /// ranks spin, and as offers copied straight from the sender's memory
 /// (`SPMD_SINGLE_COPY=always`) when they yield or sleep, so that both
 /// paths run in every semantic test whatever the machine's load.
-pub const MODES: [(&str, &str); 4] = [("shm", "spin"), ("shm", "yield"), ("shm", "sleep"), ("socket", "auto")];
+pub const MODES: [(&str, &str); 5] = [
+    ("shm", "spin"),
+    ("shm", "yield"),
+    ("shm", "sleep"),
+    ("socket", "auto"),
+    ("tcp", "auto"),
+];
 
 /// The `SPMD_SINGLE_COPY` of a mode (see [`MODES`]).
 pub fn single_copy(mode: (&str, &str)) -> &'static str {

@@ -22,6 +22,7 @@ impl Job {
         };
         let msg = ControlMessage::Welcome {
             settings: self.settings,
+            access: self.access.clone(),
         };
         let r = &mut self.ranks[rank];
         r.status = Some(page);

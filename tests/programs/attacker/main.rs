@@ -87,6 +87,8 @@ fn main() {
     // spmd names no socket; anything that shows up while jobs run is a
     // candidate, whatever it is called.
     let before = unix_names();
+    // Listeners that were there before the jobs are not the jobs'.
+    let ports_before = tcp_ports();
     let mut new_names = HashSet::new();
     while Instant::now() < until {
         round += 1;
@@ -106,16 +108,19 @@ fn main() {
                 }
             }
         }
-        for port in tcp_ports() {
+        for port in tcp_ports().difference(&ports_before) {
             t.tcp_tried += 1;
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                // Anything listening may be spmd's: count it only if it
-                // answers like an spmd peer would not (it would close).
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", *port)) {
+                // A job over TCP listens while it starts. Count a listener
+                // only if it answers a stranger with anything at all: an
+                // spmd rank never does (it waits for a proof of the
+                // job's secret, then closes).
                 abuse(&mut s, t.tcp_tried);
                 let _ = s.set_read_timeout(Some(Duration::from_millis(1)));
                 let mut b = [0u8; 1];
-                if !matches!(s.read(&mut b), Ok(0)) {
+                if matches!(s.read(&mut b), Ok(n) if n > 0) {
                     t.tcp_connected += 1;
+                    eprintln!("port {port} answered a stranger");
                 }
                 if held_tcp.len() < 3000 {
                     held_tcp.push(s);
