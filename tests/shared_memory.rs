@@ -56,20 +56,27 @@ impl Drop for FreshDir {
 
 #[test]
 fn ranks_blocked_in_a_receive_sleep() {
-    let check = example("spmd-check");
-    let (child, pids, reader) = start_reporting_pids(&["-n", "4", &check, "fail", "idle"], 4);
-    let before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
-    std::thread::sleep(Duration::from_secs(2));
-    let used: Vec<f64> = pids.iter().zip(&before).map(|(p, b)| cpu_seconds(*p) - b).collect();
-    signal(child.id() as i32, Signal::SIGTERM);
-    let out = finish_reporting(child, reader);
-    assert_all_gone(&pids);
-    assert_eq!(out.code(), Some(143), "{out:?}");
-    for (rank, cpu) in used.iter().enumerate() {
-        assert!(
-            *cpu < 0.2,
-            "rank {rank} used {cpu} CPU-seconds in 2 s while blocked in a receive"
+    // Over every transport: sockets poll for a moment too, then sleep.
+    for transport in common::TRANSPORTS {
+        let check = example("spmd-check");
+        let (child, pids, reader) = common::start_reporting_pids_with(
+            &["-n", "4", &check, "fail", "idle"],
+            4,
+            &[("SPMD_TRANSPORT", transport)],
         );
+        let before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+        std::thread::sleep(Duration::from_secs(2));
+        let used: Vec<f64> = pids.iter().zip(&before).map(|(p, b)| cpu_seconds(*p) - b).collect();
+        signal(child.id() as i32, Signal::SIGTERM);
+        let out = finish_reporting(child, reader);
+        assert_all_gone(&pids);
+        assert_eq!(out.code(), Some(143), "{transport}: {out:?}");
+        for (rank, cpu) in used.iter().enumerate() {
+            assert!(
+                *cpu < 0.2,
+                "{transport}: rank {rank} used {cpu} CPU-seconds in 2 s while blocked in a receive"
+            );
+        }
     }
 }
 
