@@ -369,22 +369,45 @@ fn hostfiles_place_ranks_and_bad_ones_name_file_and_line() {
         &["-n", "2", "--hostfile", &shown, "true"],
         &format!("{shown}:3: slots \"lots\""),
     );
-    // A host that is not this machine is refused once a rank lands on it,
-    // by slot or round the hosts.
+    // Another host is reached (here through a launch agent that fails at
+    // once, so that no packet leaves the machine) only once a rank lands
+    // on it, by slot or round the hosts; its failure names file:line.
+    let unreachable = |args: &[&str]| {
+        let mut all = vec!["--launch-agent", "false"];
+        all.extend_from_slice(args);
+        let out = run(spmdrun(&all));
+        assert_eq!(out.code(), Some(1), "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!(
+                "cannot start the job: 1 of 1 hosts failed: host elsewhere.example ({shown}:2): the connection closed"
+            )),
+            "{args:?}: {out:?}"
+        );
+    };
     std::fs::write(&bad, "localhost slots=1\nelsewhere.example slots=2\n").expect("writing a hostfile");
-    let out = run(spmdrun(&["-n", "1", "--hostfile", &shown, "true"]));
+    let out = run(spmdrun(&[
+        "--launch-agent",
+        "false",
+        "-n",
+        "1",
+        "--hostfile",
+        &shown,
+        "true",
+    ]));
     assert_eq!(out.code(), Some(0), "{out:?}");
-    rejected(
-        &["-n", "2", "--hostfile", &shown, "true"],
-        &format!("{shown}:2: host elsewhere.example"),
-    );
+    unreachable(&["-n", "2", "--hostfile", &shown, "true"]);
     std::fs::write(&bad, "localhost slots=2\nelsewhere.example slots=2\n").expect("writing a hostfile");
-    let out = run(spmdrun(&["-n", "2", "--hostfile", &shown, "true"]));
+    let out = run(spmdrun(&[
+        "--launch-agent",
+        "false",
+        "-n",
+        "2",
+        "--hostfile",
+        &shown,
+        "true",
+    ]));
     assert_eq!(out.code(), Some(0), "{out:?}");
-    rejected(
-        &["-n", "2", "--map-by", "node", "--hostfile", &shown, "true"],
-        &format!("{shown}:2: host elsewhere.example"),
-    );
+    unreachable(&["-n", "2", "--map-by", "node", "--hostfile", &shown, "true"]);
     // max_slots holds even with --oversubscribe, and the error names both
     // counts.
     std::fs::write(&bad, "localhost slots=1 max_slots=2\n").expect("writing a hostfile");

@@ -11,7 +11,7 @@ use clap::Parser;
 use spmd::wire::{Settings, SingleCopy, TransportKind, WaitMode, env};
 
 use crate::hostfile;
-use crate::placement::{self, MapBy, Placement};
+use crate::placement::{self, MapBy, Nodes, Placement};
 
 const AFTER_HELP: &str = "\
 Every rank gets SPMD_RANK, SPMD_SIZE, SPMD_LOCAL_RANK, SPMD_LOCAL_SIZE and
@@ -67,7 +67,7 @@ struct Args {
     /// Place ranks on the slots of this hostfile, in Open MPI's
     /// (`host slots=N max_slots=M`) or MPICH's (`host:N`) format. A host
     /// without a slot count has one per core on this machine, else one.
-    /// Every host that gets a rank must be this machine for now.
+    /// Ranks on other hosts start through ssh (see --launch-agent).
     #[arg(long, visible_alias = "machinefile", short = 'f', value_name = "FILE")]
     hostfile: Option<PathBuf>,
 
@@ -80,6 +80,23 @@ struct Args {
     /// rank per host round the list (`node`).
     #[arg(long = "map-by", value_name = "slot|node", default_value = "slot")]
     map_by: String,
+
+    /// How to reach another host: the command, split at spaces, that
+    /// spmdrun runs with the host name and the agent's command line after
+    /// it (default `ssh -o BatchMode=yes -o ConnectTimeout=10 -o
+    /// ServerAliveInterval=5 -o ServerAliveCountMax=3`).
+    #[arg(long = "launch-agent", value_name = "CMD")]
+    launch_agent: Option<String>,
+
+    /// The address other hosts reach this machine's ranks at (default: the
+    /// source address of the route to the first remote host).
+    #[arg(long = "control-address", value_name = "IP")]
+    control_address: Option<std::net::IpAddr>,
+
+    /// Say how the job is started: each host's agent, and the addresses
+    /// the ranks listen on.
+    #[arg(long, short = 'v')]
+    verbose: bool,
 
     /// Prefix every output line with the rank that printed it, as `[R] `.
     #[arg(long = "tag-output", short = 'l')]
@@ -126,6 +143,21 @@ struct Args {
     command: Vec<OsString>,
 }
 
+/// How spmdrun reaches another host unless `--launch-agent` says: ssh that
+/// never asks for a password, gives up on a host that does not answer in
+/// 10 s, and notices within about 15 s a host that vanishes.
+pub const DEFAULT_LAUNCH_AGENT: [&str; 9] = [
+    "ssh",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "ConnectTimeout=10",
+    "-o",
+    "ServerAliveInterval=5",
+    "-o",
+    "ServerAliveCountMax=3",
+];
+
 /// The most ranks spmdrun starts on one machine (each is a process, with
 /// a link to every other).
 pub const MAX_RANKS: usize = 1 << 16;
@@ -137,6 +169,13 @@ pub struct Options {
     /// The hosts the ranks run on, and which rank runs on which.
     pub hosts: Vec<hostfile::Host>,
     pub placement: Placement,
+    /// The machines the ranks run on, one node each.
+    pub nodes: Nodes,
+    /// The command that reaches another host (ssh and its options).
+    pub launch_agent: Vec<String>,
+    /// The address other hosts reach this machine's ranks at.
+    pub control_address: Option<std::net::IpAddr>,
+    pub verbose: bool,
     pub tag_output: bool,
     pub env: Vec<(String, String)>,
     pub wdir: Option<PathBuf>,
@@ -154,7 +193,7 @@ pub struct Options {
 
 /// What the command line asked for: a job, or a text to print and exit.
 pub enum Parsed {
-    Job(Options),
+    Job(Box<Options>),
     Exit { text: String, code: i32 },
 }
 
@@ -184,6 +223,8 @@ pub fn parse(argv: Vec<OsString>) -> Parsed {
             "-H",
             "--host",
             "--map-by",
+            "--launch-agent",
+            "--control-address",
             "--wdir",
             "--timeout",
         ]
@@ -215,7 +256,7 @@ pub fn parse(argv: Vec<OsString>) -> Parsed {
         }
     };
     match check(args) {
-        Ok(o) => Parsed::Job(o),
+        Ok(o) => Parsed::Job(Box::new(o)),
         Err(text) => fail(text),
     }
 }
@@ -256,17 +297,6 @@ fn placed(args: &Args, map_by: MapBy) -> Result<(Vec<hostfile::Host>, Placement)
         None => total,
     };
     let placement = placement::place(&hosts, &slots, ranks, map_by, args.oversubscribe)?;
-    if let Some(remote) = placement
-        .host
-        .iter()
-        .map(|h| &hosts[*h])
-        .find(|h| !hostfile::is_local(&h.name))
-    {
-        return Err(format!(
-            "{}: host {} is not this machine; jobs across hosts are not supported yet",
-            remote.origin, remote.name
-        ));
-    }
     Ok((hosts, placement))
 }
 
@@ -299,6 +329,15 @@ fn check(args: Args) -> Result<Options, String> {
     let map_by = MapBy::parse(&args.map_by)?;
     let (hosts, placement) = placed(&args, map_by)?;
     let ranks = placement.host.len();
+    let local: Vec<bool> = hosts.iter().map(|h| hostfile::is_local(&h.name)).collect();
+    let nodes = Nodes::of(&placement, &local);
+    let launch_agent: Vec<String> = match &args.launch_agent {
+        Some(cmd) => cmd.split_whitespace().map(String::from).collect(),
+        None => DEFAULT_LAUNCH_AGENT.iter().map(|w| w.to_string()).collect(),
+    };
+    if launch_agent.is_empty() {
+        return Err("--launch-agent: the command is empty".into());
+    }
     let mut env = Vec::new();
     for x in &args.export {
         env.push(parse_export(x)?);
@@ -331,6 +370,19 @@ fn check(args: Args) -> Result<Options, String> {
         Some(v) => TransportKind::parse(&v)?,
         None => TransportKind::Shm,
     };
+    // Between hosts only TCP reaches; for now it serves every rank of a
+    // job that spans hosts.
+    let spans = nodes.host.len();
+    if spans > 1
+        && transport != TransportKind::Tcp
+        && let Some(v) = setting(env::TRANSPORT)
+    {
+        return Err(format!(
+            "{}={v}: the job spans {spans} hosts, which only tcp reaches",
+            env::TRANSPORT
+        ));
+    }
+    let transport = if spans > 1 { TransportKind::Tcp } else { transport };
     let wait = match setting(env::WAIT) {
         Some(v) => WaitMode::parse(&v)?,
         None => None,
@@ -343,11 +395,23 @@ fn check(args: Args) -> Result<Options, String> {
     let Some(program) = command.next() else {
         return Err("no program given".into());
     };
-    let program = find_program(&program)?;
+    // A program that runs only on other hosts need not be here: each
+    // host's agent checks it there before any rank starts.
+    let program = if nodes.host.contains(&None) {
+        find_program(&program)?
+    } else if program.to_string_lossy().contains('/') {
+        std::path::absolute(&program).map_err(|e| format!("cannot run {}: {e}", program.to_string_lossy()))?
+    } else {
+        PathBuf::from(program)
+    };
     Ok(Options {
         ranks,
         hosts,
         placement,
+        nodes,
+        launch_agent,
+        control_address: args.control_address,
+        verbose: args.verbose,
         tag_output: args.tag_output,
         env,
         wdir: args.wdir,

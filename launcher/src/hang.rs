@@ -28,6 +28,8 @@ enum Seen {
     Stopped,
     Computing,
     Finalized,
+    /// On another host, whose status pages spmdrun cannot read.
+    Remote,
     Waiting(Waiting),
 }
 
@@ -146,6 +148,7 @@ impl HangWatch {
                     ),
                     Seen::Starting => format!("  {who} is inside spmd::init, waiting for the other ranks to join"),
                     Seen::Finalized => format!("  {who} has finalized and is exiting"),
+                    Seen::Remote => format!("  {who} runs on another host, whose ranks spmdrun cannot look into"),
                     Seen::Gone => String::new(),
                 }
             })
@@ -182,6 +185,9 @@ fn observe(ranks: &[Rank]) -> (Vec<Seen>, u64, u64) {
             }
             if r.exited.is_some() {
                 return Seen::Gone;
+            }
+            if r.agent.is_some() {
+                return Seen::Remote;
             }
             if stopped(r.pid) || r.joined_pid.is_some_and(stopped) {
                 return Seen::Stopped;

@@ -160,7 +160,9 @@ fn count(value: &str, what: &str, origin: &str) -> Result<usize, String> {
 /// True if `name` is this machine, whose ranks spmdrun starts itself
 /// (without ssh).
 pub fn is_local(name: &str) -> bool {
-    if name == "localhost" || name == "::1" || name.starts_with("127.") {
+    // Other loopback addresses (127.0.0.2, ...) are hosts of their own,
+    // reached through ssh: an sshd listening there is a host for tests.
+    if name == "localhost" || name == "::1" || name == "127.0.0.1" {
         return true;
     }
     nix::unistd::gethostname().is_ok_and(|h| h.to_string_lossy() == name)

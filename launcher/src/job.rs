@@ -13,14 +13,16 @@ use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 
 use spmd::auth::{Secret, random_bytes};
-use spmd::wire::{Access, Channel, ControlMessage, LAUNCHER_ID, Settings, TransportKind, WaitMode};
+use spmd::wire::{Access, Channel, LAUNCHER_ID, Settings, TransportKind, WaitMode};
 
+use crate::agent::protocol::Down;
 use crate::cli::Options;
 use crate::hang::{HangWatch, Verdict};
 use crate::output::{Stream, Writer};
-use crate::rank::{Pipe, Rank, Said};
-use crate::spawn::{self, JobEnv, Termination};
+use crate::rank::{Pipe, Rank};
+use crate::spawn::{self, Launch, Place, Termination};
 
+mod hosts;
 mod startup;
 
 /// How long a rank may take to die after it was asked to (SIGTERM).
@@ -51,6 +53,14 @@ struct Job {
     hang: Option<HangWatch>,
     end_on_deadlock: bool,
     next_look: Instant,
+    /// The agents of the job's other hosts.
+    agents: Vec<hosts::Agent>,
+    /// Where this machine's ranks listen when the job spans hosts.
+    local_listen: Option<std::net::IpAddr>,
+    /// When the agents are next told that spmdrun is alive.
+    next_alive: Instant,
+    /// Every rank's node.
+    nodes: Vec<usize>,
 }
 
 /// The wait mode for `ranks` ranks on this machine, unless the user chose.
@@ -59,7 +69,11 @@ fn wait_mode(opts: &Options) -> WaitMode {
         return opts.settings.wait;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if opts.ranks <= cores {
+    let mut per_node = vec![0usize; opts.nodes.host.len()];
+    for &n in &opts.nodes.of_rank {
+        per_node[n] += 1;
+    }
+    if per_node.iter().all(|&n| n <= cores) {
         WaitMode::Spin
     } else {
         WaitMode::Yield
@@ -74,19 +88,31 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
         wait: wait_mode(&opts),
         single_copy: opts.settings.single_copy,
     };
-    if settings.transport == TransportKind::Shm && opts.ranks > 1 {
-        crate::memory::check_shared_memory(opts.ranks)?;
+    let places = Place::all(&opts.nodes.of_rank);
+    // The ranks spmdrun starts itself: those of this machine.
+    let here: Vec<Place> = places
+        .iter()
+        .filter(|p| opts.nodes.host[p.node].is_none())
+        .copied()
+        .collect();
+    if settings.transport == TransportKind::Shm && here.len() > 1 {
+        crate::memory::check_shared_memory(here.len())?;
     }
     let mut job_bytes = [0u8; 8];
     random_bytes(&mut job_bytes).map_err(|e| e.to_string())?;
-    let env = JobEnv {
+    let launch = Launch {
         job: u64::from_le_bytes(job_bytes),
+        program: opts.program.clone(),
+        args: opts.args.clone(),
+        env: opts.env.clone(),
+        // On other hosts the ranks start where spmdrun was started.
+        wdir: opts.wdir.clone().or_else(|| std::env::current_dir().ok()),
     };
     // Over TCP every connection between ranks proves the job's secret;
-    // all ranks run on this machine, so they listen on loopback.
+    // ranks listen on loopback, or where the other hosts reach theirs.
     let access = match settings.transport {
         TransportKind::Tcp => Some(Access {
-            job: env.job,
+            job: launch.job,
             secret: Secret::random().map_err(|e| e.to_string())?,
             listen: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         }),
@@ -106,27 +132,55 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
         hang: opts.hang_report.map(|t| HangWatch::new(t, opts.ranks)),
         end_on_deadlock: opts.end_on_deadlock,
         next_look: Instant::now(),
+        agents: Vec::new(),
+        local_listen: None,
+        next_alive: Instant::now(),
+        nodes: opts.nodes.of_rank.clone(),
     };
+    if let Err(e) = job.start_hosts(&opts, &launch, &places, &signals) {
+        job.order_all(&Down::Kill);
+        job.say(&[e]);
+        job.failure = Some(1);
+        for r in &mut job.ranks {
+            r.judged = true;
+        }
+    }
     // A core each, as Open MPI does, when the ranks fit: two ranks that
     // poll for each other then never share a core, whatever else runs.
     let cores = spawn::usable_cores();
-    let bind = opts.bind_to_cores && opts.ranks <= cores.len();
-    for rank in 0..opts.ranks {
-        let core = if bind { cores.get(rank).copied() } else { None };
-        if let Err(e) = job.start(&opts, &env, rank, core) {
+    let bind = opts.bind_to_cores && here.len() <= cores.len();
+    for place in &here {
+        if job.failure.is_some() {
+            break;
+        }
+        let core = if bind {
+            cores.get(place.local_rank).copied()
+        } else {
+            None
+        };
+        if let Err(e) = job.start(&opts, &launch, *place, core) {
+            let rank = place.rank;
             job.fail(format!("cannot start rank {rank} ({}): {e}", opts.program.display()), 1);
             break;
         }
     }
-    for r in job.ranks.iter_mut().filter(|r| r.pid == 0) {
+    for r in job.ranks.iter_mut().filter(|r| r.pid == 0 && r.agent.is_none()) {
         // Never started: nothing to wait for.
         r.exited = Some(Termination::Code(1));
         r.judged = true;
     }
     let deadline = opts.timeout.map(|t| (Instant::now() + t, t));
     job.main_loop(&signals, deadline);
+    // Each agent ends once its ranks have; one that lingers is cut off.
+    job.finish_agents(END_LIMIT / 2);
     // No process of the job outlives it, even one a rank left behind.
-    let pids: Vec<i32> = job.ranks.iter().map(|r| r.pid).filter(|p| *p > 0).collect();
+    let pids: Vec<i32> = job
+        .ranks
+        .iter()
+        .filter(|r| r.agent.is_none())
+        .map(|r| r.pid)
+        .filter(|p| *p > 0)
+        .collect();
     spawn::end_all(&pids, END_LIMIT);
     job.drain_output();
     let code = job.failure.unwrap_or(0);
@@ -144,8 +198,9 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
 }
 
 impl Job {
-    fn start(&mut self, opts: &Options, env: &JobEnv, rank: usize, core: Option<usize>) -> Result<(), String> {
-        let mut started = spawn::start_rank(opts, env, rank, core).map_err(|e| e.to_string())?;
+    fn start(&mut self, opts: &Options, launch: &Launch, place: Place, core: Option<usize>) -> Result<(), String> {
+        let rank = place.rank;
+        let mut started = spawn::start_rank(launch, place, rank == 0, core).map_err(|e| e.to_string())?;
         let r = &mut self.ranks[rank];
         r.pid = started.child.id() as i32;
         self.by_pid.insert(r.pid, rank);
@@ -177,9 +232,12 @@ impl Job {
                     Source::Channel => self.on_channel(rank),
                     Source::Stdout => self.on_output(rank, Stream::Stdout),
                     Source::Stderr => self.on_output(rank, Stream::Stderr),
+                    Source::Agent => self.on_agent(rank),
+                    Source::AgentStderr => self.on_agent_stderr(rank),
                 }
             }
             let now = Instant::now();
+            self.keep_agents_alive(now);
             self.judge_ready(now);
             if let Some((d, t)) = deadline {
                 if now >= d && self.failure.is_none() {
@@ -197,9 +255,14 @@ impl Job {
             }
             if self.kill_at.is_some_and(|k| now >= k) && !self.killed {
                 self.killed = true;
-                for r in self.ranks.iter().filter(|r| r.exited.is_none() && r.pid > 0) {
+                for r in self
+                    .ranks
+                    .iter()
+                    .filter(|r| r.exited.is_none() && r.pid > 0 && r.agent.is_none())
+                {
                     spawn::signal_group(r.pid, Signal::SIGKILL);
                 }
+                self.order_all(&Down::Kill);
             }
         }
     }
@@ -215,6 +278,9 @@ impl Job {
         }
         if self.hang.is_some() {
             wake = wake.min(self.next_look);
+        }
+        if !self.agents.is_empty() {
+            wake = wake.min(self.next_alive);
         }
         let mut left = wake.saturating_duration_since(now);
         // Ranks that died with their channel open get a moment for their
@@ -235,11 +301,15 @@ impl Job {
             let pipes = pipes
                 .into_iter()
                 .filter(|_| room)
-                .filter_map(|(p, w)| Some((p.as_ref()?.fd.as_fd(), w)));
+                .filter_map(|(p, w)| Some((p.as_ref()?.fd.as_ref()?.as_fd(), w)));
             for (fd, what) in r.channel.iter().map(|c| (c.as_fd(), Source::Channel)).chain(pipes) {
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 who.push((rank, what));
             }
+        }
+        for (fd, agent, err) in self.agent_fds() {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            who.push((agent, if err { Source::AgentStderr } else { Source::Agent }));
         }
         let ms = timeout.as_millis().min(60_000) as i32;
         let _ = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
@@ -253,12 +323,14 @@ impl Job {
 
     fn on_signal(&mut self, sig: Signal) {
         if sig == Signal::SIGCHLD {
-            for (pid, how) in spawn::reap() {
+            let reaped = spawn::reap();
+            for &(pid, how) in &reaped {
                 if let Some(&rank) = self.by_pid.get(&pid) {
                     self.ranks[rank].exited = Some(how);
                     self.ranks[rank].exited_at = Some(Instant::now());
                 }
             }
+            self.reap_agents(&reaped);
         } else if self.failure.is_none() {
             self.fail(format!("received {}; ending the job", sig.as_str()), 128 + sig as i32);
         }
@@ -282,18 +354,7 @@ impl Job {
                 Ok(None) => break,
                 Err(e) => return self.broke(rank, e.to_string()),
             };
-            let hello = matches!(msg, ControlMessage::Hello { .. });
-            match self.ranks[rank].hear(rank, msg, fds) {
-                Said::Nothing if hello => self.welcome(rank),
-                Said::Nothing => {}
-                Said::Registered => self.registered(rank),
-                Said::Broke(why) => return self.broke(rank, why),
-                Said::Failed(why) => {
-                    let who = self.ranks[rank].describe(rank);
-                    let words: Vec<&str> = why.split_whitespace().collect();
-                    self.fail(format!("{who} failed: {}; ending the job", words.join(" ")), 1);
-                }
-            }
+            self.hear(rank, msg, fds);
         }
         if !open {
             let r = &mut self.ranks[rank];
@@ -318,7 +379,21 @@ impl Job {
             Stream::Stderr => &mut r.stderr,
         };
         let Some(p) = pipe.as_mut() else { return };
-        let lines = match p.read() {
+        let bytes = p.read();
+        self.take_output(rank, stream == Stream::Stderr, bytes);
+    }
+
+    /// Output of a rank: bytes that arrived, or `None` at the end of the
+    /// stream.
+    fn take_output(&mut self, rank: usize, stderr: bool, bytes: Option<Vec<u8>>) {
+        let stream = if stderr { Stream::Stderr } else { Stream::Stdout };
+        let r = &mut self.ranks[rank];
+        let pipe = match stream {
+            Stream::Stdout => &mut r.stdout,
+            Stream::Stderr => &mut r.stderr,
+        };
+        let Some(p) = pipe.as_mut() else { return };
+        let lines = match bytes {
             Some(bytes) => p.cutter.feed(&bytes),
             None => {
                 let rest = p.cutter.end();
@@ -345,16 +420,17 @@ impl Job {
     /// Reads every pipe to its end (every process of the job is gone).
     fn drain_output(&mut self) {
         let limit = Instant::now() + END_LIMIT;
-        while self.ranks.iter().any(|r| r.stdout.is_some() || r.stderr.is_some()) && Instant::now() < limit {
+        let piped = |p: &Option<Pipe>| p.as_ref().is_some_and(|p| p.fd.is_some());
+        while self.ranks.iter().any(|r| piped(&r.stdout) || piped(&r.stderr)) && Instant::now() < limit {
             let mut fds = Vec::new();
             let mut who = Vec::new();
             for (rank, r) in self.ranks.iter().enumerate() {
-                if let Some(p) = &r.stdout {
-                    fds.push(PollFd::new(p.fd.as_fd(), PollFlags::POLLIN));
+                if let Some(fd) = r.stdout.as_ref().and_then(|p| p.fd.as_ref()) {
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
                     who.push((rank, Stream::Stdout));
                 }
-                if let Some(p) = &r.stderr {
-                    fds.push(PollFd::new(p.fd.as_fd(), PollFlags::POLLIN));
+                if let Some(fd) = r.stderr.as_ref().and_then(|p| p.fd.as_ref()) {
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
                     who.push((rank, Stream::Stderr));
                 }
             }
@@ -465,9 +541,14 @@ impl Job {
         }
         self.say(&[message]);
         self.failure = Some(code);
-        for r in self.ranks.iter().filter(|r| r.exited.is_none() && r.pid > 0) {
+        for r in self
+            .ranks
+            .iter()
+            .filter(|r| r.exited.is_none() && r.pid > 0 && r.agent.is_none())
+        {
             spawn::signal_group(r.pid, Signal::SIGTERM);
         }
+        self.order_all(&Down::End);
         self.kill_at = Some(Instant::now() + GRACE);
     }
 }
@@ -478,4 +559,7 @@ enum Source {
     Channel,
     Stdout,
     Stderr,
+    /// The index is an agent's: its reports, or its stderr.
+    Agent,
+    AgentStderr,
 }

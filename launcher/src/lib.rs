@@ -1,6 +1,7 @@
 //! `spmdrun`, the spmd launcher, as a library: its command line and
 //! hostfiles are here for the fuzzers; `main.rs` runs a job.
 
+pub mod agent;
 pub mod cli;
 mod hang;
 pub mod hostfile;
@@ -10,4 +11,4 @@ mod output;
 pub mod placement;
 mod rank;
 pub mod signals;
-mod spawn;
+pub mod spawn;

@@ -1,6 +1,6 @@
 //! `spmdrun`: starts the ranks of an spmd job and ends them together.
 
-use spmdrun::{cli, job, signals};
+use spmdrun::{agent, cli, job, signals};
 
 fn main() {
     // Before any thread starts, so that every thread inherits the mask and
@@ -12,6 +12,10 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // On another host, spmdrun runs as the agent of its ranks.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "--agent") && std::env::args_os().len() == 2 {
+        std::process::exit(agent::serve(signals));
+    }
     let options = match cli::parse(std::env::args_os().collect()) {
         cli::Parsed::Job(o) => o,
         cli::Parsed::Exit { text, code } => {
@@ -23,7 +27,7 @@ fn main() {
             std::process::exit(code);
         }
     };
-    match job::run(options, signals) {
+    match job::run(*options, signals) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("spmdrun: {e}");

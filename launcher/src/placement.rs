@@ -91,6 +91,41 @@ pub fn place(
     Ok(Placement { host })
 }
 
+/// The machines of a job, one node each: this machine (every host entry
+/// that names it) and each remote host that got a rank. A rank's node
+/// comes from here, never from comparing host names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nodes {
+    /// `of_rank[r]` is rank `r`'s node; rank 0's node is node 0.
+    pub of_rank: Vec<usize>,
+    /// `host[n]` is node `n`'s entry in the host list, `None` for this
+    /// machine.
+    pub host: Vec<Option<usize>>,
+}
+
+impl Nodes {
+    /// The nodes of `placement`, where `local[h]` says whether host `h` is
+    /// this machine; numbered in the order of their first rank.
+    pub fn of(placement: &Placement, local: &[bool]) -> Nodes {
+        let mut host: Vec<Option<usize>> = Vec::new();
+        let of_rank = placement
+            .host
+            .iter()
+            .map(|&h| {
+                let key = if local[h] { None } else { Some(h) };
+                match host.iter().position(|k| *k == key) {
+                    Some(n) => n,
+                    None => {
+                        host.push(key);
+                        host.len() - 1
+                    }
+                }
+            })
+            .collect();
+        Nodes { of_rank, host }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +135,17 @@ mod tests {
         let hosts = parse(text, "hf").unwrap();
         let slots: Vec<usize> = hosts.iter().map(|h| h.slots_or(1)).collect();
         place(&hosts, &slots, ranks, map_by, over).map(|p| p.host)
+    }
+
+    #[test]
+    fn a_node_per_remote_host_and_one_for_this_machine() {
+        let placement = Placement {
+            host: vec![1, 1, 0, 2, 0, 3],
+        };
+        // Hosts 0 and 2 are this machine under two names.
+        let nodes = Nodes::of(&placement, &[true, false, true, false]);
+        assert_eq!(nodes.of_rank, [0, 0, 1, 1, 1, 2]);
+        assert_eq!(nodes.host, [Some(1), None, Some(3)]);
     }
 
     #[test]

@@ -11,9 +11,11 @@ use spmd::wire::{Card, Channel, ControlMessage};
 use crate::output::LineCutter;
 use crate::spawn::Termination;
 
-/// One of a rank's output pipes.
+/// One of a rank's output streams: a pipe spmdrun reads, or (for a rank
+/// on another host) what its agent forwards.
 pub struct Pipe {
-    pub fd: OwnedFd,
+    /// The pipe, for a rank of this machine.
+    pub fd: Option<OwnedFd>,
     pub cutter: LineCutter,
 }
 
@@ -30,17 +32,28 @@ impl Pipe {
         nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
             .map_err(std::io::Error::from)?;
         Ok(Pipe {
-            fd,
+            fd: Some(fd),
             cutter: LineCutter::new(rank, tag),
         })
+    }
+
+    /// The stream of a rank on another host, whose bytes its agent sends.
+    pub fn remote(rank: usize, tag: bool) -> Pipe {
+        Pipe {
+            fd: None,
+            cutter: LineCutter::new(rank, tag),
+        }
     }
 
     /// Reads what is there: `Some(bytes)` (empty when nothing is ready), or
     /// `None` once the pipe has closed.
     pub fn read(&mut self) -> Option<Vec<u8>> {
+        let Some(fd) = &self.fd else {
+            return Some(Vec::new());
+        };
         let mut buf = vec![0u8; 64 << 10];
         loop {
-            return match nix::unistd::read(self.fd.as_fd(), &mut buf) {
+            return match nix::unistd::read(fd.as_fd(), &mut buf) {
                 Ok(0) => None,
                 Ok(n) => {
                     buf.truncate(n);
@@ -63,8 +76,13 @@ pub struct Registration {
 
 #[derive(Default)]
 pub struct Rank {
-    /// The process spmdrun started (the leader of the rank's group).
+    /// The process spmdrun started (the leader of the rank's group), or
+    /// its agent on another host.
     pub pid: i32,
+    /// The agent of the rank's host, when that is not this machine.
+    pub agent: Option<usize>,
+    /// That host's name, as the hostfile gives it.
+    pub host: Option<String>,
     /// The process that joined the job, if another (under a wrapper).
     pub joined_pid: Option<i32>,
     pub channel: Option<Channel>,
@@ -89,9 +107,10 @@ impl Rank {
     /// "rank 3 (pid 41388 on vm)".
     pub fn describe(&self, rank: usize) -> String {
         let pid = self.joined_pid.unwrap_or(self.pid);
-        match &self.registration {
-            Some(r) => format!("rank {rank} (pid {pid} on {})", r.host),
-            None => format!("rank {rank} (pid {pid})"),
+        match (&self.registration, &self.host) {
+            (Some(r), None) => format!("rank {rank} (pid {pid} on {})", r.host),
+            (_, Some(host)) => format!("rank {rank} (pid {pid} on host {host})"),
+            (None, None) => format!("rank {rank} (pid {pid})"),
         }
     }
 

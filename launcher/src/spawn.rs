@@ -15,13 +15,56 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use serde::{Deserialize, Serialize};
+
 use spmd::wire::env;
 
-use crate::cli::Options;
-
-/// What every rank of a job shares in its environment.
-pub struct JobEnv {
+/// What every rank of a job runs, and where: the same on every host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Launch {
+    /// The job's id.
     pub job: u64,
+    pub program: std::path::PathBuf,
+    pub args: Vec<std::ffi::OsString>,
+    /// The `-x` variables.
+    pub env: Vec<(String, String)>,
+    pub wdir: Option<std::path::PathBuf>,
+}
+
+/// Where one rank stands in the job: its number, its node, and its number
+/// among the ranks of its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Place {
+    pub rank: usize,
+    pub size: usize,
+    pub local_rank: usize,
+    pub local_size: usize,
+    pub node: usize,
+}
+
+impl Place {
+    /// Every rank's place, from the node each rank is on.
+    pub fn all(nodes: &[usize]) -> Vec<Place> {
+        let size = nodes.len();
+        let mut seen: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+        let local_rank: Vec<usize> = nodes
+            .iter()
+            .map(|n| {
+                let count = seen.entry(*n).or_insert(0);
+                *count += 1;
+                *count - 1
+            })
+            .collect();
+        (0..size)
+            .map(|rank| Place {
+                rank,
+                size,
+                local_rank: local_rank[rank],
+                local_size: seen[&nodes[rank]],
+                node: nodes[rank],
+            })
+            .collect()
+    }
 }
 
 /// A started rank: the process, and spmdrun's end of its control channel.
@@ -59,11 +102,12 @@ pub fn usable_cores() -> Vec<usize> {
         .collect()
 }
 
-/// Starts rank `rank` of `ranks` on a node of `local` ranks, bound to
-/// `core` if given. Its stdin is spmdrun's for rank 0 and empty for the
-/// others; its stdout and stderr are pipes to forward; its control channel
-/// is inherited, named in its environment together with spmdrun's pid.
-pub fn start_rank(opts: &Options, job: &JobEnv, rank: usize, core: Option<usize>) -> std::io::Result<Started> {
+/// Starts the rank at `place`, bound to `core` if given. Its stdin is
+/// spmdrun's when `stdin` says so (rank 0 on spmdrun's machine) and empty
+/// otherwise; its stdout and stderr are pipes to forward; its control
+/// channel is inherited, named in its environment together with the pid of
+/// its parent (spmdrun, or the agent on its host).
+pub fn start_rank(launch: &Launch, place: Place, stdin: bool, core: Option<usize>) -> std::io::Result<Started> {
     // SAFETY: an all-zero cpu_set_t is a valid empty set; CPU_SET writes
     // within it (a core from usable_cores is below CPU_SETSIZE).
     let mut only = unsafe { std::mem::zeroed::<libc::cpu_set_t>() };
@@ -74,21 +118,21 @@ pub fn start_rank(opts: &Options, job: &JobEnv, rank: usize, core: Option<usize>
     let theirs = OwnedFd::from(theirs);
     let fd = theirs.as_raw_fd();
     let launcher = nix::unistd::getpid();
-    let mut cmd = Command::new(&opts.program);
-    cmd.args(&opts.args)
-        .envs(opts.env.iter().map(|(k, v)| (k, v)))
-        .env(env::RANK, rank.to_string())
-        .env(env::SIZE, opts.ranks.to_string())
-        .env(env::LOCAL_RANK, rank.to_string())
-        .env(env::LOCAL_SIZE, opts.ranks.to_string())
-        .env(env::NODE, "0")
-        .env(env::JOB, format!("{:016x}", job.job))
+    let mut cmd = Command::new(&launch.program);
+    cmd.args(&launch.args)
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .env(env::RANK, place.rank.to_string())
+        .env(env::SIZE, place.size.to_string())
+        .env(env::LOCAL_RANK, place.local_rank.to_string())
+        .env(env::LOCAL_SIZE, place.local_size.to_string())
+        .env(env::NODE, place.node.to_string())
+        .env(env::JOB, format!("{:016x}", launch.job))
         .env(env::CONTROL, format!("fd:{fd}:{launcher}"))
-        .stdin(if rank == 0 { Stdio::inherit() } else { Stdio::null() })
+        .stdin(if stdin { Stdio::inherit() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    if let Some(dir) = &opts.wdir {
+    if let Some(dir) = &launch.wdir {
         cmd.current_dir(dir);
     }
     // SAFETY: the closure runs in the child between fork and exec and only
@@ -125,7 +169,7 @@ pub fn start_rank(opts: &Options, job: &JobEnv, rank: usize, core: Option<usize>
 }
 
 /// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Termination {
     Code(i32),
     Signal(i32),

@@ -16,13 +16,26 @@ impl Job {
     /// Answers a rank's Hello with the job's settings and the rank's status
     /// page.
     pub(super) fn welcome(&mut self, rank: usize) {
+        // Each rank listens where the other hosts reach its own.
+        let mut access = self.access.clone();
+        let agent = self.ranks[rank].agent;
+        if let Some(a) = access.as_mut() {
+            match agent {
+                Some(i) => a.listen = self.agents[i].listen.unwrap_or(a.listen),
+                None => a.listen = self.local_listen.unwrap_or(a.listen),
+            }
+        }
+        let msg = ControlMessage::Welcome {
+            settings: self.settings,
+            access,
+        };
+        if let Some(i) = agent {
+            // The agent gives the rank its status page.
+            return self.tell_remote(i, rank, msg);
+        }
         let (page, fd) = match Page::create() {
             Ok(p) => p,
             Err(e) => return self.fail(format!("cannot make rank {rank}'s status page: {e}"), 1),
-        };
-        let msg = ControlMessage::Welcome {
-            settings: self.settings,
-            access: self.access.clone(),
         };
         let r = &mut self.ranks[rank];
         r.status = Some(page);
@@ -69,10 +82,9 @@ impl Job {
             .iter()
             .filter_map(|r| r.registration.as_ref().map(|g| g.card.clone()))
             .collect();
-        let n = self.ranks.len();
         let table = ControlMessage::Table {
             cards,
-            nodes: vec![0; n],
+            nodes: self.nodes.iter().map(|n| *n as u32).collect(),
         };
         // The segments leave the registrations here and are closed once
         // every rank has its copies.
@@ -83,7 +95,13 @@ impl Job {
             .filter_map(|(r, g)| Some((r as u32, g.registration.as_mut()?.segment.take()?)))
             .collect();
         let mut broken = Vec::new();
-        for (rank, r) in self.ranks.iter_mut().enumerate() {
+        for rank in 0..self.ranks.len() {
+            if let Some(i) = self.ranks[rank].agent {
+                // Over TCP, the only transport between hosts: no segments.
+                self.tell_remote(i, rank, table.clone());
+                continue;
+            }
+            let r = &mut self.ranks[rank];
             let Some(channel) = r.channel.as_mut() else { continue };
             let theirs: Vec<&(u32, OwnedFd)> = segments.iter().filter(|(s, _)| *s as usize != rank).collect();
             let mut result = channel.send(&table, &[]);

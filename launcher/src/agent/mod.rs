@@ -1,0 +1,476 @@
+//! The agent: spmdrun started on another host (`spmdrun --agent`, through
+//! ssh) to check, start, watch and end that host's ranks for the launcher,
+//! passing their control messages and output up ssh's standard output and
+//! taking the launcher's orders from its standard input. When the launcher
+//! goes (the ssh connection drops, or nothing is heard from it for
+//! [`SILENCE`]), the agent ends its ranks and every process they left.
+
+pub mod protocol;
+
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+
+use spmd::wire::status::Page;
+use spmd::wire::{Channel, ControlMessage, LAUNCHER_ID};
+
+use crate::spawn::{self, Launch, Place};
+use protocol::{Down, Inbox, Outbox, Up};
+
+/// How often each end says it is alive.
+pub const ALIVE_EVERY: Duration = Duration::from_secs(5);
+/// How long either end waits without a word from the other before it takes
+/// the other to be gone.
+pub const SILENCE: Duration = Duration::from_secs(30);
+/// How long a rank may take to die after it was asked to (SIGTERM).
+const GRACE: Duration = Duration::from_millis(200);
+/// How long the ranks' pipes and channels may stay open after every rank
+/// has exited (a process they left holds them) before it is killed.
+const LINGER: Duration = Duration::from_secs(1);
+/// The most output bytes waiting for ssh before the agent stops reading
+/// the ranks' pipes.
+const MAX_QUEUED: usize = 8 << 20;
+
+/// One rank of this host.
+struct Local {
+    place: Place,
+    pid: i32,
+    channel: Option<Channel>,
+    out: [Option<OwnedFd>; 2],
+    exited: bool,
+    /// Kept for as long as the rank lives.
+    _status: Option<Page>,
+}
+
+/// Runs the agent; returns its exit status.
+pub fn serve(signals: SignalFd) -> i32 {
+    // SAFETY: descriptors 0 and 1 are the agent's standard input and
+    // output, which ssh made, and nothing else in the agent uses them.
+    let (input, output) = unsafe { (OwnedFd::from_raw_fd(0), std::fs::File::from_raw_fd(1)) };
+    let mut outbox = Outbox::new(output);
+    let mut agent = Agent {
+        input,
+        inbox: Inbox::new("spmdrun (the launcher)"),
+        heard_at: Instant::now(),
+        locals: Vec::new(),
+        kill_at: None,
+        all_exited_at: None,
+        launcher_gone: false,
+    };
+    let code = match agent.run(&signals, &outbox) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("spmdrun agent: {e}");
+            1
+        }
+    };
+    let pids: Vec<i32> = agent.locals.iter().map(|l| l.pid).filter(|p| *p > 0).collect();
+    spawn::end_all(&pids, Duration::from_secs(10));
+    if agent.launcher_gone {
+        outbox.abandon();
+    } else {
+        outbox.close();
+    }
+    code
+}
+
+struct Agent {
+    input: OwnedFd,
+    inbox: Inbox,
+    heard_at: Instant,
+    locals: Vec<Local>,
+    kill_at: Option<Instant>,
+    all_exited_at: Option<Instant>,
+    launcher_gone: bool,
+}
+
+impl Agent {
+    fn run(&mut self, signals: &SignalFd, outbox: &Outbox) -> Result<(), String> {
+        spawn::become_subreaper()?;
+        set_nonblocking(self.input.as_fd())?;
+        let Some(Down::Job { launch, places, listen }) = self.next_order(signals, outbox)? else {
+            return Err("spmdrun did not send the job first".into());
+        };
+        match preflight(&launch, listen) {
+            Ok(listen) => outbox.send(&Up::Ready { listen }),
+            Err(reason) => {
+                outbox.send(&Up::Refused { reason });
+                return Ok(());
+            }
+        }
+        match self.next_order(signals, outbox)? {
+            Some(Down::Start) => {}
+            Some(Down::End | Down::Kill) | None => return Ok(()),
+            Some(other) => return Err(format!("spmdrun sent {other:?} before Start")),
+        }
+        for place in places {
+            self.start(&launch, place, outbox);
+        }
+        self.watch(signals, outbox)
+    }
+
+    /// Waits for the launcher's next order (other than Alive); `None` when
+    /// it has gone.
+    fn next_order(&mut self, signals: &SignalFd, outbox: &Outbox) -> Result<Option<Down>, String> {
+        loop {
+            if let Some(order) = self.inbox.next_message::<Down>()? {
+                self.heard_at = Instant::now();
+                if matches!(order, Down::Alive) {
+                    continue;
+                }
+                return Ok(Some(order));
+            }
+            if self.launcher_gone {
+                return Ok(None);
+            }
+            let mut fds = [
+                PollFd::new(self.input.as_fd(), PollFlags::POLLIN),
+                PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            ];
+            let _ = poll(&mut fds, PollTimeout::from(1000u16));
+            for sig in crate::signals::take(signals) {
+                if sig != Signal::SIGCHLD {
+                    return Ok(None);
+                }
+            }
+            self.read_input();
+            if self.heard_at.elapsed() > SILENCE {
+                self.launcher_gone = true;
+            }
+            outbox.send(&Up::Alive);
+        }
+    }
+
+    /// Reads what the launcher sent; marks it gone at end of file.
+    fn read_input(&mut self) {
+        let mut buf = [0u8; 64 << 10];
+        loop {
+            match nix::unistd::read(self.input.as_fd(), &mut buf) {
+                Ok(0) => {
+                    self.launcher_gone = true;
+                    return;
+                }
+                Ok(n) => self.inbox.feed(&buf[..n]),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(_) => {
+                    self.launcher_gone = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, launch: &Launch, place: Place, outbox: &Outbox) {
+        let rank = place.rank as u32;
+        match spawn::start_rank(launch, place, false, None) {
+            Ok(mut started) => {
+                let pid = started.child.id() as i32;
+                let out = [
+                    started.child.stdout.take().map(OwnedFd::from),
+                    started.child.stderr.take().map(OwnedFd::from),
+                ];
+                for fd in out.iter().flatten() {
+                    let _ = set_nonblocking(fd.as_fd());
+                }
+                self.locals.push(Local {
+                    place,
+                    pid,
+                    channel: Some(Channel::new(started.channel, LAUNCHER_ID, rank, format!("rank {rank}"))),
+                    out,
+                    exited: false,
+                    _status: None,
+                });
+                outbox.send(&Up::Started { rank, pid });
+            }
+            Err(e) => {
+                outbox.send(&Up::NotStarted {
+                    rank,
+                    reason: e.to_string(),
+                });
+                self.locals.push(Local {
+                    place,
+                    pid: 0,
+                    channel: None,
+                    out: [None, None],
+                    exited: true,
+                    _status: None,
+                });
+            }
+        }
+    }
+
+    /// The agent's event loop, until every rank has exited and said all it
+    /// had to, or the launcher has gone.
+    fn watch(&mut self, signals: &SignalFd, outbox: &Outbox) -> Result<(), String> {
+        let mut next_alive = Instant::now() + ALIVE_EVERY;
+        loop {
+            let now = Instant::now();
+            if self.launcher_gone || now.duration_since(self.heard_at) > SILENCE {
+                self.launcher_gone = true;
+                return Ok(());
+            }
+            if self.locals.iter().all(|l| l.exited) {
+                let at = *self.all_exited_at.get_or_insert(now);
+                let open = self
+                    .locals
+                    .iter()
+                    .any(|l| l.channel.is_some() || l.out.iter().any(Option::is_some));
+                if !open {
+                    return Ok(());
+                }
+                if now >= at + LINGER {
+                    // Whatever holds the pipes open is killed; what they
+                    // still hold is read before the agent leaves.
+                    spawn::end_all(&[], Duration::from_secs(10));
+                    self.all_exited_at = Some(now);
+                }
+            }
+            if self.kill_at.is_some_and(|k| now >= k) {
+                self.kill_at = None;
+                self.signal_all(Signal::SIGKILL);
+            }
+            if now >= next_alive {
+                outbox.send(&Up::Alive);
+                next_alive = now + ALIVE_EVERY;
+            }
+            let ready = self.wait(signals, outbox.queued() < MAX_QUEUED);
+            for sig in crate::signals::take(signals) {
+                if sig == Signal::SIGCHLD {
+                    for (pid, how) in spawn::reap() {
+                        if let Some(l) = self.locals.iter_mut().find(|l| l.pid == pid && !l.exited) {
+                            l.exited = true;
+                            outbox.send(&Up::Exited {
+                                rank: l.place.rank as u32,
+                                how,
+                            });
+                        }
+                    }
+                } else if self.kill_at.is_none() {
+                    // Asked to stop: the ranks are asked too.
+                    self.signal_all(Signal::SIGTERM);
+                    self.kill_at = Some(Instant::now() + GRACE);
+                }
+            }
+            if ready.input {
+                self.read_input();
+                while let Some(order) = self.inbox.next_message::<Down>()? {
+                    self.heard_at = Instant::now();
+                    self.obey(order)?;
+                }
+            }
+            for (i, what) in ready.ranks {
+                match what {
+                    2 => self.on_channel(i, outbox),
+                    s => self.on_output(i, s, outbox),
+                }
+            }
+        }
+    }
+
+    fn wait(&self, signals: &SignalFd, room: bool) -> Ready {
+        let mut fds = vec![
+            PollFd::new(self.input.as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+        ];
+        let mut who = Vec::new();
+        for (i, l) in self.locals.iter().enumerate() {
+            if let Some(c) = &l.channel {
+                fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+                who.push((i, 2));
+            }
+            for (s, fd) in l.out.iter().enumerate().filter(|_| room) {
+                if let Some(fd) = fd {
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                    who.push((i, s));
+                }
+            }
+        }
+        let ms: u16 = if self.kill_at.is_some() || self.all_exited_at.is_some() || !room {
+            10
+        } else {
+            1000
+        };
+        let _ = poll(&mut fds, PollTimeout::from(ms));
+        let got = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+        Ready {
+            input: got(&fds[0]),
+            ranks: fds[2..]
+                .iter()
+                .zip(who)
+                .filter(|(f, _)| got(f))
+                .map(|(_, w)| w)
+                .collect(),
+        }
+    }
+
+    fn obey(&mut self, order: Down) -> Result<(), String> {
+        match order {
+            Down::Alive | Down::Start | Down::Job { .. } => Ok(()),
+            Down::End => {
+                if self.kill_at.is_none() {
+                    self.signal_all(Signal::SIGTERM);
+                    self.kill_at = Some(Instant::now() + GRACE);
+                }
+                Ok(())
+            }
+            Down::Kill => {
+                self.signal_all(Signal::SIGKILL);
+                Ok(())
+            }
+            Down::Control { rank, msg } => {
+                let Some(l) = self.locals.iter_mut().find(|l| l.place.rank == rank as usize) else {
+                    return Err(format!(
+                        "spmdrun sent a message for rank {rank}, which is not on this host"
+                    ));
+                };
+                let Some(channel) = l.channel.as_mut() else {
+                    return Ok(());
+                };
+                let sent = if let ControlMessage::Welcome { .. } = msg {
+                    let (page, fd) =
+                        Page::create().map_err(|e| format!("cannot make rank {rank}'s status page: {e}"))?;
+                    l._status = Some(page);
+                    channel.send(&msg, &[fd.as_fd()])
+                } else if msg.fds() == 0 {
+                    channel.send(&msg, &[])
+                } else {
+                    return Err(format!(
+                        "spmdrun sent rank {rank} a {} message, which needs descriptors",
+                        msg.name()
+                    ));
+                };
+                // A rank that closed its channel is seen by the loop.
+                let _ = sent;
+                Ok(())
+            }
+        }
+    }
+
+    fn signal_all(&self, sig: Signal) {
+        for l in self.locals.iter().filter(|l| !l.exited && l.pid > 0) {
+            spawn::signal_group(l.pid, sig);
+        }
+    }
+
+    fn on_channel(&mut self, i: usize, outbox: &Outbox) {
+        let rank = self.locals[i].place.rank as u32;
+        let Some(channel) = self.locals[i].channel.as_mut() else {
+            return;
+        };
+        let mut heard = Vec::new();
+        let open = channel.read_available().and_then(|open| {
+            while let Some(m) = channel.next_message()? {
+                heard.push(m);
+            }
+            Ok(open)
+        });
+        for (msg, _fds) in heard {
+            outbox.send(&Up::Control { rank, msg });
+        }
+        match open {
+            Ok(true) => {}
+            Ok(false) => {
+                self.locals[i].channel = None;
+                outbox.send(&Up::ChannelClosed { rank });
+            }
+            Err(e) => {
+                self.locals[i].channel = None;
+                outbox.send(&Up::Broke {
+                    rank,
+                    why: e.to_string(),
+                });
+            }
+        }
+    }
+
+    fn on_output(&mut self, i: usize, stream: usize, outbox: &Outbox) {
+        let rank = self.locals[i].place.rank as u32;
+        let stderr = stream == 1;
+        let Some(fd) = self.locals[i].out[stream].as_ref() else {
+            return;
+        };
+        let mut buf = vec![0u8; 64 << 10];
+        let n = loop {
+            match nix::unistd::read(fd.as_fd(), &mut buf) {
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Ok(n) => break n,
+                Err(_) => break 0,
+            }
+        };
+        if n == 0 {
+            self.locals[i].out[stream] = None;
+            outbox.send(&Up::OutputClosed { rank, stderr });
+        } else {
+            buf.truncate(n);
+            outbox.send(&Up::Output {
+                rank,
+                stderr,
+                bytes: buf,
+            });
+        }
+    }
+}
+
+/// What the agent's poll found ready: its input, and each rank's stdout
+/// (0), stderr (1) or channel (2).
+struct Ready {
+    input: bool,
+    ranks: Vec<(usize, usize)>,
+}
+
+fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), String> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| format!("fcntl: {e}"))?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map(|_| ())
+    .map_err(|e| format!("fcntl on descriptor {}: {e}", fd.as_raw_fd()))
+}
+
+/// The program as this host finds it: a bare name on this host's `PATH`.
+fn find_here(program: &std::path::Path) -> std::path::PathBuf {
+    if program.to_string_lossy().contains('/') {
+        return program.to_path_buf();
+    }
+    let search = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&search)
+        .map(|dir| dir.join(program))
+        .find(|c| c.is_file())
+        .unwrap_or_else(|| program.to_path_buf())
+}
+
+/// Checks, before any rank starts, that the directory and the program are
+/// there; returns the address this host's ranks listen on.
+fn preflight(launch: &Launch, listen: Option<IpAddr>) -> Result<IpAddr, String> {
+    let host = nix::unistd::gethostname().map_or_else(|_| "this host".into(), |h| h.to_string_lossy().into_owned());
+    if let Some(dir) = &launch.wdir {
+        std::env::set_current_dir(dir).map_err(|e| format!("cannot enter {} on {host}: {e}", dir.display()))?;
+    }
+    let program = &find_here(&launch.program);
+    match std::fs::metadata(program) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("{}: no such file on {host}", program.display()));
+        }
+        Err(e) => return Err(format!("{}: {e} on {host}", program.display())),
+        Ok(m) if m.is_dir() => return Err(format!("{}: a directory on {host}", program.display())),
+        Ok(_) if nix::unistd::access(program, nix::unistd::AccessFlags::X_OK).is_err() => {
+            return Err(format!("{}: not executable on {host}", program.display()));
+        }
+        Ok(_) => {}
+    }
+    // ssh says which of this host's addresses it was reached at: that one
+    // the other hosts can reach too.
+    let seen = std::env::var("SSH_CONNECTION")
+        .ok()
+        .and_then(|c| c.split_whitespace().nth(2).and_then(|a| a.parse::<IpAddr>().ok()));
+    seen.or(listen)
+        .ok_or_else(|| format!("cannot tell which address of {host} the other hosts reach (SSH_CONNECTION is not set)"))
+}

@@ -1,0 +1,604 @@
+//! The job's other hosts, in the launcher: one agent per host, started
+//! through ssh (or `--launch-agent`); the preflight that hears from every
+//! host before any rank starts and names every host that failed; and what
+//! the agents then report of their ranks, handled as the ranks of this
+//! machine are.
+
+use std::net::{IpAddr, UdpSocket};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+
+use spmd::wire::ControlMessage;
+
+use super::Job;
+use crate::agent::protocol::{Down, Inbox, Outbox, Up};
+use crate::agent::{ALIVE_EVERY, SILENCE};
+use crate::cli::Options;
+use crate::rank::{Pipe, Said};
+use crate::spawn::{Launch, Place, Termination};
+
+/// How long the preflight waits for every host to answer.
+const PREFLIGHT_TIME: Duration = Duration::from_secs(30);
+/// How many lines of what ssh said on stderr are kept for reports.
+const KEEP_LINES: usize = 4;
+
+/// The agent on one other host, as the launcher sees it.
+pub(super) struct Agent {
+    /// The host's name, as the hostfile gives it, and where it was given.
+    pub name: String,
+    pub origin: String,
+    /// The job ranks it runs.
+    pub ranks: Vec<usize>,
+    /// The pid of the ssh (or --launch-agent) process on this machine.
+    pub pid: i32,
+    outbox: Outbox,
+    from: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    /// The last lines ssh or the agent wrote on stderr.
+    said: Vec<String>,
+    partial: Vec<u8>,
+    inbox: Inbox,
+    /// Where the host's ranks listen, once the preflight passed.
+    pub listen: Option<IpAddr>,
+    refused: Option<String>,
+    pub exited: Option<Termination>,
+    heard_at: Instant,
+    /// The agent has gone (end of its output) and that was handled.
+    pub gone: bool,
+}
+
+impl Agent {
+    /// Starts the agent of node `node` on host `name` and sends it the job.
+    fn start(opts: &Options, name: &str, origin: &str, launch: &Launch, places: Vec<Place>) -> Result<Agent, String> {
+        let me = std::env::current_exe().map_err(|e| format!("cannot tell where spmdrun is: {e}"))?;
+        // The remote shell runs the same spmdrun at the same path.
+        let remote = format!("{} --agent", shell_quoted(&me.to_string_lossy()));
+        let mut cmd = Command::new(&opts.launch_agent[0]);
+        cmd.args(&opts.launch_agent[1..])
+            .arg(name)
+            .arg(remote)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let launcher = nix::unistd::getpid();
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::signal::SigSet::empty().thread_set_mask()?;
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                if nix::unistd::getppid() != launcher {
+                    return Err(std::io::Error::other("spmdrun exited while starting ssh"));
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("{origin}: cannot run {} to reach {name}: {e}", opts.launch_agent[0]))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(format!("{origin}: no pipes to the agent on {name}"));
+        };
+        let (from, err) = (OwnedFd::from(stdout), OwnedFd::from(stderr));
+        for fd in [&from, &err] {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+                .map_err(|e| format!("fcntl: {e}"))?;
+        }
+        let outbox = Outbox::new(stdin);
+        let ranks = places.iter().map(|p| p.rank).collect();
+        let listen = resolve(name);
+        outbox.send(&Down::Job {
+            launch: launch.clone(),
+            places,
+            listen,
+        });
+        Ok(Agent {
+            name: name.to_string(),
+            origin: origin.to_string(),
+            ranks,
+            pid: child.id() as i32,
+            outbox,
+            from: Some(from),
+            err: Some(err),
+            said: Vec::new(),
+            partial: Vec::new(),
+            inbox: Inbox::new(format!("the agent on {name}")),
+            listen: None,
+            refused: None,
+            exited: None,
+            heard_at: Instant::now(),
+            gone: false,
+        })
+    }
+
+    /// "host b (hosts:2)".
+    pub fn describe(&self) -> String {
+        format!("host {} ({})", self.name, self.origin)
+    }
+
+    /// Why the agent failed or went, from what is known.
+    fn why(&self) -> String {
+        if let Some(r) = &self.refused {
+            return r.clone();
+        }
+        let said = self.said.join(" / ");
+        let status = match self.exited {
+            Some(Termination::Code(255)) if !said.is_empty() => String::new(),
+            Some(Termination::Code(127)) => "; spmdrun is not installed at the same path there".to_string(),
+            Some(Termination::Code(c)) => format!("; ssh exited with code {c}"),
+            Some(Termination::Signal(s)) => format!("; ssh was killed by signal {s}"),
+            None => String::new(),
+        };
+        if said.is_empty() {
+            format!("the connection closed{status}")
+        } else {
+            format!("{said}{status}")
+        }
+    }
+
+    /// Reads what ssh and the agent wrote on stderr; keeps the last lines.
+    fn read_stderr(&mut self) -> Vec<String> {
+        let Some(fd) = &self.err else { return Vec::new() };
+        let mut buf = [0u8; 16 << 10];
+        let mut lines = Vec::new();
+        loop {
+            match nix::unistd::read(fd.as_fd(), &mut buf) {
+                Ok(0) | Err(nix::errno::Errno::EBADF) => {
+                    self.err = None;
+                    break;
+                }
+                Ok(n) => self.partial.extend_from_slice(&buf[..n]),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line).trim().to_string();
+            if !line.is_empty() {
+                lines.push(line);
+            }
+        }
+        if self.err.is_none() && !self.partial.is_empty() {
+            lines.push(
+                String::from_utf8_lossy(&std::mem::take(&mut self.partial))
+                    .trim()
+                    .to_string(),
+            );
+        }
+        for l in &lines {
+            self.said.push(l.clone());
+        }
+        let extra = self.said.len().saturating_sub(KEEP_LINES);
+        self.said.drain(..extra);
+        lines
+    }
+
+    /// Reads the agent's messages; `Err` names what was wrong with them.
+    /// Sets `from` to `None` at end of file.
+    fn read_messages(&mut self) -> Result<Vec<Up>, String> {
+        let mut got = Vec::new();
+        if let Some(fd) = &self.from {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match nix::unistd::read(fd.as_fd(), &mut buf) {
+                    Ok(0) => {
+                        self.from = None;
+                        break;
+                    }
+                    Ok(n) => self.inbox.feed(&buf[..n]),
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(nix::errno::Errno::EAGAIN) => break,
+                    Err(_) => {
+                        self.from = None;
+                        break;
+                    }
+                }
+            }
+        }
+        while let Some(m) = self.inbox.next_message::<Up>()? {
+            self.heard_at = Instant::now();
+            got.push(m);
+        }
+        Ok(got)
+    }
+}
+
+/// `text` quoted for a POSIX shell.
+fn shell_quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The host's address, if this machine can resolve its name.
+fn resolve(name: &str) -> Option<IpAddr> {
+    use std::net::ToSocketAddrs;
+    (name, 0u16).to_socket_addrs().ok()?.next().map(|a| a.ip())
+}
+
+/// This machine's source address on the route to `to` (no packet is sent).
+fn route_to(to: IpAddr) -> Option<IpAddr> {
+    let any: IpAddr = if to.is_ipv4() {
+        IpAddr::from([0u8; 4])
+    } else {
+        IpAddr::from([0u16; 8])
+    };
+    let socket = UdpSocket::bind((any, 0)).ok()?;
+    socket.connect((to, 9)).ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
+impl Job {
+    /// Starts an agent on every other host of the job and waits until each
+    /// has checked its host; on any failure, ends them all and returns one
+    /// message naming every host that failed and why.
+    pub(super) fn start_hosts(
+        &mut self,
+        opts: &Options,
+        launch: &Launch,
+        places: &[Place],
+        signals: &SignalFd,
+    ) -> Result<(), String> {
+        for (node, host) in opts.nodes.host.iter().enumerate() {
+            let Some(h) = host else { continue };
+            let host = &opts.hosts[*h];
+            let mine: Vec<Place> = places.iter().filter(|p| p.node == node).copied().collect();
+            let agent = Agent::start(opts, &host.name, &host.origin, launch, mine)?;
+            if opts.verbose {
+                self.say(&[format!(
+                    "{}: agent started through `{} {}` (pid {})",
+                    agent.describe(),
+                    opts.launch_agent.join(" "),
+                    host.name,
+                    agent.pid
+                )]);
+            }
+            for &r in &agent.ranks {
+                self.ranks[r].agent = Some(self.agents.len());
+                self.ranks[r].host = Some(host.name.clone());
+                self.ranks[r].stdout = Some(Pipe::remote(r, opts.tag_output));
+                self.ranks[r].stderr = Some(Pipe::remote(r, opts.tag_output));
+            }
+            self.agents.push(agent);
+        }
+        self.preflight(signals)?;
+        // The ranks of this machine listen where the other hosts reach it.
+        if opts.nodes.host.len() > 1 && opts.nodes.host.contains(&None) {
+            let first = self.agents.first().and_then(|a| a.listen);
+            let here = opts
+                .control_address
+                .or_else(|| first.and_then(route_to))
+                .ok_or_else(|| {
+                    "cannot tell which address of this machine the other hosts reach; give --control-address"
+                        .to_string()
+                })?;
+            if opts.verbose {
+                self.say(&[format!("this machine's ranks listen on {here}")]);
+            }
+            self.local_listen = Some(here);
+        }
+        for a in &self.agents {
+            if opts.verbose {
+                self.say(&[format!(
+                    "{}: ready; its ranks listen on {}",
+                    a.describe(),
+                    a.listen.map_or("?".into(), |l| l.to_string())
+                )]);
+            }
+            a.outbox.send(&Down::Start);
+        }
+        Ok(())
+    }
+
+    /// Waits until every agent is ready, or has failed.
+    fn preflight(&mut self, signals: &SignalFd) -> Result<(), String> {
+        let deadline = Instant::now() + PREFLIGHT_TIME;
+        loop {
+            let waiting = self
+                .agents
+                .iter()
+                .filter(|a| a.listen.is_none() && a.refused.is_none() && a.from.is_some())
+                .count();
+            if waiting == 0 || Instant::now() >= deadline {
+                break;
+            }
+            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            for a in &self.agents {
+                for fd in [&a.from, &a.err].into_iter().flatten() {
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                }
+            }
+            let _ = poll(&mut fds, PollTimeout::from(100u16));
+            for sig in crate::signals::take(signals) {
+                if sig == Signal::SIGCHLD {
+                    self.reap_agents(&crate::spawn::reap());
+                } else {
+                    return Err(format!("received {} while the hosts were checked", sig.as_str()));
+                }
+            }
+            for a in &mut self.agents {
+                a.read_stderr();
+                match a.read_messages() {
+                    Ok(msgs) => {
+                        for m in msgs {
+                            match m {
+                                Up::Ready { listen } => a.listen = Some(listen),
+                                Up::Refused { reason } => a.refused = Some(reason),
+                                _ => {}
+                            }
+                        }
+                    }
+                    Err(e) => a.refused = Some(e),
+                }
+            }
+        }
+        // ssh's last words on stderr come with its exit: wait a moment for
+        // them from the agents that failed.
+        let settle = Instant::now() + Duration::from_millis(500);
+        while self.agents.iter().any(|a| a.listen.is_none() && a.err.is_some()) && Instant::now() < settle {
+            std::thread::sleep(Duration::from_millis(10));
+            for a in &mut self.agents {
+                if a.listen.is_none() {
+                    a.read_stderr();
+                }
+            }
+            self.reap_agents(&crate::spawn::reap());
+        }
+        let failed: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|a| a.listen.is_none())
+            .map(|a| {
+                let why = if a.from.is_some() && a.refused.is_none() && a.said.is_empty() {
+                    format!("no answer in {} s", PREFLIGHT_TIME.as_secs())
+                } else {
+                    a.why()
+                };
+                format!("{}: {why}", a.describe())
+            })
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "cannot start the job: {} of {} hosts failed: {}",
+            failed.len(),
+            self.agents.len(),
+            failed.join("; ")
+        ))
+    }
+
+    /// Records the exits of agents' ssh processes among `reaped`.
+    pub(super) fn reap_agents(&mut self, reaped: &[(i32, Termination)]) {
+        for (pid, how) in reaped {
+            if let Some(a) = self.agents.iter_mut().find(|a| a.pid == *pid) {
+                a.exited = Some(*how);
+            }
+        }
+    }
+
+    /// The descriptors of the agents to poll, and which agent each is
+    /// (true for stderr).
+    pub(super) fn agent_fds(&self) -> Vec<(BorrowedFd<'_>, usize, bool)> {
+        let mut fds = Vec::new();
+        for (i, a) in self.agents.iter().enumerate() {
+            if let Some(fd) = &a.from {
+                fds.push((fd.as_fd(), i, false));
+            }
+            if let Some(fd) = &a.err {
+                fds.push((fd.as_fd(), i, true));
+            }
+        }
+        fds
+    }
+
+    /// Sends a control message to a rank on another host.
+    pub(super) fn tell_remote(&self, agent: usize, rank: usize, msg: ControlMessage) {
+        self.agents[agent]
+            .outbox
+            .send(&Down::Control { rank: rank as u32, msg });
+    }
+
+    /// Sends an order to every agent still there.
+    pub(super) fn order_all(&self, order: &Down) {
+        for a in self.agents.iter().filter(|a| !a.gone) {
+            a.outbox.send(order);
+        }
+    }
+
+    /// Keeps the agents' connections alive, and takes an agent that has
+    /// been silent too long for gone (its host vanished).
+    pub(super) fn keep_agents_alive(&mut self, now: Instant) {
+        if now < self.next_alive {
+            return;
+        }
+        self.next_alive = now + ALIVE_EVERY;
+        self.order_all(&Down::Alive);
+        let silent: Vec<usize> = (0..self.agents.len())
+            .filter(|&i| !self.agents[i].gone && now.duration_since(self.agents[i].heard_at) > SILENCE)
+            .collect();
+        for i in silent {
+            self.agents[i]
+                .said
+                .push(format!("nothing heard from it for {} s", SILENCE.as_secs()));
+            self.agents[i].from = None;
+            crate::spawn::signal_group(self.agents[i].pid, Signal::SIGKILL);
+            self.agent_gone(i);
+        }
+    }
+
+    /// What agent `i` wrote on stderr, passed on as spmdrun's.
+    pub(super) fn on_agent_stderr(&mut self, i: usize) {
+        let lines = self.agents[i].read_stderr();
+        if !lines.is_empty() {
+            let who = self.agents[i].describe();
+            let lines: Vec<String> = lines.into_iter().map(|l| format!("{who}: {l}")).collect();
+            self.say(&lines);
+        }
+    }
+
+    /// What agent `i` reported.
+    pub(super) fn on_agent(&mut self, i: usize) {
+        let msgs = match self.agents[i].read_messages() {
+            Ok(m) => m,
+            Err(e) => {
+                self.agents[i].said.push(e);
+                self.agents[i].from = None;
+                Vec::new()
+            }
+        };
+        for m in msgs {
+            self.on_report(i, m);
+        }
+        if self.agents[i].from.is_none() {
+            self.agent_gone(i);
+        }
+    }
+
+    fn on_report(&mut self, i: usize, m: Up) {
+        let rank_of = |rank: u32| Some(rank as usize).filter(|r| self.agents[i].ranks.contains(r));
+        let rank = match &m {
+            Up::Started { rank, .. }
+            | Up::NotStarted { rank, .. }
+            | Up::Control { rank, .. }
+            | Up::Broke { rank, .. }
+            | Up::ChannelClosed { rank }
+            | Up::Output { rank, .. }
+            | Up::OutputClosed { rank, .. }
+            | Up::Exited { rank, .. } => match rank_of(*rank) {
+                Some(r) => r,
+                None => {
+                    let who = self.agents[i].describe();
+                    return self.fail(
+                        format!("the agent on {who} spoke for rank {rank}, which is not on it"),
+                        1,
+                    );
+                }
+            },
+            Up::Ready { .. } | Up::Refused { .. } | Up::Alive => return,
+        };
+        match m {
+            Up::Started { pid, .. } => self.ranks[rank].pid = pid,
+            Up::NotStarted { reason, .. } => {
+                let who = self.agents[i].describe();
+                self.ranks[rank].exited = Some(Termination::Code(1));
+                self.ranks[rank].exited_at = Some(Instant::now());
+                self.ranks[rank].judged = true;
+                self.fail(format!("cannot start rank {rank} on {who}: {reason}"), 1);
+            }
+            Up::Control { msg, .. } => self.hear(rank, msg, Vec::new()),
+            Up::Broke { why, .. } => self.broke(rank, why),
+            Up::ChannelClosed { .. } => self.ranks[rank].control_closed = true,
+            Up::Output { stderr, bytes, .. } => self.take_output(rank, stderr, Some(bytes)),
+            Up::OutputClosed { stderr, .. } => self.take_output(rank, stderr, None),
+            Up::Exited { how, .. } => {
+                self.ranks[rank].exited = Some(how);
+                self.ranks[rank].exited_at = Some(Instant::now());
+            }
+            Up::Ready { .. } | Up::Refused { .. } | Up::Alive => {}
+        }
+    }
+
+    /// Agent `i` has gone: its ranks that had not exited are lost with it,
+    /// and the job fails naming the host.
+    fn agent_gone(&mut self, i: usize) {
+        if self.agents[i].gone {
+            return;
+        }
+        self.agents[i].gone = true;
+        self.agents[i].outbox.abandon();
+        let lost: Vec<usize> = self.agents[i]
+            .ranks
+            .iter()
+            .copied()
+            .filter(|&r| self.ranks[r].exited.is_none())
+            .collect();
+        for &r in &self.agents[i].ranks {
+            let rank = &mut self.ranks[r];
+            rank.stdout = None;
+            rank.stderr = None;
+            rank.control_closed = true;
+        }
+        if lost.is_empty() {
+            return;
+        }
+        // ssh's exit says why, and its last words come with it.
+        let pid = nix::unistd::Pid::from_raw(self.agents[i].pid);
+        let give_up = Instant::now() + Duration::from_millis(300);
+        while self.agents[i].exited.is_none() && Instant::now() < give_up {
+            use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, c)) => self.agents[i].exited = Some(Termination::Code(c)),
+                Ok(WaitStatus::Signaled(_, s, _)) => self.agents[i].exited = Some(Termination::Signal(s as i32)),
+                Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => break,
+            }
+        }
+        self.agents[i].read_stderr();
+        let (who, why) = (self.agents[i].describe(), self.agents[i].why());
+        for &r in &lost {
+            self.ranks[r].exited = Some(Termination::Signal(Signal::SIGKILL as i32));
+            self.ranks[r].exited_at = Some(Instant::now());
+            self.ranks[r].judged = true;
+        }
+        let ranks: Vec<String> = lost.iter().map(|r| r.to_string()).collect();
+        self.fail(
+            format!(
+                "the agent on {who} ended before its ranks ({why}); rank{} {} lost with it; ending the job",
+                if lost.len() == 1 { "" } else { "s" },
+                ranks.join(", ")
+            ),
+            1,
+        );
+    }
+
+    /// Waits, up to `limit`, for every agent to finish (each ends once its
+    /// ranks have ended) and reads what they still report.
+    pub(super) fn finish_agents(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.agents.iter().any(|a| !a.gone && a.from.is_some()) && Instant::now() < deadline {
+            let mut fds = Vec::new();
+            let mut who = Vec::new();
+            for (fd, i, err) in self.agent_fds() {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                who.push((i, err));
+            }
+            let _ = poll(&mut fds, PollTimeout::from(100u16));
+            let ready: Vec<(usize, bool)> = fds
+                .iter()
+                .zip(who)
+                .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(_, w)| w)
+                .collect();
+            for (i, err) in ready {
+                if err {
+                    self.on_agent_stderr(i);
+                } else {
+                    self.on_agent(i);
+                }
+            }
+        }
+    }
+
+    /// A control message from rank `rank` (here or on another host).
+    pub(super) fn hear(&mut self, rank: usize, msg: ControlMessage, fds: Vec<OwnedFd>) {
+        let hello = matches!(msg, ControlMessage::Hello { .. });
+        match self.ranks[rank].hear(rank, msg, fds) {
+            Said::Nothing if hello => self.welcome(rank),
+            Said::Nothing => {}
+            Said::Registered => self.registered(rank),
+            Said::Broke(why) => self.broke(rank, why),
+            Said::Failed(why) => {
+                let who = self.ranks[rank].describe(rank);
+                let words: Vec<&str> = why.split_whitespace().collect();
+                self.fail(format!("{who} failed: {}; ending the job", words.join(" ")), 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Jobs across hosts: spmdrun reaches 127.0.0.2, 127.0.0.3 and 127.0.0.4
+//! through real ssh to a real sshd on each (see `common::hosts`), starts
+//! an agent there, and runs the ranks over TCP. The ring, every suite and
+//! communicators across 3 hosts; both hostfile formats, `--host`,
+//! `--map-by node`, `-x` and `--wdir` forwarded; the preflight naming
+//! every failing host; and a remote rank killed, a remote agent killed, or
+//! spmdrun stopped, each leaving no process of the job behind.
+
+mod common;
+
+use std::time::Instant;
+
+use common::hosts::Hosts;
+use common::{Finished, assert_all_gone, example, finish_reporting, run, signal, spmdrun, start_reporting_pids};
+use nix::sys::signal::Signal;
+
+/// `spmdrun` reaching the hosts through the test's ssh.
+fn across(hosts: &Hosts, args: &[&str]) -> std::process::Command {
+    let agent = hosts.launch_agent();
+    let mut all = vec!["--launch-agent", agent.as_str()];
+    all.extend_from_slice(args);
+    spmdrun(&all)
+}
+
+fn ok(out: &Finished, what: &str) {
+    assert_eq!(out.code(), Some(0), "{what}: {out:?}");
+}
+
+#[test]
+fn the_ring_runs_across_three_hosts_from_a_hostfile_in_either_format_or_host_list() {
+    let hosts = Hosts::start(3);
+    let ring = example("ring");
+    let open_mpi = hosts.file(
+        "openmpi-hosts",
+        "# three hosts\n127.0.0.2 slots=2\n127.0.0.3 slots=2\n\n127.0.0.4 slots=2 max_slots=2\n",
+    );
+    let mpich = hosts.file("mpich-hosts", "127.0.0.2:2\n127.0.0.3:2 # the second\n127.0.0.4:2\n");
+    let runs: [Vec<&str>; 3] = [
+        vec!["--hostfile", open_mpi.to_str().unwrap()],
+        vec!["-f", mpich.to_str().unwrap()],
+        vec!["--host", "127.0.0.2:2,127.0.0.3:2,127.0.0.4:2"],
+    ];
+    for how in runs {
+        let mut args = how.clone();
+        args.push(&ring);
+        let out = run(across(&hosts, &args));
+        ok(&out, &format!("{how:?}"));
+        assert!(
+            out.lines()
+                .contains(&"Processor 0 received message \"P0P1P2P3P4P5\" from rank 5"),
+            "{how:?}: {out:?}"
+        );
+    }
+}
+
+/// Each rank's line `RANK NODE LOCAL_RANK LOCAL_SIZE FOO PWD`, by rank.
+fn places(out: &Finished) -> Vec<String> {
+    let mut lines: Vec<String> = out.stdout.lines().map(String::from).collect();
+    lines.sort_by_key(|l| l.split_whitespace().next().and_then(|r| r.parse::<usize>().ok()));
+    lines
+}
+
+#[test]
+fn nodes_come_from_the_hostfile_and_the_environment_and_directory_go_along() {
+    let hosts = Hosts::start(3);
+    let wdir = hosts.dir().display().to_string();
+    let script = "echo $SPMD_RANK $SPMD_NODE $SPMD_LOCAL_RANK $SPMD_LOCAL_SIZE $FOO $(pwd)";
+    let hostlist = "127.0.0.2:2,127.0.0.3:2,127.0.0.4:2";
+    let by_slot = run(across(
+        &hosts,
+        &[
+            "-H", hostlist, "-x", "FOO=bar", "--wdir", &wdir, "/bin/sh", "-c", script,
+        ],
+    ));
+    ok(&by_slot, "by slot");
+    let expect = |rows: [(usize, usize, usize); 6]| -> Vec<String> {
+        rows.iter()
+            .enumerate()
+            .map(|(r, (node, local, size))| format!("{r} {node} {local} {size} bar {wdir}"))
+            .collect()
+    };
+    // Every host has the same hostname: the nodes are the hostfile's.
+    assert_eq!(
+        places(&by_slot),
+        expect([(0, 0, 2), (0, 1, 2), (1, 0, 2), (1, 1, 2), (2, 0, 2), (2, 1, 2)])
+    );
+    let by_node = run(across(
+        &hosts,
+        &[
+            "-H", hostlist, "--map-by", "node", "-x", "FOO=bar", "--wdir", &wdir, "/bin/sh", "-c", script,
+        ],
+    ));
+    ok(&by_node, "by node");
+    assert_eq!(
+        places(&by_node),
+        expect([(0, 0, 2), (1, 0, 2), (2, 0, 2), (0, 1, 2), (1, 1, 2), (2, 1, 2)])
+    );
+    // This machine and two hosts: this machine's ranks start without ssh.
+    let mixed = run(across(
+        &hosts,
+        &[
+            "-H",
+            "localhost:2,127.0.0.2:1,127.0.0.3:1",
+            "-x",
+            "FOO=bar",
+            "--wdir",
+            &wdir,
+            "/bin/sh",
+            "-c",
+            script,
+        ],
+    ));
+    ok(&mixed, "this machine and two hosts");
+    assert_eq!(
+        places(&mixed)[..4],
+        [
+            format!("0 0 0 2 bar {wdir}"),
+            format!("1 0 1 2 bar {wdir}"),
+            format!("2 1 0 1 bar {wdir}"),
+            format!("3 2 0 1 bar {wdir}")
+        ]
+    );
+}
+
+#[test]
+fn every_suite_runs_across_three_hosts_on_every_communicator() {
+    let hosts = Hosts::start(3);
+    let check = example("spmd-check");
+    let hostlist = "127.0.0.2:2,127.0.0.3:2,127.0.0.4:2";
+    let suites: [&[&str]; 5] = [
+        &["p2p"],
+        &["collectives", "7", "60"],
+        &["immediate", "5", "30"],
+        &["timeouts"],
+        &["sizes"],
+    ];
+    for on in ["world", "split", "subset"] {
+        for args in suites {
+            let mut all = vec!["-H", hostlist, "--timeout", "150", &check];
+            all.extend_from_slice(args);
+            let mut cmd = across(&hosts, &all);
+            cmd.env("SPMD_CHECK_ON", on);
+            let out = run(cmd);
+            ok(&out, &format!("{args:?} on {on}"));
+            let passed = format!("{}: all checks passed", args[0]);
+            assert!(out.stdout.contains(&passed), "{args:?} on {on}: {out:?}");
+        }
+    }
+    let out = run(across(
+        &hosts,
+        &["-H", hostlist, "--timeout", "150", &check, "comms", "2000"],
+    ));
+    ok(&out, "comms");
+    assert!(out.stdout.contains("comms: all checks passed on 6 ranks"), "{out:?}");
+}
+
+#[test]
+fn preflight_names_every_host_that_cannot_run_the_job_and_starts_no_rank() {
+    let hosts = Hosts::start(2);
+    let check = example("spmd-check");
+    // 127.0.0.9 has no sshd.
+    let started = Instant::now();
+    let out = run(across(&hosts, &["-H", "127.0.0.2,127.0.0.9,127.0.0.3", &check, "p2p"]));
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("1 of 3 hosts failed")
+            && out.stderr.contains("host 127.0.0.9")
+            && out.stderr.contains("Connection refused"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("host 127.0.0.2 ("), "{out:?}");
+    assert!(out.stdout.is_empty(), "no rank started: {out:?}");
+    eprintln!("a host refusing ssh was reported in {:?}", started.elapsed());
+    // A program that no host has.
+    let out = run(across(&hosts, &["-H", "127.0.0.2,127.0.0.3", "/no/such/program"]));
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    for host in ["127.0.0.2", "127.0.0.3"] {
+        assert!(
+            out.stderr.contains(&format!("host {host} (--host entry"))
+                && out.stderr.contains("/no/such/program: no such file"),
+            "{out:?}"
+        );
+    }
+    // A key the hosts do not take, and hosts whose keys are unknown.
+    for (agent, why) in [
+        (hosts.launch_agent_with_unknown_key(), "Permission denied"),
+        (hosts.launch_agent_knowing_no_host(), "Host key verification failed"),
+    ] {
+        let out = run(spmdrun(&[
+            "--launch-agent",
+            &agent,
+            "-H",
+            "127.0.0.2,127.0.0.3",
+            &check,
+            "p2p",
+        ]));
+        assert_eq!(out.code(), Some(1), "{out:?}");
+        assert!(
+            out.stderr.contains("2 of 2 hosts failed") && out.stderr.contains(why),
+            "{why}: {out:?}"
+        );
+    }
+    // More ranks than the hosts' slots.
+    let out = run(across(
+        &hosts,
+        &["-n", "5", "-H", "127.0.0.2:2,127.0.0.3:2", &check, "p2p"],
+    ));
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("-n 5 is more ranks than the 4 slots"), "{out:?}");
+}
+
+/// The pid of a process's parent.
+fn parent(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process is there");
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .expect("a parent pid")
+}
+
+/// Starts 4 idle ranks on 2 hosts; returns the job, the ranks' pids and
+/// the pids of the two agents (the ranks' parents).
+fn idle_job(
+    hosts: &Hosts,
+) -> (
+    std::process::Child,
+    Vec<i32>,
+    Vec<i32>,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    let check = example("spmd-check");
+    let agent = hosts.launch_agent();
+    let (child, pids, reader) = start_reporting_pids(
+        &[
+            "--launch-agent",
+            &agent,
+            "-H",
+            "127.0.0.2:2,127.0.0.3:2",
+            &check,
+            "fail",
+            "idle",
+        ],
+        4,
+    );
+    let agents = vec![parent(pids[0]), parent(pids[2])];
+    assert_ne!(agents[0], agents[1], "each host has its own agent");
+    assert_ne!(
+        agents[0],
+        child.id() as i32,
+        "the ranks are the agents' children, not spmdrun's"
+    );
+    (child, pids, agents, reader)
+}
+
+#[test]
+fn a_remote_rank_killed_ends_the_job_everywhere() {
+    let hosts = Hosts::start(2);
+    let (child, pids, agents, reader) = idle_job(&hosts);
+    let killed = Instant::now();
+    signal(pids[3], Signal::SIGKILL);
+    let out = finish_reporting(child, reader);
+    eprintln!("a remote rank's kill ended the job in {:?}", killed.elapsed());
+    assert_eq!(out.code(), Some(137), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "rank 3 (pid {} on host 127.0.0.3) was killed by signal 9",
+            pids[3]
+        )),
+        "{out:?}"
+    );
+    assert_all_gone(&pids);
+    assert_all_gone(&agents);
+}
+
+#[test]
+fn a_remote_agent_killed_ends_the_job_everywhere() {
+    let hosts = Hosts::start(2);
+    let (child, pids, agents, reader) = idle_job(&hosts);
+    let killed = Instant::now();
+    signal(agents[0], Signal::SIGKILL);
+    let out = finish_reporting(child, reader);
+    eprintln!("a remote agent's kill ended the job in {:?}", killed.elapsed());
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("the agent on host 127.0.0.2 (--host entry 1")
+            && out.stderr.contains("ranks 0, 1 lost with it"),
+        "{out:?}"
+    );
+    assert_all_gone(&pids);
+    assert_all_gone(&agents);
+}
+
+#[test]
+fn sigterm_to_spmdrun_ends_the_ranks_on_every_host() {
+    let hosts = Hosts::start(2);
+    let (child, pids, agents, reader) = idle_job(&hosts);
+    signal(child.id() as i32, Signal::SIGTERM);
+    let out = finish_reporting(child, reader);
+    assert_eq!(out.code(), Some(143), "{out:?}");
+    assert!(out.stderr.contains("received SIGTERM; ending the job"), "{out:?}");
+    assert_all_gone(&pids);
+    assert_all_gone(&agents);
+}
