@@ -34,8 +34,9 @@ pub(crate) struct Welcome {
 #[derive(Debug)]
 pub(crate) struct Table {
     pub nodes: Vec<u32>,
-    /// The segments of the other ranks of this node, by rank.
-    pub segments: Vec<(usize, OwnedFd)>,
+    /// The segments of the other ranks of this node, by rank, each with
+    /// its rank's wake-up eventfd in a job that spans nodes.
+    pub segments: Vec<(usize, OwnedFd, Option<OwnedFd>)>,
     /// This rank's ends of its socket pairs to the other ranks, by rank.
     pub links: Vec<(usize, OwnedFd)>,
     /// Where every rank listens for TCP connections, by rank.
@@ -127,10 +128,10 @@ pub(crate) fn register(
     p: &Placement,
     settings: &Settings,
     card: Card,
-    segment: Option<BorrowedFd<'_>>,
+    fds: Vec<BorrowedFd<'_>>,
 ) -> Result<Table> {
     let host = crate::bootstrap::host_name();
-    let fds: Vec<BorrowedFd<'_>> = segment.into_iter().collect();
+    let wake = card.wake;
     channel.send(&ControlMessage::Register { host, card }, &fds)?;
     let (msg, _) = channel.receive(None)?;
     let ControlMessage::Table { cards, nodes } = msg else {
@@ -158,14 +159,24 @@ pub(crate) fn register(
     let (mut segments, mut links) = (Vec::new(), Vec::new());
     while !want_segments.is_empty() || !want_links.is_empty() {
         let (msg, fds) = channel.receive(Some(Instant::now() + WELCOME_TIMEOUT))?;
-        let (ranks, wanted, got) = match msg {
-            ControlMessage::Segments { ranks } => (ranks, &mut want_segments, &mut segments),
-            ControlMessage::Links { ranks } => (ranks, &mut want_links, &mut links),
+        let mut fds = fds.into_iter();
+        // Segments come with their ranks' wake-up eventfds exactly when
+        // this rank has one too (its job spans nodes).
+        let (ranks, wanted, wakes) = match msg {
+            ControlMessage::Segments { ranks, wakes } if wakes == wake => (ranks, &mut want_segments, Some(wakes)),
+            ControlMessage::Segments { .. } => {
+                return Err(Error::protocol(
+                    LAUNCHER,
+                    "segments",
+                    "wake-up descriptors where none were due, or none where they were",
+                ));
+            }
+            ControlMessage::Links { ranks } => (ranks, &mut want_links, None),
             other => return Err(unexpected(&other, "Segments or Links")),
         };
-        for (rank, fd) in ranks.into_iter().zip(fds) {
+        for rank in ranks {
             let rank = rank as usize;
-            let Some(i) = wanted.iter().position(|w| *w == rank) else {
+            let (Some(i), Some(fd)) = (wanted.iter().position(|w| *w == rank), fds.next()) else {
                 return Err(Error::protocol(
                     LAUNCHER,
                     "descriptors",
@@ -173,7 +184,11 @@ pub(crate) fn register(
                 ));
             };
             wanted.swap_remove(i);
-            got.push((rank, fd));
+            match wakes {
+                Some(true) => segments.push((rank, fd, fds.next())),
+                Some(false) => segments.push((rank, fd, None)),
+                None => links.push((rank, fd)),
+            }
         }
     }
     let addresses = cards.iter().map(|c| c.tcp).collect();

@@ -98,8 +98,9 @@ fn start(p: &Placement, welcome: Welcome, mut channel: Channel) -> Result<World>
         let region = crate::collective::node_region_len(p.local_size);
         let settings = &welcome.settings;
         let access = welcome.access.as_ref();
-        let endpoint = Endpoint::open(settings, access, p.rank, p.local_rank, p.local_size, region)?;
-        let table = control::register(&mut channel, p, settings, endpoint.card(), endpoint.fd())?;
+        let local = (p.local_rank, p.local_size, p.size);
+        let endpoint = Endpoint::open(settings, access, p.rank, local, region)?;
+        let table = control::register(&mut channel, p, settings, endpoint.card(), endpoint.fds())?;
         let table = transport::Table {
             nodes: &table.nodes,
             segments: table.segments,

@@ -134,24 +134,30 @@ fn every_suite_runs_across_three_hosts_on_every_communicator() {
         &["timeouts"],
         &["sizes"],
     ];
-    for on in ["world", "split", "subset"] {
-        for args in suites {
-            let mut all = vec!["-H", hostlist, "--timeout", "150", &check];
-            all.extend_from_slice(args);
-            let mut cmd = across(&hosts, &all);
-            cmd.env("SPMD_CHECK_ON", on);
-            let out = run(cmd);
-            ok(&out, &format!("{args:?} on {on}"));
-            let passed = format!("{}: all checks passed", args[0]);
-            assert!(out.stdout.contains(&passed), "{args:?} on {on}: {out:?}");
+    // Shared memory within each host and TCP between them (the default),
+    // or TCP between every pair.
+    for transport in ["shm", "tcp"] {
+        for on in ["world", "split", "subset"] {
+            for args in suites {
+                let mut all = vec!["-H", hostlist, "--timeout", "150", &check];
+                all.extend_from_slice(args);
+                let mut cmd = across(&hosts, &all);
+                cmd.env("SPMD_CHECK_ON", on).env("SPMD_TRANSPORT", transport);
+                let out = run(cmd);
+                ok(&out, &format!("{args:?} on {on} over {transport}"));
+                let passed = format!("{}: all checks passed", args[0]);
+                assert!(
+                    out.stdout.contains(&passed),
+                    "{args:?} on {on} over {transport}: {out:?}"
+                );
+            }
         }
+        let mut cmd = across(&hosts, &["-H", hostlist, "--timeout", "150", &check, "comms", "2000"]);
+        cmd.env("SPMD_TRANSPORT", transport);
+        let out = run(cmd);
+        ok(&out, &format!("comms over {transport}"));
+        assert!(out.stdout.contains("comms: all checks passed on 6 ranks"), "{out:?}");
     }
-    let out = run(across(
-        &hosts,
-        &["-H", hostlist, "--timeout", "150", &check, "comms", "2000"],
-    ));
-    ok(&out, "comms");
-    assert!(out.stdout.contains("comms: all checks passed on 6 ranks"), "{out:?}");
 }
 
 #[test]
@@ -290,10 +296,28 @@ fn a_remote_agent_killed_ends_the_job_everywhere() {
     assert_all_gone(&agents);
 }
 
+/// How many shared-memory segments (distinct files) a process has mapped.
+fn segments_mapped(pid: i32) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("the rank's maps");
+    let mut inodes: Vec<&str> = maps
+        .lines()
+        .filter(|l| l.contains("memfd:spmd-segment"))
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .collect();
+    inodes.sort();
+    inodes.dedup();
+    inodes.len()
+}
+
 #[test]
 fn sigterm_to_spmdrun_ends_the_ranks_on_every_host() {
     let hosts = Hosts::start(2);
     let (child, pids, agents, reader) = idle_job(&hosts);
+    // Each rank shares memory with the other rank of its host (its own
+    // segment and its node peer's), and with nobody else.
+    for &pid in &pids {
+        assert_eq!(segments_mapped(pid), 2, "rank pid {pid}");
+    }
     signal(child.id() as i32, Signal::SIGTERM);
     let out = finish_reporting(child, reader);
     assert_eq!(out.code(), Some(143), "{out:?}");

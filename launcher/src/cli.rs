@@ -15,7 +15,8 @@ use crate::placement::{self, MapBy, Nodes, Placement};
 
 const AFTER_HELP: &str = "\
 Every rank gets SPMD_RANK, SPMD_SIZE, SPMD_LOCAL_RANK, SPMD_LOCAL_SIZE and
-SPMD_NODE in its environment, and an inherited private channel to spmdrun;
+SPMD_NODE in its environment, and an inherited private channel to spmdrun
+(on another host, to spmdrun's agent there, started through ssh);
 ranks reach each other only through memory and sockets spmdrun hands them, so
 there is no secret, address or file for anyone else to find (over TCP, each
 rank listens while the job starts, and every connection proves the job's
@@ -23,7 +24,8 @@ secret, which travels only over the private channel).
 
 User settings, read from spmdrun's environment (or given with -x):
   SPMD_TRANSPORT=shm|socket|tcp how ranks talk: shared memory, Unix sockets,
-                                or TCP on loopback (default shm)
+                                or TCP (default shm; across hosts, shm
+                                within each host and TCP between them)
   SPMD_WAIT=auto|spin|yield|sleep
                                 how a rank polls before it sleeps
                                 (default auto: spin with a core per
@@ -83,7 +85,7 @@ struct Args {
 
     /// How to reach another host: the command, split at spaces, that
     /// spmdrun runs with the host name and the agent's command line after
-    /// it (default `ssh -o BatchMode=yes -o ConnectTimeout=10 -o
+    /// it (default `ssh -T -o BatchMode=yes -o ConnectTimeout=10 -o
     /// ServerAliveInterval=5 -o ServerAliveCountMax=3`).
     #[arg(long = "launch-agent", value_name = "CMD")]
     launch_agent: Option<String>,
@@ -146,8 +148,9 @@ struct Args {
 /// How spmdrun reaches another host unless `--launch-agent` says: ssh that
 /// never asks for a password, gives up on a host that does not answer in
 /// 10 s, and notices within about 15 s a host that vanishes.
-pub const DEFAULT_LAUNCH_AGENT: [&str; 9] = [
+pub const DEFAULT_LAUNCH_AGENT: [&str; 10] = [
     "ssh",
+    "-T",
     "-o",
     "BatchMode=yes",
     "-o",
@@ -188,6 +191,8 @@ pub struct Options {
     /// Whether the wait mode was chosen by the user (not `auto`).
     pub wait_chosen: bool,
     pub program: PathBuf,
+    /// The program as other hosts get it.
+    pub program_elsewhere: PathBuf,
     pub args: Vec<OsString>,
 }
 
@@ -370,19 +375,16 @@ fn check(args: Args) -> Result<Options, String> {
         Some(v) => TransportKind::parse(&v)?,
         None => TransportKind::Shm,
     };
-    // Between hosts only TCP reaches; for now it serves every rank of a
-    // job that spans hosts.
+    // Between hosts only TCP reaches: over shared memory (the default),
+    // ranks on one host share memory and use TCP to the others; over tcp,
+    // every pair uses TCP; Unix sockets cannot leave a host.
     let spans = nodes.host.len();
-    if spans > 1
-        && transport != TransportKind::Tcp
-        && let Some(v) = setting(env::TRANSPORT)
-    {
+    if spans > 1 && transport == TransportKind::Socket {
         return Err(format!(
-            "{}={v}: the job spans {spans} hosts, which only tcp reaches",
+            "{}=socket: the job spans {spans} hosts, which Unix sockets cannot reach (use shm or tcp)",
             env::TRANSPORT
         ));
     }
-    let transport = if spans > 1 { TransportKind::Tcp } else { transport };
     let wait = match setting(env::WAIT) {
         Some(v) => WaitMode::parse(&v)?,
         None => None,
@@ -395,14 +397,18 @@ fn check(args: Args) -> Result<Options, String> {
     let Some(program) = command.next() else {
         return Err("no program given".into());
     };
-    // A program that runs only on other hosts need not be here: each
-    // host's agent checks it there before any rank starts.
-    let program = if nodes.host.contains(&None) {
-        find_program(&program)?
-    } else if program.to_string_lossy().contains('/') {
+    // Other hosts get the program as given (a bare name is looked up on
+    // each host's own PATH), and check it before any rank starts; this
+    // machine checks it now if ranks run here.
+    let elsewhere = if program.to_string_lossy().contains('/') {
         std::path::absolute(&program).map_err(|e| format!("cannot run {}: {e}", program.to_string_lossy()))?
     } else {
-        PathBuf::from(program)
+        PathBuf::from(&program)
+    };
+    let program = if nodes.host.contains(&None) {
+        find_program(&program)?
+    } else {
+        elsewhere.clone()
     };
     Ok(Options {
         ranks,
@@ -426,6 +432,7 @@ fn check(args: Args) -> Result<Options, String> {
         },
         wait_chosen: wait.is_some(),
         program,
+        program_elsewhere: elsewhere,
         args: command.collect(),
     })
 }

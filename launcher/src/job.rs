@@ -110,13 +110,15 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
     };
     // Over TCP every connection between ranks proves the job's secret;
     // ranks listen on loopback, or where the other hosts reach theirs.
-    let access = match settings.transport {
-        TransportKind::Tcp => Some(Access {
+    let spans_hosts = opts.nodes.host.len() > 1;
+    let access = if settings.transport == TransportKind::Tcp || spans_hosts {
+        Some(Access {
             job: launch.job,
             secret: Secret::random().map_err(|e| e.to_string())?,
             listen: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        }),
-        _ => None,
+        })
+    } else {
+        None
     };
     let mut job = Job {
         ranks: (0..opts.ranks).map(|_| Rank::default()).collect(),
@@ -137,10 +139,16 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
         next_alive: Instant::now(),
         nodes: opts.nodes.of_rank.clone(),
     };
-    if let Err(e) = job.start_hosts(&opts, &launch, &places, &signals) {
+    let elsewhere = Launch {
+        program: opts.program_elsewhere.clone(),
+        ..launch.clone()
+    };
+    if let Err((e, code)) = job.start_hosts(&opts, &elsewhere, &places, &signals) {
+        // No rank has started: the connections to the hosts are cut.
         job.order_all(&Down::Kill);
+        job.cut_agents();
         job.say(&[e]);
-        job.failure = Some(1);
+        job.failure = Some(code);
         for r in &mut job.ranks {
             r.judged = true;
         }
@@ -172,7 +180,7 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
     let deadline = opts.timeout.map(|t| (Instant::now() + t, t));
     job.main_loop(&signals, deadline);
     // Each agent ends once its ranks have; one that lingers is cut off.
-    job.finish_agents(END_LIMIT / 2);
+    job.finish_agents(END_LIMIT);
     // No process of the job outlives it, even one a rank left behind.
     let pids: Vec<i32> = job
         .ranks
@@ -307,7 +315,7 @@ impl Job {
                 who.push((rank, what));
             }
         }
-        for (fd, agent, err) in self.agent_fds() {
+        for (fd, agent, err) in self.agent_fds(room) {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
             who.push((agent, if err { Source::AgentStderr } else { Source::Agent }));
         }

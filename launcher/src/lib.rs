@@ -7,6 +7,7 @@ mod hang;
 pub mod hostfile;
 pub mod job;
 mod memory;
+mod node_segments;
 mod output;
 pub mod placement;
 mod rank;

@@ -67,11 +67,12 @@ impl Pipe {
     }
 }
 
-/// A rank's registration: how to reach it, and its segment.
+/// A rank's registration: how to reach it, and the descriptors that came
+/// with it (its segment, and its wake-up eventfd).
 pub struct Registration {
     pub host: String,
     pub card: Card,
-    pub segment: Option<OwnedFd>,
+    pub fds: Vec<OwnedFd>,
 }
 
 #[derive(Default)]
@@ -213,7 +214,7 @@ impl Rank {
                 self.registration = Some(Registration {
                     host,
                     card,
-                    segment: fds.pop(),
+                    fds: std::mem::take(&mut fds),
                 });
                 Said::Registered
             }

@@ -15,6 +15,7 @@ use crate::wire::{Access, Card, Header, Settings, TransportKind};
 pub(crate) mod fuzz_links;
 mod last_look;
 mod link;
+mod mixed;
 mod offer;
 mod outgoing;
 mod peers;
@@ -24,6 +25,7 @@ mod stream;
 mod tcp;
 mod writing;
 
+use mixed::MixedMesh;
 use shm::ShmEndpoint;
 pub(crate) use shm::{NodeRanks, Region, ShmMesh};
 use socket::SocketMesh;
@@ -38,51 +40,61 @@ pub(crate) enum Endpoint {
     Shm(ShmEndpoint),
     /// Over TCP: this rank's listener for its peers.
     Tcp(TcpEndpoint),
+    /// A job that spans nodes: a segment for the node, a listener for the
+    /// other nodes.
+    Mixed(ShmEndpoint, TcpEndpoint),
 }
 
 impl Endpoint {
     /// Opens the endpoint of rank `rank`, local index `local_index` of
-    /// `local` ranks on its node, as the job's settings say: a segment (the
-    /// leader's holds a collective region of `region` bytes), a listener
-    /// on the address in `access`, or nothing.
+    /// `local` ranks on its node in a job of `size`, as the job's settings
+    /// say: a segment (the leader's holds a collective region of `region`
+    /// bytes), a listener on the address in `access`, both (shared memory
+    /// in a job that spans nodes), or nothing.
     pub fn open(
         settings: &Settings,
         access: Option<&Access>,
         rank: usize,
-        local_index: usize,
-        local: usize,
+        (local_index, local, size): (usize, usize, usize),
         region: usize,
     ) -> Result<Endpoint> {
+        let listen = || match access {
+            Some(a) => TcpEndpoint::open(a.listen),
+            None => Err(Error::protocol(
+                "the launcher",
+                "access",
+                "a job over TCP, but no secret and address came with the welcome",
+            )),
+        };
         match settings.transport {
-            TransportKind::Shm => ShmEndpoint::create(rank, local_index, local, region).map(Endpoint::Shm),
+            TransportKind::Shm if local < size => Ok(Endpoint::Mixed(
+                ShmEndpoint::create(rank, local_index, local, region, true)?,
+                listen()?,
+            )),
+            TransportKind::Shm => ShmEndpoint::create(rank, local_index, local, region, false).map(Endpoint::Shm),
             TransportKind::Socket => Ok(Endpoint::Socket),
-            TransportKind::Tcp => match access {
-                Some(a) => TcpEndpoint::open(a.listen).map(Endpoint::Tcp),
-                None => Err(Error::protocol(
-                    "the launcher",
-                    "access",
-                    "a job over TCP, but no secret and address came with the welcome",
-                )),
-            },
+            TransportKind::Tcp => listen().map(Endpoint::Tcp),
         }
     }
 
     /// The card that tells the launcher and the peers what this rank has.
     pub fn card(&self) -> Card {
         Card {
-            shm: matches!(self, Endpoint::Shm(_)),
+            shm: matches!(self, Endpoint::Shm(_) | Endpoint::Mixed(..)),
+            wake: matches!(self, Endpoint::Mixed(..)),
             tcp: match self {
-                Endpoint::Tcp(t) => Some(t.address()),
+                Endpoint::Tcp(t) | Endpoint::Mixed(_, t) => Some(t.address()),
                 _ => None,
             },
         }
     }
 
-    /// The descriptor that travels with the card (a segment).
-    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+    /// The descriptors that travel with the card: a segment, and the
+    /// wake-up eventfd in a job that spans nodes.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
         match self {
-            Endpoint::Socket | Endpoint::Tcp(_) => None,
-            Endpoint::Shm(s) => Some(s.fd()),
+            Endpoint::Socket | Endpoint::Tcp(_) => Vec::new(),
+            Endpoint::Shm(s) | Endpoint::Mixed(s, _) => std::iter::once(s.fd()).chain(s.wake_fd()).collect(),
         }
     }
 }
@@ -153,8 +165,9 @@ pub(crate) struct SendTicket {
 pub(crate) struct Table<'a> {
     /// The node of every rank.
     pub nodes: &'a [u32],
-    /// The segments of the other ranks of this node, by rank.
-    pub segments: Vec<(usize, OwnedFd)>,
+    /// The segments of the other ranks of this node, by rank, each with
+    /// its rank's wake-up eventfd in a job that spans nodes.
+    pub segments: Vec<(usize, OwnedFd, Option<OwnedFd>)>,
     /// This rank's ends of its socket pairs to the others, by rank.
     pub links: Vec<(usize, OwnedFd)>,
     /// Where every rank listens for TCP connections, by rank (over TCP).
@@ -172,6 +185,8 @@ pub(crate) enum Transport {
     Socket(SocketMesh),
     /// Rings in shared memory between all ranks (one node).
     Shm(ShmMesh),
+    /// Rings within the node, TCP to the other nodes.
+    Mixed(MixedMesh),
 }
 
 impl Transport {
@@ -192,26 +207,25 @@ impl Transport {
             ));
         };
         let ranks: Vec<usize> = (0..size).filter(|r| table.nodes[*r] == my_node).collect();
-        // Only TCP reaches other nodes (for now it then serves every pair).
-        if ranks.len() != size && !matches!(endpoint, Endpoint::Tcp(_)) {
+        // Only TCP reaches other nodes.
+        if ranks.len() != size && !matches!(endpoint, Endpoint::Tcp(_) | Endpoint::Mixed(..)) {
             return Err(Error::Bootstrap(
                 "the job spans several nodes, which only the tcp transport reaches".into(),
             ));
         }
+        let access = || {
+            table
+                .access
+                .ok_or_else(|| Error::protocol("the launcher", "access", "a job over TCP without a secret"))
+        };
         match endpoint {
             Endpoint::Socket => {
                 SocketMesh::from_links(me, size, table.links, max_message, settings.wait).map(Transport::Socket)
             }
             Endpoint::Tcp(listener) => {
-                let Some(access) = table.access else {
-                    return Err(Error::protocol(
-                        "the launcher",
-                        "access",
-                        "a job over TCP without a secret",
-                    ));
-                };
                 let deadline = Instant::now() + tcp::CONNECT_TIME;
-                let links = tcp::connect_all(listener, me, &table.addresses, access, deadline)?;
+                let everyone = vec![true; size];
+                let links = tcp::connect_all(listener, me, &table.addresses, &everyone, access()?, deadline)?;
                 SocketMesh::from_links(me, size, links, max_message, settings.wait).map(Transport::Socket)
             }
             Endpoint::Shm(e) => {
@@ -219,6 +233,18 @@ impl Transport {
                 let node = NodeRanks { ranks, me: index };
                 let (wait, single_copy) = (settings.wait, settings.single_copy);
                 ShmMesh::connect(e, size, node, table.segments, max_message, wait, single_copy).map(Transport::Shm)
+            }
+            Endpoint::Mixed(e, listener) => {
+                let local: Vec<bool> = (0..size).map(|r| table.nodes[r] == my_node).collect();
+                let remote: Vec<bool> = local.iter().map(|l| !l).collect();
+                let deadline = Instant::now() + tcp::CONNECT_TIME;
+                let links = tcp::connect_all(listener, me, &table.addresses, &remote, access()?, deadline)?;
+                let sockets = SocketMesh::from_links(me, size, links, max_message, settings.wait)?;
+                let index = ranks.iter().position(|r| *r == me).unwrap_or(0);
+                let node = NodeRanks { ranks, me: index };
+                let (wait, single_copy) = (settings.wait, settings.single_copy);
+                let shm = ShmMesh::connect(e, size, node, table.segments, max_message, wait, single_copy)?;
+                Ok(Transport::Mixed(MixedMesh::new(shm, sockets, local)))
             }
         }
     }
@@ -229,6 +255,8 @@ impl Transport {
             Transport::Alone => Err(Error::InvalidRank { rank: dest, size: 1 }),
             Transport::Socket(m) => m.peers.queue(dest, header, payload),
             Transport::Shm(m) => m.peers.queue(dest, header, payload),
+            Transport::Mixed(m) if m.is_local(dest) => m.shm.peers.queue(dest, header, payload),
+            Transport::Mixed(m) => m.sockets.peers.queue(dest, header, payload),
         }
     }
 
@@ -245,6 +273,10 @@ impl Transport {
             Transport::Socket(m) => unsafe { m.peers.queue_borrowed(dest, header, payload) },
             // SAFETY: passed on from the caller.
             Transport::Shm(m) => unsafe { m.peers.queue_borrowed(dest, header, payload) },
+            // SAFETY: passed on from the caller.
+            Transport::Mixed(m) if m.is_local(dest) => unsafe { m.shm.peers.queue_borrowed(dest, header, payload) },
+            // SAFETY: passed on from the caller.
+            Transport::Mixed(m) => unsafe { m.sockets.peers.queue_borrowed(dest, header, payload) },
         }
     }
 
@@ -255,6 +287,10 @@ impl Transport {
             Transport::Alone => {}
             Transport::Socket(m) => m.peers.detach(id),
             Transport::Shm(m) => m.peers.detach(id),
+            Transport::Mixed(m) => {
+                m.shm.peers.detach(id);
+                m.sockets.peers.detach(id);
+            }
         }
     }
 
@@ -267,6 +303,8 @@ impl Transport {
             Transport::Alone => true,
             Transport::Socket(m) => m.peers.own(ticket),
             Transport::Shm(m) => m.peers.own(ticket),
+            Transport::Mixed(m) if m.is_local(ticket.dest) => m.shm.peers.own(ticket),
+            Transport::Mixed(m) => m.sockets.peers.own(ticket),
         }
     }
 
@@ -275,6 +313,7 @@ impl Transport {
     pub fn would_offer(&self, dest: usize, len: usize) -> bool {
         match self {
             Transport::Shm(m) => m.peers.would_offer(dest, len),
+            Transport::Mixed(m) if m.is_local(dest) => m.shm.peers.would_offer(dest, len),
             _ => false,
         }
     }
@@ -285,6 +324,8 @@ impl Transport {
             Transport::Alone => true,
             Transport::Socket(m) => m.peers.is_sent(ticket),
             Transport::Shm(m) => m.peers.is_sent(ticket),
+            Transport::Mixed(m) if m.is_local(ticket.dest) => m.shm.peers.is_sent(ticket),
+            Transport::Mixed(m) => m.sockets.peers.is_sent(ticket),
         }
     }
 
@@ -295,6 +336,8 @@ impl Transport {
             Transport::Alone => false,
             Transport::Socket(m) => m.peers.is_lost(ticket),
             Transport::Shm(m) => m.peers.is_lost(ticket),
+            Transport::Mixed(m) if m.is_local(ticket.dest) => m.shm.peers.is_lost(ticket),
+            Transport::Mixed(m) => m.sockets.peers.is_lost(ticket),
         }
     }
 
@@ -304,6 +347,8 @@ impl Transport {
             Transport::Alone => true,
             Transport::Socket(m) => m.peers.is_gone(rank),
             Transport::Shm(m) => m.is_gone(rank),
+            Transport::Mixed(m) if m.is_local(rank) => m.shm.is_gone(rank),
+            Transport::Mixed(m) => m.sockets.peers.is_gone(rank),
         }
     }
 
@@ -313,6 +358,8 @@ impl Transport {
             Transport::Alone => false,
             Transport::Socket(m) => m.peers.died(rank),
             Transport::Shm(m) => m.peers.died(rank),
+            Transport::Mixed(m) if m.is_local(rank) => m.shm.peers.died(rank),
+            Transport::Mixed(m) => m.sockets.peers.died(rank),
         }
     }
 
@@ -322,6 +369,8 @@ impl Transport {
             Transport::Alone => true,
             Transport::Socket(m) => m.peers.is_closed(rank),
             Transport::Shm(m) => m.peers.is_closed(rank) || m.has_closed(rank),
+            Transport::Mixed(m) if m.is_local(rank) => m.shm.peers.is_closed(rank) || m.shm.has_closed(rank),
+            Transport::Mixed(m) => m.sockets.peers.is_closed(rank),
         }
     }
 
@@ -332,6 +381,7 @@ impl Transport {
             Transport::Alone => Ok(false),
             Transport::Socket(m) => m.progress(deliver, wait, sleeping),
             Transport::Shm(m) => m.progress(deliver, wait, sleeping),
+            Transport::Mixed(m) => m.progress(deliver, wait, sleeping),
         }
     }
 
@@ -341,6 +391,7 @@ impl Transport {
         match self {
             Transport::Shm(m) => m.poll_for_work(woken),
             Transport::Socket(m) => m.poll_for_work(woken),
+            Transport::Mixed(m) => m.poll_for_work(woken),
             Transport::Alone => woken(),
         }
     }
@@ -352,6 +403,7 @@ impl Transport {
         let sleep = match self {
             Transport::Alone => Some(Sleep::Descriptors(Vec::new())),
             Transport::Socket(m) => m.prepare_sleep(deliver)?.map(Sleep::Descriptors),
+            Transport::Mixed(m) => m.prepare_sleep(deliver, ready)?.map(Sleep::Descriptors),
             Transport::Shm(m) => return Ok(m.prepare_sleep(ready).map(|(bell, v)| Sleep::Doorbell(bell, v))),
         };
         Ok(sleep.filter(|_| !ready()))
@@ -359,8 +411,10 @@ impl Transport {
 
     /// The last of the rank's sleeping threads woke.
     pub fn end_sleep(&self) {
-        if let Transport::Shm(m) = self {
-            m.end_sleep();
+        match self {
+            Transport::Shm(m) => m.end_sleep(),
+            Transport::Mixed(m) => m.end_sleep(),
+            _ => {}
         }
     }
 
@@ -391,6 +445,7 @@ impl Transport {
             Transport::Alone => Ok(()),
             Transport::Socket(m) => m.finish(deliver, sleeping),
             Transport::Shm(m) => m.finish(deliver, sleeping),
+            Transport::Mixed(m) => m.finish(deliver, sleeping),
         }
     }
 }

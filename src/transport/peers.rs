@@ -14,6 +14,8 @@ pub(crate) struct Peers<L> {
     pub me: usize,
     pub list: Vec<Option<Peer<L>>>,
     pub max_message: u64,
+    /// Bye has been queued to every peer.
+    pub said_bye: bool,
 }
 
 impl<L: Link> Peers<L> {
@@ -167,6 +169,9 @@ impl<L: Link> Peers<L> {
 
     /// Queues a Bye to every peer whose link is open.
     pub fn queue_byes(&mut self) {
+        if std::mem::replace(&mut self.said_bye, true) {
+            return;
+        }
         let me = self.me as u32;
         for p in self.list.iter_mut().flatten() {
             if !p.cannot_send() {

@@ -196,7 +196,12 @@ impl SocketMesh {
             list[rank] = Some(Peer::new(me, rank, SocketLink::new(fd, &format!("rank {rank}"))?));
         }
         Ok(SocketMesh {
-            peers: Peers { me, list, max_message },
+            peers: Peers {
+                me,
+                list,
+                max_message,
+                said_bye: false,
+            },
             wait,
             found_ready: std::cell::RefCell::new(None),
         })
@@ -206,6 +211,13 @@ impl SocketMesh {
     /// `woken` says so (true), or the time to poll is up (false). Peers
     /// whose reading is paused are not looked at.
     pub fn poll_for_work(&self, woken: &dyn Fn() -> bool) -> bool {
+        self.poll_for_work_every(woken, 1)
+    }
+
+    /// [`SocketMesh::poll_for_work`], looking at the sockets only on every
+    /// `every`-th round (`woken` on every one): a system call costs more
+    /// than a look at shared memory.
+    pub fn poll_for_work_every(&self, woken: &dyn Fn() -> bool, every: u32) -> bool {
         let poll_for = match self.wait {
             WaitMode::Spin => SPIN,
             WaitMode::Yield => YIELD,
@@ -234,9 +246,15 @@ impl SocketMesh {
             return woken();
         }
         let started = Instant::now();
+        let mut round = 0u32;
         loop {
             if woken() {
                 return true;
+            }
+            round = round.wrapping_add(1);
+            if round % every.max(1) != 0 {
+                std::hint::spin_loop();
+                continue;
             }
             if poll_descriptors(&mut fds, Some(Duration::ZERO)).is_err() {
                 return true;

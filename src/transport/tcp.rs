@@ -104,28 +104,30 @@ pub(crate) fn connect_all(
     endpoint: TcpEndpoint,
     me: usize,
     addresses: &[Option<SocketAddr>],
+    over_tcp: &[bool],
     access: &Access,
     deadline: Instant,
 ) -> Result<Vec<(usize, OwnedFd)>> {
     let size = addresses.len();
+    let wanted = |r: usize| r != me && over_tcp.get(r).copied().unwrap_or(false);
     let id = Identity {
         secret: &access.secret,
         job: access.job,
         me: me as u32,
     };
     let mut pending: Vec<Pending> = Vec::new();
-    for rank in 0..me {
+    for rank in (0..me).filter(|r| wanted(*r)) {
         pending.push(dial(id, rank, addresses, deadline, 0)?);
     }
     let mut links: Vec<Option<TcpStream>> = (0..size).map(|_| None).collect();
-    let mut missing = size - 1;
+    let mut missing = (0..size).filter(|r| wanted(*r)).count();
     // Out of descriptors, the listener rests a moment rather than wake
     // this rank at once, again and again.
     let mut resting_until: Option<Instant> = None;
     while missing > 0 {
         let now = Instant::now();
         if now >= deadline {
-            let absent: Vec<usize> = (0..size).filter(|r| *r != me && links[*r].is_none()).collect();
+            let absent: Vec<usize> = (0..size).filter(|r| wanted(*r) && links[*r].is_none()).collect();
             return Err(Error::Bootstrap(format!(
                 "rank {me} has no TCP connection to rank(s) {absent:?} by the deadline of start-up"
             )));
@@ -166,14 +168,14 @@ pub(crate) fn connect_all(
                 }
                 Step::Done(peer) => {
                     let p = pending.swap_remove(at);
-                    let expected_from_above = p.to.is_none() && peer > me && peer < size;
+                    let expected_from_above = p.to.is_none() && peer > me && peer < size && wanted(peer);
                     if p.to != Some(peer) && !expected_from_above {
                         return Err(Error::protocol(
                             format!("rank {peer}"),
                             "rank",
                             format!(
                                 "rank {me} of {size} accepted a connection from rank {peer}; only ranks above {me} \
-                                 connect to it"
+                                 on other nodes connect to it"
                             ),
                         ));
                     }
@@ -385,7 +387,8 @@ mod tests {
                 let access = access(secrets[me]);
                 std::thread::spawn(move || {
                     start.wait();
-                    let links = connect_all(endpoint, me, &addresses, &access, Instant::now() + time);
+                    let everyone = vec![true; addresses.len()];
+                    let links = connect_all(endpoint, me, &addresses, &everyone, &access, Instant::now() + time);
                     let ranks = links.map(|l| l.into_iter().map(|(r, _)| r).collect());
                     results.lock().unwrap().push((me, ranks));
                 })

@@ -261,7 +261,11 @@ mod tests {
     fn messages_and_their_descriptors_arrive_together() {
         let (mut a, mut b) = pair();
         let (keep, _other) = UnixStream::pair().unwrap();
-        let card = Card { shm: true, tcp: None };
+        let card = Card {
+            shm: true,
+            wake: false,
+            tcp: None,
+        };
         let reg = ControlMessage::Register { host: "h".into(), card };
         a.send(&reg, &[keep.as_fd()]).unwrap();
         a.send(&ControlMessage::Finalized, &[]).unwrap();
@@ -277,7 +281,11 @@ mod tests {
         // A Register that claims a segment but carries none, written raw.
         let msg = ControlMessage::Register {
             host: "h".into(),
-            card: Card { shm: true, tcp: None },
+            card: Card {
+                shm: true,
+                wake: false,
+                tcp: None,
+            },
         };
         let payload = msg.encode();
         let mut bytes = Header::plain(Kind::Control, 1, payload.len() as u64).encode().to_vec();

@@ -17,6 +17,9 @@ pub struct Card {
     /// The rank has a shared-memory segment for the ranks of its node; it
     /// travels as a file descriptor beside the card, never by name.
     pub shm: bool,
+    /// A wake-up eventfd travels after the segment: the job spans nodes,
+    /// and the rank may sleep in `poll` (its node peers ring it there).
+    pub wake: bool,
     /// Where the rank listens for its peers' TCP connections during
     /// start-up (over TCP only).
     pub tcp: Option<SocketAddr>,
@@ -171,10 +174,13 @@ pub enum ControlMessage {
         nodes: Vec<u32>,
     },
     /// Launcher → rank: the shared-memory segments of these ranks, one
-    /// descriptor each, in this order.
+    /// descriptor each, in this order (with `wakes`, two each: the segment,
+    /// then the rank's wake-up eventfd).
     Segments {
         /// The ranks whose segments ride with this message.
         ranks: Vec<u32>,
+        /// Each segment comes with its rank's wake-up eventfd.
+        wakes: bool,
     },
     /// Launcher → rank: its ends of the socket pairs the launcher made
     /// between it and these ranks (over sockets), one descriptor each.
@@ -216,8 +222,9 @@ impl ControlMessage {
     pub fn fds(&self) -> usize {
         match self {
             ControlMessage::Welcome { .. } => 1,
-            ControlMessage::Register { card, .. } => usize::from(card.shm),
-            ControlMessage::Segments { ranks } | ControlMessage::Links { ranks } => ranks.len(),
+            ControlMessage::Register { card, .. } => usize::from(card.shm) + usize::from(card.shm && card.wake),
+            ControlMessage::Segments { ranks, wakes } => ranks.len() * (1 + usize::from(*wakes)),
+            ControlMessage::Links { ranks } => ranks.len(),
             _ => 0,
         }
     }
@@ -283,7 +290,11 @@ mod tests {
     fn corrupted_control_messages_are_errors_not_panics() {
         let good = ControlMessage::Register {
             host: "node".into(),
-            card: Card { shm: true, tcp: None },
+            card: Card {
+                shm: true,
+                wake: false,
+                tcp: None,
+            },
         }
         .encode();
         let mut seed = 11;
@@ -329,12 +340,14 @@ mod tests {
             host: "node".into(),
             card: Card {
                 shm: false,
+                wake: false,
                 tcp: Some(SocketAddr::from(([127, 0, 0, 1], 4711))),
             },
         };
         assert_eq!(ControlMessage::decode(&register.encode(), "x").unwrap(), register);
         let too_many = ControlMessage::Segments {
-            ranks: (0..MAX_FDS_PER_MESSAGE as u32 + 1).collect(),
+            ranks: (0..MAX_FDS_PER_MESSAGE as u32 / 2 + 1).collect(),
+            wakes: true,
         };
         assert!(ControlMessage::decode(&too_many.encode(), "x").is_err());
     }

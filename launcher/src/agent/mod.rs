@@ -18,6 +18,7 @@ use nix::sys::signalfd::SignalFd;
 use spmd::wire::status::Page;
 use spmd::wire::{Channel, ControlMessage, LAUNCHER_ID};
 
+use crate::node_segments::NodeSegments;
 use crate::spawn::{self, Launch, Place};
 use protocol::{Down, Inbox, Outbox, Up};
 
@@ -42,6 +43,10 @@ struct Local {
     channel: Option<Channel>,
     out: [Option<OwnedFd>; 2],
     exited: bool,
+    /// How and when it ended, until that is reported: only once its output
+    /// and channel have closed (or [`LINGER`] passed), so that the launcher
+    /// has its last words before it judges the exit.
+    ended: Option<(Instant, spawn::Termination)>,
     /// Kept for as long as the rank lives.
     _status: Option<Page>,
 }
@@ -60,6 +65,8 @@ pub fn serve(signals: SignalFd) -> i32 {
         kill_at: None,
         all_exited_at: None,
         launcher_gone: false,
+        segments: NodeSegments::default(),
+        tables_sent: 0,
     };
     let code = match agent.run(&signals, &outbox) {
         Ok(()) => 0,
@@ -86,16 +93,21 @@ struct Agent {
     kill_at: Option<Instant>,
     all_exited_at: Option<Instant>,
     launcher_gone: bool,
+    /// The segments of this host's ranks, from their registrations, until
+    /// each has had its table.
+    segments: NodeSegments,
+    tables_sent: usize,
 }
 
 impl Agent {
     fn run(&mut self, signals: &SignalFd, outbox: &Outbox) -> Result<(), String> {
+        check_not_a_terminal()?;
         spawn::become_subreaper()?;
         set_nonblocking(self.input.as_fd())?;
-        let Some(Down::Job { launch, places, listen }) = self.next_order(signals, outbox)? else {
+        let Some(Down::Job { launch, places, host }) = self.next_order(signals, outbox)? else {
             return Err("spmdrun did not send the job first".into());
         };
-        match preflight(&launch, listen) {
+        match preflight(&launch, &host) {
             Ok(listen) => outbox.send(&Up::Ready { listen }),
             Err(reason) => {
                 outbox.send(&Up::Refused { reason });
@@ -183,6 +195,7 @@ impl Agent {
                     channel: Some(Channel::new(started.channel, LAUNCHER_ID, rank, format!("rank {rank}"))),
                     out,
                     exited: false,
+                    ended: None,
                     _status: None,
                 });
                 outbox.send(&Up::Started { rank, pid });
@@ -198,6 +211,7 @@ impl Agent {
                     channel: None,
                     out: [None, None],
                     exited: true,
+                    ended: None,
                     _status: None,
                 });
             }
@@ -214,7 +228,8 @@ impl Agent {
                 self.launcher_gone = true;
                 return Ok(());
             }
-            if self.locals.iter().all(|l| l.exited) {
+            self.report_exits(now, outbox);
+            if self.locals.iter().all(|l| l.exited && l.ended.is_none()) {
                 let at = *self.all_exited_at.get_or_insert(now);
                 let open = self
                     .locals
@@ -244,10 +259,7 @@ impl Agent {
                     for (pid, how) in spawn::reap() {
                         if let Some(l) = self.locals.iter_mut().find(|l| l.pid == pid && !l.exited) {
                             l.exited = true;
-                            outbox.send(&Up::Exited {
-                                rank: l.place.rank as u32,
-                                how,
-                            });
+                            l.ended = Some((Instant::now(), how));
                         }
                     }
                 } else if self.kill_at.is_none() {
@@ -290,7 +302,8 @@ impl Agent {
                 }
             }
         }
-        let ms: u16 = if self.kill_at.is_some() || self.all_exited_at.is_some() || !room {
+        let lingering = self.locals.iter().any(|l| l.ended.is_some());
+        let ms: u16 = if self.kill_at.is_some() || self.all_exited_at.is_some() || lingering || !room {
             10
         } else {
             1000
@@ -323,6 +336,7 @@ impl Agent {
                 Ok(())
             }
             Down::Control { rank, msg } => {
+                let node: Vec<u32> = self.locals.iter().map(|l| l.place.rank as u32).collect();
                 let Some(l) = self.locals.iter_mut().find(|l| l.place.rank == rank as usize) else {
                     return Err(format!(
                         "spmdrun sent a message for rank {rank}, which is not on this host"
@@ -331,22 +345,53 @@ impl Agent {
                 let Some(channel) = l.channel.as_mut() else {
                     return Ok(());
                 };
-                let sent = if let ControlMessage::Welcome { .. } = msg {
-                    let (page, fd) =
-                        Page::create().map_err(|e| format!("cannot make rank {rank}'s status page: {e}"))?;
-                    l._status = Some(page);
-                    channel.send(&msg, &[fd.as_fd()])
-                } else if msg.fds() == 0 {
-                    channel.send(&msg, &[])
-                } else {
-                    return Err(format!(
-                        "spmdrun sent rank {rank} a {} message, which needs descriptors",
-                        msg.name()
-                    ));
-                };
-                // A rank that closed its channel is seen by the loop.
-                let _ = sent;
+                // A rank that closed its channel is seen by the loop: the
+                // result of a send is not needed here.
+                match msg {
+                    ControlMessage::Welcome { .. } => {
+                        let (page, fd) =
+                            Page::create().map_err(|e| format!("cannot make rank {rank}'s status page: {e}"))?;
+                        l._status = Some(page);
+                        let _ = channel.send(&msg, &[fd.as_fd()]);
+                    }
+                    ControlMessage::Table { .. } => {
+                        // After the table, the segments of this host's other
+                        // ranks; once every rank has them, they are closed.
+                        let _ = channel
+                            .send(&msg, &[])
+                            .and_then(|()| self.segments.send(rank, &node, channel));
+                        self.tables_sent += 1;
+                        if self.tables_sent == self.locals.len() {
+                            self.segments.clear();
+                        }
+                    }
+                    _ if msg.fds() == 0 => {
+                        let _ = channel.send(&msg, &[]);
+                    }
+                    _ => {
+                        return Err(format!(
+                            "spmdrun sent rank {rank} a {} message, which needs descriptors",
+                            msg.name()
+                        ));
+                    }
+                }
                 Ok(())
+            }
+        }
+    }
+
+    /// Reports the exits of ranks whose output and channel have closed, or
+    /// that exited more than [`LINGER`] ago.
+    fn report_exits(&mut self, now: Instant, outbox: &Outbox) {
+        for l in &mut self.locals {
+            let Some((at, how)) = l.ended else { continue };
+            let closed = l.channel.is_none() && l.out.iter().all(Option::is_none);
+            if closed || now >= at + LINGER {
+                l.ended = None;
+                outbox.send(&Up::Exited {
+                    rank: l.place.rank as u32,
+                    how,
+                });
             }
         }
     }
@@ -369,7 +414,11 @@ impl Agent {
             }
             Ok(open)
         });
-        for (msg, _fds) in heard {
+        for (msg, fds) in heard {
+            // Segments stay on this host; the launcher hears the card.
+            if let ControlMessage::Register { .. } = msg {
+                self.segments.keep(rank, fds);
+            }
             outbox.send(&Up::Control { rank, msg });
         }
         match open {
@@ -449,7 +498,7 @@ fn find_here(program: &std::path::Path) -> std::path::PathBuf {
 
 /// Checks, before any rank starts, that the directory and the program are
 /// there; returns the address this host's ranks listen on.
-fn preflight(launch: &Launch, listen: Option<IpAddr>) -> Result<IpAddr, String> {
+fn preflight(launch: &Launch, listed: &str) -> Result<IpAddr, String> {
     let host = nix::unistd::gethostname().map_or_else(|_| "this host".into(), |h| h.to_string_lossy().into_owned());
     if let Some(dir) = &launch.wdir {
         std::env::set_current_dir(dir).map_err(|e| format!("cannot enter {} on {host}: {e}", dir.display()))?;
@@ -466,11 +515,53 @@ fn preflight(launch: &Launch, listen: Option<IpAddr>) -> Result<IpAddr, String> 
         }
         Ok(_) => {}
     }
-    // ssh says which of this host's addresses it was reached at: that one
-    // the other hosts can reach too.
+    // The address the hostfile's name for this host resolves to; else the
+    // one ssh says this host was reached at (an alias of ~/.ssh/config);
+    // else what the host's own name resolves to. Only an address of this
+    // host will do (one a socket binds to), and loopback only if the
+    // hostfile named it.
+    let resolve = |name: &str| {
+        use std::net::ToSocketAddrs;
+        (name, 0u16)
+            .to_socket_addrs()
+            .ok()
+            .into_iter()
+            .flatten()
+            .map(|a| a.ip())
+            .next()
+    };
+    let listed_ip = resolve(listed);
     let seen = std::env::var("SSH_CONNECTION")
         .ok()
-        .and_then(|c| c.split_whitespace().nth(2).and_then(|a| a.parse::<IpAddr>().ok()));
-    seen.or(listen)
-        .ok_or_else(|| format!("cannot tell which address of {host} the other hosts reach (SSH_CONNECTION is not set)"))
+        .and_then(|c| c.split_whitespace().nth(2).and_then(|a| a.parse::<IpAddr>().ok()))
+        .filter(|ip| !ip.is_loopback());
+    let named = resolve(&host).filter(|ip| !ip.is_loopback());
+    let ours =
+        |ip: &IpAddr| !ip.is_unspecified() && !ip.is_multicast() && std::net::TcpListener::bind((*ip, 0)).is_ok();
+    [listed_ip, seen, named]
+        .into_iter()
+        .flatten()
+        .find(ours)
+        .ok_or_else(|| {
+            format!(
+                "cannot tell which address of {host} the other hosts reach ({listed:?} resolves to {listed_ip:?}, ssh \
+             reached {seen:?}, the host's own name resolves to {named:?}, and none is an address of this host)"
+            )
+        })
+}
+
+/// Refuses to speak the protocol over a terminal: ssh made a tty (a
+/// `RequestTTY` in the ssh configuration), which would mangle its bytes.
+fn check_not_a_terminal() -> Result<(), String> {
+    for fd in [0, 1] {
+        // SAFETY: isatty only inspects the descriptor.
+        if unsafe { libc::isatty(fd) } == 1 {
+            return Err(
+                "the agent's standard input or output is a terminal: ssh must not allocate one (run it with -T, or \
+                 RequestTTY no)"
+                    .into(),
+            );
+        }
+    }
+    Ok(())
 }

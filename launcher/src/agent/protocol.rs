@@ -27,13 +27,13 @@ const MAX_FRAME: usize = MAX_CONTROL_LEN as usize + (1 << 20);
 /// spmdrun → agent.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Down {
-    /// First: what to run, which ranks run on this host, and where the
-    /// ranks listen if the agent cannot tell (ssh says where it was
-    /// reached).
+    /// First: what to run, which ranks run on this host, and the host's
+    /// name as the hostfile gives it (which the agent resolves, to find the
+    /// address its ranks listen on).
     Job {
         launch: Launch,
         places: Vec<Place>,
-        listen: Option<IpAddr>,
+        host: String,
     },
     /// Every host is ready: start the ranks.
     Start,

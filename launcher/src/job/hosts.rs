@@ -93,11 +93,10 @@ impl Agent {
         }
         let outbox = Outbox::new(stdin);
         let ranks = places.iter().map(|p| p.rank).collect();
-        let listen = resolve(name);
         outbox.send(&Down::Job {
             launch: launch.clone(),
             places,
-            listen,
+            host: name.to_string(),
         });
         Ok(Agent {
             name: name.to_string(),
@@ -216,12 +215,6 @@ fn shell_quoted(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-/// The host's address, if this machine can resolve its name.
-fn resolve(name: &str) -> Option<IpAddr> {
-    use std::net::ToSocketAddrs;
-    (name, 0u16).to_socket_addrs().ok()?.next().map(|a| a.ip())
-}
-
 /// This machine's source address on the route to `to` (no packet is sent).
 fn route_to(to: IpAddr) -> Option<IpAddr> {
     let any: IpAddr = if to.is_ipv4() {
@@ -244,12 +237,12 @@ impl Job {
         launch: &Launch,
         places: &[Place],
         signals: &SignalFd,
-    ) -> Result<(), String> {
+    ) -> Result<(), (String, i32)> {
         for (node, host) in opts.nodes.host.iter().enumerate() {
             let Some(h) = host else { continue };
             let host = &opts.hosts[*h];
             let mine: Vec<Place> = places.iter().filter(|p| p.node == node).copied().collect();
-            let agent = Agent::start(opts, &host.name, &host.origin, launch, mine)?;
+            let agent = Agent::start(opts, &host.name, &host.origin, launch, mine).map_err(|e| (e, 1))?;
             if opts.verbose {
                 self.say(&[format!(
                     "{}: agent started through `{} {}` (pid {})",
@@ -275,8 +268,11 @@ impl Job {
                 .control_address
                 .or_else(|| first.and_then(route_to))
                 .ok_or_else(|| {
-                    "cannot tell which address of this machine the other hosts reach; give --control-address"
-                        .to_string()
+                    (
+                        "cannot tell which address of this machine the other hosts reach; give --control-address"
+                            .to_string(),
+                        1,
+                    )
                 })?;
             if opts.verbose {
                 self.say(&[format!("this machine's ranks listen on {here}")]);
@@ -297,9 +293,14 @@ impl Job {
     }
 
     /// Waits until every agent is ready, or has failed.
-    fn preflight(&mut self, signals: &SignalFd) -> Result<(), String> {
+    fn preflight(&mut self, signals: &SignalFd) -> Result<(), (String, i32)> {
         let deadline = Instant::now() + PREFLIGHT_TIME;
+        let mut next_alive = Instant::now() + ALIVE_EVERY;
         loop {
+            if Instant::now() >= next_alive {
+                next_alive = Instant::now() + ALIVE_EVERY;
+                self.order_all(&Down::Alive);
+            }
             let waiting = self
                 .agents
                 .iter()
@@ -319,7 +320,10 @@ impl Job {
                 if sig == Signal::SIGCHLD {
                     self.reap_agents(&crate::spawn::reap());
                 } else {
-                    return Err(format!("received {} while the hosts were checked", sig.as_str()));
+                    return Err((
+                        format!("received {} while the hosts were checked; ending the job", sig.as_str()),
+                        128 + sig as i32,
+                    ));
                 }
             }
             for a in &mut self.agents {
@@ -328,6 +332,9 @@ impl Job {
                     Ok(msgs) => {
                         for m in msgs {
                             match m {
+                                Up::Ready { listen } if listen.is_unspecified() || listen.is_multicast() => {
+                                    a.refused = Some(format!("the agent said its ranks listen on {listen}"));
+                                }
                                 Up::Ready { listen } => a.listen = Some(listen),
                                 Up::Refused { reason } => a.refused = Some(reason),
                                 _ => {}
@@ -350,10 +357,11 @@ impl Job {
             }
             self.reap_agents(&crate::spawn::reap());
         }
+        // An agent that went after it said ready has failed too.
         let failed: Vec<String> = self
             .agents
             .iter()
-            .filter(|a| a.listen.is_none())
+            .filter(|a| a.listen.is_none() || a.refused.is_some() || a.from.is_none())
             .map(|a| {
                 let why = if a.from.is_some() && a.refused.is_none() && a.said.is_empty() {
                     format!("no answer in {} s", PREFLIGHT_TIME.as_secs())
@@ -366,11 +374,14 @@ impl Job {
         if failed.is_empty() {
             return Ok(());
         }
-        Err(format!(
-            "cannot start the job: {} of {} hosts failed: {}",
-            failed.len(),
-            self.agents.len(),
-            failed.join("; ")
+        Err((
+            format!(
+                "cannot start the job: {} of {} hosts failed: {}",
+                failed.len(),
+                self.agents.len(),
+                failed.join("; ")
+            ),
+            1,
         ))
     }
 
@@ -384,11 +395,13 @@ impl Job {
     }
 
     /// The descriptors of the agents to poll, and which agent each is
-    /// (true for stderr).
-    pub(super) fn agent_fds(&self) -> Vec<(BorrowedFd<'_>, usize, bool)> {
+    /// (true for stderr). Their reports (the ranks' output among them) are
+    /// read only while the output queues have `room`: otherwise ssh's pipe
+    /// fills, the agent stops reading its ranks' pipes, and they wait.
+    pub(super) fn agent_fds(&self, room: bool) -> Vec<(BorrowedFd<'_>, usize, bool)> {
         let mut fds = Vec::new();
         for (i, a) in self.agents.iter().enumerate() {
-            if let Some(fd) = &a.from {
+            if let Some(fd) = a.from.as_ref().filter(|_| room) {
                 fds.push((fd.as_fd(), i, false));
             }
             if let Some(fd) = &a.err {
@@ -403,6 +416,18 @@ impl Job {
         self.agents[agent]
             .outbox
             .send(&Down::Control { rank: rank as u32, msg });
+    }
+
+    /// Cuts every agent's connection (before any rank has started).
+    pub(super) fn cut_agents(&mut self) {
+        for a in &mut self.agents {
+            a.outbox.abandon();
+            if a.exited.is_none() {
+                crate::spawn::signal_group(a.pid, Signal::SIGKILL);
+            }
+            a.from = None;
+            a.gone = true;
+        }
     }
 
     /// Sends an order to every agent still there.
@@ -420,6 +445,14 @@ impl Job {
         }
         self.next_alive = now + ALIVE_EVERY;
         self.order_all(&Down::Alive);
+        // While the output queues are full spmdrun does not read the
+        // agents: their silence then says nothing.
+        if !(self.out.has_room() && self.err.has_room()) {
+            for a in &mut self.agents {
+                a.heard_at = now;
+            }
+            return;
+        }
         let silent: Vec<usize> = (0..self.agents.len())
             .filter(|&i| !self.agents[i].gone && now.duration_since(self.agents[i].heard_at) > SILENCE)
             .collect();
@@ -498,6 +531,17 @@ impl Job {
             Up::Output { stderr, bytes, .. } => self.take_output(rank, stderr, Some(bytes)),
             Up::OutputClosed { stderr, .. } => self.take_output(rank, stderr, None),
             Up::Exited { how, .. } => {
+                let sane = match how {
+                    Termination::Code(c) => (0..=255).contains(&c),
+                    Termination::Signal(s) => (1..=64).contains(&s),
+                };
+                if !sane || self.ranks[rank].exited.is_some() {
+                    let who = self.agents[i].describe();
+                    return self.fail(
+                        format!("the agent on {who} reported rank {rank} exited as {how:?}, which cannot be"),
+                        1,
+                    );
+                }
                 self.ranks[rank].exited = Some(how);
                 self.ranks[rank].exited_at = Some(Instant::now());
             }
@@ -519,11 +563,12 @@ impl Job {
             .copied()
             .filter(|&r| self.ranks[r].exited.is_none())
             .collect();
-        for &r in &self.agents[i].ranks {
-            let rank = &mut self.ranks[r];
-            rank.stdout = None;
-            rank.stderr = None;
-            rank.control_closed = true;
+        for r in self.agents[i].ranks.clone() {
+            // An unfinished last line is still passed on (it is often the
+            // error).
+            self.take_output(r, false, None);
+            self.take_output(r, true, None);
+            self.ranks[r].control_closed = true;
         }
         if lost.is_empty() {
             return;
@@ -558,14 +603,37 @@ impl Job {
         );
     }
 
-    /// Waits, up to `limit`, for every agent to finish (each ends once its
-    /// ranks have ended) and reads what they still report.
-    pub(super) fn finish_agents(&mut self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while self.agents.iter().any(|a| !a.gone && a.from.is_some()) && Instant::now() < deadline {
+    /// Waits for every agent to finish (each ends once its ranks have
+    /// ended) and reads what they still report (output among it), for as
+    /// long as they keep sending, or `quiet` passes without a word; says
+    /// so, and fails the job, if output may have been cut off.
+    pub(super) fn finish_agents(&mut self, quiet: Duration) {
+        let mut last_word = Instant::now();
+        while self.agents.iter().any(|a| !a.gone && a.from.is_some()) {
+            if last_word.elapsed() >= quiet {
+                let silent: Vec<String> = self
+                    .agents
+                    .iter()
+                    .filter(|a| !a.gone && a.from.is_some())
+                    .map(Agent::describe)
+                    .collect();
+                self.say(&[format!(
+                    "the agents on {} did not finish within {} s of their last word; their ranks' last output may \
+                     be lost",
+                    silent.join(", "),
+                    quiet.as_secs()
+                )]);
+                self.failure.get_or_insert(1);
+                return;
+            }
+            let room = self.out.has_room() && self.err.has_room();
+            if !room {
+                // Output is being written: the agents wait for it.
+                last_word = Instant::now();
+            }
             let mut fds = Vec::new();
             let mut who = Vec::new();
-            for (fd, i, err) in self.agent_fds() {
+            for (fd, i, err) in self.agent_fds(room) {
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 who.push((i, err));
             }
@@ -577,6 +645,7 @@ impl Job {
                 .map(|(_, w)| w)
                 .collect();
             for (i, err) in ready {
+                last_word = Instant::now();
                 if err {
                     self.on_agent_stderr(i);
                 } else {

@@ -2,14 +2,14 @@
 //! page), then, once every rank has registered, the table of cards and the
 //! links between ranks (shared-memory segments or socket pairs).
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use spmd::wire::control::MAX_FDS_PER_MESSAGE;
 use spmd::wire::status::Page;
 use spmd::wire::{ControlMessage, TransportKind};
 
 use super::Job;
+use crate::node_segments::NodeSegments;
 use crate::spawn::Termination;
 
 impl Job {
@@ -86,39 +86,35 @@ impl Job {
             cards,
             nodes: self.nodes.iter().map(|n| *n as u32).collect(),
         };
-        // The segments leave the registrations here and are closed once
-        // every rank has its copies.
-        let segments: Vec<(u32, OwnedFd)> = self
-            .ranks
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(r, g)| Some((r as u32, g.registration.as_mut()?.segment.take()?)))
-            .collect();
+        // The segments of this machine's ranks leave the registrations here
+        // and are closed once every rank has its copies (the agent on each
+        // other host does the same for its ranks).
+        let mut segments = NodeSegments::default();
+        for (r, rank) in self.ranks.iter_mut().enumerate() {
+            if let Some(g) = rank.registration.as_mut().filter(|_| rank.agent.is_none()) {
+                segments.keep(r as u32, std::mem::take(&mut g.fds));
+            }
+        }
         let mut broken = Vec::new();
         for rank in 0..self.ranks.len() {
             if let Some(i) = self.ranks[rank].agent {
-                // Over TCP, the only transport between hosts: no segments.
                 self.tell_remote(i, rank, table.clone());
                 continue;
             }
+            let node: Vec<u32> = (0..self.ranks.len())
+                .filter(|r| self.nodes[*r] == self.nodes[rank])
+                .map(|r| r as u32)
+                .collect();
             let r = &mut self.ranks[rank];
             let Some(channel) = r.channel.as_mut() else { continue };
-            let theirs: Vec<&(u32, OwnedFd)> = segments.iter().filter(|(s, _)| *s as usize != rank).collect();
-            let mut result = channel.send(&table, &[]);
-            for batch in theirs.chunks(MAX_FDS_PER_MESSAGE) {
-                if result.is_err() {
-                    break;
-                }
-                let msg = ControlMessage::Segments {
-                    ranks: batch.iter().map(|(r, _)| *r).collect(),
-                };
-                let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|(_, fd)| fd.as_fd()).collect();
-                result = channel.send(&msg, &fds);
-            }
+            let result = channel
+                .send(&table, &[])
+                .and_then(|()| segments.send(rank as u32, &node, channel));
             if let Err(e) = result.or_else(closed_is_seen_later) {
                 broken.push((rank, e.to_string()));
             }
         }
+        segments.clear();
         if self.settings.transport == TransportKind::Socket && broken.is_empty() {
             if let Err((rank, e)) = self.send_links() {
                 broken.push((rank, e));

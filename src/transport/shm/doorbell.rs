@@ -1,8 +1,12 @@
 //! Doorbells: a word in each rank's segment that the rank sleeps on with a
 //! futex when it has nothing to do, and that its peers ring after writing
 //! to it. Both sides put a SeqCst fence between their store and their
-//! check, so a wake-up is never lost.
+//! check, so a wake-up is never lost. A rank that also waits on sockets
+//! (its job spans nodes) sleeps in `poll` instead, and says so on its
+//! doorbell ([`POLLING`]): a peer then rings it by writing its wake-up
+//! eventfd, which travelled to the peer beside its segment.
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::Duration;
 
@@ -12,24 +16,43 @@ pub(super) const AWAKE: u32 = 0;
 /// other bits tell one announcement from the next (see [`announce`]).
 pub(super) const SLEEPING: u32 = 1;
 
+/// The owner sleeps in `poll`, not on the futex: ring it through its
+/// wake-up eventfd.
+pub(super) const POLLING: u32 = 2;
+
 /// Tells apart the announcements of a rank's threads (see [`announce`]).
 static ANNOUNCEMENTS: AtomicU32 = AtomicU32::new(0);
 
-/// Wakes the owners of all the doorbells that sleep, after one fence.
-pub(super) fn ring_all<'a>(doorbells: impl Iterator<Item = &'a AtomicU32>) {
+/// Wakes the owners of all the doorbells that sleep, after one fence; each
+/// bell comes with its owner's wake-up eventfd, if this rank has it.
+pub(super) fn ring_all<'a>(doorbells: impl Iterator<Item = (&'a AtomicU32, Option<RawFd>)>) {
     fence(Ordering::SeqCst);
-    for bell in doorbells {
-        if bell.load(Ordering::Relaxed) & SLEEPING != 0 {
+    for (bell, wake) in doorbells {
+        let value = bell.load(Ordering::Relaxed);
+        if value & SLEEPING != 0 {
             bell.store(AWAKE, Ordering::Relaxed);
-            futex_wake(bell);
+            match wake {
+                Some(fd) if value & POLLING != 0 => write_eventfd(fd),
+                _ => futex_wake(bell),
+            }
         }
     }
 }
 
-/// Wakes the owner of `doorbell` if it sleeps. The fence orders our
-/// preceding store (a head, a tail, a fastbox) before the check.
-pub(super) fn ring(doorbell: &AtomicU32) {
-    ring_all(std::iter::once(doorbell));
+/// Wakes the owner of `doorbell` if it sleeps (through `wake`, its
+/// eventfd, if it sleeps in `poll`). The fence orders our preceding store
+/// (a head, a tail, a fastbox) before the check.
+pub(super) fn ring(doorbell: &AtomicU32, wake: Option<RawFd>) {
+    ring_all(std::iter::once((doorbell, wake)));
+}
+
+/// Adds one to an eventfd (waking whoever polls it).
+fn write_eventfd(fd: RawFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live array to a descriptor this rank
+    // holds open for as long as its links; a full counter (EAGAIN) is
+    // already readable, which is all a ring needs.
+    let _ = unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
 }
 
 fn futex_wake(word: &AtomicU32) {
@@ -69,8 +92,12 @@ pub(super) fn sleep_unless(bell: &AtomicU32, ready: &dyn Fn() -> bool, timeout: 
 /// it): if a ring clears the bell and another thread of the rank announces
 /// again before this one sleeps, this one's futex sees a value other than
 /// its own and does not sleep through the ring.
-pub(super) fn announce(bell: &AtomicU32) -> u32 {
-    let value = ANNOUNCEMENTS.fetch_add(1, Ordering::Relaxed) << 1 | SLEEPING;
+///
+/// `polling` says the thread sleeps in `poll` on the rank's wake-up
+/// eventfd (among sockets) rather than on the futex.
+pub(super) fn announce(bell: &AtomicU32, polling: bool) -> u32 {
+    let how = if polling { SLEEPING | POLLING } else { SLEEPING };
+    let value = ANNOUNCEMENTS.fetch_add(1, Ordering::Relaxed) << 2 | how;
     bell.store(value, Ordering::SeqCst);
     fence(Ordering::SeqCst);
     value

@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::io::IoSlice;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,9 @@ pub(crate) struct RingLink {
     rx: RingMemory,
     /// The peer's doorbell, rung after writing or after freeing room.
     peer_doorbell: *const AtomicU32,
+    /// The peer's wake-up eventfd (when the job spans nodes), through which
+    /// the doorbell rings a peer that sleeps in `poll`.
+    peer_wake: Option<RawFd>,
     /// The peer's state word: [`CLOSED`] once it has finalized (it reads
     /// nothing new, and takes a last look), then [`LOOKED`].
     peer_state: *const AtomicU32,
@@ -87,6 +91,7 @@ impl RingLink {
             tx,
             rx,
             peer_doorbell: doorbell,
+            peer_wake: None,
             peer_state: state,
             tx_head: 0,
             tx_tail_seen: 0,
@@ -99,6 +104,12 @@ impl RingLink {
             always_offer,
             streamed: Cell::new(false),
         }
+    }
+
+    /// Rings the peer through `wake` when it sleeps in `poll`; the
+    /// descriptor must stay open as long as the link.
+    pub(super) fn set_peer_wake(&mut self, wake: RawFd) {
+        self.peer_wake = Some(wake);
     }
 
     fn peer_doorbell(&self) -> &AtomicU32 {
@@ -235,7 +246,7 @@ impl Link for RingLink {
                 slice = &slice[n..];
                 if wrote - published >= PUBLISH_EVERY {
                     self.tx.publish_head(self.tx_head + wrote as u64);
-                    doorbell::ring(self.peer_doorbell());
+                    doorbell::ring(self.peer_doorbell(), self.peer_wake);
                     published = wrote;
                 }
             }
@@ -246,7 +257,7 @@ impl Link for RingLink {
         self.tx_head += wrote as u64;
         if published != wrote {
             self.tx.publish_head(self.tx_head);
-            doorbell::ring(self.peer_doorbell());
+            doorbell::ring(self.peer_doorbell(), self.peer_wake);
         }
         if self.peer_closed() {
             // What the peer did not read is refused on the next write.
@@ -271,7 +282,7 @@ impl Link for RingLink {
         self.rx.take(self.rx_tail, &mut buf[..n]);
         self.rx_tail += n as u64;
         self.rx.publish_tail(self.rx_tail);
-        doorbell::ring(self.peer_doorbell());
+        doorbell::ring(self.peer_doorbell(), self.peer_wake);
         Ok(Io::Done(n))
     }
 
@@ -335,7 +346,7 @@ impl Link for RingLink {
         if !self.fastbox_tx.try_send(header, payload, &self.peer)? {
             return Ok(false);
         }
-        doorbell::ring(self.peer_doorbell());
+        doorbell::ring(self.peer_doorbell(), self.peer_wake);
         // Missed by the peer's last look: framed instead, it finds the
         // ring closed, and the sender gets PeerGone.
         Ok(!self.peer_closed() || (self.wait_for_last_look() && self.fastbox_tx.all_taken()))

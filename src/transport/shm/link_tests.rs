@@ -270,7 +270,7 @@ fn a_receiver_that_closes_gets_every_message_whose_send_succeeded() {
             read_all(&mut link, &mut sink);
             link.fastbox_rx.publish_taken();
             states[0].store(LOOKED, Ordering::Release);
-            doorbell::ring(&bells[1]);
+            doorbell::ring(&bells[1], None);
             let sent = sending.join().unwrap();
             let mut got = order.lock().unwrap().clone();
             got.sort_unstable();

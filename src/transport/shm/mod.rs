@@ -15,7 +15,7 @@
 //! more, and sleeps on the futex. Whoever writes into its rings, or frees
 //! room in a ring it writes to, rings the doorbell.
 
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::{Duration, Instant};
 
@@ -105,23 +105,50 @@ pub(crate) struct ShmEndpoint {
     segment: Segment,
     ring: usize,
     region: usize,
+    /// The eventfd the rank's node peers write to wake it when it sleeps
+    /// in `poll` (its job spans nodes: it waits on sockets too).
+    wake: Option<OwnedFd>,
 }
 
 impl ShmEndpoint {
     /// Makes the segment of rank `rank`, local index `local_index` of a
     /// node of `local` ranks; the node leader's holds a collective region
-    /// of `region` bytes.
-    pub fn create(rank: usize, local_index: usize, local: usize, region: usize) -> Result<ShmEndpoint> {
+    /// of `region` bytes. With `polling`, also the wake-up eventfd, for a
+    /// rank that will wait on sockets as well.
+    pub fn create(rank: usize, local_index: usize, local: usize, region: usize, polling: bool) -> Result<ShmEndpoint> {
         let ring = segment::ring_bytes(local);
         let own_region = if local_index == 0 { region } else { 0 };
         let segment = Segment::create(local, ring, own_region, &format!("rank {rank}"))?;
-        Ok(ShmEndpoint { segment, ring, region })
+        let wake = if polling { Some(eventfd()?) } else { None };
+        Ok(ShmEndpoint {
+            segment,
+            ring,
+            region,
+            wake,
+        })
     }
 
     /// The segment's descriptor, for the launcher to pass on.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.segment.fd()
     }
+
+    /// The wake-up eventfd, for the launcher to pass on beside the segment.
+    pub fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.wake.as_ref().map(|w| w.as_fd())
+    }
+}
+
+/// A non-blocking eventfd.
+fn eventfd() -> Result<OwnedFd> {
+    // SAFETY: plain eventfd creation; the result is checked.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Error::io("making a wake-up eventfd", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a new descriptor this function owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The shared-memory links of one rank to all the others on its node.
@@ -136,6 +163,10 @@ pub(crate) struct ShmMesh {
     /// The node-wide collective region (in the leader's segment).
     region: Option<Region>,
     wait: WaitMode,
+    /// This rank's wake-up eventfd, and its node peers' by local index
+    /// (when the job spans nodes; the links ring through them).
+    own_wake: Option<OwnedFd>,
+    peer_wakes: Vec<Option<OwnedFd>>,
 }
 
 // SAFETY: the raw pointers point into mappings owned by the mesh itself.
@@ -149,7 +180,7 @@ impl ShmMesh {
         own: ShmEndpoint,
         size: usize,
         node: NodeRanks,
-        segments: Vec<(usize, OwnedFd)>,
+        segments: Vec<(usize, OwnedFd, Option<OwnedFd>)>,
         max_message: u64,
         wait: WaitMode,
         single_copy: SingleCopy,
@@ -157,7 +188,8 @@ impl ShmMesh {
         let local = node.ranks.len();
         let me = node.ranks[node.me];
         let mut mapped: Vec<Option<Segment>> = (0..local).map(|_| None).collect();
-        for (rank, fd) in segments {
+        let mut peer_wakes: Vec<Option<OwnedFd>> = (0..local).map(|_| None).collect();
+        for (rank, fd, wake) in segments {
             let Some(index) = node.ranks.iter().position(|r| *r == rank).filter(|i| *i != node.me) else {
                 return Err(Error::protocol(
                     "the launcher",
@@ -175,6 +207,14 @@ impl ShmMesh {
                 ));
             }
             mapped[index] = Some(Segment::open(fd, local, own.ring, region, &who)?);
+            if own.wake.is_some() != wake.is_some() {
+                return Err(Error::protocol(
+                    "the launcher",
+                    "segments",
+                    format!("{who}'s wake-up descriptor came where none was due, or none came where one was"),
+                ));
+            }
+            peer_wakes[index] = wake;
         }
         let mut list: Vec<Option<Peer<RingLink>>> = (0..size).map(|_| None).collect();
         for (index, &rank) in node.ranks.iter().enumerate() {
@@ -193,7 +233,7 @@ impl ShmMesh {
             let (pid, address, identity) = peer.identity();
             let pull_from =
                 (single_copy != SingleCopy::Off && single_copy::can_read(pid, address, &identity)).then_some(pid);
-            let link = RingLink::new(
+            let mut link = RingLink::new(
                 format!("rank {rank}"),
                 peer.ring(node.me),
                 own.segment.ring(index),
@@ -202,6 +242,9 @@ impl ShmMesh {
                 pull_from,
                 single_copy == SingleCopy::Always,
             );
+            if let Some(wake) = &peer_wakes[index] {
+                link.set_peer_wake(wake.as_raw_fd());
+            }
             list[rank] = Some(Peer::new(me, rank, link));
         }
         let leader = if node.me == 0 {
@@ -211,12 +254,19 @@ impl ShmMesh {
         };
         let region = leader.and_then(Segment::region).map(|(base, len)| Region { base, len });
         Ok(ShmMesh {
-            peers: Peers { me, list, max_message },
+            peers: Peers {
+                me,
+                list,
+                max_message,
+                said_bye: false,
+            },
             own: own.segment,
             mapped,
             node,
             region,
             wait,
+            own_wake: own.wake,
+            peer_wakes,
         })
     }
 
@@ -235,13 +285,13 @@ impl ShmMesh {
         self.node.ranks.len() == self.peers.list.len()
     }
 
-    fn peer_segments(&self) -> impl Iterator<Item = &Segment> {
-        self.mapped.iter().flatten()
-    }
-
     /// Wakes every other rank of the node that sleeps.
     pub fn wake_node(&self) {
-        doorbell::ring_all(self.peer_segments().map(Segment::doorbell));
+        let bells =
+            self.mapped.iter().zip(&self.peer_wakes).filter_map(|(segment, wake)| {
+                Some((segment.as_ref()?.doorbell(), wake.as_ref().map(|w| w.as_raw_fd())))
+            });
+        doorbell::ring_all(bells);
     }
 
     /// True if `rank` (on this node) has finalized.
@@ -264,7 +314,7 @@ impl ShmMesh {
     }
 
     /// True if some peer has written, or a ring with queued output has room.
-    fn anything_ready(&self) -> bool {
+    pub fn anything_ready(&self) -> bool {
         self.peers.list.iter().flatten().any(|p| {
             p.is_open()
                 && ((p.link.ready() && !p.paused)
@@ -390,7 +440,7 @@ impl ShmMesh {
     /// says so) after all.
     pub fn prepare_sleep(&self, ready: &dyn Fn() -> bool) -> Option<(*const AtomicU32, u32)> {
         let bell = self.own.doorbell();
-        let announced = doorbell::announce(bell);
+        let announced = doorbell::announce(bell, false);
         if self.anything_ready() || ready() {
             return None;
         }
@@ -400,6 +450,32 @@ impl ShmMesh {
     /// The last sleeping thread of the rank woke: the doorbell says awake.
     pub fn end_sleep(&self) {
         doorbell::awake(self.own.doorbell());
+    }
+
+    /// Gets ready to sleep in `poll` (among sockets) rather than on the
+    /// futex: the doorbell says so, and a peer that writes from now on
+    /// rings the returned wake-up eventfd. `None` if something is ready
+    /// (or `ready` says so) after all, or this rank has no eventfd.
+    pub fn prepare_poll_sleep(&self, ready: &dyn Fn() -> bool) -> Option<RawFd> {
+        let wake = self.own_wake.as_ref()?.as_raw_fd();
+        doorbell::announce(self.own.doorbell(), true);
+        if self.anything_ready() || ready() {
+            doorbell::awake(self.own.doorbell());
+            return None;
+        }
+        Some(wake)
+    }
+
+    /// The last thread that slept in `poll` woke: the doorbell says awake,
+    /// and the wake-up eventfd is emptied.
+    pub fn end_poll_sleep(&self) {
+        doorbell::awake(self.own.doorbell());
+        if let Some(wake) = &self.own_wake {
+            let mut buf = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into a live array from this
+            // rank's own non-blocking eventfd.
+            let _ = unsafe { libc::read(wake.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        }
     }
 
     /// Wakes the threads of this rank that sleep on its doorbell.

@@ -1,0 +1,144 @@
+//! A job that spans nodes: shared memory to the ranks of this node, TCP to
+//! the others, behind one wait. A rank polls both (its rings on every
+//! round, its sockets on every few); then it sleeps in one `poll` on its
+//! sockets and its wake-up eventfd, having told its node peers on its
+//! doorbell to ring it through that eventfd rather than the futex. So a
+//! rank blocked on a remote peer uses no CPU, and one blocked on a local
+//! peer is woken as fast as over shared memory alone.
+
+use std::time::Instant;
+
+use crate::error::Result;
+
+use super::shm::ShmMesh;
+use super::socket::{SocketMesh, poll_descriptors};
+use super::{Delivery, Wait};
+
+/// How many rounds of polling the rings come to one look at the sockets.
+const SOCKETS_EVERY: u32 = 16;
+
+/// The links of one rank in a job that spans nodes.
+#[derive(Debug)]
+pub(crate) struct MixedMesh {
+    /// To the other ranks of this node.
+    pub shm: ShmMesh,
+    /// To the ranks of the other nodes.
+    pub sockets: SocketMesh,
+    /// `local[r]`: rank `r` is on this node (reached through `shm`).
+    local: Vec<bool>,
+}
+
+impl MixedMesh {
+    /// Joins the two meshes; `local[r]` says which reaches rank `r`.
+    pub fn new(shm: ShmMesh, sockets: SocketMesh, local: Vec<bool>) -> MixedMesh {
+        MixedMesh { shm, sockets, local }
+    }
+
+    /// True if rank `rank` is on this node.
+    pub fn is_local(&self, rank: usize) -> bool {
+        self.local.get(rank).copied().unwrap_or(false)
+    }
+
+    /// Moves what can be moved on both, without waiting.
+    fn move_bytes(&mut self, deliver: &mut Delivery<'_>, waiting: bool) -> Result<bool> {
+        let near = self.shm.move_bytes(deliver, waiting)?;
+        let wait = if waiting { Wait::Once } else { Wait::No };
+        let far = self.sockets.progress(deliver, wait, &|| {})?;
+        Ok(near || far)
+    }
+
+    /// Writes what it can and reads what has arrived on both; with
+    /// [`Wait::Until`] and nothing to do, polls and then sleeps until
+    /// either wakes it or the deadline passes.
+    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<bool> {
+        let deadline = match wait {
+            Wait::No => return self.move_bytes(deliver, false),
+            Wait::Once => return self.move_bytes(deliver, true),
+            Wait::Until(d) => d,
+        };
+        loop {
+            if self.move_bytes(deliver, true)? {
+                return Ok(true);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+            self.idle(deliver, deadline, sleeping)?;
+        }
+    }
+
+    /// Waits without moving bytes: polls, then sleeps in `poll`.
+    fn idle(&mut self, deliver: &Delivery<'_>, deadline: Option<Instant>, sleeping: &dyn Fn()) -> Result<()> {
+        if self.poll_for_work(&|| false) {
+            return Ok(());
+        }
+        let Some(mut fds) = self.prepare_sleep(deliver, &|| false)? else {
+            return Ok(());
+        };
+        sleeping();
+        let result = poll_descriptors(&mut fds, deadline.map(|d| d.saturating_duration_since(Instant::now())));
+        self.end_sleep();
+        result
+    }
+
+    /// Polls both, as the wait mode says, until something is ready or
+    /// `woken` says so (true), or the time to poll is up (false).
+    pub fn poll_for_work(&self, woken: &dyn Fn() -> bool) -> bool {
+        let ready = || self.shm.anything_ready() || woken();
+        if self.sockets.peers.list.iter().flatten().any(|p| p.is_open()) {
+            self.sockets.poll_for_work_every(&ready, SOCKETS_EVERY)
+        } else {
+            self.shm.poll_for_work(woken)
+        }
+    }
+
+    /// Gets ready to sleep without the engine held: the sockets to watch
+    /// and this rank's wake-up eventfd, which its node peers now ring; or
+    /// `None` if there is work after all.
+    pub fn prepare_sleep(
+        &mut self,
+        deliver: &Delivery<'_>,
+        ready: &dyn Fn() -> bool,
+    ) -> Result<Option<Vec<libc::pollfd>>> {
+        let Some(mut fds) = self.sockets.prepare_sleep(deliver)? else {
+            return Ok(None);
+        };
+        let Some(wake) = self.shm.prepare_poll_sleep(ready) else {
+            return Ok(None);
+        };
+        fds.push(libc::pollfd {
+            fd: wake,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        Ok(Some(fds))
+    }
+
+    /// The last of the rank's sleeping threads woke.
+    pub fn end_sleep(&self) {
+        self.shm.end_poll_sleep();
+    }
+
+    /// Flushes everything and says Bye on both, moving both all the while
+    /// (a node peer may wait for this rank's TCP message before it makes
+    /// room for the rest); then each takes its own read-on and last look.
+    pub fn finish(&mut self, deliver: &mut Delivery<'_>, sleeping: &dyn Fn()) -> Result<()> {
+        self.shm.peers.queue_byes();
+        self.sockets.peers.queue_byes();
+        let mut result = Ok(());
+        while self.shm.peers.pending_output() || self.sockets.peers.pending_output() {
+            match self.move_bytes(deliver, true) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => result = result.and(Err(e)),
+            }
+            if let Err(e) = self.idle(deliver, None, sleeping) {
+                result = result.and(Err(e));
+                break;
+            }
+        }
+        let near = self.shm.finish(deliver, sleeping);
+        let far = self.sockets.finish(deliver, sleeping);
+        result.and(near).and(far)
+    }
+}
