@@ -1,6 +1,7 @@
 //! How much CPU ranks use while they wait: rank 0 sleeps for a while (5 s by
 //! default) while every other rank is blocked in a receive, then releases
-//! them; rank 0 prints the CPU time the waiting ranks used.
+//! them; rank 0 prints the CPU time the waiting ranks used, in all and
+//! by rank.
 //!
 //! Run: `spmdrun -n 4 target/release/examples/idle_cpu [seconds]`
 
@@ -38,6 +39,13 @@ fn main() -> Result<(), spmd::Error> {
             "{} ranks blocked in a receive for {seconds} s used {total:.4} CPU-seconds in all",
             world.size() - 1
         );
+    }
+    // Each rank's own, with its node: a rank on rank 0's node waits on
+    // shared memory, one on another node on a socket.
+    if let Some(each) = world.gather(&(used, world.node()), 0)? {
+        for (rank, (used, node)) in each.iter().enumerate().skip(1) {
+            println!("  rank {rank} (node {node}): {used:.4} CPU-seconds");
+        }
     }
     world.finalize()
 }

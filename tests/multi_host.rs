@@ -11,7 +11,9 @@ mod common;
 use std::time::Instant;
 
 use common::hosts::Hosts;
-use common::{Finished, assert_all_gone, example, finish_reporting, run, signal, spmdrun, start_reporting_pids};
+use common::{
+    Finished, assert_all_gone, cpu_seconds, example, finish_reporting, run, signal, spmdrun, start_reporting_pids,
+};
 use nix::sys::signal::Signal;
 
 /// `spmdrun` reaching the hosts through the test's ssh.
@@ -135,9 +137,11 @@ fn every_suite_runs_across_three_hosts_on_every_communicator() {
         &["sizes"],
     ];
     // Shared memory within each host and TCP between them (the default),
-    // or TCP between every pair.
-    for transport in ["shm", "tcp"] {
-        for on in ["world", "split", "subset"] {
+    // on the world and on communicators made from it; or TCP between
+    // every pair (the suites over TCP alone run on one machine too).
+    let every_communicator: &[&str] = &["world", "split", "subset"];
+    for (transport, ons) in [("shm", every_communicator), ("tcp", &["world"][..])] {
+        for &on in ons {
             for args in suites {
                 let mut all = vec!["-H", hostlist, "--timeout", "150", &check];
                 all.extend_from_slice(args);
@@ -317,6 +321,17 @@ fn sigterm_to_spmdrun_ends_the_ranks_on_every_host() {
     // segment and its node peer's), and with nobody else.
     for &pid in &pids {
         assert_eq!(segments_mapped(pid), 2, "rank pid {pid}");
+    }
+    // Blocked in a receive that both its host's peer and the other host's
+    // ranks could answer, each sleeps.
+    let before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for (rank, (pid, before)) in pids.iter().zip(before).enumerate() {
+        let used = cpu_seconds(*pid) - before;
+        assert!(
+            used < 0.2,
+            "rank {rank} used {used} CPU-seconds in 2 s while blocked in a receive"
+        );
     }
     signal(child.id() as i32, Signal::SIGTERM);
     let out = finish_reporting(child, reader);

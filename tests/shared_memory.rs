@@ -5,23 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_all_gone, example, finish_reporting, run, signal, spmdrun, start_reporting_pids};
+use common::{assert_all_gone, cpu_seconds, example, finish_reporting, run, signal, spmdrun, start_reporting_pids};
 use nix::sys::signal::Signal;
-
-/// CPU time (user + system) a process has used so far, in seconds.
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the rank is alive");
-    let (_, rest) = stat.rsplit_once(')').expect("a stat line");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state is field 3 of stat, utime 14 and stime 15.
-    let ticks: f64 = fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
-    // SAFETY: sysconf has no memory effects.
-    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        n if n > 0 => n as f64,
-        _ => 100.0,
-    };
-    ticks / hz
-}
 
 /// The names in a directory.
 fn names(dir: &std::path::Path) -> Vec<String> {

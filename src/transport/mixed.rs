@@ -6,7 +6,8 @@
 //! rank blocked on a remote peer uses no CPU, and one blocked on a local
 //! peer is woken as fast as over shared memory alone.
 
-use std::time::Instant;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 
@@ -14,8 +15,13 @@ use super::shm::ShmMesh;
 use super::socket::{SocketMesh, poll_descriptors};
 use super::{Delivery, Wait};
 
-/// How many rounds of polling the rings come to one look at the sockets.
-const SOCKETS_EVERY: u32 = 16;
+/// How often a polling rank looks at its sockets (a system call) between
+/// its looks at its rings.
+const POLL_SOCKETS_EVERY: Duration = Duration::from_micros(2);
+/// How often moving bytes looks at the sockets, when no poll found them
+/// ready and nothing waits to be written to them: a rank that waits polls
+/// them anyway, and one that calls `test` in a loop still sees them.
+const MOVE_SOCKETS_EVERY: Duration = Duration::from_micros(10);
 
 /// The links of one rank in a job that spans nodes.
 #[derive(Debug)]
@@ -26,12 +32,24 @@ pub(crate) struct MixedMesh {
     pub sockets: SocketMesh,
     /// `local[r]`: rank `r` is on this node (reached through `shm`).
     local: Vec<bool>,
+    /// When the sockets were last read.
+    sockets_looked: Cell<Instant>,
 }
 
 impl MixedMesh {
     /// Joins the two meshes; `local[r]` says which reaches rank `r`.
     pub fn new(shm: ShmMesh, sockets: SocketMesh, local: Vec<bool>) -> MixedMesh {
-        MixedMesh { shm, sockets, local }
+        MixedMesh {
+            shm,
+            sockets,
+            local,
+            sockets_looked: Cell::new(Instant::now()),
+        }
+    }
+
+    /// True if no other rank shares this node: the sockets are all there is.
+    fn alone_on_node(&self) -> bool {
+        self.shm.node().ranks.len() == 1
     }
 
     /// True if rank `rank` is on this node.
@@ -39,9 +57,20 @@ impl MixedMesh {
         self.local.get(rank).copied().unwrap_or(false)
     }
 
-    /// Moves what can be moved on both, without waiting.
+    /// Moves what can be moved on both, without waiting; the sockets only
+    /// when a poll found them ready, output waits for them, or a while has
+    /// passed (a look at them is a system call).
     fn move_bytes(&mut self, deliver: &mut Delivery<'_>, waiting: bool) -> Result<bool> {
         let near = self.shm.move_bytes(deliver, waiting)?;
+        let now = Instant::now();
+        let look = self.alone_on_node()
+            || self.sockets.found_ready()
+            || self.sockets.peers.pending_output()
+            || now.duration_since(self.sockets_looked.get()) >= MOVE_SOCKETS_EVERY;
+        if !look {
+            return Ok(near);
+        }
+        self.sockets_looked.set(now);
         let wait = if waiting { Wait::Once } else { Wait::No };
         let far = self.sockets.progress(deliver, wait, &|| {})?;
         Ok(near || far)
@@ -86,7 +115,12 @@ impl MixedMesh {
     pub fn poll_for_work(&self, woken: &dyn Fn() -> bool) -> bool {
         let ready = || self.shm.anything_ready() || woken();
         if self.sockets.peers.list.iter().flatten().any(|p| p.is_open()) {
-            self.sockets.poll_for_work_every(&ready, SOCKETS_EVERY)
+            let every = if self.alone_on_node() {
+                Duration::ZERO
+            } else {
+                POLL_SOCKETS_EVERY
+            };
+            self.sockets.poll_for_work_every(&ready, every)
         } else {
             self.shm.poll_for_work(woken)
         }

@@ -211,13 +211,18 @@ impl SocketMesh {
     /// `woken` says so (true), or the time to poll is up (false). Peers
     /// whose reading is paused are not looked at.
     pub fn poll_for_work(&self, woken: &dyn Fn() -> bool) -> bool {
-        self.poll_for_work_every(woken, 1)
+        self.poll_for_work_every(woken, Duration::ZERO)
     }
 
-    /// [`SocketMesh::poll_for_work`], looking at the sockets only on every
-    /// `every`-th round (`woken` on every one): a system call costs more
-    /// than a look at shared memory.
-    pub fn poll_for_work_every(&self, woken: &dyn Fn() -> bool, every: u32) -> bool {
+    /// True if the last poll found sockets ready that have not been read.
+    pub fn found_ready(&self) -> bool {
+        self.found_ready.borrow().is_some()
+    }
+
+    /// [`SocketMesh::poll_for_work`], looking at the sockets only once
+    /// `every` has passed since the last look (`woken` on every round): a
+    /// system call costs more than a look at shared memory.
+    pub fn poll_for_work_every(&self, woken: &dyn Fn() -> bool, every: Duration) -> bool {
         let poll_for = match self.wait {
             WaitMode::Spin => SPIN,
             WaitMode::Yield => YIELD,
@@ -246,16 +251,20 @@ impl SocketMesh {
             return woken();
         }
         let started = Instant::now();
+        let mut looked = started;
         let mut round = 0u32;
         loop {
             if woken() {
                 return true;
             }
+            // The clock is read every few rounds only: it costs more than a
+            // round.
             round = round.wrapping_add(1);
-            if round % every.max(1) != 0 {
+            if !every.is_zero() && (round % 16 != 0 || looked.elapsed() < every) {
                 std::hint::spin_loop();
                 continue;
             }
+            looked = Instant::now();
             if poll_descriptors(&mut fds, Some(Duration::ZERO)).is_err() {
                 return true;
             }
