@@ -124,6 +124,57 @@ fn nodes_come_from_the_hostfile_and_the_environment_and_directory_go_along() {
     );
 }
 
+/// This test process's `Cpus_allowed_list`.
+fn our_cores() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
+    let line = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"));
+    line.expect("Cpus_allowed_list").trim().to_string()
+}
+
+#[test]
+fn hosts_that_are_one_machine_share_its_cores() {
+    let hosts = Hosts::start(2);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cores >= 2, "this test needs two cores");
+    let script = "echo $SPMD_RANK $(grep Cpus_allowed_list /proc/self/status | cut -f2)";
+    let allowed = |hostlist: &str| -> (Vec<String>, String) {
+        let out = run(across(&hosts, &["-v", "-H", hostlist, "/bin/sh", "-c", script]));
+        ok(&out, hostlist);
+        let rows = places(&out)
+            .iter()
+            .map(|l| l.split_once(' ').expect("rank and cores").1.to_string())
+            .collect();
+        (rows, out.stderr)
+    };
+    // Two hosts, one rank each: they are this machine, whose two cores
+    // they share, one each (not both the first core of "their" host).
+    let (bound, said) = allowed("127.0.0.2:1,127.0.0.3:1");
+    assert_eq!(bound.len(), 2);
+    assert!(
+        bound.iter().all(|c| c.parse::<usize>().is_ok()),
+        "one core each: {bound:?}"
+    );
+    assert_ne!(bound[0], bound[1], "{bound:?}");
+    assert!(
+        said.contains(&format!(
+            "2 ranks on {cores} cores of its machine, shared by 2 nodes of the job: its ranks spin"
+        )),
+        "{said}"
+    );
+    // More ranks than the machine has cores, though each host has only
+    // as many as it has cores: none bound, and they yield.
+    let over = format!("127.0.0.2:{cores},127.0.0.3:{cores}");
+    let (free, said) = allowed(&over);
+    assert_eq!(free, vec![our_cores(); 2 * cores]);
+    let total = 2 * cores;
+    assert!(
+        said.contains(&format!(
+            "{total} ranks on {cores} cores of its machine, shared by 2 nodes of the job: its ranks yield"
+        )),
+        "{said}"
+    );
+}
+
 #[test]
 fn every_suite_runs_across_three_hosts_on_every_communicator() {
     let hosts = Hosts::start(3);
@@ -161,6 +212,32 @@ fn every_suite_runs_across_three_hosts_on_every_communicator() {
         let out = run(cmd);
         ok(&out, &format!("comms over {transport}"));
         assert!(out.stdout.contains("comms: all checks passed on 6 ranks"), "{out:?}");
+    }
+    // Ranks placed round the hosts: no host holds a block of consecutive
+    // ranks, so the collectives in two levels (within each host, then
+    // among one rank per host) keep rank order only for operators that
+    // commute; the others go flat.
+    for on in ["world", "split"] {
+        let args = [
+            "-H",
+            hostlist,
+            "--map-by",
+            "node",
+            "--timeout",
+            "150",
+            &check,
+            "collectives",
+            "7",
+            "60",
+        ];
+        let mut cmd = across(&hosts, &args);
+        cmd.env("SPMD_CHECK_ON", on);
+        let out = run(cmd);
+        ok(&out, &format!("collectives by node on {on}"));
+        assert!(
+            out.stdout.contains("collectives: all checks passed"),
+            "by node on {on}: {out:?}"
+        );
     }
 }
 

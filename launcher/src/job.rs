@@ -13,16 +13,19 @@ use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 
 use spmd::auth::{Secret, random_bytes};
-use spmd::wire::{Access, Channel, LAUNCHER_ID, Settings, TransportKind, WaitMode};
+use spmd::wire::{Access, Channel, LAUNCHER_ID, Settings, TransportKind};
 
 use crate::agent::protocol::Down;
 use crate::cli::Options;
 use crate::hang::{HangWatch, Verdict};
+use crate::machine::Plan;
 use crate::output::{Stream, Writer};
 use crate::rank::{Pipe, Rank};
 use crate::spawn::{self, Launch, Place, Termination};
 
 mod hosts;
+mod relay;
+mod remote;
 mod startup;
 
 /// How long a rank may take to die after it was asked to (SIGTERM).
@@ -54,30 +57,15 @@ struct Job {
     end_on_deadlock: bool,
     next_look: Instant,
     /// The agents of the job's other hosts.
-    agents: Vec<hosts::Agent>,
+    agents: Vec<remote::Agent>,
     /// Where this machine's ranks listen when the job spans hosts.
     local_listen: Option<std::net::IpAddr>,
     /// When the agents are next told that spmdrun is alive.
     next_alive: Instant,
     /// Every rank's node.
     nodes: Vec<usize>,
-}
-
-/// The wait mode for `ranks` ranks on this machine, unless the user chose.
-fn wait_mode(opts: &Options) -> WaitMode {
-    if opts.wait_chosen {
-        return opts.settings.wait;
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut per_node = vec![0usize; opts.nodes.host.len()];
-    for &n in &opts.nodes.of_rank {
-        per_node[n] += 1;
-    }
-    if per_node.iter().all(|&n| n <= cores) {
-        WaitMode::Spin
-    } else {
-        WaitMode::Yield
-    }
+    /// How each node's ranks wait and which core each rank is bound to.
+    plan: Plan,
 }
 
 /// Runs the job to its end and returns spmdrun's exit status.
@@ -85,7 +73,8 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
     spawn::become_subreaper()?;
     let settings = Settings {
         transport: opts.settings.transport,
-        wait: wait_mode(&opts),
+        // Each node's own comes from the plan, once its machine is known.
+        wait: opts.settings.wait,
         single_copy: opts.settings.single_copy,
     };
     let places = Place::all(&opts.nodes.of_rank);
@@ -138,7 +127,9 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
         local_listen: None,
         next_alive: Instant::now(),
         nodes: opts.nodes.of_rank.clone(),
+        plan: Plan::default(),
     };
+    job.plan = job.plan_ranks(&opts, &places);
     let elsewhere = Launch {
         program: opts.program_elsewhere.clone(),
         ..launch.clone()
@@ -156,16 +147,11 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
     // A core each, as Open MPI does, when the ranks fit: two ranks that
     // poll for each other then never share a core, whatever else runs.
     let cores = spawn::usable_cores();
-    let bind = opts.bind_to_cores && here.len() <= cores.len();
     for place in &here {
         if job.failure.is_some() {
             break;
         }
-        let core = if bind {
-            cores.get(place.local_rank).copied()
-        } else {
-            None
-        };
+        let core = job.plan.core[place.rank].and_then(|i| cores.get(i).copied());
         if let Err(e) = job.start(&opts, &launch, *place, core) {
             let rank = place.rank;
             job.fail(format!("cannot start rank {rank} ({}): {e}", opts.program.display()), 1);
@@ -378,81 +364,6 @@ impl Job {
         r.control_closed = true;
         let who = r.describe(rank);
         self.fail(format!("{who}: {why}; ending the job"), 1);
-    }
-
-    fn on_output(&mut self, rank: usize, stream: Stream) {
-        let r = &mut self.ranks[rank];
-        let pipe = match stream {
-            Stream::Stdout => &mut r.stdout,
-            Stream::Stderr => &mut r.stderr,
-        };
-        let Some(p) = pipe.as_mut() else { return };
-        let bytes = p.read();
-        self.take_output(rank, stream == Stream::Stderr, bytes);
-    }
-
-    /// Output of a rank: bytes that arrived, or `None` at the end of the
-    /// stream.
-    fn take_output(&mut self, rank: usize, stderr: bool, bytes: Option<Vec<u8>>) {
-        let stream = if stderr { Stream::Stderr } else { Stream::Stdout };
-        let r = &mut self.ranks[rank];
-        let pipe = match stream {
-            Stream::Stdout => &mut r.stdout,
-            Stream::Stderr => &mut r.stderr,
-        };
-        let Some(p) = pipe.as_mut() else { return };
-        let lines = match bytes {
-            Some(bytes) => p.cutter.feed(&bytes),
-            None => {
-                let rest = p.cutter.end();
-                if stream == Stream::Stderr {
-                    r.last_words = p.cutter.last_line.clone();
-                }
-                *pipe = None;
-                rest
-            }
-        };
-        if stream == Stream::Stderr {
-            if let Some(p) = &r.stderr {
-                r.last_words = p.cutter.last_line.clone();
-            }
-        }
-        if !lines.is_empty() {
-            match stream {
-                Stream::Stdout => self.out.push(lines),
-                Stream::Stderr => self.err.push(lines),
-            }
-        }
-    }
-
-    /// Reads every pipe to its end (every process of the job is gone).
-    fn drain_output(&mut self) {
-        let limit = Instant::now() + END_LIMIT;
-        let piped = |p: &Option<Pipe>| p.as_ref().is_some_and(|p| p.fd.is_some());
-        while self.ranks.iter().any(|r| piped(&r.stdout) || piped(&r.stderr)) && Instant::now() < limit {
-            let mut fds = Vec::new();
-            let mut who = Vec::new();
-            for (rank, r) in self.ranks.iter().enumerate() {
-                if let Some(fd) = r.stdout.as_ref().and_then(|p| p.fd.as_ref()) {
-                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                    who.push((rank, Stream::Stdout));
-                }
-                if let Some(fd) = r.stderr.as_ref().and_then(|p| p.fd.as_ref()) {
-                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                    who.push((rank, Stream::Stderr));
-                }
-            }
-            let _ = poll(&mut fds, PollTimeout::from(100u16));
-            let ready: Vec<(usize, Stream)> = fds
-                .iter()
-                .zip(who)
-                .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
-                .map(|(_, w)| w)
-                .collect();
-            for (rank, stream) in ready {
-                self.on_output(rank, stream);
-            }
-        }
     }
 
     fn awaiting_last_words(&self) -> bool {

@@ -51,19 +51,7 @@ impl Pipe {
         let Some(fd) = &self.fd else {
             return Some(Vec::new());
         };
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            return match nix::unistd::read(fd.as_fd(), &mut buf) {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some(buf)
-                }
-                Err(nix::errno::Errno::EAGAIN) => Some(Vec::new()),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => None,
-            };
-        }
+        crate::nonblocking::read_chunk(fd.as_fd())
     }
 }
 

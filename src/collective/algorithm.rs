@@ -127,6 +127,44 @@ pub(crate) fn own_envelope(source: usize, body: Body) -> Envelope {
 /// implementation can reuse a buffer; may fail (e.g. lengths differ).
 pub(crate) type Combine<'a, T> = dyn Fn(T, T) -> Result<T> + 'a;
 
+/// The ranks an algorithm runs among: every rank of the communicator, or
+/// some of them in ascending order (one level of a job across hosts: see
+/// `levels.rs`), numbered `0..n` by their place in the list.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Among<'a> {
+    /// The members' ranks in the communicator; `None` for all of them.
+    ranks: Option<&'a [usize]>,
+    /// How many members there are.
+    pub n: usize,
+    /// This rank's number among them.
+    pub me: usize,
+}
+
+impl<'a> Among<'a> {
+    /// Every rank of `comm`.
+    pub fn all(comm: &Communicator) -> Among<'static> {
+        Among {
+            ranks: None,
+            n: comm.size(),
+            me: comm.rank(),
+        }
+    }
+
+    /// The ranks in `ranks` (ascending), this rank being `ranks[me]`.
+    pub fn some(ranks: &'a [usize], me: usize) -> Among<'a> {
+        Among {
+            ranks: Some(ranks),
+            n: ranks.len(),
+            me,
+        }
+    }
+
+    /// The communicator's rank of member `i`.
+    pub fn rank(&self, i: usize) -> usize {
+        self.ranks.map_or(i, |r| r[i])
+    }
+}
+
 impl Communicator {
     fn coll_send(&self, call: &Call, dest: usize, tag: u32, body: Body) -> Result<Sent> {
         self.call_send(call, dest, tag, body)
@@ -165,8 +203,12 @@ impl Communicator {
         Ok(())
     }
 
-    /// Dissemination barrier: ⌈log2 n⌉ rounds of empty messages.
+    /// Dissemination barrier: ⌈log2 n⌉ rounds of empty messages (or, across
+    /// nodes, in two levels).
     pub(crate) fn barrier_messages(&self, call: &Call) -> Result<()> {
+        if let Some(done) = self.barrier_by_levels(call) {
+            return done;
+        }
         let (n, r) = (self.size(), self.rank());
         let mut distance = 1;
         let mut round = 0;
@@ -183,13 +225,25 @@ impl Communicator {
     /// Binomial-tree broadcast of a body from `root`; every rank returns it.
     pub(crate) fn broadcast_body(&self, call: &Call, body: Option<Body>, root: usize) -> Result<Body> {
         self.check_rank(root)?;
-        let (n, r) = (self.size(), self.rank());
+        self.broadcast_among(call, Among::all(self), body, root)
+    }
+
+    /// [`Communicator::broadcast_body`] among some ranks, from member
+    /// `root`.
+    pub(crate) fn broadcast_among(
+        &self,
+        call: &Call,
+        among: Among<'_>,
+        body: Option<Body>,
+        root: usize,
+    ) -> Result<Body> {
+        let (n, r) = (among.n, among.me);
         let vr = (r + n - root) % n;
         let mut body = body;
         let mut mask = 1;
         while mask < n {
             if vr & mask != 0 {
-                let env = self.coll_receive(call, (vr - mask + root) % n, tag(Step::Broadcast, 0))?;
+                let env = self.coll_receive(call, among.rank((vr - mask + root) % n), tag(Step::Broadcast, 0))?;
                 let mut env = env;
                 body = Some((env.format, std::mem::take(&mut env.payload)));
                 break;
@@ -203,7 +257,7 @@ impl Communicator {
         mask >>= 1;
         while mask > 0 {
             if vr + mask < n {
-                let child = (vr + mask + root) % n;
+                let child = among.rank((vr + mask + root) % n);
                 sends.push((
                     self.coll_send(call, child, tag(Step::Broadcast, 0), body.clone())?,
                     child,
@@ -230,10 +284,11 @@ impl Communicator {
     ) -> Result<Option<T>> {
         self.check_rank(root)?;
         self.announce_root(call, root)?;
+        let all = Among::all(self);
         if !in_rank_order || root == 0 {
-            return self.reduce_tree(call, codec, value, combine, root);
+            return self.reduce_tree(call, all, codec, value, combine, root);
         }
-        let at_zero = self.reduce_tree(call, codec, value, combine, 0)?;
+        let at_zero = self.reduce_tree(call, all, codec, value, combine, 0)?;
         let hop = tag(Step::Reduce, 1);
         if let Some(result) = at_zero {
             let sent = self.coll_send(call, root, hop, codec.encode(&result)?)?;
@@ -246,18 +301,18 @@ impl Communicator {
         Ok(None)
     }
 
-    /// Binomial-tree reduction to `root`, combining in rank order from the
-    /// root; `Some` on the root only.
-    fn reduce_tree<T>(
+    /// Binomial-tree reduction among some ranks to member `root`,
+    /// combining in member order from the root; `Some` on the root only.
+    pub(crate) fn reduce_tree<T>(
         &self,
         call: &Call,
+        among: Among<'_>,
         codec: &dyn Codec<T>,
         value: T,
         combine: &Combine<'_, T>,
         root: usize,
     ) -> Result<Option<T>> {
-        self.check_rank(root)?;
-        let (n, r) = (self.size(), self.rank());
+        let (n, r) = (among.n, among.me);
         let vr = (r + n - root) % n;
         let mut acc = value;
         let mut mask = 1;
@@ -265,13 +320,13 @@ impl Communicator {
             if vr & mask == 0 {
                 let child = vr | mask;
                 if child < n {
-                    let env = self.coll_receive(call, (child + root) % n, tag(Step::Reduce, 0))?;
+                    let env = self.coll_receive(call, among.rank((child + root) % n), tag(Step::Reduce, 0))?;
                     acc = combine(acc, codec.decode_owned(env)?)?;
                 }
             } else {
-                let parent = (vr & !mask) + root;
-                let sent = self.coll_send(call, parent % n, tag(Step::Reduce, 0), codec.encode(&acc)?)?;
-                self.wait_sends(vec![(sent, parent % n)])?;
+                let parent = among.rank(((vr & !mask) + root) % n);
+                let sent = self.coll_send(call, parent, tag(Step::Reduce, 0), codec.encode(&acc)?)?;
+                self.wait_sends(vec![(sent, parent)])?;
                 return Ok(None);
             }
             mask <<= 1;
@@ -282,6 +337,10 @@ impl Communicator {
     /// Recursive-doubling allreduce. Ranks beyond the largest power of two
     /// first fold into a partner. Both partners of a round combine the same
     /// two values in the same order, so every rank ends with identical bits.
+    ///
+    /// Across nodes that share memory within, in two levels (see
+    /// `levels.rs`) when `commutes` or the nodes hold blocks of ranks in
+    /// order.
     pub(crate) fn allreduce_value<T>(
         &self,
         call: &Call,
@@ -289,8 +348,25 @@ impl Communicator {
         codec: &dyn Codec<T>,
         value: T,
         combine: &Combine<'_, T>,
+        commutes: bool,
     ) -> Result<T> {
-        let (n, r) = (self.size(), self.rank());
+        if let Some(levels) = self.levels_for(commutes) {
+            return self.allreduce_in_levels(call, levels, step, codec, value, combine);
+        }
+        self.allreduce_among(call, Among::all(self), step, codec, value, combine)
+    }
+
+    /// [`Communicator::allreduce_value`] among some ranks.
+    pub(crate) fn allreduce_among<T>(
+        &self,
+        call: &Call,
+        among: Among<'_>,
+        step: Step,
+        codec: &dyn Codec<T>,
+        value: T,
+        combine: &Combine<'_, T>,
+    ) -> Result<T> {
+        let (n, r) = (among.n, among.me);
         let pof2 = if n.is_power_of_two() {
             n
         } else {
@@ -303,12 +379,13 @@ impl Communicator {
         // the next odd one and wait for the result.
         let virtual_rank = if r < 2 * extra {
             if r % 2 == 0 {
-                let sent = self.coll_send(call, r + 1, t(0), codec.encode(&acc)?)?;
-                self.wait_sends(vec![(sent, r + 1)])?;
-                let env = self.coll_receive(call, r + 1, t(0xff_ffff))?;
+                let next = among.rank(r + 1);
+                let sent = self.coll_send(call, next, t(0), codec.encode(&acc)?)?;
+                self.wait_sends(vec![(sent, next)])?;
+                let env = self.coll_receive(call, next, t(0xff_ffff))?;
                 return codec.decode_owned(env);
             }
-            let env = self.coll_receive(call, r - 1, t(0))?;
+            let env = self.coll_receive(call, among.rank(r - 1), t(0))?;
             acc = combine(codec.decode_owned(env)?, acc)?;
             r / 2
         } else {
@@ -319,20 +396,22 @@ impl Communicator {
         let mut round = 1;
         while mask < pof2 {
             let partner = real(virtual_rank ^ mask);
-            let sent = self.coll_send(call, partner, t(round), codec.encode(&acc)?)?;
-            let other = codec.decode_owned(self.coll_receive(call, partner, t(round))?)?;
+            let to = among.rank(partner);
+            let sent = self.coll_send(call, to, t(round), codec.encode(&acc)?)?;
+            let other = codec.decode_owned(self.coll_receive(call, to, t(round))?)?;
             acc = if partner < r {
                 combine(other, acc)?
             } else {
                 combine(acc, other)?
             };
-            self.wait_sends(vec![(sent, partner)])?;
+            self.wait_sends(vec![(sent, to)])?;
             mask <<= 1;
             round += 1;
         }
         if r < 2 * extra {
-            let sent = self.coll_send(call, r - 1, t(0xff_ffff), codec.encode(&acc)?)?;
-            self.wait_sends(vec![(sent, r - 1)])?;
+            let before = among.rank(r - 1);
+            let sent = self.coll_send(call, before, t(0xff_ffff), codec.encode(&acc)?)?;
+            self.wait_sends(vec![(sent, before)])?;
         }
         Ok(acc)
     }

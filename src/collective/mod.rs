@@ -16,6 +16,7 @@ use crate::op::Op;
 mod algorithm;
 pub(crate) mod call;
 mod immediate;
+pub(crate) mod levels;
 pub(crate) mod node;
 mod numbers;
 pub(crate) mod pool;
@@ -288,7 +289,14 @@ impl Communicator {
         on_mpi!(self, |m| m.allreduce(value, op));
         let combine = |a: T, b: T| Ok(crate::progress::combining(|| op.combine(&a, &b)));
         self.collective(Kind::Allreduce, 0, |call| {
-            self.allreduce_value(call, Step::Allreduce, &SerdeCodec, value.clone(), &combine)
+            self.allreduce_value(
+                call,
+                Step::Allreduce,
+                &SerdeCodec,
+                value.clone(),
+                &combine,
+                op.is_commutative(),
+            )
         })
     }
 

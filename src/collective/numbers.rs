@@ -126,7 +126,7 @@ impl Communicator {
         let mine = message::pod_copy(&[claim, !claim]);
         let codec = RawCodec(message::raw::<u64>());
         let max = super::reduction::elementwise::<u64, _>(&crate::op::Max, what);
-        let both = self.allreduce_value(call, Step::Agree, &codec, mine, &max)?;
+        let both = self.allreduce_value(call, Step::Agree, &codec, mine, &max, true)?;
         let [most, least]: [u64; 2] = match bytemuck::try_pod_read_unaligned(&both) {
             Ok(pair) => pair,
             Err(_) => {

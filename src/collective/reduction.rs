@@ -225,7 +225,8 @@ impl Communicator {
             }
             let codec = RawCodec(message::raw::<E>());
             let mine = message::pod_copy(send);
-            let result = self.allreduce_value(call, Step::Allreduce, &codec, mine, &elementwise(op, what))?;
+            let combine = elementwise(op, what);
+            let result = self.allreduce_value(call, Step::Allreduce, &codec, mine, &combine, op.is_commutative())?;
             Ok(local.and_then(|()| copy_result(result, recv, what)))
         })?
     }

@@ -5,6 +5,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use crate::collective::call::Calls;
+use crate::collective::levels::LevelsCell;
 use crate::collective::node::NodeState;
 use crate::collective::pool::Pool;
 use crate::control;
@@ -61,6 +62,8 @@ pub struct Communicator {
     coll: Context,
     calls: Calls,
     node_state: NodeState,
+    /// How its ranks sit on the job's nodes (see `collective/levels.rs`).
+    levels: LevelsCell,
     /// The region of the node's pool its node-wide collectives use, if it
     /// has one (see `collective/pool.rs`).
     pub(crate) pooled: Option<(Pool, usize)>,
@@ -108,6 +111,7 @@ impl Communicator {
             coll: Context::WORLD_COLLECTIVE,
             calls: Calls::default(),
             node_state: NodeState::default(),
+            levels: LevelsCell::default(),
             pooled: None,
             #[cfg(feature = "mpi")]
             mpi: None,
@@ -151,6 +155,7 @@ impl Communicator {
             coll: Context::collective(id),
             calls: Calls::default(),
             node_state: NodeState::default(),
+            levels: LevelsCell::default(),
             pooled: None,
             #[cfg(feature = "mpi")]
             mpi: None,
@@ -229,6 +234,11 @@ impl Communicator {
     /// What this communicator remembers of its collective calls.
     pub(crate) fn calls(&self) -> &Calls {
         &self.calls
+    }
+
+    /// How its ranks sit on the job's nodes, once worked out.
+    pub(crate) fn levels_cell(&self) -> &LevelsCell {
+        &self.levels
     }
 
     /// What this communicator knows of its node-wide collectives.

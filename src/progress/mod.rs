@@ -403,6 +403,12 @@ impl Engine {
         self.transport.node()
     }
 
+    /// Every rank's node, when the job spans nodes that share memory
+    /// within.
+    pub fn nodes(&self) -> Option<&[u32]> {
+        self.transport.nodes()
+    }
+
     /// Flushes every send and tells the peers this rank is done; the status
     /// page says so.
     pub fn finish(&mut self) -> Result<()> {

@@ -32,17 +32,23 @@ pub(crate) struct MixedMesh {
     pub sockets: SocketMesh,
     /// `local[r]`: rank `r` is on this node (reached through `shm`).
     local: Vec<bool>,
+    /// `nodes[r]`: the node of rank `r`.
+    nodes: Vec<u32>,
     /// When the sockets were last read.
     sockets_looked: Cell<Instant>,
 }
 
 impl MixedMesh {
-    /// Joins the two meshes; `local[r]` says which reaches rank `r`.
-    pub fn new(shm: ShmMesh, sockets: SocketMesh, local: Vec<bool>) -> MixedMesh {
+    /// Joins the two meshes, for rank `me` of a job whose rank `r` is on
+    /// node `nodes[r]`: the ranks of this rank's node are reached through
+    /// `shm`, the others through `sockets`.
+    pub fn new(shm: ShmMesh, sockets: SocketMesh, me: usize, nodes: Vec<u32>) -> MixedMesh {
+        let local = nodes.iter().map(|n| *n == nodes[me]).collect();
         MixedMesh {
             shm,
             sockets,
             local,
+            nodes,
             sockets_looked: Cell::new(Instant::now()),
         }
     }
@@ -50,6 +56,11 @@ impl MixedMesh {
     /// True if no other rank shares this node: the sockets are all there is.
     fn alone_on_node(&self) -> bool {
         self.shm.node().ranks.len() == 1
+    }
+
+    /// Every rank's node.
+    pub fn nodes(&self) -> &[u32] {
+        &self.nodes
     }
 
     /// True if rank `rank` is on this node.

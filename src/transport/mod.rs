@@ -235,8 +235,7 @@ impl Transport {
                 ShmMesh::connect(e, size, node, table.segments, max_message, wait, single_copy).map(Transport::Shm)
             }
             Endpoint::Mixed(e, listener) => {
-                let local: Vec<bool> = (0..size).map(|r| table.nodes[r] == my_node).collect();
-                let remote: Vec<bool> = local.iter().map(|l| !l).collect();
+                let remote: Vec<bool> = (0..size).map(|r| table.nodes[r] != my_node).collect();
                 let deadline = Instant::now() + tcp::CONNECT_TIME;
                 let links = tcp::connect_all(listener, me, &table.addresses, &remote, access()?, deadline)?;
                 let sockets = SocketMesh::from_links(me, size, links, max_message, settings.wait)?;
@@ -244,7 +243,7 @@ impl Transport {
                 let node = NodeRanks { ranks, me: index };
                 let (wait, single_copy) = (settings.wait, settings.single_copy);
                 let shm = ShmMesh::connect(e, size, node, table.segments, max_message, wait, single_copy)?;
-                Ok(Transport::Mixed(MixedMesh::new(shm, sockets, local)))
+                Ok(Transport::Mixed(MixedMesh::new(shm, sockets, me, table.nodes.to_vec())))
             }
         }
     }
@@ -435,6 +434,15 @@ impl Transport {
     pub fn node(&mut self) -> Option<&mut ShmMesh> {
         match self {
             Transport::Shm(m) if m.whole_job() && m.region().is_some() => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Every rank's node, when the job spans nodes and each node's ranks
+    /// share memory (the two levels of `collective/levels.rs`).
+    pub fn nodes(&self) -> Option<&[u32]> {
+        match self {
+            Transport::Mixed(m) => Some(m.nodes()),
             _ => None,
         }
     }

@@ -5,9 +5,9 @@
 //! goes (the ssh connection drops, or nothing is heard from it for
 //! [`SILENCE`]), the agent ends its ranks and every process they left.
 
+mod preflight;
 pub mod protocol;
 
-use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,11 @@ use nix::sys::signalfd::SignalFd;
 use spmd::wire::status::Page;
 use spmd::wire::{Channel, ControlMessage, LAUNCHER_ID};
 
+use crate::machine::Machine;
 use crate::node_segments::NodeSegments;
+use crate::nonblocking::{read_all, read_chunk};
 use crate::spawn::{self, Launch, Place};
+use preflight::{check_not_a_terminal, preflight};
 use protocol::{Down, Inbox, Outbox, Up};
 
 /// How often each end says it is alive.
@@ -108,19 +111,33 @@ impl Agent {
             return Err("spmdrun did not send the job first".into());
         };
         match preflight(&launch, &host) {
-            Ok(listen) => outbox.send(&Up::Ready { listen }),
+            Ok(listen) => outbox.send(&Up::Ready {
+                listen,
+                machine: Machine::this(),
+            }),
             Err(reason) => {
                 outbox.send(&Up::Refused { reason });
                 return Ok(());
             }
         }
-        match self.next_order(signals, outbox)? {
-            Some(Down::Start) => {}
+        let cores = match self.next_order(signals, outbox)? {
+            Some(Down::Start { cores }) if cores.len() == places.len() => cores,
+            Some(Down::Start { cores }) => {
+                return Err(format!(
+                    "spmdrun sent cores for {} ranks, not {}",
+                    cores.len(),
+                    places.len()
+                ));
+            }
             Some(Down::End | Down::Kill) | None => return Ok(()),
             Some(other) => return Err(format!("spmdrun sent {other:?} before Start")),
-        }
-        for place in places {
-            self.start(&launch, place, outbox);
+        };
+        let usable = spawn::usable_cores();
+        for (place, core) in places.into_iter().zip(cores) {
+            // An index past this host's cores (its affinity changed since
+            // the preflight): left to the scheduler.
+            let core = core.and_then(|i| usable.get(i).copied());
+            self.start(&launch, place, core, outbox);
         }
         self.watch(signals, outbox)
     }
@@ -159,27 +176,16 @@ impl Agent {
 
     /// Reads what the launcher sent; marks it gone at end of file.
     fn read_input(&mut self) {
-        let mut buf = [0u8; 64 << 10];
-        loop {
-            match nix::unistd::read(self.input.as_fd(), &mut buf) {
-                Ok(0) => {
-                    self.launcher_gone = true;
-                    return;
-                }
-                Ok(n) => self.inbox.feed(&buf[..n]),
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(nix::errno::Errno::EAGAIN) => return,
-                Err(_) => {
-                    self.launcher_gone = true;
-                    return;
-                }
-            }
+        let mut bytes = Vec::new();
+        if read_all(self.input.as_fd(), &mut bytes) {
+            self.launcher_gone = true;
         }
+        self.inbox.feed(&bytes);
     }
 
-    fn start(&mut self, launch: &Launch, place: Place, outbox: &Outbox) {
+    fn start(&mut self, launch: &Launch, place: Place, core: Option<usize>, outbox: &Outbox) {
         let rank = place.rank as u32;
-        match spawn::start_rank(launch, place, false, None) {
+        match spawn::start_rank(launch, place, false, core) {
             Ok(mut started) => {
                 let pid = started.child.id() as i32;
                 let out = [
@@ -323,7 +329,7 @@ impl Agent {
 
     fn obey(&mut self, order: Down) -> Result<(), String> {
         match order {
-            Down::Alive | Down::Start | Down::Job { .. } => Ok(()),
+            Down::Alive | Down::Start { .. } | Down::Job { .. } => Ok(()),
             Down::End => {
                 if self.kill_at.is_none() {
                     self.signal_all(Signal::SIGTERM);
@@ -443,25 +449,13 @@ impl Agent {
         let Some(fd) = self.locals[i].out[stream].as_ref() else {
             return;
         };
-        let mut buf = vec![0u8; 64 << 10];
-        let n = loop {
-            match nix::unistd::read(fd.as_fd(), &mut buf) {
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(nix::errno::Errno::EAGAIN) => return,
-                Ok(n) => break n,
-                Err(_) => break 0,
+        match read_chunk(fd.as_fd()) {
+            Some(bytes) if bytes.is_empty() => {}
+            Some(bytes) => outbox.send(&Up::Output { rank, stderr, bytes }),
+            None => {
+                self.locals[i].out[stream] = None;
+                outbox.send(&Up::OutputClosed { rank, stderr });
             }
-        };
-        if n == 0 {
-            self.locals[i].out[stream] = None;
-            outbox.send(&Up::OutputClosed { rank, stderr });
-        } else {
-            buf.truncate(n);
-            outbox.send(&Up::Output {
-                rank,
-                stderr,
-                bytes: buf,
-            });
         }
     }
 }
@@ -482,86 +476,4 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), String> {
     )
     .map(|_| ())
     .map_err(|e| format!("fcntl on descriptor {}: {e}", fd.as_raw_fd()))
-}
-
-/// The program as this host finds it: a bare name on this host's `PATH`.
-fn find_here(program: &std::path::Path) -> std::path::PathBuf {
-    if program.to_string_lossy().contains('/') {
-        return program.to_path_buf();
-    }
-    let search = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&search)
-        .map(|dir| dir.join(program))
-        .find(|c| c.is_file())
-        .unwrap_or_else(|| program.to_path_buf())
-}
-
-/// Checks, before any rank starts, that the directory and the program are
-/// there; returns the address this host's ranks listen on.
-fn preflight(launch: &Launch, listed: &str) -> Result<IpAddr, String> {
-    let host = nix::unistd::gethostname().map_or_else(|_| "this host".into(), |h| h.to_string_lossy().into_owned());
-    if let Some(dir) = &launch.wdir {
-        std::env::set_current_dir(dir).map_err(|e| format!("cannot enter {} on {host}: {e}", dir.display()))?;
-    }
-    let program = &find_here(&launch.program);
-    match std::fs::metadata(program) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!("{}: no such file on {host}", program.display()));
-        }
-        Err(e) => return Err(format!("{}: {e} on {host}", program.display())),
-        Ok(m) if m.is_dir() => return Err(format!("{}: a directory on {host}", program.display())),
-        Ok(_) if nix::unistd::access(program, nix::unistd::AccessFlags::X_OK).is_err() => {
-            return Err(format!("{}: not executable on {host}", program.display()));
-        }
-        Ok(_) => {}
-    }
-    // The address the hostfile's name for this host resolves to; else the
-    // one ssh says this host was reached at (an alias of ~/.ssh/config);
-    // else what the host's own name resolves to. Only an address of this
-    // host will do (one a socket binds to), and loopback only if the
-    // hostfile named it.
-    let resolve = |name: &str| {
-        use std::net::ToSocketAddrs;
-        (name, 0u16)
-            .to_socket_addrs()
-            .ok()
-            .into_iter()
-            .flatten()
-            .map(|a| a.ip())
-            .next()
-    };
-    let listed_ip = resolve(listed);
-    let seen = std::env::var("SSH_CONNECTION")
-        .ok()
-        .and_then(|c| c.split_whitespace().nth(2).and_then(|a| a.parse::<IpAddr>().ok()))
-        .filter(|ip| !ip.is_loopback());
-    let named = resolve(&host).filter(|ip| !ip.is_loopback());
-    let ours =
-        |ip: &IpAddr| !ip.is_unspecified() && !ip.is_multicast() && std::net::TcpListener::bind((*ip, 0)).is_ok();
-    [listed_ip, seen, named]
-        .into_iter()
-        .flatten()
-        .find(ours)
-        .ok_or_else(|| {
-            format!(
-                "cannot tell which address of {host} the other hosts reach ({listed:?} resolves to {listed_ip:?}, ssh \
-             reached {seen:?}, the host's own name resolves to {named:?}, and none is an address of this host)"
-            )
-        })
-}
-
-/// Refuses to speak the protocol over a terminal: ssh made a tty (a
-/// `RequestTTY` in the ssh configuration), which would mangle its bytes.
-fn check_not_a_terminal() -> Result<(), String> {
-    for fd in [0, 1] {
-        // SAFETY: isatty only inspects the descriptor.
-        if unsafe { libc::isatty(fd) } == 1 {
-            return Err(
-                "the agent's standard input or output is a terminal: ssh must not allocate one (run it with -T, or \
-                 RequestTTY no)"
-                    .into(),
-            );
-        }
-    }
-    Ok(())
 }

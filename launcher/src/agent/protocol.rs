@@ -14,10 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use spmd::wire::{ControlMessage, MAX_CONTROL_LEN};
 
+use crate::machine::Machine;
 use crate::spawn::{Launch, Place, Termination};
 
 /// The protocol's version: both ends must speak the same.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"spmd-agt";
 /// The bytes of the greeting each end sends first.
 pub const GREETING_LEN: usize = 12;
@@ -35,8 +36,10 @@ pub enum Down {
         places: Vec<Place>,
         host: String,
     },
-    /// Every host is ready: start the ranks.
-    Start,
+    /// Every host is ready: start the ranks, each (in the order of the
+    /// job's places) bound to the core at this index of the host's usable
+    /// cores, or left to the scheduler.
+    Start { cores: Vec<Option<usize>> },
     /// A control message for a rank (without descriptors; the agent adds
     /// the status page to a `Welcome`).
     Control { rank: u32, msg: ControlMessage },
@@ -52,9 +55,10 @@ pub enum Down {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Up {
     /// The preflight passed: the program and directory are there; the
-    /// ranks of this host listen on `listen`.
+    /// ranks of this host listen on `listen`; the host is `machine`.
     Ready {
         listen: IpAddr,
+        machine: Machine,
     },
     /// The preflight failed, for this reason.
     Refused {

@@ -6,8 +6,6 @@
 
 use std::net::{IpAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -17,204 +15,16 @@ use nix::sys::signalfd::SignalFd;
 use spmd::wire::ControlMessage;
 
 use super::Job;
-use crate::agent::protocol::{Down, Inbox, Outbox, Up};
+use super::remote::Agent;
+use crate::agent::protocol::{Down, Up};
 use crate::agent::{ALIVE_EVERY, SILENCE};
 use crate::cli::Options;
+use crate::machine::{Machine, Plan};
 use crate::rank::{Pipe, Said};
 use crate::spawn::{Launch, Place, Termination};
 
 /// How long the preflight waits for every host to answer.
 const PREFLIGHT_TIME: Duration = Duration::from_secs(30);
-/// How many lines of what ssh said on stderr are kept for reports.
-const KEEP_LINES: usize = 4;
-
-/// The agent on one other host, as the launcher sees it.
-pub(super) struct Agent {
-    /// The host's name, as the hostfile gives it, and where it was given.
-    pub name: String,
-    pub origin: String,
-    /// The job ranks it runs.
-    pub ranks: Vec<usize>,
-    /// The pid of the ssh (or --launch-agent) process on this machine.
-    pub pid: i32,
-    outbox: Outbox,
-    from: Option<OwnedFd>,
-    err: Option<OwnedFd>,
-    /// The last lines ssh or the agent wrote on stderr.
-    said: Vec<String>,
-    partial: Vec<u8>,
-    inbox: Inbox,
-    /// Where the host's ranks listen, once the preflight passed.
-    pub listen: Option<IpAddr>,
-    refused: Option<String>,
-    pub exited: Option<Termination>,
-    heard_at: Instant,
-    /// The agent has gone (end of its output) and that was handled.
-    pub gone: bool,
-}
-
-impl Agent {
-    /// Starts the agent of node `node` on host `name` and sends it the job.
-    fn start(opts: &Options, name: &str, origin: &str, launch: &Launch, places: Vec<Place>) -> Result<Agent, String> {
-        let me = std::env::current_exe().map_err(|e| format!("cannot tell where spmdrun is: {e}"))?;
-        // The remote shell runs the same spmdrun at the same path.
-        let remote = format!("{} --agent", shell_quoted(&me.to_string_lossy()));
-        let mut cmd = Command::new(&opts.launch_agent[0]);
-        cmd.args(&opts.launch_agent[1..])
-            .arg(name)
-            .arg(remote)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let launcher = nix::unistd::getpid();
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sys::signal::SigSet::empty().thread_set_mask()?;
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-                if nix::unistd::getppid() != launcher {
-                    return Err(std::io::Error::other("spmdrun exited while starting ssh"));
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("{origin}: cannot run {} to reach {name}: {e}", opts.launch_agent[0]))?;
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            return Err(format!("{origin}: no pipes to the agent on {name}"));
-        };
-        let (from, err) = (OwnedFd::from(stdout), OwnedFd::from(stderr));
-        for fd in [&from, &err] {
-            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
-                .map_err(|e| format!("fcntl: {e}"))?;
-        }
-        let outbox = Outbox::new(stdin);
-        let ranks = places.iter().map(|p| p.rank).collect();
-        outbox.send(&Down::Job {
-            launch: launch.clone(),
-            places,
-            host: name.to_string(),
-        });
-        Ok(Agent {
-            name: name.to_string(),
-            origin: origin.to_string(),
-            ranks,
-            pid: child.id() as i32,
-            outbox,
-            from: Some(from),
-            err: Some(err),
-            said: Vec::new(),
-            partial: Vec::new(),
-            inbox: Inbox::new(format!("the agent on {name}")),
-            listen: None,
-            refused: None,
-            exited: None,
-            heard_at: Instant::now(),
-            gone: false,
-        })
-    }
-
-    /// "host b (hosts:2)".
-    pub fn describe(&self) -> String {
-        format!("host {} ({})", self.name, self.origin)
-    }
-
-    /// Why the agent failed or went, from what is known.
-    fn why(&self) -> String {
-        if let Some(r) = &self.refused {
-            return r.clone();
-        }
-        let said = self.said.join(" / ");
-        let status = match self.exited {
-            Some(Termination::Code(255)) if !said.is_empty() => String::new(),
-            Some(Termination::Code(127)) => "; spmdrun is not installed at the same path there".to_string(),
-            Some(Termination::Code(c)) => format!("; ssh exited with code {c}"),
-            Some(Termination::Signal(s)) => format!("; ssh was killed by signal {s}"),
-            None => String::new(),
-        };
-        if said.is_empty() {
-            format!("the connection closed{status}")
-        } else {
-            format!("{said}{status}")
-        }
-    }
-
-    /// Reads what ssh and the agent wrote on stderr; keeps the last lines.
-    fn read_stderr(&mut self) -> Vec<String> {
-        let Some(fd) = &self.err else { return Vec::new() };
-        let mut buf = [0u8; 16 << 10];
-        let mut lines = Vec::new();
-        loop {
-            match nix::unistd::read(fd.as_fd(), &mut buf) {
-                Ok(0) | Err(nix::errno::Errno::EBADF) => {
-                    self.err = None;
-                    break;
-                }
-                Ok(n) => self.partial.extend_from_slice(&buf[..n]),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => break,
-            }
-        }
-        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line).trim().to_string();
-            if !line.is_empty() {
-                lines.push(line);
-            }
-        }
-        if self.err.is_none() && !self.partial.is_empty() {
-            lines.push(
-                String::from_utf8_lossy(&std::mem::take(&mut self.partial))
-                    .trim()
-                    .to_string(),
-            );
-        }
-        for l in &lines {
-            self.said.push(l.clone());
-        }
-        let extra = self.said.len().saturating_sub(KEEP_LINES);
-        self.said.drain(..extra);
-        lines
-    }
-
-    /// Reads the agent's messages; `Err` names what was wrong with them.
-    /// Sets `from` to `None` at end of file.
-    fn read_messages(&mut self) -> Result<Vec<Up>, String> {
-        let mut got = Vec::new();
-        if let Some(fd) = &self.from {
-            let mut buf = vec![0u8; 64 << 10];
-            loop {
-                match nix::unistd::read(fd.as_fd(), &mut buf) {
-                    Ok(0) => {
-                        self.from = None;
-                        break;
-                    }
-                    Ok(n) => self.inbox.feed(&buf[..n]),
-                    Err(nix::errno::Errno::EINTR) => {}
-                    Err(nix::errno::Errno::EAGAIN) => break,
-                    Err(_) => {
-                        self.from = None;
-                        break;
-                    }
-                }
-            }
-        }
-        while let Some(m) = self.inbox.next_message::<Up>()? {
-            self.heard_at = Instant::now();
-            got.push(m);
-        }
-        Ok(got)
-    }
-}
-
-/// `text` quoted for a POSIX shell.
-fn shell_quoted(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
-}
-
 /// This machine's source address on the route to `to` (no packet is sent).
 fn route_to(to: IpAddr) -> Option<IpAddr> {
     let any: IpAddr = if to.is_ipv4() {
@@ -279,17 +89,39 @@ impl Job {
             }
             self.local_listen = Some(here);
         }
+        self.plan = self.plan_ranks(opts, places);
+        if opts.verbose && opts.nodes.host.contains(&None) && !self.agents.is_empty() {
+            let node = opts.nodes.host.iter().position(Option::is_none).unwrap_or(0);
+            self.say(&[format!("this machine: {}", self.plan.describe(node))]);
+        }
         for a in &self.agents {
             if opts.verbose {
                 self.say(&[format!(
-                    "{}: ready; its ranks listen on {}",
+                    "{}: ready; its ranks listen on {}; {}",
                     a.describe(),
-                    a.listen.map_or("?".into(), |l| l.to_string())
+                    a.listen.map_or("?".into(), |l| l.to_string()),
+                    self.plan.describe(a.node)
                 )]);
             }
-            a.outbox.send(&Down::Start);
+            let cores = a.ranks.iter().map(|&r| self.plan.core[r]).collect();
+            a.outbox.send(&Down::Start { cores });
         }
         Ok(())
+    }
+
+    /// How each node's ranks wait and where they run, from the machines
+    /// known so far (this one, and each agent's once it is ready): nodes
+    /// that are one machine share its cores.
+    pub(super) fn plan_ranks(&self, opts: &Options, places: &[Place]) -> Plan {
+        let this = Machine::this();
+        let machines: Vec<Machine> = (0..opts.nodes.host.len())
+            .map(|node| {
+                let agent = self.agents.iter().find(|a| a.node == node);
+                agent.and_then(|a| a.machine.clone()).unwrap_or_else(|| this.clone())
+            })
+            .collect();
+        let chosen = opts.wait_chosen.then_some(opts.settings.wait);
+        Plan::new(places, &machines, chosen, opts.bind_to_cores)
     }
 
     /// Waits until every agent is ready, or has failed.
@@ -332,10 +164,16 @@ impl Job {
                     Ok(msgs) => {
                         for m in msgs {
                             match m {
-                                Up::Ready { listen } if listen.is_unspecified() || listen.is_multicast() => {
+                                Up::Ready { listen, .. } if listen.is_unspecified() || listen.is_multicast() => {
                                     a.refused = Some(format!("the agent said its ranks listen on {listen}"));
                                 }
-                                Up::Ready { listen } => a.listen = Some(listen),
+                                Up::Ready { machine, .. } if machine.check().is_err() => {
+                                    a.refused = machine.check().err();
+                                }
+                                Up::Ready { listen, machine } => {
+                                    a.listen = Some(listen);
+                                    a.machine = Some(machine);
+                                }
                                 Up::Refused { reason } => a.refused = Some(reason),
                                 _ => {}
                             }

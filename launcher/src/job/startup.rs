@@ -25,10 +25,9 @@ impl Job {
                 None => a.listen = self.local_listen.unwrap_or(a.listen),
             }
         }
-        let msg = ControlMessage::Welcome {
-            settings: self.settings,
-            access,
-        };
+        let mut settings = self.settings;
+        settings.wait = self.plan.wait[self.nodes[rank]];
+        let msg = ControlMessage::Welcome { settings, access };
         if let Some(i) = agent {
             // The agent gives the rank its status page.
             return self.tell_remote(i, rank, msg);

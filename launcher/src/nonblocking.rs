@@ -1,0 +1,40 @@
+//! Reading a nonblocking pipe or socket without waiting: one chunk at a
+//! time (output, read only while there is room for it) or all it holds
+//! (messages, read as they come).
+
+use std::os::fd::BorrowedFd;
+
+use nix::errno::Errno;
+
+/// The most one read takes.
+const CHUNK: usize = 64 << 10;
+
+/// Reads one chunk: `Some(bytes)`, empty when nothing is there now, or
+/// `None` once the other end has closed (or the descriptor failed).
+pub fn read_chunk(fd: BorrowedFd<'_>) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        return match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some(buf)
+            }
+            Err(Errno::EAGAIN) => Some(Vec::new()),
+            Err(Errno::EINTR) => continue,
+            Err(_) => None,
+        };
+    }
+}
+
+/// Appends everything `fd` holds now to `into`; true once the other end
+/// has closed (or the descriptor failed).
+pub fn read_all(fd: BorrowedFd<'_>, into: &mut Vec<u8>) -> bool {
+    loop {
+        match read_chunk(fd) {
+            None => return true,
+            Some(bytes) if bytes.is_empty() => return false,
+            Some(bytes) => into.extend_from_slice(&bytes),
+        }
+    }
+}
