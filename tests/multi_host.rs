@@ -242,6 +242,62 @@ fn every_suite_runs_across_three_hosts_on_every_communicator() {
 }
 
 #[test]
+fn deadlocks_hangs_and_stopped_ranks_on_other_hosts_are_named() {
+    let hosts = Hosts::start(2);
+    let deadlock = example("deadlock");
+    // A cycle through this machine and two hosts: each agent reports its
+    // ranks' status pages, so the cycle is found and named.
+    let three = "localhost:1,127.0.0.2:1,127.0.0.3:1";
+    let out = run(across(&hosts, &["-H", three, "--hang-report", "1", &deadlock]));
+    assert_eq!(out.code(), Some(125), "{out:?}");
+    assert!(out.stderr.contains("spmdrun: deadlock: "), "{out:?}");
+    for r in 0..3 {
+        let wait = format!("rank {r} waits receive(from rank {}, tag 7)", (r + 1) % 3);
+        assert!(out.stderr.contains(&wait), "{wait}: {out:?}");
+    }
+    // --timeout says what the remote ranks wait on.
+    let out = run(across(
+        &hosts,
+        &["-H", three, "--hang-report", "0", "--timeout", "3", &deadlock],
+    ));
+    assert_eq!(out.code(), Some(124), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("on host 127.0.0.3) waits receive(from rank 0, tag 7) for"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("has not reported"), "{out:?}");
+    // A stopped rank on another host holds the verdict off until it goes
+    // on, and is named as stopped.
+    let check = example("spmd-check");
+    let agent = hosts.launch_agent();
+    let args = [
+        "--launch-agent",
+        &agent,
+        "-H",
+        "localhost:1,127.0.0.2:2",
+        "--hang-report",
+        "1",
+        &check,
+        "fail",
+        "idle",
+    ];
+    let (child, pids, reader) = start_reporting_pids(&args, 3);
+    signal(pids[2], Signal::SIGSTOP);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    signal(pids[2], Signal::SIGCONT);
+    let out = finish_reporting(child, reader);
+    assert_eq!(out.code(), Some(125), "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("rank 2 (pid {} on host 127.0.0.2", pids[2]))
+            && out.stderr.contains("is stopped"),
+        "{out:?}"
+    );
+    assert_all_gone(&pids);
+}
+
+#[test]
 fn preflight_names_every_host_that_cannot_run_the_job_and_starts_no_rank() {
     let hosts = Hosts::start(2);
     let check = example("spmd-check");

@@ -28,7 +28,7 @@ enum Seen {
     Stopped,
     Computing,
     Finalized,
-    /// On another host, whose status pages spmdrun cannot read.
+    /// On another host, whose agent has not reported its status page yet.
     Remote,
     Waiting(Waiting),
 }
@@ -148,7 +148,7 @@ impl HangWatch {
                     ),
                     Seen::Starting => format!("  {who} is inside spmd::init, waiting for the other ranks to join"),
                     Seen::Finalized => format!("  {who} has finalized and is exiting"),
-                    Seen::Remote => format!("  {who} runs on another host, whose ranks spmdrun cannot look into"),
+                    Seen::Remote => format!("  {who} runs on another host, whose agent has not reported it yet"),
                     Seen::Gone => String::new(),
                 }
             })
@@ -165,7 +165,7 @@ fn same_state(a: &Seen, b: &Seen) -> bool {
 }
 
 /// True if the process is stopped (by a signal, or a debugger).
-fn stopped(pid: i32) -> bool {
+pub(crate) fn stopped(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         stat.rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().next())
@@ -178,7 +178,10 @@ fn observe(ranks: &[Rank]) -> (Vec<Seen>, u64, u64) {
     let seen = ranks
         .iter()
         .map(|r| {
-            let snapshot = r.status.as_ref().and_then(|p| p.read());
+            let snapshot = match &r.remote_status {
+                Some((s, _)) => *s,
+                None => r.status.as_ref().and_then(|p| p.read()),
+            };
             if let Some(s) = &snapshot {
                 sent = sent.wrapping_add(s.sent);
                 arrived = arrived.wrapping_add(s.arrived);
@@ -186,11 +189,13 @@ fn observe(ranks: &[Rank]) -> (Vec<Seen>, u64, u64) {
             if r.exited.is_some() {
                 return Seen::Gone;
             }
-            if r.agent.is_some() {
-                return Seen::Remote;
-            }
-            if stopped(r.pid) || r.joined_pid.is_some_and(stopped) {
-                return Seen::Stopped;
+            match (&r.remote_status, r.agent) {
+                // Not heard of yet (its agent reports it every half second).
+                (None, Some(_)) => return Seen::Remote,
+                (Some((_, true)), _) => return Seen::Stopped,
+                (Some(_), _) => {}
+                (None, None) if stopped(r.pid) || r.joined_pid.is_some_and(stopped) => return Seen::Stopped,
+                (None, None) => {}
             }
             match snapshot {
                 None if r.hello => Seen::Starting,

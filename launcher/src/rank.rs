@@ -74,6 +74,9 @@ pub struct Rank {
     pub host: Option<String>,
     /// The process that joined the job, if another (under a wrapper).
     pub joined_pid: Option<i32>,
+    /// On another host: what its agent last reported of its status page
+    /// (times on this machine's clock) and whether it is stopped.
+    pub remote_status: Option<(Option<spmd::wire::status::Snapshot>, bool)>,
     pub channel: Option<Channel>,
     pub status: Option<Page>,
     pub stdout: Option<Pipe>,

@@ -13,6 +13,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 
 /// The size of a status page.
@@ -35,7 +37,7 @@ const W_PID: usize = 12;
 const W_UNTIL: usize = 13;
 
 /// Where a rank is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     /// It has not finished `init` (it may not have called it).
     Starting = 0,
@@ -46,7 +48,7 @@ pub enum Phase {
 }
 
 /// What a blocked rank waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WaitOp {
     /// A receive (blocking, or a request's wait).
     Receive = 1,
@@ -74,7 +76,7 @@ impl WaitOp {
 }
 
 /// One wait, as the rank describes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiting {
     /// What it waits in.
     pub op: WaitOp,
@@ -97,7 +99,7 @@ pub struct Waiting {
 }
 
 /// What a status page said at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Where the rank is in its life.
     pub phase: Phase,

@@ -15,7 +15,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 
-use spmd::wire::status::Page;
+use spmd::wire::status::{Page, Snapshot, now_ns};
 use spmd::wire::{Channel, ControlMessage, LAUNCHER_ID};
 
 use crate::machine::Machine;
@@ -35,6 +35,8 @@ const GRACE: Duration = Duration::from_millis(200);
 /// How long the ranks' pipes and channels may stay open after every rank
 /// has exited (a process they left holds them) before it is killed.
 const LINGER: Duration = Duration::from_secs(1);
+/// How often the ranks' status pages are looked at.
+const STATUS_EVERY: Duration = Duration::from_millis(500);
 /// The most output bytes waiting for ssh before the agent stops reading
 /// the ranks' pipes.
 const MAX_QUEUED: usize = 8 << 20;
@@ -50,8 +52,10 @@ struct Local {
     /// and channel have closed (or [`LINGER`] passed), so that the launcher
     /// has its last words before it judges the exit.
     ended: Option<(Instant, spawn::Termination)>,
-    /// Kept for as long as the rank lives.
-    _status: Option<Page>,
+    /// Its status page, kept for as long as the rank lives.
+    status: Option<Page>,
+    /// What was last reported of it.
+    reported: Option<(Option<Snapshot>, bool)>,
 }
 
 /// Runs the agent; returns its exit status.
@@ -202,7 +206,8 @@ impl Agent {
                     out,
                     exited: false,
                     ended: None,
-                    _status: None,
+                    status: None,
+                    reported: None,
                 });
                 outbox.send(&Up::Started { rank, pid });
             }
@@ -218,7 +223,8 @@ impl Agent {
                     out: [None, None],
                     exited: true,
                     ended: None,
-                    _status: None,
+                    status: None,
+                    reported: None,
                 });
             }
         }
@@ -228,6 +234,7 @@ impl Agent {
     /// had to, or the launcher has gone.
     fn watch(&mut self, signals: &SignalFd, outbox: &Outbox) -> Result<(), String> {
         let mut next_alive = Instant::now() + ALIVE_EVERY;
+        let mut next_look = Instant::now();
         loop {
             let now = Instant::now();
             if self.launcher_gone || now.duration_since(self.heard_at) > SILENCE {
@@ -258,6 +265,10 @@ impl Agent {
             if now >= next_alive {
                 outbox.send(&Up::Alive);
                 next_alive = now + ALIVE_EVERY;
+            }
+            if now >= next_look {
+                self.report_status(outbox);
+                next_look = now + STATUS_EVERY;
             }
             let ready = self.wait(signals, outbox.queued() < MAX_QUEUED);
             for sig in crate::signals::take(signals) {
@@ -312,7 +323,7 @@ impl Agent {
         let ms: u16 = if self.kill_at.is_some() || self.all_exited_at.is_some() || lingering || !room {
             10
         } else {
-            1000
+            STATUS_EVERY.as_millis() as u16
         };
         let _ = poll(&mut fds, PollTimeout::from(ms));
         let got = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
@@ -357,7 +368,7 @@ impl Agent {
                     ControlMessage::Welcome { .. } => {
                         let (page, fd) =
                             Page::create().map_err(|e| format!("cannot make rank {rank}'s status page: {e}"))?;
-                        l._status = Some(page);
+                        l.status = Some(page);
                         let _ = channel.send(&msg, &[fd.as_fd()]);
                     }
                     ControlMessage::Table { .. } => {
@@ -399,6 +410,28 @@ impl Agent {
                     how,
                 });
             }
+        }
+    }
+
+    /// Tells the launcher what each running rank's status page says, when
+    /// that changed: it reports hangs and deadlocks across hosts as on its
+    /// own machine.
+    fn report_status(&mut self, outbox: &Outbox) {
+        for l in self.locals.iter_mut().filter(|l| !l.exited) {
+            let Some(page) = &l.status else { continue };
+            let snapshot = page.read();
+            let joined = snapshot.map(|s| s.pid as i32).filter(|p| *p > 0);
+            let stopped = crate::hang::stopped(l.pid) || joined.is_some_and(crate::hang::stopped);
+            if l.reported == Some((snapshot, stopped)) {
+                continue;
+            }
+            l.reported = Some((snapshot, stopped));
+            outbox.send(&Up::Status {
+                rank: l.place.rank as u32,
+                snapshot,
+                stopped,
+                now_ns: now_ns(),
+            });
         }
     }
 

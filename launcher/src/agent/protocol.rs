@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use spmd::wire::status::Snapshot;
 use spmd::wire::{ControlMessage, MAX_CONTROL_LEN};
 
 use crate::machine::Machine;
@@ -76,6 +77,16 @@ pub enum Up {
     Control {
         rank: u32,
         msg: ControlMessage,
+    },
+    /// What a rank's status page says (sent when it changes, for hang and
+    /// deadlock reports): its snapshot, whether the process is stopped,
+    /// and the agent's clock when it looked (the times in the snapshot
+    /// are on the host's clock).
+    Status {
+        rank: u32,
+        snapshot: Option<Snapshot>,
+        stopped: bool,
+        now_ns: u64,
     },
     /// A rank broke its channel's protocol.
     Broke {

@@ -13,6 +13,7 @@ use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 
 use spmd::wire::ControlMessage;
+use spmd::wire::status::{OTHER_THREADS_OUTSIDE, Snapshot};
 
 use super::Job;
 use super::remote::Agent;
@@ -25,6 +26,20 @@ use crate::spawn::{Launch, Place, Termination};
 
 /// How long the preflight waits for every host to answer.
 const PREFLIGHT_TIME: Duration = Duration::from_secs(30);
+/// A snapshot from another host with its times moved onto this machine's
+/// clock by `offset` nanoseconds (a wait's end of 0, never, or
+/// "other threads outside spmd" stays as it is).
+fn on_this_clock(mut s: Snapshot, offset: i128) -> Snapshot {
+    let shift = |t: u64| u64::try_from((i128::from(t) + offset).max(0)).unwrap_or(u64::MAX - 1);
+    if let Some(w) = s.waiting.as_mut() {
+        w.since_ns = shift(w.since_ns);
+        if w.until_ns != 0 && w.until_ns != OTHER_THREADS_OUTSIDE {
+            w.until_ns = shift(w.until_ns);
+        }
+    }
+    s
+}
+
 /// This machine's source address on the route to `to` (no packet is sent).
 fn route_to(to: IpAddr) -> Option<IpAddr> {
     let any: IpAddr = if to.is_ipv4() {
@@ -342,7 +357,8 @@ impl Job {
             | Up::ChannelClosed { rank }
             | Up::Output { rank, .. }
             | Up::OutputClosed { rank, .. }
-            | Up::Exited { rank, .. } => match rank_of(*rank) {
+            | Up::Exited { rank, .. }
+            | Up::Status { rank, .. } => match rank_of(*rank) {
                 Some(r) => r,
                 None => {
                     let who = self.agents[i].describe();
@@ -368,6 +384,22 @@ impl Job {
             Up::ChannelClosed { .. } => self.ranks[rank].control_closed = true,
             Up::Output { stderr, bytes, .. } => self.take_output(rank, stderr, Some(bytes)),
             Up::OutputClosed { stderr, .. } => self.take_output(rank, stderr, None),
+            Up::Status {
+                snapshot,
+                stopped,
+                now_ns,
+                ..
+            } => {
+                // The host's clock, as an offset from this one's, from
+                // its first report on: the times of a wait then compare
+                // with this machine's (to within the report's journey) and
+                // stay the same from one report to the next.
+                let offset = *self.agents[i]
+                    .clock_offset
+                    .get_or_insert(i128::from(spmd::wire::status::now_ns()) - i128::from(now_ns));
+                let snapshot = snapshot.map(|s| on_this_clock(s, offset));
+                self.ranks[rank].remote_status = Some((snapshot, stopped));
+            }
             Up::Exited { how, .. } => {
                 let sane = match how {
                     Termination::Code(c) => (0..=255).contains(&c),

@@ -39,6 +39,10 @@ pub(super) struct Agent {
     inbox: Inbox,
     /// Where the host's ranks listen, once the preflight passed.
     pub(super) listen: Option<IpAddr>,
+    /// This machine's clock minus the host's, in nanoseconds (added to a
+    /// time of the host's, gives this machine's), from its first status
+    /// report.
+    pub(super) clock_offset: Option<i128>,
     /// The machine the host is, once the preflight passed.
     pub(super) machine: Option<Machine>,
     pub(super) refused: Option<String>,
@@ -114,6 +118,7 @@ impl Agent {
             inbox: Inbox::new(format!("the agent on {name}")),
             listen: None,
             machine: None,
+            clock_offset: None,
             refused: None,
             exited: None,
             heard_at: Instant::now(),
