@@ -315,6 +315,35 @@ fn standard_input_goes_to_rank_0_only() {
 }
 
 #[test]
+fn standard_input_from_a_terminal_reaches_rank_0() {
+    // A terminal (script's pseudo-terminal) as spmdrun's stdin: rank 0,
+    // in its own process group, would be stopped reading it; spmdrun
+    // reads it and passes it on.
+    let spmdrun = common::spmdrun_path();
+    let line = format!(
+        "{} -n 2 --timeout 20 sh -c 'if [ $SPMD_RANK = 0 ]; then read l; echo \"got $l\"; fi'",
+        spmdrun.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script starts");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    stdin.write_all(b"typed\n").expect("writing stdin");
+    // Kept open: script ends when the job does.
+    std::thread::spawn(move || {
+        std::thread::sleep(common::LIMIT);
+        drop(stdin);
+    });
+    let out = common::finish(child);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("got typed"), "{out:?}");
+}
+
+#[test]
 fn a_program_started_alone_is_a_job_of_one() {
     let out = run({
         let mut c = Command::new(example("spmd-check"));

@@ -297,6 +297,97 @@ fn deadlocks_hangs_and_stopped_ranks_on_other_hosts_are_named() {
     assert_all_gone(&pids);
 }
 
+/// Runs `cmd` with `feed` writing its stdin (from a thread, so that an
+/// endless feed ends when spmdrun closes its end).
+fn with_input(
+    mut cmd: std::process::Command,
+    feed: impl FnOnce(std::process::ChildStdin) + Send + 'static,
+) -> Finished {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spmdrun starts");
+    let stdin = child.stdin.take().expect("stdin is piped");
+    std::thread::spawn(move || feed(stdin));
+    common::finish(child)
+}
+
+/// Writes the same line until the reader goes.
+fn endless(mut to: std::process::ChildStdin) {
+    use std::io::Write;
+    while to.write_all(b"more and more input\n").is_ok() {}
+}
+
+#[test]
+fn standard_input_reaches_rank_0_on_another_host_whole_and_bounded() {
+    use std::io::Write;
+    let hosts = Hosts::start(2);
+    let hostlist = "127.0.0.2:1,127.0.0.3:1,localhost:1";
+    // 5 MiB (more than spmdrun sends ahead of the rank), read slowly at
+    // first: every byte arrives, in order, at rank 0 only.
+    let data: Vec<u8> = (0..5u32 << 20).map(|i| (i % 251) as u8).collect();
+    let path = hosts.file("input", "");
+    std::fs::write(&path, &data).expect("writing the input");
+    let expected = std::process::Command::new("md5sum")
+        .arg(&path)
+        .output()
+        .expect("md5sum runs");
+    let expected = String::from_utf8_lossy(&expected.stdout);
+    let expected = expected.split_whitespace().next().unwrap_or_default();
+    let script = "if [ $SPMD_RANK = 0 ]; then sleep 1; echo 0 $(md5sum); else echo $SPMD_RANK $(wc -c); fi";
+    let feed = data.clone();
+    let out = with_input(
+        across(&hosts, &["-H", hostlist, "/bin/sh", "-c", script]),
+        move |mut to| {
+            let _ = to.write_all(&feed);
+        },
+    );
+    ok(&out, "5 MiB to rank 0");
+    let mut lines = out.lines();
+    lines.sort();
+    let rank0 = format!("0 {expected} -");
+    assert_eq!(
+        lines,
+        [rank0.as_str(), "1 0", "2 0"],
+        "rank 0 has every byte in order: {out:?}"
+    );
+    // Endless input: a rank 0 that takes some and exits, and one that
+    // takes none, each end the job at once.
+    let script = "if [ $SPMD_RANK = 0 ]; then head -c 100000 | wc -c; fi";
+    let out = with_input(across(&hosts, &["-H", hostlist, "/bin/sh", "-c", script]), endless);
+    ok(&out, "rank 0 takes 100000 bytes of endless input");
+    assert_eq!(out.stdout.trim(), "100000", "{out:?}");
+    // A rank 0 that takes none: spmdrun reads only a bounded amount
+    // ahead of it (1 MiB, plus what the pipes on the way hold).
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = written.clone();
+    let script = "if [ $SPMD_RANK = 0 ]; then sleep 2; fi; echo done";
+    let out = with_input(
+        across(&hosts, &["-H", hostlist, "/bin/sh", "-c", script]),
+        move |mut to| {
+            while to.write_all(&[b'x'; 4096]).is_ok() {
+                count.fetch_add(4096, std::sync::atomic::Ordering::Relaxed);
+            }
+        },
+    );
+    ok(&out, "rank 0 takes none of endless input");
+    assert_eq!(out.lines(), ["done"; 3], "{out:?}");
+    let written = written.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(written < 2 << 20, "spmdrun took {written} bytes ahead of rank 0");
+    // No input at all: rank 0 sees its end.
+    let out = run(across(
+        &hosts,
+        &["-H", hostlist, "/bin/sh", "-c", "echo $SPMD_RANK $(wc -c)"],
+    ));
+    ok(&out, "no input");
+    let mut lines = out.lines();
+    lines.sort();
+    assert_eq!(lines, ["0 0", "1 0", "2 0"], "{out:?}");
+}
+
 #[test]
 fn preflight_names_every_host_that_cannot_run_the_job_and_starts_no_rank() {
     let hosts = Hosts::start(2);

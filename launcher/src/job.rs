@@ -18,12 +18,14 @@ use spmd::wire::{Access, Channel, LAUNCHER_ID, Settings, TransportKind};
 use crate::agent::protocol::Down;
 use crate::cli::Options;
 use crate::hang::{HangWatch, Verdict};
+use crate::input_pipe::InputPipe;
 use crate::machine::Plan;
 use crate::output::{Stream, Writer};
 use crate::rank::{Pipe, Rank};
-use crate::spawn::{self, Launch, Place, Termination};
+use crate::spawn::{self, Input, Launch, Place, Termination};
 
 mod hosts;
+mod input;
 mod relay;
 mod remote;
 mod startup;
@@ -66,6 +68,9 @@ struct Job {
     nodes: Vec<usize>,
     /// How each node's ranks wait and which core each rank is bound to.
     plan: Plan,
+    /// spmdrun's stdin on its way to rank 0, when rank 0 is on another
+    /// host (on this one it reads spmdrun's stdin itself).
+    input: Option<input::InputRelay>,
 }
 
 /// Runs the job to its end and returns spmdrun's exit status.
@@ -128,6 +133,7 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
         next_alive: Instant::now(),
         nodes: opts.nodes.of_rank.clone(),
         plan: Plan::default(),
+        input: None,
     };
     job.plan = job.plan_ranks(&opts, &places);
     let elsewhere = Launch {
@@ -142,6 +148,11 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
         job.failure = Some(code);
         for r in &mut job.ranks {
             r.judged = true;
+        }
+    }
+    if job.failure.is_none() {
+        if let Some(agent) = job.ranks[0].agent {
+            job.input = Some(input::InputRelay::new(input::Target::Agent(agent)));
         }
     }
     // A core each, as Open MPI does, when the ranks fit: two ranks that
@@ -194,7 +205,17 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
 impl Job {
     fn start(&mut self, opts: &Options, launch: &Launch, place: Place, core: Option<usize>) -> Result<(), String> {
         let rank = place.rank;
-        let mut started = spawn::start_rank(launch, place, rank == 0, core).map_err(|e| e.to_string())?;
+        let input = match rank {
+            0 if input::is_terminal() => Input::Piped,
+            0 => Input::Inherit,
+            _ => Input::Empty,
+        };
+        let mut started = spawn::start_rank(launch, place, input, core).map_err(|e| e.to_string())?;
+        if let Some(pipe) = started.child.stdin.take() {
+            let pipe = std::os::fd::OwnedFd::from(pipe);
+            crate::nonblocking::set_nonblocking(pipe.as_fd())?;
+            self.input = Some(input::InputRelay::new(input::Target::Here(InputPipe::new(Some(pipe)))));
+        }
         let r = &mut self.ranks[rank];
         r.pid = started.child.id() as i32;
         self.by_pid.insert(r.pid, rank);
@@ -228,6 +249,12 @@ impl Job {
                     Source::Stderr => self.on_output(rank, Stream::Stderr),
                     Source::Agent => self.on_agent(rank),
                     Source::AgentStderr => self.on_agent_stderr(rank),
+                    Source::Input => self.on_input(),
+                    Source::InputRoom => {
+                        if let Some(relay) = &mut self.input {
+                            relay.on_room();
+                        }
+                    }
                 }
             }
             let now = Instant::now();
@@ -282,6 +309,9 @@ impl Job {
         if self.awaiting_last_words() || !room {
             left = left.min(Duration::from_millis(10));
         }
+        if self.input.as_ref().is_some_and(|i| i.held_by_terminal()) {
+            left = left.min(HANG_LOOK);
+        }
         left
     }
 
@@ -304,6 +334,15 @@ impl Job {
         for (fd, agent, err) in self.agent_fds(room) {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
             who.push((agent, if err { Source::AgentStderr } else { Source::Agent }));
+        }
+        let rank0_runs = self.failure.is_none() && self.ranks[0].exited.is_none();
+        if let Some(stdin) = self.input.as_ref().filter(|_| rank0_runs).and_then(|i| i.to_read()) {
+            fds.push(PollFd::new(stdin, PollFlags::POLLIN));
+            who.push((0, Source::Input));
+        }
+        if let Some(pipe) = self.input.as_ref().and_then(|i| i.pipe_waiting()) {
+            fds.push(PollFd::new(pipe, PollFlags::POLLOUT));
+            who.push((0, Source::InputRoom));
         }
         let ms = timeout.as_millis().min(60_000) as i32;
         let _ = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
@@ -481,4 +520,8 @@ enum Source {
     /// The index is an agent's: its reports, or its stderr.
     Agent,
     AgentStderr,
+    /// spmdrun's stdin, passed on to rank 0.
+    Input,
+    /// Room in rank 0's stdin pipe (rank 0 on this machine).
+    InputRoom,
 }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 mod hang;
 pub mod hostfile;
+mod input_pipe;
 pub mod job;
 pub mod machine;
 mod memory;

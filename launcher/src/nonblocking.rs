@@ -2,7 +2,7 @@
 //! time (output, read only while there is room for it) or all it holds
 //! (messages, read as they come).
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::errno::Errno;
 
@@ -37,4 +37,16 @@ pub fn read_all(fd: BorrowedFd<'_>, into: &mut Vec<u8>) -> bool {
             Some(bytes) => into.extend_from_slice(&bytes),
         }
     }
+}
+
+/// Makes `fd` nonblocking.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), String> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| format!("fcntl: {e}"))?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map(|_| ())
+    .map_err(|e| format!("fcntl on descriptor {}: {e}", fd.as_raw_fd()))
 }

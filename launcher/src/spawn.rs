@@ -102,12 +102,23 @@ pub fn usable_cores() -> Vec<usize> {
         .collect()
 }
 
-/// Starts the rank at `place`, bound to `core` if given. Its stdin is
-/// spmdrun's when `stdin` says so (rank 0 on spmdrun's machine) and empty
-/// otherwise; its stdout and stderr are pipes to forward; its control
+/// Where a rank's standard input comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// spmdrun's own (rank 0 on spmdrun's machine).
+    Inherit,
+    /// A pipe its starter writes (rank 0 on another host: its agent writes
+    /// what spmdrun reads).
+    Piped,
+    /// Nothing: end of file at once (every other rank).
+    Empty,
+}
+
+/// Starts the rank at `place`, bound to `core` if given, its stdin from
+/// `input`; its stdout and stderr are pipes to forward; its control
 /// channel is inherited, named in its environment together with the pid of
 /// its parent (spmdrun, or the agent on its host).
-pub fn start_rank(launch: &Launch, place: Place, stdin: bool, core: Option<usize>) -> std::io::Result<Started> {
+pub fn start_rank(launch: &Launch, place: Place, input: Input, core: Option<usize>) -> std::io::Result<Started> {
     // SAFETY: an all-zero cpu_set_t is a valid empty set; CPU_SET writes
     // within it (a core from usable_cores is below CPU_SETSIZE).
     let mut only = unsafe { std::mem::zeroed::<libc::cpu_set_t>() };
@@ -128,7 +139,11 @@ pub fn start_rank(launch: &Launch, place: Place, stdin: bool, core: Option<usize
         .env(env::NODE, place.node.to_string())
         .env(env::JOB, format!("{:016x}", launch.job))
         .env(env::CONTROL, format!("fd:{fd}:{launcher}"))
-        .stdin(if stdin { Stdio::inherit() } else { Stdio::null() })
+        .stdin(match input {
+            Input::Inherit => Stdio::inherit(),
+            Input::Piped => Stdio::piped(),
+            Input::Empty => Stdio::null(),
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);

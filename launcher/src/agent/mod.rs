@@ -5,10 +5,11 @@
 //! goes (the ssh connection drops, or nothing is heard from it for
 //! [`SILENCE`]), the agent ends its ranks and every process they left.
 
+mod orders;
 mod preflight;
 pub mod protocol;
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -18,10 +19,12 @@ use nix::sys::signalfd::SignalFd;
 use spmd::wire::status::{Page, Snapshot, now_ns};
 use spmd::wire::{Channel, ControlMessage, LAUNCHER_ID};
 
+use crate::input_pipe::InputPipe;
 use crate::machine::Machine;
 use crate::node_segments::NodeSegments;
-use crate::nonblocking::{read_all, read_chunk};
-use crate::spawn::{self, Launch, Place};
+use crate::nonblocking::{read_all, read_chunk, set_nonblocking};
+use crate::spawn::{self, Input, Launch, Place};
+use orders::report_taken;
 use preflight::{check_not_a_terminal, preflight};
 use protocol::{Down, Inbox, Outbox, Up};
 
@@ -74,6 +77,7 @@ pub fn serve(signals: SignalFd) -> i32 {
         launcher_gone: false,
         segments: NodeSegments::default(),
         tables_sent: 0,
+        rank_input: None,
     };
     let code = match agent.run(&signals, &outbox) {
         Ok(()) => 0,
@@ -104,6 +108,8 @@ struct Agent {
     /// each has had its table.
     segments: NodeSegments,
     tables_sent: usize,
+    /// Rank 0's standard input, when rank 0 is on this host.
+    rank_input: Option<InputPipe>,
 }
 
 impl Agent {
@@ -189,9 +195,17 @@ impl Agent {
 
     fn start(&mut self, launch: &Launch, place: Place, core: Option<usize>, outbox: &Outbox) {
         let rank = place.rank as u32;
-        match spawn::start_rank(launch, place, false, core) {
+        let input = if rank == 0 { Input::Piped } else { Input::Empty };
+        match spawn::start_rank(launch, place, input, core) {
             Ok(mut started) => {
                 let pid = started.child.id() as i32;
+                if rank == 0 {
+                    let pipe = started.child.stdin.take().map(OwnedFd::from);
+                    if let Some(fd) = &pipe {
+                        let _ = set_nonblocking(fd.as_fd());
+                    }
+                    self.rank_input = Some(InputPipe::new(pipe));
+                }
                 let out = [
                     started.child.stdout.take().map(OwnedFd::from),
                     started.child.stderr.take().map(OwnedFd::from),
@@ -212,6 +226,9 @@ impl Agent {
                 outbox.send(&Up::Started { rank, pid });
             }
             Err(e) => {
+                if rank == 0 {
+                    self.rank_input = Some(InputPipe::new(None));
+                }
                 outbox.send(&Up::NotStarted {
                     rank,
                     reason: e.to_string(),
@@ -277,6 +294,10 @@ impl Agent {
                         if let Some(l) = self.locals.iter_mut().find(|l| l.pid == pid && !l.exited) {
                             l.exited = true;
                             l.ended = Some((Instant::now(), how));
+                            if l.place.rank == 0 {
+                                let dropped = self.rank_input.as_mut().map_or(0, InputPipe::close);
+                                report_taken(dropped, outbox);
+                            }
                         }
                     }
                 } else if self.kill_at.is_none() {
@@ -289,8 +310,12 @@ impl Agent {
                 self.read_input();
                 while let Some(order) = self.inbox.next_message::<Down>()? {
                     self.heard_at = Instant::now();
-                    self.obey(order)?;
+                    self.obey(order, outbox)?;
                 }
+            }
+            if ready.rank_input {
+                let taken = self.rank_input.as_mut().map_or(0, InputPipe::write);
+                report_taken(taken, outbox);
             }
             for (i, what) in ready.ranks {
                 match what {
@@ -319,6 +344,11 @@ impl Agent {
                 }
             }
         }
+        let rank_input = self.rank_input.as_ref().and_then(InputPipe::waiting);
+        let rank_input_at = fds.len();
+        if let Some(fd) = rank_input {
+            fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+        }
         let lingering = self.locals.iter().any(|l| l.ended.is_some());
         let ms: u16 = if self.kill_at.is_some() || self.all_exited_at.is_some() || lingering || !room {
             10
@@ -329,71 +359,13 @@ impl Agent {
         let got = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
         Ready {
             input: got(&fds[0]),
-            ranks: fds[2..]
+            rank_input: fds.get(rank_input_at).is_some_and(got),
+            ranks: fds[2..rank_input_at]
                 .iter()
                 .zip(who)
                 .filter(|(f, _)| got(f))
                 .map(|(_, w)| w)
                 .collect(),
-        }
-    }
-
-    fn obey(&mut self, order: Down) -> Result<(), String> {
-        match order {
-            Down::Alive | Down::Start { .. } | Down::Job { .. } => Ok(()),
-            Down::End => {
-                if self.kill_at.is_none() {
-                    self.signal_all(Signal::SIGTERM);
-                    self.kill_at = Some(Instant::now() + GRACE);
-                }
-                Ok(())
-            }
-            Down::Kill => {
-                self.signal_all(Signal::SIGKILL);
-                Ok(())
-            }
-            Down::Control { rank, msg } => {
-                let node: Vec<u32> = self.locals.iter().map(|l| l.place.rank as u32).collect();
-                let Some(l) = self.locals.iter_mut().find(|l| l.place.rank == rank as usize) else {
-                    return Err(format!(
-                        "spmdrun sent a message for rank {rank}, which is not on this host"
-                    ));
-                };
-                let Some(channel) = l.channel.as_mut() else {
-                    return Ok(());
-                };
-                // A rank that closed its channel is seen by the loop: the
-                // result of a send is not needed here.
-                match msg {
-                    ControlMessage::Welcome { .. } => {
-                        let (page, fd) =
-                            Page::create().map_err(|e| format!("cannot make rank {rank}'s status page: {e}"))?;
-                        l.status = Some(page);
-                        let _ = channel.send(&msg, &[fd.as_fd()]);
-                    }
-                    ControlMessage::Table { .. } => {
-                        // After the table, the segments of this host's other
-                        // ranks; once every rank has them, they are closed.
-                        let _ = channel
-                            .send(&msg, &[])
-                            .and_then(|()| self.segments.send(rank, &node, channel));
-                        self.tables_sent += 1;
-                        if self.tables_sent == self.locals.len() {
-                            self.segments.clear();
-                        }
-                    }
-                    _ if msg.fds() == 0 => {
-                        let _ = channel.send(&msg, &[]);
-                    }
-                    _ => {
-                        return Err(format!(
-                            "spmdrun sent rank {rank} a {} message, which needs descriptors",
-                            msg.name()
-                        ));
-                    }
-                }
-                Ok(())
-            }
         }
     }
 
@@ -493,20 +465,10 @@ impl Agent {
     }
 }
 
-/// What the agent's poll found ready: its input, and each rank's stdout
-/// (0), stderr (1) or channel (2).
+/// What the agent's poll found ready: its input, room in rank 0's stdin,
+/// and each rank's stdout (0), stderr (1) or channel (2).
 struct Ready {
     input: bool,
+    rank_input: bool,
     ranks: Vec<(usize, usize)>,
-}
-
-fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), String> {
-    use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| format!("fcntl: {e}"))?;
-    fcntl(
-        fd,
-        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
-    )
-    .map(|_| ())
-    .map_err(|e| format!("fcntl on descriptor {}: {e}", fd.as_raw_fd()))
 }

@@ -44,6 +44,11 @@ pub enum Down {
     /// A control message for a rank (without descriptors; the agent adds
     /// the status page to a `Welcome`).
     Control { rank: u32, msg: ControlMessage },
+    /// Bytes of spmdrun's standard input, for rank 0 (on this host).
+    Input { bytes: Vec<u8> },
+    /// spmdrun's standard input has ended: close rank 0's once it has
+    /// taken what came before.
+    InputEnd,
     /// Ask every rank to stop (SIGTERM); kill what is left after a grace.
     End,
     /// Kill every rank now.
@@ -108,6 +113,11 @@ pub enum Up {
     Exited {
         rank: u32,
         how: Termination,
+    },
+    /// Rank 0 took this many bytes of its input (or they were dropped,
+    /// its stdin being closed): spmdrun may send as many more.
+    InputTaken {
+        bytes: u64,
     },
     /// The agent is alive (sent every few seconds).
     Alive,

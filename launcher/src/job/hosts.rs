@@ -348,6 +348,9 @@ impl Job {
     }
 
     fn on_report(&mut self, i: usize, m: Up) {
+        if let Up::InputTaken { bytes } = m {
+            return self.on_input_taken(i, bytes);
+        }
         let rank_of = |rank: u32| Some(rank as usize).filter(|r| self.agents[i].ranks.contains(r));
         let rank = match &m {
             Up::Started { rank, .. }
@@ -368,7 +371,7 @@ impl Job {
                     );
                 }
             },
-            Up::Ready { .. } | Up::Refused { .. } | Up::Alive => return,
+            Up::Ready { .. } | Up::Refused { .. } | Up::Alive | Up::InputTaken { .. } => return,
         };
         match m {
             Up::Started { pid, .. } => self.ranks[rank].pid = pid,
@@ -415,7 +418,7 @@ impl Job {
                 self.ranks[rank].exited = Some(how);
                 self.ranks[rank].exited_at = Some(Instant::now());
             }
-            Up::Ready { .. } | Up::Refused { .. } | Up::Alive => {}
+            Up::Ready { .. } | Up::Refused { .. } | Up::Alive | Up::InputTaken { .. } => {}
         }
     }
 
