@@ -314,32 +314,46 @@ fn standard_input_goes_to_rank_0_only() {
     assert_eq!(lines, ["0 end", "0 got one", "0 got two", "1 end", "2 end"]);
 }
 
-#[test]
-fn standard_input_from_a_terminal_reaches_rank_0() {
-    // A terminal (script's pseudo-terminal) as spmdrun's stdin: rank 0,
-    // in its own process group, would be stopped reading it; spmdrun
-    // reads it and passes it on.
-    let spmdrun = common::spmdrun_path();
-    let line = format!(
-        "{} -n 2 --timeout 20 sh -c 'if [ $SPMD_RANK = 0 ]; then read l; echo \"got $l\"; fi'",
-        spmdrun.display()
-    );
+/// Runs `line` under `script`, whose pseudo-terminal is its stdin, with
+/// `typed` written to that terminal at once.
+fn on_a_terminal(line: &str, typed: &[u8]) -> common::Finished {
     let mut child = Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
+        .args(["-qec", line, "/dev/null"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("script starts");
     let mut stdin = child.stdin.take().expect("stdin is piped");
-    stdin.write_all(b"typed\n").expect("writing stdin");
-    // Kept open: script ends when the job does.
+    stdin.write_all(typed).expect("writing stdin");
+    // Kept open: script ends when its command does.
     std::thread::spawn(move || {
         std::thread::sleep(common::LIMIT);
         drop(stdin);
     });
-    let out = common::finish(child);
+    common::finish(child)
+}
+
+#[test]
+fn standard_input_from_a_terminal_reaches_rank_0() {
+    // A terminal as spmdrun's stdin: rank 0, in its own process group,
+    // would be stopped reading it; spmdrun reads it and passes it on.
+    let job = format!(
+        "{} -n 2 --timeout 20 sh -c 'if [ $SPMD_RANK = 0 ]; then read l; echo \"got $l\"; fi'",
+        common::spmdrun_path().display()
+    );
+    let out = on_a_terminal(&job, b"typed\n");
     assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("got typed"), "{out:?}");
+    // As a background job of that terminal spmdrun reads nothing (which
+    // would stop it) and keeps running; brought to the foreground, it
+    // reads what was typed.
+    let shell = format!("set -m; {job} & sleep 2; jobs -l; fg");
+    let line = format!("sh -c '{}'", shell.replace('\'', "'\\''"));
+    let out = on_a_terminal(&line, b"typed\n");
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("Running"), "{out:?}");
+    assert!(!out.stdout.contains("Stopped"), "{out:?}");
     assert!(out.stdout.contains("got typed"), "{out:?}");
 }
 

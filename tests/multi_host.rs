@@ -360,23 +360,29 @@ fn standard_input_reaches_rank_0_on_another_host_whole_and_bounded() {
     let out = with_input(across(&hosts, &["-H", hostlist, "/bin/sh", "-c", script]), endless);
     ok(&out, "rank 0 takes 100000 bytes of endless input");
     assert_eq!(out.stdout.trim(), "100000", "{out:?}");
-    // A rank 0 that takes none: spmdrun reads only a bounded amount
-    // ahead of it (1 MiB, plus what the pipes on the way hold).
-    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = written.clone();
-    let script = "if [ $SPMD_RANK = 0 ]; then sleep 2; fi; echo done";
-    let out = with_input(
-        across(&hosts, &["-H", hostlist, "/bin/sh", "-c", script]),
-        move |mut to| {
-            while to.write_all(&[b'x'; 4096]).is_ok() {
-                count.fetch_add(4096, std::sync::atomic::Ordering::Relaxed);
-            }
-        },
-    );
-    ok(&out, "rank 0 takes none of endless input");
-    assert_eq!(out.lines(), ["done"; 3], "{out:?}");
-    let written = written.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(written < 2 << 20, "spmdrun took {written} bytes ahead of rank 0");
+    // A rank 0 that takes none, and one that closes its stdin and goes
+    // on: spmdrun reads only a bounded amount ahead of it (1 MiB, plus
+    // what the pipes on the way hold), and none once it is closed.
+    for takes in ["sleep 2", "exec 0<&-; sleep 2"] {
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = written.clone();
+        let script = format!("if [ $SPMD_RANK = 0 ]; then {takes}; fi; echo done");
+        let out = with_input(
+            across(&hosts, &["-H", hostlist, "/bin/sh", "-c", &script]),
+            move |mut to| {
+                while to.write_all(&[b'x'; 4096]).is_ok() {
+                    count.fetch_add(4096, std::sync::atomic::Ordering::Relaxed);
+                }
+            },
+        );
+        ok(&out, takes);
+        assert_eq!(out.lines(), ["done"; 3], "{out:?}");
+        let written = written.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            written < 2 << 20,
+            "{takes}: spmdrun took {written} bytes ahead of rank 0"
+        );
+    }
     // No input at all: rank 0 sees its end.
     let out = run(across(
         &hosts,

@@ -61,6 +61,12 @@ impl InputPipe {
         dropped
     }
 
+    /// True once the pipe is closed: the input ended, or the rank closed
+    /// its stdin or exited (what comes after is dropped).
+    pub fn is_closed(&self) -> bool {
+        self.pipe.is_none()
+    }
+
     /// The pipe to wait on (for room), while bytes wait for it.
     pub fn waiting(&self) -> Option<BorrowedFd<'_>> {
         self.pipe.as_ref().filter(|_| !self.queue.is_empty()).map(|p| p.as_fd())

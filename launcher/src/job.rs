@@ -69,7 +69,8 @@ struct Job {
     /// How each node's ranks wait and which core each rank is bound to.
     plan: Plan,
     /// spmdrun's stdin on its way to rank 0, when rank 0 is on another
-    /// host (on this one it reads spmdrun's stdin itself).
+    /// host or spmdrun's stdin is a terminal (otherwise rank 0 inherits
+    /// it).
     input: Option<input::InputRelay>,
 }
 
@@ -211,14 +212,16 @@ impl Job {
             _ => Input::Empty,
         };
         let mut started = spawn::start_rank(launch, place, input, core).map_err(|e| e.to_string())?;
-        if let Some(pipe) = started.child.stdin.take() {
-            let pipe = std::os::fd::OwnedFd::from(pipe);
-            crate::nonblocking::set_nonblocking(pipe.as_fd())?;
-            self.input = Some(input::InputRelay::new(input::Target::Here(InputPipe::new(Some(pipe)))));
-        }
         let r = &mut self.ranks[rank];
         r.pid = started.child.id() as i32;
         self.by_pid.insert(r.pid, rank);
+        if let Some(pipe) = started.child.stdin.take() {
+            // A pipe that cannot be made nonblocking is not fed (a write
+            // could stall spmdrun): rank 0 sees its end.
+            let pipe = Some(std::os::fd::OwnedFd::from(pipe))
+                .filter(|p| crate::nonblocking::set_nonblocking(p.as_fd()).is_ok());
+            self.input = Some(input::InputRelay::new(input::Target::Here(InputPipe::new(pipe))));
+        }
         r.channel = Some(Channel::new(
             started.channel,
             LAUNCHER_ID,
@@ -255,6 +258,11 @@ impl Job {
                             relay.on_room();
                         }
                     }
+                }
+            }
+            if self.ranks[0].exited.is_some() || self.failure.is_some() {
+                if let Some(relay) = &mut self.input {
+                    relay.rank_exited();
                 }
             }
             let now = Instant::now();
@@ -335,8 +343,7 @@ impl Job {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
             who.push((agent, if err { Source::AgentStderr } else { Source::Agent }));
         }
-        let rank0_runs = self.failure.is_none() && self.ranks[0].exited.is_none();
-        if let Some(stdin) = self.input.as_ref().filter(|_| rank0_runs).and_then(|i| i.to_read()) {
+        if let Some(stdin) = self.input.as_ref().and_then(|i| i.to_read()) {
             fds.push(PollFd::new(stdin, PollFlags::POLLIN));
             who.push((0, Source::Input));
         }

@@ -1,6 +1,6 @@
 //! The signals spmdrun reacts to, read from a descriptor in its event loop:
 //! SIGINT, SIGTERM and SIGHUP end the job as a failing rank would; SIGCHLD
-//! says a child has ended.
+//! says a child has ended. SIGTTIN is blocked and never read.
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -19,7 +19,13 @@ fn watched() -> SigSet {
 /// from. Children get an empty mask back when they are spawned.
 pub fn open() -> Result<SignalFd, String> {
     let set = watched();
-    set.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
+    // SIGTTIN too (not watched): a read of the terminal from the
+    // background then fails instead of stopping spmdrun.
+    let mut blocked = set;
+    blocked.add(Signal::SIGTTIN);
+    blocked
+        .thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
     SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("cannot watch signals: {e}"))
 }

@@ -107,8 +107,9 @@ pub fn usable_cores() -> Vec<usize> {
 pub enum Input {
     /// spmdrun's own (rank 0 on spmdrun's machine).
     Inherit,
-    /// A pipe its starter writes (rank 0 on another host: its agent writes
-    /// what spmdrun reads).
+    /// A pipe its starter writes with what spmdrun reads (rank 0 on
+    /// another host, fed by its agent, or when spmdrun's stdin is a
+    /// terminal).
     Piped,
     /// Nothing: end of file at once (every other rank).
     Empty,

@@ -200,10 +200,10 @@ impl Agent {
             Ok(mut started) => {
                 let pid = started.child.id() as i32;
                 if rank == 0 {
+                    // A pipe that cannot be made nonblocking is not fed (a
+                    // write could stall the agent): rank 0 sees its end.
                     let pipe = started.child.stdin.take().map(OwnedFd::from);
-                    if let Some(fd) = &pipe {
-                        let _ = set_nonblocking(fd.as_fd());
-                    }
+                    let pipe = pipe.filter(|fd| set_nonblocking(fd.as_fd()).is_ok());
                     self.rank_input = Some(InputPipe::new(pipe));
                 }
                 let out = [
@@ -294,9 +294,9 @@ impl Agent {
                         if let Some(l) = self.locals.iter_mut().find(|l| l.pid == pid && !l.exited) {
                             l.exited = true;
                             l.ended = Some((Instant::now(), how));
-                            if l.place.rank == 0 {
-                                let dropped = self.rank_input.as_mut().map_or(0, InputPipe::close);
-                                report_taken(dropped, outbox);
+                            if let Some(input) = self.rank_input.as_mut().filter(|_| l.place.rank == 0) {
+                                let dropped = input.close();
+                                report_taken(input, dropped, outbox);
                             }
                         }
                     }
@@ -308,14 +308,16 @@ impl Agent {
             }
             if ready.input {
                 self.read_input();
-                while let Some(order) = self.inbox.next_message::<Down>()? {
-                    self.heard_at = Instant::now();
-                    self.obey(order, outbox)?;
-                }
             }
-            if ready.rank_input {
-                let taken = self.rank_input.as_mut().map_or(0, InputPipe::write);
-                report_taken(taken, outbox);
+            // Orders that came with the last one before the loop (Start)
+            // are in the inbox already.
+            while let Some(order) = self.inbox.next_message::<Down>()? {
+                self.heard_at = Instant::now();
+                self.obey(order, outbox)?;
+            }
+            if let Some(input) = self.rank_input.as_mut().filter(|_| ready.rank_input) {
+                let taken = input.write();
+                report_taken(input, taken, outbox);
             }
             for (i, what) in ready.ranks {
                 match what {

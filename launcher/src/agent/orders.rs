@@ -12,6 +12,7 @@ use spmd::wire::status::Page;
 
 use super::protocol::{Down, Outbox, Up};
 use super::{Agent, GRACE};
+use crate::input_pipe::InputPipe;
 
 impl Agent {
     pub(super) fn obey(&mut self, order: Down, outbox: &Outbox) -> Result<(), String> {
@@ -21,8 +22,10 @@ impl Agent {
                 Err("spmdrun sent standard input, but rank 0 is not on this host".into())
             }
             Down::Input { bytes } => {
-                let taken = self.rank_input.as_mut().map_or(0, |input| input.push(bytes));
-                report_taken(taken, outbox);
+                if let Some(input) = &mut self.rank_input {
+                    let taken = input.push(bytes);
+                    report_taken(input, taken, outbox);
+                }
                 Ok(())
             }
             Down::InputEnd => {
@@ -88,9 +91,13 @@ impl Agent {
     }
 }
 
-/// Tells spmdrun that rank 0 took `bytes` of its input, if any.
-pub(super) fn report_taken(bytes: u64, outbox: &Outbox) {
+/// Tells spmdrun that rank 0 took `bytes` of its input, if any, and
+/// whether its stdin is closed now.
+pub(super) fn report_taken(input: &InputPipe, bytes: u64, outbox: &Outbox) {
     if bytes > 0 {
-        outbox.send(&Up::InputTaken { bytes });
+        outbox.send(&Up::InputTaken {
+            bytes,
+            closed: input.is_closed(),
+        });
     }
 }

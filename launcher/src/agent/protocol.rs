@@ -115,9 +115,11 @@ pub enum Up {
         how: Termination,
     },
     /// Rank 0 took this many bytes of its input (or they were dropped,
-    /// its stdin being closed): spmdrun may send as many more.
+    /// its stdin being closed): spmdrun may send as many more. `closed`:
+    /// rank 0's stdin is closed, send no more.
     InputTaken {
         bytes: u64,
+        closed: bool,
     },
     /// The agent is alive (sent every few seconds).
     Alive,

@@ -348,8 +348,8 @@ impl Job {
     }
 
     fn on_report(&mut self, i: usize, m: Up) {
-        if let Up::InputTaken { bytes } = m {
-            return self.on_input_taken(i, bytes);
+        if let Up::InputTaken { bytes, closed } = m {
+            return self.on_input_taken(i, bytes, closed);
         }
         let rank_of = |rank: u32| Some(rank as usize).filter(|r| self.agents[i].ranks.contains(r));
         let rank = match &m {

@@ -6,14 +6,20 @@
 //! rank that does not read costs no memory and a fast producer waits for a
 //! slow reader.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, open};
+use nix::sys::stat::{Mode, SFlag, fstat};
 
 use crate::agent::protocol::Down;
 use crate::input_pipe::InputPipe;
-use crate::nonblocking::read_chunk;
 
-/// The most bytes on their way to rank 0 and not yet taken by it.
+/// The most bytes on their way to rank 0 and not yet taken by it (one
+/// read more may pass it).
 const AHEAD: u64 = 1 << 20;
+/// The most one read takes.
+const CHUNK: usize = 64 << 10;
 
 /// Where rank 0's input goes.
 pub(super) enum Target {
@@ -28,8 +34,13 @@ pub(super) struct InputRelay {
     pub target: Target,
     /// Bytes sent and not yet reported taken.
     ahead: u64,
-    /// Not yet at end of file.
+    /// Not yet at end of file, and rank 0 still takes input.
     open: bool,
+    /// A nonblocking description of stdin of spmdrun's own, when stdin is
+    /// a terminal or a pipe: a read never waits (a terminal's line can be
+    /// gone between poll and read, flushed by Ctrl-C), and the description
+    /// the shell shares keeps its flags.
+    own: Option<OwnedFd>,
 }
 
 impl InputRelay {
@@ -39,17 +50,18 @@ impl InputRelay {
             target,
             ahead: 0,
             open: true,
+            own: reopen_stdin(),
         }
     }
 
     /// spmdrun's stdin, when it is to be read now: not at its end, room
     /// ahead of the rank, and not a terminal of which spmdrun is in the
     /// background (reading it would stop spmdrun, and with it the job).
-    pub fn to_read(&self) -> Option<BorrowedFd<'static>> {
+    pub fn to_read(&self) -> Option<BorrowedFd<'_>> {
         if !self.open || self.ahead >= AHEAD || in_background() {
             return None;
         }
-        Some(stdin())
+        Some(self.source())
     }
 
     /// True while input waits only for spmdrun to come to the foreground,
@@ -58,21 +70,40 @@ impl InputRelay {
         self.open && self.ahead < AHEAD && in_background()
     }
 
-    /// Reads what stdin holds (one read: poll said it would not block);
-    /// returns the order for the agent, if the input goes to one.
+    fn source(&self) -> BorrowedFd<'_> {
+        match &self.own {
+            Some(fd) => fd.as_fd(),
+            // SAFETY: descriptor 0 stays open for spmdrun's life (the Rust
+            // runtime opens /dev/null there if it was closed at start).
+            None => unsafe { BorrowedFd::borrow_raw(0) },
+        }
+    }
+
+    /// Reads what stdin holds now; returns the order for the agent, if
+    /// the input goes to one.
     pub fn read(&mut self) -> Option<Down> {
-        if !self.open {
+        // spmdrun may have gone to the background since the poll began;
+        // SIGTTIN is blocked, so a read then fails (EIO) instead of
+        // stopping spmdrun, and that is not the end of the input.
+        if !self.open || in_background() {
             return None;
         }
-        let order = match read_chunk(stdin()) {
-            Some(bytes) if bytes.is_empty() => return None,
-            Some(bytes) => {
-                self.ahead += bytes.len() as u64;
-                Down::Input { bytes }
+        let mut buf = vec![0u8; CHUNK];
+        let order = match nix::unistd::read(self.source(), &mut buf) {
+            Ok(0) => {
+                self.open = false;
+                Down::InputEnd
             }
-            // End of file, or stdin cannot be read (closed, or a terminal
-            // gone): the rank sees the end.
-            None => {
+            Ok(n) => {
+                buf.truncate(n);
+                self.ahead += n as u64;
+                Down::Input { bytes: buf }
+            }
+            Err(Errno::EAGAIN | Errno::EINTR) => return None,
+            Err(Errno::EIO) if in_background() => return None,
+            // stdin cannot be read (a terminal hung up): the rank sees
+            // the end.
+            Err(_) => {
                 self.open = false;
                 Down::InputEnd
             }
@@ -83,7 +114,7 @@ impl InputRelay {
         match order {
             Down::Input { bytes } => {
                 let taken = pipe.push(bytes);
-                self.ahead = self.ahead.saturating_sub(taken);
+                self.taken_here(taken);
             }
             _ => pipe.end(),
         }
@@ -102,13 +133,31 @@ impl InputRelay {
     pub fn on_room(&mut self) {
         if let Target::Here(pipe) = &mut self.target {
             let taken = pipe.write();
-            self.ahead = self.ahead.saturating_sub(taken);
+            self.taken_here(taken);
         }
     }
 
-    /// The agent says rank 0 took `bytes`; false if that is more than was
-    /// sent.
-    pub fn taken(&mut self, bytes: u64) -> bool {
+    fn taken_here(&mut self, taken: u64) {
+        self.ahead = self.ahead.saturating_sub(taken);
+        if let Target::Here(pipe) = &self.target {
+            // Rank 0 closed its stdin: nothing more is read for it.
+            self.open &= !pipe.is_closed();
+        }
+    }
+
+    /// Rank 0 has exited: its pipe (on this machine) is closed, so that a
+    /// process it left sees the end, and nothing more is read.
+    pub fn rank_exited(&mut self) {
+        self.open = false;
+        if let Target::Here(pipe) = &mut self.target {
+            pipe.close();
+        }
+    }
+
+    /// The agent says rank 0 took `bytes` (and whether its stdin is
+    /// closed now); false if that is more than was sent.
+    pub fn taken(&mut self, bytes: u64, closed: bool) -> bool {
+        self.open &= !closed;
         match self.ahead.checked_sub(bytes) {
             Some(left) => {
                 self.ahead = left;
@@ -129,9 +178,9 @@ impl super::Job {
     }
 
     /// Agent `i` says rank 0 took `bytes` of its input.
-    pub(super) fn on_input_taken(&mut self, i: usize, bytes: u64) {
+    pub(super) fn on_input_taken(&mut self, i: usize, bytes: u64, closed: bool) {
         let fits = match &mut self.input {
-            Some(relay) if matches!(relay.target, Target::Agent(a) if a == i) => relay.taken(bytes),
+            Some(relay) if matches!(relay.target, Target::Agent(a) if a == i) => relay.taken(bytes, closed),
             _ => false,
         };
         if !fits {
@@ -150,12 +199,17 @@ pub(super) fn is_terminal() -> bool {
     unsafe { libc::isatty(0) == 1 }
 }
 
-/// spmdrun's standard input (descriptor 0).
-fn stdin() -> BorrowedFd<'static> {
-    // SAFETY: descriptor 0 is never closed by spmdrun; were it closed
-    // before spmdrun started, poll and read report that, and the relay
-    // ends.
-    unsafe { BorrowedFd::borrow_raw(0) }
+/// stdin opened again, nonblocking, when it is a terminal or a pipe (a
+/// file is read where the shell left it, and never blocks).
+fn reopen_stdin() -> Option<OwnedFd> {
+    // SAFETY: as in `source`.
+    let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+    let kind = SFlag::from_bits_truncate(fstat(stdin).ok()?.st_mode) & SFlag::S_IFMT;
+    if kind != SFlag::S_IFIFO && kind != SFlag::S_IFCHR {
+        return None;
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    open("/proc/self/fd/0", flags, Mode::empty()).ok()
 }
 
 /// True when stdin is spmdrun's controlling terminal and spmdrun is not in
