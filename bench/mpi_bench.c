@@ -3,7 +3,7 @@
  * MPICH on the same machine and compare. Output columns match the Rust
  * programs (and the OSU micro-benchmarks).
  *
- * usage: mpi_bench latency|bw [max-bytes]
+ * usage: mpi_bench latency|bw|mbw_mr [max-bytes]
  *        mpi_bench allreduce|iallreduce|reduce|bcast|allgather|alltoall [max-bytes] [min-bytes] [iterations]
  *        mpi_bench barrier [iterations]
  *        mpi_bench idle [seconds]
@@ -48,35 +48,63 @@ static void latency(size_t max) {
     free(buf);
 }
 
-static void bw(size_t max) {
+/* The streaming loop of bw and mbw_mr, as spmd's examples/common/window.rs:
+ * a sender posts a window of sends to `partner`, which has its receives
+ * posted, then waits for its acknowledgement; returns the timed seconds. */
+static double stream(const char *data, char *bufs, size_t s, int partner, int sending, int warmup, int iters) {
+    MPI_Request req[WINDOW];
+    double start = 0;
+    MPI_Barrier(MPI_COMM_WORLD);
+    for (int i = 0; i < warmup + iters; i++) {
+        if (i == warmup) start = MPI_Wtime();
+        if (sending) {
+            for (int w = 0; w < WINDOW; w++)
+                MPI_Isend(data, (int)s, MPI_CHAR, partner, 100, MPI_COMM_WORLD, &req[w]);
+            MPI_Waitall(WINDOW, req, MPI_STATUSES_IGNORE);
+            MPI_Recv(NULL, 0, MPI_CHAR, partner, 101, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        } else {
+            for (int w = 0; w < WINDOW; w++)
+                MPI_Irecv(bufs + w * s, (int)s, MPI_CHAR, partner, 100, MPI_COMM_WORLD, &req[w]);
+            MPI_Waitall(WINDOW, req, MPI_STATUSES_IGNORE);
+            MPI_Send(NULL, 0, MPI_CHAR, partner, 101, MPI_COMM_WORLD);
+        }
+    }
+    return MPI_Wtime() - start;
+}
+
+/* Rank 0 to rank 1 (any other rank only meets the barriers), or, with
+ * `pairs`, rank i of the first half to rank i + size/2 at once, as spmd's
+ * examples/osu_mbw_mr.rs: every pair's bytes over the slowest pair's time,
+ * and the message rate. */
+static void streaming(size_t max, int multi) {
+    int pairs = multi ? size / 2 : 1, sending = rank < pairs;
+    int partner = sending ? rank + pairs : rank - pairs;
+    int streams = rank < 2 * pairs;
     /* Written, as spmd's osu_bw writes its data: an untouched calloc is
      * the kernel's zero page, which a single-copy transfer reads from
      * cache, flattering MPI by a few percent at 1 MiB. */
     char *data = malloc(max);
     memset(data, 1, max);
     char *bufs = calloc(max * WINDOW, 1);
-    MPI_Request req[WINDOW];
-    if (rank == 0) printf("# mpi bandwidth test\n%-10s%20s\n", "# Size", "Bandwidth (MB/s)");
+    if (rank == 0 && multi)
+        printf("# mpi multiple bandwidth / message rate test (%d pairs)\n%-10s%20s%20s\n", pairs, "# Size", "MB/s",
+               "Messages/s");
+    else if (rank == 0)
+        printf("# mpi bandwidth test\n%-10s%20s\n", "# Size", "Bandwidth (MB/s)");
     for (size_t s = 1; s <= max; s *= 2) {
         int warmup = (s > 8192 ? 2 : 10) * repeat, iters = (s > 8192 ? 20 : 100) * repeat;
-        double start = 0;
-        MPI_Barrier(MPI_COMM_WORLD);
-        for (int i = 0; i < warmup + iters; i++) {
-            if (i == warmup) start = MPI_Wtime();
-            if (rank == 0) {
-                for (int w = 0; w < WINDOW; w++)
-                    MPI_Isend(data, (int)s, MPI_CHAR, 1, 100, MPI_COMM_WORLD, &req[w]);
-                MPI_Waitall(WINDOW, req, MPI_STATUSES_IGNORE);
-                MPI_Recv(NULL, 0, MPI_CHAR, 1, 101, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-            } else if (rank == 1) {
-                for (int w = 0; w < WINDOW; w++)
-                    MPI_Irecv(bufs + w * s, (int)s, MPI_CHAR, 0, 100, MPI_COMM_WORLD, &req[w]);
-                MPI_Waitall(WINDOW, req, MPI_STATUSES_IGNORE);
-                MPI_Send(NULL, 0, MPI_CHAR, 0, 101, MPI_COMM_WORLD);
-            }
-        }
-        double t = MPI_Wtime() - start;
-        if (rank == 0) printf("%-10zu%20.2f\n", s, (double)s * WINDOW * iters / t / 1e6);
+        double t = 0, slowest = 0;
+        if (streams)
+            t = stream(data, bufs, s, partner, sending, warmup, iters);
+        else
+            MPI_Barrier(MPI_COMM_WORLD);
+        if (!sending) t = 0;
+        MPI_Reduce(&t, &slowest, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+        double messages = (double)pairs * WINDOW * iters / slowest;
+        if (rank == 0 && multi)
+            printf("%-10zu%20.2f%20.2f\n", s, messages * (double)s / 1e6, messages);
+        else if (rank == 0)
+            printf("%-10zu%20.2f\n", s, messages * (double)s / 1e6);
     }
     free(data);
     free(bufs);
@@ -195,7 +223,8 @@ int main(int argc, char **argv) {
     double arg = argc > 2 ? atof(argv[2]) : 0;
     double arg2 = argc > 3 ? atof(argv[3]) : 0, arg3 = argc > 4 ? atof(argv[4]) : 0;
     if (!strcmp(mode, "latency")) latency(arg > 0 ? (size_t)arg : 4 << 20);
-    else if (!strcmp(mode, "bw")) bw(arg > 0 ? (size_t)arg : 4 << 20);
+    else if (!strcmp(mode, "bw")) streaming(arg > 0 ? (size_t)arg : 4 << 20, 0);
+    else if (!strcmp(mode, "mbw_mr")) streaming(arg > 0 ? (size_t)arg : 4 << 20, 1);
     else if (!strcmp(mode, "allreduce")) collective(ALLREDUCE, mode, arg > 0 ? (size_t)arg : 1 << 20, (size_t)arg2, (int)arg3);
     else if (!strcmp(mode, "iallreduce")) collective(IALLREDUCE, mode, arg > 0 ? (size_t)arg : 1 << 20, (size_t)arg2, (int)arg3);
     else if (!strcmp(mode, "reduce")) collective(REDUCE, mode, arg > 0 ? (size_t)arg : 1 << 20, (size_t)arg2, (int)arg3);

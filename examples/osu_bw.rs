@@ -7,13 +7,8 @@
 
 mod common;
 
+use common::window::{WINDOW, iterations, stream};
 use spmd::Communicator;
-
-const WINDOW: usize = 64;
-
-fn iterations(size: usize) -> (usize, usize) {
-    if size > 8192 { (2, 20) } else { (10, 100) }
-}
 
 fn main() -> Result<(), spmd::Error> {
     let job = spmd::init()?;
@@ -32,49 +27,22 @@ fn main() -> Result<(), spmd::Error> {
     }
     let mut size = 1;
     while size <= max {
-        let mb_s = window(world, size, common::repeated(world, iterations(size)))?;
+        let (warmup, iters) = common::repeated(world, iterations(size));
+        let seconds = match world.rank() {
+            0 => stream(world, size, 1, true, (warmup, iters))?,
+            1 => stream(world, size, 0, false, (warmup, iters))?,
+            // Only at the barrier of each size.
+            _ => {
+                world.barrier()?;
+                0.0
+            }
+        };
         if world.rank() == 0 {
+            let mb_s = (size * WINDOW * iters) as f64 / seconds / 1e6;
             println!("{size:<10}{mb_s:>20.2}");
         }
         size *= 2;
     }
     drop(on);
     job.finalize()
-}
-
-fn window(world: &Communicator, size: usize, (warmup, iters): (usize, usize)) -> Result<f64, spmd::Error> {
-    let data = vec![1u8; size];
-    let mut bufs = vec![vec![0u8; size]; WINDOW];
-    world.barrier()?;
-    let mut start = 0.0;
-    for i in 0..warmup + iters {
-        if i == warmup {
-            start = spmd::wtime();
-        }
-        // Scoped requests lend the buffers: no copies beyond the rings.
-        match world.rank() {
-            0 => {
-                world.scope(|s| {
-                    let sends: Vec<_> = (0..WINDOW)
-                        .map(|_| s.immediate_send_slice_with_tag(&data, 1, 100))
-                        .collect::<Result<_, _>>()?;
-                    spmd::wait_all(sends).map(|_| ())
-                })?;
-                world.receive_with_tag::<()>(1, 101)?;
-            }
-            1 => {
-                world.scope(|s| {
-                    let receives: Vec<_> = bufs
-                        .iter_mut()
-                        .map(|buf| s.immediate_receive_into_with_tag(buf, 0, 100))
-                        .collect::<Result<_, _>>()?;
-                    spmd::wait_all(receives).map(|_| ())
-                })?;
-                world.send_with_tag(&(), 0, 101)?;
-            }
-            _ => {}
-        }
-    }
-    let seconds = spmd::wtime() - start;
-    Ok((size * WINDOW * iters) as f64 / seconds / 1e6)
 }

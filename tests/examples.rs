@@ -185,6 +185,31 @@ fn benchmarks_print_osu_tables() {
         assert!(out.lines().contains(&header), "{name}: no header {header:?} in {out:?}");
         assert!(row(&out, size) > 0.0, "{name} {args:?}: {out:?}");
     }
+    // Several pairs: a third column, the message rate, which is the
+    // bandwidth over the size; an odd number of ranks is refused.
+    let out = run(spmdrun(&["-n", "4", "--timeout", "120", &example("osu_mbw_mr"), "64"]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("(2 pairs)"), "{out:?}");
+    let rows: Vec<Vec<f64>> = out
+        .lines()
+        .iter()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split_whitespace().map(|v| v.parse().expect("a number")).collect())
+        .collect();
+    assert_eq!(rows.len(), 7, "sizes 1 to 64: {out:?}");
+    for r in &rows {
+        let expected = r[2] * r[0] / 1e6;
+        assert!(
+            r[1] > 0.0 && (r[1] - expected).abs() <= 0.01 + expected * 1e-3,
+            "{r:?}: {out:?}"
+        );
+    }
+    let out = run(spmdrun(&["-n", "3", &example("osu_mbw_mr"), "8"]));
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("osu_mbw_mr needs an even number of ranks"),
+        "{out:?}"
+    );
     let out = run(spmdrun(&["-n", "4", &example("launch")]));
     assert_eq!(out.code(), Some(0), "{out:?}");
     let out = run(spmdrun(&["-n", "3", &example("idle_cpu"), "0.2"]));

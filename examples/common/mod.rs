@@ -1,13 +1,15 @@
 //! Helpers the examples share: their command-line arguments (a value, its
 //! default when it is absent, or the whole job ended with a message naming
-//! what was wrong), the `BENCH_REPEAT` factor, and the loop of the OSU
-//! collective benchmarks.
+//! what was wrong), the `BENCH_REPEAT` factor, and the loops of the OSU
+//! collective and streaming benchmarks.
 
 use std::str::FromStr;
 
 // Not every example uses every helper.
 #[allow(dead_code)]
 pub mod collective;
+#[allow(dead_code)]
+pub mod window;
 
 /// Argument `index` (1-based) parsed as a `T`, `default` when it is absent.
 /// Anything else ends the job with status 2 and a message that names the
