@@ -1,0 +1,91 @@
+//! Judging the job's ranks: whether a rank's exit fails the job (once its
+//! last words are in), and what the status pages say of hangs and
+//! deadlocks.
+
+use std::time::{Duration, Instant};
+
+use super::{DEADLOCK, Job, LAST_WORDS};
+use crate::hang::{HangWatch, Verdict};
+use crate::output::Stream;
+use crate::rank::Rank;
+
+impl Job {
+    /// True while a rank has exited but its channel is still open: its
+    /// last words (a panic, finalize) may yet come.
+    pub(super) fn awaiting_last_words(&self) -> bool {
+        self.ranks
+            .iter()
+            .any(|r| !r.judged && r.exited.is_some() && r.listening())
+    }
+
+    /// Judges every rank that has exited and whose last words are in (or
+    /// will not come).
+    pub(super) fn judge_ready(&mut self, now: Instant) {
+        // The earliest exit first: it is the likeliest cause of the others.
+        let mut order: Vec<usize> = (0..self.ranks.len()).collect();
+        order.sort_by_key(|&r| self.ranks[r].exited_at);
+        for rank in order {
+            let r = &self.ranks[rank];
+            if r.judged || r.exited.is_none() {
+                continue;
+            }
+            if r.listening() && r.exited_at.is_some_and(|t| now < t + LAST_WORDS) {
+                continue;
+            }
+            // Its last line on stderr may still be in the pipe.
+            if r.stderr.is_some() && r.exited_at.is_some_and(|t| now < t + LAST_WORDS) {
+                self.on_output(rank, Stream::Stderr);
+                if self.ranks[rank].stderr.is_some() {
+                    continue;
+                }
+            }
+            self.judge(rank);
+        }
+    }
+
+    /// Decides whether a rank's exit fails the job.
+    fn judge(&mut self, rank: usize) {
+        self.ranks[rank].judged = true;
+        if self.failure.is_some() {
+            return;
+        }
+        let others = |f: &dyn Fn(&Rank) -> bool| self.ranks.iter().enumerate().any(|(i, o)| i != rank && f(o));
+        let others_running = others(&|o| o.exited.is_none());
+        let others_joined = others(&|o| o.hello);
+        if let Some((message, code)) = self.ranks[rank].verdict(rank, others_running, others_joined) {
+            self.fail(format!("{message}; ending the job"), code);
+        }
+    }
+
+    pub(super) fn hang_lines(&mut self) -> Vec<String> {
+        match self.hang.as_mut() {
+            Some(h) => h.describe_now(&self.ranks),
+            None => HangWatch::new(Duration::ZERO, self.ranks.len()).describe_now(&self.ranks),
+        }
+    }
+
+    /// Reads the status pages; reports a hang, or ends the job on a
+    /// deadlock (or reports it, as `--end-on-deadlock` says).
+    pub(super) fn look_for_hangs(&mut self) {
+        if self.failure.is_some() {
+            return;
+        }
+        let Some(watch) = self.hang.as_mut() else { return };
+        match watch.look(&self.ranks) {
+            None => {}
+            Some(Verdict::Report(lines)) => self.say(&lines),
+            Some(Verdict::Deadlock(lines)) => {
+                if self.end_on_deadlock {
+                    let (first, rest) = lines
+                        .split_first()
+                        .map_or((String::new(), &[][..]), |(f, r)| (f.clone(), r));
+                    self.fail(format!("{first}; ending the job"), DEADLOCK);
+                    self.say(rest);
+                } else {
+                    self.say(&lines);
+                    self.hang = None;
+                }
+            }
+        }
+    }
+}
