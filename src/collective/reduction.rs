@@ -39,11 +39,14 @@ fn combine_into<E: Pod, O: Op<E>>(op: &O, acc: &mut [u8], other: &[u8], acc_is: 
             bytemuck::try_cast_slice_mut::<u8, E>(acc),
             bytemuck::try_cast_slice::<u8, E>(other),
         ) {
-            (Ok(a), Ok(b)) => {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x = combine(x, y);
-                }
-            }
+            // One loop per side, the side chosen outside it: with the test
+            // inside, the loop did one number at a time (its reload of the
+            // side kept it from being vectorized; 1 MiB allreduce on 8
+            // ranks took twice as long).
+            (Ok(a), Ok(b)) => match acc_is {
+                Side::Lower => a.iter_mut().zip(b).for_each(|(x, y)| *x = op.combine(x, y)),
+                Side::Upper => a.iter_mut().zip(b).for_each(|(x, y)| *x = op.combine(y, x)),
+            },
             // Buffers not aligned for E: go through typed copies.
             _ => {
                 let a: Vec<E> = typed(acc);
