@@ -80,7 +80,11 @@ struct Claimed {
 pub(crate) struct Matcher {
     /// Messages no receive has taken, in arrival order.
     unexpected: VecDeque<Envelope>,
-    posted: Vec<Posted>,
+    /// Receives waiting for a message, in the order they were posted: a
+    /// deque, since the earliest is the one usually taken, and a window of
+    /// 64 receives taken from the front of a vector moved the other 63
+    /// each time (6% of `osu_bw`'s time at 8 B).
+    posted: VecDeque<Posted>,
     landing: Vec<Claimed>,
     /// Receives that have their message but were not taken yet (few), with
     /// the room the message may have landed in.
@@ -112,8 +116,9 @@ impl Matcher {
         env.arrival = self.next_arrival;
         self.next_arrival += 1;
         if let Some(i) = self.posted.iter().position(|p| p.sel.accepts(&env)) {
-            let p = self.posted.remove(i);
-            self.completed.push((p.id, env, p.room));
+            if let Some(p) = remove_at(&mut self.posted, i) {
+                self.completed.push((p.id, env, p.room));
+            }
         } else {
             self.count_in(&env);
             self.unexpected.push_back(env);
@@ -143,7 +148,7 @@ impl Matcher {
                 self.completed.push((id, env, None));
             }
         } else {
-            self.posted.push(Posted { id, sel, room });
+            self.posted.push_back(Posted { id, sel, room });
         }
         id
     }
@@ -240,6 +245,12 @@ impl Matcher {
     }
 }
 
+/// Removes item `i` of `queue`: the front (the usual case) costs no moves.
+#[inline]
+fn remove_at<T>(queue: &mut VecDeque<T>, i: usize) -> Option<T> {
+    if i == 0 { queue.pop_front() } else { queue.remove(i) }
+}
+
 impl Sink for Matcher {
     fn deliver(&mut self, env: Envelope) {
         Matcher::deliver(self, env);
@@ -256,7 +267,7 @@ impl Sink for Matcher {
             .iter()
             .position(|p| p.sel.accepts_from(source, tag, context))?;
         let (ptr, fresh) = self.posted[i].room?.landing(format, len)?;
-        let p = self.posted.remove(i);
+        let p = remove_at(&mut self.posted, i)?;
         let arrival = self.next_arrival;
         self.next_arrival += 1;
         self.landing.push(Claimed {

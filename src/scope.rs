@@ -140,10 +140,16 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         }
         // SAFETY: `data` is borrowed for the scope, and the scope waits for
         // the send (or makes it owned) before it ends.
-        let sent = unsafe { self.comm.engine()?.send_lent(dest, head, message::pod_bytes(data)) };
+        let mut engine = self.comm.engine()?;
+        let sent = unsafe { engine.send_lent(dest, head, message::pod_bytes(data)) };
         let sent = self.comm.ranked(sent)?;
+        // A small message is usually written out at once: then the send is
+        // complete, and waiting for it costs nothing (no second visit to
+        // the engine per send in a window of them).
+        let done = engine.written(sent);
+        drop(engine);
         let mut lent = self.lent.borrow_mut();
-        lent.sends.push((sent, dest, false));
+        lent.sends.push((sent, dest, done));
         Ok(LentSend {
             scope: self,
             index: lent.sends.len() - 1,
