@@ -260,7 +260,10 @@ impl EngineGuard<'_> {
         }
         let wanting = &self.lock.wanting;
         let wanted = || wanting.load(Ordering::Relaxed) != 0;
-        if !wanted() && self.transport.poll_for_work(&|| ready() || wanted()) && !wanted() {
+        // After a sleep that only ended to look again (nothing came for
+        // RECOUNT), polling would cost the core time of a wait that
+        // spins, five times a second, for nothing.
+        if !self.idle && !wanted() && self.transport.poll_for_work(&|| ready() || wanted()) && !wanted() {
             return Ok(());
         }
         self.sleep_unlocked(deadline, ready)
@@ -280,7 +283,10 @@ impl EngineGuard<'_> {
                     let recount = Instant::now() + RECOUNT;
                     until = Some(deadline.map_or(recount, |d| d.min(recount)));
                 }
+                let start = Instant::now();
                 let slept = self.unlocked(|| sleep.sleep(until));
+                // Woken by nobody: it slept until the time to look again.
+                self.idle = deadline.is_none_or(|d| Instant::now() < d) && start.elapsed() >= RECOUNT;
                 // The wake-up descriptor is read only when it fired (it is
                 // the last one polled; a doorbell sleep does not use it).
                 woken = matches!(&sleep, Sleep::Descriptors(fds) if fds.last().is_some_and(|p| p.revents != 0));
