@@ -115,13 +115,13 @@ impl Matcher {
     pub fn deliver(&mut self, mut env: Envelope) {
         env.arrival = self.next_arrival;
         self.next_arrival += 1;
-        if let Some(i) = self.posted.iter().position(|p| p.sel.accepts(&env)) {
-            if let Some(p) = remove_at(&mut self.posted, i) {
-                self.completed.push((p.id, env, p.room));
+        let taker = self.posted.iter().position(|p| p.sel.accepts(&env));
+        match taker.and_then(|i| remove_at(&mut self.posted, i)) {
+            Some(p) => self.completed.push((p.id, env, p.room)),
+            None => {
+                self.count_in(&env);
+                self.unexpected.push_back(env);
             }
-        } else {
-            self.count_in(&env);
-            self.unexpected.push_back(env);
         }
     }
 

@@ -147,6 +147,10 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         // complete, and waiting for it costs nothing (no second visit to
         // the engine per send in a window of them).
         let done = engine.written(sent);
+        if done {
+            // Lets go of the payload too (an offer the peer closed on).
+            engine.own_sent(sent);
+        }
         drop(engine);
         let mut lent = self.lent.borrow_mut();
         lent.sends.push((sent, dest, done));

@@ -67,6 +67,12 @@ struct ThreadMark {
     /// The eventfd that wakes the thread when it sleeps on descriptors
     /// (-1 until it first does).
     wake: Cell<RawFd>,
+    /// The engine's count of moves ([`Engine::moves`]) when the thread's
+    /// last sleep in its wait under way ended only to look at the threads
+    /// again ([`RECOUNT`]), nobody having woken it: while nothing has moved
+    /// since, the next sleep starts without polling (a wait that spins
+    /// would otherwise spin five times a second for nothing).
+    idle_at: Cell<Option<u64>>,
 }
 
 impl Drop for ThreadMark {
@@ -83,7 +89,12 @@ thread_local! {
     /// operator's closure calling a collective, say) if it asks again.
     /// (Plain cells without a destructor: the cheapest thread-locals.)
     static HOLDING: Cell<bool> = const { Cell::new(false) };
-    static MARK: ThreadMark = const { ThreadMark { wake: Cell::new(-1) } };
+    static MARK: ThreadMark = const {
+        ThreadMark {
+            wake: Cell::new(-1),
+            idle_at: Cell::new(None),
+        }
+    };
 }
 
 /// The calling thread's wake-up eventfd, made on first use.
@@ -102,6 +113,11 @@ fn thread_wake_fd() -> Result<RawFd> {
         }
         Ok(t.wake.get())
     })
+}
+
+/// The calling thread's wait is over: its next one polls first again.
+pub(super) fn end_idle() {
+    MARK.with(|t| t.idle_at.set(None));
 }
 
 /// Empties the thread's wake-up eventfd after a sleep.
@@ -260,10 +276,8 @@ impl EngineGuard<'_> {
         }
         let wanting = &self.lock.wanting;
         let wanted = || wanting.load(Ordering::Relaxed) != 0;
-        // After a sleep that only ended to look again (nothing came for
-        // RECOUNT), polling would cost the core time of a wait that
-        // spins, five times a second, for nothing.
-        if !self.idle && !wanted() && self.transport.poll_for_work(&|| ready() || wanted()) && !wanted() {
+        let idle = MARK.with(|t| t.idle_at.get()) == Some(self.moves);
+        if !idle && !wanted() && self.transport.poll_for_work(&|| ready() || wanted()) && !wanted() {
             return Ok(());
         }
         self.sleep_unlocked(deadline, ready)
@@ -277,19 +291,20 @@ impl EngineGuard<'_> {
             Ok(Some(mut sleep)) => {
                 // Sleepers under spmdrun look again now and then: threads
                 // start and end (see `Engine::publish_asleep`).
-                let mut until = deadline;
+                let (mut until, mut recount) = (deadline, None);
                 if self.status.is_some() {
                     mine = self.publish_asleep();
-                    let recount = Instant::now() + RECOUNT;
-                    until = Some(deadline.map_or(recount, |d| d.min(recount)));
+                    let at = Instant::now() + RECOUNT;
+                    recount = Some(at).filter(|at| deadline.is_none_or(|d| *at < d));
+                    until = Some(deadline.map_or(at, |d| d.min(at)));
                 }
-                let start = Instant::now();
-                let slept = self.unlocked(|| sleep.sleep(until));
-                // Woken by nobody: it slept until the time to look again.
-                self.idle = deadline.is_none_or(|d| Instant::now() < d) && start.elapsed() >= RECOUNT;
+                let (slept, ended) = self.unlocked(|| (sleep.sleep(until), Instant::now()));
                 // The wake-up descriptor is read only when it fired (it is
                 // the last one polled; a doorbell sleep does not use it).
                 woken = matches!(&sleep, Sleep::Descriptors(fds) if fds.last().is_some_and(|p| p.revents != 0));
+                // Slept until the time to look again, and nobody woke it.
+                let looked_again = recount.is_some_and(|at| ended >= at) && !woken;
+                MARK.with(|t| t.idle_at.set(looked_again.then_some(self.moves)));
                 slept
             }
             Ok(None) => Ok(()),

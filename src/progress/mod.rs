@@ -92,10 +92,6 @@ pub(crate) struct Engine {
     /// The waits of the threads asleep: the status page names the oldest
     /// (see `lock.rs`).
     asleep: Vec<Asleep>,
-    /// The last sleep of the wait under way ended only to look at the
-    /// process's threads again (see `lock.rs`): nothing is coming, so the
-    /// next sleep starts without polling first.
-    idle: bool,
 }
 
 impl Engine {
@@ -119,7 +115,6 @@ impl Engine {
             wake_fds: Vec::new(),
             moves: 0,
             asleep: Vec::new(),
-            idle: false,
         }
     }
 
@@ -312,7 +307,6 @@ impl Engine {
     /// drained, a collective advanced): counts it for
     /// [`Engine::sleep_for_any`], and wakes the threads that sleep.
     fn note_moved(&mut self) {
-        self.idle = false;
         self.moves = self.moves.wrapping_add(1);
         self.wake_sleepers();
     }
@@ -370,7 +364,7 @@ impl Engine {
 
     /// A wait is over: the status page no longer says it waits.
     fn settle(&mut self) {
-        self.idle = false;
+        lock::end_idle();
         if let Some(s) = &self.status {
             s.done(self.sent, self.matcher.arrived());
         }
