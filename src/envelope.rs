@@ -116,6 +116,13 @@ unsafe impl Send for Buffer {}
 pub(crate) enum Room {
     /// In the caller's buffer.
     Given { buffer: Buffer, element: u16 },
+    /// In a buffer a scope lent, which learns of the landing from `slot`
+    /// instead of from the engine's list of completed receives.
+    Lent {
+        buffer: Buffer,
+        element: u16,
+        slot: crate::matching::SlotRef,
+    },
     /// In a buffer allocated when the message's length is known, for
     /// elements of `size` bytes aligned to `align` (see [`FreshBuffer`]).
     Fresh { size: usize, align: usize, element: u16 },
@@ -125,7 +132,9 @@ impl Room {
     /// Where a raw message of `len` bytes in `format` may land, if it may.
     pub fn landing(&self, format: Format, len: u64) -> Option<(*mut u8, Option<FreshBuffer>)> {
         match *self {
-            Room::Given { buffer, element } if format == Format::Raw(element) && buffer.len as u64 >= len => {
+            Room::Given { buffer, element } | Room::Lent { buffer, element, .. }
+                if format == Format::Raw(element) && buffer.len as u64 >= len =>
+            {
                 // Only whole elements land: anything else is an error the
                 // receive reports with the message still queued.
                 let size = crate::element::size_of_code(element)? as u64;

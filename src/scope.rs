@@ -13,7 +13,7 @@ use bytemuck::Pod;
 use crate::communicator::Communicator;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::matching::ReceiveId;
+use crate::matching::{LandedSlot, ReceiveId, SlotRef};
 use crate::message;
 use crate::progress::Sent;
 use crate::request::Request;
@@ -28,10 +28,15 @@ struct LentBuffer {
     mpi: Option<crate::mpi_backend::MpiReceive>,
     ptr: *mut u8,
     len: usize,
+    /// The element type of the buffer.
+    element: u16,
     /// Copies a message that did not land into the buffer, checking it.
     finish: fn(&Envelope, *mut u8, usize) -> Result<()>,
     done: bool,
 }
+
+/// Landed slots are made this many at a time.
+const SLOTS_PER_CHUNK: usize = 64;
 
 #[derive(Debug, Default)]
 struct Lent {
@@ -40,6 +45,11 @@ struct Lent {
     #[cfg(feature = "mpi")]
     mpi_sends: Vec<Option<crate::mpi_backend::MpiSend>>,
     receives: Vec<LentBuffer>,
+    /// Receive `i`'s landed slot is `slots[i / SLOTS_PER_CHUNK][i %
+    /// SLOTS_PER_CHUNK]`. Boxed chunks: a slot never moves while the scope
+    /// lives, so the engine may hold its address.
+    #[expect(clippy::vec_box, reason = "a slot must not move when the vector grows")]
+    slots: Vec<Box<[LandedSlot; SLOTS_PER_CHUNK]>>,
 }
 
 /// Non-blocking operations on buffers borrowed for the scope; see
@@ -204,6 +214,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
                 mpi: Some(receive),
                 ptr,
                 len,
+                element,
                 finish: finish_into::<T>,
                 done: false,
             });
@@ -212,9 +223,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
                 index: lent.receives.len() - 1,
             });
         }
+        let slot = self.next_slot();
         // SAFETY: `buf` is borrowed mutably for the scope, and the scope
-        // waits for the receive (or abandons it) before it ends.
-        let id = unsafe { self.comm.engine()?.post_lent(sel, ptr, len, element) };
+        // waits for the receive (or abandons it) before it ends and frees
+        // the slot.
+        let id = unsafe { self.comm.engine()?.post_lent(sel, ptr, len, element, slot) };
         let id = self.comm.ranked(id)?;
         let mut lent = self.lent.borrow_mut();
         lent.receives.push(LentBuffer {
@@ -223,6 +236,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             mpi: None,
             ptr,
             len,
+            element,
             finish: finish_into::<T>,
             done: false,
         });
@@ -250,11 +264,50 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         result
     }
 
+    /// The landed slot of the next receive posted (the one at index
+    /// `receives.len()`).
+    fn next_slot(&self) -> SlotRef {
+        let mut lent = self.lent.borrow_mut();
+        let index = lent.receives.len();
+        if index / SLOTS_PER_CHUNK == lent.slots.len() {
+            lent.slots
+                .push(Box::new(std::array::from_fn(|_| LandedSlot::default())));
+        }
+        SlotRef::new(&lent.slots[index / SLOTS_PER_CHUNK][index % SLOTS_PER_CHUNK])
+    }
+
+    /// Receive `index`'s landed slot.
+    fn slot(&self, index: usize) -> &LandedSlot {
+        let lent = self.lent.borrow();
+        let slot: *const LandedSlot = &lent.slots[index / SLOTS_PER_CHUNK][index % SLOTS_PER_CHUNK];
+        // SAFETY: the chunk is boxed, never moved out or dropped before the
+        // scope (which outlives `&self`), and only read through atomics.
+        unsafe { &*slot }
+    }
+
+    /// The message of a receive that landed in its buffer after a wait
+    /// failed, back in the queue (copied out of the buffer) so that it is
+    /// not lost.
+    fn requeue_landed(&self, engine: &mut crate::progress::EngineGuard<'_>, index: usize) {
+        let (ptr, element) = {
+            let lent = self.lent.borrow();
+            (lent.receives[index].ptr, lent.receives[index].element)
+        };
+        let Some(mut env) = self.slot(index).envelope(element) else {
+            return;
+        };
+        let len = env.landed.take().unwrap_or(0) as usize;
+        // SAFETY: the message landed in these `len` bytes of the lent
+        // buffer, which the scope still borrows.
+        env.payload = crate::pool::copy_of(unsafe { std::slice::from_raw_parts(ptr, len) });
+        engine.requeue(env);
+    }
+
     fn wait_receive(&self, index: usize) -> Result<Status> {
-        let (id, ptr, len, finish, done) = {
+        let (id, ptr, len, element, finish, done) = {
             let lent = self.lent.borrow();
             let r = &lent.receives[index];
-            (r.id, r.ptr, r.len, r.finish, r.done)
+            (r.id, r.ptr, r.len, r.element, r.finish, r.done)
         };
         if done {
             return Err(Error::InvalidArgument("this receive was already waited for".into()));
@@ -276,14 +329,31 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             }
             return Ok(status);
         }
-        let mut engine = self.comm.engine()?;
-        let result = self.comm.ranked(engine.wait_receive(id, None));
-        if result.is_err() {
-            engine.abandon_receive(id);
-        }
-        drop(engine);
+        let slot = self.slot(index);
+        // Landed already: no need for the engine.
+        let env = match slot.envelope(element) {
+            Some(env) => env,
+            None => {
+                let mut engine = self.comm.engine()?;
+                let result = self.comm.ranked(engine.wait_lent_receive(id, slot));
+                if result.is_err() {
+                    engine.abandon_receive(id);
+                    self.requeue_landed(&mut engine, index);
+                }
+                drop(engine);
+                match result {
+                    Ok(Some(env)) => env,
+                    Ok(None) => slot
+                        .envelope(element)
+                        .ok_or_else(|| Error::InvalidArgument("a landed receive lost its slot".into()))?,
+                    Err(e) => {
+                        self.lent.borrow_mut().receives[index].done = true;
+                        return Err(e);
+                    }
+                }
+            }
+        };
         self.lent.borrow_mut().receives[index].done = true;
-        let env = result?;
         let status = self.comm.status_of(&env);
         if let Err(e) = finish(&env, ptr, len).map_err(|e| self.comm.in_ranks(e)) {
             // A message that did not land goes back to the queue for a
@@ -327,13 +397,18 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             eprintln!("spmd: a scope ended inside another spmd call and cannot withdraw its buffers; aborting");
             std::process::abort();
         };
-        for r in lent.receives.iter_mut().filter(|r| !r.done) {
-            engine.abandon_receive(r.id);
-            r.done = true;
+        let withdrawn: Vec<usize> = (0..lent.receives.len()).filter(|&i| !lent.receives[i].done).collect();
+        for &i in &withdrawn {
+            engine.abandon_receive(lent.receives[i].id);
+            lent.receives[i].done = true;
         }
         for (sent, _, done) in lent.sends.iter_mut().filter(|s| !s.2) {
             engine.own_sent(*sent);
             *done = true;
+        }
+        drop(lent);
+        for i in withdrawn {
+            self.requeue_landed(&mut engine, i);
         }
     }
 
@@ -426,6 +501,10 @@ impl Request for LentReceive<'_, '_> {
         ) {
             return receive.test(m);
         }
-        Ok(done || self.scope.comm.ranked(self.scope.comm.engine()?.test_receive(id))?)
+        let slot = self.scope.slot(self.index);
+        if done || slot.is_landed() {
+            return Ok(true);
+        }
+        Ok(self.scope.comm.ranked(self.scope.comm.engine()?.test_receive(id))? || slot.is_landed())
     }
 }

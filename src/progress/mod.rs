@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::envelope::{Buffer, Envelope, Format, Room};
 use crate::error::{Error, Result};
-use crate::matching::{Matcher, ReceiveId};
+use crate::matching::{Matcher, ReceiveId, SlotRef};
 use crate::selector::Selector;
 use crate::status::{Asleep, StatusWriter, WaitOn, Whole};
 use crate::transport::{SendTicket, ShmMesh, Sleep, Transport, Wait};
@@ -205,15 +205,24 @@ impl Engine {
     }
 
     /// Posts a receive that may land straight in `len` bytes at `buf` (for
-    /// scoped requests), if the message holds elements of type `element`.
+    /// scoped requests), if the message holds elements of type `element`;
+    /// a message that lands is reported in `slot`, not kept for
+    /// [`EngineGuard::wait_receive`].
     ///
     /// # Safety
     ///
-    /// The buffer must stay valid until the receive completes or
-    /// [`Engine::abandon_receive`] was called for it.
-    pub unsafe fn post_lent(&mut self, sel: Selector, buf: *mut u8, len: usize, element: u16) -> Result<ReceiveId> {
+    /// The buffer and the slot must stay valid until the receive completes
+    /// or [`Engine::abandon_receive`] was called for it.
+    pub unsafe fn post_lent(
+        &mut self,
+        sel: Selector,
+        buf: *mut u8,
+        len: usize,
+        element: u16,
+        slot: SlotRef,
+    ) -> Result<ReceiveId> {
         let buffer = Buffer { ptr: buf, len };
-        self.post(sel, Some(Room::Given { buffer, element }))
+        self.post(sel, Some(Room::Lent { buffer, element, slot }))
     }
 
     /// Puts a message a receive took back in the queue, in its old place

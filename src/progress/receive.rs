@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::{Check, Engine, EngineGuard};
 use crate::envelope::{Buffer, Envelope, Room};
 use crate::error::{Error, Result};
-use crate::matching::ReceiveId;
+use crate::matching::{LandedSlot, ReceiveId};
 use crate::selector::{Selector, Status};
 use crate::status::WaitOn;
 use crate::transport::Wait;
@@ -87,20 +87,41 @@ impl EngineGuard<'_> {
         &mut self,
         id: ReceiveId,
         timeout: Option<Duration>,
-        mut check: Option<(WaitOn, &mut Check<'_>)>,
+        check: Option<(WaitOn, &mut Check<'_>)>,
     ) -> Result<Envelope> {
+        self.wait_receive_until(id, timeout, check, None)?
+            .ok_or_else(|| Error::InvalidArgument("this receive's message landed in a scope's buffer".into()))
+    }
+
+    /// Waits for a receive posted with [`Engine::post_lent`]: `None` when
+    /// its message landed and `slot` says what it was.
+    pub fn wait_lent_receive(&mut self, id: ReceiveId, slot: &LandedSlot) -> Result<Option<Envelope>> {
+        self.wait_receive_until(id, None, None, Some(slot))
+    }
+
+    fn wait_receive_until(
+        &mut self,
+        id: ReceiveId,
+        timeout: Option<Duration>,
+        mut check: Option<(WaitOn, &mut Check<'_>)>,
+        slot: Option<&LandedSlot>,
+    ) -> Result<Option<Envelope>> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let landed = || slot.is_some_and(LandedSlot::is_landed);
         let result = (|| loop {
             if let Some(env) = self.matcher.take(id) {
-                return Ok(env);
+                return Ok(Some(env));
             }
             self.step(Wait::No)?;
             if let Some(env) = self.matcher.take(id) {
-                return Ok(env);
+                return Ok(Some(env));
+            }
+            if landed() {
+                return Ok(None);
             }
             let Some(sel) = self.matcher.pending(id) else {
                 // Landing: the message is on its way.
-                self.pause(deadline, &|| false)?;
+                self.pause(deadline, &landed)?;
                 continue;
             };
             // Another rank's notice says more than its absence does.

@@ -25,6 +25,7 @@ use crate::wire::control::{SingleCopy, WaitMode};
 mod doorbell;
 mod fastbox;
 mod link;
+mod prefetch;
 mod ring;
 mod segment;
 mod single_copy;

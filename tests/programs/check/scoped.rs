@@ -53,6 +53,7 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
             .map(|_| ())
     })?;
     assert!(late == pattern(5000, left, 9), "the late receive was corrupted");
+    landed_then_failed(world)?;
     // A buffer too small is an error, from wait or from the scope's end.
     world.send_slice_with_tag(&[1u64, 2, 3], right, 901)?;
     let mut small = [0u64; 2];
@@ -64,6 +65,41 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
     world.barrier()?;
     if me == 0 {
         println!("ok scoped requests: in-place sends and receives, dropped and forgotten requests, errors");
+    }
+    Ok(())
+}
+
+/// A message that landed in a lent buffer before the scope's body failed
+/// is copied out and stays queued in its place, ahead of one that arrived
+/// after it (a fastbox-sized one and a ring-sized one over shared memory).
+fn landed_then_failed(world: &Communicator) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    let (right, left) = ((me + 1) % n, (me + n - 1) % n);
+    for (round, len) in [(60usize, 1usize), (61, 20_000)] {
+        let tag = 950 + round as u32;
+        let mut buf = vec![0u64; len];
+        let outcome = world.scope(|s| {
+            let mut first = s.immediate_receive_into_with_tag(&mut buf, left, tag)?;
+            // Every rank has posted before anything is sent.
+            world.barrier()?;
+            world.send_slice_with_tag(&pattern(len, me, round), right, tag)?;
+            world.send_slice_with_tag(&pattern(len, me, round + 1), right, tag)?;
+            while !first.test()? {
+                std::thread::yield_now();
+            }
+            Err::<(), _>(Error::InvalidArgument(
+                "the body gives up after its receive landed".into(),
+            ))
+        });
+        assert!(matches!(outcome, Err(Error::InvalidArgument(_))), "{outcome:?}");
+        for (k, which) in ["the landed message", "the one after it"].into_iter().enumerate() {
+            let got: Vec<u64> = world.receive_vec_with_tag(left, tag)?;
+            assert!(
+                got == pattern(len, left, round + k),
+                "{len} numbers: {which} came wrong"
+            );
+        }
+        world.barrier()?;
     }
     Ok(())
 }

@@ -9,7 +9,12 @@
 //! A message that goes back to the queue (its receive was withdrawn, or
 //! asked for another type) takes its old place in arrival order.
 
+mod landed;
+
 use std::collections::{HashMap, VecDeque};
+
+use landed::Landed;
+pub(crate) use landed::{LandedSlot, SlotRef};
 
 use crate::envelope::{Envelope, Format, Landing, Room};
 use crate::selector::{Selector, Status};
@@ -36,6 +41,23 @@ pub(crate) trait Sink {
     fn claim(&mut self, source: usize, tag: u32, context: Context, format: Format, len: u64) -> Option<Landing>;
     /// A claimed message is complete.
     fn landed(&mut self, id: ReceiveId, env: Envelope);
+    /// A whole message in hand (a fastbox's, described by `head`): lands
+    /// it in the receive that gets it, as [`Sink::claim`] then
+    /// [`Sink::landed`] would; false (and nothing done) if that receive
+    /// has no room for it.
+    fn land_whole(&mut self, head: &Arrived, payload: &[u8]) -> bool {
+        let len = payload.len() as u64;
+        let Some(landing) = self.claim(head.source, head.tag, head.context, head.format, len) else {
+            return false;
+        };
+        // SAFETY: a claimed landing has room for `len` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), landing.ptr, payload.len()) };
+        let mut env = Envelope::new(head.source, head.tag, head.context, head.format, Vec::new());
+        env.call = head.call;
+        env.landed = Some(len);
+        self.landed(landing.id, env);
+        true
+    }
     /// Whether to read more from `source` now: false when this rank holds
     /// as much as it keeps of messages nobody has asked for, and no posted
     /// receive could take one from `source`.
@@ -46,6 +68,16 @@ pub(crate) trait Sink {
     /// finalize's last reads, once nobody waits on this rank, take what
     /// arrives only up to the bound.
     fn keep_to_bound(&mut self) {}
+}
+
+/// What a message's header says, for [`Sink::land_whole`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrived {
+    pub source: usize,
+    pub tag: u32,
+    pub context: Context,
+    pub format: Format,
+    pub call: u32,
 }
 
 /// Identifies one posted receive.
@@ -183,7 +215,7 @@ impl Matcher {
         let (_, mut env, room) = self.completed.swap_remove(i);
         if let Some(fresh) = env.fresh.take() {
             env.unland(fresh);
-        } else if let (Some(len), Some(Room::Given { buffer, .. })) = (env.landed, room) {
+        } else if let (Some(len), Some(Room::Given { buffer, .. } | Room::Lent { buffer, .. })) = (env.landed, room) {
             // SAFETY: the message landed in these `len` bytes of the
             // caller's buffer, which the caller keeps valid until the
             // cancel returns.
@@ -285,8 +317,55 @@ impl Sink for Matcher {
             let c = self.landing.swap_remove(i);
             env.fresh = c.fresh;
             env.arrival = c.arrival;
-            self.completed.push((id, env, c.room));
+            match c.room {
+                // The scope that lent the buffer learns of it from its slot.
+                Some(Room::Lent { slot, .. }) => slot.land(&Landed::of(&env)),
+                room => self.completed.push((id, env, room)),
+            }
         }
+    }
+
+    fn land_whole(&mut self, head: &Arrived, payload: &[u8]) -> bool {
+        if head.format == Format::Serde {
+            return false;
+        }
+        let len = payload.len() as u64;
+        let Some(i) = self
+            .posted
+            .iter()
+            .position(|p| p.sel.accepts_from(head.source, head.tag, head.context))
+        else {
+            return false;
+        };
+        let Some((ptr, fresh)) = self.posted[i].room.and_then(|room| room.landing(head.format, len)) else {
+            return false;
+        };
+        let Some(p) = remove_at(&mut self.posted, i) else {
+            return false;
+        };
+        // SAFETY: the receive's room has space for `len` bytes at `ptr`.
+        unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), ptr, payload.len()) };
+        let arrival = self.next_arrival;
+        self.next_arrival += 1;
+        match p.room {
+            Some(Room::Lent { slot, .. }) => slot.land(&Landed {
+                source: head.source,
+                tag: head.tag,
+                context: head.context,
+                call: head.call,
+                len,
+                arrival,
+            }),
+            room => {
+                let mut env = Envelope::new(head.source, head.tag, head.context, head.format, Vec::new());
+                env.call = head.call;
+                env.landed = Some(len);
+                env.fresh = fresh;
+                env.arrival = arrival;
+                self.completed.push((p.id, env, room));
+            }
+        }
+        true
     }
 
     fn keep_to_bound(&mut self) {
@@ -319,6 +398,15 @@ mod tests {
 
     fn user(pattern: Match) -> Selector {
         Selector::new(Context::WORLD, pattern)
+    }
+
+    /// A room in `buf` for elements of type `element`.
+    fn given(buf: &mut [u8], element: u16) -> Room {
+        let buffer = Buffer {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        };
+        Room::Given { buffer, element }
     }
 
     #[test]
@@ -375,13 +463,7 @@ mod tests {
     fn a_message_landed_in_a_given_buffer_is_copied_out_when_its_receive_is_cancelled_and_keeps_its_place() {
         let mut m = Matcher::default();
         let mut buf = [0u8; 4];
-        let room = Room::Given {
-            buffer: Buffer {
-                ptr: buf.as_mut_ptr(),
-                len: 4,
-            },
-            element: 1,
-        };
+        let room = given(&mut buf, 1);
         m.deliver(env(5, 0, 50));
         let id = m.post_into(user(Match::source(1)), Some(room));
         let landing = m.claim(1, 0, Context::WORLD, U8, 3).expect("claimed");
@@ -423,13 +505,7 @@ mod tests {
             .collect();
         assert_eq!(got, [0, 1, 2, 3]);
         let mut buf = [0u8; 8];
-        let room = Room::Given {
-            buffer: Buffer {
-                ptr: buf.as_mut_ptr(),
-                len: 8,
-            },
-            element: 5,
-        };
+        let room = given(&mut buf, 5);
         m.post_into(user(Match::any()), Some(room));
         assert!(
             m.claim(1, 0, Context::WORLD, Format::Raw(7), 8).is_none(),
