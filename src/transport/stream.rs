@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 
 use crate::envelope::{Envelope, Format, Landing};
 use crate::error::{Error, Result};
+use crate::matching::Arrived;
 use crate::wire::{HEADER_LEN, Header, Kind, Offer};
 
 use super::Delivery;
@@ -329,6 +330,11 @@ impl<L: Link> Peer<L> {
                 let len = usize::try_from(header.len)
                     .map_err(|_| Error::protocol(&self.name, "length", "larger than this machine's address space"))?;
                 let format = Format::of(header.kind, header.element);
+                if header.kind != Kind::Offer && self.staged.len() >= len {
+                    // All of it is here: delivered or landed at once.
+                    self.whole(&header, format, len, deliver)?;
+                    continue;
+                }
                 let target = if header.kind == Kind::Offer {
                     // The offer itself; its message is claimed once it is read.
                     Target::Owned(vec![0; len])
@@ -403,6 +409,27 @@ impl<L: Link> Peer<L> {
                 self.staged = 0..0;
             }
         }
+    }
+
+    /// Hands on a message whose `len` payload bytes are all staged.
+    fn whole(&mut self, h: &Header, format: Format, len: usize, deliver: &mut Delivery<'_>) -> Result<()> {
+        let payload = &self.staging[self.staged.start..self.staged.start + len];
+        let head = Arrived {
+            source: self.rank,
+            tag: h.tag,
+            context: h.context,
+            format,
+            call: h.call,
+        };
+        if !deliver.land_whole(&head, payload) {
+            let mut owned = allocate(len, &self.name)?;
+            owned.copy_from_slice(payload);
+            let mut env = Envelope::new(self.rank, h.tag, h.context, format, owned);
+            env.call = h.call;
+            deliver.deliver(env);
+        }
+        self.staged.start += len;
+        Ok(())
     }
 
     pub(super) fn check_header(&self, hb: &[u8; HEADER_LEN], max_message: u64) -> Result<Header> {

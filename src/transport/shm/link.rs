@@ -20,6 +20,9 @@ use super::single_copy;
 /// A large write makes its bytes visible to the reader every this many
 /// bytes, so that copying in and copying out overlap.
 const PUBLISH_EVERY: usize = 4 << 10;
+/// Ring bytes past its head that a sender asks to have writable after
+/// each write (see `prefetch.rs`): a few small messages' worth.
+const WRITE_AHEAD: usize = 256;
 /// Messages of at least this many bytes go as offers, for the receiver to
 /// copy from the sender's memory, where it can and while the receiver
 /// lags (see `RingLink::offers`).
@@ -259,6 +262,8 @@ impl Link for RingLink {
             self.tx.publish_head(self.tx_head);
             doorbell::ring(self.peer_doorbell(), self.peer_wake);
         }
+        // The next few small messages' lines, where the receiver is done.
+        self.tx.prefetch_for_write(self.tx_head, room.min(WRITE_AHEAD));
         if self.peer_closed() {
             // What the peer did not read is refused on the next write.
             return Ok(Io::Done(self.read_before_close(wrote)));

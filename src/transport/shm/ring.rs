@@ -103,6 +103,16 @@ impl RingMemory {
         }
     }
 
+    /// Asks for the lines of the `len` bytes from stream position `at` to
+    /// be made writable here ahead of the writes (see `prefetch.rs`).
+    pub(super) fn prefetch_for_write(&self, at: u64, len: usize) {
+        for offset in (0..len.min(self.capacity)).step_by(64) {
+            let start = ((at + offset as u64) % self.capacity as u64) as usize;
+            // SAFETY: an offset inside the ring's data area.
+            super::prefetch::for_write(unsafe { self.data.add(start) });
+        }
+    }
+
     /// Hints the processor to fetch the line holding stream position `at`.
     pub(super) fn prefetch(&self, at: u64) {
         let offset = (at % self.capacity as u64) as usize;
