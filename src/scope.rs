@@ -70,7 +70,8 @@ impl Communicator {
     ///
     /// If `body` returns an error or panics, the scope does not wait: its
     /// receives that have not completed are withdrawn (a message that had
-    /// already landed in a buffer is copied out and stays queued), and its
+    /// already landed in a buffer is copied out and stays queued in its
+    /// place, or goes to a receive posted since that accepts it), and its
     /// sends copy what they have not written yet and go on without the
     /// buffers. The error is returned, or the panic goes on.
     ///
@@ -208,6 +209,8 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             let buffer = crate::envelope::Buffer { ptr, len };
             let room = crate::envelope::Room::Given { buffer, element };
             let receive = m.ireceive(sel.pattern, Some(room))?;
+            // Unused here, but every receive has one: see `slot`.
+            let _ = self.next_slot();
             let mut lent = self.lent.borrow_mut();
             lent.receives.push(LentBuffer {
                 id: ReceiveId::ELSEWHERE,
@@ -276,7 +279,8 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         SlotRef::new(&lent.slots[index / SLOTS_PER_CHUNK][index % SLOTS_PER_CHUNK])
     }
 
-    /// Receive `index`'s landed slot.
+    /// Receive `index`'s landed slot (every receive has one: `next_slot`
+    /// runs before each is added).
     fn slot(&self, index: usize) -> &LandedSlot {
         let lent = self.lent.borrow();
         let slot: *const LandedSlot = &lent.slots[index / SLOTS_PER_CHUNK][index % SLOTS_PER_CHUNK];
@@ -285,9 +289,9 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         unsafe { &*slot }
     }
 
-    /// The message of a receive that landed in its buffer after a wait
-    /// failed, back in the queue (copied out of the buffer) so that it is
-    /// not lost.
+    /// Puts the message of a withdrawn receive that had landed in its
+    /// buffer (a wait that failed, a body that failed) back in the queue,
+    /// copied out of the buffer, so that it is not lost.
     fn requeue_landed(&self, engine: &mut crate::progress::EngineGuard<'_>, index: usize) {
         let (ptr, element) = {
             let lent = self.lent.borrow();
@@ -341,14 +345,15 @@ impl<'scope, 'env> Scope<'scope, 'env> {
                     self.requeue_landed(&mut engine, index);
                 }
                 drop(engine);
-                match result {
-                    Ok(Some(env)) => env,
-                    Ok(None) => slot
-                        .envelope(element)
-                        .ok_or_else(|| Error::InvalidArgument("a landed receive lost its slot".into()))?,
-                    Err(e) => {
+                if result.is_err() {
+                    self.lent.borrow_mut().receives[index].done = true;
+                }
+                match result? {
+                    Some(env) => env,
+                    None => {
                         self.lent.borrow_mut().receives[index].done = true;
-                        return Err(e);
+                        slot.envelope(element)
+                            .ok_or_else(|| Error::InvalidArgument("a landed receive lost its slot".into()))?
                     }
                 }
             }

@@ -101,7 +101,7 @@ impl SlotRef {
     /// Records that a message landed in the receive's buffer.
     pub(super) fn land(self, what: &Landed) {
         // SAFETY: see `new`: the slot outlives the receive, which is still
-        // landing when this is called.
+        // posted or landing (not withdrawn) when this is called.
         unsafe { self.0.as_ref() }.land(what);
     }
 }

@@ -41,10 +41,10 @@ pub(crate) trait Sink {
     fn claim(&mut self, source: usize, tag: u32, context: Context, format: Format, len: u64) -> Option<Landing>;
     /// A claimed message is complete.
     fn landed(&mut self, id: ReceiveId, env: Envelope);
-    /// A whole message in hand (a fastbox's, described by `head`): lands
-    /// it in the receive that gets it, as [`Sink::claim`] then
-    /// [`Sink::landed`] would; false (and nothing done) if that receive
-    /// has no room for it.
+    /// A whole message in hand (a fastbox's, or a frame whose bytes are all
+    /// staged; `head` describes it): lands it in the receive that gets it,
+    /// as [`Sink::claim`] then [`Sink::landed`] would; false (and nothing
+    /// done) if that receive has no room for it.
     fn land_whole(&mut self, head: &Arrived, payload: &[u8]) -> bool {
         let len = payload.len() as u64;
         let Some(landing) = self.claim(head.source, head.tag, head.context, head.format, len) else {
@@ -119,7 +119,8 @@ pub(crate) struct Matcher {
     posted: VecDeque<Posted>,
     landing: Vec<Claimed>,
     /// Receives that have their message but were not taken yet (few), with
-    /// the room the message may have landed in.
+    /// the room the message may have landed in. (A message that lands in a
+    /// scope's lent buffer is not kept here: the scope's slot says so.)
     completed: Vec<(ReceiveId, Envelope, Option<Room>)>,
     next_id: u64,
     next_arrival: u64,
@@ -205,7 +206,8 @@ impl Matcher {
     /// queue in its old place, so it is not lost; one that had landed in
     /// the receive's buffer is copied out of it first. The transport must
     /// have stopped writing into the buffer, and the buffer must still be
-    /// valid.
+    /// valid. (A message that landed in a scope's lent buffer is not here
+    /// but in the scope's slot: the scope puts it back, see `scope.rs`.)
     pub fn cancel(&mut self, id: ReceiveId) {
         self.posted.retain(|p| p.id != id);
         self.landing.retain(|c| c.id != id);
@@ -228,9 +230,20 @@ impl Matcher {
 
     /// Puts a message that a receive took back in the queue, in its place
     /// in arrival order (a receive that failed because of the type it asked
-    /// for leaves the message for a corrected receive).
-    pub fn requeue(&mut self, env: Envelope) {
+    /// for leaves the message for a corrected receive), or gives it to the
+    /// earliest receive posted since that accepts it: a receive that waits
+    /// never has a queued message it would accept.
+    pub fn requeue(&mut self, mut env: Envelope) {
         debug_assert!(env.landed.is_none() || env.fresh.is_some());
+        if let Some(i) = self.posted.iter().position(|p| p.sel.accepts(&env)) {
+            if let Some(fresh) = env.fresh.take() {
+                env.unland(fresh);
+            }
+            if let Some(p) = remove_at(&mut self.posted, i) {
+                self.completed.push((p.id, env, p.room));
+                return;
+            }
+        }
         let at = self.unexpected.partition_point(|e| e.arrival < env.arrival);
         self.count_in(&env);
         self.unexpected.insert(at, env);

@@ -252,7 +252,9 @@ impl Engine {
     }
 
     /// Withdraws a receive and stops anything from landing in its buffer; a
-    /// message it had already taken goes back to the queue.
+    /// message it had already taken goes back to the queue (one that landed
+    /// in a scope's lent buffer is the scope's to put back: see
+    /// [`crate::matching::LandedSlot`]).
     pub fn abandon_receive(&mut self, id: ReceiveId) {
         self.transport.detach(id);
         self.matcher.cancel(id);

@@ -262,7 +262,9 @@ impl Link for RingLink {
             self.tx.publish_head(self.tx_head);
             doorbell::ring(self.peer_doorbell(), self.peer_wake);
         }
-        // The next few small messages' lines, where the receiver is done.
+        // The next few small messages' lines, within the free room (the
+        // first may still hold bytes the receiver has not read: a hint
+        // that costs it a transfer at worst).
         self.tx.prefetch_for_write(self.tx_head, room.min(WRITE_AHEAD));
         if self.peer_closed() {
             // What the peer did not read is refused on the next write.

@@ -6,22 +6,23 @@
 //! to about 85 ns per send on this project's 2-core VM.
 
 /// Asks for the cache line holding `ptr` in a state that lets this core
-/// write it; only a hint (nothing happens where the processor cannot).
+/// write it; only a hint (nothing happens where the processor cannot, nor
+/// under Miri, which runs no assembly).
 #[inline]
 pub(super) fn for_write(ptr: *const u8) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     if has_prefetchw() {
         // SAFETY: PREFETCHW is a hint: it never faults, reads or writes
         // nothing, and the processor has it (checked above).
         unsafe { std::arch::asm!("prefetchw [{}]", in(reg) ptr, options(nostack, preserves_flags, readonly)) };
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = ptr;
 }
 
 /// True if the processor has PREFETCHW (CPUID 8000_0001h, ECX bit 8),
 /// asked once.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 #[inline]
 fn has_prefetchw() -> bool {
     use std::sync::atomic::{AtomicU8, Ordering};
@@ -31,9 +32,17 @@ fn has_prefetchw() -> bool {
     match KNOWN.load(Ordering::Relaxed) {
         UNKNOWN => {
             // CPUID leaf 8000_0001h exists if the highest extended leaf
-            // (leaf 8000_0000h's EAX) reaches it.
-            let highest = std::arch::x86_64::__cpuid(0x8000_0000).eax;
-            let has = highest >= 0x8000_0001 && std::arch::x86_64::__cpuid(0x8000_0001).ecx & (1 << 8) != 0;
+            // (leaf 8000_0000h's EAX) reaches it. (`__cpuid` is an unsafe
+            // fn in older Rust, such as the crate's minimum, 1.85.)
+            #[allow(unused_unsafe)]
+            // SAFETY: CPUID exists on every x86_64 processor.
+            let (highest, features) = unsafe {
+                (
+                    std::arch::x86_64::__cpuid(0x8000_0000).eax,
+                    std::arch::x86_64::__cpuid(0x8000_0001).ecx,
+                )
+            };
+            let has = highest >= 0x8000_0001 && features & (1 << 8) != 0;
             KNOWN.store(if has { YES } else { 2 }, Ordering::Relaxed);
             has
         }

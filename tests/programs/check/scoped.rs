@@ -72,6 +72,17 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
 /// A message that landed in a lent buffer before the scope's body failed
 /// is copied out and stays queued in its place, ahead of one that arrived
 /// after it (a fastbox-sized one and a ring-sized one over shared memory).
+/// Waits until `receive`'s message has landed, then fails (as a scope's
+/// body that gives up).
+fn give_up_once_landed(mut receive: spmd::LentReceive<'_, '_>) -> Result<(), Error> {
+    while !receive.test()? {
+        std::thread::yield_now();
+    }
+    Err(Error::InvalidArgument(
+        "the body gives up after its receive landed".into(),
+    ))
+}
+
 fn landed_then_failed(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     let (right, left) = ((me + 1) % n, (me + n - 1) % n);
@@ -79,17 +90,12 @@ fn landed_then_failed(world: &Communicator) -> Result<(), Error> {
         let tag = 950 + round as u32;
         let mut buf = vec![0u64; len];
         let outcome = world.scope(|s| {
-            let mut first = s.immediate_receive_into_with_tag(&mut buf, left, tag)?;
+            let first = s.immediate_receive_into_with_tag(&mut buf, left, tag)?;
             // Every rank has posted before anything is sent.
             world.barrier()?;
             world.send_slice_with_tag(&pattern(len, me, round), right, tag)?;
             world.send_slice_with_tag(&pattern(len, me, round + 1), right, tag)?;
-            while !first.test()? {
-                std::thread::yield_now();
-            }
-            Err::<(), _>(Error::InvalidArgument(
-                "the body gives up after its receive landed".into(),
-            ))
+            give_up_once_landed(first)
         });
         assert!(matches!(outcome, Err(Error::InvalidArgument(_))), "{outcome:?}");
         for (k, which) in ["the landed message", "the one after it"].into_iter().enumerate() {
@@ -99,6 +105,25 @@ fn landed_then_failed(world: &Communicator) -> Result<(), Error> {
                 "{len} numbers: {which} came wrong"
             );
         }
+        world.barrier()?;
+        // A receive posted after the scope's, and outliving it, that
+        // accepts the same message gets it once the scope gives it back
+        // (instead of waiting for ever while it sits in the queue).
+        let mut later = None;
+        let outcome = world.scope(|s| {
+            let first = s.immediate_receive_into_with_tag(&mut buf, left, tag)?;
+            later = Some(world.immediate_receive_vec_with_tag::<u64>(left, tag)?);
+            world.barrier()?;
+            world.send_slice_with_tag(&pattern(len, me, round + 2), right, tag)?;
+            give_up_once_landed(first)
+        });
+        assert!(matches!(outcome, Err(Error::InvalidArgument(_))), "{outcome:?}");
+        let later = later.ok_or_else(|| Error::InvalidArgument("the later receive was not posted".into()))?;
+        let (got, _) = later.wait()?;
+        assert!(
+            got == pattern(len, left, round + 2),
+            "{len} numbers: the receive posted later did not get the message given back"
+        );
         world.barrier()?;
     }
     Ok(())

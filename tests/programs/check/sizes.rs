@@ -97,10 +97,10 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
     Ok(())
 }
 
-/// Sizes on both sides of the small-message limit (a fastbox holds 52
+/// Sizes on both sides of the small-message limit (a fastbox holds 44
 /// bytes) and larger, so that one stream switches between the ways a
 /// message can travel.
-const MIXED_SIZES: [usize; 10] = [0, 1, 8, 51, 52, 53, 100, 4096, 70_000, 300_000];
+const MIXED_SIZES: [usize; 11] = [0, 1, 8, 43, 44, 45, 64, 100, 4096, 70_000, 300_000];
 const MIXED_COUNT: usize = 3000;
 
 /// A stream of messages of random sizes on one tag, sent blocking or not,
