@@ -60,7 +60,8 @@ impl Communicator {
         })
     }
 
-    /// Puts a received message back, first in line for the next receive.
+    /// Puts a received message back, first in line for the next receive
+    /// (or, natively, for the earliest one already posted that accepts it).
     fn put_back(&self, env: Envelope) {
         #[cfg(feature = "mpi")]
         if let Some(m) = self.mpi_side() {

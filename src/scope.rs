@@ -289,22 +289,21 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         unsafe { &*slot }
     }
 
-    /// Puts the message of a withdrawn receive that had landed in its
-    /// buffer (a wait that failed, a body that failed) back in the queue,
-    /// copied out of the buffer, so that it is not lost.
-    fn requeue_landed(&self, engine: &mut crate::progress::EngineGuard<'_>, index: usize) {
+    /// The message of a withdrawn receive (a wait that failed, a body
+    /// that failed) that had landed in its buffer, copied out of the
+    /// buffer, for the caller to put back in the queue so that it is not
+    /// lost.
+    fn landed_copy(&self, index: usize) -> Option<Envelope> {
         let (ptr, element) = {
             let lent = self.lent.borrow();
             (lent.receives[index].ptr, lent.receives[index].element)
         };
-        let Some(mut env) = self.slot(index).envelope(element) else {
-            return;
-        };
+        let mut env = self.slot(index).envelope(element)?;
         let len = env.landed.take().unwrap_or(0) as usize;
         // SAFETY: the message landed in these `len` bytes of the lent
         // buffer, which the scope still borrows.
         env.payload = crate::pool::copy_of(unsafe { std::slice::from_raw_parts(ptr, len) });
-        engine.requeue(env);
+        Some(env)
     }
 
     fn wait_receive(&self, index: usize) -> Result<Status> {
@@ -341,20 +340,21 @@ impl<'scope, 'env> Scope<'scope, 'env> {
                 let mut engine = self.comm.engine()?;
                 let result = self.comm.ranked(engine.wait_lent_receive(id, slot));
                 if result.is_err() {
-                    engine.abandon_receive(id);
-                    self.requeue_landed(&mut engine, index);
+                    // Its message, if it had one, goes back (one message:
+                    // no order to keep with others).
+                    if let Some(env) = engine.withdraw_receive(id).or_else(|| self.landed_copy(index)) {
+                        engine.requeue(env);
+                    }
                 }
                 drop(engine);
-                if result.is_err() {
-                    self.lent.borrow_mut().receives[index].done = true;
-                }
+                // Done whatever the outcome: a second wait would find
+                // nothing to wait for.
+                self.lent.borrow_mut().receives[index].done = true;
                 match result? {
                     Some(env) => env,
-                    None => {
-                        self.lent.borrow_mut().receives[index].done = true;
-                        slot.envelope(element)
-                            .ok_or_else(|| Error::InvalidArgument("a landed receive lost its slot".into()))?
-                    }
+                    None => slot
+                        .envelope(element)
+                        .ok_or_else(|| Error::InvalidArgument("a landed receive lost its slot".into()))?,
                 }
             }
         };
@@ -402,9 +402,13 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             eprintln!("spmd: a scope ended inside another spmd call and cannot withdraw its buffers; aborting");
             std::process::abort();
         };
+        // The messages the withdrawn receives had (taken from the queue,
+        // or landed) go back in arrival order, so that a receive posted
+        // since gets the earliest.
         let withdrawn: Vec<usize> = (0..lent.receives.len()).filter(|&i| !lent.receives[i].done).collect();
+        let mut back = Vec::new();
         for &i in &withdrawn {
-            engine.abandon_receive(lent.receives[i].id);
+            back.extend(engine.withdraw_receive(lent.receives[i].id));
             lent.receives[i].done = true;
         }
         for (sent, _, done) in lent.sends.iter_mut().filter(|s| !s.2) {
@@ -412,8 +416,10 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             *done = true;
         }
         drop(lent);
-        for i in withdrawn {
-            self.requeue_landed(&mut engine, i);
+        back.extend(withdrawn.into_iter().filter_map(|i| self.landed_copy(i)));
+        back.sort_by_key(|env| env.arrival);
+        for env in back {
+            engine.requeue(env);
         }
     }
 

@@ -7,7 +7,8 @@
 //! Since a transport delivers the messages of one sender in the order they
 //! were sent, messages from one source with one tag are received in order.
 //! A message that goes back to the queue (its receive was withdrawn, or
-//! asked for another type) takes its old place in arrival order.
+//! asked for another type) takes its old place in arrival order, or goes
+//! to the earliest receive posted since that accepts it.
 
 mod landed;
 
@@ -209,11 +210,19 @@ impl Matcher {
     /// valid. (A message that landed in a scope's lent buffer is not here
     /// but in the scope's slot: the scope puts it back, see `scope.rs`.)
     pub fn cancel(&mut self, id: ReceiveId) {
+        if let Some(env) = self.withdraw(id) {
+            self.requeue(env);
+        }
+    }
+
+    /// Withdraws a receive as [`Matcher::cancel`] does, but returns the
+    /// message it had already taken (copied out of its buffer) instead of
+    /// putting it back: the caller puts it back with [`Matcher::requeue`],
+    /// in arrival order with others it withdraws.
+    pub fn withdraw(&mut self, id: ReceiveId) -> Option<Envelope> {
         self.posted.retain(|p| p.id != id);
         self.landing.retain(|c| c.id != id);
-        let Some(i) = self.completed.iter().position(|(c, _, _)| *c == id) else {
-            return;
-        };
+        let i = self.completed.iter().position(|(c, _, _)| *c == id)?;
         let (_, mut env, room) = self.completed.swap_remove(i);
         if let Some(fresh) = env.fresh.take() {
             env.unland(fresh);
@@ -225,7 +234,7 @@ impl Matcher {
             env.payload = crate::pool::copy_of(landed);
             env.landed = None;
         }
-        self.requeue(env);
+        Some(env)
     }
 
     /// Puts a message that a receive took back in the queue, in its place

@@ -225,8 +225,9 @@ impl Engine {
         self.post(sel, Some(Room::Lent { buffer, element, slot }))
     }
 
-    /// Puts a message a receive took back in the queue, in its old place
-    /// (the receive could not take it as the type it asked for).
+    /// Puts a message a receive took back in the queue, in its old place,
+    /// or gives it to the earliest receive posted since that accepts it
+    /// (see [`Matcher::requeue`]), waking the threads that sleep.
     pub fn requeue(&mut self, env: Envelope) {
         self.matcher.requeue(env);
         self.note_moved();
@@ -256,8 +257,18 @@ impl Engine {
     /// in a scope's lent buffer is the scope's to put back: see
     /// [`crate::matching::LandedSlot`]).
     pub fn abandon_receive(&mut self, id: ReceiveId) {
+        if let Some(env) = self.withdraw_receive(id) {
+            // It may go to a receive another thread sleeps on.
+            self.requeue(env);
+        }
+    }
+
+    /// Withdraws a receive as [`Engine::abandon_receive`] does, but returns
+    /// the message it had already taken instead of putting it back (see
+    /// [`Matcher::withdraw`]).
+    pub fn withdraw_receive(&mut self, id: ReceiveId) -> Option<Envelope> {
         self.transport.detach(id);
-        self.matcher.cancel(id);
+        self.matcher.withdraw(id)
     }
 
     /// Queues a frame that borrows `payload` (a send to this rank copies it
