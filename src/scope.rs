@@ -71,7 +71,8 @@ impl Communicator {
     /// If `body` returns an error or panics, the scope does not wait: its
     /// receives that have not completed are withdrawn (a message that had
     /// already landed in a buffer is copied out and stays queued in its
-    /// place, or goes to a receive posted since that accepts it), and its
+    /// place, or, on the native backend, goes to a receive posted since
+    /// that accepts it), and its
     /// sends copy what they have not written yet and go on without the
     /// buffers. The error is returned, or the panic goes on.
     ///
@@ -340,9 +341,10 @@ impl<'scope, 'env> Scope<'scope, 'env> {
                 let mut engine = self.comm.engine()?;
                 let result = self.comm.ranked(engine.wait_lent_receive(id, slot));
                 if result.is_err() {
-                    // Its message, if it had one, goes back (one message:
-                    // no order to keep with others).
-                    if let Some(env) = engine.withdraw_receive(id).or_else(|| self.landed_copy(index)) {
+                    // The failed wait withdrew the receive and put back a
+                    // message it had taken from the queue; one that landed
+                    // in the buffer meanwhile goes back from here.
+                    if let Some(env) = self.landed_copy(index) {
                         engine.requeue(env);
                     }
                 }

@@ -229,7 +229,7 @@ impl Matcher {
         } else if let (Some(len), Some(Room::Given { buffer, .. } | Room::Lent { buffer, .. })) = (env.landed, room) {
             // SAFETY: the message landed in these `len` bytes of the
             // caller's buffer, which the caller keeps valid until the
-            // cancel returns.
+            // withdrawal returns.
             let landed = unsafe { std::slice::from_raw_parts(buffer.ptr, len as usize) };
             env.payload = crate::pool::copy_of(landed);
             env.landed = None;

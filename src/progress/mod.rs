@@ -212,7 +212,8 @@ impl Engine {
     /// # Safety
     ///
     /// The buffer and the slot must stay valid until the receive completes
-    /// or [`Engine::abandon_receive`] was called for it.
+    /// or [`Engine::abandon_receive`] or [`Engine::withdraw_receive`] was
+    /// called for it.
     pub unsafe fn post_lent(
         &mut self,
         sel: Selector,
