@@ -209,10 +209,15 @@ impl Matcher {
     /// have stopped writing into the buffer, and the buffer must still be
     /// valid. (A message that landed in a scope's lent buffer is not here
     /// but in the scope's slot: the scope puts it back, see `scope.rs`.)
-    pub fn cancel(&mut self, id: ReceiveId) {
-        if let Some(env) = self.withdraw(id) {
-            self.requeue(env);
-        }
+    ///
+    /// Returns true if a message went back (the caller wakes whoever sleeps:
+    /// a receive of theirs may have it now).
+    pub fn cancel(&mut self, id: ReceiveId) -> bool {
+        let Some(env) = self.withdraw(id) else {
+            return false;
+        };
+        self.requeue(env);
+        true
     }
 
     /// Withdraws a receive as [`Matcher::cancel`] does, but returns the

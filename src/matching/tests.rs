@@ -60,6 +60,7 @@ fn a_message_landed_in_a_fresh_buffer_survives_its_receive_being_dropped() {
         element: 7,
     };
     let id = m.post_into(user(Match::any()), Some(room));
+    assert!(!m.cancel(m.post_into(user(Match::source(3)), None)), "nothing to give back");
     let landing = m.claim(2, 9, Context::WORLD, Format::Raw(7), 16).expect("claimed");
     // SAFETY: the landing has room for the 16 bytes claimed.
     unsafe { std::ptr::copy_nonoverlapping([7u8; 16].as_ptr(), landing.ptr, 16) };
@@ -67,7 +68,7 @@ fn a_message_landed_in_a_fresh_buffer_survives_its_receive_being_dropped() {
     e.landed = Some(16);
     m.landed(landing.id, e);
     assert!(m.is_complete(id));
-    m.cancel(id);
+    assert!(m.cancel(id), "the landed message goes back");
     let next = m.post_into(user(Match::source(2)), None);
     let e = m.take(next).expect("the message is queued again");
     assert_eq!((e.landed, e.payload.as_slice()), (None, &[7u8; 16][..]));
@@ -88,7 +89,7 @@ fn a_message_landed_in_a_given_buffer_is_copied_out_when_its_receive_is_cancelle
     let mut e = Envelope::new(1, 0, Context::WORLD, U8, Vec::new());
     e.landed = Some(3);
     m.landed(landing.id, e);
-    m.cancel(id);
+    assert!(m.cancel(id), "the landed message goes back");
     buf.fill(0);
     let order: Vec<(usize, Vec<u8>)> = (0..3)
         .map(|_| {

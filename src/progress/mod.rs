@@ -234,6 +234,15 @@ impl Engine {
         self.note_moved();
     }
 
+    /// Withdraws a receive the engine posted for a collective; a message it
+    /// had taken goes back (see [`Matcher::cancel`]), waking the threads
+    /// that sleep, since one of their receives may accept it.
+    fn cancel_posted(&mut self, id: ReceiveId) {
+        if self.matcher.cancel(id) {
+            self.note_moved();
+        }
+    }
+
     /// Delivers what has arrived over shared memory, if anything has (a
     /// few loads when nothing has).
     pub fn catch_up(&mut self) -> Result<()> {

@@ -307,7 +307,7 @@ impl Engine {
     /// another's notice.
     fn fail(&mut self, s: &mut Schedule, e: Error) {
         if let Some(id) = s.posted.take() {
-            self.matcher.cancel(id);
+            self.cancel_posted(id);
         }
         if !matches!(e, Error::CollectiveFailed { .. }) {
             let head = Head {
@@ -399,7 +399,7 @@ impl EngineGuard<'_> {
         };
         let mut s = self.schedules.swap_remove(i);
         if let Some(posted) = s.posted.take() {
-            self.matcher.cancel(posted);
+            self.cancel_posted(posted);
         }
         if let Some(panic) = s.panic.take() {
             std::panic::resume_unwind(panic);

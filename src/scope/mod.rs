@@ -16,8 +16,11 @@ use crate::error::{Error, Result};
 use crate::matching::{LandedSlot, ReceiveId, SlotRef};
 use crate::message;
 use crate::progress::Sent;
-use crate::request::Request;
 use crate::selector::{Match, Status};
+
+mod requests;
+
+pub use requests::{LentReceive, LentSend};
 
 /// A receive whose buffer is lent to the engine.
 #[derive(Debug)]
@@ -105,7 +108,15 @@ impl Communicator {
         // Whatever the body did, nothing may still use a lent buffer once
         // this returns.
         match result {
-            Ok(Ok(value)) => scope.finish().map(|_| value),
+            // A panic while finishing (a bug, or memory running out) must
+            // not leave the engine holding the buffers either.
+            Ok(Ok(value)) => match catch_unwind(AssertUnwindSafe(|| scope.finish())) {
+                Ok(finished) => finished.map(|_| value),
+                Err(panic) => {
+                    scope.release();
+                    resume_unwind(panic)
+                }
+            },
             Ok(Err(e)) => {
                 scope.release();
                 Err(e)
@@ -378,7 +389,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     /// not written. Never panics, so that it can run during unwinding.
     fn release(&self) {
         let Ok(mut lent) = self.lent.try_borrow_mut() else {
-            return;
+            // Cannot happen once the body and `finish` have unwound; if it
+            // did, going on would leave the engine pointing into buffers
+            // about to be freed.
+            eprintln!("spmd: a scope's bookkeeping was still in use as it ended; aborting");
+            std::process::abort();
         };
         let running = lent.receives.iter().any(|r| !r.done) || lent.sends.iter().any(|s| !s.2);
         if !running {
@@ -459,65 +474,4 @@ fn finish_into<T: Pod>(env: &Envelope, ptr: *mut u8, len: usize) -> Result<()> {
     // elements at `ptr`, and nothing else uses it now.
     let buf = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<T>(), count) };
     message::copy_into(env, buf).map(|_| ())
-}
-
-/// A send started in a [`Scope`].
-#[derive(Debug)]
-#[must_use = "wait on the request, or let the scope wait for it"]
-pub struct LentSend<'scope, 'env> {
-    scope: &'scope Scope<'scope, 'env>,
-    index: usize,
-}
-
-impl Request for LentSend<'_, '_> {
-    type Output = ();
-
-    fn wait(self) -> Result<()> {
-        self.scope.wait_send(self.index)
-    }
-
-    fn test(&mut self) -> Result<bool> {
-        let (sent, _, done) = self.scope.lent.borrow().sends[self.index];
-        #[cfg(feature = "mpi")]
-        if let Some(send) = self.scope.lent.borrow_mut().mpi_sends[self.index].as_mut() {
-            return send.test();
-        }
-        Ok(done || self.scope.comm.ranked(self.scope.comm.engine()?.is_sent(sent))?)
-    }
-}
-
-/// A receive started in a [`Scope`]; its output is the message's status.
-#[derive(Debug)]
-#[must_use = "wait on the request, or let the scope wait for it"]
-pub struct LentReceive<'scope, 'env> {
-    scope: &'scope Scope<'scope, 'env>,
-    index: usize,
-}
-
-impl Request for LentReceive<'_, '_> {
-    type Output = Status;
-
-    fn wait(self) -> Result<Status> {
-        self.scope.wait_receive(self.index)
-    }
-
-    fn test(&mut self) -> Result<bool> {
-        let (id, done) = {
-            let lent = self.scope.lent.borrow();
-            let r = &lent.receives[self.index];
-            (r.id, r.done)
-        };
-        #[cfg(feature = "mpi")]
-        if let (Some(receive), Some(m)) = (
-            self.scope.lent.borrow_mut().receives[self.index].mpi.as_mut(),
-            self.scope.comm.mpi_side(),
-        ) {
-            return receive.test(m);
-        }
-        let slot = self.scope.slot(self.index);
-        if done || slot.is_landed() {
-            return Ok(true);
-        }
-        Ok(self.scope.comm.ranked(self.scope.comm.engine()?.test_receive(id))? || slot.is_landed())
-    }
 }

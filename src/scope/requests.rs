@@ -1,0 +1,68 @@
+//! The requests a [`Scope`] hands out: a lent send and a lent receive,
+//! which wait and test through the scope that holds their buffers.
+
+use super::Scope;
+use crate::error::Result;
+use crate::request::Request;
+use crate::selector::Status;
+
+/// A send started in a [`Scope`].
+#[derive(Debug)]
+#[must_use = "wait on the request, or let the scope wait for it"]
+pub struct LentSend<'scope, 'env> {
+    pub(super) scope: &'scope Scope<'scope, 'env>,
+    pub(super) index: usize,
+}
+
+impl Request for LentSend<'_, '_> {
+    type Output = ();
+
+    fn wait(self) -> Result<()> {
+        self.scope.wait_send(self.index)
+    }
+
+    fn test(&mut self) -> Result<bool> {
+        let (sent, _, done) = self.scope.lent.borrow().sends[self.index];
+        #[cfg(feature = "mpi")]
+        if let Some(send) = self.scope.lent.borrow_mut().mpi_sends[self.index].as_mut() {
+            return send.test();
+        }
+        Ok(done || self.scope.comm.ranked(self.scope.comm.engine()?.is_sent(sent))?)
+    }
+}
+
+/// A receive started in a [`Scope`]; its output is the message's status.
+#[derive(Debug)]
+#[must_use = "wait on the request, or let the scope wait for it"]
+pub struct LentReceive<'scope, 'env> {
+    pub(super) scope: &'scope Scope<'scope, 'env>,
+    pub(super) index: usize,
+}
+
+impl Request for LentReceive<'_, '_> {
+    type Output = Status;
+
+    fn wait(self) -> Result<Status> {
+        self.scope.wait_receive(self.index)
+    }
+
+    fn test(&mut self) -> Result<bool> {
+        let (id, done) = {
+            let lent = self.scope.lent.borrow();
+            let r = &lent.receives[self.index];
+            (r.id, r.done)
+        };
+        #[cfg(feature = "mpi")]
+        if let (Some(receive), Some(m)) = (
+            self.scope.lent.borrow_mut().receives[self.index].mpi.as_mut(),
+            self.scope.comm.mpi_side(),
+        ) {
+            return receive.test(m);
+        }
+        let slot = self.scope.slot(self.index);
+        if done || slot.is_landed() {
+            return Ok(true);
+        }
+        Ok(self.scope.comm.ranked(self.scope.comm.engine()?.test_receive(id))? || slot.is_landed())
+    }
+}
