@@ -60,7 +60,8 @@ fn a_message_landed_in_a_fresh_buffer_survives_its_receive_being_dropped() {
         element: 7,
     };
     let id = m.post_into(user(Match::any()), Some(room));
-    assert!(!m.cancel(m.post_into(user(Match::source(3)), None)), "nothing to give back");
+    let other = m.post_into(user(Match::source(3)), None);
+    assert!(!m.cancel(other), "nothing to give back");
     let landing = m.claim(2, 9, Context::WORLD, Format::Raw(7), 16).expect("claimed");
     // SAFETY: the landing has room for the 16 bytes claimed.
     unsafe { std::ptr::copy_nonoverlapping([7u8; 16].as_ptr(), landing.ptr, 16) };

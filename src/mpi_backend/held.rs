@@ -105,6 +105,11 @@ impl MpiComm {
         self.held.borrow_mut().push_front(Held { env, body: None });
     }
 
+    /// True if a held message is one `pattern` accepts.
+    pub(super) fn holds(&self, pattern: &Match) -> bool {
+        self.held.borrow().iter().any(|h| h.matches(pattern))
+    }
+
     /// Takes the oldest held message `pattern` accepts (see
     /// [`MpiComm::oldest_held`]).
     pub(super) fn take_held(&self, pattern: &Match) -> Result<Option<Held>> {

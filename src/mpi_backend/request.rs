@@ -230,15 +230,29 @@ impl MpiComm {
         if let Some(held) = self.take_held(&pattern)? {
             return Ok(MpiReceive {
                 state: State::Arrived(held),
+                pattern,
                 room,
                 frame: Vec::new(),
             });
         }
         let mut frame = vec![0u8; FRAME];
+        let request = self.post_irecv(&pattern, &mut frame)?;
+        Ok(MpiReceive {
+            state: State::Posted(request),
+            pattern,
+            room,
+            frame,
+        })
+    }
+
+    /// Posts an `MPI_Irecv` of a header frame (and a small message's
+    /// payload) into `frame`, which must stay put until it completes or is
+    /// cancelled.
+    fn post_irecv(&self, pattern: &Match, frame: &mut [u8]) -> Result<ffi::MPI_Request> {
         let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
         let (source, tag) = (
-            super::point_to_point::mpi_source(&pattern),
-            super::point_to_point::mpi_tag(&pattern),
+            super::point_to_point::mpi_source(pattern),
+            super::point_to_point::mpi_tag(pattern),
         );
         // SAFETY: the frame's heap memory stays with the receive until the
         // request completes or is cancelled.
@@ -256,11 +270,7 @@ impl MpiComm {
             },
             "MPI_Irecv",
         )?;
-        Ok(MpiReceive {
-            state: State::Posted(request),
-            room,
-            frame,
-        })
+        Ok(request)
     }
 }
 
@@ -275,6 +285,9 @@ enum State {
 #[derive(Debug)]
 pub(crate) struct MpiReceive {
     state: State,
+    /// What it accepts, to look among the messages given back since it
+    /// was posted.
+    pattern: Match,
     room: Option<Room>,
     frame: Vec<u8>,
 }
@@ -287,6 +300,7 @@ impl MpiReceive {
     /// True once the header has arrived (a large body is then received at
     /// once, by `wait`).
     pub(crate) fn test(&mut self, comm: &MpiComm) -> Result<bool> {
+        self.take_given_back(comm)?;
         let State::Posted(request) = &mut self.state else {
             return Ok(true);
         };
@@ -308,6 +322,9 @@ impl MpiReceive {
 
     /// Waits for the message and returns it, its body received.
     pub(crate) fn wait(mut self, comm: &MpiComm) -> Result<Envelope> {
+        // Nothing is given back while this thread waits in MPI: only this
+        // thread uses the communicator's held messages.
+        self.take_given_back(comm)?;
         if let State::Posted(request) = &mut self.state {
             let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
             // SAFETY: the request posted in `ireceive`.
@@ -326,25 +343,52 @@ impl MpiReceive {
     /// communicator, first in line.
     pub(crate) fn withdraw(mut self, comm: &MpiComm) {
         match std::mem::replace(&mut self.state, State::Taken) {
-            State::Posted(mut request) => {
-                let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
-                let mut cancelled: c_int = 0;
-                // SAFETY: cancel and complete the request, as MPI requires.
-                unsafe {
-                    ffi::MPI_Cancel(&mut request);
-                    ffi::MPI_Wait(&mut request, status.as_mut_ptr());
-                    ffi::MPI_Test_cancelled(status.as_ptr(), &mut cancelled);
-                }
-                if cancelled == 0 {
-                    // SAFETY: filled in by MPI_Wait.
-                    if let Ok(held) = comm.arrived(&self.frame, unsafe { status.assume_init_ref() }) {
-                        comm.held.borrow_mut().push_front(held);
-                    }
-                }
-            }
+            State::Posted(request) => self.cancel_to_held(comm, request),
             State::Arrived(held) => comm.held.borrow_mut().push_front(held),
             State::Taken => {}
         }
+    }
+
+    /// Cancels the receive's request in MPI; a message MPI had already
+    /// matched for it goes to the communicator's held messages.
+    fn cancel_to_held(&self, comm: &MpiComm, mut request: ffi::MPI_Request) {
+        let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
+        let mut cancelled: c_int = 0;
+        // SAFETY: cancel and complete the request, as MPI requires.
+        unsafe {
+            ffi::MPI_Cancel(&mut request);
+            ffi::MPI_Wait(&mut request, status.as_mut_ptr());
+            ffi::MPI_Test_cancelled(status.as_ptr(), &mut cancelled);
+        }
+        if cancelled == 0 {
+            // SAFETY: filled in by MPI_Wait.
+            if let Ok(held) = comm.arrived(&self.frame, unsafe { status.assume_init_ref() }) {
+                comm.held.borrow_mut().push_front(held);
+            }
+        }
+    }
+
+    /// A receive still posted in MPI takes a message given back since it
+    /// was posted (a withdrawn receive's, see [`MpiReceive::withdraw`]) if
+    /// it accepts one: that message is older than any MPI can still match
+    /// for it. Its request in MPI is cancelled (what MPI had matched for it
+    /// is held in turn) and it takes the oldest held message it accepts.
+    fn take_given_back(&mut self, comm: &MpiComm) -> Result<()> {
+        let State::Posted(request) = self.state else {
+            return Ok(());
+        };
+        if !comm.holds(&self.pattern) {
+            return Ok(());
+        }
+        self.state = State::Taken;
+        self.cancel_to_held(comm, request);
+        self.state = match comm.take_held(&self.pattern)? {
+            Some(held) => State::Arrived(held),
+            // Cannot happen (a held message was accepted a moment ago),
+            // but a receive must never be left without a request.
+            None => State::Posted(comm.post_irecv(&self.pattern, &mut self.frame)?),
+        };
+        Ok(())
     }
 }
 

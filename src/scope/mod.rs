@@ -74,8 +74,7 @@ impl Communicator {
     /// If `body` returns an error or panics, the scope does not wait: its
     /// receives that have not completed are withdrawn (a message that had
     /// already landed in a buffer is copied out and stays queued in its
-    /// place, or, on the native backend, goes to a receive posted since
-    /// that accepts it), and its
+    /// place, or goes to a receive posted since that accepts it), and its
     /// sends copy what they have not written yet and go on without the
     /// buffers. The error is returned, or the panic goes on.
     ///
