@@ -28,6 +28,7 @@ mod hosts;
 mod input;
 mod relay;
 mod remote;
+mod reports;
 mod startup;
 mod verdicts;
 

@@ -2,8 +2,8 @@
 //! gather, allgather, reduce, allreduce, scan, alltoall (the forms for
 //! slices of plain numbers are in `numbers.rs` and `reduction.rs`). Every
 //! rank of the job must make the same collective calls in the same order,
-//! with the same root; each call is numbered (see `call.rs`), so ranks that
-//! do not all get an error instead of waiting for ever.
+//! with the same root; each call is numbered (see `call/mod.rs`), so ranks
+//! that do not all get an error instead of waiting for ever.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::spmdrun;
+
 const SSHD: &str = "/usr/sbin/sshd";
 
 /// A set of ssh hosts on loopback addresses; they stop when dropped.
@@ -170,4 +172,12 @@ impl Drop for Hosts {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `spmdrun` reaching the hosts through the test's ssh.
+pub fn across(hosts: &Hosts, args: &[&str]) -> std::process::Command {
+    let agent = hosts.launch_agent();
+    let mut all = vec!["--launch-agent", agent.as_str()];
+    all.extend_from_slice(args);
+    spmdrun(&all)
 }

@@ -8,17 +8,18 @@
 //! never match each other, and with its call's number and signature (see
 //! [`super::call`]), so that a message of another call is recognised.
 
-use bytemuck::Pod;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
 use crate::communicator::Communicator;
-use crate::envelope::{Envelope, Format};
+use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::message;
 use crate::progress::Sent;
 
 use super::call::Call;
+
+mod codec;
+mod reduce;
+
+use codec::empty;
+pub(crate) use codec::{Body, Codec, Combine, PodCodec, RawCodec, SerdeCodec, own_envelope};
 
 /// Which step of an algorithm a message belongs to (the high byte of its
 /// tag).
@@ -43,89 +44,6 @@ pub(crate) enum Step {
 pub(crate) fn tag(step: Step, round: u32) -> u32 {
     ((step as u32) << 24) | (round & 0x00ff_ffff)
 }
-
-/// A message body: its format and bytes.
-pub(crate) type Body = (Format, Vec<u8>);
-
-/// An empty body (a barrier's message, a missing part).
-fn empty() -> Body {
-    (Format::Serde, Vec::new())
-}
-
-/// Turns values into message bodies and back.
-pub(crate) trait Codec<T> {
-    fn encode(&self, value: &T) -> Result<Body>;
-    fn decode(&self, env: &Envelope) -> Result<T>;
-    /// Like `decode`, but may take the payload instead of copying it.
-    fn decode_owned(&self, env: Envelope) -> Result<T> {
-        self.decode(&env)
-    }
-}
-
-/// Serde values through bincode.
-pub(crate) struct SerdeCodec;
-
-impl<T: Serialize + DeserializeOwned> Codec<T> for SerdeCodec {
-    fn encode(&self, value: &T) -> Result<Body> {
-        message::encode(value)
-    }
-    fn decode(&self, env: &Envelope) -> Result<T> {
-        message::decode(env)
-    }
-}
-
-/// Vectors of plain numbers as raw bytes.
-pub(crate) struct PodCodec;
-
-impl<E: Pod> Codec<Vec<E>> for PodCodec {
-    fn encode(&self, value: &Vec<E>) -> Result<Body> {
-        Ok((message::raw::<E>(), message::pod_copy(value)))
-    }
-    fn decode(&self, env: &Envelope) -> Result<Vec<E>> {
-        message::to_vec(env)
-    }
-}
-
-/// The raw bytes of plain numbers of the type `format` names, as they
-/// are: the payload buffer is taken, not copied.
-pub(crate) struct RawCodec(pub Format);
-
-impl RawCodec {
-    fn check(&self, env: &Envelope) -> Result<()> {
-        if env.format == self.0 {
-            return Ok(());
-        }
-        Err(Error::CollectiveMismatch {
-            detail: format!(
-                "rank {} passed elements of another type ({:?}) than this rank ({:?})",
-                env.source, env.format, self.0
-            ),
-        })
-    }
-}
-
-impl Codec<Vec<u8>> for RawCodec {
-    fn encode(&self, value: &Vec<u8>) -> Result<Body> {
-        Ok((self.0, crate::pool::copy_of(value)))
-    }
-    fn decode(&self, env: &Envelope) -> Result<Vec<u8>> {
-        self.check(env)?;
-        Ok(crate::pool::copy_of(&env.payload))
-    }
-    fn decode_owned(&self, mut env: Envelope) -> Result<Vec<u8>> {
-        self.check(&env)?;
-        Ok(std::mem::take(&mut env.payload))
-    }
-}
-
-/// A body this rank keeps for itself, as if it had arrived from `source`.
-pub(crate) fn own_envelope(source: usize, body: Body) -> Envelope {
-    Envelope::new(source, 0, crate::wire::Context::WORLD_COLLECTIVE, body.0, body.1)
-}
-
-/// How two values combine: `(lower, upper)` in rank order, by value so an
-/// implementation can reuse a buffer; may fail (e.g. lengths differ).
-pub(crate) type Combine<'a, T> = dyn Fn(T, T) -> Result<T> + 'a;
 
 /// The ranks an algorithm runs among: every rank of the communicator, or
 /// some of them in ascending order (one level of a job across hosts: see
@@ -267,184 +185,6 @@ impl Communicator {
         }
         self.wait_sends(sends)?;
         Ok(body)
-    }
-
-    /// Reduction to `root`; `Some` on the root only. With `in_rank_order`
-    /// (an operator that may not commute), values combine in rank order
-    /// 0, 1, ... whatever the root: a tree to rank 0, then one hop to the
-    /// root; otherwise a tree rooted at `root`.
-    pub(crate) fn reduce_value<T>(
-        &self,
-        call: &Call,
-        codec: &dyn Codec<T>,
-        value: T,
-        combine: &Combine<'_, T>,
-        root: usize,
-        in_rank_order: bool,
-    ) -> Result<Option<T>> {
-        self.check_rank(root)?;
-        self.announce_root(call, root)?;
-        let all = Among::all(self);
-        if !in_rank_order || root == 0 {
-            return self.reduce_tree(call, all, codec, value, combine, root);
-        }
-        let at_zero = self.reduce_tree(call, all, codec, value, combine, 0)?;
-        let hop = tag(Step::Reduce, 1);
-        if let Some(result) = at_zero {
-            let sent = self.coll_send(call, root, hop, codec.encode(&result)?)?;
-            self.wait_sends(vec![(sent, root)])?;
-            return Ok(None);
-        }
-        if self.rank() == root {
-            return codec.decode_owned(self.coll_receive(call, 0, hop)?).map(Some);
-        }
-        Ok(None)
-    }
-
-    /// Binomial-tree reduction among some ranks to member `root`,
-    /// combining in member order from the root; `Some` on the root only.
-    pub(crate) fn reduce_tree<T>(
-        &self,
-        call: &Call,
-        among: Among<'_>,
-        codec: &dyn Codec<T>,
-        value: T,
-        combine: &Combine<'_, T>,
-        root: usize,
-    ) -> Result<Option<T>> {
-        let (n, r) = (among.n, among.me);
-        let vr = (r + n - root) % n;
-        let mut acc = value;
-        let mut mask = 1;
-        while mask < n {
-            if vr & mask == 0 {
-                let child = vr | mask;
-                if child < n {
-                    let env = self.coll_receive(call, among.rank((child + root) % n), tag(Step::Reduce, 0))?;
-                    acc = combine(acc, codec.decode_owned(env)?)?;
-                }
-            } else {
-                let parent = among.rank(((vr & !mask) + root) % n);
-                let sent = self.coll_send(call, parent, tag(Step::Reduce, 0), codec.encode(&acc)?)?;
-                self.wait_sends(vec![(sent, parent)])?;
-                return Ok(None);
-            }
-            mask <<= 1;
-        }
-        Ok(Some(acc))
-    }
-
-    /// Recursive-doubling allreduce. Ranks beyond the largest power of two
-    /// first fold into a partner. Both partners of a round combine the same
-    /// two values in the same order, so every rank ends with identical bits.
-    ///
-    /// Across nodes that share memory within, in two levels (see
-    /// `levels.rs`) when `commutes` or the nodes hold blocks of ranks in
-    /// order.
-    pub(crate) fn allreduce_value<T>(
-        &self,
-        call: &Call,
-        step: Step,
-        codec: &dyn Codec<T>,
-        value: T,
-        combine: &Combine<'_, T>,
-        commutes: bool,
-    ) -> Result<T> {
-        if let Some(levels) = self.levels_for(commutes) {
-            return self.allreduce_in_levels(call, levels, step, codec, value, combine);
-        }
-        self.allreduce_among(call, Among::all(self), step, codec, value, combine)
-    }
-
-    /// [`Communicator::allreduce_value`] among some ranks.
-    pub(crate) fn allreduce_among<T>(
-        &self,
-        call: &Call,
-        among: Among<'_>,
-        step: Step,
-        codec: &dyn Codec<T>,
-        value: T,
-        combine: &Combine<'_, T>,
-    ) -> Result<T> {
-        let (n, r) = (among.n, among.me);
-        let pof2 = if n.is_power_of_two() {
-            n
-        } else {
-            n.next_power_of_two() / 2
-        };
-        let extra = n - pof2;
-        let t = |round| tag(step, round);
-        let mut acc = value;
-        // Fold: among the first 2*extra ranks, even ones hand their value to
-        // the next odd one and wait for the result.
-        let virtual_rank = if r < 2 * extra {
-            if r % 2 == 0 {
-                let next = among.rank(r + 1);
-                let sent = self.coll_send(call, next, t(0), codec.encode(&acc)?)?;
-                self.wait_sends(vec![(sent, next)])?;
-                let env = self.coll_receive(call, next, t(0xff_ffff))?;
-                return codec.decode_owned(env);
-            }
-            let env = self.coll_receive(call, among.rank(r - 1), t(0))?;
-            acc = combine(codec.decode_owned(env)?, acc)?;
-            r / 2
-        } else {
-            r - extra
-        };
-        let real = |v: usize| if v < extra { 2 * v + 1 } else { v + extra };
-        let mut mask = 1;
-        let mut round = 1;
-        while mask < pof2 {
-            let partner = real(virtual_rank ^ mask);
-            let to = among.rank(partner);
-            let sent = self.coll_send(call, to, t(round), codec.encode(&acc)?)?;
-            let other = codec.decode_owned(self.coll_receive(call, to, t(round))?)?;
-            acc = if partner < r {
-                combine(other, acc)?
-            } else {
-                combine(acc, other)?
-            };
-            self.wait_sends(vec![(sent, to)])?;
-            mask <<= 1;
-            round += 1;
-        }
-        if r < 2 * extra {
-            let before = among.rank(r - 1);
-            let sent = self.coll_send(call, before, t(0xff_ffff), codec.encode(&acc)?)?;
-            self.wait_sends(vec![(sent, before)])?;
-        }
-        Ok(acc)
-    }
-
-    /// Inclusive prefix reduction by recursive doubling (Hillis–Steele).
-    pub(crate) fn scan_value<T>(
-        &self,
-        call: &Call,
-        codec: &dyn Codec<T>,
-        value: T,
-        combine: &Combine<'_, T>,
-    ) -> Result<T> {
-        let (n, r) = (self.size(), self.rank());
-        let mut acc = value;
-        let mut distance = 1;
-        let mut round = 0;
-        while distance < n {
-            let mut sends = Vec::new();
-            if r + distance < n {
-                sends.push((
-                    self.coll_send(call, r + distance, tag(Step::Scan, round), codec.encode(&acc)?)?,
-                    r + distance,
-                ));
-            }
-            if r >= distance {
-                let env = self.coll_receive(call, r - distance, tag(Step::Scan, round))?;
-                acc = combine(codec.decode_owned(env)?, acc)?;
-            }
-            self.wait_sends(sends)?;
-            distance *= 2;
-            round += 1;
-        }
-        Ok(acc)
     }
 
     /// Every rank's body, in rank order, on `root`.

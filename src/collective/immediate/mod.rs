@@ -17,104 +17,18 @@ use serde::de::DeserializeOwned;
 use super::algorithm::own_envelope;
 use super::call::Kind;
 use crate::communicator::{Communicator, on_mpi};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::message;
 use crate::op::Op;
 use crate::progress::{Fold, Part, Plan, Step};
-use crate::request::Request;
 use crate::wire::Context;
 
-/// An `immediate_` collective in progress: [`Request::wait`] for its
-/// result, [`Request::test`] to look without waiting; it also goes in
-/// [`wait_any`](crate::wait_any) and its kin beside point-to-point requests.
-///
-/// The collective moves on whenever this rank waits or polls in spmd (any
-/// blocking receive, wait, test or collective), not while it only
-/// computes: a rank that computes for a long time between calls holds up
-/// the ranks that wait for its part. Dropping the request waits for the
-/// collective to end, as the other ranks need this rank's part. On the MPI
-/// backend, a thread of the process moves the serde and closure forms on
-/// while they are in flight, so they also move while the rank computes
-/// (README, "Running on a cluster").
-#[must_use = "wait on the request to complete the collective"]
-pub struct CollectiveRequest<'c, T> {
-    comm: &'c Communicator,
-    id: Option<u64>,
-    finish: Option<Finish<'c, T>>,
-    /// On the MPI backend: the collective as MPI runs it.
-    #[cfg(feature = "mpi")]
-    mpi: Option<crate::mpi_backend::MpiCollective<'c, T>>,
-}
+mod request;
+mod steps;
 
-type Finish<'c, T> = Box<dyn FnOnce(Part) -> Result<T> + 'c>;
-
-impl<T> std::fmt::Debug for CollectiveRequest<'_, T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CollectiveRequest").field("id", &self.id).finish()
-    }
-}
-
-impl<T> Request for CollectiveRequest<'_, T> {
-    type Output = T;
-
-    fn wait(mut self) -> Result<T> {
-        #[cfg(feature = "mpi")]
-        if let Some(chain) = self.mpi.take() {
-            return chain.wait();
-        }
-        let (Some(id), Some(finish)) = (self.id.take(), self.finish.take()) else {
-            unreachable!("a collective request is waited on once, by value")
-        };
-        let part = self.comm.engine()?.wait_schedule(id);
-        let part = self.comm.ranked(part).inspect_err(|e| self.comm.immediate_failed(e))?;
-        self.comm.ranked(finish(part))
-    }
-
-    fn test(&mut self) -> Result<bool> {
-        #[cfg(feature = "mpi")]
-        if let Some(chain) = &mut self.mpi {
-            return chain.test();
-        }
-        let Some(id) = self.id else { return Ok(true) };
-        let done = self.comm.engine()?.test_schedule(id);
-        self.comm.ranked(done).inspect_err(|e| self.comm.immediate_failed(e))
-    }
-
-    fn wait_timeout(&mut self, timeout: std::time::Duration) -> Result<bool> {
-        #[cfg(feature = "mpi")]
-        if let Some(chain) = &mut self.mpi {
-            return chain.wait_timeout(timeout);
-        }
-        let Some(id) = self.id else { return Ok(true) };
-        let deadline = std::time::Instant::now().checked_add(timeout);
-        let done = self.comm.engine()?.wait_schedule_until(id, deadline);
-        self.comm.ranked(done).inspect_err(|e| self.comm.immediate_failed(e))
-    }
-}
-
-impl<T> Drop for CollectiveRequest<'_, T> {
-    /// Waits for the collective and completes it (an `_into` buffer is
-    /// written), as the other ranks need this rank's part.
-    fn drop(&mut self) {
-        let Some(id) = self.id.take() else { return };
-        // Unwinding, the rank is on its way out: waiting could only delay
-        // the end of the job.
-        if std::thread::panicking() {
-            return;
-        }
-        let Some(part) = self
-            .comm
-            .engine_for_cleanup()
-            .map(|mut engine| engine.wait_schedule(id))
-        else {
-            return;
-        };
-        match part.and_then(|part| self.finish.take().map_or(Ok(()), |finish| finish(part).map(|_| ()))) {
-            Ok(()) | Err(Error::Finalized) => {}
-            Err(e) => self.comm.immediate_failed(&e),
-        }
-    }
-}
+pub use request::CollectiveRequest;
+use request::Finish;
+use steps::{barrier_steps, broadcast_steps, reduce_steps};
 
 /// Folds the plain numbers in `upper` into those in `lower`, element by
 /// element, in place (the bytes need not be aligned for `E`).
@@ -130,65 +44,6 @@ fn fold_numbers<E: Pod>(op: &impl Op<E>, lower: &mut [u8], upper: &[u8]) {
             a.copy_from_slice(bytemuck::bytes_of(&op.combine(&x, &y)));
         }
     });
-}
-
-/// The rank `v` positions after `root`, and back.
-fn relative(rank: usize, root: usize, n: usize) -> usize {
-    (rank + n - root) % n
-}
-
-/// A dissemination barrier: in round `k`, send to `me + 2^k` and hear
-/// from `me - 2^k`.
-fn barrier_steps(me: usize, n: usize) -> Vec<Step> {
-    let mut steps = Vec::new();
-    let mut d = 1;
-    while d < n {
-        steps.push(Step::Send((me + d) % n));
-        steps.push(Step::Take((me + n - d) % n));
-        d *= 2;
-    }
-    steps
-}
-
-/// A binomial tree from `root`: hear from the parent, then send to the
-/// children, farthest first.
-fn broadcast_steps(me: usize, n: usize, root: usize) -> Vec<Step> {
-    let v = relative(me, root, n);
-    let mut steps = Vec::new();
-    let mut mask = 1;
-    while mask < n {
-        if v & mask != 0 {
-            steps.push(Step::Take((v - mask + root) % n));
-            break;
-        }
-        mask <<= 1;
-    }
-    mask >>= 1;
-    while mask > 0 {
-        if v + mask < n {
-            steps.push(Step::Send((v + mask + root) % n));
-        }
-        mask >>= 1;
-    }
-    steps
-}
-
-/// A binomial tree to rank 0 in which rank `v` holds ranks
-/// `v..v + mask` and folds in `v + mask..v + 2 mask`: rank order.
-fn reduce_steps(me: usize, n: usize) -> Vec<Step> {
-    let mut steps = Vec::new();
-    let mut mask = 1;
-    while mask < n {
-        if me & mask != 0 {
-            steps.push(Step::Send(me - mask));
-            break;
-        }
-        if me + mask < n {
-            steps.push(Step::Fold(me + mask));
-        }
-        mask <<= 1;
-    }
-    steps
 }
 
 impl Communicator {
@@ -443,69 +298,5 @@ impl Communicator {
             (value, Some(len), Some(fold)),
             finish,
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every send of a plan has its receive on the other side, and every
-    /// rank ends up having heard (directly or not) from every other.
-    fn check_pairs(steps_of: impl Fn(usize, usize) -> Vec<Step>) {
-        for n in 1..=17 {
-            let mut sends = Vec::new();
-            let mut receives = Vec::new();
-            for me in 0..n {
-                for s in steps_of(me, n) {
-                    match s {
-                        Step::Send(d) => sends.push((me, d)),
-                        Step::Take(f) | Step::Fold(f) => receives.push((f, me)),
-                    }
-                }
-            }
-            sends.sort();
-            receives.sort();
-            assert_eq!(sends, receives, "n = {n}");
-        }
-    }
-
-    #[test]
-    fn every_send_meets_its_receive() {
-        check_pairs(barrier_steps);
-        for root in 0..5 {
-            check_pairs(|me, n| broadcast_steps(me, n, root % n));
-        }
-        check_pairs(|me, n| [reduce_steps(me, n), broadcast_steps(me, n, 0)].concat());
-    }
-
-    #[test]
-    fn broadcast_reaches_every_rank_once() {
-        for n in 1..=17 {
-            for root in 0..n {
-                let takes = (0..n)
-                    .filter(|me| broadcast_steps(*me, n, root).iter().any(|s| matches!(s, Step::Take(_))))
-                    .count();
-                assert_eq!(takes, n - 1, "n = {n}, root = {root}");
-            }
-        }
-    }
-
-    #[test]
-    fn reduce_folds_in_rank_order() {
-        // Simulate: each rank's value is the list of ranks it covers.
-        for n in 1..=17 {
-            let mut held: Vec<Vec<usize>> = (0..n).map(|r| vec![r]).collect();
-            let mut mask = 1;
-            while mask < n {
-                for me in (0..n).filter(|me| me % (2 * mask) == 0 && me + mask < n) {
-                    assert!(reduce_steps(me, n).contains(&Step::Fold(me + mask)));
-                    let upper = std::mem::take(&mut held[me + mask]);
-                    held[me].extend(upper);
-                }
-                mask <<= 1;
-            }
-            assert_eq!(held[0], (0..n).collect::<Vec<_>>(), "n = {n}");
-        }
     }
 }

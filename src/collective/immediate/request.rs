@@ -1,0 +1,98 @@
+//! The request an `immediate_` collective returns: waited on, tested, or completed when dropped.
+
+use crate::communicator::Communicator;
+use crate::error::{Error, Result};
+use crate::progress::Part;
+use crate::request::Request;
+
+/// An `immediate_` collective in progress: [`Request::wait`] for its
+/// result, [`Request::test`] to look without waiting; it also goes in
+/// [`wait_any`](crate::wait_any) and its kin beside point-to-point requests.
+///
+/// The collective moves on whenever this rank waits or polls in spmd (any
+/// blocking receive, wait, test or collective), not while it only
+/// computes: a rank that computes for a long time between calls holds up
+/// the ranks that wait for its part. Dropping the request waits for the
+/// collective to end, as the other ranks need this rank's part. On the MPI
+/// backend, a thread of the process moves the serde and closure forms on
+/// while they are in flight, so they also move while the rank computes
+/// (README, "Running on a cluster").
+#[must_use = "wait on the request to complete the collective"]
+pub struct CollectiveRequest<'c, T> {
+    pub(super) comm: &'c Communicator,
+    pub(super) id: Option<u64>,
+    pub(super) finish: Option<Finish<'c, T>>,
+    /// On the MPI backend: the collective as MPI runs it.
+    #[cfg(feature = "mpi")]
+    pub(super) mpi: Option<crate::mpi_backend::MpiCollective<'c, T>>,
+}
+
+pub(super) type Finish<'c, T> = Box<dyn FnOnce(Part) -> Result<T> + 'c>;
+
+impl<T> std::fmt::Debug for CollectiveRequest<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectiveRequest").field("id", &self.id).finish()
+    }
+}
+
+impl<T> Request for CollectiveRequest<'_, T> {
+    type Output = T;
+
+    fn wait(mut self) -> Result<T> {
+        #[cfg(feature = "mpi")]
+        if let Some(chain) = self.mpi.take() {
+            return chain.wait();
+        }
+        let (Some(id), Some(finish)) = (self.id.take(), self.finish.take()) else {
+            unreachable!("a collective request is waited on once, by value")
+        };
+        let part = self.comm.engine()?.wait_schedule(id);
+        let part = self.comm.ranked(part).inspect_err(|e| self.comm.immediate_failed(e))?;
+        self.comm.ranked(finish(part))
+    }
+
+    fn test(&mut self) -> Result<bool> {
+        #[cfg(feature = "mpi")]
+        if let Some(chain) = &mut self.mpi {
+            return chain.test();
+        }
+        let Some(id) = self.id else { return Ok(true) };
+        let done = self.comm.engine()?.test_schedule(id);
+        self.comm.ranked(done).inspect_err(|e| self.comm.immediate_failed(e))
+    }
+
+    fn wait_timeout(&mut self, timeout: std::time::Duration) -> Result<bool> {
+        #[cfg(feature = "mpi")]
+        if let Some(chain) = &mut self.mpi {
+            return chain.wait_timeout(timeout);
+        }
+        let Some(id) = self.id else { return Ok(true) };
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        let done = self.comm.engine()?.wait_schedule_until(id, deadline);
+        self.comm.ranked(done).inspect_err(|e| self.comm.immediate_failed(e))
+    }
+}
+
+impl<T> Drop for CollectiveRequest<'_, T> {
+    /// Waits for the collective and completes it (an `_into` buffer is
+    /// written), as the other ranks need this rank's part.
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        // Unwinding, the rank is on its way out: waiting could only delay
+        // the end of the job.
+        if std::thread::panicking() {
+            return;
+        }
+        let Some(part) = self
+            .comm
+            .engine_for_cleanup()
+            .map(|mut engine| engine.wait_schedule(id))
+        else {
+            return;
+        };
+        match part.and_then(|part| self.finish.take().map_or(Ok(()), |finish| finish(part).map(|_| ()))) {
+            Ok(()) | Err(Error::Finalized) => {}
+            Err(e) => self.comm.immediate_failed(&e),
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Collectives in which one rank fails: it gets its error, every other rank hears of it, and none is left waiting.
+
+use spmd::op;
+use spmd::{Communicator, Error};
+
+/// A rank whose receive buffer alone is wrong in a small allreduce takes
+/// part and gets an error; the others get their result, and the next
+/// collective works.
+pub(super) fn short_buffer(world: &Communicator) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    if n < 2 {
+        return Ok(());
+    }
+    let mut recv = vec![0i64; if me == 1 { 3 } else { 4 }];
+    match world.allreduce_into(&[1i64; 4], &mut recv, &op::Sum) {
+        Err(Error::InvalidArgument(text)) if me == 1 => assert!(text.contains("elements"), "{text}"),
+        Ok(()) if me != 1 => assert_eq!(recv, vec![n as i64; 4]),
+        other => panic!("rank {me}: a small allreduce with a short buffer on rank 1 gave {other:?}"),
+    }
+    let total: u64 = world.allreduce(&1u64, &op::Sum)?;
+    assert_eq!(total, n as u64, "the collective after a short buffer");
+    Ok(())
+}
+
+/// A rank whose counts do not add up fails inside the call, and every
+/// other rank hears of it instead of waiting for its part (on a duplicate,
+/// whose collectives the failure ends).
+pub(super) fn wrong_counts(world: &Communicator) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    if n < 2 {
+        return Ok(());
+    }
+    // A rank that did its part without waiting hears at its next call.
+    // On MPI, whose collectives cannot be interrupted, the others hear in
+    // the same call, except where they only send to a root that fails
+    // (README, "Running on a cluster"): then they succeed.
+    let on_mpi = world.backend() == spmd::Backend::Mpi;
+    let expect = |what: &str, bad: usize, got: Result<(), Error>, says: &str, comm: &Communicator| match got
+        .and_then(|()| if on_mpi { Ok(()) } else { comm.barrier() })
+    {
+        Err(Error::InvalidArgument(text)) if me == bad => assert!(text.contains(says), "{what}: {text}"),
+        Err(Error::CollectiveFailed { rank, .. }) if me != bad && rank == bad => {}
+        Ok(()) if on_mpi && me != bad && what == "gatherv_into" => {}
+        other => panic!("rank {me}: {what} with wrong counts on rank {bad} gave {other:?}"),
+    };
+    let dup = world.dup()?;
+    let counts = vec![1; if me == 1 { n + 1 } else { n }];
+    let mut recv = vec![0u32; n];
+    expect(
+        "allgatherv_into",
+        1,
+        dup.allgatherv_into(&[me as u32], &mut recv, &counts),
+        "counts",
+        &dup,
+    );
+    // Counts past usize::MAX on the root, whose buffer has the wrapped sum.
+    let dup = world.dup()?;
+    let counts: Vec<usize> = (0..n).map(|r| if r == 0 { usize::MAX } else { 1 }).collect();
+    let mut recv = vec![0u32; if me == 0 { n - 2 } else { 0 }];
+    let root_counts = if me == 0 { &counts[..] } else { &[] };
+    expect(
+        "gatherv_into",
+        0,
+        dup.gatherv_into(&[1], &mut recv, root_counts, 0),
+        "usize::MAX",
+        &dup,
+    );
+    // reduce_scatter_into: counts that do not add up on the last rank only.
+    let dup = world.dup()?;
+    let counts: Vec<usize> = (0..n).map(|r| if me == n - 1 && r == 0 { 5 } else { 1 }).collect();
+    let mut part = [0u32];
+    let got = dup.reduce_scatter_into(&vec![1u32; n], &mut part, &counts, &op::Sum);
+    expect("reduce_scatter_into", n - 1, got, "reduce_scatter_into", &dup);
+    // No rank leaves before every rank has its error (a rank that has
+    // left is an error of its own kind): a barrier of messages.
+    if me == 0 {
+        (1..n).try_for_each(|r| world.receive_with_tag::<()>(r, 12))?;
+        (1..n).try_for_each(|r| world.send_with_tag(&(), r, 13))?;
+    } else {
+        world.send_with_tag(&(), 0, 12)?;
+        world.receive_with_tag::<()>(0, 13)?;
+    }
+    Ok(())
+}
+
+/// A value whose encoding fails on one rank only.
+#[derive(Clone)]
+struct Unencodable {
+    fails: bool,
+}
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.fails {
+            return Err(serde::ser::Error::custom("this value refuses to be encoded"));
+        }
+        s.serialize_u8(7)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Unencodable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u8::deserialize(d).map(|_| Unencodable { fails: false })
+    }
+}
+
+/// A value that fails to encode on the last rank, in the serde
+/// collectives where the others wait on it: that rank gets `Encode`, and
+/// no rank is left waiting; each other rank gets `CollectiveFailed` naming
+/// it, or (on the native backend, where it may have finished its part)
+/// hears at the next collective. Each on a duplicate, whose collectives
+/// the failure may end.
+pub(super) fn unencodable(world: &Communicator) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    if n < 2 {
+        return Ok(());
+    }
+    let bad = n - 1;
+    let value = Unencodable { fails: me == bad };
+    let on_mpi = world.backend() == spmd::Backend::Mpi;
+    let check = |what: &str, got: Result<(), Error>, comm: &Communicator| match got
+        .and_then(|()| if on_mpi || me == bad { Ok(()) } else { comm.barrier() })
+    {
+        Err(Error::Encode { .. }) if me == bad => {}
+        Err(Error::CollectiveFailed { rank, .. }) if me != bad && rank == bad => {}
+        other => panic!("rank {me}: {what} with a value rank {bad} cannot encode gave {other:?}"),
+    };
+    let dup = world.dup()?;
+    check("allgather", dup.allgather(&value).map(|_| ()), &dup);
+    let dup = world.dup()?;
+    let sum = |a: &Unencodable, _: &Unencodable| Unencodable { fails: a.fails };
+    check("allreduce", dup.allreduce(&value, &sum).map(|_| ()), &dup);
+    let dup = world.dup()?;
+    let mut from_bad = Unencodable { fails: me == bad };
+    check("broadcast", dup.broadcast(&mut from_bad, bad), &dup);
+    // No rank leaves before every rank has its error.
+    world.barrier()
+}
