@@ -180,10 +180,12 @@ impl World {
     /// on standard error: in MPI's terms the program is erroneous, and a
     /// silent loss would hide the bug.
     pub fn finalize(self) -> Result<()> {
-        self.finalize_inner()
+        self.finalize_inner(true)
     }
 
-    fn finalize_inner(&self) -> Result<()> {
+    /// Finalizes, on a call to `finalize` (`called`) or when the `World`
+    /// is dropped without one.
+    fn finalize_inner(&self, called: bool) -> Result<()> {
         if self.finalized.replace(true) {
             return Ok(());
         }
@@ -195,7 +197,7 @@ impl World {
         // The other ranks may still need this rank's part of an
         // `immediate_` collective whose request was forgotten.
         engine.finish_schedules();
-        let flushed = engine.finish();
+        let flushed = engine.finish(called);
         // Every communicator's point-to-point messages, in job ranks.
         let lost = engine.unreceived(&|c| !c.is_collective());
         let coll = self.coll_context();
@@ -259,7 +261,10 @@ impl Drop for World {
         if self.mpi_side().is_some() {
             return;
         }
-        if let Err(e) = self.finalize_inner() {
+        // The peers learn that this rank did not call finalize: if one of
+        // them needs it, it leaves the launcher time to report this rank's
+        // error first (see `Engine::gone`).
+        if let Err(e) = self.finalize_inner(false) {
             eprintln!("spmd: rank {}: finalize failed: {e}", self.rank());
         }
     }

@@ -89,6 +89,14 @@ fn hostfiles_place_ranks_and_bad_ones_name_file_and_line() {
         let out = run(spmdrun(&["-n", "5", "--oversubscribe", "--hostfile", &path, "true"]));
         assert_eq!(out.code(), Some(0), "{out:?}");
     }
+    // This machine's IPv6 address, bare or in brackets with a count.
+    let v6 = std::env::temp_dir().join(format!("spmd-v6-hostfile-{}", std::process::id()));
+    std::fs::write(&v6, "::1 slots=2\n[::1]:2\n").expect("writing a hostfile");
+    let v6_path = v6.display().to_string();
+    let out = run(spmdrun(&["-n", "4", "--hostfile", &v6_path, &example("ring")]));
+    let _ = std::fs::remove_file(&v6);
+    assert_eq!(out.code(), Some(0), "::1: {out:?}");
+    assert!(out.stdout.contains("received message \"P0P1P2P3\""), "{out:?}");
     let bad = std::env::temp_dir().join(format!("spmd-bad-hostfile-{}", std::process::id()));
     std::fs::write(&bad, "# two hosts\nlocalhost slots=2\nlocalhost slots=lots\n").expect("writing a hostfile");
     let shown = bad.display().to_string();
@@ -160,7 +168,7 @@ fn hostfiles_place_ranks_and_bad_ones_name_file_and_line() {
 fn hosts_on_the_command_line_and_ranks_per_slot() {
     // --host, with slots after ':' or one per mention; without -n, one
     // rank per slot.
-    for hosts in ["localhost:3", "localhost,localhost,127.0.0.1"] {
+    for hosts in ["localhost:3", "localhost,localhost,127.0.0.1", "[::1]:2,::1"] {
         let out = run(spmdrun(&["--host", hosts, &example("ring")]));
         assert_eq!(out.code(), Some(0), "{hosts}: {out:?}");
         assert!(out.stdout.contains("received message \"P0P1P2\""), "{hosts}: {out:?}");

@@ -3,14 +3,23 @@
 
 mod common;
 
-use common::{assert_all_gone, example, finish_reporting, run, signal, start_reporting_pids};
+use common::{
+    TRANSPORTS, assert_all_gone, example, finish_reporting, run, signal, start_reporting_pids,
+    start_reporting_pids_with,
+};
 use nix::sys::signal::Signal;
 
 /// Runs `spmd-check fail HOW` on `n` ranks, in which the last rank fails.
 fn failing(n: usize, how: &str) -> (common::Finished, Vec<i32>) {
+    failing_over("shm", n, how)
+}
+
+/// [`failing`] over `transport`.
+fn failing_over(transport: &str, n: usize, how: &str) -> (common::Finished, Vec<i32>) {
     let ns = n.to_string();
     let check = example("spmd-check");
-    let (child, pids, reader) = start_reporting_pids(&["-n", &ns, "--timeout", "60", &check, "fail", how], n);
+    let args = ["-n", &ns, "--timeout", "60", &check, "fail", how];
+    let (child, pids, reader) = start_reporting_pids_with(&args, n, &[("SPMD_TRANSPORT", transport)]);
     let out = finish_reporting(child, reader);
     assert_all_gone(&pids);
     (out, pids)
@@ -58,6 +67,25 @@ fn a_rank_exiting_3_ends_the_job_with_status_3() {
 }
 
 #[test]
+fn an_error_returned_from_main_is_reported_as_that_ranks() {
+    // The others wait on the failing rank, and find it gone as its `World`
+    // drops: the report must still name it, in its own words. (Before,
+    // about half of such runs blamed a waiting rank.)
+    for (transport, n) in TRANSPORTS.into_iter().flat_map(|t| [(t, 2), (t, 3)]) {
+        for _ in 0..3 {
+            let (out, pids) = failing_over(transport, n, "error");
+            assert_eq!(out.code(), Some(1), "{transport}: {out:?}");
+            let line = report(&out);
+            assert!(
+                line.contains(&format!("rank {} (pid {} ", n - 1, pids[n - 1])),
+                "{line}"
+            );
+            assert!(line.contains(&format!("deliberate error on rank {}", n - 1)), "{line}");
+        }
+    }
+}
+
+#[test]
 fn abort_ends_the_job_with_its_code() {
     let (out, _) = failing(3, "abort");
     assert_eq!(out.code(), Some(5), "{out:?}");
@@ -65,6 +93,15 @@ fn abort_ends_the_job_with_its_code() {
         report(&out).contains("rank 2 (pid ") && report(&out).contains("called abort(5)"),
         "{out:?}"
     );
+}
+
+#[test]
+fn abort_with_a_code_that_reads_as_success_ends_the_job_with_1() {
+    for code in [0, 256] {
+        let (out, _) = failing(2, &format!("abort-{code}"));
+        assert_eq!(out.code(), Some(1), "{out:?}");
+        assert!(report(&out).contains(&format!("called abort({code})")), "{out:?}");
+    }
 }
 
 #[test]

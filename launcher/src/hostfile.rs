@@ -42,10 +42,11 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Host>, String> {
         }
         let mut words = line.split_whitespace();
         let first = words.next().unwrap_or_default();
-        let (name, mut slots) = match first.split_once(':') {
+        let (name, slots_after_colon) = split_count(first);
+        let mut slots = match slots_after_colon {
             // MPICH: host:N
-            Some((name, n)) => (name, Some(count(n, "the slot count after ':'", &origin)?)),
-            None => (first, None),
+            Some(n) => Some(count(n, "the slot count after ':'", &origin)?),
+            None => None,
         };
         check_name(name, &origin)?;
         let mut max_slots = None;
@@ -95,9 +96,9 @@ pub fn parse_list(list: &str) -> Result<Vec<Host>, String> {
     for (i, entry) in list.split(',').enumerate() {
         let origin = format!("--host entry {} ({entry:?})", i + 1);
         let entry = entry.trim();
-        let (name, slots) = match entry.split_once(':') {
-            Some((name, n)) => (name, count(n, "the slot count after ':'", &origin)?),
-            None => (entry, 1),
+        let (name, slots) = match split_count(entry) {
+            (name, Some(n)) => (name, count(n, "the slot count after ':'", &origin)?),
+            (name, None) => (name, 1),
         };
         check_name(name, &origin)?;
         add(&mut hosts, name, Some(slots), None, origin)?;
@@ -105,7 +106,35 @@ pub fn parse_list(list: &str) -> Result<Vec<Host>, String> {
     Ok(hosts)
 }
 
+/// Splits `host:N` into the host and the count after the colon. An IPv6
+/// address has colons of its own: bare (`::1`) it has no count, and in
+/// brackets (`[::1]:2`) it may have one.
+fn split_count(entry: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = entry.strip_prefix('[') {
+        if let Some((name, after)) = rest.split_once(']') {
+            return (name, after.strip_prefix(':').or(Some(after).filter(|a| !a.is_empty())));
+        }
+    }
+    match entry.split_once(':') {
+        Some((_, after)) if after.contains(':') => (entry, None),
+        Some((name, n)) => (name, Some(n)),
+        None => (entry, None),
+    }
+}
+
 fn check_name(name: &str, origin: &str) -> Result<(), String> {
+    if name.contains(':') {
+        // Only this machine's IPv6 address: ranks on other hosts are
+        // reached over IPv4 or by name.
+        return match name.parse::<std::net::Ipv6Addr>() {
+            Ok(ip) if ip.is_loopback() => Ok(()),
+            Ok(_) => Err(format!(
+                "{origin}: {name:?}: IPv6 addresses other than ::1 are not supported; name the host, or give its IPv4 \
+                 address (a slot count after an IPv6 address goes after brackets: [::1]:2)"
+            )),
+            Err(_) => Err(format!("{origin}: {name:?} is not a host name")),
+        };
+    }
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
         return Err(format!("{origin}: {name:?} is not a host name"));
     }
@@ -162,7 +191,8 @@ fn count(value: &str, what: &str, origin: &str) -> Result<usize, String> {
 pub fn is_local(name: &str) -> bool {
     // Other loopback addresses (127.0.0.2, ...) are hosts of their own,
     // reached through ssh: an sshd listening there is a host for tests.
-    if name == "localhost" || name == "::1" || name == "127.0.0.1" {
+    if name == "localhost" || name == "127.0.0.1" || name.parse::<std::net::Ipv6Addr>().is_ok_and(|ip| ip.is_loopback())
+    {
         return true;
     }
     nix::unistd::gethostname().is_ok_and(|h| h.to_string_lossy() == name)
@@ -234,11 +264,30 @@ mod tests {
             ("a\nb slots=4 max_slots=3", "hf:2: slots=4 is more than max_slots=3"),
             ("a max_slots=-1", "hf:1: max_slots \"-1\" is not a whole number"),
             ("b@d", "hf:1: \"b@d\" is not a host name"),
+            ("::1:2", "hf:1: \"::1:2\": IPv6 addresses other than ::1"),
+            ("[::1", "hf:1: \"[::1\" is not a host name"),
+            (
+                "fe80::1",
+                "hf:1: \"fe80::1\": IPv6 addresses other than ::1 are not supported",
+            ),
+            ("[::1]x", "hf:1: the slot count after ':' \"x\""),
             ("# nothing\n", "hf: names no host"),
         ] {
             let err = parse(text, "hf").unwrap_err();
             assert!(err.starts_with(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn this_machines_ipv6_address_is_a_host_bare_or_in_brackets() {
+        let hosts = parse("::1 slots=2\n[::1]:3\n", "hf").unwrap();
+        assert_eq!(
+            (hosts.len(), hosts[0].name.as_str(), hosts[0].slots),
+            (1, "::1", Some(5))
+        );
+        let hosts = parse_list("[::1]:2,::1").unwrap();
+        assert_eq!((hosts.len(), hosts[0].slots), (1, Some(3)));
+        assert!(is_local("::1") && is_local("0:0:0:0:0:0:0:1"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::{ChildStderr, ChildStdout};
 use std::time::Instant;
 
+use spmd::wire::control::abort_status;
 use spmd::wire::status::Page;
 use spmd::wire::{Card, Channel, ControlMessage};
 
@@ -123,7 +124,7 @@ impl Rank {
                 } else {
                     format!(": {message}")
                 };
-                Some((format!("{who} called abort({code}){why}"), *code))
+                Some((format!("{who} called abort({code}){why}"), abort_status(*code)))
             }
             (None, Some(Termination::Signal(sig))) => {
                 let name = nix::sys::signal::Signal::try_from(sig).map_or("unknown", |s| s.as_str());

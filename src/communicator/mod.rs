@@ -12,6 +12,7 @@ use crate::control;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::selector::{Match, Selector, Status};
+use crate::wire::control::abort_status;
 use crate::wire::{Context, ControlMessage, Settings};
 
 mod create;
@@ -380,8 +381,9 @@ impl Communicator {
     }
 
     /// Ends the whole job at once: spmdrun stops every rank and exits with
-    /// `code`. Use it when a rank finds an error the others cannot recover
-    /// from. It does not return.
+    /// `code` (a code outside 1 to 255, 0 included, exits with 1: an
+    /// aborted job never reads as a success). Use it when a rank finds an
+    /// error the others cannot recover from. It does not return.
     ///
     /// ```no_run
     /// # let world = spmd::init().unwrap();
@@ -410,7 +412,7 @@ impl Communicator {
             } else {
                 format!(": {message}")
             };
-            crate::mpi_backend::abort_job(code, &format!("abort({code}){text}"));
+            crate::mpi_backend::abort_job(abort_status(code), &format!("abort({code}){text}"));
         }
         if !self.job.managed && !message.is_empty() {
             eprintln!("abort({code}): {message}");
@@ -422,7 +424,7 @@ impl Communicator {
             },
             true,
         );
-        std::process::exit(code)
+        std::process::exit(abort_status(code))
     }
 }
 

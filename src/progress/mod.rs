@@ -133,7 +133,9 @@ impl Engine {
             self.matcher.begin_read_all();
             let _ = self.transport.progress(&mut self.matcher, Wait::No, &|| {});
             self.matcher.end_read_all();
-            if self.transport.died(rank) {
+            // So, too, if it ended without calling finalize: its `main` may
+            // be returning an error, which the launcher reports.
+            if self.transport.died(rank) || self.transport.left_unfinalized(rank) {
                 std::thread::sleep(LAUNCHER_REACTION);
             }
         }
@@ -448,10 +450,14 @@ impl Engine {
         self.transport.nodes()
     }
 
-    /// Flushes every send and tells the peers this rank is done; the status
-    /// page says so.
-    pub fn finish(&mut self) -> Result<()> {
+    /// Flushes every send and tells the peers this rank is done (`called`:
+    /// by a call to finalize, not because its `World` was dropped); the
+    /// status page says so.
+    pub fn finish(&mut self, called: bool) -> Result<()> {
         self.finished = true;
+        if !called {
+            self.transport.end_unfinalized();
+        }
         // Threads asleep in a wait end it with Error::Finalized as soon as
         // they have the engine back.
         self.wake_sleepers();

@@ -351,6 +351,32 @@ impl Transport {
         }
     }
 
+    /// True if `rank` said goodbye without calling finalize (see
+    /// [`crate::wire::BYE_UNFINALIZED`]).
+    pub fn left_unfinalized(&self, rank: usize) -> bool {
+        match self {
+            Transport::Alone => false,
+            Transport::Socket(m) => m.peers.left_unfinalized(rank),
+            Transport::Shm(m) => m.peers.left_unfinalized(rank),
+            Transport::Mixed(m) if m.is_local(rank) => m.shm.peers.left_unfinalized(rank),
+            Transport::Mixed(m) => m.sockets.peers.left_unfinalized(rank),
+        }
+    }
+
+    /// From now on, this rank's goodbye says it ends without calling
+    /// finalize (see [`crate::wire::BYE_UNFINALIZED`]).
+    pub fn end_unfinalized(&mut self) {
+        match self {
+            Transport::Alone => {}
+            Transport::Socket(m) => m.peers.unfinalized = true,
+            Transport::Shm(m) => m.peers.unfinalized = true,
+            Transport::Mixed(m) => {
+                m.shm.peers.unfinalized = true;
+                m.sockets.peers.unfinalized = true;
+            }
+        }
+    }
+
     /// True if `rank` vanished without saying goodbye (it died).
     pub fn died(&self, rank: usize) -> bool {
         match self {

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::matching::ReceiveId;
-use crate::wire::{Header, Kind};
+use crate::wire::{BYE_UNFINALIZED, Header, Kind};
 
 use super::SendTicket;
 use super::stream::{Link, Payload, Peer, PeerState, Target};
@@ -16,6 +16,9 @@ pub(crate) struct Peers<L> {
     pub max_message: u64,
     /// Bye has been queued to every peer.
     pub said_bye: bool,
+    /// The Bye says this rank ends without calling finalize
+    /// ([`BYE_UNFINALIZED`]).
+    pub unfinalized: bool,
 }
 
 impl<L: Link> Peers<L> {
@@ -131,6 +134,12 @@ impl<L: Link> Peers<L> {
             .is_some_and(|p| p.died || (p.write_closed && p.state == PeerState::Open))
     }
 
+    /// True if `rank` said Bye without calling finalize
+    /// ([`BYE_UNFINALIZED`]).
+    pub fn left_unfinalized(&self, rank: usize) -> bool {
+        self.list[rank].as_ref().is_some_and(|p| p.unfinalized)
+    }
+
     /// True if some peer may still send: it has neither said Bye nor gone.
     pub fn any_may_send_more(&self) -> bool {
         self.list.iter().flatten().any(Peer::may_send_more)
@@ -172,10 +181,13 @@ impl<L: Link> Peers<L> {
         if std::mem::replace(&mut self.said_bye, true) {
             return;
         }
-        let me = self.me as u32;
+        let mut bye = Header::plain(Kind::Bye, self.me as u32, 0);
+        if self.unfinalized {
+            bye.tag = BYE_UNFINALIZED;
+        }
         for p in self.list.iter_mut().flatten() {
             if !p.cannot_send() {
-                p.push(&Header::plain(Kind::Bye, me, 0), Payload::Owned(Vec::new()));
+                p.push(&bye, Payload::Owned(Vec::new()));
             }
         }
     }

@@ -201,6 +201,7 @@ impl SocketMesh {
                 list,
                 max_message,
                 said_bye: false,
+                unfinalized: false,
             },
             wait,
             found_ready: std::cell::RefCell::new(None),

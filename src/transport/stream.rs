@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use crate::envelope::{Envelope, Format, Landing};
 use crate::error::{Error, Result};
 use crate::matching::Arrived;
-use crate::wire::{HEADER_LEN, Header, Kind, Offer};
+use crate::wire::{BYE_UNFINALIZED, HEADER_LEN, Header, Kind, Offer};
 
 use super::Delivery;
 pub(crate) use super::link::{Io, Link};
@@ -80,6 +80,9 @@ pub(crate) struct Peer<L> {
     pub(super) state: PeerState,
     /// The link closed without a Bye: the peer died.
     pub(super) died: bool,
+    /// Its Bye said it ends without calling finalize
+    /// ([`crate::wire::BYE_UNFINALIZED`]).
+    pub(super) unfinalized: bool,
     /// Reading is paused: this rank holds as much as it keeps of messages
     /// nobody asked for (see [`crate::matching::Sink::wants`]).
     pub(super) paused: bool,
@@ -120,6 +123,7 @@ impl<L: Link> Peer<L> {
             link,
             state: PeerState::Open,
             died: false,
+            unfinalized: false,
             paused: false,
             write_closed: false,
             hung_up: false,
@@ -319,6 +323,7 @@ impl<L: Link> Peer<L> {
                 match header.kind {
                     Kind::Bye => {
                         self.state = PeerState::Finished;
+                        self.unfinalized = header.tag == BYE_UNFINALIZED;
                         continue;
                     }
                     Kind::Taken => {

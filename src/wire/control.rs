@@ -217,6 +217,18 @@ fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ MAX_CONTROL_LEN as usize }>()
 }
 
+/// The exit status of a job that a rank ended with `abort(code)`: `code`
+/// itself from 1 to 255, and 1 for any other (0 would read as success,
+/// and a process cannot exit with a status past 255: 256 would read as 0).
+///
+/// ```
+/// use spmd::wire::control::abort_status;
+/// assert_eq!((abort_status(5), abort_status(0), abort_status(256), abort_status(-1)), (5, 1, 1, 1));
+/// ```
+pub fn abort_status(code: i32) -> i32 {
+    if (1..=255).contains(&code) { code } else { 1 }
+}
+
 impl ControlMessage {
     /// How many file descriptors travel with this message.
     pub fn fds(&self) -> usize {

@@ -10,6 +10,13 @@ pub const VERSION: u8 = 3;
 /// The size of a frame header in bytes.
 pub const HEADER_LEN: usize = 32;
 
+/// The tag of the Bye of a rank that ends without calling `finalize` (its
+/// `World` was dropped: its `main` may be returning an error that its
+/// launcher is about to report). A peer that finds it gone then gives the
+/// launcher time to end the job before it fails itself, as it does for a
+/// peer that died, so that the report names the rank that failed first.
+pub const BYE_UNFINALIZED: u32 = 1;
+
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -27,7 +34,8 @@ pub enum Kind {
     Challenge = 5,
     /// Third handshake frame: the connector's proof.
     Proof = 6,
-    /// The sender has finalized and will send nothing more.
+    /// The sender has finalized and will send nothing more. Its tag is 0,
+    /// or [`BYE_UNFINALIZED`].
     Bye = 7,
     /// A message whose payload stays in the sender's memory, for the
     /// receiver to copy from there (shared memory only): the header is the
@@ -277,8 +285,10 @@ impl Header {
                 format!("a {kind:?} frame must have element 0, got {}", self.element),
             );
         }
-        if !kind.is_addressed() && (self.tag != 0 || self.context != Context::WORLD) {
-            return wrong("tag", format!("a {kind:?} frame must have tag 0 and context 0"));
+        let tag_allowed = self.tag == 0 || (kind == Kind::Bye && self.tag == BYE_UNFINALIZED);
+        if !kind.is_addressed() && (!tag_allowed || self.context != Context::WORLD) {
+            let tags = if kind == Kind::Bye { "tag 0 or 1" } else { "tag 0" };
+            return wrong("tag", format!("a {kind:?} frame must have {tags} and context 0"));
         }
         if self.call != 0 && !(kind.is_addressed() && self.context.is_collective()) {
             return wrong(

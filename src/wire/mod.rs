@@ -17,7 +17,7 @@ pub mod status;
 
 pub use channel::Channel;
 pub use control::{Access, Card, ControlMessage, Settings, SingleCopy, TransportKind, WaitMode};
-pub use header::{Context, HEADER_LEN, Header, Kind, MAGIC, Offer, VERSION};
+pub use header::{BYE_UNFINALIZED, Context, HEADER_LEN, Header, Kind, MAGIC, Offer, VERSION};
 
 /// The largest control message accepted (card tables included).
 pub const MAX_CONTROL_LEN: u64 = 16 << 20;

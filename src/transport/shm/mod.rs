@@ -220,6 +220,7 @@ impl ShmMesh {
                 list,
                 max_message,
                 said_bye: false,
+                unfinalized: false,
             },
             own: own.segment,
             mapped,

@@ -3,7 +3,8 @@
 //!
 //! `fail HOW`: every rank prints `pid RANK PID`, joins a barrier, then the
 //! last rank fails in the way HOW names while the others wait in a receive
-//! that nothing will match. `fail idle` has nobody fail.
+//! that nothing will match (from the failing rank itself, for `error`).
+//! `fail idle` has nobody fail.
 
 use std::io::Write;
 
@@ -49,13 +50,23 @@ fn fail(how: &str) -> Result<(), Error> {
                 std::process::exit(3)
             }
             "abort" => world.abort(5),
+            // Codes a process cannot exit with, or that read as success.
+            "abort-0" => world.abort(0),
+            "abort-256" => world.abort(256),
             "error" => return Err(Error::InvalidArgument(format!("deliberate error on rank {me}"))),
             "no-finalize" if n > 1 => std::process::exit(0),
             _ => {}
         }
     }
-    // Wait for a message nobody sends; the launcher ends this rank.
-    let _: u8 = world.receive_matching(Match::tag(999)).map(|(v, _)| v)?;
+    // Wait for a message nobody sends; the launcher ends this rank. After
+    // an error, wait on the failing rank itself: finding it gone must not
+    // make this rank the one the report blames.
+    let from = if how == "error" {
+        Match::source(n - 1)
+    } else {
+        Match::any()
+    };
+    let _: u8 = world.receive_matching(from.with_tag(999)).map(|(v, _)| v)?;
     world.finalize()
 }
 
