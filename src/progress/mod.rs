@@ -92,6 +92,9 @@ pub(crate) struct Engine {
     /// The waits of the threads asleep: the status page names the oldest
     /// (see `lock.rs`).
     asleep: Vec<Asleep>,
+    /// The peers found gone for which this rank gave the launcher time
+    /// to end the job already (see [`Engine::gone`]): once is enough.
+    given_time: Vec<usize>,
 }
 
 impl Engine {
@@ -115,6 +118,7 @@ impl Engine {
             wake_fds: Vec::new(),
             moves: 0,
             asleep: Vec::new(),
+            given_time: Vec::new(),
         }
     }
 
@@ -124,7 +128,9 @@ impl Engine {
     }
 
     /// The error for a peer that has gone. If it died and a launcher is
-    /// watching, the launcher is about to end this rank: give it the time.
+    /// watching, the launcher is about to end this rank: give it the time
+    /// (once per peer: if the launcher did not end the job, the peer's end
+    /// was not a failure, and later calls fail at once).
     fn gone(&mut self, rank: usize) -> Error {
         if self.managed {
             // Whether it finalized or died, the last thing it wrote says
@@ -135,7 +141,9 @@ impl Engine {
             self.matcher.end_read_all();
             // So, too, if it ended without calling finalize: its `main` may
             // be returning an error, which the launcher reports.
-            if self.transport.died(rank) || self.transport.left_unfinalized(rank) {
+            let ended = self.transport.died(rank) || self.transport.left_unfinalized(rank);
+            if ended && !self.given_time.contains(&rank) {
+                self.given_time.push(rank);
                 std::thread::sleep(LAUNCHER_REACTION);
             }
         }
