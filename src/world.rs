@@ -174,7 +174,10 @@ impl World {
 
     /// Flushes every pending send, tells the peers and the launcher this
     /// rank is done, and closes its connections. Dropping the handle does the
-    /// same but cannot report an error.
+    /// same but cannot report an error, and tells the peers that finalize
+    /// was not called (`main` may be returning an error): a peer that needs
+    /// this rank afterwards waits up to 2 s for spmdrun to report it before
+    /// it fails with `PeerGone` itself.
     ///
     /// Messages that arrived and were never received are named in one line
     /// on standard error: in MPI's terms the program is erroneous, and a

@@ -111,8 +111,12 @@ pub fn parse_list(list: &str) -> Result<Vec<Host>, String> {
 /// brackets (`[::1]:2`) it may have one.
 fn split_count(entry: &str) -> (&str, Option<&str>) {
     if let Some(rest) = entry.strip_prefix('[') {
-        if let Some((name, after)) = rest.split_once(']') {
-            return (name, after.strip_prefix(':').or(Some(after).filter(|a| !a.is_empty())));
+        // Only an IPv6 address goes in brackets, followed by nothing or by
+        // `:N`; anything else is left whole, and is not a host name.
+        match rest.split_once(']') {
+            Some((name, "")) if name.contains(':') => return (name, None),
+            Some((name, after)) if name.contains(':') && after.starts_with(':') => return (name, Some(&after[1..])),
+            _ => return (entry, None),
         }
     }
     match entry.split_once(':') {
@@ -270,7 +274,9 @@ mod tests {
                 "fe80::1",
                 "hf:1: \"fe80::1\": IPv6 addresses other than ::1 are not supported",
             ),
-            ("[::1]x", "hf:1: the slot count after ':' \"x\""),
+            ("[::1]x", "hf:1: \"[::1]x\" is not a host name"),
+            ("[node1]:2", "hf:1: \"[node1]:2\" is not a host name"),
+            ("[::1]:x", "hf:1: the slot count after ':' \"x\""),
             ("# nothing\n", "hf: names no host"),
         ] {
             let err = parse(text, "hf").unwrap_err();

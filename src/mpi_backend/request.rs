@@ -14,7 +14,7 @@ use super::held::Held;
 use super::point_to_point::{FRAME, INLINE_LIMIT, PIECE, header};
 use super::{check, check_open, datatype};
 use crate::envelope::{Envelope, Format, Room};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::selector::Match;
 
 /// MPI requests, with the memory they read from until they complete.
@@ -301,8 +301,10 @@ impl MpiReceive {
     /// once, by `wait`).
     pub(crate) fn test(&mut self, comm: &MpiComm) -> Result<bool> {
         self.take_given_back(comm)?;
-        let State::Posted(request) = &mut self.state else {
-            return Ok(true);
+        let request = match &mut self.state {
+            State::Posted(request) => request,
+            State::Arrived(_) => return Ok(true),
+            State::Taken => return Err(no_message()),
         };
         let mut done: c_int = 0;
         let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
@@ -335,7 +337,7 @@ impl MpiReceive {
         }
         match std::mem::replace(&mut self.state, State::Taken) {
             State::Arrived(held) => comm.complete(held, self.room),
-            _ => unreachable!("the receive has arrived"),
+            _ => Err(no_message()),
         }
     }
 
@@ -343,15 +345,18 @@ impl MpiReceive {
     /// communicator, first in line.
     pub(crate) fn withdraw(mut self, comm: &MpiComm) {
         match std::mem::replace(&mut self.state, State::Taken) {
-            State::Posted(request) => self.cancel_to_held(comm, request),
+            // A frame that does not parse is dropped here: a withdrawal
+            // has nobody to tell (a wait or test would have said).
+            State::Posted(request) => drop(self.cancel_to_held(comm, request)),
             State::Arrived(held) => comm.held.borrow_mut().push_front(held),
             State::Taken => {}
         }
     }
 
     /// Cancels the receive's request in MPI; a message MPI had already
-    /// matched for it goes to the communicator's held messages.
-    fn cancel_to_held(&self, comm: &MpiComm, mut request: ffi::MPI_Request) {
+    /// matched for it goes to the communicator's held messages (an error if
+    /// its frame does not parse).
+    fn cancel_to_held(&self, comm: &MpiComm, mut request: ffi::MPI_Request) -> Result<()> {
         let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
         let mut cancelled: c_int = 0;
         // SAFETY: cancel and complete the request, as MPI requires.
@@ -362,10 +367,10 @@ impl MpiReceive {
         }
         if cancelled == 0 {
             // SAFETY: filled in by MPI_Wait.
-            if let Ok(held) = comm.arrived(&self.frame, unsafe { status.assume_init_ref() }) {
-                comm.held.borrow_mut().push_front(held);
-            }
+            let held = comm.arrived(&self.frame, unsafe { status.assume_init_ref() })?;
+            comm.held.borrow_mut().push_front(held);
         }
+        Ok(())
     }
 
     /// A receive still posted in MPI takes a message given back since it
@@ -381,15 +386,29 @@ impl MpiReceive {
             return Ok(());
         }
         self.state = State::Taken;
-        self.cancel_to_held(comm, request);
-        self.state = match comm.take_held(&self.pattern)? {
-            Some(held) => State::Arrived(held),
-            // Cannot happen (a held message was accepted a moment ago),
-            // but a receive must never be left without a request.
-            None => State::Posted(comm.post_irecv(&self.pattern, &mut self.frame)?),
-        };
-        Ok(())
+        let taken = self
+            .cancel_to_held(comm, request)
+            .and_then(|()| comm.take_held(&self.pattern));
+        match taken {
+            Ok(Some(held)) => {
+                self.state = State::Arrived(held);
+                Ok(())
+            }
+            // `None` cannot happen (a held message was accepted a moment
+            // ago); after an error (a frame that does not parse) the
+            // receive waits on in MPI, posted again, and the error is said.
+            taken => {
+                self.state = State::Posted(comm.post_irecv(&self.pattern, &mut self.frame)?);
+                taken.map(|_| ())
+            }
+        }
     }
+}
+
+/// The error of a receive asked again after it failed for good (MPI could
+/// not post it again).
+fn no_message() -> Error {
+    Error::InvalidArgument("this receive failed before and has no message to give".into())
 }
 
 impl Drop for MpiReceive {

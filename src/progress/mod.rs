@@ -260,7 +260,9 @@ impl Engine {
             return Ok(());
         };
         if mesh.anything_arrived() {
-            mesh.move_bytes(&mut self.matcher, false)?;
+            let moved = mesh.move_bytes(&mut self.matcher, false);
+            // A peer found gone or broken is judged as in any wait.
+            moved.map_err(|e| self.lost(e))?;
             self.advance_schedules();
             self.note_moved();
         }
@@ -379,7 +381,10 @@ impl Engine {
     /// on descriptors adds its own wake-up descriptor, `wake`, which another
     /// thread that moves bytes writes to.
     fn prepare_sleep(&mut self, ready: &dyn Fn() -> bool, wake: RawFd) -> Result<Option<Sleep>> {
-        let mut sleep = self.transport.prepare_sleep(&self.matcher, ready)?;
+        // Flushing before the sleep may find a peer gone: judged as in any
+        // wait.
+        let prepared = self.transport.prepare_sleep(&self.matcher, ready);
+        let mut sleep = prepared.map_err(|e| self.lost(e))?;
         if let Some(Sleep::Descriptors(fds)) = &mut sleep {
             fds.push(libc::pollfd {
                 fd: wake,

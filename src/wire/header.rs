@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"SPMD";
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// The size of a frame header in bytes.
 pub const HEADER_LEN: usize = 32;
 
@@ -325,6 +325,27 @@ mod tests {
             len: 5 << 32,
         };
         assert_eq!(Header::decode(&h.encode(), "rank 7", u64::MAX).unwrap(), h);
+    }
+
+    #[test]
+    fn a_bye_may_say_its_rank_did_not_call_finalize_and_nothing_else() {
+        let mut bye = Header::plain(Kind::Bye, 3, 0);
+        bye.tag = BYE_UNFINALIZED;
+        assert_eq!(
+            Header::decode(&bye.encode(), "rank 3", u64::MAX).unwrap().tag,
+            BYE_UNFINALIZED
+        );
+        bye.tag = 2;
+        let e = Header::decode(&bye.encode(), "rank 3", u64::MAX)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rank 3") && e.contains("tag") && e.contains("tag 0 or 1"),
+            "{e}"
+        );
+        let mut taken = Header::plain(Kind::Taken, 3, 0);
+        taken.tag = BYE_UNFINALIZED;
+        assert!(Header::decode(&taken.encode(), "rank 3", u64::MAX).is_err());
     }
 
     #[test]

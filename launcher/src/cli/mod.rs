@@ -42,7 +42,8 @@ User settings, read from spmdrun's environment (or given with -x):
                                 machine with more runnable tasks than cores)
 
 Exit status: 0 when every rank exits 0; otherwise the first failure's: the
-code a rank exited with or gave to abort (101 for a panic), 128+N for a rank
+code a rank exited with or gave to abort (1 for an abort code of 0 or outside
+1-255; 101 for a panic), 128+N for a rank
 killed by signal N or for spmdrun receiving signal N, 124 for --timeout, 125
 for a deadlock, 1 for a rank that exited without finalizing or without
 joining the job, or when spmdrun's own output failed; 2 for a bad command
@@ -77,7 +78,8 @@ struct Args {
     hostfile: Option<PathBuf>,
 
     /// Hosts on the command line instead of a hostfile: `a:2,b:2` (a host
-    /// named N times without `:N` has N slots).
+    /// named N times without `:N` has N slots; `[::1]:2` for this
+    /// machine's IPv6 address with a count).
     #[arg(long, short = 'H', value_name = "HOST[:N],...", conflicts_with = "hostfile")]
     host: Option<String>,
 
