@@ -42,12 +42,11 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Host>, String> {
         }
         let mut words = line.split_whitespace();
         let first = words.next().unwrap_or_default();
-        let (name, slots_after_colon) = split_count(first);
-        let mut slots = match slots_after_colon {
-            // MPICH: host:N
-            Some(n) => Some(count(n, "the slot count after ':'", &origin)?),
-            None => None,
-        };
+        let (name, after_colon) = split_count(first);
+        // MPICH: host:N
+        let mut slots = after_colon
+            .map(|n| count(n, "the slot count after ':'", &origin))
+            .transpose()?;
         check_name(name, &origin)?;
         let mut max_slots = None;
         for word in words {
