@@ -16,6 +16,8 @@ mod collective;
 mod comm;
 mod datatype;
 mod failure;
+mod frames;
+mod header;
 mod held;
 mod immediate;
 mod live;

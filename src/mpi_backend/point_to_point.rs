@@ -1,10 +1,11 @@
 //! Point-to-point messages on the MPI backend. Each message starts with a
-//! 24-byte header naming its format (serde or raw, and the element type),
-//! so that a receive of the wrong kind is an error as on the native
-//! backend, and its place among the sender's messages to this rank. A small message is one MPI message, header and payload; a
-//! large one is its header, then its body on the private communicator,
-//! straight from and into the caller's memory, in pieces of at most
-//! 1 GiB (MPI counts are `int`).
+//! header (`header.rs`) naming its format (serde or raw, and the element
+//! type), so that a receive of the wrong kind is an error as on the native
+//! backend, and its place among the sender's messages to this rank. A
+//! small message is one MPI message, header and payload; a large one is
+//! its header, then its body on the private communicator, straight from
+//! and into the caller's memory, in pieces of at most 1 GiB (MPI counts
+//! are `int`).
 
 use std::mem::MaybeUninit;
 use std::os::raw::{c_int, c_void};
@@ -13,15 +14,14 @@ use std::time::{Duration, Instant};
 use mpi::ffi;
 
 use super::comm::MpiComm;
+use super::frames;
+use super::header::{self, Header};
 use super::held::Held;
 use super::{check, check_open, datatype};
 use crate::envelope::{Envelope, Format, Room};
 use crate::error::{Error, Result};
 use crate::selector::{Match, Status};
 use crate::wire::Context;
-
-/// The bytes of a header.
-const HEADER: usize = 24;
 
 /// The largest payload that travels with its header; larger ones send a
 /// body after it.
@@ -36,7 +36,7 @@ const EAGER_LIMIT: usize = 1024;
 pub(super) const PIECE: usize = 1 << 30;
 
 /// The largest frame: a header and an inline payload.
-pub(super) const FRAME: usize = HEADER + INLINE_LIMIT;
+pub(super) const FRAME: usize = header::INLINE + INLINE_LIMIT;
 
 /// How long a receive may wait.
 #[derive(Debug, Clone, Copy)]
@@ -54,19 +54,6 @@ impl Wait {
             Some(deadline) => Wait::Until(deadline),
         }
     }
-}
-
-/// A message's header: its shape (1 if a body follows), element type,
-/// body tag, length, and `seq`, its place among the sender's messages to
-/// the same rank on the communicator.
-pub(super) fn header(format: Format, body_tag: Option<u32>, len: u64, seq: u64) -> [u8; HEADER] {
-    let mut h = [0u8; HEADER];
-    h[0] = u8::from(body_tag.is_some());
-    h[2..4].copy_from_slice(&format.element().to_le_bytes());
-    h[4..8].copy_from_slice(&body_tag.unwrap_or(0).to_le_bytes());
-    h[8..16].copy_from_slice(&len.to_le_bytes());
-    h[16..24].copy_from_slice(&seq.to_le_bytes());
-    h
 }
 
 fn source_and_tag(status: &ffi::MPI_Status) -> (usize, u32) {
@@ -134,16 +121,16 @@ impl MpiComm {
         // MPICH's MPI_Send to oneself waits for the receive: never eager.
         if bytes.len() <= EAGER_LIMIT && dest != self.rank {
             // Not zeroed: only the bytes written here are sent.
-            let mut frame = MaybeUninit::<[u8; HEADER + EAGER_LIMIT]>::uninit();
+            let mut frame = MaybeUninit::<[u8; header::INLINE + EAGER_LIMIT]>::uninit();
             let at = frame.as_mut_ptr().cast::<u8>();
-            let head = header(format, None, bytes.len() as u64, self.stamp(dest));
+            let head = header::inline(format, self.stamp(dest));
             // SAFETY: the frame has room for the header and up to
             // EAGER_LIMIT bytes after it.
             unsafe {
-                std::ptr::copy_nonoverlapping(head.as_ptr(), at, HEADER);
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.add(HEADER), bytes.len());
+                std::ptr::copy_nonoverlapping(head.as_ptr(), at, header::INLINE);
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.add(header::INLINE), bytes.len());
             }
-            let len = (HEADER + bytes.len()) as c_int;
+            let len = (header::INLINE + bytes.len()) as c_int;
             // SAFETY: `frame` holds `len` bytes, all written; a valid
             // communicator.
             let code = unsafe {
@@ -186,10 +173,15 @@ impl MpiComm {
         check_open()?;
         let (dest, tag) = (dest as c_int, tag as c_int);
         let body_tag = (bytes.len() > INLINE_LIMIT).then(|| self.body_tag());
-        let mut frame = header(format, body_tag, bytes.len() as u64, self.stamp(dest as usize)).to_vec();
-        if body_tag.is_none() {
-            frame.extend_from_slice(bytes);
-        }
+        let mut frame = frames::take();
+        header::write_frame(
+            &mut frame,
+            format,
+            body_tag,
+            bytes.len(),
+            self.stamp(dest as usize),
+            bytes,
+        );
         let mut requests = vec![unsafe { ffi::RSMPI_REQUEST_NULL }; 1];
         // SAFETY: `frame` and `bytes` outlive the requests, which are all
         // completed below before this returns (also on an error).
@@ -242,6 +234,7 @@ impl MpiComm {
             },
             "MPI_Waitall",
         );
+        frames::give(frame);
         let env = received?.expect("a receive without a deadline returns a message");
         sent.map(|()| env)
     }
@@ -298,9 +291,9 @@ impl MpiComm {
         }
         // Not zeroed: MPI writes the bytes that are read (a 4 KiB memset
         // per message was a tenth of an 8-byte ping-pong).
-        let mut frame = MaybeUninit::<[u8; HEADER + INLINE_LIMIT]>::uninit();
+        let mut frame = MaybeUninit::<[u8; FRAME]>::uninit();
         let buf = frame.as_mut_ptr().cast::<c_void>();
-        let cap = (HEADER + INLINE_LIMIT) as c_int;
+        let cap = FRAME as c_int;
         let (source, tag) = (mpi_source(pattern), mpi_tag(pattern));
         let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
         // SAFETY: `frame` holds `cap` bytes; a valid communicator; every
@@ -349,17 +342,21 @@ impl MpiComm {
         // SAFETY: MPI filled the status in, and the first bytes of the
         // frame, as many as the status says (at most the frame's size).
         let status = unsafe { status.assume_init_ref() };
-        let count = received_bytes(status).min(HEADER + INLINE_LIMIT);
+        let count = received_bytes(status).min(FRAME);
         let received = unsafe { std::slice::from_raw_parts(frame.as_ptr().cast::<u8>(), count) };
         let (source, tag) = source_and_tag(status);
         self.parse(received, source, tag, room).map(Some)
     }
 
-    /// The message whose frame arrived in `frame`, as `status` describes.
-    pub(super) fn arrived(&self, frame: &[u8], status: &ffi::MPI_Status) -> Result<Held> {
+    /// The message whose frame MPI received into `frame`'s capacity, as
+    /// `status` describes; a payload that may land in `room` is copied
+    /// there.
+    pub(super) fn arrived(&self, frame: &mut Vec<u8>, status: &ffi::MPI_Status, room: Option<Room>) -> Result<Held> {
         let (source, tag) = source_and_tag(status);
-        let count = received_bytes(status).min(frame.len());
-        self.parse(&frame[..count], source, tag, None)
+        let count = received_bytes(status).min(frame.capacity());
+        // SAFETY: MPI wrote the first `count` bytes of the capacity.
+        unsafe { frame.set_len(count) };
+        self.parse(frame, source, tag, room)
     }
 
     /// Reads a header (and payload) that arrived from `source`; a payload
@@ -370,49 +367,24 @@ impl MpiComm {
             field,
             detail,
         };
-        if frame.len() < HEADER {
-            return Err(bad("header", format!("{} bytes, not {HEADER}", frame.len())));
-        }
-        let element = u16::from_le_bytes([frame[2], frame[3]]);
-        let body_tag = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        let word = |at: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&frame[at..at + 8]);
-            u64::from_le_bytes(w)
-        };
-        let (len, seq) = (word(8), word(16));
+        let (Header { format, seq, body }, payload) =
+            header::read(frame, INLINE_LIMIT).map_err(|(field, detail)| bad(field, detail))?;
         self.pulled(source, seq);
-        let format = if element == 0 {
-            Format::Serde
-        } else {
-            Format::Raw(element)
-        };
-        let payload = &frame[HEADER..];
-        match frame[0] {
-            0 if payload.len() as u64 == len => {
-                if let Some((at, fresh)) = room.and_then(|room| room.landing(format, len)) {
-                    // SAFETY: the room has at least `len` bytes at `at`.
-                    unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), at, payload.len()) };
-                    let mut env = Envelope::new(source, tag, Context::WORLD, format, Vec::new());
-                    env.landed = Some(len);
-                    env.fresh = fresh;
-                    return Ok(Held::new(env, None, seq));
-                }
-                let env = Envelope::new(source, tag, Context::WORLD, format, crate::pool::copy_of(payload));
-                Ok(Held::new(env, None, seq))
-            }
-            0 => Err(bad("length", format!("{len}, but {} bytes came", payload.len()))),
-            1 if payload.is_empty() && len > INLINE_LIMIT as u64 => Ok(Held::new(
-                Envelope::new(source, tag, Context::WORLD, format, Vec::new()),
-                Some((len, body_tag)),
-                seq,
-            )),
-            1 => Err(bad(
-                "length",
-                format!("a body of {len} bytes after {} bytes", payload.len()),
-            )),
-            shape => Err(bad("shape", format!("{shape} (neither 0 nor 1)"))),
+        if body.is_some() {
+            let env = Envelope::new(source, tag, Context::WORLD, format, Vec::new());
+            return Ok(Held::new(env, body, seq));
         }
+        let len = payload.len() as u64;
+        if let Some((at, fresh)) = room.and_then(|room| room.landing(format, len)) {
+            // SAFETY: the room has at least `len` bytes at `at`.
+            unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), at, payload.len()) };
+            let mut env = Envelope::new(source, tag, Context::WORLD, format, Vec::new());
+            env.landed = Some(len);
+            env.fresh = fresh;
+            return Ok(Held::new(env, None, seq));
+        }
+        let env = Envelope::new(source, tag, Context::WORLD, format, crate::pool::copy_of(payload));
+        Ok(Held::new(env, None, seq))
     }
 
     /// A held message made whole: its body received, into the room if it
