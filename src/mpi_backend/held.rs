@@ -112,7 +112,11 @@ impl MpiComm {
 
     /// Takes the oldest held message `pattern` accepts (see
     /// [`MpiComm::oldest_held`]).
+    #[inline]
     pub(super) fn take_held(&self, pattern: &Match) -> Result<Option<Held>> {
+        if self.held.borrow().is_empty() {
+            return Ok(None);
+        }
         let Some(at) = self.oldest_held(pattern)? else {
             return Ok(None);
         };

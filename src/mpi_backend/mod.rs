@@ -50,17 +50,26 @@ pub(crate) struct MpiStart {
 }
 
 /// An error unless MPI returned `MPI_SUCCESS`.
+#[inline]
 pub(crate) fn check(code: c_int, call: &'static str) -> Result<()> {
     if code == ffi::MPI_SUCCESS as c_int {
-        return Ok(());
+        Ok(())
+    } else {
+        Err(mpi_error(code, call))
     }
+}
+
+/// The error MPI's `code` from `call` stands for.
+#[cold]
+#[inline(never)]
+fn mpi_error(code: c_int, call: &'static str) -> Error {
     let mut text = vec![0 as c_char; ffi::MPI_MAX_ERROR_STRING as usize + 1];
     let mut len: c_int = 0;
     // SAFETY: the buffer holds MPI_MAX_ERROR_STRING characters and a nul.
     unsafe { ffi::MPI_Error_string(code, text.as_mut_ptr(), &mut len) };
     // SAFETY: MPI wrote a nul-terminated string (the buffer was zeroed).
     let detail = unsafe { CStr::from_ptr(text.as_ptr()) }.to_string_lossy().into_owned();
-    Err(Error::Mpi { call, detail })
+    Error::Mpi { call, detail }
 }
 
 /// `Err(Finalized)` once MPI has been finalized.

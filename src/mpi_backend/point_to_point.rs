@@ -30,7 +30,7 @@ pub(super) const INLINE_LIMIT: usize = 4096;
 /// The largest payload a blocking send hands to `MPI_Send` from the
 /// stack: well below the eager limits of Open MPI and MPICH, so that it
 /// never waits for the receiver.
-const EAGER_LIMIT: usize = 1024;
+pub(super) const EAGER_LIMIT: usize = 1024;
 
 /// The largest piece of a body in one MPI call.
 pub(super) const PIECE: usize = 1 << 30;
@@ -118,42 +118,56 @@ impl MpiComm {
     /// unlike MPI's standard-mode send).
     pub(crate) fn send(&self, dest: usize, tag: u32, format: Format, bytes: &[u8]) -> Result<()> {
         check_open()?;
-        // MPICH's MPI_Send to oneself waits for the receive: never eager.
-        if bytes.len() <= EAGER_LIMIT && dest != self.rank {
-            // Not zeroed: only the bytes written here are sent.
-            let mut frame = MaybeUninit::<[u8; header::INLINE + EAGER_LIMIT]>::uninit();
-            let at = frame.as_mut_ptr().cast::<u8>();
-            let head = header::inline(format, self.stamp(dest));
-            // SAFETY: the frame has room for the header and up to
-            // EAGER_LIMIT bytes after it.
-            unsafe {
-                std::ptr::copy_nonoverlapping(head.as_ptr(), at, header::INLINE);
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.add(header::INLINE), bytes.len());
-            }
-            let len = (header::INLINE + bytes.len()) as c_int;
-            // SAFETY: `frame` holds `len` bytes, all written; a valid
-            // communicator.
-            let code = unsafe {
-                ffi::MPI_Send(
-                    at.cast::<c_void>(),
-                    len,
-                    datatype::bytes(),
-                    dest as c_int,
-                    tag as c_int,
-                    self.comm.0,
-                )
-            };
-            return check(code, "MPI_Send");
+        if self.eager(dest, bytes.len()) {
+            return self.send_eager(dest, tag, format, bytes);
         }
         // Dropping a send that is not done leaves it to finish later.
         drop(self.isend(dest, tag, format, bytes)?);
         Ok(())
     }
 
+    /// True if a message of `len` bytes to `dest` goes out at once by
+    /// `send_eager`. (MPICH's MPI_Send to oneself waits for the receive:
+    /// never eager.)
+    pub(super) fn eager(&self, dest: usize, len: usize) -> bool {
+        len <= EAGER_LIMIT && dest != self.rank
+    }
+
+    /// `MPI_Send` of a small message (`eager`), header and payload in one
+    /// frame on the stack: MPI copies it out before it returns.
+    pub(super) fn send_eager(&self, dest: usize, tag: u32, format: Format, bytes: &[u8]) -> Result<()> {
+        // The frame below holds no more.
+        assert!(bytes.len() <= EAGER_LIMIT, "an eager send of {} bytes", bytes.len());
+        // Not zeroed: only the bytes written here are sent.
+        let mut frame = MaybeUninit::<[u8; header::INLINE + EAGER_LIMIT]>::uninit();
+        let at = frame.as_mut_ptr().cast::<u8>();
+        let head = header::inline(format, self.stamp(dest));
+        // SAFETY: the frame has room for the header and up to
+        // EAGER_LIMIT bytes after it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(head.as_ptr(), at, header::INLINE);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.add(header::INLINE), bytes.len());
+        }
+        let len = (header::INLINE + bytes.len()) as c_int;
+        // SAFETY: `frame` holds `len` bytes, all written; a valid
+        // communicator.
+        let code = unsafe {
+            ffi::MPI_Send(
+                at.cast::<c_void>(),
+                len,
+                datatype::bytes(),
+                dest as c_int,
+                tag as c_int,
+                self.comm.0,
+            )
+        };
+        check(code, "MPI_Send")
+    }
+
     /// [`MpiComm::send`] of a payload the caller gives away (no copy).
     pub(crate) fn send_owned(&self, dest: usize, tag: u32, format: Format, payload: Vec<u8>) -> Result<()> {
-        if payload.len() <= EAGER_LIMIT && dest != self.rank {
-            return self.send(dest, tag, format, &payload);
+        if self.eager(dest, payload.len()) {
+            return self.send_eager(dest, tag, format, &payload);
         }
         drop(self.isend_owned(dest, tag, format, payload)?);
         Ok(())

@@ -157,6 +157,11 @@ impl MpiComm {
 
     /// Starts a send of `payload`, which the send keeps until it is done.
     pub(crate) fn isend_owned(&self, dest: usize, tag: u32, format: Format, payload: Vec<u8>) -> Result<MpiSend> {
+        if self.eager(dest, payload.len()) {
+            check_open()?;
+            self.send_eager(dest, tag, format, &payload)?;
+            return Ok(MpiSend { pending: None });
+        }
         let (ptr, len) = (payload.as_ptr(), payload.len());
         let inline: &[u8] = if len <= INLINE_LIMIT { &payload } else { &[] };
         let inline = inline.to_vec();
@@ -192,6 +197,12 @@ impl MpiComm {
         payload: Vec<u8>,
     ) -> Result<MpiSend> {
         check_open()?;
+        if self.eager(dest, len) {
+            // Out at once, as a blocking send of this size is: the send is
+            // complete before it is returned (no request to wait for).
+            self.send_eager(dest, tag, format, inline)?;
+            return Ok(MpiSend { pending: None });
+        }
         reap_orphans(false);
         let body_tag = (len > INLINE_LIMIT).then(|| self.body_tag());
         let mut frame = frames::take();
@@ -249,7 +260,7 @@ impl MpiComm {
         check_open()?;
         if let Some(held) = self.take_held(&pattern)? {
             return Ok(MpiReceive {
-                state: State::Arrived(held),
+                state: State::Arrived(Box::new(held)),
                 pattern,
                 room,
                 frame: Vec::new(),
@@ -301,7 +312,9 @@ impl MpiComm {
 #[derive(Debug)]
 enum State {
     Posted(ffi::MPI_Request),
-    Arrived(Held),
+    /// Boxed: the usual receive goes from posted to taken in one `wait`,
+    /// and a small state is cheaper to move.
+    Arrived(Box<Held>),
     Taken,
 }
 
@@ -344,7 +357,7 @@ impl MpiReceive {
         // Not into the room: the receive may still be withdrawn, and its
         // message given to another.
         let held = comm.arrived(&mut self.frame, unsafe { status.assume_init_ref() }, None);
-        self.state = State::Arrived(held?);
+        self.state = State::Arrived(Box::new(held?));
         Ok(true)
     }
 
@@ -353,19 +366,24 @@ impl MpiReceive {
         // Nothing is given back while this thread waits in MPI: only this
         // thread uses the communicator's held messages.
         self.take_given_back(comm)?;
-        if let State::Posted(request) = &mut self.state {
-            let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
-            // SAFETY: the request posted in `ireceive`.
-            check(unsafe { ffi::MPI_Wait(request, status.as_mut_ptr()) }, "MPI_Wait")?;
-            // SAFETY: filled in by MPI_Wait.
-            // Into the room: the message is this receive's from here on.
-            let held = comm.arrived(&mut self.frame, unsafe { status.assume_init_ref() }, self.room);
-            self.state = State::Arrived(held?);
-        }
-        match std::mem::replace(&mut self.state, State::Taken) {
-            State::Arrived(held) => comm.complete(held, self.room),
-            _ => Err(no_message()),
-        }
+        let held = match std::mem::replace(&mut self.state, State::Taken) {
+            State::Posted(mut request) => {
+                let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
+                // SAFETY: the request posted in `ireceive`.
+                let waited = check(unsafe { ffi::MPI_Wait(&mut request, status.as_mut_ptr()) }, "MPI_Wait");
+                if let Err(e) = waited {
+                    // Still MPI's: dropping the receive cancels it.
+                    self.state = State::Posted(request);
+                    return Err(e);
+                }
+                // SAFETY: filled in by MPI_Wait. Into the room: the message
+                // is this receive's from here on.
+                comm.arrived(&mut self.frame, unsafe { status.assume_init_ref() }, self.room)?
+            }
+            State::Arrived(held) => *held,
+            State::Taken => return Err(no_message()),
+        };
+        comm.complete(held, self.room)
     }
 
     /// Withdraws the receive; a message it had matched goes back to the
@@ -375,7 +393,7 @@ impl MpiReceive {
             // A frame that does not parse is dropped here: a withdrawal
             // has nobody to tell (a wait or test would have said).
             State::Posted(request) => drop(self.cancel_to_held(comm, request)),
-            State::Arrived(held) => comm.held.borrow_mut().push_front(held),
+            State::Arrived(held) => comm.held.borrow_mut().push_front(*held),
             State::Taken => {}
         }
     }
@@ -418,7 +436,7 @@ impl MpiReceive {
             .and_then(|()| comm.take_held(&self.pattern));
         match taken {
             Ok(Some(held)) => {
-                self.state = State::Arrived(held);
+                self.state = State::Arrived(Box::new(held));
                 Ok(())
             }
             // `None` cannot happen (a held message was accepted a moment

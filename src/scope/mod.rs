@@ -41,6 +41,19 @@ struct LentBuffer {
 /// Landed slots are made this many at a time.
 const SLOTS_PER_CHUNK: usize = 64;
 
+/// How many sends and receives a scope's lists hold before they first
+/// grow: a window of 64 requests is the common stream, and lists that grew
+/// from nothing by doubling copied each entry about twice.
+const FIRST_ROOM: usize = 64;
+
+/// `list`, with room for `FIRST_ROOM` entries once it has any.
+fn with_room<T>(list: &mut Vec<T>) -> &mut Vec<T> {
+    if list.capacity() == 0 {
+        list.reserve_exact(FIRST_ROOM);
+    }
+    list
+}
+
 #[derive(Debug, Default)]
 struct Lent {
     sends: Vec<(Sent, usize, bool)>,
@@ -153,8 +166,8 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             // SAFETY: as below: the scope waits for the send.
             let send = unsafe { m.isend_lent(dest, tag, message::raw::<T>(), message::pod_bytes(data))? };
             let mut lent = self.lent.borrow_mut();
-            lent.sends.push((None, dest, false));
-            lent.mpi_sends.push(Some(send));
+            with_room(&mut lent.sends).push((None, dest, false));
+            with_room(&mut lent.mpi_sends).push(Some(send));
             return Ok(LentSend {
                 scope: self,
                 index: lent.sends.len() - 1,
@@ -175,7 +188,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         }
         drop(engine);
         let mut lent = self.lent.borrow_mut();
-        lent.sends.push((sent, dest, done));
+        with_room(&mut lent.sends).push((sent, dest, done));
         Ok(LentSend {
             scope: self,
             index: lent.sends.len() - 1,
@@ -220,10 +233,9 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             let buffer = crate::envelope::Buffer { ptr, len };
             let room = crate::envelope::Room::Given { buffer, element };
             let receive = m.ireceive(sel.pattern, Some(room))?;
-            // Unused here, but every receive has one: see `slot`.
-            let _ = self.next_slot();
+            // No landed slot: on MPI the receive itself holds its message.
             let mut lent = self.lent.borrow_mut();
-            lent.receives.push(LentBuffer {
+            with_room(&mut lent.receives).push(LentBuffer {
                 id: ReceiveId::ELSEWHERE,
                 mpi: Some(receive),
                 ptr,
@@ -244,7 +256,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let id = unsafe { self.comm.engine()?.post_lent(sel, ptr, len, element, slot) };
         let id = self.comm.ranked(id)?;
         let mut lent = self.lent.borrow_mut();
-        lent.receives.push(LentBuffer {
+        with_room(&mut lent.receives).push(LentBuffer {
             id,
             #[cfg(feature = "mpi")]
             mpi: None,
@@ -290,8 +302,8 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         SlotRef::new(&lent.slots[index / SLOTS_PER_CHUNK][index % SLOTS_PER_CHUNK])
     }
 
-    /// Receive `index`'s landed slot (every receive has one: `next_slot`
-    /// runs before each is added).
+    /// Receive `index`'s landed slot (every native receive has one:
+    /// `next_slot` runs before each is added; receives on MPI have none).
     fn slot(&self, index: usize) -> &LandedSlot {
         let lent = self.lent.borrow();
         let slot: *const LandedSlot = &lent.slots[index / SLOTS_PER_CHUNK][index % SLOTS_PER_CHUNK];
