@@ -104,6 +104,16 @@ fn hostfiles_place_ranks_and_bad_ones_name_file_and_line() {
         &["-n", "2", "--hostfile", &shown, "true"],
         &format!("{shown}:3: slots \"lots\""),
     );
+    // Bytes that are not UTF-8: any in a comment (Latin-1 here), none in a
+    // host line.
+    std::fs::write(&bad, b"# Z\xfcrich\nlocalhost slots=2\n").expect("writing a hostfile");
+    let out = run(spmdrun(&["-n", "2", "--hostfile", &shown, &example("ring")]));
+    assert_eq!(out.code(), Some(0), "a Latin-1 comment: {out:?}");
+    std::fs::write(&bad, b"localhost slots=1\nz\xfcrich slots=1\n").expect("writing a hostfile");
+    rejected(
+        &["-n", "2", "--hostfile", &shown, "true"],
+        &format!("{shown}:2: not UTF-8 text (byte 2 of the line)"),
+    );
     // Another host is reached (here through a launch agent that fails at
     // once, so that no packet leaves the machine) only once a rank lands
     // on it, by slot or round the hosts; its failure names file:line.

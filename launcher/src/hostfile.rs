@@ -27,8 +27,35 @@ impl Host {
 
 /// Reads a hostfile. Errors name `file:line`.
 pub fn read(path: &Path) -> Result<Vec<Host>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("--hostfile {}: {e}", path.display()))?;
-    parse(&text, &path.display().to_string())
+    let bytes = std::fs::read(path).map_err(|e| format!("--hostfile {}: {e}", path.display()))?;
+    let file = path.display().to_string();
+    parse(&text_of(bytes, &file)?, &file)
+}
+
+/// A hostfile's text. A comment may hold any bytes (a name in Latin-1,
+/// say), and is dropped here when the file is not all UTF-8; a host line
+/// that is not UTF-8 is an error naming `file:line`.
+fn text_of(bytes: Vec<u8>, file: &str) -> Result<String, String> {
+    let bytes = match String::from_utf8(bytes) {
+        Ok(text) => return Ok(text),
+        Err(e) => e.into_bytes(),
+    };
+    let mut text = String::with_capacity(bytes.len());
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let before_comment = line.split(|&b| b == b'#').next().unwrap_or_default();
+        match std::str::from_utf8(before_comment) {
+            Ok(kept) => text.push_str(kept),
+            Err(e) => {
+                return Err(format!(
+                    "{file}:{}: not UTF-8 text (byte {} of the line)",
+                    i + 1,
+                    e.valid_up_to() + 1
+                ));
+            }
+        }
+        text.push('\n');
+    }
+    Ok(text)
 }
 
 /// Parses hostfile text; `file` names it in errors.
@@ -249,6 +276,19 @@ mod tests {
         assert!(e.starts_with("--host entry 2 (\"\"): \"\" is not a host name"), "{e}");
         let e = parse_list("a:x").unwrap_err();
         assert!(e.contains("\"x\" is not a whole number"), "{e}");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_an_error_on_a_host_line_only() {
+        // Latin-1 "Zürich" in a comment is dropped; in a host name it is
+        // the line's error.
+        let hosts = parse(&text_of(b"a # Z\xfcrich\nb:2\n".to_vec(), "hf").unwrap(), "hf").unwrap();
+        assert_eq!(
+            summary(&hosts),
+            [("a", None, None, "hf:1"), ("b", Some(2), None, "hf:2")]
+        );
+        let e = text_of(b"a\n# ok\nz\xfcrich slots=2\n".to_vec(), "hf").unwrap_err();
+        assert_eq!(e, "hf:3: not UTF-8 text (byte 2 of the line)");
     }
 
     #[test]
