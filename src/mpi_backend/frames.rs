@@ -9,10 +9,12 @@ use std::cell::RefCell;
 
 use super::point_to_point::FRAME;
 
-/// The most spare frames a thread keeps (1 MiB).
+/// The most spare frames a thread keeps: up to 1 MiB idle per thread that
+/// used the MPI backend.
 const KEEP: usize = 256;
 
 thread_local! {
+    /// This thread's spare frames, empty, with room for `FRAME` bytes.
     static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 

@@ -32,6 +32,7 @@ const SHAPE_LARGE: u8 = 1;
 /// What a header says.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Header {
+    /// Serde, or raw elements of the type its code names.
     pub format: Format,
     /// The message's place among its sender's messages to this rank.
     pub seq: u64,
@@ -40,6 +41,8 @@ pub(super) struct Header {
     pub body: Option<(u64, u32)>,
 }
 
+/// Writes the fields every header starts with into `h` (at least
+/// `INLINE` bytes).
 fn start(shape: u8, format: Format, seq: u64, h: &mut [u8]) {
     h[0] = shape;
     h[1..3].copy_from_slice(&format.element().to_le_bytes());
@@ -80,6 +83,15 @@ pub(super) fn write_frame(
     }
 }
 
+/// The place among its sender's messages that a frame's header names, if
+/// the frame is long enough to hold one.
+pub(super) fn seq_of(frame: &[u8]) -> Option<u64> {
+    let bytes = frame.get(3..INLINE)?;
+    let mut w = [0u8; 8];
+    w.copy_from_slice(bytes);
+    Some(u64::from_le_bytes(w))
+}
+
 /// Reads the header at the start of `frame`, and the payload that came
 /// with it (empty for a large message). An error names the field that is
 /// wrong and how.
@@ -100,6 +112,10 @@ pub(super) fn read(frame: &[u8], inline_limit: usize) -> Result<(Header, &[u8]),
     };
     let seq = word(3);
     match frame[0] {
+        SHAPE_LARGE if frame.len() < LARGE => Err((
+            "header",
+            format!("{} bytes, fewer than a large message's {LARGE}", frame.len()),
+        )),
         SHAPE_INLINE => Ok((
             Header {
                 format,
@@ -125,7 +141,7 @@ pub(super) fn read(frame: &[u8], inline_limit: usize) -> Result<(Header, &[u8]),
         }
         SHAPE_LARGE => Err((
             "length",
-            format!("{} bytes after a large message's header", frame.len() - INLINE),
+            format!("{} bytes after a large message's header", frame.len() - LARGE),
         )),
         shape => Err(("shape", format!("{shape} (neither {SHAPE_INLINE} nor {SHAPE_LARGE})"))),
     }
@@ -166,10 +182,22 @@ mod tests {
     #[test]
     fn bad_headers_name_their_field() {
         assert_eq!(read(&[0u8; 5], 4096).unwrap_err().0, "header");
-        let mut f = frame(Format::Serde, Some(1), 10, 0, b"");
-        assert_eq!(read(&f, 4096).unwrap_err().0, "length");
+        assert_eq!(seq_of(&[0u8; 5]), None);
+        let mut f = frame(Format::Serde, Some(1), 10, 5, b"");
+        assert_eq!(seq_of(&f), Some(5));
+        assert_eq!(
+            read(&f, 4096).unwrap_err(),
+            ("length", "a body of 10 bytes, which would have come inline".into())
+        );
+        assert_eq!(
+            read(&f[..LARGE - 1], 4096).unwrap_err(),
+            ("header", "22 bytes, fewer than a large message's 23".into())
+        );
         f.push(0);
-        assert_eq!(read(&f, 4096).unwrap_err().0, "length");
+        assert_eq!(
+            read(&f, 4096).unwrap_err(),
+            ("length", "1 bytes after a large message's header".into())
+        );
         f[0] = 7;
         assert_eq!(read(&f, 4096).unwrap_err().0, "shape");
     }

@@ -30,7 +30,7 @@ pub(super) const INLINE_LIMIT: usize = 4096;
 /// The largest payload a blocking send hands to `MPI_Send` from the
 /// stack: well below the eager limits of Open MPI and MPICH, so that it
 /// never waits for the receiver.
-pub(super) const EAGER_LIMIT: usize = 1024;
+const EAGER_LIMIT: usize = 1024;
 
 /// The largest piece of a body in one MPI call.
 pub(super) const PIECE: usize = 1 << 30;
@@ -129,13 +129,14 @@ impl MpiComm {
     /// True if a message of `len` bytes to `dest` goes out at once by
     /// `send_eager`. (MPICH's MPI_Send to oneself waits for the receive:
     /// never eager.)
-    pub(super) fn eager(&self, dest: usize, len: usize) -> bool {
+    fn eager(&self, dest: usize, len: usize) -> bool {
         len <= EAGER_LIMIT && dest != self.rank
     }
 
     /// `MPI_Send` of a small message (`eager`), header and payload in one
     /// frame on the stack: MPI copies it out before it returns.
-    pub(super) fn send_eager(&self, dest: usize, tag: u32, format: Format, bytes: &[u8]) -> Result<()> {
+    fn send_eager(&self, dest: usize, tag: u32, format: Format, bytes: &[u8]) -> Result<()> {
+        check_open()?;
         // The frame below holds no more.
         assert!(bytes.len() <= EAGER_LIMIT, "an eager send of {} bytes", bytes.len());
         // Not zeroed: only the bytes written here are sent.
@@ -367,7 +368,8 @@ impl MpiComm {
     /// there.
     pub(super) fn arrived(&self, frame: &mut Vec<u8>, status: &ffi::MPI_Status, room: Option<Room>) -> Result<Held> {
         let (source, tag) = source_and_tag(status);
-        let count = received_bytes(status).min(frame.capacity());
+        // MPI may write at most FRAME bytes (see `post_irecv`).
+        let count = received_bytes(status).min(FRAME).min(frame.capacity());
         // SAFETY: MPI wrote the first `count` bytes of the capacity.
         unsafe { frame.set_len(count) };
         self.parse(frame, source, tag, room)
@@ -381,9 +383,12 @@ impl MpiComm {
             field,
             detail,
         };
+        // Out of MPI, even if what follows its place is wrong.
+        if let Some(seq) = header::seq_of(frame) {
+            self.pulled(source, seq);
+        }
         let (Header { format, seq, body }, payload) =
             header::read(frame, INLINE_LIMIT).map_err(|(field, detail)| bad(field, detail))?;
-        self.pulled(source, seq);
         if body.is_some() {
             let env = Envelope::new(source, tag, Context::WORLD, format, Vec::new());
             return Ok(Held::new(env, body, seq));

@@ -138,8 +138,12 @@ impl Drop for MpiSend {
         // Dropping a send does not cancel it: MPI keeps reading the
         // buffers, which wait among the orphans until it is done.
         if let Some(mut r) = self.pending.take() {
-            if !r.test().unwrap_or(true) {
-                ORPHANS.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+            match r.test() {
+                Ok(true) => {}
+                Ok(false) => ORPHANS.lock().unwrap_or_else(|e| e.into_inner()).push(r),
+                // MPI may still read the buffers: they are never freed nor
+                // reused (the frame would go back to the stock).
+                Err(_) => std::mem::forget(r),
             }
         }
     }
@@ -157,11 +161,6 @@ impl MpiComm {
 
     /// Starts a send of `payload`, which the send keeps until it is done.
     pub(crate) fn isend_owned(&self, dest: usize, tag: u32, format: Format, payload: Vec<u8>) -> Result<MpiSend> {
-        if self.eager(dest, payload.len()) {
-            check_open()?;
-            self.send_eager(dest, tag, format, &payload)?;
-            return Ok(MpiSend { pending: None });
-        }
         let (ptr, len) = (payload.as_ptr(), payload.len());
         let inline: &[u8] = if len <= INLINE_LIMIT { &payload } else { &[] };
         let inline = inline.to_vec();
@@ -197,12 +196,6 @@ impl MpiComm {
         payload: Vec<u8>,
     ) -> Result<MpiSend> {
         check_open()?;
-        if self.eager(dest, len) {
-            // Out at once, as a blocking send of this size is: the send is
-            // complete before it is returned (no request to wait for).
-            self.send_eager(dest, tag, format, inline)?;
-            return Ok(MpiSend { pending: None });
-        }
         reap_orphans(false);
         let body_tag = (len > INLINE_LIMIT).then(|| self.body_tag());
         let mut frame = frames::take();
@@ -357,7 +350,15 @@ impl MpiReceive {
         // Not into the room: the receive may still be withdrawn, and its
         // message given to another.
         let held = comm.arrived(&mut self.frame, unsafe { status.assume_init_ref() }, None);
-        self.state = State::Arrived(Box::new(held?));
+        // MPI is done with the request either way: a frame that does not
+        // parse leaves nothing to cancel.
+        self.state = match held {
+            Ok(held) => State::Arrived(Box::new(held)),
+            Err(e) => {
+                self.state = State::Taken;
+                return Err(e);
+            }
+        };
         Ok(true)
     }
 

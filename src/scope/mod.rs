@@ -41,15 +41,20 @@ struct LentBuffer {
 /// Landed slots are made this many at a time.
 const SLOTS_PER_CHUNK: usize = 64;
 
-/// How many sends and receives a scope's lists hold before they first
-/// grow: a window of 64 requests is the common stream, and lists that grew
-/// from nothing by doubling copied each entry about twice.
-const FIRST_ROOM: usize = 64;
+/// The room a scope's lists of sends and receives start with, and the
+/// room they take once that is full: a window of 64 requests is the
+/// common stream, and lists that grew from nothing by doubling copied each
+/// entry about twice; a scope of a few requests allocates little.
+const FIRST_ROOM: usize = 8;
+/// See [`FIRST_ROOM`].
+const WINDOW_ROOM: usize = 64;
 
-/// `list`, with room for `FIRST_ROOM` entries once it has any.
+/// `list`, with room for one more entry, grown as `FIRST_ROOM` says.
 fn with_room<T>(list: &mut Vec<T>) -> &mut Vec<T> {
-    if list.capacity() == 0 {
-        list.reserve_exact(FIRST_ROOM);
+    match list.capacity() {
+        0 => list.reserve_exact(FIRST_ROOM),
+        c if c == list.len() && c < WINDOW_ROOM => list.reserve_exact(WINDOW_ROOM - c),
+        _ => {}
     }
     list
 }
