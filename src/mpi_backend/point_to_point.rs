@@ -249,7 +249,12 @@ impl MpiComm {
             },
             "MPI_Waitall",
         );
-        frames::give(frame);
+        if sent.is_ok() {
+            frames::give(frame);
+        } else {
+            // MPI may still read it: never reused nor freed.
+            std::mem::forget(frame);
+        }
         let env = received?.expect("a receive without a deadline returns a message");
         sent.map(|()| env)
     }
