@@ -231,14 +231,26 @@ pub enum Error {
 }
 
 impl Error {
-    /// True if the error says a peer went away or failed first, so that
-    /// this rank's own failure is a consequence, not the cause.
-    pub(crate) fn blames_a_peer(&self) -> bool {
+    /// True if another rank caused the error: it went away, failed in a
+    /// collective, or spmdrun is ending the job because of it; or its
+    /// connection vanished under this rank. This rank's own failure is
+    /// then a consequence, not the cause.
+    ///
+    /// ```no_run
+    /// let world = spmd::init()?;
+    /// if let Err(e) = world.receive::<u64>(1) {
+    ///     if e.blames_a_peer() {
+    ///         eprintln!("rank 1 failed first: {e}");
+    ///     }
+    /// }
+    /// # Ok::<(), spmd::Error>(())
+    /// ```
+    pub fn blames_a_peer(&self) -> bool {
         use io::ErrorKind::*;
         match self {
             Error::PeerGone { .. }
             | Error::JobEnded { .. }
-            | Error::Timeout { .. }
+            | Error::CollectiveFailed { .. }
             | Error::Protocol { field: "stream", .. } => true,
             // A peer's socket that vanished or closed under this rank.
             Error::Io { source, .. } => matches!(
@@ -277,3 +289,33 @@ impl std::fmt::Debug for Error {
 
 /// The result type of every fallible spmd call.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn errors_another_rank_caused_blame_a_peer() {
+        let peer = [
+            Error::PeerGone { rank: 1 },
+            Error::CollectiveFailed {
+                rank: 1,
+                detail: String::new(),
+            },
+            Error::Io {
+                context: "reading rank 1".into(),
+                source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+            },
+        ];
+        assert!(peer.iter().all(Error::blames_a_peer), "{peer:?}");
+        let own = [
+            Error::InvalidArgument("a tag".into()),
+            Error::Finalized,
+            Error::Timeout {
+                what: "a receive".into(),
+                seconds: 1.0,
+            },
+        ];
+        assert!(!own.iter().any(Error::blames_a_peer), "{own:?}");
+    }
+}

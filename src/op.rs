@@ -362,5 +362,7 @@ mod tests {
         let d = |ms| std::time::Duration::from_millis(ms);
         assert_eq!(Sum.combine(&d(5), &d(7)), d(12));
         assert_eq!(Max.combine(&Some(3), &None), Some(3));
+        assert_eq!(Min.combine(&Some(3), &Some(1)), Some(1));
+        assert_eq!(Min.combine(&"b".to_string(), &"a".to_string()), "a");
     }
 }

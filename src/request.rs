@@ -266,7 +266,7 @@ impl Communicator {
     /// # Ok::<(), spmd::Error>(())
     /// ```
     pub fn immediate_receive<T: DeserializeOwned>(&self, source: usize) -> Result<ReceiveRequest<'_, T>> {
-        self.immediate_receive_matching(Match::source(source))
+        self.immediate_receive_matching(Match::source(source).with_tag(0))
     }
 
     /// [`Communicator::immediate_receive`] with tag `tag`.
@@ -296,7 +296,7 @@ impl Communicator {
     /// Posts a receive of plain numbers from rank `source` with tag 0 into
     /// a new vector.
     pub fn immediate_receive_vec<T: Pod>(&self, source: usize) -> Result<ReceiveRequest<'_, Vec<T>>> {
-        self.immediate_receive_vec_matching(Match::source(source))
+        self.immediate_receive_vec_matching(Match::source(source).with_tag(0))
     }
 
     /// [`Communicator::immediate_receive_vec`] with tag `tag`.

@@ -126,7 +126,8 @@ fn start(p: &Placement, welcome: Welcome, mut channel: Channel) -> Result<World>
             ))
         }
         Err(e) => {
-            if e.blames_a_peer() {
+            // Waiting for ranks that never joined counts as theirs too.
+            if e.blames_a_peer() || matches!(e, Error::Timeout { .. }) {
                 // The launcher is about to end this rank because of the
                 // peer; its report names the peer, not this rank.
                 std::thread::sleep(LAUNCHER_REACTION);

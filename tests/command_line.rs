@@ -37,6 +37,10 @@ fn bad_command_lines_get_one_line_errors() {
     rejected(&["-n", "2", "-x", "SPMD_RANK=3", "true"], "SPMD_");
     rejected(&["-n", "2", "--wdir", "/no/such/dir", "true"], "--wdir");
     rejected(&["-n", "2", "--timeout", "-1", "true"], "--timeout");
+    rejected(
+        &["-n", "2", "--timeout", "1e300", "true"],
+        "--timeout 1e300: more than 999999999 seconds",
+    );
 }
 
 #[test]

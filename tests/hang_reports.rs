@@ -39,6 +39,41 @@ fn a_deadlock_is_named_with_its_cycle_and_ends_the_job() {
     }
 }
 
+/// A send held back because its receiver keeps all it may from the sender
+/// and waits on another rank is part of the cycle, though its messages are
+/// still in flight: the job is ended as a deadlock, not left hanging.
+#[test]
+fn a_send_to_a_rank_that_holds_all_it_keeps_is_part_of_a_deadlock() {
+    for mode in common::MODES {
+        let transport = common::mode_name(mode);
+        let out = run(common::spmdrun_in(
+            mode,
+            &[
+                "-n",
+                "3",
+                "--hang-report",
+                "1",
+                "--timeout",
+                "60",
+                &example("spmd-check"),
+                "full-queue",
+                "cycle",
+            ],
+        ));
+        assert_eq!(out.code(), Some(125), "{transport}: {out:?}");
+        assert!(out.stderr.contains("spmdrun: deadlock: "), "{transport}: {out:?}");
+        assert!(
+            out.stderr
+                .contains("rank 0 waits send(to rank 1, which is not reading)"),
+            "{transport}: {out:?}"
+        );
+        assert!(
+            out.stderr.contains("rank 1 waits receive(from rank 2, tag 2)"),
+            "{transport}: {out:?}"
+        );
+    }
+}
+
 #[test]
 fn a_rank_computing_outside_spmd_is_named_and_is_no_deadlock() {
     for transport in TRANSPORTS {
@@ -97,6 +132,37 @@ fn timeout_names_a_rank_that_never_joined() {
         out.stderr.contains("rank 0 (pid") && out.stderr.contains("waiting for the other ranks to join"),
         "{out:?}"
     );
+}
+
+/// A rank that waits inside `init` for one that has not called it is a
+/// blocked rank like any other: the hang report names both, long before
+/// any `--timeout`.
+#[test]
+fn a_hang_report_names_a_rank_that_never_joined() {
+    let check = example("spmd-check");
+    let script = format!("if [ $SPMD_RANK = 1 ]; then sleep 30; fi; exec {check} fail idle");
+    let out = run(spmdrun(&[
+        "-n",
+        "2",
+        "--hang-report",
+        "1",
+        "--timeout",
+        "4",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert_eq!(out.code(), Some(124), "{out:?}");
+    let report = out.stderr.split("--timeout").next().unwrap_or_default().to_string();
+    assert!(
+        report.contains("ranks have been blocked inside spmd for 1 s or more"),
+        "{out:?}"
+    );
+    assert!(
+        report.contains("rank 1 (pid") && report.contains("has not called spmd::init"),
+        "{out:?}"
+    );
+    assert!(report.contains("waiting for the other ranks to join"), "{out:?}");
 }
 
 #[test]

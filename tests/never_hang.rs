@@ -145,6 +145,14 @@ fn elements_larger_than_a_window_piece_do_not_loop() {
     passes(2, "big-element");
 }
 
+/// Serde values of different types in one collective: every rank gets an
+/// error saying the ranks disagree (not a decode error about a message it
+/// could receive again), and later collectives fail too.
+#[test]
+fn values_of_different_types_in_a_collective_are_a_mismatch() {
+    passes(3, "serde-types");
+}
+
 /// Every mismatch case, on 2 and 4 ranks: each rank says it failed.
 fn mismatches(n: usize) {
     // Kept in step with `mismatch_cases` in tests/programs/check/hangs.rs.

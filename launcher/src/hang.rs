@@ -75,7 +75,14 @@ impl HangWatch {
         self.last = Some((seen.clone(), sent, arrived, stable_since));
         let now_ns = now_ns();
         let long = |w: &Waiting| Duration::from_nanos(now_ns.saturating_sub(w.since_ns)) >= self.threshold;
-        if !seen.iter().any(|s| matches!(s, Seen::Waiting(w) if long(w))) {
+        // A rank inside `init` waits too: for ranks that have not joined.
+        let starting_long =
+            |r: usize, s: &Seen| *s == Seen::Starting && now.duration_since(self.changed[r]) >= self.threshold;
+        let blocked = seen
+            .iter()
+            .enumerate()
+            .any(|(r, s)| matches!(s, Seen::Waiting(w) if long(w)) || starting_long(r, s));
+        if !blocked {
             self.reported = None;
             return None;
         }
@@ -84,7 +91,14 @@ impl HangWatch {
             .iter()
             .all(|s| matches!(s, Seen::Gone | Seen::Finalized) || matches!(s, Seen::Waiting(w) if w.until_ns == 0));
         let anyone_waits = seen.iter().any(|s| matches!(s, Seen::Waiting(_)));
-        let quiet = sent == arrived && now.duration_since(stable_since) >= self.threshold;
+        // Messages still in flight may yet end a wait; but a send waits
+        // only on a rank that does not read its sender (it holds as much
+        // from it as it keeps, and waits on another): what that send has
+        // in flight stays there until the reader's own wait ends.
+        let sending = seen
+            .iter()
+            .any(|s| matches!(s, Seen::Waiting(w) if w.op == WaitOp::Send));
+        let quiet = (sent == arrived || sending) && now.duration_since(stable_since) >= self.threshold;
         if everyone_waits && anyone_waits && quiet {
             let mut out = vec![deadlock_line(&seen)];
             out.extend(mismatched_collectives(&seen));

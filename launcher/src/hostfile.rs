@@ -212,6 +212,10 @@ fn count(value: &str, what: &str, origin: &str) -> Result<usize, String> {
             "{origin}: {what} {n} is more than the {MAX_SLOTS} a host may have"
         )),
         Ok(n) => Ok(n),
+        // All digits, but past what a number of slots can be.
+        Err(_) if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => Err(format!(
+            "{origin}: {what} {value} is more than the {MAX_SLOTS} a host may have"
+        )),
         Err(_) => Err(format!("{origin}: {what} {value:?} is not a whole number")),
     }
 }
@@ -306,6 +310,10 @@ mod tests {
             ("a max_slots=2 max_slots=3", "hf:1: max_slots is given twice"),
             ("a\nb slots=4 max_slots=3", "hf:2: slots=4 is more than max_slots=3"),
             ("a max_slots=-1", "hf:1: max_slots \"-1\" is not a whole number"),
+            (
+                "a slots=99999999999999999999",
+                "hf:1: slots 99999999999999999999 is more than the",
+            ),
             ("b@d", "hf:1: \"b@d\" is not a host name"),
             ("::1:2", "hf:1: \"::1:2\": IPv6 addresses other than ::1"),
             ("[::1", "hf:1: \"[::1\" is not a host name"),

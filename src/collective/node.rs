@@ -51,12 +51,12 @@ impl NodeStep {
         NodeStep::WindowStep,
     ];
 
+    /// What the step adds to its call's description (which already says
+    /// whether the call is of more than 4 KiB).
     fn name(self) -> &'static str {
         match self {
-            NodeStep::Barrier => "",
-            NodeStep::Broadcast | NodeStep::Reduce | NodeStep::Allreduce => " of at most 4 KiB",
-            NodeStep::WindowStart => " of more than 4 KiB",
-            NodeStep::WindowStep => " (in the middle of one of more than 4 KiB)",
+            NodeStep::WindowStep => " (between two of its steps)",
+            _ => "",
         }
     }
 }

@@ -193,8 +193,12 @@ impl Communicator {
         let what = "scatter_into";
         let (k, n) = (recv.len(), self.size());
         let bytes = std::mem::size_of_val(recv);
+        // The error's detail, kept to make the error again where needed.
         let send_ok = if self.rank() == root {
-            check_len(what, "the root's send buffer", send.len(), k * n)
+            check_len(what, "the root's send buffer", send.len(), k * n).map_err(|e| match e {
+                Error::InvalidArgument(detail) => detail,
+                other => other.to_string(),
+            })
         } else {
             Ok(())
         };
@@ -208,13 +212,15 @@ impl Communicator {
                 let args = send_ok
                     .as_ref()
                     .map(|_| ())
-                    .map_err(|e| Error::InvalidArgument(e.to_string()));
+                    .map_err(|detail| Error::InvalidArgument(detail.clone()));
                 if let Some(done) = self.large(call, what, bytes, std::mem::size_of::<E>(), args, job) {
                     return done.map(Ok);
                 }
             }
             let bodies = if self.rank() == root {
-                send_ok.as_ref().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                send_ok
+                    .as_ref()
+                    .map_err(|detail| Error::InvalidArgument(detail.clone()))?;
                 Some(
                     (0..n)
                         .map(|i| (message::raw::<E>(), message::pod_copy(&send[i * k..(i + 1) * k])))

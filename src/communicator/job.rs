@@ -46,11 +46,18 @@ impl Job {
     }
 
     /// The engine, held by this thread until the guard drops; an error
-    /// if this thread holds it already (spmd called from inside spmd).
+    /// if this thread holds it already (spmd called from inside spmd), or
+    /// if the rank has finalized: every call that needs the engine fails
+    /// with [`Error::Finalized`] then, whatever path it takes (cleanup in a
+    /// `Drop` uses [`Job::engine_for_cleanup`] instead).
     #[inline]
     pub fn engine(&self) -> Result<EngineGuard<'_>> {
         match &self.engine {
-            Some(engine) => engine.lock(),
+            Some(engine) => {
+                let guard = engine.lock()?;
+                guard.check_open()?;
+                Ok(guard)
+            }
             None => Err(Error::InvalidArgument(
                 "this call is not available on the MPI backend yet (see README, \"Running on a cluster\")".into(),
             )),

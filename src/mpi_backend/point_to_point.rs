@@ -388,12 +388,16 @@ impl MpiComm {
             field,
             detail,
         };
+        let read = header::read(frame, INLINE_LIMIT);
         // Out of MPI, even if what follows its place is wrong.
-        if let Some(seq) = header::seq_of(frame) {
+        let pulled = match &read {
+            Ok((head, _)) => Some(head.seq),
+            Err(_) => header::seq_of(frame),
+        };
+        if let Some(seq) = pulled {
             self.pulled(source, seq);
         }
-        let (Header { format, seq, body }, payload) =
-            header::read(frame, INLINE_LIMIT).map_err(|(field, detail)| bad(field, detail))?;
+        let (Header { format, seq, body }, payload) = read.map_err(|(field, detail)| bad(field, detail))?;
         if body.is_some() {
             let env = Envelope::new(source, tag, Context::WORLD, format, Vec::new());
             return Ok(Held::new(env, body, seq));

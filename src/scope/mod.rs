@@ -208,7 +208,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         buf: &'scope mut [T],
         source: usize,
     ) -> Result<LentReceive<'scope, 'env>> {
-        self.immediate_receive_into_matching(buf, Match::source(source))
+        self.immediate_receive_into_matching(buf, Match::source(source).with_tag(0))
     }
 
     /// [`Scope::immediate_receive_into`] with tag `tag`.

@@ -57,6 +57,11 @@ fn seconds(flag: &str, s: f64, zero_ok: bool) -> Result<Option<Duration>, String
     if s.is_finite() && s > 0.0 && s < 1e9 {
         return Ok(Some(Duration::from_secs_f64(s)));
     }
+    if s >= 1e9 {
+        // About 31 years: a longer limit is no limit (give 0 for none where
+        // the flag allows it).
+        return Err(format!("{flag} {s:e}: more than 999999999 seconds"));
+    }
     Err(format!("{flag} {s}: must be a positive number of seconds"))
 }
 

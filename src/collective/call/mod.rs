@@ -280,13 +280,9 @@ impl Communicator {
         if let Some(why) = calls.broken.borrow().as_ref() {
             return Err(Error::CollectivesBroken { detail: why.clone() });
         }
-        if let Some(node) = peers {
-            node.slots
-                .current(node.me)
-                .store(1 << 63 | u64::from(call.word()), Ordering::Release);
-        }
         // Another rank's failure that has arrived already ends this call
-        // before it starts.
+        // before it starts; a rank that has finalized fails here, before
+        // its slot says it is in a call.
         let arrived = {
             let engine = self.engine()?;
             let immediate = Context::immediate(call.context.communicator());
@@ -294,7 +290,32 @@ impl Communicator {
                 .queued_check(&mut call.check())
                 .and_then(|()| engine.stray_immediate(immediate, number))
         };
+        if let Some(node) = peers {
+            node.slots
+                .current(node.me)
+                .store(1 << 63 | u64::from(call.word()), Ordering::Release);
+        }
         let mut result = arrived.and_then(|()| body(&call));
+        // Another rank's part that does not decode as this rank's type: the
+        // ranks gave values of different types. (Unlike a point-to-point
+        // message, the part is nobody's to receive again.)
+        if let Err(Error::Decode {
+            type_name,
+            sender,
+            len,
+            reason,
+            ..
+        }) = &result
+        {
+            result = Err(Error::CollectiveMismatch {
+                detail: format!(
+                    "{}: a part from rank {} ({len} bytes) does not decode as {type_name} ({reason}): the ranks gave \
+                     values of different types",
+                    call.name(),
+                    self.group().rank_of(*sender).unwrap_or(*sender),
+                ),
+            });
+        }
         if let Err(Error::PeerGone { .. }) = &result {
             // A rank that failed this call tells the others before it goes:
             // its notice, read before its leaving, says more.

@@ -14,10 +14,42 @@ pub fn run(world: &World, case: &str) -> Result<(), Error> {
         "probe" => probe(world, false)?,
         "try-probe" => probe(world, true)?,
         "finalize" => return finalize(world),
+        "cycle" => cycle(world)?,
         other => panic!("unknown full-queue case {other:?}"),
     }
     if world.rank() == 0 {
         println!("full-queue {case}: all checks passed");
+    }
+    Ok(())
+}
+
+/// A program that counts on unlimited buffering: rank 0 sends rank 1 more
+/// than it keeps before the message rank 2 waits for, and rank 1 first
+/// waits for rank 2. Rank 0's send waits for rank 1 to read it, which it
+/// never does: a deadlock that spmdrun names and ends (MPI may hang here
+/// too: a standard send may wait for its receive).
+fn cycle(world: &World) -> Result<(), Error> {
+    const PIECES: usize = 2 * OVER_LIMIT / PIECE;
+    const PIECE: usize = 16 << 10;
+    match world.rank() {
+        0 => {
+            for _ in 0..PIECES {
+                world.send_slice_with_tag(&pattern(0, PIECE), 1, 1)?;
+            }
+            world.send(&1u8, 2)?;
+        }
+        1 => {
+            let go: u8 = world.receive_with_tag(2, 2)?;
+            for _ in 0..PIECES {
+                world.receive_vec_matching::<u8>(Match::source(0).with_tag(1))?;
+            }
+            println!("rank 1 got {go} and every piece");
+        }
+        2 => {
+            let go: u8 = world.receive(0)?;
+            world.send_with_tag(&go, 1, 2)?;
+        }
+        _ => {}
     }
     Ok(())
 }

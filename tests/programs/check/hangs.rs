@@ -21,6 +21,7 @@ pub fn run(world: &World, case: &str, arg: &str) -> Result<(), Error> {
         "mismatch" => mismatch(world, arg.parse().unwrap_or(usize::MAX)),
         "wrong-buffers" => wrong_buffers(world, arg),
         "big-element" => big_element(world),
+        "serde-types" => serde_types(world),
         "exchange" => exchange(world),
         other => panic!("unknown hang case {other:?}"),
     }
@@ -304,6 +305,7 @@ fn mismatch(world: &World, case: usize) -> Result<(), Error> {
             .unwrap_or_else(|| panic!("rank {me}: case {case}, {first:?} against {second:?}: no error")),
     };
     assert!(is_disagreement(&error), "rank {me}: case {case}: {error:?}");
+    says_nothing_twice(&error.to_string());
     // Every later collective fails at once (unless the error was a peer
     // that left, when there is nothing more to say).
     if !matches!(error, Error::PeerGone { .. }) {
@@ -315,6 +317,22 @@ fn mismatch(world: &World, case: usize) -> Result<(), Error> {
     }
     println!("rank {me} failed: {error}");
     Ok(())
+}
+
+/// Panics if `text` says a phrase of two words or more twice in a row
+/// ("of at most 4 KiB of at most 4 KiB", "invalid argument: invalid
+/// argument: ..."): an error put together from parts that each said it.
+pub fn says_nothing_twice(text: &str) {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    for k in 2..=6 {
+        for i in 0..words.len().saturating_sub(2 * k - 1) {
+            assert!(
+                words[i..i + k] != words[i + k..i + 2 * k],
+                "an error says {:?} twice: {text}",
+                words[i..i + k].join(" ")
+            );
+        }
+    }
 }
 
 /// One rank's buffers are wrong for a small alltoall_into (`which` is
@@ -345,8 +363,43 @@ fn wrong_buffers(world: &World, which: &str) -> Result<(), Error> {
         Ok(()) => world.barrier().expect_err("the barrier after a failed collective"),
     };
     assert!(is_disagreement(&error), "rank {me}: {which}: {error:?}");
+    says_nothing_twice(&error.to_string());
     if me == 0 {
         println!("hang wrong-buffers: all checks passed");
+    }
+    Ok(())
+}
+
+/// Ranks that give serde values of different types to the same
+/// collective (rank 0 a `u64`, the others an `f32`) each get an error that
+/// says the ranks disagree, not a decode error about a message that is
+/// nobody's to receive; later collectives fail too.
+fn serde_types(world: &World) -> Result<(), Error> {
+    let me = world.rank();
+    let dup = world.dup()?;
+    let result = if me == 0 {
+        dup.allreduce(&1u64, &op::Sum).map(|_| ())
+    } else {
+        dup.allreduce(&1.0f32, &op::Sum).map(|_| ())
+    };
+    let error = match result {
+        Err(e) => e,
+        Ok(()) => dup.barrier().expect_err("the barrier after a failed collective"),
+    };
+    assert!(
+        matches!(error, Error::CollectiveMismatch { .. } | Error::CollectiveFailed { .. }),
+        "rank {me}: {error:?}"
+    );
+    let text = error.to_string();
+    assert!(!text.contains("stays queued"), "rank {me}: {text}");
+    says_nothing_twice(&text);
+    assert!(
+        matches!(dup.barrier(), Err(Error::CollectivesBroken { .. })),
+        "rank {me}: a collective after the mismatch"
+    );
+    world.barrier()?;
+    if me == 0 {
+        println!("hang serde-types: all checks passed");
     }
     Ok(())
 }

@@ -279,10 +279,13 @@ fn misuse(comm: &Communicator) -> Result<(), Error> {
 }
 
 /// A request kept past `World::finalize`: testing or waiting on it is
-/// `Error::Finalized`, and dropping it is quiet.
+/// `Error::Finalized`, and dropping it is quiet. So is every call on a
+/// communicator kept past it, whichever path the call takes (node-wide in
+/// shared memory, the windows, messages).
 pub fn after_finalize() -> Result<(), Error> {
     let world = spmd::init()?;
     let dup = world.dup()?;
+    let kept = world.dup()?;
     let mut barrier = dup.immediate_barrier()?;
     let mut late = dup.immediate_allreduce(&1u64, op::Sum)?;
     world.finalize()?;
@@ -297,6 +300,41 @@ pub fn after_finalize() -> Result<(), Error> {
         "a new one after finalize"
     );
     drop(barrier);
+    let (me, n) = (kept.rank(), kept.size());
+    let (to, from) = ((me + 1) % n, (me + n - 1) % n);
+    let finalized = |what: &str, result: Result<(), Error>| {
+        assert!(
+            matches!(result, Err(Error::Finalized)),
+            "{what} after finalize: {result:?}"
+        );
+    };
+    let mut small = [1u64; 4];
+    let mut large = vec![1u64; 4096];
+    let parts = vec![1u64; 1024 * n];
+    let mut out = vec![0u64; 1024 * n];
+    finalized("barrier", kept.barrier());
+    finalized(
+        "allreduce_into of 32 bytes",
+        kept.allreduce_into(&[1u64; 4], &mut small, &op::Sum),
+    );
+    finalized(
+        "allreduce_into of 32 KiB",
+        kept.allreduce_into(&vec![1u64; 4096], &mut large, &op::Sum),
+    );
+    finalized("broadcast_into", kept.broadcast_into(&mut small, 0));
+    finalized("alltoall_into", kept.alltoall_into(&parts, &mut out));
+    finalized("allreduce", kept.allreduce(&1u64, &op::Sum).map(|_| ()));
+    finalized("send", kept.send(&1u64, to));
+    finalized("receive", kept.receive::<u64>(from).map(|_| ()));
+    finalized("try_receive", kept.try_receive::<u64>(from).map(|_| ()));
+    finalized("probe", kept.probe(spmd::Match::any()).map(|_| ()));
+    finalized("immediate_send", kept.immediate_send(&1u64, to).map(|_| ()));
+    finalized("immediate_receive", kept.immediate_receive::<u64>(from).map(|_| ()));
+    finalized(
+        "a scope's immediate_receive_into",
+        kept.scope(|s| s.immediate_receive_into(&mut small, from).map(|_| ())),
+    );
+    finalized("dup", kept.dup().map(|_| ()));
     println!("immediate-after-finalize: ok");
     Ok(())
 }

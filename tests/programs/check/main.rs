@@ -17,6 +17,7 @@ mod scoped;
 mod single_copy;
 mod sizes;
 mod soak;
+mod tag_zero;
 mod thread_hangs;
 mod thread_races;
 mod threads;

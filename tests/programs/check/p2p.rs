@@ -1,6 +1,6 @@
 //! Point-to-point checks: ordering, wildcards with status, probe, large and
-//! empty messages, sends to self, non-blocking requests, and the errors a
-//! user meets.
+//! empty messages, sends to self, tag 0 where a call says so (`tag_zero.rs`),
+//! non-blocking requests, and the errors a user meets.
 
 use spmd::{Communicator, Error, Match, Request};
 
@@ -14,6 +14,7 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
     probe(world)?;
     order_after_probe(world)?;
     self_send(world)?;
+    crate::tag_zero::run(world)?;
     empty_and_large(world)?;
     immediate(world)?;
     completion(world)?;

@@ -83,6 +83,32 @@ pub(super) fn wrong_counts(world: &Communicator) -> Result<(), Error> {
     Ok(())
 }
 
+/// A root whose send buffer is short for `scatter_into` (parts of a few
+/// bytes, and of more than 4 KiB, which go through the windows) gets one
+/// plain error, not an error wrapped in another; the others hear of it.
+pub(super) fn short_scatter(world: &Communicator) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    // On MPI a root that fails before MPI's scatter leaves the others in it.
+    if n < 2 || world.backend() == spmd::Backend::Mpi {
+        return Ok(());
+    }
+    for part in [4usize, 2048] {
+        let dup = world.dup()?;
+        let send = vec![1u32; if me == 0 { part * n - 1 } else { 0 }];
+        let mut recv = vec![0u32; part];
+        match dup.scatter_into(&send, &mut recv, 0).and_then(|()| dup.barrier()) {
+            Err(Error::InvalidArgument(text)) if me == 0 => {
+                assert!(text.starts_with("scatter_into: the root's send buffer has"), "{text}")
+            }
+            // Through the windows, every rank learns it when the lengths
+            // are checked together, or from another rank that did.
+            Err(Error::CollectiveFailed { .. } | Error::CollectiveMismatch { .. }) if me != 0 => {}
+            other => panic!("rank {me}: scatter_into of {part} u32 a rank from a short root buffer gave {other:?}"),
+        }
+    }
+    Ok(())
+}
+
 /// A value whose encoding fails on one rank only.
 #[derive(Clone)]
 struct Unencodable {

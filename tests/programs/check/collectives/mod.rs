@@ -11,7 +11,7 @@ use crate::rng::Rng;
 mod errors;
 mod reference;
 
-use errors::{short_buffer, unencodable, wrong_counts};
+use errors::{short_buffer, short_scatter, unencodable, wrong_counts};
 pub(crate) use reference::with_op;
 pub use reference::{LENGTHS, OPERATORS, apply_one, data, fold, matmul, matrix, text};
 
@@ -184,6 +184,7 @@ pub fn run(world: &Communicator, seed: u64, cases: usize) -> Result<(), Error> {
     }
     short_buffer(world)?;
     wrong_counts(world)?;
+    short_scatter(world)?;
     unencodable(world)?;
     if me == 0 {
         println!("ok {cases} random collective cases from seed {seed}");
