@@ -128,7 +128,13 @@ impl Communicator {
             // A panic while finishing (a bug, or memory running out) must
             // not leave the engine holding the buffers either.
             Ok(Ok(value)) => match catch_unwind(AssertUnwindSafe(|| scope.finish())) {
-                Ok(finished) => finished.map(|_| value),
+                Ok(Ok(())) => Ok(value),
+                // A wait that failed (the rank finalized meanwhile, say)
+                // may leave a receive posted or a send not yet owned.
+                Ok(Err(e)) => {
+                    scope.release();
+                    Err(e)
+                }
                 Err(panic) => {
                     scope.release();
                     resume_unwind(panic)

@@ -34,8 +34,26 @@ impl<T: Serialize + DeserializeOwned> Codec<T> for SerdeCodec {
         message::encode(value)
     }
     fn decode(&self, env: &Envelope) -> Result<T> {
-        message::decode(env)
+        decode_part(env)
     }
+}
+
+/// Decodes another rank's part of a collective. A part that does not
+/// decode as this rank's type means the ranks gave values of different
+/// types: a `CollectiveMismatch`, not a `Decode` error (whose message a
+/// receive of the right type could still take; a part is nobody's to take).
+pub(crate) fn decode_part<T: DeserializeOwned>(env: &Envelope) -> Result<T> {
+    message::decode(env).map_err(|e| match e {
+        Error::Decode {
+            type_name, len, reason, ..
+        } => Error::CollectiveMismatch {
+            detail: format!(
+                "another rank's part ({len} bytes) does not decode as {type_name} ({reason}): the ranks gave values of \
+                 different types, or the type refused the value"
+            ),
+        },
+        other => other,
+    })
 }
 
 /// Vectors of plain numbers as raw bytes.

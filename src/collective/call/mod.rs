@@ -296,26 +296,6 @@ impl Communicator {
                 .store(1 << 63 | u64::from(call.word()), Ordering::Release);
         }
         let mut result = arrived.and_then(|()| body(&call));
-        // Another rank's part that does not decode as this rank's type: the
-        // ranks gave values of different types. (Unlike a point-to-point
-        // message, the part is nobody's to receive again.)
-        if let Err(Error::Decode {
-            type_name,
-            sender,
-            len,
-            reason,
-            ..
-        }) = &result
-        {
-            result = Err(Error::CollectiveMismatch {
-                detail: format!(
-                    "{}: a part from rank {} ({len} bytes) does not decode as {type_name} ({reason}): the ranks gave \
-                     values of different types",
-                    call.name(),
-                    self.group().rank_of(*sender).unwrap_or(*sender),
-                ),
-            });
-        }
         if let Err(Error::PeerGone { .. }) = &result {
             // A rank that failed this call tells the others before it goes:
             // its notice, read before its leaving, says more.

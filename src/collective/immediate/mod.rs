@@ -14,7 +14,7 @@ use bytemuck::Pod;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::algorithm::own_envelope;
+use super::algorithm::{decode_part, own_envelope};
 use super::call::Kind;
 use crate::communicator::{Communicator, on_mpi};
 use crate::error::Result;
@@ -155,7 +155,7 @@ impl Communicator {
         };
         let finish: Finish<'c, ()> = Box::new(move |part| {
             if !is_root {
-                *value = message::decode(&own_envelope(root, (part.format, part.bytes)))?;
+                *value = decode_part(&own_envelope(root, (part.format, part.bytes)))?;
             }
             Ok(())
         });
@@ -229,13 +229,13 @@ impl Communicator {
         let (format, bytes) = message::encode(value)?;
         let fold: Fold = Box::new(move |acc: &mut Part, upper| {
             let bytes = std::mem::take(&mut acc.bytes);
-            let lower: T = message::decode(&own_envelope(0, (acc.format, bytes)))?;
-            let upper: T = message::decode(&upper)?;
+            let lower: T = decode_part(&own_envelope(0, (acc.format, bytes)))?;
+            let upper: T = decode_part(&upper)?;
             let combined = crate::progress::combining(|| op.combine(&lower, &upper));
             (acc.format, acc.bytes) = message::encode(&combined)?;
             Ok(())
         });
-        let finish: Finish<'_, T> = Box::new(|part| message::decode(&own_envelope(0, (part.format, part.bytes))));
+        let finish: Finish<'_, T> = Box::new(|part| decode_part(&own_envelope(0, (part.format, part.bytes))));
         let (me, n) = (self.rank(), self.size());
         let steps = [reduce_steps(me, n), broadcast_steps(me, n, 0)].concat();
         let start = (Part { format, bytes }, None, Some(fold));

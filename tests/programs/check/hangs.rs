@@ -371,35 +371,54 @@ fn wrong_buffers(world: &World, which: &str) -> Result<(), Error> {
 }
 
 /// Ranks that give serde values of different types to the same
-/// collective (rank 0 a `u64`, the others an `f32`) each get an error that
-/// says the ranks disagree, not a decode error about a message that is
-/// nobody's to receive; later collectives fail too.
+/// collective (rank 0 a `u64`, the others an `f32`) get an error that says
+/// the ranks disagree, not a decode error about a message that is nobody's
+/// to receive: every rank where the parts meet in the collective (an
+/// allreduce on a duplicate, and on the world, node-wide where it can), the
+/// root of a gather, which decodes them after the others are done.
 fn serde_types(world: &World) -> Result<(), Error> {
     let me = world.rank();
+    let disagree = |what: &str, error: &Error| {
+        assert!(
+            matches!(error, Error::CollectiveMismatch { .. } | Error::CollectiveFailed { .. }),
+            "rank {me}, {what}: {error:?}"
+        );
+        let text = error.to_string();
+        assert!(!text.contains("stays queued"), "rank {me}, {what}: {text}");
+        says_nothing_twice(&text);
+    };
+    let allreduce = |comm: &spmd::Communicator| {
+        let result = if me == 0 {
+            comm.allreduce(&1u64, &op::Sum).map(|_| ())
+        } else {
+            comm.allreduce(&1.0f32, &op::Sum).map(|_| ())
+        };
+        result.and_then(|()| comm.barrier())
+    };
     let dup = world.dup()?;
-    let result = if me == 0 {
-        dup.allreduce(&1u64, &op::Sum).map(|_| ())
-    } else {
-        dup.allreduce(&1.0f32, &op::Sum).map(|_| ())
-    };
-    let error = match result {
-        Err(e) => e,
-        Ok(()) => dup.barrier().expect_err("the barrier after a failed collective"),
-    };
-    assert!(
-        matches!(error, Error::CollectiveMismatch { .. } | Error::CollectiveFailed { .. }),
-        "rank {me}: {error:?}"
-    );
-    let text = error.to_string();
-    assert!(!text.contains("stays queued"), "rank {me}: {text}");
-    says_nothing_twice(&text);
+    disagree("allreduce on a dup", &allreduce(&dup).expect_err("no error"));
     assert!(
         matches!(dup.barrier(), Err(Error::CollectivesBroken { .. })),
         "rank {me}: a collective after the mismatch"
     );
-    world.barrier()?;
+    let dup = world.dup()?;
+    let gathered = if me == 0 {
+        dup.gather(&1u64, 0).map(|_| ())
+    } else {
+        dup.gather(&1.0f32, 0).map(|_| ())
+    };
+    match gathered {
+        Err(e) if me == 0 => disagree("the root of a gather", &e),
+        Ok(()) if me != 0 => {}
+        other => panic!("rank {me}: gather of different types gave {other:?}"),
+    }
+    disagree("allreduce on the world", &allreduce(world).expect_err("no error"));
+    // The world's collectives are broken now: the ranks meet by messages.
     if me == 0 {
+        (1..world.size()).try_for_each(|r| world.receive_with_tag::<()>(r, 12))?;
         println!("hang serde-types: all checks passed");
+    } else {
+        world.send_with_tag(&(), 0, 12)?;
     }
     Ok(())
 }

@@ -288,7 +288,18 @@ pub fn after_finalize() -> Result<(), Error> {
     let kept = world.dup()?;
     let mut barrier = dup.immediate_barrier()?;
     let mut late = dup.immediate_allreduce(&1u64, op::Sum)?;
-    world.finalize()?;
+    // The rank finalizes inside a scope that lent a buffer to a receive:
+    // the scope ends with the error, and lets go of the buffer.
+    let (me, n) = (kept.rank(), kept.size());
+    let mut pending = [0u64; 1];
+    let in_scope = kept.scope(|s| {
+        let _receive = s.immediate_receive_into_with_tag(&mut pending, (me + n - 1) % n, 99)?;
+        world.finalize()
+    });
+    assert!(
+        matches!(in_scope, Err(Error::Finalized)),
+        "a scope across finalize: {in_scope:?}"
+    );
     assert!(matches!(barrier.test(), Err(Error::Finalized)), "test after finalize");
     assert!(
         matches!(late.wait_timeout(std::time::Duration::MAX), Err(Error::Finalized)),
@@ -300,7 +311,6 @@ pub fn after_finalize() -> Result<(), Error> {
         "a new one after finalize"
     );
     drop(barrier);
-    let (me, n) = (kept.rank(), kept.size());
     let (to, from) = ((me + 1) % n, (me + n - 1) % n);
     let finalized = |what: &str, result: Result<(), Error>| {
         assert!(
