@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 use crate::op::Op;
 
 mod algorithm;
+#[cfg(feature = "mpi")]
+pub(crate) use algorithm::decode_part;
 pub(crate) mod call;
 mod immediate;
 pub(crate) mod levels;

@@ -323,7 +323,7 @@ impl Communicator {
         let mine = message::encode(&upto)?;
         let env = self.sized_collective(Kind::Exscan, 0, false, |call| self.shift(call, mine))?;
         match env {
-            Some(env) => Ok(Some(message::decode(&env)?)),
+            Some(env) => Ok(Some(super::algorithm::decode_part(&env)?)),
             None => Ok(None),
         }
     }

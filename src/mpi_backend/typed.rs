@@ -18,8 +18,10 @@ use crate::wire::Context;
 /// The element code that marks "the root passed no value".
 const NO_VALUE: u16 = 0xffff;
 
+/// Another rank's part of a collective (a part that does not decode is a
+/// `CollectiveMismatch`, as on the native backend).
 pub(super) fn decode<T: DeserializeOwned>(source: usize, body: Body) -> Result<T> {
-    message::decode(&Envelope::new(source, 0, Context::WORLD, body.0, body.1))
+    crate::collective::decode_part(&Envelope::new(source, 0, Context::WORLD, body.0, body.1))
 }
 
 pub(super) fn decode_all<T: DeserializeOwned>(bodies: Vec<Body>) -> Result<Vec<T>> {

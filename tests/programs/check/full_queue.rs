@@ -26,8 +26,8 @@ pub fn run(world: &World, case: &str) -> Result<(), Error> {
 /// A program that counts on unlimited buffering: rank 0 sends rank 1 more
 /// than it keeps before the message rank 2 waits for, and rank 1 first
 /// waits for rank 2. Rank 0's send waits for rank 1 to read it, which it
-/// never does: a deadlock that spmdrun names and ends (MPI may hang here
-/// too: a standard send may wait for its receive).
+/// never does: a deadlock, which spmdrun's hang report names (MPI may hang
+/// here too: a standard send may wait for its receive).
 fn cycle(world: &World) -> Result<(), Error> {
     const PIECES: usize = 2 * OVER_LIMIT / PIECE;
     const PIECE: usize = 16 << 10;
