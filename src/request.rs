@@ -87,7 +87,7 @@ impl Request for SendRequest<'_> {
 
     fn wait(self) -> Result<()> {
         #[cfg(feature = "mpi")]
-        if let Some(send) = self.mpi {
+        if let Some(mut send) = self.mpi {
             return send.wait();
         }
         self.comm.ranked(self.comm.engine()?.wait_sent(self.sent, self.dest))

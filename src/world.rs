@@ -209,7 +209,10 @@ impl World {
         stray.extend(engine.unreceived_collective(crate::wire::Context::immediate(coll.communicator())));
         drop(engine);
         let mut result = flushed;
-        if let Some((source, is_notice)) = stray.first().copied().filter(|_| self.calls().working()) {
+        // A World dropped without finalize (an error returned from `main`,
+        // say) is failing: a collective message the others sent it since
+        // is theirs going on without it, not a disagreement to report.
+        if let Some((source, is_notice)) = stray.first().copied().filter(|_| called && self.calls().working()) {
             if is_notice {
                 eprintln!(
                     "spmd: rank {}: rank {source} failed in a collective that this rank never called, or whose part \

@@ -82,6 +82,16 @@ fn an_error_returned_from_main_is_reported_as_that_ranks() {
             );
             assert!(line.contains(&format!("deliberate error on rank {}", n - 1)), "{line}");
         }
+        // The others' barrier reaches the failing rank before it returns
+        // its error: their messages are not a disagreement it reports.
+        let (out, pids) = failing_over(transport, n, "error-after-barrier");
+        assert_eq!(out.code(), Some(1), "{transport}: {out:?}");
+        let line = report(&out);
+        assert!(
+            line.contains(&format!("rank {} (pid {} ", n - 1, pids[n - 1])),
+            "{line}"
+        );
+        assert!(!out.stderr.contains("disagree"), "{transport}: {out:?}");
     }
 }
 

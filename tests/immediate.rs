@@ -79,6 +79,13 @@ fn a_request_kept_past_finalize_is_an_error_not_a_panic() {
                 n,
                 "{what}: {out:?}"
             );
+            // The message the scope's second receive had taken is named
+            // once on each rank, as never received.
+            for me in 0..n {
+                let line =
+                    format!("rank {me} finalized with 1 message(s) it never received (from rank {me} with tag 98)");
+                assert_eq!(out.stderr.matches(&line).count(), 1, "{what}: {line}: {out:?}");
+            }
         }
     }
 }

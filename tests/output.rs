@@ -10,13 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::spmdrun;
 
-/// The largest resident size spmdrun reached, from its status.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 #[test]
 fn a_slow_reader_gets_every_line() {
     // 2 ranks × 20,000 lines of 10 bytes, read at about 64 KiB/s.
@@ -71,7 +64,7 @@ fn an_endless_line_comes_in_marked_pieces_and_spmdrun_stays_small() {
         if n == 0 {
             break;
         }
-        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        peak = peak.max(common::status_kib(pid as i32, "VmHWM").unwrap_or(0));
         for &b in &chunk[..n] {
             match b {
                 b'x' => xs += 1,

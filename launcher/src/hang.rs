@@ -31,6 +31,8 @@ enum Seen {
     /// On another host, whose agent has not reported its status page yet.
     Remote,
     Waiting(Waiting),
+    /// Its status page says what cannot be: this says what.
+    Garbled(String),
 }
 
 /// Watches the ranks for hangs.
@@ -159,6 +161,7 @@ impl HangWatch {
                     Seen::Starting => format!("  {who} is inside spmd::init, waiting for the other ranks to join"),
                     Seen::Finalized => format!("  {who} has finalized and is exiting"),
                     Seen::Remote => format!("  {who} runs on another host, whose agent has not reported it yet"),
+                    Seen::Garbled(what) => format!("  {who} has a status page that says what cannot be ({what})"),
                     Seen::Gone => String::new(),
                 }
             })
@@ -185,6 +188,7 @@ pub(crate) fn stopped(pid: i32) -> bool {
 
 fn observe(ranks: &[Rank]) -> (Vec<Seen>, u64, u64) {
     let (mut sent, mut arrived) = (0u64, 0u64);
+    let now_ns = now_ns();
     let seen = ranks
         .iter()
         .map(|r| {
@@ -213,13 +217,34 @@ fn observe(ranks: &[Rank]) -> (Vec<Seen>, u64, u64) {
                 Some(s) => match (s.phase, s.waiting) {
                     (Phase::Starting, _) => Seen::Starting,
                     (Phase::Finalized, _) => Seen::Finalized,
-                    (Phase::Running, Some(w)) => Seen::Waiting(w),
+                    (Phase::Running, Some(w)) => match impossible(&w, ranks.len(), now_ns) {
+                        Some(what) => Seen::Garbled(what),
+                        None => Seen::Waiting(w),
+                    },
                     (Phase::Running, None) => Seen::Computing,
                 },
             }
         })
         .collect();
     (seen, sent, arrived)
+}
+
+/// What a wait read from a page says that cannot be in a job of `size`
+/// ranks at `now_ns`, if anything: a rank the job does not have, or a wait
+/// that started in the future (beyond what the clocks of two hosts, as an
+/// agent converts them, may disagree by).
+fn impossible(w: &Waiting, size: usize, now_ns: u64) -> Option<String> {
+    const SKEW_NS: u64 = 5_000_000_000;
+    if let Some(peer) = w.peer.filter(|p| *p as usize >= size) {
+        return Some(format!("field peer: rank {peer} in a job of {size}"));
+    }
+    if w.since_ns > now_ns.saturating_add(SKEW_NS) {
+        return Some(format!(
+            "field since: a wait that starts {:.1} s from now",
+            (w.since_ns - now_ns) as f64 / 1e9
+        ));
+    }
+    None
 }
 
 fn wait_text(w: &Waiting) -> String {

@@ -14,5 +14,6 @@ mod nonblocking;
 mod output;
 pub mod placement;
 mod rank;
+mod shown;
 pub mod signals;
 pub mod spawn;

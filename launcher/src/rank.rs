@@ -10,6 +10,7 @@ use spmd::wire::status::Page;
 use spmd::wire::{Card, Channel, ControlMessage};
 
 use crate::output::LineCutter;
+use crate::shown::shown;
 use crate::spawn::Termination;
 
 /// One of a rank's output streams: a pipe spmdrun reads, or (for a rank
@@ -132,10 +133,10 @@ impl Rank {
             }
             (None, Some(Termination::Code(code))) if code != 0 => {
                 if let Some(p) = &self.panic {
-                    return Some((format!("{who} panicked: {}", one_line(p)), code));
+                    return Some((format!("{who} panicked: {p}"), code));
                 }
                 if let Some(f) = &self.failed {
-                    return Some((format!("{who} failed: {}", one_line(f)), code));
+                    return Some((format!("{who} failed: {f}"), code));
                 }
                 let words = String::from_utf8_lossy(&self.last_words);
                 let words = words.trim();
@@ -145,7 +146,7 @@ impl Rank {
                     Some((
                         format!(
                             "{who} exited with code {code} (its last words on stderr: {})",
-                            one_line(words)
+                            shown(words)
                         ),
                         code,
                     ))
@@ -166,10 +167,8 @@ impl Rank {
     }
 }
 
-/// A message on one line, whitespace runs folded.
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
+/// The longest host name a rank may register (a DNS name's limit).
+const MAX_HOST: usize = 255;
 
 /// What a control message from a rank asks of the job.
 pub enum Said {
@@ -186,6 +185,8 @@ pub enum Said {
 
 impl Rank {
     /// Takes one message from rank `rank`'s channel (with its descriptors).
+    /// What it says in words is kept as [`shown`] makes it: every line of
+    /// spmdrun's that quotes a rank quotes it from here.
     pub fn hear(&mut self, rank: usize, msg: ControlMessage, mut fds: Vec<OwnedFd>) -> Said {
         match msg {
             ControlMessage::Hello { rank: r, pid } if !self.hello => {
@@ -203,6 +204,14 @@ impl Rank {
                 Said::Nothing
             }
             ControlMessage::Register { host, card } if self.hello && self.registration.is_none() => {
+                if host.is_empty() || host.len() > MAX_HOST || shown(&host) != host {
+                    return Said::Broke(format!(
+                        "bad host: it registered \"{}\" ({} bytes), not a name of 1 to {MAX_HOST} bytes without spaces \
+                         or control characters",
+                        shown(&host),
+                        host.len()
+                    ));
+                }
                 self.registration = Some(Registration {
                     host,
                     card,
@@ -215,14 +224,15 @@ impl Rank {
                 Said::Nothing
             }
             ControlMessage::Abort { code, message } => {
-                self.abort = Some((code, message));
+                self.abort = Some((code, shown(&message)));
                 Said::Nothing
             }
             ControlMessage::Panic { message } => {
-                self.panic.get_or_insert(message);
+                self.panic.get_or_insert_with(|| shown(&message));
                 Said::Nothing
             }
             ControlMessage::Failed { message } => {
+                let message = shown(&message);
                 self.failed.get_or_insert(message.clone());
                 Said::Failed(message)
             }

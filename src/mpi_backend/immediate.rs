@@ -59,8 +59,9 @@ impl<'c, T> MpiCollective<'c, T> {
     }
 
     /// Moves this chain on, and every other live one: true once this one
-    /// is over.
+    /// is over (`Finalized` once MPI is: finalize ended every chain).
     pub(crate) fn test(&mut self) -> Result<bool> {
+        check_open()?;
         let over = live::advance_one(&self.chain);
         live::advance_all();
         Ok(over)

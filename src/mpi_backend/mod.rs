@@ -98,22 +98,41 @@ fn library_version() -> String {
     first.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The variable a rank on MPI sets to its pid, for the programs it starts:
+/// they inherit the launcher's variables, and this tells them they are
+/// not ranks.
+const RANK_PID: &str = "SPMD_MPI_RANK_PID";
+
 /// Starts MPI for a process `launcher` started, and checks that MPI sees
 /// the job the launcher made.
 pub(crate) fn start(launcher: MpiLauncher) -> Result<MpiStart> {
+    // A program a rank starts inherits the launcher's variables (and, from
+    // MPICH, the rank's PMI socket, where its MPI_Init would wait for
+    // ever): it is not a rank.
+    if let Some(parent) = std::env::var(RANK_PID)
+        .ok()
+        .filter(|p| *p != std::process::id().to_string())
+    {
+        return Err(Error::Bootstrap(format!(
+            "this process was started by process {parent}, a rank of a job {} started, not by the launcher: a \
+             program that a rank starts is not a rank",
+            launcher.name
+        )));
+    }
     // Open MPI started by srun without PMIx fails inside MPI_Init, with
     // its own words: say what is wrong first.
     let library = library_version();
-    if let Some(plugin) = launcher.plugin.as_deref().filter(|p| !p.starts_with("pmix")) {
-        if library.starts_with("Open MPI") {
-            return Err(Error::WrongLauncher {
-                launcher: launcher.name,
-                problem: format!(
-                    "it was given --mpi={plugin} and is linked to {library}, which srun starts with --mpi=pmix \
-                     (README \"Running on a cluster\")"
-                ),
-            });
-        }
+    let srun = launcher.name == "Slurm's srun";
+    let plugin = launcher.plugin.as_deref();
+    if srun && library.starts_with("Open MPI") && !plugin.is_some_and(|p| p.starts_with("pmix")) {
+        let given = plugin.map_or("no --mpi plugin".to_string(), |p| format!("--mpi={p}"));
+        return Err(Error::WrongLauncher {
+            launcher: launcher.name,
+            problem: format!(
+                "it was given {given} and is linked to {library}, which srun starts with --mpi=pmix (README \
+                 \"Running on a cluster\")"
+            ),
+        });
     }
     let mut provided: c_int = 0;
     // Threads may drive different communicators at once.
@@ -136,12 +155,19 @@ pub(crate) fn start(launcher: MpiLauncher) -> Result<MpiStart> {
     }
     WORLD_RANK.store(rank, Ordering::Relaxed);
     if let Some(expected) = launcher.size.filter(|&n| n != size as usize) {
-        let problem = format!(
-            "it is linked to {}, which sees a job of {size} rank(s) where the launcher started \
-             {expected}: it was built against another MPI than the launcher's (pick the MPI at build time with \
-             MPICC, README \"Running on a cluster\")",
-            library_version()
-        );
+        let problem = if srun && library.starts_with("MPICH") && !plugin.is_some_and(|p| p.starts_with("pmi2")) {
+            let given = plugin.map_or("no --mpi plugin".to_string(), |p| format!("--mpi={p}"));
+            format!(
+                "it was given {given} and is linked to {library}, which sees a job of {size} rank(s) where srun \
+                 started {expected}: srun starts MPICH programs with --mpi=pmi2 (README \"Running on a cluster\")"
+            )
+        } else {
+            format!(
+                "it is linked to {library}, which sees a job of {size} rank(s) where the launcher started \
+                 {expected}: it was built against another MPI than the launcher's (pick the MPI at build time \
+                 with MPICC, README \"Running on a cluster\")"
+            )
+        };
         // Every rank is its own job here: end this one alone.
         // SAFETY: MPI is initialized.
         unsafe { ffi::MPI_Finalize() };
@@ -171,6 +197,10 @@ pub(crate) fn start(launcher: MpiLauncher) -> Result<MpiStart> {
             ),
         );
     }
+    // SAFETY: set once, in init, before spmd starts a thread; a program
+    // must call init before its own threads use the environment (as it
+    // must call MPI_Init_thread before its threads use MPI).
+    unsafe { std::env::set_var(RANK_PID, std::process::id().to_string()) };
     install_panic_hook();
     abort_at_exit();
     let world = MpiComm::duplicate(world_handle)?;

@@ -37,6 +37,51 @@ unsafe impl Send for Requests {}
 static ORPHANS: Mutex<Vec<Requests>> = Mutex::new(Vec::new());
 
 impl Requests {
+    /// Waits for the frame's request; true if the body's are done too.
+    fn wait_head(&mut self) -> Result<bool> {
+        // SAFETY: a request this struct started (or a null one).
+        check(
+            unsafe { ffi::MPI_Wait(&mut self.head, ffi::RSMPI_STATUS_IGNORE) },
+            "MPI_Wait",
+        )?;
+        self.body_done()
+    }
+
+    /// True once the frame's request is done; then true if the body's are.
+    fn test_head(&mut self) -> Result<Option<bool>> {
+        let mut done: c_int = 0;
+        // SAFETY: as above.
+        check(
+            unsafe { ffi::MPI_Test(&mut self.head, &mut done, ffi::RSMPI_STATUS_IGNORE) },
+            "MPI_Test",
+        )?;
+        if done == 0 {
+            Ok(None)
+        } else {
+            self.body_done().map(Some)
+        }
+    }
+
+    fn body_done(&mut self) -> Result<bool> {
+        if self.body.is_empty() {
+            return Ok(true);
+        }
+        let mut done: c_int = 0;
+        // SAFETY: requests this struct started.
+        check(
+            unsafe {
+                ffi::MPI_Testall(
+                    self.body.len() as c_int,
+                    self.body.as_mut_ptr(),
+                    &mut done,
+                    ffi::RSMPI_STATUSES_IGNORE,
+                )
+            },
+            "MPI_Testall",
+        )?;
+        Ok(done != 0)
+    }
+
     fn test(&mut self) -> Result<bool> {
         let (mut head_done, mut body_done): (c_int, c_int) = (0, 1);
         // SAFETY: requests this struct started (or null ones).
@@ -106,38 +151,84 @@ pub(super) fn finish_orphans() {
 }
 
 /// A send in progress on the MPI backend.
+///
+/// A send is complete for its caller once its frame has gone and its
+/// body, if it has one, is MPI's to send on its own time: a body MPI
+/// sends only once the receiver has posted its receive for it, which the
+/// receiver does in its wait for the message, so a program that waits for
+/// its send before its own receive (as both ranks of an exchange may, and
+/// may on the native backend) would wait for ever if the send waited for
+/// the body. An owned body goes on among the orphans; a lent one (a
+/// scope's) stays with the send, whose scope waits for it before it ends
+/// ([`MpiSend::wait_body`]).
 #[derive(Debug)]
 pub(crate) struct MpiSend {
     pending: Option<Requests>,
+    /// The body is the caller's memory (a scope's lent buffer).
+    lent: bool,
 }
 
 impl MpiSend {
-    /// Waits until MPI no longer needs the buffers.
-    pub(crate) fn wait(mut self) -> Result<()> {
-        match self.pending.take() {
-            Some(mut r) => r.wait(),
-            None => Ok(()),
+    /// Waits until the send is complete for its caller (above; `Finalized`
+    /// once MPI is: it needs nothing any more). A lent send's body may
+    /// still be running after it: see [`MpiSend::running`].
+    pub(crate) fn wait(&mut self) -> Result<()> {
+        check_open()?;
+        if let Some(r) = &mut self.pending {
+            let done = r.wait_head()?;
+            self.went(done);
         }
+        Ok(())
     }
 
-    /// True once the send has completed.
+    /// True once the send is complete for its caller (as for `wait`).
     pub(crate) fn test(&mut self) -> Result<bool> {
+        check_open()?;
         let Some(r) = &mut self.pending else {
             return Ok(true);
         };
-        let done = r.test()?;
+        match r.test_head()? {
+            None => Ok(false),
+            Some(done) => {
+                self.went(done);
+                Ok(true)
+            }
+        }
+    }
+
+    /// The frame has gone and the body is done (`done`) or not: an owned
+    /// body not done goes on among the orphans.
+    fn went(&mut self, done: bool) {
         if done {
             self.pending = None;
+        } else if !self.lent {
+            if let Some(r) = self.pending.take() {
+                ORPHANS.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+            }
         }
-        Ok(done)
+    }
+
+    /// True while MPI may still read a lent body.
+    pub(crate) fn running(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Waits until MPI no longer reads the body (a lent one's memory may
+    /// go after it; nothing is left to wait for once MPI has finalized).
+    pub(crate) fn wait_body(mut self) -> Result<()> {
+        match self.pending.take().filter(|_| !super::finalized()) {
+            Some(mut r) => r.wait(),
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for MpiSend {
     fn drop(&mut self) {
         // Dropping a send does not cancel it: MPI keeps reading the
-        // buffers, which wait among the orphans until it is done.
-        if let Some(mut r) = self.pending.take() {
+        // buffers, which wait among the orphans until it is done. After
+        // MPI_Finalize, MPI reads nothing and may not be called.
+        if let Some(mut r) = self.pending.take().filter(|_| !super::finalized()) {
             match r.test() {
                 Ok(true) => {}
                 Ok(false) => ORPHANS.lock().unwrap_or_else(|e| e.into_inner()).push(r),
@@ -170,15 +261,18 @@ impl MpiComm {
     }
 
     /// Starts a send of `bytes` straight from the caller's memory, which
-    /// must stay unchanged until the send completes.
+    /// must stay unchanged until MPI no longer reads it.
     ///
     /// # Safety
-    /// The caller keeps `bytes` alive and unchanged until the send has
-    /// been waited for.
+    /// The caller keeps `bytes` alive and unchanged until
+    /// [`MpiSend::wait_body`] has returned (or the send tested done and
+    /// not [`MpiSend::running`]).
     pub(crate) unsafe fn isend_lent(&self, dest: usize, tag: u32, format: Format, bytes: &[u8]) -> Result<MpiSend> {
         let inline = if bytes.len() <= INLINE_LIMIT { bytes } else { &[] };
         // SAFETY: the caller's promise.
-        unsafe { self.isend_from(dest, tag, format, inline, bytes.as_ptr(), bytes.len(), Vec::new()) }
+        let mut send = unsafe { self.isend_from(dest, tag, format, inline, bytes.as_ptr(), bytes.len(), Vec::new()) }?;
+        send.lent = true;
+        Ok(send)
     }
 
     /// # Safety
@@ -244,7 +338,10 @@ impl MpiComm {
                 }
             }
         }
-        Ok(MpiSend { pending: Some(pending) })
+        Ok(MpiSend {
+            pending: Some(pending),
+            lent: false,
+        })
     }
 
     /// Posts a receive of what `pattern` accepts; a raw message of the
@@ -330,6 +427,7 @@ impl MpiReceive {
     /// True once the header has arrived (a large body is then received at
     /// once, by `wait`).
     pub(crate) fn test(&mut self, comm: &MpiComm) -> Result<bool> {
+        check_open()?;
         self.take_given_back(comm)?;
         let request = match &mut self.state {
             State::Posted(request) => request,
@@ -364,6 +462,7 @@ impl MpiReceive {
 
     /// Waits for the message and returns it, its body received.
     pub(crate) fn wait(mut self, comm: &MpiComm) -> Result<Envelope> {
+        check_open()?;
         // Nothing is given back while this thread waits in MPI: only this
         // thread uses the communicator's held messages.
         self.take_given_back(comm)?;
@@ -388,8 +487,13 @@ impl MpiReceive {
     }
 
     /// Withdraws the receive; a message it had matched goes back to the
-    /// communicator, first in line.
+    /// communicator, first in line. After MPI_Finalize there is nothing to
+    /// withdraw from, and nobody to give a message back to.
     pub(crate) fn withdraw(mut self, comm: &MpiComm) {
+        if super::finalized() {
+            self.state = State::Taken;
+            return;
+        }
         match std::mem::replace(&mut self.state, State::Taken) {
             // A frame that does not parse is dropped here: a withdrawal
             // has nobody to tell (a wait or test would have said).

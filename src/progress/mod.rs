@@ -239,7 +239,19 @@ impl Engine {
     /// Puts a message a receive took back in the queue, in its old place,
     /// or gives it to the earliest receive posted since that accepts it
     /// (see [`Matcher::requeue`]), waking the threads that sleep.
+    /// After finalize nothing will receive it: it is named on standard
+    /// error as finalize names the messages it found unreceived.
     pub fn requeue(&mut self, env: Envelope) {
+        if self.finished {
+            if !env.context.is_collective() {
+                eprintln!(
+                    "spmd: rank {} finalized with 1 message(s) it never received (from rank {} with tag {}): a scope \
+                     that was still running gave it back",
+                    self.me, env.source, env.tag
+                );
+            }
+            return;
+        }
         self.matcher.requeue(env);
         self.note_moved();
     }

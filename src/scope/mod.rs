@@ -292,7 +292,14 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         if self.comm.mpi_side().is_some() {
             let send = self.lent.borrow_mut().mpi_sends[index].take();
             self.lent.borrow_mut().sends[index].2 = true;
-            return send.map_or(Ok(()), |s| s.wait());
+            let Some(mut send) = send else { return Ok(()) };
+            let result = send.wait();
+            // A body MPI still reads from the lent buffer is waited for
+            // before the scope ends, after its receives (see `MpiSend`).
+            if send.running() {
+                self.lent.borrow_mut().mpi_sends[index] = Some(send);
+            }
+            return result;
         }
         let mut engine = self.comm.engine()?;
         let result = self.comm.ranked(engine.wait_sent(sent, dest));
@@ -418,6 +425,9 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             std::process::abort();
         };
         let running = lent.receives.iter().any(|r| !r.done) || lent.sends.iter().any(|s| !s.2);
+        // A send waited for on MPI may still have its body running.
+        #[cfg(feature = "mpi")]
+        let running = running || lent.mpi_sends.iter().any(Option::is_some);
         if !running {
             return;
         }
@@ -431,7 +441,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             }
             // The lent memory must outlive the sends: wait for them.
             for send in lent.mpi_sends.iter_mut().filter_map(Option::take) {
-                let _ = send.wait();
+                let _ = send.wait_body();
             }
             return;
         }
@@ -479,6 +489,21 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         for i in 0..sends {
             if let Err(e) = self.wait_send(i) {
                 first = first.and(Err(e));
+            }
+        }
+        #[cfg(feature = "mpi")]
+        {
+            let bodies: Vec<_> = self
+                .lent
+                .borrow_mut()
+                .mpi_sends
+                .iter_mut()
+                .filter_map(Option::take)
+                .collect();
+            for body in bodies {
+                if let Err(e) = body.wait_body() {
+                    first = first.and(Err(e));
+                }
             }
         }
         first

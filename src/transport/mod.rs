@@ -225,6 +225,7 @@ impl Transport {
             Endpoint::Tcp(listener) => {
                 let deadline = Instant::now() + tcp::CONNECT_TIME;
                 let everyone = vec![true; size];
+                let listener = listener.listen()?;
                 let links = tcp::connect_all(listener, me, &table.addresses, &everyone, access()?, deadline)?;
                 SocketMesh::from_links(me, size, links, max_message, settings.wait).map(Transport::Socket)
             }
@@ -237,6 +238,7 @@ impl Transport {
             Endpoint::Mixed(e, listener) => {
                 let remote: Vec<bool> = (0..size).map(|r| table.nodes[r] != my_node).collect();
                 let deadline = Instant::now() + tcp::CONNECT_TIME;
+                let listener = listener.listen()?;
                 let links = tcp::connect_all(listener, me, &table.addresses, &remote, access()?, deadline)?;
                 let sockets = SocketMesh::from_links(me, size, links, max_message, settings.wait)?;
                 let index = ranks.iter().position(|r| *r == me).unwrap_or(0);

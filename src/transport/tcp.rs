@@ -1,6 +1,9 @@
-//! TCP connections between ranks, made at start-up: each rank listens on
-//! the address its launcher gave it, connects to every rank below it and
-//! accepts every rank above it, and each connection proves the job's
+//! TCP connections between ranks, made at start-up: each rank takes a port
+//! on the address its launcher gave it when it registers, listens there
+//! once it has the table of every rank's (before that a connection is
+//! refused: nobody waits in its queue while the job starts), connects to
+//! every rank below it (trying again while the peer is not listening yet)
+//! and accepts every rank above it, and each connection proves the job's
 //! secret both ways ([`crate::auth::Handshake`]) before it carries a frame.
 //! All handshakes run at once on one thread, without blocking on any of
 //! them. A stranger's connection is closed: at once if it says something
@@ -45,25 +48,54 @@ const OUT_OF_DESCRIPTORS_REST: Duration = Duration::from_millis(10);
 /// during the handshake (its listener may have shed it under a flood).
 const RETRIES: u32 = 3;
 
-/// A rank's listener for its peers, open from before it registers until
-/// every peer has connected.
+/// A rank's port for its peers, taken before it registers (its card
+/// gives the address), listened on from the table until every peer has
+/// connected.
 #[derive(Debug)]
 pub(crate) struct TcpEndpoint {
-    listener: TcpListener,
+    /// Bound, not yet listening.
+    socket: OwnedFd,
     address: SocketAddr,
 }
 
+/// How long a peer that is not listening yet (it has not read the table)
+/// is waited for between two tries, at most.
+const REFUSED_PAUSE: Duration = Duration::from_millis(20);
+
 impl TcpEndpoint {
-    /// Listens on `ip`, on a port the kernel picks.
+    /// Takes a port the kernel picks on `ip` (bound: a connection is
+    /// refused until [`TcpEndpoint::listen`]).
     pub fn open(ip: IpAddr) -> Result<TcpEndpoint> {
-        let listener = TcpListener::bind((ip, 0)).map_err(|e| Error::io(format!("listening for peers on {ip}"), e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("configuring the listener for peers", e))?;
-        let address = listener
-            .local_addr()
-            .map_err(|e| Error::io("reading the listener's address", e))?;
-        Ok(TcpEndpoint { listener, address })
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, bind, getsockname, socket};
+        let failed = |what: &str, e: nix::Error| Error::io(format!("{what} for peers on {ip}"), e.into());
+        let family = if ip.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+        let socket = socket(family, SockType::Stream, flags, None).map_err(|e| failed("making a socket", e))?;
+        bind(socket.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(ip, 0)))
+            .map_err(|e| failed("taking a port", e))?;
+        let bound: SockaddrStorage = getsockname(socket.as_raw_fd()).map_err(|e| failed("reading the port", e))?;
+        let address = match (bound.as_sockaddr_in(), bound.as_sockaddr_in6()) {
+            (Some(v4), _) => SocketAddr::V4((*v4).into()),
+            (None, Some(v6)) => SocketAddr::V6((*v6).into()),
+            (None, None) => {
+                return Err(Error::Bootstrap(format!("the port taken on {ip} has no IP address")));
+            }
+        };
+        Ok(TcpEndpoint { socket, address })
+    }
+
+    /// Starts taking connections (once the rank has the table: its peers
+    /// connect from then on).
+    pub fn listen(self) -> Result<TcpListener> {
+        use nix::sys::socket::{Backlog, listen};
+        let backlog = Backlog::new(128).map_err(|e| Error::io("listening for peers", e.into()))?;
+        listen(&self.socket, backlog)
+            .map_err(|e| Error::io(format!("listening for peers on {}", self.address), e.into()))?;
+        Ok(TcpListener::from(self.socket))
     }
 
     /// Where peers reach it.
@@ -101,7 +133,7 @@ enum Step {
 /// connection, by rank, ready for the socket mesh (non-blocking,
 /// `TCP_NODELAY`).
 pub(crate) fn connect_all(
-    endpoint: TcpEndpoint,
+    listener: TcpListener,
     me: usize,
     addresses: &[Option<SocketAddr>],
     over_tcp: &[bool],
@@ -136,7 +168,7 @@ pub(crate) fn connect_all(
         pending.retain(|p| p.to.is_some() || p.until > now);
         let resting = resting_until.is_some_and(|t| t > now);
         let mut fds = vec![libc::pollfd {
-            fd: endpoint.listener.as_raw_fd(),
+            fd: listener.as_raw_fd(),
             events: if resting { 0 } else { libc::POLLIN },
             revents: 0,
         }];
@@ -156,7 +188,7 @@ pub(crate) fn connect_all(
             .chain(resting_until.filter(|_| resting))
             .fold(deadline, Instant::min);
         poll_descriptors(&mut fds, Some(soonest.saturating_duration_since(now)))?;
-        if fds[0].revents != 0 && !accept_some(&endpoint.listener, id, &mut pending)? {
+        if fds[0].revents != 0 && !accept_some(&listener, id, &mut pending)? {
             resting_until = Some(Instant::now() + OUT_OF_DESCRIPTORS_REST);
         }
         let mut at = 0;
@@ -234,11 +266,22 @@ fn dial(
             format!("rank {rank}'s card has no TCP address"),
         ));
     };
-    let time = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    let stream = TcpStream::connect_timeout(&address, time)
-        .map_err(|e| Error::io(format!("connecting to rank {rank} at {address}"), e))?;
+    // A peer that has not read the table yet refuses: it is tried again,
+    // a little later each time, until the deadline.
+    let mut pause = Duration::from_millis(1);
+    let stream = loop {
+        let time = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        match TcpStream::connect_timeout(&address, time) {
+            Ok(stream) => break stream,
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused && Instant::now() + pause < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(REFUSED_PAUSE);
+            }
+            Err(e) => return Err(Error::io(format!("connecting to rank {rank} at {address}"), e)),
+        }
+    };
     stream
         .set_nonblocking(true)
         .map_err(|e| Error::io(format!("configuring the connection to rank {rank}"), e))?;
@@ -376,7 +419,11 @@ mod tests {
             .map(|_| TcpEndpoint::open(access(0).listen).unwrap())
             .collect();
         let addresses: Vec<Option<SocketAddr>> = endpoints.iter().map(|e| Some(e.address())).collect();
-        before(endpoints[0].address());
+        // Before the table, a rank's port refuses connections.
+        let refused = TcpStream::connect(endpoints[0].address()).map(|_| ()).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
+        let endpoints: Vec<TcpListener> = endpoints.into_iter().map(|e| e.listen().unwrap()).collect();
+        before(addresses[0].unwrap());
         let start = Arc::new(Barrier::new(size));
         let results = Arc::new(Mutex::new(Vec::new()));
         let threads: Vec<_> = endpoints

@@ -26,6 +26,9 @@ const MAX_QUEUED_FDS: usize = 4 * MAX_FDS_PER_MESSAGE;
 /// Bytes read per call.
 const READ_CHUNK: usize = 64 << 10;
 
+/// The most bytes one [`Channel::read_available`] reads.
+const READ_AT_ONCE: usize = 1 << 20;
+
 /// One end of a control channel.
 #[derive(Debug)]
 pub struct Channel {
@@ -105,6 +108,7 @@ impl Channel {
     /// Reads what has arrived without waiting; false once the peer has
     /// closed its end and everything before that was read.
     pub fn read_available(&mut self) -> Result<bool> {
+        let mut read = 0;
         loop {
             let mut chunk = vec![0u8; READ_CHUNK];
             let mut space = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
@@ -155,7 +159,11 @@ impl Channel {
                 return Ok(false);
             }
             self.inbox.extend_from_slice(&chunk[..n]);
-            if n < READ_CHUNK {
+            read += n;
+            // A peer that writes as fast as this reads would otherwise keep
+            // it here, buffering without bound: the rest waits for the
+            // next call (the descriptor is still readable).
+            if n < READ_CHUNK || read >= READ_AT_ONCE {
                 return Ok(true);
             }
         }

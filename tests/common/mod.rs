@@ -327,3 +327,12 @@ pub fn cpu_seconds(pid: i32) -> f64 {
     };
     ticks / hz
 }
+
+/// A size in KiB from a process's `/proc/PID/status` (`VmRSS`, `VmHWM`).
+pub fn status_kib(pid: i32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

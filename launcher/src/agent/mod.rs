@@ -40,8 +40,8 @@ const GRACE: Duration = Duration::from_millis(200);
 const LINGER: Duration = Duration::from_secs(1);
 /// How often the ranks' status pages are looked at.
 const STATUS_EVERY: Duration = Duration::from_millis(500);
-/// The most output bytes waiting for ssh before the agent stops reading
-/// the ranks' pipes.
+/// The most bytes waiting for ssh before the agent stops reading the
+/// ranks' pipes and control channels.
 const MAX_QUEUED: usize = 8 << 20;
 
 /// One rank of this host.
@@ -335,7 +335,10 @@ impl Agent {
         ];
         let mut who = Vec::new();
         for (i, l) in self.locals.iter().enumerate() {
-            if let Some(c) = &l.channel {
+            // A rank's channel waits, as its output does, while the way up
+            // is full: a rank that floods its channel is slowed to the
+            // pace of the link, and the agent holds MAX_QUEUED at most.
+            if let Some(c) = l.channel.as_ref().filter(|_| room) {
                 fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
                 who.push((i, 2));
             }

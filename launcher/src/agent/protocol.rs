@@ -235,6 +235,13 @@ impl Inbox {
     }
 }
 
+/// What a queued message costs in memory: its bytes, and its allocation
+/// and place in the queue (most messages are a few dozen bytes, so a
+/// bound on their bytes alone would let their number grow).
+fn queued_size(bytes: &[u8]) -> usize {
+    bytes.len() + 128
+}
+
 /// Messages to one peer, written by a thread of their own so that the
 /// event loop never blocks on a slow pipe.
 pub struct Outbox {
@@ -257,7 +264,7 @@ impl Outbox {
                 return;
             }
             while let Ok(bytes) = from.recv() {
-                let n = bytes.len();
+                let n = queued_size(&bytes);
                 if w.write_all(&bytes).and_then(|_| w.flush()).is_err() {
                     b.store(true, Ordering::Relaxed);
                     return;
@@ -276,13 +283,13 @@ impl Outbox {
     /// Queues one message.
     pub fn send<T: Serialize>(&self, msg: &T) {
         let bytes = encode(msg);
-        self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
+        self.queued.fetch_add(queued_size(&bytes), Ordering::Relaxed);
         if let Some(to) = &self.to {
             let _ = to.send(bytes);
         }
     }
 
-    /// Bytes queued and not yet written.
+    /// Bytes queued and not yet written, each message's keeping counted.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }

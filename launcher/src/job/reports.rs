@@ -309,8 +309,7 @@ impl Job {
             Said::Broke(why) => self.broke(rank, why),
             Said::Failed(why) => {
                 let who = self.ranks[rank].describe(rank);
-                let words: Vec<&str> = why.split_whitespace().collect();
-                self.fail(format!("{who} failed: {}; ending the job", words.join(" ")), 1);
+                self.fail(format!("{who} failed: {why}; ending the job"), 1);
             }
         }
     }

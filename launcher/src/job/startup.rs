@@ -2,6 +2,7 @@
 //! page), then, once every rank has registered, the table of cards and the
 //! links between ranks (shared-memory segments or socket pairs).
 
+use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
@@ -20,10 +21,7 @@ impl Job {
         let mut access = self.access.clone();
         let agent = self.ranks[rank].agent;
         if let Some(a) = access.as_mut() {
-            match agent {
-                Some(i) => a.listen = self.agents[i].listen.unwrap_or(a.listen),
-                None => a.listen = self.local_listen.unwrap_or(a.listen),
-            }
+            a.listen = self.listen_ip(rank, a.listen);
         }
         let mut settings = self.settings;
         settings.wait = self.plan.wait[self.nodes[rank]];
@@ -46,7 +44,55 @@ impl Job {
         }
     }
 
+    /// Where rank `rank` listens for its peers (`default` unless its host
+    /// has an address of its own).
+    fn listen_ip(&self, rank: usize, default: IpAddr) -> IpAddr {
+        match self.ranks[rank].agent {
+            Some(i) => self.agents[i].listen.unwrap_or(default),
+            None => self.local_listen.unwrap_or(default),
+        }
+    }
+
+    /// What is wrong with the card rank `rank` registered, if anything: it
+    /// must offer what this job's transport needs and nothing else (over
+    /// shared memory a segment, and when the job spans nodes a wake-up
+    /// descriptor and an address too; over TCP an address; over sockets
+    /// nothing), and its address must be where the rank was told to
+    /// listen. A peer would otherwise fail on it and blame the launcher.
+    pub(super) fn card_fault(&self, rank: usize) -> Option<String> {
+        let card = &self.ranks[rank].registration.as_ref()?.card;
+        let spans = self.nodes.iter().any(|n| *n != self.nodes[0]);
+        let (shm, wake, tcp) = match self.settings.transport {
+            TransportKind::Shm => (true, spans, spans),
+            TransportKind::Socket => (false, false, false),
+            TransportKind::Tcp => (false, false, true),
+        };
+        let offer = |what: &str, has: bool, due: bool| match (has, due) {
+            (true, false) => Some(format!("a {what}, which this job does not use")),
+            (false, true) => Some(format!("no {what}, which this job needs")),
+            _ => None,
+        };
+        let fault = offer("shared-memory segment", card.shm, shm)
+            .or_else(|| offer("wake-up descriptor", card.wake, wake))
+            .or_else(|| offer("TCP address", card.tcp.is_some(), tcp));
+        let fault = match (fault, card.tcp) {
+            (Some(fault), _) => fault,
+            (None, None) => return None,
+            (None, Some(address)) => {
+                let ip = self.listen_ip(rank, self.access.as_ref()?.listen);
+                if address.ip() == ip && address.port() != 0 {
+                    return None;
+                }
+                format!("the address {address}, not a port on {ip} where it was told to listen")
+            }
+        };
+        Some(format!("bad card: it registered {fault}"))
+    }
+
     pub(super) fn registered(&mut self, rank: usize) {
+        if let Some(why) = self.card_fault(rank) {
+            return self.broke(rank, why);
+        }
         if self.failure.is_none() {
             let gone = self
                 .ranks

@@ -288,12 +288,17 @@ pub fn after_finalize() -> Result<(), Error> {
     let kept = world.dup()?;
     let mut barrier = dup.immediate_barrier()?;
     let mut late = dup.immediate_allreduce(&1u64, op::Sum)?;
-    // The rank finalizes inside a scope that lent a buffer to a receive:
-    // the scope ends with the error, and lets go of the buffer.
+    // The rank finalizes inside a scope that lent a buffer to a receive,
+    // and to a second one that took a message this rank had sent itself:
+    // the scope ends with the error and lets go of the buffers, and that
+    // message, which nothing can receive now, is named on standard error
+    // (the test checks).
     let (me, n) = (kept.rank(), kept.size());
-    let mut pending = [0u64; 1];
+    let (mut pending, mut taken) = ([0u64; 1], [0u64; 1]);
+    kept.send_slice_with_tag(&[7u64], me, 98)?;
     let in_scope = kept.scope(|s| {
         let _receive = s.immediate_receive_into_with_tag(&mut pending, (me + n - 1) % n, 99)?;
+        let _taken = s.immediate_receive_into_with_tag(&mut taken, me, 98)?;
         world.finalize()
     });
     assert!(

@@ -14,6 +14,7 @@ mod output;
 mod p2p;
 mod rng;
 mod scoped;
+mod send_first;
 mod single_copy;
 mod sizes;
 mod soak;
@@ -68,7 +69,10 @@ fn main() -> Result<(), spmd::Error> {
         "sizes" => sizes::run(comm)?,
         "timeouts" => timeouts::run(comm)?,
         "threads" => threads::run(&world)?,
-        "scoped" => scoped::run(comm)?,
+        "scoped" => {
+            scoped::run(comm)?;
+            send_first::run(comm)?;
+        }
         "single-copy" => single_copy::run(&world)?,
         "soak" => {
             let seed = rest.first().and_then(|s| s.parse().ok()).unwrap_or(1);

@@ -1,0 +1,48 @@
+//! Waiting for a send before the receive of the same exchange, as both
+//! ranks of an exchange may: every rank posts its receive and its send,
+//! then waits for its send first (in a scope, as a tuple, in a `test_all`
+//! loop, and across a barrier). On the MPI backend a large body goes only
+//! once the receiver waits for it, so a send that waited for its body
+//! would wait for ever here.
+
+use spmd::{Communicator, Error, Request};
+
+/// The sizes, in numbers: inline, around MPI's eager limits, and large.
+const SIZES: [usize; 4] = [100, 1000, 4096, 300_000];
+
+pub fn run(world: &Communicator) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    let (right, left) = ((me + 1) % n, (me + n - 1) % n);
+    for (round, len) in SIZES.into_iter().enumerate() {
+        let mine: Vec<u64> = (0..len as u64).map(|i| i * 31 + me as u64).collect();
+        let theirs: Vec<u64> = (0..len as u64).map(|i| i * 31 + left as u64).collect();
+        let tag = 500 + round as u32;
+        // A scope: the send waited for first.
+        let mut got = vec![0u64; len];
+        world.scope(|s| {
+            let recv = s.immediate_receive_into_with_tag(&mut got, left, tag)?;
+            let send = s.immediate_send_slice_with_tag(&mine, right, tag)?;
+            send.wait()?;
+            recv.wait().map(|_| ())
+        })?;
+        assert!(got == theirs, "{len} numbers, scope: corrupted");
+        // A tuple of requests, the send first.
+        let recv = world.immediate_receive_vec_with_tag::<u64>(left, tag)?;
+        let send = world.immediate_send_slice_with_tag(&mine, right, tag)?;
+        let ((), (got, _)) = (send, recv).wait()?;
+        assert!(got == theirs, "{len} numbers, tuple: corrupted");
+        // test_all until both are done.
+        let mut recv = world.immediate_receive_vec_with_tag::<u64>(left, tag)?;
+        let mut send = world.immediate_send_slice_with_tag(&mine, right, tag)?;
+        while !spmd::test_all(&mut [&mut send, &mut recv])? {}
+        let (got, _) = recv.wait()?;
+        assert!(got == theirs, "{len} numbers, test_all: corrupted");
+        // The send waited for, then a barrier, then the receive.
+        let recv = world.immediate_receive_vec_with_tag::<u64>(left, tag)?;
+        world.immediate_send_slice_with_tag(&mine, right, tag)?.wait()?;
+        world.barrier()?;
+        let (got, _) = recv.wait()?;
+        assert!(got == theirs, "{len} numbers, across a barrier: corrupted");
+    }
+    Ok(())
+}

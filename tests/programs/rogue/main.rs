@@ -1,0 +1,126 @@
+//! A rank that lies to spmdrun, for the tests of what spmdrun believes
+//! (tests/rogue_rank.rs): rank 1 does what `spmd-rogue CASE` says, through
+//! its own control channel and status page where the public API would not
+//! let it; the other ranks are honest and wait in `init` or a barrier.
+//!
+//! - `abort-text`, `panic-text`: an abort's message and a panic's text
+//!   with terminal escapes, a carriage return and a line of its own that
+//!   starts like spmdrun's;
+//! - `long-text`: an abort whose message is 4 MiB long;
+//! - `bad-host`: registers a host name with escapes in it;
+//! - `bad-card`: registers a card with nothing on it (no segment over
+//!   shared memory, no address over TCP);
+//! - `bad-page`: writes a wait on rank 4294967294, begun an hour from now,
+//!   on its status page, and sleeps;
+//! - `flood`: every rank prints `pid RANK PID`; rank 1 joins, then sends
+//!   `Finalized` on its channel as fast as it can for `ROGUE_SECONDS`
+//!   (default 10) seconds, then exits 3.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use spmd::wire::status::{Page, Phase, WaitOp, Waiting, now_ns};
+use spmd::wire::{Card, Channel, ControlMessage, env};
+
+/// The text a rank hopes spmdrun prints as it is.
+const FORGERY: &str = "x\u{1b}[2J\u{1b}]0;PWNED\u{7}\r\nspmdrun: rank 0 (pid 1) panicked: forged\n";
+
+fn main() {
+    let case = std::env::args().nth(1).unwrap_or_default();
+    let rank: usize = std::env::var("SPMD_RANK")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    if case == "flood" {
+        // For the test, which watches rank 1's parent (its host's agent).
+        println!("pid {rank} {}", std::process::id());
+    }
+    if rank != 1 {
+        // Honest: joins (waiting for rank 1 as long as it takes) and waits.
+        let world = spmd::init().expect("init");
+        world.barrier().expect("barrier");
+        world.finalize().expect("finalize");
+        return;
+    }
+    match case.as_str() {
+        "abort-text" => spmd::init().expect("init").abort_with_message(3, FORGERY),
+        "panic-text" => {
+            let _world = spmd::init().expect("init");
+            panic!("{FORGERY}");
+        }
+        "long-text" => spmd::init().expect("init").abort_with_message(3, &"L".repeat(4 << 20)),
+        "bad-host" => {
+            let (mut channel, _) = join();
+            register(&mut channel, &format!("vm{FORGERY}"), Card::default());
+        }
+        "bad-card" => {
+            let (mut channel, _) = join();
+            register(&mut channel, "vm", Card::default());
+        }
+        "bad-page" => {
+            let (_channel, page) = join();
+            page.set_phase(Phase::Running);
+            let waiting = Waiting {
+                op: WaitOp::Receive,
+                peer: Some(4_294_967_294),
+                tag: Some(7),
+                context: 0,
+                call: 0,
+                sig: 0,
+                since_ns: now_ns() + 3_600_000_000_000,
+                until_ns: 0,
+            };
+            page.set_waiting(&waiting, 0, 0);
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        "flood" => {
+            let (mut channel, _) = join();
+            let seconds = std::env::var("ROGUE_SECONDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(10);
+            let until = Instant::now() + Duration::from_secs(seconds);
+            while Instant::now() < until {
+                if channel.send(&ControlMessage::Finalized, &[]).is_err() {
+                    break;
+                }
+            }
+            std::process::exit(3);
+        }
+        other => panic!("unknown case {other:?}"),
+    }
+    // spmdrun ends the job; the rank waits for that.
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Says Hello on the inherited control channel and takes the Welcome's
+/// status page.
+fn join() -> (Channel, Page) {
+    let control = std::env::var(env::CONTROL).expect("SPMD_CONTROL");
+    let fd: i32 = control
+        .split(':')
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .expect("fd:N:pid");
+    // SAFETY: spmdrun gave this process the descriptor; nothing else in it
+    // uses it (spmd::init is never called on this path).
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut channel = Channel::new(socket, 1, u32::MAX, "spmdrun");
+    let hello = ControlMessage::Hello {
+        rank: 1,
+        pid: std::process::id(),
+    };
+    channel.send(&hello, &[]).expect("hello");
+    let (welcome, fds) = channel.receive(None).expect("welcome");
+    assert!(matches!(welcome, ControlMessage::Welcome { .. }), "{welcome:?}");
+    let page = Page::map(fds.first().expect("a status page")).expect("map the page");
+    (channel, page)
+}
+
+fn register(channel: &mut Channel, host: &str, card: Card) {
+    let msg = ControlMessage::Register {
+        host: host.to_string(),
+        card,
+    };
+    channel.send(&msg, &[]).expect("register");
+}
