@@ -82,27 +82,9 @@ impl Requests {
         Ok(done != 0)
     }
 
+    /// True once every request is done.
     fn test(&mut self) -> Result<bool> {
-        let (mut head_done, mut body_done): (c_int, c_int) = (0, 1);
-        // SAFETY: requests this struct started (or null ones).
-        unsafe {
-            check(
-                ffi::MPI_Test(&mut self.head, &mut head_done, ffi::RSMPI_STATUS_IGNORE),
-                "MPI_Test",
-            )?;
-            if !self.body.is_empty() {
-                check(
-                    ffi::MPI_Testall(
-                        self.body.len() as c_int,
-                        self.body.as_mut_ptr(),
-                        &mut body_done,
-                        ffi::RSMPI_STATUSES_IGNORE,
-                    ),
-                    "MPI_Testall",
-                )?;
-            }
-        }
-        Ok(head_done != 0 && body_done != 0)
+        Ok(self.test_head()? == Some(true))
     }
 
     fn wait(&mut self) -> Result<()> {
