@@ -217,7 +217,7 @@ fn observe(ranks: &[Rank]) -> (Vec<Seen>, u64, u64) {
                 Some(s) => match (s.phase, s.waiting) {
                     (Phase::Starting, _) => Seen::Starting,
                     (Phase::Finalized, _) => Seen::Finalized,
-                    (Phase::Running, Some(w)) => match impossible(&w, ranks.len(), now_ns) {
+                    (Phase::Running, Some(w)) => match impossible(&w, ranks.len(), now_ns, r.agent.is_none()) {
                         Some(what) => Seen::Garbled(what),
                         None => Seen::Waiting(w),
                     },
@@ -230,15 +230,16 @@ fn observe(ranks: &[Rank]) -> (Vec<Seen>, u64, u64) {
 }
 
 /// What a wait read from a page says that cannot be in a job of `size`
-/// ranks at `now_ns`, if anything: a rank the job does not have, or a wait
-/// that started in the future (beyond what the clocks of two hosts, as an
-/// agent converts them, may disagree by).
-fn impossible(w: &Waiting, size: usize, now_ns: u64) -> Option<String> {
+/// ranks at `now_ns`, if anything: a rank the job does not have, or, on
+/// this machine (`here`: its clock is the page's), a wait that started in
+/// the future. (An agent's conversion of another host's times may be off
+/// by the delay of its first report, and clocks drift.)
+fn impossible(w: &Waiting, size: usize, now_ns: u64, here: bool) -> Option<String> {
     const SKEW_NS: u64 = 5_000_000_000;
     if let Some(peer) = w.peer.filter(|p| *p as usize >= size) {
         return Some(format!("field peer: rank {peer} in a job of {size}"));
     }
-    if w.since_ns > now_ns.saturating_add(SKEW_NS) {
+    if here && w.since_ns > now_ns.saturating_add(SKEW_NS) {
         return Some(format!(
             "field since: a wait that starts {:.1} s from now",
             (w.since_ns - now_ns) as f64 / 1e9
@@ -331,4 +332,34 @@ fn mismatched_collectives(seen: &[Seen]) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receive_from(peer: u32, since_ns: u64) -> Waiting {
+        Waiting {
+            op: WaitOp::Receive,
+            peer: Some(peer),
+            tag: Some(1),
+            context: 0,
+            call: 0,
+            sig: 0,
+            since_ns,
+            until_ns: 0,
+        }
+    }
+
+    #[test]
+    fn a_wait_that_cannot_be_is_told_apart() {
+        let now = 100_000_000_000;
+        assert_eq!(impossible(&receive_from(2, now - 1), 3, now, true), None);
+        let far = impossible(&receive_from(4_294_967_294, now), 3, now, true);
+        assert_eq!(far.as_deref(), Some("field peer: rank 4294967294 in a job of 3"));
+        let future = impossible(&receive_from(1, now + 60_000_000_000), 3, now, true);
+        assert!(future.is_some_and(|f| f.starts_with("field since")));
+        // Another host's times, converted by its agent, may run ahead.
+        assert_eq!(impossible(&receive_from(1, now + 60_000_000_000), 3, now, false), None);
+    }
 }

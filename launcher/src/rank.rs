@@ -204,7 +204,11 @@ impl Rank {
                 Said::Nothing
             }
             ControlMessage::Register { host, card } if self.hello && self.registration.is_none() => {
-                if host.is_empty() || host.len() > MAX_HOST || shown(&host) != host {
+                if host.is_empty()
+                    || host.len() > MAX_HOST
+                    || host.chars().any(char::is_whitespace)
+                    || shown(&host) != host
+                {
                     return Said::Broke(format!(
                         "bad host: it registered \"{}\" ({} bytes), not a name of 1 to {MAX_HOST} bytes without spaces \
                          or control characters",
@@ -242,5 +246,34 @@ impl Rank {
                 other.name()
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(host: &str) -> Said {
+        let mut rank = Rank {
+            hello: true,
+            ..Rank::default()
+        };
+        let msg = ControlMessage::Register {
+            host: host.to_string(),
+            card: Card::default(),
+        };
+        rank.hear(1, msg, Vec::new())
+    }
+
+    #[test]
+    fn a_registered_host_must_be_a_name() {
+        let long = "h".repeat(MAX_HOST + 1);
+        for bad in ["", "a b", "x\u{1b}[2J", "a\u{202e}b", long.as_str()] {
+            assert!(
+                matches!(register(bad), Said::Broke(ref why) if why.starts_with("bad host")),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(register("node-7.example.org"), Said::Registered));
     }
 }

@@ -124,7 +124,10 @@ pub(crate) fn start(launcher: MpiLauncher) -> Result<MpiStart> {
     let library = library_version();
     let srun = launcher.name == "Slurm's srun";
     let plugin = launcher.plugin.as_deref();
-    if srun && library.starts_with("Open MPI") && !plugin.is_some_and(|p| p.starts_with("pmix")) {
+    // srun exports SLURM_MPI_TYPE only for --mpi (or when the user sets it):
+    // a site's MpiDefault=pmix shows in PMIx's own variables.
+    let pmix = plugin.map_or(std::env::var_os("PMIX_RANK").is_some(), |p| p.starts_with("pmix"));
+    if srun && library.starts_with("Open MPI") && !pmix {
         let given = plugin.map_or("no --mpi plugin".to_string(), |p| format!("--mpi={p}"));
         return Err(Error::WrongLauncher {
             launcher: launcher.name,
@@ -134,6 +137,11 @@ pub(crate) fn start(launcher: MpiLauncher) -> Result<MpiStart> {
             ),
         });
     }
+    // SAFETY: set once, in init, before MPI starts threads of its own and
+    // before spmd starts any; a program calls init before its own threads
+    // use the environment (as it must call MPI_Init_thread before its
+    // threads use MPI).
+    unsafe { std::env::set_var(RANK_PID, std::process::id().to_string()) };
     let mut provided: c_int = 0;
     // Threads may drive different communicators at once.
     // SAFETY: called once per process (init checks), with null arguments.
@@ -197,10 +205,6 @@ pub(crate) fn start(launcher: MpiLauncher) -> Result<MpiStart> {
             ),
         );
     }
-    // SAFETY: set once, in init, before spmd starts a thread; a program
-    // must call init before its own threads use the environment (as it
-    // must call MPI_Init_thread before its threads use MPI).
-    unsafe { std::env::set_var(RANK_PID, std::process::id().to_string()) };
     install_panic_hook();
     abort_at_exit();
     let world = MpiComm::duplicate(world_handle)?;

@@ -27,7 +27,7 @@ const MAX_QUEUED_FDS: usize = 4 * MAX_FDS_PER_MESSAGE;
 const READ_CHUNK: usize = 64 << 10;
 
 /// The most bytes one [`Channel::read_available`] reads.
-const READ_AT_ONCE: usize = 1 << 20;
+const READ_AT_ONCE: usize = 256 << 10;
 
 /// One end of a control channel.
 #[derive(Debug)]

@@ -320,6 +320,14 @@ impl Agent {
                 report_taken(input, taken, outbox);
             }
             for (i, what) in ready.ranks {
+                // Room is looked at before each read, so that many ranks
+                // read in one round do not overshoot the bound many times;
+                // a rank that has exited is read whatever the room (what
+                // it left is bounded by its pipes), so that its last
+                // messages come before its exit.
+                if outbox.queued() >= MAX_QUEUED && !self.locals[i].exited {
+                    continue;
+                }
                 match what {
                     2 => self.on_channel(i, outbox),
                     s => self.on_output(i, s, outbox),
@@ -336,9 +344,10 @@ impl Agent {
         let mut who = Vec::new();
         for (i, l) in self.locals.iter().enumerate() {
             // A rank's channel waits, as its output does, while the way up
-            // is full: a rank that floods its channel is slowed to the
-            // pace of the link, and the agent holds MAX_QUEUED at most.
-            if let Some(c) = l.channel.as_ref().filter(|_| room) {
+            // is full (unless the rank has exited: its last words come
+            // before its exit): a rank that floods its channel is slowed
+            // to the pace of the link.
+            if let Some(c) = l.channel.as_ref().filter(|_| room || l.exited) {
                 fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
                 who.push((i, 2));
             }
