@@ -233,18 +233,7 @@ impl World {
             }
         }
         if !lost.is_empty() {
-            let shown: Vec<String> = lost
-                .iter()
-                .take(5)
-                .map(|(s, t)| format!("from rank {s} with tag {t}"))
-                .collect();
-            let more = if lost.len() > 5 { ", ..." } else { "" };
-            eprintln!(
-                "spmd: rank {} finalized with {} message(s) it never received ({}{more})",
-                self.rank(),
-                lost.len(),
-                shown.join(", ")
-            );
+            eprintln!("{}", never_received(self.rank(), &lost));
         }
         if self.job().managed {
             control::tell(&ControlMessage::Finalized, true);
@@ -275,4 +264,20 @@ impl Drop for World {
             eprintln!("spmd: rank {}: finalize failed: {e}", self.rank());
         }
     }
+}
+
+/// The line that names the messages (source, tag) rank `me` finalized
+/// without receiving (the first five).
+pub(crate) fn never_received(me: usize, lost: &[(usize, u32)]) -> String {
+    let shown: Vec<String> = lost
+        .iter()
+        .take(5)
+        .map(|(s, t)| format!("from rank {s} with tag {t}"))
+        .collect();
+    let more = if lost.len() > 5 { ", ..." } else { "" };
+    format!(
+        "spmd: rank {me} finalized with {} message(s) it never received ({}{more})",
+        lost.len(),
+        shown.join(", ")
+    )
 }

@@ -244,11 +244,8 @@ impl Engine {
     pub fn requeue(&mut self, env: Envelope) {
         if self.finished {
             if !env.context.is_collective() {
-                eprintln!(
-                    "spmd: rank {} finalized with 1 message(s) it never received (from rank {} with tag {}): a scope \
-                     that was still running gave it back",
-                    self.me, env.source, env.tag
-                );
+                let line = crate::world::never_received(self.me, &[(env.source, env.tag)]);
+                eprintln!("{line}: a scope that was still running gave it back");
             }
             return;
         }
