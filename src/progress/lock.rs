@@ -3,12 +3,13 @@
 //! threads go on with their own communicators meanwhile.
 
 use std::cell::Cell;
+use std::cell::UnsafeCell;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::Engine;
+use super::owned::{Held, OwnedMutex};
 use crate::error::{Error, Result};
 use crate::status::{Asleep, Whole};
 use crate::transport::{Sleep, Wait};
@@ -155,16 +156,28 @@ pub(crate) fn check_not_combining() -> Result<()> {
 /// A rank's engine behind its lock.
 #[derive(Debug)]
 pub(crate) struct EngineLock {
-    engine: Mutex<Engine>,
+    /// Touched only by the thread that holds `mutex`.
+    engine: UnsafeCell<Engine>,
+    mutex: OwnedMutex,
     /// Threads waiting for the engine: a thread that polls while it holds
     /// the engine lets go when this is not 0.
     wanting: AtomicU32,
 }
 
+// SAFETY: the engine is reached only through an `EngineGuard`, which holds
+// `mutex`, as in a `Mutex<Engine>`; and, as there, the engine may move
+// between threads:
+const _: fn() = || {
+    fn moves_between_threads<T: Send>() {}
+    moves_between_threads::<Engine>();
+};
+unsafe impl Sync for EngineLock {}
+
 impl EngineLock {
     pub fn new(engine: Engine) -> EngineLock {
         EngineLock {
-            engine: Mutex::new(engine),
+            engine: UnsafeCell::new(engine),
+            mutex: OwnedMutex::new(),
             wanting: AtomicU32::new(0),
         }
     }
@@ -182,23 +195,20 @@ impl EngineLock {
         }
         Ok(EngineGuard {
             lock: self,
-            guard: Some(self.acquire()),
+            held: Some(self.acquire()),
         })
     }
 
     #[inline]
-    fn acquire(&self) -> MutexGuard<'_, Engine> {
-        match self.engine.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                // Tell a holder that polls to let go.
-                self.wanting.fetch_add(1, Ordering::Relaxed);
-                let guard = self.engine.lock().unwrap_or_else(PoisonError::into_inner);
-                self.wanting.fetch_sub(1, Ordering::Relaxed);
-                guard
-            }
+    fn acquire(&self) -> Held<'_> {
+        if let Some(held) = self.mutex.try_lock() {
+            return held;
         }
+        // Tell a holder that polls to let go.
+        self.wanting.fetch_add(1, Ordering::Relaxed);
+        let held = self.mutex.lock();
+        self.wanting.fetch_sub(1, Ordering::Relaxed);
+        held
     }
 }
 
@@ -207,27 +217,26 @@ impl EngineLock {
 pub(crate) struct EngineGuard<'a> {
     lock: &'a EngineLock,
     /// `None` only while the thread sleeps without the engine.
-    guard: Option<MutexGuard<'a, Engine>>,
+    held: Option<Held<'a>>,
 }
 
 impl std::ops::Deref for EngineGuard<'_> {
     type Target = Engine;
     #[inline]
     fn deref(&self) -> &Engine {
-        match &self.guard {
-            Some(g) => g,
-            None => unreachable!("the engine is held except inside `unlocked`"),
-        }
+        assert!(self.held.is_some(), "the engine is held except inside `unlocked`");
+        // SAFETY: this guard holds the engine's mutex.
+        unsafe { &*self.lock.engine.get() }
     }
 }
 
 impl std::ops::DerefMut for EngineGuard<'_> {
     #[inline]
     fn deref_mut(&mut self) -> &mut Engine {
-        match &mut self.guard {
-            Some(g) => g,
-            None => unreachable!("the engine is held except inside `unlocked`"),
-        }
+        assert!(self.held.is_some(), "the engine is held except inside `unlocked`");
+        // SAFETY: this guard holds the engine's mutex, and `&mut self`
+        // makes this the only reference made through it.
+        unsafe { &mut *self.lock.engine.get() }
     }
 }
 
@@ -237,11 +246,10 @@ impl Drop for EngineGuard<'_> {
         // What this thread queued and left unwritten (a socket that was
         // full), the threads asleep must see to: they watch what they
         // knew of when they went to sleep.
-        if let Some(engine) = &self.guard {
-            if engine.sleepers != 0 {
-                engine.wake_sleepers();
-            }
+        if self.held.is_some() && self.sleepers != 0 {
+            self.wake_sleepers();
         }
+        // The engine is let go after the wake-ups (the field drops next).
         HOLDING.set(false);
     }
 }
@@ -249,9 +257,9 @@ impl Drop for EngineGuard<'_> {
 impl EngineGuard<'_> {
     /// Lets go of the engine while `f` runs (`f` must not touch it).
     fn unlocked<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        self.guard = None;
+        self.held = None;
         let result = f();
-        self.guard = Some(self.lock.acquire());
+        self.held = Some(self.lock.acquire());
         result
     }
 

@@ -18,6 +18,7 @@ use crate::wire::status::{Phase, WaitOp};
 use crate::wire::{Context, Header};
 
 mod lock;
+mod owned;
 mod receive;
 mod schedule;
 mod waits;
