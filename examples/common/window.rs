@@ -2,7 +2,9 @@
 //! sender posts a window of 64 non-blocking sends to its partner, which has
 //! its 64 receives posted in advance, then waits for the partner's
 //! acknowledgement; repeated. Scoped requests lend the buffers, as MPI's
-//! do: no copies beyond the transport's own.
+//! do: no copies beyond the transport's own. The list of a window's
+//! requests is made with room for the window, as OSU's array of requests
+//! is: one allocation a window, not a list grown five times.
 
 use spmd::{Communicator, Error};
 
@@ -33,18 +35,19 @@ pub fn stream(
         }
         if sending {
             world.scope(|s| {
-                let sends: Vec<_> = (0..WINDOW)
-                    .map(|_| s.immediate_send_slice_with_tag(&data, partner, 100))
-                    .collect::<Result<_, _>>()?;
+                let mut sends = Vec::with_capacity(WINDOW);
+                for _ in 0..WINDOW {
+                    sends.push(s.immediate_send_slice_with_tag(&data, partner, 100)?);
+                }
                 spmd::wait_all(sends).map(|_| ())
             })?;
             world.receive_with_tag::<()>(partner, 101)?;
         } else {
             world.scope(|s| {
-                let receives: Vec<_> = bufs
-                    .iter_mut()
-                    .map(|buf| s.immediate_receive_into_with_tag(buf, partner, 100))
-                    .collect::<Result<_, _>>()?;
+                let mut receives = Vec::with_capacity(WINDOW);
+                for buf in bufs.iter_mut() {
+                    receives.push(s.immediate_receive_into_with_tag(buf, partner, 100)?);
+                }
                 spmd::wait_all(receives).map(|_| ())
             })?;
             world.send_with_tag(&(), partner, 101)?;

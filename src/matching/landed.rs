@@ -45,6 +45,11 @@ impl LandedSlot {
         Some(env)
     }
 
+    /// Empties the slot for another receive (nothing may refer to it).
+    pub fn clear(&self) {
+        self.landed.store(0, Ordering::Relaxed);
+    }
+
     /// Records what landed.
     fn land(&self, what: &Landed) {
         self.source.store(what.source as u64, Ordering::Relaxed);

@@ -13,65 +13,16 @@ use bytemuck::Pod;
 use crate::communicator::Communicator;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::matching::{LandedSlot, ReceiveId, SlotRef};
+use crate::matching::{LandedSlot, SlotRef};
 use crate::message;
-use crate::progress::Sent;
 use crate::selector::{Match, Status};
 
+mod lent;
 mod requests;
 
+use lent::{Lent, LentBuffer, with_room};
+
 pub use requests::{LentReceive, LentSend};
-
-/// A receive whose buffer is lent to the engine.
-#[derive(Debug)]
-struct LentBuffer {
-    id: ReceiveId,
-    /// The receive on the MPI backend.
-    #[cfg(feature = "mpi")]
-    mpi: Option<crate::mpi_backend::MpiReceive>,
-    ptr: *mut u8,
-    len: usize,
-    /// The element type of the buffer.
-    element: u16,
-    /// Copies a message that did not land into the buffer, checking it.
-    finish: fn(&Envelope, *mut u8, usize) -> Result<()>,
-    done: bool,
-}
-
-/// Landed slots are made this many at a time.
-const SLOTS_PER_CHUNK: usize = 64;
-
-/// The room a scope's lists of sends and receives start with, and the
-/// room they take once that is full: a window of 64 requests is the
-/// common stream, and lists that grew from nothing by doubling copied each
-/// entry about twice; a scope of a few requests allocates little.
-const FIRST_ROOM: usize = 8;
-/// See [`FIRST_ROOM`].
-const WINDOW_ROOM: usize = 64;
-
-/// `list`, with room for one more entry, grown as `FIRST_ROOM` says.
-fn with_room<T>(list: &mut Vec<T>) -> &mut Vec<T> {
-    match list.capacity() {
-        0 => list.reserve_exact(FIRST_ROOM),
-        c if c == list.len() && c < WINDOW_ROOM => list.reserve_exact(WINDOW_ROOM - c),
-        _ => {}
-    }
-    list
-}
-
-#[derive(Debug, Default)]
-struct Lent {
-    sends: Vec<(Sent, usize, bool)>,
-    /// The sends on the MPI backend, at the same indices.
-    #[cfg(feature = "mpi")]
-    mpi_sends: Vec<Option<crate::mpi_backend::MpiSend>>,
-    receives: Vec<LentBuffer>,
-    /// Receive `i`'s landed slot is `slots[i / SLOTS_PER_CHUNK][i %
-    /// SLOTS_PER_CHUNK]`. Boxed chunks: a slot never moves while the scope
-    /// lives, so the engine may hold its address.
-    #[expect(clippy::vec_box, reason = "a slot must not move when the vector grows")]
-    slots: Vec<Box<[LandedSlot; SLOTS_PER_CHUNK]>>,
-}
 
 /// Non-blocking operations on buffers borrowed for the scope; see
 /// [`Communicator::scope`].
@@ -117,14 +68,14 @@ impl Communicator {
     {
         let scope = Scope {
             comm: self,
-            lent: RefCell::new(Lent::default()),
+            lent: RefCell::new(Lent::spare()),
             scope: PhantomData,
             env: PhantomData,
         };
         let result = catch_unwind(AssertUnwindSafe(|| body(&scope)));
         // Whatever the body did, nothing may still use a lent buffer once
         // this returns.
-        match result {
+        let outcome = match result {
             // A panic while finishing (a bug, or memory running out) must
             // not leave the engine holding the buffers either.
             Ok(Ok(value)) => match catch_unwind(AssertUnwindSafe(|| scope.finish())) {
@@ -148,7 +99,11 @@ impl Communicator {
                 scope.release();
                 resume_unwind(panic)
             }
-        }
+        };
+        // Every receive completed or was withdrawn, every send is done or
+        // owns its payload: the engine holds no slot of the scope's.
+        scope.lent.take().recycle();
+        outcome
     }
 }
 
@@ -247,7 +202,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             // No landed slot: on MPI the receive itself holds its message.
             let mut lent = self.lent.borrow_mut();
             with_room(&mut lent.receives).push(LentBuffer {
-                id: ReceiveId::ELSEWHERE,
+                id: crate::matching::ReceiveId::ELSEWHERE,
                 mpi: Some(receive),
                 ptr,
                 len,
@@ -311,20 +266,13 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     /// The landed slot of the next receive posted (the one at index
     /// `receives.len()`).
     fn next_slot(&self) -> SlotRef {
-        let mut lent = self.lent.borrow_mut();
-        let index = lent.receives.len();
-        if index / SLOTS_PER_CHUNK == lent.slots.len() {
-            lent.slots
-                .push(Box::new(std::array::from_fn(|_| LandedSlot::default())));
-        }
-        SlotRef::new(&lent.slots[index / SLOTS_PER_CHUNK][index % SLOTS_PER_CHUNK])
+        SlotRef::new(self.lent.borrow_mut().next_slot())
     }
 
     /// Receive `index`'s landed slot (every native receive has one:
     /// `next_slot` runs before each is added; receives on MPI have none).
     fn slot(&self, index: usize) -> &LandedSlot {
-        let lent = self.lent.borrow();
-        let slot: *const LandedSlot = &lent.slots[index / SLOTS_PER_CHUNK][index % SLOTS_PER_CHUNK];
+        let slot: *const LandedSlot = self.lent.borrow().slot(index);
         // SAFETY: the chunk is boxed, never moved out or dropped before the
         // scope (which outlives `&self`), and only read through atomics.
         unsafe { &*slot }
