@@ -18,6 +18,7 @@
 //! refused (an old kernel, a seccomp filter) or unknown (Miri), there is no
 //! owner: every thread takes the mutex from the start.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, compiler_fence};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::time::Duration;
@@ -70,17 +71,19 @@ pub(super) struct OwnedMutex {
     revoked: AtomicBool,
 }
 
-/// The mutex, held until this drops.
+/// The mutex, held by the calling thread until this drops (it must not
+/// move to another thread: the marker makes it `!Send`, as the guard of a
+/// std mutex is).
 #[must_use]
 pub(super) enum Held<'a> {
-    Owner(&'a OwnedMutex),
+    Owner(&'a OwnedMutex, PhantomData<*const ()>),
     Locked(#[expect(dead_code, reason = "held for its drop")] MutexGuard<'a, ()>),
 }
 
 impl Drop for Held<'_> {
     #[inline]
     fn drop(&mut self) {
-        if let Held::Owner(m) = self {
+        if let Held::Owner(m, _) = self {
             // What the owner wrote is seen by the thread that takes over
             // once it sees this (Acquire there).
             m.active.store(false, Ordering::Release);
@@ -118,6 +121,10 @@ impl OwnedMutex {
                 return None;
             }
         }
+        // Acquire pairs with the last release of a thread that ended and
+        // whose thread-local address this thread now has (free on x86).
+        let busy = self.active.load(Ordering::Acquire);
+        debug_assert!(!busy, "the owner took the engine's mutex twice");
         self.active.store(true, Ordering::Relaxed);
         // The store before the load: the thread taking over fences this
         // thread with membarrier (see the module's words).
@@ -126,7 +133,7 @@ impl OwnedMutex {
             self.active.store(false, Ordering::Release);
             return None;
         }
-        Some(Held::Owner(self))
+        Some(Held::Owner(self, PhantomData))
     }
 
     /// The mutex, if this thread can have it without waiting: it owns it,
@@ -166,14 +173,21 @@ impl OwnedMutex {
             self.revoked.store(true, Ordering::Relaxed);
             // Every thread of the process fences: from here on the owner
             // either sees `revoked`, or its `active` is seen below.
-            if membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 {
-                // Registered, so it cannot fail. Were it to, the owner
-                // might not see `revoked`: stop rather than share the data.
-                eprintln!(
-                    "spmd: membarrier failed after it was registered ({}); stopping",
-                    std::io::Error::last_os_error()
-                );
-                std::process::abort();
+            // Registered, so it fails only for want of memory (a kernel
+            // that allocates a cpumask for it): try again a while. Were it
+            // to keep failing, the owner might not see `revoked`: stop
+            // rather than share the data.
+            let mut tries = 0;
+            while membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 {
+                tries += 1;
+                if tries == 100 {
+                    eprintln!(
+                        "spmd: membarrier failed after it was registered ({}); stopping",
+                        std::io::Error::last_os_error()
+                    );
+                    std::process::abort();
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
             let mut pause = Duration::from_micros(1);
             while self.active.load(Ordering::Acquire) {

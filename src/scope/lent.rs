@@ -76,18 +76,18 @@ thread_local! {
 }
 
 impl Lent {
-    /// Empty lists for a new scope: the thread's spare ones if it has them.
+    /// Empty lists for a new scope: the thread's spare ones if it has them
+    /// (not while the thread ends, when its spare may be gone).
     pub fn spare() -> Lent {
-        SPARE.with(|s| s.borrow_mut().take()).unwrap_or_default()
+        let spare = SPARE.try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.take()));
+        spare.ok().flatten().unwrap_or_default()
     }
 
     /// Keeps these lists, emptied, as the thread's spare ones. The caller
     /// makes sure nothing refers to a slot any more: every receive was
-    /// waited for or withdrawn.
+    /// waited for or withdrawn. (A slot is emptied when it is handed out
+    /// again: receives on MPI have none.)
     pub fn recycle(mut self) {
-        for i in 0..self.receives.len() {
-            self.slot(i).clear();
-        }
         self.sends.clear();
         self.receives.clear();
         #[cfg(feature = "mpi")]
@@ -112,14 +112,17 @@ impl Lent {
     }
 
     /// The landed slot of the next receive (the one at index
-    /// `receives.len()`), made if it does not exist yet.
+    /// `receives.len()`), empty: made if it does not exist yet, emptied if
+    /// an earlier scope of the thread used it.
     pub fn next_slot(&mut self) -> &LandedSlot {
         let index = self.receives.len();
         if index / SLOTS_PER_CHUNK == self.slots.len() {
             self.slots
                 .push(Box::new(std::array::from_fn(|_| LandedSlot::default())));
         }
-        self.slot(index)
+        let slot = self.slot(index);
+        slot.clear();
+        slot
     }
 
     /// Receive `index`'s landed slot.
