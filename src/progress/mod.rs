@@ -28,7 +28,8 @@ pub(crate) use lock::{EngineGuard, EngineLock, check_not_combining, combining};
 pub(crate) use receive::{pattern_text, timed_out};
 pub(crate) use schedule::{Fold, Part, Plan, Step};
 
-/// A queued send: `None` when it went to this rank itself and is done.
+/// A queued send: `None` when it is done already (it went to this rank
+/// itself, or was written in full at once).
 pub(crate) type Sent = Option<SendTicket>;
 
 /// How long a rank that lost a peer to a crash waits for the launcher to end
@@ -200,8 +201,7 @@ impl Engine {
             return Ok(None);
         }
         let header = self.header(head, payload.len());
-        let queued = self.transport.queue(dest, header, payload);
-        queued.map(Some).map_err(|e| self.lost(e))
+        self.transport.queue(dest, header, payload).map_err(|e| self.lost(e))
     }
 
     /// Starts a send that keeps borrowing `payload` until it is written (for
@@ -303,8 +303,9 @@ impl Engine {
         self.matcher.withdraw(id)
     }
 
-    /// Queues a frame that borrows `payload` (a send to this rank copies it
-    /// and is done: `None`). The caller must make the frame owned, or see it
+    /// Queues a frame that borrows `payload` (`None` if it is done already:
+    /// a send to this rank copies it, and a frame written in full at once
+    /// borrows nothing). The caller must make the frame owned, or see it
     /// sent, before `payload`'s borrow ends.
     fn send_borrowed(&mut self, dest: usize, head: Head, payload: &[u8]) -> Result<Sent> {
         self.check_rank(dest)?;
@@ -315,8 +316,7 @@ impl Engine {
         let header = self.header(head, payload.len());
         // SAFETY: both callers make the frame owned, or wait until it is
         // sent, before they return.
-        let ticket = unsafe { self.transport.queue_borrowed(dest, header, payload) }.map_err(|e| self.lost(e))?;
-        Ok(Some(ticket))
+        unsafe { self.transport.queue_borrowed(dest, header, payload) }.map_err(|e| self.lost(e))
     }
 
     /// True if a send is complete already, without moving anything: its

@@ -250,8 +250,9 @@ impl Transport {
         }
     }
 
-    /// Queues one frame to another rank.
-    pub fn queue(&mut self, dest: usize, header: Header, payload: Vec<u8>) -> Result<SendTicket> {
+    /// Queues one frame to another rank; `None` if it was written in full
+    /// at once.
+    pub fn queue(&mut self, dest: usize, header: Header, payload: Vec<u8>) -> Result<Option<SendTicket>> {
         match self {
             Transport::Alone => Err(Error::InvalidRank { rank: dest, size: 1 }),
             Transport::Socket(m) => m.peers.queue(dest, header, payload),
@@ -267,7 +268,7 @@ impl Transport {
     ///
     /// As for `Peers::queue_borrowed`: `payload` must stay valid until the
     /// frame is sent or [`Transport::own`] has been called for the ticket.
-    pub unsafe fn queue_borrowed(&mut self, dest: usize, header: Header, payload: &[u8]) -> Result<SendTicket> {
+    pub unsafe fn queue_borrowed(&mut self, dest: usize, header: Header, payload: &[u8]) -> Result<Option<SendTicket>> {
         match self {
             Transport::Alone => Err(Error::InvalidRank { rank: dest, size: 1 }),
             // SAFETY: passed on from the caller.

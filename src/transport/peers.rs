@@ -29,14 +29,17 @@ impl<L: Link> Peers<L> {
         }
     }
 
-    /// Queues a frame for `dest` and tries to write it at once.
-    pub fn queue(&mut self, dest: usize, header: Header, payload: Vec<u8>) -> Result<SendTicket> {
+    /// Queues a frame for `dest` and tries to write it at once; `None` if
+    /// it was written in full at once (nothing to wait for or to own).
+    pub fn queue(&mut self, dest: usize, header: Header, payload: Vec<u8>) -> Result<Option<SendTicket>> {
         self.push_and_flush(dest, header, Payload::Owned(payload))
     }
 
-    /// Queues a frame and tries to write it at once. On an error the frame
-    /// is made owned, so nothing keeps borrowing the caller's memory.
-    fn push_and_flush(&mut self, dest: usize, header: Header, payload: Payload) -> Result<SendTicket> {
+    /// Queues a frame and tries to write it at once; `None` if it was
+    /// written in full (as a frame, or beside the stream) and so is done
+    /// and borrows nothing. On an error the frame is made owned, so
+    /// nothing keeps borrowing the caller's memory.
+    fn push_and_flush(&mut self, dest: usize, header: Header, payload: Payload) -> Result<Option<SendTicket>> {
         let peer = self.peer(dest);
         if !peer.hung_up && peer.notice_hang_up() {
             // What was queued for it is lost too: those sends fail (their
@@ -46,8 +49,8 @@ impl<L: Link> Peers<L> {
         if peer.cannot_send() {
             return Err(Error::PeerGone { rank: dest });
         }
-        if let Some(seq) = peer.try_send_beside(&header, payload.bytes())? {
-            return Ok(SendTicket { dest, seq });
+        if peer.try_send_beside(&header, payload.bytes())? {
+            return Ok(None);
         }
         let ticket = SendTicket {
             dest,
@@ -58,7 +61,8 @@ impl<L: Link> Peers<L> {
             self.own(ticket);
             return Err(e);
         }
-        Ok(ticket)
+        // Written in full, and not as an offer the peer has yet to take.
+        Ok(Some(ticket).filter(|t| !self.is_sent(*t)))
     }
 
     /// Queues a frame whose payload stays in the caller's memory, and tries
@@ -68,7 +72,7 @@ impl<L: Link> Peers<L> {
     ///
     /// `payload` must stay valid until the frame is sent ([`Peers::is_sent`])
     /// or [`Peers::own`] has returned true for the ticket.
-    pub unsafe fn queue_borrowed(&mut self, dest: usize, header: Header, payload: &[u8]) -> Result<SendTicket> {
+    pub unsafe fn queue_borrowed(&mut self, dest: usize, header: Header, payload: &[u8]) -> Result<Option<SendTicket>> {
         self.push_and_flush(dest, header, Payload::Borrowed(payload.as_ptr(), payload.len()))
     }
 

@@ -51,15 +51,14 @@ impl<L: Link> Peer<L> {
     }
 
     /// Sends a message beside the stream if the link can (see
-    /// [`Link::try_send_beside`]); its sequence number if it did.
-    pub(super) fn try_send_beside(&mut self, header: &Header, payload: &[u8]) -> Result<Option<u64>> {
+    /// [`Link::try_send_beside`]); true if it did: the message is sent.
+    pub(super) fn try_send_beside(&mut self, header: &Header, payload: &[u8]) -> Result<bool> {
         if !self.out.is_empty() || !self.link.try_send_beside(header, payload)? {
-            return Ok(None);
+            return Ok(false);
         }
-        let seq = self.queued;
         self.queued += 1;
         self.sent += 1;
-        Ok(Some(seq))
+        Ok(true)
     }
 
     /// Drops what is queued for a peer that reads no more. Losing our Bye
