@@ -14,7 +14,7 @@
 //! belong together; a rank that waits for a part from a rank that has
 //! finalized gets an error instead of waiting for ever.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::sync::atomic::Ordering;
 
 use crate::communicator::Communicator;
@@ -86,6 +86,9 @@ pub(crate) struct NodeState {
     pub pieces: Cell<usize>,
     /// The parts of the last fold, kept for their memory.
     parts: RefCell<Parts>,
+    /// Where the communicator's node-wide collectives run, once looked up
+    /// (see [`Communicator::node_region`]): it never changes.
+    region: OnceCell<Option<Node>>,
 }
 
 /// Where the node-wide collectives of a communicator run.
@@ -126,6 +129,14 @@ impl Communicator {
         if self.size() < 2 {
             return None;
         }
+        // Looked up once: a collective of 8 bytes spent a sixth of its
+        // instructions on it. (A rank that finalized since fails before
+        // it gets here: the call takes the engine first.)
+        *self.node_state().region.get_or_init(|| self.find_node_region())
+    }
+
+    /// [`Communicator::node_region`], looked up.
+    fn find_node_region(&self) -> Option<Node> {
         let every_rank_folds = self.settings()?.wait == WaitMode::Spin;
         if let Some(slots) = self.pooled_slots() {
             return Some(Node {

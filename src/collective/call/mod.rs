@@ -211,7 +211,9 @@ impl Communicator {
         calls.immediate.set(tag);
         let word = u32::from(number) << 16 | u32::from(signature(kind, root, false));
         // On a shared node, a rank in a blocking collective of this number
-        // sees this call there, as it would a blocking one.
+        // sees this call there, as it would a blocking one; a rank that
+        // has finalized fails first, before its slot says it is in a call.
+        drop(self.engine()?);
         let node = self.node_region();
         if let Some(node) = node {
             node.slots
