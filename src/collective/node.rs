@@ -130,35 +130,45 @@ impl Communicator {
             return None;
         }
         // Looked up once: a collective of 8 bytes spent a sixth of its
-        // instructions on it. (A rank that finalized since fails before
-        // it gets here: the call takes the engine first.)
-        *self.node_state().region.get_or_init(|| self.find_node_region())
+        // instructions on it.
+        if let Some(node) = self.node_state().region.get() {
+            return *node;
+        }
+        // Not remembered if the engine cannot be had now (this thread
+        // holds it, or the rank finalized): every rank of the communicator
+        // must come to the same answer, and the engine's is the answer.
+        let found = self.find_node_region().ok()?;
+        *self.node_state().region.get_or_init(|| found)
     }
 
-    /// [`Communicator::node_region`], looked up.
-    fn find_node_region(&self) -> Option<Node> {
-        let every_rank_folds = self.settings()?.wait == WaitMode::Spin;
+    /// [`Communicator::node_region`], looked up; `Err` if the engine
+    /// cannot be had now to say.
+    fn find_node_region(&self) -> Result<Option<Node>> {
+        let Some(settings) = self.settings() else {
+            return Ok(None);
+        };
+        let every_rank_folds = settings.wait == WaitMode::Spin;
         if let Some(slots) = self.pooled_slots() {
-            return Some(Node {
+            return Ok(Some(Node {
                 slots,
                 n: self.size(),
                 me: self.rank(),
                 every_rank_folds,
-            });
+            }));
         }
         if !self.node_wide() {
-            return None;
+            return Ok(None);
         }
-        let mut engine = self.engine().ok()?;
-        let mesh = engine.node()?;
+        let mut engine = self.engine()?;
+        let Some(mesh) = engine.node() else { return Ok(None) };
         let (n, me) = (mesh.node().ranks.len(), mesh.node().me);
-        let slots = Slots::of(mesh.region()?, n)?;
-        Some(Node {
+        let slots = mesh.region().and_then(|region| Slots::of(region, n));
+        Ok(slots.map(|slots| Node {
             slots,
             n,
             me,
             every_rank_folds,
-        })
+        }))
     }
 
     /// Runs one node-wide step of `call` with this rank's part `mine` (at

@@ -61,8 +61,13 @@ impl<L: Link> Peers<L> {
             self.own(ticket);
             return Err(e);
         }
-        // Written in full, and not as an offer the peer has yet to take.
-        Ok(Some(ticket).filter(|t| !self.is_sent(*t)))
+        // Written in full, and not as an offer the peer has yet to take
+        // (one left for a peer that finalized is let go of here).
+        if self.is_sent(ticket) {
+            self.own(ticket);
+            return Ok(None);
+        }
+        Ok(Some(ticket))
     }
 
     /// Queues a frame whose payload stays in the caller's memory, and tries
@@ -70,8 +75,9 @@ impl<L: Link> Peers<L> {
     ///
     /// # Safety
     ///
-    /// `payload` must stay valid until the frame is sent ([`Peers::is_sent`])
-    /// or [`Peers::own`] has returned true for the ticket.
+    /// If a ticket comes back, `payload` must stay valid until the frame
+    /// is sent ([`Peers::is_sent`]) or [`Peers::own`] has returned true for
+    /// the ticket; `None` means the frame borrows nothing any more.
     pub unsafe fn queue_borrowed(&mut self, dest: usize, header: Header, payload: &[u8]) -> Result<Option<SendTicket>> {
         self.push_and_flush(dest, header, Payload::Borrowed(payload.as_ptr(), payload.len()))
     }
