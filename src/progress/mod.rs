@@ -26,7 +26,7 @@ mod waits;
 pub(crate) use lock::{EngineGuard, EngineLock, check_not_combining, combining};
 #[cfg(feature = "mpi")]
 pub(crate) use receive::{pattern_text, timed_out};
-pub(crate) use schedule::{Fold, Part, Plan, Step};
+pub(crate) use schedule::{Fold, Part, Plan, Step, panic_text};
 
 /// A queued send: `None` when it is done already (it went to this rank
 /// itself, or was written in full at once).

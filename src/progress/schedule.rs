@@ -439,7 +439,7 @@ fn node_foreign(node: Node, s: &Schedule) -> Result<()> {
 }
 
 /// What a panic said, if it said it as text.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

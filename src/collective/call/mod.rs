@@ -21,6 +21,7 @@
 
 use std::cell::{Cell, RefCell};
 
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::Ordering;
 
 use crate::communicator::Communicator;
@@ -297,7 +298,23 @@ impl Communicator {
                 .current(node.me)
                 .store(1 << 63 | u64::from(call.word()), Ordering::Release);
         }
-        let mut result = arrived.and_then(|()| body(&call));
+        let mut result = match arrived {
+            Ok(()) => match catch_unwind(AssertUnwindSafe(|| body(&call))) {
+                Ok(result) => result,
+                Err(panic) => {
+                    // An operator (or a value's serde code) panicked: the
+                    // others are told, as of any failure here, before the
+                    // panic goes on; they would wait for this rank's part
+                    // otherwise.
+                    let text = crate::progress::panic_text(&*panic);
+                    let e = Error::InvalidArgument(format!("{} panicked on this rank: {text}", call.name()));
+                    *calls.broken.borrow_mut() = Some(format!("in {}: {e}", call.name()));
+                    self.tell_others(&call, &e);
+                    resume_unwind(panic);
+                }
+            },
+            Err(e) => Err(e),
+        };
         if let Err(Error::PeerGone { .. }) = &result {
             // A rank that failed this call tells the others before it goes:
             // its notice, read before its leaving, says more.

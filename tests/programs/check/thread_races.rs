@@ -2,8 +2,9 @@
 //! wake-up or undid another thread's wait: two probes at once past the
 //! queue bound, two sends at once, a wait on several requests whose test
 //! completes an earlier one, communicators made inside an operator and on
-//! two threads at once, and an operator that panics while another thread
-//! moves its collective on.
+//! two threads at once, an operator that panics while another thread
+//! moves its collective on, and one that panics in a blocking collective
+//! run by a thread that ends while its rank goes on.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +18,7 @@ pub fn run(world: &World) -> Result<(), Error> {
     constructors_in_operators(world)?;
     constructors_on_two_threads(world)?;
     operator_panic_elsewhere(world)?;
+    operator_panic_blocking(world)?;
     world.barrier()
 }
 
@@ -268,5 +270,38 @@ fn operator_panic_elsewhere(world: &World) -> Result<(), Error> {
         }
         Ok(())
     })?;
+    world.barrier()
+}
+
+/// The operator of a blocking allreduce on a duplicate panics on every
+/// rank that runs it; the allreduce runs in a thread that ends while the
+/// rank's main thread goes on to a barrier of the world. A rank whose
+/// operator did not run is told that another failed, instead of waiting
+/// for ever for its part, and everyone meets at the barrier.
+fn operator_panic_blocking(world: &World) -> Result<(), Error> {
+    if world.size() < 2 || world.backend() == spmd::Backend::Mpi {
+        return Ok(());
+    }
+    let dup = world.dup()?;
+    let outcome = std::thread::scope(|t| {
+        t.spawn(move || {
+            dup.allreduce(
+                &1u64,
+                &op::from_fn(|a: &u64, b: &u64| -> u64 {
+                    assert!(a + b == 0, "a deliberate panic in a blocking collective's operator");
+                    0
+                }),
+            )
+        })
+        .join()
+    });
+    match outcome {
+        Err(panic) => {
+            let text = panic.downcast_ref::<&str>().copied().unwrap_or("");
+            assert!(text.contains("a deliberate panic"), "{text}");
+        }
+        Ok(Err(e)) => assert!(e.to_string().contains("panicked"), "{e}"),
+        Ok(Ok(sum)) => panic!("every operator panics, yet the allreduce returned {sum}"),
+    }
     world.barrier()
 }
