@@ -319,12 +319,6 @@ impl Engine {
         unsafe { self.transport.queue_borrowed(dest, header, payload) }.map_err(|e| self.lost(e))
     }
 
-    /// True if a send is complete already, without moving anything: its
-    /// frame was written in full (and, for an offer, taken).
-    pub fn written(&self, sent: Sent) -> bool {
-        sent.is_none_or(|t| self.transport.is_sent(t))
-    }
-
     pub fn is_sent(&mut self, sent: Sent) -> Result<bool> {
         match sent {
             None => Ok(true),

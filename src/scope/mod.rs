@@ -144,15 +144,12 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let mut engine = self.comm.engine()?;
         let sent = unsafe { engine.send_lent(dest, head, message::pod_bytes(data)) };
         let sent = self.comm.ranked(sent)?;
-        // A small message is usually written out at once: then the send is
-        // complete, and waiting for it costs nothing (no second visit to
-        // the engine per send in a window of them).
-        let done = engine.written(sent);
-        if done {
-            // Lets go of the payload too (an offer the peer closed on).
-            engine.own_sent(sent);
-        }
         drop(engine);
+        // A small message is usually written out at once and comes back
+        // without a ticket: then the send is complete and borrows nothing,
+        // and waiting for it costs nothing (no second visit to the engine
+        // per send in a window of them).
+        let done = sent.is_none();
         let mut lent = self.lent.borrow_mut();
         with_room(&mut lent.sends).push((sent, dest, done));
         Ok(LentSend {
