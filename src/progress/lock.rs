@@ -2,8 +2,7 @@
 //! that waits lets go of it while it sleeps, so that the rank's other
 //! threads go on with their own communicators meanwhile.
 
-use std::cell::Cell;
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -279,19 +278,28 @@ impl EngineGuard<'_> {
     /// sleeps without it, until a peer or another thread of the rank wakes
     /// this one.
     pub(super) fn wait_for_work(&mut self, deadline: Option<Instant>, ready: &dyn Fn() -> bool) -> Result<()> {
-        if ready() || deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(());
-        }
-        let wanting = &self.lock.wanting;
-        let wanted = || wanting.load(Ordering::Relaxed) != 0;
-        let idle = MARK.with(|t| t.idle_at.get()) == Some(self.moves);
-        if !idle && !wanted() && self.transport.poll_for_work(&|| ready() || wanted()) && !wanted() {
+        if ready() || deadline.is_some_and(|d| Instant::now() >= d) || self.poll_for_work(ready) {
             return Ok(());
         }
         self.sleep_unlocked(deadline, ready)
     }
 
-    fn sleep_unlocked(&mut self, deadline: Option<Instant>, ready: &dyn Fn() -> bool) -> Result<()> {
+    /// The first half of [`EngineGuard::wait_for_work`]: polls a while
+    /// with the engine held, as the wait mode says; true if a link is
+    /// ready or `ready` says so, false if it is time to sleep (at once if
+    /// another thread wants the engine, or this one's last sleep found
+    /// nothing to do).
+    pub(super) fn poll_for_work(&mut self, ready: &dyn Fn() -> bool) -> bool {
+        let wanting = &self.lock.wanting;
+        let wanted = || wanting.load(Ordering::Relaxed) != 0;
+        let idle = MARK.with(|t| t.idle_at.get()) == Some(self.moves);
+        !idle && !wanted() && self.transport.poll_for_work(&|| ready() || wanted()) && !wanted()
+    }
+
+    /// The second half of [`EngineGuard::wait_for_work`]: sleeps without
+    /// the engine until a peer or another thread of the rank wakes this
+    /// one, or `deadline` passes.
+    pub(super) fn sleep_unlocked(&mut self, deadline: Option<Instant>, ready: &dyn Fn() -> bool) -> Result<()> {
         let wake = thread_wake_fd()?;
         self.sleepers += 1;
         let (mut mine, mut woken) = (None, false);

@@ -11,6 +11,10 @@ use crate::status::WaitOn;
 use crate::transport::Wait;
 use crate::wire::status::WaitOp;
 
+/// A node-wide wait whose steps keep moving something looks whether a
+/// rank it waits for has left every this many steps (and before it sleeps).
+const LEAVE_CHECK_STEPS: u32 = 64;
+
 /// The waits other than receives: they sleep without the engine (see
 /// `lock.rs`).
 impl EngineGuard<'_> {
@@ -130,6 +134,7 @@ impl EngineGuard<'_> {
     ) -> Result<()> {
         self.matcher.begin_read_all();
         let deadline = waiting(None).deadline;
+        let mut steps = 0u32;
         let result = (|| {
             while !ready() {
                 check(&self.matcher)?;
@@ -142,9 +147,20 @@ impl EngineGuard<'_> {
                         seconds: 0.0,
                     });
                 }
-                let absent = missing();
-                if let Some(&r) = absent.iter().find(|r| self.has_left(**r)) {
-                    return Err(self.left(r));
+                // Who is missing, and whether one of them has left, takes a
+                // look at every rank: before each sleep (and now and then
+                // in a long run of steps that moved something), not at every
+                // poll.
+                steps = steps.wrapping_add(1);
+                let leave_check = |guard: &mut Self| -> Result<Option<usize>> {
+                    let absent = missing();
+                    match absent.iter().find(|r| guard.has_left(**r)) {
+                        Some(&r) => Err(guard.left(r)),
+                        None => Ok(absent.first().copied()),
+                    }
+                };
+                if steps % LEAVE_CHECK_STEPS == 0 {
+                    leave_check(self)?;
                 }
                 let engine: &mut Engine = self;
                 let Some(mesh) = engine.transport.node() else {
@@ -155,10 +171,14 @@ impl EngineGuard<'_> {
                     self.note_moved();
                     continue;
                 }
-                if let Some(s) = &self.status {
-                    s.note(waiting(absent.first().copied()));
+                if ready() || self.poll_for_work(ready) {
+                    continue;
                 }
-                self.wait_for_work(deadline, ready)?;
+                let first_missing = leave_check(self)?;
+                if let Some(s) = &self.status {
+                    s.note(waiting(first_missing));
+                }
+                self.sleep_unlocked(deadline, ready)?;
             }
             Ok(())
         })();

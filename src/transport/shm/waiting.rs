@@ -50,6 +50,9 @@ impl Drop for PollingMark<'_> {
 /// more ranks than cores: handing the core to the peer it waits for costs a
 /// few microseconds, a futex wake-up tens.
 const YIELD: Duration = Duration::from_micros(500);
+/// A rank that yields between polls looks at its peers' links every
+/// `peers / PEERS_PER_SCAN` yields.
+const PEERS_PER_SCAN: usize = 8;
 
 impl ShmMesh {
     /// Waits, without moving bytes, until a link is ready, `woken` says so,
@@ -82,6 +85,10 @@ impl ShmMesh {
             return ready();
         };
         let always_yield = self.wait == WaitMode::Yield;
+        // Looking at every peer's links costs a few cache lines (and
+        // pages) each: with many peers, a rank that yields between polls
+        // looks at them only every few yields, and at `woken` on every one.
+        let scan_every = (self.mapped.len() / PEERS_PER_SCAN).max(1) as u32;
         // This rank polls on its core for as long as the wait lasts, and
         // says so, so that a peer stuck behind it on the same core can tell
         // (see `core_is_wanted`).
@@ -92,15 +99,18 @@ impl ShmMesh {
         let mut started = None;
         let mut polls = 0u32;
         loop {
+            polls = polls.wrapping_add(1);
             if yielding {
                 std::thread::yield_now();
+                if woken() || (polls % scan_every == 0 && self.anything_ready()) {
+                    return true;
+                }
             } else {
                 std::hint::spin_loop();
+                if ready() {
+                    return true;
+                }
             }
-            if ready() {
-                return true;
-            }
-            polls = polls.wrapping_add(1);
             if yielding || polls % CORE_CHECK == 0 {
                 let now = Instant::now();
                 if now - *started.get_or_insert(now) >= poll_for {
