@@ -71,6 +71,9 @@ pub(crate) struct RingLink {
     always_offer: bool,
     /// This rank has streamed large messages to the peer as offers.
     streamed: Cell<bool>,
+    /// A look that finds nothing fetches the line the next frame starts in
+    /// (see [`RingLink::readable`]).
+    prefetch: bool,
 }
 
 impl RingLink {
@@ -106,7 +109,15 @@ impl RingLink {
             pull_from,
             always_offer,
             streamed: Cell::new(false),
+            prefetch: true,
         }
+    }
+
+    /// Stops a look that finds nothing from fetching the next frame's line:
+    /// on a node of many ranks, a rank that looks at every link would fetch
+    /// a line per peer, nearly all for nothing.
+    pub(super) fn without_prefetch(&mut self) {
+        self.prefetch = false;
     }
 
     /// Rings the peer through `wake` when it sleeps in `poll`; the
@@ -187,7 +198,7 @@ impl RingLink {
     /// True if the peer has written ring bytes this rank has not read.
     pub(super) fn readable(&self) -> bool {
         let ready = self.rx.has_bytes(self.rx_tail);
-        if !ready {
+        if !ready && self.prefetch {
             // Fetch the line the next frame will start in while waiting, so
             // that it travels alongside the head instead of after it.
             self.rx.prefetch(self.rx_tail);

@@ -36,6 +36,10 @@ use super::stream::Peer;
 use super::{Delivery, Wait};
 use link::RingLink;
 use segment::{CLOSED, LOOKED, Segment};
+
+/// Up to this many ranks on a node, a link's look that finds nothing fetches
+/// the line its next frame will start in (see `RingLink::without_prefetch`).
+const PREFETCH_RANKS: usize = 8;
 pub(crate) use waiting::sleep_on;
 
 /// How long a finalizing rank waits for a word from peers that have not
@@ -205,6 +209,9 @@ impl ShmMesh {
             );
             if let Some(wake) = &peer_wakes[index] {
                 link.set_peer_wake(wake.as_raw_fd());
+            }
+            if node.ranks.len() > PREFETCH_RANKS {
+                link.without_prefetch();
             }
             list[rank] = Some(Peer::new(me, rank, link));
         }
