@@ -143,14 +143,9 @@ impl RingLink {
         self.peer_state() >= CLOSED
     }
 
-    /// True if the peer's state changed since [`RingLink::note_peer_state`]
-    /// last looked: a wait that depends on it (a send to it, an offer it
-    /// has not taken) must look again, though no byte moved.
-    pub(super) fn peer_state_changed(&self) -> bool {
-        self.peer_state() != self.peer_state_seen.get()
-    }
-
-    /// Notes the peer's state; true if it changed since the last note.
+    /// Notes the peer's state; true if it changed since the last note: a
+    /// wait that depends on it (a send to it, an offer it has not taken)
+    /// must look again, though no byte moved.
     pub(super) fn note_peer_state(&self) -> bool {
         let now = self.peer_state();
         now != self.peer_state_seen.replace(now)

@@ -132,6 +132,9 @@ pub(crate) struct ShmMesh {
     /// (when the job spans nodes; the links ring through them).
     own_wake: Option<OwnedFd>,
     peer_wakes: Vec<Option<OwnedFd>>,
+    /// The count of the peers' state changes (`Segment::state_changes`)
+    /// when this rank last looked at their states.
+    state_changes_seen: u32,
 }
 
 // SAFETY: the raw pointers point into mappings owned by the mesh itself.
@@ -236,6 +239,7 @@ impl ShmMesh {
             wait,
             own_wake: own.wake,
             peer_wakes,
+            state_changes_seen: 0,
         })
     }
 
@@ -284,12 +288,13 @@ impl ShmMesh {
 
     /// True if some peer has written, or a ring with queued output has room.
     pub fn anything_ready(&self) -> bool {
-        self.peers.list.iter().flatten().any(|p| {
-            p.is_open()
-                && ((p.link.ready() && !p.paused)
-                    || (p.has_output() && p.link.writable())
-                    || p.link.peer_state_changed())
-        })
+        self.peer_state_changed()
+            || self
+                .peers
+                .list
+                .iter()
+                .flatten()
+                .any(|p| p.is_open() && ((p.link.ready() && !p.paused) || (p.has_output() && p.link.writable())))
     }
 
     /// Writes what it can and reads what has arrived, without waiting; true
@@ -299,10 +304,16 @@ impl ShmMesh {
     pub fn move_bytes(&mut self, deliver: &mut Delivery<'_>, waiting: bool) -> Result<bool> {
         let mut moved = self.peers.flush_all()?;
         let max = self.peers.max_message;
+        // A peer that closed (or finished its last look) changes what the
+        // caller waits for, though no byte moved.
+        let changes = self.own.state_changes().load(Ordering::Acquire);
+        if changes != self.state_changes_seen {
+            self.state_changes_seen = changes;
+            for p in self.peers.list.iter().flatten() {
+                moved |= p.link.note_peer_state();
+            }
+        }
         for p in self.peers.list.iter_mut().flatten() {
-            // A peer that closed (or finished its last look) changes what
-            // the caller waits for, though no byte moved.
-            moved |= p.link.note_peer_state();
             p.paused = !deliver.wants(p.rank());
             // Fastbox messages first; the ring stops before any bytes
             // written after a fastbox message that is waiting, so go round
@@ -393,6 +404,7 @@ impl ShmMesh {
         // this rank closed is counted here; what it wrote after, it finds
         // refused (see `RingLink::wait_for_last_look`).
         self.own.state().store(CLOSED, Ordering::SeqCst);
+        self.tell_state_change();
         fence(Ordering::SeqCst);
         let max = self.peers.max_message;
         for p in self.peers.list.iter_mut().flatten() {
@@ -411,8 +423,23 @@ impl ShmMesh {
             result = result.and(looked);
         }
         self.own.state().store(LOOKED, Ordering::Release);
+        self.tell_state_change();
         self.wake_node();
         result
+    }
+
+    /// True if a peer's state changed since [`ShmMesh::move_bytes`] last
+    /// looked at them.
+    fn peer_state_changed(&self) -> bool {
+        self.own.state_changes().load(Ordering::Acquire) != self.state_changes_seen
+    }
+
+    /// Tells every peer on the node that this rank's state changed (after
+    /// it wrote the new state).
+    fn tell_state_change(&self) {
+        for segment in self.mapped.iter().flatten() {
+            segment.state_changes().fetch_add(1, Ordering::Release);
+        }
     }
 }
 

@@ -31,6 +31,7 @@ const IDENTITY: usize = 48;
 const OFF_DOORBELL: usize = 64;
 const OFF_STATE: usize = 128;
 const OFF_CORE: usize = 192;
+const OFF_STATE_CHANGES: usize = 256;
 
 /// A ring's control block: `head` (bytes written) and `tail` (bytes read),
 /// each on its own cache line, then the pair's fastboxes.
@@ -255,6 +256,14 @@ impl Segment {
     /// [`LOOKED`].
     pub fn state(&self) -> &AtomicU32 {
         self.word32(OFF_STATE)
+    }
+
+    /// How many times a peer of the owner changed its state: each peer adds
+    /// one after it writes [`CLOSED`], and again after [`LOOKED`], so that
+    /// the owner looks at its peers' states (a page each) only when one
+    /// moved.
+    pub fn state_changes(&self) -> &AtomicU32 {
+        self.word32(OFF_STATE_CHANGES)
     }
 
     /// The core the owner polls on, plus one, while it polls for a message
