@@ -11,8 +11,8 @@ use crate::status::WaitOn;
 use crate::transport::Wait;
 use crate::wire::status::WaitOp;
 
-/// A node-wide wait whose steps keep moving something looks whether a
-/// rank it waits for has left every this many steps (and before it sleeps).
+/// A node-wide wait looks whether a rank it waits for has left before it
+/// sleeps, and every this many steps in a run of steps that do not sleep.
 const LEAVE_CHECK_STEPS: u32 = 64;
 
 /// The waits other than receives: they sleep without the engine (see
@@ -122,8 +122,9 @@ impl EngineGuard<'_> {
     /// Waits until `ready` says so, moving point-to-point bytes meanwhile
     /// (so that a peer blocked in a send to this rank can finish and join
     /// the collective) and running `check` at every step; fails if a rank
-    /// `missing` names (those not there yet) has left. The status page says
-    /// `waiting(first missing rank)`. Only for a node-wide collective
+    /// `missing` names (those not there yet) has left. Before it sleeps, the
+    /// status page says `waiting(first missing rank)`. Only for a node-wide
+    /// collective
     /// ([`Engine::node`]).
     pub fn node_wait(
         &mut self,
@@ -148,9 +149,8 @@ impl EngineGuard<'_> {
                     });
                 }
                 // Who is missing, and whether one of them has left, takes a
-                // look at every rank: before each sleep (and now and then
-                // in a long run of steps that moved something), not at every
-                // poll.
+                // look at every rank: before each sleep, and now and then in
+                // a long run of steps that do not sleep, not at every poll.
                 steps = steps.wrapping_add(1);
                 let leave_check = |guard: &mut Self| -> Result<Option<usize>> {
                     let absent = missing();

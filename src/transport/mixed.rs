@@ -1,10 +1,11 @@
 //! A job that spans nodes: shared memory to the ranks of this node, TCP to
 //! the others, behind one wait. A rank polls both (its rings on every
-//! round, its sockets on every few); then it sleeps in one `poll` on its
-//! sockets and its wake-up eventfd, having told its node peers on its
-//! doorbell to ring it through that eventfd rather than the futex. So a
-//! rank blocked on a remote peer uses no CPU, and one blocked on a local
-//! peer is woken as fast as over shared memory alone.
+//! round, or every few with many node peers; its sockets on every few);
+//! then it sleeps in one `poll` on its sockets and its wake-up eventfd,
+//! having told its node peers on its doorbell to ring it through that
+//! eventfd rather than the futex. So a rank blocked on a remote peer uses
+//! no CPU, and one blocked on a local peer is woken as fast as over shared
+//! memory alone.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};

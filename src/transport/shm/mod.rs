@@ -36,11 +36,11 @@ use super::stream::Peer;
 use super::{Delivery, Wait};
 use link::RingLink;
 use segment::{CLOSED, LOOKED, Segment};
+pub(crate) use waiting::sleep_on;
 
 /// Up to this many ranks on a node, a link's look that finds nothing fetches
 /// the line its next frame will start in (see `RingLink::without_prefetch`).
 const PREFETCH_RANKS: usize = 8;
-pub(crate) use waiting::sleep_on;
 
 /// How long a finalizing rank waits for a word from peers that have not
 /// said Bye (see `ShmMesh::finish`).
@@ -286,7 +286,8 @@ impl ShmMesh {
         self.peers.list.iter().flatten().any(|p| p.is_open() && p.link.ready())
     }
 
-    /// True if some peer has written, or a ring with queued output has room.
+    /// True if some peer has written, a ring with queued output has room,
+    /// or a peer's state changed since [`ShmMesh::move_bytes`] last looked.
     pub fn anything_ready(&self) -> bool {
         self.peer_state_changed()
             || self
@@ -372,7 +373,8 @@ impl ShmMesh {
             }
             // Output can end without a byte moving: the peer closed (what
             // is left to it is settled), or an offer's reader finalized.
-            // Both ring this rank's doorbell.
+            // The peer's count of state changes shows both at once, and it
+            // rings this rank's doorbell once it has taken its last look.
             self.idle(None, &|| !self.peers.pending_output(), sleeping);
         }
         // Read on until every peer has said Bye, as long as bytes keep

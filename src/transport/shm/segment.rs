@@ -2,9 +2,9 @@
 //! nothing in `/dev/shm` to name, squat or leave behind, its memory
 //! reserved when it is made, and sealed so that nobody can shrink it under
 //! a peer that maps it (which would kill the peer with SIGBUS). It holds a
-//! header (the owner's doorbell and state), one ring per sender on the
-//! node, and, in the node leader's segment, the region the node-wide
-//! collectives share.
+//! header (the owner's doorbell, state and core, and a count its peers add
+//! to when they change state), one ring per sender on the node, and, in
+//! the node leader's segment, the region the node-wide collectives share.
 //!
 //! Nothing here hands out a Rust reference to bytes a peer may write: the
 //! header words are atomics, and the rings and the region are reached

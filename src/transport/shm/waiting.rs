@@ -51,7 +51,7 @@ impl Drop for PollingMark<'_> {
 /// few microseconds, a futex wake-up tens.
 const YIELD: Duration = Duration::from_micros(500);
 /// A rank that yields between polls looks at its peers' links every
-/// `peers / PEERS_PER_SCAN` yields.
+/// `ranks on the node / PEERS_PER_SCAN` yields.
 const PEERS_PER_SCAN: usize = 8;
 
 impl ShmMesh {
