@@ -30,6 +30,7 @@ use crate::wire::Context;
 /// may depend on a peer that in turn waits for it to read.
 pub(crate) const QUEUED_PER_PEER: u64 = 8 << 20;
 pub(crate) const QUEUED_IN_ALL: u64 = 64 << 20;
+const _: () = assert!(QUEUED_PER_PEER <= QUEUED_IN_ALL, "Sink::wants relies on it");
 
 /// What a transport hands arrived messages to.
 pub(crate) trait Sink {
@@ -404,8 +405,14 @@ impl Sink for Matcher {
     }
 
     fn wants(&self, source: usize) -> bool {
+        // No peer holds more than all of them together: below one peer's
+        // bound in all, nothing to look up (this runs for every peer at
+        // every look for messages).
+        if self.queued_total < QUEUED_PER_PEER || (self.reading_all > 0 && !self.bounded) {
+            return true;
+        }
         let mine = self.queued_bytes.get(&source).copied().unwrap_or(0);
-        if (self.reading_all > 0 && !self.bounded) || (mine < QUEUED_PER_PEER && self.queued_total < QUEUED_IN_ALL) {
+        if mine < QUEUED_PER_PEER && self.queued_total < QUEUED_IN_ALL {
             return true;
         }
         let accepts = |sel: &Selector| sel.pattern.source_rank().is_none_or(|s| s == source);

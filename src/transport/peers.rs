@@ -166,7 +166,7 @@ impl<L: Link> Peers<L> {
     pub fn flush_all(&mut self) -> Result<bool> {
         let mut wrote = false;
         let mut first = Ok(());
-        for p in self.list.iter_mut().flatten() {
+        for p in self.list.iter_mut().flatten().filter(|p| p.has_output()) {
             match p.flush() {
                 Ok(w) => wrote |= w,
                 Err(e) => first = first.and(Err(e)),
