@@ -3,7 +3,7 @@
 //! collectives' wait on the shared region.
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Check, Engine, EngineGuard, Head, Sent};
 use crate::error::{Error, Result};
@@ -12,8 +12,10 @@ use crate::transport::Wait;
 use crate::wire::status::WaitOp;
 
 /// A node-wide wait looks whether a rank it waits for has left before it
-/// sleeps, and every this many steps in a run of steps that do not sleep.
-const LEAVE_CHECK_STEPS: u32 = 64;
+/// sleeps, and this often in a run of steps that do not sleep (a rank
+/// flooded with messages may never sleep, and each of its steps may take
+/// long).
+const LEAVE_CHECK_EVERY: Duration = Duration::from_millis(1);
 
 /// The waits other than receives: they sleep without the engine (see
 /// `lock.rs`).
@@ -135,7 +137,7 @@ impl EngineGuard<'_> {
     ) -> Result<()> {
         self.matcher.begin_read_all();
         let deadline = waiting(None).deadline;
-        let mut steps = 0u32;
+        let mut leave_checked = Instant::now();
         let result = (|| {
             while !ready() {
                 check(&self.matcher)?;
@@ -151,7 +153,6 @@ impl EngineGuard<'_> {
                 // Who is missing, and whether one of them has left, takes a
                 // look at every rank: before each sleep, and now and then in
                 // a long run of steps that do not sleep, not at every poll.
-                steps = steps.wrapping_add(1);
                 let leave_check = |guard: &mut Self| -> Result<Option<usize>> {
                     let absent = missing();
                     match absent.iter().find(|r| guard.has_left(**r)) {
@@ -159,7 +160,8 @@ impl EngineGuard<'_> {
                         None => Ok(absent.first().copied()),
                     }
                 };
-                if steps % LEAVE_CHECK_STEPS == 0 {
+                if leave_checked.elapsed() >= LEAVE_CHECK_EVERY {
+                    leave_checked = Instant::now();
                     leave_check(self)?;
                 }
                 let engine: &mut Engine = self;
