@@ -266,18 +266,46 @@ impl Drop for World {
     }
 }
 
-/// The line that names the messages (source, tag) rank `me` finalized
-/// without receiving (the first five).
+/// The line that names the messages rank `me` finalized without
+/// receiving: how many in all, and how many from each source with each tag
+/// (the first five such pairs).
 pub(crate) fn never_received(me: usize, lost: &[(usize, u32)]) -> String {
-    let shown: Vec<String> = lost
+    // Counted by source and tag, in the order each pair first came.
+    let mut groups: Vec<((usize, u32), usize)> = Vec::new();
+    let mut at = std::collections::HashMap::new();
+    for pair in lost {
+        let i = *at.entry(*pair).or_insert_with(|| {
+            groups.push((*pair, 0));
+            groups.len() - 1
+        });
+        groups[i].1 += 1;
+    }
+    let shown: Vec<String> = groups
         .iter()
         .take(5)
-        .map(|(s, t)| format!("from rank {s} with tag {t}"))
+        .map(|((s, t), count)| match count {
+            1 => format!("from rank {s} with tag {t}"),
+            _ => format!("{count} from rank {s} with tag {t}"),
+        })
         .collect();
-    let more = if lost.len() > 5 { ", ..." } else { "" };
+    let more = if groups.len() > 5 { ", ..." } else { "" };
     format!(
         "spmd: rank {me} finalized with {} message(s) it never received ({}{more})",
         lost.len(),
         shown.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn messages_never_received_are_counted_by_source_and_tag() {
+        let lost = [(1, 0), (2, 5), (1, 0), (1, 0)];
+        assert_eq!(
+            super::never_received(0, &lost),
+            "spmd: rank 0 finalized with 4 message(s) it never received (3 from rank 1 with tag 0, from rank 2 with tag 5)"
+        );
+        let many: Vec<(usize, u32)> = (0..7).map(|t| (3, t)).collect();
+        assert!(super::never_received(0, &many).ends_with("(from rank 3 with tag 0, from rank 3 with tag 1, from rank 3 with tag 2, from rank 3 with tag 3, from rank 3 with tag 4, ...)"));
+    }
 }

@@ -11,14 +11,18 @@ use std::time::{Duration, Instant};
 use common::{TRANSPORTS, example, finish, finish_reporting, run, signal, spmdrun, spmdrun_over, start_reporting_pids};
 use nix::sys::signal::Signal;
 
+/// Runs spmdrun with `--hang-report 1` and `args` in every mode, and
+/// checks each mode's outcome.
+fn each_mode(args: &[&str], check: impl Fn(&str, &common::Finished)) {
+    for mode in common::MODES {
+        let out = run(common::spmdrun_in(mode, &[&["--hang-report", "1"], args].concat()));
+        check(&common::mode_name(mode), &out);
+    }
+}
+
 #[test]
 fn a_deadlock_is_named_with_its_cycle_and_ends_the_job() {
-    for mode in common::MODES {
-        let transport = common::mode_name(mode);
-        let out = run(common::spmdrun_in(
-            mode,
-            &["-n", "2", "--hang-report", "1", &example("deadlock")],
-        ));
+    each_mode(&["-n", "2", &example("deadlock")], |transport, out| {
         assert_eq!(out.code(), Some(125), "{transport}: {out:?}");
         assert!(
             out.stderr.contains(
@@ -27,16 +31,14 @@ fn a_deadlock_is_named_with_its_cycle_and_ends_the_job() {
             ),
             "{transport}: {out:?}"
         );
-        let out = run(common::spmdrun_in(
-            mode,
-            &["-n", "3", "--hang-report", "1", &example("deadlock")],
-        ));
+    });
+    each_mode(&["-n", "3", &example("deadlock")], |transport, out| {
         assert_eq!(out.code(), Some(125), "{transport}: {out:?}");
         assert!(
             out.stderr.contains("<- rank 2 waits receive(from rank 0, tag 7)"),
             "{out:?}"
         );
-    }
+    });
 }
 
 /// A send held back because its receiver keeps all it may from the sender
@@ -45,22 +47,16 @@ fn a_deadlock_is_named_with_its_cycle_and_ends_the_job() {
 /// of a deadlock, so the job is not ended as one).
 #[test]
 fn a_send_held_back_by_a_full_queue_is_named_in_the_hang_report() {
-    for mode in common::MODES {
-        let transport = common::mode_name(mode);
-        let out = run(common::spmdrun_in(
-            mode,
-            &[
-                "-n",
-                "3",
-                "--hang-report",
-                "1",
-                "--timeout",
-                "4",
-                &example("spmd-check"),
-                "full-queue",
-                "cycle",
-            ],
-        ));
+    let args = [
+        "-n",
+        "3",
+        "--timeout",
+        "4",
+        &example("spmd-check"),
+        "full-queue",
+        "cycle",
+    ];
+    each_mode(&args, |transport, out| {
         assert_eq!(out.code(), Some(124), "{transport}: {out:?}");
         let report = out.stderr.split("--timeout").next().unwrap_or_default().to_string();
         assert!(
@@ -76,7 +72,7 @@ fn a_send_held_back_by_a_full_queue_is_named_in_the_hang_report() {
             "{transport}: {out:?}"
         );
         assert!(!out.stderr.contains("deadlock"), "{transport}: {out:?}");
-    }
+    });
 }
 
 #[test]
@@ -217,4 +213,22 @@ fn a_rank_blocked_writing_to_a_slow_reader_is_not_a_deadlock() {
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
     assert!(!out.stderr.contains("deadlock"), "{}", out.stderr);
     assert_eq!(out.stdout.matches('x').count(), 6_000_000, "every byte");
+}
+
+/// A program that counts on a broadcast root never waiting (it sends the
+/// others a message after each broadcast, which they receive before
+/// theirs) deadlocks at the 64th call, which ends with a barrier: the
+/// report names the root's wait in the broadcast and the others' receives.
+#[test]
+fn a_program_counting_on_a_root_running_ahead_is_named_as_a_deadlock() {
+    let args = ["-n", "3", &example("spmd-check"), "run-ahead", "relied-on"];
+    each_mode(&args, |transport, out| {
+        assert_eq!(out.code(), Some(125), "{transport}: {out:?}");
+        assert!(
+            out.stderr.contains(
+                "spmdrun: deadlock: rank 0 waits broadcast (root 0) (collective call #64 of the world) for rank"
+            ) && out.stderr.contains("waits receive(from rank 0, tag 0); ending the job"),
+            "{transport}: {out:?}"
+        );
+    });
 }

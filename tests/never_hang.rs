@@ -130,6 +130,13 @@ fn a_barrier_that_only_some_ranks_call_is_peer_gone() {
     passes(4, "partial-barrier");
 }
 
+/// The flooders never stop until rank 0 has noticed the rank that left:
+/// a wait that only looked for leaves when nothing arrived would hang.
+#[test]
+fn a_rank_flooded_in_a_barrier_notices_a_rank_that_left() {
+    passes(4, "flooded-barrier");
+}
+
 #[test]
 fn wrong_buffers_on_one_rank_are_an_error_on_every_rank() {
     for which in ["alltoall", "scatter", "gather"] {

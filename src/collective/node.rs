@@ -39,16 +39,19 @@ pub(crate) enum NodeStep {
     WindowStart = 5,
     /// A barrier between the steps of a collective through the windows.
     WindowStep = 6,
+    /// The barrier that ends a call now and then (see `call/pace.rs`).
+    Pace = 7,
 }
 
 impl NodeStep {
-    const ALL: [NodeStep; 6] = [
+    const ALL: [NodeStep; 7] = [
         NodeStep::Barrier,
         NodeStep::Broadcast,
         NodeStep::Reduce,
         NodeStep::Allreduce,
         NodeStep::WindowStart,
         NodeStep::WindowStep,
+        NodeStep::Pace,
     ];
 
     /// What the step adds to its call's description (which already says
@@ -56,6 +59,7 @@ impl NodeStep {
     fn name(self) -> &'static str {
         match self {
             NodeStep::WindowStep => " (between two of its steps)",
+            NodeStep::Pace => " (the barrier that ends it)",
             _ => "",
         }
     }
@@ -169,6 +173,13 @@ impl Communicator {
             me,
             every_rank_folds,
         }))
+    }
+
+    /// How many node-wide steps this rank has taken on this communicator.
+    /// Each waits until every rank of the node has arrived, so a call that
+    /// took one kept every rank in step.
+    pub(crate) fn node_steps(&self) -> u32 {
+        self.node_state().steps.get()
     }
 
     /// Runs one node-wide step of `call` with this rank's part `mine` (at

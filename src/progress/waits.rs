@@ -121,13 +121,22 @@ impl EngineGuard<'_> {
         self.sleep_step(on, deadline)
     }
 
+    /// The first of the ranks `missing` names, or the error that one of
+    /// them has left.
+    fn first_missing(&mut self, missing: &dyn Fn() -> Vec<usize>) -> Result<Option<usize>> {
+        let absent = missing();
+        match absent.iter().find(|r| self.has_left(**r)) {
+            Some(&r) => Err(self.left(r)),
+            None => Ok(absent.first().copied()),
+        }
+    }
+
     /// Waits until `ready` says so, moving point-to-point bytes meanwhile
     /// (so that a peer blocked in a send to this rank can finish and join
     /// the collective) and running `check` at every step; fails if a rank
     /// `missing` names (those not there yet) has left. Before it sleeps, the
     /// status page says `waiting(first missing rank)`. Only for a node-wide
-    /// collective
-    /// ([`Engine::node`]).
+    /// collective ([`Engine::node`]).
     pub fn node_wait(
         &mut self,
         ready: &dyn Fn() -> bool,
@@ -153,16 +162,9 @@ impl EngineGuard<'_> {
                 // Who is missing, and whether one of them has left, takes a
                 // look at every rank: before each sleep, and now and then in
                 // a long run of steps that do not sleep, not at every poll.
-                let leave_check = |guard: &mut Self| -> Result<Option<usize>> {
-                    let absent = missing();
-                    match absent.iter().find(|r| guard.has_left(**r)) {
-                        Some(&r) => Err(guard.left(r)),
-                        None => Ok(absent.first().copied()),
-                    }
-                };
                 if leave_checked.elapsed() >= LEAVE_CHECK_EVERY {
                     leave_checked = Instant::now();
-                    leave_check(self)?;
+                    self.first_missing(missing)?;
                 }
                 let engine: &mut Engine = self;
                 let Some(mesh) = engine.transport.node() else {
@@ -176,7 +178,7 @@ impl EngineGuard<'_> {
                 if ready() || self.poll_for_work(ready) {
                     continue;
                 }
-                let first_missing = leave_check(self)?;
+                let first_missing = self.first_missing(missing)?;
                 if let Some(s) = &self.status {
                     s.note(waiting(first_missing));
                 }

@@ -36,6 +36,7 @@ use crate::wire::status::WaitOp;
 use super::node::Node;
 
 mod messages;
+mod pace;
 mod signature;
 
 pub(crate) use signature::{Kind, describe, different, noticed, signature};
@@ -48,6 +49,8 @@ pub(crate) const NOTICE: u32 = u32::MAX;
 pub(crate) struct Calls {
     /// The number of the last call (wrapping).
     last: Cell<u16>,
+    /// The number of the last call that ended with a pacing barrier.
+    paced: Cell<u16>,
     /// Why the collectives are broken, once one has failed.
     broken: RefCell<Option<String>>,
     /// The tag of the last `immediate_` collective (wrapping).
@@ -298,8 +301,10 @@ impl Communicator {
                 .current(node.me)
                 .store(1 << 63 | u64::from(call.word()), Ordering::Release);
         }
+        let steps = self.node_steps();
         let mut result = match arrived {
             Ok(()) => match catch_unwind(AssertUnwindSafe(|| body(&call))) {
+                Ok(Ok(value)) => self.keep_pace(&call, steps).map(|()| value),
                 Ok(result) => result,
                 Err(panic) => {
                     // An operator (or a value's serde code) panicked: the

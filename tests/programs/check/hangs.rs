@@ -23,6 +23,7 @@ pub fn run(world: &World, case: &str, arg: &str) -> Result<(), Error> {
         "big-element" => big_element(world),
         "serde-types" => serde_types(world),
         "exchange" => exchange(world),
+        "flooded-barrier" => super::flooded::barrier(world),
         other => panic!("unknown hang case {other:?}"),
     }
 }

@@ -6,6 +6,7 @@ mod big;
 mod collectives;
 mod comms;
 mod failures;
+mod flooded;
 mod full_queue;
 mod hangs;
 mod immediate;
@@ -13,6 +14,7 @@ mod numbers;
 mod output;
 mod p2p;
 mod rng;
+mod run_ahead;
 mod scoped;
 mod send_first;
 mod single_copy;
@@ -92,6 +94,12 @@ fn main() -> Result<(), spmd::Error> {
             let seed = rest.first().and_then(|s| s.parse().ok()).unwrap_or(1);
             let cases = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(40);
             immediate::run(comm, seed, cases)?
+        }
+        "run-ahead" if rest.first().is_some_and(|a| a == "relied-on") => run_ahead::relied_on(comm)?,
+        "run-ahead" => {
+            let calls = rest.first().and_then(|s| s.parse().ok()).unwrap_or(36_000);
+            let late = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(300);
+            run_ahead::run(comm, calls, std::time::Duration::from_millis(late))?
         }
         "collectives" => {
             let seed = rest.first().and_then(|s| s.parse().ok()).unwrap_or(1);
