@@ -1,7 +1,8 @@
 //! Communicators in real jobs: the point-to-point and collective suites run
 //! on a duplicate of the world, on the two halves of a split (one in
 //! reverse order) and on a subset (every rank but 0, reversed), in every
-//! transport and wait mode; `spmd-check comms` checks the groups the
+//! transport and wait mode (and the rooted collectives with ranks far
+//! ahead, on a split); `spmd-check comms` checks the groups the
 //! constructors make, isolation under wildcards, misuse as an error on
 //! every rank, and 100,000 communicators made and dropped with flat memory.
 
@@ -80,6 +81,19 @@ fn collectives_on_communicators_of_5_to_8_ranks() {
 #[test]
 fn collectives_on_communicators_of_16_ranks() {
     collectives_on_every_communicator(16, 56, 10);
+}
+
+/// Rooted collectives in tight loops with the receiving ranks far behind
+/// (`collectives_with_ranks_far_ahead` in `collectives.rs`) on the two
+/// halves of a split: each half keeps its own pace.
+#[test]
+fn rooted_collectives_with_ranks_far_ahead_on_a_split() {
+    suite_on(
+        "split",
+        4,
+        &["run-ahead", "34000", "100"],
+        "ok 34000 calls of each of 12 collectives with the receivers late",
+    );
 }
 
 fn comms(n: usize, many: usize) {

@@ -221,7 +221,16 @@ fn a_rank_blocked_writing_to_a_slow_reader_is_not_a_deadlock() {
 /// report names the root's wait in the broadcast and the others' receives.
 #[test]
 fn a_program_counting_on_a_root_running_ahead_is_named_as_a_deadlock() {
-    let args = ["-n", "3", &example("spmd-check"), "run-ahead", "relied-on"];
+    // The timeout only keeps a missed deadlock from hanging the test.
+    let args = [
+        "-n",
+        "3",
+        "--timeout",
+        "60",
+        &example("spmd-check"),
+        "run-ahead",
+        "relied-on",
+    ];
     each_mode(&args, |transport, out| {
         assert_eq!(out.code(), Some(125), "{transport}: {out:?}");
         assert!(

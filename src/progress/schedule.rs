@@ -46,6 +46,10 @@ pub(crate) enum Step {
     Take(usize),
     /// Receives a value to fold into the accumulator.
     Fold(usize),
+    /// Sends an empty message, not the accumulator (a barrier's round).
+    Signal(usize),
+    /// Receives an empty message; the accumulator stays as it is.
+    Signaled(usize),
 }
 
 /// What an `immediate_` collective asks the engine to run.
@@ -108,7 +112,7 @@ impl Schedule {
     /// The peer whose message it waits for, if it waits for one.
     fn waits_on(&self) -> Option<usize> {
         match self.plan.steps.get(self.next) {
-            Some(Step::Take(p) | Step::Fold(p)) if self.outcome.is_none() => Some(*p),
+            Some(Step::Take(p) | Step::Fold(p) | Step::Signaled(p)) if self.outcome.is_none() => Some(*p),
             _ => None,
         }
     }
@@ -183,17 +187,22 @@ impl Engine {
                 return;
             };
             let result = match step {
-                Step::Send(dest) => {
+                Step::Send(dest) | Step::Signal(dest) => {
+                    let signal = matches!(step, Step::Signal(_));
                     let head = Head {
                         context: s.plan.context,
                         tag: s.plan.tag,
                         call: s.plan.call,
-                        format: s.plan.value.format,
+                        format: if signal { Format::Serde } else { s.plan.value.format },
                     };
-                    let bytes = crate::pool::copy_of(&s.plan.value.bytes);
+                    let bytes = if signal {
+                        Vec::new()
+                    } else {
+                        crate::pool::copy_of(&s.plan.value.bytes)
+                    };
                     self.send(dest, head, bytes).map(|_| true)
                 }
-                Step::Take(source) | Step::Fold(source) => self.receive_step(s, source),
+                Step::Take(source) | Step::Fold(source) | Step::Signaled(source) => self.receive_step(s, source),
             };
             match result {
                 Ok(true) => s.next += 1,
@@ -203,7 +212,8 @@ impl Engine {
         }
     }
 
-    /// The receive of a step: true once its message is in the accumulator.
+    /// The receive of a step: true once its message is in the accumulator
+    /// (or, for a [`Step::Signaled`], has come).
     fn receive_step(&mut self, s: &mut Schedule, source: usize) -> Result<bool> {
         let id = match s.posted {
             Some(id) => id,
@@ -216,6 +226,10 @@ impl Engine {
         s.posted = None;
         if env.call != s.plan.call {
             return Err(different(s.number(), env.source, env.call as u16, s.plan.call as u16));
+        }
+        if let Step::Signaled(_) = s.plan.steps[s.next] {
+            // A barrier's round: the message only says its sender got here.
+            return Ok(true);
         }
         let len = env.payload.len();
         if s.plan

@@ -304,7 +304,7 @@ impl Communicator {
         let steps = self.node_steps();
         let mut result = match arrived {
             Ok(()) => match catch_unwind(AssertUnwindSafe(|| body(&call))) {
-                Ok(Ok(value)) => self.keep_pace(&call, steps).map(|()| value),
+                Ok(Ok(value)) => self.keep_pace(&call, kind, steps).map(|()| value),
                 Ok(result) => result,
                 Err(panic) => {
                     // An operator (or a value's serde code) panicked: the

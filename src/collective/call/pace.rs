@@ -3,11 +3,14 @@
 //! rank 0 of a scan) those ranks may run ahead, and a rank that lags pays
 //! for it: each of its waits looks through the messages of later calls
 //! queued for it, and call numbers of 16 bits wrap, so that a lead of
-//! 32,768 calls reads as a message of an earlier call. Every
-//! [`PACE_EVERY`] calls on a communicator, a blocking collective therefore
-//! ends with a barrier, and no rank is ever that many calls ahead.
+//! 32,768 calls reads as a message of an earlier call. So when
+//! [`PACE_EVERY`] calls have been numbered on a communicator since the
+//! ranks were last in step, the next such call ends with a barrier: a
+//! blocking one waits for it, an immediate one (`immediate_broadcast`)
+//! adds its rounds to its schedule. A rank that waits on its requests is
+//! then never more than that many calls ahead of another.
 
-use super::Call;
+use super::{Call, Kind};
 use crate::collective::node::NodeStep;
 use crate::communicator::Communicator;
 use crate::error::Result;
@@ -25,22 +28,29 @@ const _: () = assert!(
 );
 
 impl Communicator {
-    /// Ends `call` with a barrier if [`PACE_EVERY`] calls or more have been
-    /// numbered since the last call that kept the ranks in step: one that
-    /// ended with this barrier, or that took a node-wide step (this rank
-    /// had taken `steps` before it), which waits for every rank. Every rank
-    /// makes the same calls, by the same paths, so every rank comes to the
-    /// same answer.
-    pub(crate) fn keep_pace(&self, call: &Call, steps: u32) -> Result<()> {
+    /// Whether call `number`, of `kind`, must end with a barrier: it must
+    /// if [`PACE_EVERY`] calls or more have been numbered since the last
+    /// one that kept the ranks in step, which is one that ended with this
+    /// barrier, one of a kind that [keeps them in step](Kind::keeps_in_step),
+    /// or one that took a node-wide step (`in_step`), which waits for every
+    /// rank. Every rank makes the same calls, by the same paths, so every
+    /// rank comes to the same answer.
+    pub(crate) fn pace_due(&self, number: u16, kind: Kind, in_step: bool) -> bool {
         let calls = self.calls();
-        if self.node_steps() != steps {
-            calls.paced.set(call.number);
+        let in_step = in_step || kind.keeps_in_step();
+        if !in_step && number.wrapping_sub(calls.paced.get()) < PACE_EVERY {
+            return false;
+        }
+        calls.paced.set(number);
+        !in_step
+    }
+
+    /// Ends the blocking `call` with a barrier if it is due; this rank had
+    /// taken `steps` node-wide steps before the call.
+    pub(crate) fn keep_pace(&self, call: &Call, kind: Kind, steps: u32) -> Result<()> {
+        if !self.pace_due(call.number, kind, self.node_steps() != steps) {
             return Ok(());
         }
-        if call.number.wrapping_sub(calls.paced.get()) < PACE_EVERY {
-            return Ok(());
-        }
-        calls.paced.set(call.number);
         match self.node_step(call, NodeStep::Pace, 0, &[], &mut |_| Ok(Vec::new())) {
             Some(done) => done.map(|_| ()),
             None => self.barrier_messages(call),

@@ -108,6 +108,29 @@ impl Kind {
         (Kind::BroadcastInto as u8..=Kind::AlltoallInto as u8).contains(&(self as u8))
     }
 
+    /// True for the collectives in which no rank finishes before every
+    /// rank has started (each rank's result depends on every rank's part);
+    /// in the others, some ranks only send and may run ahead (see
+    /// `pace.rs`).
+    pub fn keeps_in_step(self) -> bool {
+        matches!(
+            self,
+            Kind::Barrier
+                | Kind::Allgather
+                | Kind::Allreduce
+                | Kind::Alltoall
+                | Kind::AllgatherInto
+                | Kind::AllreduceInto
+                | Kind::AlltoallInto
+                | Kind::Create
+                | Kind::ImmediateBarrier
+                | Kind::ImmediateAllreduce
+                | Kind::ImmediateAllreduceInto
+                | Kind::AllgathervInto
+                | Kind::AlltoallvInto
+        )
+    }
+
     /// True for the collectives that have a root.
     fn rooted(self) -> bool {
         matches!(

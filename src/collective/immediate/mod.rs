@@ -28,7 +28,7 @@ mod steps;
 
 pub use request::CollectiveRequest;
 use request::Finish;
-use steps::{barrier_steps, broadcast_steps, reduce_steps};
+use steps::{barrier_steps, broadcast_steps, pace_steps, reduce_steps};
 
 /// Folds the plain numbers in `upper` into those in `lower`, element by
 /// element, in place (the bytes need not be aligned for `E`).
@@ -57,6 +57,10 @@ impl Communicator {
         finish: Finish<'c, T>,
     ) -> Result<CollectiveRequest<'c, T>> {
         let (call, tag, node) = self.immediate_call(kind, root)?;
+        let mut steps = steps;
+        if self.pace_due((call >> 16) as u16, kind, false) {
+            steps.extend(pace_steps(self.rank(), self.size()));
+        }
         let at = |r: usize| self.job_rank(r);
         let steps = steps
             .into_iter()
@@ -64,6 +68,8 @@ impl Communicator {
                 Step::Send(r) => Step::Send(at(r)),
                 Step::Take(r) => Step::Take(at(r)),
                 Step::Fold(r) => Step::Fold(at(r)),
+                Step::Signal(r) => Step::Signal(at(r)),
+                Step::Signaled(r) => Step::Signaled(at(r)),
             })
             .collect();
         let plan = Plan {

@@ -20,6 +20,18 @@ pub(super) fn barrier_steps(me: usize, n: usize) -> Vec<Step> {
     steps
 }
 
+/// The barrier that ends an immediate collective now and then (see
+/// `call/pace.rs`): [`barrier_steps`] of empty messages, which leave the
+/// collective's value as it is.
+pub(super) fn pace_steps(me: usize, n: usize) -> Vec<Step> {
+    let signals = |s: Step| match s {
+        Step::Send(r) => Step::Signal(r),
+        Step::Take(r) => Step::Signaled(r),
+        other => other,
+    };
+    barrier_steps(me, n).into_iter().map(signals).collect()
+}
+
 /// A binomial tree from `root`: hear from the parent, then send to the
 /// children, farthest first.
 pub(super) fn broadcast_steps(me: usize, n: usize, root: usize) -> Vec<Step> {
@@ -74,8 +86,8 @@ mod tests {
             for me in 0..n {
                 for s in steps_of(me, n) {
                     match s {
-                        Step::Send(d) => sends.push((me, d)),
-                        Step::Take(f) | Step::Fold(f) => receives.push((f, me)),
+                        Step::Send(d) | Step::Signal(d) => sends.push((me, d)),
+                        Step::Take(f) | Step::Fold(f) | Step::Signaled(f) => receives.push((f, me)),
                     }
                 }
             }
@@ -92,6 +104,8 @@ mod tests {
             check_pairs(|me, n| broadcast_steps(me, n, root % n));
         }
         check_pairs(|me, n| [reduce_steps(me, n), broadcast_steps(me, n, 0)].concat());
+        check_pairs(pace_steps);
+        check_pairs(|me, n| [broadcast_steps(me, n, 1 % n), pace_steps(me, n)].concat());
     }
 
     #[test]

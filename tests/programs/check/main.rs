@@ -99,7 +99,8 @@ fn main() -> Result<(), spmd::Error> {
         "run-ahead" => {
             let calls = rest.first().and_then(|s| s.parse().ok()).unwrap_or(36_000);
             let late = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(300);
-            run_ahead::run(comm, calls, std::time::Duration::from_millis(late))?
+            let only = rest.get(2).map(String::as_str);
+            run_ahead::run(comm, calls, std::time::Duration::from_millis(late), only)?
         }
         "collectives" => {
             let seed = rest.first().and_then(|s| s.parse().ok()).unwrap_or(1);
