@@ -49,7 +49,8 @@ pub(crate) const NOTICE: u32 = u32::MAX;
 pub(crate) struct Calls {
     /// The number of the last call (wrapping).
     last: Cell<u16>,
-    /// The number of the last call that ended with a pacing barrier.
+    /// The number of the last call after which the ranks were in step
+    /// (see `pace.rs`).
     paced: Cell<u16>,
     /// Why the collectives are broken, once one has failed.
     broken: RefCell<Option<String>>,

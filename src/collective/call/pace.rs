@@ -3,12 +3,12 @@
 //! rank 0 of a scan) those ranks may run ahead, and a rank that lags pays
 //! for it: each of its waits looks through the messages of later calls
 //! queued for it, and call numbers of 16 bits wrap, so that a lead of
-//! 32,768 calls reads as a message of an earlier call. So when
-//! [`PACE_EVERY`] calls have been numbered on a communicator since the
-//! ranks were last in step, the next such call ends with a barrier: a
-//! blocking one waits for it, an immediate one (`immediate_broadcast`)
-//! adds its rounds to its schedule. A rank that waits on its requests is
-//! then never more than that many calls ahead of another.
+//! 32,768 calls reads as a message of an earlier call. So such a call
+//! numbered [`PACE_EVERY`] or more after the ranks were last in step on
+//! its communicator ends with a barrier: a blocking one waits for it, an
+//! immediate one (`immediate_broadcast`) adds its rounds to its schedule.
+//! A rank that waits on its requests is then never more than that many
+//! calls ahead of another.
 
 use super::{Call, Kind};
 use crate::collective::node::NodeStep;

@@ -108,10 +108,11 @@ impl Kind {
         (Kind::BroadcastInto as u8..=Kind::AlltoallInto as u8).contains(&(self as u8))
     }
 
-    /// True for the collectives in which no rank finishes before every
-    /// rank has started (each rank's result depends on every rank's part);
-    /// in the others, some ranks only send and may run ahead (see
-    /// `pace.rs`).
+    /// True for the blocking collectives in which no rank finishes before
+    /// every rank has started (each rank's result depends on every rank's
+    /// part); in the others, some ranks only send and may run ahead (see
+    /// `pace.rs`). No immediate one is: the rank that starts it has not
+    /// waited for anyone yet.
     pub fn keeps_in_step(self) -> bool {
         matches!(
             self,
@@ -123,9 +124,6 @@ impl Kind {
                 | Kind::AllreduceInto
                 | Kind::AlltoallInto
                 | Kind::Create
-                | Kind::ImmediateBarrier
-                | Kind::ImmediateAllreduce
-                | Kind::ImmediateAllreduceInto
                 | Kind::AllgathervInto
                 | Kind::AlltoallvInto
         )

@@ -1,8 +1,8 @@
-//! Collectives where some ranks only send, called tens of thousands of
-//! times in a row while the ranks that receive start late: the ranks that
-//! send would run ahead by more calls than a call number can tell apart
-//! if nothing held them back, and every call must still get the right
-//! value.
+//! Collectives where some ranks only send, called thousands of times in
+//! a row while the ranks that receive start late: the ranks that send must
+//! be held back within 64 calls (else they would run ahead by more calls
+//! than a call number tells apart), and every call must still get the
+//! right value.
 
 use std::time::Duration;
 
@@ -26,29 +26,48 @@ const KINDS: [(&str, bool); 12] = [
     ("gatherv_into", false),
 ];
 
-/// The tag of a rank's word that it has made all its calls of a kind.
-const DONE: u32 = 77;
+/// The tag of the reports of the ranks that run ahead: how many calls
+/// they have made, every [`EVERY`] calls, and [`ALL`] at the end.
+const PROGRESS: u32 = 77;
+const EVERY: u64 = 16;
+const ALL: u64 = u64::MAX;
+
+/// How far ahead a rank may get: spmd holds a rank back 64 calls after
+/// the ranks were last in step.
+const BOUND: u64 = 64;
 
 /// Runs `calls` calls of each collective with root 0. The ranks that
-/// receive start when every rank that runs ahead says it has made all its
-/// calls, or after `late`: held back or not, the ranks that run ahead
-/// start with the others far behind. `only` names one collective to run
-/// alone.
+/// receive first wait while the ranks that run ahead report progress (until
+/// none has come for `late`): if those went on to the end, or got more than
+/// [`BOUND`] calls ahead, nothing held them back, and the check fails.
+/// Then every rank makes its calls, each checked. With `late` zero, every
+/// rank starts at once and rank 0 prints the time until all are done.
+/// `only` names one collective to run alone.
 pub fn run(comm: &Communicator, calls: u64, late: Duration, only: Option<&str>) -> Result<(), Error> {
     let (me, n) = (comm.rank(), comm.size());
     let sum = (n * (n - 1) / 2) as u64;
+    assert!(
+        late.is_zero() || calls > 2 * BOUND,
+        "run-ahead: too few calls to see a rank held back"
+    );
     let chosen = KINDS.iter().filter(|(kind, _)| only.is_none_or(|o| o == *kind));
     for &(kind, root_runs) in chosen {
         let ahead: Vec<usize> = (0..n).filter(|r| (*r == 0) == root_runs).collect();
-        let mut heard = vec![false; n];
-        if !ahead.contains(&me) {
-            let start = std::time::Instant::now();
+        let behind: Vec<usize> = (0..n).filter(|r| !ahead.contains(r)).collect();
+        let reports = !late.is_zero();
+        if reports && behind.contains(&me) {
             for &r in &ahead {
-                let left = late.saturating_sub(start.elapsed());
-                match comm.receive_with_tag_timeout::<u8>(r, DONE, left) {
-                    Ok(_) => heard[r] = true,
-                    Err(Error::Timeout { .. }) => {}
-                    Err(e) => return Err(e),
+                let mut made = 0;
+                loop {
+                    match comm.receive_with_tag_timeout::<u64>(r, PROGRESS, late) {
+                        Ok(ALL) => panic!("{kind}: rank {r} made all {calls} calls while rank {me} made none"),
+                        Ok(m) => made = m,
+                        Err(Error::Timeout { .. }) => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                if made > BOUND {
+                    panic!("{kind}: rank {r} made {made} calls while rank {me} made none");
                 }
             }
         }
@@ -144,6 +163,11 @@ pub fn run(comm: &Communicator, calls: u64, late: Duration, only: Option<&str>) 
                     }
                 }
             }
+            if reports && ahead.contains(&me) && (i + 1) % EVERY == 0 {
+                for &r in &behind {
+                    comm.send_with_tag(&(i + 1), r, PROGRESS)?;
+                }
+            }
         }
         if late.is_zero() {
             // Not checked: for the README's figures, the time until every
@@ -153,13 +177,14 @@ pub fn run(comm: &Communicator, calls: u64, late: Duration, only: Option<&str>) 
                 println!("run-ahead {kind}: {calls} calls in {:?}", began.elapsed());
             }
         }
-        if ahead.contains(&me) {
-            for r in (0..n).filter(|r| !ahead.contains(r)) {
-                comm.send_with_tag(&1u8, r, DONE)?;
+        if reports && ahead.contains(&me) {
+            for &r in &behind {
+                comm.send_with_tag(&ALL, r, PROGRESS)?;
             }
-        } else {
-            for &r in ahead.iter().filter(|r| !heard[**r]) {
-                comm.receive_with_tag::<u8>(r, DONE)?;
+        } else if reports {
+            // The reports sent after this rank stopped waiting.
+            for &r in &ahead {
+                while comm.receive_with_tag::<u64>(r, PROGRESS)? != ALL {}
             }
         }
     }
