@@ -129,14 +129,20 @@ impl Communicator {
         self.barrier_until(Some(timeout))
     }
 
+    /// A barrier as a step of `call`: node-wide (as `step`) where the
+    /// communicator can, else by messages.
+    pub(crate) fn barrier_in(&self, call: &call::Call, step: NodeStep) -> Result<()> {
+        match self.node_step(call, step, 0, &[], &mut |_| Ok(Vec::new())) {
+            Some(done) => done.map(|_| ()),
+            None => self.barrier_messages(call),
+        }
+    }
+
     fn barrier_until(&self, timeout: Option<std::time::Duration>) -> Result<()> {
         // No deadline for a timeout too long to add to the clock.
         let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
         self.collective_until(Kind::Barrier, 0, false, deadline, |call| {
-            let done = match self.node_step(call, NodeStep::Barrier, 0, &[], &mut |_| Ok(Vec::new())) {
-                Some(done) => done.map(|_| ()),
-                None => self.barrier_messages(call),
-            };
+            let done = self.barrier_in(call, NodeStep::Barrier);
             // What the caller and the other ranks are told.
             done.map_err(|e| match (e, timeout) {
                 (Error::Timeout { .. }, Some(t)) => Error::Timeout {

@@ -117,6 +117,16 @@ impl Schedule {
         }
     }
 
+    /// The head of this schedule's messages, carrying `format`.
+    fn head(&self, format: Format) -> Head {
+        Head {
+            context: self.plan.context,
+            tag: self.plan.tag,
+            call: self.plan.call,
+            format,
+        }
+    }
+
     fn selector(&self, source: usize) -> Selector {
         Selector::new(self.plan.context, Match::source(source).with_tag(self.plan.tag))
     }
@@ -187,21 +197,11 @@ impl Engine {
                 return;
             };
             let result = match step {
-                Step::Send(dest) | Step::Signal(dest) => {
-                    let signal = matches!(step, Step::Signal(_));
-                    let head = Head {
-                        context: s.plan.context,
-                        tag: s.plan.tag,
-                        call: s.plan.call,
-                        format: if signal { Format::Serde } else { s.plan.value.format },
-                    };
-                    let bytes = if signal {
-                        Vec::new()
-                    } else {
-                        crate::pool::copy_of(&s.plan.value.bytes)
-                    };
-                    self.send(dest, head, bytes).map(|_| true)
+                Step::Send(dest) => {
+                    let bytes = crate::pool::copy_of(&s.plan.value.bytes);
+                    self.send(dest, s.head(s.plan.value.format), bytes).map(|_| true)
                 }
+                Step::Signal(dest) => self.send(dest, s.head(Format::Serde), Vec::new()).map(|_| true),
                 Step::Take(source) | Step::Fold(source) | Step::Signaled(source) => self.receive_step(s, source),
             };
             match result {

@@ -51,9 +51,6 @@ impl Communicator {
         if !self.pace_due(call.number, kind, self.node_steps() != steps) {
             return Ok(());
         }
-        match self.node_step(call, NodeStep::Pace, 0, &[], &mut |_| Ok(Vec::new())) {
-            Some(done) => done.map(|_| ()),
-            None => self.barrier_messages(call),
-        }
+        self.barrier_in(call, NodeStep::Pace)
     }
 }
