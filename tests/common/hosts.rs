@@ -64,11 +64,7 @@ impl Hosts {
         keygen(&dir.join("stranger_key"));
         std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).expect("authorizing the test key");
         let names: Vec<String> = (0..count).map(|i| format!("127.0.0.{}", i + 2)).collect();
-        // A port the kernel says is free on the first address.
-        let port = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), 0))
-            .and_then(|l| l.local_addr())
-            .expect("finding a free port")
-            .port();
+        let port = free_port(count);
         let host_key = read(&dir.join("host_key.pub"));
         let key: Vec<&str> = host_key.split_whitespace().take(2).collect();
         let mut known = String::new();
@@ -180,4 +176,21 @@ pub fn across(hosts: &Hosts, args: &[&str]) -> std::process::Command {
     let mut all = vec!["--launch-agent", agent.as_str()];
     all.extend_from_slice(args);
     spmdrun(&all)
+}
+
+/// A port the kernel says is free on each of the `count` addresses from
+/// 127.0.0.2: one free on the first only was taken on another by a rank's
+/// connection in a test running beside this one (sshd then failed to bind).
+fn free_port(count: usize) -> u16 {
+    for _ in 0..100 {
+        let port = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), 0))
+            .and_then(|l| l.local_addr())
+            .expect("finding a free port")
+            .port();
+        let free = |i: usize| TcpListener::bind(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2 + i as u8), port)).is_ok();
+        if (1..count).all(free) {
+            return port;
+        }
+    }
+    panic!("no port free on all of 127.0.0.2..{} in 100 tries", count + 1)
 }
