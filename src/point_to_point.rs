@@ -46,9 +46,7 @@ impl Communicator {
             m.receive(sel.pattern, room, wait)?
                 .ok_or_else(|| timed_out(pattern_text(&sel.pattern), timeout))
         });
-        let mut engine = self.engine()?;
-        let id = engine.post(sel, room);
-        self.ranked(id.and_then(|id| engine.wait_receive(id, timeout)))
+        self.ranked(self.engine()?.receive(sel, room, timeout))
     }
 
     /// Takes a received message as a value; if the receive cannot take it

@@ -188,6 +188,24 @@ impl Matcher {
         id
     }
 
+    /// True if nothing held here comes before the next message from
+    /// `source` for a receive of `sel`: no queued message `sel` accepts, no
+    /// posted receive that may take a message from `source`, and no message
+    /// from it landing (see `progress/straight.rs`).
+    pub fn nothing_before(&self, sel: Selector, source: usize) -> bool {
+        let from_source = |p: &Posted| p.sel.pattern.source_rank().is_none_or(|s| s == source);
+        !self.posted.iter().any(from_source)
+            && !self.landing.iter().any(|c| c.source == source)
+            && !self.unexpected.iter().any(|env| sel.accepts(env))
+    }
+
+    /// Counts a message that arrived without passing through here (the
+    /// straight path): its arrival number.
+    pub fn count_arrival(&mut self) -> u64 {
+        self.next_arrival += 1;
+        self.next_arrival - 1
+    }
+
     /// The message of a completed receive, if it has completed.
     pub fn take(&mut self, id: ReceiveId) -> Option<Envelope> {
         let i = self.completed.iter().position(|(c, _, _)| *c == id)?;

@@ -21,6 +21,7 @@ mod lock;
 mod owned;
 mod receive;
 mod schedule;
+mod straight;
 mod waits;
 
 pub(crate) use lock::{EngineGuard, EngineLock, check_not_combining, combining};

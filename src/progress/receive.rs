@@ -67,13 +67,30 @@ impl EngineGuard<'_> {
             ptr: buf.as_mut_ptr(),
             len: buf.len(),
         };
-        let id = self.post(sel, Some(Room::Given { buffer, element }))?;
+        let room = Room::Given { buffer, element };
+        // A collective's receive checks at every step: no straight path.
+        if check.is_none() {
+            if let Some(env) = self.receive_straight(sel, Some(room), timeout.is_none())? {
+                return Ok(env);
+            }
+        }
+        let id = self.post(sel, Some(room))?;
         let result = catch_unwind(AssertUnwindSafe(|| self.wait_receive_checked(id, timeout, check)));
         if !matches!(result, Ok(Ok(_))) {
             // `buf` is about to be released: nothing may write into it.
             self.abandon_receive(id);
         }
         result.unwrap_or_else(|panic| resume_unwind(panic))
+    }
+
+    /// Receives the next message `sel` accepts, within `timeout` (`None`:
+    /// for ever); a raw message of the room's type lands in it.
+    pub fn receive(&mut self, sel: Selector, room: Option<Room>, timeout: Option<Duration>) -> Result<Envelope> {
+        if let Some(env) = self.receive_straight(sel, room, timeout.is_none())? {
+            return Ok(env);
+        }
+        let id = self.post(sel, room)?;
+        self.wait_receive(id, timeout)
     }
 
     /// Waits for a posted receive; `None` waits for ever.

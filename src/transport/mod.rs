@@ -27,7 +27,7 @@ mod writing;
 
 use mixed::MixedMesh;
 use shm::ShmEndpoint;
-pub(crate) use shm::{NodeRanks, Region, ShmMesh};
+pub(crate) use shm::{Boxed, NodeRanks, Region, ShmMesh, Straight};
 use socket::SocketMesh;
 use tcp::TcpEndpoint;
 
@@ -456,6 +456,16 @@ impl Transport {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// The shared-memory mesh that reaches job rank `rank`, if one does
+    /// (for the straight path of a receive: see `shm/straight.rs`).
+    pub fn mesh_to(&mut self, rank: usize) -> Option<&mut ShmMesh> {
+        match self {
+            Transport::Shm(m) => Some(m),
+            Transport::Mixed(m) if m.is_local(rank) => Some(&mut m.shm),
+            _ => None,
         }
     }
 

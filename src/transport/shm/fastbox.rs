@@ -66,6 +66,38 @@ pub(super) struct FastboxRx {
     taken: u64,
 }
 
+/// A message read out of a fastbox: what its header says, and its
+/// payload.
+#[derive(Debug)]
+pub(crate) struct Boxed {
+    pub head: Arrived,
+    len: usize,
+    bytes: [u8; FASTBOX_DATA],
+}
+
+impl Boxed {
+    /// The payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Whether the next fastbox from one peer holds a message, seen without
+/// the mesh: for a wait that polls it while it holds the engine. Valid
+/// while the mesh it came from is, and until that box is taken.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FastboxWatch {
+    base: *mut u8,
+    next: u64,
+}
+
+impl FastboxWatch {
+    /// True if the box holds its message.
+    pub fn ready(&self) -> bool {
+        word(self.base, self.next, 0).load(Ordering::Acquire) == stamp(self.next)
+    }
+}
+
 /// The area's count of messages taken.
 fn taken_counter<'a>(base: *mut u8) -> &'a AtomicU64 {
     // SAFETY: the first line of a fastbox area, aligned, inside a mapping
@@ -162,55 +194,82 @@ impl FastboxRx {
         word(self.base, self.taken, 0).load(Ordering::Acquire) == stamp(self.taken)
     }
 
+    /// The message in the next fastbox from rank `from`, checked, if there
+    /// is one; it stays there until [`FastboxRx::take_one`]. A malformed box
+    /// is an error naming the peer and the field.
+    pub(super) fn peek(&self, from: usize) -> Result<Option<Boxed>> {
+        if !self.ready() {
+            return Ok(None);
+        }
+        let n = self.taken;
+        // The stamp was loaded with Acquire after the sender stored the
+        // words before its Release.
+        let load = |w: usize| word(self.base, n, w).load(Ordering::Relaxed);
+        let first = load(1);
+        let (kind, len, element) = (
+            (first & 0xff) as u8,
+            ((first >> 8) & 0xff) as usize,
+            (first >> 16) as u16,
+        );
+        let peer = || format!("rank {from}");
+        let kind = match Kind::from_byte(kind) {
+            Some(k) if k.is_message() => k,
+            _ => return Err(Error::protocol(peer(), "kind", format!("fastbox kind {kind}"))),
+        };
+        let header = Header {
+            kind,
+            element,
+            source: from as u32,
+            tag: load(2),
+            context: Context(load(3)),
+            call: load(4),
+            len: len as u64,
+        };
+        header.check(peer, FASTBOX_DATA as u64)?;
+        // Into memory of this rank's own first (no allocation: a message
+        // that lands in a receive's buffer needs none).
+        let mut bytes = [0u8; FASTBOX_DATA];
+        for (i, chunk) in bytes.chunks_mut(4).take(len.div_ceil(4)).enumerate() {
+            chunk.copy_from_slice(&load(1 + FIELDS + i).to_le_bytes());
+        }
+        let head = Arrived {
+            source: from,
+            tag: header.tag,
+            context: header.context,
+            format: Format::of(kind, element),
+            call: header.call,
+        };
+        Ok(Some(Boxed { head, len, bytes }))
+    }
+
+    /// Takes the message [`FastboxRx::peek`] returned: its box is free
+    /// again.
+    pub(super) fn take_one(&mut self) {
+        self.taken += 1;
+        if self.taken % PUBLISH_EVERY == 0 {
+            self.publish_taken();
+        }
+    }
+
+    /// Watches the next fastbox, for a wait that polls it without the
+    /// mesh (see [`FastboxWatch`]).
+    pub(super) fn watch(&self) -> FastboxWatch {
+        FastboxWatch {
+            base: self.base,
+            next: self.taken,
+        }
+    }
+
     /// Delivers every message waiting in the fastboxes from rank `from`, in
     /// order; true if there was any. A malformed box is an error naming the
     /// peer and the field.
     pub(super) fn drain(&mut self, from: usize, deliver: &mut Delivery<'_>) -> Result<bool> {
         let start = self.taken;
-        while self.ready() {
-            let n = self.taken;
-            // The stamp was loaded with Acquire after the sender stored the
-            // words before its Release.
-            let load = |w: usize| word(self.base, n, w).load(Ordering::Relaxed);
-            let first = load(1);
-            let (kind, len, element) = (
-                (first & 0xff) as u8,
-                ((first >> 8) & 0xff) as usize,
-                (first >> 16) as u16,
-            );
-            let peer = || format!("rank {from}");
-            let kind = match Kind::from_byte(kind) {
-                Some(k) if k.is_message() => k,
-                _ => return Err(Error::protocol(peer(), "kind", format!("fastbox kind {kind}"))),
-            };
-            let header = Header {
-                kind,
-                element,
-                source: from as u32,
-                tag: load(2),
-                context: Context(load(3)),
-                call: load(4),
-                len: len as u64,
-            };
-            header.check(peer, FASTBOX_DATA as u64)?;
-            // Into memory of this rank's own first (no allocation: a
-            // message that lands in a receive's buffer needs none).
-            let mut words = [0u8; FASTBOX_DATA];
-            for (i, chunk) in words.chunks_mut(4).take(len.div_ceil(4)).enumerate() {
-                chunk.copy_from_slice(&load(1 + FIELDS + i).to_le_bytes());
-            }
-            let payload = &words[..len];
-            let format = Format::of(kind, element);
-            let head = Arrived {
-                source: from,
-                tag: header.tag,
-                context: header.context,
-                format,
-                call: header.call,
-            };
-            if !deliver.land_whole(&head, payload) {
-                let mut env = Envelope::new(from, header.tag, header.context, format, payload.to_vec());
-                env.call = header.call;
+        while let Some(boxed) = self.peek(from)? {
+            let (head, payload) = (&boxed.head, boxed.payload());
+            if !deliver.land_whole(head, payload) {
+                let mut env = Envelope::new(from, head.tag, head.context, head.format, payload.to_vec());
+                env.call = head.call;
                 deliver.deliver(env);
             }
             self.taken += 1;

@@ -29,13 +29,16 @@ mod prefetch;
 mod ring;
 mod segment;
 mod single_copy;
+mod straight;
 mod waiting;
 
 use super::peers::Peers;
 use super::stream::Peer;
 use super::{Delivery, Wait};
+pub(crate) use fastbox::Boxed;
 use link::RingLink;
 use segment::{CLOSED, LOOKED, Segment};
+pub(crate) use straight::Straight;
 pub(crate) use waiting::sleep_on;
 
 /// Up to this many ranks on a node, a link's look that finds nothing fetches

@@ -20,6 +20,7 @@ mod send_first;
 mod single_copy;
 mod sizes;
 mod soak;
+mod straight;
 mod tag_zero;
 mod thread_hangs;
 mod thread_races;

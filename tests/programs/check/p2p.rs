@@ -1,5 +1,6 @@
 //! Point-to-point checks: ordering, wildcards with status, probe, large and
 //! empty messages, sends to self, tag 0 where a call says so (`tag_zero.rs`),
+//! receives from one rank against what must come first (`straight.rs`),
 //! non-blocking requests, and the errors a user meets.
 
 use spmd::{Communicator, Error, Match, Request};
@@ -19,6 +20,7 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
     immediate(world)?;
     completion(world)?;
     sendrecv_ring(world)?;
+    crate::straight::run(world)?;
     crate::numbers::run(world)?;
     errors(world)?;
     world.barrier()

@@ -1,0 +1,89 @@
+//! The straight path of a blocking receive from one rank on the node: when
+//! nothing the matching engine holds can come first, the peer's next
+//! message is taken out of its fastbox into the receive's room, without
+//! posting the receive or going round every peer (see
+//! `transport/shm/straight.rs`). Everything else takes the general path.
+
+use super::{Engine, EngineGuard};
+use crate::envelope::{Envelope, Room};
+use crate::error::Result;
+use crate::matching::Arrived;
+use crate::selector::Selector;
+use crate::transport::{Boxed, Straight};
+
+impl EngineGuard<'_> {
+    /// Receives the next message `sel` accepts by the straight path, if it
+    /// can; `None` leaves it to the general path: a receive from any rank,
+    /// from this rank or from a rank off the node, a message queued that
+    /// `sel` accepts, a receive posted before that may take the peer's
+    /// message, an immediate collective or another thread in a wait, or a
+    /// next message that is not in a fastbox or not one `sel` accepts.
+    /// With `poll`, waits for the message as long as the wait mode polls.
+    pub(super) fn receive_straight(
+        &mut self,
+        sel: Selector,
+        room: Option<Room>,
+        poll: bool,
+    ) -> Result<Option<Envelope>> {
+        let Some(source) = sel.pattern.source_rank() else {
+            return Ok(None);
+        };
+        self.check_rank(source)?;
+        if source == self.me
+            || !self.schedules.is_empty()
+            || self.sleepers > 0
+            || !self.matcher.nothing_before(sel, source)
+        {
+            return Ok(None);
+        }
+        let accepts = |head: &Arrived| sel.accepts_from(head.source, head.tag, head.context);
+        for polled in [false, true] {
+            let Some(mesh) = self.transport.mesh_to(source) else {
+                return Ok(None);
+            };
+            let found = mesh.take_straight(source, &accepts);
+            let watch = mesh.watch_straight(source);
+            match found {
+                Ok(Straight::Taken(boxed)) => return Ok(Some(self.take_boxed(boxed, room))),
+                Ok(Straight::Empty) if poll && !polled => {}
+                Ok(_) => return Ok(None),
+                Err(e) => return Err(self.lost(e)),
+            }
+            // Until the peer's box fills or anything else is ready (then
+            // the general path looks at it), or the time to poll is up.
+            let Some(watch) = watch else { return Ok(None) };
+            if !self.poll_for_work(&|| watch.ready()) {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Engine {
+    /// The envelope of a message taken out of a fastbox: landed in `room`
+    /// where it fits there (as the general path lands it), else carrying
+    /// its payload.
+    fn take_boxed(&mut self, boxed: Boxed, room: Option<Room>) -> Envelope {
+        let head = boxed.head;
+        let payload = boxed.payload();
+        let len = payload.len() as u64;
+        let mut env = Envelope::new(head.source, head.tag, head.context, head.format, Vec::new());
+        match room.and_then(|r| r.landing(head.format, len)) {
+            Some((ptr, fresh)) => {
+                // SAFETY: a room's landing has space for `len` bytes at
+                // `ptr`, and the caller keeps the room valid until the
+                // receive returns.
+                unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), ptr, payload.len()) };
+                env.landed = Some(len);
+                env.fresh = fresh;
+            }
+            None => env.payload = payload.to_vec(),
+        }
+        env.call = head.call;
+        env.arrival = self.matcher.count_arrival();
+        self.note_moved();
+        self.settle();
+        env
+    }
+}
