@@ -296,6 +296,13 @@ impl EngineGuard<'_> {
         !idle && !wanted() && self.transport.poll_for_work(&|| ready() || wanted()) && !wanted()
     }
 
+    /// This thread polled as long as the wait mode says and nothing came:
+    /// its next sleep in this wait starts without polling again, unless
+    /// something moves first.
+    pub(super) fn polled_out(&self) {
+        MARK.with(|t| t.idle_at.set(Some(self.moves)));
+    }
+
     /// The second half of [`EngineGuard::wait_for_work`]: sleeps without
     /// the engine until a peer or another thread of the rank wakes this
     /// one, or `deadline` passes.

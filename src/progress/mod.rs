@@ -98,6 +98,9 @@ pub(crate) struct Engine {
     /// The peers found gone for which this rank gave the launcher time
     /// to end the job already (see [`Engine::gone`]): once is enough.
     given_time: Vec<usize>,
+    /// Messages taken by the straight path since the last general step
+    /// (see `straight.rs`).
+    straight_run: u32,
 }
 
 impl Engine {
@@ -122,6 +125,7 @@ impl Engine {
             moves: 0,
             asleep: Vec::new(),
             given_time: Vec::new(),
+            straight_run: 0,
         }
     }
 
@@ -343,6 +347,7 @@ impl Engine {
     /// [`Wait::Once`]); true if anything moved. Threads of the rank asleep
     /// without the engine are woken: what moved may be theirs.
     fn step_moved(&mut self, wait: Wait) -> Result<bool> {
+        self.straight_run = 0;
         let moved = self.transport.progress(&mut self.matcher, wait, &|| {});
         let moved = moved.map_err(|e| self.lost(e))?;
         if moved {

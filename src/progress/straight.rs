@@ -7,18 +7,26 @@
 use super::{Engine, EngineGuard};
 use crate::envelope::{Envelope, Room};
 use crate::error::Result;
-use crate::matching::Arrived;
+use crate::matching::{Arrived, Sink};
 use crate::selector::Selector;
 use crate::transport::{Boxed, Straight};
+
+/// After this many messages taken the straight way since the last general
+/// step, a receive goes the general way, which reads every peer and writes
+/// to every one: a peer whose fastbox never runs dry does not keep the
+/// others waiting.
+const STRAIGHT_RUN: u32 = 64;
 
 impl EngineGuard<'_> {
     /// Receives the next message `sel` accepts by the straight path, if it
     /// can; `None` leaves it to the general path: a receive from any rank,
-    /// from this rank or from a rank off the node, a message queued that
+    /// from this rank, or in a job that spans nodes; a message queued that
     /// `sel` accepts, a receive posted before that may take the peer's
-    /// message, an immediate collective or another thread in a wait, or a
-    /// next message that is not in a fastbox or not one `sel` accepts.
-    /// With `poll`, waits for the message as long as the wait mode polls.
+    /// message, a peer this rank holds too much from already, an immediate
+    /// collective or another thread in a wait; a next message that is not
+    /// in a fastbox or not one `sel` accepts; every [`STRAIGHT_RUN`]th
+    /// message. With `poll`, waits for the message as long as the wait
+    /// mode polls; if it does not come, the general path sleeps at once.
     pub(super) fn receive_straight(
         &mut self,
         sel: Selector,
@@ -32,27 +40,47 @@ impl EngineGuard<'_> {
         if source == self.me
             || !self.schedules.is_empty()
             || self.sleepers > 0
+            || !self.matcher.wants(source)
             || !self.matcher.nothing_before(sel, source)
         {
             return Ok(None);
         }
+        if self.straight_run >= STRAIGHT_RUN {
+            self.straight_run = 0;
+            return Ok(None);
+        }
         let accepts = |head: &Arrived| sel.accepts_from(head.source, head.tag, head.context);
         for polled in [false, true] {
-            let Some(mesh) = self.transport.mesh_to(source) else {
+            let Some(mesh) = self.transport.shm_only() else {
                 return Ok(None);
             };
-            let found = mesh.take_straight(source, &accepts);
+            let wrote = mesh.peers.flush_all();
+            let found = wrote.and_then(|wrote| Ok((wrote, mesh.take_straight(source, &accepts)?)));
             let watch = mesh.watch_straight(source);
-            match found {
-                Ok(Straight::Taken(boxed)) => return Ok(Some(self.take_boxed(boxed, room))),
-                Ok(Straight::Empty) if poll && !polled => {}
-                Ok(_) => return Ok(None),
+            let found = match found {
+                Ok((wrote, found)) => {
+                    if wrote {
+                        // A send another thread waits on may be done.
+                        self.note_moved();
+                    }
+                    found
+                }
                 Err(e) => return Err(self.lost(e)),
+            };
+            match found {
+                Straight::Taken(boxed) => {
+                    self.straight_run += 1;
+                    return Ok(Some(self.take_boxed(boxed, room)));
+                }
+                Straight::Empty if poll && !polled => {}
+                _ => return Ok(None),
             }
             // Until the peer's box fills or anything else is ready (then
             // the general path looks at it), or the time to poll is up.
             let Some(watch) = watch else { return Ok(None) };
             if !self.poll_for_work(&|| watch.ready()) {
+                // The general path does not poll again before it sleeps.
+                self.polled_out();
                 return Ok(None);
             }
         }

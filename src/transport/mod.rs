@@ -459,12 +459,12 @@ impl Transport {
         }
     }
 
-    /// The shared-memory mesh that reaches job rank `rank`, if one does
-    /// (for the straight path of a receive: see `shm/straight.rs`).
-    pub fn mesh_to(&mut self, rank: usize) -> Option<&mut ShmMesh> {
+    /// The shared-memory mesh, when it reaches every peer (for the
+    /// straight path of a receive, see `shm/straight.rs`: a job that spans
+    /// nodes has sockets to read and write as well).
+    pub fn shm_only(&mut self) -> Option<&mut ShmMesh> {
         match self {
             Transport::Shm(m) => Some(m),
-            Transport::Mixed(m) if m.is_local(rank) => Some(&mut m.shm),
             _ => None,
         }
     }

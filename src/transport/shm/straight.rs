@@ -28,17 +28,16 @@ pub(crate) enum Straight {
 
 impl ShmMesh {
     /// Takes the next message from job rank `rank` if it waits in a
-    /// fastbox and `accepts` takes it. Queued output is written first, as
-    /// every look for messages does.
+    /// fastbox and `accepts` takes it. (The caller writes queued output
+    /// first, as every look for messages does.)
     pub fn take_straight(&mut self, rank: usize, accepts: &dyn Fn(&Arrived) -> bool) -> Result<Straight> {
-        self.peers.flush_all()?;
         if self.own.state_changes().load(Ordering::Acquire) != self.state_changes_seen {
             return Ok(Straight::Elsewhere);
         }
         let Some(p) = self.peers.list.get_mut(rank).and_then(Option::as_mut) else {
             return Ok(Straight::Elsewhere);
         };
-        if !p.is_open() || p.has_parked() || p.incoming.is_some() {
+        if !p.is_open() || p.has_parked() || !p.is_idle() {
             return Ok(Straight::Elsewhere);
         }
         match p.link.fastbox_rx.peek(rank)? {
