@@ -54,19 +54,16 @@ impl EngineGuard<'_> {
             let Some(mesh) = self.transport.shm_only() else {
                 return Ok(None);
             };
-            let wrote = mesh.peers.flush_all();
-            let found = wrote.and_then(|wrote| Ok((wrote, mesh.take_straight(source, &accepts)?)));
             let watch = mesh.watch_straight(source);
-            let found = match found {
-                Ok((wrote, found)) => {
-                    if wrote {
-                        // A send another thread waits on may be done.
-                        self.note_moved();
-                    }
-                    found
-                }
-                Err(e) => return Err(self.lost(e)),
-            };
+            let found = mesh
+                .peers
+                .flush_all()
+                .and_then(|wrote| Ok((wrote, mesh.take_straight(source, &accepts)?)));
+            let (wrote, found) = found.map_err(|e| self.lost(e))?;
+            if wrote {
+                // A send another thread waits on may be done.
+                self.note_moved();
+            }
             match found {
                 Straight::Taken(boxed) => {
                     self.straight_run += 1;

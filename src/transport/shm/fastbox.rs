@@ -191,7 +191,7 @@ impl FastboxRx {
 
     /// True if the next fastbox holds a message.
     pub(super) fn ready(&self) -> bool {
-        word(self.base, self.taken, 0).load(Ordering::Acquire) == stamp(self.taken)
+        self.watch().ready()
     }
 
     /// The message in the next fastbox from rank `from`, checked, if there
