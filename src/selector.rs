@@ -133,7 +133,6 @@ impl Status {
         }
     }
 
-    #[cfg(feature = "mpi")]
     pub(crate) fn new(source: usize, tag: u32, len: u64, element: u16) -> Status {
         Status {
             source,

@@ -7,6 +7,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::envelope::{Envelope, Format};
+use crate::selector::Status;
 use crate::wire::Context;
 
 /// What a landed message was: written by the thread that holds the
@@ -43,6 +44,17 @@ impl LandedSlot {
         env.landed = Some(self.len.load(Ordering::Relaxed));
         env.arrival = self.arrival.load(Ordering::Relaxed);
         Some(env)
+    }
+
+    /// The landed message's status (its source a job rank), if one has
+    /// landed: all a stream's receive needs, with no envelope made.
+    pub fn status(&self, element: u16) -> Option<Status> {
+        if !self.is_landed() {
+            return None;
+        }
+        let source = self.source.load(Ordering::Relaxed) as usize;
+        let tag = self.tag.load(Ordering::Relaxed);
+        Some(Status::new(source, tag, self.len.load(Ordering::Relaxed), element))
     }
 
     /// Empties the slot for another receive (nothing may refer to it).

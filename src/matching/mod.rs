@@ -326,29 +326,38 @@ impl Matcher {
 impl Matcher {
     /// The receive that gets a message of `len` bytes in `format` from
     /// `source` (the earliest posted one that accepts it: only that one may
-    /// take it), taken out of the posted ones if the message can land in
-    /// its room: with where to write it, the buffer made for it (a fresh
-    /// room) and the message's arrival number.
-    fn take_for_landing(
-        &mut self,
+    /// take it), if the message can land in its room: its place among the
+    /// posted receives, where to write the message and the buffer made for
+    /// it (a fresh room). The receive stays posted: the caller takes it
+    /// out (`remove_at`) once it has used the room, so that nothing as
+    /// large as a receive is moved on the way.
+    fn find_landing(
+        &self,
         source: usize,
         tag: u32,
         context: Context,
         format: Format,
         len: u64,
-    ) -> Option<(Posted, *mut u8, Option<crate::envelope::FreshBuffer>, u64)> {
+    ) -> Option<(usize, *mut u8, Option<crate::envelope::FreshBuffer>)> {
         if format == Format::Serde {
             return None;
         }
-        let i = self
-            .posted
-            .iter()
-            .position(|p| p.sel.accepts_from(source, tag, context))?;
-        let (ptr, fresh) = self.posted[i].room?.landing(format, len)?;
-        let p = remove_at(&mut self.posted, i)?;
+        let accepts = |p: &Posted| p.sel.accepts_from(source, tag, context);
+        // The front one, in a stream of receives each taking the next
+        // message: no search.
+        let (i, p) = match self.posted.front() {
+            Some(p) if accepts(p) => (0, p),
+            _ => self.posted.iter().enumerate().find(|(_, p)| accepts(p))?,
+        };
+        let (ptr, fresh) = p.room.as_ref()?.landing(format, len)?;
+        Some((i, ptr, fresh))
+    }
+
+    /// The next message's arrival number.
+    fn next_arrival(&mut self) -> u64 {
         let arrival = self.next_arrival;
         self.next_arrival += 1;
-        Some((p, ptr, fresh, arrival))
+        arrival
     }
 }
 
@@ -364,7 +373,9 @@ impl Sink for Matcher {
     }
 
     fn claim(&mut self, source: usize, tag: u32, context: Context, format: Format, len: u64) -> Option<Landing> {
-        let (p, ptr, fresh, arrival) = self.take_for_landing(source, tag, context, format, len)?;
+        let (i, ptr, fresh) = self.find_landing(source, tag, context, format, len)?;
+        let p = remove_at(&mut self.posted, i)?;
+        let arrival = self.next_arrival();
         self.landing.push(Claimed {
             id: p.id,
             source,
@@ -390,31 +401,35 @@ impl Sink for Matcher {
 
     fn land_whole(&mut self, head: &Arrived, payload: &[u8]) -> bool {
         let len = payload.len() as u64;
-        let Some((p, ptr, fresh, arrival)) =
-            self.take_for_landing(head.source, head.tag, head.context, head.format, len)
-        else {
+        let Some((i, ptr, fresh)) = self.find_landing(head.source, head.tag, head.context, head.format, len) else {
             return false;
         };
         // SAFETY: the receive's room has space for `len` bytes at `ptr`.
         unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), ptr, payload.len()) };
-        match p.room {
-            Some(Room::Lent { slot, .. }) => slot.land(&Landed {
+        let arrival = self.next_arrival();
+        // A lent room's scope learns of it from its slot (the common case
+        // of a stream: nothing to build).
+        if let Some(Room::Lent { slot, .. }) = self.posted[i].room {
+            slot.land(&Landed {
                 source: head.source,
                 tag: head.tag,
                 context: head.context,
                 call: head.call,
                 len,
                 arrival,
-            }),
-            room => {
-                let mut env = Envelope::new(head.source, head.tag, head.context, head.format, Vec::new());
-                env.call = head.call;
-                env.landed = Some(len);
-                env.fresh = fresh;
-                env.arrival = arrival;
-                self.completed.push((p.id, env, room));
-            }
+            });
+            remove_at(&mut self.posted, i);
+            return true;
         }
+        let Some(p) = remove_at(&mut self.posted, i) else {
+            return false;
+        };
+        let mut env = Envelope::new(head.source, head.tag, head.context, head.format, Vec::new());
+        env.call = head.call;
+        env.landed = Some(len);
+        env.fresh = fresh;
+        env.arrival = arrival;
+        self.completed.push((p.id, env, p.room));
         true
     }
 

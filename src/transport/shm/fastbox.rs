@@ -76,6 +76,21 @@ pub(crate) struct Boxed {
 }
 
 impl Boxed {
+    /// Nothing yet, for [`FastboxRx::peek_into`] to fill.
+    fn empty(from: usize) -> Boxed {
+        Boxed {
+            head: Arrived {
+                source: from,
+                tag: 0,
+                context: Context(0),
+                format: Format::Raw(0),
+                call: 0,
+            },
+            len: 0,
+            bytes: [0; FASTBOX_DATA],
+        }
+    }
+
     /// The payload.
     pub fn payload(&self) -> &[u8] {
         &self.bytes[..self.len]
@@ -198,8 +213,16 @@ impl FastboxRx {
     /// is one; it stays there until [`FastboxRx::take_one`]. A malformed box
     /// is an error naming the peer and the field.
     pub(super) fn peek(&self, from: usize) -> Result<Option<Boxed>> {
+        let mut boxed = Boxed::empty(from);
+        Ok(self.peek_into(from, &mut boxed)?.then_some(boxed))
+    }
+
+    /// [`FastboxRx::peek`] into `out` (left as it was if the box is empty):
+    /// true if there was a message. A loop that takes many reuses one
+    /// `Boxed` and moves none.
+    fn peek_into(&self, from: usize, out: &mut Boxed) -> Result<bool> {
         if !self.ready() {
-            return Ok(None);
+            return Ok(false);
         }
         let n = self.taken;
         // The stamp was loaded with Acquire after the sender stored the
@@ -228,18 +251,18 @@ impl FastboxRx {
         header.check(peer, FASTBOX_DATA as u64)?;
         // Into memory of this rank's own first (no allocation: a message
         // that lands in a receive's buffer needs none).
-        let mut bytes = [0u8; FASTBOX_DATA];
-        for (i, chunk) in bytes.chunks_mut(4).take(len.div_ceil(4)).enumerate() {
+        for (i, chunk) in out.bytes.chunks_mut(4).take(len.div_ceil(4)).enumerate() {
             chunk.copy_from_slice(&load(1 + FIELDS + i).to_le_bytes());
         }
-        let head = Arrived {
+        out.len = len;
+        out.head = Arrived {
             source: from,
             tag: header.tag,
             context: header.context,
             format: Format::of(kind, element),
             call: header.call,
         };
-        Ok(Some(Boxed { head, len, bytes }))
+        Ok(true)
     }
 
     /// Takes the message [`FastboxRx::peek`] returned: its box is free
@@ -265,7 +288,8 @@ impl FastboxRx {
     /// peer and the field.
     pub(super) fn drain(&mut self, from: usize, deliver: &mut Delivery<'_>) -> Result<bool> {
         let start = self.taken;
-        while let Some(boxed) = self.peek(from)? {
+        let mut boxed = Boxed::empty(from);
+        while self.peek_into(from, &mut boxed)? {
             let (head, payload) = (&boxed.head, boxed.payload());
             if !deliver.land_whole(head, payload) {
                 let mut env = Envelope::new(from, head.tag, head.context, head.format, payload.to_vec());

@@ -29,6 +29,7 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
             let _unwaited = s.immediate_send_slice_with_tag(&data, right, tag + 100)?;
             let status = recv.wait()?;
             assert_eq!(status.len(), 8 * len as u64, "round {round}: length");
+            assert_eq!((status.source(), status.tag()), (left, tag), "round {round}: status");
             send.wait()?;
             Ok(())
         })?;
@@ -42,6 +43,7 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
         );
         world.barrier()?;
     }
+    windows(world)?;
     // Receives posted after the data arrived take the copy path.
     let data = pattern(5000, me, 9);
     world.send_slice_with_tag(&data, right, 900)?;
@@ -138,6 +140,55 @@ fn landed_then_failed(world: &Communicator) -> Result<(), Error> {
             got == pattern(len, left, round + 3),
             "{len} numbers: the second message given back"
         );
+        world.barrier()?;
+    }
+    Ok(())
+}
+
+/// Windows of 64 receives from the left neighbour (any tag), as a stream
+/// posts them, against 64 sends to the right with tags 0 to 63 and sizes
+/// from one number to past a fastbox: each status names the sender, the
+/// tag and the count of the message it got, in order. In the last window
+/// every receive names its tag, posted in the reverse order, so each
+/// message lands in a receive that is not the first one posted.
+fn windows(world: &Communicator) -> Result<(), Error> {
+    const WINDOW: usize = 64;
+    let (me, n) = (world.rank(), world.size());
+    let (right, left) = ((me + 1) % n, (me + n - 1) % n);
+    let count = |k: usize| 1 + k % 9;
+    for (round, reversed) in [(0, false), (1, false), (2, true)] {
+        let data: Vec<Vec<u64>> = (0..WINDOW).map(|k| pattern(count(k), me, round * WINDOW + k)).collect();
+        let mut bufs = vec![vec![0u64; 9]; WINDOW];
+        let statuses = world.scope(|s| {
+            let mut receives = Vec::new();
+            if reversed {
+                for (k, buf) in bufs.iter_mut().enumerate().rev() {
+                    receives.push((k, s.immediate_receive_into_with_tag(buf, left, k as u32)?));
+                }
+            } else {
+                for (k, buf) in bufs.iter_mut().enumerate() {
+                    receives.push((k, s.immediate_receive_into_matching(buf, Match::source(left))?));
+                }
+            }
+            let sends = (0..WINDOW)
+                .map(|k| s.immediate_send_slice_with_tag(&data[k], right, k as u32))
+                .collect::<Result<Vec<_>, Error>>()?;
+            let mut statuses = Vec::new();
+            for (k, receive) in receives {
+                statuses.push((k, receive.wait()?));
+            }
+            spmd::wait_all(sends)?;
+            Ok(statuses)
+        })?;
+        for (k, status) in statuses {
+            let what = format!("window {round}, receive {k}");
+            assert_eq!((status.source(), status.tag()), (left, k as u32), "{what}: status");
+            assert_eq!(status.count(), Some(count(k) as u64), "{what}: count");
+            assert!(
+                bufs[k][..count(k)] == pattern(count(k), left, round * WINDOW + k),
+                "{what}: corrupted"
+            );
+        }
         world.barrier()?;
     }
     Ok(())
