@@ -3,7 +3,8 @@
 //! receives posted in advance (scoped requests, which lend the buffers as
 //! MPI's do), then an acknowledgement, repeated.
 //!
-//! Run: `spmdrun -n 2 target/release/examples/osu_bw [max-bytes]`
+//! Run: `spmdrun -n 2 target/release/examples/osu_bw [max-bytes] [min-bytes]`
+//! (the sizes are the powers of two from `min-bytes`, 1 if not given)
 
 mod common;
 
@@ -17,6 +18,7 @@ fn main() -> Result<(), spmd::Error> {
     let on = common::bench_on(&job)?;
     let world: &Communicator = on.as_ref().unwrap_or(&job);
     let max: usize = common::arg(world, 1, "max-bytes", 4 << 20);
+    let min: usize = common::arg(world, 2, "min-bytes", 1usize).max(1);
     if world.size() < 2 {
         eprintln!("osu_bw needs at least 2 ranks");
         world.abort(1);
@@ -25,7 +27,7 @@ fn main() -> Result<(), spmd::Error> {
         println!("# spmd bandwidth test ({} ranks)", world.size());
         println!("{:<10}{:>20}", "# Size", "Bandwidth (MB/s)");
     }
-    let mut size = 1;
+    let mut size = min.next_power_of_two();
     while size <= max {
         let (warmup, iters) = common::repeated(world, iterations(size));
         let seconds = match world.rank() {

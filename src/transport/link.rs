@@ -30,6 +30,12 @@ pub(crate) trait Link {
     fn try_send_beside(&mut self, _header: &Header, _payload: &[u8]) -> Result<bool> {
         Ok(false)
     }
+    /// True if a write of `wanted` bytes would go whole now: the link can
+    /// tell, and has the room (a ring). A link that cannot tell (a socket)
+    /// says false, and its frames go through the queue.
+    fn has_room_for(&mut self, _wanted: usize) -> Result<bool> {
+        Ok(false)
+    }
     /// True if a message of `len` bytes goes as an [`crate::wire::Kind::Offer`], for
     /// the peer to copy straight from this process's memory (it said it
     /// can). `queued` says that frames wait to be written before it.

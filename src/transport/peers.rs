@@ -52,10 +52,10 @@ impl<L: Link> Peers<L> {
         if peer.try_send_beside(&header, payload.bytes())? {
             return Ok(None);
         }
-        let ticket = SendTicket {
-            dest,
-            seq: peer.push(&header, payload),
+        let Some(seq) = peer.push_or_write(&header, payload)? else {
+            return Ok(None);
         };
+        let ticket = SendTicket { dest, seq };
         if let Err(e) = peer.flush() {
             // The link failed: nobody copies from an offer any more.
             self.own(ticket);

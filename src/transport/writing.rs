@@ -13,6 +13,10 @@ use super::stream::{Io, Link, Outgoing, Payload, Peer};
 /// Frames gathered into one write.
 const MAX_IOVECS: usize = 16;
 
+/// The largest payload [`Peer::push_or_write`] writes at once (larger ones
+/// gain nothing from skipping the queue, and may go as offers).
+const WRITE_NOW_MAX: usize = 16 << 10;
+
 impl<L: Link> Peer<L> {
     /// True once the peer has shut its side down, seen beside the stream
     /// ([`Link::peer_hung_up`]); from then on nothing is sent to it.
@@ -48,6 +52,39 @@ impl<L: Link> Peer<L> {
             offer,
         });
         seq
+    }
+
+    /// Queues a frame as [`Peer::push`] does, unless nothing is queued, the
+    /// message is small and the link has room for the whole frame now:
+    /// then it is written at once, with no queue entry and no gathering
+    /// (a stream of small messages through the ring), and `None` says so:
+    /// it is sent and borrows nothing. Otherwise the frame's number.
+    pub(super) fn push_or_write(&mut self, header: &Header, payload: Payload) -> Result<Option<u64>> {
+        let bytes = payload.bytes();
+        let total = HEADER_LEN + bytes.len();
+        if !self.out.is_empty() || bytes.len() > WRITE_NOW_MAX || !self.link.has_room_for(total)? {
+            return Ok(Some(self.push(header, payload)));
+        }
+        let encoded = header.encode();
+        let wrote = self.link.write(&[IoSlice::new(&encoded), IoSlice::new(bytes)])?;
+        if wrote == Io::Done(total) {
+            self.queued += 1;
+            self.sent += 1;
+            return Ok(None);
+        }
+        // The peer closed meanwhile: the frame is queued with what went,
+        // for `flush` to find the link closed and fail the send.
+        let seq = self.push(header, payload);
+        match wrote {
+            Io::Done(n) => {
+                if let Some(front) = self.out.front_mut() {
+                    front.written = n;
+                }
+            }
+            Io::Closed => self.write_closed = true,
+            Io::WouldBlock => {}
+        }
+        Ok(Some(seq))
     }
 
     /// Sends a message beside the stream if the link can (see

@@ -225,6 +225,10 @@ impl RingLink {
 }
 
 impl Link for RingLink {
+    fn has_room_for(&mut self, wanted: usize) -> Result<bool> {
+        Ok(!self.peer_closed() && self.room(wanted)? >= wanted)
+    }
+
     fn write(&mut self, iov: &[IoSlice<'_>]) -> Result<Io> {
         let wanted: usize = iov.iter().map(|s| s.len()).sum();
         // A peer that has finalized reads nothing more: bytes written now
