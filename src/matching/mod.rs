@@ -353,6 +353,42 @@ impl Matcher {
         Some((i, ptr, fresh))
     }
 
+    /// Lands a whole message in the front posted receive if that one takes
+    /// it and lent its buffer: a stream's usual case, done with nothing
+    /// moved but the payload (see `land_whole` for the rest).
+    #[inline]
+    fn land_in_front_lent(&mut self, head: &Arrived, payload: &[u8]) -> bool {
+        let len = payload.len() as u64;
+        let Some(Posted {
+            sel,
+            room: Some(room @ Room::Lent { slot, .. }),
+            ..
+        }) = self.posted.front()
+        else {
+            return false;
+        };
+        if !sel.accepts_from(head.source, head.tag, head.context) {
+            return false;
+        }
+        let Some((ptr, None)) = room.landing(head.format, len) else {
+            return false;
+        };
+        let slot = *slot;
+        // SAFETY: the receive's room has space for `len` bytes at `ptr`.
+        unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), ptr, payload.len()) };
+        let arrival = self.next_arrival();
+        slot.land(&Landed {
+            source: head.source,
+            tag: head.tag,
+            context: head.context,
+            call: head.call,
+            len,
+            arrival,
+        });
+        self.posted.pop_front();
+        true
+    }
+
     /// The next message's arrival number.
     fn next_arrival(&mut self) -> u64 {
         let arrival = self.next_arrival;
@@ -401,6 +437,9 @@ impl Sink for Matcher {
 
     fn land_whole(&mut self, head: &Arrived, payload: &[u8]) -> bool {
         let len = payload.len() as u64;
+        if self.land_in_front_lent(head, payload) {
+            return true;
+        }
         let Some((i, ptr, fresh)) = self.find_landing(head.source, head.tag, head.context, head.format, len) else {
             return false;
         };
