@@ -78,6 +78,18 @@ pub(crate) fn size_of_code(code: u16) -> Option<usize> {
     }
 }
 
+/// True if `len` bytes are a whole number of elements of `size` bytes (a
+/// mask for the usual sizes, powers of two, instead of a division on
+/// every message).
+#[inline]
+pub(crate) fn whole_elements(len: u64, size: u64) -> bool {
+    if size.is_power_of_two() {
+        len & (size - 1) == 0
+    } else {
+        size != 0 && len % size == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +113,19 @@ mod tests {
         assert_eq!(size_of_code(code_of::<u16>()), Some(2));
         assert_eq!(size_of_code(code_of::<Point>()), Some(12));
         assert_eq!(size_of_code(0), None);
+    }
+
+    #[test]
+    fn whole_elements_by_mask_and_by_division() {
+        for (len, size, whole) in [
+            (0, 8, true),
+            (16, 8, true),
+            (12, 8, false),
+            (24, 12, true),
+            (18, 12, false),
+        ] {
+            assert_eq!(whole_elements(len, size), whole, "{len} bytes of {size}");
+        }
+        assert!(!whole_elements(8, 0));
     }
 }

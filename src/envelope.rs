@@ -138,7 +138,7 @@ impl Room {
                 // Only whole elements land: anything else is an error the
                 // receive reports with the message still queued.
                 let size = crate::element::size_of_code(element)? as u64;
-                if size == 0 || len % size != 0 {
+                if !crate::element::whole_elements(len, size) {
                     return None;
                 }
                 Some((buffer.ptr, None))
