@@ -401,6 +401,23 @@ mod tests {
     }
 
     #[test]
+    fn every_length_a_box_holds_arrives_whole() {
+        let mut memory = area();
+        let base = memory.as_mut_ptr().cast::<u8>();
+        let (mut tx, mut rx) = (FastboxTx::new(base), FastboxRx::new(base));
+        let mut got = Collect::default();
+        for len in 0..=FASTBOX_DATA {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8 | 0x80).collect();
+            assert!(
+                tx.try_send(&header(len as u32), &payload, "p").unwrap(),
+                "{len} bytes refused"
+            );
+            assert!(rx.drain(3, &mut got).unwrap(), "{len} bytes not seen");
+            assert_eq!(got.0.last().map(|e| e.payload.clone()), Some(payload), "{len} bytes");
+        }
+    }
+
+    #[test]
     fn a_malformed_box_is_an_error_naming_the_peer_and_the_field() {
         // (word, value, field): the first word holds kind, length, element.
         let cases = [
