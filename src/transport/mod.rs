@@ -3,14 +3,15 @@
 //! shared region and the waiting of [`ShmMesh`]); which flavour it is
 //! stays in here.
 
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicU32;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::matching::{ReceiveId, Sink};
-use crate::wire::{Access, Card, Header, Settings, TransportKind};
+use crate::wire::{Access, Header, Settings};
 
+mod endpoint;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_links;
 mod last_look;
@@ -25,79 +26,10 @@ mod stream;
 mod tcp;
 mod writing;
 
+pub(crate) use endpoint::Endpoint;
 use mixed::MixedMesh;
-use shm::ShmEndpoint;
 pub(crate) use shm::{Boxed, NodeRanks, Region, ShmMesh, Straight};
 use socket::SocketMesh;
-use tcp::TcpEndpoint;
-
-/// What a rank makes before it registers: the first half of a transport.
-#[derive(Debug)]
-pub(crate) enum Endpoint {
-    /// Over sockets: nothing (the launcher makes the socket pairs).
-    Socket,
-    /// Over shared memory: this rank's segment.
-    Shm(ShmEndpoint),
-    /// Over TCP: this rank's listener for its peers.
-    Tcp(TcpEndpoint),
-    /// A job that spans nodes: a segment for the node, a listener for the
-    /// other nodes.
-    Mixed(ShmEndpoint, TcpEndpoint),
-}
-
-impl Endpoint {
-    /// Opens the endpoint of rank `rank`, local index `local_index` of
-    /// `local` ranks on its node in a job of `size`, as the job's settings
-    /// say: a segment (the leader's holds a collective region of `region`
-    /// bytes), a listener on the address in `access`, both (shared memory
-    /// in a job that spans nodes), or nothing.
-    pub fn open(
-        settings: &Settings,
-        access: Option<&Access>,
-        rank: usize,
-        (local_index, local, size): (usize, usize, usize),
-        region: usize,
-    ) -> Result<Endpoint> {
-        let listen = || match access {
-            Some(a) => TcpEndpoint::open(a.listen),
-            None => Err(Error::protocol(
-                "the launcher",
-                "access",
-                "a job over TCP, but no secret and address came with the welcome",
-            )),
-        };
-        match settings.transport {
-            TransportKind::Shm if local < size => Ok(Endpoint::Mixed(
-                ShmEndpoint::create(rank, local_index, local, region, true)?,
-                listen()?,
-            )),
-            TransportKind::Shm => ShmEndpoint::create(rank, local_index, local, region, false).map(Endpoint::Shm),
-            TransportKind::Socket => Ok(Endpoint::Socket),
-            TransportKind::Tcp => listen().map(Endpoint::Tcp),
-        }
-    }
-
-    /// The card that tells the launcher and the peers what this rank has.
-    pub fn card(&self) -> Card {
-        Card {
-            shm: matches!(self, Endpoint::Shm(_) | Endpoint::Mixed(..)),
-            wake: matches!(self, Endpoint::Mixed(..)),
-            tcp: match self {
-                Endpoint::Tcp(t) | Endpoint::Mixed(_, t) => Some(t.address()),
-                _ => None,
-            },
-        }
-    }
-
-    /// The descriptors that travel with the card: a segment, and the
-    /// wake-up eventfd in a job that spans nodes.
-    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        match self {
-            Endpoint::Socket | Endpoint::Tcp(_) => Vec::new(),
-            Endpoint::Shm(s) | Endpoint::Mixed(s, _) => std::iter::once(s.fd()).chain(s.wake_fd()).collect(),
-        }
-    }
-}
 
 /// Receives each whole message a transport reads.
 pub(crate) type Delivery<'a> = dyn Sink + 'a;
