@@ -6,7 +6,7 @@
 use std::cell::Cell;
 use std::time::Instant;
 
-use crate::wire::status::{OTHER_THREADS_OUTSIDE, Page, Phase, WaitOp, Waiting, now_ns};
+use crate::wire::status::{BUSY_IN_SPMD, LATEST_DEADLINE, OTHER_THREADS_OUTSIDE, Page, Phase, WaitOp, Waiting, now_ns};
 
 /// A wait as the engine describes it before it sleeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,11 +36,24 @@ impl WaitOn {
     }
 }
 
+/// How long a wait goes on without sleeping before the page says so: a
+/// wait that keeps finding messages to move (a steady stream, faster than
+/// its polling) never sleeps, and its rank would read as computing outside
+/// spmd. The page is written again this often while it lasts.
+const BUSY_AFTER_NS: u64 = 500_000_000;
+
+/// The steps of a wait between two looks at the clock for that (a look
+/// costs more than a step that finds nothing).
+const BUSY_LOOK_EVERY: u32 = 256;
+
 thread_local! {
-    /// The calling thread's wait under way, and since when it has slept in
-    /// it (ns; `None` until it first sleeps): each thread of a rank has
-    /// its own.
+    /// The calling thread's wait under way, and since when it has been
+    /// blocked in it (ns; `None` until it first sleeps, or is first told
+    /// busy): each thread of a rank has its own.
     static PENDING: Cell<Option<(WaitOn, Option<u64>)>> = const { Cell::new(None) };
+    /// The steps of that wait since it last slept (or began), and when
+    /// they were first looked at (ns; 0 before the first look).
+    static BUSY: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
 }
 
 /// A thread asleep in a wait, as the page may name it.
@@ -82,12 +95,38 @@ impl StatusWriter {
         self.page.set_phase(phase);
     }
 
-    /// Notes the calling thread's wait under way (private memory only).
-    pub fn note(&self, on: WaitOn) {
-        PENDING.set(match PENDING.get() {
-            Some((before, since)) if before == on => Some((before, since)),
-            _ => Some((on, None)),
-        });
+    /// Notes a step of the calling thread's wait under way (private memory
+    /// only). Once the wait has gone on for [`BUSY_AFTER_NS`] without
+    /// sleeping, returns it, to be published as busy
+    /// ([`StatusWriter::publish_busy`]), and again as often while it lasts.
+    pub fn note(&self, on: WaitOn) -> Option<Asleep> {
+        let since = match PENDING.get() {
+            Some((before, since)) if before == on => since,
+            _ => {
+                PENDING.set(Some((on, None)));
+                BUSY.set((0, 0));
+                return None;
+            }
+        };
+        let (steps, first) = BUSY.get();
+        let steps = steps.wrapping_add(1);
+        BUSY.set((steps, first));
+        if steps % BUSY_LOOK_EVERY != 0 {
+            return None;
+        }
+        let now = now_ns();
+        if first == 0 {
+            BUSY.set((steps, now));
+            return None;
+        }
+        if now.saturating_sub(first) < BUSY_AFTER_NS {
+            return None;
+        }
+        // Blocked since it first slept, or since the first look.
+        let since = since.unwrap_or(first);
+        PENDING.set(Some((on, Some(since))));
+        BUSY.set((steps, now));
+        Some(Asleep { on, since })
     }
 
     /// The calling thread is about to sleep in the wait it noted: the wait
@@ -96,7 +135,14 @@ impl StatusWriter {
         let (on, since) = PENDING.get()?;
         let since = since.unwrap_or_else(now_ns);
         PENDING.set(Some((on, Some(since))));
+        BUSY.set((0, 0));
         Some(Asleep { on, since })
+    }
+
+    /// The page names `wait`, which its thread has not slept in for a
+    /// while: it is blocked but busy (see [`BUSY_IN_SPMD`]).
+    pub fn publish_busy(&self, wait: Asleep, sent: u64, arrived: u64) {
+        self.write(wait, BUSY_IN_SPMD, sent, arrived);
     }
 
     /// The page names `wait` (the oldest of the rank's threads asleep), and
@@ -109,9 +155,13 @@ impl StatusWriter {
                 let left = d.saturating_duration_since(Instant::now());
                 now_ns()
                     .saturating_add(left.as_nanos().min(u64::MAX as u128) as u64)
-                    .clamp(1, OTHER_THREADS_OUTSIDE - 1)
+                    .clamp(1, LATEST_DEADLINE)
             }
         };
+        self.write(wait, until_ns, sent, arrived);
+    }
+
+    fn write(&self, wait: Asleep, until_ns: u64, sent: u64, arrived: u64) {
         let on = wait.on;
         let waiting = Waiting {
             op: on.op,

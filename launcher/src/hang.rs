@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use spmd::wire::status::{OTHER_THREADS_OUTSIDE, Phase, WaitOp, Waiting, now_ns};
+use spmd::wire::status::{BUSY_IN_SPMD, OTHER_THREADS_OUTSIDE, Phase, WaitOp, Waiting, now_ns};
 
 use crate::rank::Rank;
 
@@ -142,10 +142,10 @@ impl HangWatch {
                 match s {
                     Seen::Waiting(w) => {
                         let secs = now_ns.saturating_sub(w.since_ns) as f64 / 1e9;
-                        let others = if w.until_ns == OTHER_THREADS_OUTSIDE {
-                            " (another thread of it is outside spmd, and may yet send)"
-                        } else {
-                            ""
+                        let others = match w.until_ns {
+                            OTHER_THREADS_OUTSIDE => " (another thread of it is outside spmd, and may yet send)",
+                            BUSY_IN_SPMD => " (not asleep: messages keep moving through it)",
+                            _ => "",
                         };
                         format!("  {who} waits {} for {secs:.1} s{others}", wait_text(w))
                     }

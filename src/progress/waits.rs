@@ -96,10 +96,19 @@ impl EngineGuard<'_> {
 
     /// One step that may sleep, with the status page ready to say on what.
     pub(super) fn sleep_step(&mut self, on: WaitOn, deadline: Option<Instant>) -> Result<()> {
-        if let Some(s) = &self.status {
-            s.note(on);
-        }
+        self.note_wait(on);
         self.pause(deadline, &|| false)
+    }
+
+    /// Notes a step of the wait on `on`; one that has gone on for long
+    /// without sleeping goes on the status page as busy (see
+    /// [`crate::status::StatusWriter::note`]).
+    fn note_wait(&mut self, on: WaitOn) {
+        if let Some(s) = &self.status {
+            if let Some(busy) = s.note(on) {
+                s.publish_busy(busy, self.sent, self.matcher.arrived());
+            }
+        }
     }
 
     /// Sleeps until anything moves (a message arrives, a send drains, a
@@ -164,7 +173,8 @@ impl EngineGuard<'_> {
                 // a long run of steps that do not sleep, not at every poll.
                 if leave_checked.elapsed() >= LEAVE_CHECK_EVERY {
                     leave_checked = Instant::now();
-                    self.first_missing(missing)?;
+                    let first_missing = self.first_missing(missing)?;
+                    self.note_wait(waiting(first_missing));
                 }
                 let engine: &mut Engine = self;
                 let Some(mesh) = engine.transport.node() else {
@@ -179,9 +189,7 @@ impl EngineGuard<'_> {
                     continue;
                 }
                 let first_missing = self.first_missing(missing)?;
-                if let Some(s) = &self.status {
-                    s.note(waiting(first_missing));
-                }
+                self.note_wait(waiting(first_missing));
                 self.sleep_unlocked(deadline, ready)?;
             }
             Ok(())

@@ -94,7 +94,8 @@ pub struct Waiting {
     pub since_ns: u64,
     /// When the wait gives up (CLOCK_MONOTONIC, nanoseconds); 0 for never;
     /// [`OTHER_THREADS_OUTSIDE`] when another thread of the rank is outside
-    /// spmd.
+    /// spmd; [`BUSY_IN_SPMD`] when the waiting thread is not asleep but
+    /// keeps moving messages.
     pub until_ns: u64,
 }
 
@@ -154,6 +155,19 @@ impl Snapshot {
 /// outside spmd: that thread may yet send what the wait is for, so the
 /// rank is blocked but in no deadlock.
 pub const OTHER_THREADS_OUTSIDE: u64 = u64::MAX;
+
+/// The `until_ns` of a wait whose thread has not slept in it for a while:
+/// messages keep moving through the rank (a steady stream faster than its
+/// polling), so it is inside spmd and busy, in no deadlock.
+pub const BUSY_IN_SPMD: u64 = u64::MAX - 1;
+
+/// The latest deadline a page can say: the values above it are markers.
+pub const LATEST_DEADLINE: u64 = u64::MAX - 2;
+
+/// True if a wait's `until_ns` is a deadline: not 0 (none), nor a marker.
+pub fn is_deadline(until_ns: u64) -> bool {
+    until_ns != 0 && until_ns <= LATEST_DEADLINE
+}
 
 /// The current CLOCK_MONOTONIC time in nanoseconds (the clock the pages
 /// use, shared by every process of a machine).

@@ -7,7 +7,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 
 use spmd::wire::ControlMessage;
-use spmd::wire::status::{OTHER_THREADS_OUTSIDE, Snapshot};
+use spmd::wire::status::{LATEST_DEADLINE, Snapshot, is_deadline};
 
 use super::Job;
 use super::remote::Agent;
@@ -17,14 +17,18 @@ use crate::rank::Said;
 use crate::spawn::Termination;
 
 /// A snapshot from another host with its times moved onto this machine's
-/// clock by `offset` nanoseconds (a wait's end of 0, never, or
-/// "other threads outside spmd" stays as it is).
+/// clock by `offset` nanoseconds (a wait's end of 0, never, or a marker
+/// such as "other threads outside spmd" stays as it is).
 fn on_this_clock(mut s: Snapshot, offset: i128) -> Snapshot {
-    let shift = |t: u64| u64::try_from((i128::from(t) + offset).max(0)).unwrap_or(u64::MAX - 1);
+    let shift = |t: u64| {
+        u64::try_from((i128::from(t) + offset).max(0))
+            .unwrap_or(LATEST_DEADLINE)
+            .min(LATEST_DEADLINE)
+    };
     if let Some(w) = s.waiting.as_mut() {
         w.since_ns = shift(w.since_ns);
-        if w.until_ns != 0 && w.until_ns != OTHER_THREADS_OUTSIDE {
-            w.until_ns = shift(w.until_ns);
+        if is_deadline(w.until_ns) {
+            w.until_ns = shift(w.until_ns).max(1);
         }
     }
     s
@@ -312,5 +316,47 @@ impl Job {
                 self.fail(format!("{who} failed: {why}; ending the job"), 1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spmd::wire::status::{BUSY_IN_SPMD, OTHER_THREADS_OUTSIDE, Phase, WaitOp, Waiting};
+
+    fn waiting_until(until_ns: u64) -> Snapshot {
+        Snapshot {
+            phase: Phase::Running,
+            waiting: Some(Waiting {
+                op: WaitOp::Receive,
+                peer: Some(1),
+                tag: None,
+                context: 0,
+                call: 0,
+                sig: 0,
+                since_ns: 5_000,
+                until_ns,
+            }),
+            sent: 0,
+            arrived: 0,
+            pid: 1,
+        }
+    }
+
+    #[test]
+    fn another_hosts_times_move_and_its_markers_stay() {
+        let until = |s: Snapshot| s.waiting.map(|w| (w.since_ns, w.until_ns));
+        assert_eq!(until(on_this_clock(waiting_until(9_000), 1_000)), Some((6_000, 10_000)));
+        for marker in [0, OTHER_THREADS_OUTSIDE, BUSY_IN_SPMD] {
+            assert_eq!(
+                until(on_this_clock(waiting_until(marker), 1_000)),
+                Some((6_000, marker))
+            );
+        }
+        // A deadline moved past the end of the clock stays a deadline.
+        let late = until(on_this_clock(waiting_until(LATEST_DEADLINE), 1_000_000));
+        assert_eq!(late, Some((1_005_000, LATEST_DEADLINE)));
+        // One moved before the start of the clock too.
+        assert_eq!(until(on_this_clock(waiting_until(9_000), -20_000)), Some((0, 1)));
     }
 }

@@ -1,7 +1,9 @@
-//! A rank flooded with messages while it waits in a barrier still notices
-//! a rank that has left: `spmd-check hang flooded-barrier`.
+//! A rank flooded with messages while it waits: in a barrier, it still
+//! notices a rank that has left (`spmd-check hang flooded-barrier`); kept
+//! busy by a steady stream, it is named as waiting in the hang report, not
+//! as computing (`spmd-check hang busy-wait barrier|receive`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use spmd::{Error, World};
 
@@ -37,5 +39,51 @@ pub fn barrier(world: &World) -> Result<(), Error> {
         world.send_with_tag(&1u8, flooder, STOP)?;
     }
     println!("hang flooded-barrier: all checks passed");
+    Ok(())
+}
+
+/// How long rank 1 keeps rank 0 busy.
+const BUSY_FOR: Duration = Duration::from_secs(3);
+
+/// Rank 1 sends rank 0 a small message every 10 microseconds for
+/// [`BUSY_FOR`] (a steady stream, faster than a wait polls, and far below
+/// what a queue holds), while rank 0 waits in a barrier (`barrier`) or
+/// for a message of another tag (`receive`) that rank 1 sends at the end
+/// with the count. Rank 0 keeps finding messages to move and seldom if
+/// ever sleeps; spmdrun's hang report must name its wait all the same.
+/// Then rank 0 receives the stream, in order.
+pub fn busy_wait(world: &World, on: &str) -> Result<(), Error> {
+    let me = world.rank();
+    assert!(world.size() == 2, "busy-wait runs on 2 ranks");
+    assert!(
+        on == "barrier" || on == "receive",
+        "busy-wait barrier or receive, not {on:?}"
+    );
+    world.barrier()?;
+    if me == 1 {
+        let started = Instant::now();
+        let mut sent = 0u64;
+        while started.elapsed() < BUSY_FOR {
+            world.send_with_tag(&sent, 0, 3)?;
+            sent += 1;
+            let pause = Instant::now();
+            while pause.elapsed() < Duration::from_micros(10) {
+                std::hint::spin_loop();
+            }
+        }
+        if on == "barrier" {
+            world.barrier()?;
+        }
+        return world.send_with_tag(&sent, 0, 7);
+    }
+    if on == "barrier" {
+        world.barrier()?;
+    }
+    let sent: u64 = world.receive_with_tag(1, 7)?;
+    for k in 0..sent {
+        assert_eq!(world.receive_with_tag::<u64>(1, 3)?, k, "the stream's order");
+    }
+    assert!(sent > 0, "rank 1 sent nothing");
+    println!("hang busy-wait {on}: {sent} messages, all checks passed");
     Ok(())
 }

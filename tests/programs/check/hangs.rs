@@ -24,6 +24,7 @@ pub fn run(world: &World, case: &str, arg: &str) -> Result<(), Error> {
         "serde-types" => serde_types(world),
         "exchange" => exchange(world),
         "flooded-barrier" => super::flooded::barrier(world),
+        "busy-wait" => super::flooded::busy_wait(world, arg),
         other => panic!("unknown hang case {other:?}"),
     }
 }
