@@ -27,7 +27,9 @@ fn main() -> Result<(), spmd::Error> {
         println!("# spmd bandwidth test ({} ranks)", world.size());
         println!("{:<10}{:>20}", "# Size", "Bandwidth (MB/s)");
     }
-    let mut size = min.next_power_of_two();
+    let Some(mut size) = min.checked_next_power_of_two() else {
+        world.abort_with_message(2, &format!("min-bytes {min} is too large"));
+    };
     while size <= max {
         let (warmup, iters) = common::repeated(world, iterations(size));
         let seconds = match world.rank() {

@@ -51,8 +51,9 @@ thread_local! {
     /// blocked in it (ns; `None` until it first sleeps, or is first told
     /// busy): each thread of a rank has its own.
     static PENDING: Cell<Option<(WaitOn, Option<u64>)>> = const { Cell::new(None) };
-    /// The steps of that wait since it last slept (or began), and when
-    /// they were first looked at (ns; 0 before the first look).
+    /// The steps of that wait since it last slept (or began), and the
+    /// clock at the first look at them, or at the last time the page was
+    /// told the wait is busy (ns; 0 before the first look).
     static BUSY: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
 }
 
@@ -108,22 +109,24 @@ impl StatusWriter {
                 return None;
             }
         };
-        let (steps, first) = BUSY.get();
+        let (steps, last) = BUSY.get();
         let steps = steps.wrapping_add(1);
-        BUSY.set((steps, first));
-        if steps % BUSY_LOOK_EVERY != 0 {
+        BUSY.set((steps, last));
+        // The first look is at the wait's first step after the one that
+        // noted it: a wait that ends at once reads no clock.
+        if steps != 1 && steps % BUSY_LOOK_EVERY != 0 {
             return None;
         }
         let now = now_ns();
-        if first == 0 {
+        if last == 0 {
             BUSY.set((steps, now));
             return None;
         }
-        if now.saturating_sub(first) < BUSY_AFTER_NS {
+        if now.saturating_sub(last) < BUSY_AFTER_NS {
             return None;
         }
         // Blocked since it first slept, or since the first look.
-        let since = since.unwrap_or(first);
+        let since = since.unwrap_or(last);
         PENDING.set(Some((on, Some(since))));
         BUSY.set((steps, now));
         Some(Asleep { on, since })

@@ -67,6 +67,8 @@ impl EngineGuard<'_> {
             }
         }
         self.matcher.end_read_all();
+        // The wait is over: the page no longer says it (it may have slept).
+        self.settle();
     }
 
     /// Waits until a send has left this process.

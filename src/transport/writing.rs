@@ -73,16 +73,11 @@ impl<L: Link> Peer<L> {
             return Ok(None);
         }
         // The peer closed meanwhile: the frame is queued with what went,
-        // for `flush` to find the link closed and fail the send.
+        // and the caller's `flush` writes again, finds the link closed,
+        // drops the queue and fails the send, as for any queued frame.
         let seq = self.push(header, payload);
-        match wrote {
-            Io::Done(n) => {
-                if let Some(front) = self.out.front_mut() {
-                    front.written = n;
-                }
-            }
-            Io::Closed => self.write_closed = true,
-            Io::WouldBlock => {}
+        if let (Io::Done(n), Some(front)) = (wrote, self.out.front_mut()) {
+            front.written = n;
         }
         Ok(Some(seq))
     }
