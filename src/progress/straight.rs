@@ -50,6 +50,7 @@ impl EngineGuard<'_> {
             return Ok(None);
         }
         let accepts = |head: &Arrived| sel.accepts_from(head.source, head.tag, head.context);
+        let mut boxed = Boxed::empty(source);
         for polled in [false, true] {
             let Some(mesh) = self.transport.shm_only() else {
                 return Ok(None);
@@ -58,16 +59,16 @@ impl EngineGuard<'_> {
             let found = mesh
                 .peers
                 .flush_all()
-                .and_then(|wrote| Ok((wrote, mesh.take_straight(source, &accepts)?)));
+                .and_then(|wrote| Ok((wrote, mesh.take_straight(source, &accepts, &mut boxed)?)));
             let (wrote, found) = found.map_err(|e| self.lost(e))?;
             if wrote {
                 // A send another thread waits on may be done.
                 self.note_moved();
             }
             match found {
-                Straight::Taken(boxed) => {
+                Straight::Taken => {
                     self.straight_run += 1;
-                    return Ok(Some(self.take_boxed(boxed, room)));
+                    return Ok(Some(self.take_boxed(&boxed, room)));
                 }
                 Straight::Empty if poll && !polled => {}
                 _ => return Ok(None),
@@ -89,7 +90,7 @@ impl Engine {
     /// The envelope of a message taken out of a fastbox: landed in `room`
     /// where it fits there (as the general path lands it), else carrying
     /// its payload.
-    fn take_boxed(&mut self, boxed: Boxed, room: Option<Room>) -> Envelope {
+    fn take_boxed(&mut self, boxed: &Boxed, room: Option<Room>) -> Envelope {
         let head = boxed.head;
         let payload = boxed.payload();
         let len = payload.len() as u64;

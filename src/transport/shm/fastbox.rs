@@ -1,7 +1,15 @@
 //! Fastboxes: one-cache-line mailboxes per pair of ranks on a node,
 //! beside the ring, for messages of at most [`FASTBOX_DATA`] bytes. A
-//! message in a fastbox crosses between cores as one cache line, where the
-//! ring needs its head, the frame header and the payload.
+//! message of up to 44 bytes crosses between cores as one cache line, a
+//! longer one in as many consecutive boxes as it needs (at most
+//! [`MOST_BOXES`]), where the ring needs its head, the frame header, the
+//! payload, and a copy out of the ring before the message can be read.
+//!
+//! A message's first box holds its sequence number (stamped last), its
+//! fields and the start of its payload; each further box holds 0 in that
+//! word (never a sequence number, so a box is never taken for the start of
+//! a message it only continues) and the next 60 bytes. The receiver counts
+//! boxes taken, not messages.
 //!
 //! Order with the ring: the sender puts a message in a fastbox only when it
 //! has nothing queued and the receiver has read every ring byte, so ring
@@ -23,8 +31,9 @@ use crate::wire::{Context, Header, Kind};
 
 use super::super::Delivery;
 
-/// Fastboxes per pair and direction: a sender can be this many small
-/// messages ahead of its receiver before it falls back to the ring. A
+/// Fastboxes per pair and direction: a sender can be this many boxes (one
+/// per message of up to 44 bytes) ahead of its receiver before it falls
+/// back to the ring. A
 /// window of 64 small sends (OSU's `osu_bw`) fits: with 8, the rest of
 /// each window went through the ring, and 8 B streaming ran at 0.75 of
 /// this (4 KiB more per pair).
@@ -32,19 +41,76 @@ pub(super) const SLOTS: usize = 64;
 /// How many boxes ahead of the one it writes a sender asks for its line
 /// (see `prefetch.rs`): 4 and 8 did equally well.
 const AHEAD: u64 = 4;
-/// The receiver publishes how many messages it has taken every this many.
+/// The receiver publishes how many boxes it has taken every this many.
 const PUBLISH_EVERY: u64 = SLOTS as u64 / 2;
 /// One fastbox: a cache line.
 const LINE: usize = 64;
 /// The bytes of the fastbox area of one pair: the receiver's count of
 /// messages taken (a line of its own), then the slots.
 pub(super) const AREA: usize = LINE + SLOTS * LINE;
-/// The words of a slot after its sequence number: kind, length and element
-/// (one word), tag, context, call; then the payload.
+/// The words of a message's first box after its sequence number: kind,
+/// length and element (one word: 4, 12 and 16 bits), tag, context, call;
+/// then the payload.
 const FIELDS: usize = 4;
-/// The largest payload a fastbox carries.
-pub(crate) const FASTBOX_DATA: usize = LINE - 4 * (1 + FIELDS);
+/// The payload bytes in a message's first box.
+const FIRST_DATA: usize = LINE - 4 * (1 + FIELDS);
+/// The payload bytes in each further box (all but its first word, 0).
+const MORE_DATA: usize = LINE - 4;
+/// The most boxes one message takes.
+pub(super) const MOST_BOXES: usize = 5;
+/// The largest payload the fastboxes carry (284 bytes).
+pub(crate) const FASTBOX_DATA: usize = FIRST_DATA + (MOST_BOXES - 1) * MORE_DATA;
 const WORDS: usize = LINE / 4;
+const _: () = assert!(FASTBOX_DATA < 1 << 12, "the length has 12 bits");
+const _: () = assert!(MOST_BOXES <= SLOTS / 4, "a long message must leave room for others");
+
+/// The boxes a payload of `len` bytes (at most [`FASTBOX_DATA`]) takes.
+fn boxes_for(len: usize) -> u64 {
+    if len <= FIRST_DATA {
+        1
+    } else {
+        1 + (len - FIRST_DATA).div_ceil(MORE_DATA) as u64
+    }
+}
+
+/// Stores `bytes` as the words of box `n` from word `from` on: whole words
+/// from plain loads (a copy of a length the compiler does not know would
+/// be a call per word), then the last few bytes, padded.
+fn store_words(base: *mut u8, n: u64, from: usize, bytes: &[u8]) {
+    let words = bytes.chunks_exact(4);
+    let rest = words.remainder();
+    let whole = words.len();
+    for (i, chunk) in words.enumerate() {
+        let value = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        word(base, n, from + i).store(value, Ordering::Relaxed);
+    }
+    if !rest.is_empty() {
+        let mut b = [0u8; 4];
+        for (to, from) in b.iter_mut().zip(rest) {
+            *to = *from;
+        }
+        word(base, n, from + whole).store(u32::from_le_bytes(b), Ordering::Relaxed);
+    }
+}
+
+/// Loads `out.len()` bytes from the words of box `n` from word `from` on
+/// (whole words as plain stores, then the last few bytes).
+fn load_words(base: *mut u8, n: u64, from: usize, out: &mut [u8]) {
+    let mut words = out.chunks_exact_mut(4);
+    let mut i = 0;
+    for chunk in words.by_ref() {
+        let [a, b, c, d] = word(base, n, from + i).load(Ordering::Relaxed).to_le_bytes();
+        (chunk[0], chunk[1], chunk[2], chunk[3]) = (a, b, c, d);
+        i += 1;
+    }
+    let rest = words.into_remainder();
+    if !rest.is_empty() {
+        let bytes = word(base, n, from + i).load(Ordering::Relaxed).to_le_bytes();
+        for (to, from) in rest.iter_mut().zip(bytes) {
+            *to = from;
+        }
+    }
+}
 
 /// The sending side of the fastboxes from this rank to one peer (in the
 /// peer's segment).
@@ -77,7 +143,7 @@ pub(crate) struct Boxed {
 
 impl Boxed {
     /// Nothing yet, for [`FastboxRx::peek_into`] to fill.
-    fn empty(from: usize) -> Boxed {
+    pub fn empty(from: usize) -> Boxed {
         Boxed {
             head: Arrived {
                 source: from,
@@ -153,7 +219,8 @@ impl FastboxTx {
         if payload.len() > FASTBOX_DATA {
             return Ok(false);
         }
-        if self.sent - self.taken_seen >= SLOTS as u64 {
+        let boxes = boxes_for(payload.len());
+        if self.sent + boxes - self.taken_seen > SLOTS as u64 {
             let taken = taken_counter(self.base).load(Ordering::Acquire);
             if taken < self.taken_seen || taken > self.sent {
                 return Err(Error::protocol(
@@ -166,43 +233,36 @@ impl FastboxTx {
                 ));
             }
             self.taken_seen = taken;
-            if self.sent - taken >= SLOTS as u64 {
+            if self.sent + boxes - taken > SLOTS as u64 {
                 return Ok(false);
             }
         }
         let n = self.sent;
-        let first = header.kind as u32 | (payload.len() as u32) << 8 | u32::from(header.element) << 16;
+        let (start, more) = payload.split_at(payload.len().min(FIRST_DATA));
+        // The further boxes first: all of it is seen once the first box's
+        // number is (Release).
+        for (b, chunk) in more.chunks(MORE_DATA).enumerate() {
+            let m = n + 1 + b as u64;
+            word(self.base, m, 0).store(0, Ordering::Relaxed);
+            store_words(self.base, m, 1, chunk);
+        }
+        let first = header.kind as u32 | (payload.len() as u32) << 4 | u32::from(header.element) << 16;
         let fields = [first, header.tag, header.context.0, header.call];
         for (w, value) in fields.into_iter().enumerate() {
             word(self.base, n, 1 + w).store(value, Ordering::Relaxed);
         }
-        // Whole words as plain loads (a copy of a length the compiler does
-        // not know would be a call), then the last few bytes.
-        let words = payload.chunks_exact(4);
-        let rest = words.remainder();
-        let whole = words.len();
-        for (i, chunk) in words.enumerate() {
-            let value = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-            word(self.base, n, 1 + FIELDS + i).store(value, Ordering::Relaxed);
-        }
-        if !rest.is_empty() {
-            let mut b = [0u8; 4];
-            for (to, from) in b.iter_mut().zip(rest) {
-                *to = *from;
-            }
-            word(self.base, n, 1 + FIELDS + whole).store(u32::from_le_bytes(b), Ordering::Relaxed);
-        }
+        store_words(self.base, n, 1 + FIELDS, start);
         word(self.base, n, 0).store(stamp(n), Ordering::Release);
-        self.sent += 1;
-        // The box a few messages on, if the receiver is done with it.
+        self.sent += boxes;
+        // The box a few on, if the receiver is done with it.
         if self.sent + AHEAD - self.taken_seen <= SLOTS as u64 {
-            super::prefetch::for_write(word(self.base, n + AHEAD, 0).as_ptr().cast());
+            super::prefetch::for_write(word(self.base, self.sent - 1 + AHEAD, 0).as_ptr().cast());
         }
         Ok(true)
     }
 
-    /// True if the receiver's published count says it took every message
-    /// sent (it publishes the exact count when it finalizes).
+    /// True if the receiver's published count says it took every box
+    /// written (it publishes the exact count when it finalizes).
     pub(super) fn all_taken(&self) -> bool {
         taken_counter(self.base).load(Ordering::Acquire) >= self.sent
     }
@@ -220,18 +280,12 @@ impl FastboxRx {
         self.watch().ready()
     }
 
-    /// The message in the next fastbox from rank `from`, checked, if there
-    /// is one; it stays there until [`FastboxRx::take_one`]. A malformed box
-    /// is an error naming the peer and the field.
-    pub(super) fn peek(&self, from: usize) -> Result<Option<Boxed>> {
-        let mut boxed = Boxed::empty(from);
-        Ok(self.peek_into(from, &mut boxed)?.then_some(boxed))
-    }
-
-    /// [`FastboxRx::peek`] into `out` (left as it was if the box is empty):
-    /// true if there was a message. A loop that takes many reuses one
-    /// `Boxed` and moves none.
-    fn peek_into(&self, from: usize, out: &mut Boxed) -> Result<bool> {
+    /// The message in the next fastbox from rank `from`, checked, into
+    /// `out` (left as it was if the box is empty): true if there was one.
+    /// It stays there until [`FastboxRx::take_one`]. A malformed box is an
+    /// error naming the peer and the field. A caller that takes many
+    /// reuses one `Boxed` and moves none.
+    pub(super) fn peek_into(&self, from: usize, out: &mut Boxed) -> Result<bool> {
         if !self.ready() {
             return Ok(false);
         }
@@ -241,8 +295,8 @@ impl FastboxRx {
         let load = |w: usize| word(self.base, n, w).load(Ordering::Relaxed);
         let first = load(1);
         let (kind, len, element) = (
-            (first & 0xff) as u8,
-            ((first >> 8) & 0xff) as usize,
+            (first & 0xf) as u8,
+            ((first >> 4) & 0xfff) as usize,
             (first >> 16) as u16,
         );
         let peer = || format!("rank {from}");
@@ -262,8 +316,10 @@ impl FastboxRx {
         header.check(peer, FASTBOX_DATA as u64)?;
         // Into memory of this rank's own first (no allocation: a message
         // that lands in a receive's buffer needs none).
-        for (i, chunk) in out.bytes.chunks_mut(4).take(len.div_ceil(4)).enumerate() {
-            chunk.copy_from_slice(&load(1 + FIELDS + i).to_le_bytes());
+        let (start, more) = out.bytes[..len].split_at_mut(len.min(FIRST_DATA));
+        load_words(self.base, n, 1 + FIELDS, start);
+        for (b, chunk) in more.chunks_mut(MORE_DATA).enumerate() {
+            load_words(self.base, n + 1 + b as u64, 1, chunk);
         }
         out.len = len;
         out.head = Arrived {
@@ -276,11 +332,12 @@ impl FastboxRx {
         Ok(true)
     }
 
-    /// Takes the message [`FastboxRx::peek`] returned: its box is free
+    /// Takes the message [`FastboxRx::peek_into`] found: its boxes are free
     /// again.
-    pub(super) fn take_one(&mut self) {
-        self.taken += 1;
-        if self.taken % PUBLISH_EVERY == 0 {
+    pub(super) fn take_one(&mut self, boxed: &Boxed) {
+        let before = self.taken;
+        self.taken += boxes_for(boxed.len);
+        if self.taken / PUBLISH_EVERY != before / PUBLISH_EVERY {
             self.publish_taken();
         }
     }
@@ -307,7 +364,7 @@ impl FastboxRx {
                 env.call = head.call;
                 deliver.deliver(env);
             }
-            self.taken += 1;
+            self.taken += boxes_for(boxed.len);
         }
         if self.taken == start {
             return Ok(false);
@@ -418,11 +475,45 @@ mod tests {
     }
 
     #[test]
+    fn long_messages_take_several_boxes_and_wait_for_enough_free_ones() {
+        let mut memory = area();
+        let base = memory.as_mut_ptr().cast::<u8>();
+        let (mut tx, mut rx) = (FastboxTx::new(base), FastboxRx::new(base));
+        let mut got = Collect::default();
+        let mut expected = Vec::new();
+        // Lengths of 1 to MOST_BOXES boxes, in a mix that wraps round the
+        // slots many times.
+        let lengths = [FASTBOX_DATA, 3, FIRST_DATA + 1, 64, FIRST_DATA, 200, 256];
+        for round in 0..40usize {
+            let mut used = 0;
+            for (k, &len) in lengths.iter().cycle().skip(round).enumerate() {
+                let payload: Vec<u8> = (0..len).map(|i| (i + 3 * k + round) as u8).collect();
+                if !tx.try_send(&header(k as u32), &payload, "p").unwrap() {
+                    // Refused only when the boxes it needs are not free.
+                    assert!(
+                        used + boxes_for(len) > SLOTS as u64,
+                        "round {round}: refused with {used} used"
+                    );
+                    break;
+                }
+                used += boxes_for(len);
+                expected.push(payload);
+            }
+            assert!(rx.drain(3, &mut got).unwrap());
+        }
+        let payloads: Vec<Vec<u8>> = got.0.iter().map(|e| e.payload.clone()).collect();
+        assert_eq!(payloads, expected);
+        assert_eq!(boxes_for(FIRST_DATA), 1);
+        assert_eq!(boxes_for(FIRST_DATA + 1), 2);
+        assert_eq!(boxes_for(FASTBOX_DATA), MOST_BOXES as u64);
+    }
+
+    #[test]
     fn a_malformed_box_is_an_error_naming_the_peer_and_the_field() {
         // (word, value, field): the first word holds kind, length, element.
         let cases = [
             (1, 9u32, "kind"),
-            (1, 1 | 60 << 8, "length"),
+            (1, 1 | (FASTBOX_DATA as u32 + 1) << 4, "length"),
             (1, 1 | 3 << 16, "element"),
             (4, 7, "call"),
         ];

@@ -18,8 +18,9 @@ use crate::matching::Arrived;
 /// What the straight path found at a peer.
 #[derive(Debug)]
 pub(crate) enum Straight {
-    /// The peer's next message, taken out of its fastbox.
-    Taken(Boxed),
+    /// The peer's next message, taken out of its fastbox into the caller's
+    /// [`Boxed`].
+    Taken,
     /// Nothing from the peer yet.
     Empty,
     /// Something only the general path handles.
@@ -30,7 +31,12 @@ impl ShmMesh {
     /// Takes the next message from job rank `rank` if it waits in a
     /// fastbox and `accepts` takes it. (The caller writes queued output
     /// first, as every look for messages does.)
-    pub fn take_straight(&mut self, rank: usize, accepts: &dyn Fn(&Arrived) -> bool) -> Result<Straight> {
+    pub fn take_straight(
+        &mut self,
+        rank: usize,
+        accepts: &dyn Fn(&Arrived) -> bool,
+        out: &mut Boxed,
+    ) -> Result<Straight> {
         if self.own.state_changes().load(Ordering::Acquire) != self.state_changes_seen {
             return Ok(Straight::Elsewhere);
         }
@@ -40,15 +46,18 @@ impl ShmMesh {
         if !p.is_open() || p.has_parked() || !p.is_idle() {
             return Ok(Straight::Elsewhere);
         }
-        match p.link.fastbox_rx.peek(rank)? {
-            Some(boxed) if accepts(&boxed.head) => {
-                p.link.fastbox_rx.take_one();
-                Ok(Straight::Taken(boxed))
-            }
-            Some(_) => Ok(Straight::Elsewhere),
-            None if p.link.readable() => Ok(Straight::Elsewhere),
-            None => Ok(Straight::Empty),
+        if !p.link.fastbox_rx.peek_into(rank, out)? {
+            return Ok(if p.link.readable() {
+                Straight::Elsewhere
+            } else {
+                Straight::Empty
+            });
         }
+        if !accepts(&out.head) {
+            return Ok(Straight::Elsewhere);
+        }
+        p.link.fastbox_rx.take_one(out);
+        Ok(Straight::Taken)
     }
 
     /// Watches the next fastbox from job rank `rank` (see
