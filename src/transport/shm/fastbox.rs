@@ -355,6 +355,9 @@ impl FastboxRx {
     /// order; true if there was any. A malformed box is an error naming the
     /// peer and the field.
     pub(super) fn drain(&mut self, from: usize, deliver: &mut Delivery<'_>) -> Result<bool> {
+        if !self.ready() {
+            return Ok(false);
+        }
         let start = self.taken;
         let mut boxed = Boxed::empty(from);
         while self.peek_into(from, &mut boxed)? {

@@ -39,8 +39,32 @@ impl Direction {
 /// Keeps the order in which messages came out, whichever path.
 struct Order(Arc<Mutex<Vec<u32>>>);
 
+/// The longest payload the tests send through fastboxes: every length
+/// they take, or under Miri (slow), up to two boxes.
+const LONGEST: usize = if cfg!(miri) { 64 } else { super::FASTBOX_DATA };
+
+/// The payload of fastbox message `seq`, `len` bytes long: its number,
+/// then its low byte over and over (cheap to make and check under Miri).
+fn boxed_payload(seq: u32, len: usize) -> Vec<u8> {
+    let mut payload = vec![seq as u8; len];
+    let n = len.min(4);
+    payload[..n].copy_from_slice(&seq.to_le_bytes()[..n]);
+    payload
+}
+
 impl Sink for Order {
     fn deliver(&mut self, env: Envelope) {
+        // A fastbox message (anything but a ring record's 8 bytes of
+        // sequence and 0xabcd) carries its pattern whole.
+        let record = [env.tag.to_le_bytes(), 0xabcd_u32.to_le_bytes()].concat();
+        if env.payload != record {
+            assert_eq!(
+                env.payload,
+                boxed_payload(env.tag, env.payload.len()),
+                "message {}",
+                env.tag
+            );
+        }
         self.0.lock().unwrap().push(env.tag);
     }
     fn claim(&mut self, _: usize, _: u32, _: Context, _: Format, _: u64) -> Option<Landing> {
@@ -150,9 +174,11 @@ fn fastbox_and_ring_messages_from_one_sender_come_out_in_order() {
                 random ^= random << 13;
                 random ^= random >> 17;
                 random ^= random << 5;
-                // Mostly small messages (the fastbox when it may),
+                // Mostly small messages of every length the fastboxes
+                // take (one box or several; the fastbox when it may),
                 // runs of ring records in between.
-                if random % 4 != 0 && link.try_send_beside(&header(seq), &seq.to_le_bytes()).unwrap() {
+                let len = (random >> 8) as usize % (LONGEST + 1);
+                if random % 4 != 0 && link.try_send_beside(&header(seq), &boxed_payload(seq, len)).unwrap() {
                     continue;
                 }
                 assert!(send_record(&mut link, &bells[1], seq), "the ring closed");
@@ -227,7 +253,8 @@ fn a_receiver_that_closes_gets_every_message_whose_send_succeeded() {
                 let mut link = sender.into_link();
                 let mut sent = Vec::new();
                 for seq in 0u32.. {
-                    if seq % 3 != 0 && link.try_send_beside(&header(seq), &seq.to_le_bytes()).unwrap() {
+                    let payload = boxed_payload(seq, seq as usize * 37 % (LONGEST + 1));
+                    if seq % 3 != 0 && link.try_send_beside(&header(seq), &payload).unwrap() {
                         sent.push(seq);
                         continue;
                     }
