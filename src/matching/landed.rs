@@ -85,6 +85,19 @@ pub(super) struct Landed {
 }
 
 impl Landed {
+    /// What a message described by `head`, of `len` bytes, arrival number
+    /// `arrival`, is once landed.
+    pub fn of_arrived(head: &super::Arrived, len: u64, arrival: u64) -> Landed {
+        Landed {
+            source: head.source,
+            tag: head.tag,
+            context: head.context,
+            call: head.call,
+            len,
+            arrival,
+        }
+    }
+
     /// What `env` (landed, its length set) was.
     pub fn of(env: &Envelope) -> Landed {
         Landed {

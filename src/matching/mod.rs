@@ -377,14 +377,7 @@ impl Matcher {
         // SAFETY: the receive's room has space for `len` bytes at `ptr`.
         unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), ptr, payload.len()) };
         let arrival = self.next_arrival();
-        slot.land(&Landed {
-            source: head.source,
-            tag: head.tag,
-            context: head.context,
-            call: head.call,
-            len,
-            arrival,
-        });
+        slot.land(&Landed::of_arrived(head, len, arrival));
         self.posted.pop_front();
         true
     }
@@ -449,14 +442,7 @@ impl Sink for Matcher {
         // A lent room's scope learns of it from its slot (the common case
         // of a stream: nothing to build).
         if let Some(Room::Lent { slot, .. }) = self.posted[i].room {
-            slot.land(&Landed {
-                source: head.source,
-                tag: head.tag,
-                context: head.context,
-                call: head.call,
-                len,
-                arrival,
-            });
+            slot.land(&Landed::of_arrived(head, len, arrival));
             remove_at(&mut self.posted, i);
             return true;
         }
