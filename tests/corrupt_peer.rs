@@ -6,7 +6,7 @@
 //!
 //! The offsets follow the segment layout in src/transport/shm/segment.rs
 //! (a 4096-byte header, then per sender a control block of head, tail and
-//! fastboxes, the fastboxes starting with the count of messages taken).
+//! fastboxes, the fastboxes starting with the count of boxes taken).
 
 mod common;
 

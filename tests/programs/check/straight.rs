@@ -105,14 +105,14 @@ fn wrong_type_and_short_buffer(world: &Communicator, next: usize, prev: usize) -
     Ok(())
 }
 
-/// Numbered messages of 8, 40 and 96 bytes in turn (the last too long for
-/// a fastbox): in lock step, then 300 at a time, more than the fastboxes
-/// hold, then as serde values.
+/// Numbered messages of 8, 40, 96 and 112 bytes in turn (one fastbox, two,
+/// and too long for them): in lock step, then 300 at a time, more than
+/// the fastboxes hold, then as serde values.
 fn streams(world: &Communicator, next: usize, prev: usize) -> Result<(), Error> {
-    let message = |i: u64| vec![i; [1, 5, 12][(i % 3) as usize]];
+    let message = |i: u64| vec![i; [1, 5, 12, 14][(i % 4) as usize]];
     for i in 0..3000u64 {
         world.send_slice_with_tag(&message(i), next, 11)?;
-        let mut got = [0u64; 12];
+        let mut got = [0u64; 14];
         let status = world.receive_into_with_tag(&mut got, prev, 11)?;
         let want = message(i);
         assert_eq!(&got[..status.len() as usize / 8], &want[..], "lock step, message {i}");
