@@ -288,7 +288,8 @@ impl FastboxRx {
     }
 
     /// The message in the next fastbox from rank `from`, checked, into
-    /// `out` (left as it was if the box is empty): true if there was one.
+    /// `out` (untouched if the box is empty; partly written, and to be
+    /// dropped, on an error): true if there was one.
     /// It stays there until [`FastboxRx::take_one`]. A malformed box is an
     /// error naming the peer and the field. A caller that takes many
     /// reuses one `Boxed` and moves none.
@@ -428,6 +429,13 @@ mod tests {
         vec![0u64; AREA / 8]
     }
 
+    /// A fresh area (kept alive by the caller) and both sides of it.
+    fn boxes() -> (Vec<u64>, FastboxTx, FastboxRx) {
+        let mut memory = area();
+        let base = memory.as_mut_ptr().cast::<u8>();
+        (memory, FastboxTx::new(base), FastboxRx::new(base))
+    }
+
     fn header(tag: u32) -> Header {
         Header {
             kind: Kind::Raw,
@@ -442,9 +450,7 @@ mod tests {
 
     #[test]
     fn messages_arrive_in_order_and_a_full_set_of_boxes_refuses_more() {
-        let mut memory = area();
-        let base = memory.as_mut_ptr().cast::<u8>();
-        let (mut tx, mut rx) = (FastboxTx::new(base), FastboxRx::new(base));
+        let (_memory, mut tx, mut rx) = boxes();
         let mut got = Collect::default();
         let mut next = 0u32;
         for round in 0..10u32 {
@@ -479,9 +485,7 @@ mod tests {
 
     #[test]
     fn every_length_a_box_holds_arrives_whole() {
-        let mut memory = area();
-        let base = memory.as_mut_ptr().cast::<u8>();
-        let (mut tx, mut rx) = (FastboxTx::new(base), FastboxRx::new(base));
+        let (_memory, mut tx, mut rx) = boxes();
         let mut got = Collect::default();
         for len in 0..=FASTBOX_DATA {
             let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8 | 0x80).collect();
@@ -496,9 +500,7 @@ mod tests {
 
     #[test]
     fn long_messages_take_several_boxes_and_wait_for_enough_free_ones() {
-        let mut memory = area();
-        let base = memory.as_mut_ptr().cast::<u8>();
-        let (mut tx, mut rx) = (FastboxTx::new(base), FastboxRx::new(base));
+        let (_memory, mut tx, mut rx) = boxes();
         let mut got = Collect::default();
         let mut expected = Vec::new();
         // Lengths of 1 to MOST_BOXES boxes, in a mix that wraps round the
