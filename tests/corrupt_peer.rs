@@ -28,9 +28,10 @@ fn segments(pid: i32) -> Vec<u32> {
     fds
 }
 
-/// Writes `value` at `offset` of rank `pid`'s own segment over and over
-/// until the job ends (the owner of the word may write it back meanwhile).
-fn corrupt(pid: i32, offset: u64, value: u64, child: &mut std::process::Child) {
+/// Writes `value` at `offset` of rank `pid`'s own segment (`words` times
+/// over, one word after another) over and over until the job ends (the
+/// owner of the words may write them back meanwhile).
+fn corrupt(pid: i32, offset: u64, value: u64, words: usize, child: &mut std::process::Child) {
     let own = segments(pid)[0];
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -39,27 +40,36 @@ fn corrupt(pid: i32, offset: u64, value: u64, child: &mut std::process::Child) {
         .expect("opening the rank's segment");
     let until = Instant::now() + Duration::from_secs(20);
     while Instant::now() < until && child.try_wait().expect("waiting works").is_none() {
-        let _ = file.write_at(&value.to_le_bytes(), offset);
+        let _ = file.write_at(&value.to_le_bytes().repeat(words), offset);
         std::thread::sleep(Duration::from_micros(200));
     }
 }
 
 const HEADER: u64 = 4096;
+/// A ring's control block: head, tail, then the fastboxes (a line counting
+/// those taken, 64 boxes of a line).
+const RING_CONTROL: u64 = 128 + 64 + 64 * 64;
+/// The ring of a job of 2 ranks.
+const RING: u64 = 1 << 20;
 
 #[test]
 fn garbage_in_a_peers_segment_is_a_protocol_error_naming_the_peer_and_the_field() {
-    // (whose segment, offset, value, the rank that reads it, the peer it
-    // names, the field)
+    // (whose segment, offset, value, words written, the rank that reads
+    // it, the peer it names, the field, the exchange)
+    let frames_from_1 = HEADER + RING_CONTROL + RING + RING_CONTROL;
     let cases = [
-        (1, HEADER, u64::MAX - 5, 1, 0, "ring head"),
-        (1, HEADER + 64, u64::MAX - 5, 0, 1, "ring tail"),
-        (1, HEADER + 128, u64::MAX, 0, 1, "fastbox taken"),
+        (1, HEADER, u64::MAX - 5, 1, 1, 0, "ring head", ""),
+        (1, HEADER + 64, u64::MAX - 5, 1, 0, 1, "ring tail", ""),
+        (1, HEADER + 128, u64::MAX, 1, 0, 1, "fastbox taken", ""),
+        // The frames rank 1 wrote and rank 0 has not read yet (rank 0
+        // receives them from rank 1 by name, the straight way).
+        (0, frames_from_1, u64::MAX, 2048, 0, 1, "magic", "ring-frames"),
     ];
-    for (victim, offset, value, reader, named, field) in cases {
+    for (victim, offset, value, words, reader, named, field, how) in cases {
         let check = example("spmd-check");
-        let args = ["-n", "2", "--timeout", "60", &check, "hang", "exchange"];
+        let args = ["-n", "2", "--timeout", "60", &check, "hang", "exchange", how];
         let (mut child, pids, reader_out) = start_reporting_pids(&args, 2);
-        corrupt(pids[victim], offset, value, &mut child);
+        corrupt(pids[victim], offset, value, words, &mut child);
         let out = finish_reporting(child, reader_out);
         common::assert_all_gone(&pids);
         let report = out

@@ -1,8 +1,9 @@
 //! The straight path of a blocking receive from one rank on the node: when
 //! nothing the matching engine holds can come first, the peer's next
-//! message is taken out of its fastbox into the receive's room, without
-//! posting the receive or going round every peer (see
-//! `transport/shm/straight.rs`). Everything else takes the general path.
+//! message is taken out of its fastbox, or out of the ring in one copy,
+//! into the receive's room, without posting the receive or going round
+//! every peer (see `transport/shm/straight.rs`). Everything else takes the
+//! general path.
 
 use super::{Engine, EngineGuard};
 use crate::envelope::{Envelope, Room};
@@ -23,8 +24,9 @@ impl EngineGuard<'_> {
     /// from this rank, or in a job that spans nodes; a message queued that
     /// `sel` accepts, a receive posted before that may take the peer's
     /// message, a peer this rank holds too much from already, an immediate
-    /// collective or another thread in a wait; a next message that is not
-    /// in a fastbox or not one `sel` accepts; every [`STRAIGHT_RUN`]th
+    /// collective or another thread in a wait; a next message that is
+    /// neither in a fastbox nor a whole frame of at most 16 KiB in the
+    /// ring, or not one `sel` accepts; every [`STRAIGHT_RUN`]th
     /// message. With `poll`, waits for the message as long as the wait
     /// mode polls; if it does not come, the general path sleeps at once.
     pub(super) fn receive_straight(
@@ -68,7 +70,24 @@ impl EngineGuard<'_> {
             match found {
                 Straight::Taken => {
                     self.straight_run += 1;
-                    return Ok(Some(self.take_boxed(&boxed, room)));
+                    let (head, payload) = (boxed.head, boxed.payload());
+                    let env = straight_envelope(head, payload.len(), room, |into| into.copy_from_slice(payload))
+                        // (It is taken: kept at any cost, as `drain` keeps it.)
+                        .unwrap_or_else(|| owned_envelope(head, payload.to_vec()));
+                    return Ok(Some(self.took_straight(env)));
+                }
+                Straight::InRing { head, len } => {
+                    // (The same mesh as above.) Memory ran out for it: the
+                    // general path reads it and says so.
+                    let taken = self
+                        .transport
+                        .shm_only()
+                        .and_then(|mesh| straight_envelope(head, len, room, |into| mesh.take_framed(source, into)));
+                    let Some(env) = taken else {
+                        return Ok(None);
+                    };
+                    self.straight_run += 1;
+                    return Ok(Some(self.took_straight(env)));
                 }
                 Straight::Empty if poll && !polled => {}
                 _ => return Ok(None),
@@ -86,27 +105,35 @@ impl EngineGuard<'_> {
     }
 }
 
+/// The envelope of a message of `len` bytes taken the straight way, its
+/// payload written by `fill`: into `room` where it fits there (as the
+/// general path lands it), else into a buffer of its own; `None`, with
+/// nothing written, if memory for that buffer ran out.
+fn straight_envelope(head: Arrived, len: usize, room: Option<Room>, fill: impl FnOnce(&mut [u8])) -> Option<Envelope> {
+    if let Some((ptr, fresh)) = room.and_then(|r| r.landing(head.format, len as u64)) {
+        // SAFETY: a room's landing has space for `len` bytes at `ptr`, and
+        // the caller keeps the room valid until the receive returns.
+        fill(unsafe { std::slice::from_raw_parts_mut(ptr, len) });
+        let mut env = owned_envelope(head, Vec::new());
+        env.landed = Some(len as u64);
+        env.fresh = fresh;
+        return Some(env);
+    }
+    let mut payload = crate::pool::take(len)?;
+    fill(&mut payload);
+    Some(owned_envelope(head, payload))
+}
+
+/// The envelope of a message with its own payload.
+fn owned_envelope(head: Arrived, payload: Vec<u8>) -> Envelope {
+    let mut env = Envelope::new(head.source, head.tag, head.context, head.format, payload);
+    env.call = head.call;
+    env
+}
+
 impl Engine {
-    /// The envelope of a message taken out of a fastbox: landed in `room`
-    /// where it fits there (as the general path lands it), else carrying
-    /// its payload.
-    fn take_boxed(&mut self, boxed: &Boxed, room: Option<Room>) -> Envelope {
-        let head = boxed.head;
-        let payload = boxed.payload();
-        let len = payload.len() as u64;
-        let mut env = Envelope::new(head.source, head.tag, head.context, head.format, Vec::new());
-        match room.and_then(|r| r.landing(head.format, len)) {
-            Some((ptr, fresh)) => {
-                // SAFETY: a room's landing has space for `len` bytes at
-                // `ptr`, and the caller keeps the room valid until the
-                // receive returns.
-                unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), ptr, payload.len()) };
-                env.landed = Some(len);
-                env.fresh = fresh;
-            }
-            None => env.payload = payload.to_vec(),
-        }
-        env.call = head.call;
+    /// Counts a message taken the straight way as arrived and moved.
+    fn took_straight(&mut self, mut env: Envelope) -> Envelope {
         env.arrival = self.matcher.count_arrival();
         self.note_moved();
         self.settle();

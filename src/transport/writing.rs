@@ -14,8 +14,10 @@ use super::stream::{Io, Link, Outgoing, Payload, Peer};
 const MAX_IOVECS: usize = 16;
 
 /// The largest payload [`Peer::push_or_write`] writes at once (larger ones
-/// gain nothing from skipping the queue, and may go as offers).
-const WRITE_NOW_MAX: usize = 16 << 10;
+/// gain nothing from skipping the queue, and may go as offers). A receiver
+/// on the node takes whole frames up to it straight out of the ring
+/// (`shm/straight.rs`).
+pub(super) const WRITE_NOW_MAX: usize = 16 << 10;
 
 impl<L: Link> Peer<L> {
     /// True once the peer has shut its side down, seen beside the stream

@@ -201,6 +201,34 @@ impl RingLink {
         ready
     }
 
+    /// How many ring bytes this rank may read now, for a reader that takes
+    /// whole frames straight out of the ring (see `straight.rs`): the same
+    /// bound as [`Link::read`]'s, which stops before bytes written after a
+    /// fastbox message that is still waiting.
+    pub(super) fn unread(&mut self) -> Result<usize> {
+        let head = self.rx.load_head(self.rx_tail, self.rx_head, &self.peer)?;
+        if head != self.rx_head && !self.fastbox_rx.ready() {
+            self.rx_head = head;
+        }
+        Ok((self.rx_head - self.rx_tail) as usize)
+    }
+
+    /// Copies unread ring bytes from `skip` bytes past the read position
+    /// into `out`, leaving them unread; the caller asks for no more than
+    /// [`RingLink::unread`] said.
+    pub(super) fn look(&self, skip: usize, out: &mut [u8]) {
+        debug_assert!(skip + out.len() <= (self.rx_head - self.rx_tail) as usize);
+        self.rx.take(self.rx_tail + skip as u64, out);
+    }
+
+    /// Counts `n` unread bytes as read, and tells the peer they are free.
+    pub(super) fn consume(&mut self, n: usize) {
+        debug_assert!(n <= (self.rx_head - self.rx_tail) as usize);
+        self.rx_tail += n as u64;
+        self.rx.publish_tail(self.rx_tail);
+        doorbell::ring(self.peer_doorbell(), self.peer_wake);
+    }
+
     /// True if the peer has written something this rank has not read, in
     /// the ring or in a fastbox.
     pub(super) fn ready(&self) -> bool {
@@ -287,19 +315,12 @@ impl Link for RingLink {
         // Bytes written after a fastbox message that is still waiting must
         // wait for it: see the head move only when no fastbox is full. (If
         // one fills after this check, it was written after these bytes.)
-        let head = self.rx.load_head(self.rx_tail, self.rx_head, &self.peer)?;
-        if head != self.rx_head && !self.fastbox_rx.ready() {
-            self.rx_head = head;
-        }
-        let avail = (self.rx_head - self.rx_tail) as usize;
-        let n = avail.min(buf.len());
+        let n = self.unread()?.min(buf.len());
         if n == 0 {
             return Ok(Io::WouldBlock);
         }
-        self.rx.take(self.rx_tail, &mut buf[..n]);
-        self.rx_tail += n as u64;
-        self.rx.publish_tail(self.rx_tail);
-        doorbell::ring(self.peer_doorbell(), self.peer_wake);
+        self.look(0, &mut buf[..n]);
+        self.consume(n);
         Ok(Io::Done(n))
     }
 

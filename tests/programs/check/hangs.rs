@@ -22,7 +22,7 @@ pub fn run(world: &World, case: &str, arg: &str) -> Result<(), Error> {
         "wrong-buffers" => wrong_buffers(world, arg),
         "big-element" => big_element(world),
         "serde-types" => serde_types(world),
-        "exchange" => exchange(world),
+        "exchange" => exchange(world, arg),
         "flooded-barrier" => super::flooded::barrier(world),
         "busy-wait" => super::flooded::busy_wait(world, arg),
         other => panic!("unknown hang case {other:?}"),
@@ -453,7 +453,10 @@ fn big_element(world: &World) -> Result<(), Error> {
 /// Ranks 0 and 1 exchange small and large messages for ever (for the tests
 /// that corrupt a segment under them): bursts of small ones through the
 /// fastboxes, large ones through the rings. Ends with the first error.
-fn exchange(world: &World) -> Result<(), Error> {
+/// With `ring-frames`, rank 1 sends bursts of ten kilobyte messages (whole
+/// frames in the ring) that rank 0 leaves there for a second before it
+/// receives them from rank 1 by name.
+fn exchange(world: &World, arg: &str) -> Result<(), Error> {
     let me = world.rank();
     let other = 1 - me.min(1);
     let big = vec![me as u8; 200_000];
@@ -461,6 +464,9 @@ fn exchange(world: &World) -> Result<(), Error> {
     println!("pid {me} {}", std::process::id());
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    if arg == "ring-frames" {
+        return ring_frames(world);
+    }
     loop {
         for i in 0..20u64 {
             world.send_slice(&[i], other)?;
@@ -470,5 +476,24 @@ fn exchange(world: &World) -> Result<(), Error> {
         }
         world.send_slice_with_tag(&big, other, 1)?;
         world.receive_into_with_tag(&mut back, other, 1)?;
+    }
+}
+
+/// `exchange ring-frames`: ten kilobyte messages from rank 1 at a time,
+/// left in the ring for a second.
+fn ring_frames(world: &World) -> Result<(), Error> {
+    loop {
+        if world.rank() == 0 {
+            std::thread::sleep(Duration::from_secs(1));
+            for _ in 0..10 {
+                world.receive_vec::<u8>(1)?;
+            }
+            world.send(&(), 1)?;
+        } else {
+            for _ in 0..10 {
+                world.send_slice(&[1u8; 1000], 0)?;
+            }
+            world.receive::<()>(0)?;
+        }
     }
 }

@@ -1,0 +1,187 @@
+//! Unit tests of the fastboxes: every length, long messages round the boxes, malformed boxes.
+
+use super::*;
+use crate::envelope::Landing;
+use crate::matching::{ReceiveId, Sink};
+
+/// Keeps every message delivered to it; lands nothing.
+#[derive(Default)]
+struct Collect(Vec<Envelope>);
+
+impl Sink for Collect {
+    fn deliver(&mut self, env: Envelope) {
+        self.0.push(env);
+    }
+    fn claim(&mut self, _: usize, _: u32, _: Context, _: Format, _: u64) -> Option<Landing> {
+        None
+    }
+    fn landed(&mut self, _: ReceiveId, _: Envelope) {}
+}
+
+/// A fastbox area in ordinary memory, aligned like the real one.
+fn area() -> Vec<u64> {
+    vec![0u64; AREA / 8]
+}
+
+/// A fresh area (kept alive by the caller) and both sides of it.
+fn boxes() -> (Vec<u64>, FastboxTx, FastboxRx) {
+    let mut memory = area();
+    let base = memory.as_mut_ptr().cast::<u8>();
+    (memory, FastboxTx::new(base), FastboxRx::new(base))
+}
+
+fn header(tag: u32) -> Header {
+    Header {
+        kind: Kind::Raw,
+        element: 5,
+        source: 3,
+        tag,
+        context: Context(8),
+        call: 0,
+        len: 0,
+    }
+}
+
+#[test]
+fn messages_arrive_in_order_and_a_full_set_of_boxes_refuses_more() {
+    let (_memory, mut tx, mut rx) = boxes();
+    let mut got = Collect::default();
+    let mut next = 0u32;
+    for round in 0..10u32 {
+        // Fill every box, then one more must be refused.
+        let mut sent = 0;
+        while tx
+            .try_send(&header(next + sent), &(next + sent).to_le_bytes(), "p")
+            .unwrap()
+        {
+            sent += 1;
+        }
+        assert!(sent >= 1 && sent <= SLOTS as u32, "round {round}: {sent} sent");
+        assert!(
+            !tx.try_send(&header(0), &[1; FASTBOX_DATA + 1], "p").unwrap(),
+            "too long"
+        );
+        assert!(rx.drain(3, &mut got).unwrap());
+        next += sent;
+    }
+    assert_eq!(got.0.len(), next as usize);
+    for (i, env) in got.0.iter().enumerate() {
+        assert_eq!((env.source, env.tag, env.context), (3, i as u32, Context(8)));
+        assert_eq!(env.payload, (i as u32).to_le_bytes());
+        assert_eq!(env.format, Format::Raw(5));
+    }
+    assert!(!rx.drain(3, &mut got).unwrap(), "nothing more");
+    let full = [9u8; FASTBOX_DATA];
+    assert!(tx.try_send(&header(1), &full, "p").unwrap());
+    assert!(rx.drain(3, &mut got).unwrap());
+    assert_eq!(got.0.last().map(|e| e.payload.clone()), Some(full.to_vec()));
+}
+
+#[test]
+fn every_length_a_box_holds_arrives_whole() {
+    let (_memory, mut tx, mut rx) = boxes();
+    let mut got = Collect::default();
+    for len in 0..=FASTBOX_DATA {
+        let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8 | 0x80).collect();
+        assert!(
+            tx.try_send(&header(len as u32), &payload, "p").unwrap(),
+            "{len} bytes refused"
+        );
+        assert!(rx.drain(3, &mut got).unwrap(), "{len} bytes not seen");
+        assert_eq!(got.0.last().map(|e| e.payload.clone()), Some(payload), "{len} bytes");
+    }
+}
+
+#[test]
+fn long_messages_take_several_boxes_and_wait_for_enough_free_ones() {
+    let (_memory, mut tx, mut rx) = boxes();
+    let mut got = Collect::default();
+    let mut expected = Vec::new();
+    // Lengths of 1 to MOST_BOXES boxes, in a mix that wraps round the
+    // slots many times.
+    let lengths = [FASTBOX_DATA, 3, FIRST_DATA + 1, 64, FIRST_DATA, 100, 8];
+    for round in 0..if cfg!(miri) { 8 } else { 40 } {
+        let mut used = 0;
+        for (k, &len) in lengths.iter().cycle().skip(round).enumerate() {
+            let payload: Vec<u8> = (0..len).map(|i| (i + 3 * k + round) as u8).collect();
+            if !tx.try_send(&header(k as u32), &payload, "p").unwrap() {
+                // Refused only when the boxes it needs are not free.
+                assert!(
+                    used + boxes_for(len) > SLOTS as u64,
+                    "round {round}: refused with {used} used"
+                );
+                break;
+            }
+            used += boxes_for(len);
+            expected.push(payload);
+        }
+        assert!(rx.drain(3, &mut got).unwrap());
+    }
+    let payloads: Vec<Vec<u8>> = got.0.iter().map(|e| e.payload.clone()).collect();
+    assert_eq!(payloads, expected);
+    assert_eq!(boxes_for(FIRST_DATA), 1);
+    assert_eq!(boxes_for(FIRST_DATA + 1), 2);
+    assert_eq!(boxes_for(FASTBOX_DATA), MOST_BOXES as u64);
+}
+
+#[test]
+fn a_malformed_box_is_an_error_naming_the_peer_and_the_field() {
+    // (word, value, field): the first word holds kind, length, element.
+    let cases = [
+        (1, 9u32, "kind"),
+        (1, 1 | (FASTBOX_DATA as u32 + 1) << 4, "length"),
+        (1, 1 | 0xfff << 4, "length"),
+        (1, 1 | 3 << 16, "element"),
+        (4, 7, "call"),
+    ];
+    for (w, value, field) in cases {
+        let mut memory = area();
+        let base = memory.as_mut_ptr().cast::<u8>();
+        let mut tx = FastboxTx::new(base);
+        assert!(tx.try_send(&header(1), b"hello", "p").unwrap());
+        word(base, 0, w).store(value, Ordering::Relaxed);
+        match FastboxRx::new(base).drain(5, &mut Collect::default()) {
+            Err(Error::Protocol { peer, field: f, .. }) => assert_eq!((peer.as_str(), f), ("rank 5", field)),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_further_box_with_a_sequence_number_is_an_error() {
+    let mut memory = area();
+    let base = memory.as_mut_ptr().cast::<u8>();
+    let mut tx = FastboxTx::new(base);
+    assert!(tx.try_send(&header(1), &[7; FIRST_DATA + 10], "p").unwrap());
+    word(base, 1, 0).store(stamp(1), Ordering::Relaxed);
+    match FastboxRx::new(base).drain(5, &mut Collect::default()) {
+        Err(Error::Protocol { peer, field, .. }) => assert_eq!((peer.as_str(), field), ("rank 5", "fastbox")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_taken_count_that_cannot_be_is_an_error() {
+    let mut memory = area();
+    let base = memory.as_mut_ptr().cast::<u8>();
+    let mut tx = FastboxTx::new(base);
+    for i in 0..SLOTS as u32 {
+        assert!(tx.try_send(&header(i), &[], "p").unwrap());
+    }
+    taken_counter(base).store(u64::MAX, Ordering::Relaxed);
+    assert!(matches!(
+        tx.try_send(&header(0), &[], "rank 2"),
+        Err(Error::Protocol {
+            field: "fastbox taken",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn stamps_are_never_zero_and_differ_between_neighbours() {
+    for n in [0u64, 1, 7, u32::MAX as u64 - 1, u32::MAX as u64, 1 << 40] {
+        assert_ne!(stamp(n), 0);
+        assert_ne!(stamp(n), stamp(n + SLOTS as u64), "n = {n}");
+    }
+}
