@@ -117,7 +117,7 @@ pub use collective::CollectiveRequest;
 pub use communicator::{Backend, Communicator, KEEP_ORDER};
 pub use completion::{Pending, test_all, test_any, wait_any, wait_any_timeout, wait_some, wait_some_timeout};
 pub use error::{Error, Result};
-pub use request::{ReceiveRequest, Request, SendRequest, wait_all};
+pub use request::{ReceiveRequest, Request, SendRequest, wait_all, wait_each};
 pub use scope::{LentReceive, LentSend, Scope};
 pub use selector::{MAX_TAG, Match, Status};
 pub use world::{World, init, wtime};

@@ -48,7 +48,13 @@ pub trait Request {
     }
 }
 
-/// Waits for every request, in order, and returns their results in order.
+/// Waits for every request, in order, and returns their outputs in order.
+///
+/// It stops at the first error and returns it: the outputs waited for
+/// before it are dropped, and so are the requests after it (a receive is
+/// withdrawn, and its message, if one came, waits for a later receive; a
+/// send goes on). Where one failure must not cost the others their
+/// outputs, use [`wait_each`].
 ///
 /// ```no_run
 /// use spmd::Request;
@@ -72,6 +78,28 @@ pub fn wait_all<R: Request>(requests: impl IntoIterator<Item = R>) -> Result<Vec
         outputs.push(request.wait()?);
     }
     Ok(outputs)
+}
+
+/// Waits for every request, in order, and returns each one's result in
+/// order: a request that fails costs the others nothing. A receive that
+/// fails because it cannot take its message as the type it asked for
+/// leaves the message for a later receive, as a blocking receive does.
+///
+/// ```no_run
+/// # let world = spmd::init().unwrap();
+/// let receives: Vec<_> = (0..world.size())
+///     .map(|r| world.immediate_receive::<u64>(r))
+///     .collect::<Result<_, _>>()?;
+/// for (rank, result) in spmd::wait_each(receives).into_iter().enumerate() {
+///     match result {
+///         Ok((value, _)) => println!("rank {rank} sent {value}"),
+///         Err(e) => eprintln!("from rank {rank}: {e}"),
+///     }
+/// }
+/// # Ok::<(), spmd::Error>(())
+/// ```
+pub fn wait_each<R: Request>(requests: impl IntoIterator<Item = R>) -> Vec<Result<R::Output>> {
+    requests.into_iter().map(Request::wait).collect()
 }
 
 /// A send in progress. The message was copied when the request was made, so

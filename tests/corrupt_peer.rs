@@ -62,8 +62,11 @@ fn garbage_in_a_peers_segment_is_a_protocol_error_naming_the_peer_and_the_field(
         (1, HEADER + 64, u64::MAX - 5, 1, 0, 1, "ring tail", ""),
         (1, HEADER + 128, u64::MAX, 1, 0, 1, "fastbox taken", ""),
         // The frames rank 1 wrote and rank 0 has not read yet (rank 0
-        // receives them from rank 1 by name, the straight way).
+        // receives them from rank 1 by name, the straight way): all of
+        // them, then one field of the first (its source, then its length).
         (0, frames_from_1, u64::MAX, 2048, 0, 1, "magic", "ring-frames"),
+        (0, frames_from_1 + 8, 7, 1, 0, 1, "source", "ring-frames"),
+        (0, frames_from_1 + 24, u64::MAX - 1, 1, 0, 1, "length", "ring-frames"),
     ];
     for (victim, offset, value, words, reader, named, field, how) in cases {
         let check = example("spmd-check");

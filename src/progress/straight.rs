@@ -71,18 +71,22 @@ impl EngineGuard<'_> {
                 Straight::Taken => {
                     self.straight_run += 1;
                     let (head, payload) = (boxed.head, boxed.payload());
-                    let env = straight_envelope(head, payload.len(), room, |into| into.copy_from_slice(payload))
-                        // (It is taken: kept at any cost, as `drain` keeps it.)
-                        .unwrap_or_else(|| owned_envelope(head, payload.to_vec()));
+                    let env = straight_envelope(head, payload.len(), room, |into| {
+                        // SAFETY: `into` has room for the payload's length.
+                        unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), into, payload.len()) };
+                        true
+                    })
+                    // (It is taken: kept at any cost, as `drain` keeps it.)
+                    .unwrap_or_else(|| owned_envelope(head, payload.to_vec()));
                     return Ok(Some(self.took_straight(env)));
                 }
                 Straight::InRing { head, len } => {
                     // (The same mesh as above.) Memory ran out for it: the
                     // general path reads it and says so.
-                    let taken = self
-                        .transport
-                        .shm_only()
-                        .and_then(|mesh| straight_envelope(head, len, room, |into| mesh.take_framed(source, into)));
+                    let taken = self.transport.shm_only().and_then(|mesh| {
+                        // SAFETY: `into` has room for the payload's `len`.
+                        straight_envelope(head, len, room, |into| unsafe { mesh.take_framed(source, into, len) })
+                    });
                     let Some(env) = taken else {
                         return Ok(None);
                     };
@@ -106,22 +110,31 @@ impl EngineGuard<'_> {
 }
 
 /// The envelope of a message of `len` bytes taken the straight way, its
-/// payload written by `fill`: into `room` where it fits there (as the
-/// general path lands it), else into a buffer of its own; `None`, with
-/// nothing written, if memory for that buffer ran out.
-fn straight_envelope(head: Arrived, len: usize, room: Option<Room>, fill: impl FnOnce(&mut [u8])) -> Option<Envelope> {
+/// payload written by `fill` at the pointer it is given (room for `len`
+/// bytes, which may be memory never written yet: `fill` writes through
+/// the pointer, never through a slice over it): into `room` where it fits
+/// there (as the general path lands it), else into a buffer of its own.
+/// `None`, with nothing taken, if memory for that buffer ran out or
+/// `fill` found nothing to take.
+fn straight_envelope(
+    head: Arrived,
+    len: usize,
+    room: Option<Room>,
+    fill: impl FnOnce(*mut u8) -> bool,
+) -> Option<Envelope> {
     if let Some((ptr, fresh)) = room.and_then(|r| r.landing(head.format, len as u64)) {
-        // SAFETY: a room's landing has space for `len` bytes at `ptr`, and
-        // the caller keeps the room valid until the receive returns.
-        fill(unsafe { std::slice::from_raw_parts_mut(ptr, len) });
+        // A room's landing has space for `len` bytes at `ptr`, and the
+        // caller keeps the room valid until the receive returns.
+        if !fill(ptr) {
+            return None;
+        }
         let mut env = owned_envelope(head, Vec::new());
         env.landed = Some(len as u64);
         env.fresh = fresh;
         return Some(env);
     }
     let mut payload = crate::pool::take(len)?;
-    fill(&mut payload);
-    Some(owned_envelope(head, payload))
+    fill(payload.as_mut_ptr()).then(|| owned_envelope(head, payload))
 }
 
 /// The envelope of a message with its own payload.

@@ -213,12 +213,29 @@ impl RingLink {
         Ok((self.rx_head - self.rx_tail) as usize)
     }
 
+    /// True if at least `n` bytes are unread, as [`RingLink::unread`]
+    /// last said.
+    pub(super) fn holds(&self, n: usize) -> bool {
+        (self.rx_head - self.rx_tail) as usize >= n
+    }
+
     /// Copies unread ring bytes from `skip` bytes past the read position
     /// into `out`, leaving them unread; the caller asks for no more than
     /// [`RingLink::unread`] said.
     pub(super) fn look(&self, skip: usize, out: &mut [u8]) {
-        debug_assert!(skip + out.len() <= (self.rx_head - self.rx_tail) as usize);
-        self.rx.take(self.rx_tail + skip as u64, out);
+        // SAFETY: a slice is valid for writes of its length.
+        unsafe { self.look_raw(skip, out.as_mut_ptr(), out.len()) }
+    }
+
+    /// [`RingLink::look`] to memory that may hold no initialized bytes yet.
+    ///
+    /// # Safety
+    /// `out` is valid for writes of `len` bytes.
+    pub(super) unsafe fn look_raw(&self, skip: usize, out: *mut u8, len: usize) {
+        assert!(self.holds(skip + len), "a look past the unread bytes");
+        // SAFETY: the caller's promise; the bytes are inside what was
+        // written and checked.
+        unsafe { self.rx.take(self.rx_tail + skip as u64, out, len) };
     }
 
     /// Counts `n` unread bytes as read, and tells the peer they are free.

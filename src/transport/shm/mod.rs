@@ -479,7 +479,8 @@ pub(crate) fn fuzz_shared(data: &[u8], sink: &mut Delivery<'_>) -> Result<()> {
     }
     let head = rx.load_head(0, 0, "fuzz")?;
     let mut out = vec![0u8; (head as usize).min(ring)];
-    rx.take(0, &mut out);
+    // SAFETY: `out` has room for its length.
+    unsafe { rx.take(0, out.as_mut_ptr(), out.len()) };
     let mut tx = fastbox::FastboxTx::new(rx.fastboxes());
     let header = crate::wire::Header::plain(crate::wire::Kind::Serde, 0, 0);
     for _ in 0..10 {

@@ -90,16 +90,22 @@ impl RingMemory {
         }
     }
 
-    /// Copies bytes out of the ring from stream position `at` (wrapping).
-    pub(super) fn take(&self, at: u64, out: &mut [u8]) {
-        debug_assert!(out.len() <= self.capacity);
+    /// Copies `len` bytes out of the ring from stream position `at`
+    /// (wrapping) to `out`, which may hold no initialized bytes yet.
+    ///
+    /// # Safety
+    /// `out` is valid for writes of `len` bytes, and does not overlap the
+    /// ring.
+    pub(super) unsafe fn take(&self, at: u64, out: *mut u8, len: usize) {
+        assert!(len <= self.capacity, "a take of more than the ring holds");
         let start = (at % self.capacity as u64) as usize;
-        let first = out.len().min(self.capacity - start);
+        let first = len.min(self.capacity - start);
         // SAFETY: both pieces lie inside the data area (the caller reads
-        // at most a checked head minus its tail, at most the capacity).
+        // at most a checked head minus its tail, at most the capacity),
+        // and `out` has room for `len` bytes.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.data.add(start), out.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(self.data, out.as_mut_ptr().add(first), out.len() - first);
+            std::ptr::copy_nonoverlapping(self.data.add(start), out, first);
+            std::ptr::copy_nonoverlapping(self.data, out.add(first), len - first);
         }
     }
 
@@ -152,7 +158,8 @@ mod tests {
             r.publish_head(at + 37);
             assert_eq!(r.load_head(at, at, "p").unwrap(), at + 37);
             let mut out = [0u8; 37];
-            r.take(at, &mut out);
+            // SAFETY: room for 37 bytes.
+            unsafe { r.take(at, out.as_mut_ptr(), out.len()) };
             assert_eq!(out.as_slice(), bytes.as_slice());
             at += 37;
             r.publish_tail(at);

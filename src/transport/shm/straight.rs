@@ -19,9 +19,10 @@ use crate::error::Result;
 use crate::matching::Arrived;
 use crate::wire::HEADER_LEN;
 
-/// The longest payload taken straight out of the ring: one the sender may
-/// have written at once. Longer ones are written and read in pieces, by
-/// the general path.
+/// The longest payload taken straight out of the ring: the longest the
+/// sender writes with one call (`Peer::push_or_write`; it publishes the
+/// frame in pieces of 4 KiB, and a frame found half written goes the
+/// general way). Longer ones always go the general way.
 const RING_STRAIGHT: usize = super::super::writing::WRITE_NOW_MAX;
 
 /// What the straight path found at a peer.
@@ -46,8 +47,9 @@ pub(crate) enum Straight {
 
 impl ShmMesh {
     /// Takes the next message from job rank `rank` if it waits in a
-    /// fastbox and `accepts` takes it. (The caller writes queued output
-    /// first, as every look for messages does.)
+    /// fastbox and `accepts` takes it, or finds it whole at the front of
+    /// the ring (for [`ShmMesh::take_framed`] to take). (The caller writes
+    /// queued output first, as every look for messages does.)
     pub fn take_straight(
         &mut self,
         rank: usize,
@@ -87,8 +89,11 @@ impl ShmMesh {
         let Ok(header) = p.check_header(&hb, self.peers.max_message) else {
             return Ok(Straight::Elsewhere);
         };
+        if !header.kind.is_message() || header.len > RING_STRAIGHT as u64 {
+            return Ok(Straight::Elsewhere);
+        }
         let len = header.len as usize;
-        if !header.kind.is_message() || len > RING_STRAIGHT || unread - HEADER_LEN < len {
+        if unread - HEADER_LEN < len {
             return Ok(Straight::Elsewhere);
         }
         let head = Arrived {
@@ -104,14 +109,26 @@ impl ShmMesh {
         Ok(Straight::InRing { head, len })
     }
 
-    /// Takes the frame [`ShmMesh::take_straight`] found in the ring from
-    /// job rank `rank`: its payload into `into` (exactly its length), and
-    /// its bytes count as read. Nothing may look at the peer in between.
-    pub fn take_framed(&mut self, rank: usize, into: &mut [u8]) {
-        if let Some(p) = self.peers.list.get_mut(rank).and_then(Option::as_mut) {
-            p.link.look(HEADER_LEN, into);
-            p.link.consume(HEADER_LEN + into.len());
+    /// Takes the frame of `len` payload bytes that
+    /// [`ShmMesh::take_straight`] found in the ring from job rank `rank`:
+    /// its payload to `into`, and its bytes count as read. False, with
+    /// nothing taken, if the frame is not there whole (nothing may read
+    /// from the peer in between, so it always is).
+    ///
+    /// # Safety
+    /// `into` is valid for writes of `len` bytes (it need not hold
+    /// initialized bytes).
+    pub unsafe fn take_framed(&mut self, rank: usize, into: *mut u8, len: usize) -> bool {
+        let Some(p) = self.peers.list.get_mut(rank).and_then(Option::as_mut) else {
+            return false;
+        };
+        if !p.link.holds(HEADER_LEN + len) {
+            return false;
         }
+        // SAFETY: the caller's promise, and the bytes are unread.
+        unsafe { p.link.look_raw(HEADER_LEN, into, len) };
+        p.link.consume(HEADER_LEN + len);
+        true
     }
 
     /// Watches the next fastbox from job rank `rank` (see

@@ -453,9 +453,9 @@ fn big_element(world: &World) -> Result<(), Error> {
 /// Ranks 0 and 1 exchange small and large messages for ever (for the tests
 /// that corrupt a segment under them): bursts of small ones through the
 /// fastboxes, large ones through the rings. Ends with the first error.
-/// With `ring-frames`, rank 1 sends bursts of ten kilobyte messages (whole
-/// frames in the ring) that rank 0 leaves there for a second before it
-/// receives them from rank 1 by name.
+/// With `ring-frames`, rank 1 sends bursts of ten messages of 1000 bytes
+/// (whole frames in the ring) that rank 0 leaves there for a second before
+/// it receives them from rank 1 by name.
 fn exchange(world: &World, arg: &str) -> Result<(), Error> {
     let me = world.rank();
     let other = 1 - me.min(1);
@@ -479,8 +479,8 @@ fn exchange(world: &World, arg: &str) -> Result<(), Error> {
     }
 }
 
-/// `exchange ring-frames`: ten kilobyte messages from rank 1 at a time,
-/// left in the ring for a second.
+/// `exchange ring-frames`: ten messages of 1000 bytes from rank 1 at a
+/// time, left in the ring for a second.
 fn ring_frames(world: &World) -> Result<(), Error> {
     loop {
         if world.rank() == 0 {

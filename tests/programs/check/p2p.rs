@@ -235,6 +235,30 @@ fn immediate(world: &Communicator) -> Result<(), Error> {
     }
     spmd::wait_all(sends)?;
 
+    // wait_each keeps every result: a receive that cannot take its message
+    // (a string, not a number) costs the others nothing, and leaves the
+    // message for the next receive.
+    let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+    let receives: Vec<_> = (13..16)
+        .map(|tag| world.immediate_receive_with_tag::<u64>(prev, tag))
+        .collect::<Result<_, _>>()?;
+    world.send_with_tag(&13u64, next, 13)?;
+    world.send_with_tag(&"fourteen".to_string(), next, 14)?;
+    world.send_with_tag(&15u64, next, 15)?;
+    let results = spmd::wait_each(receives);
+    assert!(
+        matches!(
+            &results[..],
+            [Ok((13, s13)), Err(Error::Decode { .. }), Ok((15, s15))] if s13.tag() == 13 && s15.tag() == 15
+        ),
+        "wait_each: {results:?}"
+    );
+    assert_eq!(
+        world.receive_with_tag::<String>(prev, 14)?,
+        "fourteen",
+        "the message wait_each could not take"
+    );
+
     // test() eventually reports completion.
     let mut req = world.immediate_receive_with_tag::<u64>((me + n - 1) % n, 12)?;
     world.send_with_tag(&(me as u64), (me + 1) % n, 12)?;
@@ -245,7 +269,7 @@ fn immediate(world: &Communicator) -> Result<(), Error> {
     }
     let (v, _) = req.wait()?;
     assert_eq!(v as usize, (me + n - 1) % n, "after {spins} tests");
-    say(world, "immediate sends and receives, wait_all, test")?;
+    say(world, "immediate sends and receives, wait_all, wait_each, test")?;
     Ok(())
 }
 
