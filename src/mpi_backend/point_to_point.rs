@@ -426,8 +426,9 @@ impl MpiComm {
         let landing = room.and_then(|room| room.landing(env.format, len));
         match landing {
             Some((ptr, fresh)) => {
-                // SAFETY: the room has at least `len` bytes at `ptr`.
-                let bytes = unsafe { std::slice::from_raw_parts_mut(ptr, len as usize) };
+                // SAFETY: the room has at least `len` bytes at `ptr` (a
+                // fresh room's never written: only MPI writes into them).
+                let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<MaybeUninit<u8>>(), len as usize) };
                 self.receive_body(bytes, source, body_tag)?;
                 env.landed = Some(len);
                 env.fresh = fresh;
@@ -443,10 +444,9 @@ impl MpiComm {
                     context: format!("a buffer for {len} bytes from rank {source}"),
                     source: std::io::Error::from(std::io::ErrorKind::OutOfMemory),
                 })?;
-                // SAFETY: the capacity holds `len` bytes, every one written
-                // by the receive before the length is set.
-                let spare = unsafe { std::slice::from_raw_parts_mut(payload.as_mut_ptr(), len) };
+                let spare = &mut payload.spare_capacity_mut()[..len];
                 self.receive_body(spare, source, body_tag)?;
+                // SAFETY: the receive wrote every one of the `len` bytes.
                 unsafe { payload.set_len(len) };
                 env.payload = payload;
             }
@@ -455,7 +455,9 @@ impl MpiComm {
     }
 
     /// Receives a body of exactly `into.len()` bytes from `source`.
-    fn receive_body(&self, into: &mut [u8], source: usize, body_tag: u32) -> Result<()> {
+    /// Receives a large message's body into `into` (memory MPI writes,
+    /// perhaps never written before), piece by piece.
+    fn receive_body(&self, into: &mut [MaybeUninit<u8>], source: usize, body_tag: u32) -> Result<()> {
         for piece in into.chunks_mut(PIECE) {
             let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();
             // SAFETY: `piece` is writable memory of its length.

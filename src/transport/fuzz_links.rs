@@ -26,7 +26,7 @@ impl Link for Bytes<'_> {
         Ok(Io::Done(iov.iter().map(|s| s.len()).sum::<usize>().max(1)))
     }
 
-    fn read(&mut self, buf: &mut [u8]) -> Result<Io> {
+    fn read(&mut self, buf: &mut [std::mem::MaybeUninit<u8>]) -> Result<Io> {
         if self.data.is_empty() {
             return Ok(Io::Closed);
         }
@@ -36,7 +36,7 @@ impl Link for Bytes<'_> {
             .copied()
             .unwrap_or(255);
         let n = (usize::from(cut) + 1).min(self.data.len()).min(buf.len());
-        buf[..n].copy_from_slice(&self.data[..n]);
+        super::link::write_bytes(buf, &self.data[..n]);
         self.data = &self.data[n..];
         self.read += 1;
         Ok(Io::Done(n))

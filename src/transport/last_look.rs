@@ -67,7 +67,11 @@ impl<L: Link> Peer<L> {
             self.staging.copy_within(self.staged.clone(), 0);
             self.staged = 0..self.staged.len();
             let end = self.staged.end;
-            let ended = match self.link.read(&mut self.staging[end..])? {
+            // SAFETY: a link writes only bytes.
+            let ended = match self
+                .link
+                .read(unsafe { super::link::as_uninit(&mut self.staging[end..]) })?
+            {
                 Io::Done(n) => {
                     self.staged.end += n;
                     continue;

@@ -3,6 +3,7 @@
 //! beside the stream (fastboxes, offers) that shared memory has.
 
 use std::io::IoSlice;
+use std::mem::MaybeUninit;
 
 use crate::error::{Error, Result};
 use crate::wire::{Header, Offer};
@@ -22,8 +23,9 @@ pub(crate) enum Io {
 pub(crate) trait Link {
     /// Writes a prefix of the concatenated slices.
     fn write(&mut self, iov: &[IoSlice<'_>]) -> Result<Io>;
-    /// Reads into a prefix of `buf`.
-    fn read(&mut self, buf: &mut [u8]) -> Result<Io>;
+    /// Reads into a prefix of `buf`, which may be memory never written
+    /// (a receive's fresh buffer): a link only writes bytes into it.
+    fn read(&mut self, buf: &mut [MaybeUninit<u8>]) -> Result<Io>;
     /// Sends a whole small message beside the stream, if the link has such
     /// a path and the message may take it now; false if it must be framed.
     /// Only called when nothing is queued for the stream.
@@ -42,9 +44,10 @@ pub(crate) trait Link {
     fn offers(&self, _len: usize, _queued: bool) -> bool {
         false
     }
-    /// Copies an offered payload from the peer's memory into `into`;
-    /// `peer` names the peer in errors.
-    fn pull(&mut self, _offer: &Offer, _into: &mut [u8], peer: &str) -> Result<()> {
+    /// Copies an offered payload from the peer's memory into `into` (which
+    /// may be memory never written, as for [`Link::read`]); `peer` names
+    /// the peer in errors.
+    fn pull(&mut self, _offer: &Offer, _into: &mut [MaybeUninit<u8>], peer: &str) -> Result<()> {
         Err(Error::protocol(
             peer,
             "kind",
@@ -69,4 +72,24 @@ pub(crate) trait Link {
     fn short_read_drains(&self) -> bool {
         false
     }
+}
+
+/// `bytes` as memory for a [`Link`] to write into.
+///
+/// # Safety
+/// What is written there must be initialized bytes (as every link writes),
+/// since the caller goes on reading `bytes` as bytes.
+pub(crate) unsafe fn as_uninit(bytes: &mut [u8]) -> &mut [MaybeUninit<u8>] {
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`; the caller's
+    // promise keeps every byte initialized.
+    unsafe { &mut *(std::ptr::from_mut(bytes) as *mut [MaybeUninit<u8>]) }
+}
+
+/// Copies `from` into the start of `into` (which must be at least as
+/// long), writing only initialized bytes.
+pub(crate) fn write_bytes(into: &mut [MaybeUninit<u8>], from: &[u8]) {
+    assert!(from.len() <= into.len(), "a copy longer than its room");
+    // SAFETY: `into` has room for `from.len()` bytes, and the two are
+    // distinct borrows, so they do not overlap.
+    unsafe { std::ptr::copy_nonoverlapping(from.as_ptr(), into.as_mut_ptr().cast::<u8>(), from.len()) };
 }

@@ -43,8 +43,10 @@ impl<L: Link> Peer<L> {
         match deliver.claim(self.rank, h.tag, h.context, format, offer.len) {
             Some(landing) => {
                 // SAFETY: as for `Incoming::rest`: the claimed buffer holds
-                // at least `len` bytes and stays valid while it is claimed.
-                let into = unsafe { std::slice::from_raw_parts_mut(landing.ptr, len) };
+                // at least `len` bytes (perhaps never written: a fresh
+                // one) and stays valid while it is claimed.
+                let into =
+                    unsafe { std::slice::from_raw_parts_mut(landing.ptr.cast::<std::mem::MaybeUninit<u8>>(), len) };
                 self.link.pull(&offer, into, &self.name)?;
                 env.landed = Some(offer.len);
                 deliver.landed(landing.id, env);
@@ -58,7 +60,9 @@ impl<L: Link> Peer<L> {
             }
             None => {
                 let mut payload = allocate(len, &self.name)?;
-                self.link.pull(&offer, &mut payload, &self.name)?;
+                // SAFETY: a link writes only bytes.
+                self.link
+                    .pull(&offer, unsafe { super::link::as_uninit(&mut payload) }, &self.name)?;
                 env.payload = payload;
                 deliver.deliver(env);
             }
@@ -90,6 +94,9 @@ mod tests {
     //! this process's own memory as the kernel would from the sender's.
 
     use std::io::IoSlice;
+    use std::mem::MaybeUninit;
+
+    use super::super::link::write_bytes;
 
     use super::*;
     use crate::envelope::Landing;
@@ -111,23 +118,23 @@ mod tests {
             Ok(Io::Done(n))
         }
 
-        fn read(&mut self, buf: &mut [u8]) -> Result<Io> {
+        fn read(&mut self, buf: &mut [MaybeUninit<u8>]) -> Result<Io> {
             let n = self.incoming.len().min(buf.len());
             if n == 0 {
                 return Ok(Io::WouldBlock);
             }
-            buf[..n].copy_from_slice(&self.incoming[..n]);
+            write_bytes(buf, &self.incoming[..n]);
             self.incoming.drain(..n);
             Ok(Io::Done(n))
         }
 
-        fn pull(&mut self, offer: &Offer, into: &mut [u8], peer: &str) -> Result<()> {
+        fn pull(&mut self, offer: &Offer, into: &mut [MaybeUninit<u8>], peer: &str) -> Result<()> {
             if !self.pulls {
                 return Err(Error::protocol(peer, "kind", "cannot pull"));
             }
             // SAFETY: the tests offer the addresses of live vectors.
             let from = unsafe { std::slice::from_raw_parts(offer.address as *const u8, into.len()) };
-            into.copy_from_slice(from);
+            write_bytes(into, from);
             Ok(())
         }
     }

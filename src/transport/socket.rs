@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::socket::{MsgFlags, recv, sendmsg};
+use nix::sys::socket::{MsgFlags, sendmsg};
 
 use crate::error::{Error, Result};
 use crate::wire::WaitMode;
@@ -139,9 +139,19 @@ impl Link for SocketLink {
         }
     }
 
-    fn read(&mut self, buf: &mut [u8]) -> Result<Io> {
+    fn read(&mut self, buf: &mut [std::mem::MaybeUninit<u8>]) -> Result<Io> {
         loop {
-            return match recv(self.fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+            // SAFETY: the kernel writes at most `buf.len()` bytes into it.
+            let got = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            let got = usize::try_from(got).map_err(|_| Errno::last());
+            return match got {
                 Ok(0) => Ok(Io::Closed),
                 Ok(n) => Ok(Io::Done(n)),
                 Err(Errno::EAGAIN) => Ok(Io::WouldBlock),

@@ -6,6 +6,7 @@
 //! of waiting.
 
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 
 use crate::envelope::{Envelope, Format, Landing};
 use crate::error::{Error, Result};
@@ -13,7 +14,7 @@ use crate::matching::Arrived;
 use crate::wire::{BYE_UNFINALIZED, HEADER_LEN, Header, Kind, Offer};
 
 use super::Delivery;
-pub(crate) use super::link::{Io, Link};
+pub(crate) use super::link::{Io, Link, as_uninit, write_bytes};
 pub(super) use super::outgoing::{Outgoing, Payload};
 
 /// Bytes read from a link per call while parsing small frames; payloads
@@ -45,16 +46,18 @@ pub(super) struct Incoming {
 
 impl Incoming {
     /// The part of the payload still to be read (nothing to write into
-    /// for a discarded one).
-    fn rest(&mut self) -> &mut [u8] {
+    /// for a discarded one), as memory to write bytes into: a landing may
+    /// be a fresh buffer that holds nothing yet.
+    fn rest(&mut self) -> &mut [MaybeUninit<u8>] {
         match &mut self.target {
             Target::Discard => &mut [],
-            Target::Owned(v) => &mut v[self.filled..],
+            // SAFETY: only bytes are written into it (see `Link::read`).
+            Target::Owned(v) => unsafe { as_uninit(&mut v[self.filled..]) },
             // SAFETY: the receive that owns the buffer waits while it is
             // claimed, and detaches it (see `Peers::detach`) before it stops
             // waiting; the buffer has at least `len` bytes.
             Target::Landing(l) => unsafe {
-                std::slice::from_raw_parts_mut(l.ptr.add(self.filled), self.len - self.filled)
+                std::slice::from_raw_parts_mut(l.ptr.add(self.filled).cast::<MaybeUninit<u8>>(), self.len - self.filled)
             },
         }
     }
@@ -260,7 +263,8 @@ impl<L: Link> Peer<L> {
                 }
                 let end = self.staged.end;
                 let asked = self.staging.len() - end;
-                let io = self.link.read(&mut self.staging[end..])?;
+                // SAFETY: a link writes only bytes.
+                let io = self.link.read(unsafe { as_uninit(&mut self.staging[end..]) })?;
                 if let Io::Done(n) = io {
                     self.staged.end += n;
                 }
@@ -359,7 +363,7 @@ impl<L: Link> Peer<L> {
             if let Some(inc) = self.incoming.as_mut() {
                 let take = (inc.len - inc.filled).min(self.staged.len());
                 if !matches!(inc.target, Target::Discard) {
-                    inc.rest()[..take].copy_from_slice(&self.staging[self.staged.start..self.staged.start + take]);
+                    write_bytes(inc.rest(), &self.staging[self.staged.start..self.staged.start + take]);
                 }
                 inc.filled += take;
                 self.staged.start += take;

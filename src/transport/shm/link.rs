@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::io::IoSlice;
+use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -328,7 +329,7 @@ impl Link for RingLink {
         Ok(Io::Done(wrote))
     }
 
-    fn read(&mut self, buf: &mut [u8]) -> Result<Io> {
+    fn read(&mut self, buf: &mut [MaybeUninit<u8>]) -> Result<Io> {
         // Bytes written after a fastbox message that is still waiting must
         // wait for it: see the head move only when no fastbox is full. (If
         // one fills after this check, it was written after these bytes.)
@@ -336,7 +337,8 @@ impl Link for RingLink {
         if n == 0 {
             return Ok(Io::WouldBlock);
         }
-        self.look(0, &mut buf[..n]);
+        // SAFETY: `buf` has room for `n` bytes.
+        unsafe { self.look_raw(0, buf.as_mut_ptr().cast::<u8>(), n) };
         self.consume(n);
         Ok(Io::Done(n))
     }
@@ -371,7 +373,7 @@ impl Link for RingLink {
         offer
     }
 
-    fn pull(&mut self, offer: &Offer, into: &mut [u8], peer: &str) -> Result<()> {
+    fn pull(&mut self, offer: &Offer, into: &mut [MaybeUninit<u8>], peer: &str) -> Result<()> {
         match self.pull_from {
             Some(pid) => single_copy::pull(pid, offer.address, into, peer),
             None => Err(crate::error::Error::protocol(

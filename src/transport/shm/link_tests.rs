@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::envelope::{Envelope, Format, Landing};
 use crate::matching::{ReceiveId, Sink};
+use crate::transport::link::as_uninit;
 use crate::transport::shm::segment::RING_CONTROL;
 use crate::wire::{Context, Kind};
 
@@ -203,7 +204,8 @@ fn fastbox_and_ring_messages_from_one_sender_come_out_in_order() {
                         std::thread::yield_now();
                     }
                     if link.readable() {
-                        if let Io::Done(n) = link.read(&mut buf).unwrap() {
+                        // SAFETY: a link writes only bytes.
+                        if let Io::Done(n) = link.read(unsafe { as_uninit(&mut buf) }).unwrap() {
                             pending.extend_from_slice(&buf[..n]);
                             while pending.len() >= 8 {
                                 let seq = u32::from_le_bytes(pending[..4].try_into().unwrap());
@@ -274,7 +276,8 @@ fn a_receiver_that_closes_gets_every_message_whose_send_succeeded() {
             // then (closed) until the ring and the fastboxes are empty.
             let mut read_all = |link: &mut RingLink, sink: &mut Order| loop {
                 link.fastbox_rx.drain(1, sink).unwrap();
-                while let Io::Done(n) = link.read(&mut buf).unwrap() {
+                // SAFETY: a link writes only bytes.
+                while let Io::Done(n) = link.read(unsafe { as_uninit(&mut buf) }).unwrap() {
                     pending.extend_from_slice(&buf[..n]);
                     while pending.len() >= 8 {
                         let seq = u32::from_le_bytes(pending[..4].try_into().unwrap());

@@ -11,6 +11,7 @@
 //! peer it can read is told that it may offer (see
 //! [`crate::wire::Kind::Offer`]); every other pair sends through the ring.
 
+use crate::transport::link::as_uninit;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -57,12 +58,13 @@ const PIECE: usize = 1 << 30;
 /// process `pid` and finds exactly `expected` there.
 pub(super) fn can_read(pid: i32, address: u64, expected: &[u8]) -> bool {
     let mut seen = vec![0u8; expected.len()];
-    read(pid, address, &mut seen).is_ok_and(|()| seen == expected)
+    // SAFETY: the kernel writes only bytes.
+    read(pid, address, unsafe { as_uninit(&mut seen) }).is_ok_and(|()| seen == expected)
 }
 
 /// Copies `into.len()` bytes from `address` in process `pid` (the rank
 /// `peer`, named in errors) into `into`.
-pub(super) fn pull(pid: i32, address: u64, into: &mut [u8], peer: &str) -> Result<()> {
+pub(super) fn pull(pid: i32, address: u64, into: &mut [std::mem::MaybeUninit<u8>], peer: &str) -> Result<()> {
     read(pid, address, into).map_err(|e| match e {
         // The sender died mid-message, as when a stream ends inside a
         // frame: the same field, so that this rank leaves the report to
@@ -84,7 +86,7 @@ pub(super) fn pull(pid: i32, address: u64, into: &mut [u8], peer: &str) -> Resul
     })
 }
 
-fn read(pid: i32, address: u64, into: &mut [u8]) -> std::result::Result<(), nix::errno::Errno> {
+fn read(pid: i32, address: u64, into: &mut [std::mem::MaybeUninit<u8>]) -> std::result::Result<(), nix::errno::Errno> {
     let mut done = 0;
     while done < into.len() {
         let n = (into.len() - done).min(PIECE);
@@ -122,11 +124,13 @@ mod tests {
         let pid = std::process::id() as i32;
         let source: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
         let mut copy = vec![0u8; source.len()];
-        pull(pid, source.as_ptr() as u64, &mut copy, "rank 1").unwrap();
+        // SAFETY: the kernel writes only bytes.
+        pull(pid, source.as_ptr() as u64, unsafe { as_uninit(&mut copy) }, "rank 1").unwrap();
         assert_eq!(copy, source);
         assert!(can_read(pid, source.as_ptr() as u64, &source[..64]));
         assert!(!can_read(pid, source.as_ptr() as u64, &[1u8; 64]));
-        match pull(pid, 8, &mut copy, "rank 1") {
+        // SAFETY: as above.
+        match pull(pid, 8, unsafe { as_uninit(&mut copy) }, "rank 1") {
             Err(Error::Protocol { field, peer, .. }) => assert_eq!((field, peer.as_str()), ("offer address", "rank 1")),
             other => panic!("{other:?}"),
         }
