@@ -427,7 +427,7 @@ impl MpiComm {
         match landing {
             Some((ptr, fresh)) => {
                 // SAFETY: the room has at least `len` bytes at `ptr` (a
-                // fresh room's never written: only MPI writes into them).
+                // fresh room's bytes are uninitialized; only MPI writes them).
                 let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<MaybeUninit<u8>>(), len as usize) };
                 self.receive_body(bytes, source, body_tag)?;
                 env.landed = Some(len);
@@ -454,9 +454,8 @@ impl MpiComm {
         Ok(env)
     }
 
-    /// Receives a body of exactly `into.len()` bytes from `source`.
-    /// Receives a large message's body into `into` (memory MPI writes,
-    /// perhaps never written before), piece by piece.
+    /// Receives a body of exactly `into.len()` bytes from `source`, piece
+    /// by piece, into memory that may never have been written.
     fn receive_body(&self, into: &mut [MaybeUninit<u8>], source: usize, body_tag: u32) -> Result<()> {
         for piece in into.chunks_mut(PIECE) {
             let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();

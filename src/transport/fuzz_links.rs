@@ -21,7 +21,8 @@ struct Bytes<'a> {
     read: usize,
 }
 
-impl Link for Bytes<'_> {
+// SAFETY: writes only bytes into what it reads into (see `Link`).
+unsafe impl Link for Bytes<'_> {
     fn write(&mut self, iov: &[IoSlice<'_>]) -> Result<Io> {
         Ok(Io::Done(iov.iter().map(|s| s.len()).sum::<usize>().max(1)))
     }
@@ -36,7 +37,7 @@ impl Link for Bytes<'_> {
             .copied()
             .unwrap_or(255);
         let n = (usize::from(cut) + 1).min(self.data.len()).min(buf.len());
-        super::link::write_bytes(buf, &self.data[..n]);
+        super::link::copy_bytes(buf, &self.data[..n]);
         self.data = &self.data[n..];
         self.read += 1;
         Ok(Io::Done(n))

@@ -20,11 +20,19 @@ pub(crate) enum Io {
 }
 
 /// One direction-agnostic byte stream to a peer.
-pub(crate) trait Link {
+///
+/// # Safety
+/// The buffers given to [`Link::read`] and [`Link::pull`] may be memory
+/// never written, and their callers go on to read what the link says it
+/// wrote as bytes. An implementation writes only initialized bytes into
+/// them, never an uninitialized value; a read that returns `Done(n)` has
+/// written exactly `buf[..n]`, with `n <= buf.len()`; a pull that returns
+/// `Ok` has written all of `into`.
+pub(crate) unsafe trait Link {
     /// Writes a prefix of the concatenated slices.
     fn write(&mut self, iov: &[IoSlice<'_>]) -> Result<Io>;
     /// Reads into a prefix of `buf`, which may be memory never written
-    /// (a receive's fresh buffer): a link only writes bytes into it.
+    /// (a receive's fresh buffer; see the trait's safety contract).
     fn read(&mut self, buf: &mut [MaybeUninit<u8>]) -> Result<Io>;
     /// Sends a whole small message beside the stream, if the link has such
     /// a path and the message may take it now; false if it must be framed.
@@ -77,8 +85,9 @@ pub(crate) trait Link {
 /// `bytes` as memory for a [`Link`] to write into.
 ///
 /// # Safety
-/// What is written there must be initialized bytes (as every link writes),
-/// since the caller goes on reading `bytes` as bytes.
+/// Nothing may write an uninitialized value through the returned slice
+/// while it is borrowed (a link writes only bytes: see [`Link`]), since
+/// the caller goes on reading `bytes` as bytes.
 pub(crate) unsafe fn as_uninit(bytes: &mut [u8]) -> &mut [MaybeUninit<u8>] {
     // SAFETY: `MaybeUninit<u8>` has the layout of `u8`; the caller's
     // promise keeps every byte initialized.
@@ -87,7 +96,7 @@ pub(crate) unsafe fn as_uninit(bytes: &mut [u8]) -> &mut [MaybeUninit<u8>] {
 
 /// Copies `from` into the start of `into` (which must be at least as
 /// long), writing only initialized bytes.
-pub(crate) fn write_bytes(into: &mut [MaybeUninit<u8>], from: &[u8]) {
+pub(crate) fn copy_bytes(into: &mut [MaybeUninit<u8>], from: &[u8]) {
     assert!(from.len() <= into.len(), "a copy longer than its room");
     // SAFETY: `into` has room for `from.len()` bytes, and the two are
     // distinct borrows, so they do not overlap.

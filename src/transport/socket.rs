@@ -92,7 +92,8 @@ impl SocketLink {
     }
 }
 
-impl Link for SocketLink {
+// SAFETY: writes only bytes into what it reads into (see `Link`).
+unsafe impl Link for SocketLink {
     /// Over TCP a write succeeds even after the peer has closed (its
     /// kernel then drops the bytes), unlike over a Unix socket, where it
     /// fails: so a sender looks, now and then, whether the peer has shut

@@ -14,7 +14,7 @@ use crate::matching::Arrived;
 use crate::wire::{BYE_UNFINALIZED, HEADER_LEN, Header, Kind, Offer};
 
 use super::Delivery;
-pub(crate) use super::link::{Io, Link, as_uninit, write_bytes};
+pub(crate) use super::link::{Io, Link, as_uninit, copy_bytes};
 pub(super) use super::outgoing::{Outgoing, Payload};
 
 /// Bytes read from a link per call while parsing small frames; payloads
@@ -47,7 +47,8 @@ pub(super) struct Incoming {
 impl Incoming {
     /// The part of the payload still to be read (nothing to write into
     /// for a discarded one), as memory to write bytes into: a landing may
-    /// be a fresh buffer that holds nothing yet.
+    /// be a fresh buffer that holds nothing yet. Only a [`Link`] and
+    /// `copy_bytes` write into it, and they write only bytes.
     fn rest(&mut self) -> &mut [MaybeUninit<u8>] {
         match &mut self.target {
             Target::Discard => &mut [],
@@ -363,7 +364,7 @@ impl<L: Link> Peer<L> {
             if let Some(inc) = self.incoming.as_mut() {
                 let take = (inc.len - inc.filled).min(self.staged.len());
                 if !matches!(inc.target, Target::Discard) {
-                    write_bytes(inc.rest(), &self.staging[self.staged.start..self.staged.start + take]);
+                    copy_bytes(inc.rest(), &self.staging[self.staged.start..self.staged.start + take]);
                 }
                 inc.filled += take;
                 self.staged.start += take;

@@ -270,7 +270,8 @@ impl RingLink {
     }
 }
 
-impl Link for RingLink {
+// SAFETY: writes only bytes into what it reads into (see `Link`).
+unsafe impl Link for RingLink {
     fn has_room_for(&mut self, wanted: usize) -> Result<bool> {
         Ok(!self.peer_closed() && self.room(wanted)? >= wanted)
     }

@@ -11,11 +11,11 @@
 //! peer it can read is told that it may offer (see
 //! [`crate::wire::Kind::Offer`]); every other pair sends through the ring.
 
-use crate::transport::link::as_uninit;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::transport::link::as_uninit;
 
 /// How long the machine's load, once read, is taken as still true.
 const LOAD_FRESH: Duration = Duration::from_millis(10);
