@@ -82,6 +82,20 @@ pub(crate) struct Arrived {
     pub call: u32,
 }
 
+impl Arrived {
+    /// What the checked header `h` of a message from job rank `source`
+    /// says.
+    pub fn of_header(source: usize, h: &crate::wire::Header) -> Arrived {
+        Arrived {
+            source,
+            tag: h.tag,
+            context: h.context,
+            format: Format::of(h.kind, h.element),
+            call: h.call,
+        }
+    }
+}
+
 /// Identifies one posted receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct ReceiveId(u64);

@@ -424,13 +424,7 @@ impl<L: Link> Peer<L> {
     /// Hands on a message whose `len` payload bytes are all staged.
     fn whole(&mut self, h: &Header, format: Format, len: usize, deliver: &mut Delivery<'_>) -> Result<()> {
         let payload = &self.staging[self.staged.start..self.staged.start + len];
-        let head = Arrived {
-            source: self.rank,
-            tag: h.tag,
-            context: h.context,
-            format,
-            call: h.call,
-        };
+        let head = Arrived::of_header(self.rank, h);
         if !deliver.land_whole(&head, payload) {
             let mut owned = allocate(len, &self.name)?;
             owned.copy_from_slice(payload);

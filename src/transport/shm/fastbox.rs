@@ -340,13 +340,7 @@ impl FastboxRx {
             load_words(self.base, m, 1, chunk);
         }
         out.len = len;
-        out.head = Arrived {
-            source: from,
-            tag: header.tag,
-            context: header.context,
-            format: Format::of(kind, element),
-            call: header.call,
-        };
+        out.head = Arrived::of_header(from, &header);
         Ok(true)
     }
 

@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering;
 
 use super::ShmMesh;
 use super::fastbox::{Boxed, FastboxWatch};
-use crate::envelope::Format;
 use crate::error::Result;
 use crate::matching::Arrived;
 use crate::wire::HEADER_LEN;
@@ -96,13 +95,7 @@ impl ShmMesh {
         if unread - HEADER_LEN < len {
             return Ok(Straight::Elsewhere);
         }
-        let head = Arrived {
-            source: rank,
-            tag: header.tag,
-            context: header.context,
-            format: Format::of(header.kind, header.element),
-            call: header.call,
-        };
+        let head = Arrived::of_header(rank, &header);
         if !accepts(&head) {
             return Ok(Straight::Elsewhere);
         }
