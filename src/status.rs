@@ -55,6 +55,9 @@ thread_local! {
     /// clock at the first look at them, or at the last time the page was
     /// told the wait is busy (ns; 0 before the first look).
     static BUSY: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
+    /// The engine's count of moves (`Engine::moves`) when the calling
+    /// thread last went to sleep in that wait, or when it began.
+    static SLEPT_AT: Cell<u64> = const { Cell::new(0) };
 }
 
 /// A thread asleep in a wait, as the page may name it.
@@ -71,6 +74,12 @@ pub(crate) enum Whole {
     /// Every thread of the process sleeps in spmd; the earliest deadline
     /// of their waits, if any has one.
     Waits(Option<Instant>),
+    /// Every thread of the process sleeps in spmd, but the one going to
+    /// sleep now moved messages since it last slept in its wait: it sleeps
+    /// only between messages that keep coming, and is as busy as a wait
+    /// that never sleeps (a sleep that ends with nothing moved says
+    /// [`Whole::Waits`] again).
+    Moving,
     /// Some thread of the process is outside spmd: it may yet send what
     /// the others wait for, so this is no deadlock.
     OthersOutside,
@@ -100,12 +109,14 @@ impl StatusWriter {
     /// only). Once the wait has gone on for [`BUSY_AFTER_NS`] without
     /// sleeping, returns it, to be published as busy
     /// ([`StatusWriter::publish_busy`]), and again as often while it lasts.
-    pub fn note(&self, on: WaitOn) -> Option<Asleep> {
+    /// `moves` is the engine's count of moves (`Engine::moves`).
+    pub fn note(&self, on: WaitOn, moves: u64) -> Option<Asleep> {
         let since = match PENDING.get() {
             Some((before, since)) if before == on => since,
             _ => {
                 PENDING.set(Some((on, None)));
                 BUSY.set((0, 0));
+                SLEPT_AT.set(moves);
                 return None;
             }
         };
@@ -142,6 +153,13 @@ impl StatusWriter {
         Some(Asleep { on, since })
     }
 
+    /// True if anything moved (`moves`, the engine's count) since the
+    /// calling thread last went to sleep in the wait it noted (or since
+    /// the wait began), which it is about to do again now.
+    pub fn moved_since_last_sleep(&self, moves: u64) -> bool {
+        SLEPT_AT.replace(moves) != moves
+    }
+
     /// The page names `wait`, which its thread has not slept in for a
     /// while: it is blocked but busy (see [`BUSY_IN_SPMD`]).
     pub fn publish_busy(&self, wait: Asleep, sent: u64, arrived: u64) {
@@ -153,6 +171,7 @@ impl StatusWriter {
     pub fn publish(&self, wait: Asleep, whole: Whole, sent: u64, arrived: u64) {
         let until_ns = match whole {
             Whole::OthersOutside => OTHER_THREADS_OUTSIDE,
+            Whole::Moving => BUSY_IN_SPMD,
             Whole::Waits(None) => 0,
             Whole::Waits(Some(d)) => {
                 let left = d.saturating_duration_since(Instant::now());

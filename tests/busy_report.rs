@@ -1,25 +1,24 @@
-//! A rank kept busy in a wait is named as waiting in the hang report. In a
-//! file of its own, so that no other test of the workspace runs beside it
-//! (cargo runs test files one after another): with the machine's cores
-//! shared by other jobs, a rank that waits yields or sleeps between
-//! messages (as it should), and the page says asleep, not busy.
+//! A rank kept busy in a wait is named as waiting in the hang report, with
+//! messages moving through it, and is asleep again (in a deadlock) once
+//! they stop; in every transport and wait mode.
 
 mod common;
 
 use common::example;
 
-/// A rank kept busy in a wait by a steady stream of messages (faster than
-/// its polling, so that it seldom if ever sleeps) is named as waiting in
-/// the hang report, as busy where it polls; no deadlock, and the job ends
-/// well. Before the page said so, such a rank read as computing outside
-/// spmd.
+/// A rank kept busy in a wait by a steady stream of messages is named as
+/// waiting in the hang report, with `(messages keep moving through it)`:
+/// whether it never sleeps (the stream comes faster than it polls) or
+/// sleeps between messages (a wait mode that sleeps at once, or cores
+/// shared with other jobs); no deadlock, and the job ends well. Before the
+/// page said so, such a rank read as computing outside spmd, and then as
+/// asleep whenever it had slept between two messages.
 #[test]
 fn a_rank_kept_busy_in_a_wait_is_named_as_waiting() {
     for (on, wait) in [
         ("barrier", "waits barrier"),
         ("receive", "waits receive(from rank 1, tag 7)"),
     ] {
-        let mut busy_seen = Vec::new();
         let args = [
             "--hang-report",
             "1",
@@ -37,15 +36,39 @@ fn a_rank_kept_busy_in_a_wait_is_named_as_waiting() {
             assert!(!out.stderr.contains("deadlock"), "{on}, {mode}: {out:?}");
             let line = out.stderr.lines().find(|l| l.contains("rank 0 (pid"));
             assert!(
-                line.is_some_and(|l| l.contains(wait)),
-                "{on}, {mode}: rank 0 not named as waiting: {out:?}"
+                line.is_some_and(|l| l.contains(wait) && l.contains("(messages keep moving through it)")),
+                "{on}, {mode}: rank 0 not named as waiting with messages moving: {out:?}"
             );
-            if line.is_some_and(|l| l.contains("(not asleep: messages keep moving through it)")) {
-                busy_seen.push(mode.to_string());
-            }
         }
-        // A wait that polls may still sleep now and then on a busy
-        // machine, and the page then says asleep; not in every mode.
-        assert!(!busy_seen.is_empty(), "{on}: no mode named rank 0 as busy");
+    }
+}
+
+/// A rank that waits while a stream moves through it, and whose wait goes
+/// on after the stream ends, in a deadlock: named as busy while it lasts,
+/// then the deadlock is found and ends the job.
+#[test]
+fn a_deadlock_after_a_busy_wait_is_found() {
+    let args = [
+        "--hang-report",
+        "1",
+        "-n",
+        "2",
+        &example("spmd-check"),
+        "hang",
+        "busy-wait",
+        "deadlock",
+    ];
+    for mode in common::MODES {
+        let out = common::run(common::spmdrun_in(mode, &args));
+        let mode = common::mode_name(mode);
+        assert_eq!(out.code(), Some(125), "{mode}: {out:?}");
+        let report = out.stderr.find("(messages keep moving through it)");
+        let deadlock = out.stderr.find(
+            "spmdrun: deadlock: rank 0 waits receive(from rank 1, tag 7) <- rank 1 waits receive(from rank 0, tag 7)",
+        );
+        assert!(
+            report.zip(deadlock).is_some_and(|(r, d)| r < d),
+            "{mode}: no busy report before the deadlock: {out:?}"
+        );
     }
 }

@@ -144,7 +144,7 @@ impl HangWatch {
                         let secs = now_ns.saturating_sub(w.since_ns) as f64 / 1e9;
                         let others = match w.until_ns {
                             OTHER_THREADS_OUTSIDE => " (another thread of it is outside spmd, and may yet send)",
-                            BUSY_IN_SPMD => " (not asleep: messages keep moving through it)",
+                            BUSY_IN_SPMD => " (messages keep moving through it)",
                             _ => "",
                         };
                         format!("  {who} waits {} for {secs:.1} s{others}", wait_text(w))

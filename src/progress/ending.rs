@@ -87,7 +87,7 @@ impl Engine {
         // they have the engine back.
         self.wake_sleepers();
         if let Some(s) = &self.status {
-            s.note(WaitOn::p2p(WaitOp::Finalize, None, None, 0));
+            s.note(WaitOn::p2p(WaitOp::Finalize, None, None, 0), self.moves);
         }
         let (status, sent, arrived) = (&self.status, self.sent, self.matcher.arrived());
         let sleeping = || {

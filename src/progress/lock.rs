@@ -352,14 +352,20 @@ impl Engine {
     /// the waits of the rank's threads asleep (returned, to take out after
     /// the sleep). The status page names the oldest of them, with the
     /// earliest of their own deadlines, and says the rank waits as a whole
-    /// only if every thread of the process sleeps in spmd.
+    /// only if every thread of the process sleeps in spmd, and this one
+    /// moved nothing since it last slept in its wait (else it is busy).
     fn publish_asleep(&mut self) -> Option<Asleep> {
         let status = self.status.as_ref()?;
         let mine = status.asleep()?;
+        let moving = status.moved_since_last_sleep(self.moves);
         self.asleep.push(mine);
         let oldest = self.asleep.iter().min_by_key(|w| w.since).copied().unwrap_or(mine);
         let whole = if self.sleepers >= process_threads() {
-            Whole::Waits(self.asleep.iter().filter_map(|w| w.on.deadline).min())
+            if moving {
+                Whole::Moving
+            } else {
+                Whole::Waits(self.asleep.iter().filter_map(|w| w.on.deadline).min())
+            }
         } else {
             Whole::OthersOutside
         };

@@ -107,7 +107,7 @@ impl EngineGuard<'_> {
     /// [`crate::status::StatusWriter::note`]).
     fn note_wait(&mut self, on: WaitOn) {
         if let Some(s) = &self.status {
-            if let Some(busy) = s.note(on) {
+            if let Some(busy) = s.note(on, self.moves) {
                 s.publish_busy(busy, self.sent, self.matcher.arrived());
             }
         }

@@ -94,8 +94,8 @@ pub struct Waiting {
     pub since_ns: u64,
     /// When the wait gives up (CLOCK_MONOTONIC, nanoseconds); 0 for never;
     /// [`OTHER_THREADS_OUTSIDE`] when another thread of the rank is outside
-    /// spmd; [`BUSY_IN_SPMD`] when the waiting thread is not asleep but
-    /// keeps moving messages.
+    /// spmd; [`BUSY_IN_SPMD`] when the waiting thread keeps moving
+    /// messages.
     pub until_ns: u64,
 }
 
@@ -156,9 +156,9 @@ impl Snapshot {
 /// rank is blocked but in no deadlock.
 pub const OTHER_THREADS_OUTSIDE: u64 = u64::MAX;
 
-/// The `until_ns` of a wait whose thread has not slept in it for a while:
-/// messages keep moving through the rank (a steady stream faster than its
-/// polling), so it is inside spmd and busy, in no deadlock.
+/// The `until_ns` of a wait whose thread has not slept in it for a while,
+/// or sleeps only between messages that keep coming: messages keep moving
+/// through the rank, so it is inside spmd and busy, in no deadlock.
 pub const BUSY_IN_SPMD: u64 = u64::MAX - 1;
 
 /// The latest deadline a page can say: the values above it are markers.

@@ -1,7 +1,8 @@
 //! A rank flooded with messages while it waits: in a barrier, it still
 //! notices a rank that has left (`spmd-check hang flooded-barrier`); kept
 //! busy by a steady stream, it is named as waiting in the hang report, not
-//! as computing (`spmd-check hang busy-wait barrier|receive`).
+//! as computing, and a deadlock after it is found (`spmd-check hang
+//! busy-wait barrier|receive|deadlock`).
 
 use std::time::{Duration, Instant};
 
@@ -48,16 +49,18 @@ const BUSY_FOR: Duration = Duration::from_secs(3);
 /// Rank 1 sends rank 0 a small message every 10 microseconds for
 /// [`BUSY_FOR`] (a steady stream, faster than a wait polls, and far below
 /// what a queue holds), while rank 0 waits in a barrier (`barrier`) or
-/// for a message of another tag (`receive`) that rank 1 sends at the end
-/// with the count. Rank 0 keeps finding messages to move and seldom if
-/// ever sleeps; spmdrun's hang report must name its wait all the same.
-/// Then rank 0 receives the stream, in order.
+/// for a message of another tag (`receive`, `deadlock`). Rank 0 keeps
+/// finding messages to move, and sleeps between them if at all;
+/// spmdrun's hang report must name its wait all the same, as busy. Then
+/// rank 1 sends the count with that tag, and rank 0 receives the stream,
+/// in order; or (`deadlock`) rank 1 waits for a message from rank 0 that
+/// never comes, and spmdrun must find the deadlock once the stream ends.
 pub fn busy_wait(world: &World, on: &str) -> Result<(), Error> {
     let me = world.rank();
     assert!(world.size() == 2, "busy-wait runs on 2 ranks");
     assert!(
-        on == "barrier" || on == "receive",
-        "busy-wait barrier or receive, not {on:?}"
+        ["barrier", "receive", "deadlock"].contains(&on),
+        "busy-wait barrier, receive or deadlock, not {on:?}"
     );
     world.barrier()?;
     if me == 1 {
@@ -71,8 +74,13 @@ pub fn busy_wait(world: &World, on: &str) -> Result<(), Error> {
                 std::hint::spin_loop();
             }
         }
-        if on == "barrier" {
-            world.barrier()?;
+        match on {
+            "barrier" => world.barrier()?,
+            "deadlock" => {
+                let never: u64 = world.receive_with_tag(0, 7)?;
+                panic!("rank 1 received {never} from rank 0, which sends nothing");
+            }
+            _ => {}
         }
         return world.send_with_tag(&sent, 0, 7);
     }
