@@ -4,7 +4,15 @@
 
 mod common;
 
-use common::example;
+use common::{Finished, example};
+
+/// Runs `spmd-check hang busy-wait on` on 2 ranks, with hang reports after
+/// a second, in `mode`.
+fn busy_wait(mode: (&str, &str), on: &str) -> Finished {
+    let check = example("spmd-check");
+    let args = ["--hang-report", "1", "-n", "2", &check, "hang", "busy-wait", on];
+    common::run(common::spmdrun_in(mode, &args))
+}
 
 /// A rank kept busy in a wait by a steady stream of messages is named as
 /// waiting in the hang report, with `(messages keep moving through it)`:
@@ -19,18 +27,8 @@ fn a_rank_kept_busy_in_a_wait_is_named_as_waiting() {
         ("barrier", "waits barrier"),
         ("receive", "waits receive(from rank 1, tag 7)"),
     ] {
-        let args = [
-            "--hang-report",
-            "1",
-            "-n",
-            "2",
-            &example("spmd-check"),
-            "hang",
-            "busy-wait",
-            on,
-        ];
         for mode in common::MODES {
-            let out = common::run(common::spmdrun_in(mode, &args));
+            let out = busy_wait(mode, on);
             let mode = common::mode_name(mode);
             assert_eq!(out.code(), Some(0), "{on}, {mode}: {out:?}");
             assert!(!out.stderr.contains("deadlock"), "{on}, {mode}: {out:?}");
@@ -48,18 +46,8 @@ fn a_rank_kept_busy_in_a_wait_is_named_as_waiting() {
 /// then the deadlock is found and ends the job.
 #[test]
 fn a_deadlock_after_a_busy_wait_is_found() {
-    let args = [
-        "--hang-report",
-        "1",
-        "-n",
-        "2",
-        &example("spmd-check"),
-        "hang",
-        "busy-wait",
-        "deadlock",
-    ];
     for mode in common::MODES {
-        let out = common::run(common::spmdrun_in(mode, &args));
+        let out = busy_wait(mode, "deadlock");
         let mode = common::mode_name(mode);
         assert_eq!(out.code(), Some(125), "{mode}: {out:?}");
         let report = out.stderr.find("(messages keep moving through it)");
