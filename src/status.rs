@@ -74,11 +74,11 @@ pub(crate) enum Whole {
     /// Every thread of the process sleeps in spmd; the earliest deadline
     /// of their waits, if any has one.
     Waits(Option<Instant>),
-    /// Every thread of the process sleeps in spmd, but the one going to
-    /// sleep now moved messages since it last slept in its wait: it sleeps
-    /// only between messages that keep coming, and is as busy as a wait
-    /// that never sleeps (a sleep that ends with nothing moved says
-    /// [`Whole::Waits`] again).
+    /// Every thread of the process sleeps in spmd, but something moved in
+    /// the rank since the one going to sleep now last slept in its wait:
+    /// it sleeps only between messages that keep coming, and is as busy as
+    /// a wait that never sleeps (its next sleep with nothing moved since
+    /// says [`Whole::Waits`] again).
     Moving,
     /// Some thread of the process is outside spmd: it may yet send what
     /// the others wait for, so this is no deadlock.

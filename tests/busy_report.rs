@@ -18,7 +18,8 @@ fn busy_wait(mode: (&str, &str), on: &str) -> Finished {
 /// waiting in the hang report, with `(messages keep moving through it)`:
 /// whether it never sleeps (the stream comes faster than it polls) or
 /// sleeps between messages (a wait mode that sleeps at once, or cores
-/// shared with other jobs); no deadlock, and the job ends well. Before the
+/// shared with other jobs); in a barrier, a receive, and a wait on
+/// requests (`wait_any`); no deadlock, and the job ends well. Before the
 /// page said so, such a rank read as computing outside spmd, and then as
 /// asleep whenever it had slept between two messages.
 #[test]
@@ -26,6 +27,7 @@ fn a_rank_kept_busy_in_a_wait_is_named_as_waiting() {
     for (on, wait) in [
         ("barrier", "waits barrier"),
         ("receive", "waits receive(from rank 1, tag 7)"),
+        ("any", "waits receive(from any rank, any tag)"),
     ] {
         for mode in common::MODES {
             let out = busy_wait(mode, on);

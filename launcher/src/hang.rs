@@ -44,6 +44,13 @@ pub struct HangWatch {
     /// What every rank looked like at the last look, the messages sent and
     /// arrived, and since when nothing changed.
     last: Option<(Vec<Seen>, u64, u64, Instant)>,
+    /// Each rank's messages sent and arrived as its page said at the last
+    /// look.
+    counts: Vec<(u64, u64)>,
+    /// The ranks whose page, between the last two looks, said the same
+    /// wait with other counts: messages moved through the wait, though it
+    /// may have slept between them (and the page said asleep).
+    moving: Vec<bool>,
     /// When each rank was last seen changing from one state to another.
     changed: Vec<Instant>,
 }
@@ -55,6 +62,8 @@ impl HangWatch {
             threshold,
             reported: None,
             last: None,
+            counts: vec![(0, 0); ranks],
+            moving: vec![false; ranks],
             changed: vec![now; ranks],
         }
     }
@@ -62,14 +71,16 @@ impl HangWatch {
     /// Looks at every rank.
     pub fn look(&mut self, ranks: &[Rank]) -> Option<Verdict> {
         let now = Instant::now();
-        let (seen, sent, arrived) = observe(ranks);
+        let (seen, counts, sent, arrived) = observe(ranks);
         if let Some((before, ..)) = &self.last {
             for (i, (a, b)) in seen.iter().zip(before).enumerate() {
                 if !same_state(a, b) {
                     self.changed[i] = now;
                 }
+                self.moving[i] = matches!(a, Seen::Waiting(_)) && same_state(a, b) && counts[i] != self.counts[i];
             }
         }
+        self.counts = counts;
         let stable_since = match &self.last {
             Some((before, s, a, since)) if *before == seen && *s == sent && *a == arrived => *since,
             _ => now,
@@ -144,7 +155,8 @@ impl HangWatch {
                         let secs = now_ns.saturating_sub(w.since_ns) as f64 / 1e9;
                         let others = match w.until_ns {
                             OTHER_THREADS_OUTSIDE => " (another thread of it is outside spmd, and may yet send)",
-                            BUSY_IN_SPMD => " (messages keep moving through it)",
+                            BUSY_IN_SPMD => MOVING,
+                            _ if self.moving[r] => MOVING,
                             _ => "",
                         };
                         format!("  {who} waits {} for {secs:.1} s{others}", wait_text(w))
@@ -169,6 +181,9 @@ impl HangWatch {
     }
 }
 
+/// What a report says of a rank whose wait keeps moving messages.
+const MOVING: &str = " (messages keep moving through it)";
+
 /// Two looks at a rank show the same state (a wait on the same thing).
 fn same_state(a: &Seen, b: &Seen) -> bool {
     match (a, b) {
@@ -186,8 +201,11 @@ pub(crate) fn stopped(pid: i32) -> bool {
     })
 }
 
-fn observe(ranks: &[Rank]) -> (Vec<Seen>, u64, u64) {
+/// How every rank looks now, what its page says it sent and received,
+/// and the job's totals of both.
+fn observe(ranks: &[Rank]) -> (Vec<Seen>, Vec<(u64, u64)>, u64, u64) {
     let (mut sent, mut arrived) = (0u64, 0u64);
+    let mut counts = Vec::with_capacity(ranks.len());
     let now_ns = now_ns();
     let seen = ranks
         .iter()
@@ -200,6 +218,7 @@ fn observe(ranks: &[Rank]) -> (Vec<Seen>, u64, u64) {
                 sent = sent.wrapping_add(s.sent);
                 arrived = arrived.wrapping_add(s.arrived);
             }
+            counts.push(snapshot.as_ref().map_or((0, 0), |s| (s.sent, s.arrived)));
             if r.exited.is_some() {
                 return Seen::Gone;
             }
@@ -226,7 +245,7 @@ fn observe(ranks: &[Rank]) -> (Vec<Seen>, u64, u64) {
             }
         })
         .collect();
-    (seen, sent, arrived)
+    (seen, counts, sent, arrived)
 }
 
 /// What a wait read from a page says that cannot be in a job of `size`

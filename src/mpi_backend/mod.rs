@@ -23,14 +23,16 @@ mod immediate;
 mod live;
 mod numbers;
 mod point_to_point;
-mod request;
+mod receive_request;
+mod send_request;
 mod typed;
 
 pub(crate) use collective::Reduction;
 pub(crate) use comm::MpiComm;
 pub(crate) use immediate::MpiCollective;
 pub(crate) use point_to_point::Wait;
-pub(crate) use request::{MpiReceive, MpiSend};
+pub(crate) use receive_request::MpiReceive;
+pub(crate) use send_request::MpiSend;
 
 /// Set once `MPI_Finalize` has run: a communicator kept beyond it neither
 /// communicates nor frees its MPI handles.
@@ -314,7 +316,7 @@ pub(crate) fn finalize() -> Result<()> {
         return Ok(());
     }
     live::finish_all();
-    request::finish_orphans();
+    send_request::finish_orphans();
     FINALIZED.store(true, Ordering::Release);
     // SAFETY: MPI is initialized and not yet finalized.
     check(unsafe { ffi::MPI_Finalize() }, "MPI_Finalize")

@@ -352,8 +352,9 @@ impl Engine {
     /// the waits of the rank's threads asleep (returned, to take out after
     /// the sleep). The status page names the oldest of them, with the
     /// earliest of their own deadlines, and says the rank waits as a whole
-    /// only if every thread of the process sleeps in spmd, and this one
-    /// moved nothing since it last slept in its wait (else it is busy).
+    /// only if every thread of the process sleeps in spmd, and nothing
+    /// moved in the rank (by any thread) since this one last slept in its
+    /// wait (else it is busy).
     fn publish_asleep(&mut self) -> Option<Asleep> {
         let status = self.status.as_ref()?;
         let mine = status.asleep()?;

@@ -120,16 +120,21 @@ impl EngineGuard<'_> {
     /// Does not sleep if anything moved since `moves` ([`Engine::moves`]
     /// before the caller tested its requests): testing a later request may
     /// have completed an earlier one, which nothing would then wake.
+    ///
+    /// Every call is a step of the wait, noted for the status page, slept
+    /// or not: a wait that keeps finding something moved is as busy as one
+    /// that keeps moving messages itself.
     pub fn sleep_for_any(&mut self, deadline: Option<Instant>, moves: u64) -> Result<()> {
         self.check_open()?;
-        if self.moves != moves {
-            return Ok(());
-        }
         let on = WaitOn {
             deadline,
             ..WaitOn::p2p(WaitOp::Receive, None, None, 0)
         };
-        self.sleep_step(on, deadline)
+        self.note_wait(on);
+        if self.moves != moves {
+            return Ok(());
+        }
+        self.pause(deadline, &|| false)
     }
 
     /// The first of the ranks `missing` names, or the error that one of

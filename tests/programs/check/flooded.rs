@@ -2,11 +2,11 @@
 //! notices a rank that has left (`spmd-check hang flooded-barrier`); kept
 //! busy by a steady stream, it is named as waiting in the hang report, not
 //! as computing, and a deadlock after it is found (`spmd-check hang
-//! busy-wait barrier|receive|deadlock`).
+//! busy-wait barrier|receive|any|deadlock`).
 
 use std::time::{Duration, Instant};
 
-use spmd::{Error, World};
+use spmd::{Error, Request, World};
 
 /// The tag of rank 0's word to the flooders that it is done.
 const STOP: u32 = 99;
@@ -49,7 +49,8 @@ const BUSY_FOR: Duration = Duration::from_secs(3);
 /// Rank 1 sends rank 0 a small message every 10 microseconds for
 /// [`BUSY_FOR`] (a steady stream, faster than a wait polls, and far below
 /// what a queue holds), while rank 0 waits in a barrier (`barrier`) or
-/// for a message of another tag (`receive`, `deadlock`). Rank 0 keeps
+/// for a message of another tag (`receive`, `deadlock`; `any`: a request
+/// for it, in [`spmd::wait_any`]). Rank 0 keeps
 /// finding messages to move, and sleeps between them if at all;
 /// spmdrun's hang report must name its wait all the same, as busy. Then
 /// rank 1 sends the count with that tag, and rank 0 receives the stream,
@@ -59,8 +60,8 @@ pub fn busy_wait(world: &World, on: &str) -> Result<(), Error> {
     let me = world.rank();
     assert!(world.size() == 2, "busy-wait runs on 2 ranks");
     assert!(
-        ["barrier", "receive", "deadlock"].contains(&on),
-        "busy-wait barrier, receive or deadlock, not {on:?}"
+        ["barrier", "receive", "any", "deadlock"].contains(&on),
+        "busy-wait barrier, receive, any or deadlock, not {on:?}"
     );
     world.barrier()?;
     if me == 1 {
@@ -87,7 +88,13 @@ pub fn busy_wait(world: &World, on: &str) -> Result<(), Error> {
     if on == "barrier" {
         world.barrier()?;
     }
-    let sent: u64 = world.receive_with_tag(1, 7)?;
+    let sent: u64 = if on == "any" {
+        let mut count = world.immediate_receive_with_tag::<u64>(1, 7)?;
+        assert_eq!(spmd::wait_any(&mut [&mut count])?, 0, "the one request");
+        count.wait()?.0
+    } else {
+        world.receive_with_tag(1, 7)?
+    };
     for k in 0..sent {
         assert_eq!(world.receive_with_tag::<u64>(1, 3)?, k, "the stream's order");
     }
