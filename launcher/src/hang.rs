@@ -139,6 +139,13 @@ impl HangWatch {
     /// One line per rank saying what it does (for reports and --timeout).
     pub fn describe_now(&mut self, ranks: &[Rank]) -> Vec<String> {
         let (seen, ..) = observe(ranks);
+        // What the last look found moving holds only for a wait still
+        // under way.
+        if let Some((before, ..)) = &self.last {
+            for (moving, (a, b)) in self.moving.iter_mut().zip(seen.iter().zip(before)) {
+                *moving &= same_state(a, b);
+            }
+        }
         self.describe_all(ranks, &seen, Instant::now())
     }
 
