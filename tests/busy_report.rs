@@ -62,3 +62,23 @@ fn a_deadlock_after_a_busy_wait_is_found() {
         );
     }
 }
+
+/// The same through a wait on a request (`wait_any`): a deadlock is found
+/// and ends the job, named without its cycle (the page does not say which
+/// requests such a wait is on; see the README).
+#[test]
+fn a_deadlock_after_a_busy_wait_on_requests_is_found() {
+    for mode in common::MODES {
+        let out = busy_wait(mode, "any-deadlock");
+        let mode = common::mode_name(mode);
+        assert_eq!(out.code(), Some(125), "{mode}: {out:?}");
+        let report = out.stderr.find("(messages keep moving through it)");
+        let deadlock = out
+            .stderr
+            .find("spmdrun: deadlock: every rank still running is blocked inside spmd and no message is in flight");
+        assert!(
+            report.zip(deadlock).is_some_and(|(r, d)| r < d),
+            "{mode}: no busy report before the deadlock: {out:?}"
+        );
+    }
+}

@@ -86,7 +86,10 @@ fn a_rank_computing_outside_spmd_is_named_and_is_no_deadlock() {
         assert!(!out.stderr.contains("deadlock"), "{out:?}");
         let reports = out.stderr.matches("blocked inside spmd").count();
         assert_eq!(reports, 1, "one report for the episode: {out:?}");
-        assert!(out.stderr.contains("is computing outside spmd"), "{out:?}");
+        assert!(
+            out.stderr.contains("is running outside any spmd wait (computing"),
+            "{out:?}"
+        );
         assert!(out.stderr.contains("waits broadcast (root 0)"), "{out:?}");
         assert!(out.stderr.contains("for rank 0 for"), "{out:?}");
     }

@@ -169,7 +169,7 @@ impl HangWatch {
                         format!("  {who} waits {} for {secs:.1} s{others}", wait_text(w))
                     }
                     Seen::Computing => format!(
-                        "  {who} is computing outside spmd (in no spmd call) {}",
+                        "  {who} is running outside any spmd wait (computing, or in calls that return at once) {}",
                         for_(self.changed[r])
                     ),
                     Seen::Stopped => format!("  {who} is stopped (SIGSTOP or a debugger)"),

@@ -2,7 +2,7 @@
 //! notices a rank that has left (`spmd-check hang flooded-barrier`); kept
 //! busy by a steady stream, it is named as waiting in the hang report, not
 //! as computing, and a deadlock after it is found (`spmd-check hang
-//! busy-wait barrier|receive|any|deadlock`).
+//! busy-wait barrier|receive|any|deadlock|any-deadlock`).
 
 use std::time::{Duration, Instant};
 
@@ -50,7 +50,7 @@ const BUSY_FOR: Duration = Duration::from_secs(3);
 /// [`BUSY_FOR`] (a steady stream, faster than a wait polls, and far below
 /// what a queue holds), while rank 0 waits in a barrier (`barrier`) or
 /// for a message of another tag (`receive`, `deadlock`; `any`: a request
-/// for it, in [`spmd::wait_any`]). Rank 0 keeps
+/// for it, in [`spmd::wait_any`]; `any-deadlock` as `deadlock`). Rank 0 keeps
 /// finding messages to move, and sleeps between them if at all;
 /// spmdrun's hang report must name its wait all the same, as busy. Then
 /// rank 1 sends the count with that tag, and rank 0 receives the stream,
@@ -60,8 +60,8 @@ pub fn busy_wait(world: &World, on: &str) -> Result<(), Error> {
     let me = world.rank();
     assert!(world.size() == 2, "busy-wait runs on 2 ranks");
     assert!(
-        ["barrier", "receive", "any", "deadlock"].contains(&on),
-        "busy-wait barrier, receive, any or deadlock, not {on:?}"
+        ["barrier", "receive", "any", "deadlock", "any-deadlock"].contains(&on),
+        "busy-wait barrier, receive, any, deadlock or any-deadlock, not {on:?}"
     );
     world.barrier()?;
     if me == 1 {
@@ -77,7 +77,7 @@ pub fn busy_wait(world: &World, on: &str) -> Result<(), Error> {
         }
         match on {
             "barrier" => world.barrier()?,
-            "deadlock" => {
+            "deadlock" | "any-deadlock" => {
                 let never: u64 = world.receive_with_tag(0, 7)?;
                 panic!("rank 1 received {never} from rank 0, which sends nothing");
             }
@@ -88,7 +88,7 @@ pub fn busy_wait(world: &World, on: &str) -> Result<(), Error> {
     if on == "barrier" {
         world.barrier()?;
     }
-    let sent: u64 = if on == "any" {
+    let sent: u64 = if on.starts_with("any") {
         let mut count = world.immediate_receive_with_tag::<u64>(1, 7)?;
         assert_eq!(spmd::wait_any(&mut [&mut count])?, 0, "the one request");
         count.wait()?.0
