@@ -45,40 +45,26 @@ fn a_rank_kept_busy_in_a_wait_is_named_as_waiting() {
 
 /// A rank that waits while a stream moves through it, and whose wait goes
 /// on after the stream ends, in a deadlock: named as busy while it lasts,
-/// then the deadlock is found and ends the job.
+/// then the deadlock is found and ends the job. In a blocking receive the
+/// verdict names the cycle; through a wait on a request (`wait_any`) it
+/// is named without one (the page does not say which requests such a
+/// wait is on; see the README).
 #[test]
 fn a_deadlock_after_a_busy_wait_is_found() {
-    for mode in common::MODES {
-        let out = busy_wait(mode, "deadlock");
-        let mode = common::mode_name(mode);
-        assert_eq!(out.code(), Some(125), "{mode}: {out:?}");
-        let report = out.stderr.find("(messages keep moving through it)");
-        let deadlock = out.stderr.find(
-            "spmdrun: deadlock: rank 0 waits receive(from rank 1, tag 7) <- rank 1 waits receive(from rank 0, tag 7)",
-        );
-        assert!(
-            report.zip(deadlock).is_some_and(|(r, d)| r < d),
-            "{mode}: no busy report before the deadlock: {out:?}"
-        );
-    }
-}
-
-/// The same through a wait on a request (`wait_any`): a deadlock is found
-/// and ends the job, named without its cycle (the page does not say which
-/// requests such a wait is on; see the README).
-#[test]
-fn a_deadlock_after_a_busy_wait_on_requests_is_found() {
-    for mode in common::MODES {
-        let out = busy_wait(mode, "any-deadlock");
-        let mode = common::mode_name(mode);
-        assert_eq!(out.code(), Some(125), "{mode}: {out:?}");
-        let report = out.stderr.find("(messages keep moving through it)");
-        let deadlock = out
-            .stderr
-            .find("spmdrun: deadlock: every rank still running is blocked inside spmd and no message is in flight");
-        assert!(
-            report.zip(deadlock).is_some_and(|(r, d)| r < d),
-            "{mode}: no busy report before the deadlock: {out:?}"
-        );
+    let cycle =
+        "spmdrun: deadlock: rank 0 waits receive(from rank 1, tag 7) <- rank 1 waits receive(from rank 0, tag 7)";
+    let no_cycle = "spmdrun: deadlock: every rank still running is blocked inside spmd and no message is in flight";
+    for (on, verdict) in [("deadlock", cycle), ("any-deadlock", no_cycle)] {
+        for mode in common::MODES {
+            let out = busy_wait(mode, on);
+            let mode = common::mode_name(mode);
+            assert_eq!(out.code(), Some(125), "{on}, {mode}: {out:?}");
+            let report = out.stderr.find("(messages keep moving through it)");
+            let deadlock = out.stderr.find(verdict);
+            assert!(
+                report.zip(deadlock).is_some_and(|(r, d)| r < d),
+                "{on}, {mode}: no busy report before the deadlock: {out:?}"
+            );
+        }
     }
 }
