@@ -116,7 +116,7 @@ fn wait_until<T>(
     let job = Job::current().filter(|job| job.has_engine());
     let result = (|| loop {
         let moves = match &job {
-            Some(job) => job.engine()?.moves(),
+            Some(job) => job.engine()?.begin_look(),
             None => 0,
         };
         if let Some(found) = look(requests)? {

@@ -27,7 +27,7 @@ fn a_rank_kept_busy_in_a_wait_is_named_as_waiting() {
     for (on, wait) in [
         ("barrier", "waits barrier"),
         ("receive", "waits receive(from rank 1, tag 7)"),
-        ("any", "waits receive(from any rank, any tag)"),
+        ("any", "waits receive(from rank 1, tag 7)"),
     ] {
         for mode in common::MODES {
             let out = busy_wait(mode, on);
@@ -45,16 +45,14 @@ fn a_rank_kept_busy_in_a_wait_is_named_as_waiting() {
 
 /// A rank that waits while a stream moves through it, and whose wait goes
 /// on after the stream ends, in a deadlock: named as busy while it lasts,
-/// then the deadlock is found and ends the job. In a blocking receive the
-/// verdict names the cycle; through a wait on a request (`wait_any`) it
-/// is named without one (the page does not say which requests such a
-/// wait is on; see the README).
+/// then the deadlock is found, named with its cycle, and ends the job;
+/// in a blocking receive and in a wait on a request (`wait_any`), which
+/// is named after the receive it waits for.
 #[test]
 fn a_deadlock_after_a_busy_wait_is_found() {
-    let cycle =
+    let verdict =
         "spmdrun: deadlock: rank 0 waits receive(from rank 1, tag 7) <- rank 1 waits receive(from rank 0, tag 7)";
-    let no_cycle = "spmdrun: deadlock: every rank still running is blocked inside spmd and no message is in flight";
-    for (on, verdict) in [("deadlock", cycle), ("any-deadlock", no_cycle)] {
+    for on in ["deadlock", "any-deadlock"] {
         for mode in common::MODES {
             let out = busy_wait(mode, on);
             let mode = common::mode_name(mode);
@@ -66,5 +64,23 @@ fn a_deadlock_after_a_busy_wait_is_found() {
                 "{on}, {mode}: no busy report before the deadlock: {out:?}"
             );
         }
+    }
+}
+
+/// A wait on requests that are not one receive's (two tags) is named as a
+/// receive from any rank with any tag; its deadlock after the stream is
+/// found and ends the job, without a cycle.
+#[test]
+fn a_deadlock_in_a_wait_on_mixed_requests_is_found_without_a_cycle() {
+    let verdict = "spmdrun: deadlock: every rank still running is blocked inside spmd and no message is in flight";
+    for mode in common::MODES {
+        let out = busy_wait(mode, "mixed-deadlock");
+        let mode = common::mode_name(mode);
+        assert_eq!(out.code(), Some(125), "{mode}: {out:?}");
+        assert!(out.stderr.contains(verdict), "{mode}: {out:?}");
+        assert!(
+            out.stderr.contains("waits receive(from any rank, any tag)"),
+            "{mode}: {out:?}"
+        );
     }
 }

@@ -67,7 +67,7 @@ struct ThreadMark {
     /// The eventfd that wakes the thread when it sleeps on descriptors
     /// (-1 until it first does).
     wake: Cell<RawFd>,
-    /// The engine's count of moves ([`Engine::moves`]) when the thread's
+    /// The engine's count of moves (`Engine::moves`) when the thread's
     /// last sleep in its wait under way ended only to look at the threads
     /// again ([`RECOUNT`]), nobody having woken it: while nothing has moved
     /// since, the next sleep starts without polling (a wait that spins

@@ -29,6 +29,7 @@ pub(crate) use lock::{EngineGuard, EngineLock, check_not_combining, combining};
 #[cfg(feature = "mpi")]
 pub(crate) use receive::{pattern_text, timed_out};
 pub(crate) use schedule::{Fold, Part, Plan, Step, panic_text};
+use waits::Tested;
 
 /// A queued send: `None` when it is done already (it went to this rank
 /// itself, or was written in full at once).
@@ -97,6 +98,9 @@ pub(crate) struct Engine {
     /// Messages taken by the straight path since the last general step
     /// (see `straight.rs`).
     straight_run: u32,
+    /// The receives a wait on requests found pending in its last look
+    /// (see [`Engine::begin_look`]), to name the wait on the status page.
+    tested: Tested,
 }
 
 impl Engine {
@@ -122,6 +126,7 @@ impl Engine {
             asleep: Vec::new(),
             given_time: Vec::new(),
             straight_run: 0,
+            tested: Tested::Nothing,
         }
     }
 
@@ -306,7 +311,12 @@ impl Engine {
                 if self.transport.is_lost(t) {
                     return Err(self.gone(t.dest));
                 }
-                Ok(self.transport.is_sent(t))
+                let done = self.transport.is_sent(t);
+                if !done {
+                    // A wait on it is not a wait on one receive.
+                    self.tested = Tested::Several;
+                }
+                Ok(done)
             }
         }
     }
@@ -336,12 +346,6 @@ impl Engine {
     fn note_moved(&mut self) {
         self.moves = self.moves.wrapping_add(1);
         self.wake_sleepers();
-    }
-
-    /// How many times something moved so far (see [`Engine::note_moved`]):
-    /// a wait that tests several requests takes it before it tests them.
-    pub fn moves(&self) -> u64 {
-        self.moves
     }
 
     /// Wakes the threads of this rank that sleep without the engine, if

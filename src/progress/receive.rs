@@ -179,6 +179,7 @@ impl Engine {
         }
         if let Some(sel) = self.matcher.pending(id) {
             self.check_can_arrive(sel)?;
+            self.tested = self.tested.and(sel);
         }
         Ok(self.matcher.is_complete(id))
     }

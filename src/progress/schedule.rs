@@ -372,7 +372,12 @@ impl Engine {
             }
         }
         let i = self.schedule_index(id)?;
-        Ok(self.schedules[i].outcome.is_some())
+        let done = self.schedules[i].outcome.is_some();
+        if !done {
+            // A wait on it is not a wait on one receive.
+            self.tested = super::waits::Tested::Several;
+        }
+        Ok(done)
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{Check, Engine, EngineGuard, Head, Sent};
 use crate::error::{Error, Result};
+use crate::selector::Selector;
 use crate::status::WaitOn;
 use crate::transport::Wait;
 use crate::wire::status::WaitOp;
@@ -113,23 +114,41 @@ impl EngineGuard<'_> {
         }
     }
 
+    /// A wait on requests is about to look at them: the engine's count of
+    /// moves (see [`Engine::sleep_for_any`]), and the receives it finds
+    /// pending are noted afresh, to name the wait.
+    pub fn begin_look(&mut self) -> u64 {
+        self.tested = Tested::Nothing;
+        self.moves
+    }
+
     /// Sleeps until anything moves (a message arrives, a send drains, a
     /// peer leaves), with the status page saying this rank waits for any
     /// of several requests.
     ///
-    /// Does not sleep if anything moved since `moves` ([`Engine::moves`]
+    /// Does not sleep if anything moved since `moves` ([`Engine::begin_look`]
     /// before the caller tested its requests): testing a later request may
     /// have completed an earlier one, which nothing would then wake.
     ///
     /// Every call is a step of the wait, noted for the status page, slept
     /// or not: a wait that keeps finding something moved is as busy as one
     /// that keeps moving messages itself.
+    ///
+    /// The wait is named by the receive its requests wait for, if the
+    /// last look found one pending (or several with the same selector),
+    /// else as a receive from any rank with any tag.
     pub fn sleep_for_any(&mut self, deadline: Option<Instant>, moves: u64) -> Result<()> {
         self.check_open()?;
-        let on = WaitOn {
-            deadline,
-            ..WaitOn::p2p(WaitOp::Receive, None, None, 0)
+        let on = match std::mem::take(&mut self.tested) {
+            Tested::One(sel) => WaitOn::p2p(
+                WaitOp::Receive,
+                sel.pattern.source_rank(),
+                sel.pattern.tag_value(),
+                sel.context.0,
+            ),
+            Tested::Nothing | Tested::Several => WaitOn::p2p(WaitOp::Receive, None, None, 0),
         };
+        let on = WaitOn { deadline, ..on };
         self.note_wait(on);
         if self.moves != moves {
             return Ok(());
@@ -204,5 +223,26 @@ impl EngineGuard<'_> {
         self.matcher.end_read_all();
         self.settle();
         result.map_err(|e| self.lost(e))
+    }
+}
+
+/// The receives a look at requests found pending: none, one selector
+/// (however many receives have it), or several.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) enum Tested {
+    #[default]
+    Nothing,
+    One(Selector),
+    Several,
+}
+
+impl Tested {
+    /// This, with a receive of `sel` found pending too.
+    pub(super) fn and(self, sel: Selector) -> Tested {
+        match self {
+            Tested::Nothing => Tested::One(sel),
+            Tested::One(before) if before == sel => self,
+            _ => Tested::Several,
+        }
     }
 }

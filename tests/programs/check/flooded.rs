@@ -2,7 +2,7 @@
 //! notices a rank that has left (`spmd-check hang flooded-barrier`); kept
 //! busy by a steady stream, it is named as waiting in the hang report, not
 //! as computing, and a deadlock after it is found (`spmd-check hang
-//! busy-wait barrier|receive|any|deadlock|any-deadlock`).
+//! busy-wait barrier|receive|any|deadlock|any-deadlock|mixed-deadlock`).
 
 use std::time::{Duration, Instant};
 
@@ -55,13 +55,23 @@ const BUSY_FOR: Duration = Duration::from_secs(3);
 /// spmdrun's hang report must name its wait all the same, as busy. Then
 /// rank 1 sends the count with that tag, and rank 0 receives the stream,
 /// in order; or (`deadlock`) rank 1 waits for a message from rank 0 that
-/// never comes, and spmdrun must find the deadlock once the stream ends.
+/// never comes, and spmdrun must find the deadlock once the stream ends
+/// (`mixed-deadlock`: rank 0 waits in `wait_any` on receives of two
+/// tags, a wait the page cannot name by one receive).
 pub fn busy_wait(world: &World, on: &str) -> Result<(), Error> {
     let me = world.rank();
     assert!(world.size() == 2, "busy-wait runs on 2 ranks");
     assert!(
-        ["barrier", "receive", "any", "deadlock", "any-deadlock"].contains(&on),
-        "busy-wait barrier, receive, any, deadlock or any-deadlock, not {on:?}"
+        [
+            "barrier",
+            "receive",
+            "any",
+            "deadlock",
+            "any-deadlock",
+            "mixed-deadlock"
+        ]
+        .contains(&on),
+        "busy-wait barrier, receive, any, deadlock, any-deadlock or mixed-deadlock, not {on:?}"
     );
     world.barrier()?;
     if me == 1 {
@@ -77,7 +87,7 @@ pub fn busy_wait(world: &World, on: &str) -> Result<(), Error> {
         }
         match on {
             "barrier" => world.barrier()?,
-            "deadlock" | "any-deadlock" => {
+            "deadlock" | "any-deadlock" | "mixed-deadlock" => {
                 let never: u64 = world.receive_with_tag(0, 7)?;
                 panic!("rank 1 received {never} from rank 0, which sends nothing");
             }
@@ -87,6 +97,12 @@ pub fn busy_wait(world: &World, on: &str) -> Result<(), Error> {
     }
     if on == "barrier" {
         world.barrier()?;
+    }
+    if on == "mixed-deadlock" {
+        let mut count = world.immediate_receive_with_tag::<u64>(1, 7)?;
+        let mut other = world.immediate_receive_with_tag::<u64>(1, 8)?;
+        let first = spmd::wait_any(&mut [&mut count, &mut other])?;
+        panic!("rank 0's wait on two receives that never come ended with request {first}");
     }
     let sent: u64 = if on.starts_with("any") {
         let mut count = world.immediate_receive_with_tag::<u64>(1, 7)?;
