@@ -6,6 +6,7 @@
 use std::cell::Cell;
 use std::time::Instant;
 
+use crate::selector::Selector;
 use crate::wire::status::{BUSY_IN_SPMD, LATEST_DEADLINE, OTHER_THREADS_OUTSIDE, Page, Phase, WaitOp, Waiting, now_ns};
 
 /// A wait as the engine describes it before it sleeps.
@@ -32,6 +33,15 @@ impl WaitOn {
             call: 0,
             sig: 0,
             deadline: None,
+        }
+    }
+
+    /// A wait for a message `sel` selects (a receive or a probe), giving
+    /// up at `deadline` if it does.
+    pub fn selected(op: WaitOp, sel: Selector, deadline: Option<Instant>) -> WaitOn {
+        WaitOn {
+            deadline,
+            ..WaitOn::p2p(op, sel.pattern.source_rank(), sel.pattern.tag_value(), sel.context.0)
         }
     }
 }

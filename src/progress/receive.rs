@@ -151,15 +151,7 @@ impl EngineGuard<'_> {
             }
             let on = match &check {
                 Some((on, _)) => *on,
-                None => WaitOn {
-                    deadline,
-                    ..WaitOn::p2p(
-                        WaitOp::Receive,
-                        sel.pattern.source_rank(),
-                        sel.pattern.tag_value(),
-                        sel.context.0,
-                    )
-                },
+                None => WaitOn::selected(WaitOp::Receive, sel, deadline),
             };
             self.sleep_step(on, deadline)?;
         })();
@@ -206,15 +198,7 @@ impl EngineGuard<'_> {
             return Ok(self.matcher.probe(sel));
         };
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let on = WaitOn {
-            deadline,
-            ..WaitOn::p2p(
-                WaitOp::Probe,
-                sel.pattern.source_rank(),
-                sel.pattern.tag_value(),
-                sel.context.0,
-            )
-        };
+        let on = WaitOn::selected(WaitOp::Probe, sel, deadline);
         let result = (|| loop {
             if let Some(status) = self.matcher.probe(sel) {
                 return Ok(Some(status));

@@ -140,15 +140,12 @@ impl EngineGuard<'_> {
     pub fn sleep_for_any(&mut self, deadline: Option<Instant>, moves: u64) -> Result<()> {
         self.check_open()?;
         let on = match std::mem::take(&mut self.tested) {
-            Tested::One(sel) => WaitOn::p2p(
-                WaitOp::Receive,
-                sel.pattern.source_rank(),
-                sel.pattern.tag_value(),
-                sel.context.0,
-            ),
-            Tested::Nothing | Tested::Several => WaitOn::p2p(WaitOp::Receive, None, None, 0),
+            Tested::One(sel) => WaitOn::selected(WaitOp::Receive, sel, deadline),
+            Tested::Nothing | Tested::Several => WaitOn {
+                deadline,
+                ..WaitOn::p2p(WaitOp::Receive, None, None, 0)
+            },
         };
-        let on = WaitOn { deadline, ..on };
         self.note_wait(on);
         if self.moves != moves {
             return Ok(());
