@@ -1,15 +1,18 @@
-//! Fastboxes: one-cache-line mailboxes per pair of ranks on a node,
+//! Fastboxes: half-cache-line mailboxes per pair of ranks on a node,
 //! beside the ring, for messages of at most [`FASTBOX_DATA`] bytes. A
-//! message of up to 44 bytes crosses between cores as one cache line, a
-//! longer one in as many consecutive boxes as it needs (at most
-//! [`MOST_BOXES`]), where the ring needs its head, the frame header, the
+//! message takes as many consecutive boxes as its fields and payload need
+//! (at most [`MOST_BOXES`]): one for up to 16 bytes, so that two small
+//! messages share a cache line and a stream its receiver trails moves one
+//! line per two messages. The ring needs its head, the frame header, the
 //! payload, and a copy out of the ring before the message can be read.
 //!
 //! A message's first box holds its sequence number (stamped last), its
-//! fields and the start of its payload; each further box holds 0 in that
-//! word (never a sequence number, so a box is never taken for the start of
-//! a message it only continues) and the next 60 bytes. The receiver counts
-//! boxes taken, not messages.
+//! fields (kind, length and element in one word, tag, context, and the
+//! collective call number only if it has one) and the start of its
+//! payload; each further box holds 0 in that word (never a sequence
+//! number, so a box is never taken for the start of a message it only
+//! continues, whatever its payload) and the next 28 bytes. The receiver
+//! counts boxes taken, not messages.
 //!
 //! Order with the ring: the sender puts a message in a fastbox only when it
 //! has nothing queued and the receiver has read every ring byte, so ring
@@ -31,88 +34,104 @@ use crate::wire::{Context, Header, Kind};
 
 use super::super::Delivery;
 
+/// One fastbox: half a cache line.
+const BOX: usize = 32;
+/// The words of a box.
+const BOX_WORDS: usize = BOX / 4;
+/// The bytes of the boxes of one pair and direction.
+const BOXES_BYTES: usize = 4096;
 /// Fastboxes per pair and direction: a sender can be this many boxes (one
-/// per message of up to 44 bytes) ahead of its receiver before it falls
-/// back to the ring. A
-/// window of 64 small sends (OSU's `osu_bw`) fits: with 8, the rest of
-/// each window went through the ring, and 8 B streaming ran at 0.75 of
-/// this (4 KiB more per pair).
-pub(super) const SLOTS: usize = 64;
+/// per message of up to 16 bytes) ahead of its receiver before it falls
+/// back to the ring. A window of 64 small sends (OSU's `osu_bw`) fits
+/// twice.
+pub(super) const SLOTS: usize = BOXES_BYTES / BOX;
 /// How many boxes ahead of the one it writes a sender asks for its line
-/// (see `prefetch.rs`): 4 and 8 did equally well.
-const AHEAD: u64 = 4;
+/// (see `prefetch.rs`).
+const AHEAD: u64 = 8;
 /// The receiver publishes how many boxes it has taken every this many.
 const PUBLISH_EVERY: u64 = SLOTS as u64 / 2;
-/// One fastbox: a cache line.
+/// A cache line: the receiver's count of boxes taken has one of its own.
 const LINE: usize = 64;
 /// The bytes of the fastbox area of one pair: the receiver's count of
 /// boxes taken (a line of its own), then the slots.
-pub(super) const AREA: usize = LINE + SLOTS * LINE;
-/// The words of a message's first box after its sequence number: kind,
-/// length and element (one word: 4, 12 and 16 bits), tag, context, call;
-/// then the payload.
-const FIELDS: usize = 4;
-/// The payload bytes in a message's first box.
-const FIRST_DATA: usize = LINE - 4 * (1 + FIELDS);
-/// The payload bytes in each further box (all but its first word, 0).
-const MORE_DATA: usize = LINE - 4;
-/// The most boxes one message takes. Two serve a 64-byte message in a
-/// latency test (0.52 -> 0.21 us here) and a stream alike; with five (up to
-/// 284 bytes) 128- and 256-byte messages went at half the latency, but a
-/// stream of them, three or five boxes each, ran out of boxes a third of
-/// the way through a window of 64 and went on through the ring, and on
-/// this machine in its slow state moved a third less than through the
-/// ring alone.
-pub(super) const MOST_BOXES: usize = 2;
-/// The largest payload the fastboxes carry (104 bytes).
-pub(crate) const FASTBOX_DATA: usize = FIRST_DATA + (MOST_BOXES - 1) * MORE_DATA;
-const WORDS: usize = LINE / 4;
-const _: () = assert!(FASTBOX_DATA < 1 << 12, "the length has 12 bits");
+pub(super) const AREA: usize = LINE + BOXES_BYTES;
+/// The words of a message's first box before its payload: its sequence
+/// number, kind with length and element (4, 11 and 16 bits, and
+/// [`CALL_FOLLOWS`]), tag, context; then the call number if
+/// [`CALL_FOLLOWS`] says so.
+const HEAD_WORDS: usize = 4;
+/// The bit of the length field's word that says a call number follows the
+/// context (a collective message's; every other message has none).
+const CALL_FOLLOWS: u32 = 1 << 15;
+/// The most boxes one message takes: four (two cache lines, as with the
+/// whole-line boxes before) serve a 64-byte message in a latency test and
+/// a stream alike. With five whole lines (up to 284 bytes) 128- and
+/// 256-byte messages went at half the latency, but a stream of them ran
+/// out of boxes a third of the way through a window of 64 and went on
+/// through the ring, moving a third less than through the ring alone.
+pub(super) const MOST_BOXES: usize = 4;
+/// The payload bytes in each further box of a message (all but its first
+/// word, 0).
+const MORE_DATA: usize = BOX - 4;
+/// The largest payload the fastboxes carry (96 bytes): what
+/// [`MOST_BOXES`] hold after the fields of a message with a call number.
+pub(crate) const FASTBOX_DATA: usize = first_data(true) + (MOST_BOXES - 1) * MORE_DATA;
+const _: () = assert!(FASTBOX_DATA < 1 << 11, "the length has 11 bits");
 const _: () = assert!(MOST_BOXES <= SLOTS / 4, "a long message must leave room for others");
 
-/// The boxes a payload of `len` bytes (at most [`FASTBOX_DATA`]) takes.
-fn boxes_for(len: usize) -> u64 {
-    if len <= FIRST_DATA {
+/// The words of the first box before the payload of a message with or
+/// without a call number.
+const fn head_words(with_call: bool) -> usize {
+    HEAD_WORDS + with_call as usize
+}
+
+/// The payload bytes in the first box of a message with or without a call
+/// number (12 or 16).
+const fn first_data(with_call: bool) -> usize {
+    BOX - 4 * head_words(with_call)
+}
+
+/// The boxes a message of `len` payload bytes (at most [`FASTBOX_DATA`])
+/// takes, with or without a call number.
+fn boxes_for(len: usize, with_call: bool) -> u64 {
+    let first = first_data(with_call);
+    if len <= first {
         1
     } else {
-        1 + (len - FIRST_DATA).div_ceil(MORE_DATA) as u64
+        1 + (len - first).div_ceil(MORE_DATA) as u64
     }
 }
 
-/// Stores `bytes` as the words of box `n` from word `from` on: whole words
-/// from plain loads (a copy of a length the compiler does not know would
-/// be a call per word), then the last few bytes, padded.
-fn store_words(base: *mut u8, n: u64, from: usize, bytes: &[u8]) {
-    let words = bytes.chunks_exact(4);
-    let rest = words.remainder();
-    let whole = words.len();
-    for (i, chunk) in words.enumerate() {
-        let value = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        word(base, n, from + i).store(value, Ordering::Relaxed);
+/// Stores `bytes` into the words `to` (of one box): whole words from
+/// plain loads (a copy of a length the compiler does not know would be a
+/// call per word), then the last few bytes, padded. `to` has room.
+fn store_words(to: &[AtomicU32], bytes: &[u8]) {
+    let mut chunks = bytes.chunks_exact(4);
+    for (word, c) in to.iter().zip(chunks.by_ref()) {
+        word.store(u32::from_le_bytes([c[0], c[1], c[2], c[3]]), Ordering::Relaxed);
     }
-    if !rest.is_empty() {
+    let rest = chunks.remainder();
+    if let Some(word) = to.get(bytes.len() / 4).filter(|_| !rest.is_empty()) {
         let mut b = [0u8; 4];
         for (to, from) in b.iter_mut().zip(rest) {
             *to = *from;
         }
-        word(base, n, from + whole).store(u32::from_le_bytes(b), Ordering::Relaxed);
+        word.store(u32::from_le_bytes(b), Ordering::Relaxed);
     }
 }
 
-/// Loads `out.len()` bytes from the words of box `n` from word `from` on
-/// (whole words as plain stores, then the last few bytes).
-fn load_words(base: *mut u8, n: u64, from: usize, out: &mut [u8]) {
-    let mut words = out.chunks_exact_mut(4);
-    let mut i = 0;
-    for chunk in words.by_ref() {
-        let [a, b, c, d] = word(base, n, from + i).load(Ordering::Relaxed).to_le_bytes();
-        (chunk[0], chunk[1], chunk[2], chunk[3]) = (a, b, c, d);
-        i += 1;
+/// Loads `out.len()` bytes from the words `from` (of one box): whole words
+/// as plain stores, then the last few bytes. `from` holds them.
+fn load_words(from: &[AtomicU32], out: &mut [u8]) {
+    let whole = out.len() / 4;
+    let mut chunks = out.chunks_exact_mut(4);
+    for (word, c) in from.iter().zip(chunks.by_ref()) {
+        let [a, b, x, d] = word.load(Ordering::Relaxed).to_le_bytes();
+        (c[0], c[1], c[2], c[3]) = (a, b, x, d);
     }
-    let rest = words.into_remainder();
-    if !rest.is_empty() {
-        let bytes = word(base, n, from + i).load(Ordering::Relaxed).to_le_bytes();
-        for (to, from) in rest.iter_mut().zip(bytes) {
+    let rest = chunks.into_remainder();
+    if let Some(word) = from.get(whole).filter(|_| !rest.is_empty()) {
+        for (to, from) in rest.iter_mut().zip(word.load(Ordering::Relaxed).to_le_bytes()) {
             *to = from;
         }
     }
@@ -134,7 +153,7 @@ pub(super) struct FastboxTx {
 #[derive(Debug)]
 pub(super) struct FastboxRx {
     base: *mut u8,
-    /// Messages taken so far.
+    /// Boxes taken so far.
     taken: u64,
 }
 
@@ -144,6 +163,8 @@ pub(super) struct FastboxRx {
 pub(crate) struct Boxed {
     pub head: Arrived,
     len: usize,
+    /// The boxes the message took.
+    boxes: u64,
     bytes: [u8; FASTBOX_DATA],
 }
 
@@ -159,6 +180,7 @@ impl Boxed {
                 call: 0,
             },
             len: 0,
+            boxes: 0,
             bytes: [0; FASTBOX_DATA],
         }
     }
@@ -181,7 +203,7 @@ pub(crate) struct FastboxWatch {
 impl FastboxWatch {
     /// True if the box holds its message.
     pub fn ready(&self) -> bool {
-        word(self.base, self.next, 0).load(Ordering::Acquire) == stamp(self.next)
+        slot(self.base, self.next)[0].load(Ordering::Acquire) == stamp(self.next)
     }
 }
 
@@ -192,11 +214,15 @@ fn taken_counter<'a>(base: *mut u8) -> &'a AtomicU64 {
     unsafe { &*base.cast::<AtomicU64>() }
 }
 
-/// Word `w` of the slot of box `n`.
-fn word<'a>(base: *mut u8, n: u64, w: usize) -> &'a AtomicU32 {
-    debug_assert!(w < WORDS);
+/// The words of box `n` (counting from the first box ever; the count
+/// goes round the area).
+fn slot<'a>(base: *mut u8, n: u64) -> &'a [AtomicU32; BOX_WORDS] {
     // SAFETY: slot n % SLOTS lies inside the area; words are aligned.
-    unsafe { &*base.add(LINE + (n as usize % SLOTS) * LINE + 4 * w).cast::<AtomicU32>() }
+    unsafe {
+        &*base
+            .add(LINE + (n as usize % SLOTS) * BOX)
+            .cast::<[AtomicU32; BOX_WORDS]>()
+    }
 }
 
 /// The number a message's first box `n` carries (counting boxes from 0):
@@ -226,7 +252,8 @@ impl FastboxTx {
         if payload.len() > FASTBOX_DATA {
             return Ok(false);
         }
-        let boxes = boxes_for(payload.len());
+        let with_call = header.call != 0;
+        let boxes = boxes_for(payload.len(), with_call);
         if self.sent + boxes - self.taken_seen > SLOTS as u64 {
             let taken = taken_counter(self.base).load(Ordering::Acquire);
             if taken < self.taken_seen || taken > self.sent {
@@ -245,25 +272,31 @@ impl FastboxTx {
             }
         }
         let n = self.sent;
-        let (start, more) = payload.split_at(payload.len().min(FIRST_DATA));
-        // The further boxes first: all of it is seen once the first box's
-        // number is (Release).
+        let (start, more) = payload.split_at(payload.len().min(first_data(with_call)));
+        // Everything before the number: all of it is seen once the number
+        // is (Release). The further boxes first.
         for (b, chunk) in more.chunks(MORE_DATA).enumerate() {
-            let m = n + 1 + b as u64;
-            word(self.base, m, 0).store(0, Ordering::Relaxed);
-            store_words(self.base, m, 1, chunk);
+            let [zero, rest @ ..] = slot(self.base, n + 1 + b as u64);
+            zero.store(0, Ordering::Relaxed);
+            store_words(rest, chunk);
         }
-        let first = header.kind as u32 | (payload.len() as u32) << 4 | u32::from(header.element) << 16;
-        let fields = [first, header.tag, header.context.0, header.call];
-        for (w, value) in fields.into_iter().enumerate() {
-            word(self.base, n, 1 + w).store(value, Ordering::Relaxed);
+        let first = header.kind as u32
+            | (payload.len() as u32) << 4
+            | if with_call { CALL_FOLLOWS } else { 0 }
+            | u32::from(header.element) << 16;
+        let words = slot(self.base, n);
+        words[1].store(first, Ordering::Relaxed);
+        words[2].store(header.tag, Ordering::Relaxed);
+        words[3].store(header.context.0, Ordering::Relaxed);
+        if with_call {
+            words[HEAD_WORDS].store(header.call, Ordering::Relaxed);
         }
-        store_words(self.base, n, 1 + FIELDS, start);
-        word(self.base, n, 0).store(stamp(n), Ordering::Release);
+        store_words(&words[head_words(with_call)..], start);
+        words[0].store(stamp(n), Ordering::Release);
         self.sent += boxes;
         // The box a few on, if the receiver is done with it.
         if self.sent + AHEAD - self.taken_seen <= SLOTS as u64 {
-            super::prefetch::for_write(word(self.base, self.sent - 1 + AHEAD, 0).as_ptr().cast());
+            super::prefetch::for_write(slot(self.base, self.sent - 1 + AHEAD)[0].as_ptr().cast());
         }
         Ok(true)
     }
@@ -298,13 +331,15 @@ impl FastboxRx {
             return Ok(false);
         }
         let n = self.taken;
-        // The stamp was loaded with Acquire after the sender stored the
+        let words = slot(self.base, n);
+        // The number was loaded with Acquire after the sender stored the
         // words before its Release.
-        let load = |w: usize| word(self.base, n, w).load(Ordering::Relaxed);
+        let load = |w: usize| words[w].load(Ordering::Relaxed);
         let first = load(1);
-        let (kind, len, element) = (
+        let (kind, len, with_call, element) = (
             (first & 0xf) as u8,
-            ((first >> 4) & 0xfff) as usize,
+            ((first >> 4) & 0x7ff) as usize,
+            first & CALL_FOLLOWS != 0,
             (first >> 16) as u16,
         );
         let peer = || format!("rank {from}");
@@ -318,27 +353,28 @@ impl FastboxRx {
             source: from as u32,
             tag: load(2),
             context: Context(load(3)),
-            call: load(4),
+            call: if with_call { load(HEAD_WORDS) } else { 0 },
             len: len as u64,
         };
         header.check(peer, FASTBOX_DATA as u64)?;
         // Into memory of this rank's own first (no allocation: a message
         // that lands in a receive's buffer needs none).
-        let (start, more) = out.bytes[..len].split_at_mut(len.min(FIRST_DATA));
-        load_words(self.base, n, 1 + FIELDS, start);
+        let (start, more) = out.bytes[..len].split_at_mut(len.min(first_data(with_call)));
+        load_words(&words[head_words(with_call)..], start);
         for (b, chunk) in more.chunks_mut(MORE_DATA).enumerate() {
-            let m = n + 1 + b as u64;
+            let [zero, rest @ ..] = slot(self.base, n + 1 + b as u64);
             // A further box is never stamped: a number there means the
             // sender and this rank count boxes differently.
-            if word(self.base, m, 0).load(Ordering::Relaxed) != 0 {
+            if zero.load(Ordering::Relaxed) != 0 {
                 return Err(Error::protocol(
                     peer(),
                     "fastbox",
                     "a message's further box carries a sequence number",
                 ));
             }
-            load_words(self.base, m, 1, chunk);
+            load_words(rest, chunk);
         }
+        out.boxes = boxes_for(len, with_call);
         out.len = len;
         out.head = Arrived::of_header(from, &header);
         Ok(true)
@@ -348,7 +384,7 @@ impl FastboxRx {
     /// again.
     pub(super) fn take_one(&mut self, boxed: &Boxed) {
         let before = self.taken;
-        self.taken += boxes_for(boxed.len);
+        self.taken += boxed.boxes;
         if self.taken / PUBLISH_EVERY != before / PUBLISH_EVERY {
             self.publish_taken();
         }
@@ -379,7 +415,7 @@ impl FastboxRx {
                 env.call = head.call;
                 deliver.deliver(env);
             }
-            self.taken += boxes_for(boxed.len);
+            self.taken += boxed.boxes;
         }
         if self.taken == start {
             return Ok(false);

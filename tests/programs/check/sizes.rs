@@ -97,10 +97,11 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
     Ok(())
 }
 
-/// Sizes on both sides of the small-message limits (a fastbox holds 44
-/// bytes, two hold 104) and larger, so that one stream switches between
-/// the ways a message can travel.
-const MIXED_SIZES: [usize; 14] = [0, 1, 8, 43, 44, 45, 64, 100, 103, 104, 105, 4096, 70_000, 300_000];
+/// Sizes on both sides of the small-message limits (a message's first
+/// fastbox holds 16 bytes of its payload, each further one 28, and the
+/// fastboxes carry 96 at most) and larger, so that one stream switches
+/// between the ways a message can travel.
+const MIXED_SIZES: [usize; 16] = [0, 1, 8, 16, 17, 44, 45, 64, 72, 73, 95, 96, 97, 4096, 70_000, 300_000];
 const MIXED_COUNT: usize = 3000;
 
 /// A stream of messages of random sizes on one tag, sent blocking or not,

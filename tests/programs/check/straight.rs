@@ -130,7 +130,7 @@ fn wrong_type_and_short_buffer(world: &Communicator, next: usize, prev: usize, l
 }
 
 /// Numbered messages of 8, 40, 96, 112 bytes, 1 KiB, 16 KiB, 16 KiB and
-/// 8 bytes, and 64 KiB in turn (one fastbox, two, then ring frames: short,
+/// 8 bytes, and 64 KiB in turn (one fastbox, two, four, then ring frames: short,
 /// the longest taken straight, just too long for that, and written in
 /// pieces): in lock step, then 300 at a time, more than the fastboxes
 /// hold, then as serde values.
