@@ -1,7 +1,8 @@
 //! Fastboxes: half-cache-line mailboxes per pair of ranks on a node,
 //! beside the ring, for messages of at most [`FASTBOX_DATA`] bytes. A
 //! message takes as many consecutive boxes as its fields and payload need
-//! (at most [`MOST_BOXES`]): one for up to 16 bytes, so that two small
+//! (at most [`MOST_BOXES`]): one for up to 16 bytes (12 for a collective
+//! message, which carries a call number), so that two small
 //! messages share a cache line and a stream its receiver trails moves one
 //! line per two messages. The ring needs its head, the frame header, the
 //! payload, and a copy out of the ring before the message can be read.
@@ -41,7 +42,7 @@ const BOX_WORDS: usize = BOX / 4;
 /// The bytes of the boxes of one pair and direction.
 const BOXES_BYTES: usize = 4096;
 /// Fastboxes per pair and direction: a sender can be this many boxes (one
-/// per message of up to 16 bytes) ahead of its receiver before it falls
+/// per message of up to 16 bytes, 12 with a call number) ahead of its receiver before it falls
 /// back to the ring. A window of 64 small sends (OSU's `osu_bw`) fits
 /// twice.
 pub(super) const SLOTS: usize = BOXES_BYTES / BOX;
@@ -63,8 +64,8 @@ const HEAD_WORDS: usize = 4;
 /// The bit of the length field's word that says a call number follows the
 /// context (a collective message's; every other message has none).
 const CALL_FOLLOWS: u32 = 1 << 15;
-/// The most boxes one message takes: four (two cache lines, as with the
-/// whole-line boxes before) serve a 64-byte message in a latency test and
+/// The most boxes one message takes: four (two cache lines, or three
+/// from an odd box; two whole-line boxes before) serve a 64-byte message in a latency test and
 /// a stream alike. With five whole lines (up to 284 bytes) 128- and
 /// 256-byte messages went at half the latency, but a stream of them ran
 /// out of boxes a third of the way through a window of 64 and went on
@@ -247,7 +248,7 @@ impl FastboxTx {
     /// Writes a message into the next fastbox if the payload fits and a box
     /// is free; `Ok(false)` if it must go through the ring. The caller has
     /// made sure the ring holds nothing the receiver has not read. A count
-    /// of taken messages that cannot be is an error naming `peer`.
+    /// of taken boxes that cannot be is an error naming `peer`.
     pub(super) fn try_send(&mut self, header: &Header, payload: &[u8], peer: &str) -> Result<bool> {
         if payload.len() > FASTBOX_DATA {
             return Ok(false);

@@ -159,15 +159,16 @@ fn a_collective_message_carries_its_call_number() {
         context: Context::collective(9),
         ..header(3)
     };
+    let bytes = |len: usize, from: u8| (0..len).map(|i| from.wrapping_add(i as u8)).collect::<Vec<u8>>();
     for len in [0, 12, 13, FASTBOX_DATA] {
-        assert!(tx.try_send(&collective, &vec![len as u8; len], "p").unwrap());
-        assert!(tx.try_send(&header(4), &[1; 16], "p").unwrap());
+        assert!(tx.try_send(&collective, &bytes(len, 100), "p").unwrap());
+        assert!(tx.try_send(&header(4), &bytes(16, 1), "p").unwrap());
     }
     assert!(rx.drain(3, &mut got).unwrap());
-    let seen: Vec<(u32, u32, usize)> = got.0.iter().map(|e| (e.tag, e.call, e.payload.len())).collect();
+    let seen: Vec<(u32, u32, Vec<u8>)> = got.0.iter().map(|e| (e.tag, e.call, e.payload.clone())).collect();
     let mut want = Vec::new();
     for len in [0, 12, 13, FASTBOX_DATA] {
-        want.extend([(3, 41, len), (4, 0, 16)]);
+        want.extend([(3, 41, bytes(len, 100)), (4, 0, bytes(16, 1))]);
     }
     assert_eq!(seen, want);
 }

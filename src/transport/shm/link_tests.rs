@@ -41,7 +41,7 @@ impl Direction {
 struct Order(Arc<Mutex<Vec<u32>>>);
 
 /// The longest payload the tests send through fastboxes: every length
-/// they take, or under Miri (slow), up to two boxes.
+/// they take, or under Miri (slow), up to three boxes (64 bytes).
 const LONGEST: usize = if cfg!(miri) { 64 } else { super::FASTBOX_DATA };
 
 /// The payload of fastbox message `seq`, `len` bytes long: its number,
