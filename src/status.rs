@@ -115,6 +115,11 @@ impl StatusWriter {
         self.page.set_phase(phase);
     }
 
+    /// The rank has finalized: the page says so, with its final counts.
+    pub fn finalized(&self, sent: u64, arrived: u64) {
+        self.page.set_finalized(sent, arrived);
+    }
+
     /// Notes a step of the calling thread's wait under way (private memory
     /// only). Once the wait has gone on for [`BUSY_AFTER_NS`] without
     /// sleeping, returns it, to be published as busy

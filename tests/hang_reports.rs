@@ -41,6 +41,36 @@ fn a_deadlock_is_named_with_its_cycle_and_ends_the_job() {
     });
 }
 
+/// A deadlock among ranks after another has finalized, with a message
+/// that reached it during its finalize (never received): its status page
+/// counts that message, so the job's totals match and the deadlock ends
+/// the job. (Before, the page kept the counts from the start of its
+/// finalize, and spmdrun waited until `--timeout`.)
+#[test]
+fn a_deadlock_after_another_rank_finalized_ends_the_job() {
+    let args = [
+        "-n",
+        "3",
+        "--timeout",
+        "20",
+        &example("spmd-check"),
+        "deadlock-after-finalize",
+    ];
+    each_mode(&args, |transport, out| {
+        assert_eq!(out.code(), Some(125), "{transport}: {out:?}");
+        assert!(
+            out.stderr.contains(
+                "spmdrun: deadlock: rank 1 waits receive(from rank 2, tag 7) <- rank 2 waits receive(from rank 1, tag 7)"
+            ),
+            "{transport}: {out:?}"
+        );
+        assert!(
+            out.stderr.contains("never received"),
+            "{transport}: rank 0's report: {out:?}"
+        );
+    });
+}
+
 /// A send held back because its receiver keeps all it may from the sender
 /// and waits on another rank: the hang report names every wait, the send
 /// included, and `--timeout` ends the job (messages in flight are no proof

@@ -43,6 +43,11 @@ pub(crate) trait Sink {
     fn claim(&mut self, source: usize, tag: u32, context: Context, format: Format, len: u64) -> Option<Landing>;
     /// A claimed message is complete.
     fn landed(&mut self, id: ReceiveId, env: Envelope);
+    /// The messages that have arrived so far, for the status page (0 for a
+    /// sink that does not count them).
+    fn arrived(&self) -> u64 {
+        0
+    }
     /// A whole message in hand (a fastbox's, or a frame whose bytes are all
     /// staged; `head` describes it): lands it in the receive that gets it,
     /// as [`Sink::claim`] then [`Sink::landed`] would; false (and nothing
@@ -413,6 +418,9 @@ fn remove_at<T>(queue: &mut VecDeque<T>, i: usize) -> Option<T> {
 impl Sink for Matcher {
     fn deliver(&mut self, env: Envelope) {
         Matcher::deliver(self, env);
+    }
+    fn arrived(&self) -> u64 {
+        Matcher::arrived(self)
     }
 
     fn claim(&mut self, source: usize, tag: u32, context: Context, format: Format, len: u64) -> Option<Landing> {

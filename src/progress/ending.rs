@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::status::{WaitOn, Whole};
-use crate::transport::Wait;
+use crate::transport::{Delivery, Wait};
 use crate::wire::Context;
-use crate::wire::status::{Phase, WaitOp};
+use crate::wire::status::WaitOp;
 
 use super::Engine;
 
@@ -28,7 +28,7 @@ impl Engine {
             // (its Bye, or the end of the link without one): read that
             // first, from every peer however full the queue.
             self.matcher.begin_read_all();
-            let _ = self.transport.progress(&mut self.matcher, Wait::No, &|| {});
+            let _ = self.transport.progress(&mut self.matcher, Wait::No, &|_| {});
             self.matcher.end_read_all();
             // So, too, if it ended without calling finalize: its `main` may
             // be returning an error, which the launcher reports.
@@ -89,11 +89,14 @@ impl Engine {
         if let Some(s) = &self.status {
             s.note(WaitOn::p2p(WaitOp::Finalize, None, None, 0), self.moves);
         }
-        let (status, sent, arrived) = (&self.status, self.sent, self.matcher.arrived());
-        let sleeping = || {
+        // The page counts what arrives meanwhile: the job's totals of
+        // messages sent and arrived must match again for spmdrun to call a
+        // later wait among the other ranks a deadlock.
+        let (status, sent) = (&self.status, self.sent);
+        let sleeping = |deliver: &Delivery<'_>| {
             if let Some(s) = status {
                 if let Some(wait) = s.asleep() {
-                    s.publish(wait, Whole::Waits(None), sent, arrived);
+                    s.publish(wait, Whole::Waits(None), sent, deliver.arrived());
                 }
             }
         };
@@ -101,7 +104,7 @@ impl Engine {
         let result = self.transport.finish(&mut self.matcher, &sleeping);
         self.settle();
         if let Some(s) = &self.status {
-            s.set_phase(Phase::Finalized);
+            s.finalized(self.sent, self.matcher.arrived());
         }
         result
     }

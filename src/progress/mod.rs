@@ -331,7 +331,7 @@ impl Engine {
     /// without the engine are woken: what moved may be theirs.
     fn step_moved(&mut self, wait: Wait) -> Result<bool> {
         self.straight_run = 0;
-        let moved = self.transport.progress(&mut self.matcher, wait, &|| {});
+        let moved = self.transport.progress(&mut self.matcher, wait, &|_| {});
         let moved = moved.map_err(|e| self.lost(e))?;
         if moved {
             self.advance_schedules();

@@ -14,7 +14,7 @@ use crate::error::Result;
 
 use super::shm::ShmMesh;
 use super::socket::{SocketMesh, poll_descriptors};
-use super::{Delivery, Wait};
+use super::{Delivery, Sleeping, Wait};
 
 /// How often a polling rank looks at its sockets (a system call) between
 /// its looks at its rings.
@@ -84,14 +84,14 @@ impl MixedMesh {
         }
         self.sockets_looked.set(now);
         let wait = if waiting { Wait::Once } else { Wait::No };
-        let far = self.sockets.progress(deliver, wait, &|| {})?;
+        let far = self.sockets.progress(deliver, wait, &|_| {})?;
         Ok(near || far)
     }
 
     /// Writes what it can and reads what has arrived on both; with
     /// [`Wait::Until`] and nothing to do, polls and then sleeps until
     /// either wakes it or the deadline passes.
-    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<bool> {
+    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &Sleeping<'_>) -> Result<bool> {
         let deadline = match wait {
             Wait::No => return self.move_bytes(deliver, false),
             Wait::Once => return self.move_bytes(deliver, true),
@@ -109,14 +109,14 @@ impl MixedMesh {
     }
 
     /// Waits without moving bytes: polls, then sleeps in `poll`.
-    fn idle(&mut self, deliver: &Delivery<'_>, deadline: Option<Instant>, sleeping: &dyn Fn()) -> Result<()> {
+    fn idle(&mut self, deliver: &Delivery<'_>, deadline: Option<Instant>, sleeping: &Sleeping<'_>) -> Result<()> {
         if self.poll_for_work(&|| false) {
             return Ok(());
         }
         let Some(mut fds) = self.prepare_sleep(deliver, &|| false)? else {
             return Ok(());
         };
-        sleeping();
+        sleeping(deliver);
         let result = poll_descriptors(&mut fds, deadline.map(|d| d.saturating_duration_since(Instant::now())));
         self.end_sleep();
         result
@@ -168,7 +168,7 @@ impl MixedMesh {
     /// Flushes everything and says Bye on both, moving both all the while
     /// (a node peer may wait for this rank's TCP message before it makes
     /// room for the rest); then each takes its own read-on and last look.
-    pub fn finish(&mut self, deliver: &mut Delivery<'_>, sleeping: &dyn Fn()) -> Result<()> {
+    pub fn finish(&mut self, deliver: &mut Delivery<'_>, sleeping: &Sleeping<'_>) -> Result<()> {
         self.shm.peers.queue_byes();
         self.sockets.peers.queue_byes();
         let mut result = Ok(());

@@ -34,6 +34,10 @@ use socket::SocketMesh;
 /// Receives each whole message a transport reads.
 pub(crate) type Delivery<'a> = dyn Sink + 'a;
 
+/// Called by a transport just before it sleeps, with what it delivers to
+/// (whose count of messages arrived the rank's status page shows).
+pub(crate) type Sleeping<'a> = dyn Fn(&Delivery<'_>) + 'a;
+
 /// Whether [`Transport::progress`] may sleep when nothing is ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wait {
@@ -337,7 +341,7 @@ impl Transport {
 
     /// Moves bytes and delivers arrived messages; may sleep per `wait`,
     /// calling `sleeping` first. True if anything moved.
-    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<bool> {
+    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &Sleeping<'_>) -> Result<bool> {
         match self {
             Transport::Alone => Ok(false),
             Transport::Socket(m) => m.progress(deliver, wait, sleeping),
@@ -420,7 +424,7 @@ impl Transport {
     }
 
     /// Flushes everything and tells every peer this rank is done.
-    pub fn finish(&mut self, deliver: &mut Delivery<'_>, sleeping: &dyn Fn()) -> Result<()> {
+    pub fn finish(&mut self, deliver: &mut Delivery<'_>, sleeping: &Sleeping<'_>) -> Result<()> {
         match self {
             Transport::Alone => Ok(()),
             Transport::Socket(m) => m.finish(deliver, sleeping),

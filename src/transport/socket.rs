@@ -22,7 +22,7 @@ use crate::wire::WaitMode;
 
 use super::peers::Peers;
 use super::stream::{Io, Link, Peer};
-use super::{Delivery, Wait};
+use super::{Delivery, Sleeping, Wait};
 
 /// How long a finalizing rank reads on for the Byes of peers that have
 /// not said it (see `SocketMesh::finish`).
@@ -300,7 +300,7 @@ impl SocketMesh {
     /// to `deliver`; true if anything moved. With [`Wait::Until`], sleeps in
     /// `poll` when there is nothing to do, until a socket is ready or the
     /// deadline passes.
-    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<bool> {
+    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &Sleeping<'_>) -> Result<bool> {
         // Having written something is progress: the caller re-checks first.
         let wrote = self.peers.flush_all()?;
         let wait = if wrote { Wait::No } else { wait };
@@ -325,7 +325,7 @@ impl SocketMesh {
             _ if fds.is_empty() => {}
             _ => {
                 if timeout != Some(Duration::ZERO) {
-                    sleeping();
+                    sleeping(deliver);
                 }
                 poll_descriptors(&mut fds, timeout)?;
             }
@@ -387,7 +387,7 @@ impl SocketMesh {
 
     /// Reads what peers that have not said Bye send, until `until` or until
     /// every peer has said it.
-    fn read_on_until(&mut self, until: Instant, deliver: &mut Delivery<'_>, sleeping: &dyn Fn()) {
+    fn read_on_until(&mut self, until: Instant, deliver: &mut Delivery<'_>, sleeping: &Sleeping<'_>) {
         while self.peers.any_may_send_more() && Instant::now() < until {
             if self.progress(deliver, Wait::Until(Some(until)), sleeping).is_err() {
                 break;
@@ -399,7 +399,7 @@ impl SocketMesh {
     /// bytes are in the kernel. Messages still arriving are delivered; then
     /// it stops reading and counts what is left in each socket for the
     /// report (see `super::last_look`).
-    pub fn finish(&mut self, deliver: &mut Delivery<'_>, sleeping: &dyn Fn()) -> Result<()> {
+    pub fn finish(&mut self, deliver: &mut Delivery<'_>, sleeping: &Sleeping<'_>) -> Result<()> {
         self.peers.queue_byes();
         let mut first = Ok(());
         while self.peers.pending_output() {

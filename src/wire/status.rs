@@ -257,6 +257,16 @@ impl Page {
         });
     }
 
+    /// Records that the rank has finalized, having sent and seen arrive
+    /// so many messages in all (with what arrived during its finalize).
+    pub fn set_finalized(&self, sent: u64, arrived: u64) {
+        self.write(|p| {
+            p.word(W_PHASE).store(Phase::Finalized as u64, Ordering::Relaxed);
+            p.word(W_SENT).store(sent, Ordering::Relaxed);
+            p.word(W_ARRIVED).store(arrived, Ordering::Relaxed);
+        });
+    }
+
     /// Records that the rank is about to sleep in `waiting`, having sent
     /// and seen arrive so many messages (the rank's side).
     pub fn set_waiting(&self, waiting: &Waiting, sent: u64, arrived: u64) {

@@ -34,7 +34,7 @@ mod waiting;
 
 use super::peers::Peers;
 use super::stream::Peer;
-use super::{Delivery, Wait};
+use super::{Delivery, Sleeping, Wait};
 pub(crate) use fastbox::Boxed;
 use link::RingLink;
 use segment::{CLOSED, LOOKED, Segment};
@@ -342,7 +342,7 @@ impl ShmMesh {
     /// moved. With [`Wait::Until`] and nothing to do, polls for a while and
     /// then sleeps on the doorbell until a peer rings it or the deadline
     /// passes.
-    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &dyn Fn()) -> Result<bool> {
+    pub fn progress(&mut self, deliver: &mut Delivery<'_>, wait: Wait, sleeping: &Sleeping<'_>) -> Result<bool> {
         let deadline = match wait {
             Wait::No => return self.move_bytes(deliver, false),
             Wait::Once => return self.move_bytes(deliver, true),
@@ -355,7 +355,7 @@ impl ShmMesh {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(false);
             }
-            self.idle(deadline, &|| false, sleeping);
+            self.idle(deadline, &|| false, &|| sleeping(deliver));
         }
     }
 
@@ -364,7 +364,7 @@ impl ShmMesh {
     /// for it to read or to make room any more) and takes a last look at
     /// what the peers wrote, counting it for the report (see
     /// `super::last_look`).
-    pub fn finish(&mut self, deliver: &mut Delivery<'_>, sleeping: &dyn Fn()) -> Result<()> {
+    pub fn finish(&mut self, deliver: &mut Delivery<'_>, sleeping: &Sleeping<'_>) -> Result<()> {
         self.peers.queue_byes();
         let mut result = Ok(());
         while self.peers.pending_output() {
@@ -378,7 +378,7 @@ impl ShmMesh {
             // is left to it is settled), or an offer's reader finalized.
             // The peer's count of state changes shows both at once, and it
             // rings this rank's doorbell once it has taken its last look.
-            self.idle(None, &|| !self.peers.pending_output(), sleeping);
+            self.idle(None, &|| !self.peers.pending_output(), &|| sleeping(deliver));
         }
         // Read on until every peer has said Bye, as long as bytes keep
         // coming: a message a peer is still writing is then read whole

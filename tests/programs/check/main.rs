@@ -2,6 +2,7 @@
 //! runs one group of checks, panicking (which fails the job) on any
 //! mismatch. Rank 0 prints `MODE: all checks passed` at the end.
 
+mod after_finalize;
 mod big;
 mod collectives;
 mod comms;
@@ -54,6 +55,9 @@ fn main() -> Result<(), spmd::Error> {
     let world = spmd::init()?;
     if mode == "thread-hang" {
         return thread_hangs::run(world, rest.first().map(String::as_str).unwrap_or(""));
+    }
+    if mode == "deadlock-after-finalize" {
+        return after_finalize::deadlock(world);
     }
     // The suites of point-to-point calls and collectives run on the
     // communicator SPMD_CHECK_ON names; a rank outside it only finalizes.
