@@ -34,9 +34,25 @@ fn deadlocks_hangs_and_stopped_ranks_on_other_hosts_are_named() {
         "{out:?}"
     );
     assert!(!out.stderr.contains("has not reported"), "{out:?}");
+    // Rank 0, on another host, finalizes with a message it never received,
+    // then ranks 1 and 2, here, wait on each other: its agent forwards its
+    // page as it ended (the counts of its finalize), so the job's totals
+    // match and the deadlock is found.
+    let check = example("spmd-check");
+    let after = ["-H", "127.0.0.2:1,localhost:2", "--hang-report", "1", "--timeout", "20"];
+    let out = run(across(
+        &hosts,
+        &[&after[..], &[&check, "deadlock-after-finalize"]].concat(),
+    ));
+    assert_eq!(out.code(), Some(125), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "spmdrun: deadlock: rank 1 waits receive(from rank 2, tag 7) <- rank 2 waits receive(from rank 1, tag 7)"
+        ),
+        "{out:?}"
+    );
     // A stopped rank on another host holds the verdict off until it goes
     // on, and is named as stopped.
-    let check = example("spmd-check");
     let agent = hosts.launch_agent();
     let args = [
         "--launch-agent",

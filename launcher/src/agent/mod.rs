@@ -391,6 +391,11 @@ impl Agent {
             let closed = l.channel.is_none() && l.out.iter().all(Option::is_none);
             if closed || now >= at + LINGER {
                 l.ended = None;
+                // Its page as it ended (a finalize's counts, without which
+                // the job's totals never match again), unseen by the last look.
+                if let Some(up) = status_change(l) {
+                    outbox.send(&up);
+                }
                 outbox.send(&Up::Exited {
                     rank: l.place.rank as u32,
                     how,
@@ -404,20 +409,9 @@ impl Agent {
     /// own machine.
     fn report_status(&mut self, outbox: &Outbox) {
         for l in self.locals.iter_mut().filter(|l| !l.exited) {
-            let Some(page) = &l.status else { continue };
-            let snapshot = page.read();
-            let joined = snapshot.map(|s| s.pid as i32).filter(|p| *p > 0);
-            let stopped = crate::hang::stopped(l.pid) || joined.is_some_and(crate::hang::stopped);
-            if l.reported == Some((snapshot, stopped)) {
-                continue;
+            if let Some(up) = status_change(l) {
+                outbox.send(&up);
             }
-            l.reported = Some((snapshot, stopped));
-            outbox.send(&Up::Status {
-                rank: l.place.rank as u32,
-                snapshot,
-                stopped,
-                now_ns: now_ns(),
-            });
         }
     }
 
@@ -485,4 +479,22 @@ struct Ready {
     input: bool,
     rank_input: bool,
     ranks: Vec<(usize, usize)>,
+}
+
+/// What rank `l`'s status page says, if that changed since it was last
+/// reported.
+fn status_change(l: &mut Local) -> Option<Up> {
+    let snapshot = l.status.as_ref()?.read();
+    let joined = snapshot.map(|s| s.pid as i32).filter(|p| *p > 0);
+    let stopped = !l.exited && (crate::hang::stopped(l.pid) || joined.is_some_and(crate::hang::stopped));
+    if l.reported == Some((snapshot, stopped)) {
+        return None;
+    }
+    l.reported = Some((snapshot, stopped));
+    Some(Up::Status {
+        rank: l.place.rank as u32,
+        snapshot,
+        stopped,
+        now_ns: now_ns(),
+    })
 }
