@@ -51,6 +51,11 @@ fn deadlocks_hangs_and_stopped_ranks_on_other_hosts_are_named() {
         ),
         "{out:?}"
     );
+    assert!(
+        out.stderr
+            .contains("rank 0 finalized with 1 message(s) it never received (from rank 1 with tag 5)"),
+        "rank 0's report, from the other host: {out:?}"
+    );
     // A stopped rank on another host holds the verdict off until it goes
     // on, and is named as stopped.
     let agent = hosts.launch_agent();

@@ -55,7 +55,7 @@ struct Local {
     /// and channel have closed (or [`LINGER`] passed), so that the launcher
     /// has its last words before it judges the exit.
     ended: Option<(Instant, spawn::Termination)>,
-    /// Its status page, kept for as long as the rank lives.
+    /// Its status page, kept while the agent runs (read once more after the rank has gone).
     status: Option<Page>,
     /// What was last reported of it.
     reported: Option<(Option<Snapshot>, bool)>,
