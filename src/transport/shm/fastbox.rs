@@ -23,10 +23,11 @@
 //! is full after loading it: bytes written after a fastbox message make
 //! that message visible to whoever sees them (Release, then Acquire).
 //!
-//! A slot is read and written as 32-bit atomic words only, and every field
-//! is checked like a frame header's before it is used.
+//! A slot is read and written as 8-byte atomic words only (two 4-byte
+//! fields each, the first lower), and every field is checked like a frame
+//! header's before it is used.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
@@ -37,8 +38,8 @@ use super::super::Delivery;
 
 /// One fastbox: half a cache line.
 const BOX: usize = 32;
-/// The words of a box.
-const BOX_WORDS: usize = BOX / 4;
+/// The 8-byte words of a box.
+const BOX_WORDS: usize = BOX / 8;
 /// The bytes of the boxes of one pair and direction.
 const BOXES_BYTES: usize = 4096;
 /// Fastboxes per pair and direction: a sender can be this many boxes (one
@@ -56,12 +57,12 @@ const LINE: usize = 64;
 /// The bytes of the fastbox area of one pair: the receiver's count of
 /// boxes taken (a line of its own), then the slots.
 pub(super) const AREA: usize = LINE + BOXES_BYTES;
-/// The words of a message's first box before its payload: its sequence
+/// The 4-byte fields of a message's first box before its payload: its sequence
 /// number, kind with length and element (4, 11 and 16 bits, and
 /// [`CALL_FOLLOWS`]), tag, context; then the call number if
 /// [`CALL_FOLLOWS`] says so.
-const HEAD_WORDS: usize = 4;
-/// The bit of the length field's word that says a call number follows the
+const HEAD_FIELDS: usize = 4;
+/// The bit of the length field that says a call number follows the
 /// context (a collective message's; every other message has none).
 const CALL_FOLLOWS: u32 = 1 << 15;
 /// The most boxes one message takes: four (two cache lines, or three
@@ -72,7 +73,7 @@ const CALL_FOLLOWS: u32 = 1 << 15;
 /// through the ring, moving a third less than through the ring alone.
 pub(super) const MOST_BOXES: usize = 4;
 /// The payload bytes in each further box of a message (all but its first
-/// word, 0).
+/// 4 bytes, 0).
 const MORE_DATA: usize = BOX - 4;
 /// The largest payload the fastboxes carry (96 bytes): what
 /// [`MOST_BOXES`] hold after the fields of a message with a call number.
@@ -80,16 +81,16 @@ pub(crate) const FASTBOX_DATA: usize = first_data(true) + (MOST_BOXES - 1) * MOR
 const _: () = assert!(FASTBOX_DATA < 1 << 11, "the length has 11 bits");
 const _: () = assert!(MOST_BOXES <= SLOTS / 4, "a long message must leave room for others");
 
-/// The words of the first box before the payload of a message with or
+/// The 4-byte fields of the first box before the payload of a message with or
 /// without a call number.
-const fn head_words(with_call: bool) -> usize {
-    HEAD_WORDS + with_call as usize
+const fn head_fields(with_call: bool) -> usize {
+    HEAD_FIELDS + with_call as usize
 }
 
 /// The payload bytes in the first box of a message with or without a call
 /// number (12 or 16).
 const fn first_data(with_call: bool) -> usize {
-    BOX - 4 * head_words(with_call)
+    BOX - 4 * head_fields(with_call)
 }
 
 /// The boxes a message of `len` payload bytes (at most [`FASTBOX_DATA`])
@@ -103,39 +104,35 @@ fn boxes_for(len: usize, with_call: bool) -> u64 {
     }
 }
 
-/// Stores `bytes` into the words `to` (of one box): whole words from
-/// plain loads (a copy of a length the compiler does not know would be a
-/// call per word), then the last few bytes, padded. `to` has room.
-fn store_words(to: &[AtomicU32], bytes: &[u8]) {
-    let mut chunks = bytes.chunks_exact(4);
-    for (word, c) in to.iter().zip(chunks.by_ref()) {
-        word.store(u32::from_le_bytes([c[0], c[1], c[2], c[3]]), Ordering::Relaxed);
-    }
-    let rest = chunks.remainder();
-    if let Some(word) = to.get(bytes.len() / 4).filter(|_| !rest.is_empty()) {
-        let mut b = [0u8; 4];
-        for (to, from) in b.iter_mut().zip(rest) {
-            *to = *from;
-        }
-        word.store(u32::from_le_bytes(b), Ordering::Relaxed);
-    }
+/// A message's payload padded to whole boxes, in this rank's own memory:
+/// the fastboxes are written and read a whole 8-byte word at a time from
+/// and into it, with no copy of a length the compiler does not know per
+/// box (the padding is zeros on the way out and ignored on the way in).
+const PADDED: usize = MOST_BOXES * BOX;
+const _: () = assert!(first_data(false) + (MOST_BOXES - 1) * MORE_DATA <= PADDED);
+
+/// The 8 bytes of `bytes` from `at`, as a word.
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    let mut w = [0; 8];
+    w.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(w)
 }
 
-/// Loads `out.len()` bytes from the words `from` (of one box): whole words
-/// as plain stores, then the last few bytes. `from` holds them.
-fn load_words(from: &[AtomicU32], out: &mut [u8]) {
-    let whole = out.len() / 4;
-    let mut chunks = out.chunks_exact_mut(4);
-    for (word, c) in from.iter().zip(chunks.by_ref()) {
-        let [a, b, x, d] = word.load(Ordering::Relaxed).to_le_bytes();
-        (c[0], c[1], c[2], c[3]) = (a, b, x, d);
-    }
-    let rest = chunks.into_remainder();
-    if let Some(word) = from.get(whole).filter(|_| !rest.is_empty()) {
-        for (to, from) in rest.iter_mut().zip(word.load(Ordering::Relaxed).to_le_bytes()) {
-            *to = from;
-        }
-    }
+/// The 4 bytes of `bytes` from `at`, as a half word.
+fn half_at(bytes: &[u8], at: usize) -> u32 {
+    let mut w = [0; 4];
+    w.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+
+/// Two half words as one word, `low` first in memory.
+fn pair(low: u32, high: u32) -> u64 {
+    u64::from(low) | u64::from(high) << 32
+}
+
+/// Where a message's further box `b` (from 1) starts in its payload.
+fn further_at(b: usize, with_call: bool) -> usize {
+    first_data(with_call) + (b - 1) * MORE_DATA
 }
 
 /// The sending side of the fastboxes from this rank to one peer (in the
@@ -166,7 +163,7 @@ pub(crate) struct Boxed {
     len: usize,
     /// The boxes the message took.
     boxes: u64,
-    bytes: [u8; FASTBOX_DATA],
+    bytes: [u8; PADDED],
 }
 
 impl Boxed {
@@ -182,7 +179,7 @@ impl Boxed {
             },
             len: 0,
             boxes: 0,
-            bytes: [0; FASTBOX_DATA],
+            bytes: [0; PADDED],
         }
     }
 
@@ -204,7 +201,7 @@ pub(crate) struct FastboxWatch {
 impl FastboxWatch {
     /// True if the box holds its message.
     pub fn ready(&self) -> bool {
-        slot(self.base, self.next)[0].load(Ordering::Acquire) == stamp(self.next)
+        slot(self.base, self.next)[0].load(Ordering::Acquire) as u32 == stamp(self.next)
     }
 }
 
@@ -217,12 +214,12 @@ fn taken_counter<'a>(base: *mut u8) -> &'a AtomicU64 {
 
 /// The words of box `n` (counting from the first box ever; the count
 /// goes round the area).
-fn slot<'a>(base: *mut u8, n: u64) -> &'a [AtomicU32; BOX_WORDS] {
+fn slot<'a>(base: *mut u8, n: u64) -> &'a [AtomicU64; BOX_WORDS] {
     // SAFETY: slot n % SLOTS lies inside the area; words are aligned.
     unsafe {
         &*base
             .add(LINE + (n as usize % SLOTS) * BOX)
-            .cast::<[AtomicU32; BOX_WORDS]>()
+            .cast::<[AtomicU64; BOX_WORDS]>()
     }
 }
 
@@ -273,27 +270,33 @@ impl FastboxTx {
             }
         }
         let n = self.sent;
-        let (start, more) = payload.split_at(payload.len().min(first_data(with_call)));
-        // Everything before the number: all of it is seen once the number
-        // is (Release). The further boxes first.
-        for (b, chunk) in more.chunks(MORE_DATA).enumerate() {
-            let [zero, rest @ ..] = slot(self.base, n + 1 + b as u64);
-            zero.store(0, Ordering::Relaxed);
-            store_words(rest, chunk);
+        let mut padded = [0; PADDED];
+        padded[..payload.len()].copy_from_slice(payload);
+        // Everything before the first word: all of it is seen once the
+        // sequence number in that word is (Release). The further boxes
+        // first: 0 where a first box has its number, then 28 bytes.
+        for b in 1..boxes as usize {
+            let at = further_at(b, with_call);
+            let words = slot(self.base, n + b as u64);
+            words[0].store(pair(0, half_at(&padded, at)), Ordering::Relaxed);
+            for (w, word) in words[1..].iter().enumerate() {
+                word.store(word_at(&padded, at + 4 + 8 * w), Ordering::Relaxed);
+            }
         }
-        let first = header.kind as u32
+        let fields = header.kind as u32
             | (payload.len() as u32) << 4
             | if with_call { CALL_FOLLOWS } else { 0 }
             | u32::from(header.element) << 16;
         let words = slot(self.base, n);
-        words[1].store(first, Ordering::Relaxed);
-        words[2].store(header.tag, Ordering::Relaxed);
-        words[3].store(header.context.0, Ordering::Relaxed);
-        if with_call {
-            words[HEAD_WORDS].store(header.call, Ordering::Relaxed);
-        }
-        store_words(&words[head_words(with_call)..], start);
-        words[0].store(stamp(n), Ordering::Release);
+        words[1].store(pair(header.tag, header.context.0), Ordering::Relaxed);
+        let (third, fourth) = if with_call {
+            (pair(header.call, half_at(&padded, 0)), word_at(&padded, 4))
+        } else {
+            (word_at(&padded, 0), word_at(&padded, 8))
+        };
+        words[2].store(third, Ordering::Relaxed);
+        words[3].store(fourth, Ordering::Relaxed);
+        words[0].store(pair(stamp(n), fields), Ordering::Release);
         self.sent += boxes;
         // The box a few on, if the receiver is done with it.
         if self.sent + AHEAD - self.taken_seen <= SLOTS as u64 {
@@ -328,52 +331,64 @@ impl FastboxRx {
     /// error naming the peer and the field. A caller that takes many
     /// reuses one `Boxed` and moves none.
     pub(super) fn peek_into(&self, from: usize, out: &mut Boxed) -> Result<bool> {
-        if !self.ready() {
-            return Ok(false);
-        }
         let n = self.taken;
         let words = slot(self.base, n);
-        // The number was loaded with Acquire after the sender stored the
-        // words before its Release.
-        let load = |w: usize| words[w].load(Ordering::Relaxed);
-        let first = load(1);
+        // The sender stored every other word before its Release of this one.
+        let head = words[0].load(Ordering::Acquire);
+        if head as u32 != stamp(n) {
+            return Ok(false);
+        }
+        let fields = (head >> 32) as u32;
         let (kind, len, with_call, element) = (
-            (first & 0xf) as u8,
-            ((first >> 4) & 0x7ff) as usize,
-            first & CALL_FOLLOWS != 0,
-            (first >> 16) as u16,
+            (fields & 0xf) as u8,
+            ((fields >> 4) & 0x7ff) as usize,
+            fields & CALL_FOLLOWS != 0,
+            (fields >> 16) as u16,
         );
         let peer = || format!("rank {from}");
         let kind = match Kind::from_byte(kind) {
             Some(k) if k.is_message() => k,
             _ => return Err(Error::protocol(peer(), "kind", format!("fastbox kind {kind}"))),
         };
+        let [tag_context, third, fourth] = [1, 2, 3].map(|w| words[w].load(Ordering::Relaxed));
         let header = Header {
             kind,
             element,
             source: from as u32,
-            tag: load(2),
-            context: Context(load(3)),
-            call: if with_call { load(HEAD_WORDS) } else { 0 },
+            tag: tag_context as u32,
+            context: Context((tag_context >> 32) as u32),
+            call: if with_call { third as u32 } else { 0 },
             len: len as u64,
         };
         header.check(peer, FASTBOX_DATA as u64)?;
         // Into memory of this rank's own first (no allocation: a message
-        // that lands in a receive's buffer needs none).
-        let (start, more) = out.bytes[..len].split_at_mut(len.min(first_data(with_call)));
-        load_words(&words[head_words(with_call)..], start);
-        for (b, chunk) in more.chunks_mut(MORE_DATA).enumerate() {
-            let [zero, rest @ ..] = slot(self.base, n + 1 + b as u64);
+        // that lands in a receive's buffer needs none), whole words.
+        let bytes = &mut out.bytes;
+        if with_call {
+            bytes[..4].copy_from_slice(&((third >> 32) as u32).to_le_bytes());
+            bytes[4..12].copy_from_slice(&fourth.to_le_bytes());
+        } else {
+            bytes[..8].copy_from_slice(&third.to_le_bytes());
+            bytes[8..16].copy_from_slice(&fourth.to_le_bytes());
+        }
+        for b in 1..boxes_for(len, with_call) as usize {
+            let at = further_at(b, with_call);
+            let words = slot(self.base, n + b as u64);
+            let start = words[0].load(Ordering::Relaxed);
             // A further box is never stamped: a number there means the
             // sender and this rank count boxes differently.
-            if zero.load(Ordering::Relaxed) != 0 {
+            if start as u32 != 0 {
                 return Err(Error::protocol(
                     peer(),
                     "fastbox",
                     "a message's further box carries a sequence number",
                 ));
             }
-            load_words(rest, chunk);
+            bytes[at..at + 4].copy_from_slice(&((start >> 32) as u32).to_le_bytes());
+            for (w, word) in words[1..].iter().enumerate() {
+                let to = at + 4 + 8 * w;
+                bytes[to..to + 8].copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+            }
         }
         out.boxes = boxes_for(len, with_call);
         out.len = len;

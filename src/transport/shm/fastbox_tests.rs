@@ -125,6 +125,14 @@ fn long_messages_take_several_boxes_and_wait_for_enough_free_ones() {
     assert_eq!(boxes_for(FASTBOX_DATA, true), MOST_BOXES as u64);
 }
 
+/// Writes `value` into 4-byte field `field` of box `n`, as a peer could.
+fn set_field(base: *mut u8, n: u64, field: usize, value: u32) {
+    let word = &slot(base, n)[field / 2];
+    let shift = 32 * (field % 2);
+    let kept = word.load(Ordering::Relaxed) & !(u64::from(u32::MAX) << shift);
+    word.store(kept | u64::from(value) << shift, Ordering::Relaxed);
+}
+
 #[test]
 fn a_malformed_box_is_an_error_naming_the_peer_and_the_field() {
     // (word, value, field): the first word holds kind, length, element.
@@ -142,7 +150,7 @@ fn a_malformed_box_is_an_error_naming_the_peer_and_the_field() {
         let base = memory.as_mut_ptr().cast::<u8>();
         let mut tx = FastboxTx::new(base);
         assert!(tx.try_send(&header(1), b"hello", "p").unwrap());
-        slot(base, 0)[w].store(value, Ordering::Relaxed);
+        set_field(base, 0, w, value);
         match FastboxRx::new(base).drain(5, &mut Collect::default()) {
             Err(Error::Protocol { peer, field: f, .. }) => assert_eq!((peer.as_str(), f), ("rank 5", field)),
             other => panic!("{field}: {other:?}"),
@@ -179,7 +187,7 @@ fn a_further_box_with_a_sequence_number_is_an_error() {
     let base = memory.as_mut_ptr().cast::<u8>();
     let mut tx = FastboxTx::new(base);
     assert!(tx.try_send(&header(1), &[7; 30], "p").unwrap());
-    slot(base, 1)[0].store(stamp(1), Ordering::Relaxed);
+    set_field(base, 1, 0, stamp(1));
     match FastboxRx::new(base).drain(5, &mut Collect::default()) {
         Err(Error::Protocol { peer, field, .. }) => assert_eq!((peer.as_str(), field), ("rank 5", "fastbox")),
         other => panic!("{other:?}"),
