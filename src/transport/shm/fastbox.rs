@@ -7,13 +7,13 @@
 //! line per two messages. The ring needs its head, the frame header, the
 //! payload, and a copy out of the ring before the message can be read.
 //!
-//! A message's first box holds its sequence number (stamped last), its
-//! fields (kind, length and element in one word, tag, context, and the
-//! collective call number only if it has one) and the start of its
-//! payload; each further box holds 0 in that word (never a sequence
-//! number, so a box is never taken for the start of a message it only
-//! continues, whatever its payload) and the next 28 bytes. The receiver
-//! counts boxes taken, not messages.
+//! A message's first box holds its sequence number and, in the same
+//! 8-byte word (stored last), kind, length and element; then tag, context,
+//! the collective call number only if it has one, and the start of its
+//! payload. Each further box holds 0 in its first 4 bytes, where a first
+//! box has its number (never a sequence number, so a box is never taken
+//! for the start of a message it only continues, whatever its payload),
+//! and the next 28 bytes. The receiver counts boxes taken, not messages.
 //!
 //! Order with the ring: the sender puts a message in a fastbox only when it
 //! has nothing queued and the receiver has read every ring byte, so ring
@@ -215,7 +215,9 @@ fn taken_counter<'a>(base: *mut u8) -> &'a AtomicU64 {
 /// The words of box `n` (counting from the first box ever; the count
 /// goes round the area).
 fn slot<'a>(base: *mut u8, n: u64) -> &'a [AtomicU64; BOX_WORDS] {
-    // SAFETY: slot n % SLOTS lies inside the area; words are aligned.
+    // SAFETY: slot n % SLOTS lies inside the area; its words are 8-byte
+    // aligned (the area starts a control block, at a multiple of 64 in
+    // its segment, and boxes are 32 bytes).
     unsafe {
         &*base
             .add(LINE + (n as usize % SLOTS) * BOX)

@@ -81,15 +81,74 @@ fn messages_arrive_in_order_and_a_full_set_of_boxes_refuses_more() {
 fn every_length_a_box_holds_arrives_whole() {
     let (_memory, mut tx, mut rx) = boxes();
     let mut got = Collect::default();
-    for len in 0..=FASTBOX_DATA {
-        let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8 | 0x80).collect();
-        assert!(
-            tx.try_send(&header(len as u32), &payload, "p").unwrap(),
-            "{len} bytes refused"
-        );
-        assert!(rx.drain(3, &mut got).unwrap(), "{len} bytes not seen");
-        assert_eq!(got.0.last().map(|e| e.payload.clone()), Some(payload), "{len} bytes");
+    for call in [0, 77] {
+        for len in 0..=FASTBOX_DATA {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8 | 0x80).collect();
+            let sent = Header {
+                call,
+                context: if call == 0 { Context(8) } else { Context::collective(8) },
+                ..header(len as u32)
+            };
+            assert!(tx.try_send(&sent, &payload, "p").unwrap(), "{len} bytes refused");
+            assert!(rx.drain(3, &mut got).unwrap(), "{len} bytes not seen");
+            let last = got.0.last().map(|e| (e.tag, e.call, e.payload.clone()));
+            assert_eq!(last, Some((len as u32, call, payload)), "{len} bytes, call {call}");
+        }
     }
+}
+
+#[test]
+fn the_boxes_hold_what_the_layout_says_byte_by_byte() {
+    // A peer of another build reads these bytes: the layout, not only a
+    // round trip, is the contract.
+    let mut memory = area();
+    let base = memory.as_mut_ptr().cast::<u8>();
+    let mut tx = FastboxTx::new(base);
+    let plain = Header {
+        tag: 0x0102_0304,
+        context: Context(0x0506_0708),
+        ..header(0)
+    };
+    let payload: Vec<u8> = (1..=30).collect();
+    assert!(tx.try_send(&plain, &payload, "p").unwrap());
+    let collective = Header {
+        call: 0x0a0b_0c0d,
+        context: Context::collective(2),
+        ..plain
+    };
+    assert!(tx.try_send(&collective, &payload[..13], "p").unwrap());
+    let bytes: Vec<u8> = memory.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let boxed = |n: usize| &bytes[LINE + n * BOX..LINE + (n + 1) * BOX];
+    let le = |v: u32| v.to_le_bytes().to_vec();
+    let fields = |len: u32, call: bool| Kind::Raw as u32 | len << 4 | if call { CALL_FOLLOWS } else { 0 } | 5 << 16;
+    // Box 0: number 1, fields, tag, context, 16 payload bytes; box 1: 0,
+    // then the other 14, padded with zeros.
+    let want0 = [
+        le(1),
+        le(fields(30, false)),
+        le(0x0102_0304),
+        le(0x0506_0708),
+        payload[..16].to_vec(),
+    ]
+    .concat();
+    let want1 = [le(0), payload[16..].to_vec(), vec![0; 14]].concat();
+    // Box 2: number 3, fields, tag, context, call number, 12 bytes; box 3:
+    // 0, the 13th byte, zeros.
+    let context = Context::collective(2).0;
+    let want2 = [
+        le(3),
+        le(fields(13, true)),
+        le(0x0102_0304),
+        le(context),
+        le(0x0a0b_0c0d),
+        payload[..12].to_vec(),
+    ]
+    .concat();
+    let want3 = [le(0), vec![13], vec![0; 27]].concat();
+    assert_eq!(
+        [boxed(0), boxed(1), boxed(2), boxed(3)],
+        [&want0[..], &want1[..], &want2[..], &want3[..]]
+    );
 }
 
 #[test]
@@ -135,13 +194,14 @@ fn set_field(base: *mut u8, n: u64, field: usize, value: u32) {
 
 #[test]
 fn a_malformed_box_is_an_error_naming_the_peer_and_the_field() {
-    // (word, value, field): the first word holds kind, length, element.
+    // (4-byte field, value, field named): field 1, the high half of the
+    // first word, holds kind, length and element.
     let cases = [
         (1, 9u32, "kind"),
         (1, 1 | (FASTBOX_DATA as u32 + 1) << 4, "length"),
         (1, 1 | 0x7ff << 4, "length"),
         (1, 1 | 3 << 16, "element"),
-        // A call number (the payload's first word) on a message that may
+        // A call number (the payload's first 4 bytes) on a message that may
         // have none.
         (1, Kind::Raw as u32 | 5 << 4 | CALL_FOLLOWS | 5 << 16, "call"),
     ];
