@@ -28,7 +28,7 @@ use crate::communicator::Communicator;
 use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
 use crate::matching::Matcher;
-use crate::progress::Head;
+use crate::progress::{EngineGuard, Head};
 use crate::status::WaitOn;
 use crate::wire::Context;
 use crate::wire::status::WaitOp;
@@ -201,9 +201,14 @@ impl Call {
 impl Communicator {
     /// Numbers an `immediate_` collective among all the communicator's
     /// collectives: (its call field, its tag, the shared region the
-    /// communicator's blocking collectives use, if any), or the error that
-    /// the collectives are broken.
-    pub(crate) fn immediate_call(&self, kind: Kind, root: usize) -> Result<(u32, u32, Option<super::node::Node>)> {
+    /// communicator's blocking collectives use, if any, and the engine, held
+    /// for the call to start its schedule with), or the error that the
+    /// collectives are broken or the engine cannot be had.
+    pub(crate) fn immediate_call(
+        &self,
+        kind: Kind,
+        root: usize,
+    ) -> Result<(u32, u32, Option<super::node::Node>, EngineGuard<'_>)> {
         // Before it takes a number: a call refused takes none.
         crate::progress::check_not_combining()?;
         let calls = self.calls();
@@ -218,14 +223,15 @@ impl Communicator {
         // On a shared node, a rank in a blocking collective of this number
         // sees this call there, as it would a blocking one; a rank that
         // has finalized fails first, before its slot says it is in a call.
-        drop(self.engine()?);
+        // The region first: the first look for it takes the engine.
         let node = self.node_region();
+        let engine = self.engine()?;
         if let Some(node) = node {
             node.slots
                 .current(node.me)
                 .store(1 << 63 | u64::from(word), Ordering::Release);
         }
-        Ok((word, tag, node))
+        Ok((word, tag, node, engine))
     }
 
     /// Remembers that an `immediate_` collective failed with `e`: the

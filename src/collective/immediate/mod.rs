@@ -56,7 +56,10 @@ impl Communicator {
         (value, len, fold): (Part, Option<usize>, Option<Fold>),
         finish: Finish<'c, T>,
     ) -> Result<CollectiveRequest<'c, T>> {
-        let (call, tag, node) = self.immediate_call(kind, root)?;
+        // The engine is held from here to the schedule's start: nothing
+        // between can fail, so a call numbered (and perhaps paced) here
+        // always starts, or fails only as every rank's does.
+        let (call, tag, node, mut engine) = self.immediate_call(kind, root)?;
         let mut steps = steps;
         if self.pace_due((call >> 16) as u16, kind, false) {
             steps.extend(pace_steps(self.rank(), self.size()));
@@ -83,7 +86,8 @@ impl Communicator {
             fold,
             node,
         };
-        let id = self.ranked(self.engine()?.start_schedule(plan))?;
+        let id = self.ranked(engine.start_schedule(plan))?;
+        drop(engine);
         Ok(CollectiveRequest {
             comm: self,
             id: Some(id),
