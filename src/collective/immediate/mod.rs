@@ -57,8 +57,9 @@ impl Communicator {
         finish: Finish<'c, T>,
     ) -> Result<CollectiveRequest<'c, T>> {
         // The engine is held from here to the schedule's start: nothing
-        // between can fail, so a call numbered (and perhaps paced) here
-        // always starts, or fails only as every rank's does.
+        // between can fail. Only the start can (a stray message of another
+        // call here), and then the ranks no longer agree on where they
+        // are: the collectives are broken, as after a blocking call.
         let (call, tag, node, mut engine) = self.immediate_call(kind, root)?;
         let mut steps = steps;
         if self.pace_due((call >> 16) as u16, kind, false) {
@@ -86,7 +87,9 @@ impl Communicator {
             fold,
             node,
         };
-        let id = self.ranked(engine.start_schedule(plan))?;
+        let id = self
+            .ranked(engine.start_schedule(plan))
+            .inspect_err(|e| self.immediate_failed(e))?;
         drop(engine);
         Ok(CollectiveRequest {
             comm: self,
