@@ -41,7 +41,7 @@ fn the_first_failure_is_reported_in_the_words_of_the_rank_that_failed() {
 
 #[test]
 fn a_job_that_needs_more_shared_memory_than_is_free_says_so_before_starting() {
-    // A memory cgroup of 24 MiB for spmdrun: 16 ranks need about 36 MiB.
+    // A memory cgroup of 24 MiB for spmdrun: 16 ranks need about 40 MiB.
     let root = "/sys/fs/cgroup/memory";
     assert!(
         std::path::Path::new(root).is_dir() && nix::unistd::geteuid().is_root(),

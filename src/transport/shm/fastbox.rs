@@ -1,11 +1,10 @@
 //! Fastboxes: half-cache-line mailboxes (256 per pair of ranks on a node
 //! and direction, 8 KiB) beside the ring, for messages of at most
-//! [`FASTBOX_DATA`] bytes. A
-//! message takes as many consecutive boxes as its fields and payload need
-//! (at most [`MOST_BOXES`]): one for up to 16 bytes (12 for a collective
-//! message, which carries a call number), so that two small
-//! messages share a cache line and a stream its receiver trails moves one
-//! line per two messages. The ring needs its head, the frame header, the
+//! [`FASTBOX_DATA`] bytes. A message takes as many consecutive boxes as
+//! its fields and payload need (at most [`MOST_BOXES`]): one for up to 16
+//! bytes (12 for a collective message, which carries a call number), so
+//! that two small messages share a cache line and a stream its receiver
+//! trails moves one line per two messages. The ring needs its head, the frame header, the
 //! payload, and a copy out of the ring before the message can be read.
 //!
 //! A message's first box holds its sequence number and, in the same
@@ -53,8 +52,12 @@ pub(super) const SLOTS: usize = BOXES_BYTES / BOX;
 /// How many boxes ahead of the one it writes a sender asks for its line
 /// (see `prefetch.rs`).
 const AHEAD: u64 = 8;
-/// The receiver publishes how many boxes it has taken every this many.
-const PUBLISH_EVERY: u64 = SLOTS as u64 / 2;
+/// The receiver publishes how many boxes it has taken every this many
+/// (each publication costs the sender's next look a line transfer). A
+/// sender's view of the boxes taken lags by fewer than this many, so at
+/// least `SLOTS - PUBLISH_EVERY + 1` (193) are free to it once its
+/// receiver has taken everything: a window of 64 three-box messages.
+const PUBLISH_EVERY: u64 = SLOTS as u64 / 4;
 /// A cache line: the receiver's count of boxes taken has one of its own.
 const LINE: usize = 64;
 /// The bytes of the fastbox area of one pair: the receiver's count of
@@ -72,8 +75,9 @@ const CALL_FOLLOWS: u32 = 1 << 15;
 /// from an odd box; two whole-line boxes before) serve a 64-byte message in a latency test and
 /// a stream alike. With five whole lines (up to 284 bytes) 128- and
 /// 256-byte messages went at half the latency, but a stream of them ran
-/// out of boxes a third of the way through a window of 64 and went on
-/// through the ring, moving a third less than through the ring alone.
+/// out of boxes (4 KiB of them then) a third of the way through a window
+/// of 64 and went on through the ring, moving a third less than through
+/// the ring alone.
 pub(super) const MOST_BOXES: usize = 4;
 /// The payload bytes in each further box of a message (all but its first
 /// 4 bytes, 0).

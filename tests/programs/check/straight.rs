@@ -132,8 +132,8 @@ fn wrong_type_and_short_buffer(world: &Communicator, next: usize, prev: usize, l
 /// Numbered messages of 8, 40, 96, 112 bytes, 1 KiB, 16 KiB, 16 KiB and
 /// 8 bytes, and 64 KiB in turn (one fastbox, two, four, then ring frames: short,
 /// the longest taken straight, just too long for that, and written in
-/// pieces): in lock step, then 300 at a time, more than the fastboxes
-/// hold, then as serde values.
+/// pieces): in lock step, then 300 at a time (more boxes' worth than the
+/// 256 fastboxes hold, and more bytes than the ring), then as serde values.
 fn streams(world: &Communicator, next: usize, prev: usize) -> Result<(), Error> {
     const LENGTHS: [usize; 8] = [1, 5, 12, 14, 128, 2048, 2049, 8192];
     let message = |i: u64| vec![i; LENGTHS[(i % 8) as usize]];
