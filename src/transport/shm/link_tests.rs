@@ -27,13 +27,8 @@ impl Direction {
     }
 
     fn memory(&mut self) -> RingMemory {
-        let control = self.0.as_mut_ptr().cast::<u8>();
-        RingMemory {
-            control,
-            // SAFETY: the ring's bytes follow the control block.
-            data: unsafe { control.add(RING_CONTROL) },
-            capacity: RING,
-        }
+        // SAFETY: the vector holds the control block and the ring's bytes.
+        unsafe { RingMemory::new(self.0.as_mut_ptr().cast::<u8>(), RING) }
     }
 }
 

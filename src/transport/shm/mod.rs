@@ -466,13 +466,8 @@ pub(crate) fn fuzz_shared(data: &[u8], sink: &mut Delivery<'_>) -> Result<()> {
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut memory);
     let n = data.len().min(bytes.len());
     bytes[..n].copy_from_slice(&data[..n]);
-    let control = memory.as_mut_ptr().cast::<u8>();
-    let rx = segment::RingMemory {
-        control,
-        // SAFETY: the data follows the control block in `memory`.
-        data: unsafe { control.add(segment::RING_CONTROL) },
-        capacity: ring,
-    };
+    // SAFETY: `memory` holds the control block and the ring's bytes.
+    let rx = unsafe { segment::RingMemory::new(memory.as_mut_ptr().cast::<u8>(), ring) };
     let mut fastboxes = fastbox::FastboxRx::new(rx.fastboxes());
     for _ in 0..4 {
         fastboxes.drain(1, sink)?;

@@ -9,9 +9,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
-use super::segment::RingMemory;
+use super::segment::{RING_CONTROL, RingMemory};
 
 impl RingMemory {
+    /// The ring whose control block starts at `control`, its `capacity`
+    /// bytes right after the block.
+    ///
+    /// # Panics
+    /// If `capacity` is not a power of two (every ring's size is one:
+    /// see [`super::segment::ring_bytes`]).
+    ///
+    /// # Safety
+    /// `control` is valid for [`RING_CONTROL`] + `capacity` bytes.
+    pub(super) unsafe fn new(control: *mut u8, capacity: usize) -> RingMemory {
+        assert!(capacity.is_power_of_two(), "a ring of {capacity} bytes");
+        RingMemory {
+            control,
+            // SAFETY: the data follows the control block, inside the
+            // memory the caller vouches for.
+            data: unsafe { control.add(RING_CONTROL) },
+            capacity,
+        }
+    }
+
+    /// Where stream position `at` lies in the ring's data.
+    #[inline]
+    pub(super) fn offset(&self, at: u64) -> usize {
+        (at & (self.capacity as u64 - 1)) as usize
+    }
+
     fn head(&self) -> &AtomicU64 {
         // SAFETY: the first word of the control block, aligned, inside a
         // mapping the mesh keeps alive as long as its links.
@@ -79,7 +105,7 @@ impl RingMemory {
     /// Copies `bytes` into the ring at stream position `at` (wrapping).
     pub(super) fn put(&self, at: u64, bytes: &[u8]) {
         debug_assert!(bytes.len() <= self.capacity);
-        let start = (at % self.capacity as u64) as usize;
+        let start = self.offset(at);
         let first = bytes.len().min(self.capacity - start);
         // SAFETY: both pieces lie inside the ring's data area (the caller
         // writes at most the free room, which is at most the capacity);
@@ -98,7 +124,7 @@ impl RingMemory {
     /// ring.
     pub(super) unsafe fn take(&self, at: u64, out: *mut u8, len: usize) {
         assert!(len <= self.capacity, "a take of more than the ring holds");
-        let start = (at % self.capacity as u64) as usize;
+        let start = self.offset(at);
         let first = len.min(self.capacity - start);
         // SAFETY: both pieces lie inside the data area (the caller reads
         // at most a checked head minus its tail, at most the capacity),
@@ -113,7 +139,7 @@ impl RingMemory {
     /// be made writable here ahead of the writes (see `prefetch.rs`).
     pub(super) fn prefetch_for_write(&self, at: u64, len: usize) {
         for offset in (0..len.min(self.capacity)).step_by(64) {
-            let start = ((at + offset as u64) % self.capacity as u64) as usize;
+            let start = self.offset(at + offset as u64);
             // SAFETY: an offset inside the ring's data area.
             super::prefetch::for_write(unsafe { self.data.add(start) });
         }
@@ -121,7 +147,7 @@ impl RingMemory {
 
     /// Hints the processor to fetch the line holding stream position `at`.
     pub(super) fn prefetch(&self, at: u64) {
-        let offset = (at % self.capacity as u64) as usize;
+        let offset = self.offset(at);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch of an address inside the ring has no effect on
         // memory; it only warms the cache.
@@ -138,13 +164,9 @@ mod tests {
     use super::*;
 
     fn ring(memory: &mut [u64], capacity: usize) -> RingMemory {
-        let control = memory.as_mut_ptr().cast::<u8>();
-        RingMemory {
-            control,
-            // SAFETY: the test memory holds the control block and the data.
-            data: unsafe { control.add(super::super::segment::RING_CONTROL) },
-            capacity,
-        }
+        assert!(memory.len() * 8 >= super::super::segment::RING_CONTROL + capacity);
+        // SAFETY: the test memory holds the control block and the data.
+        unsafe { RingMemory::new(memory.as_mut_ptr().cast::<u8>(), capacity) }
     }
 
     #[test]

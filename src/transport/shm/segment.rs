@@ -92,6 +92,8 @@ pub(crate) struct RingMemory {
     pub control: *mut u8,
     /// The ring's bytes.
     pub data: *mut u8,
+    /// A power of two, so that a stream position's place in the ring is a
+    /// mask, not a division, on every message.
     pub capacity: usize,
 }
 
@@ -291,13 +293,8 @@ impl Segment {
         let offset = HEADER + sender * (RING_CONTROL + self.ring);
         debug_assert!(offset + RING_CONTROL + self.ring <= self.len);
         // SAFETY: inside the mapping, by the layout checked at creation.
-        let control = unsafe { self.base.as_ptr().add(offset) };
-        RingMemory {
-            control,
-            // SAFETY: the data follows the control block, inside the mapping.
-            data: unsafe { control.add(RING_CONTROL) },
-            capacity: self.ring,
-        }
+        // SAFETY: the control block and the ring lie inside the mapping.
+        unsafe { RingMemory::new(self.base.as_ptr().add(offset), self.ring) }
     }
 
     /// The region the node-wide collectives share (in the node leader's
@@ -354,6 +351,8 @@ mod tests {
         assert_eq!(ring_bytes(1000), 16 << 10);
         for l in 1..200 {
             assert!(ring_bytes(l) * l * l <= NODE_RINGS_BUDGET || ring_bytes(l) == MIN_RING);
+            // A ring's positions are masks (`RingMemory::offset`).
+            assert!(ring_bytes(l).is_power_of_two(), "{l} ranks");
         }
     }
 
