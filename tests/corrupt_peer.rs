@@ -47,8 +47,8 @@ fn corrupt(pid: i32, offset: u64, value: u64, words: usize, child: &mut std::pro
 
 const HEADER: u64 = 4096;
 /// A ring's control block: head, tail, then the fastboxes (a line counting
-/// those taken, 256 boxes of half a line).
-const RING_CONTROL: u64 = 128 + 64 + 256 * 32;
+/// those taken, 1024 boxes of half a line on a node of 2 ranks).
+const RING_CONTROL: u64 = 128 + 64 + 1024 * 32;
 /// The ring of a job of 2 ranks.
 const RING: u64 = 1 << 20;
 

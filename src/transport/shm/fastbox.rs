@@ -1,11 +1,13 @@
-//! Fastboxes: half-cache-line mailboxes (256 per pair of ranks on a node
-//! and direction, 8 KiB) beside the ring, for messages of at most
+//! Fastboxes: half-cache-line mailboxes beside the ring (1024 per pair of
+//! ranks on a node and direction, 32 KiB, on a node of up to 8 ranks;
+//! fewer on larger nodes: see [`slots_for`]), for messages of at most
 //! [`FASTBOX_DATA`] bytes. A message takes as many consecutive boxes as
 //! its fields and payload need (at most [`MOST_BOXES`]): one for up to 16
 //! bytes (12 for a collective message, which carries a call number), so
 //! that two small messages share a cache line and a stream its receiver
-//! trails moves one line per two messages. The ring needs its head, the frame header, the
-//! payload, and a copy out of the ring before the message can be read.
+//! trails moves one line per two messages. The ring needs its head, the
+//! frame header, the payload, and a copy out of the ring before the
+//! message can be read.
 //!
 //! A message's first box holds its sequence number and, in the same
 //! 8-byte word (stored last), kind, length and element; then tag, context,
@@ -27,6 +29,7 @@
 //! fields each, the first lower), and every field is checked like a frame
 //! header's before it is used.
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::envelope::{Envelope, Format};
@@ -40,29 +43,44 @@ use super::super::Delivery;
 const BOX: usize = 32;
 /// The 8-byte words of a box.
 const BOX_WORDS: usize = BOX / 8;
-/// The bytes of the boxes of one pair and direction.
-const BOXES_BYTES: usize = 8192;
-/// Fastboxes per pair and direction: a sender can be this many boxes (one
-/// per message of up to 16 bytes, 12 with a call number) ahead of its
-/// receiver before it falls back to the ring. A window of 64 sends (OSU's
-/// `osu_bw`) of up to 72 bytes (three boxes) fits whole: with 128 boxes a
-/// window of 64-byte messages ran out two thirds of the way and sent the
-/// rest through the ring (`osu_bw` 64 B 480 against 650 MB/s now).
-pub(super) const SLOTS: usize = BOXES_BYTES / BOX;
+/// Fastboxes per pair and direction on a node of `local` ranks (a power
+/// of two): a sender can be this many boxes (one per message of up to 16
+/// bytes, 12 with a call number) ahead of its receiver before it falls
+/// back to the ring. With 1024 a window of 64 sends (OSU's `osu_bw`) of up
+/// to 256 bytes (ten boxes) fits whole, where a window that runs out of
+/// boxes goes on through the ring (with 128 boxes a window of 64-byte
+/// messages did, two thirds of the way: `osu_bw` 64 B 480 against 650 MB/s
+/// with 256). Every pair of a node has its boxes, reserved at start-up:
+/// 32 KiB a pair and direction up to 8 ranks, 4 KiB from 33 ranks on
+/// (about 16 MiB in all on a node of 64, where 256 boxes took 32).
+pub(crate) fn slots_for(local: usize) -> usize {
+    match local {
+        0..=8 => 1024,
+        9..=16 => 512,
+        17..=32 => 256,
+        _ => 128,
+    }
+}
 /// How many boxes ahead of the one it writes a sender asks for its line
 /// (see `prefetch.rs`).
 const AHEAD: u64 = 8;
-/// The receiver publishes how many boxes it has taken every this many
-/// (each publication costs the sender's next look a line transfer). A
-/// sender's view of the boxes taken lags by fewer than this many, so at
-/// least `SLOTS - PUBLISH_EVERY + 1` (193) are free to it once its
-/// receiver has taken everything: a window of 64 three-box messages.
-const PUBLISH_EVERY: u64 = SLOTS as u64 / 4;
+/// The receiver publishes how many boxes it has taken every quarter of
+/// its boxes (each publication costs the sender's next look a line
+/// transfer). A sender's view of the boxes taken lags by fewer than that,
+/// so at least three quarters of them and one (769 of 1024) are free to
+/// it once its receiver has taken everything: a window of 64 ten-box
+/// messages.
+fn publish_every(slots: usize) -> u64 {
+    slots as u64 / 4
+}
 /// A cache line: the receiver's count of boxes taken has one of its own.
 const LINE: usize = 64;
-/// The bytes of the fastbox area of one pair: the receiver's count of
-/// boxes taken (a line of its own), then the slots.
-pub(super) const AREA: usize = LINE + BOXES_BYTES;
+/// The bytes of a fastbox area of `slots` boxes (one pair and direction):
+/// the receiver's count of boxes taken (a line of its own), then the
+/// slots.
+pub(super) fn area_bytes(slots: usize) -> usize {
+    LINE + slots * BOX
+}
 /// The 4-byte fields of a message's first box before its payload: its sequence
 /// number, kind with length and element (4, 11 and 16 bits, and
 /// [`CALL_FOLLOWS`]), tag, context; then the call number if
@@ -71,22 +89,24 @@ const HEAD_FIELDS: usize = 4;
 /// The bit of the length field that says a call number follows the
 /// context (a collective message's; every other message has none).
 const CALL_FOLLOWS: u32 = 1 << 15;
-/// The most boxes one message takes: four (two cache lines, or three
-/// from an odd box; two whole-line boxes before) serve a 64-byte message in a latency test and
-/// a stream alike. With five whole lines (up to 284 bytes) 128- and
-/// 256-byte messages went at half the latency, but a stream of them ran
-/// out of boxes (4 KiB of them then) a third of the way through a window
-/// of 64 and went on through the ring, moving a third less than through
-/// the ring alone.
-pub(super) const MOST_BOXES: usize = 4;
+/// The most boxes one message takes: ten, five cache lines (six from an
+/// odd box), for a message of up to 264 bytes. Through the ring such a
+/// message took half as long again one way in a latency test (0.37
+/// against 0.26 µs at 128 bytes): the reader finds it through the ring's
+/// head, on a line of its own, and publishes its tail on another. (Fastboxes of five whole
+/// lines were tried when there were 4 KiB of them: a stream of 128-byte
+/// messages ran out of boxes a third of the way through a window of 64
+/// and went on through the ring, moving a third less than through the
+/// ring alone.)
+pub(super) const MOST_BOXES: usize = 10;
 /// The payload bytes in each further box of a message (all but its first
 /// 4 bytes, 0).
 const MORE_DATA: usize = BOX - 4;
-/// The largest payload the fastboxes carry (96 bytes): what
+/// The largest payload the fastboxes carry (264 bytes): what
 /// [`MOST_BOXES`] hold after the fields of a message with a call number.
 pub(crate) const FASTBOX_DATA: usize = first_data(true) + (MOST_BOXES - 1) * MORE_DATA;
 const _: () = assert!(FASTBOX_DATA < 1 << 11, "the length has 11 bits");
-const _: () = assert!(MOST_BOXES <= SLOTS / 4, "a long message must leave room for others");
+const _: () = assert!(MOST_BOXES <= 128 / 4, "a long message must leave room for others");
 
 /// The 4-byte fields of the first box before the payload of a message with or
 /// without a call number.
@@ -147,6 +167,8 @@ fn further_at(b: usize, with_call: bool) -> usize {
 #[derive(Debug)]
 pub(super) struct FastboxTx {
     base: *mut u8,
+    /// The boxes of the area ([`slots_for`] the node).
+    slots: usize,
     /// Boxes written so far.
     sent: u64,
     /// The receiver's count of boxes taken, when last read.
@@ -158,6 +180,8 @@ pub(super) struct FastboxTx {
 #[derive(Debug)]
 pub(super) struct FastboxRx {
     base: *mut u8,
+    /// The boxes of the area ([`slots_for`] the node).
+    slots: usize,
     /// Boxes taken so far.
     taken: u64,
 }
@@ -167,10 +191,15 @@ pub(super) struct FastboxRx {
 #[derive(Debug)]
 pub(crate) struct Boxed {
     pub head: Arrived,
+    /// The payload's length: its first `len` bytes of `bytes` are written
+    /// (by [`FastboxRx::peek_into`], which sets `len` only after it wrote
+    /// them).
     len: usize,
     /// The boxes the message took.
     boxes: u64,
-    bytes: [u8; PADDED],
+    /// Not cleared first: every receive makes a `Boxed`, and clearing
+    /// this many bytes cost it a call of `memset` (38 instructions).
+    bytes: [MaybeUninit<u8>; PADDED],
 }
 
 impl Boxed {
@@ -186,13 +215,24 @@ impl Boxed {
             },
             len: 0,
             boxes: 0,
-            bytes: [0; PADDED],
+            bytes: [MaybeUninit::uninit(); PADDED],
         }
     }
 
     /// The payload.
     pub fn payload(&self) -> &[u8] {
-        &self.bytes[..self.len]
+        let written = &self.bytes[..self.len];
+        // SAFETY: the first `len` bytes are written (see `len`), and
+        // `MaybeUninit<u8>` has the layout of `u8`.
+        unsafe { std::slice::from_raw_parts(written.as_ptr().cast::<u8>(), written.len()) }
+    }
+}
+
+/// Writes `from` into `bytes` from `at` on.
+#[inline]
+fn put(bytes: &mut [MaybeUninit<u8>], at: usize, from: &[u8]) {
+    for (to, b) in bytes[at..at + from.len()].iter_mut().zip(from) {
+        *to = MaybeUninit::new(*b);
     }
 }
 
@@ -202,13 +242,14 @@ impl Boxed {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FastboxWatch {
     base: *mut u8,
+    slots: usize,
     next: u64,
 }
 
 impl FastboxWatch {
     /// True if the box holds its message.
     pub fn ready(&self) -> bool {
-        slot(self.base, self.next)[0].load(Ordering::Acquire) as u32 == stamp(self.next)
+        slot(self.base, self.slots, self.next)[0].load(Ordering::Acquire) as u32 == stamp(self.next)
     }
 }
 
@@ -220,14 +261,16 @@ fn taken_counter<'a>(base: *mut u8) -> &'a AtomicU64 {
 }
 
 /// The words of box `n` (counting from the first box ever; the count
-/// goes round the area).
-fn slot<'a>(base: *mut u8, n: u64) -> &'a [AtomicU64; BOX_WORDS] {
-    // SAFETY: slot n % SLOTS lies inside the area; its words are 8-byte
-    // aligned (the area starts a control block, at a multiple of 64 in
-    // its segment, and boxes are 32 bytes).
+/// goes round the area's `slots` boxes, a power of two).
+#[inline]
+fn slot<'a>(base: *mut u8, slots: usize, n: u64) -> &'a [AtomicU64; BOX_WORDS] {
+    debug_assert!(slots.is_power_of_two());
+    // SAFETY: slot n mod `slots` lies inside the area; its words are
+    // 8-byte aligned (the area starts a control block, at a multiple of 64
+    // in its segment, and boxes are 32 bytes).
     unsafe {
         &*base
-            .add(LINE + (n as usize % SLOTS) * BOX)
+            .add(LINE + (n as usize & (slots - 1)) * BOX)
             .cast::<[AtomicU64; BOX_WORDS]>()
     }
 }
@@ -241,11 +284,14 @@ fn stamp(n: u64) -> u32 {
 }
 
 impl FastboxTx {
-    /// The sender's view of the fastbox area at `base` (in the peer's
-    /// segment, which must stay mapped as long as this value is used).
-    pub(super) fn new(base: *mut u8) -> FastboxTx {
+    /// The sender's view of the fastbox area of `slots` boxes (a power of
+    /// two, at least 128) at `base` (in the peer's segment, which must stay
+    /// mapped as long as this value is used).
+    pub(super) fn new(base: *mut u8, slots: usize) -> FastboxTx {
+        assert!(slots.is_power_of_two() && slots >= 128, "{slots} fastboxes");
         FastboxTx {
             base,
+            slots,
             sent: 0,
             taken_seen: 0,
         }
@@ -261,7 +307,8 @@ impl FastboxTx {
         }
         let with_call = header.call != 0;
         let boxes = boxes_for(payload.len(), with_call);
-        if self.sent + boxes - self.taken_seen > SLOTS as u64 {
+        let slots = self.slots as u64;
+        if self.sent + boxes - self.taken_seen > slots {
             let taken = taken_counter(self.base).load(Ordering::Acquire);
             if taken < self.taken_seen || taken > self.sent {
                 return Err(Error::protocol(
@@ -274,19 +321,40 @@ impl FastboxTx {
                 ));
             }
             self.taken_seen = taken;
-            if self.sent + boxes - taken > SLOTS as u64 {
+            if self.sent + boxes - taken > slots {
                 return Ok(false);
             }
         }
+        // A padded copy no longer than the message needs: zeroing the
+        // longest one for every 8-byte message cost it 35 instructions.
+        match boxes {
+            1..=2 => self.store::<{ 2 * BOX }>(header, payload, boxes),
+            3..=4 => self.store::<{ 4 * BOX }>(header, payload, boxes),
+            _ => self.store::<PADDED>(header, payload, boxes),
+        }
+        self.sent += boxes;
+        // The box a few on, if the receiver is done with it.
+        if self.sent + AHEAD - self.taken_seen <= slots {
+            super::prefetch::for_write(slot(self.base, self.slots, self.sent - 1 + AHEAD)[0].as_ptr().cast());
+        }
+        Ok(true)
+    }
+
+    /// Stores a message of `boxes` boxes (at most `N / BOX`) from box
+    /// `sent` on, through a copy of its payload padded to `N` bytes.
+    #[inline]
+    fn store<const N: usize>(&self, header: &Header, payload: &[u8], boxes: u64) {
+        debug_assert!(boxes as usize * BOX <= N);
+        let with_call = header.call != 0;
         let n = self.sent;
-        let mut padded = [0; PADDED];
+        let mut padded = [0; N];
         padded[..payload.len()].copy_from_slice(payload);
         // Everything before the first word: all of it is seen once the
         // sequence number in that word is (Release). The further boxes
         // first: 0 where a first box has its number, then 28 bytes.
         for b in 1..boxes as usize {
             let at = further_at(b, with_call);
-            let words = slot(self.base, n + b as u64);
+            let words = slot(self.base, self.slots, n + b as u64);
             words[0].store(pair(0, half_at(&padded, at)), Ordering::Relaxed);
             for (w, word) in words[1..].iter().enumerate() {
                 word.store(word_at(&padded, at + 4 + 8 * w), Ordering::Relaxed);
@@ -296,7 +364,7 @@ impl FastboxTx {
             | (payload.len() as u32) << 4
             | if with_call { CALL_FOLLOWS } else { 0 }
             | u32::from(header.element) << 16;
-        let words = slot(self.base, n);
+        let words = slot(self.base, self.slots, n);
         words[1].store(pair(header.tag, header.context.0), Ordering::Relaxed);
         let (third, fourth) = if with_call {
             (pair(header.call, half_at(&padded, 0)), word_at(&padded, 4))
@@ -306,12 +374,6 @@ impl FastboxTx {
         words[2].store(third, Ordering::Relaxed);
         words[3].store(fourth, Ordering::Relaxed);
         words[0].store(pair(stamp(n), fields), Ordering::Release);
-        self.sent += boxes;
-        // The box a few on, if the receiver is done with it.
-        if self.sent + AHEAD - self.taken_seen <= SLOTS as u64 {
-            super::prefetch::for_write(slot(self.base, self.sent - 1 + AHEAD)[0].as_ptr().cast());
-        }
-        Ok(true)
     }
 
     /// True if the receiver's published count says it took every box
@@ -322,10 +384,11 @@ impl FastboxTx {
 }
 
 impl FastboxRx {
-    /// The receiver's view of the fastbox area at `base` (in this rank's
-    /// segment).
-    pub(super) fn new(base: *mut u8) -> FastboxRx {
-        FastboxRx { base, taken: 0 }
+    /// The receiver's view of the fastbox area of `slots` boxes (a power
+    /// of two, at least 128) at `base` (in this rank's segment).
+    pub(super) fn new(base: *mut u8, slots: usize) -> FastboxRx {
+        assert!(slots.is_power_of_two() && slots >= 128, "{slots} fastboxes");
+        FastboxRx { base, slots, taken: 0 }
     }
 
     /// True if the next fastbox holds a message.
@@ -341,7 +404,7 @@ impl FastboxRx {
     /// reuses one `Boxed` and moves none.
     pub(super) fn peek_into(&self, from: usize, out: &mut Boxed) -> Result<bool> {
         let n = self.taken;
-        let words = slot(self.base, n);
+        let words = slot(self.base, self.slots, n);
         // The sender stored every other word before its Release of this one.
         let head = words[0].load(Ordering::Acquire);
         if head as u32 != stamp(n) {
@@ -374,15 +437,15 @@ impl FastboxRx {
         // that lands in a receive's buffer needs none), whole words.
         let bytes = &mut out.bytes;
         if with_call {
-            bytes[..4].copy_from_slice(&((third >> 32) as u32).to_le_bytes());
-            bytes[4..12].copy_from_slice(&fourth.to_le_bytes());
+            put(bytes, 0, &((third >> 32) as u32).to_le_bytes());
+            put(bytes, 4, &fourth.to_le_bytes());
         } else {
-            bytes[..8].copy_from_slice(&third.to_le_bytes());
-            bytes[8..16].copy_from_slice(&fourth.to_le_bytes());
+            put(bytes, 0, &third.to_le_bytes());
+            put(bytes, 8, &fourth.to_le_bytes());
         }
         for b in 1..boxes_for(len, with_call) as usize {
             let at = further_at(b, with_call);
-            let words = slot(self.base, n + b as u64);
+            let words = slot(self.base, self.slots, n + b as u64);
             let start = words[0].load(Ordering::Relaxed);
             // A further box is never stamped: a number there means the
             // sender and this rank count boxes differently.
@@ -393,10 +456,9 @@ impl FastboxRx {
                     "a message's further box carries a sequence number",
                 ));
             }
-            bytes[at..at + 4].copy_from_slice(&((start >> 32) as u32).to_le_bytes());
+            put(bytes, at, &((start >> 32) as u32).to_le_bytes());
             for (w, word) in words[1..].iter().enumerate() {
-                let to = at + 4 + 8 * w;
-                bytes[to..to + 8].copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+                put(bytes, at + 4 + 8 * w, &word.load(Ordering::Relaxed).to_le_bytes());
             }
         }
         out.boxes = boxes_for(len, with_call);
@@ -410,7 +472,8 @@ impl FastboxRx {
     pub(super) fn take_one(&mut self, boxed: &Boxed) {
         let before = self.taken;
         self.taken += boxed.boxes;
-        if self.taken / PUBLISH_EVERY != before / PUBLISH_EVERY {
+        let every = publish_every(self.slots);
+        if self.taken / every != before / every {
             self.publish_taken();
         }
     }
@@ -420,6 +483,7 @@ impl FastboxRx {
     pub(super) fn watch(&self) -> FastboxWatch {
         FastboxWatch {
             base: self.base,
+            slots: self.slots,
             next: self.taken,
         }
     }
@@ -445,9 +509,10 @@ impl FastboxRx {
         if self.taken == start {
             return Ok(false);
         }
-        // Publish the count every half-round of slots: each store costs the
-        // sender's next read of the line a transfer between cores.
-        if self.taken / PUBLISH_EVERY != start / PUBLISH_EVERY {
+        // Publish the count every quarter-round of slots: each store costs
+        // the sender's next read of the line a transfer between cores.
+        let every = publish_every(self.slots);
+        if self.taken / every != start / every {
             self.publish_taken();
         }
         Ok(true)

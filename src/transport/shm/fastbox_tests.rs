@@ -18,16 +18,20 @@ impl Sink for Collect {
     fn landed(&mut self, _: ReceiveId, _: Envelope) {}
 }
 
+/// The boxes of the test areas: the fewest a pair has, so that long
+/// messages fill them soonest.
+const SLOTS: usize = 128;
+
 /// A fastbox area in ordinary memory, aligned like the real one.
 fn area() -> Vec<u64> {
-    vec![0u64; AREA / 8]
+    vec![0u64; area_bytes(SLOTS) / 8]
 }
 
 /// A fresh area (kept alive by the caller) and both sides of it.
 fn boxes() -> (Vec<u64>, FastboxTx, FastboxRx) {
     let mut memory = area();
     let base = memory.as_mut_ptr().cast::<u8>();
-    (memory, FastboxTx::new(base), FastboxRx::new(base))
+    (memory, FastboxTx::new(base, SLOTS), FastboxRx::new(base, SLOTS))
 }
 
 fn header(tag: u32) -> Header {
@@ -103,7 +107,7 @@ fn the_boxes_hold_what_the_layout_says_byte_by_byte() {
     // round trip, is the contract.
     let mut memory = area();
     let base = memory.as_mut_ptr().cast::<u8>();
-    let mut tx = FastboxTx::new(base);
+    let mut tx = FastboxTx::new(base, SLOTS);
     let plain = Header {
         tag: 0x0102_0304,
         context: Context(0x0506_0708),
@@ -184,9 +188,51 @@ fn long_messages_take_several_boxes_and_wait_for_enough_free_ones() {
     assert_eq!(boxes_for(FASTBOX_DATA, true), MOST_BOXES as u64);
 }
 
+#[test]
+fn every_node_has_a_power_of_two_of_boxes_within_the_memory_said() {
+    for local in 1..=300 {
+        let slots = slots_for(local);
+        assert!(slots.is_power_of_two() && slots >= 128, "{local} ranks: {slots}");
+        assert!(MOST_BOXES as u64 <= publish_every(slots), "{local} ranks");
+        // One area per ring (a segment has one per rank of the node):
+        // 32 KiB of boxes up to 8 ranks, about 16 MiB in all up to 64.
+        let all = local * local * area_bytes(slots);
+        assert!(local > 8 || slots * BOX == 32 << 10, "{local} ranks");
+        assert!(local > 64 || all <= 33 << 19, "{local} ranks: {all} bytes");
+    }
+}
+
+#[test]
+fn a_window_of_64_messages_of_256_bytes_fits_the_boxes_of_a_small_node() {
+    let slots = slots_for(2);
+    let mut memory = vec![0u64; area_bytes(slots) / 8];
+    let base = memory.as_mut_ptr().cast::<u8>();
+    let (mut tx, mut rx) = (FastboxTx::new(base, slots), FastboxRx::new(base, slots));
+    // The worst moment for a sender: its receiver took everything, but
+    // last published its count just short of a quarter of the boxes ago.
+    let behind = publish_every(slots) - 1;
+    for i in 0..behind {
+        assert!(tx.try_send(&header(i as u32), &[], "p").unwrap());
+    }
+    let mut got = Collect::default();
+    assert!(rx.drain(3, &mut got).unwrap());
+    assert_eq!(taken_counter(base).load(Ordering::Relaxed), 0, "published too soon");
+    let payload = [7u8; 256];
+    assert_eq!(boxes_for(payload.len(), false), MOST_BOXES as u64);
+    for i in 0..64 {
+        assert!(
+            tx.try_send(&header(i), &payload, "p").unwrap(),
+            "message {i} of the window"
+        );
+    }
+    assert!(rx.drain(3, &mut got).unwrap());
+    assert_eq!(got.0.len(), behind as usize + 64);
+    assert!(got.0[behind as usize..].iter().all(|e| e.payload == payload));
+}
+
 /// Writes `value` into 4-byte field `field` of box `n`, as a peer could.
 fn set_field(base: *mut u8, n: u64, field: usize, value: u32) {
-    let word = &slot(base, n)[field / 2];
+    let word = &slot(base, SLOTS, n)[field / 2];
     let shift = 32 * (field % 2);
     let kept = word.load(Ordering::Relaxed) & !(u64::from(u32::MAX) << shift);
     word.store(kept | u64::from(value) << shift, Ordering::Relaxed);
@@ -208,10 +254,10 @@ fn a_malformed_box_is_an_error_naming_the_peer_and_the_field() {
     for (w, value, field) in cases {
         let mut memory = area();
         let base = memory.as_mut_ptr().cast::<u8>();
-        let mut tx = FastboxTx::new(base);
+        let mut tx = FastboxTx::new(base, SLOTS);
         assert!(tx.try_send(&header(1), b"hello", "p").unwrap());
         set_field(base, 0, w, value);
-        match FastboxRx::new(base).drain(5, &mut Collect::default()) {
+        match FastboxRx::new(base, SLOTS).drain(5, &mut Collect::default()) {
             Err(Error::Protocol { peer, field: f, .. }) => assert_eq!((peer.as_str(), f), ("rank 5", field)),
             other => panic!("{field}: {other:?}"),
         }
@@ -245,10 +291,10 @@ fn a_collective_message_carries_its_call_number() {
 fn a_further_box_with_a_sequence_number_is_an_error() {
     let mut memory = area();
     let base = memory.as_mut_ptr().cast::<u8>();
-    let mut tx = FastboxTx::new(base);
+    let mut tx = FastboxTx::new(base, SLOTS);
     assert!(tx.try_send(&header(1), &[7; 30], "p").unwrap());
     set_field(base, 1, 0, stamp(1));
-    match FastboxRx::new(base).drain(5, &mut Collect::default()) {
+    match FastboxRx::new(base, SLOTS).drain(5, &mut Collect::default()) {
         Err(Error::Protocol { peer, field, .. }) => assert_eq!((peer.as_str(), field), ("rank 5", "fastbox")),
         other => panic!("{other:?}"),
     }
@@ -287,7 +333,7 @@ fn payload_that_looks_like_a_sequence_number_is_never_taken_for_one() {
 fn a_taken_count_that_cannot_be_is_an_error() {
     let mut memory = area();
     let base = memory.as_mut_ptr().cast::<u8>();
-    let mut tx = FastboxTx::new(base);
+    let mut tx = FastboxTx::new(base, SLOTS);
     for i in 0..SLOTS as u32 {
         assert!(tx.try_send(&header(i), &[], "p").unwrap());
     }

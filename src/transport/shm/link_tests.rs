@@ -13,22 +13,25 @@ use super::*;
 use crate::envelope::{Envelope, Format, Landing};
 use crate::matching::{ReceiveId, Sink};
 use crate::transport::link::as_uninit;
-use crate::transport::shm::segment::RING_CONTROL;
+use crate::transport::shm::segment::ring_control;
 use crate::wire::{Context, Kind};
 
 const RING: usize = 256;
+/// The fewest fastboxes a pair has: a long run of messages fills them and
+/// goes on through the ring.
+const SLOTS: usize = 128;
 
 /// The control block and ring of one direction, in ordinary memory.
 struct Direction(Vec<u64>);
 
 impl Direction {
     fn new() -> Direction {
-        Direction(vec![0u64; (RING_CONTROL + RING) / 8])
+        Direction(vec![0u64; (ring_control(SLOTS) + RING) / 8])
     }
 
     fn memory(&mut self) -> RingMemory {
         // SAFETY: the vector holds the control block and the ring's bytes.
-        unsafe { RingMemory::new(self.0.as_mut_ptr().cast::<u8>(), RING) }
+        unsafe { RingMemory::new(self.0.as_mut_ptr().cast::<u8>(), RING, SLOTS) }
     }
 }
 

@@ -460,15 +460,16 @@ pub(crate) fn node_bytes(local: usize, region: usize) -> u64 {
 /// fuzzer bytes, read as this rank reads them (see `crate::fuzzing`).
 #[cfg(feature = "fuzzing")]
 pub(crate) fn fuzz_shared(data: &[u8], sink: &mut Delivery<'_>) -> Result<()> {
-    // Aligned memory the size of one control block and a small ring.
-    let ring = 4096;
-    let mut memory = vec![0u64; (segment::RING_CONTROL + ring) / 8];
+    // Aligned memory the size of one control block (with 256 boxes, the
+    // layout the seeds were made for) and a small ring.
+    let (ring, slots) = (4096, 256);
+    let mut memory = vec![0u64; (segment::ring_control(slots) + ring) / 8];
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut memory);
     let n = data.len().min(bytes.len());
     bytes[..n].copy_from_slice(&data[..n]);
     // SAFETY: `memory` holds the control block and the ring's bytes.
-    let rx = unsafe { segment::RingMemory::new(memory.as_mut_ptr().cast::<u8>(), ring) };
-    let mut fastboxes = fastbox::FastboxRx::new(rx.fastboxes());
+    let rx = unsafe { segment::RingMemory::new(memory.as_mut_ptr().cast::<u8>(), ring, slots) };
+    let mut fastboxes = fastbox::FastboxRx::new(rx.fastboxes(), slots);
     for _ in 0..4 {
         fastboxes.drain(1, sink)?;
     }
@@ -476,7 +477,7 @@ pub(crate) fn fuzz_shared(data: &[u8], sink: &mut Delivery<'_>) -> Result<()> {
     let mut out = vec![0u8; (head as usize).min(ring)];
     // SAFETY: `out` has room for its length.
     unsafe { rx.take(0, out.as_mut_ptr(), out.len()) };
-    let mut tx = fastbox::FastboxTx::new(rx.fastboxes());
+    let mut tx = fastbox::FastboxTx::new(rx.fastboxes(), slots);
     let header = crate::wire::Header::plain(crate::wire::Kind::Serde, 0, 0);
     for _ in 0..10 {
         tx.try_send(&header, &[], "fuzz")?;

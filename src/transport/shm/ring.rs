@@ -9,26 +9,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
-use super::segment::{RING_CONTROL, RingMemory};
+use super::segment::{RingMemory, ring_control};
 
 impl RingMemory {
-    /// The ring whose control block starts at `control`, its `capacity`
-    /// bytes right after the block.
+    /// The ring whose control block, with `slots` fastboxes, starts at
+    /// `control`, its `capacity` bytes right after the block.
     ///
     /// # Panics
-    /// If `capacity` is not a power of two (every ring's size is one:
-    /// see [`super::segment::ring_bytes`]).
+    /// If `capacity` or `slots` is not a power of two (every ring's size
+    /// is one: see [`super::segment::ring_bytes`]; so is every count of
+    /// fastboxes: see [`super::fastbox::slots_for`]).
     ///
     /// # Safety
-    /// `control` is valid for [`RING_CONTROL`] + `capacity` bytes.
-    pub(super) unsafe fn new(control: *mut u8, capacity: usize) -> RingMemory {
+    /// `control` is valid for [`ring_control`]`(slots)` + `capacity`
+    /// bytes.
+    pub(super) unsafe fn new(control: *mut u8, capacity: usize, slots: usize) -> RingMemory {
         assert!(capacity.is_power_of_two(), "a ring of {capacity} bytes");
+        assert!(slots.is_power_of_two(), "{slots} fastboxes");
         RingMemory {
             control,
             // SAFETY: the data follows the control block, inside the
             // memory the caller vouches for.
-            data: unsafe { control.add(RING_CONTROL) },
+            data: unsafe { control.add(ring_control(slots)) },
             capacity,
+            slots,
         }
     }
 
@@ -163,15 +167,18 @@ impl RingMemory {
 mod tests {
     use super::*;
 
+    /// The fastboxes of the test rings.
+    const SLOTS: usize = 128;
+
     fn ring(memory: &mut [u64], capacity: usize) -> RingMemory {
-        assert!(memory.len() * 8 >= super::super::segment::RING_CONTROL + capacity);
+        assert!(memory.len() * 8 >= ring_control(SLOTS) + capacity);
         // SAFETY: the test memory holds the control block and the data.
-        unsafe { RingMemory::new(memory.as_mut_ptr().cast::<u8>(), capacity) }
+        unsafe { RingMemory::new(memory.as_mut_ptr().cast::<u8>(), capacity, SLOTS) }
     }
 
     #[test]
     fn bytes_wrap_around_and_come_out_in_order() {
-        let mut memory = vec![0u64; (super::super::segment::RING_CONTROL + 64) / 8];
+        let mut memory = vec![0u64; (ring_control(SLOTS) + 64) / 8];
         let r = ring(&mut memory, 64);
         let mut at = 0u64;
         for round in 0..50u8 {
@@ -191,7 +198,7 @@ mod tests {
 
     #[test]
     fn heads_and_tails_that_cannot_be_are_errors_naming_the_field() {
-        let mut memory = vec![0u64; (super::super::segment::RING_CONTROL + 64) / 8];
+        let mut memory = vec![0u64; (ring_control(SLOTS) + 64) / 8];
         let r = ring(&mut memory, 64);
         for (head, tail, last) in [(65, 0, 0), (u64::MAX, 0, 0), (5, 10, 0), (8, 0, 9)] {
             r.publish_head(head);

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
+use super::fastbox::slots_for;
+
 const MAGIC: u64 = u64::from_le_bytes(*b"spmd-sh2");
 /// Bytes before the first ring.
 const HEADER: usize = 4096;
@@ -33,9 +35,12 @@ const OFF_STATE: usize = 128;
 const OFF_CORE: usize = 192;
 const OFF_STATE_CHANGES: usize = 256;
 
-/// A ring's control block: `head` (bytes written) and `tail` (bytes read),
-/// each on its own cache line, then the pair's fastboxes.
-pub(super) const RING_CONTROL: usize = 128 + super::fastbox::AREA;
+/// The bytes of a ring's control block with `slots` fastboxes: `head`
+/// (bytes written) and `tail` (bytes read), each on its own cache line,
+/// then the pair's fastboxes.
+pub(super) fn ring_control(slots: usize) -> usize {
+    128 + super::fastbox::area_bytes(slots)
+}
 
 /// Where the reader of a ring, in the ring's control block, says that it
 /// can copy from the writer's memory (1) or not (0): the second word of
@@ -82,7 +87,7 @@ pub(crate) fn segment_len(local: usize, ring: usize, region: usize) -> usize {
 }
 
 fn rings_end(local: usize, ring: usize) -> usize {
-    HEADER + local * (RING_CONTROL + ring)
+    HEADER + local * (ring_control(slots_for(local)) + ring)
 }
 
 /// The memory of one ring, inside a mapped segment.
@@ -92,6 +97,8 @@ pub(crate) struct RingMemory {
     pub control: *mut u8,
     /// The ring's bytes.
     pub data: *mut u8,
+    /// The fastboxes in the control block (a power of two).
+    pub slots: usize,
     /// A power of two, so that a stream position's place in the ring is a
     /// mask, not a division, on every message.
     pub capacity: usize,
@@ -290,11 +297,12 @@ impl Segment {
     /// The ring written by the rank with local index `sender`.
     pub fn ring(&self, sender: usize) -> RingMemory {
         assert!(sender < self.local, "ring {sender} of {} on the node", self.local);
-        let offset = HEADER + sender * (RING_CONTROL + self.ring);
-        debug_assert!(offset + RING_CONTROL + self.ring <= self.len);
-        // SAFETY: inside the mapping, by the layout checked at creation.
-        // SAFETY: the control block and the ring lie inside the mapping.
-        unsafe { RingMemory::new(self.base.as_ptr().add(offset), self.ring) }
+        let slots = slots_for(self.local);
+        let offset = HEADER + sender * (ring_control(slots) + self.ring);
+        debug_assert!(offset + ring_control(slots) + self.ring <= self.len);
+        // SAFETY: the control block and the ring lie inside the mapping,
+        // by the layout checked at creation.
+        unsafe { RingMemory::new(self.base.as_ptr().add(offset), self.ring, slots) }
     }
 
     /// The region the node-wide collectives share (in the node leader's

@@ -129,13 +129,14 @@ fn wrong_type_and_short_buffer(world: &Communicator, next: usize, prev: usize, l
     Ok(())
 }
 
-/// Numbered messages of 8, 40, 96, 112 bytes, 1 KiB, 16 KiB, 16 KiB and
-/// 8 bytes, and 64 KiB in turn (one fastbox, two, four, then ring frames: short,
-/// the longest taken straight, just too long for that, and written in
-/// pieces): in lock step, then 300 at a time (more boxes' worth than the
-/// 256 fastboxes hold, and more bytes than the ring), then as serde values.
+/// Numbered messages of 8, 40, 256, 272 bytes, 1 KiB, 16 KiB, 16 KiB and
+/// 8 bytes, and 64 KiB in turn (one fastbox, two, ten (the most), then
+/// ring frames: just too long for the fastboxes, short, the longest taken
+/// straight, just too long for that, and written in pieces): in lock
+/// step, then 700 at a time (more boxes' worth than the 1024 fastboxes of
+/// a small node hold, and more bytes than the ring), then as serde values.
 fn streams(world: &Communicator, next: usize, prev: usize) -> Result<(), Error> {
-    const LENGTHS: [usize; 8] = [1, 5, 12, 14, 128, 2048, 2049, 8192];
+    const LENGTHS: [usize; 8] = [1, 5, 32, 34, 128, 2048, 2049, 8192];
     let message = |i: u64| vec![i; LENGTHS[(i % 8) as usize]];
     for i in 0..3000u64 {
         world.send_slice_with_tag(&message(i), next, 11)?;
@@ -145,12 +146,12 @@ fn streams(world: &Communicator, next: usize, prev: usize) -> Result<(), Error> 
         assert_eq!(&got[..status.len() as usize / 8], &want[..], "lock step, message {i}");
     }
     for round in 0..3u64 {
-        for i in 0..300 {
-            world.send_slice_with_tag(&message(round * 300 + i), next, 12)?;
+        for i in 0..700 {
+            world.send_slice_with_tag(&message(round * 700 + i), next, 12)?;
         }
-        for i in 0..300 {
+        for i in 0..700 {
             let got = world.receive_vec_with_tag::<u64>(prev, 12)?;
-            assert_eq!(got, message(round * 300 + i), "round {round}, message {i}");
+            assert_eq!(got, message(round * 700 + i), "round {round}, message {i}");
         }
     }
     for i in 0..1000u64 {
