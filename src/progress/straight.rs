@@ -58,11 +58,12 @@ impl EngineGuard<'_> {
                 return Ok(None);
             };
             let watch = mesh.watch_straight(source);
-            // What was queued went out before the poll, and nothing was
-            // queued since (the engine is held): the look after the poll,
-            // on the path from the message's arrival to the caller, only
-            // takes (what the poll freed room for goes out with the next
-            // step, as if the message had come a moment sooner).
+            // What fit went out before the poll, and nothing was queued
+            // since (the engine is held): the look after the poll, on the
+            // path from the message's arrival to the caller, only takes.
+            // What the poll freed room for goes out with the next step (as
+            // if the message had come a moment sooner), or at once if the
+            // look finds nothing and the general path takes over.
             let wrote = if polled { Ok(false) } else { mesh.peers.flush_all() };
             let found = wrote.and_then(|wrote| Ok((wrote, mesh.take_straight(source, &accepts, &mut boxed)?)));
             let (wrote, found) = found.map_err(|e| self.lost(e))?;

@@ -1,8 +1,9 @@
 //! Unit tests of the fastboxes: every length, long messages round the boxes, malformed boxes.
 
 use super::*;
-use crate::envelope::Landing;
+use crate::envelope::{Envelope, Format, Landing};
 use crate::matching::{ReceiveId, Sink};
+use crate::wire::{Context, Kind};
 
 /// Keeps every message delivered to it; lands nothing.
 #[derive(Default)]
@@ -209,14 +210,22 @@ fn a_window_of_64_messages_of_256_bytes_fits_the_boxes_of_a_small_node() {
     let base = memory.as_mut_ptr().cast::<u8>();
     let (mut tx, mut rx) = (FastboxTx::new(base, slots), FastboxRx::new(base, slots));
     // The worst moment for a sender: its receiver took everything, but
-    // last published its count just short of a quarter of the boxes ago.
-    let behind = publish_every(slots) - 1;
-    for i in 0..behind {
-        assert!(tx.try_send(&header(i as u32), &[], "p").unwrap());
-    }
+    // last published its count just short of a quarter of the boxes ago
+    // (a quarter, then all but one of the next quarter), so the window's
+    // sender has to read that count to find room.
+    let quarter = publish_every(slots);
     let mut got = Collect::default();
-    assert!(rx.drain(3, &mut got).unwrap());
-    assert_eq!(taken_counter(base).load(Ordering::Relaxed), 0, "published too soon");
+    for part in [quarter, quarter - 1] {
+        for i in 0..part {
+            assert!(tx.try_send(&header(i as u32), &[], "p").unwrap());
+        }
+        assert!(rx.drain(3, &mut got).unwrap());
+    }
+    assert_eq!(
+        taken_counter(base).load(Ordering::Relaxed),
+        quarter,
+        "the count published"
+    );
     let payload = [7u8; 256];
     assert_eq!(boxes_for(payload.len(), false), MOST_BOXES as u64);
     for i in 0..64 {
@@ -225,9 +234,11 @@ fn a_window_of_64_messages_of_256_bytes_fits_the_boxes_of_a_small_node() {
             "message {i} of the window"
         );
     }
+    assert_eq!(tx.taken_seen, quarter, "the sender read the count");
     assert!(rx.drain(3, &mut got).unwrap());
-    assert_eq!(got.0.len(), behind as usize + 64);
-    assert!(got.0[behind as usize..].iter().all(|e| e.payload == payload));
+    let before = 2 * quarter as usize - 1;
+    assert_eq!(got.0.len(), before + 64);
+    assert!(got.0[before..].iter().all(|e| e.payload == payload));
 }
 
 /// Writes `value` into 4-byte field `field` of box `n`, as a peer could.

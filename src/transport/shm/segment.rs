@@ -18,7 +18,10 @@ use crate::error::{Error, Result};
 
 use super::fastbox::slots_for;
 
-const MAGIC: u64 = u64::from_le_bytes(*b"spmd-sh2");
+/// (The layout's version is its last character: 3 since the count of
+/// fastboxes follows the node's size, so that a peer from an older build
+/// is refused by name, not misread.)
+const MAGIC: u64 = u64::from_le_bytes(*b"spmd-sh3");
 /// Bytes before the first ring.
 const HEADER: usize = 4096;
 const OFF_MAGIC: usize = 0;

@@ -101,8 +101,8 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
 /// fastbox holds 16 bytes of its payload, each further one 28, and the
 /// fastboxes carry 264 at most: ten boxes) and larger, so that one stream
 /// switches between the ways a message can travel.
-const MIXED_SIZES: [usize; 18] = [
-    0, 1, 8, 16, 17, 44, 45, 64, 72, 73, 128, 256, 263, 264, 265, 4096, 70_000, 300_000,
+const MIXED_SIZES: [usize; 20] = [
+    0, 1, 8, 16, 17, 44, 45, 64, 72, 73, 100, 101, 128, 256, 263, 264, 265, 4096, 70_000, 300_000,
 ];
 const MIXED_COUNT: usize = 3000;
 

@@ -133,8 +133,8 @@ fn wrong_type_and_short_buffer(world: &Communicator, next: usize, prev: usize, l
 /// 8 bytes, and 64 KiB in turn (one fastbox, two, ten (the most), then
 /// ring frames: just too long for the fastboxes, short, the longest taken
 /// straight, just too long for that, and written in pieces): in lock
-/// step, then 700 at a time (more boxes' worth than the 1024 fastboxes of
-/// a small node hold, and more bytes than the ring), then as serde values.
+/// step, then 300 at a time (more bytes than the ring; the fastboxes wait
+/// after each ring frame until the ring is read), then as serde values.
 fn streams(world: &Communicator, next: usize, prev: usize) -> Result<(), Error> {
     const LENGTHS: [usize; 8] = [1, 5, 32, 34, 128, 2048, 2049, 8192];
     let message = |i: u64| vec![i; LENGTHS[(i % 8) as usize]];
@@ -146,12 +146,12 @@ fn streams(world: &Communicator, next: usize, prev: usize) -> Result<(), Error> 
         assert_eq!(&got[..status.len() as usize / 8], &want[..], "lock step, message {i}");
     }
     for round in 0..3u64 {
-        for i in 0..700 {
-            world.send_slice_with_tag(&message(round * 700 + i), next, 12)?;
+        for i in 0..300 {
+            world.send_slice_with_tag(&message(round * 300 + i), next, 12)?;
         }
-        for i in 0..700 {
+        for i in 0..300 {
             let got = world.receive_vec_with_tag::<u64>(prev, 12)?;
-            assert_eq!(got, message(round * 700 + i), "round {round}, message {i}");
+            assert_eq!(got, message(round * 300 + i), "round {round}, message {i}");
         }
     }
     for i in 0..1000u64 {
