@@ -122,16 +122,16 @@ impl Request for SendRequest<'_> {
 
     fn wait(self) -> Result<()> {
         #[cfg(feature = "mpi")]
-        if let Some(mut send) = self.mpi {
-            return send.wait();
+        if let (Some(mut send), Some(m)) = (self.mpi, self.comm.mpi_side()) {
+            return send.wait(m);
         }
         self.comm.ranked(self.comm.engine()?.wait_sent(self.sent, self.dest))
     }
 
     fn test(&mut self) -> Result<bool> {
         #[cfg(feature = "mpi")]
-        if let Some(send) = &mut self.mpi {
-            return send.test();
+        if let (Some(send), Some(m)) = (&mut self.mpi, self.comm.mpi_side()) {
+            return send.test(m);
         }
         self.comm.ranked(self.comm.engine()?.is_sent(self.sent))
     }

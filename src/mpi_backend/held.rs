@@ -76,6 +76,27 @@ impl Pulled {
 }
 
 impl MpiComm {
+    /// Takes every message waiting in MPI for this rank on this
+    /// communicator out of it, a large message's body too, and holds it
+    /// for the receive that asks for it (in its place among its sender's
+    /// messages, as a probe does). A rank calls this while it waits for a
+    /// send of its own: the peer may be waiting for its send to this rank,
+    /// whose frame (past MPI's eager limit) or body MPI moves only once
+    /// this rank receives it.
+    pub(super) fn take_in_waiting(&self) -> Result<()> {
+        while let Some(held) = self.arrive(&Match::any(), Wait::Never, None)? {
+            let held = match held.body {
+                None => held,
+                Some(_) => Held {
+                    env: self.complete(held, None)?,
+                    body: None,
+                },
+            };
+            self.held.borrow_mut().push_back(held);
+        }
+        Ok(())
+    }
+
     /// Notes that message `seq` from `source` has come out of MPI.
     pub(super) fn pulled(&self, source: usize, seq: u64) {
         if let Some(p) = self.pulled.borrow_mut().get_mut(source) {

@@ -35,13 +35,24 @@ static ORPHANS: Mutex<Vec<Requests>> = Mutex::new(Vec::new());
 
 impl Requests {
     /// Waits for the frame's request; true if the body's are done too.
-    fn wait_head(&mut self) -> Result<bool> {
-        // SAFETY: a request this struct started (or a null one).
-        check(
-            unsafe { ffi::MPI_Wait(&mut self.head, ffi::RSMPI_STATUS_IGNORE) },
-            "MPI_Wait",
-        )?;
-        self.body_done()
+    /// Meanwhile it takes in what waits in MPI for this rank on `comm`
+    /// (see [`MpiComm::take_in_waiting`]).
+    fn wait_head(&mut self, comm: &MpiComm) -> Result<bool> {
+        loop {
+            if let Some(done) = self.test_head()? {
+                return Ok(done);
+            }
+            comm.take_in_waiting()?;
+        }
+    }
+
+    /// Waits until every request is done, taking in what waits for this
+    /// rank on `comm` meanwhile.
+    fn wait_taking_in(&mut self, comm: &MpiComm) -> Result<()> {
+        while !self.test()? {
+            comm.take_in_waiting()?;
+        }
+        Ok(())
     }
 
     /// True once the frame's request is done; then true if the body's are.
@@ -140,6 +151,14 @@ pub(super) fn finish_orphans() {
 /// the body. An owned body goes on among the orphans; a lent one (a
 /// scope's) stays with the send, whose scope waits for it before it ends
 /// ([`MpiSend::wait_body`]).
+///
+/// A frame larger than MPI's eager limit (Open MPI's shared memory sends
+/// 4 KiB at once, headers included) also goes only once its receiver asks
+/// for it, and a lent body only once its receiver waits for it: every wait
+/// and test of a send takes in what waits in MPI for this rank on the
+/// communicator meanwhile ([`MpiComm::take_in_waiting`]), so two ranks
+/// that each wait for their send to the other before receiving both go
+/// on.
 #[derive(Debug)]
 pub(crate) struct MpiSend {
     pending: Option<Requests>,
@@ -151,23 +170,26 @@ impl MpiSend {
     /// Waits until the send is complete for its caller (above; `Finalized`
     /// once MPI is: it needs nothing any more). A lent send's body may
     /// still be running after it: see [`MpiSend::running`].
-    pub(crate) fn wait(&mut self) -> Result<()> {
+    pub(crate) fn wait(&mut self, comm: &MpiComm) -> Result<()> {
         check_open()?;
         if let Some(r) = &mut self.pending {
-            let done = r.wait_head()?;
+            let done = r.wait_head(comm)?;
             self.went(done);
         }
         Ok(())
     }
 
     /// True once the send is complete for its caller (as for `wait`).
-    pub(crate) fn test(&mut self) -> Result<bool> {
+    pub(crate) fn test(&mut self, comm: &MpiComm) -> Result<bool> {
         check_open()?;
         let Some(r) = &mut self.pending else {
             return Ok(true);
         };
         match r.test_head()? {
-            None => Ok(false),
+            None => {
+                comm.take_in_waiting()?;
+                Ok(false)
+            }
             Some(done) => {
                 self.went(done);
                 Ok(true)
@@ -193,10 +215,16 @@ impl MpiSend {
     }
 
     /// Waits until MPI no longer reads the body (a lent one's memory may
-    /// go after it; nothing is left to wait for once MPI has finalized).
-    pub(crate) fn wait_body(mut self) -> Result<()> {
+    /// go after it; nothing is left to wait for once MPI has finalized),
+    /// taking in what waits for this rank on `comm` meanwhile. On an error
+    /// there it waits for the body all the same: the memory must outlive
+    /// MPI's reading.
+    pub(crate) fn wait_body(mut self, comm: &MpiComm) -> Result<()> {
         match self.pending.take().filter(|_| !super::finalized()) {
-            Some(mut r) => r.wait(),
+            Some(mut r) => match r.wait_taking_in(comm) {
+                Ok(()) => Ok(()),
+                Err(e) => r.wait().and(Err(e)),
+            },
             None => Ok(()),
         }
     }

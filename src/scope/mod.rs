@@ -252,11 +252,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     fn wait_send_running(&self, index: usize) -> Result<()> {
         let (sent, dest, _) = self.lent.borrow().sends[index];
         #[cfg(feature = "mpi")]
-        if self.comm.mpi_side().is_some() {
+        if let Some(m) = self.comm.mpi_side() {
             let send = self.lent.borrow_mut().mpi_sends[index].take();
             self.lent.borrow_mut().sends[index].2 = true;
             let Some(mut send) = send else { return Ok(()) };
-            let result = send.wait();
+            let result = send.wait(m);
             // A body MPI still reads from the lent buffer is waited for
             // before the scope ends, after its receives (see `MpiSend`).
             if send.running() {
@@ -403,7 +403,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             }
             // The lent memory must outlive the sends: wait for them.
             for send in lent.mpi_sends.iter_mut().filter_map(Option::take) {
-                let _ = send.wait_body();
+                let _ = send.wait_body(m);
             }
             return;
         }
@@ -454,7 +454,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             }
         }
         #[cfg(feature = "mpi")]
-        {
+        if let Some(m) = self.comm.mpi_side() {
             let bodies: Vec<_> = self
                 .lent
                 .borrow_mut()
@@ -463,7 +463,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
                 .filter_map(Option::take)
                 .collect();
             for body in bodies {
-                if let Err(e) = body.wait_body() {
+                if let Err(e) = body.wait_body(m) {
                     first = first.and(Err(e));
                 }
             }

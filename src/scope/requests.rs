@@ -24,8 +24,11 @@ impl Request for LentSend<'_, '_> {
     fn test(&mut self) -> Result<bool> {
         let (sent, _, done) = self.scope.lent.borrow().sends[self.index];
         #[cfg(feature = "mpi")]
-        if let Some(send) = self.scope.lent.borrow_mut().mpi_sends[self.index].as_mut() {
-            return send.test();
+        if let (Some(send), Some(m)) = (
+            self.scope.lent.borrow_mut().mpi_sends[self.index].as_mut(),
+            self.scope.comm.mpi_side(),
+        ) {
+            return send.test(m);
         }
         Ok(done || self.scope.comm.ranked(self.scope.comm.engine()?.is_sent(sent))?)
     }

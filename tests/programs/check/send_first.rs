@@ -1,14 +1,23 @@
 //! Waiting for a send before the receive of the same exchange, as both
 //! ranks of an exchange may: every rank posts its receive and its send,
 //! then waits for its send first (in a scope, as a tuple, in a `test_all`
-//! loop, and across a barrier). On the MPI backend a large body goes only
-//! once the receiver waits for it, so a send that waited for its body
-//! would wait for ever here.
+//! loop, and across a barrier); then every rank waits for its send before
+//! it posts its receive at all (a scope's end, a wait, a test loop). On
+//! the MPI backend a large body goes only once the receiver waits for it,
+//! and a frame past MPI's eager limit (4 KiB on Open MPI's shared memory,
+//! headers included) only once the receiver receives it, so a send that
+//! waited for either without taking in its own messages meanwhile would
+//! wait for ever here.
 
 use spmd::{Communicator, Error, Request};
 
 /// The sizes, in numbers: inline, around MPI's eager limits, and large.
 const SIZES: [usize; 4] = [100, 1000, 4096, 300_000];
+
+/// The sizes of the sends waited for before any receive, in numbers: also
+/// just under and at 4 KiB, where a frame (header and payload) passes Open
+/// MPI's eager limit for shared memory.
+const BEFORE_ANY_RECEIVE: [usize; 6] = [100, 505, 510, 512, 1000, 300_000];
 
 pub fn run(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
@@ -43,6 +52,25 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
         world.barrier()?;
         let (got, _) = recv.wait()?;
         assert!(got == theirs, "{len} numbers, across a barrier: corrupted");
+    }
+    for (round, len) in BEFORE_ANY_RECEIVE.into_iter().enumerate() {
+        let mine: Vec<u64> = (0..len as u64).map(|i| i * 37 + me as u64).collect();
+        let theirs: Vec<u64> = (0..len as u64).map(|i| i * 37 + left as u64).collect();
+        let tag = 600 + round as u32;
+        let mut got = vec![0u64; len];
+        // A scope's end waits for its send; the receive comes after it.
+        world.scope(|s| s.immediate_send_slice_with_tag(&mine, right, tag).map(drop))?;
+        world.receive_into_with_tag(&mut got, left, tag)?;
+        assert!(got == theirs, "{len} numbers after a scope: corrupted");
+        // An immediate send waited for, then the receive.
+        world.immediate_send_slice_with_tag(&mine, right, tag)?.wait()?;
+        world.receive_into_with_tag(&mut got, left, tag)?;
+        assert!(got == theirs, "{len} numbers after a wait: corrupted");
+        // An immediate send tested until done, then the receive.
+        let mut send = world.immediate_send_slice_with_tag(&mine, right, tag)?;
+        while !send.test()? {}
+        world.receive_into_with_tag(&mut got, left, tag)?;
+        assert!(got == theirs, "{len} numbers after a test loop: corrupted");
     }
     Ok(())
 }
