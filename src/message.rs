@@ -140,6 +140,15 @@ pub(crate) fn room_for<T>() -> Option<Room> {
     None
 }
 
+/// What a message or a collective's part holds, for errors: "serde
+/// values", or "numbers of type f64".
+pub(crate) fn describe_format(format: Format) -> String {
+    match format {
+        Format::Serde => "serde values".into(),
+        Format::Raw(code) => element::describe(code),
+    }
+}
+
 /// How a message was sent, for errors.
 fn sent_as(format: Format) -> String {
     match format {

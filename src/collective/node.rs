@@ -71,6 +71,23 @@ fn mark(step: NodeStep, call: &Call) -> u32 {
     step as u32 | u32::from(call.sig) << 8 | u32::from(call.number as u8) << 24
 }
 
+/// What a rank brings to a node-wide step: the length of its buffer in
+/// bytes (at most [`PART_MAX`]) and its element type's code, which must
+/// be the same on every rank (0 for a step that moves nothing).
+pub(crate) fn node_claim(bytes: usize, element: u16) -> u32 {
+    debug_assert!(bytes <= PART_MAX);
+    bytes as u32 | u32::from(element) << 16
+}
+
+/// A rank's [`node_claim`], for errors.
+fn describe_claim(claim: u32) -> String {
+    format!(
+        "{} bytes of {}",
+        claim & 0xffff,
+        crate::element::describe((claim >> 16) as u16)
+    )
+}
+
 fn describe_mark(mark: u32) -> String {
     let step = NodeStep::ALL.iter().find(|s| **s as u32 == mark & 0xff);
     format!(
@@ -183,14 +200,14 @@ impl Communicator {
     }
 
     /// Runs one node-wide step of `call` with this rank's part `mine` (at
-    /// most [`PART_MAX`] bytes) and the length of its buffer, `claim`, which
-    /// must be the same on every rank; returns the folded result. `None` if
-    /// this communicator has no node-wide path.
+    /// most [`PART_MAX`] bytes) and its [`node_claim`], which must be the
+    /// same on every rank; returns the folded result. `None` if this
+    /// communicator has no node-wide path.
     pub(crate) fn node_step(
         &self,
         call: &Call,
         step: NodeStep,
-        claim: usize,
+        claim: u32,
         mine: &[u8],
         fold: &mut Fold<'_>,
     ) -> Option<Result<Vec<u8>>> {
@@ -204,7 +221,7 @@ impl Communicator {
         node: Node,
         call: &Call,
         step: NodeStep,
-        claim: usize,
+        claim: u32,
         mine: &[u8],
         fold: &mut Fold<'_>,
     ) -> Result<Vec<u8>> {
@@ -215,7 +232,7 @@ impl Communicator {
         let target = state.steps.get().wrapping_add(1).max(1);
         state.steps.set(target);
         let mark = mark(step, call);
-        slots.put(set, me, mark, claim.min(u32::MAX as usize) as u32, mine);
+        slots.put(set, me, mark, claim, mine);
         slots.stamp(set, me).store(target, Ordering::Release);
         // As ranks of the job, for the checks of who has left.
         let missing = || -> Vec<usize> {
@@ -279,8 +296,10 @@ impl Communicator {
             } else if m == first && claim != first_claim {
                 return Err(Error::CollectiveMismatch {
                     detail: format!(
-                        "ranks gave slices of different lengths to {}: rank 0 {first_claim} bytes, rank {r} {claim}",
-                        describe_mark(m)
+                        "ranks gave slices of different lengths or types to {}: rank 0 {}, rank {r} {}",
+                        describe_mark(m),
+                        describe_claim(first_claim),
+                        describe_claim(claim)
                     ),
                 });
             } else if m != first {

@@ -10,10 +10,10 @@ use crate::communicator::Communicator;
 use crate::error::{Error, Result};
 use crate::message;
 
-use super::algorithm::{Codec, PodCodec, RawCodec, Step, own_envelope};
+use super::algorithm::{Codec, PodCodec, RawCodec, Step, own_envelope, part_mismatch};
 use super::call::{Call, Kind};
 use super::decode_all;
-use super::node::NodeStep;
+use super::node::{NodeStep, node_claim};
 use super::region::PART_MAX;
 use super::window::{WindowJob, WindowRun};
 
@@ -80,13 +80,27 @@ fn copy_chunks<E: Pod>(chunks: Vec<Vec<E>>, out: &mut [E], part: usize, what: &s
 }
 
 /// What a rank claims in the agreement that starts a large collective: its
-/// length in bytes and its element size, or `u64::MAX` when its own
-/// buffers are wrong.
-fn claim(bytes: usize, element: usize, args: &Result<()>) -> u64 {
+/// length in bytes and its element type's code (so that `f64`s meet no
+/// `u64`s of the same length), or `u64::MAX` when its own buffers are
+/// wrong.
+fn claim(bytes: usize, element: u16, args: &Result<()>) -> u64 {
     if args.is_ok() {
-        bytes as u64 | (element as u64) << 48
+        bytes as u64 | u64::from(element) << 48
     } else {
         u64::MAX
+    }
+}
+
+/// A rank's [`claim`] (its 8 bytes), for errors.
+pub(super) fn describe_claim(claimed: &[u8]) -> String {
+    match <[u8; 8]>::try_from(claimed).map(u64::from_le_bytes) {
+        Ok(u64::MAX) => "buffers that are wrong on that rank (its own error says how)".into(),
+        Ok(c) => format!(
+            "{} bytes of {}",
+            c & ((1 << 48) - 1),
+            crate::element::describe((c >> 48) as u16)
+        ),
+        Err(_) => format!("a claim of {} bytes, not 8", claimed.len()),
     }
 }
 
@@ -102,7 +116,7 @@ impl Communicator {
         call: &Call,
         what: &'static str,
         bytes: usize,
-        element: usize,
+        element: u16,
         args: Result<()>,
         job: WindowJob<'_>,
     ) -> Option<Result<()>> {
@@ -138,7 +152,10 @@ impl Communicator {
         if most != claim || !least != claim {
             return Err(Error::CollectiveMismatch {
                 detail: format!(
-                    "{what}: ranks gave slices of different lengths or types, or a receive buffer of the wrong length"
+                    "{what}: ranks gave slices of different lengths or types, or a receive buffer of the wrong \
+                     length: one rank gave {}, another {}",
+                    describe_claim(&(!least).to_le_bytes()),
+                    describe_claim(&most.to_le_bytes())
                 ),
             });
         }
@@ -153,7 +170,7 @@ impl Communicator {
         crate::communicator::on_mpi!(self, |m| m.broadcast_into(buf, root));
         let what = "broadcast_into";
         let bytes = std::mem::size_of_val(buf);
-        let element = std::mem::size_of::<E>();
+        let element = crate::element::code_of::<E>();
         let me = self.rank();
         self.sized_collective(Kind::BroadcastInto, root, bytes > PART_MAX, |call| {
             if bytes > PART_MAX {
@@ -167,8 +184,9 @@ impl Communicator {
             } else {
                 let part: &[u8] = if me == root { bytemuck::cast_slice(buf) } else { &[] };
                 let mut pick = |parts: &super::region::Parts| Ok(parts.get(root).to_vec());
-                if let Some(result) = self.node_step(call, NodeStep::Broadcast, bytes, part, &mut pick) {
-                    return Ok(copy_result(result?, buf, what));
+                let claim = node_claim(bytes, element);
+                if let Some(result) = self.node_step(call, NodeStep::Broadcast, claim, part, &mut pick) {
+                    return copy_result(result?, buf, what).map(Ok);
                 }
             }
             let mine = (me == root).then(|| (message::raw::<E>(), message::pod_copy(buf)));
@@ -213,7 +231,7 @@ impl Communicator {
                     .as_ref()
                     .map(|_| ())
                     .map_err(|detail| Error::InvalidArgument(detail.clone()));
-                if let Some(done) = self.large(call, what, bytes, std::mem::size_of::<E>(), args, job) {
+                if let Some(done) = self.large(call, what, bytes, crate::element::code_of::<E>(), args, job) {
                     return done.map(Ok);
                 }
             }
@@ -230,6 +248,9 @@ impl Communicator {
                 None
             };
             let env = self.scatter_bodies(call, bodies, root)?;
+            if env.format != message::raw::<E>() {
+                return Err(part_mismatch::<E>(&env));
+            }
             let got = env.len() as usize / std::mem::size_of::<E>().max(1);
             if got != k {
                 return Err(disagree(
@@ -237,7 +258,8 @@ impl Communicator {
                     format!("the root sent {got} elements, this rank takes {k}"),
                 ));
             }
-            Ok(message::copy_into(&env, recv).map(|_| ()))
+            message::copy_into(&env, recv)?;
+            Ok(Ok(()))
         })?
     }
 
@@ -308,7 +330,7 @@ impl Communicator {
             send: message::pod_bytes(send),
             out: (wants && recv_ok.is_ok()).then(|| bytemuck::cast_slice_mut(recv)),
         };
-        self.large(call, what, bytes, std::mem::size_of::<E>(), recv_ok, job)
+        self.large(call, what, bytes, crate::element::code_of::<E>(), recv_ok, job)
     }
 
     /// Plain-number alltoall: `send` and `recv` both hold `k * size`
@@ -336,7 +358,7 @@ impl Communicator {
                 part: bytes / n,
             };
             if bytes / n > PART_MAX {
-                if let Some(done) = self.large(call, what, bytes, std::mem::size_of::<E>(), args, job) {
+                if let Some(done) = self.large(call, what, bytes, crate::element::code_of::<E>(), args, job) {
                     return done.map(Ok);
                 }
             } else {

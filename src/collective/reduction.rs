@@ -13,7 +13,7 @@ use crate::op::Op;
 
 use super::algorithm::{RawCodec, Step};
 use super::call::Kind;
-use super::node::NodeStep;
+use super::node::{NodeStep, node_claim};
 use super::numbers::{check_len, copy_result};
 use super::region::{PART_MAX, Parts};
 use super::ring;
@@ -121,7 +121,7 @@ impl Communicator {
         let what = "reduce_into";
         let is_root = self.rank() == root;
         let bytes = std::mem::size_of_val(send);
-        let element = std::mem::size_of::<E>();
+        let (element, code) = (std::mem::size_of::<E>(), crate::element::code_of::<E>());
         self.sized_collective(Kind::ReduceInto, root, bytes > PART_MAX, |call| {
             if bytes > PART_MAX {
                 let recv_ok = if is_root {
@@ -136,26 +136,30 @@ impl Communicator {
                     element,
                     combine: &mut combine,
                 };
-                if let Some(done) = self.large(call, what, bytes, element, recv_ok, job) {
+                if let Some(done) = self.large(call, what, bytes, code, recv_ok, job) {
                     return done.map(Ok);
                 }
             } else {
                 let mut fold = node_fold(op, what);
-                if let Some(result) = self.node_step(call, NodeStep::Reduce, bytes, message::pod_bytes(send), &mut fold)
+                let claim = node_claim(bytes, code);
+                if let Some(result) = self.node_step(call, NodeStep::Reduce, claim, message::pod_bytes(send), &mut fold)
                 {
+                    // A root whose receive buffer is wrong fails the call:
+                    // the others learn it at their next collective.
                     let result = result?;
-                    return Ok(if is_root {
+                    return if is_root {
                         copy_result(result, recv, what)
                     } else {
                         Ok(())
-                    });
+                    }
+                    .map(Ok);
                 }
             }
             let codec = RawCodec(message::raw::<E>());
             let combine = elementwise(op, what);
             let ordered = !op.is_commutative();
             match self.reduce_value(call, &codec, message::pod_copy(send), &combine, root, ordered)? {
-                Some(result) => Ok(copy_result(result, recv, what)),
+                Some(result) => copy_result(result, recv, what).map(Ok),
                 None => Ok(Ok(())),
             }
         })?
@@ -165,9 +169,10 @@ impl Communicator {
     /// `recv` (of `send.len()` elements) on every rank: every rank gets the
     /// same bits, for any associative operator.
     ///
-    /// Ranks that pass different lengths all get an error. A rank whose
-    /// receive buffer alone is wrong takes part and gets an error; with
-    /// vectors of more than 4 KiB, every rank gets one.
+    /// Ranks that pass different lengths or element types all get an
+    /// error. A rank whose receive buffer alone is wrong fails the call:
+    /// it gets an error, and so does every other rank (at once, or at its
+    /// next collective on the communicator, which is then broken).
     ///
     /// ```no_run
     /// use spmd::op;
@@ -187,7 +192,7 @@ impl Communicator {
         ));
         let what = "allreduce_into";
         let bytes = std::mem::size_of_val(send);
-        let element = std::mem::size_of::<E>();
+        let (element, code) = (std::mem::size_of::<E>(), crate::element::code_of::<E>());
         let recv_ok = |recv: &[E]| check_len(what, "the receive buffer", recv.len(), send.len());
         self.sized_collective(Kind::AllreduceInto, 0, bytes > PART_MAX, |call| {
             if bytes > PART_MAX {
@@ -199,17 +204,19 @@ impl Communicator {
                     element,
                     combine: &mut combine,
                 };
-                if let Some(done) = self.large(call, what, bytes, element, args, job) {
+                if let Some(done) = self.large(call, what, bytes, code, args, job) {
                     return done.map(Ok);
                 }
             } else {
                 // A rank with a wrong receive buffer still takes part, so
-                // that the others do not wait for it, and fails after.
+                // that the others do not wait for it, and fails the call
+                // after: the others learn it at their next collective.
                 let mut fold = node_fold(op, what);
-                let node = self.node_step(call, NodeStep::Allreduce, bytes, message::pod_bytes(send), &mut fold);
+                let claim = node_claim(bytes, code);
+                let node = self.node_step(call, NodeStep::Allreduce, claim, message::pod_bytes(send), &mut fold);
                 if let Some(result) = node {
                     let result = result?;
-                    return Ok(recv_ok(recv).and_then(|()| copy_result(result, recv, what)));
+                    return recv_ok(recv).and_then(|()| copy_result(result, recv, what)).map(Ok);
                 }
             }
             let local = recv_ok(recv);
@@ -230,12 +237,13 @@ impl Communicator {
             let mine = message::pod_copy(send);
             let combine = elementwise(op, what);
             let result = self.allreduce_value(call, Step::Allreduce, &codec, mine, &combine, op.is_commutative())?;
-            Ok(local.and_then(|()| copy_result(result, recv, what)))
+            local.and_then(|()| copy_result(result, recv, what)).map(Ok)
         })?
     }
 
     /// Plain-number inclusive scan, element by element, into `recv`. A rank
-    /// whose receive buffer is wrong takes part and gets an error.
+    /// whose receive buffer is wrong fails the call, and every other rank
+    /// gets an error too.
     pub fn scan_into<E: Pod>(&self, send: &[E], recv: &mut [E], op: &impl Op<E>) -> Result<()> {
         crate::communicator::on_mpi!(self, |m| m.reduce_slices(
             crate::mpi_backend::Reduction::Scan,
@@ -248,9 +256,11 @@ impl Communicator {
         let combine = elementwise(op, what);
         let codec = RawCodec(message::raw::<E>());
         let result = self.collective(Kind::ScanInto, 0, |call| {
+            // A rank whose receive buffer is wrong fails the call before it
+            // sends its part: its notice ends the others' wait for it.
+            check_len(what, "the receive buffer", recv.len(), send.len())?;
             self.scan_value(call, &codec, message::pod_copy(send), &combine)
         })?;
-        check_len(what, "the receive buffer", recv.len(), send.len())?;
         copy_result(result, recv, what)
     }
 }

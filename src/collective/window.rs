@@ -166,20 +166,24 @@ pub(crate) struct WindowRun<'w> {
 
 impl WindowRun<'_> {
     /// Runs `job`. `claim` is the length this rank brings (with the job's
-    /// element size, so that a job the windows cannot move is refused by
-    /// every rank alike), or `u64::MAX` if its own buffers are wrong: every
-    /// rank must claim the same, or every rank gets an error before any
-    /// data moves.
+    /// element type, so that a job the windows cannot move is refused by
+    /// every rank alike, and numbers of one type never meet another's), or
+    /// `u64::MAX` if its own buffers are wrong: every rank must claim the
+    /// same, or every rank gets an error before any data moves.
     pub fn run(&self, claim: u64, job: WindowJob<'_>) -> Result<()> {
         let claimed = claim.to_le_bytes();
-        let mut same_length = |parts: &super::region::Parts| {
-            if (0..parts.len()).all(|i| parts.get(i) == claimed) {
-                Ok(Vec::new())
-            } else {
-                Err(Error::CollectiveMismatch {
-                    detail: "ranks gave slices of different lengths, or a receive buffer of the wrong length".into(),
-                })
-            }
+        let mut same_length = |parts: &super::region::Parts| match (1..parts.len())
+            .find(|i| parts.get(*i) != parts.get(0))
+        {
+            None => Ok(Vec::new()),
+            Some(r) => Err(Error::CollectiveMismatch {
+                detail: format!(
+                    "ranks gave slices of different lengths or types, or a receive buffer of the wrong length: rank \
+                     0 gave {}, rank {r} {}",
+                    super::numbers::describe_claim(parts.get(0)),
+                    super::numbers::describe_claim(parts.get(r))
+                ),
+            }),
         };
         let comm = self.comm;
         comm.node_step_on(

@@ -238,12 +238,12 @@ impl Engine {
         {
             return Err(Error::CollectiveMismatch {
                 detail: format!(
-                    "in {}: rank {} sent {len} bytes as {:?} where this rank has {} bytes as {:?}",
+                    "in {}: rank {} sent {len} bytes of {} where this rank has {} bytes of {}",
                     s.name(),
                     env.source,
-                    env.format,
+                    crate::message::describe_format(env.format),
                     s.plan.len.unwrap_or_default(),
-                    s.plan.value.format
+                    crate::message::describe_format(s.plan.value.format)
                 ),
             });
         }

@@ -64,7 +64,25 @@ impl<E: Pod> Codec<Vec<E>> for PodCodec {
         Ok((message::raw::<E>(), message::pod_copy(value)))
     }
     fn decode(&self, env: &Envelope) -> Result<Vec<E>> {
+        if env.format != message::raw::<E>() {
+            return Err(part_mismatch::<E>(env));
+        }
         message::to_vec(env)
+    }
+}
+
+/// The error for another rank's part of a collective that holds something
+/// else than this rank's numbers of type `E`: the ranks passed slices of
+/// different types. A `CollectiveMismatch`, not a `FormatMismatch`: a part
+/// is nobody's to receive.
+pub(crate) fn part_mismatch<E: Pod>(env: &Envelope) -> Error {
+    Error::CollectiveMismatch {
+        detail: format!(
+            "rank {} passed {} where this rank passed {}",
+            env.source,
+            message::describe_format(env.format),
+            crate::element::describe(crate::element::code_of::<E>())
+        ),
     }
 }
 
@@ -79,8 +97,10 @@ impl RawCodec {
         }
         Err(Error::CollectiveMismatch {
             detail: format!(
-                "rank {} passed elements of another type ({:?}) than this rank ({:?})",
-                env.source, env.format, self.0
+                "rank {} passed {} where this rank passed {}",
+                env.source,
+                message::describe_format(env.format),
+                message::describe_format(self.0)
             ),
         })
     }

@@ -19,7 +19,9 @@ mod codec;
 mod reduce;
 
 use codec::empty;
-pub(crate) use codec::{Body, Codec, Combine, PodCodec, RawCodec, SerdeCodec, decode_part, own_envelope};
+pub(crate) use codec::{
+    Body, Codec, Combine, PodCodec, RawCodec, SerdeCodec, decode_part, own_envelope, part_mismatch,
+};
 
 /// Which step of an algorithm a message belongs to (the high byte of its
 /// tag).

@@ -105,7 +105,7 @@ impl Kind {
 
     /// True for the collectives whose algorithm depends on the length.
     fn sized(self) -> bool {
-        (Kind::BroadcastInto as u8..=Kind::AlltoallInto as u8).contains(&(self as u8))
+        (Kind::BroadcastInto as u8..=Kind::AlltoallInto as u8).contains(&(self as u8)) && self != Kind::ScanInto
     }
 
     /// True for the blocking collectives in which no rank finishes before

@@ -3,23 +3,135 @@
 use spmd::op;
 use spmd::{Communicator, Error};
 
-/// A rank whose receive buffer alone is wrong in a small allreduce takes
-/// part and gets an error; the others get their result, and the next
-/// collective works.
+/// A rank whose receive buffer alone is wrong (allreduce_into of a few
+/// bytes and of more than 4 KiB, the root's of reduce_into, scan_into)
+/// gets an error, and so does every other rank: in the same call, or at
+/// its next collective on the communicator, whose collectives are then
+/// broken (each case on a duplicate). On MPI the others have their result
+/// and the communicator goes on (README, "Running on a cluster").
 pub(super) fn short_buffer(world: &Communicator) -> Result<(), Error> {
     let (me, n) = (world.rank(), world.size());
     if n < 2 {
         return Ok(());
     }
-    let mut recv = vec![0i64; if me == 1 { 3 } else { 4 }];
-    match world.allreduce_into(&[1i64; 4], &mut recv, &op::Sum) {
-        Err(Error::InvalidArgument(text)) if me == 1 => assert!(text.contains("elements"), "{text}"),
-        Ok(()) if me != 1 => assert_eq!(recv, vec![n as i64; 4]),
-        other => panic!("rank {me}: a small allreduce with a short buffer on rank 1 gave {other:?}"),
+    let on_mpi = world.backend() == spmd::Backend::Mpi;
+    for (what, len) in [
+        ("allreduce_into", 4),
+        ("allreduce_into", 1000),
+        ("reduce_into", 4),
+        ("reduce_into", 1000),
+        ("scan_into", 4),
+        ("scan_into", 1000),
+    ] {
+        let dup = world.dup()?;
+        // Rank 1 is the bad one, and the root of the reduce.
+        let send = vec![1i64; len];
+        let mut recv = vec![0i64; if me == 1 { len - 1 } else { len }];
+        let got = match what {
+            "allreduce_into" => dup.allreduce_into(&send, &mut recv, &op::Sum),
+            "reduce_into" => dup.reduce_into(&send, &mut recv, &op::Sum, 1),
+            _ => dup.scan_into(&send, &mut recv, &op::Sum),
+        };
+        let then = dup.barrier();
+        let case = format!("rank {me}: {what} of {len} i64 with a short receive buffer on rank 1");
+        match (got, then) {
+            (Err(Error::InvalidArgument(text)), then) if me == 1 => {
+                assert!(text.contains("receive buffer"), "{case}: {text}");
+                assert!(
+                    on_mpi || matches!(then, Err(Error::CollectivesBroken { .. })),
+                    "{case}: then {then:?}"
+                );
+            }
+            (Ok(()), Ok(())) if on_mpi && me != 1 => {}
+            // Heard in the call (from rank 1 or another rank that failed,
+            // or the lengths compared together), or at the barrier after.
+            (
+                Err(e @ (Error::CollectiveFailed { .. } | Error::CollectiveMismatch { .. })),
+                Err(Error::CollectivesBroken { .. }),
+            )
+            | (Ok(()), Err(e @ Error::CollectiveFailed { .. }))
+                if !on_mpi && me != 1 =>
+            {
+                assert!(e.to_string().contains("receive buffer"), "{case}: {e}")
+            }
+            other => panic!("{case} gave {other:?}"),
+        }
     }
-    let total: u64 = world.allreduce(&1u64, &op::Sum)?;
-    assert_eq!(total, n as u64, "the collective after a short buffer");
     Ok(())
+}
+
+/// Ranks that give numbers of different types of the same size (`u64`
+/// on rank 0, `f64` elsewhere) to a plain-number collective all get an
+/// error naming both types, in the call or at the next one; none gets the
+/// other's bits (small and large, every kind, each on a duplicate). Not
+/// on MPI, whose collectives move bytes (README, "Running on a cluster").
+pub(super) fn mixed_types(world: &Communicator) -> Result<(), Error> {
+    let (me, n) = (world.rank(), world.size());
+    if n < 2 || world.backend() == spmd::Backend::Mpi {
+        return Ok(());
+    }
+    for len in [4usize, 1000] {
+        for what in [
+            "allreduce_into",
+            "reduce_into",
+            "broadcast_into",
+            "gather_into",
+            "allgather_into",
+            "scatter_into",
+            "alltoall_into",
+            "scan_into",
+        ] {
+            let dup = world.dup()?;
+            let got = if me == 0 {
+                typed_call(&dup, what, len, 3u64).map(drop)
+            } else {
+                typed_call(&dup, what, len, 3f64).map(drop)
+            };
+            let then = dup.barrier();
+            let case = format!("rank {me}: {what} of {len} u64 on rank 0 and f64 elsewhere");
+            let text = match (got, then) {
+                (Err(e @ (Error::CollectiveMismatch { .. } | Error::CollectiveFailed { .. })), Err(_))
+                | (Ok(_), Err(e @ Error::CollectiveFailed { .. })) => e.to_string(),
+                other => panic!("{case} gave {other:?}"),
+            };
+            assert!(text.contains("type u64") && text.contains("type f64"), "{case}: {text}");
+        }
+    }
+    Ok(())
+}
+
+/// Calls the plain-number collective `what` with `len` elements of
+/// `value`'s type on each rank (root 0); what the receive buffer holds.
+fn typed_call<E: bytemuck::Pod + Default>(
+    comm: &Communicator,
+    what: &str,
+    len: usize,
+    value: E,
+) -> Result<Vec<E>, Error>
+where
+    op::Sum: op::Op<E>,
+{
+    let n = comm.size();
+    let send = vec![value; len];
+    let mut all = vec![E::default(); len * n];
+    match what {
+        "allreduce_into" => comm.allreduce_into(&send, &mut all[..len], &op::Sum)?,
+        "reduce_into" => comm.reduce_into(&send, &mut all[..len], &op::Sum, 0)?,
+        "broadcast_into" => {
+            let mut buf = send.clone();
+            comm.broadcast_into(&mut buf, 0)?;
+            return Ok(buf);
+        }
+        "gather_into" => comm.gather_into(&send, if comm.rank() == 0 { &mut all } else { &mut [] }, 0)?,
+        "allgather_into" => comm.allgather_into(&send, &mut all)?,
+        "scatter_into" => {
+            let whole = vec![value; len * n];
+            comm.scatter_into(&whole, &mut all[..len], 0)?
+        }
+        "alltoall_into" => comm.alltoall_into(&vec![value; len * n], &mut all)?,
+        _ => comm.scan_into(&send, &mut all[..len], &op::Sum)?,
+    }
+    Ok(all)
 }
 
 /// A rank whose counts do not add up fails inside the call, and every

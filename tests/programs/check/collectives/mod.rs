@@ -11,7 +11,7 @@ use crate::rng::Rng;
 mod errors;
 mod reference;
 
-use errors::{short_buffer, short_scatter, unencodable, wrong_counts};
+use errors::{mixed_types, short_buffer, short_scatter, unencodable, wrong_counts};
 pub(crate) use reference::with_op;
 pub use reference::{LENGTHS, OPERATORS, apply_one, data, fold, matmul, matrix, text};
 
@@ -183,6 +183,7 @@ pub fn run(world: &Communicator, seed: u64, cases: usize) -> Result<(), Error> {
         }
     }
     short_buffer(world)?;
+    mixed_types(world)?;
     wrong_counts(world)?;
     short_scatter(world)?;
     unencodable(world)?;
