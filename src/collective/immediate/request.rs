@@ -46,7 +46,7 @@ impl<T> Request for CollectiveRequest<'_, T> {
         let (Some(id), Some(finish)) = (self.id.take(), self.finish.take()) else {
             unreachable!("a collective request is waited on once, by value")
         };
-        let part = self.comm.engine()?.wait_schedule(id);
+        let part = noting_panic(self.comm, || self.comm.engine()?.wait_schedule(id));
         let part = self.comm.ranked(part).inspect_err(|e| self.comm.immediate_failed(e))?;
         self.comm.ranked(finish(part))
     }
@@ -57,7 +57,7 @@ impl<T> Request for CollectiveRequest<'_, T> {
             return chain.test();
         }
         let Some(id) = self.id else { return Ok(true) };
-        let done = self.comm.engine()?.test_schedule(id);
+        let done = noting_panic(self.comm, || self.comm.engine()?.test_schedule(id));
         self.comm.ranked(done).inspect_err(|e| self.comm.immediate_failed(e))
     }
 
@@ -68,8 +68,27 @@ impl<T> Request for CollectiveRequest<'_, T> {
         }
         let Some(id) = self.id else { return Ok(true) };
         let deadline = std::time::Instant::now().checked_add(timeout);
-        let done = self.comm.engine()?.wait_schedule_until(id, deadline);
+        let done = noting_panic(self.comm, || self.comm.engine()?.wait_schedule_until(id, deadline));
         self.comm.ranked(done).inspect_err(|e| self.comm.immediate_failed(e))
+    }
+}
+
+/// Runs `look` (a wait or test of a schedule, which hands on its
+/// operator's panic): a panic there breaks the communicator's collectives
+/// before it goes on, as any failure of the call does (and as a blocking
+/// collective's panic does), so that this rank's next collective on it is
+/// refused instead of meeting the others' messages of a call they know
+/// failed.
+fn noting_panic<R>(comm: &Communicator, look: impl FnOnce() -> Result<R>) -> Result<R> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(look)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let text = crate::progress::panic_text(&*panic);
+            comm.immediate_failed(&Error::InvalidArgument(format!(
+                "its operator panicked on this rank: {text}"
+            )));
+            std::panic::resume_unwind(panic)
+        }
     }
 }
 

@@ -220,8 +220,10 @@ fn constructors_on_two_threads(world: &World) -> Result<(), Error> {
 
 /// On rank 0, the operator of thread A's immediate allreduce panics while
 /// thread B, in a receive on another communicator, moves the collective
-/// on: the panic comes out of A's wait, not B's receive; rank 1's wait
-/// gets the sum or fails naming rank 0; both go on afterwards.
+/// on: the panic comes out of A's wait, not B's receive, and rank 0's
+/// next collective on that communicator is refused (`CollectivesBroken`);
+/// rank 1's wait gets the sum or fails naming rank 0; both go on
+/// afterwards.
 fn operator_panic_elsewhere(world: &World) -> Result<(), Error> {
     // Two ranks, so that both fold. On the MPI backend any panic ends the
     // job (README, "Running on a cluster"): the failures suite checks that.
@@ -244,7 +246,18 @@ fn operator_panic_elsewhere(world: &World) -> Result<(), Error> {
             )?;
             // Not in spmd while the others' parts arrive.
             std::thread::sleep(Duration::from_millis(400));
-            request.wait()
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| request.wait())) {
+                Ok(result) => result,
+                Err(panic) => {
+                    // The call failed here: the next collective on the
+                    // communicator is refused, as after any failure.
+                    match d1.barrier() {
+                        Err(Error::CollectivesBroken { detail }) => assert!(detail.contains("panicked"), "{detail}"),
+                        other => panic!("rank 0's barrier after its operator panicked gave {other:?}"),
+                    }
+                    std::panic::resume_unwind(panic)
+                }
+            }
         });
         let b = t.spawn(move || -> Result<u64, Error> {
             if rank == 0 {
