@@ -41,6 +41,14 @@ fn bad_command_lines_get_one_line_errors() {
         &["-n", "2", "--timeout", "1e300", "true"],
         "--timeout 1e300: more than 999999999 seconds",
     );
+    rejected(
+        &["-n", "2", "--timeout", "1e-300", "true"],
+        "--timeout 1e-300: less than a millisecond",
+    );
+    rejected(
+        &["-n", "2", "--hang-report", "0.0001", "true"],
+        "--hang-report 1e-4: less than a millisecond",
+    );
 }
 
 #[test]

@@ -66,6 +66,28 @@ fn a_rank_exiting_3_ends_the_job_with_status_3() {
     }
 }
 
+/// A rank whose child holds its stdout and stderr open as it exits: the
+/// job ends with its last words on stderr (what it wrote before it
+/// exited), without waiting for the pipes' end, and the child goes with
+/// the job. (`scripts/failure-latency` measures how soon.)
+#[test]
+fn a_rank_leaving_a_child_that_holds_its_output_ends_the_job() {
+    for n in [2, 3] {
+        let (out, _) = failing(n, "exit-leaving-child");
+        assert_eq!(out.code(), Some(3), "{out:?}");
+        let line = report(&out);
+        assert!(line.contains("exited with code 3"), "{line}");
+        assert!(line.contains(&format!("last words of rank {}", n - 1)), "{line}");
+        let child: i32 = out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("child "))
+            .and_then(|pid| pid.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no child pid in {out:?}"));
+        assert_all_gone(&[child]);
+    }
+}
+
 #[test]
 fn an_error_returned_from_main_is_reported_as_that_ranks() {
     // The others wait on the failing rank, and find it gone as its `World`

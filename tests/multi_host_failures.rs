@@ -203,6 +203,45 @@ fn a_remote_rank_killed_ends_the_job_everywhere() {
     assert_all_gone(&agents);
 }
 
+/// A remote rank whose child holds its stdout and stderr open as it
+/// exits: its agent reports the exit with its last words read, without
+/// waiting for the pipes' end, and the child goes with the job.
+#[test]
+fn a_remote_rank_leaving_a_child_that_holds_its_output_ends_the_job() {
+    let hosts = Hosts::start(2);
+    let check = example("spmd-check");
+    let agent = hosts.launch_agent();
+    let args = [
+        "--launch-agent",
+        &agent,
+        "-H",
+        "127.0.0.2:2,127.0.0.3:2",
+        &check,
+        "fail",
+        "exit-leaving-child",
+    ];
+    let (child, pids, reader) = start_reporting_pids(&args, 4);
+    let started = Instant::now();
+    let out = finish_reporting(child, reader);
+    eprintln!("the job ended {:?} after its ranks reported", started.elapsed());
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(
+        out.stderr.contains("rank 3 (pid ")
+            && out
+                .stderr
+                .contains("exited with code 3 (its last words on stderr: last words of rank 3)"),
+        "{out:?}"
+    );
+    let left: i32 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("child "))
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no child pid in {out:?}"));
+    assert_all_gone(&pids);
+    assert_all_gone(&[left]);
+}
+
 #[test]
 fn a_remote_agent_killed_ends_the_job_everywhere() {
     let hosts = Hosts::start(2);

@@ -250,8 +250,12 @@ impl Job {
             for (rank, what) in ready {
                 match what {
                     Source::Channel => self.on_channel(rank),
-                    Source::Stdout => self.on_output(rank, Stream::Stdout),
-                    Source::Stderr => self.on_output(rank, Stream::Stderr),
+                    Source::Stdout => {
+                        self.on_output(rank, Stream::Stdout);
+                    }
+                    Source::Stderr => {
+                        self.on_output(rank, Stream::Stderr);
+                    }
                     Source::Agent => self.on_agent(rank),
                     Source::AgentStderr => self.on_agent_stderr(rank),
                     Source::Input => self.on_input(),

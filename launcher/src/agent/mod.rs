@@ -8,6 +8,7 @@
 mod orders;
 mod preflight;
 pub mod protocol;
+mod reports;
 
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 
-use spmd::wire::status::{Page, Snapshot, now_ns};
+use spmd::wire::status::{Page, Snapshot};
 use spmd::wire::{Channel, ControlMessage, LAUNCHER_ID};
 
 use crate::input_pipe::InputPipe;
@@ -35,8 +36,9 @@ pub const ALIVE_EVERY: Duration = Duration::from_secs(5);
 pub const SILENCE: Duration = Duration::from_secs(30);
 /// How long a rank may take to die after it was asked to (SIGTERM).
 const GRACE: Duration = Duration::from_millis(200);
-/// How long the ranks' pipes and channels may stay open after every rank
-/// has exited (a process they left holds them) before it is killed.
+/// How long a rank's channel may stay open after it has exited before its
+/// exit is reported all the same, and how often what the ranks left
+/// (holding their pipes open) is killed again once every rank has exited.
 const LINGER: Duration = Duration::from_secs(1);
 /// How often the ranks' status pages are looked at.
 const STATUS_EVERY: Duration = Duration::from_millis(500);
@@ -260,7 +262,6 @@ impl Agent {
             }
             self.report_exits(now, outbox);
             if self.locals.iter().all(|l| l.exited && l.ended.is_none()) {
-                let at = *self.all_exited_at.get_or_insert(now);
                 let open = self
                     .locals
                     .iter()
@@ -268,9 +269,11 @@ impl Agent {
                 if !open {
                     return Ok(());
                 }
-                if now >= at + LINGER {
-                    // Whatever holds the pipes open is killed; what they
-                    // still hold is read before the agent leaves.
+                if self.all_exited_at.is_none_or(|at| now >= at + LINGER) {
+                    // Whatever holds the pipes open is a process the ranks
+                    // left: killed at once, as spmdrun kills a local job's
+                    // (and again while one is left); what the pipes still
+                    // hold is read before the agent leaves.
                     spawn::end_all(&[], Duration::from_secs(10));
                     self.all_exited_at = Some(now);
                 }
@@ -330,7 +333,9 @@ impl Agent {
                 }
                 match what {
                     2 => self.on_channel(i, outbox),
-                    s => self.on_output(i, s, outbox),
+                    s => {
+                        self.on_output(i, s, outbox);
+                    }
                 }
             }
         }
@@ -383,38 +388,6 @@ impl Agent {
         }
     }
 
-    /// Reports the exits of ranks whose output and channel have closed, or
-    /// that exited more than [`LINGER`] ago.
-    fn report_exits(&mut self, now: Instant, outbox: &Outbox) {
-        for l in &mut self.locals {
-            let Some((at, how)) = l.ended else { continue };
-            let closed = l.channel.is_none() && l.out.iter().all(Option::is_none);
-            if closed || now >= at + LINGER {
-                l.ended = None;
-                // Its page as it ended (a finalize's counts, without which
-                // the job's totals never match again), unseen by the last look.
-                if let Some(up) = status_change(l) {
-                    outbox.send(&up);
-                }
-                outbox.send(&Up::Exited {
-                    rank: l.place.rank as u32,
-                    how,
-                });
-            }
-        }
-    }
-
-    /// Tells the launcher what each running rank's status page says, when
-    /// that changed: it reports hangs and deadlocks across hosts as on its
-    /// own machine.
-    fn report_status(&mut self, outbox: &Outbox) {
-        for l in self.locals.iter_mut().filter(|l| !l.exited) {
-            if let Some(up) = status_change(l) {
-                outbox.send(&up);
-            }
-        }
-    }
-
     fn signal_all(&self, sig: Signal) {
         for l in self.locals.iter().filter(|l| !l.exited && l.pid > 0) {
             spawn::signal_group(l.pid, sig);
@@ -456,18 +429,24 @@ impl Agent {
         }
     }
 
-    fn on_output(&mut self, i: usize, stream: usize, outbox: &Outbox) {
+    /// Forwards a chunk of a rank's stdout (0) or stderr (1): true if it
+    /// read bytes (more may be there at once).
+    pub(super) fn on_output(&mut self, i: usize, stream: usize, outbox: &Outbox) -> bool {
         let rank = self.locals[i].place.rank as u32;
         let stderr = stream == 1;
         let Some(fd) = self.locals[i].out[stream].as_ref() else {
-            return;
+            return false;
         };
         match read_chunk(fd.as_fd()) {
-            Some(bytes) if bytes.is_empty() => {}
-            Some(bytes) => outbox.send(&Up::Output { rank, stderr, bytes }),
+            Some(bytes) if bytes.is_empty() => false,
+            Some(bytes) => {
+                outbox.send(&Up::Output { rank, stderr, bytes });
+                true
+            }
             None => {
                 self.locals[i].out[stream] = None;
                 outbox.send(&Up::OutputClosed { rank, stderr });
+                false
             }
         }
     }
@@ -479,22 +458,4 @@ struct Ready {
     input: bool,
     rank_input: bool,
     ranks: Vec<(usize, usize)>,
-}
-
-/// What rank `l`'s status page says, if that changed since it was last
-/// reported.
-fn status_change(l: &mut Local) -> Option<Up> {
-    let snapshot = l.status.as_ref()?.read();
-    let joined = snapshot.map(|s| s.pid as i32).filter(|p| *p > 0);
-    let stopped = !l.exited && (crate::hang::stopped(l.pid) || joined.is_some_and(crate::hang::stopped));
-    if l.reported == Some((snapshot, stopped)) {
-        return None;
-    }
-    l.reported = Some((snapshot, stopped));
-    Some(Up::Status {
-        rank: l.place.rank as u32,
-        snapshot,
-        stopped,
-        now_ns: now_ns(),
-    })
 }

@@ -65,6 +65,17 @@ fn seconds(flag: &str, s: f64, zero_ok: bool) -> Result<Option<Duration>, String
     Err(format!("{flag} {s}: must be a positive number of seconds"))
 }
 
+/// [`seconds`], and no shorter than a millisecond: a limit that rounds to
+/// nothing (`1e-300`) would end the job at once and say it ran longer
+/// than "0 s".
+fn limit(flag: &str, s: f64, zero_ok: bool) -> Result<Option<Duration>, String> {
+    let limit = seconds(flag, s, zero_ok)?;
+    if limit.is_some_and(|d| d < Duration::from_millis(1)) {
+        return Err(format!("{flag} {s:e}: less than a millisecond"));
+    }
+    Ok(limit)
+}
+
 pub(super) fn check(args: Args) -> Result<Options, String> {
     if let Some(n) = args.ranks {
         if n < 1 {
@@ -95,9 +106,9 @@ pub(super) fn check(args: Args) -> Result<Options, String> {
     }
     let timeout = match args.timeout {
         None => None,
-        Some(s) => seconds("--timeout", s, false)?,
+        Some(s) => limit("--timeout", s, false)?,
     };
-    let hang_report = seconds("--hang-report", args.hang_report, true)?;
+    let hang_report = limit("--hang-report", args.hang_report, true)?;
     let end_on_deadlock = match args.on_deadlock.as_str() {
         "end" => true,
         "report" => false,

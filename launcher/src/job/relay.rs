@@ -12,15 +12,25 @@ use crate::output::Stream;
 use crate::rank::Pipe;
 
 impl Job {
-    pub(super) fn on_output(&mut self, rank: usize, stream: Stream) {
+    /// Reads one chunk of a rank's pipe: true if it read bytes (more may
+    /// be there at once).
+    pub(super) fn on_output(&mut self, rank: usize, stream: Stream) -> bool {
         let r = &mut self.ranks[rank];
         let pipe = match stream {
             Stream::Stdout => &mut r.stdout,
             Stream::Stderr => &mut r.stderr,
         };
-        let Some(p) = pipe.as_mut() else { return };
+        let Some(p) = pipe.as_mut() else { return false };
         let bytes = p.read();
+        let read = bytes.as_ref().is_some_and(|b| !b.is_empty());
         self.take_output(rank, stream == Stream::Stderr, bytes);
+        read
+    }
+
+    /// Reads what a rank's pipe holds now, until it would block or ends
+    /// (at most a pipe's worth is there: the writer waits for the rest).
+    pub(super) fn on_output_now(&mut self, rank: usize, stream: Stream) {
+        while self.on_output(rank, stream) {}
     }
 
     /// Output of a rank: bytes that arrived, or `None` at the end of the

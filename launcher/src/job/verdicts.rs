@@ -32,12 +32,13 @@ impl Job {
             if r.listening() && r.exited_at.is_some_and(|t| now < t + LAST_WORDS) {
                 continue;
             }
-            // Its last line on stderr may still be in the pipe.
-            if r.stderr.is_some() && r.exited_at.is_some_and(|t| now < t + LAST_WORDS) {
-                self.on_output(rank, Stream::Stderr);
-                if self.ranks[rank].stderr.is_some() {
-                    continue;
-                }
+            // Its last line on stderr may still be in the pipe: all it
+            // wrote is there once it has exited. A child of it that holds
+            // the pipe open may write more, but that is not the rank's last
+            // word, and waiting for the pipe's end would hold the job's end
+            // back by LAST_WORDS.
+            if r.stderr.is_some() {
+                self.on_output_now(rank, Stream::Stderr);
             }
             self.judge(rank);
         }

@@ -49,6 +49,20 @@ fn fail(how: &str) -> Result<(), Error> {
                 let _ = std::io::stdout().flush();
                 std::process::exit(3)
             }
+            // A child that keeps the rank's stdout and stderr open (a
+            // helper process, a shell's background job) as the rank dies.
+            "exit-leaving-child" => {
+                let child = std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .expect("starting sleep");
+                println!("child {}", child.id());
+                eprintln!("last words of rank {me}");
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                println!("dying {}", now.map_or(0, |d| d.as_nanos()));
+                let _ = std::io::stdout().flush();
+                std::process::exit(3)
+            }
             "abort" => world.abort(5),
             // Codes a process cannot exit with, or that read as success.
             "abort-0" => world.abort(0),
