@@ -182,6 +182,13 @@ impl FastboxRx {
     pub(in crate::transport::shm) fn take_one(&mut self, boxed: &Boxed) {
         let before = self.taken;
         self.taken += boxed.boxes;
+        self.publish_past(before);
+    }
+
+    /// Publishes the count of boxes taken if it passed a multiple of
+    /// [`publish_every`] since it was `before`: each store costs the
+    /// sender's next read of the line a transfer between cores.
+    fn publish_past(&self, before: u64) {
         let every = publish_every(self.slots);
         if self.taken / every != before / every {
             self.publish_taken();
@@ -219,12 +226,7 @@ impl FastboxRx {
         if self.taken == start {
             return Ok(false);
         }
-        // Publish the count every quarter-round of slots: each store costs
-        // the sender's next read of the line a transfer between cores.
-        let every = publish_every(self.slots);
-        if self.taken / every != start / every {
-            self.publish_taken();
-        }
+        self.publish_past(start);
         Ok(true)
     }
 
