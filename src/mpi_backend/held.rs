@@ -77,23 +77,54 @@ impl Pulled {
 
 impl MpiComm {
     /// Takes every message waiting in MPI for this rank on this
-    /// communicator out of it, a large message's body too, and holds it
-    /// for the receive that asks for it (in its place among its sender's
-    /// messages, as a probe does). A rank calls this while it waits for a
-    /// send of its own: the peer may be waiting for its send to this rank,
-    /// whose frame (past MPI's eager limit) or body MPI moves only once
-    /// this rank receives it.
-    pub(super) fn take_in_waiting(&self) -> Result<()> {
+    /// communicator out of it and holds it for the receive that asks for
+    /// it (in its place among its sender's messages, as a probe does). A
+    /// rank calls this while it waits for a send of its own: the peer may
+    /// be waiting for its send to this rank, whose frame (past MPI's eager
+    /// limit) MPI moves only once this rank receives it. With `bodies`
+    /// (at a scope's end, which waits for its lent bodies), the bodies of
+    /// large messages held are received too, into memory of their own: a
+    /// peer's scope waits for its lent body in the same way. Without, a
+    /// body stays in MPI for its receive to land where it asks. A body this
+    /// rank has no memory for stays in MPI too: nothing is lost.
+    pub(super) fn take_in_waiting(&self, bodies: bool) -> Result<()> {
         while let Some(held) = self.arrive(&Match::any(), Wait::Never, None)? {
-            let held = match held.body {
-                None => held,
-                Some(_) => Held {
-                    env: self.complete(held, None)?,
-                    body: None,
-                },
-            };
             self.held.borrow_mut().push_back(held);
         }
+        if !bodies {
+            return Ok(());
+        }
+        let mut at = 0;
+        loop {
+            let next = self.held.borrow().iter().skip(at).position(|h| h.body.is_some());
+            let Some(i) = next.map(|p| p + at) else { return Ok(()) };
+            let Some(mut held) = self.held.borrow_mut().remove(i) else {
+                return Ok(());
+            };
+            let taken = self.take_body(&mut held);
+            // Back in its place, whole or with its body still in MPI.
+            self.held.borrow_mut().insert(i, held);
+            taken?;
+            at = i + 1;
+        }
+    }
+
+    /// Receives a held message's body into memory of its own, in place; a
+    /// body this rank has no memory for stays in MPI.
+    fn take_body(&self, held: &mut Held) -> Result<()> {
+        let Some((len, body_tag)) = held.body else {
+            return Ok(());
+        };
+        let Ok(len) = usize::try_from(len) else { return Ok(()) };
+        let mut payload = Vec::new();
+        if payload.try_reserve_exact(len).is_err() {
+            return Ok(());
+        }
+        self.receive_body(&mut payload.spare_capacity_mut()[..len], held.env.source, body_tag)?;
+        // SAFETY: the receive wrote every one of the `len` bytes.
+        unsafe { payload.set_len(len) };
+        held.env.payload = payload;
+        held.body = None;
         Ok(())
     }
 

@@ -26,7 +26,16 @@ fn disagree(what: &str, detail: String) -> Error {
 
 /// Copies a raw body of `E`s into `out`, which it must fill exactly.
 pub(super) fn copy_body<E: Pod>(what: &str, from: usize, b: &Body, out: &mut [E]) -> Result<()> {
-    if b.0 != message::raw::<E>() || b.1.len() != std::mem::size_of_val(out) {
+    if b.0 != message::raw::<E>() {
+        return Err(Error::CollectiveMismatch {
+            detail: format!(
+                "{what}: rank {from} passed {} where this rank passed {}",
+                message::describe_format(b.0),
+                message::describe_format(message::raw::<E>())
+            ),
+        });
+    }
+    if b.1.len() != std::mem::size_of_val(out) {
         return Err(disagree(
             what,
             format!(

@@ -42,17 +42,23 @@ impl Requests {
             if let Some(done) = self.test_head()? {
                 return Ok(done);
             }
-            comm.take_in_waiting()?;
+            comm.take_in_waiting(false)?;
         }
     }
 
     /// Waits until every request is done, taking in what waits for this
-    /// rank on `comm` meanwhile.
+    /// rank on `comm` meanwhile, bodies included. An error there (a
+    /// peer's bad frame) is returned once the requests are done: the
+    /// memory they read must outlive them, and the taking in goes on,
+    /// since the peer may wait for it as this rank does.
     fn wait_taking_in(&mut self, comm: &MpiComm) -> Result<()> {
+        let mut first = Ok(());
         while !self.test()? {
-            comm.take_in_waiting()?;
+            if let Err(e) = comm.take_in_waiting(true) {
+                first = first.and(Err(e));
+            }
         }
-        Ok(())
+        first
     }
 
     /// True once the frame's request is done; then true if the body's are.
@@ -152,13 +158,13 @@ pub(super) fn finish_orphans() {
 /// scope's) stays with the send, whose scope waits for it before it ends
 /// ([`MpiSend::wait_body`]).
 ///
-/// A frame larger than MPI's eager limit (Open MPI's shared memory sends
-/// 4 KiB at once, headers included) also goes only once its receiver asks
-/// for it, and a lent body only once its receiver waits for it: every wait
-/// and test of a send takes in what waits in MPI for this rank on the
-/// communicator meanwhile ([`MpiComm::take_in_waiting`]), so two ranks
-/// that each wait for their send to the other before receiving both go
-/// on.
+/// A frame larger than MPI's eager limit would go only once its receiver
+/// received it: frames stay below the eager limits of both MPIs (see
+/// `INLINE_LIMIT`), but every wait and test of a send takes in the frames
+/// that wait in MPI for this rank on the communicator all the same, and
+/// the wait for a lent body at a scope's end takes in bodies too ([`MpiComm::take_in_waiting`]):
+/// two ranks that each wait for their send to the other before receiving
+/// both go on.
 #[derive(Debug)]
 pub(crate) struct MpiSend {
     pending: Option<Requests>,
@@ -187,7 +193,7 @@ impl MpiSend {
         };
         match r.test_head()? {
             None => {
-                comm.take_in_waiting()?;
+                comm.take_in_waiting(false)?;
                 Ok(false)
             }
             Some(done) => {
@@ -216,15 +222,11 @@ impl MpiSend {
 
     /// Waits until MPI no longer reads the body (a lent one's memory may
     /// go after it; nothing is left to wait for once MPI has finalized),
-    /// taking in what waits for this rank on `comm` meanwhile. On an error
-    /// there it waits for the body all the same: the memory must outlive
-    /// MPI's reading.
+    /// taking in what waits for this rank on `comm` meanwhile, bodies
+    /// included (the peer's scope may be waiting for its own).
     pub(crate) fn wait_body(mut self, comm: &MpiComm) -> Result<()> {
         match self.pending.take().filter(|_| !super::finalized()) {
-            Some(mut r) => match r.wait_taking_in(comm) {
-                Ok(()) => Ok(()),
-                Err(e) => r.wait().and(Err(e)),
-            },
+            Some(mut r) => r.wait_taking_in(comm),
             None => Ok(()),
         }
     }

@@ -2,7 +2,8 @@
 //! ranks of an exchange may: every rank posts its receive and its send,
 //! then waits for its send first (in a scope, as a tuple, in a `test_all`
 //! loop, and across a barrier); then every rank waits for its send before
-//! it posts its receive at all (a scope's end, a wait, a test loop). On
+//! it posts its receive at all (a scope's end, a wait, a test loop, a wait
+//! and a barrier). On
 //! the MPI backend a large body goes only once the receiver waits for it,
 //! and a frame past MPI's eager limit (4 KiB on Open MPI's shared memory,
 //! headers included) only once the receiver receives it, so a send that
@@ -54,23 +55,42 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
         assert!(got == theirs, "{len} numbers, across a barrier: corrupted");
     }
     for (round, len) in BEFORE_ANY_RECEIVE.into_iter().enumerate() {
-        let mine: Vec<u64> = (0..len as u64).map(|i| i * 37 + me as u64).collect();
-        let theirs: Vec<u64> = (0..len as u64).map(|i| i * 37 + left as u64).collect();
+        // Each step's numbers differ, so that a receive that wrote nothing,
+        // or got another step's message, is caught.
+        let numbers = |rank: usize, step: u64| -> Vec<u64> {
+            (0..len as u64)
+                .map(|i| i * 37 + step * 1_000_003 + rank as u64)
+                .collect()
+        };
         let tag = 600 + round as u32;
         let mut got = vec![0u64; len];
         // A scope's end waits for its send; the receive comes after it.
+        let mine = numbers(me, 1);
         world.scope(|s| s.immediate_send_slice_with_tag(&mine, right, tag).map(drop))?;
         world.receive_into_with_tag(&mut got, left, tag)?;
-        assert!(got == theirs, "{len} numbers after a scope: corrupted");
+        assert!(got == numbers(left, 1), "{len} numbers after a scope: corrupted");
         // An immediate send waited for, then the receive.
-        world.immediate_send_slice_with_tag(&mine, right, tag)?.wait()?;
+        got.fill(0);
+        world
+            .immediate_send_slice_with_tag(&numbers(me, 2), right, tag)?
+            .wait()?;
         world.receive_into_with_tag(&mut got, left, tag)?;
-        assert!(got == theirs, "{len} numbers after a wait: corrupted");
+        assert!(got == numbers(left, 2), "{len} numbers after a wait: corrupted");
         // An immediate send tested until done, then the receive.
-        let mut send = world.immediate_send_slice_with_tag(&mine, right, tag)?;
+        got.fill(0);
+        let mut send = world.immediate_send_slice_with_tag(&numbers(me, 3), right, tag)?;
         while !send.test()? {}
         world.receive_into_with_tag(&mut got, left, tag)?;
-        assert!(got == theirs, "{len} numbers after a test loop: corrupted");
+        assert!(got == numbers(left, 3), "{len} numbers after a test loop: corrupted");
+        // An immediate send waited for, then a barrier (no rank waits for
+        // a send there), then the receive.
+        got.fill(0);
+        world
+            .immediate_send_slice_with_tag(&numbers(me, 4), right, tag)?
+            .wait()?;
+        world.barrier()?;
+        world.receive_into_with_tag(&mut got, left, tag)?;
+        assert!(got == numbers(left, 4), "{len} numbers after a barrier: corrupted");
     }
     Ok(())
 }
