@@ -297,9 +297,15 @@ impl Communicator {
             }
             let format = message::raw::<E>();
             let body = (format, message::pod_copy(send));
-            let packed = self
-                .gather_bodies(call, body, 0)?
-                .map(|envs| (format, super::pack(&envs)));
+            // The parts go on packed under rank 0's format: each is checked
+            // first (u64s must not be handed on as f64s).
+            let packed = match self.gather_bodies(call, body, 0)? {
+                Some(envs) => match envs.iter().find(|env| env.format != format) {
+                    Some(other) => return Err(part_mismatch::<E>(other)),
+                    None => Some((format, super::pack(&envs))),
+                },
+                None => None,
+            };
             let (format, payload) = self.broadcast_body(call, packed, 0)?;
             let envs = super::unpack(format, &payload, self.size())?;
             copy_chunks(decode_all(&PodCodec, &envs)?, recv, send.len(), "allgather_into")

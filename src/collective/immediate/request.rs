@@ -102,12 +102,14 @@ impl<T> Drop for CollectiveRequest<'_, T> {
         if std::thread::panicking() {
             return;
         }
-        let Some(part) = self
-            .comm
-            .engine_for_cleanup()
-            .map(|mut engine| engine.wait_schedule(id))
-        else {
-            return;
+        let waited = noting_panic(self.comm, || match self.comm.engine_for_cleanup() {
+            Some(mut engine) => engine.wait_schedule(id).map(Some),
+            None => Ok(None),
+        });
+        let part = match waited {
+            Ok(Some(part)) => Ok(part),
+            Ok(None) => return,
+            Err(e) => Err(e),
         };
         match part.and_then(|part| self.finish.take().map_or(Ok(()), |finish| finish(part).map(|_| ()))) {
             Ok(()) | Err(Error::Finalized) => {}
