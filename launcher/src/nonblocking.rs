@@ -9,6 +9,14 @@ use nix::errno::Errno;
 /// The most one read takes.
 const CHUNK: usize = 64 << 10;
 
+/// How many bytes a pipe or socket holds now (0 if it cannot say).
+pub fn held_bytes(fd: BorrowedFd<'_>) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer it is given.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if r == 0 { n.max(0) as usize } else { 0 }
+}
+
 /// Reads one chunk: `Some(bytes)`, empty when nothing is there now, or
 /// `None` once the other end has closed (or the descriptor failed).
 pub fn read_chunk(fd: BorrowedFd<'_>) -> Option<Vec<u8>> {

@@ -429,24 +429,26 @@ impl Agent {
         }
     }
 
-    /// Forwards a chunk of a rank's stdout (0) or stderr (1): true if it
-    /// read bytes (more may be there at once).
-    pub(super) fn on_output(&mut self, i: usize, stream: usize, outbox: &Outbox) -> bool {
+    /// Forwards a chunk of a rank's stdout (0) or stderr (1); how many
+    /// bytes it read.
+    pub(super) fn on_output(&mut self, i: usize, stream: usize, outbox: &Outbox) -> usize {
         let rank = self.locals[i].place.rank as u32;
         let stderr = stream == 1;
         let Some(fd) = self.locals[i].out[stream].as_ref() else {
-            return false;
+            return 0;
         };
         match read_chunk(fd.as_fd()) {
-            Some(bytes) if bytes.is_empty() => false,
             Some(bytes) => {
-                outbox.send(&Up::Output { rank, stderr, bytes });
-                true
+                let read = bytes.len();
+                if read > 0 {
+                    outbox.send(&Up::Output { rank, stderr, bytes });
+                }
+                read
             }
             None => {
                 self.locals[i].out[stream] = None;
                 outbox.send(&Up::OutputClosed { rank, stderr });
-                false
+                0
             }
         }
     }

@@ -1,12 +1,14 @@
 //! What the agent tells the launcher of its ranks on their own: their
 //! exits, once their last words are in, and what their status pages say.
 
+use std::os::fd::AsFd;
 use std::time::Instant;
 
 use spmd::wire::status::now_ns;
 
 use super::protocol::{Outbox, Up};
 use super::{Agent, LINGER, Local};
+use crate::nonblocking::held_bytes;
 
 impl Agent {
     /// Reports the exits of ranks whose channel has closed (what they
@@ -16,27 +18,39 @@ impl Agent {
             let Some((at, how)) = self.locals[i].ended else {
                 continue;
             };
-            // All it wrote is in its pipes once it has exited: that is read
-            // now, not waited for to the pipes' end, which a process it
-            // left may hold open (whose output still goes on after).
-            let closed = self.locals[i].channel.is_none();
-            if closed {
-                for stream in 0..2 {
-                    while self.on_output(i, stream, outbox) {}
-                }
+            if self.locals[i].channel.is_some() && now < at + LINGER {
+                continue;
+            }
+            // All it wrote is in its pipes once it has exited: that goes
+            // up before its exit, and no more (a process it left may hold
+            // the pipes open, and write on: that follows as output).
+            for stream in 0..2 {
+                self.forward_held(i, stream, outbox);
             }
             let l = &mut self.locals[i];
-            if closed || now >= at + LINGER {
-                l.ended = None;
-                // Its page as it ended (a finalize's counts, without which
-                // the job's totals never match again), unseen by the last look.
-                if let Some(up) = status_change(l) {
-                    outbox.send(&up);
-                }
-                outbox.send(&Up::Exited {
-                    rank: l.place.rank as u32,
-                    how,
-                });
+            l.ended = None;
+            // Its page as it ended (a finalize's counts, without which the
+            // job's totals never match again), unseen by the last look.
+            if let Some(up) = status_change(l) {
+                outbox.send(&up);
+            }
+            outbox.send(&Up::Exited {
+                rank: l.place.rank as u32,
+                how,
+            });
+        }
+    }
+
+    /// Forwards what rank `i`'s stdout (0) or stderr (1) holds now.
+    fn forward_held(&mut self, i: usize, stream: usize, outbox: &Outbox) {
+        let Some(fd) = self.locals[i].out[stream].as_ref() else {
+            return;
+        };
+        let mut left = held_bytes(fd.as_fd());
+        while left > 0 {
+            match self.on_output(i, stream, outbox) {
+                0 => return,
+                n => left = left.saturating_sub(n),
             }
         }
     }

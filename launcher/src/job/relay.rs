@@ -12,25 +12,38 @@ use crate::output::Stream;
 use crate::rank::Pipe;
 
 impl Job {
-    /// Reads one chunk of a rank's pipe: true if it read bytes (more may
-    /// be there at once).
-    pub(super) fn on_output(&mut self, rank: usize, stream: Stream) -> bool {
+    /// Reads one chunk of a rank's pipe; how many bytes it read.
+    pub(super) fn on_output(&mut self, rank: usize, stream: Stream) -> usize {
         let r = &mut self.ranks[rank];
         let pipe = match stream {
             Stream::Stdout => &mut r.stdout,
             Stream::Stderr => &mut r.stderr,
         };
-        let Some(p) = pipe.as_mut() else { return false };
+        let Some(p) = pipe.as_mut() else { return 0 };
         let bytes = p.read();
-        let read = bytes.as_ref().is_some_and(|b| !b.is_empty());
+        let read = bytes.as_ref().map_or(0, Vec::len);
         self.take_output(rank, stream == Stream::Stderr, bytes);
         read
     }
 
-    /// Reads what a rank's pipe holds now, until it would block or ends
-    /// (at most a pipe's worth is there: the writer waits for the rest).
+    /// Reads what a rank's pipe holds now (and no more: a process that
+    /// holds the pipe too may keep writing).
     pub(super) fn on_output_now(&mut self, rank: usize, stream: Stream) {
-        while self.on_output(rank, stream) {}
+        let r = &self.ranks[rank];
+        let pipe = match stream {
+            Stream::Stdout => &r.stdout,
+            Stream::Stderr => &r.stderr,
+        };
+        let Some(fd) = pipe.as_ref().and_then(|p| p.fd.as_ref()) else {
+            return;
+        };
+        let mut left = crate::nonblocking::held_bytes(fd.as_fd());
+        while left > 0 {
+            match self.on_output(rank, stream) {
+                0 => return,
+                n => left = left.saturating_sub(n),
+            }
+        }
     }
 
     /// Output of a rank: bytes that arrived, or `None` at the end of the

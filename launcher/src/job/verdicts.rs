@@ -32,14 +32,13 @@ impl Job {
             if r.listening() && r.exited_at.is_some_and(|t| now < t + LAST_WORDS) {
                 continue;
             }
-            // Its last line on stderr may still be in the pipe: all it
-            // wrote is there once it has exited. A child of it that holds
-            // the pipe open may write more, but that is not the rank's last
-            // word, and waiting for the pipe's end would hold the job's end
-            // back by LAST_WORDS.
-            if r.stderr.is_some() {
-                self.on_output_now(rank, Stream::Stderr);
-            }
+            // Its last lines may still be in its pipes: all it wrote is
+            // there once it has exited, and goes out before the verdict. A
+            // child of it that holds the pipes open may write more, but
+            // that is not the rank's last word, and waiting for the pipes'
+            // end would hold the job's end back by LAST_WORDS.
+            self.on_output_now(rank, Stream::Stdout);
+            self.on_output_now(rank, Stream::Stderr);
             self.judge(rank);
         }
     }
