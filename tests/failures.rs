@@ -4,7 +4,7 @@
 mod common;
 
 use common::{
-    TRANSPORTS, assert_all_gone, example, finish_reporting, run, signal, start_reporting_pids,
+    TRANSPORTS, assert_all_gone, example, finish_reporting, left_child, run, signal, start_reporting_pids,
     start_reporting_pids_with,
 };
 use nix::sys::signal::Signal;
@@ -78,13 +78,7 @@ fn a_rank_leaving_a_child_that_holds_its_output_ends_the_job() {
         let line = report(&out);
         assert!(line.contains("exited with code 3"), "{line}");
         assert!(line.contains(&format!("last words of rank {}", n - 1)), "{line}");
-        let child: i32 = out
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("child "))
-            .and_then(|pid| pid.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no child pid in {out:?}"));
-        assert_all_gone(&[child]);
+        assert_all_gone(&[left_child(&out)]);
     }
 }
 

@@ -5,7 +5,9 @@ mod common;
 use std::time::Instant;
 
 use common::hosts::{Hosts, across};
-use common::{assert_all_gone, cpu_seconds, example, finish_reporting, run, signal, spmdrun, start_reporting_pids};
+use common::{
+    assert_all_gone, cpu_seconds, example, finish_reporting, left_child, run, signal, spmdrun, start_reporting_pids,
+};
 use nix::sys::signal::Signal;
 
 #[test]
@@ -149,6 +151,30 @@ fn parent(pid: i32) -> i32 {
         .expect("a parent pid")
 }
 
+/// Starts `spmd-check fail HOW` on 4 ranks on 2 hosts (the last rank
+/// fails); returns the job, the ranks' pids and its output so far.
+fn two_host_job(
+    hosts: &Hosts,
+    how: &str,
+) -> (
+    std::process::Child,
+    Vec<i32>,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    let check = example("spmd-check");
+    let agent = hosts.launch_agent();
+    let args = [
+        "--launch-agent",
+        &agent,
+        "-H",
+        "127.0.0.2:2,127.0.0.3:2",
+        &check,
+        "fail",
+        how,
+    ];
+    start_reporting_pids(&args, 4)
+}
+
 /// Starts 4 idle ranks on 2 hosts; returns the job, the ranks' pids and
 /// the pids of the two agents (the ranks' parents).
 fn idle_job(
@@ -159,20 +185,7 @@ fn idle_job(
     Vec<i32>,
     std::io::BufReader<std::process::ChildStdout>,
 ) {
-    let check = example("spmd-check");
-    let agent = hosts.launch_agent();
-    let (child, pids, reader) = start_reporting_pids(
-        &[
-            "--launch-agent",
-            &agent,
-            "-H",
-            "127.0.0.2:2,127.0.0.3:2",
-            &check,
-            "fail",
-            "idle",
-        ],
-        4,
-    );
+    let (child, pids, reader) = two_host_job(hosts, "idle");
     let agents = vec![parent(pids[0]), parent(pids[2])];
     assert_ne!(agents[0], agents[1], "each host has its own agent");
     assert_ne!(
@@ -209,18 +222,7 @@ fn a_remote_rank_killed_ends_the_job_everywhere() {
 #[test]
 fn a_remote_rank_leaving_a_child_that_holds_its_output_ends_the_job() {
     let hosts = Hosts::start(2);
-    let check = example("spmd-check");
-    let agent = hosts.launch_agent();
-    let args = [
-        "--launch-agent",
-        &agent,
-        "-H",
-        "127.0.0.2:2,127.0.0.3:2",
-        &check,
-        "fail",
-        "exit-leaving-child",
-    ];
-    let (child, pids, reader) = start_reporting_pids(&args, 4);
+    let (child, pids, reader) = two_host_job(&hosts, "exit-leaving-child");
     let started = Instant::now();
     let out = finish_reporting(child, reader);
     eprintln!("the job ended {:?} after its ranks reported", started.elapsed());
@@ -232,14 +234,8 @@ fn a_remote_rank_leaving_a_child_that_holds_its_output_ends_the_job() {
                 .contains("exited with code 3 (its last words on stderr: last words of rank 3)"),
         "{out:?}"
     );
-    let left: i32 = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("child "))
-        .and_then(|pid| pid.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no child pid in {out:?}"));
     assert_all_gone(&pids);
-    assert_all_gone(&[left]);
+    assert_all_gone(&[left_child(&out)]);
 }
 
 #[test]

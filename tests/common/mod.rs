@@ -229,6 +229,16 @@ pub fn finish_reporting(child: Child, reader: BufReader<std::process::ChildStdou
     collect(child, reader)
 }
 
+/// The pid of the child a rank of `spmd-check fail exit-leaving-child` left
+/// (it prints `child PID`).
+pub fn left_child(out: &Finished) -> i32 {
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("child "))
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no child pid in {out:?}"))
+}
+
 /// True if a process with this pid exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
