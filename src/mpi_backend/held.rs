@@ -101,10 +101,11 @@ impl MpiComm {
             let Some(mut held) = self.held.borrow_mut().remove(i) else {
                 return Ok(());
             };
-            let taken = self.take_body(&mut held);
-            // Back in its place, whole or with its body still in MPI.
+            // A body that came wrong (the sender broke the protocol) is
+            // lost with its message, which the error names; any other goes
+            // back in its place, whole or with its body still in MPI.
+            self.take_body(&mut held)?;
             self.held.borrow_mut().insert(i, held);
-            taken?;
             at = i + 1;
         }
     }

@@ -46,21 +46,6 @@ impl Requests {
         }
     }
 
-    /// Waits until every request is done, taking in what waits for this
-    /// rank on `comm` meanwhile, bodies included. An error there (a
-    /// peer's bad frame) is returned once the requests are done: the
-    /// memory they read must outlive them, and the taking in goes on,
-    /// since the peer may wait for it as this rank does.
-    fn wait_taking_in(&mut self, comm: &MpiComm) -> Result<()> {
-        let mut first = Ok(());
-        while !self.test()? {
-            if let Err(e) = comm.take_in_waiting(true) {
-                first = first.and(Err(e));
-            }
-        }
-        first
-    }
-
     /// True once the frame's request is done; then true if the body's are.
     fn test_head(&mut self) -> Result<Option<bool>> {
         let mut done: c_int = 0;
@@ -225,9 +210,29 @@ impl MpiSend {
     /// taking in what waits for this rank on `comm` meanwhile, bodies
     /// included (the peer's scope may be waiting for its own).
     pub(crate) fn wait_body(mut self, comm: &MpiComm) -> Result<()> {
-        match self.pending.take().filter(|_| !super::finalized()) {
-            Some(mut r) => r.wait_taking_in(comm),
-            None => Ok(()),
+        let Some(mut r) = self.pending.take().filter(|_| !super::finalized()) else {
+            return Ok(());
+        };
+        // An error while taking in (a peer's bad frame) is returned once
+        // the requests are done: the memory they read must outlive them,
+        // and the taking in goes on, since the peer may wait for it as
+        // this rank does.
+        let mut first = Ok(());
+        loop {
+            match r.test() {
+                Ok(true) => return first,
+                Ok(false) => {
+                    if let Err(e) = comm.take_in_waiting(true) {
+                        first = first.and(Err(e));
+                    }
+                }
+                Err(e) => {
+                    // MPI may still read the buffers: never freed nor
+                    // reused (as a dropped send's).
+                    std::mem::forget(r);
+                    return Err(e);
+                }
+            }
         }
     }
 }

@@ -41,7 +41,9 @@ impl Agent {
         }
     }
 
-    /// Forwards what rank `i`'s stdout (0) or stderr (1) holds now.
+    /// Forwards what rank `i`'s stdout (0) or stderr (1) holds now, then
+    /// reads once more, which finds the pipe's end if nothing else holds
+    /// it (its end then goes up before the exit).
     fn forward_held(&mut self, i: usize, stream: usize, outbox: &Outbox) {
         let Some(fd) = self.locals[i].out[stream].as_ref() else {
             return;
@@ -53,6 +55,7 @@ impl Agent {
                 n => left = left.saturating_sub(n),
             }
         }
+        self.on_output(i, stream, outbox);
     }
 
     /// Tells the launcher what each running rank's status page says, when

@@ -27,7 +27,9 @@ impl Job {
     }
 
     /// Reads what a rank's pipe holds now (and no more: a process that
-    /// holds the pipe too may keep writing).
+    /// holds the pipe too may keep writing), then once more, which finds
+    /// the pipe's end if nothing else holds it (and so ends a last line
+    /// without a newline).
     pub(super) fn on_output_now(&mut self, rank: usize, stream: Stream) {
         let r = &self.ranks[rank];
         let pipe = match stream {
@@ -44,6 +46,7 @@ impl Job {
                 n => left = left.saturating_sub(n),
             }
         }
+        self.on_output(rank, stream);
     }
 
     /// Output of a rank: bytes that arrived, or `None` at the end of the
