@@ -238,6 +238,34 @@ fn a_remote_rank_leaving_a_child_that_holds_its_output_ends_the_job() {
     assert_all_gone(&[left_child(&out)]);
 }
 
+/// A remote rank that is no spmd program (it never calls `init`) and
+/// leaves a child holding its pipes and its control channel: its agent has
+/// no last words to wait for on the channel, and the job ends with its
+/// status, the child with it.
+#[test]
+fn a_remote_plain_program_leaving_a_child_ends_the_job() {
+    let hosts = Hosts::start(2);
+    let agent = hosts.launch_agent();
+    let script = "if [ $SPMD_RANK = 3 ]; then sleep 30 & echo child $!; exit 3; fi; sleep 30";
+    let started = Instant::now();
+    let out = run(spmdrun(&[
+        "--launch-agent",
+        &agent,
+        "-H",
+        "127.0.0.2:2,127.0.0.3:2",
+        "sh",
+        "-c",
+        script,
+    ]));
+    eprintln!("the job ended {:?} after it started", started.elapsed());
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(
+        out.stderr.contains("rank 3 (pid ") && out.stderr.contains("exited with code 3"),
+        "{out:?}"
+    );
+    assert_all_gone(&[left_child(&out)]);
+}
+
 #[test]
 fn a_remote_agent_killed_ends_the_job_everywhere() {
     let hosts = Hosts::start(2);

@@ -53,10 +53,14 @@ struct Local {
     channel: Option<Channel>,
     out: [Option<OwnedFd>; 2],
     exited: bool,
-    /// How and when it ended, until that is reported: only once its output
-    /// and channel have closed (or [`LINGER`] passed), so that the launcher
-    /// has its last words before it judges the exit.
+    /// How and when it ended, until that is reported: once its channel
+    /// has closed (or [`LINGER`] passed, or it never said a word there),
+    /// with what its pipes held read first, so that the launcher has its
+    /// last words before it judges the exit.
     ended: Option<(Instant, spawn::Termination)>,
+    /// It has said something on its channel (it called `init`): only then
+    /// may its last words come there.
+    spoke: bool,
     /// Its status page, kept while the agent runs (read once more after the rank has gone).
     status: Option<Page>,
     /// What was last reported of it.
@@ -222,6 +226,7 @@ impl Agent {
                     out,
                     exited: false,
                     ended: None,
+                    spoke: false,
                     status: None,
                     reported: None,
                 });
@@ -242,6 +247,7 @@ impl Agent {
                     out: [None, None],
                     exited: true,
                     ended: None,
+                    spoke: false,
                     status: None,
                     reported: None,
                 });
@@ -394,7 +400,7 @@ impl Agent {
         }
     }
 
-    fn on_channel(&mut self, i: usize, outbox: &Outbox) {
+    pub(super) fn on_channel(&mut self, i: usize, outbox: &Outbox) {
         let rank = self.locals[i].place.rank as u32;
         let Some(channel) = self.locals[i].channel.as_mut() else {
             return;
@@ -406,6 +412,7 @@ impl Agent {
             }
             Ok(open)
         });
+        self.locals[i].spoke |= !heard.is_empty();
         for (msg, fds) in heard {
             // Segments stay on this host; the launcher hears the card.
             if let ControlMessage::Register { .. } = msg {

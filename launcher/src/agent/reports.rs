@@ -11,14 +11,24 @@ use super::{Agent, LINGER, Local};
 use crate::nonblocking::held_bytes;
 
 impl Agent {
-    /// Reports the exits of ranks whose channel has closed (what they
-    /// wrote read), or that exited more than [`LINGER`] ago.
+    /// Reports the exits of ranks whose channel has closed or never
+    /// carried a word (what they wrote read), or that exited more than
+    /// [`LINGER`] ago.
     pub(super) fn report_exits(&mut self, now: Instant, outbox: &Outbox) {
         for i in 0..self.locals.len() {
             let Some((at, how)) = self.locals[i].ended else {
                 continue;
             };
-            if self.locals[i].channel.is_some() && now < at + LINGER {
+            // What it wrote on its channel is there once it has exited. A
+            // rank that never said a word there (a program that does not
+            // call `init`) has no last words to wait for, whatever process
+            // it left holds the channel open; one that did says its last
+            // before the channel closes.
+            if self.locals[i].channel.is_some() {
+                self.on_channel(i, outbox);
+            }
+            let l = &self.locals[i];
+            if l.channel.is_some() && l.spoke && now < at + LINGER {
                 continue;
             }
             // All it wrote is in its pipes once it has exited: that goes
