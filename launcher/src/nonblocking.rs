@@ -17,6 +17,21 @@ pub fn held_bytes(fd: BorrowedFd<'_>) -> usize {
     if r == 0 { n.max(0) as usize } else { 0 }
 }
 
+/// Reads, through `read_one` (one chunk each call, returning its length),
+/// the `held` bytes a pipe holds now and no more (a process that holds the
+/// pipe too may keep writing), then once more, which finds the pipe's end
+/// if nothing else holds it.
+pub fn read_held(held: usize, mut read_one: impl FnMut() -> usize) {
+    let mut left = held;
+    while left > 0 {
+        match read_one() {
+            0 => return,
+            n => left = left.saturating_sub(n),
+        }
+    }
+    read_one();
+}
+
 /// Reads one chunk: `Some(bytes)`, empty when nothing is there now, or
 /// `None` once the other end has closed (or the descriptor failed).
 pub fn read_chunk(fd: BorrowedFd<'_>) -> Option<Vec<u8>> {

@@ -15,12 +15,14 @@ use crate::op::Op;
 
 mod algorithm;
 #[cfg(feature = "mpi")]
-pub(crate) use algorithm::decode_part;
+pub(crate) use algorithm::{decode_part, types_differ};
 pub(crate) mod call;
 mod immediate;
 pub(crate) mod levels;
 pub(crate) mod node;
 mod numbers;
+#[cfg(feature = "mpi")]
+pub(crate) use numbers::in_call;
 pub(crate) mod pool;
 mod reduction;
 pub(crate) mod region;

@@ -18,7 +18,7 @@ use super::region::PART_MAX;
 use super::window::{WindowJob, WindowRun};
 
 /// Names the call in an error about the arguments that came from below it.
-pub(super) fn in_call(what: &str, e: Error) -> Error {
+pub(crate) fn in_call(what: &str, e: Error) -> Error {
     match e {
         Error::InvalidArgument(text) if !text.starts_with(what) => Error::InvalidArgument(format!("{what}: {text}")),
         Error::CollectiveMismatch { detail } if !detail.starts_with(what) => Error::CollectiveMismatch {

@@ -9,7 +9,7 @@ use bytemuck::Pod;
 use super::collective::{Body, Reduction};
 use super::comm::MpiComm;
 use super::failure::{failed, heard};
-use crate::collective::check_counts;
+use crate::collective::{check_counts, in_call, types_differ};
 use crate::error::{Error, Result};
 use crate::message;
 use crate::op::Op;
@@ -27,13 +27,7 @@ fn disagree(what: &str, detail: String) -> Error {
 /// Copies a raw body of `E`s into `out`, which it must fill exactly.
 pub(super) fn copy_body<E: Pod>(what: &str, from: usize, b: &Body, out: &mut [E]) -> Result<()> {
     if b.0 != message::raw::<E>() {
-        return Err(Error::CollectiveMismatch {
-            detail: format!(
-                "{what}: rank {from} passed {} where this rank passed {}",
-                message::describe_format(b.0),
-                message::describe_format(message::raw::<E>())
-            ),
-        });
+        return Err(in_call(what, types_differ(from, b.0, message::raw::<E>())));
     }
     if b.1.len() != std::mem::size_of_val(out) {
         return Err(disagree(

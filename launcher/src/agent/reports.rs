@@ -8,7 +8,7 @@ use spmd::wire::status::now_ns;
 
 use super::protocol::{Outbox, Up};
 use super::{Agent, LINGER, Local};
-use crate::nonblocking::held_bytes;
+use crate::nonblocking::{held_bytes, read_held};
 
 impl Agent {
     /// Reports the exits of ranks whose channel has closed or never
@@ -58,14 +58,8 @@ impl Agent {
         let Some(fd) = self.locals[i].out[stream].as_ref() else {
             return;
         };
-        let mut left = held_bytes(fd.as_fd());
-        while left > 0 {
-            match self.on_output(i, stream, outbox) {
-                0 => return,
-                n => left = left.saturating_sub(n),
-            }
-        }
-        self.on_output(i, stream, outbox);
+        let held = held_bytes(fd.as_fd());
+        read_held(held, || self.on_output(i, stream, outbox));
     }
 
     /// Tells the launcher what each running rank's status page says, when

@@ -39,14 +39,8 @@ impl Job {
         let Some(fd) = pipe.as_ref().and_then(|p| p.fd.as_ref()) else {
             return;
         };
-        let mut left = crate::nonblocking::held_bytes(fd.as_fd());
-        while left > 0 {
-            match self.on_output(rank, stream) {
-                0 => return,
-                n => left = left.saturating_sub(n),
-            }
-        }
-        self.on_output(rank, stream);
+        let held = crate::nonblocking::held_bytes(fd.as_fd());
+        crate::nonblocking::read_held(held, || self.on_output(rank, stream));
     }
 
     /// Output of a rank: bytes that arrived, or `None` at the end of the

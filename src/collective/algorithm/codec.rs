@@ -76,12 +76,17 @@ impl<E: Pod> Codec<Vec<E>> for PodCodec {
 /// different types. A `CollectiveMismatch`, not a `FormatMismatch`: a part
 /// is nobody's to receive.
 pub(crate) fn part_mismatch<E: Pod>(env: &Envelope) -> Error {
+    types_differ(env.source, env.format, message::raw::<E>())
+}
+
+/// The error for rank `source`'s part of a collective in format `theirs`
+/// where this rank's is in `ours`.
+pub(crate) fn types_differ(source: usize, theirs: Format, ours: Format) -> Error {
     Error::CollectiveMismatch {
         detail: format!(
-            "rank {} passed {} where this rank passed {}",
-            env.source,
-            message::describe_format(env.format),
-            crate::element::describe(crate::element::code_of::<E>())
+            "rank {source} passed {} where this rank passed {}",
+            message::describe_format(theirs),
+            message::describe_format(ours)
         ),
     }
 }
@@ -95,14 +100,7 @@ impl RawCodec {
         if env.format == self.0 {
             return Ok(());
         }
-        Err(Error::CollectiveMismatch {
-            detail: format!(
-                "rank {} passed {} where this rank passed {}",
-                env.source,
-                message::describe_format(env.format),
-                message::describe_format(self.0)
-            ),
-        })
+        Err(types_differ(env.source, env.format, self.0))
     }
 }
 

@@ -19,6 +19,8 @@ mod codec;
 mod reduce;
 
 use codec::empty;
+#[cfg(feature = "mpi")]
+pub(crate) use codec::types_differ;
 pub(crate) use codec::{
     Body, Codec, Combine, PodCodec, RawCodec, SerdeCodec, decode_part, own_envelope, part_mismatch,
 };
