@@ -126,9 +126,8 @@ impl Communicator {
     /// True if this communicator's small collectives (parts up to 4 KiB)
     /// run in place in the node's shared memory; false if they go as
     /// messages. The world's do when the job runs over shared memory on
-    /// one node; another communicator's do if one of the node's
-    /// [`POOL`](super::pool::POOL) (16) pooled regions was free when it was
-    /// made. The large collectives of the world also use the shared
+    /// one node; another communicator's do if one of the node's 16
+    /// pooled regions was free when it was made. The large collectives of the world also use the shared
     /// windows; those of other communicators go as messages.
     ///
     /// ```
