@@ -144,3 +144,32 @@ fn a_rank_flooding_its_channel_does_not_grow_its_agent() {
     assert_eq!(out.code(), Some(3), "{out:?}");
     assert!(out.stderr.contains("rank 1 (pid"), "{out:?}");
 }
+
+#[test]
+fn a_rank_that_registers_a_pipe_as_its_wake_up_eventfd_is_the_one_named() {
+    // Rank 1 on this machine (spmdrun takes its card), then on another
+    // host (its agent does), each with rank 0 beside it. Before the
+    // descriptor was checked, rank 0 stopped for ever in its 513th send,
+    // writing to the pipe, and spmdrun called it busy.
+    let hosts = Hosts::start(1);
+    let rogue = example("spmd-rogue");
+    let agent = hosts.launch_agent();
+    for hostlist in ["localhost:2,127.0.0.2:1", "127.0.0.2:2,localhost:1"] {
+        let out = run(spmdrun(&[
+            "--launch-agent",
+            &agent,
+            "-H",
+            hostlist,
+            "--timeout",
+            "60",
+            &rogue,
+            "bad-wake",
+        ]));
+        assert_eq!(out.code(), Some(1), "{hostlist}: {out:?}");
+        shown_safely(
+            &out.stderr,
+            "bad card: its wake-up descriptor is not an eventfd (pipe:[",
+            hostlist,
+        );
+    }
+}

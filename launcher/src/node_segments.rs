@@ -7,7 +7,23 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use spmd::wire::control::MAX_FDS_PER_MESSAGE;
+use spmd::wire::descriptors;
 use spmd::wire::{Channel, ControlMessage};
+
+/// What is wrong with the descriptors a rank sent with its card (its
+/// segment, then its wake-up eventfd), if anything, in words for
+/// "bad card: ...": the ranks of its node would map the one and write to
+/// the other (a pipe no one reads, given as an eventfd, would stop them).
+pub fn descriptor_fault(fds: &[OwnedFd]) -> Option<String> {
+    let mut fds = fds.iter();
+    let segment = fds.next().map(|fd| descriptors::check_segment(fd.as_fd()));
+    let wake = fds.next().map(|fd| descriptors::check_eventfd(fd.as_fd()));
+    match (segment, wake) {
+        (Some(Err(why)), _) => Some(format!("its segment is {why}")),
+        (_, Some(Err(why))) => Some(format!("its wake-up descriptor is {why}")),
+        _ => None,
+    }
+}
 
 /// One registered rank's descriptors: its segment, and its wake-up eventfd.
 struct Held {

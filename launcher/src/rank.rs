@@ -216,6 +216,11 @@ impl Rank {
                         host.len()
                     ));
                 }
+                // A rank on another host sent its descriptors to its
+                // agent, which checked them.
+                if let Some(fault) = crate::node_segments::descriptor_fault(&fds) {
+                    return Said::Broke(format!("bad card: {fault}"));
+                }
                 self.registration = Some(Registration {
                     host,
                     card,

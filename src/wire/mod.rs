@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 
 pub mod channel;
 pub mod control;
+pub mod descriptors;
 pub mod header;
 pub mod status;
 

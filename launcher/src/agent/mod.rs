@@ -414,8 +414,15 @@ impl Agent {
         });
         self.locals[i].spoke |= !heard.is_empty();
         for (msg, fds) in heard {
-            // Segments stay on this host; the launcher hears the card.
+            // Segments stay on this host, checked; the launcher hears the
+            // card.
             if let ControlMessage::Register { .. } = msg {
+                if let Some(fault) = crate::node_segments::descriptor_fault(&fds) {
+                    self.locals[i].channel = None;
+                    let why = format!("bad card: {fault}");
+                    outbox.send(&Up::Broke { rank, why });
+                    return;
+                }
                 self.segments.keep(rank, fds);
             }
             outbox.send(&Up::Control { rank, msg });

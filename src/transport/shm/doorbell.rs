@@ -6,7 +6,9 @@
 //! doorbell ([`POLLING`]): a peer then rings it by writing its wake-up
 //! eventfd, which travelled to the peer beside its segment.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::Duration;
 
@@ -44,6 +46,24 @@ pub(super) fn ring_all<'a>(doorbells: impl Iterator<Item = (&'a AtomicU32, Optio
 /// (a head, a tail, a fastbox) before the check.
 pub(super) fn ring(doorbell: &AtomicU32, wake: Option<RawFd>) {
     ring_all(std::iter::once((doorbell, wake)));
+}
+
+/// Checks that `wake`, a peer's wake-up descriptor, is an eventfd, and
+/// makes sure a write to it never blocks: a peer that passed a pipe no one
+/// reads would otherwise stop this rank in its next ring (the launcher
+/// checks it too; this rank believes no one). `who` names the peer.
+pub(super) fn check_wake(wake: &OwnedFd, who: &str) -> Result<()> {
+    let bad = |detail: String| Error::protocol(who, "wake-up descriptor", detail);
+    crate::wire::descriptors::check_eventfd(wake.as_fd()).map_err(|why| bad(format!("it is {why}")))?;
+    // SAFETY: plain fcntls on a descriptor this rank owns.
+    let flags = unsafe { libc::fcntl(wake.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(wake.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(bad(format!(
+            "it cannot be made non-blocking ({})",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
 }
 
 /// Adds one to an eventfd (waking whoever polls it).

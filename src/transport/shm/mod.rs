@@ -185,6 +185,9 @@ impl ShmMesh {
                     format!("{who}'s wake-up descriptor came where none was due, or none came where one was"),
                 ));
             }
+            if let Some(wake) = &wake {
+                doorbell::check_wake(wake, &who)?;
+            }
             peer_wakes[index] = wake;
         }
         let mut list: Vec<Option<Peer<RingLink>>> = (0..size).map(|_| None).collect();

@@ -186,14 +186,7 @@ impl Segment {
     pub fn open(file: OwnedFd, local: usize, ring: usize, region: usize, who: &str) -> Result<Segment> {
         let len = segment_len(local, ring, region);
         let bad = |detail: String| Error::protocol(who, "segment", detail);
-        // SAFETY: a plain fcntl on a descriptor we own.
-        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-        let needed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
-        if seals < 0 || seals & needed != needed {
-            return Err(bad(format!(
-                "its segment is not sealed against resizing (seals {seals:#x})"
-            )));
-        }
+        crate::wire::descriptors::check_segment(file.as_fd()).map_err(|why| bad(format!("its segment is {why}")))?;
         let actual = nix::sys::stat::fstat(&file)
             .map_err(os_error(format!("inspecting the segment of {who}")))?
             .st_size;

@@ -12,9 +12,15 @@
 //!   shared memory, no address over TCP);
 //! - `bad-page`: writes a wait on rank 4294967294, begun an hour from now,
 //!   on its status page, and sleeps;
+//! - `bad-wake` (in a job that spans hosts, with rank 0 on rank 1's
+//!   host): rank 1 registers a pipe that no one reads as its wake-up
+//!   eventfd and holds its doorbell at "wake me through it"
+//!   (`relay.rs`); rank 0 sends it 2,000 messages;
 //! - `flood`: every rank prints `pid RANK PID`; rank 1 joins, then sends
 //!   `Finalized` on its channel as fast as it can for `ROGUE_SECONDS`
 //!   (default 10) seconds, then exits 3.
+
+mod relay;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -34,6 +40,26 @@ fn main() {
     if case == "flood" {
         // For the test, which watches rank 1's parent (its host's agent).
         println!("pid {rank} {}", std::process::id());
+    }
+    if case == "bad-wake" {
+        if rank == 1 {
+            relay::register_a_pipe_as_wake(1);
+        }
+        let world = spmd::init().expect("init");
+        for i in 0..2000u64 {
+            match rank {
+                0 => {
+                    world.send(&i, 1).expect("send");
+                    // Time for rank 1's thread to say "asleep" again.
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                1 => assert_eq!(world.receive::<u64>(0).expect("receive"), i),
+                _ => break,
+            }
+        }
+        world.barrier().expect("barrier");
+        world.finalize().expect("finalize");
+        return;
     }
     if rank != 1 {
         // Honest: joins (waiting for rank 1 as long as it takes) and waits.

@@ -1,0 +1,112 @@
+//! For `spmd-rogue bad-wake`: rank 1 puts itself between its own
+//! `spmd::init` and spmdrun on its control channel, and registers a pipe
+//! that no one reads where its wake-up eventfd goes, while a thread keeps
+//! its doorbell saying "asleep, wake me through the descriptor": each
+//! message a peer on its node sends it then writes 8 bytes into the pipe,
+//! and the 513th would block that peer for ever (as it did before the
+//! launcher and the peers checked the descriptor).
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use spmd::wire::{Channel, ControlMessage, LAUNCHER_ID, env};
+
+/// The doorbell's place in a rank's segment (`transport/shm/segment.rs`),
+/// and the value that says "asleep in poll: write my eventfd".
+const DOORBELL_AT: usize = 64;
+const ASLEEP_IN_POLL: u32 = 3;
+
+/// Starts the relay; call before `spmd::init`.
+pub fn register_a_pipe_as_wake(rank: u32) {
+    let control = std::env::var(env::CONTROL).expect("SPMD_CONTROL");
+    let fd: i32 = control
+        .split(':')
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .expect("fd:N:pid");
+    // SAFETY: spmdrun gave this process the descriptor; init will use the
+    // relay's end instead.
+    let upstream = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (relay_end, init_end) = UnixStream::pair().expect("a socket pair");
+    let init_end = OwnedFd::from(init_end).into_raw_fd();
+    // init checks that the other end is the process the variable names:
+    // here, this one. SAFETY: no other thread runs yet.
+    unsafe { std::env::set_var(env::CONTROL, format!("fd:{init_end}:{}", std::process::id())) };
+    let mut up = Channel::new(upstream, rank, LAUNCHER_ID, "spmdrun");
+    let mut down = Channel::new(OwnedFd::from(relay_end), LAUNCHER_ID, rank, "init");
+    std::thread::spawn(move || {
+        loop {
+            let mut polled = [
+                libc::pollfd {
+                    fd: up.as_fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: down.as_fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two live pollfds.
+            unsafe { libc::poll(polled.as_mut_ptr(), 2, 1000) };
+            if polled[1].revents != 0 && !pass_on(&mut down, &mut up, true) {
+                return;
+            }
+            if polled[0].revents != 0 && !pass_on(&mut up, &mut down, false) {
+                return;
+            }
+        }
+    });
+}
+
+/// Passes what `from` has to `to`, a registration (when `registering`)
+/// changed on the way; false once `from` is closed.
+fn pass_on(from: &mut Channel, to: &mut Channel, registering: bool) -> bool {
+    let open = from.read_available().unwrap_or(false);
+    while let Ok(Some((msg, mut fds))) = from.next_message() {
+        if registering && matches!(msg, ControlMessage::Register { .. }) && fds.len() == 2 {
+            hold_doorbell(&fds[0]);
+            fds[1] = unread_pipe();
+        }
+        let fds: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        let _ = to.send(&msg, &fds);
+    }
+    open
+}
+
+/// Keeps the doorbell of `segment` at [`ASLEEP_IN_POLL`], from a thread.
+fn hold_doorbell(segment: &OwnedFd) {
+    // SAFETY: maps the first page of this rank's own segment.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            segment.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED, "mapping the segment");
+    let address = page as usize + DOORBELL_AT;
+    std::thread::spawn(move || {
+        // SAFETY: an aligned word of a mapping never unmapped.
+        let bell = unsafe { &*(address as *const AtomicU32) };
+        loop {
+            bell.store(ASLEEP_IN_POLL, Ordering::SeqCst);
+            std::thread::yield_now();
+        }
+    });
+}
+
+/// The write end of a pipe of one page that no one reads (its read end
+/// stays open, so writes block rather than fail).
+fn unread_pipe() -> OwnedFd {
+    let (read, write) = nix::unistd::pipe().expect("a pipe");
+    std::mem::forget(read);
+    // SAFETY: a plain fcntl on the pipe just made.
+    unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    write
+}
