@@ -1,11 +1,49 @@
 //! Waiting on several requests at once, of any kinds: `wait_any`,
 //! `wait_some`, `test_any`, `test_all`, and requests grouped in tuples.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use crate::communicator::Job;
 use crate::error::Result;
 use crate::request::Request;
+
+thread_local! {
+    /// How many tests on this thread found a receive that only this rank
+    /// could complete (from itself, or from anyone while alone in its
+    /// communicator) not yet complete; see [`note_only_this_rank_sends`].
+    static ONLY_THIS_RANK: Cell<usize> = const { Cell::new(0) };
+    /// True if the last look at several requests found every one of them
+    /// waiting on such a receive.
+    static ALL_ON_THIS_RANK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called by a test that finds its receive waiting for a message only this
+/// rank could send: a wait with no end on requests that all do so would
+/// wait for ever, and fails instead (a test, or a wait with a deadline,
+/// goes on: this rank may yet send it).
+pub(crate) fn note_only_this_rank_sends() {
+    ONLY_THIS_RANK.with(|n| n.set(n.get().wrapping_add(1)));
+}
+
+/// The error of a wait with no end for messages that only this rank could
+/// send (from itself, or from anyone while alone in its communicator) and
+/// has not: it would wait for ever.
+pub(crate) fn never_sent() -> crate::Error {
+    crate::Error::InvalidArgument(
+        "this rank waits for a message that only it could send (from itself, or from anyone while alone in its \
+         communicator) and has not sent; this would wait for ever"
+            .into(),
+    )
+}
+
+/// Tests `request`: whether it is complete, and whether it waits on a
+/// receive only this rank could complete.
+fn test_noting(request: &mut dyn Pending) -> Result<(bool, bool)> {
+    let before = ONLY_THIS_RANK.with(Cell::get);
+    let done = request.is_complete()?;
+    Ok((done, !done && ONLY_THIS_RANK.with(Cell::get) != before))
+}
 
 /// A request that can be tested without naming what it yields, so that
 /// sends and receives of any types go in one slice for [`wait_any`] and its
@@ -79,21 +117,28 @@ pub fn test_all(requests: &mut [&mut dyn Pending]) -> Result<bool> {
 }
 
 fn first_complete(requests: &mut [&mut dyn Pending]) -> Result<Option<usize>> {
+    let mut on_this_rank = 0;
     for (i, r) in requests.iter_mut().enumerate() {
-        if r.is_complete()? {
+        let (done, only_this_rank) = test_noting(*r)?;
+        if done {
             return Ok(Some(i));
         }
+        on_this_rank += usize::from(only_this_rank);
     }
+    ALL_ON_THIS_RANK.with(|all| all.set(on_this_rank == requests.len()));
     Ok(None)
 }
 
 fn all_complete(requests: &mut [&mut dyn Pending]) -> Result<Vec<usize>> {
-    let mut done = Vec::new();
+    let (mut done, mut on_this_rank) = (Vec::new(), 0);
     for (i, r) in requests.iter_mut().enumerate() {
-        if r.is_complete()? {
+        let (complete, only_this_rank) = test_noting(*r)?;
+        if complete {
             done.push(i);
         }
+        on_this_rank += usize::from(only_this_rank);
     }
+    ALL_ON_THIS_RANK.with(|all| all.set(on_this_rank == requests.len()));
     Ok(done)
 }
 
@@ -119,8 +164,12 @@ fn wait_until<T>(
             Some(job) => job.engine()?.begin_look(),
             None => 0,
         };
+        ALL_ON_THIS_RANK.with(|all| all.set(false));
         if let Some(found) = look(requests)? {
             return Ok(Some(found));
+        }
+        if deadline.is_none() && ALL_ON_THIS_RANK.with(Cell::get) {
+            return Err(never_sent());
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(None);

@@ -292,26 +292,24 @@ impl MpiComm {
         Ok(Some(status))
     }
 
+    /// True if only this rank could send what `pattern` accepts: it names
+    /// this rank, or any rank while this rank is alone.
+    pub(super) fn only_this_rank_sends(&self, pattern: &Match) -> bool {
+        pattern.source_rank().map_or(self.size == 1, |s| s == self.rank)
+    }
+
     /// Takes the next message `pattern` accepts out of MPI: its header,
     /// and its payload if it came along (straight into the room, if it
     /// may land there).
     pub(super) fn arrive(&self, pattern: &Match, wait: Wait, room: Option<Room>) -> Result<Option<Held>> {
         // Only this rank could send what it waits for: it is there already,
-        // or it never comes.
-        let only_me = pattern.source_rank().map_or(self.size == 1, |s| s == self.rank);
-        if only_me && !matches!(wait, Wait::Never) {
-            return match self.arrive(pattern, Wait::Never, room)? {
-                Some(held) => Ok(Some(held)),
-                None if pattern.source_rank().is_none() => Err(Error::InvalidArgument(format!(
-                    "rank {} is alone in its communicator and waits for a message nobody sent; this would wait \
-                     for ever",
-                    self.rank
-                ))),
-                None => Err(Error::InvalidArgument(format!(
-                    "rank {} waits for a message from itself that was never sent; this would wait for ever",
-                    self.rank
-                ))),
-            };
+        // or a wait with no end would never end (a timed one waits: another
+        // thread of this rank may send it meanwhile).
+        if self.only_this_rank_sends(pattern) && matches!(wait, Wait::Forever) {
+            return self
+                .arrive(pattern, Wait::Never, room)?
+                .map(Some)
+                .ok_or_else(crate::completion::never_sent);
         }
         // Not zeroed: MPI writes the bytes that are read (a 4 KiB memset
         // per message was a tenth of an 8-byte ping-pong).

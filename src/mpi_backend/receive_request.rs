@@ -115,6 +115,9 @@ impl MpiReceive {
             "MPI_Test",
         )?;
         if done == 0 {
+            if comm.only_this_rank_sends(&self.pattern) {
+                crate::completion::note_only_this_rank_sends();
+            }
             return Ok(false);
         }
         // SAFETY: filled in by MPI_Test.

@@ -145,7 +145,7 @@ impl EngineGuard<'_> {
             if let Some((_, check)) = check.as_mut() {
                 check(&self.matcher)?;
             }
-            self.check_can_arrive(sel)?;
+            self.check_can_arrive(sel, deadline.is_none())?;
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(timed_out(sel_text(Some(sel)), timeout));
             }
@@ -170,7 +170,10 @@ impl Engine {
             self.step(Wait::No)?;
         }
         if let Some(sel) = self.matcher.pending(id) {
-            self.check_can_arrive(sel)?;
+            self.check_can_arrive(sel, false)?;
+            if self.only_this_rank_sends(sel) {
+                crate::completion::note_only_this_rank_sends();
+            }
             self.tested = self.tested.and(sel);
         }
         Ok(self.matcher.is_complete(id))
@@ -203,7 +206,7 @@ impl EngineGuard<'_> {
             if let Some(status) = self.matcher.probe(sel) {
                 return Ok(Some(status));
             }
-            self.check_can_arrive(sel)?;
+            self.check_can_arrive(sel, deadline.is_none())?;
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(timed_out(sel_text(Some(sel)), timeout));
             }
@@ -215,39 +218,40 @@ impl EngineGuard<'_> {
 }
 
 impl Engine {
-    /// Fails a wait that can never end: its only possible senders are gone,
-    /// or it waits for a message this rank would have to send itself.
-    fn check_can_arrive(&mut self, sel: Selector) -> Result<()> {
-        match sel.pattern.source_rank() {
-            Some(s) if s == self.me => Err(Error::InvalidArgument(format!(
-                "rank {} waits for a message from itself that was never sent; this would wait for ever",
-                self.me
-            ))),
-            Some(s) if self.transport.is_gone(s) => Err(self.gone(s)),
+    /// Fails a receive that can never complete: its only possible senders
+    /// are gone. A `blocking` wait (no deadline, one request) also fails if
+    /// only this rank could send its message and has not: it would wait for
+    /// ever. A test or a timed wait does not: this rank may yet send it
+    /// (after the test, or from another thread before the deadline).
+    fn check_can_arrive(&mut self, sel: Selector, blocking: bool) -> Result<()> {
+        if self.only_this_rank_sends(sel) {
+            return match blocking {
+                true => Err(crate::completion::never_sent()),
+                false => Ok(()),
+            };
+        }
+        let others: Vec<usize> = match sel.pattern.source_rank() {
+            Some(s) => vec![s],
+            None => match self.members.get(&sel.context.0) {
+                None => (0..self.size).filter(|r| *r != self.me).collect(),
+                Some(members) => members.iter().copied().filter(|r| *r != self.me).collect(),
+            },
+        };
+        match others.iter().find(|r| !self.transport.is_gone(**r)) {
             Some(_) => Ok(()),
-            None => {
-                let me = self.me;
-                match self.members.get(&sel.context.0).cloned() {
-                    None => self.any_can_send((0..self.size).filter(|r| *r != me)),
-                    Some(members) => self.any_can_send(members.iter().copied().filter(|r| *r != me)),
-                }
-            }
+            None => Err(self.gone(others[0])),
         }
     }
 
-    /// Fails an any-source wait whose possible senders, `others`, are none
-    /// or have all gone.
-    fn any_can_send(&mut self, mut others: impl Iterator<Item = usize> + Clone) -> Result<()> {
-        let Some(first) = others.clone().next() else {
-            return Err(Error::InvalidArgument(format!(
-                "rank {} is alone in its communicator and waits for a message nobody sent; this would wait for ever",
-                self.me
-            )));
-        };
-        if others.any(|r| !self.transport.is_gone(r)) {
-            Ok(())
-        } else {
-            Err(self.gone(first))
+    /// True if only this rank could send what `sel` accepts: it names this
+    /// rank, or any rank of a communicator this rank is alone in.
+    fn only_this_rank_sends(&self, sel: Selector) -> bool {
+        match sel.pattern.source_rank() {
+            Some(s) => s == self.me,
+            None => match self.members.get(&sel.context.0) {
+                None => self.size == 1,
+                Some(members) => members.iter().all(|r| *r == self.me),
+            },
         }
     }
 }

@@ -17,6 +17,7 @@ mod p2p;
 mod rng;
 mod run_ahead;
 mod scoped;
+mod self_receive;
 mod send_first;
 mod single_copy;
 mod sizes;
