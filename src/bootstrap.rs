@@ -169,13 +169,12 @@ pub(crate) fn placement(get: &Lookup<'_>) -> Result<Placement> {
 }
 
 /// The name of the machine this process runs on ("localhost" if it has
-/// none that spmdrun takes: at most 255 bytes, no spaces or control
-/// characters).
+/// none that spmdrun takes: see [`crate::wire::control::is_host_name`]).
 pub(crate) fn host_name() -> String {
     nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .ok()
-        .filter(|h| !h.is_empty() && h.len() <= 255 && !h.chars().any(|c| c.is_whitespace() || c.is_control()))
+        .filter(|h| crate::wire::control::is_host_name(h))
         .unwrap_or_else(|| "localhost".to_string())
 }
 

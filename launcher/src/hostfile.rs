@@ -153,22 +153,37 @@ fn split_count(entry: &str) -> (&str, Option<&str>) {
 }
 
 fn check_name(name: &str, origin: &str) -> Result<(), String> {
+    let quoted = quoted(name);
     if name.contains(':') {
         // Only this machine's IPv6 address: ranks on other hosts are
         // reached over IPv4 or by name.
         return match name.parse::<std::net::Ipv6Addr>() {
             Ok(ip) if ip.is_loopback() => Ok(()),
             Ok(_) => Err(format!(
-                "{origin}: {name:?}: IPv6 addresses other than ::1 are not supported; name the host, or give its IPv4 \
+                "{origin}: {quoted}: IPv6 addresses other than ::1 are not supported; name the host, or give its IPv4 \
                  address (a slot count after an IPv6 address goes after brackets: [::1]:2)"
             )),
-            Err(_) => Err(format!("{origin}: {name:?} is not a host name")),
+            Err(_) => Err(format!("{origin}: {quoted} is not a host name")),
         };
     }
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
-        return Err(format!("{origin}: {name:?} is not a host name"));
+    // (A leading hyphen would reach ssh as an option.)
+    if !spmd::wire::control::is_host_name(name) {
+        return Err(format!(
+            "{origin}: {quoted} is not a host name (ASCII letters, digits, dots, hyphens and underscores, starting \
+             with a letter or a digit)"
+        ));
     }
     Ok(())
+}
+
+/// `name` quoted for an error, cut after 100 bytes.
+fn quoted(name: &str) -> String {
+    const SHOWN: usize = 100;
+    if name.len() <= SHOWN {
+        return format!("{name:?}");
+    }
+    let cut = (0..=SHOWN).rev().find(|i| name.is_char_boundary(*i)).unwrap_or(0);
+    format!("{:?}... ({} bytes)", &name[..cut], name.len())
 }
 
 /// Adds a host's line: a host named again adds its slots (and its
@@ -315,6 +330,8 @@ mod tests {
                 "hf:1: slots 99999999999999999999 is more than the",
             ),
             ("b@d", "hf:1: \"b@d\" is not a host name"),
+            ("-Fevil slots=2", "hf:1: \"-Fevil\" is not a host name"),
+            ("_x", "hf:1: \"_x\" is not a host name"),
             ("::1:2", "hf:1: \"::1:2\": IPv6 addresses other than ::1"),
             ("[::1", "hf:1: \"[::1\" is not a host name"),
             (
@@ -329,6 +346,12 @@ mod tests {
             let err = parse(text, "hf").unwrap_err();
             assert!(err.starts_with(want), "{text:?}: {err}");
         }
+        // A long bad name is quoted in part, not whole.
+        let err = parse(&format!("{}@", "n".repeat(1 << 20)), "hf").unwrap_err();
+        assert!(
+            err.contains("... (1048577 bytes) is not a host name") && err.len() < 400,
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::{ChildStderr, ChildStdout};
 use std::time::Instant;
 
-use spmd::wire::control::abort_status;
+use spmd::wire::control::{MAX_HOST_NAME, abort_status, is_host_name};
 use spmd::wire::status::Page;
 use spmd::wire::{Card, Channel, ControlMessage};
 
@@ -167,9 +167,6 @@ impl Rank {
     }
 }
 
-/// The longest host name a rank may register (a DNS name's limit).
-const MAX_HOST: usize = 255;
-
 /// What a control message from a rank asks of the job.
 pub enum Said {
     /// Nothing more to do.
@@ -204,14 +201,10 @@ impl Rank {
                 Said::Nothing
             }
             ControlMessage::Register { host, card } if self.hello && self.registration.is_none() => {
-                if host.is_empty()
-                    || host.len() > MAX_HOST
-                    || host.chars().any(char::is_whitespace)
-                    || shown(&host) != host
-                {
+                if !is_host_name(&host) {
                     return Said::Broke(format!(
-                        "bad host: it registered \"{}\" ({} bytes), not a name of 1 to {MAX_HOST} bytes without spaces \
-                         or control characters",
+                        "bad host: it registered \"{}\" ({} bytes), not a name of 1 to {MAX_HOST_NAME} ASCII letters, \
+                         digits, dots, hyphens and underscores",
                         shown(&host),
                         host.len()
                     ));
@@ -272,13 +265,25 @@ mod tests {
 
     #[test]
     fn a_registered_host_must_be_a_name() {
-        let long = "h".repeat(MAX_HOST + 1);
-        for bad in ["", "a b", "x\u{1b}[2J", "a\u{202e}b", long.as_str()] {
+        let long = "h".repeat(MAX_HOST_NAME + 1);
+        let invisible = "\u{200b}".repeat(80);
+        for bad in [
+            "",
+            "a b",
+            "x\u{1b}[2J",
+            "a\u{202e}b",
+            long.as_str(),
+            "vm)\u{3164}was\u{3164}ended",
+            invisible.as_str(),
+            "$(reboot);`id`",
+            "-oProxyCommand=x",
+        ] {
             assert!(
                 matches!(register(bad), Said::Broke(ref why) if why.starts_with("bad host")),
                 "{bad:?}"
             );
         }
         assert!(matches!(register("node-7.example.org"), Said::Registered));
+        assert!(matches!(register("build_host-2"), Said::Registered));
     }
 }

@@ -213,6 +213,22 @@ pub enum ControlMessage {
 /// The most descriptors one message carries (the kernel takes 253).
 pub const MAX_FDS_PER_MESSAGE: usize = 200;
 
+/// The longest host name a rank may register.
+pub const MAX_HOST_NAME: usize = 255;
+
+/// True if `name` is a host name a rank may register: 1 to
+/// [`MAX_HOST_NAME`] ASCII letters, digits, dots, hyphens and underscores,
+/// starting with a letter or a digit. spmdrun prints it inside its own
+/// sentences, so nothing else (a blank that is not a space, an invisible
+/// character, shell syntax) may pass for a name.
+pub fn is_host_name(name: &str) -> bool {
+    name.len() <= MAX_HOST_NAME
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ MAX_CONTROL_LEN as usize }>()
 }
