@@ -1,12 +1,15 @@
-//! The job secret and the handshake by which both ends of every connection
-//! between ranks prove they know it, without ever sending it.
+//! The job secret, the keys of each pair of ranks derived from it, and the
+//! handshake by which both ends of every connection between ranks prove
+//! they hold their pair's key, without ever sending it.
 //!
 //! The connector opens with [`Kind::Hello`] (job id, its rank, a fresh
 //! nonce); the acceptor answers [`Kind::Challenge`] (its id, its nonce, and
 //! an HMAC-SHA256 over both nonces); the connector checks that proof and
-//! answers [`Kind::Proof`] with its own HMAC. Each side is convinced of the
-//! other, and a recorded exchange cannot be replayed because the nonces are
-//! fresh on both sides.
+//! answers [`Kind::Proof`] with its own HMAC. Each HMAC is keyed with the
+//! key of the pair of ranks the two ends claim to be ([`PairKeys`]), which
+//! only those two ranks hold: each side is convinced the other is the rank
+//! it claims, and a recorded exchange cannot be replayed because the
+//! nonces are fresh on both sides.
 //!
 //! [`Handshake`] is the exchange as a state machine that does no I/O, so
 //! that one thread can drive many handshakes at once without blocking on
@@ -17,8 +20,11 @@
 //! connected to. The handshake is for the connections that must be made
 //! over a network, between hosts, where a listener cannot be avoided.
 
+mod keys;
+
 use std::fmt;
 use std::io::{Read, Write};
+use std::sync::Arc;
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
@@ -26,6 +32,9 @@ use sha2::Sha256;
 
 use crate::error::{Error, Result};
 use crate::wire::{HEADER_LEN, Header, Kind};
+
+use keys::PairKey;
+pub use keys::PairKeys;
 
 /// Length of the job secret in bytes.
 pub const SECRET_LEN: usize = 32;
@@ -69,29 +78,36 @@ impl Secret {
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
-
-    fn mac(&self, role: &[u8], job: u64, connector: u32, acceptor: u32, first: &[u8], second: &[u8]) -> Hmac<Sha256> {
-        // A key of any length is valid for HMAC, so this cannot fail.
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        m.update(role);
-        m.update(&job.to_le_bytes());
-        m.update(&connector.to_le_bytes());
-        m.update(&acceptor.to_le_bytes());
-        m.update(first);
-        m.update(second);
-        m
-    }
 }
 
-/// Who is on the other end of a handshake, and what the job is.
+/// The HMAC of one step of a handshake, keyed with its pair's key.
+fn mac(
+    key: &PairKey,
+    role: &[u8],
+    job: u64,
+    connector: u32,
+    acceptor: u32,
+    first: &[u8],
+    second: &[u8],
+) -> Hmac<Sha256> {
+    // A key of any length is valid for HMAC, so this cannot fail.
+    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(role);
+    m.update(&job.to_le_bytes());
+    m.update(&connector.to_le_bytes());
+    m.update(&acceptor.to_le_bytes());
+    m.update(first);
+    m.update(second);
+    m
+}
+
+/// Who this side of a handshake is, and what the job is.
 #[derive(Debug, Clone, Copy)]
 pub struct Identity<'a> {
-    /// The job's secret.
-    pub secret: &'a Secret,
+    /// This side's keys (which say its rank).
+    pub keys: &'a Arc<PairKeys>,
     /// The job's id.
     pub job: u64,
-    /// This side's rank ([`crate::wire::LAUNCHER_ID`] for the launcher).
-    pub me: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +129,7 @@ enum Step {
 /// frames straight after.
 #[derive(Debug)]
 pub struct Handshake {
-    secret: Secret,
+    keys: Arc<PairKeys>,
     job: u64,
     me: u32,
     peer_name: String,
@@ -131,7 +147,7 @@ impl Handshake {
         let mut h = Handshake::new(id, peer, Step::AwaitChallenge { expected })?;
         let mut hello = Vec::with_capacity(HELLO_LEN);
         hello.extend_from_slice(&id.job.to_le_bytes());
-        hello.extend_from_slice(&id.me.to_le_bytes());
+        hello.extend_from_slice(&id.keys.rank().to_le_bytes());
         hello.extend_from_slice(&h.nonce);
         h.queue(Kind::Hello, &hello);
         Ok(h)
@@ -146,9 +162,9 @@ impl Handshake {
         let mut nonce = [0u8; NONCE_LEN];
         random_bytes(&mut nonce)?;
         Ok(Handshake {
-            secret: id.secret.clone(),
+            keys: Arc::clone(id.keys),
             job: id.job,
-            me: id.me,
+            me: id.keys.rank(),
             peer_name: peer.into(),
             nonce,
             peer_nonce: [0; NONCE_LEN],
@@ -215,29 +231,35 @@ impl Handshake {
                 }
                 self.peer_nonce.copy_from_slice(&payload[4..4 + NONCE_LEN]);
                 let proof_a = &payload[4 + NONCE_LEN..];
-                self.secret
-                    .mac(
-                        b"spmd-accept",
-                        self.job,
-                        self.me,
-                        acceptor,
-                        &self.nonce,
-                        &self.peer_nonce,
-                    )
-                    .verify_slice(proof_a)
-                    .map_err(|_| self.refused("the peer does not know this job's secret".into()))?;
-                let proof_c = self
-                    .secret
-                    .mac(
-                        b"spmd-connect",
-                        self.job,
-                        self.me,
-                        acceptor,
-                        &self.peer_nonce,
-                        &self.nonce,
-                    )
-                    .finalize()
-                    .into_bytes();
+                let key = self.key_with(acceptor)?;
+                mac(
+                    &key,
+                    b"spmd-accept",
+                    self.job,
+                    self.me,
+                    acceptor,
+                    &self.nonce,
+                    &self.peer_nonce,
+                )
+                .verify_slice(proof_a)
+                .map_err(|_| {
+                    self.refused(format!(
+                        "the peer does not hold this job's key for rank {} and rank {acceptor}: it is not rank \
+                             {acceptor} of this job",
+                        self.me
+                    ))
+                })?;
+                let proof_c = mac(
+                    &key,
+                    b"spmd-connect",
+                    self.job,
+                    self.me,
+                    acceptor,
+                    &self.peer_nonce,
+                    &self.nonce,
+                )
+                .finalize()
+                .into_bytes();
                 self.queue(Kind::Proof, &proof_c);
                 self.step = Step::Done { peer: acceptor };
             }
@@ -251,18 +273,18 @@ impl Handshake {
                 }
                 let connector = u32::from_le_bytes([payload[8], payload[9], payload[10], payload[11]]);
                 self.peer_nonce.copy_from_slice(&payload[12..]);
-                let proof_a = self
-                    .secret
-                    .mac(
-                        b"spmd-accept",
-                        self.job,
-                        connector,
-                        self.me,
-                        &self.peer_nonce,
-                        &self.nonce,
-                    )
-                    .finalize()
-                    .into_bytes();
+                let key = self.key_with(connector)?;
+                let proof_a = mac(
+                    &key,
+                    b"spmd-accept",
+                    self.job,
+                    connector,
+                    self.me,
+                    &self.peer_nonce,
+                    &self.nonce,
+                )
+                .finalize()
+                .into_bytes();
                 let mut challenge = Vec::with_capacity(CHALLENGE_LEN);
                 challenge.extend_from_slice(&self.me.to_le_bytes());
                 challenge.extend_from_slice(&self.nonce);
@@ -272,25 +294,40 @@ impl Handshake {
             }
             Step::AwaitProof { connector } => {
                 let payload = self.payload(&frame, Kind::Proof)?;
-                self.secret
-                    .mac(
-                        b"spmd-connect",
-                        self.job,
-                        connector,
-                        self.me,
-                        &self.nonce,
-                        &self.peer_nonce,
-                    )
-                    .verify_slice(payload)
-                    .map_err(|_| Error::Authentication {
-                        peer: format!("{} (claiming rank {connector})", self.peer_name),
-                        detail: "the peer does not know this job's secret".into(),
-                    })?;
+                let key = self.key_with(connector)?;
+                mac(
+                    &key,
+                    b"spmd-connect",
+                    self.job,
+                    connector,
+                    self.me,
+                    &self.nonce,
+                    &self.peer_nonce,
+                )
+                .verify_slice(payload)
+                .map_err(|_| Error::Authentication {
+                    peer: format!("{} (claiming rank {connector})", self.peer_name),
+                    detail: format!(
+                        "the peer does not hold this job's key for rank {connector} and rank {}: it is not rank \
+                             {connector} of this job",
+                        self.me
+                    ),
+                })?;
                 self.step = Step::Done { peer: connector };
             }
             Step::Done { .. } => {}
         }
         Ok(())
+    }
+
+    /// The key of this rank's pair with `peer`, which the peer claims to
+    /// be; a rank the job does not have (or this rank itself) is refused.
+    fn key_with(&self, peer: u32) -> Result<PairKey> {
+        self.keys.with(peer).copied().ok_or_else(|| {
+            self.refused(format!(
+                "it claims to be rank {peer}, which has no place beside this rank"
+            ))
+        })
     }
 
     fn refused(&self, detail: String) -> Error {
@@ -366,47 +403,104 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;
 
-    fn run(secret_a: Secret, secret_c: Secret) -> (Result<()>, Result<u32>) {
+    /// The keys of rank `me` of 6 in job 42 from `secret`.
+    fn keys(secret: &Secret, me: u32) -> Arc<PairKeys> {
+        Arc::new(PairKeys::derive(secret, 42, me, 6))
+    }
+
+    /// Rank 0 accepts a connection from a connector holding `connector`.
+    fn run(acceptor: Arc<PairKeys>, connector: Arc<PairKeys>) -> (Result<()>, Result<u32>) {
         let (mut a, mut c) = UnixStream::pair().unwrap();
-        let acceptor = std::thread::spawn(move || {
+        let accepted = std::thread::spawn(move || {
             let id = Identity {
-                secret: &secret_a,
+                keys: &acceptor,
                 job: 42,
-                me: 0,
             };
             accept(&mut a, id, "test connector")
         });
         let id = Identity {
-            secret: &secret_c,
+            keys: &connector,
             job: 42,
-            me: 5,
         };
         let connected = connect(&mut c, id, 0, "test acceptor");
         drop(c);
-        (connected, acceptor.join().unwrap())
+        (connected, accepted.join().unwrap())
     }
 
     #[test]
     fn same_secret_succeeds() {
         let s = Secret::random().unwrap();
-        let (c, a) = run(s.clone(), s);
+        let (c, a) = run(keys(&s, 0), keys(&s, 5));
         c.unwrap();
         assert_eq!(a.unwrap(), 5);
     }
 
     #[test]
     fn wrong_secret_fails_on_both_sides() {
-        let (c, a) = run(Secret::random().unwrap(), Secret::random().unwrap());
+        let (c, a) = run(keys(&Secret::random().unwrap(), 0), keys(&Secret::random().unwrap(), 5));
         assert!(matches!(c, Err(Error::Authentication { .. })), "{c:?}");
         assert!(a.is_err());
     }
 
     #[test]
+    fn a_rank_of_the_job_cannot_pass_for_another() {
+        // Rank 1 holds its own keys and claims to be rank 2: it cannot
+        // check rank 0's challenge, and its proof, made with the keys it
+        // has, does not convince rank 0.
+        let s = Secret::random().unwrap();
+        let own = PairKeys::derive(&s, 42, 1, 6);
+        let (c, a) = run(keys(&s, 0), Arc::new(own.clone().claiming(2)));
+        assert!(matches!(c, Err(Error::Authentication { .. })), "{c:?}");
+        assert!(a.is_err(), "{a:?}");
+        let mut acceptor = Handshake::acceptor(
+            Identity {
+                keys: &keys(&s, 0),
+                job: 42,
+            },
+            "a connection",
+        )
+        .unwrap();
+        let feed = |h: &mut Handshake, kind: Kind, payload: &[u8]| {
+            let mut frame = Header::plain(kind, 2, payload.len() as u64).encode().to_vec();
+            frame.extend_from_slice(payload);
+            h.input(&frame)
+        };
+        let nonce = [9u8; NONCE_LEN];
+        let hello = [&42u64.to_le_bytes()[..], &2u32.to_le_bytes(), &nonce].concat();
+        feed(&mut acceptor, Kind::Hello, &hello).unwrap();
+        let challenge = acceptor.output().to_vec();
+        acceptor.written(challenge.len());
+        let theirs = &challenge[HEADER_LEN + 4..HEADER_LEN + 4 + NONCE_LEN];
+        let key = own.with(0).unwrap();
+        let proof = mac(key, b"spmd-connect", 42, 2, 0, theirs, &nonce)
+            .finalize()
+            .into_bytes();
+        match feed(&mut acceptor, Kind::Proof, &proof) {
+            Err(Error::Authentication { peer, detail }) => {
+                assert!(
+                    peer.contains("claiming rank 2") && detail.contains("it is not rank 2"),
+                    "{peer}: {detail}"
+                )
+            }
+            other => panic!("the impostor was accepted: {other:?}"),
+        }
+        assert_eq!(acceptor.peer(), None);
+        // Claiming a rank the job does not have, or the acceptor's own.
+        for claim in [0, 6, u32::MAX] {
+            let (_, a) = run(keys(&s, 0), Arc::new(own.clone().claiming(claim)));
+            assert!(matches!(a, Err(Error::Authentication { .. })), "{claim}: {a:?}");
+        }
+    }
+
+    #[test]
     fn state_machines_meet_without_io_and_never_read_past_their_frames() {
         let s = Secret::random().unwrap();
-        let id = |me| Identity { secret: &s, job: 9, me };
-        let mut c = Handshake::connector(id(3), 1, "acceptor").unwrap();
-        let mut a = Handshake::acceptor(id(1), "connector").unwrap();
+        let (k3, k1) = (
+            Arc::new(PairKeys::derive(&s, 9, 3, 4)),
+            Arc::new(PairKeys::derive(&s, 9, 1, 4)),
+        );
+        let mut c = Handshake::connector(Identity { keys: &k3, job: 9 }, 1, "acceptor").unwrap();
+        let mut a = Handshake::acceptor(Identity { keys: &k1, job: 9 }, "connector").unwrap();
         // Pass bytes one at a time, as a slow network would.
         fn pass(from: &mut Handshake, to: &mut Handshake) {
             while !from.output().is_empty() && to.wanted() > 0 {

@@ -56,11 +56,8 @@ pub fn shared_memory(data: &[u8]) {
 /// Handshake frames from a stranger, to both sides of a handshake.
 pub fn handshake(data: &[u8]) {
     let secret = crate::auth::Secret::from_bytes([7; crate::auth::SECRET_LEN]);
-    let id = crate::auth::Identity {
-        secret: &secret,
-        job: 1,
-        me: 0,
-    };
+    let keys = std::sync::Arc::new(crate::auth::PairKeys::derive(&secret, 1, 0, 2));
+    let id = crate::auth::Identity { keys: &keys, job: 1 };
     for mut h in [
         crate::auth::Handshake::acceptor(id, "fuzz"),
         crate::auth::Handshake::connector(id, 1, "fuzz"),

@@ -173,3 +173,24 @@ fn a_rank_that_registers_a_pipe_as_its_wake_up_eventfd_is_the_one_named() {
         );
     }
 }
+
+#[test]
+fn over_tcp_a_rank_cannot_pass_for_another() {
+    // Rank 1, which holds keys of its own pairs, connects to rank 0 as
+    // rank 2 while the job starts. With one secret for the whole job rank
+    // 0 took it as rank 2, and the job hung (or blamed the real rank 2).
+    let rogue = example("spmd-rogue");
+    let out = run(spmdrun_over("tcp", &["-n", "3", "--timeout", "60", &rogue, "impostor"]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("impostor: refused: authentication with rank 0 failed"),
+        "{out:?}"
+    );
+    for from in [1, 2] {
+        assert!(
+            out.stdout.contains(&format!("rank 0 got {from} from rank {from}")),
+            "{out:?}"
+        );
+    }
+}

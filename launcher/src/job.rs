@@ -12,7 +12,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 
-use spmd::auth::{Secret, random_bytes};
+use spmd::auth::{PairKeys, Secret, random_bytes};
 use spmd::wire::{Access, Channel, LAUNCHER_ID, Settings, TransportKind};
 
 use crate::agent::protocol::Down;
@@ -44,6 +44,27 @@ const END_LIMIT: Duration = Duration::from_secs(10);
 /// The exit status of a job ended for a deadlock.
 pub const DEADLOCK: i32 = 125;
 
+/// What the ranks of a job over TCP get their [`Access`] from: the job's
+/// id and secret (which only spmdrun and its agents hold: each rank gets
+/// the keys of its own pairs of ranks), and where ranks listen unless
+/// their host says otherwise.
+struct TcpAccess {
+    job: u64,
+    secret: Secret,
+    listen: std::net::IpAddr,
+}
+
+impl TcpAccess {
+    /// Rank `rank`'s access in a job of `size`, listening on `listen`.
+    fn for_rank(&self, rank: usize, size: usize, listen: std::net::IpAddr) -> Access {
+        Access {
+            job: self.job,
+            keys: PairKeys::derive(&self.secret, self.job, rank as u32, size as u32),
+            listen,
+        }
+    }
+}
+
 struct Job {
     ranks: Vec<Rank>,
     by_pid: HashMap<i32, usize>,
@@ -54,7 +75,7 @@ struct Job {
     table_sent: bool,
     settings: Settings,
     /// The job's id, secret and listening address, for ranks over TCP.
-    access: Option<Access>,
+    access: Option<TcpAccess>,
     out: Writer,
     err: Writer,
     hang: Option<HangWatch>,
@@ -109,7 +130,7 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
     // ranks listen on loopback, or where the other hosts reach theirs.
     let spans_hosts = opts.nodes.host.len() > 1;
     let access = if settings.transport == TransportKind::Tcp || spans_hosts {
-        Some(Access {
+        Some(TcpAccess {
             job: launch.job,
             secret: Secret::random().map_err(|e| e.to_string())?,
             listen: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),

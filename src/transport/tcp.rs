@@ -18,6 +18,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{Handshake, Identity};
@@ -142,10 +143,17 @@ pub(crate) fn connect_all(
 ) -> Result<Vec<(usize, OwnedFd)>> {
     let size = addresses.len();
     let wanted = |r: usize| r != me && over_tcp.get(r).copied().unwrap_or(false);
+    if access.keys.rank() as usize != me {
+        return Err(Error::protocol(
+            "the launcher",
+            "access",
+            format!("keys of rank {} given to rank {me}", access.keys.rank()),
+        ));
+    }
+    let keys = Arc::new(access.keys.clone());
     let id = Identity {
-        secret: &access.secret,
+        keys: &keys,
         job: access.job,
-        me: me as u32,
     };
     let mut pending: Vec<Pending> = Vec::new();
     for rank in (0..me).filter(|r| wanted(*r)) {
@@ -403,10 +411,13 @@ mod tests {
     use crate::auth::Secret;
     use std::sync::{Arc, Barrier, Mutex};
 
-    fn access(secret: u8) -> Access {
+    /// Rank `me`'s access to a job of `size`, its keys from a secret of
+    /// bytes `secret`.
+    fn access(secret: u8, me: usize, size: usize) -> Access {
+        let secret = Secret::from_bytes([secret; crate::auth::SECRET_LEN]);
         Access {
             job: 42,
-            secret: Secret::from_bytes([secret; crate::auth::SECRET_LEN]),
+            keys: crate::auth::PairKeys::derive(&secret, 42, me as u32, size as u32),
             listen: IpAddr::from([127, 0, 0, 1]),
         }
     }
@@ -416,7 +427,7 @@ mod tests {
     fn job(secrets: &[u8], time: Duration, before: impl FnOnce(SocketAddr)) -> Vec<Result<Vec<usize>>> {
         let size = secrets.len();
         let endpoints: Vec<TcpEndpoint> = (0..size)
-            .map(|_| TcpEndpoint::open(access(0).listen).unwrap())
+            .map(|_| TcpEndpoint::open(IpAddr::from([127, 0, 0, 1])).unwrap())
             .collect();
         let addresses: Vec<Option<SocketAddr>> = endpoints.iter().map(|e| Some(e.address())).collect();
         // Before the table, a rank's port refuses connections.
@@ -431,7 +442,7 @@ mod tests {
             .enumerate()
             .map(|(me, endpoint)| {
                 let (addresses, start, results) = (addresses.clone(), start.clone(), results.clone());
-                let access = access(secrets[me]);
+                let access = access(secrets[me], me, size);
                 std::thread::spawn(move || {
                     start.wait();
                     let everyone = vec![true; addresses.len()];

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Secret;
+use crate::auth::PairKeys;
 use crate::error::{Error, Result};
 
 use super::MAX_CONTROL_LEN;
@@ -37,15 +37,15 @@ pub enum TransportKind {
 }
 
 /// What a rank needs to make and check TCP connections to its peers: the
-/// job's id and secret (which a connection proves without sending it) and
-/// the address to listen on. Sent only over the rank's private channel;
-/// its `Debug` output never shows the secret.
+/// job's id, the rank's keys of its pairs of ranks (which a connection
+/// proves without sending them) and the address to listen on. Sent only
+/// over the rank's private channel; its `Debug` output never shows a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Access {
     /// The job's id, which every connection names.
     pub job: u64,
-    /// The job's secret.
-    pub secret: Secret,
+    /// The rank's keys, one per peer.
+    pub keys: PairKeys,
     /// The address the rank's listener binds (port chosen by the kernel).
     pub listen: IpAddr,
 }
@@ -358,12 +358,13 @@ mod tests {
             },
             access: Some(Access {
                 job: 7,
-                secret: secret.clone(),
+                keys: PairKeys::derive(&secret, 7, 1, 3),
                 listen: IpAddr::from([127, 0, 0, 1]),
             }),
         };
         assert_eq!(ControlMessage::decode(&welcome.encode(), "x").unwrap(), welcome);
-        assert!(!format!("{welcome:?}").contains(&secret.to_hex()[..16]));
+        let keys = PairKeys::derive(&secret, 7, 1, 3).to_hex();
+        assert!(!format!("{welcome:?}").contains(&keys[..16]));
         let register = ControlMessage::Register {
             host: "node".into(),
             card: Card {

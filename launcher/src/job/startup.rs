@@ -18,11 +18,11 @@ impl Job {
     /// page.
     pub(super) fn welcome(&mut self, rank: usize) {
         // Each rank listens where the other hosts reach its own.
-        let mut access = self.access.clone();
+        let access = self
+            .access
+            .as_ref()
+            .map(|a| a.for_rank(rank, self.ranks.len(), self.listen_ip(rank, a.listen)));
         let agent = self.ranks[rank].agent;
-        if let Some(a) = access.as_mut() {
-            a.listen = self.listen_ip(rank, a.listen);
-        }
         let mut settings = self.settings;
         settings.wait = self.plan.wait[self.nodes[rank]];
         let msg = ControlMessage::Welcome { settings, access };

@@ -16,10 +16,14 @@
 //!   host): rank 1 registers a pipe that no one reads as its wake-up
 //!   eventfd and holds its doorbell at "wake me through it"
 //!   (`relay.rs`); rank 0 sends it 2,000 messages;
+//! - `impostor` (over TCP, 3 ranks): rank 1 connects to rank 0 as rank 2
+//!   with its own keys while the job starts (`impostor.rs`), then every
+//!   rank sends its rank to rank 0, which prints what it got;
 //! - `flood`: every rank prints `pid RANK PID`; rank 1 joins, then sends
 //!   `Finalized` on its channel as fast as it can for `ROGUE_SECONDS`
 //!   (default 10) seconds, then exits 3.
 
+mod impostor;
 mod relay;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -40,6 +44,22 @@ fn main() {
     if case == "flood" {
         // For the test, which watches rank 1's parent (its host's agent).
         println!("pid {rank} {}", std::process::id());
+    }
+    if case == "impostor" {
+        if rank == 1 {
+            impostor::pass_for_rank_2();
+        }
+        let world = spmd::init().expect("init");
+        if rank == 0 {
+            for from in 1..world.size() {
+                let got: u64 = world.receive(from).expect("receive");
+                println!("rank 0 got {got} from rank {from}");
+            }
+        } else {
+            world.send(&(rank as u64), 0).expect("send");
+        }
+        world.finalize().expect("finalize");
+        return;
     }
     if case == "bad-wake" {
         if rank == 1 {

@@ -1,10 +1,12 @@
-//! For `spmd-rogue bad-wake`: rank 1 puts itself between its own
-//! `spmd::init` and spmdrun on its control channel, and registers a pipe
-//! that no one reads where its wake-up eventfd goes, while a thread keeps
-//! its doorbell saying "asleep, wake me through the descriptor": each
-//! message a peer on its node sends it then writes 8 bytes into the pipe,
-//! and the 513th would block that peer for ever (as it did before the
-//! launcher and the peers checked the descriptor).
+//! A rank between its own `spmd::init` and spmdrun on its control channel,
+//! which changes what init says or looks at what it is told, for the
+//! cases of `spmd-rogue` that need a rank that is a member of the job and
+//! lies: `bad-wake` registers a pipe that no one reads where its wake-up
+//! eventfd goes, while a thread keeps its doorbell saying "asleep, wake me
+//! through the descriptor" (each message a peer on its node sends it then
+//! writes 8 bytes into the pipe, and the 513th would block that peer for
+//! ever, as it did before the descriptor was checked); `impostor.rs` takes
+//! the keys and table it is told.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -17,8 +19,26 @@ use spmd::wire::{Channel, ControlMessage, LAUNCHER_ID, env};
 const DOORBELL_AT: usize = 64;
 const ASLEEP_IN_POLL: u32 = 3;
 
-/// Starts the relay; call before `spmd::init`.
+/// A change to what init says to spmdrun, with its descriptors.
+pub type Up = Box<dyn FnMut(&mut ControlMessage, &mut Vec<OwnedFd>) + Send>;
+/// A look at what spmdrun says to init, before init hears it.
+pub type Down = Box<dyn FnMut(&ControlMessage) + Send>;
+
+/// For `bad-wake`: registers a pipe as the wake-up eventfd.
 pub fn register_a_pipe_as_wake(rank: u32) {
+    let up: Up = Box::new(|msg, fds| {
+        if matches!(msg, ControlMessage::Register { .. }) && fds.len() == 2 {
+            hold_doorbell(&fds[0]);
+            fds[1] = unread_pipe();
+        }
+    });
+    start(rank, up, Box::new(|_| {}));
+}
+
+/// Puts a relay between this process's `spmd::init` and spmdrun, which
+/// passes every message on after `up` or `down` has had it; call before
+/// `spmd::init`.
+pub fn start(rank: u32, mut up: Up, mut down: Down) {
     let control = std::env::var(env::CONTROL).expect("SPMD_CONTROL");
     let fd: i32 = control
         .split(':')
@@ -33,43 +53,44 @@ pub fn register_a_pipe_as_wake(rank: u32) {
     // init checks that the other end is the process the variable names:
     // here, this one. SAFETY: no other thread runs yet.
     unsafe { std::env::set_var(env::CONTROL, format!("fd:{init_end}:{}", std::process::id())) };
-    let mut up = Channel::new(upstream, rank, LAUNCHER_ID, "spmdrun");
-    let mut down = Channel::new(OwnedFd::from(relay_end), LAUNCHER_ID, rank, "init");
+    let mut to_spmdrun = Channel::new(upstream, rank, LAUNCHER_ID, "spmdrun");
+    let mut to_init = Channel::new(OwnedFd::from(relay_end), LAUNCHER_ID, rank, "init");
     std::thread::spawn(move || {
         loop {
             let mut polled = [
                 libc::pollfd {
-                    fd: up.as_fd().as_raw_fd(),
+                    fd: to_spmdrun.as_fd().as_raw_fd(),
                     events: libc::POLLIN,
                     revents: 0,
                 },
                 libc::pollfd {
-                    fd: down.as_fd().as_raw_fd(),
+                    fd: to_init.as_fd().as_raw_fd(),
                     events: libc::POLLIN,
                     revents: 0,
                 },
             ];
             // SAFETY: two live pollfds.
             unsafe { libc::poll(polled.as_mut_ptr(), 2, 1000) };
-            if polled[1].revents != 0 && !pass_on(&mut down, &mut up, true) {
+            if polled[1].revents != 0 && !pass_on(&mut to_init, &mut to_spmdrun, &mut |m, f| up(m, f)) {
                 return;
             }
-            if polled[0].revents != 0 && !pass_on(&mut up, &mut down, false) {
+            if polled[0].revents != 0 && !pass_on(&mut to_spmdrun, &mut to_init, &mut |m, _| down(m)) {
                 return;
             }
         }
     });
 }
 
-/// Passes what `from` has to `to`, a registration (when `registering`)
-/// changed on the way; false once `from` is closed.
-fn pass_on(from: &mut Channel, to: &mut Channel, registering: bool) -> bool {
+/// Passes what `from` has to `to`, each message after `change`; false
+/// once `from` is closed.
+fn pass_on(
+    from: &mut Channel,
+    to: &mut Channel,
+    change: &mut dyn FnMut(&mut ControlMessage, &mut Vec<OwnedFd>),
+) -> bool {
     let open = from.read_available().unwrap_or(false);
-    while let Ok(Some((msg, mut fds))) = from.next_message() {
-        if registering && matches!(msg, ControlMessage::Register { .. }) && fds.len() == 2 {
-            hold_doorbell(&fds[0]);
-            fds[1] = unread_pipe();
-        }
+    while let Ok(Some((mut msg, mut fds))) = from.next_message() {
+        change(&mut msg, &mut fds);
         let fds: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         let _ = to.send(&msg, &fds);
     }
