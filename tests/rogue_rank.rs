@@ -103,6 +103,36 @@ fn a_status_page_that_says_what_cannot_be_is_reported_as_such() {
 }
 
 #[test]
+fn a_wait_begun_in_the_future_is_reported_as_what_cannot_be_here_and_on_another_host() {
+    // Rank 1 here, then on another host (whose times its agent converts):
+    // there its page's wait on rank 0 was quoted as a wait "for 0.0 s".
+    let hosts = Hosts::start(1);
+    let rogue = example("spmd-rogue");
+    let agent = hosts.launch_agent();
+    for hostlist in ["localhost:3", "localhost:1,127.0.0.2:2"] {
+        let out = run(spmdrun(&[
+            "--launch-agent",
+            &agent,
+            "-H",
+            hostlist,
+            "--hang-report",
+            "1",
+            "--timeout",
+            "6",
+            &rogue,
+            "future-page",
+        ]));
+        assert_eq!(out.code(), Some(124), "{hostlist}: {out:?}");
+        assert!(
+            out.stderr
+                .contains("has a status page that says what cannot be (field since: a wait that starts 3"),
+            "{hostlist}: {out:?}"
+        );
+        assert!(!out.stderr.contains("waits receive"), "{hostlist}: {out:?}");
+    }
+}
+
+#[test]
 fn a_rank_flooding_its_channel_does_not_grow_its_agent() {
     let hosts = Hosts::start(1);
     let rogue = example("spmd-rogue");

@@ -256,16 +256,17 @@ fn observe(ranks: &[Rank]) -> (Vec<Seen>, Vec<(u64, u64)>, u64, u64) {
 }
 
 /// What a wait read from a page says that cannot be in a job of `size`
-/// ranks at `now_ns`, if anything: a rank the job does not have, or, on
-/// this machine (`here`: its clock is the page's), a wait that started in
-/// the future. (An agent's conversion of another host's times may be off
-/// by the delay of its first report, and clocks drift.)
+/// ranks at `now_ns`, if anything: a rank the job does not have, or a wait
+/// that started in the future: more than 5 s ahead on this machine
+/// (`here`: its clock is the page's), more than a minute ahead on another
+/// host (its times, converted by its agent's first report, may be off by
+/// that report's journey, and clocks drift).
 fn impossible(w: &Waiting, size: usize, now_ns: u64, here: bool) -> Option<String> {
-    const SKEW_NS: u64 = 5_000_000_000;
+    let skew_ns: u64 = if here { 5_000_000_000 } else { 60_000_000_000 };
     if let Some(peer) = w.peer.filter(|p| *p as usize >= size) {
         return Some(format!("field peer: rank {peer} in a job of {size}"));
     }
-    if here && w.since_ns > now_ns.saturating_add(SKEW_NS) {
+    if w.since_ns > now_ns.saturating_add(skew_ns) {
         return Some(format!(
             "field since: a wait that starts {:.1} s from now",
             (w.since_ns - now_ns) as f64 / 1e9
@@ -385,7 +386,10 @@ mod tests {
         assert_eq!(far.as_deref(), Some("field peer: rank 4294967294 in a job of 3"));
         let future = impossible(&receive_from(1, now + 60_000_000_000), 3, now, true);
         assert!(future.is_some_and(|f| f.starts_with("field since")));
-        // Another host's times, converted by its agent, may run ahead.
-        assert_eq!(impossible(&receive_from(1, now + 60_000_000_000), 3, now, false), None);
+        // Another host's times, converted by its agent, may run ahead, but
+        // not by more than a minute.
+        assert_eq!(impossible(&receive_from(1, now + 30_000_000_000), 3, now, false), None);
+        let remote = impossible(&receive_from(1, now + 3_600_000_000_000), 3, now, false);
+        assert!(remote.is_some_and(|f| f.starts_with("field since: a wait that starts 3600")));
     }
 }

@@ -11,7 +11,8 @@
 //! - `bad-card`: registers a card with nothing on it (no segment over
 //!   shared memory, no address over TCP);
 //! - `bad-page`: writes a wait on rank 4294967294, begun an hour from now,
-//!   on its status page, and sleeps;
+//!   on its status page, and sleeps; `future-page` the same with a wait
+//!   on rank 0;
 //! - `bad-wake` (in a job that spans hosts, with rank 0 on rank 1's
 //!   host): rank 1 registers a pipe that no one reads as its wake-up
 //!   eventfd and holds its doorbell at "wake me through it"
@@ -103,12 +104,12 @@ fn main() {
             let (mut channel, _) = join();
             register(&mut channel, "vm", Card::default());
         }
-        "bad-page" => {
+        "bad-page" | "future-page" => {
             let (_channel, page) = join();
             page.set_phase(Phase::Running);
             let waiting = Waiting {
                 op: WaitOp::Receive,
-                peer: Some(4_294_967_294),
+                peer: Some(if case == "bad-page" { 4_294_967_294 } else { 0 }),
                 tag: Some(7),
                 context: 0,
                 call: 0,
