@@ -27,11 +27,10 @@
 mod impostor;
 mod relay;
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use spmd::wire::status::{Page, Phase, WaitOp, Waiting, now_ns};
-use spmd::wire::{Card, Channel, ControlMessage, env};
+use spmd::wire::{Card, Channel, ControlMessage};
 
 /// The text a rank hopes spmdrun prints as it is.
 const FORGERY: &str = "x\u{1b}[2J\u{1b}]0;PWNED\u{7}\r\nspmdrun: rank 0 (pid 1) panicked: forged\n";
@@ -143,15 +142,8 @@ fn main() {
 /// Says Hello on the inherited control channel and takes the Welcome's
 /// status page.
 fn join() -> (Channel, Page) {
-    let control = std::env::var(env::CONTROL).expect("SPMD_CONTROL");
-    let fd: i32 = control
-        .split(':')
-        .nth(1)
-        .and_then(|f| f.parse().ok())
-        .expect("fd:N:pid");
-    // SAFETY: spmdrun gave this process the descriptor; nothing else in it
-    // uses it (spmd::init is never called on this path).
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // (spmd::init is never called on this path.)
+    let socket = relay::inherited_channel();
     let mut channel = Channel::new(socket, 1, u32::MAX, "spmdrun");
     let hello = ControlMessage::Hello {
         rank: 1,

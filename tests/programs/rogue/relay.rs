@@ -39,15 +39,8 @@ pub fn register_a_pipe_as_wake(rank: u32) {
 /// passes every message on after `up` or `down` has had it; call before
 /// `spmd::init`.
 pub fn start(rank: u32, mut up: Up, mut down: Down) {
-    let control = std::env::var(env::CONTROL).expect("SPMD_CONTROL");
-    let fd: i32 = control
-        .split(':')
-        .nth(1)
-        .and_then(|f| f.parse().ok())
-        .expect("fd:N:pid");
-    // SAFETY: spmdrun gave this process the descriptor; init will use the
-    // relay's end instead.
-    let upstream = unsafe { OwnedFd::from_raw_fd(fd) };
+    // init will use the relay's end instead.
+    let upstream = inherited_channel();
     let (relay_end, init_end) = UnixStream::pair().expect("a socket pair");
     let init_end = OwnedFd::from(init_end).into_raw_fd();
     // init checks that the other end is the process the variable names:
@@ -79,6 +72,20 @@ pub fn start(rank: u32, mut up: Up, mut down: Down) {
             }
         }
     });
+}
+
+/// The control channel spmdrun gave this process, which it takes over
+/// (nothing else in it may use it then).
+pub fn inherited_channel() -> OwnedFd {
+    let control = std::env::var(env::CONTROL).expect("SPMD_CONTROL");
+    let fd: i32 = control
+        .split(':')
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .expect("fd:N:pid");
+    // SAFETY: spmdrun gave this process the descriptor; the caller takes
+    // it over.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Passes what `from` has to `to`, each message after `change`; false
