@@ -34,12 +34,14 @@ impl PairKeys {
     /// Rank `me`'s keys in job `job` of `size` ranks, from the job's
     /// `secret` (which only spmdrun and its agents hold).
     pub fn derive(secret: &Secret, job: u64, me: u32, size: u32) -> PairKeys {
+        // The HMAC keyed once, cloned for each pair.
+        let keyed = secret.keyed();
         let keys = (0..size)
             .map(|peer| {
                 if peer == me {
                     [0; SECRET_LEN]
                 } else {
-                    secret.pair_key(job, me, peer)
+                    pair_key(&keyed, job, me, peer)
                 }
             })
             .collect();
@@ -74,17 +76,22 @@ impl PairKeys {
 }
 
 impl Secret {
-    /// The key of the pair of ranks `a` and `b` (in either order) in job
-    /// `job`.
-    fn pair_key(&self, job: u64, a: u32, b: u32) -> PairKey {
+    /// An HMAC-SHA256 keyed with the secret.
+    fn keyed(&self) -> Hmac<Sha256> {
         // A key of any length is valid for HMAC, so this cannot fail.
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        m.update(b"spmd-pair");
-        m.update(&job.to_le_bytes());
-        m.update(&a.min(b).to_le_bytes());
-        m.update(&a.max(b).to_le_bytes());
-        m.finalize().into_bytes().into()
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length")
     }
+}
+
+/// The key of the pair of ranks `a` and `b` (in either order) in job
+/// `job`, from the HMAC keyed with the job's secret.
+fn pair_key(keyed: &Hmac<Sha256>, job: u64, a: u32, b: u32) -> PairKey {
+    let mut m = keyed.clone();
+    m.update(b"spmd-pair");
+    m.update(&job.to_le_bytes());
+    m.update(&a.min(b).to_le_bytes());
+    m.update(&a.max(b).to_le_bytes());
+    m.finalize().into_bytes().into()
 }
 
 #[cfg(test)]
