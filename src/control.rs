@@ -35,7 +35,7 @@ pub(crate) struct Welcome {
 pub(crate) struct Table {
     pub nodes: Vec<u32>,
     /// The segments of the other ranks of this node, by rank, each with
-    /// its rank's wake-up eventfd in a job that spans nodes.
+    /// its rank's wake-up socket in a job that spans nodes.
     pub segments: Vec<(usize, OwnedFd, Option<OwnedFd>)>,
     /// This rank's ends of its socket pairs to the other ranks, by rank.
     pub links: Vec<(usize, OwnedFd)>,
@@ -160,7 +160,7 @@ pub(crate) fn register(
     while !want_segments.is_empty() || !want_links.is_empty() {
         let (msg, fds) = channel.receive(Some(Instant::now() + WELCOME_TIMEOUT))?;
         let mut fds = fds.into_iter();
-        // Segments come with their ranks' wake-up eventfds exactly when
+        // Segments come with their ranks' wake-up sockets exactly when
         // this rank has one too (its job spans nodes).
         let (ranks, wanted, wakes) = match msg {
             ControlMessage::Segments { ranks, wakes } if wakes == wake => (ranks, &mut want_segments, Some(wakes)),

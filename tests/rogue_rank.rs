@@ -176,7 +176,7 @@ fn a_rank_flooding_its_channel_does_not_grow_its_agent() {
 }
 
 #[test]
-fn a_rank_that_registers_a_pipe_as_its_wake_up_eventfd_is_the_one_named() {
+fn a_rank_that_registers_a_pipe_as_its_wake_up_socket_is_the_one_named() {
     // Rank 1 on this machine (spmdrun takes its card), then on another
     // host (its agent does), each with rank 0 beside it. Before the
     // descriptor was checked, rank 0 stopped for ever in its 513th send,
@@ -198,10 +198,24 @@ fn a_rank_that_registers_a_pipe_as_its_wake_up_eventfd_is_the_one_named() {
         assert_eq!(out.code(), Some(1), "{hostlist}: {out:?}");
         shown_safely(
             &out.stderr,
-            "bad card: its wake-up descriptor is not an eventfd (pipe:[",
+            "bad card: its wake-up descriptor is not a datagram socket (a pipe)",
             hostlist,
         );
     }
+    // A real wake-up socket, full, its flag made blocking: a ring never
+    // waits on it (an eventfd's write could: its flag is shared with
+    // whoever holds it), and the job completes.
+    let out = run(spmdrun(&[
+        "--launch-agent",
+        &agent,
+        "-H",
+        "localhost:2,127.0.0.2:1",
+        "--timeout",
+        "60",
+        &rogue,
+        "full-wake",
+    ]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
 }
 
 #[test]

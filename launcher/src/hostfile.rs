@@ -169,8 +169,8 @@ fn check_name(name: &str, origin: &str) -> Result<(), String> {
     // (A leading hyphen would reach ssh as an option.)
     if !spmd::wire::control::is_host_name(name) {
         return Err(format!(
-            "{origin}: {quoted} is not a host name (ASCII letters, digits, dots, hyphens and underscores, starting \
-             with a letter or a digit)"
+            "{origin}: {quoted} is not a host name (1 to 255 ASCII letters, digits, dots, hyphens and underscores, \
+             not starting with a dot or a hyphen)"
         ));
     }
     Ok(())
@@ -331,7 +331,7 @@ mod tests {
             ),
             ("b@d", "hf:1: \"b@d\" is not a host name"),
             ("-Fevil slots=2", "hf:1: \"-Fevil\" is not a host name"),
-            ("_x", "hf:1: \"_x\" is not a host name"),
+            (".x", "hf:1: \".x\" is not a host name"),
             ("::1:2", "hf:1: \"::1:2\": IPv6 addresses other than ::1"),
             ("[::1", "hf:1: \"[::1\" is not a host name"),
             (

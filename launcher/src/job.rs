@@ -45,7 +45,7 @@ const END_LIMIT: Duration = Duration::from_secs(10);
 pub const DEADLOCK: i32 = 125;
 
 /// What the ranks of a job over TCP get their [`Access`] from: the job's
-/// id and secret (which only spmdrun and its agents hold: each rank gets
+/// id and secret (which only spmdrun holds: each rank gets
 /// the keys of its own pairs of ranks), and where ranks listen unless
 /// their host says otherwise.
 struct TcpAccess {
@@ -126,7 +126,7 @@ pub fn run(opts: Options, signals: SignalFd) -> Result<i32, String> {
         // On other hosts the ranks start where spmdrun was started.
         wdir: opts.wdir.clone().or_else(|| std::env::current_dir().ok()),
     };
-    // Over TCP every connection between ranks proves the job's secret;
+    // Over TCP every connection between ranks proves its pair's key;
     // ranks listen on loopback, or where the other hosts reach theirs.
     let spans_hosts = opts.nodes.host.len() > 1;
     let access = if settings.transport == TransportKind::Tcp || spans_hosts {
@@ -436,6 +436,10 @@ impl Job {
         r.channel = None;
         r.control_closed = true;
         let who = r.describe(rank);
+        // (Whatever in `why` came from the rank is shown already; this
+        // keeps anything else it may carry, an agent's words say, on one
+        // line of text.)
+        let why = crate::shown::shown(&why);
         self.fail(format!("{who}: {why}; ending the job"), 1);
     }
 

@@ -1,5 +1,5 @@
 //! The shared-memory segments of one node's ranks (each with its rank's
-//! wake-up eventfd when the job spans nodes), kept as the ranks register
+//! wake-up socket when the job spans nodes), kept as the ranks register
 //! and handed to each rank of the node after its table, so that no rank
 //! ever opens anything by name. spmdrun does this for its own machine,
 //! and the agent on each other host for that host.
@@ -11,13 +11,13 @@ use spmd::wire::descriptors;
 use spmd::wire::{Channel, ControlMessage};
 
 /// What is wrong with the descriptors a rank sent with its card (its
-/// segment, then its wake-up eventfd), if anything, in words for
-/// "bad card: ...": the ranks of its node would map the one and write to
-/// the other (a pipe no one reads, given as an eventfd, would stop them).
+/// segment, then its wake-up socket), if anything, in words for
+/// "bad card: ...": the ranks of its node would map the one and send on
+/// the other.
 pub fn descriptor_fault(fds: &[OwnedFd]) -> Option<String> {
     let mut fds = fds.iter();
     let segment = fds.next().map(|fd| descriptors::check_segment(fd.as_fd()));
-    let wake = fds.next().map(|fd| descriptors::check_eventfd(fd.as_fd()));
+    let wake = fds.next().map(|fd| descriptors::check_wake_socket(fd.as_fd()));
     match (segment, wake) {
         (Some(Err(why)), _) => Some(format!("its segment is {why}")),
         (_, Some(Err(why))) => Some(format!("its wake-up descriptor is {why}")),
@@ -25,7 +25,7 @@ pub fn descriptor_fault(fds: &[OwnedFd]) -> Option<String> {
     }
 }
 
-/// One registered rank's descriptors: its segment, and its wake-up eventfd.
+/// One registered rank's descriptors: its segment, and its wake-up socket.
 struct Held {
     rank: u32,
     segment: OwnedFd,
@@ -40,7 +40,7 @@ pub struct NodeSegments {
 
 impl NodeSegments {
     /// Keeps what rank `rank` sent with its registration: the segment, then
-    /// (in a job that spans nodes) its wake-up eventfd.
+    /// (in a job that spans nodes) its wake-up socket.
     pub fn keep(&mut self, rank: u32, fds: Vec<OwnedFd>) {
         let mut fds = fds.into_iter();
         if let Some(segment) = fds.next() {
@@ -60,7 +60,7 @@ impl NodeSegments {
             .iter()
             .filter(|h| h.rank != to && node.contains(&h.rank))
             .collect();
-        // Either every segment has its eventfd, or none does.
+        // Either every segment has its wake-up socket, or none does.
         let wakes = theirs.iter().all(|h| h.wake.is_some()) && !theirs.is_empty();
         let per_message = if wakes {
             MAX_FDS_PER_MESSAGE / 2

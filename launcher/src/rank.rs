@@ -58,7 +58,7 @@ impl Pipe {
 }
 
 /// A rank's registration: how to reach it, and the descriptors that came
-/// with it (its segment, and its wake-up eventfd).
+/// with it (its segment, and its wake-up socket).
 pub struct Registration {
     pub host: String,
     pub card: Card,
@@ -204,7 +204,7 @@ impl Rank {
                 if !is_host_name(&host) {
                     return Said::Broke(format!(
                         "bad host: it registered \"{}\" ({} bytes), not a name of 1 to {MAX_HOST_NAME} ASCII letters, \
-                         digits, dots, hyphens and underscores",
+                         digits, dots, hyphens and underscores, not starting with a dot or a hyphen",
                         shown(&host),
                         host.len()
                     ));
@@ -285,5 +285,6 @@ mod tests {
         }
         assert!(matches!(register("node-7.example.org"), Said::Registered));
         assert!(matches!(register("build_host-2"), Said::Registered));
+        assert!(matches!(register("_gateway"), Said::Registered));
     }
 }

@@ -294,7 +294,7 @@ impl MpiComm {
 
     /// True if only this rank could send what `pattern` accepts: it names
     /// this rank, or any rank while this rank is alone.
-    pub(super) fn only_this_rank_sends(&self, pattern: &Match) -> bool {
+    pub(crate) fn only_this_rank_sends(&self, pattern: &Match) -> bool {
         pattern.source_rank().map_or(self.size == 1, |s| s == self.rank)
     }
 

@@ -142,6 +142,11 @@ impl MpiReceive {
         // Nothing is given back while this thread waits in MPI: only this
         // thread uses the communicator's held messages.
         self.take_given_back(comm)?;
+        // A message only this rank could send and has not would keep the
+        // wait in MPI for ever (dropped, the receive is cancelled).
+        if matches!(self.state, State::Posted(_)) && comm.only_this_rank_sends(&self.pattern) && !self.test(comm)? {
+            return Err(crate::completion::never_sent());
+        }
         let held = match std::mem::replace(&mut self.state, State::Taken) {
             State::Posted(mut request) => {
                 let mut status = MaybeUninit::<ffi::MPI_Status>::zeroed();

@@ -230,16 +230,22 @@ impl Engine {
                 false => Ok(()),
             };
         }
-        let others: Vec<usize> = match sel.pattern.source_rank() {
-            Some(s) => vec![s],
-            None => match self.members.get(&sel.context.0) {
-                None => (0..self.size).filter(|r| *r != self.me).collect(),
-                Some(members) => members.iter().copied().filter(|r| *r != self.me).collect(),
+        let me = self.me;
+        match sel.pattern.source_rank() {
+            Some(s) => self.any_can_send(std::iter::once(s)),
+            None => match self.members.get(&sel.context.0).cloned() {
+                None => self.any_can_send((0..self.size).filter(|r| *r != me)),
+                Some(members) => self.any_can_send(members.iter().copied().filter(|r| *r != me)),
             },
-        };
-        match others.iter().find(|r| !self.transport.is_gone(**r)) {
-            Some(_) => Ok(()),
-            None => Err(self.gone(others[0])),
+        }
+    }
+
+    /// Fails a receive whose possible senders, `others` (at least one),
+    /// have all gone.
+    fn any_can_send(&mut self, mut others: impl Iterator<Item = usize> + Clone) -> Result<()> {
+        match others.clone().next() {
+            Some(first) if !others.any(|r| !self.transport.is_gone(r)) => Err(self.gone(first)),
+            _ => Ok(()),
         }
     }
 

@@ -43,7 +43,7 @@ impl Endpoint {
             None => Err(Error::protocol(
                 "the launcher",
                 "access",
-                "a job over TCP, but no secret and address came with the welcome",
+                "a job over TCP, but no keys and address came with the welcome",
             )),
         };
         match settings.transport {
@@ -70,7 +70,7 @@ impl Endpoint {
     }
 
     /// The descriptors that travel with the card: a segment, and the
-    /// wake-up eventfd in a job that spans nodes.
+    /// wake-up socket in a job that spans nodes.
     pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
         match self {
             Endpoint::Socket | Endpoint::Tcp(_) => Vec::new(),

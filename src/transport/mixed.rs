@@ -1,9 +1,9 @@
 //! A job that spans nodes: shared memory to the ranks of this node, TCP to
 //! the others, behind one wait. A rank polls both (its rings on every
 //! round, or every few with many node peers; its sockets on every few);
-//! then it sleeps in one `poll` on its sockets and its wake-up eventfd,
+//! then it sleeps in one `poll` on its sockets and its wake-up socket,
 //! having told its node peers on its doorbell to ring it through that
-//! eventfd rather than the futex. So a rank blocked on a remote peer uses
+//! socket rather than the futex. So a rank blocked on a remote peer uses
 //! no CPU, and one blocked on a local peer is woken as fast as over shared
 //! memory alone.
 
@@ -139,7 +139,7 @@ impl MixedMesh {
     }
 
     /// Gets ready to sleep without the engine held: the sockets to watch
-    /// and this rank's wake-up eventfd, which its node peers now ring; or
+    /// and this rank's wake-up socket, which its node peers now ring; or
     /// `None` if there is work after all.
     pub fn prepare_sleep(
         &mut self,

@@ -102,7 +102,7 @@ pub(crate) struct Table<'a> {
     /// The node of every rank.
     pub nodes: &'a [u32],
     /// The segments of the other ranks of this node, by rank, each with
-    /// its rank's wake-up eventfd in a job that spans nodes.
+    /// its rank's wake-up socket in a job that spans nodes.
     pub segments: Vec<(usize, OwnedFd, Option<OwnedFd>)>,
     /// This rank's ends of its socket pairs to the others, by rank.
     pub links: Vec<(usize, OwnedFd)>,

@@ -17,7 +17,7 @@ pub struct Card {
     /// The rank has a shared-memory segment for the ranks of its node; it
     /// travels as a file descriptor beside the card, never by name.
     pub shm: bool,
-    /// A wake-up eventfd travels after the segment: the job spans nodes,
+    /// A wake-up socket travels after the segment: the job spans nodes,
     /// and the rank may sleep in `poll` (its node peers ring it there).
     pub wake: bool,
     /// Where the rank listens for its peers' TCP connections during
@@ -175,11 +175,11 @@ pub enum ControlMessage {
     },
     /// Launcher → rank: the shared-memory segments of these ranks, one
     /// descriptor each, in this order (with `wakes`, two each: the segment,
-    /// then the rank's wake-up eventfd).
+    /// then the rank's wake-up socket).
     Segments {
         /// The ranks whose segments ride with this message.
         ranks: Vec<u32>,
-        /// Each segment comes with its rank's wake-up eventfd.
+        /// Each segment comes with its rank's wake-up socket.
         wakes: bool,
     },
     /// Launcher → rank: its ends of the socket pairs the launcher made
@@ -218,12 +218,13 @@ pub const MAX_HOST_NAME: usize = 255;
 
 /// True if `name` is a host name a rank may register: 1 to
 /// [`MAX_HOST_NAME`] ASCII letters, digits, dots, hyphens and underscores,
-/// starting with a letter or a digit. spmdrun prints it inside its own
+/// not starting with a dot or a hyphen (which would reach ssh as an
+/// option). spmdrun prints it inside its own
 /// sentences, so nothing else (a blank that is not a space, an invisible
 /// character, shell syntax) may pass for a name.
 pub fn is_host_name(name: &str) -> bool {
     name.len() <= MAX_HOST_NAME
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))

@@ -22,8 +22,9 @@ SPMD_NODE in its environment, and an inherited private channel to spmdrun
 (on another host, to spmdrun's agent there, started through ssh);
 ranks reach each other only through memory and sockets spmdrun hands them, so
 there is no secret, address or file for anyone else to find (over TCP, each
-rank listens while the job starts, and every connection proves the job's
-secret, which travels only over the private channel).
+rank listens while the job starts, and every connection proves the key of
+its pair of ranks, which spmdrun derives from the job's secret and gives
+each rank only for its own pairs, over the private channel).
 
 User settings, read from spmdrun's environment (or given with -x):
   SPMD_TRANSPORT=shm|socket|tcp how ranks talk: shared memory, Unix sockets,

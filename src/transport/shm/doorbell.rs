@@ -3,10 +3,11 @@
 //! to it. Both sides put a SeqCst fence between their store and their
 //! check, so a wake-up is never lost. A rank that also waits on sockets
 //! (its job spans nodes) sleeps in `poll` instead, and says so on its
-//! doorbell ([`POLLING`]): a peer then rings it by writing its wake-up
-//! eventfd, which travelled to the peer beside its segment.
+//! doorbell ([`POLLING`]): a peer then rings it by sending a byte on its
+//! wake-up socket (a datagram socket, sent on without waiting), which
+//! travelled to the peer beside its segment.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicU32, Ordering, fence};
@@ -19,14 +20,14 @@ pub(super) const AWAKE: u32 = 0;
 pub(super) const SLEEPING: u32 = 1;
 
 /// The owner sleeps in `poll`, not on the futex: ring it through its
-/// wake-up eventfd.
+/// wake-up socket.
 pub(super) const POLLING: u32 = 2;
 
 /// Tells apart the announcements of a rank's threads (see [`announce`]).
 static ANNOUNCEMENTS: AtomicU32 = AtomicU32::new(0);
 
 /// Wakes the owners of all the doorbells that sleep, after one fence; each
-/// bell comes with its owner's wake-up eventfd, if this rank has it.
+/// bell comes with its owner's wake-up socket, if this rank has it.
 pub(super) fn ring_all<'a>(doorbells: impl Iterator<Item = (&'a AtomicU32, Option<RawFd>)>) {
     fence(Ordering::SeqCst);
     for (bell, wake) in doorbells {
@@ -34,7 +35,7 @@ pub(super) fn ring_all<'a>(doorbells: impl Iterator<Item = (&'a AtomicU32, Optio
         if value & SLEEPING != 0 {
             bell.store(AWAKE, Ordering::Relaxed);
             match wake {
-                Some(fd) if value & POLLING != 0 => write_eventfd(fd),
+                Some(fd) if value & POLLING != 0 => send_wake(fd),
                 _ => futex_wake(bell),
             }
         }
@@ -42,37 +43,35 @@ pub(super) fn ring_all<'a>(doorbells: impl Iterator<Item = (&'a AtomicU32, Optio
 }
 
 /// Wakes the owner of `doorbell` if it sleeps (through `wake`, its
-/// eventfd, if it sleeps in `poll`). The fence orders our preceding store
+/// socket, if it sleeps in `poll`). The fence orders our preceding store
 /// (a head, a tail, a fastbox) before the check.
 pub(super) fn ring(doorbell: &AtomicU32, wake: Option<RawFd>) {
     ring_all(std::iter::once((doorbell, wake)));
 }
 
-/// Checks that `wake`, a peer's wake-up descriptor, is an eventfd, and
-/// makes sure a write to it never blocks: a peer that passed a pipe no one
-/// reads would otherwise stop this rank in its next ring (the launcher
-/// checks it too; this rank believes no one). `who` names the peer.
+/// Checks that `wake`, a peer's wake-up descriptor, is a datagram socket
+/// (the launcher checks it too; this rank believes no one). `who` names
+/// the peer. Rings send on it without ever waiting, whatever its flags.
 pub(super) fn check_wake(wake: &OwnedFd, who: &str) -> Result<()> {
-    let bad = |detail: String| Error::protocol(who, "wake-up descriptor", detail);
-    crate::wire::descriptors::check_eventfd(wake.as_fd()).map_err(|why| bad(format!("it is {why}")))?;
-    // SAFETY: plain fcntls on a descriptor this rank owns.
-    let flags = unsafe { libc::fcntl(wake.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 || unsafe { libc::fcntl(wake.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(bad(format!(
-            "it cannot be made non-blocking ({})",
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
+    crate::wire::descriptors::check_wake_socket(wake.as_fd())
+        .map_err(|why| Error::protocol(who, "wake-up descriptor", format!("it is {why}")))
 }
 
-/// Adds one to an eventfd (waking whoever polls it).
-fn write_eventfd(fd: RawFd) {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: writes 8 bytes from a live array to a descriptor this rank
-    // holds open for as long as its links; a full counter (EAGAIN) is
-    // already readable, which is all a ring needs.
-    let _ = unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+/// Sends a byte on a peer's wake-up socket (waking it in `poll`). It never
+/// waits: a full socket is already readable, which is all a ring needs,
+/// and a peer that closed its end is the peer's own affair.
+fn send_wake(fd: RawFd) {
+    let one = [1u8];
+    // SAFETY: sends 1 byte from a live array on a descriptor this rank
+    // holds open for as long as its links.
+    let _ = unsafe {
+        libc::send(
+            fd,
+            one.as_ptr().cast(),
+            one.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
 }
 
 fn futex_wake(word: &AtomicU32) {
@@ -114,7 +113,7 @@ pub(super) fn sleep_unless(bell: &AtomicU32, ready: &dyn Fn() -> bool, timeout: 
 /// its own and does not sleep through the ring.
 ///
 /// `polling` says the thread sleeps in `poll` on the rank's wake-up
-/// eventfd (among sockets) rather than on the futex.
+/// socket (among others) rather than on the futex.
 pub(super) fn announce(bell: &AtomicU32, polling: bool) -> u32 {
     let how = if polling { SLEEPING | POLLING } else { SLEEPING };
     let value = ANNOUNCEMENTS.fetch_add(1, Ordering::Relaxed) << 2 | how;

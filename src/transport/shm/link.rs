@@ -44,7 +44,7 @@ pub(crate) struct RingLink {
     rx: RingMemory,
     /// The peer's doorbell, rung after writing or after freeing room.
     peer_doorbell: *const AtomicU32,
-    /// The peer's wake-up eventfd (when the job spans nodes), through which
+    /// The peer's wake-up socket (when the job spans nodes), through which
     /// the doorbell rings a peer that sleeps in `poll`.
     peer_wake: Option<RawFd>,
     /// The peer's state word: [`CLOSED`] once it has finalized (it reads

@@ -15,7 +15,7 @@
 //! more, and sleeps on the futex. Whoever writes into its rings, or frees
 //! room in a ring it writes to, rings the doorbell.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
@@ -73,21 +73,32 @@ pub(crate) struct ShmEndpoint {
     segment: Segment,
     ring: usize,
     region: usize,
-    /// The eventfd the rank's node peers write to wake it when it sleeps
-    /// in `poll` (its job spans nodes: it waits on sockets too).
-    wake: Option<OwnedFd>,
+    /// How the rank's node peers wake it when it sleeps in `poll` (its job
+    /// spans nodes: it waits on sockets too).
+    wake: Option<WakeSocket>,
+}
+
+/// A rank's wake-up socket: a pair of datagram sockets, the end it polls
+/// and drains, and the end its node peers get and send a byte on. A send
+/// with `MSG_DONTWAIT` never blocks, whatever the descriptor's flags (which
+/// the rank shares with every holder: an eventfd's `O_NONBLOCK` could be
+/// cleared by its owner, and its next write block a peer for ever).
+#[derive(Debug)]
+struct WakeSocket {
+    polled: OwnedFd,
+    given: OwnedFd,
 }
 
 impl ShmEndpoint {
     /// Makes the segment of rank `rank`, local index `local_index` of a
     /// node of `local` ranks; the node leader's holds a collective region
-    /// of `region` bytes. With `polling`, also the wake-up eventfd, for a
+    /// of `region` bytes. With `polling`, also the wake-up socket, for a
     /// rank that will wait on sockets as well.
     pub fn create(rank: usize, local_index: usize, local: usize, region: usize, polling: bool) -> Result<ShmEndpoint> {
         let ring = segment::ring_bytes(local);
         let own_region = if local_index == 0 { region } else { 0 };
         let segment = Segment::create(local, ring, own_region, &format!("rank {rank}"))?;
-        let wake = if polling { Some(eventfd()?) } else { None };
+        let wake = if polling { Some(wake_socket()?) } else { None };
         Ok(ShmEndpoint {
             segment,
             ring,
@@ -101,22 +112,25 @@ impl ShmEndpoint {
         self.segment.fd()
     }
 
-    /// The wake-up eventfd, for the launcher to pass on beside the segment.
+    /// The end of the wake-up socket the node peers send on, for the
+    /// launcher to pass on beside the segment.
     pub fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
         use std::os::fd::AsFd;
-        self.wake.as_ref().map(|w| w.as_fd())
+        self.wake.as_ref().map(|w| w.given.as_fd())
     }
 }
 
-/// A non-blocking eventfd.
-fn eventfd() -> Result<OwnedFd> {
-    // SAFETY: plain eventfd creation; the result is checked.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(Error::io("making a wake-up eventfd", std::io::Error::last_os_error()));
-    }
-    // SAFETY: a new descriptor this function owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// A new wake-up socket pair, both ends non-blocking.
+fn wake_socket() -> Result<WakeSocket> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let (polled, given) = socketpair(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        None,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::io("making a wake-up socket", std::io::Error::from(e)))?;
+    Ok(WakeSocket { polled, given })
 }
 
 /// The shared-memory links of one rank to all the others on its node.
@@ -131,7 +145,7 @@ pub(crate) struct ShmMesh {
     /// The node-wide collective region (in the leader's segment).
     region: Option<Region>,
     wait: WaitMode,
-    /// This rank's wake-up eventfd, and its node peers' by local index
+    /// This rank's wake-up socket, and its node peers' by local index
     /// (when the job spans nodes; the links ring through them).
     own_wake: Option<OwnedFd>,
     peer_wakes: Vec<Option<OwnedFd>>,
@@ -243,7 +257,7 @@ impl ShmMesh {
             node,
             region,
             wait,
-            own_wake: own.wake,
+            own_wake: own.wake.map(|w| w.polled),
             peer_wakes,
             state_changes_seen: 0,
         })

@@ -141,8 +141,8 @@ impl ShmMesh {
 
     /// Gets ready to sleep in `poll` (among sockets) rather than on the
     /// futex: the doorbell says so, and a peer that writes from now on
-    /// rings the returned wake-up eventfd. `None` if something is ready
-    /// (or `ready` says so) after all, or this rank has no eventfd.
+    /// ring the returned wake-up socket. `None` if something is ready
+    /// (or `ready` says so) after all, or this rank has no wake-up socket.
     pub fn prepare_poll_sleep(&self, ready: &dyn Fn() -> bool) -> Option<RawFd> {
         let wake = self.own_wake.as_ref()?.as_raw_fd();
         doorbell::announce(self.own.doorbell(), true);
@@ -154,14 +154,21 @@ impl ShmMesh {
     }
 
     /// The last thread that slept in `poll` woke: the doorbell says awake,
-    /// and the wake-up eventfd is emptied.
+    /// and the wake-up socket is emptied.
     pub fn end_poll_sleep(&self) {
         doorbell::awake(self.own.doorbell());
         if let Some(wake) = &self.own_wake {
-            let mut buf = [0u8; 8];
-            // SAFETY: reads at most 8 bytes into a live array from this
-            // rank's own non-blocking eventfd.
-            let _ = unsafe { libc::read(wake.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            // What the peers sent: a byte each ring. (A flood left behind
+            // only wakes the next poll at once.)
+            let mut buf = [0u8; 64];
+            for _ in 0..256 {
+                // SAFETY: receives at most 64 bytes into a live array from
+                // this rank's own non-blocking socket.
+                let n = unsafe { libc::recv(wake.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+                if n < 0 {
+                    break;
+                }
+            }
         }
     }
 

@@ -40,6 +40,9 @@ pub fn run(world: &Communicator) -> Result<(), Error> {
     let mut also_own = world.immediate_receive_with_tag::<u64>(me, 32)?;
     never_sent(spmd::wait_any(&mut [&mut own]), "wait_any");
     never_sent(spmd::wait_some(&mut [&mut own, &mut also_own]), "wait_some");
+    // A request's own wait, too (the receive is withdrawn).
+    let never = world.immediate_receive_with_tag::<u64>(me, 33)?;
+    never_sent(never.wait(), "a request's wait");
     // It was a receive like any other all along.
     world.send_with_tag(&7u64, me, 30)?;
     world.send_with_tag(&8u64, me, 32)?;

@@ -15,8 +15,9 @@
 //!   on rank 0;
 //! - `bad-wake` (in a job that spans hosts, with rank 0 on rank 1's
 //!   host): rank 1 registers a pipe that no one reads as its wake-up
-//!   eventfd and holds its doorbell at "wake me through it"
-//!   (`relay.rs`); rank 0 sends it 2,000 messages;
+//!   socket and holds its doorbell at "wake me through it"
+//!   (`relay.rs`); rank 0 sends it 2,000 messages; `full-wake` the same
+//!   with a real wake-up socket, full and made blocking;
 //! - `impostor` (over TCP, 3 ranks): rank 1 connects to rank 0 as rank 2
 //!   with its own keys while the job starts (`impostor.rs`), then every
 //!   rank sends its rank to rank 0, which prints what it got;
@@ -59,11 +60,16 @@ fn main() {
             world.send(&(rank as u64), 0).expect("send");
         }
         world.finalize().expect("finalize");
+        relay::finish();
         return;
     }
-    if case == "bad-wake" {
+    if case == "bad-wake" || case == "full-wake" {
         if rank == 1 {
-            relay::register_a_pipe_as_wake(1);
+            let wake = match case.as_str() {
+                "bad-wake" => relay::unread_pipe,
+                _ => relay::full_blocking_socket,
+            };
+            relay::register_as_wake(1, wake);
         }
         let world = spmd::init().expect("init");
         for i in 0..2000u64 {
@@ -79,6 +85,7 @@ fn main() {
         }
         world.barrier().expect("barrier");
         world.finalize().expect("finalize");
+        relay::finish();
         return;
     }
     if rank != 1 {

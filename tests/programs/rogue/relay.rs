@@ -2,10 +2,11 @@
 //! which changes what init says or looks at what it is told, for the
 //! cases of `spmd-rogue` that need a rank that is a member of the job and
 //! lies: `bad-wake` registers a pipe that no one reads where its wake-up
-//! eventfd goes, while a thread keeps its doorbell saying "asleep, wake me
+//! socket goes, while a thread keeps its doorbell saying "asleep, wake me
 //! through the descriptor" (each message a peer on its node sends it then
 //! writes 8 bytes into the pipe, and the 513th would block that peer for
-//! ever, as it did before the descriptor was checked); `impostor.rs` takes
+//! ever, as it did before the descriptor was checked); `full-wake` a real
+//! wake-up socket, full and made blocking; `impostor.rs` takes
 //! the keys and table it is told.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use spmd::wire::{Channel, ControlMessage, LAUNCHER_ID, env};
 
 /// The doorbell's place in a rank's segment (`transport/shm/segment.rs`),
-/// and the value that says "asleep in poll: write my eventfd".
+/// and the value that says "asleep in poll: send on my wake-up socket".
 const DOORBELL_AT: usize = 64;
 const ASLEEP_IN_POLL: u32 = 3;
 
@@ -24,15 +25,32 @@ pub type Up = Box<dyn FnMut(&mut ControlMessage, &mut Vec<OwnedFd>) + Send>;
 /// A look at what spmdrun says to init, before init hears it.
 pub type Down = Box<dyn FnMut(&ControlMessage) + Send>;
 
-/// For `bad-wake`: registers a pipe as the wake-up eventfd.
-pub fn register_a_pipe_as_wake(rank: u32) {
-    let up: Up = Box::new(|msg, fds| {
+/// For `bad-wake` and `full-wake`: registers what `wake` makes (a pipe
+/// no one reads; a real wake-up socket, full and made blocking) as the
+/// wake-up descriptor, and holds the doorbell at "wake me through it".
+pub fn register_as_wake(rank: u32, wake: fn() -> OwnedFd) {
+    let up: Up = Box::new(move |msg, fds| {
         if matches!(msg, ControlMessage::Register { .. }) && fds.len() == 2 {
             hold_doorbell(&fds[0]);
-            fds[1] = unread_pipe();
+            fds[1] = wake();
         }
     });
     start(rank, up, Box::new(|_| {}));
+}
+
+/// Set once the relay has started, and once it has passed on the last of
+/// init's messages (init closed its end, as `finalize` does).
+static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+static PASSED_ALL: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+
+/// Waits (a few seconds at most) until the relay has passed on what init
+/// said last, `Finalized` included: call after `finalize`, before the
+/// process ends and takes the relay with it.
+pub fn finish() {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while STARTED.get().is_some() && PASSED_ALL.get().is_none() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// Puts a relay between this process's `spmd::init` and spmdrun, which
@@ -46,6 +64,7 @@ pub fn start(rank: u32, mut up: Up, mut down: Down) {
     // init checks that the other end is the process the variable names:
     // here, this one. SAFETY: no other thread runs yet.
     unsafe { std::env::set_var(env::CONTROL, format!("fd:{init_end}:{}", std::process::id())) };
+    let _ = STARTED.set(());
     let mut to_spmdrun = Channel::new(upstream, rank, LAUNCHER_ID, "spmdrun");
     let mut to_init = Channel::new(OwnedFd::from(relay_end), LAUNCHER_ID, rank, "init");
     std::thread::spawn(move || {
@@ -65,6 +84,7 @@ pub fn start(rank: u32, mut up: Up, mut down: Down) {
             // SAFETY: two live pollfds.
             unsafe { libc::poll(polled.as_mut_ptr(), 2, 1000) };
             if polled[1].revents != 0 && !pass_on(&mut to_init, &mut to_spmdrun, &mut |m, f| up(m, f)) {
+                let _ = PASSED_ALL.set(());
                 return;
             }
             if polled[0].revents != 0 && !pass_on(&mut to_spmdrun, &mut to_init, &mut |m, _| down(m)) {
@@ -129,9 +149,20 @@ fn hold_doorbell(segment: &OwnedFd) {
     });
 }
 
+/// One end of a datagram socket pair whose other end no one reads, full
+/// and blocking.
+pub fn full_blocking_socket() -> OwnedFd {
+    let (unread, end) = std::os::unix::net::UnixDatagram::pair().expect("a pair");
+    std::mem::forget(unread);
+    end.set_nonblocking(true).expect("non-blocking");
+    while end.send(&[1]).is_ok() {}
+    end.set_nonblocking(false).expect("blocking again");
+    OwnedFd::from(end)
+}
+
 /// The write end of a pipe of one page that no one reads (its read end
 /// stays open, so writes block rather than fail).
-fn unread_pipe() -> OwnedFd {
+pub fn unread_pipe() -> OwnedFd {
     let (read, write) = nix::unistd::pipe().expect("a pipe");
     std::mem::forget(read);
     // SAFETY: a plain fcntl on the pipe just made.
