@@ -436,10 +436,6 @@ impl Job {
         r.channel = None;
         r.control_closed = true;
         let who = r.describe(rank);
-        // (Whatever in `why` came from the rank is shown already; this
-        // keeps anything else it may carry, an agent's words say, on one
-        // line of text.)
-        let why = crate::shown::shown(&why);
         self.fail(format!("{who}: {why}; ending the job"), 1);
     }
 

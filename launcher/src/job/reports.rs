@@ -158,7 +158,9 @@ impl Job {
                 self.fail(format!("cannot start rank {rank} on {who}: {reason}"), 1);
             }
             Up::Control { msg, .. } => self.hear(rank, msg, Vec::new()),
-            Up::Broke { why, .. } => self.broke(rank, why),
+            // An agent's words, on one line of text (a channel's error
+            // may quote what the rank sent).
+            Up::Broke { why, .. } => self.broke(rank, crate::shown::shown(&why)),
             Up::ChannelClosed { .. } => self.ranks[rank].control_closed = true,
             Up::Output { stderr, bytes, .. } => self.take_output(rank, stderr, Some(bytes)),
             Up::OutputClosed { stderr, .. } => self.take_output(rank, stderr, None),

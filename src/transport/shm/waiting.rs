@@ -145,6 +145,10 @@ impl ShmMesh {
     /// (or `ready` says so) after all, or this rank has no wake-up socket.
     pub fn prepare_poll_sleep(&self, ready: &dyn Fn() -> bool) -> Option<RawFd> {
         let wake = self.own_wake.as_ref()?.as_raw_fd();
+        // Rings from before are old news: the look after the announce's
+        // fence sees what they rang for. (Left queued, with another thread
+        // of the rank still asleep, they would wake every poll at once.)
+        self.drain_wake();
         doorbell::announce(self.own.doorbell(), true);
         if self.anything_ready() || ready() {
             doorbell::awake(self.own.doorbell());
@@ -157,6 +161,11 @@ impl ShmMesh {
     /// and the wake-up socket is emptied.
     pub fn end_poll_sleep(&self) {
         doorbell::awake(self.own.doorbell());
+        self.drain_wake();
+    }
+
+    /// Empties the wake-up socket.
+    fn drain_wake(&self) {
         if let Some(wake) = &self.own_wake {
             // What the peers sent: a byte each ring. (A flood left behind
             // only wakes the next poll at once.)
