@@ -57,7 +57,11 @@ impl Hosts {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("making the hosts' directory");
+        // Its keys are root's alone (and the attack tests' stranger finds
+        // nothing named spmd it can look into).
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)
+            .expect("making the hosts' directory");
         std::fs::create_dir_all("/run/sshd").expect("making sshd's privilege separation directory");
         keygen(&dir.join("host_key"));
         keygen(&dir.join("client_key"));
