@@ -171,9 +171,6 @@ impl Engine {
         }
         if let Some(sel) = self.matcher.pending(id) {
             self.check_can_arrive(sel, false)?;
-            if self.only_this_rank_sends(sel) {
-                crate::completion::note_only_this_rank_sends();
-            }
             self.tested = self.tested.and(sel);
         }
         Ok(self.matcher.is_complete(id))
@@ -225,10 +222,12 @@ impl Engine {
     /// (after the test, or from another thread before the deadline).
     fn check_can_arrive(&mut self, sel: Selector, blocking: bool) -> Result<()> {
         if self.only_this_rank_sends(sel) {
-            return match blocking {
-                true => Err(crate::completion::never_sent()),
-                false => Ok(()),
-            };
+            if blocking {
+                return Err(crate::completion::never_sent());
+            }
+            // (For a wait on several requests, which fails if all do so.)
+            crate::completion::note_only_this_rank_sends();
+            return Ok(());
         }
         let me = self.me;
         match sel.pattern.source_rank() {
