@@ -189,16 +189,12 @@ fn wait_limited(child: &mut Child) -> ExitStatus {
 
 /// Starts `spmdrun ARGS` and reads `pid RANK PID` lines until every rank of
 /// `n` has reported; returns the child (stdout partly read) and the pids.
-pub fn start_reporting_pids(args: &[&str], n: usize) -> (Child, Vec<i32>, BufReader<std::process::ChildStdout>) {
+pub fn start_reporting_pids(args: &[&str], n: usize) -> (Child, Vec<i32>, JobStdout) {
     start_reporting_pids_with(args, n, &[])
 }
 
 /// [`start_reporting_pids`] with more variables in spmdrun's environment.
-pub fn start_reporting_pids_with(
-    args: &[&str],
-    n: usize,
-    env: &[(&str, &str)],
-) -> (Child, Vec<i32>, BufReader<std::process::ChildStdout>) {
+pub fn start_reporting_pids_with(args: &[&str], n: usize, env: &[(&str, &str)]) -> (Child, Vec<i32>, JobStdout) {
     let mut child = spmdrun(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -210,6 +206,10 @@ pub fn start_reporting_pids_with(
     let mut pids = vec![0; n];
     let mut seen = 0;
     let mut line = String::new();
+    // Lines read on the way that are not a pid's are kept: ranks on other
+    // hosts come through other agents, so one rank's later lines may come
+    // before another's pid.
+    let mut others = Vec::new();
     while seen < n {
         line.clear();
         let read = reader.read_line(&mut line).expect("reading spmdrun's output");
@@ -219,13 +219,19 @@ pub fn start_reporting_pids_with(
             let rank: usize = rank.parse().expect("a rank number");
             pids[rank] = pid.parse().expect("a pid");
             seen += 1;
+        } else {
+            others.extend_from_slice(line.as_bytes());
         }
     }
-    (child, pids, reader)
+    (child, pids, std::io::Cursor::new(others).chain(reader))
 }
 
+/// The rest of a job's stdout after [`start_reporting_pids`]: the lines it
+/// read that were not a pid's, then what follows.
+pub type JobStdout = std::io::Chain<std::io::Cursor<Vec<u8>>, BufReader<std::process::ChildStdout>>;
+
 /// Waits for a child started by [`start_reporting_pids`].
-pub fn finish_reporting(child: Child, reader: BufReader<std::process::ChildStdout>) -> Finished {
+pub fn finish_reporting(child: Child, reader: JobStdout) -> Finished {
     collect(child, reader)
 }
 
