@@ -15,7 +15,7 @@
 //! more, and sleeps on the futex. Whoever writes into its rings, or frees
 //! room in a ring it writes to, rings the doorbell.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::wire::control::{SingleCopy, WaitMode};
 
 mod doorbell;
+mod endpoint;
 mod fastbox;
 mod link;
 mod prefetch;
@@ -35,6 +36,7 @@ mod waiting;
 use super::peers::Peers;
 use super::stream::Peer;
 use super::{Delivery, Sleeping, Wait};
+pub(crate) use endpoint::ShmEndpoint;
 pub(crate) use fastbox::Boxed;
 use link::RingLink;
 use segment::{CLOSED, LOOKED, Segment};
@@ -65,72 +67,6 @@ pub(crate) struct NodeRanks {
 pub(crate) struct Region {
     pub base: *mut u8,
     pub len: usize,
-}
-
-/// This rank's own segment, made before it registers with the launcher.
-#[derive(Debug)]
-pub(crate) struct ShmEndpoint {
-    segment: Segment,
-    ring: usize,
-    region: usize,
-    /// How the rank's node peers wake it when it sleeps in `poll` (its job
-    /// spans nodes: it waits on sockets too).
-    wake: Option<WakeSocket>,
-}
-
-/// A rank's wake-up socket: a pair of datagram sockets, the end it polls
-/// and drains, and the end its node peers get and send a byte on. A send
-/// with `MSG_DONTWAIT` never blocks, whatever the descriptor's flags (which
-/// the rank shares with every holder: an eventfd's `O_NONBLOCK` could be
-/// cleared by its owner, and its next write block a peer for ever).
-#[derive(Debug)]
-struct WakeSocket {
-    polled: OwnedFd,
-    given: OwnedFd,
-}
-
-impl ShmEndpoint {
-    /// Makes the segment of rank `rank`, local index `local_index` of a
-    /// node of `local` ranks; the node leader's holds a collective region
-    /// of `region` bytes. With `polling`, also the wake-up socket, for a
-    /// rank that will wait on sockets as well.
-    pub fn create(rank: usize, local_index: usize, local: usize, region: usize, polling: bool) -> Result<ShmEndpoint> {
-        let ring = segment::ring_bytes(local);
-        let own_region = if local_index == 0 { region } else { 0 };
-        let segment = Segment::create(local, ring, own_region, &format!("rank {rank}"))?;
-        let wake = if polling { Some(wake_socket()?) } else { None };
-        Ok(ShmEndpoint {
-            segment,
-            ring,
-            region,
-            wake,
-        })
-    }
-
-    /// The segment's descriptor, for the launcher to pass on.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.segment.fd()
-    }
-
-    /// The end of the wake-up socket the node peers send on, for the
-    /// launcher to pass on beside the segment.
-    pub fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
-        use std::os::fd::AsFd;
-        self.wake.as_ref().map(|w| w.given.as_fd())
-    }
-}
-
-/// A new wake-up socket pair, both ends non-blocking.
-fn wake_socket() -> Result<WakeSocket> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-    let (polled, given) = socketpair(
-        AddressFamily::Unix,
-        SockType::Datagram,
-        None,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| Error::io("making a wake-up socket", std::io::Error::from(e)))?;
-    Ok(WakeSocket { polled, given })
 }
 
 /// The shared-memory links of one rank to all the others on its node.
