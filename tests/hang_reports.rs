@@ -81,7 +81,7 @@ fn a_send_held_back_by_a_full_queue_is_named_in_the_hang_report() {
         "-n",
         "3",
         "--timeout",
-        "4",
+        "8",
         &example("spmd-check"),
         "full-queue",
         "cycle",
@@ -155,7 +155,7 @@ fn a_stopped_rank_is_named_as_stopped_and_the_deadlock_waits_for_it() {
 fn timeout_names_a_rank_that_never_joined() {
     let check = example("spmd-check");
     let script = format!("if [ $SPMD_RANK = 1 ]; then sleep 30; fi; exec {check} fail idle");
-    let out = run(spmdrun(&["-n", "2", "--timeout", "2", "sh", "-c", &script]));
+    let out = run(spmdrun(&["-n", "2", "--timeout", "6", "sh", "-c", &script]));
     assert_eq!(out.code(), Some(124), "{out:?}");
     assert!(out.stderr.contains("--timeout"), "{out:?}");
     assert!(
@@ -181,7 +181,7 @@ fn a_hang_report_names_a_rank_that_never_joined() {
         "--hang-report",
         "1",
         "--timeout",
-        "4",
+        "8",
         "sh",
         "-c",
         &script,
@@ -210,7 +210,7 @@ fn on_deadlock_report_keeps_waiting_and_hang_report_0_says_nothing() {
         "--on-deadlock",
         "report",
         "--timeout",
-        "4",
+        "8",
         &deadlock,
     ]));
     assert_eq!(out.code(), Some(124), "{out:?}");
@@ -246,6 +246,26 @@ fn a_rank_blocked_writing_to_a_slow_reader_is_not_a_deadlock() {
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
     assert!(!out.stderr.contains("deadlock"), "{}", out.stderr);
     assert_eq!(out.stdout.matches('x').count(), 6_000_000, "every byte");
+}
+
+/// A rank blocked writing its output while nobody reads spmdrun's is named
+/// as that in the report of the rank waiting for it (not as computing),
+/// and the job ends well once the output is read, with every byte.
+#[test]
+fn a_rank_blocked_writing_its_output_is_named_as_that() {
+    let check = example("spmd-check");
+    let (out, seen) = common::unread_until(
+        spmdrun(&["-n", "2", "--hang-report", "1", &check, "blocked-output"]),
+        "is blocked writing to its standard output",
+    );
+    assert!(seen, "{}", out.stderr);
+    common::assert_blocked_output_ended_well(&out);
+    common::assert_named_blocked_writing(&out, 0);
+    assert!(
+        out.stderr.contains("spmdrun's own standard output is full"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// A program that counts on a broadcast root never waiting (it sends the

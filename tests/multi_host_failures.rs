@@ -10,6 +10,32 @@ use common::{
 };
 use nix::sys::signal::Signal;
 
+/// While nobody reads spmdrun's output, a report says so: a rank on
+/// another host blocked writing its output waits, and so do its agent's
+/// reports, which come behind that output. The job ends well once the
+/// output is read.
+#[test]
+fn a_remote_rank_blocked_writing_its_output_is_explained() {
+    let hosts = Hosts::start(1);
+    let check = example("spmd-check");
+    let args = [
+        "-H",
+        "127.0.0.2:1,localhost:1",
+        "--hang-report",
+        "1",
+        &check,
+        "blocked-output",
+    ];
+    let (out, seen) = common::unread_until(across(&hosts, &args), "spmdrun's own standard output is full");
+    assert!(seen, "{}", out.stderr);
+    common::assert_blocked_output_ended_well(&out);
+    assert!(
+        out.stderr.contains("rank 1 (pid ") && out.stderr.contains(") waits receive(from rank 0, tag 0)"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn deadlocks_hangs_and_stopped_ranks_on_other_hosts_are_named() {
     let hosts = Hosts::start(2);
@@ -27,7 +53,7 @@ fn deadlocks_hangs_and_stopped_ranks_on_other_hosts_are_named() {
     // --timeout says what the remote ranks wait on.
     let out = run(across(
         &hosts,
-        &["-H", three, "--hang-report", "0", "--timeout", "3", &deadlock],
+        &["-H", three, "--hang-report", "0", "--timeout", "10", &deadlock],
     ));
     assert_eq!(out.code(), Some(124), "{out:?}");
     assert!(

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use spmd::wire::status::{BUSY_IN_SPMD, OTHER_THREADS_OUTSIDE, Phase, WaitOp, Waiting, now_ns};
 
+use crate::outside::Outside;
 use crate::rank::Rank;
 
 /// What one look at the ranks found.
@@ -27,6 +28,9 @@ enum Seen {
     Starting,
     Stopped,
     Computing,
+    /// Outside spmd's waits, asleep writing its standard output (or error,
+    /// `true`).
+    Writing(bool),
     Finalized,
     /// On another host, whose agent has not reported its status page yet.
     Remote,
@@ -172,6 +176,12 @@ impl HangWatch {
                         "  {who} is running outside any spmd wait (computing, or in calls that return at once) {}",
                         for_(self.changed[r])
                     ),
+                    Seen::Writing(stderr) => format!(
+                        "  {who} is blocked writing to its standard {}: nothing reads it as fast as it writes (is spmdrun's own {} read?) {}",
+                        if *stderr { "error" } else { "output" },
+                        if *stderr { "stderr" } else { "stdout" },
+                        for_(self.changed[r])
+                    ),
                     Seen::Stopped => format!("  {who} is stopped (SIGSTOP or a debugger)"),
                     Seen::NotJoined => format!(
                         "  {who} has not called spmd::init while others have ({})",
@@ -199,13 +209,11 @@ fn same_state(a: &Seen, b: &Seen) -> bool {
     }
 }
 
-/// True if the process is stopped (by a signal, or a debugger).
-pub(crate) fn stopped(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state == "T" || state == "t")
-    })
+/// Whether a rank whose page is `snapshot` is outside spmd's waits (it
+/// runs, between `init` and `finalize`, in no wait): only then is its
+/// process asked whether it writes its output.
+pub(crate) fn outside_waits(snapshot: Option<&spmd::wire::status::Snapshot>) -> bool {
+    snapshot.is_some_and(|s| s.phase == Phase::Running && s.waiting.is_none())
 }
 
 /// How every rank looks now, what its page says it sent and received,
@@ -229,13 +237,14 @@ fn observe(ranks: &[Rank]) -> (Vec<Seen>, Vec<(u64, u64)>, u64, u64) {
             if r.exited.is_some() {
                 return Seen::Gone;
             }
-            match (&r.remote_status, r.agent) {
+            let outside = match (&r.remote_status, r.agent) {
                 // Not heard of yet (its agent reports it every half second).
                 (None, Some(_)) => return Seen::Remote,
-                (Some((_, true)), _) => return Seen::Stopped,
-                (Some(_), _) => {}
-                (None, None) if stopped(r.pid) || r.joined_pid.is_some_and(stopped) => return Seen::Stopped,
-                (None, None) => {}
+                (Some((_, outside)), _) => *outside,
+                (None, None) => Outside::of_rank(r.pid, r.joined_pid, outside_waits(snapshot.as_ref())),
+            };
+            if outside == Outside::Stopped {
+                return Seen::Stopped;
             }
             match snapshot {
                 None if r.hello => Seen::Starting,
@@ -247,7 +256,10 @@ fn observe(ranks: &[Rank]) -> (Vec<Seen>, Vec<(u64, u64)>, u64, u64) {
                         Some(what) => Seen::Garbled(what),
                         None => Seen::Waiting(w),
                     },
-                    (Phase::Running, None) => Seen::Computing,
+                    (Phase::Running, None) => match outside {
+                        Outside::Writing { stderr } => Seen::Writing(stderr),
+                        _ => Seen::Computing,
+                    },
                 },
             }
         })

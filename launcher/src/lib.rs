@@ -12,6 +12,7 @@ mod memory;
 mod node_segments;
 mod nonblocking;
 mod output;
+mod outside;
 pub mod placement;
 mod rank;
 mod shown;

@@ -77,8 +77,9 @@ pub struct Rank {
     /// The process that joined the job, if another (under a wrapper).
     pub joined_pid: Option<i32>,
     /// On another host: what its agent last reported of its status page
-    /// (times on this machine's clock) and whether it is stopped.
-    pub remote_status: Option<(Option<spmd::wire::status::Snapshot>, bool)>,
+    /// (times on this machine's clock) and what it does outside spmd's
+    /// waits.
+    pub remote_status: Option<(Option<spmd::wire::status::Snapshot>, crate::outside::Outside)>,
     pub channel: Option<Channel>,
     pub status: Option<Page>,
     pub stdout: Option<Pipe>,

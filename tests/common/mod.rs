@@ -235,6 +235,83 @@ pub fn finish_reporting(child: Child, reader: JobStdout) -> Finished {
     collect(child, reader)
 }
 
+/// Runs `cmd` (spmdrun) with nobody reading its stdout until its stderr
+/// has said a line containing `wanted` (or a minute has passed), then
+/// reads the rest; returns the outcome and whether the line came while
+/// stdout was unread.
+pub fn unread_until(mut cmd: Command, wanted: &str) -> (Finished, bool) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spmdrun starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (lines, heard) = std::sync::mpsc::channel();
+    let err_thread = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines.send(line);
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = false;
+    while let Ok(line) = heard.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains(wanted) {
+            seen = true;
+            break;
+        }
+    }
+    let mut out = child.stdout.take().expect("stdout is piped");
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let status = wait_limited(&mut child);
+    let finished = Finished {
+        status,
+        stdout: out_thread.join().unwrap_or_default(),
+        stderr: err_thread.join().unwrap_or_default(),
+    };
+    (finished, seen)
+}
+
+/// The end of a job of `spmd-check blocked-output` whose output was read
+/// late: status 0, every byte, no deadlock.
+pub fn assert_blocked_output_ended_well(out: &Finished) {
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(!out.stderr.contains("deadlock"), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("blocked-output: rank 1 got its message"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stdout.matches('x').count(), 64 * 1023 * 1024, "every byte");
+}
+
+/// The report of `spmd-check blocked-output` names `rank` as blocked
+/// writing, and rank 1 as waiting for rank 0.
+pub fn assert_named_blocked_writing(out: &Finished, rank: usize) {
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("is blocked writing to its standard output"));
+    assert!(
+        line.is_some_and(|l| l.starts_with(&format!("spmdrun:   rank {rank} (pid "))),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(") waits receive(from rank 0, tag 0)"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// The pid of the child a rank of `spmd-check fail exit-leaving-child` left
 /// (it prints `child PID`).
 pub fn left_child(out: &Finished) -> i32 {

@@ -64,7 +64,7 @@ struct Local {
     /// Its status page, kept while the agent runs (read once more after the rank has gone).
     status: Option<Page>,
     /// What was last reported of it.
-    reported: Option<(Option<Snapshot>, bool)>,
+    reported: Option<(Option<Snapshot>, crate::outside::Outside)>,
 }
 
 /// Runs the agent; returns its exit status.

@@ -16,10 +16,11 @@ use spmd::wire::status::Snapshot;
 use spmd::wire::{ControlMessage, MAX_CONTROL_LEN};
 
 use crate::machine::Machine;
+use crate::outside::Outside;
 use crate::spawn::{Launch, Place, Termination};
 
 /// The protocol's version: both ends must speak the same.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 const MAGIC: &[u8; 8] = b"spmd-agt";
 /// The bytes of the greeting each end sends first.
 pub const GREETING_LEN: usize = 12;
@@ -84,13 +85,13 @@ pub enum Up {
         msg: ControlMessage,
     },
     /// What a rank's status page says (sent when it changes, for hang and
-    /// deadlock reports): its snapshot, whether the process is stopped,
-    /// and the agent's clock when it looked (the times in the snapshot
+    /// deadlock reports): its snapshot, what the process does outside
+    /// spmd's waits (stopped, or writing its output), and the agent's clock when it looked (the times in the snapshot
     /// are on the host's clock).
     Status {
         rank: u32,
         snapshot: Option<Snapshot>,
-        stopped: bool,
+        outside: Outside,
         now_ns: u64,
     },
     /// A rank broke its channel's protocol.

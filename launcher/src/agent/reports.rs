@@ -9,6 +9,7 @@ use spmd::wire::status::now_ns;
 use super::protocol::{Outbox, Up};
 use super::{Agent, LINGER, Local};
 use crate::nonblocking::{held_bytes, read_held};
+use crate::outside::Outside;
 
 impl Agent {
     /// Reports the exits of ranks whose channel has closed or never
@@ -79,15 +80,18 @@ impl Agent {
 pub(super) fn status_change(l: &mut Local) -> Option<Up> {
     let snapshot = l.status.as_ref()?.read();
     let joined = snapshot.map(|s| s.pid as i32).filter(|p| *p > 0);
-    let stopped = !l.exited && (crate::hang::stopped(l.pid) || joined.is_some_and(crate::hang::stopped));
-    if l.reported == Some((snapshot, stopped)) {
+    let outside = match l.exited {
+        true => Outside::Running,
+        false => Outside::of_rank(l.pid, joined, crate::hang::outside_waits(snapshot.as_ref())),
+    };
+    if l.reported == Some((snapshot, outside)) {
         return None;
     }
-    l.reported = Some((snapshot, stopped));
+    l.reported = Some((snapshot, outside));
     Some(Up::Status {
         rank: l.place.rank as u32,
         snapshot,
-        stopped,
+        outside,
         now_ns: now_ns(),
     })
 }

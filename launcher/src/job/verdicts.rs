@@ -58,10 +58,28 @@ impl Job {
     }
 
     pub(super) fn hang_lines(&mut self) -> Vec<String> {
-        match self.hang.as_mut() {
+        let mut lines = match self.hang.as_mut() {
             Some(h) => h.describe_now(&self.ranks),
             None => HangWatch::new(Duration::ZERO, self.ranks.len()).describe_now(&self.ranks),
-        }
+        };
+        lines.extend(self.output_full());
+        lines
+    }
+
+    /// A line for reports while spmdrun's own output is full: the ranks
+    /// that write wait for it, and so do the reports of other hosts' ranks,
+    /// which come the same way as their output.
+    fn output_full(&self) -> Option<String> {
+        let full = match (self.out.has_room(), self.err.has_room()) {
+            (true, true) => return None,
+            (false, true) => "output is",
+            (true, false) => "error is",
+            (false, false) => "output and error are",
+        };
+        Some(format!(
+            "  spmdrun's own standard {full} full: nothing reads it as fast as the ranks write, so ranks that \
+             write wait, and so do the reports of ranks on other hosts"
+        ))
     }
 
     /// Reads the status pages; reports a hang, or ends the job on a
@@ -73,7 +91,10 @@ impl Job {
         let Some(watch) = self.hang.as_mut() else { return };
         match watch.look(&self.ranks) {
             None => {}
-            Some(Verdict::Report(lines)) => self.say(&lines),
+            Some(Verdict::Report(mut lines)) => {
+                lines.extend(self.output_full());
+                self.say(&lines);
+            }
             Some(Verdict::Deadlock(lines)) => {
                 if self.end_on_deadlock {
                     let (first, rest) = lines

@@ -46,6 +46,9 @@ fn main() -> Result<(), spmd::Error> {
     if mode == "chatter" {
         return output::chatter();
     }
+    if mode == "blocked-output" {
+        return output::blocked_output(rest.first().is_some_and(|a| a == "stderr"));
+    }
     if mode == "nested" {
         // Started by a rank, not by spmdrun: init must refuse.
         return spmd::init().map(|_| ());
