@@ -172,7 +172,7 @@ fn sigterm_and_sigint_to_spmdrun_end_the_whole_job() {
 #[test]
 fn timeout_ends_a_job_that_runs_too_long() {
     let check = example("spmd-check");
-    let (child, pids, reader) = start_reporting_pids(&["-n", "2", "--timeout", "0.5", &check, "fail", "idle"], 2);
+    let (child, pids, reader) = start_reporting_pids(&["-n", "2", "--timeout", "5", &check, "fail", "idle"], 2);
     let out = finish_reporting(child, reader);
     assert_all_gone(&pids);
     assert_eq!(out.code(), Some(124), "{out:?}");

@@ -10,8 +10,8 @@ pub fn run(world: &World, case: &str, arg: &str) -> Result<(), Error> {
     match case {
         "scope-error" => scope_error(world),
         "scope-panic" => scope_panic(world),
-        "send-to-finalized" => send_to_finalized(world, 4 << 20, 4, "send-to-finalized"),
-        "small-to-finalized" => send_to_finalized(world, 16, 1, "small-to-finalized"),
+        "send-to-finalized" => send_to_finalized(world, 4 << 20, "send-to-finalized"),
+        "small-to-finalized" => send_to_finalized(world, 16, "small-to-finalized"),
         "finalize-unread" => finalize_unread(world),
         "stream-at-finalized" => stream_at_finalized(world, 64 << 10, case),
         "offers-at-finalized" => stream_at_finalized(world, 512 << 10, case),
@@ -76,20 +76,34 @@ fn scope_panic(world: &World) -> Result<(), Error> {
 
 /// A send to a rank that has finalized fails with PeerGone: a large one
 /// instead of waiting for room that will never come, a small one instead of
-/// vanishing into room that nobody will read.
-fn send_to_finalized(world: &World, len: usize, times: usize, case: &str) -> Result<(), Error> {
+/// vanishing into room that nobody will read. Rank 0 sends every 10 ms
+/// until it fails: a small message sent before rank 1 has finalized lands,
+/// and rank 1's finalize names it as never received (rank 0 says how many
+/// it sent, for the test to match).
+fn send_to_finalized(world: &World, len: usize, case: &str) -> Result<(), Error> {
     let me = world.rank();
     world.barrier()?;
     if me == 1 {
         return Ok(());
     }
-    // Give rank 1 the time to finalize.
-    std::thread::sleep(Duration::from_millis(200));
     let data = vec![1u8; len];
-    let result = (0..times).try_for_each(|_| world.send_slice(&data, 1));
-    match result {
-        Err(Error::PeerGone { rank: 1 }) => println!("hang {case}: all checks passed"),
-        other => panic!("rank {me}: sending {times} x {len} bytes to a finalized rank gave {other:?}"),
+    let start = Instant::now();
+    let mut sent = 0usize;
+    let outcome = loop {
+        if let Err(e) = world.send_slice(&data, 1) {
+            break e;
+        }
+        sent += 1;
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "rank 0: {sent} sends of {len} bytes to a finalizing rank went through in 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    println!("rank 0 sent {sent} message(s) before rank 1 was gone");
+    match outcome {
+        Error::PeerGone { rank: 1 } => println!("hang {case}: all checks passed"),
+        other => panic!("rank {me}: sending {len} bytes to a finalized rank gave {other:?}"),
     }
     Ok(())
 }
