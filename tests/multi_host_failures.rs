@@ -179,7 +179,7 @@ fn parent(pid: i32) -> i32 {
 
 /// Starts `spmd-check fail HOW` on 4 ranks on 2 hosts (the last rank
 /// fails); returns the job, the ranks' pids and its output so far.
-fn two_host_job(hosts: &Hosts, how: &str) -> (std::process::Child, Vec<i32>, common::JobStdout) {
+fn two_host_job(hosts: &Hosts, how: &str) -> (std::process::Child, Vec<i32>, common::JobOutput) {
     let check = example("spmd-check");
     let agent = hosts.launch_agent();
     let args = [
@@ -196,7 +196,7 @@ fn two_host_job(hosts: &Hosts, how: &str) -> (std::process::Child, Vec<i32>, com
 
 /// Starts 4 idle ranks on 2 hosts; returns the job, the ranks' pids and
 /// the pids of the two agents (the ranks' parents).
-fn idle_job(hosts: &Hosts) -> (std::process::Child, Vec<i32>, Vec<i32>, common::JobStdout) {
+fn idle_job(hosts: &Hosts) -> (std::process::Child, Vec<i32>, Vec<i32>, common::JobOutput) {
     let (child, pids, reader) = two_host_job(hosts, "idle");
     let agents = vec![parent(pids[0]), parent(pids[2])];
     assert_ne!(agents[0], agents[1], "each host has its own agent");

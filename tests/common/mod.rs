@@ -189,12 +189,12 @@ fn wait_limited(child: &mut Child) -> ExitStatus {
 
 /// Starts `spmdrun ARGS` and reads `pid RANK PID` lines until every rank of
 /// `n` has reported; returns the child (stdout partly read) and the pids.
-pub fn start_reporting_pids(args: &[&str], n: usize) -> (Child, Vec<i32>, JobStdout) {
+pub fn start_reporting_pids(args: &[&str], n: usize) -> (Child, Vec<i32>, JobOutput) {
     start_reporting_pids_with(args, n, &[])
 }
 
 /// [`start_reporting_pids`] with more variables in spmdrun's environment.
-pub fn start_reporting_pids_with(args: &[&str], n: usize, env: &[(&str, &str)]) -> (Child, Vec<i32>, JobStdout) {
+pub fn start_reporting_pids_with(args: &[&str], n: usize, env: &[(&str, &str)]) -> (Child, Vec<i32>, JobOutput) {
     let mut child = spmdrun(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -202,37 +202,86 @@ pub fn start_reporting_pids_with(args: &[&str], n: usize, env: &[(&str, &str)]) 
         .stderr(Stdio::piped())
         .spawn()
         .expect("spmdrun starts");
-    let mut reader = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    // Stderr is read from the start: spmdrun, its queue for it full, would
+    // stop reading the ranks' output, and the pids would never come.
+    let stderr = read_all_of(child.stderr.take().expect("stderr is piped"));
+    let reader = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let (found, told) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = found.send(read_pids(reader, n));
+    });
+    match told.recv_timeout(LIMIT) {
+        Ok(Ok((pids, before, stdout))) => (child, pids, JobOutput { before, stdout, stderr }),
+        failed => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let why = match failed {
+                Ok(Err(why)) => why,
+                _ => format!("no pid from every rank within {LIMIT:?}"),
+            };
+            panic!("{why}; spmdrun's stderr: {}", stderr.join().unwrap_or_default());
+        }
+    }
+}
+
+/// Reads `pid RANK PID` lines until each of `n` ranks has said one; returns
+/// the pids, the other lines read on the way (ranks on other hosts come
+/// through other agents, so one rank's later lines may come before
+/// another's pid), and the rest of the output.
+type PidsRead = (Vec<i32>, Vec<u8>, BufReader<std::process::ChildStdout>);
+fn read_pids(mut reader: BufReader<std::process::ChildStdout>, n: usize) -> Result<PidsRead, String> {
     let mut pids = vec![0; n];
     let mut seen = 0;
     let mut line = String::new();
-    // Lines read on the way that are not a pid's are kept: ranks on other
-    // hosts come through other agents, so one rank's later lines may come
-    // before another's pid.
     let mut others = Vec::new();
     while seen < n {
         line.clear();
-        let read = reader.read_line(&mut line).expect("reading spmdrun's output");
-        assert!(read > 0, "spmdrun's output ended before every rank reported its pid");
+        match reader.read_line(&mut line) {
+            Ok(0) => return Err("spmdrun's output ended before every rank reported its pid".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading spmdrun's output: {e}")),
+        }
         let parts: Vec<&str> = line.split_whitespace().collect();
         if let ["pid", rank, pid] = parts[..] {
-            let rank: usize = rank.parse().expect("a rank number");
-            pids[rank] = pid.parse().expect("a pid");
+            let rank: usize = rank.parse().map_err(|_| format!("a rank number in {line:?}"))?;
+            pids[rank] = pid.parse().map_err(|_| format!("a pid in {line:?}"))?;
             seen += 1;
         } else {
             others.extend_from_slice(line.as_bytes());
         }
     }
-    (child, pids, std::io::Cursor::new(others).chain(reader))
+    Ok((pids, others, reader))
 }
 
-/// The rest of a job's stdout after [`start_reporting_pids`]: the lines it
-/// read that were not a pid's, then what follows.
-pub type JobStdout = std::io::Chain<std::io::Cursor<Vec<u8>>, BufReader<std::process::ChildStdout>>;
+/// Reads all of `from` on a thread of its own.
+fn read_all_of(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = from.read_to_string(&mut s);
+        s
+    })
+}
+
+/// The output of a job after [`start_reporting_pids`]: the lines of its
+/// stdout read on the way that were not a pid's, the rest of its stdout,
+/// and its stderr (read from the start).
+pub struct JobOutput {
+    before: Vec<u8>,
+    stdout: BufReader<std::process::ChildStdout>,
+    stderr: std::thread::JoinHandle<String>,
+}
 
 /// Waits for a child started by [`start_reporting_pids`].
-pub fn finish_reporting(child: Child, reader: JobStdout) -> Finished {
-    collect(child, reader)
+pub fn finish_reporting(mut child: Child, out: JobOutput) -> Finished {
+    let rest = read_all_of(out.stdout);
+    let status = wait_limited(&mut child);
+    let mut stdout = String::from_utf8_lossy(&out.before).into_owned();
+    stdout.push_str(&rest.join().unwrap_or_default());
+    Finished {
+        status,
+        stdout,
+        stderr: out.stderr.join().unwrap_or_default(),
+    }
 }
 
 /// Runs `cmd` (spmdrun) with nobody reading its stdout until its stderr
