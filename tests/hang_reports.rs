@@ -128,7 +128,9 @@ fn a_rank_computing_outside_spmd_is_named_and_is_no_deadlock() {
 #[test]
 fn a_stopped_rank_is_named_as_stopped_and_the_deadlock_waits_for_it() {
     let check = example("spmd-check");
-    let args = ["-n", "3", "--hang-report", "1", &check, "fail", "idle"];
+    // Rank 1 computes for 5 s before it waits: no deadlock before the stop,
+    // however late the stop comes.
+    let args = ["-n", "3", "--hang-report", "1", &check, "fail", "idle-late"];
     let (mut child, pids, reader) = start_reporting_pids(&args, 3);
     signal(pids[1], Signal::SIGSTOP);
     std::thread::sleep(Duration::from_secs(3));

@@ -96,9 +96,10 @@ fn deadlocks_hangs_and_stopped_ranks_on_other_hosts_are_named() {
         "1",
         &check,
         "fail",
-        "idle",
+        "idle-late",
     ];
     let (child, pids, reader) = start_reporting_pids(&args, 3);
+    // Rank 1 computes for 5 s before it waits: no deadlock before the stop.
     signal(pids[2], Signal::SIGSTOP);
     std::thread::sleep(std::time::Duration::from_secs(3));
     signal(pids[2], Signal::SIGCONT);

@@ -113,20 +113,32 @@ impl Hosts {
         std::fs::write(dir.join("ssh_config"), config(&known, "client_key")).expect("writing ssh_config");
         std::fs::write(dir.join("ssh_config_stranger"), config(&known, "stranger_key")).expect("writing ssh_config");
         std::fs::write(dir.join("ssh_config_unknown"), config("/dev/null", "client_key")).expect("writing ssh_config");
-        let hosts = Hosts { dir, sshd, port, names };
+        let mut hosts = Hosts { dir, sshd, port, names };
         hosts.wait_until_listening();
         hosts
     }
 
-    fn wait_until_listening(&self) {
+    fn wait_until_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        for name in &self.names {
+        for (name, sshd) in self.names.iter().zip(&mut self.sshd) {
             let addr = SocketAddrV4::new(name.parse().expect("an address"), self.port);
-            while TcpStream::connect(addr).is_err() {
+            // An sshd that could not bind has exited: whatever answers
+            // there is not it.
+            let log = || read(&self.dir.join(format!("sshd-{name}.log")));
+            loop {
+                let exited = sshd.try_wait().ok().flatten();
+                assert!(
+                    exited.is_none(),
+                    "sshd on {addr} exited ({exited:?}); its log: {}",
+                    log()
+                );
+                if TcpStream::connect(addr).is_ok() {
+                    break;
+                }
                 assert!(
                     Instant::now() < deadline,
                     "sshd on {addr} did not start listening; its log: {}",
-                    read(&self.dir.join(format!("sshd-{name}.log")))
+                    log()
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -182,17 +194,24 @@ pub fn across(hosts: &Hosts, args: &[&str]) -> std::process::Command {
     spmdrun(&all)
 }
 
-/// A port the kernel says is free on each of the `count` addresses from
-/// 127.0.0.2: one free on the first only was taken on another by a rank's
-/// connection in a test running beside this one (sshd then failed to bind).
+/// A port free on each of the `count` addresses from 127.0.0.2, below the
+/// kernel's range for ports it picks itself: a rank of a test running
+/// beside this one, listening on port 0, can never take it between this
+/// look and sshd's bind (and one free on the first address only was taken
+/// on another by a rank's connection).
 fn free_port(count: usize) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(10_001));
     for _ in 0..100 {
-        let port = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), 0))
-            .and_then(|l| l.local_addr())
-            .expect("finding a free port")
-            .port();
+        let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+        random.write_u32(std::process::id());
+        let port = from + (random.finish() % u64::from(to - from)) as u16;
         let free = |i: usize| TcpListener::bind(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2 + i as u8), port)).is_ok();
-        if (1..count).all(free) {
+        if (0..count).all(free) {
             return port;
         }
     }

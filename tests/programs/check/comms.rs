@@ -137,9 +137,9 @@ fn scope_ends_while_another_thread_waits(world: &World) -> Result<(), Error> {
     if world.rank() == 0 {
         std::thread::sleep(std::time::Duration::from_millis(300));
         dup.send(&5u64, 1)?;
-        // After rank 1's scope has ended, so that nothing but its
-        // withdrawal keeps the message from the buffer.
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // After rank 1's scope has ended (it says so), so that nothing but
+        // its withdrawal keeps the message from the buffer.
+        world.receive_with_tag::<()>(1, 78)?;
         world.send_slice_with_tag(&[1u64, 2, 3, 4], 1, 77)?;
     } else {
         std::thread::scope(|t| -> Result<(), Error> {
@@ -160,6 +160,7 @@ fn scope_ends_while_another_thread_waits(world: &World) -> Result<(), Error> {
             assert_eq!(waiter.join().expect("the waiter does not panic")?, 5);
             Ok(())
         })?;
+        world.send_with_tag(&(), 0, 78)?;
         let numbers: Vec<u64> = world.receive_vec_matching(Match::source(0).with_tag(77))?.0;
         assert_eq!(numbers, [1, 2, 3, 4]);
     }

@@ -4,7 +4,8 @@
 //! `fail HOW`: every rank prints `pid RANK PID`, joins a barrier, then the
 //! last rank fails in the way HOW names while the others wait in a receive
 //! that nothing will match (from the failing rank itself, for `error`).
-//! `fail idle` has nobody fail.
+//! `fail idle` has nobody fail; `fail idle-late` neither, rank 1 computing
+//! for 5 s before it waits.
 
 use std::io::Write;
 
@@ -79,6 +80,11 @@ fn fail(how: &str) -> Result<(), Error> {
     }
     if how == "error-after-barrier" {
         world.barrier()?;
+    }
+    // Rank 1 computes for 5 s first: no deadlock before then, whenever a
+    // test stops it.
+    if how == "idle-late" && me == 1 {
+        std::thread::sleep(std::time::Duration::from_secs(5));
     }
     // Wait for a message nobody sends; the launcher ends this rank. After
     // an error, wait on the failing rank itself: finding it gone must not
