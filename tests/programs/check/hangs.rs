@@ -86,26 +86,33 @@ fn send_to_finalized(world: &World, len: usize, case: &str) -> Result<(), Error>
     if me == 1 {
         return Ok(());
     }
-    let data = vec![1u8; len];
-    let start = Instant::now();
-    let mut sent = 0usize;
-    let outcome = loop {
-        if let Err(e) = world.send_slice(&data, 1) {
-            break e;
-        }
-        sent += 1;
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "rank 0: {sent} sends of {len} bytes to a finalizing rank went through in 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let (sent, outcome) = send_until_gone(world, len, Duration::from_millis(10));
     println!("rank 0 sent {sent} message(s) before rank 1 was gone");
     match outcome {
         Error::PeerGone { rank: 1 } => println!("hang {case}: all checks passed"),
         other => panic!("rank {me}: sending {len} bytes to a finalized rank gave {other:?}"),
     }
     Ok(())
+}
+
+/// Rank 0 sends messages of `len` bytes to rank 1, `pause` apart, until a
+/// send fails (within 20 s: rank 1 finalizes meanwhile); how many went
+/// through, and the error.
+fn send_until_gone(world: &World, len: usize, pause: Duration) -> (usize, Error) {
+    let data = vec![5u8; len];
+    let start = Instant::now();
+    let mut sent = 0usize;
+    loop {
+        if let Err(e) = world.send_slice(&data, 1) {
+            return (sent, e);
+        }
+        sent += 1;
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "rank 1 took {sent} messages of {len} bytes in 20 s while finalizing"
+        );
+        std::thread::sleep(pause);
+    }
 }
 
 /// Ranks that finalize with messages the other has not read both finish.
@@ -140,20 +147,8 @@ fn stream_at_finalized(world: &World, len: usize, case: &str) -> Result<(), Erro
     if rank_1_finalizes(world)? {
         return Ok(());
     }
-    let data = vec![5u8; len];
     let kib = len >> 10;
-    let start = Instant::now();
-    let mut sent = 0usize;
-    let outcome = loop {
-        if let Err(e) = world.send_slice(&data, 1) {
-            break e;
-        }
-        sent += 1;
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "rank 1 read {sent} messages of {kib} KiB in 20 s while finalizing"
-        );
-    };
+    let (sent, outcome) = send_until_gone(world, len, Duration::ZERO);
     println!("rank 0 sent {sent} messages of {kib} KiB");
     match outcome {
         Error::PeerGone { rank: 1 } => println!("hang {case}: all checks passed"),
