@@ -252,7 +252,9 @@ fn a_rank_blocked_writing_to_a_slow_reader_is_not_a_deadlock() {
 
 /// A rank blocked writing its output while nobody reads spmdrun's is named
 /// as that in the report of the rank waiting for it (not as computing),
-/// and the job ends well once the output is read, with every byte.
+/// with a line saying spmdrun's output is full, and the job ends well once
+/// the output is read, with every byte; one blocked writing its standard
+/// error into a pipe of its own is named as that.
 #[test]
 fn a_rank_blocked_writing_its_output_is_named_as_that() {
     let check = example("spmd-check");
@@ -262,12 +264,31 @@ fn a_rank_blocked_writing_its_output_is_named_as_that() {
     );
     assert!(seen, "{}", out.stderr);
     common::assert_blocked_output_ended_well(&out);
-    common::assert_named_blocked_writing(&out, 0);
+    common::assert_named_blocked_writing(&out, 0, "output");
     assert!(
         out.stderr.contains("spmdrun's own standard output is full"),
         "{}",
         out.stderr
     );
+    // Its standard error into a pipe of its own, which nobody reads.
+    let script = format!(
+        "if [ $SPMD_RANK = 0 ]; then {check} blocked-output stderr 2>&1 >/dev/null | sleep 60; \
+         else exec {check} blocked-output; fi"
+    );
+    let out = run(spmdrun(&[
+        "-n",
+        "2",
+        "--hang-report",
+        "1",
+        "--timeout",
+        "8",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert_eq!(out.code(), Some(124), "{out:?}");
+    common::assert_named_blocked_writing(&out, 0, "error");
+    assert!(!out.stderr.contains("own standard"), "{}", out.stderr);
 }
 
 /// A program that counts on a broadcast root never waiting (it sends the

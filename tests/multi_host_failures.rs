@@ -13,7 +13,8 @@ use nix::sys::signal::Signal;
 /// While nobody reads spmdrun's output, a report says so: a rank on
 /// another host blocked writing its output waits, and so do its agent's
 /// reports, which come behind that output. The job ends well once the
-/// output is read.
+/// output is read. A rank blocked writing into a pipe of its own is named
+/// as that by its agent.
 #[test]
 fn a_remote_rank_blocked_writing_its_output_is_explained() {
     let hosts = Hosts::start(1);
@@ -31,6 +32,19 @@ fn a_remote_rank_blocked_writing_its_output_is_explained() {
     common::assert_blocked_output_ended_well(&out);
     assert!(
         out.stderr.contains("rank 1 (pid ") && out.stderr.contains(") waits receive(from rank 0, tag 0)"),
+        "{}",
+        out.stderr
+    );
+    // Blocked writing into a pipe of its own, which nobody reads: its
+    // agent's reports still come, and name it.
+    let script =
+        format!("if [ $SPMD_RANK = 0 ]; then {check} blocked-output | sleep 60; else exec {check} blocked-output; fi");
+    let args = ["-H", "127.0.0.2:1,localhost:1", "--hang-report", "1", "--timeout", "10"];
+    let out = run(across(&hosts, &[&args[..], &["sh", "-c", &script]].concat()));
+    assert_eq!(out.code(), Some(124), "{out:?}");
+    common::assert_named_blocked_writing(&out, 0, "output");
+    assert!(
+        out.stderr.contains("on host 127.0.0.2) is blocked writing"),
         "{}",
         out.stderr
     );

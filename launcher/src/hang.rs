@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use spmd::wire::status::{BUSY_IN_SPMD, OTHER_THREADS_OUTSIDE, Phase, WaitOp, Waiting, now_ns};
 
-use crate::outside::Outside;
+use crate::process_state::ProcessState;
 use crate::rank::Rank;
 
 /// What one look at the ranks found.
@@ -28,9 +28,6 @@ enum Seen {
     Starting,
     Stopped,
     Computing,
-    /// Outside spmd's waits, asleep writing its standard output (or error,
-    /// `true`).
-    Writing(bool),
     Finalized,
     /// On another host, whose agent has not reported its status page yet.
     Remote,
@@ -123,10 +120,13 @@ impl HangWatch {
         // one wait, or has moved on, starts no new episode.
         let told = self.reported.as_ref().is_some_and(|before| {
             before.len() == seen.len()
-                && before
-                    .iter()
-                    .zip(&seen)
-                    .all(|(a, b)| !matches!(b, Seen::Waiting(w) if long(w)) || same_state(a, b))
+                && before.iter().zip(&seen).all(|(a, b)| match b {
+                    Seen::Waiting(w) if long(w) => same_state(a, b),
+                    // Stopped since: that holds the verdict off, and is
+                    // told.
+                    Seen::Stopped => a == b,
+                    _ => true,
+                })
         });
         if told {
             return None;
@@ -172,16 +172,18 @@ impl HangWatch {
                         };
                         format!("  {who} waits {} for {secs:.1} s{others}", wait_text(w))
                     }
-                    Seen::Computing => format!(
-                        "  {who} is running outside any spmd wait (computing, or in calls that return at once) {}",
-                        for_(self.changed[r])
-                    ),
-                    Seen::Writing(stderr) => format!(
-                        "  {who} is blocked writing to its standard {}: nothing reads it as fast as it writes (is spmdrun's own {} read?) {}",
-                        if *stderr { "error" } else { "output" },
-                        if *stderr { "stderr" } else { "stdout" },
-                        for_(self.changed[r])
-                    ),
+                    Seen::Computing => match ranks[r].process_state(true) {
+                        ProcessState::Writing { stderr } => format!(
+                            "  {who} is blocked writing to its standard {}: whatever reads it does not keep up \
+                             (outside spmd {})",
+                            if stderr { "error" } else { "output" },
+                            for_(self.changed[r])
+                        ),
+                        _ => format!(
+                            "  {who} is running outside any spmd wait (computing, or in calls that return at once) {}",
+                            for_(self.changed[r])
+                        ),
+                    },
                     Seen::Stopped => format!("  {who} is stopped (SIGSTOP or a debugger)"),
                     Seen::NotJoined => format!(
                         "  {who} has not called spmd::init while others have ({})",
@@ -209,13 +211,6 @@ fn same_state(a: &Seen, b: &Seen) -> bool {
     }
 }
 
-/// Whether a rank whose page is `snapshot` is outside spmd's waits (it
-/// runs, between `init` and `finalize`, in no wait): only then is its
-/// process asked whether it writes its output.
-pub(crate) fn outside_waits(snapshot: Option<&spmd::wire::status::Snapshot>) -> bool {
-    snapshot.is_some_and(|s| s.phase == Phase::Running && s.waiting.is_none())
-}
-
 /// How every rank looks now, what its page says it sent and received,
 /// and the job's totals of both.
 fn observe(ranks: &[Rank]) -> (Vec<Seen>, Vec<(u64, u64)>, u64, u64) {
@@ -237,13 +232,13 @@ fn observe(ranks: &[Rank]) -> (Vec<Seen>, Vec<(u64, u64)>, u64, u64) {
             if r.exited.is_some() {
                 return Seen::Gone;
             }
-            let outside = match (&r.remote_status, r.agent) {
+            if r.remote_status.is_none() && r.agent.is_some() {
                 // Not heard of yet (its agent reports it every half second).
-                (None, Some(_)) => return Seen::Remote,
-                (Some((_, outside)), _) => *outside,
-                (None, None) => Outside::of_rank(r.pid, r.joined_pid, outside_waits(snapshot.as_ref())),
-            };
-            if outside == Outside::Stopped {
+                return Seen::Remote;
+            }
+            // (Whether a computing rank writes is looked at only when a
+            // report says it: see `describe_all`.)
+            if r.process_state(false) == ProcessState::Stopped {
                 return Seen::Stopped;
             }
             match snapshot {
@@ -256,10 +251,7 @@ fn observe(ranks: &[Rank]) -> (Vec<Seen>, Vec<(u64, u64)>, u64, u64) {
                         Some(what) => Seen::Garbled(what),
                         None => Seen::Waiting(w),
                     },
-                    (Phase::Running, None) => match outside {
-                        Outside::Writing { stderr } => Seen::Writing(stderr),
-                        _ => Seen::Computing,
-                    },
+                    (Phase::Running, None) => Seen::Computing,
                 },
             }
         })

@@ -10,6 +10,7 @@ use spmd::wire::status::Page;
 use spmd::wire::{Card, Channel, ControlMessage};
 
 use crate::output::LineCutter;
+use crate::process_state::{self, ProcessState};
 use crate::shown::shown;
 use crate::spawn::Termination;
 
@@ -77,9 +78,8 @@ pub struct Rank {
     /// The process that joined the job, if another (under a wrapper).
     pub joined_pid: Option<i32>,
     /// On another host: what its agent last reported of its status page
-    /// (times on this machine's clock) and what it does outside spmd's
-    /// waits.
-    pub remote_status: Option<(Option<spmd::wire::status::Snapshot>, crate::outside::Outside)>,
+    /// (times on this machine's clock) and what its process was doing.
+    pub remote_status: Option<(Option<spmd::wire::status::Snapshot>, ProcessState)>,
     pub channel: Option<Channel>,
     pub status: Option<Page>,
     pub stdout: Option<Pipe>,
@@ -106,6 +106,23 @@ impl Rank {
             (Some(r), None) => format!("rank {rank} (pid {pid} on {})", r.host),
             (_, Some(host)) => format!("rank {rank} (pid {pid} on host {host})"),
             (None, None) => format!("rank {rank} (pid {pid})"),
+        }
+    }
+
+    /// What its process is doing, as its agent last reported it (on
+    /// another host) or as `/proc` shows it now; whether it writes only
+    /// with `look_for_writes` (and, here, only while its page shows no
+    /// wait).
+    pub fn process_state(&self, look_for_writes: bool) -> ProcessState {
+        match &self.remote_status {
+            Some((_, state)) if look_for_writes => *state,
+            Some((_, ProcessState::Stopped)) => ProcessState::Stopped,
+            Some(_) => ProcessState::Running,
+            None => {
+                let page = self.status.as_ref().and_then(|p| p.read());
+                let writes = look_for_writes && process_state::computing(page.as_ref());
+                ProcessState::of_rank(self.pid, self.joined_pid, writes)
+            }
         }
     }
 

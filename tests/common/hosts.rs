@@ -205,11 +205,15 @@ fn free_port(count: usize) -> u16 {
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    let (from, to) = (10_000u16, low.max(10_001));
+    // (Not 16817-16999, where scripts/slurm-local looks for its ports.)
+    let (from, to) = (10_000u16, low.max(12_000));
     for _ in 0..100 {
         let mut random = std::collections::hash_map::RandomState::new().build_hasher();
         random.write_u32(std::process::id());
         let port = from + (random.finish() % u64::from(to - from)) as u16;
+        if (16_817..17_000).contains(&port) {
+            continue;
+        }
         let free = |i: usize| TcpListener::bind(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2 + i as u8), port)).is_ok();
         if (0..count).all(free) {
             return port;

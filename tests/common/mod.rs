@@ -343,12 +343,11 @@ pub fn assert_blocked_output_ended_well(out: &Finished) {
 }
 
 /// The report of `spmd-check blocked-output` names `rank` as blocked
-/// writing, and rank 1 as waiting for rank 0.
-pub fn assert_named_blocked_writing(out: &Finished, rank: usize) {
-    let line = out
-        .stderr
-        .lines()
-        .find(|l| l.contains("is blocked writing to its standard output"));
+/// writing to its standard `stream` ("output" or "error"), and rank 1 as
+/// waiting for rank 0.
+pub fn assert_named_blocked_writing(out: &Finished, rank: usize, stream: &str) {
+    let said = format!("is blocked writing to its standard {stream}: whatever reads it does not keep up");
+    let line = out.stderr.lines().find(|l| l.contains(&said));
     assert!(
         line.is_some_and(|l| l.starts_with(&format!("spmdrun:   rank {rank} (pid "))),
         "{}",

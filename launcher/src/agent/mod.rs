@@ -24,6 +24,7 @@ use crate::input_pipe::InputPipe;
 use crate::machine::Machine;
 use crate::node_segments::NodeSegments;
 use crate::nonblocking::{read_all, read_chunk, set_nonblocking};
+use crate::process_state::ProcessState;
 use crate::spawn::{self, Input, Launch, Place};
 use orders::report_taken;
 use preflight::{check_not_a_terminal, preflight};
@@ -64,7 +65,9 @@ struct Local {
     /// Its status page, kept while the agent runs (read once more after the rank has gone).
     status: Option<Page>,
     /// What was last reported of it.
-    reported: Option<(Option<Snapshot>, crate::outside::Outside)>,
+    reported: Option<(Option<Snapshot>, ProcessState)>,
+    /// What the last look at its process found.
+    seen: ProcessState,
 }
 
 /// Runs the agent; returns its exit status.
@@ -229,6 +232,7 @@ impl Agent {
                     spoke: false,
                     status: None,
                     reported: None,
+                    seen: ProcessState::Running,
                 });
                 outbox.send(&Up::Started { rank, pid });
             }
@@ -250,6 +254,7 @@ impl Agent {
                     spoke: false,
                     status: None,
                     reported: None,
+                    seen: ProcessState::Running,
                 });
             }
         }

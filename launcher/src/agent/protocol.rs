@@ -16,7 +16,7 @@ use spmd::wire::status::Snapshot;
 use spmd::wire::{ControlMessage, MAX_CONTROL_LEN};
 
 use crate::machine::Machine;
-use crate::outside::Outside;
+use crate::process_state::ProcessState;
 use crate::spawn::{Launch, Place, Termination};
 
 /// The protocol's version: both ends must speak the same.
@@ -85,13 +85,13 @@ pub enum Up {
         msg: ControlMessage,
     },
     /// What a rank's status page says (sent when it changes, for hang and
-    /// deadlock reports): its snapshot, what the process does outside
-    /// spmd's waits (stopped, or writing its output), and the agent's clock when it looked (the times in the snapshot
+    /// deadlock reports): its snapshot, what its process is doing
+    /// (stopped, or writing its output), and the agent's clock when it looked (the times in the snapshot
     /// are on the host's clock).
     Status {
         rank: u32,
         snapshot: Option<Snapshot>,
-        outside: Outside,
+        state: ProcessState,
         now_ns: u64,
     },
     /// A rank broke its channel's protocol.

@@ -9,7 +9,7 @@ use spmd::wire::status::now_ns;
 use super::protocol::{Outbox, Up};
 use super::{Agent, LINGER, Local};
 use crate::nonblocking::{held_bytes, read_held};
-use crate::outside::Outside;
+use crate::process_state::{self, ProcessState};
 
 impl Agent {
     /// Reports the exits of ranks whose channel has closed or never
@@ -80,18 +80,26 @@ impl Agent {
 pub(super) fn status_change(l: &mut Local) -> Option<Up> {
     let snapshot = l.status.as_ref()?.read();
     let joined = snapshot.map(|s| s.pid as i32).filter(|p| *p > 0);
-    let outside = match l.exited {
-        true => Outside::Running,
-        false => Outside::of_rank(l.pid, joined, crate::hang::outside_waits(snapshot.as_ref())),
+    let seen = match l.exited {
+        true => ProcessState::Running,
+        false => ProcessState::of_rank(l.pid, joined, process_state::computing(snapshot.as_ref())),
     };
-    if l.reported == Some((snapshot, outside)) {
+    // Writing is reported once two looks in a row find it: a rank that
+    // prints a lot is caught in a write now and then, and would otherwise
+    // flip its report at every look.
+    let state = match seen {
+        ProcessState::Writing { .. } if l.seen != seen => ProcessState::Running,
+        _ => seen,
+    };
+    l.seen = seen;
+    if l.reported == Some((snapshot, state)) {
         return None;
     }
-    l.reported = Some((snapshot, outside));
+    l.reported = Some((snapshot, state));
     Some(Up::Status {
         rank: l.place.rank as u32,
         snapshot,
-        outside,
+        state,
         now_ns: now_ns(),
     })
 }

@@ -166,7 +166,7 @@ impl Job {
             Up::OutputClosed { stderr, .. } => self.take_output(rank, stderr, None),
             Up::Status {
                 snapshot,
-                outside,
+                state,
                 now_ns,
                 ..
             } => {
@@ -178,7 +178,7 @@ impl Job {
                     .clock_offset
                     .get_or_insert(i128::from(spmd::wire::status::now_ns()) - i128::from(now_ns));
                 let snapshot = snapshot.map(|s| on_this_clock(s, offset));
-                self.ranks[rank].remote_status = Some((snapshot, outside));
+                self.ranks[rank].remote_status = Some((snapshot, state));
             }
             Up::Exited { how, .. } => {
                 let sane = match how {

@@ -66,9 +66,10 @@ impl Job {
         lines
     }
 
-    /// A line for reports while spmdrun's own output is full: the ranks
-    /// that write wait for it, and so do the reports of other hosts' ranks,
-    /// which come the same way as their output.
+    /// A line for hang reports and `--timeout`'s list while spmdrun's own
+    /// output is full: the ranks that write wait for it, and so do the
+    /// reports of other hosts' ranks, which come the same way as their
+    /// output.
     fn output_full(&self) -> Option<String> {
         let full = match (self.out.has_room(), self.err.has_room()) {
             (true, true) => return None,
@@ -76,9 +77,14 @@ impl Job {
             (true, false) => "error is",
             (false, false) => "output and error are",
         };
+        // Reports from other hosts come the same way as their ranks' output.
+        let remote = match self.ranks.iter().any(|r| r.agent.is_some()) {
+            true => ", and so do the reports of ranks on other hosts",
+            false => "",
+        };
         Some(format!(
             "  spmdrun's own standard {full} full: nothing reads it as fast as the ranks write, so ranks that \
-             write wait, and so do the reports of ranks on other hosts"
+             write wait{remote}"
         ))
     }
 
