@@ -94,6 +94,7 @@ impl Envelope {
 }
 
 impl Drop for Envelope {
+    #[inline]
     fn drop(&mut self) {
         crate::pool::give(std::mem::take(&mut self.payload));
     }

@@ -61,14 +61,19 @@ pub(crate) fn copy_of(bytes: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Gives a buffer back for reuse (small ones are simply freed).
+/// Gives a buffer back for reuse (small ones are simply freed: an empty
+/// one, as every message that landed in its receive's buffer has, costs a
+/// comparison).
+#[inline]
 pub(crate) fn give(buf: Vec<u8>) {
-    if buf.capacity() < MIN_POOLED {
+    if buf.capacity() < MIN_POOLED || buf.capacity() > MAX_BYTES {
         return;
     }
-    if buf.capacity() > MAX_BYTES {
-        return;
-    }
+    keep(buf);
+}
+
+/// Keeps a buffer of a size worth pooling.
+fn keep(buf: Vec<u8>) {
     POOL.with(|p| {
         let Ok(mut p) = p.try_borrow_mut() else { return };
         // Make room by dropping smaller buffers: recent sizes are the ones

@@ -50,7 +50,7 @@ impl Job {
     /// if the rank has finalized: every call that needs the engine fails
     /// with [`Error::Finalized`] then, whatever path it takes (cleanup in a
     /// `Drop` uses [`Job::engine_for_cleanup`] instead).
-    #[inline]
+    #[inline(always)]
     pub fn engine(&self) -> Result<EngineGuard<'_>> {
         match &self.engine {
             Some(engine) => {

@@ -216,7 +216,7 @@ impl Communicator {
 
     /// The engine, held until the guard drops; an error if this thread
     /// holds it already (spmd called from an operator's closure).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn engine(&self) -> Result<EngineGuard<'_>> {
         self.job.engine()
     }
@@ -357,6 +357,7 @@ impl Communicator {
     }
 
     /// The head of a user's message with `tag` (checked) in `format`.
+    #[inline]
     pub(crate) fn user_head(&self, tag: u32, format: crate::envelope::Format) -> Result<crate::progress::Head> {
         check_tag(tag)?;
         Ok(crate::progress::Head::user(self.p2p, tag, format))

@@ -168,6 +168,7 @@ impl Engine {
     }
 
     /// Checks that this rank has not finalized.
+    #[inline]
     pub fn check_open(&self) -> Result<()> {
         if self.finished { Err(Error::Finalized) } else { Ok(()) }
     }
@@ -290,6 +291,7 @@ impl Engine {
     /// a send to this rank copies it, and a frame written in full at once
     /// borrows nothing). The caller must make the frame owned, or see it
     /// sent, before `payload`'s borrow ends.
+    #[inline]
     fn send_borrowed(&mut self, dest: usize, head: Head, payload: &[u8]) -> Result<Sent> {
         self.check_rank(dest)?;
         if dest == self.me {

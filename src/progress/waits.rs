@@ -23,6 +23,7 @@ const LEAVE_CHECK_EVERY: Duration = Duration::from_millis(1);
 impl EngineGuard<'_> {
     /// Sends `payload` straight from the caller's memory and waits until it
     /// has left this process: no copy for a large message.
+    #[inline]
     pub fn send_now(&mut self, dest: usize, head: Head, payload: &[u8]) -> Result<()> {
         let Some(ticket) = self.send_borrowed(dest, head, payload)? else {
             return Ok(());

@@ -205,6 +205,7 @@ impl Transport {
     /// As for `Peers::queue_borrowed`: if a ticket comes back, `payload`
     /// must stay valid until the frame is sent or [`Transport::own`] has
     /// been called for the ticket (`None`: it borrows nothing any more).
+    #[inline]
     pub unsafe fn queue_borrowed(&mut self, dest: usize, header: Header, payload: &[u8]) -> Result<Option<SendTicket>> {
         match self {
             Transport::Alone => Err(Error::InvalidRank { rank: dest, size: 1 }),

@@ -39,6 +39,7 @@ impl<L: Link> Peers<L> {
     /// written in full (as a frame, or beside the stream) and so is done
     /// and borrows nothing. On an error the frame is made owned, so
     /// nothing keeps borrowing the caller's memory.
+    #[inline]
     fn push_and_flush(&mut self, dest: usize, header: Header, payload: Payload) -> Result<Option<SendTicket>> {
         let peer = self.peer(dest);
         if !peer.hung_up && peer.notice_hang_up() {
@@ -78,6 +79,7 @@ impl<L: Link> Peers<L> {
     /// If a ticket comes back, `payload` must stay valid until the frame
     /// is sent ([`Peers::is_sent`]) or [`Peers::own`] has returned true for
     /// the ticket; `None` means the frame borrows nothing any more.
+    #[inline]
     pub unsafe fn queue_borrowed(&mut self, dest: usize, header: Header, payload: &[u8]) -> Result<Option<SendTicket>> {
         self.push_and_flush(dest, header, Payload::Borrowed(payload.as_ptr(), payload.len()))
     }

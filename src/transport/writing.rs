@@ -86,6 +86,7 @@ impl<L: Link> Peer<L> {
 
     /// Sends a message beside the stream if the link can (see
     /// [`Link::try_send_beside`]); true if it did: the message is sent.
+    #[inline]
     pub(super) fn try_send_beside(&mut self, header: &Header, payload: &[u8]) -> Result<bool> {
         if !self.out.is_empty() || !self.link.try_send_beside(header, payload)? {
             return Ok(false);

@@ -389,6 +389,7 @@ unsafe impl Link for RingLink {
         self.peer_closed()
     }
 
+    #[inline]
     fn try_send_beside(&mut self, header: &Header, payload: &[u8]) -> Result<bool> {
         // Too long, or the peer finalized (the ring path says so).
         if payload.len() > FASTBOX_DATA || self.peer_closed() {
