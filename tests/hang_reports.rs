@@ -173,11 +173,10 @@ fn timeout_names_a_rank_that_never_joined() {
 /// A rank that waits inside `init` for one that has not called it is a
 /// blocked rank like any other: the hang report names both, long before
 /// any `--timeout`.
-#[test]
-fn a_hang_report_names_a_rank_that_never_joined() {
-    let check = example("spmd-check");
-    let script = format!("if [ $SPMD_RANK = 1 ]; then sleep 30; fi; exec {check} fail idle");
-    let out = run(spmdrun(&[
+/// Runs `sh -c script` on 2 ranks with hang reports after 1 s, ended by
+/// `--timeout` after 8 s.
+fn reported_for_8_s(script: &str) -> common::Finished {
+    run(spmdrun(&[
         "-n",
         "2",
         "--hang-report",
@@ -186,8 +185,15 @@ fn a_hang_report_names_a_rank_that_never_joined() {
         "8",
         "sh",
         "-c",
-        &script,
-    ]));
+        script,
+    ]))
+}
+
+#[test]
+fn a_hang_report_names_a_rank_that_never_joined() {
+    let check = example("spmd-check");
+    let script = format!("if [ $SPMD_RANK = 1 ]; then sleep 30; fi; exec {check} fail idle");
+    let out = reported_for_8_s(&script);
     assert_eq!(out.code(), Some(124), "{out:?}");
     let report = out.stderr.split("--timeout").next().unwrap_or_default().to_string();
     assert!(
@@ -275,17 +281,7 @@ fn a_rank_blocked_writing_its_output_is_named_as_that() {
         "if [ $SPMD_RANK = 0 ]; then {check} blocked-output stderr 2>&1 >/dev/null | sleep 60; \
          else exec {check} blocked-output; fi"
     );
-    let out = run(spmdrun(&[
-        "-n",
-        "2",
-        "--hang-report",
-        "1",
-        "--timeout",
-        "8",
-        "sh",
-        "-c",
-        &script,
-    ]));
+    let out = reported_for_8_s(&script);
     assert_eq!(out.code(), Some(124), "{out:?}");
     common::assert_named_blocked_writing(&out, 0, "error");
     assert!(!out.stderr.contains("own standard"), "{}", out.stderr);
