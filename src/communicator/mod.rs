@@ -365,6 +365,7 @@ impl Communicator {
 
     /// A selector for this communicator's point-to-point messages, with the
     /// pattern's source checked and made a job rank.
+    #[inline]
     pub(crate) fn user(&self, pattern: Match) -> Result<Selector> {
         if let Some(tag) = pattern.tag_value() {
             check_tag(tag)?;

@@ -209,6 +209,7 @@ impl Engine {
     /// The buffer and the slot must stay valid until the receive completes
     /// or [`Engine::abandon_receive`] or [`Engine::withdraw_receive`] was
     /// called for it.
+    #[inline]
     pub unsafe fn post_lent(
         &mut self,
         sel: Selector,

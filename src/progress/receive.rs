@@ -18,6 +18,7 @@ impl Engine {
     /// lands there (in a buffer allocated for it when its length is known,
     /// for [`Room::Fresh`]): one copy, like a receive into a buffer the
     /// caller gives.
+    #[inline]
     pub fn post(&mut self, sel: Selector, room: Option<Room>) -> Result<ReceiveId> {
         self.check_open()?;
         if let Some(source) = sel.pattern.source_rank() {
