@@ -155,15 +155,8 @@ pub fn finish(mut child: Child) -> Finished {
 /// Reads the rest of `out` and all of the child's stderr while waiting for
 /// it within LIMIT.
 fn collect(mut child: Child, out: impl Read + Send + 'static) -> Finished {
-    let read_all = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out_thread = read_all(Box::new(out));
-    let err_thread = read_all(Box::new(child.stderr.take().expect("stderr is piped")));
+    let out_thread = read_all_of(out);
+    let err_thread = read_all_of(child.stderr.take().expect("stderr is piped"));
     let status = wait_limited(&mut child);
     Finished {
         status,
@@ -314,12 +307,7 @@ pub fn unread_until(mut cmd: Command, wanted: &str) -> (Finished, bool) {
             break;
         }
     }
-    let mut out = child.stdout.take().expect("stdout is piped");
-    let out_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
+    let out_thread = read_all_of(child.stdout.take().expect("stdout is piped"));
     let status = wait_limited(&mut child);
     let finished = Finished {
         status,
