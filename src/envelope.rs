@@ -93,6 +93,41 @@ impl Envelope {
     }
 }
 
+/// What a receive into a caller's buffer got: a message that landed
+/// there, said in a few words (no envelope to build, move and drop on a
+/// receive's fastest path), or a message held in an envelope.
+#[derive(Debug)]
+pub(crate) enum Received {
+    /// The message, of `len` bytes, landed in the receive's buffer (one
+    /// the caller gave: never a buffer allocated for it).
+    Landed {
+        /// What its header said.
+        head: crate::matching::Arrived,
+        /// Its length in bytes.
+        len: u64,
+        /// Its arrival number (see [`Envelope::arrival`]).
+        arrival: u64,
+    },
+    /// The message in its envelope (which may say it landed too).
+    Held(Envelope),
+}
+
+impl Received {
+    /// The message as an envelope, for a caller that wants one.
+    pub fn into_envelope(self) -> Envelope {
+        match self {
+            Received::Landed { head, len, arrival } => {
+                let mut env = Envelope::new(head.source, head.tag, head.context, head.format, Vec::new());
+                env.call = head.call;
+                env.landed = Some(len);
+                env.arrival = arrival;
+                env
+            }
+            Received::Held(env) => env,
+        }
+    }
+}
+
 impl Drop for Envelope {
     #[inline]
     fn drop(&mut self) {

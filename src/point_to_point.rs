@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::communicator::{Communicator, on_mpi};
 #[cfg(feature = "mpi")]
 use crate::envelope::Buffer;
-use crate::envelope::{Envelope, Room};
+use crate::envelope::{Envelope, Received, Room};
 use crate::error::Result;
 use crate::message::{self, Taken};
 use crate::progress::{Head, Sent};
@@ -383,7 +383,13 @@ impl Communicator {
         // `buf`; one that was already queued is copied.
         let element = crate::element::code_of::<T>();
         let sel = self.user(pattern)?;
-        let env = self.receive_landing(sel, bytemuck::cast_slice_mut(buf), element, timeout)?;
+        let env = match self.receive_landing(sel, bytemuck::cast_slice_mut(buf), element, timeout)? {
+            // It landed as whole elements that fit: nothing to check.
+            Received::Landed { head, len, .. } => {
+                return Ok(Status::new(self.rank_of(head.source), head.tag, len, element));
+            }
+            Received::Held(env) => env,
+        };
         let status = self.status_of(&env);
         self.take(env, |env| match message::copy_into(&env, buf) {
             Ok(_) => Ok(()),
@@ -400,13 +406,14 @@ impl Communicator {
         buf: &mut [u8],
         element: u16,
         timeout: Option<Duration>,
-    ) -> Result<Envelope> {
+    ) -> Result<Received> {
         on_mpi!(self, |_m| {
             let buffer = Buffer {
                 ptr: buf.as_mut_ptr(),
                 len: buf.len(),
             };
             self.receive_envelope(sel, Some(Room::Given { buffer, element }), timeout)
+                .map(Received::Held)
         });
         self.ranked(self.engine()?.receive_landing(sel, buf, element, timeout))
     }

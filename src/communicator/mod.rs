@@ -430,15 +430,23 @@ impl Communicator {
     }
 }
 
-/// An error unless `tag` is at most [`MAX_TAG`](crate::MAX_TAG).
+/// An error unless `tag` is at most [`MAX_TAG`](crate::MAX_TAG) (the
+/// check in line on every send and receive, the error's text out of it).
+#[inline(always)]
 fn check_tag(tag: u32) -> Result<()> {
     if tag <= crate::MAX_TAG {
         return Ok(());
     }
-    Err(Error::InvalidArgument(format!(
+    Err(tag_too_large(tag))
+}
+
+/// The error for a tag above [`MAX_TAG`](crate::MAX_TAG).
+#[cold]
+fn tag_too_large(tag: u32) -> Error {
+    Error::InvalidArgument(format!(
         "tag {tag} is above spmd::MAX_TAG ({}), the largest tag on every backend",
         crate::MAX_TAG
-    )))
+    ))
 }
 
 impl Drop for Communicator {

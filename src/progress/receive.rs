@@ -5,7 +5,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::{Duration, Instant};
 
 use super::{Check, Engine, EngineGuard};
-use crate::envelope::{Buffer, Envelope, Room};
+use crate::envelope::{Buffer, Envelope, Received, Room};
 use crate::error::{Error, Result};
 use crate::matching::{LandedSlot, ReceiveId};
 use crate::selector::{Selector, Status};
@@ -32,20 +32,25 @@ impl Engine {
 impl EngineGuard<'_> {
     /// Receives the next message `sel` accepts, letting a message of raw
     /// numbers of type `element` that arrives after the receive is posted
-    /// land straight in `buf`. The envelope says whether it landed
-    /// (`landed`) or carries its payload.
+    /// land straight in `buf`: it says so in a few words
+    /// ([`Received::Landed`]), or gives the envelope.
     pub fn receive_landing(
         &mut self,
         sel: Selector,
         buf: &mut [u8],
         element: u16,
         timeout: Option<Duration>,
-    ) -> Result<Envelope> {
-        self.receive_landing_until(sel, buf, element, timeout, None)
+    ) -> Result<Received> {
+        let room = given_room(buf, element);
+        if let Some(got) = self.receive_straight(sel, Some(room), timeout.is_none())? {
+            return Ok(got);
+        }
+        self.receive_posted(sel, buf, room, timeout, None).map(Received::Held)
     }
 
     /// [`Engine::receive_landing`] for a collective, which checks `check` at
-    /// every step and says it waits in `on`.
+    /// every step and says it waits in `on` (so it takes no straight
+    /// path); the envelope says whether the message landed.
     pub fn receive_landing_checked(
         &mut self,
         sel: Selector,
@@ -53,28 +58,20 @@ impl EngineGuard<'_> {
         element: u16,
         check: Option<(WaitOn, &mut Check<'_>)>,
     ) -> Result<Envelope> {
-        self.receive_landing_until(sel, buf, element, None, check)
+        let room = given_room(buf, element);
+        self.receive_posted(sel, buf, room, None, check)
     }
 
-    fn receive_landing_until(
+    /// Posts a receive whose message may land in `buf` (which `room`
+    /// describes) and waits for it; a failed or unwound wait withdraws it.
+    fn receive_posted(
         &mut self,
         sel: Selector,
-        buf: &mut [u8],
-        element: u16,
+        _buf: &mut [u8],
+        room: Room,
         timeout: Option<Duration>,
         check: Option<(WaitOn, &mut Check<'_>)>,
     ) -> Result<Envelope> {
-        let buffer = Buffer {
-            ptr: buf.as_mut_ptr(),
-            len: buf.len(),
-        };
-        let room = Room::Given { buffer, element };
-        // A collective's receive checks at every step: no straight path.
-        if check.is_none() {
-            if let Some(env) = self.receive_straight(sel, Some(room), timeout.is_none())? {
-                return Ok(env);
-            }
-        }
         let id = self.post(sel, Some(room))?;
         let result = catch_unwind(AssertUnwindSafe(|| self.wait_receive_checked(id, timeout, check)));
         if !matches!(result, Ok(Ok(_))) {
@@ -87,8 +84,8 @@ impl EngineGuard<'_> {
     /// Receives the next message `sel` accepts, within `timeout` (`None`:
     /// for ever); a raw message of the room's type lands in it.
     pub fn receive(&mut self, sel: Selector, room: Option<Room>, timeout: Option<Duration>) -> Result<Envelope> {
-        if let Some(env) = self.receive_straight(sel, room, timeout.is_none())? {
-            return Ok(env);
+        if let Some(got) = self.receive_straight(sel, room, timeout.is_none())? {
+            return Ok(got.into_envelope());
         }
         let id = self.post(sel, room)?;
         self.wait_receive(id, timeout)
@@ -285,4 +282,13 @@ pub(crate) fn timed_out(what: String, timeout: Option<Duration>) -> Error {
         what,
         seconds: timeout.map_or(0.0, |t| t.as_secs_f64()),
     }
+}
+
+/// The room of a receive into `buf`, for raw numbers of type `element`.
+fn given_room(buf: &mut [u8], element: u16) -> Room {
+    let buffer = Buffer {
+        ptr: buf.as_mut_ptr(),
+        len: buf.len(),
+    };
+    Room::Given { buffer, element }
 }

@@ -6,7 +6,7 @@
 //! general path.
 
 use super::{Engine, EngineGuard};
-use crate::envelope::{Envelope, Room};
+use crate::envelope::{Envelope, Received, Room};
 use crate::error::Result;
 use crate::matching::{Arrived, Sink};
 use crate::selector::Selector;
@@ -34,7 +34,7 @@ impl EngineGuard<'_> {
         sel: Selector,
         room: Option<Room>,
         poll: bool,
-    ) -> Result<Option<Envelope>> {
+    ) -> Result<Option<Received>> {
         let Some(source) = sel.pattern.source_rank() else {
             return Ok(None);
         };
@@ -75,27 +75,27 @@ impl EngineGuard<'_> {
                 Straight::Taken => {
                     self.straight_run += 1;
                     let (head, payload) = (boxed.head, boxed.payload());
-                    let env = straight_envelope(head, payload.len(), room, |into| {
+                    let got = straight_received(head, payload.len(), room, |into| {
                         // SAFETY: `into` has room for the payload's length.
                         unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), into, payload.len()) };
                         true
                     })
                     // (It is taken: kept at any cost, as `drain` keeps it.)
-                    .unwrap_or_else(|| owned_envelope(head, payload.to_vec()));
-                    return Ok(Some(self.took_straight(env)));
+                    .unwrap_or_else(|| Received::Held(owned_envelope(head, payload.to_vec())));
+                    return Ok(Some(self.took_straight(got)));
                 }
                 Straight::InRing { head, len } => {
                     // (The same mesh as above.) Memory ran out for it: the
                     // general path reads it and says so.
                     let taken = self.transport.shm_only().and_then(|mesh| {
                         // SAFETY: `into` has room for the payload's `len`.
-                        straight_envelope(head, len, room, |into| unsafe { mesh.take_framed(source, into, len) })
+                        straight_received(head, len, room, |into| unsafe { mesh.take_framed(source, into, len) })
                     });
-                    let Some(env) = taken else {
+                    let Some(got) = taken else {
                         return Ok(None);
                     };
                     self.straight_run += 1;
-                    return Ok(Some(self.took_straight(env)));
+                    return Ok(Some(self.took_straight(got)));
                 }
                 Straight::Empty if poll && !polled => {}
                 _ => return Ok(None),
@@ -113,32 +113,37 @@ impl EngineGuard<'_> {
     }
 }
 
-/// The envelope of a message of `len` bytes taken the straight way, its
-/// payload written by `fill` at the pointer it is given (room for `len`
-/// bytes, which may be memory never written yet: `fill` writes through
-/// the pointer, never through a slice over it): into `room` where it fits
-/// there (as the general path lands it), else into a buffer of its own.
-/// `None`, with nothing taken, if memory for that buffer ran out or
-/// `fill` found nothing to take.
-fn straight_envelope(
+/// A message of `len` bytes taken the straight way, its payload written
+/// by `fill` at the pointer it is given (room for `len` bytes, which may be
+/// memory never written yet: `fill` writes through the pointer, never
+/// through a slice over it): into `room` where it fits there (as the
+/// general path lands it), else into a buffer of its own. `None`, with
+/// nothing taken, if memory for that buffer ran out or `fill` found
+/// nothing to take.
+fn straight_received(
     head: Arrived,
     len: usize,
     room: Option<Room>,
     fill: impl FnOnce(*mut u8) -> bool,
-) -> Option<Envelope> {
+) -> Option<Received> {
     if let Some((ptr, fresh)) = room.and_then(|r| r.landing(head.format, len as u64)) {
         // A room's landing has space for `len` bytes at `ptr`, and the
         // caller keeps the room valid until the receive returns.
         if !fill(ptr) {
             return None;
         }
+        let len = len as u64;
+        let Some(fresh) = fresh else {
+            // (Its arrival number is the engine's to give.)
+            return Some(Received::Landed { head, len, arrival: 0 });
+        };
         let mut env = owned_envelope(head, Vec::new());
-        env.landed = Some(len as u64);
-        env.fresh = fresh;
-        return Some(env);
+        env.landed = Some(len);
+        env.fresh = Some(fresh);
+        return Some(Received::Held(env));
     }
     let mut payload = crate::pool::take(len)?;
-    fill(payload.as_mut_ptr()).then(|| owned_envelope(head, payload))
+    fill(payload.as_mut_ptr()).then(|| Received::Held(owned_envelope(head, payload)))
 }
 
 /// The envelope of a message with its own payload.
@@ -150,10 +155,14 @@ fn owned_envelope(head: Arrived, payload: Vec<u8>) -> Envelope {
 
 impl Engine {
     /// Counts a message taken the straight way as arrived and moved.
-    fn took_straight(&mut self, mut env: Envelope) -> Envelope {
-        env.arrival = self.matcher.count_arrival();
+    fn took_straight(&mut self, mut got: Received) -> Received {
+        let number = self.matcher.count_arrival();
+        match &mut got {
+            Received::Landed { arrival, .. } => *arrival = number,
+            Received::Held(env) => env.arrival = number,
+        }
         self.note_moved();
         self.settle();
-        env
+        got
     }
 }
