@@ -69,6 +69,7 @@ pub(crate) fn describe(code: u16) -> String {
 }
 
 /// The size in bytes of one element of a code, where the code says it.
+#[inline]
 pub(crate) fn size_of_code(code: u16) -> Option<usize> {
     const SIZES: [usize; 14] = [1, 1, 2, 2, 4, 4, 8, 8, 4, 8, 16, 16, 8, 8];
     match code {

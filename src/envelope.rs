@@ -165,7 +165,10 @@ pub(crate) enum Room {
 }
 
 impl Room {
-    /// Where a raw message of `len` bytes in `format` may land, if it may.
+    /// Where a raw message of `len` bytes in `format` may land, if it may
+    /// (in line for a buffer given or lent: on every message a stream of
+    /// receives lands).
+    #[inline(always)]
     pub fn landing(&self, format: Format, len: u64) -> Option<(*mut u8, Option<FreshBuffer>)> {
         match *self {
             Room::Given { buffer, element } | Room::Lent { buffer, element, .. }
@@ -180,16 +183,21 @@ impl Room {
                 Some((buffer.ptr, None))
             }
             Room::Fresh { size, align, element } if format == Format::Raw(element) => {
-                let len = usize::try_from(len).ok()?;
-                if size == 0 || len % size != 0 {
-                    return None;
-                }
-                let fresh = FreshBuffer::allocate(len, align)?;
-                Some((fresh.ptr.as_ptr(), Some(fresh)))
+                fresh_landing(size, align, len).map(|fresh| (fresh.ptr.as_ptr(), Some(fresh)))
             }
             _ => None,
         }
     }
+}
+
+/// A buffer for a message of `len` bytes of elements of `size` bytes
+/// aligned to `align`, if it is whole elements and memory is there.
+fn fresh_landing(size: usize, align: usize, len: u64) -> Option<FreshBuffer> {
+    let len = usize::try_from(len).ok()?;
+    if size == 0 || len % size != 0 {
+        return None;
+    }
+    FreshBuffer::allocate(len, align)
 }
 
 /// A buffer allocated for one message's payload with the global allocator,

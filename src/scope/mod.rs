@@ -304,14 +304,30 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     }
 
     fn wait_receive(&self, index: usize) -> Result<Status> {
-        let (id, ptr, len, element, finish, done) = {
-            let lent = self.lent.borrow();
+        let (id, ptr, len, element, finish) = {
+            let mut lent = self.lent.borrow_mut();
             let r = &lent.receives[index];
-            (r.id, r.ptr, r.len, r.element, r.finish, r.done)
+            if r.done {
+                return Err(Error::InvalidArgument("this receive was already waited for".into()));
+            }
+            let (id, ptr, len, element, finish) = (r.id, r.ptr, r.len, r.element, r.finish);
+            // Landed already (a stream's usual case), in one look at the
+            // lists: no need for the engine, nor for `finish`'s checks,
+            // which the landing made (a message lands only as whole
+            // elements of the buffer's type that fit it). (A receive on
+            // MPI has no slot, and its status is never landed.)
+            #[cfg(feature = "mpi")]
+            let native = self.comm.mpi_side().is_none();
+            #[cfg(not(feature = "mpi"))]
+            let native = true;
+            if native {
+                if let Some(status) = lent.slot(index).status(element) {
+                    lent.receives[index].done = true;
+                    return Ok(status.with_source(self.comm.rank_of(status.source())));
+                }
+            }
+            (id, ptr, len, element, finish)
         };
-        if done {
-            return Err(Error::InvalidArgument("this receive was already waited for".into()));
-        }
         #[cfg(feature = "mpi")]
         if let Some(m) = self.comm.mpi_side() {
             let receive = self.lent.borrow_mut().receives[index].mpi.take();
@@ -330,13 +346,6 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             return Ok(status);
         }
         let slot = self.slot(index);
-        // Landed already (a stream's usual case): no need for the engine,
-        // nor for `finish`'s checks, which the landing made (a message
-        // lands only as whole elements of the buffer's type that fit it).
-        if let Some(status) = slot.status(element) {
-            self.lent.borrow_mut().receives[index].done = true;
-            return Ok(status.with_source(self.comm.rank_of(status.source())));
-        }
         let env = match slot.envelope(element) {
             Some(env) => env,
             None => {
