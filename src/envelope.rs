@@ -1,6 +1,8 @@
-//! A message as the matching engine holds it, and the buffers a message's
-//! payload can land in straight from a transport.
+//! A message as the matching engine holds it (and as a receive into a
+//! buffer gets it), and the buffers a message's payload can land in
+//! straight from a transport.
 
+use crate::matching::Arrived;
 use crate::wire::{Context, Kind};
 
 /// How a message's payload is encoded.
@@ -80,6 +82,21 @@ impl Envelope {
         }
     }
 
+    /// A message whose header said `head`, its payload in `payload`.
+    pub fn of_arrived(head: &Arrived, payload: Vec<u8>) -> Envelope {
+        let mut env = Envelope::new(head.source, head.tag, head.context, head.format, payload);
+        env.call = head.call;
+        env
+    }
+
+    /// A message of `len` bytes whose header said `head`, which landed in
+    /// a receive's buffer.
+    pub fn of_landed(head: &Arrived, len: u64) -> Envelope {
+        let mut env = Envelope::of_arrived(head, Vec::new());
+        env.landed = Some(len);
+        env
+    }
+
     /// Makes a message that landed in `fresh` an ordinary one, with its
     /// bytes as the payload.
     pub fn unland(&mut self, fresh: FreshBuffer) {
@@ -93,22 +110,24 @@ impl Envelope {
     }
 }
 
-/// What a receive into a caller's buffer got: a message that landed
-/// there, said in a few words (no envelope to build, move and drop on a
-/// receive's fastest path), or a message held in an envelope.
+/// What a receive into a caller's buffer got: a message the straight
+/// path landed there, said in a few words (no envelope to build, move and
+/// drop on a receive's fastest path), or a message in its envelope (which
+/// may say it landed too).
 #[derive(Debug)]
 pub(crate) enum Received {
     /// The message, of `len` bytes, landed in the receive's buffer (one
-    /// the caller gave: never a buffer allocated for it).
-    Landed {
+    /// the caller gave: never a buffer allocated for it). (The matching
+    /// engine's `Landed` is the same news for a scope's slot.)
+    InBuffer {
         /// What its header said.
-        head: crate::matching::Arrived,
+        head: Arrived,
         /// Its length in bytes.
         len: u64,
         /// Its arrival number (see [`Envelope::arrival`]).
         arrival: u64,
     },
-    /// The message in its envelope (which may say it landed too).
+    /// The message in its envelope.
     Held(Envelope),
 }
 
@@ -116,10 +135,8 @@ impl Received {
     /// The message as an envelope, for a caller that wants one.
     pub fn into_envelope(self) -> Envelope {
         match self {
-            Received::Landed { head, len, arrival } => {
-                let mut env = Envelope::new(head.source, head.tag, head.context, head.format, Vec::new());
-                env.call = head.call;
-                env.landed = Some(len);
+            Received::InBuffer { head, len, arrival } => {
+                let mut env = Envelope::of_landed(&head, len);
                 env.arrival = arrival;
                 env
             }
@@ -183,7 +200,7 @@ impl Room {
                 Some((buffer.ptr, None))
             }
             Room::Fresh { size, align, element } if format == Format::Raw(element) => {
-                fresh_landing(size, align, len).map(|fresh| (fresh.ptr.as_ptr(), Some(fresh)))
+                fresh_buffer_for(size, align, len).map(|fresh| (fresh.ptr.as_ptr(), Some(fresh)))
             }
             _ => None,
         }
@@ -191,8 +208,10 @@ impl Room {
 }
 
 /// A buffer for a message of `len` bytes of elements of `size` bytes
-/// aligned to `align`, if it is whole elements and memory is there.
-fn fresh_landing(size: usize, align: usize, len: u64) -> Option<FreshBuffer> {
+/// aligned to `align`, if it is whole elements and memory is there (out
+/// of line: [`Room::landing`] is in line for the other rooms).
+#[inline(never)]
+fn fresh_buffer_for(size: usize, align: usize, len: u64) -> Option<FreshBuffer> {
     let len = usize::try_from(len).ok()?;
     if size == 0 || len % size != 0 {
         return None;

@@ -385,7 +385,7 @@ impl Communicator {
         let sel = self.user(pattern)?;
         let env = match self.receive_landing(sel, bytemuck::cast_slice_mut(buf), element, timeout)? {
             // It landed as whole elements that fit: nothing to check.
-            Received::Landed { head, len, .. } => {
+            Received::InBuffer { head, len, .. } => {
                 return Ok(Status::new(self.rank_of(head.source), head.tag, len, element));
             }
             Received::Held(env) => env,

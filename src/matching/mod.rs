@@ -59,10 +59,7 @@ pub(crate) trait Sink {
         };
         // SAFETY: a claimed landing has room for `len` bytes.
         unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), landing.ptr, payload.len()) };
-        let mut env = Envelope::new(head.source, head.tag, head.context, head.format, Vec::new());
-        env.call = head.call;
-        env.landed = Some(len);
-        self.landed(landing.id, env);
+        self.landed(landing.id, Envelope::of_landed(head, len));
         true
     }
     /// Whether to read more from `source` now: false when this rank holds
@@ -471,9 +468,7 @@ impl Sink for Matcher {
         let Some(p) = remove_at(&mut self.posted, i) else {
             return false;
         };
-        let mut env = Envelope::new(head.source, head.tag, head.context, head.format, Vec::new());
-        env.call = head.call;
-        env.landed = Some(len);
+        let mut env = Envelope::of_landed(head, len);
         env.fresh = fresh;
         env.arrival = arrival;
         self.completed.push((p.id, env, p.room));

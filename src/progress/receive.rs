@@ -32,8 +32,9 @@ impl Engine {
 impl EngineGuard<'_> {
     /// Receives the next message `sel` accepts, letting a message of raw
     /// numbers of type `element` that arrives after the receive is posted
-    /// land straight in `buf`: it says so in a few words
-    /// ([`Received::Landed`]), or gives the envelope.
+    /// land straight in `buf`. One the straight path lands there comes
+    /// back in a few words ([`Received::InBuffer`]); any other comes back
+    /// in its envelope, which says whether it landed.
     pub fn receive_landing(
         &mut self,
         sel: Selector,
@@ -45,7 +46,8 @@ impl EngineGuard<'_> {
         if let Some(got) = self.receive_straight(sel, Some(room), timeout.is_none())? {
             return Ok(got);
         }
-        self.receive_posted(sel, buf, room, timeout, None).map(Received::Held)
+        self.receive_posted(sel, buf, element, timeout, None)
+            .map(Received::Held)
     }
 
     /// [`Engine::receive_landing`] for a collective, which checks `check` at
@@ -56,23 +58,22 @@ impl EngineGuard<'_> {
         sel: Selector,
         buf: &mut [u8],
         element: u16,
-        check: Option<(WaitOn, &mut Check<'_>)>,
+        check: (WaitOn, &mut Check<'_>),
     ) -> Result<Envelope> {
-        let room = given_room(buf, element);
-        self.receive_posted(sel, buf, room, None, check)
+        self.receive_posted(sel, buf, element, None, Some(check))
     }
 
-    /// Posts a receive whose message may land in `buf` (which `room`
-    /// describes) and waits for it; a failed or unwound wait withdraws it.
+    /// Posts a receive whose message may land in `buf` and waits for it; a
+    /// failed or unwound wait withdraws it.
     fn receive_posted(
         &mut self,
         sel: Selector,
-        _buf: &mut [u8],
-        room: Room,
+        buf: &mut [u8],
+        element: u16,
         timeout: Option<Duration>,
         check: Option<(WaitOn, &mut Check<'_>)>,
     ) -> Result<Envelope> {
-        let id = self.post(sel, Some(room))?;
+        let id = self.post(sel, Some(given_room(buf, element)))?;
         let result = catch_unwind(AssertUnwindSafe(|| self.wait_receive_checked(id, timeout, check)));
         if !matches!(result, Ok(Ok(_))) {
             // `buf` is about to be released: nothing may write into it.

@@ -81,7 +81,7 @@ impl EngineGuard<'_> {
                         true
                     })
                     // (It is taken: kept at any cost, as `drain` keeps it.)
-                    .unwrap_or_else(|| Received::Held(owned_envelope(head, payload.to_vec())));
+                    .unwrap_or_else(|| Received::Held(Envelope::of_arrived(&head, payload.to_vec())));
                     return Ok(Some(self.took_straight(got)));
                 }
                 Straight::InRing { head, len } => {
@@ -113,7 +113,8 @@ impl EngineGuard<'_> {
     }
 }
 
-/// A message of `len` bytes taken the straight way, its payload written
+/// A message of `len` bytes taken the straight way (its arrival number
+/// still to be given by [`Engine::took_straight`]), its payload written
 /// by `fill` at the pointer it is given (room for `len` bytes, which may be
 /// memory never written yet: `fill` writes through the pointer, never
 /// through a slice over it): into `room` where it fits there (as the
@@ -134,23 +135,15 @@ fn straight_received(
         }
         let len = len as u64;
         let Some(fresh) = fresh else {
-            // (Its arrival number is the engine's to give.)
-            return Some(Received::Landed { head, len, arrival: 0 });
+            // (Its arrival number is `took_straight`'s to give.)
+            return Some(Received::InBuffer { head, len, arrival: 0 });
         };
-        let mut env = owned_envelope(head, Vec::new());
-        env.landed = Some(len);
+        let mut env = Envelope::of_landed(&head, len);
         env.fresh = Some(fresh);
         return Some(Received::Held(env));
     }
     let mut payload = crate::pool::take(len)?;
-    fill(payload.as_mut_ptr()).then(|| Received::Held(owned_envelope(head, payload)))
-}
-
-/// The envelope of a message with its own payload.
-fn owned_envelope(head: Arrived, payload: Vec<u8>) -> Envelope {
-    let mut env = Envelope::new(head.source, head.tag, head.context, head.format, payload);
-    env.call = head.call;
-    env
+    fill(payload.as_mut_ptr()).then(|| Received::Held(Envelope::of_arrived(&head, payload)))
 }
 
 impl Engine {
@@ -158,7 +151,7 @@ impl Engine {
     fn took_straight(&mut self, mut got: Received) -> Received {
         let number = self.matcher.count_arrival();
         match &mut got {
-            Received::Landed { arrival, .. } => *arrival = number,
+            Received::InBuffer { arrival, .. } => *arrival = number,
             Received::Held(env) => env.arrival = number,
         }
         self.note_moved();

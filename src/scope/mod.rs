@@ -304,6 +304,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     }
 
     fn wait_receive(&self, index: usize) -> Result<Status> {
+        #[cfg(feature = "mpi")]
+        let mpi = self.comm.mpi_side();
+        // (No MPI backend in this build.)
+        #[cfg(not(feature = "mpi"))]
+        let mpi: Option<()> = None;
         let (id, ptr, len, element, finish) = {
             let mut lent = self.lent.borrow_mut();
             let r = &lent.receives[index];
@@ -316,11 +321,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             // which the landing made (a message lands only as whole
             // elements of the buffer's type that fit it). (A receive on
             // MPI has no slot, and its status is never landed.)
-            #[cfg(feature = "mpi")]
-            let native = self.comm.mpi_side().is_none();
-            #[cfg(not(feature = "mpi"))]
-            let native = true;
-            if native {
+            if mpi.is_none() {
                 if let Some(status) = lent.slot(index).status(element) {
                     lent.receives[index].done = true;
                     return Ok(status.with_source(self.comm.rank_of(status.source())));
@@ -329,7 +330,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             (id, ptr, len, element, finish)
         };
         #[cfg(feature = "mpi")]
-        if let Some(m) = self.comm.mpi_side() {
+        if let Some(m) = mpi {
             let receive = self.lent.borrow_mut().receives[index].mpi.take();
             self.lent.borrow_mut().receives[index].done = true;
             let Some(receive) = receive else {

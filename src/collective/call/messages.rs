@@ -40,7 +40,7 @@ impl Communicator {
         let mut env = {
             let mut engine = self.engine()?;
             let mut check = call.check();
-            engine.receive_landing_checked(sel, buf, element, Some((call.waiting(Some(source)), &mut check)))?
+            engine.receive_landing_checked(sel, buf, element, (call.waiting(Some(source)), &mut check))?
         };
         if env.call != call.word() {
             if let Some(len) = env.landed.take() {

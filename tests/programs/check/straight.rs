@@ -143,6 +143,7 @@ fn streams(world: &Communicator, next: usize, prev: usize) -> Result<(), Error> 
         let mut got = [0u64; 8192];
         let status = world.receive_into_with_tag(&mut got, prev, 11)?;
         let want = message(i);
+        assert_eq!((status.source(), status.tag()), (prev, 11), "lock step, message {i}");
         assert_eq!(&got[..status.len() as usize / 8], &want[..], "lock step, message {i}");
     }
     for round in 0..3u64 {

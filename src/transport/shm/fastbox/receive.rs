@@ -217,9 +217,7 @@ impl FastboxRx {
         while self.peek_into(from, &mut boxed)? {
             let (head, payload) = (&boxed.head, boxed.payload());
             if !deliver.land_whole(head, payload) {
-                let mut env = Envelope::new(from, head.tag, head.context, head.format, payload.to_vec());
-                env.call = head.call;
-                deliver.deliver(env);
+                deliver.deliver(Envelope::of_arrived(head, payload.to_vec()));
             }
             self.taken += boxed.boxes;
         }
