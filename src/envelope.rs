@@ -182,6 +182,16 @@ pub(crate) enum Room {
 }
 
 impl Room {
+    /// The room of a receive into the caller's `buf`, for raw numbers of
+    /// type `element`.
+    pub fn given(buf: &mut [u8], element: u16) -> Room {
+        let buffer = Buffer {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        };
+        Room::Given { buffer, element }
+    }
+
     /// Where a raw message of `len` bytes in `format` may land, if it may
     /// (in line for a buffer given or lent: on every message a stream of
     /// receives lands).

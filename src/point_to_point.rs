@@ -8,8 +8,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::communicator::{Communicator, on_mpi};
-#[cfg(feature = "mpi")]
-use crate::envelope::Buffer;
 use crate::envelope::{Envelope, Received, Room};
 use crate::error::Result;
 use crate::message::{self, Taken};
@@ -408,11 +406,7 @@ impl Communicator {
         timeout: Option<Duration>,
     ) -> Result<Received> {
         on_mpi!(self, |_m| {
-            let buffer = Buffer {
-                ptr: buf.as_mut_ptr(),
-                len: buf.len(),
-            };
-            self.receive_envelope(sel, Some(Room::Given { buffer, element }), timeout)
+            self.receive_envelope(sel, Some(Room::given(buf, element)), timeout)
                 .map(Received::Held)
         });
         self.ranked(self.engine()?.receive_landing(sel, buf, element, timeout))

@@ -2,7 +2,6 @@
 //! the queue bounds.
 
 use super::*;
-use crate::envelope::Buffer;
 use crate::selector::Match;
 
 const U8: Format = Format::Raw(1);
@@ -13,15 +12,6 @@ fn env(source: usize, tag: u32, byte: u8) -> Envelope {
 
 fn user(pattern: Match) -> Selector {
     Selector::new(Context::WORLD, pattern)
-}
-
-/// A room in `buf` for elements of type `element`.
-fn given(buf: &mut [u8], element: u16) -> Room {
-    let buffer = Buffer {
-        ptr: buf.as_mut_ptr(),
-        len: buf.len(),
-    };
-    Room::Given { buffer, element }
 }
 
 #[test]
@@ -80,7 +70,7 @@ fn a_message_landed_in_a_fresh_buffer_survives_its_receive_being_dropped() {
 fn a_message_landed_in_a_given_buffer_is_copied_out_when_its_receive_is_cancelled_and_keeps_its_place() {
     let mut m = Matcher::default();
     let mut buf = [0u8; 4];
-    let room = given(&mut buf, 1);
+    let room = Room::given(&mut buf, 1);
     m.deliver(env(5, 0, 50));
     let id = m.post_into(user(Match::source(1)), Some(room));
     let landing = m.claim(1, 0, Context::WORLD, U8, 3).expect("claimed");
@@ -122,7 +112,7 @@ fn a_requeued_message_goes_back_to_its_place_and_rooms_take_only_their_type() {
         .collect();
     assert_eq!(got, [0, 1, 2, 3]);
     let mut buf = [0u8; 8];
-    let room = given(&mut buf, 5);
+    let room = Room::given(&mut buf, 5);
     m.post_into(user(Match::any()), Some(room));
     assert!(
         m.claim(1, 0, Context::WORLD, Format::Raw(7), 8).is_none(),

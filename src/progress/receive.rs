@@ -5,7 +5,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::{Duration, Instant};
 
 use super::{Check, Engine, EngineGuard};
-use crate::envelope::{Buffer, Envelope, Received, Room};
+use crate::envelope::{Envelope, Received, Room};
 use crate::error::{Error, Result};
 use crate::matching::{LandedSlot, ReceiveId};
 use crate::selector::{Selector, Status};
@@ -42,7 +42,7 @@ impl EngineGuard<'_> {
         element: u16,
         timeout: Option<Duration>,
     ) -> Result<Received> {
-        let room = given_room(buf, element);
+        let room = Room::given(buf, element);
         if let Some(got) = self.receive_straight(sel, Some(room), timeout.is_none())? {
             return Ok(got);
         }
@@ -73,7 +73,7 @@ impl EngineGuard<'_> {
         timeout: Option<Duration>,
         check: Option<(WaitOn, &mut Check<'_>)>,
     ) -> Result<Envelope> {
-        let id = self.post(sel, Some(given_room(buf, element)))?;
+        let id = self.post(sel, Some(Room::given(buf, element)))?;
         let result = catch_unwind(AssertUnwindSafe(|| self.wait_receive_checked(id, timeout, check)));
         if !matches!(result, Ok(Ok(_))) {
             // `buf` is about to be released: nothing may write into it.
@@ -283,13 +283,4 @@ pub(crate) fn timed_out(what: String, timeout: Option<Duration>) -> Error {
         what,
         seconds: timeout.map_or(0.0, |t| t.as_secs_f64()),
     }
-}
-
-/// The room of a receive into `buf`, for raw numbers of type `element`.
-fn given_room(buf: &mut [u8], element: u16) -> Room {
-    let buffer = Buffer {
-        ptr: buf.as_mut_ptr(),
-        len: buf.len(),
-    };
-    Room::Given { buffer, element }
 }
