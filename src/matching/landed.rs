@@ -48,6 +48,7 @@ impl LandedSlot {
 
     /// The landed message's status (its source a job rank), if one has
     /// landed: all a stream's receive needs, with no envelope made.
+    #[inline]
     pub fn status(&self, element: u16) -> Option<Status> {
         if !self.is_landed() {
             return None;
@@ -58,6 +59,7 @@ impl LandedSlot {
     }
 
     /// Empties the slot for another receive (nothing may refer to it).
+    #[inline]
     pub fn clear(&self) {
         self.landed.store(0, Ordering::Relaxed);
     }

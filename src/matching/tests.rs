@@ -2,6 +2,7 @@
 //! the queue bounds.
 
 use super::*;
+use crate::envelope::Format;
 use crate::selector::Match;
 
 const U8: Format = Format::Raw(1);

@@ -12,13 +12,14 @@ use bytemuck::Pod;
 
 use crate::communicator::Communicator;
 use crate::envelope::Envelope;
-use crate::error::{Error, Result};
-use crate::matching::{LandedSlot, SlotRef};
+use crate::error::Result;
+use crate::matching::SlotRef;
 use crate::message;
-use crate::selector::{Match, Status};
+use crate::selector::Match;
 
 mod lent;
 mod requests;
+mod waits;
 
 use lent::{Lent, LentBuffer, with_room};
 
@@ -235,154 +236,10 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         })
     }
 
-    /// Waits for send `index`. Most sends of a window were written out
-    /// when they started: this is only a look at their flag, kept small so
-    /// that it costs no more than that (it runs twice per send, in the
-    /// caller's wait and in `finish`).
-    #[inline]
-    fn wait_send(&self, index: usize) -> Result<()> {
-        if self.lent.borrow().sends[index].2 {
-            return Ok(());
-        }
-        self.wait_send_running(index)
-    }
-
-    /// [`Scope::wait_send`] of a send still running.
-    #[inline(never)]
-    fn wait_send_running(&self, index: usize) -> Result<()> {
-        let (sent, dest, _) = self.lent.borrow().sends[index];
-        #[cfg(feature = "mpi")]
-        if let Some(m) = self.comm.mpi_side() {
-            let send = self.lent.borrow_mut().mpi_sends[index].take();
-            self.lent.borrow_mut().sends[index].2 = true;
-            let Some(mut send) = send else { return Ok(()) };
-            let result = send.wait(m);
-            // A body MPI still reads from the lent buffer is waited for
-            // before the scope ends, after its receives (see `MpiSend`).
-            if send.running() {
-                self.lent.borrow_mut().mpi_sends[index] = Some(send);
-            }
-            return result;
-        }
-        let mut engine = self.comm.engine()?;
-        let result = self.comm.ranked(engine.wait_sent(sent, dest));
-        engine.own_sent(sent);
-        self.lent.borrow_mut().sends[index].2 = true;
-        result
-    }
-
     /// The landed slot of the next receive posted (the one at index
     /// `receives.len()`).
     fn next_slot(&self) -> SlotRef {
         SlotRef::new(self.lent.borrow_mut().next_slot())
-    }
-
-    /// Receive `index`'s landed slot (every native receive has one:
-    /// `next_slot` runs before each is added; receives on MPI have none).
-    fn slot(&self, index: usize) -> &LandedSlot {
-        let slot: *const LandedSlot = self.lent.borrow().slot(index);
-        // SAFETY: the chunk is boxed, never moved out or dropped before the
-        // scope (which outlives `&self`), and only read through atomics.
-        unsafe { &*slot }
-    }
-
-    /// The message of a withdrawn receive (a wait that failed, a body
-    /// that failed) that had landed in its buffer, copied out of the
-    /// buffer, for the caller to put back in the queue so that it is not
-    /// lost.
-    fn landed_copy(&self, index: usize) -> Option<Envelope> {
-        let (ptr, element) = {
-            let lent = self.lent.borrow();
-            (lent.receives[index].ptr, lent.receives[index].element)
-        };
-        let mut env = self.slot(index).envelope(element)?;
-        let len = env.landed.take().unwrap_or(0) as usize;
-        // SAFETY: the message landed in these `len` bytes of the lent
-        // buffer, which the scope still borrows.
-        env.payload = crate::pool::copy_of(unsafe { std::slice::from_raw_parts(ptr, len) });
-        Some(env)
-    }
-
-    fn wait_receive(&self, index: usize) -> Result<Status> {
-        #[cfg(feature = "mpi")]
-        let mpi = self.comm.mpi_side();
-        // (No MPI backend in this build.)
-        #[cfg(not(feature = "mpi"))]
-        let mpi: Option<()> = None;
-        let (id, ptr, len, element, finish) = {
-            let mut lent = self.lent.borrow_mut();
-            let r = &lent.receives[index];
-            if r.done {
-                return Err(Error::InvalidArgument("this receive was already waited for".into()));
-            }
-            let (id, ptr, len, element, finish) = (r.id, r.ptr, r.len, r.element, r.finish);
-            // Landed already (a stream's usual case), in one look at the
-            // lists: no need for the engine, nor for `finish`'s checks,
-            // which the landing made (a message lands only as whole
-            // elements of the buffer's type that fit it). (A receive on
-            // MPI has no slot, and its status is never landed.)
-            if mpi.is_none() {
-                if let Some(status) = lent.slot(index).status(element) {
-                    lent.receives[index].done = true;
-                    return Ok(status.with_source(self.comm.rank_of(status.source())));
-                }
-            }
-            (id, ptr, len, element, finish)
-        };
-        #[cfg(feature = "mpi")]
-        if let Some(m) = mpi {
-            let receive = self.lent.borrow_mut().receives[index].mpi.take();
-            self.lent.borrow_mut().receives[index].done = true;
-            let Some(receive) = receive else {
-                return Err(Error::InvalidArgument("this receive was already waited for".into()));
-            };
-            let env = receive.wait(m)?;
-            let status = self.comm.status_of(&env);
-            if let Err(e) = finish(&env, ptr, len) {
-                if env.landed.is_none() {
-                    m.requeue(env);
-                }
-                return Err(e);
-            }
-            return Ok(status);
-        }
-        let slot = self.slot(index);
-        let env = match slot.envelope(element) {
-            Some(env) => env,
-            None => {
-                let mut engine = self.comm.engine()?;
-                let result = self.comm.ranked(engine.wait_lent_receive(id, slot));
-                if result.is_err() {
-                    // The failed wait withdrew the receive and put back a
-                    // message it had taken from the queue; one that landed
-                    // in the buffer meanwhile goes back from here.
-                    if let Some(env) = self.landed_copy(index) {
-                        engine.requeue(env);
-                    }
-                }
-                drop(engine);
-                // Done whatever the outcome: a second wait would find
-                // nothing to wait for.
-                self.lent.borrow_mut().receives[index].done = true;
-                match result? {
-                    Some(env) => env,
-                    None => slot
-                        .envelope(element)
-                        .ok_or_else(|| Error::InvalidArgument("a landed receive lost its slot".into()))?,
-                }
-            }
-        };
-        self.lent.borrow_mut().receives[index].done = true;
-        let status = self.comm.status_of(&env);
-        if let Err(e) = finish(&env, ptr, len).map_err(|e| self.comm.in_ranks(e)) {
-            // A message that did not land goes back to the queue for a
-            // receive of the right type (one that landed fitted the buffer).
-            if env.landed.is_none() {
-                self.comm.engine()?.requeue(env);
-            }
-            return Err(e);
-        }
-        Ok(status)
     }
 
     /// Lets go of every lent buffer without waiting (the body failed):

@@ -45,6 +45,7 @@ pub struct LentReceive<'scope, 'env> {
 impl Request for LentReceive<'_, '_> {
     type Output = Status;
 
+    #[inline]
     fn wait(self) -> Result<Status> {
         self.scope.wait_receive(self.index)
     }

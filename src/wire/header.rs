@@ -276,37 +276,63 @@ impl Header {
     /// The checks of [`Header::decode`] on decoded fields, for the paths
     /// that carry a header's fields in another layout (the fastboxes);
     /// `peer` names the sender, and is only called when a field is wrong.
+    /// In line: a fastbox checks every message's header (the error is made
+    /// out of line).
+    #[inline]
     pub fn check(&self, peer: impl FnOnce() -> String, max_len: u64) -> Result<()> {
         let kind = self.kind;
-        let wrong = |field, detail: String| Err(Error::protocol(peer(), field, detail));
-        if !matches!(kind, Kind::Raw | Kind::Offer) && self.element != 0 {
-            return wrong(
+        let tag_allowed = self.tag == 0 || (kind == Kind::Bye && self.tag == BYE_UNFINALIZED);
+        let fault = if !matches!(kind, Kind::Raw | Kind::Offer) && self.element != 0 {
+            Fault::Element
+        } else if !kind.is_addressed() && (!tag_allowed || self.context != Context::WORLD) {
+            Fault::Tag
+        } else if self.call != 0 && !(kind.is_addressed() && self.context.is_collective()) {
+            Fault::Call
+        } else if self.len > max_len {
+            Fault::Length
+        } else {
+            return Ok(());
+        };
+        Err(self.fault_error(fault, peer, max_len))
+    }
+
+    /// The error of a header whose field `fault` is wrong, from `peer`.
+    #[cold]
+    #[inline(never)]
+    fn fault_error(&self, fault: Fault, peer: impl FnOnce() -> String, max_len: u64) -> Error {
+        let kind = self.kind;
+        let (field, detail) = match fault {
+            Fault::Element => (
                 "element",
                 format!("a {kind:?} frame must have element 0, got {}", self.element),
-            );
-        }
-        let tag_allowed = self.tag == 0 || (kind == Kind::Bye && self.tag == BYE_UNFINALIZED);
-        if !kind.is_addressed() && (!tag_allowed || self.context != Context::WORLD) {
-            let tags = if kind == Kind::Bye { "tag 0 or 1" } else { "tag 0" };
-            return wrong("tag", format!("a {kind:?} frame must have {tags} and context 0"));
-        }
-        if self.call != 0 && !(kind.is_addressed() && self.context.is_collective()) {
-            return wrong(
+            ),
+            Fault::Tag => {
+                let tags = if kind == Kind::Bye { "tag 0 or 1" } else { "tag 0" };
+                ("tag", format!("a {kind:?} frame must have {tags} and context 0"))
+            }
+            Fault::Call => (
                 "call",
                 format!("only collective messages have a call number, got {}", self.call),
-            );
-        }
-        if self.len > max_len {
-            return wrong(
+            ),
+            Fault::Length => (
                 "length",
                 format!(
                     "{} bytes is more than the limit of {max_len} bytes for a {kind:?} frame",
                     self.len
                 ),
-            );
-        }
-        Ok(())
+            ),
+        };
+        Error::protocol(peer(), field, detail)
     }
+}
+
+/// Which field of a header [`Header::check`] found wrong.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Element,
+    Tag,
+    Call,
+    Length,
 }
 
 #[cfg(test)]

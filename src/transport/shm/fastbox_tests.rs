@@ -365,3 +365,48 @@ fn stamps_are_never_zero_and_differ_between_neighbours() {
         assert_ne!(stamp(n), stamp(n + SLOTS as u64), "n = {n}");
     }
 }
+
+/// Drained into the engine's own matcher (the loop's in-line path), each
+/// message lands where the matcher says: in the front receive's lent
+/// buffer, in a lent or given buffer further back, or in the queue.
+#[test]
+fn a_drain_into_a_matcher_lands_each_message_in_its_receive() {
+    use crate::envelope::{Buffer, Room};
+    use crate::matching::{LandedSlot, Matcher, SlotRef};
+    use crate::selector::{Match, Selector};
+
+    let (_memory, mut tx, mut rx) = boxes();
+    let mut m = Matcher::default();
+    let sel = |tag| Selector::new(Context(8), Match::source(3).with_tag(tag));
+    let (mut given, mut lent, mut front) = ([0u8; 8], [0u8; 8], [0u8; 8]);
+    let (lent_slot, front_slot) = (LandedSlot::default(), LandedSlot::default());
+    let lent_room = |buf: &mut [u8; 8], slot| Room::Lent {
+        buffer: Buffer {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        },
+        element: 5,
+        slot,
+    };
+    // Tag 2 into a given buffer first, then tag 1 into a lent one: tag 1's
+    // message finds its receive behind the front.
+    let given_id = m.post_into(sel(2), Some(Room::given(&mut given, 5)));
+    m.post_into(sel(1), Some(lent_room(&mut lent, SlotRef::new(&lent_slot))));
+    for (tag, byte) in [(1, 0x11u8), (2, 0x22), (9, 0x99)] {
+        assert!(tx.try_send(&header(tag), &[byte; 8], "p").unwrap());
+    }
+    assert!(rx.drain(3, &mut m).unwrap());
+    assert_eq!(lent, [0x11; 8]);
+    let status = lent_slot.status(5).expect("tag 1 landed in its lent buffer");
+    assert_eq!((status.source(), status.tag()), (3, 1));
+    assert_eq!(given, [0x22; 8]);
+    let env = m.take(given_id).expect("tag 2 landed in its given buffer");
+    assert_eq!((env.source, env.tag, env.landed), (3, 2, Some(8)));
+    assert!(m.probe(sel(9)).is_some(), "tag 9, with no receive, is queued");
+    // A lent receive at the front takes the next message in line.
+    m.post_into(sel(4), Some(lent_room(&mut front, SlotRef::new(&front_slot))));
+    assert!(tx.try_send(&header(4), &[0x44; 8], "p").unwrap());
+    assert!(rx.drain(3, &mut m).unwrap());
+    assert_eq!(front, [0x44; 8]);
+    assert_eq!(front_slot.status(5).map(|s| s.tag()), Some(4));
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use crate::envelope::{Envelope, Format};
 use crate::error::{Error, Result};
-use crate::matching::Arrived;
+use crate::matching::{Arrived, Sink};
 use crate::wire::{Context, Header, Kind};
 
 use super::super::super::Delivery;
@@ -112,6 +112,7 @@ impl FastboxRx {
     /// It stays there until [`FastboxRx::take_one`]. A malformed box is an
     /// error naming the peer and the field. A caller that takes many
     /// reuses one `Boxed` and moves none.
+    #[inline(always)]
     pub(in crate::transport::shm) fn peek_into(&self, from: usize, out: &mut Boxed) -> Result<bool> {
         let n = self.taken;
         let words = slot(self.base, self.slots, n);
@@ -212,6 +213,15 @@ impl FastboxRx {
         if !self.ready() {
             return Ok(false);
         }
+        match deliver.as_matcher() {
+            Some(matcher) => self.drain_into(from, matcher),
+            None => self.drain_into(from, deliver),
+        }
+    }
+
+    /// [`FastboxRx::drain`] into a sink of a known type: the engine's
+    /// matcher, whose landing is then in line in the loop, or any other.
+    fn drain_into<S: Sink + ?Sized>(&mut self, from: usize, deliver: &mut S) -> Result<bool> {
         let start = self.taken;
         let mut boxed = Boxed::empty(from);
         while self.peek_into(from, &mut boxed)? {
