@@ -53,6 +53,14 @@ impl<L: Link> Peers<L> {
         if peer.try_send_beside(&header, payload.bytes())? {
             return Ok(None);
         }
+        self.push_framed(dest, header, payload)
+    }
+
+    /// [`Peers::push_and_flush`] of a frame that does not go beside the
+    /// stream (out of line: a stream of small messages goes beside it).
+    #[inline(never)]
+    fn push_framed(&mut self, dest: usize, header: Header, payload: Payload) -> Result<Option<SendTicket>> {
+        let peer = self.peer(dest);
         let Some(seq) = peer.push_or_write(&header, payload)? else {
             return Ok(None);
         };

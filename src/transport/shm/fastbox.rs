@@ -221,6 +221,10 @@ impl FastboxTx {
     /// is free; `Ok(false)` if it must go through the ring. The caller has
     /// made sure the ring holds nothing the receiver has not read. A count
     /// of taken boxes that cannot be is an error naming `peer`.
+    /// In line: a stream sends every small message through it (a longer
+    /// one's store, and a look at the receiver's count when the boxes seem
+    /// full, are out of line).
+    #[inline]
     pub(super) fn try_send(&mut self, header: &Header, payload: &[u8], peer: &str) -> Result<bool> {
         if payload.len() > FASTBOX_DATA {
             return Ok(false);
@@ -228,29 +232,14 @@ impl FastboxTx {
         let with_call = header.call != 0;
         let boxes = boxes_for(payload.len(), with_call);
         let slots = self.slots as u64;
-        if self.sent + boxes - self.taken_seen > slots {
-            let taken = taken_counter(self.base).load(Ordering::Acquire);
-            if taken < self.taken_seen || taken > self.sent {
-                return Err(Error::protocol(
-                    peer,
-                    "fastbox taken",
-                    format!(
-                        "{taken}, with {} sent and {} seen taken before",
-                        self.sent, self.taken_seen
-                    ),
-                ));
-            }
-            self.taken_seen = taken;
-            if self.sent + boxes - taken > slots {
-                return Ok(false);
-            }
+        if self.sent + boxes - self.taken_seen > slots && !self.room_after_all(boxes, peer)? {
+            return Ok(false);
         }
         // A padded copy no longer than the message needs: zeroing the
         // longest one for every 8-byte message cost it 35 instructions.
         match boxes {
             1..=2 => self.store::<{ 2 * BOX }>(header, payload, boxes),
-            3..=4 => self.store::<{ 4 * BOX }>(header, payload, boxes),
-            _ => self.store::<PADDED>(header, payload, boxes),
+            _ => self.store_long(header, payload, boxes),
         }
         self.sent += boxes;
         // The box a few on, if the receiver is done with it.
@@ -258,6 +247,34 @@ impl FastboxTx {
             super::prefetch::for_write(slot(self.base, self.slots, self.sent - 1 + AHEAD)[0].as_ptr().cast());
         }
         Ok(true)
+    }
+
+    /// True if the receiver's count of boxes taken, read again, leaves room
+    /// for `boxes` more; a count that cannot be is an error naming `peer`.
+    #[inline(never)]
+    fn room_after_all(&mut self, boxes: u64, peer: &str) -> Result<bool> {
+        let taken = taken_counter(self.base).load(Ordering::Acquire);
+        if taken < self.taken_seen || taken > self.sent {
+            return Err(Error::protocol(
+                peer,
+                "fastbox taken",
+                format!(
+                    "{taken}, with {} sent and {} seen taken before",
+                    self.sent, self.taken_seen
+                ),
+            ));
+        }
+        self.taken_seen = taken;
+        Ok(self.sent + boxes - taken <= self.slots as u64)
+    }
+
+    /// [`FastboxTx::store`] of a message of more than two boxes.
+    #[inline(never)]
+    fn store_long(&self, header: &Header, payload: &[u8], boxes: u64) {
+        match boxes {
+            3..=4 => self.store::<{ 4 * BOX }>(header, payload, boxes),
+            _ => self.store::<PADDED>(header, payload, boxes),
+        }
     }
 
     /// Stores a message of `boxes` boxes (at most `N / BOX`) from box
