@@ -56,7 +56,9 @@ pub(super) fn with_room<T>(list: &mut Vec<T>) -> &mut Vec<T> {
 /// The operations of one scope.
 #[derive(Debug, Default)]
 pub(super) struct Lent {
-    /// (send, destination, waited for) of each send.
+    /// (send, destination, waited for) of each send that was not written
+    /// in full as it started (one that was borrows nothing: see
+    /// [`super::LentSend`]).
     pub sends: Vec<(Sent, usize, bool)>,
     /// The sends on the MPI backend, at the same indices.
     #[cfg(feature = "mpi")]

@@ -137,7 +137,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             with_room(&mut lent.mpi_sends).push(Some(send));
             return Ok(LentSend {
                 scope: self,
-                index: lent.sends.len() - 1,
+                index: Some(lent.sends.len() - 1),
             });
         }
         // SAFETY: `data` is borrowed for the scope, and the scope waits for
@@ -148,14 +148,19 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         drop(engine);
         // A small message is usually written out at once and comes back
         // without a ticket: then the send is complete and borrows nothing,
-        // and waiting for it costs nothing (no second visit to the engine
-        // per send in a window of them).
-        let done = sent.is_none();
+        // so the scope does not list it, and waiting for it costs nothing
+        // (no second visit to the engine per send in a window of them).
+        if sent.is_none() {
+            return Ok(LentSend {
+                scope: self,
+                index: None,
+            });
+        }
         let mut lent = self.lent.borrow_mut();
-        with_room(&mut lent.sends).push((sent, dest, done));
+        with_room(&mut lent.sends).push((sent, dest, false));
         Ok(LentSend {
             scope: self,
-            index: lent.sends.len() - 1,
+            index: Some(lent.sends.len() - 1),
         })
     }
 

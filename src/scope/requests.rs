@@ -11,21 +11,30 @@ use crate::selector::Status;
 #[must_use = "wait on the request, or let the scope wait for it"]
 pub struct LentSend<'scope, 'env> {
     pub(super) scope: &'scope Scope<'scope, 'env>,
-    pub(super) index: usize,
+    /// Its place in the scope's list of sends; `None` for a send written
+    /// in full as it started, which borrows nothing and is not listed.
+    pub(super) index: Option<usize>,
 }
 
 impl Request for LentSend<'_, '_> {
     type Output = ();
 
+    #[inline]
     fn wait(self) -> Result<()> {
-        self.scope.wait_send(self.index)
+        match self.index {
+            None => Ok(()),
+            Some(index) => self.scope.wait_send(index),
+        }
     }
 
     fn test(&mut self) -> Result<bool> {
-        let (sent, _, done) = self.scope.lent.borrow().sends[self.index];
+        let Some(index) = self.index else {
+            return Ok(true);
+        };
+        let (sent, _, done) = self.scope.lent.borrow().sends[index];
         #[cfg(feature = "mpi")]
         if let (Some(send), Some(m)) = (
-            self.scope.lent.borrow_mut().mpi_sends[self.index].as_mut(),
+            self.scope.lent.borrow_mut().mpi_sends[index].as_mut(),
             self.scope.comm.mpi_side(),
         ) {
             return send.test(m);

@@ -9,10 +9,9 @@ use crate::matching::LandedSlot;
 use crate::selector::Status;
 
 impl Scope<'_, '_> {
-    /// Waits for send `index`. Most sends of a window were written out
-    /// when they started: this is only a look at their flag, kept small so
-    /// that it costs no more than that (it runs twice per send, in the
-    /// caller's wait and in `finish`).
+    /// Waits for listed send `index` (one written out when it started is
+    /// not listed): a look at its flag when it was waited for already (it
+    /// runs twice per send, in the caller's wait and in `finish`).
     #[inline]
     pub(super) fn wait_send(&self, index: usize) -> Result<()> {
         if self.lent.borrow().sends[index].2 {
