@@ -16,16 +16,17 @@ use std::time::{Duration, Instant};
 use common::{example, run, spmdrun_over};
 
 /// Starts the attacker as the other user for `seconds`, from a copy the
-/// other user can run.
-fn start_attacker(seconds: u32) -> std::process::Child {
+/// other user can run (kept until the attacker is done with it).
+fn start_attacker(seconds: u32) -> (std::process::Child, common::RunnableCopy) {
     let copy = common::runnable_by_anyone(&example("spmd-attacker"));
-    common::as_other_user(&copy)
+    let attacker = common::as_other_user(copy.path())
         .arg(seconds.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("setpriv runs the attacker")
+        .expect("setpriv runs the attacker");
+    (attacker, copy)
 }
 
 /// The number after `label` in the attacker's report.
@@ -42,7 +43,7 @@ fn count(report: &str, label: &str) -> usize {
 
 #[test]
 fn a_stranger_cannot_stop_join_or_crash_a_job() {
-    let attacker = start_attacker(20);
+    let (attacker, _copy) = start_attacker(20);
     let check = example("spmd-check");
     let ring = example("ring");
     let until = Instant::now() + Duration::from_secs(18);

@@ -332,8 +332,8 @@ fn an_ordinary_user_runs_many_ranks_under_a_small_limit_on_open_files() {
     for transport in common::TRANSPORTS {
         let script = format!(
             "ulimit -n 200 && exec {} -n 40 --timeout 150 {} p2p",
-            spmdrun.display(),
-            check.display()
+            spmdrun.path().display(),
+            check.path().display()
         );
         let mut cmd = common::as_other_user(std::path::Path::new("/bin/sh"));
         cmd.args(["-c", &script]).env("SPMD_TRANSPORT", transport);

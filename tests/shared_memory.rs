@@ -135,15 +135,14 @@ fn sixty_four_ranks_start_on_two_cores() {
 fn large_messages_arrive_intact_whether_or_not_the_kernel_allows_single_copy() {
     let spmdrun = common::runnable_by_anyone(&common::spmdrun_path().display().to_string());
     let check = common::runnable_by_anyone(&example("spmd-check"));
-    let dir = check.parent().expect("the copy's directory").to_path_buf();
     for (extra, readable) in [(None, "yes"), (Some("undumpable"), "no")] {
-        let mut cmd = common::as_other_user(&spmdrun);
+        let mut cmd = common::as_other_user(spmdrun.path());
         cmd.args(["-n", "2", "--timeout", "60"])
-            .arg(&check)
+            .arg(check.path())
             .arg("single-copy")
             .args(extra)
             .env("SPMD_SINGLE_COPY", "always")
-            .current_dir(&dir);
+            .current_dir(check.dir());
         let out = run(cmd);
         assert_eq!(out.code(), Some(0), "{extra:?}: {out:?}");
         assert!(

@@ -417,19 +417,47 @@ pub fn other_user() -> &'static str {
     OTHER_USER
 }
 
+/// A copy of a program that [`OTHER_USER`] can run, in a temporary
+/// directory of its own that goes when this drops (a copy of spmdrun is
+/// tens of megabytes: a run of the tests leaves none behind).
+pub struct RunnableCopy {
+    dir: PathBuf,
+    program: PathBuf,
+}
+
+impl RunnableCopy {
+    /// The copy.
+    pub fn path(&self) -> &Path {
+        &self.program
+    }
+
+    /// The directory the copy is in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for RunnableCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A copy of the program at `path` in a fresh temporary directory that
 /// [`OTHER_USER`] can run (the target directory may be closed to it).
-pub fn runnable_by_anyone(path: &str) -> PathBuf {
+pub fn runnable_by_anyone(path: &str) -> RunnableCopy {
     use std::os::unix::fs::PermissionsExt;
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("copies-for-another-user-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("making a directory for copies");
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("opening it");
-    let name = Path::new(path).file_name().expect("a program name");
-    let copy = dir.join(name);
-    std::fs::copy(path, &copy).expect("copying the program");
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("making it runnable");
+    let copy = RunnableCopy {
+        program: dir.join(Path::new(path).file_name().expect("a program name")),
+        dir,
+    };
+    std::fs::set_permissions(copy.dir(), std::fs::Permissions::from_mode(0o755)).expect("opening it");
+    std::fs::copy(path, copy.path()).expect("copying the program");
+    std::fs::set_permissions(copy.path(), std::fs::Permissions::from_mode(0o755)).expect("making it runnable");
     copy
 }
 
