@@ -70,6 +70,7 @@ mod progress;
 mod request;
 mod scope;
 mod selector;
+mod short_copy;
 mod status;
 mod transport;
 #[doc(hidden)]

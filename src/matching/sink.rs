@@ -132,7 +132,7 @@ impl Matcher {
         };
         let slot = *slot;
         // SAFETY: the receive's room has space for `len` bytes at `ptr`.
-        unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), ptr, payload.len()) };
+        unsafe { crate::short_copy::copy_short(payload, ptr) };
         let arrival = self.next_arrival();
         slot.land(&Landed::of_arrived(head, len, arrival));
         self.posted.pop_front();

@@ -221,6 +221,7 @@ impl FastboxTx {
     /// is free; `Ok(false)` if it must go through the ring. The caller has
     /// made sure the ring holds nothing the receiver has not read. A count
     /// of taken boxes that cannot be is an error naming `peer`.
+    ///
     /// In line: a stream sends every small message through it (a longer
     /// one's store, and a look at the receiver's count when the boxes seem
     /// full, are out of line).
@@ -285,7 +286,8 @@ impl FastboxTx {
         let with_call = header.call != 0;
         let n = self.sent;
         let mut padded = [0; N];
-        padded[..payload.len()].copy_from_slice(payload);
+        // SAFETY: `padded` has room for the payload (`boxes` of them do).
+        unsafe { crate::short_copy::copy_short(payload, padded.as_mut_ptr()) };
         // Everything before the first word: all of it is seen once the
         // sequence number in that word is (Release). The further boxes
         // first: 0 where a first box has its number, then 28 bytes.
