@@ -1,7 +1,7 @@
 //! Copies of a few bytes in moves of a fixed size, for the hot paths of
 //! small messages: a copy of a length the compiler does not know is a
-//! call of `memcpy`, about 20 instructions for 8 bytes where a whole small
-//! send takes 400.
+//! call of `memcpy` (callgrind on `osu_bw 8`: about 5 instructions a
+//! message more on each side than these moves).
 
 use std::ptr::copy_nonoverlapping;
 
