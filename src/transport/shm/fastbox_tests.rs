@@ -300,14 +300,17 @@ fn a_collective_message_carries_its_call_number() {
 
 #[test]
 fn a_further_box_with_a_sequence_number_is_an_error() {
-    let mut memory = area();
-    let base = memory.as_mut_ptr().cast::<u8>();
-    let mut tx = FastboxTx::new(base, SLOTS);
-    assert!(tx.try_send(&header(1), &[7; 30], "p").unwrap());
-    set_field(base, 1, 0, stamp(1));
-    match FastboxRx::new(base, SLOTS).drain(5, &mut Collect::default()) {
-        Err(Error::Protocol { peer, field, .. }) => assert_eq!((peer.as_str(), field), ("rank 5", "fastbox")),
-        other => panic!("{other:?}"),
+    // Two boxes (read without a loop) and three (the last one stamped).
+    for (len, stamped) in [(30, 1), (60, 2)] {
+        let mut memory = area();
+        let base = memory.as_mut_ptr().cast::<u8>();
+        let mut tx = FastboxTx::new(base, SLOTS);
+        assert!(tx.try_send(&header(1), &[7; 60][..len], "p").unwrap());
+        set_field(base, stamped, 0, stamp(stamped));
+        match FastboxRx::new(base, SLOTS).drain(5, &mut Collect::default()) {
+            Err(Error::Protocol { peer, field, .. }) => assert_eq!((peer.as_str(), field), ("rank 5", "fastbox")),
+            other => panic!("{len} bytes: {other:?}"),
+        }
     }
 }
 
