@@ -12,7 +12,8 @@ use crate::wire::{Context, Header, Kind};
 
 use super::super::super::Delivery;
 use super::{
-    CALL_FOLLOWS, FASTBOX_DATA, MIN_SLOTS, PADDED, boxes_for, further_at, publish_every, slot, stamp, taken_counter,
+    AHEAD, CALL_FOLLOWS, FASTBOX_DATA, MIN_SLOTS, PADDED, boxes_for, further_at, publish_every, slot, stamp,
+    taken_counter,
 };
 
 /// The receiving side of the fastboxes from one peer (in this rank's
@@ -255,6 +256,17 @@ impl FastboxRx {
                 deliver.deliver(Envelope::of_arrived(head, payload.to_vec()));
             }
             self.taken += boxed.boxes;
+            // A stream of messages of a line or more falls behind its
+            // sender (reading each line costs a transfer from the sender's
+            // core, writing one does not wait for it), so the line a few
+            // boxes on is written already: asking for it now overlaps its
+            // transfer with this work (`osu_bw` 32 B 519 -> 643 MB/s).
+            // Not after a message of one box: a stream of those keeps up,
+            // and asking takes the line from the sender before it writes
+            // there (8 B 151 -> 120 MB/s when asked after every message).
+            if boxed.boxes > 1 {
+                super::super::prefetch::for_read(slot(self.base, self.slots, self.taken + AHEAD)[0].as_ptr().cast());
+            }
         }
         if self.taken == start {
             return Ok(false);
