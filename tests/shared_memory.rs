@@ -135,7 +135,11 @@ fn sixty_four_ranks_start_on_two_cores() {
 fn large_messages_arrive_intact_whether_or_not_the_kernel_allows_single_copy() {
     let spmdrun = common::runnable_by_anyone(&common::spmdrun_path().display().to_string());
     let check = common::runnable_by_anyone(&example("spmd-check"));
-    for (extra, readable) in [(None, "yes"), (Some("undumpable"), "no")] {
+    for (extra, readable) in [
+        (None, "yes"),
+        (Some("undumpable"), "no"),
+        (Some("rank-1-undumpable"), "no"),
+    ] {
         let mut cmd = common::as_other_user(spmdrun.path());
         cmd.args(["-n", "2", "--timeout", "60"])
             .arg(check.path())

@@ -21,6 +21,7 @@ mod immediate;
 pub(crate) mod levels;
 pub(crate) mod node;
 mod numbers;
+mod pulled;
 #[cfg(feature = "mpi")]
 pub(crate) use numbers::in_call;
 pub(crate) mod pool;

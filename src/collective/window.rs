@@ -171,29 +171,34 @@ impl WindowRun<'_> {
     /// `u64::MAX` if its own buffers are wrong: every rank must claim the
     /// same, or every rank gets an error before any data moves.
     pub fn run(&self, claim: u64, job: WindowJob<'_>) -> Result<()> {
-        let claimed = claim.to_le_bytes();
-        let mut same_length = |parts: &super::region::Parts| match (1..parts.len())
-            .find(|i| parts.get(*i) != parts.get(0))
-        {
-            None => Ok(Vec::new()),
-            Some(r) => Err(Error::CollectiveMismatch {
-                detail: format!(
-                    "ranks gave slices of different lengths or types, or a receive buffer of the wrong length: rank \
-                     0 gave {}, rank {r} {}",
-                    super::numbers::describe_claim(parts.get(0)),
-                    super::numbers::describe_claim(parts.get(r))
-                ),
-            }),
+        // An alltoall says, beside its claim, whether this rank may copy
+        // straight out of every other rank's memory, and where its send
+        // buffer is (see `pulled.rs`).
+        let offer = match &job {
+            WindowJob::Alltoall { send, .. } => Some(self.pull_offer(send)?),
+            _ => None,
+        };
+        let mut mine = claim.to_le_bytes().to_vec();
+        mine.extend(offer.iter().flatten());
+        let claim_of = |part: &[u8]| part.get(..8).map(<[u8]>::to_vec).unwrap_or_else(|| part.to_vec());
+        let mut same_length = |parts: &super::region::Parts| {
+            if let Some(r) = (1..parts.len()).find(|i| claim_of(parts.get(*i)) != claim_of(parts.get(0))) {
+                return Err(Error::CollectiveMismatch {
+                    detail: format!(
+                        "ranks gave slices of different lengths or types, or a receive buffer of the wrong length: \
+                         rank 0 gave {}, rank {r} {}",
+                        super::numbers::describe_claim(&claim_of(parts.get(0))),
+                        super::numbers::describe_claim(&claim_of(parts.get(r)))
+                    ),
+                });
+            }
+            Ok(match offer {
+                Some(_) => super::pulled::agree(parts),
+                None => Vec::new(),
+            })
         };
         let comm = self.comm;
-        comm.node_step_on(
-            self.node,
-            self.call,
-            NodeStep::WindowStart,
-            0,
-            &claimed,
-            &mut same_length,
-        )?;
+        let agreed = comm.node_step_on(self.node, self.call, NodeStep::WindowStart, 0, &mine, &mut same_length)?;
         if claim == u64::MAX {
             // Every rank's buffers are wrong: each caller says how.
             return Err(Error::InvalidArgument("the buffers are wrong on every rank".into()));
@@ -208,7 +213,10 @@ impl WindowRun<'_> {
             WindowJob::Broadcast { buf, root } => self.broadcast(buf, root),
             WindowJob::Gather { send, out } => self.gather(send, out),
             WindowJob::Scatter { send, recv, root } => self.scatter(send, recv, root),
-            WindowJob::Alltoall { send, recv, part } => self.alltoall(send, recv, part),
+            WindowJob::Alltoall { send, recv, part } => match super::pulled::Addresses::of(&agreed) {
+                Some(addresses) => self.alltoall_pulled(send, recv, part, &addresses),
+                None => self.alltoall(send, recv, part),
+            },
         }
     }
 
@@ -216,7 +224,8 @@ impl WindowRun<'_> {
         self.node.slots.windows()
     }
 
-    fn barrier(&self) -> Result<()> {
+    /// A node-wide wait of the call's.
+    pub(super) fn barrier(&self) -> Result<()> {
         self.comm
             .node_step_on(self.node, self.call, NodeStep::WindowStep, 0, &[], &mut |_| {
                 Ok(Vec::new())

@@ -78,6 +78,11 @@ pub(crate) struct RingLink {
 }
 
 impl RingLink {
+    /// The process this rank may copy from straight, if any.
+    pub(super) fn pull_from(&self) -> Option<i32> {
+        self.pull_from
+    }
+
     /// A link writing `tx` (in the peer's segment) and reading `rx` (in this
     /// rank's), ringing the peer's `doorbell` and watching its `state`. The
     /// pointers must stay valid as long as the link. `pull_from` is the

@@ -205,6 +205,24 @@ impl ShmMesh {
     }
 
     /// The ranks of the node.
+    /// The process of job rank `rank` on this node, if this rank may copy
+    /// straight out of its memory.
+    pub fn pull_pid(&self, rank: usize) -> Option<i32> {
+        self.peers.list.get(rank)?.as_ref()?.link.pull_from()
+    }
+
+    /// Copies `into.len()` bytes at `address` in process `pid` (job rank
+    /// `rank`) into `into`.
+    pub fn pull_from(&self, pid: i32, rank: usize, address: u64, into: &mut [u8]) -> Result<()> {
+        // SAFETY: the kernel writes only bytes.
+        single_copy::pull(
+            pid,
+            address,
+            unsafe { crate::transport::link::as_uninit(into) },
+            &format!("rank {rank}"),
+        )
+    }
+
     pub fn node(&self) -> &NodeRanks {
         &self.node
     }

@@ -53,8 +53,8 @@ fn main() -> Result<(), spmd::Error> {
         // Started by a rank, not by spmdrun: init must refuse.
         return spmd::init().map(|_| ());
     }
-    if mode == "single-copy" && rest.first().is_some_and(|a| a == "undumpable") {
-        single_copy::make_undumpable();
+    if mode == "single-copy" {
+        single_copy::before_init(rest.first().map(String::as_str));
     }
     let world = spmd::init()?;
     if mode == "thread-hang" {

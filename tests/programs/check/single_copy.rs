@@ -1,10 +1,13 @@
 //! Large messages between two ranks whichever way they travel: `spmd-check
-//! single-copy [undumpable]` sends slices of 256 KiB to 16 MiB both ways
-//! (received into the caller's buffer and into a vector) and checks every
+//! single-copy [undumpable | rank-1-undumpable]` sends slices of 256 KiB
+//! to 16 MiB both ways (received into the caller's buffer and into a
+//! vector), and alltoalls of 64 KiB and 1 MiB parts, and checks every
 //! element, then says whether rank 0 may read rank 1's memory, as a
 //! single-copy transfer would. With `undumpable`, every rank first makes
 //! itself non-dumpable (as hardened programs do), which forbids that to
-//! anyone but root.
+//! anyone but root; with `rank-1-undumpable` only rank 1 does, so that
+//! rank 1 may read rank 0 but not the other way round (an alltoall must
+//! still take one way on both).
 
 use spmd::{Error, World};
 
@@ -14,6 +17,17 @@ pub fn make_undumpable() {
     // SAFETY: a plain prctl with constant arguments.
     let r = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     assert_eq!(r, 0, "PR_SET_DUMPABLE: {}", std::io::Error::last_os_error());
+}
+
+/// What the mode's argument asks of this rank before `init`, which looks
+/// at who may read whom.
+pub fn before_init(arg: Option<&str>) {
+    let rank = std::env::var("SPMD_RANK").unwrap_or_default();
+    match arg {
+        Some("undumpable") => make_undumpable(),
+        Some("rank-1-undumpable") if rank == "1" => make_undumpable(),
+        _ => {}
+    }
 }
 
 fn pattern(len: usize, from: usize, round: usize) -> Vec<u32> {
@@ -48,6 +62,18 @@ pub fn run(world: &World) -> Result<(), Error> {
                 let got: Vec<u32> = world.receive_vec(peer)?;
                 assert!(got == expected, "round {round}: {len} elements received as a vector");
             }
+        }
+    }
+    // Alltoalls of large parts, which copy straight out of the other
+    // rank's send buffer only if each rank may read the other.
+    for part in [64 << 10, 1 << 20] {
+        for _ in 0..3 {
+            round += 1;
+            let send: Vec<u32> = [pattern(part, me * 2, round), pattern(part, me * 2 + 1, round)].concat();
+            let mut recv = vec![0u32; 2 * part];
+            world.alltoall_into(&send, &mut recv)?;
+            let want: Vec<u32> = [pattern(part, me, round), pattern(part, 2 + me, round)].concat();
+            assert!(recv == want, "round {round}: alltoall of {part} elements a part");
         }
     }
     // Can rank 0 read rank 1's memory, as the kernel would let spmd?
