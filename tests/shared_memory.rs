@@ -123,14 +123,17 @@ fn sixty_four_ranks_start_on_two_cores() {
     );
 }
 
-/// Single copy where the kernel allows it, the ring where it does not: a
-/// second user's job (root could read any process) exchanges messages of
-/// 256 KiB to 16 MiB with every one of them offered where the receiver can
-/// read the sender (`SPMD_SINGLE_COPY=always`), once with ranks the kernel
-/// lets read each other and once with ranks that made themselves
-/// non-dumpable before `init`, as hardened programs do. Every element
-/// arrives intact both times, and the job's own check of the kernel's
-/// answer shows that the two runs took the two paths.
+/// Single copy where the kernel allows it, the ring and the windows where
+/// it does not: a second user's job (root could read any process)
+/// exchanges messages of 256 KiB to 16 MiB with every one of them offered
+/// where the receiver can read the sender (`SPMD_SINGLE_COPY=always`), and
+/// alltoalls of large parts, which copy straight only if every rank may
+/// read every other. Three runs: with ranks the kernel lets read each
+/// other; with ranks that made themselves non-dumpable before `init`, as
+/// hardened programs do; and with only rank 1 non-dumpable, so that rank 1
+/// may read rank 0 but not the other way round, where both ranks must take
+/// the windows. Every element arrives intact each time, and the job's own
+/// check of the kernel's answer shows that the runs took both paths.
 #[test]
 fn large_messages_arrive_intact_whether_or_not_the_kernel_allows_single_copy() {
     let spmdrun = common::runnable_by_anyone(&common::spmdrun_path().display().to_string());

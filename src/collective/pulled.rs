@@ -109,35 +109,98 @@ impl WindowRun<'_> {
 
     fn pull_parts(&self, recv: &mut [u8], part: usize, addresses: &Addresses) -> Result<()> {
         let Node { n, me, .. } = self.node;
+        // This rank said it may read every other (the agreement needs
+        // every rank's yes), and what it may read is fixed at start-up.
         let Some(pids) = self.pids()? else {
             return Err(Error::protocol(
-                "the node",
-                "single copy",
-                "a rank that could read every other rank's memory at the start of an alltoall no longer can",
+                "the node's region",
+                "alltoall addresses",
+                "this rank's word said it may read every other rank's memory, and it may not",
             ));
         };
         if addresses.0.len() != n {
             return Err(Error::protocol(
-                "the node",
-                "single copy",
+                "the node's region",
+                "alltoall addresses",
                 format!("{} addresses agreed for {n} ranks", addresses.0.len()),
             ));
         }
         let mut engine = self.comm.engine()?;
         let Some(mesh) = engine.node() else {
             return Err(Error::protocol(
-                "the node",
-                "single copy",
-                "no shared memory to copy through",
+                "the node's region",
+                "alltoall addresses",
+                "agreed without shared memory between the ranks",
             ));
         };
         // From the next rank on, so that the ranks do not all read the
         // same one at once.
         for k in 1..n {
             let r = (me + k) % n;
-            let at = addresses.0[r].wrapping_add((me * part) as u64);
-            mesh.pull_from(pids[r], self.comm.job_rank(r), at, &mut recv[r * part..(r + 1) * part])?;
+            let rank = self.comm.job_rank(r);
+            // A part that would end past the address space is a bad word,
+            // named before the kernel is asked.
+            let at = addresses.0[r]
+                .checked_add((me * part) as u64)
+                .filter(|at| at.checked_add(part as u64).is_some())
+                .ok_or_else(|| {
+                    Error::protocol(
+                        format!("rank {rank}"),
+                        "alltoall address",
+                        format!(
+                            "{:#x} with {} parts of {part} bytes passes the end of memory",
+                            addresses.0[r],
+                            me + 1
+                        ),
+                    )
+                })?;
+            mesh.pull_part(pids[r], rank, at, &mut recv[r * part..(r + 1) * part])?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parts as the first step gives them: a claim, then each rank's word.
+    fn parts(words: &[(u8, u64)]) -> Parts {
+        let mut parts = Parts::default();
+        for &(can, address) in words {
+            parts.buffer().extend_from_slice(&77u64.to_le_bytes());
+            parts.buffer().push(can);
+            parts.buffer().extend_from_slice(&address.to_le_bytes());
+            parts.close();
+        }
+        parts
+    }
+
+    #[test]
+    fn the_ranks_copy_straight_only_if_every_one_may() {
+        let all = agree(&parts(&[(1, 0x1000), (1, 0x2000), (1, 0x3000)]));
+        assert_eq!(Addresses::of(&all).map(|a| a.0), Some(vec![0x1000, 0x2000, 0x3000]));
+        // One rank that may not, whichever: the windows for every rank.
+        for no in 0..3 {
+            let mut words = vec![(1, 0x1000), (1, 0x2000), (1, 0x3000)];
+            words[no].0 = 0;
+            let agreed = agree(&parts(&words));
+            assert_eq!(agreed, [0], "rank {no}");
+            assert!(Addresses::of(&agreed).is_none());
+        }
+        // A word cut short, or a flag that is neither 0 nor 1.
+        let mut short = parts(&[(1, 0x1000)]);
+        short.buffer().extend_from_slice(&[0; 8]);
+        short.close();
+        assert_eq!(agree(&short), [0]);
+        assert_eq!(agree(&parts(&[(1, 0x1000), (2, 0x2000)])), [0]);
+        // More ranks than the result's slot has room for.
+        let many = vec![(1, 0x1000); PART_MAX / 8];
+        assert_eq!(agree(&parts(&many)), [0]);
+        // What the others read back: anything but a yes and whole words
+        // means the windows.
+        assert!(Addresses::of(&[]).is_none());
+        assert!(Addresses::of(&[1, 0, 0]).is_none());
+        assert!(Addresses::of(&[2, 0, 0, 0, 0, 0, 0, 0, 0]).is_none());
     }
 }

@@ -291,8 +291,8 @@ impl FastboxTx {
         // Everything before the first word: all of it is seen once the
         // sequence number in that word is (Release). The further boxes
         // first: 0 where a first box has its number, then 28 bytes.
-        // Two boxes (17 to 44 bytes): the second at an offset the compiler
-        // knows, with no loop.
+        // Two boxes (17 to 44 bytes, 13 to 40 with a call number): the
+        // second at an offset the compiler knows, with no loop.
         match (boxes, with_call) {
             (1, _) => {}
             (2, false) => self.store_further(&padded, 1, further_at(1, false)),

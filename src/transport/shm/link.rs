@@ -381,7 +381,7 @@ unsafe impl Link for RingLink {
 
     fn pull(&mut self, offer: &Offer, into: &mut [MaybeUninit<u8>], peer: &str) -> Result<()> {
         match self.pull_from {
-            Some(pid) => single_copy::pull(pid, offer.address, into, peer),
+            Some(pid) => single_copy::pull(pid, offer.address, into, peer, single_copy::Pulled::Offer),
             None => Err(crate::error::Error::protocol(
                 peer,
                 "kind",

@@ -204,7 +204,6 @@ impl ShmMesh {
         self.region
     }
 
-    /// The ranks of the node.
     /// The process of job rank `rank` on this node, if this rank may copy
     /// straight out of its memory.
     pub fn pull_pid(&self, rank: usize) -> Option<i32> {
@@ -212,17 +211,20 @@ impl ShmMesh {
     }
 
     /// Copies `into.len()` bytes at `address` in process `pid` (job rank
-    /// `rank`) into `into`.
-    pub fn pull_from(&self, pid: i32, rank: usize, address: u64, into: &mut [u8]) -> Result<()> {
+    /// `rank`) into `into`: a part of an alltoall.
+    pub fn pull_part(&self, pid: i32, rank: usize, address: u64, into: &mut [u8]) -> Result<()> {
         // SAFETY: the kernel writes only bytes.
+        let into = unsafe { crate::transport::link::as_uninit(into) };
         single_copy::pull(
             pid,
             address,
-            unsafe { crate::transport::link::as_uninit(into) },
+            into,
             &format!("rank {rank}"),
+            single_copy::Pulled::AlltoallPart,
         )
     }
 
+    /// The ranks of the node.
     pub fn node(&self) -> &NodeRanks {
         &self.node
     }

@@ -62,9 +62,27 @@ pub(super) fn can_read(pid: i32, address: u64, expected: &[u8]) -> bool {
     read(pid, address, unsafe { as_uninit(&mut seen) }).is_ok_and(|()| seen == expected)
 }
 
+/// What a pull copies, for its errors: a message's offer, or a part of
+/// an alltoall.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Pulled {
+    Offer,
+    AlltoallPart,
+}
+
 /// Copies `into.len()` bytes from `address` in process `pid` (the rank
 /// `peer`, named in errors) into `into`.
-pub(super) fn pull(pid: i32, address: u64, into: &mut [std::mem::MaybeUninit<u8>], peer: &str) -> Result<()> {
+pub(super) fn pull(
+    pid: i32,
+    address: u64,
+    into: &mut [std::mem::MaybeUninit<u8>],
+    peer: &str,
+    what: Pulled,
+) -> Result<()> {
+    let (thing, field) = match what {
+        Pulled::Offer => ("its offer", "offer address"),
+        Pulled::AlltoallPart => ("its send buffer in an alltoall", "alltoall address"),
+    };
     read(pid, address, into).map_err(|e| match e {
         // The sender died mid-message, as when a stream ends inside a
         // frame: the same field, so that this rank leaves the report to
@@ -72,11 +90,11 @@ pub(super) fn pull(pid: i32, address: u64, into: &mut [std::mem::MaybeUninit<u8>
         nix::errno::Errno::ESRCH => Error::protocol(
             peer,
             "stream",
-            "the process vanished while this rank copied its offer (the rank died?)",
+            format!("the process vanished while this rank copied {thing} (the rank died?)"),
         ),
         e => Error::protocol(
             peer,
-            "offer address",
+            field,
             format!(
                 "cannot copy {} bytes at {address:#x} from its memory: {}",
                 into.len(),
@@ -125,12 +143,19 @@ mod tests {
         let source: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
         let mut copy = vec![0u8; source.len()];
         // SAFETY: the kernel writes only bytes.
-        pull(pid, source.as_ptr() as u64, unsafe { as_uninit(&mut copy) }, "rank 1").unwrap();
+        pull(
+            pid,
+            source.as_ptr() as u64,
+            unsafe { as_uninit(&mut copy) },
+            "rank 1",
+            Pulled::Offer,
+        )
+        .unwrap();
         assert_eq!(copy, source);
         assert!(can_read(pid, source.as_ptr() as u64, &source[..64]));
         assert!(!can_read(pid, source.as_ptr() as u64, &[1u8; 64]));
         // SAFETY: as above.
-        match pull(pid, 8, unsafe { as_uninit(&mut copy) }, "rank 1") {
+        match pull(pid, 8, unsafe { as_uninit(&mut copy) }, "rank 1", Pulled::Offer) {
             Err(Error::Protocol { field, peer, .. }) => assert_eq!((field, peer.as_str()), ("offer address", "rank 1")),
             other => panic!("{other:?}"),
         }

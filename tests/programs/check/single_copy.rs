@@ -1,7 +1,7 @@
 //! Large messages between two ranks whichever way they travel: `spmd-check
 //! single-copy [undumpable | rank-1-undumpable]` sends slices of 256 KiB
 //! to 16 MiB both ways (received into the caller's buffer and into a
-//! vector), and alltoalls of 64 KiB and 1 MiB parts, and checks every
+//! vector), and alltoalls of parts of 256 KiB and 4 MiB, and checks every
 //! element, then says whether rank 0 may read rank 1's memory, as a
 //! single-copy transfer would. With `undumpable`, every rank first makes
 //! itself non-dumpable (as hardened programs do), which forbids that to
