@@ -12,6 +12,7 @@
 //! 18.9 -> 9.5 (Open MPI, which copies the same way: 541, 98, 9.8).
 
 use crate::error::{Error, Result};
+use crate::transport::shm::ShmMesh;
 
 use super::node::Node;
 use super::region::{PART_MAX, Parts};
@@ -60,12 +61,16 @@ pub(super) fn agree(parts: &Parts) -> Vec<u8> {
 }
 
 impl WindowRun<'_> {
-    /// This rank's word for the first step of an alltoall that sends `send`.
-    pub(super) fn pull_offer(&self, send: &[u8]) -> Result<[u8; OFFER]> {
+    /// This rank's word for the first step of an alltoall that sends
+    /// `send`. Never an error: a rank that cannot look now (its engine is
+    /// held, or it has finalized) says no, and still comes to the step, so
+    /// that the others do not wait for it and any error comes where it
+    /// came before.
+    pub(super) fn pull_offer(&self, send: &[u8]) -> [u8; OFFER] {
         let mut word = [0; OFFER];
-        word[0] = u8::from(self.pids()?.is_some());
+        word[0] = u8::from(matches!(self.pids(), Ok(Some(_))));
         word[1..].copy_from_slice(&(send.as_ptr() as u64).to_le_bytes());
-        Ok(word)
+        word
     }
 
     /// The process of every other rank of the node (by rank of the
@@ -125,14 +130,6 @@ impl WindowRun<'_> {
                 format!("{} addresses agreed for {n} ranks", addresses.0.len()),
             ));
         }
-        let mut engine = self.comm.engine()?;
-        let Some(mesh) = engine.node() else {
-            return Err(Error::protocol(
-                "the node's region",
-                "alltoall addresses",
-                "agreed without shared memory between the ranks",
-            ));
-        };
         // From the next rank on, so that the ranks do not all read the
         // same one at once.
         for k in 1..n {
@@ -154,7 +151,7 @@ impl WindowRun<'_> {
                         ),
                     )
                 })?;
-            mesh.pull_part(pids[r], rank, at, &mut recv[r * part..(r + 1) * part])?;
+            ShmMesh::pull_part(pids[r], rank, at, &mut recv[r * part..(r + 1) * part])?;
         }
         Ok(())
     }

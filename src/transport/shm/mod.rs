@@ -211,8 +211,10 @@ impl ShmMesh {
     }
 
     /// Copies `into.len()` bytes at `address` in process `pid` (job rank
-    /// `rank`) into `into`: a part of an alltoall.
-    pub fn pull_part(&self, pid: i32, rank: usize, address: u64, into: &mut [u8]) -> Result<()> {
+    /// `rank`, which [`ShmMesh::pull_pid`] gave) into `into`: a part of an
+    /// alltoall. Needs no mesh, so the caller need not hold the engine
+    /// while the kernel copies.
+    pub fn pull_part(pid: i32, rank: usize, address: u64, into: &mut [u8]) -> Result<()> {
         // SAFETY: the kernel writes only bytes.
         let into = unsafe { crate::transport::link::as_uninit(into) };
         single_copy::pull(
