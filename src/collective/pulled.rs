@@ -7,9 +7,11 @@
 //! way; one more step at the end keeps each send buffer in place until
 //! every rank has read its part.
 //!
-//! Against the windows, on 2 cores, 128 KiB parts (`osu_alltoall`,
-//! interleaved runs): 8 ranks 790 -> 540-640 µs, 4 ranks 139 -> 96, 2 ranks
-//! 18.9 -> 9.5 (Open MPI, which copies the same way: 541, 98, 9.8).
+//! Against the windows, on 2 cores, 128 KiB parts (`osu_alltoall`, 5
+//! interleaved rounds, medians): 8 ranks 766 -> 527 µs, 4 ranks 152 ->
+//! 100, 2 ranks 21.7 -> 9.9 (Open MPI, which copies the same way, 598,
+//! 109 and 10.2 in the same rounds; 562 against this build's 542 on 8
+//! ranks in 9 rounds later).
 
 use crate::error::{Error, Result};
 use crate::transport::shm::ShmMesh;
